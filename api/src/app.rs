@@ -1,0 +1,109 @@
+//! The application state and the router: everything `efms serve` answers on HTTP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::FromRef;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{middleware, Router};
+use efms_projections::{Projector, ProjectorHandle, TenantsProjection};
+use sqlx::PgPool;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::{require_bearer, JwtKeys};
+use crate::error::{ApiError, PROBLEM_JSON};
+use crate::metrics::Metrics;
+use crate::routes::{health, tenants};
+
+/// What the handlers share. Each handler extracts only the part it needs.
+#[derive(Clone, FromRef)]
+pub struct AppState {
+    /// The database pool (connections switch to a scoped role per transaction).
+    pub pool: PgPool,
+    /// Token keys.
+    pub jwt: JwtKeys,
+    /// Process metrics.
+    pub metrics: Arc<Metrics>,
+    /// The tenant registry's projector, for read-your-writes.
+    pub tenants: ProjectorHandle,
+}
+
+impl AppState {
+    /// Starts the background projectors on `pool` (they stop when `shutdown` resolves) and returns
+    /// the state the router serves.
+    pub fn start(
+        pool: PgPool,
+        jwt: JwtKeys,
+        poll_interval: Duration,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        let metrics = Metrics::new();
+        let tenants =
+            Projector::new(pool.clone(), TenantsProjection).spawn(poll_interval, shutdown);
+        let gauge = metrics.projector_position.clone();
+        let mut checkpoint = tenants.clone();
+        tokio::spawn(async move {
+            while let Some(position) = checkpoint.changed().await {
+                gauge.set(position.global_position);
+            }
+        });
+        Self {
+            pool,
+            jwt,
+            metrics,
+            tenants,
+        }
+    }
+}
+
+/// The HTTP router: health and metrics open, `/api/v1` behind bearer tokens, every error in
+/// problem+json.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/tenants", get(tenants::list).post(tenants::create))
+        .route("/tenants/{slug}", get(tenants::get))
+        .route_layer(middleware::from_fn_with_state(
+            state.jwt.clone(),
+            require_bearer,
+        ));
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::track,
+        ))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".to_owned())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    let body = serde_json::json!({
+        "type": "urn:efms:problem:internal",
+        "title": "Internal server error",
+        "status": 500,
+        "detail": "the server failed to answer; the failure is logged",
+    });
+    let mut response = (StatusCode::INTERNAL_SERVER_ERROR, body.to_string()).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    response
+}

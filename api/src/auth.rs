@@ -1,0 +1,261 @@
+//! Authentication (NFR-SE-001, NFR-SE-002): HS256 bearer tokens with a role and, for tenant roles,
+//! the tenant they are granted in.
+
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::header;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::Response;
+use efms_domain::{Actor, Role, TenantSlug};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+
+/// The issuer and audience every token carries.
+pub const ISSUER: &str = "efms";
+
+/// The shortest secret accepted, in bytes: HS256 is only as strong as its key.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// The claims of an efms token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Who the token speaks for.
+    pub sub: String,
+    /// The role it grants.
+    pub role: Role,
+    /// The tenant slug a tenant role is granted in; absent for `system`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Issuer (`efms`).
+    pub iss: String,
+    /// Audience (`efms`).
+    pub aud: String,
+    /// Issued at (seconds since the epoch).
+    pub iat: i64,
+    /// Not before.
+    pub nbf: i64,
+    /// Expires at.
+    pub exp: i64,
+}
+
+/// Signs and verifies tokens with the installation's secret.
+#[derive(Clone)]
+pub struct JwtKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for JwtKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JwtKeys(..)")
+    }
+}
+
+impl JwtKeys {
+    /// Keys from a shared secret (at least [`MIN_SECRET_BYTES`] long; the caller checks).
+    pub fn from_secret(secret: &[u8]) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[ISSUER]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = 30;
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    /// Issues a token for `subject` with `role` (in `tenant` for tenant roles), valid for `ttl`.
+    pub fn issue(
+        &self,
+        subject: &str,
+        role: Role,
+        tenant: Option<&TenantSlug>,
+        ttl: Duration,
+    ) -> Result<String, String> {
+        check_role_tenant(role, tenant.map(TenantSlug::as_str))?;
+        let now = chrono::Utc::now().timestamp();
+        let ttl = i64::try_from(ttl.as_secs()).map_err(|_| "the TTL is too long".to_owned())?;
+        let claims = Claims {
+            sub: subject.to_owned(),
+            role,
+            tenant: tenant.map(ToString::to_string),
+            iss: ISSUER.to_owned(),
+            aud: ISSUER.to_owned(),
+            iat: now,
+            nbf: now,
+            exp: now.saturating_add(ttl),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|error| format!("cannot sign the token: {error}"))
+    }
+
+    /// Verifies a token and returns the actor it speaks for.
+    pub fn verify(&self, token: &str) -> Result<Actor, ApiError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|error| {
+                ApiError::Unauthorized(format!("the bearer token is not valid: {error}"))
+            })?;
+        let claims = data.claims;
+        check_role_tenant(claims.role, claims.tenant.as_deref()).map_err(ApiError::Unauthorized)?;
+        let tenant = claims
+            .tenant
+            .map(TenantSlug::parse)
+            .transpose()
+            .map_err(|error| ApiError::Unauthorized(format!("the token's tenant: {error}")))?;
+        if claims.sub.is_empty() {
+            return Err(ApiError::Unauthorized(
+                "the token has no subject".to_owned(),
+            ));
+        }
+        Ok(Actor {
+            subject: claims.sub,
+            role: claims.role,
+            tenant,
+        })
+    }
+}
+
+fn check_role_tenant(role: Role, tenant: Option<&str>) -> Result<(), String> {
+    match (role.is_tenant_role(), tenant) {
+        (true, None) => Err(format!(
+            "role `{role}` is granted within a tenant: name one"
+        )),
+        (false, Some(_)) => Err("role `system` belongs to no tenant".to_owned()),
+        _ => Ok(()),
+    }
+}
+
+/// Middleware for `/api/v1`: refuses requests without a valid bearer token (401 problem+json) and
+/// hands the [`Principal`] to the handlers.
+pub async fn require_bearer(
+    State(keys): State<JwtKeys>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::Unauthorized("this route needs a bearer token".to_owned()))?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|value| {
+            let (scheme, token) = value.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| {
+            ApiError::Unauthorized("the Authorization header must read `Bearer <token>`".to_owned())
+        })?;
+    let actor = keys.verify(token)?;
+    request.extensions_mut().insert(Principal(actor));
+    Ok(next.run(request).await)
+}
+
+/// The authenticated caller of an `/api/v1` route.
+#[derive(Debug, Clone)]
+pub struct Principal(pub Actor);
+
+impl<S: Send + Sync> FromRequestParts<S> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| ApiError::Unauthorized("this route needs a bearer token".to_owned()))
+    }
+}
+
+/// Parses a duration such as `90s`, `30m`, `1h` or `7d`.
+pub fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}` needs a unit: s, m, h or d (for example 1h)"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 90s, 30m, 1h or 7d"))?;
+    let seconds = match unit {
+        "s" => number,
+        "m" => number.saturating_mul(60),
+        "h" => number.saturating_mul(3600),
+        "d" => number.saturating_mul(86_400),
+        _ => return Err(format!("`{text}`: the unit must be s, m, h or d")),
+    };
+    if seconds == 0 {
+        return Err("the TTL must be longer than zero".to_owned());
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> JwtKeys {
+        JwtKeys::from_secret(&[7; 32])
+    }
+
+    #[test]
+    fn issued_token_verifies_to_the_same_actor() {
+        let acme = TenantSlug::parse("acme").unwrap();
+        let token = keys()
+            .issue("ops", Role::Operator, Some(&acme), Duration::from_secs(60))
+            .unwrap();
+        let actor = keys().verify(&token).unwrap();
+        assert_eq!(actor.subject, "ops");
+        assert_eq!(actor.role, Role::Operator);
+        assert_eq!(actor.tenant, Some(acme));
+    }
+
+    #[test]
+    fn token_signed_with_another_secret_is_refused() {
+        let token = JwtKeys::from_secret(&[8; 32])
+            .issue("ops", Role::System, None, Duration::from_secs(60))
+            .unwrap();
+        assert!(matches!(
+            keys().verify(&token),
+            Err(ApiError::Unauthorized(_))
+        ));
+    }
+
+    #[test]
+    fn unsigned_token_is_refused() {
+        // {"alg":"none"} with valid-looking claims and no signature.
+        let header = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0";
+        let claims = "eyJzdWIiOiJ4Iiwicm9sZSI6InN5c3RlbSIsImlzcyI6ImVmbXMiLCJhdWQiOiJlZm1zIiwiaWF0IjowLCJuYmYiOjAsImV4cCI6OTk5OTk5OTk5OX0";
+        assert!(keys().verify(&format!("{header}.{claims}.")).is_err());
+    }
+
+    #[test]
+    fn tenant_role_without_tenant_cannot_be_issued() {
+        assert!(keys()
+            .issue("x", Role::Admin, None, Duration::from_secs(60))
+            .is_err());
+        let acme = TenantSlug::parse("acme").unwrap();
+        assert!(keys()
+            .issue("x", Role::System, Some(&acme), Duration::from_secs(60))
+            .is_err());
+    }
+
+    #[test]
+    fn ttl_accepts_units_and_refuses_the_rest() {
+        assert_eq!(parse_ttl("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_ttl("7d"), Ok(Duration::from_secs(604_800)));
+        for bad in ["", "1", "h", "1w", "0s", "-1h"] {
+            assert!(parse_ttl(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! Configuration from flags and environment (DPL-CM-001), checked before anything starts
+//! (DPL-CM-003): a bad setting stops the process with a message that names it.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use sqlx::postgres::PgConnectOptions;
+
+use crate::auth::MIN_SECRET_BYTES;
+
+/// The local Postgres of a development machine.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/efms";
+
+/// efms: the Envoy Fleet Manager control plane.
+#[derive(Debug, Parser)]
+#[command(name = "efms", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API and the gRPC server (applies pending migrations first).
+    Serve(ServeArgs),
+    /// Create the database if it is missing and apply pending migrations, then exit.
+    Migrate(DatabaseArgs),
+    /// Print a signed access token (JWT, HS256 with EFMS_JWT_SECRET).
+    Token(TokenArgs),
+}
+
+/// Where the database is.
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// Postgres connection URL; the database is created when it does not exist.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+    /// Most connections the pool opens.
+    #[arg(long, env = "EFMS_DB_MAX_CONNECTIONS", default_value = "20")]
+    pub db_max_connections: String,
+}
+
+/// `efms serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Database settings.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "EFMS_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: String,
+    /// Address the gRPC (xDS) server listens on.
+    #[arg(long, env = "EFMS_GRPC_ADDR", default_value = "127.0.0.1:18000")]
+    pub grpc_addr: String,
+    /// Secret that signs and verifies access tokens (at least 32 bytes).
+    #[arg(long, env = "EFMS_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Log format: `json` (default) or `text`.
+    #[arg(long, env = "EFMS_LOG_FORMAT", default_value = "json")]
+    pub log_format: String,
+    /// How often projections poll the log when no commit notification arrives, in milliseconds.
+    #[arg(long, env = "EFMS_POLL_INTERVAL_MS", default_value = "250")]
+    pub poll_interval_ms: String,
+}
+
+/// `efms token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Role: system, admin, operator, viewer or auditor.
+    #[arg(long)]
+    pub role: String,
+    /// Tenant slug (required for every role but system).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Who the token speaks for.
+    #[arg(long, default_value = "efms-cli")]
+    pub subject: String,
+    /// Lifetime, such as 90s, 30m, 1h or 7d.
+    #[arg(long, default_value = "1h")]
+    pub ttl: String,
+    /// Secret that signs the token (at least 32 bytes).
+    #[arg(long, env = "EFMS_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+}
+
+/// A setting that cannot be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {setting}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable and flag, as the user would set them.
+    pub setting: &'static str,
+    /// What is wrong with the value.
+    pub reason: String,
+}
+
+fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting,
+        reason: reason.into(),
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// Checked database settings.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// Connection options.
+    pub options: PgConnectOptions,
+    /// Pool size.
+    pub max_connections: u32,
+}
+
+/// Checked settings of `efms serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Database settings.
+    pub database: DatabaseConfig,
+    /// HTTP listen address.
+    pub http_addr: SocketAddr,
+    /// gRPC listen address.
+    pub grpc_addr: SocketAddr,
+    /// Token secret.
+    pub jwt_secret: Vec<u8>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Projection polling interval.
+    pub poll_interval: Duration,
+}
+
+impl DatabaseArgs {
+    /// Checks the database settings.
+    pub fn validate(&self) -> Result<DatabaseConfig, ConfigError> {
+        let options = PgConnectOptions::from_str(&self.database_url).map_err(|error| {
+            invalid(
+                "DATABASE_URL (--database-url)",
+                format!("not a Postgres URL such as {DEFAULT_DATABASE_URL}: {error}"),
+            )
+        })?;
+        let max_connections = self
+            .db_max_connections
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (2..=1000).contains(n))
+            .ok_or_else(|| {
+                invalid(
+                    "EFMS_DB_MAX_CONNECTIONS (--db-max-connections)",
+                    format!(
+                        "`{}` is not a whole number from 2 to 1000",
+                        self.db_max_connections
+                    ),
+                )
+            })?;
+        Ok(DatabaseConfig {
+            options,
+            max_connections,
+        })
+    }
+}
+
+/// Checks a signing secret.
+pub fn validate_secret(secret: Option<&str>) -> Result<Vec<u8>, ConfigError> {
+    const SETTING: &str = "EFMS_JWT_SECRET (--jwt-secret)";
+    let secret = secret
+        .filter(|secret| !secret.is_empty())
+        .ok_or_else(|| invalid(SETTING, "missing: set a random secret of at least 32 bytes"))?;
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(invalid(
+            SETTING,
+            format!(
+                "too short ({} bytes): use at least {MIN_SECRET_BYTES}",
+                secret.len()
+            ),
+        ));
+    }
+    Ok(secret.as_bytes().to_vec())
+}
+
+fn parse_addr(setting: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        invalid(
+            setting,
+            format!("`{value}` is not an address of the form IP:PORT, such as 127.0.0.1:8080"),
+        )
+    })
+}
+
+impl ServeArgs {
+    /// Checks every setting of `efms serve`, in the order the help lists them.
+    pub fn validate(&self) -> Result<ServeConfig, ConfigError> {
+        let database = self.database.validate()?;
+        let http_addr = parse_addr("EFMS_HTTP_ADDR (--http-addr)", &self.http_addr)?;
+        let grpc_addr = parse_addr("EFMS_GRPC_ADDR (--grpc-addr)", &self.grpc_addr)?;
+        if http_addr == grpc_addr && http_addr.port() != 0 {
+            return Err(invalid(
+                "EFMS_GRPC_ADDR (--grpc-addr)",
+                format!("`{grpc_addr}` is also EFMS_HTTP_ADDR; they need distinct addresses"),
+            ));
+        }
+        let jwt_secret = validate_secret(self.jwt_secret.as_deref())?;
+        let log_format = match self.log_format.as_str() {
+            "json" => LogFormat::Json,
+            "text" => LogFormat::Text,
+            other => {
+                return Err(invalid(
+                    "EFMS_LOG_FORMAT (--log-format)",
+                    format!("`{other}` is neither `json` nor `text`"),
+                ))
+            }
+        };
+        let poll_interval = self
+            .poll_interval_ms
+            .parse::<u64>()
+            .ok()
+            .filter(|ms| (10..=60_000).contains(ms))
+            .map(Duration::from_millis)
+            .ok_or_else(|| {
+                invalid(
+                    "EFMS_POLL_INTERVAL_MS (--poll-interval-ms)",
+                    format!(
+                        "`{}` is not a number of milliseconds from 10 to 60000",
+                        self.poll_interval_ms
+                    ),
+                )
+            })?;
+        Ok(ServeConfig {
+            database,
+            http_addr,
+            grpc_addr,
+            jwt_secret,
+            log_format,
+            poll_interval,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(http: &str, secret: Option<&str>) -> ServeArgs {
+        ServeArgs {
+            database: DatabaseArgs {
+                database_url: DEFAULT_DATABASE_URL.to_owned(),
+                db_max_connections: "20".to_owned(),
+            },
+            http_addr: http.to_owned(),
+            grpc_addr: "127.0.0.1:18000".to_owned(),
+            jwt_secret: secret.map(str::to_owned),
+            log_format: "json".to_owned(),
+            poll_interval_ms: "250".to_owned(),
+        }
+    }
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn defaults_with_a_secret_are_valid() {
+        let config = args("127.0.0.1:8080", Some(SECRET)).validate().unwrap();
+        assert_eq!(config.http_addr.port(), 8080);
+    }
+
+    #[test]
+    fn unparseable_address_names_its_setting() {
+        let error = args("localhost-8080", Some(SECRET)).validate().unwrap_err();
+        assert_eq!(error.setting, "EFMS_HTTP_ADDR (--http-addr)");
+    }
+
+    #[test]
+    fn missing_or_short_secret_names_its_setting() {
+        assert_eq!(
+            args("127.0.0.1:8080", None).validate().unwrap_err().setting,
+            "EFMS_JWT_SECRET (--jwt-secret)"
+        );
+        assert_eq!(
+            args("127.0.0.1:8080", Some("short"))
+                .validate()
+                .unwrap_err()
+                .setting,
+            "EFMS_JWT_SECRET (--jwt-secret)"
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! The REST API of the Envoy Fleet Manager and the pieces of the `efms` binary.
+//!
+//! The binary (`src/main.rs`) only parses the command line and calls into this library, so tests
+//! can run the same router on a port of their own against a database of their own.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod routes;
+pub mod server;
+
+pub use app::{router, AppState};
+pub use auth::JwtKeys;

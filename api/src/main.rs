@@ -1,0 +1,100 @@
+//! `efms`: serve the control plane, migrate its database, or print an access token.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use efms_api::config::{validate_secret, Cli, Command, LogFormat, TokenArgs};
+use efms_api::JwtKeys;
+use efms_domain::{Role, TenantSlug};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("efms: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(args) => match args.validate() {
+            Ok(config) => {
+                init_logging(config.log_format);
+                runtime.block_on(efms_api::server::run(config))
+            }
+            Err(error) => return config_error(&error),
+        },
+        Command::Migrate(args) => match args.validate() {
+            Ok(config) => {
+                init_logging(LogFormat::Text);
+                runtime.block_on(async {
+                    let pool = efms_api::db::connect(&config).await?;
+                    efms_api::db::migrate(&pool).await?;
+                    tracing::info!("the database schema is up to date");
+                    Ok(())
+                })
+            }
+            Err(error) => return config_error(&error),
+        },
+        Command::Token(args) => return token(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "efms failed");
+            eprintln!("efms: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_error(error: &efms_api::config::ConfigError) -> ExitCode {
+    eprintln!("efms: {error}");
+    ExitCode::from(2)
+}
+
+fn token(args: &TokenArgs) -> ExitCode {
+    let issued = (|| {
+        let secret =
+            validate_secret(args.jwt_secret.as_deref()).map_err(|error| error.to_string())?;
+        let role: Role = args
+            .role
+            .parse()
+            .map_err(|error| format!("--role: {error}"))?;
+        let tenant = args
+            .tenant
+            .as_deref()
+            .map(TenantSlug::parse)
+            .transpose()
+            .map_err(|error| format!("--tenant: {error}"))?;
+        let ttl =
+            efms_api::auth::parse_ttl(&args.ttl).map_err(|error| format!("--ttl: {error}"))?;
+        JwtKeys::from_secret(&secret).issue(&args.subject, role, tenant.as_ref(), ttl)
+    })();
+    match issued {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("efms token: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("EFMS_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,250 @@
+//! `/api/v1/tenants`: the tenant registry (FR-MT-001). Creating tenants is for the `system` role;
+//! a tenant role sees its own tenant only, and any other is answered 404, as if it did not exist.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use cqrs_es::Aggregate as _;
+use efms_commands::{CommandBus, CommitMetadata, Scope};
+use efms_domain::{Actor, Role, Tenant, TenantCommand, TenantName, TenantSlug};
+use efms_projections::tenants::{get_tenant, list_tenants};
+use efms_projections::{ProjectorHandle, TenantRow};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+use crate::app::AppState;
+use crate::auth::Principal;
+use crate::error::{ApiError, FieldError};
+use crate::extract::{ApiJson, ApiQuery};
+
+/// How long a write waits for the read models to show it before answering.
+const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
+/// Page size when the request names none.
+const DEFAULT_LIMIT: u32 = 50;
+/// The largest page a request may ask for.
+const MAX_LIMIT: u32 = 500;
+
+/// Body of `POST /api/v1/tenants`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    /// The slug that will address the tenant: 1 to 63 of `a-z`, `0-9` and inner `-`.
+    pub slug: String,
+    /// Display name: 1 to 200 characters.
+    pub name: String,
+}
+
+/// A tenant as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct TenantView {
+    slug: String,
+    name: String,
+    version: i64,
+    created_at: chrono::DateTime<chrono::Utc>,
+    created_by: String,
+    updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<TenantRow> for TenantView {
+    fn from(row: TenantRow) -> Self {
+        Self {
+            slug: row.slug,
+            name: row.name,
+            version: row.version,
+            created_at: row.created_at,
+            created_by: row.created_by,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+/// One page of tenants.
+#[derive(Debug, Serialize)]
+pub struct TenantPage {
+    items: Vec<TenantView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+/// Query of `GET /api/v1/tenants`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Page size, 1 to 500 (default 50).
+    limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// `POST /api/v1/tenants`: creates a tenant (system role only).
+pub async fn create(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CreateTenant>,
+) -> Result<Response, ApiError> {
+    if actor.role != Role::System {
+        return Err(ApiError::Forbidden(format!(
+            "creating tenants needs the `system` role; this token has `{}`",
+            actor.role
+        )));
+    }
+    let mut errors = Vec::new();
+    let slug = TenantSlug::parse(body.slug)
+        .map_err(|error| errors.push(FieldError::at("/slug", error.to_string())))
+        .ok();
+    let name = TenantName::parse(body.name)
+        .map_err(|error| errors.push(FieldError::at("/name", error.to_string())))
+        .ok();
+    let (Some(slug), Some(name)) = (slug, name) else {
+        return Err(ApiError::Validation(errors));
+    };
+    let outcome = execute(
+        &state,
+        &actor,
+        &headers,
+        &slug,
+        TenantCommand::Create {
+            slug: slug.clone(),
+            name: name.clone(),
+        },
+    )
+    .await?;
+    let location = format!("/api/v1/tenants/{slug}");
+    let row = read_back(&state.pool, &state.tenants, outcome, &slug).await?;
+    let mut response = match row {
+        Some(row) => {
+            let etag = etag(row.version);
+            let mut response = (StatusCode::CREATED, Json(TenantView::from(row))).into_response();
+            response.headers_mut().insert(header::ETAG, etag);
+            response
+        }
+        // Committed, but the read model has not caught up in time: the tenant exists all the same.
+        None => (
+            StatusCode::CREATED,
+            Json(serde_json::json!({ "slug": slug.as_str(), "name": name.as_str(), "version": 1 })),
+        )
+            .into_response(),
+    };
+    response.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).map_err(ApiError::internal)?,
+    );
+    Ok(response)
+}
+
+/// Executes a tenant command for `actor` and counts its outcome.
+async fn execute(
+    state: &AppState,
+    actor: &Actor,
+    headers: &HeaderMap,
+    slug: &TenantSlug,
+    command: TenantCommand,
+) -> Result<Option<efms_commands::Position>, ApiError> {
+    let metadata = CommitMetadata {
+        actor: actor.audit_name(),
+        message: None,
+        request_id: headers
+            .get("x-request-id")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned),
+    };
+    let result = CommandBus::new(state.pool.clone())
+        .execute::<Tenant>(slug.tenant_id(), slug.as_str(), command, (), metadata)
+        .await;
+    let outcome = match &result {
+        Ok(Some(_)) => "committed",
+        Ok(None) => "unchanged",
+        Err(efms_commands::CommandError::Rejected(_)) => "rejected",
+        Err(efms_commands::CommandError::Conflict) => "conflict",
+        Err(_) => "failed",
+    };
+    state.metrics.command(Tenant::TYPE, outcome);
+    Ok(result?)
+}
+
+/// Waits for the read model to show a commit, then reads the tenant from it.
+async fn read_back(
+    pool: &PgPool,
+    projector: &ProjectorHandle,
+    position: Option<efms_commands::Position>,
+    slug: &TenantSlug,
+) -> Result<Option<TenantRow>, ApiError> {
+    if let Some(position) = position {
+        if !projector.wait_for(position, READ_YOUR_WRITES_TIMEOUT).await {
+            tracing::warn!(?position, "read model lags behind a commit");
+        }
+    }
+    Ok(get_tenant(pool, Scope::Tenant(slug.tenant_id()), slug.as_str()).await?)
+}
+
+/// `GET /api/v1/tenants`: the tenants the caller may see, in slug order, a page at a time.
+pub async fn list(
+    State(pool): State<PgPool>,
+    Principal(actor): Principal,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<TenantPage>, ApiError> {
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::Validation(vec![FieldError::parameter(
+            "limit",
+            format!("must be between 1 and {MAX_LIMIT}"),
+        )]));
+    }
+    let mut rows = list_tenants(
+        &pool,
+        scope_of(&actor),
+        query.cursor.as_deref(),
+        i64::from(limit) + 1,
+    )
+    .await?;
+    let next_cursor = if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        rows.last().map(|row| row.slug.clone())
+    } else {
+        None
+    };
+    Ok(Json(TenantPage {
+        items: rows.into_iter().map(TenantView::from).collect(),
+        next_cursor,
+    }))
+}
+
+/// `GET /api/v1/tenants/{slug}`: one tenant, if the caller may see it.
+pub async fn get(
+    State(pool): State<PgPool>,
+    Principal(actor): Principal,
+    Path(slug): Path<String>,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError::NotFound(format!("there is no tenant `{slug}`"));
+    if actor
+        .tenant
+        .as_ref()
+        .is_some_and(|own| own.as_str() != slug)
+    {
+        return Err(not_found());
+    }
+    let row = get_tenant(&pool, scope_of(&actor), &slug)
+        .await?
+        .ok_or_else(not_found)?;
+    let etag = etag(row.version);
+    let mut response = Json(TenantView::from(row)).into_response();
+    response.headers_mut().insert(header::ETAG, etag);
+    Ok(response)
+}
+
+/// The database scope a caller's reads run in: row-level security, not this code, has the last word.
+fn scope_of(actor: &Actor) -> Scope {
+    match &actor.tenant {
+        Some(tenant) => Scope::Tenant(tenant.tenant_id()),
+        None => Scope::System,
+    }
+}
+
+fn etag(version: i64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).expect("a number is a valid header value")
+}

@@ -1,0 +1,91 @@
+//! `efms serve`: the HTTP API and the gRPC server in one process, stopped together on SIGTERM or
+//! Ctrl-C after in-flight requests finish.
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::app::{router, AppState};
+use crate::auth::JwtKeys;
+use crate::config::ServeConfig;
+use crate::db;
+
+/// Runs the control plane until a shutdown signal arrives.
+pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    let pool = db::connect(&config.database).await?;
+    db::migrate(&pool).await?;
+    let http = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on EFMS_HTTP_ADDR {}", config.http_addr))?;
+    let grpc = TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on EFMS_GRPC_ADDR {}", config.grpc_addr))?;
+
+    let (stop, stopped) = watch::channel(false);
+    let state = AppState::start(
+        pool.clone(),
+        JwtKeys::from_secret(&config.jwt_secret),
+        config.poll_interval,
+        signalled(stopped.clone()),
+    );
+    tracing::info!(
+        http = %http.local_addr()?,
+        grpc = %grpc.local_addr()?,
+        version = env!("CARGO_PKG_VERSION"),
+        "efms is serving"
+    );
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        stop.send_replace(true);
+    });
+    let http_server = async {
+        axum::serve(http, router(state))
+            .with_graceful_shutdown(signalled(stopped.clone()))
+            .await
+            .context("the HTTP server failed")
+    };
+    let grpc_server = async {
+        efms_xds::serve(grpc, signalled(stopped.clone()))
+            .await
+            .context("the gRPC server failed")
+    };
+    tokio::try_join!(http_server, grpc_server)?;
+    pool.close().await;
+    tracing::info!("efms stopped");
+    Ok(())
+}
+
+/// Resolves once the stop flag is raised (or its sender is gone).
+async fn signalled(mut stopped: watch::Receiver<bool>) {
+    // An error means the sender is gone, which also means stop.
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,109 @@
+//! Executing commands: load the aggregate, decide, append the events, report the log position.
+
+use std::collections::HashMap;
+
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{Aggregate, AggregateError, CqrsFramework};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::event_store::{PgEventRepository, ACTOR_KEY};
+use crate::log::Position;
+
+/// Events between two snapshots of an aggregate: loading replays at most this many.
+pub const SNAPSHOT_EVERY: usize = 100;
+
+/// What travels with a command into every event it causes (FR-VC-003).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitMetadata {
+    /// Who asked: recorded in the log's `actor` column and in the audit trail.
+    pub actor: String,
+    /// The author's explanation of the change, if given.
+    pub message: Option<String>,
+    /// The request that carried the command, for correlation with logs.
+    pub request_id: Option<String>,
+}
+
+impl CommitMetadata {
+    /// Metadata naming only the actor.
+    pub fn by(actor: impl Into<String>) -> Self {
+        Self {
+            actor: actor.into(),
+            message: None,
+            request_id: None,
+        }
+    }
+
+    fn into_map(self) -> HashMap<String, String> {
+        let mut map = HashMap::from([(ACTOR_KEY.to_owned(), self.actor)]);
+        if let Some(message) = self.message {
+            map.insert("message".to_owned(), message);
+        }
+        if let Some(request_id) = self.request_id {
+            map.insert("request_id".to_owned(), request_id);
+        }
+        map
+    }
+}
+
+/// Why a command did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError<E: std::error::Error> {
+    /// The aggregate refused the command; nothing was written.
+    #[error(transparent)]
+    Rejected(E),
+    /// Another commit reached the same stream first; nothing was written. Retrying decides anew.
+    #[error("a concurrent change to the same stream won; nothing was written")]
+    Conflict,
+    /// The database could not be reached; nothing was written.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(Box<dyn std::error::Error + Send + Sync>),
+    /// Anything else (a stored event that does not decode, a bug).
+    #[error("internal error: {0}")]
+    Internal(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl<E: std::error::Error> From<AggregateError<E>> for CommandError<E> {
+    fn from(error: AggregateError<E>) -> Self {
+        match error {
+            AggregateError::UserError(error) => CommandError::Rejected(error),
+            AggregateError::AggregateConflict => CommandError::Conflict,
+            AggregateError::DatabaseConnectionError(error) => CommandError::Unavailable(error),
+            AggregateError::DeserializationError(error)
+            | AggregateError::UnexpectedError(error) => CommandError::Internal(error),
+        }
+    }
+}
+
+/// Runs commands against the event store.
+#[derive(Debug, Clone)]
+pub struct CommandBus {
+    pool: PgPool,
+}
+
+impl CommandBus {
+    /// A bus writing to `pool`'s database.
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Executes `command` on the aggregate `aggregate_id` of `tenant_id`.
+    ///
+    /// Returns where the commit landed in the log, or `None` when the command decided that nothing
+    /// changes. Projections reach that position shortly after (see the projector's `wait_for`).
+    pub async fn execute<A: Aggregate>(
+        &self,
+        tenant_id: Uuid,
+        aggregate_id: &str,
+        command: A::Command,
+        services: A::Services,
+        metadata: CommitMetadata,
+    ) -> Result<Option<Position>, CommandError<A::Error>> {
+        let repo = PgEventRepository::new(self.pool.clone(), tenant_id);
+        let store = PersistedEventStore::<_, A>::new_snapshot_store(repo.clone(), SNAPSHOT_EVERY);
+        CqrsFramework::new(store, Vec::new(), services)
+            .execute_with_metadata(aggregate_id, command, metadata.into_map())
+            .await?;
+        Ok(repo.last_commit())
+    }
+}

@@ -1,0 +1,22 @@
+//! The write side of the Envoy Fleet Manager.
+//!
+//! - [`event_store`]: our implementation of cqrs-es's `PersistedEventRepository` over the partitioned
+//!   `events` table: one multi-row INSERT per commit, optimistic concurrency by primary key, every
+//!   event stamped with tenant, actor, event id, time and global position.
+//! - [`log`]: the commit-ordered reader that projections tail, and the NOTIFY doorbell that wakes it.
+//! - [`scope`]: how every transaction is bound to one tenant (or to the cross-tenant system role)
+//!   so that row-level security, not handler code, keeps tenants apart.
+//! - [`bus`]: executes a command on an aggregate and reports where its commit landed in the log.
+
+pub mod bus;
+pub mod event_store;
+pub mod log;
+pub mod scope;
+
+pub use bus::{CommandBus, CommandError, CommitMetadata};
+pub use event_store::PgEventRepository;
+pub use log::{LogDoorbell, Position, RecordedEvent};
+pub use scope::Scope;
+
+/// The schema migrations (the `migrations/` folder), the only way the schema changes (DB-AC-003).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

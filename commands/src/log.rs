@@ -1,0 +1,184 @@
+//! The commit-ordered log: how projections read every event exactly once (ADR 0002).
+//!
+//! Global positions come from a sequence, so they are handed out in insertion order but become
+//! visible in commit order: a reader that simply followed positions would skip an event whose slow
+//! transaction commits after a faster, later one, and never come back for it. Instead a reader only
+//! reads rows written by transactions older than every transaction still running
+//! (`tx_id < pg_snapshot_xmin(pg_current_snapshot())`): those transactions are over, so no row can
+//! ever appear below that line again. Ordered by `(tx_id, global_position)`, that line only moves
+//! forward, and a checkpoint of the last `(tx_id, global_position)` read is exact.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use cqrs_es::persist::PersistenceError;
+
+/// The NOTIFY channel the log's trigger rings after every commit.
+pub const EVENTS_CHANNEL: &str = "efms_events";
+
+/// A place in the commit-ordered log: the writing transaction, then the event's global position.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    /// The id (`xid8`) of the transaction that wrote the event.
+    pub tx_id: i64,
+    /// The event's global position (unique across the log).
+    pub global_position: i64,
+}
+
+impl Position {
+    /// The position before the first event.
+    pub const START: Position = Position {
+        tx_id: 0,
+        global_position: 0,
+    };
+
+    /// Builds a position from the text form of an `xid8` and a global position.
+    pub fn from_columns(tx_id: &str, global_position: i64) -> Result<Self, PersistenceError> {
+        let tx_id = tx_id.parse::<i64>().map_err(|error| {
+            PersistenceError::UnknownError(format!("transaction id `{tx_id}`: {error}").into())
+        })?;
+        Ok(Self {
+            tx_id,
+            global_position,
+        })
+    }
+}
+
+/// An event as stored in the log, with everything the log knows about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedEvent {
+    /// Where it stands in the commit-ordered log.
+    pub position: Position,
+    /// The tenant whose stream it belongs to.
+    pub tenant_id: Uuid,
+    /// The aggregate type (`tenant`, ...).
+    pub aggregate_type: String,
+    /// The aggregate id within the tenant.
+    pub aggregate_id: String,
+    /// Its place in its stream, from 1.
+    pub sequence: i64,
+    /// The event's type name.
+    pub event_type: String,
+    /// The version of the event's schema.
+    pub event_version: String,
+    /// The event itself.
+    pub payload: Value,
+    /// cqrs-es metadata: strings such as the actor and the commit message.
+    pub metadata: Value,
+    /// The event's unique id.
+    pub event_id: Uuid,
+    /// Who caused it.
+    pub actor: String,
+    /// When its transaction began.
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// Reads up to `limit` events after `after`, in commit order, from the transactions that are over.
+///
+/// `conn` must be in the system scope ([`crate::Scope::System`]) to see every tenant, or in a tenant
+/// scope to see one. The caller stores the last returned position as its checkpoint; an empty answer
+/// means nothing more is readable now.
+pub async fn read_after(
+    conn: &mut PgConnection,
+    after: Position,
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT tenant_id, aggregate_type, aggregate_id, sequence, event_type, event_version,
+                  payload, metadata, event_id, actor, recorded_at, global_position,
+                  tx_id::text AS "tx_id!"
+           FROM events
+           WHERE (tx_id, global_position) > ($1::text::xid8, $2::bigint)
+             AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+           ORDER BY tx_id, global_position
+           LIMIT $3"#,
+        after.tx_id.to_string(),
+        after.global_position,
+        limit,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            Ok(RecordedEvent {
+                position: Position::from_columns(&row.tx_id, row.global_position)
+                    .map_err(|error| sqlx::Error::Decode(Box::new(error)))?,
+                tenant_id: row.tenant_id,
+                aggregate_type: row.aggregate_type,
+                aggregate_id: row.aggregate_id,
+                sequence: row.sequence,
+                event_type: row.event_type,
+                event_version: row.event_version,
+                payload: row.payload,
+                metadata: row.metadata,
+                event_id: row.event_id,
+                actor: row.actor,
+                recorded_at: row.recorded_at,
+            })
+        })
+        .collect()
+}
+
+/// Wakes a log reader when a commit lands (LISTEN on [`EVENTS_CHANNEL`]), or after a polling
+/// interval at the latest: a notification may be lost while the listening connection reconnects,
+/// and a commit may only become readable once an older transaction has ended.
+pub struct LogDoorbell {
+    listener: Option<PgListener>,
+    pool: PgPool,
+    poll_interval: Duration,
+}
+
+impl LogDoorbell {
+    /// A doorbell on `pool`'s database that rings at least every `poll_interval`.
+    pub async fn connect(pool: &PgPool, poll_interval: Duration) -> Self {
+        let mut doorbell = Self {
+            listener: None,
+            pool: pool.clone(),
+            poll_interval,
+        };
+        doorbell.reconnect().await;
+        doorbell
+    }
+
+    async fn reconnect(&mut self) {
+        let listener = async {
+            let mut listener = PgListener::connect_with(&self.pool).await?;
+            listener.listen(EVENTS_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        }
+        .await;
+        match listener {
+            Ok(listener) => self.listener = Some(listener),
+            Err(error) => {
+                tracing::warn!(%error, "cannot LISTEN for commits; polling only until it can");
+                self.listener = None;
+            }
+        }
+    }
+
+    /// Waits for the next commit notification or the polling interval, whichever comes first, then
+    /// swallows notifications that are already queued (one read serves them all).
+    pub async fn wait(&mut self) {
+        let Some(listener) = self.listener.as_mut() else {
+            tokio::time::sleep(self.poll_interval).await;
+            self.reconnect().await;
+            return;
+        };
+        match tokio::time::timeout(self.poll_interval, listener.try_recv()).await {
+            // A commit, the polling interval, or a dropped connection (PgListener reconnects on the
+            // next call by itself): in every case the caller reads the log now.
+            Err(_) | Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "LISTEN connection failed; reconnecting");
+                self.listener = None;
+                return;
+            }
+        }
+        while listener.next_buffered().is_some() {}
+    }
+}

@@ -1,0 +1,47 @@
+//! Binding a transaction to a tenant (DB-003, FR-MT-002).
+//!
+//! Every transaction the application opens switches to a role that owns no table, so the forced
+//! row-level security policies apply to it, and names the tenant it works for. Both settings are
+//! transaction-local: they vanish at COMMIT or ROLLBACK and never leak to the next user of a pooled
+//! connection. They are sent with `BEGIN` in one round trip.
+
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+/// Whose rows a transaction may see and write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// One tenant's rows only (role `efms_app`).
+    Tenant(Uuid),
+    /// Every tenant's rows, read-only on the log (role `efms_system`): projectors and the system role.
+    System,
+}
+
+impl Scope {
+    /// The statement that opens a transaction in this scope.
+    fn begin_statement(self) -> String {
+        match self {
+            // A Uuid prints as 36 hexadecimal digits and hyphens: nothing here can be injected.
+            Scope::Tenant(tenant) => {
+                format!("BEGIN; SET LOCAL ROLE efms_app; SET LOCAL app.tenant_id = '{tenant}'")
+            }
+            Scope::System => {
+                "BEGIN; SET LOCAL ROLE efms_system; SET LOCAL app.tenant_id = ''".to_owned()
+            }
+        }
+    }
+
+    /// Opens a transaction in this scope on a pooled connection.
+    pub async fn begin(self, pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        pool.begin_with(self.begin_statement()).await
+    }
+
+    /// Opens a transaction in this scope on a connection the caller holds.
+    pub async fn begin_on(
+        self,
+        conn: &mut PgConnection,
+    ) -> Result<Transaction<'_, Postgres>, sqlx::Error> {
+        use sqlx::Connection as _;
+        conn.begin_with(self.begin_statement()).await
+    }
+}

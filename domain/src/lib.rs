@@ -1,0 +1,11 @@
+//! Pure domain types of the Envoy Fleet Manager.
+//!
+//! Aggregates, their commands and events, and the value objects they are made of. Nothing here does
+//! I/O: no database, no HTTP, no gRPC. The write side (`efms-commands`) persists these aggregates'
+//! events; the read side (`efms-projections`) folds them into read models.
+
+pub mod actor;
+pub mod tenant;
+
+pub use actor::{Actor, Role};
+pub use tenant::{Tenant, TenantCommand, TenantError, TenantEvent, TenantName, TenantSlug};

@@ -1,0 +1,193 @@
+//! The tenant aggregate (FR-MT-001): an organisation, the isolation boundary of all its data.
+//!
+//! Its stream lives in the tenant's own partition of the log: tenant id (derived from the slug),
+//! aggregate type `tenant`, aggregate id = slug.
+
+mod values;
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+
+pub use values::{InvalidValue, TenantName, TenantSlug};
+
+/// Commands on a tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantCommand {
+    /// Create the tenant; refused when it exists.
+    Create {
+        /// The slug that addresses it.
+        slug: TenantSlug,
+        /// Its display name.
+        name: TenantName,
+    },
+    /// Change the display name; a no-op when unchanged.
+    Rename {
+        /// The new display name.
+        name: TenantName,
+    },
+}
+
+/// What happened to a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TenantEvent {
+    /// The tenant came into being.
+    TenantCreated {
+        /// Its slug.
+        slug: TenantSlug,
+        /// Its display name.
+        name: TenantName,
+    },
+    /// The display name changed.
+    TenantRenamed {
+        /// The new display name.
+        name: TenantName,
+    },
+}
+
+impl DomainEvent for TenantEvent {
+    fn event_type(&self) -> String {
+        match self {
+            TenantEvent::TenantCreated { .. } => "TenantCreated",
+            TenantEvent::TenantRenamed { .. } => "TenantRenamed",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+/// Why a tenant command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TenantError {
+    /// A tenant with this slug exists already.
+    #[error("tenant `{0}` already exists")]
+    AlreadyExists(TenantSlug),
+    /// The tenant has not been created.
+    #[error("the tenant does not exist")]
+    NotFound,
+}
+
+/// The state a tenant's commands are decided on.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    slug: Option<TenantSlug>,
+    name: Option<TenantName>,
+}
+
+impl Tenant {
+    /// The slug, once created.
+    pub fn slug(&self) -> Option<&TenantSlug> {
+        self.slug.as_ref()
+    }
+
+    /// The display name, once created.
+    pub fn name(&self) -> Option<&TenantName> {
+        self.name.as_ref()
+    }
+}
+
+impl Aggregate for Tenant {
+    const TYPE: &'static str = "tenant";
+    type Command = TenantCommand;
+    type Event = TenantEvent;
+    type Error = TenantError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        match (command, &self.slug) {
+            (TenantCommand::Create { slug, .. }, Some(_)) => Err(TenantError::AlreadyExists(slug)),
+            (TenantCommand::Create { slug, name }, None) => {
+                sink.write(TenantEvent::TenantCreated { slug, name }, self)
+                    .await;
+                Ok(())
+            }
+            (TenantCommand::Rename { .. }, None) => Err(TenantError::NotFound),
+            (TenantCommand::Rename { name }, Some(_)) => {
+                if self.name.as_ref() != Some(&name) {
+                    sink.write(TenantEvent::TenantRenamed { name }, self).await;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            TenantEvent::TenantCreated { slug, name } => {
+                self.slug = Some(slug);
+                self.name = Some(name);
+            }
+            TenantEvent::TenantRenamed { name } => self.name = Some(name),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cqrs_es::test::TestFramework;
+
+    use super::*;
+
+    fn slug() -> TenantSlug {
+        TenantSlug::parse("acme").unwrap()
+    }
+
+    fn name(text: &str) -> TenantName {
+        TenantName::parse(text).unwrap()
+    }
+
+    #[test]
+    fn create_on_an_empty_stream_records_tenant_created() {
+        TestFramework::<Tenant>::with(())
+            .given_no_previous_events()
+            .when(TenantCommand::Create {
+                slug: slug(),
+                name: name("Acme"),
+            })
+            .then_expect_events(vec![TenantEvent::TenantCreated {
+                slug: slug(),
+                name: name("Acme"),
+            }]);
+    }
+
+    #[test]
+    fn create_twice_is_refused_as_already_existing() {
+        TestFramework::<Tenant>::with(())
+            .given(vec![TenantEvent::TenantCreated {
+                slug: slug(),
+                name: name("Acme"),
+            }])
+            .when(TenantCommand::Create {
+                slug: slug(),
+                name: name("Other"),
+            })
+            .then_expect_error(TenantError::AlreadyExists(slug()));
+    }
+
+    #[test]
+    fn rename_to_the_same_name_records_nothing() {
+        TestFramework::<Tenant>::with(())
+            .given(vec![TenantEvent::TenantCreated {
+                slug: slug(),
+                name: name("Acme"),
+            }])
+            .when(TenantCommand::Rename { name: name("Acme") })
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn rename_before_create_is_refused() {
+        TestFramework::<Tenant>::with(())
+            .given_no_previous_events()
+            .when(TenantCommand::Rename { name: name("Acme") })
+            .then_expect_error(TenantError::NotFound);
+    }
+}

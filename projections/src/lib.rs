@@ -1,0 +1,12 @@
+//! The read side of the Envoy Fleet Manager.
+//!
+//! A [`Projector`] tails the commit-ordered log from its checkpoint and hands each event to its
+//! [`Projection`], which updates read-model tables in the same transaction as the checkpoint: a read
+//! model is always exactly the fold of the log up to its checkpoint, and rebuilding it from the log
+//! gives the same rows.
+
+pub mod projector;
+pub mod tenants;
+
+pub use projector::{Projection, ProjectionError, Projector, ProjectorHandle};
+pub use tenants::{TenantRow, TenantsProjection};

@@ -1,0 +1,197 @@
+//! Runs a projection over the commit-ordered log, checkpointed in the database.
+
+use std::future::Future;
+use std::time::Duration;
+
+use efms_commands::log::read_after;
+use efms_commands::{LogDoorbell, Position, RecordedEvent, Scope};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::watch;
+
+/// Events read and applied per transaction.
+pub const BATCH_SIZE: i64 = 500;
+
+/// Why a projection could not apply an event.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    /// The database refused or failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The event's payload does not decode as the projection expects.
+    #[error("event {event_id} ({event_type}) does not decode: {source}")]
+    Decode {
+        /// The offending event.
+        event_id: uuid::Uuid,
+        /// Its type.
+        event_type: String,
+        /// What was wrong.
+        source: serde_json::Error,
+    },
+}
+
+/// A read model kept from the log.
+pub trait Projection: Send + Sync + 'static {
+    /// The checkpoint's name; unique per projection.
+    const NAME: &'static str;
+
+    /// Applies one event inside the projector's transaction (system scope). Events of aggregate
+    /// types the projection does not care about must be ignored.
+    fn apply(
+        &self,
+        tx: &mut PgConnection,
+        event: &RecordedEvent,
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
+
+    /// Empties the read model, before a rebuild from the start of the log.
+    fn reset(
+        &self,
+        tx: &mut PgConnection,
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
+}
+
+/// Drives one [`Projection`].
+#[derive(Debug, Clone)]
+pub struct Projector<P> {
+    pool: PgPool,
+    projection: P,
+}
+
+/// A running projector: where it stands, and a way to wait for it.
+#[derive(Debug, Clone)]
+pub struct ProjectorHandle {
+    checkpoint: watch::Receiver<Position>,
+}
+
+impl ProjectorHandle {
+    /// The position up to which the read model reflects the log.
+    pub fn checkpoint(&self) -> Position {
+        *self.checkpoint.borrow()
+    }
+
+    /// Waits for the checkpoint to move; `None` once the projector has stopped.
+    pub async fn changed(&mut self) -> Option<Position> {
+        self.checkpoint.changed().await.ok()?;
+        Some(*self.checkpoint.borrow_and_update())
+    }
+
+    /// Waits until the read model reflects the log up to `position`, at most `timeout`.
+    /// Returns whether it got there.
+    pub async fn wait_for(&self, position: Position, timeout: Duration) -> bool {
+        let mut checkpoint = self.checkpoint.clone();
+        tokio::time::timeout(timeout, checkpoint.wait_for(|reached| *reached >= position))
+            .await
+            .is_ok_and(|changed| changed.is_ok())
+    }
+}
+
+impl<P: Projection> Projector<P> {
+    /// A projector of `projection` over `pool`'s log.
+    pub fn new(pool: PgPool, projection: P) -> Self {
+        Self { pool, projection }
+    }
+
+    /// Applies the next batch of readable events in one transaction with the checkpoint.
+    /// Returns the new checkpoint and how many events it applied.
+    ///
+    /// The checkpoint row is locked for the transaction, so projectors of several replicas take
+    /// turns instead of applying an event twice.
+    pub async fn run_batch(&self) -> Result<(Position, usize), ProjectionError> {
+        let mut tx = Scope::System.begin(&self.pool).await?;
+        sqlx::query!(
+            "INSERT INTO projection_checkpoints (projection) VALUES ($1) ON CONFLICT DO NOTHING",
+            P::NAME
+        )
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query!(
+            r#"SELECT tx_id::text AS "tx_id!", global_position
+               FROM projection_checkpoints WHERE projection = $1 FOR UPDATE"#,
+            P::NAME
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let from = Position::from_columns(&row.tx_id, row.global_position)
+            .map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
+        let events = read_after(&mut tx, from, BATCH_SIZE).await?;
+        let Some(last) = events.last().map(|event| event.position) else {
+            tx.rollback().await?;
+            return Ok((from, 0));
+        };
+        for event in &events {
+            self.projection.apply(&mut tx, event).await?;
+        }
+        sqlx::query!(
+            r#"UPDATE projection_checkpoints
+               SET tx_id = $2::text::xid8, global_position = $3, updated_at = now()
+               WHERE projection = $1"#,
+            P::NAME,
+            last.tx_id.to_string(),
+            last.global_position,
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((last, events.len()))
+    }
+
+    /// Applies batches until nothing is readable. Returns the final checkpoint.
+    pub async fn catch_up(&self) -> Result<Position, ProjectionError> {
+        loop {
+            let (position, applied) = self.run_batch().await?;
+            if applied == 0 {
+                return Ok(position);
+            }
+        }
+    }
+
+    /// Empties the read model and rewinds the checkpoint to the start of the log, in one
+    /// transaction; the next batches rebuild it.
+    pub async fn reset(&self) -> Result<(), ProjectionError> {
+        let mut tx = Scope::System.begin(&self.pool).await?;
+        self.projection.reset(&mut tx).await?;
+        sqlx::query!(
+            r#"INSERT INTO projection_checkpoints (projection) VALUES ($1)
+               ON CONFLICT (projection) DO UPDATE
+               SET tx_id = '0'::xid8, global_position = 0, updated_at = now()"#,
+            P::NAME
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Runs the projector in the background until `shutdown` resolves: a batch whenever the log's
+    /// doorbell rings or `poll_interval` passes.
+    pub fn spawn(
+        self,
+        poll_interval: Duration,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> ProjectorHandle {
+        let (publish, checkpoint) = watch::channel(Position::START);
+        tokio::spawn(async move {
+            tokio::pin!(shutdown);
+            let mut doorbell = LogDoorbell::connect(&self.pool, poll_interval).await;
+            loop {
+                match self.run_batch().await {
+                    Ok((position, applied)) => {
+                        publish.send_replace(position);
+                        if applied > 0 {
+                            tracing::debug!(projection = P::NAME, applied, ?position, "projected");
+                            continue;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(projection = P::NAME, %error, "projection batch failed; retrying");
+                    }
+                }
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = doorbell.wait() => {}
+                }
+            }
+            tracing::info!(projection = P::NAME, "projector stopped");
+        });
+        ProjectorHandle { checkpoint }
+    }
+}
