@@ -1,1 +1,104 @@
-//! placeholder
+//! Helpers shared by the end-to-end tests: events to append, and the HTTP API on a port of its own.
+
+use std::time::Duration;
+
+use cqrs_es::persist::SerializedEvent;
+use efms_api::{router, AppState, JwtKeys};
+use efms_domain::{Role, TenantSlug};
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+/// The secret the test servers sign tokens with.
+pub const SECRET: &[u8] = b"test-secret-test-secret-test-secret!";
+
+/// A test event for `aggregate_id` at `sequence`, caused by `actor`.
+pub fn event(aggregate_id: &str, sequence: usize, actor: &str) -> SerializedEvent {
+    SerializedEvent {
+        aggregate_id: aggregate_id.to_owned(),
+        sequence,
+        aggregate_type: "probe".to_owned(),
+        event_type: "Probed".to_owned(),
+        event_version: "1".to_owned(),
+        payload: json!({ "n": sequence }),
+        metadata: json!({ "actor": actor }),
+    }
+}
+
+/// The API served on 127.0.0.1 on a free port, over `pool`, until dropped.
+pub struct TestApp {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// A client for it.
+    pub client: reqwest::Client,
+    /// The keys its tokens are signed with.
+    pub keys: JwtKeys,
+    stop: watch::Sender<bool>,
+}
+
+impl TestApp {
+    /// Starts the router and the projectors.
+    pub async fn spawn(pool: PgPool) -> Self {
+        let (stop, stopped) = watch::channel(false);
+        let keys = JwtKeys::from_secret(SECRET);
+        let mut projector_stop = stopped.clone();
+        let state = AppState::start(pool, keys.clone(), Duration::from_millis(100), async move {
+            let _ = projector_stop.wait_for(|stop| *stop).await;
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let mut server_stop = stopped;
+        tokio::spawn(async move {
+            axum::serve(listener, router(state))
+                .with_graceful_shutdown(async move {
+                    let _ = server_stop.wait_for(|stop| *stop).await;
+                })
+                .await
+                .unwrap();
+        });
+        Self {
+            base,
+            client: reqwest::Client::new(),
+            keys,
+            stop,
+        }
+    }
+
+    /// A token for `role` (in `tenant` for tenant roles), valid for an hour.
+    pub fn token(&self, role: Role, tenant: Option<&str>) -> String {
+        let tenant = tenant.map(|slug| TenantSlug::parse(slug).unwrap());
+        self.keys
+            .issue("tester", role, tenant.as_ref(), Duration::from_secs(3600))
+            .unwrap()
+    }
+
+    /// The system role's token.
+    pub fn system_token(&self) -> String {
+        self.token(Role::System, None)
+    }
+
+    /// `url` under the server.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Creates a tenant as the system role; panics unless it answers 201.
+    pub async fn create_tenant(&self, slug: &str, name: &str) -> serde_json::Value {
+        let response = self
+            .client
+            .post(self.url("/api/v1/tenants"))
+            .bearer_auth(self.system_token())
+            .json(&json!({ "slug": slug, "name": name }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "creating tenant {slug}");
+        response.json().await.unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
