@@ -12,6 +12,16 @@ use tokio::sync::watch;
 /// The secret the test servers sign tokens with.
 pub const SECRET: &[u8] = b"test-secret-test-secret-test-secret!";
 
+/// Signs arbitrary claims with the test secret (HS256), for tokens the API must refuse.
+pub fn sign(claims: &serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET),
+    )
+    .unwrap()
+}
+
 /// A test event for `aggregate_id` at `sequence`, caused by `actor`.
 pub fn event(aggregate_id: &str, sequence: usize, actor: &str) -> SerializedEvent {
     SerializedEvent {
