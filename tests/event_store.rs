@@ -9,7 +9,9 @@ use std::time::Duration;
 use cqrs_es::persist::{PersistedEventRepository, PersistenceError};
 use efms_commands::event_store::append;
 use efms_commands::log::read_after;
-use efms_commands::{CommandBus, CommitMetadata, LogDoorbell, PgEventRepository, Position, Scope};
+use efms_commands::{
+    CommandBus, CommitBell, CommitMetadata, LogDoorbell, PgEventRepository, Position, Scope,
+};
 use efms_domain::{Tenant, TenantCommand, TenantName, TenantSlug};
 use efms_projections::{Projector, TenantsProjection};
 use efms_tests::event;
@@ -321,7 +323,8 @@ async fn every_commit_leaves_one_audit_row_naming_the_actor(pool: PgPool) {
 async fn a_commit_rings_the_doorbell_of_waiting_readers(pool: PgPool) {
     // A long polling interval: only the notification can wake the reader in time.
     let mut doorbell = LogDoorbell::connect(&pool, Duration::from_secs(30)).await;
-    let repo = PgEventRepository::new(pool.clone(), Uuid::new_v4());
+    let repo =
+        PgEventRepository::new(pool.clone(), Uuid::new_v4()).with_bell(CommitBell::spawn(&pool));
     let writer = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(200)).await;
         repo.persist::<probe::Probe>(&[event("ring", 1, "x")], None)
@@ -434,7 +437,7 @@ async fn commit_ordered_reader_yields_every_event_once_in_stream_order_under_8_w
 #[sqlx::test(migrator = "efms_commands::MIGRATOR")]
 async fn an_aggregate_past_a_snapshot_loads_from_it_and_keeps_deciding_right(pool: PgPool) {
     let slug = TenantSlug::parse("snap").unwrap();
-    let bus = CommandBus::new(pool.clone());
+    let bus = CommandBus::new(pool.clone(), CommitBell::spawn(&pool));
     let name = |n: usize| TenantName::parse(format!("Name {n}")).unwrap();
     bus.execute::<Tenant>(
         slug.tenant_id(),
@@ -499,7 +502,7 @@ async fn an_aggregate_past_a_snapshot_loads_from_it_and_keeps_deciding_right(poo
 
 #[sqlx::test(migrator = "efms_commands::MIGRATOR")]
 async fn rebuilding_the_tenant_registry_from_the_log_gives_identical_rows(pool: PgPool) {
-    let bus = CommandBus::new(pool.clone());
+    let bus = CommandBus::new(pool.clone(), CommitBell::spawn(&pool));
     for (slug, name) in [
         ("acme", "Acme"),
         ("globex", "Globex"),

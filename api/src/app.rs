@@ -8,6 +8,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{middleware, Router};
+use efms_commands::{CommandBus, CommitBell};
 use efms_projections::{Projector, ProjectorHandle, TenantsProjection};
 use sqlx::PgPool;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -23,6 +24,8 @@ use crate::routes::{health, tenants};
 pub struct AppState {
     /// The database pool (connections switch to a scoped role per transaction).
     pub pool: PgPool,
+    /// Executes commands and rings the log readers' doorbell after each commit.
+    pub bus: CommandBus,
     /// Token keys.
     pub jwt: JwtKeys,
     /// Process metrics.
@@ -41,6 +44,7 @@ impl AppState {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Self {
         let metrics = Metrics::new();
+        let bus = CommandBus::new(pool.clone(), CommitBell::spawn(&pool));
         let tenants =
             Projector::new(pool.clone(), TenantsProjection).spawn(poll_interval, shutdown);
         let gauge = metrics.projector_position.clone();
@@ -52,6 +56,7 @@ impl AppState {
         });
         Self {
             pool,
+            bus,
             jwt,
             metrics,
             tenants,

@@ -7,7 +7,9 @@
 //!
 //! `cargo bench -p efms-commands --bench event_store` (see docs/benchmarks.md). Settings:
 //! `EFMS_BENCH_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/efms_bench`, dropped and
-//! recreated), `EFMS_BENCH_SECONDS` per measurement (default 3).
+//! recreated), `EFMS_BENCH_SECONDS` per measurement (default 3), `EFMS_BENCH_WRITERS` (default
+//! `1,4,16`), `EFMS_BENCH_EVENTS` (events per commit, default `1,10`) and `EFMS_BENCH_SETUP_SQL`
+//! (SQL run on the benchmark database before measuring, for what-if measurements).
 
 // Counts and durations become floating-point figures for printing; precision loss is irrelevant.
 #![allow(
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{PersistedEventRepository, SerializedEvent};
 use cqrs_es::{Aggregate, DomainEvent};
-use efms_commands::PgEventRepository;
+use efms_commands::{CommitBell, PgEventRepository};
 use postgres_es::PostgresEventRepository;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -102,21 +104,80 @@ struct Measurement {
     p99: Duration,
 }
 
+/// Latencies of every commit and the time they took, summed over slices.
+#[derive(Default)]
+struct Samples {
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+}
+
+impl Samples {
+    fn measurement(mut self) -> Measurement {
+        self.latencies.sort();
+        let percentile = |p: f64| {
+            let n = self.latencies.len();
+            let index = ((n as f64 * p).ceil() as usize).clamp(1, n) - 1;
+            self.latencies[index]
+        };
+        Measurement {
+            commits_per_second: self.latencies.len() as f64 / self.elapsed.as_secs_f64(),
+            p50: percentile(0.50),
+            p99: percentile(0.99),
+        }
+    }
+}
+
+/// Measures both repositories in alternating slices (ours, theirs, theirs, ours, ...) so that a
+/// drift of the machine (disk flushes, another process) weighs on both alike.
+async fn compare(
+    pool: &PgPool,
+    writers: usize,
+    size: usize,
+    seconds: u64,
+) -> (Measurement, Measurement) {
+    const SLICES: u32 = 6;
+    let slice = Duration::from_secs(seconds) / SLICES;
+    let (mut ours, mut theirs) = (Samples::default(), Samples::default());
+    for round in 0..SLICES {
+        let order = if round % 2 == 0 {
+            [Repo::Ours, Repo::PostgresEs]
+        } else {
+            [Repo::PostgresEs, Repo::Ours]
+        };
+        for repo in order {
+            let samples = if repo == Repo::Ours {
+                &mut ours
+            } else {
+                &mut theirs
+            };
+            let (latencies, elapsed) = measure(pool, repo, writers, size, slice).await;
+            samples.latencies.extend(latencies);
+            samples.elapsed += elapsed;
+        }
+    }
+    (ours.measurement(), theirs.measurement())
+}
+
+/// Runs `writers` writers of one repository for `duration`; returns every commit's latency and
+/// the time taken.
 async fn measure(
     pool: &PgPool,
     repo: Repo,
     writers: usize,
     size: usize,
-    seconds: u64,
-) -> Measurement {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+    duration: Duration,
+) -> (Vec<Duration>, Duration) {
+    // Ours rings the log readers' doorbell after each commit, as in production.
+    let bell = CommitBell::spawn(pool);
+    let deadline = Instant::now() + duration;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..writers {
         let pool = pool.clone();
+        let bell = bell.clone();
         tasks.push(tokio::spawn(async move {
             let stream = Uuid::new_v4().to_string();
-            let ours = PgEventRepository::new(pool.clone(), Uuid::new_v4());
+            let ours = PgEventRepository::new(pool.clone(), Uuid::new_v4()).with_bell(bell);
             let theirs =
                 PostgresEventRepository::new(pool).with_tables("pges_events", "pges_snapshots");
             let mut latencies = Vec::new();
@@ -139,17 +200,7 @@ async fn measure(
     for task in tasks {
         latencies.extend(task.await.expect("writer"));
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    latencies.sort();
-    let percentile = |p: f64| {
-        let index = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[index]
-    };
-    Measurement {
-        commits_per_second: latencies.len() as f64 / elapsed,
-        p50: percentile(0.50),
-        p99: percentile(0.99),
-    }
+    (latencies, started.elapsed())
 }
 
 async fn prepare(url: &str) -> PgPool {
@@ -185,6 +236,12 @@ async fn prepare(url: &str) -> PgPool {
     )
     .await
     .expect("postgres-es schema");
+    if let Ok(sql) = std::env::var("EFMS_BENCH_SETUP_SQL") {
+        // What-if measurements: change the schema before measuring (docs/benchmarks.md).
+        pool.execute(sql.as_str())
+            .await
+            .expect("EFMS_BENCH_SETUP_SQL");
+    }
     pool
 }
 
@@ -204,20 +261,26 @@ async fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
+    let list = |name: &str, default: &str| -> Vec<usize> {
+        std::env::var(name)
+            .unwrap_or_else(|_| default.to_owned())
+            .split(',')
+            .map(|n| n.trim().parse().expect("a comma-separated list of numbers"))
+            .collect()
+    };
+    let writer_counts = list("EFMS_BENCH_WRITERS", "1,4,16");
+    let commit_sizes = list("EFMS_BENCH_EVENTS", "1,10");
     let pool = prepare(&url).await;
     // Warm-up: connections, prepared statements, caches.
-    for repo in [Repo::Ours, Repo::PostgresEs] {
-        measure(&pool, repo, 4, 10, 1).await;
-    }
-    println!("event store append benchmark: {seconds} s per measurement, pool of 20 connections");
+    compare(&pool, 4, 10, 1).await;
+    println!("event store append benchmark: {seconds} s per repository and row, in 6 alternating slices, pool of 20 connections");
     println!(
         "| writers | events/commit | ours commits/s | ours p50 ms | ours p99 ms | postgres-es commits/s | postgres-es p50 ms | postgres-es p99 ms | ours/postgres-es throughput |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    for size in [1, 10] {
-        for writers in [1, 4, 16] {
-            let ours = measure(&pool, Repo::Ours, writers, size, seconds).await;
-            let theirs = measure(&pool, Repo::PostgresEs, writers, size, seconds).await;
+    for &size in &commit_sizes {
+        for &writers in &writer_counts {
+            let (ours, theirs) = compare(&pool, writers, size, seconds).await;
             let ratio = ours.commits_per_second / theirs.commits_per_second;
             println!(
                 "| {writers} | {size} | {:.0} | {} | {} | {:.0} | {} | {} | {ratio:.2}x |",

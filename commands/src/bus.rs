@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::event_store::{PgEventRepository, ACTOR_KEY};
-use crate::log::Position;
+use crate::log::{CommitBell, Position};
 
 /// Events between two snapshots of an aggregate: loading replays at most this many.
 pub const SNAPSHOT_EVERY: usize = 100;
@@ -79,12 +79,13 @@ impl<E: std::error::Error> From<AggregateError<E>> for CommandError<E> {
 #[derive(Debug, Clone)]
 pub struct CommandBus {
     pool: PgPool,
+    bell: CommitBell,
 }
 
 impl CommandBus {
-    /// A bus writing to `pool`'s database.
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    /// A bus writing to `pool`'s database and ringing `bell` after each commit.
+    pub fn new(pool: PgPool, bell: CommitBell) -> Self {
+        Self { pool, bell }
     }
 
     /// Executes `command` on the aggregate `aggregate_id` of `tenant_id`.
@@ -99,7 +100,8 @@ impl CommandBus {
         services: A::Services,
         metadata: CommitMetadata,
     ) -> Result<Option<Position>, CommandError<A::Error>> {
-        let repo = PgEventRepository::new(self.pool.clone(), tenant_id);
+        let repo =
+            PgEventRepository::new(self.pool.clone(), tenant_id).with_bell(self.bell.clone());
         let store = PersistedEventStore::<_, A>::new_snapshot_store(repo.clone(), SNAPSHOT_EVERY);
         CqrsFramework::new(store, Vec::new(), services)
             .execute_with_metadata(aggregate_id, command, metadata.into_map())

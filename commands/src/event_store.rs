@@ -17,7 +17,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::log::Position;
+use crate::log::{CommitBell, Position};
 use crate::scope::Scope;
 
 /// The metadata key that names who caused an event; required on every event.
@@ -34,6 +34,7 @@ const STREAM_CHANNEL_SIZE: usize = 256;
 pub struct PgEventRepository {
     pool: PgPool,
     tenant_id: Uuid,
+    bell: Option<CommitBell>,
     last_commit: Arc<Mutex<Option<Position>>>,
 }
 
@@ -43,8 +44,17 @@ impl PgEventRepository {
         Self {
             pool,
             tenant_id,
+            bell: None,
             last_commit: Arc::default(),
         }
+    }
+
+    /// Rings `bell` after every commit, so that log readers wake at once instead of at their next
+    /// poll.
+    #[must_use]
+    pub fn with_bell(mut self, bell: CommitBell) -> Self {
+        self.bell = Some(bell);
+        self
     }
 
     /// The tenant whose streams this repository reads and writes.
@@ -337,6 +347,9 @@ impl PersistedEventRepository for PgEventRepository {
         tx.commit().await.map_err(persistence_error)?;
         if position.is_some() {
             *self.last_commit.lock().expect("last_commit lock poisoned") = position;
+            if let Some(bell) = &self.bell {
+                bell.ring();
+            }
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ pub mod scope;
 
 pub use bus::{CommandBus, CommandError, CommitMetadata};
 pub use event_store::PgEventRepository;
-pub use log::{LogDoorbell, Position, RecordedEvent};
+pub use log::{CommitBell, LogDoorbell, Position, RecordedEvent};
 pub use scope::Scope;
 
 /// The schema migrations (the `migrations/` folder), the only way the schema changes (DB-AC-003).

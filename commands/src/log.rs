@@ -18,8 +18,11 @@ use uuid::Uuid;
 
 use cqrs_es::persist::PersistenceError;
 
-/// The NOTIFY channel the log's trigger rings after every commit.
+/// The NOTIFY channel that tells log readers a commit landed.
 pub const EVENTS_CHANNEL: &str = "efms_events";
+
+/// The shortest time between two rings of a [`CommitBell`].
+pub const RING_INTERVAL: Duration = Duration::from_millis(5);
 
 /// A place in the commit-ordered log: the writing transaction, then the event's global position.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -122,6 +125,57 @@ pub async fn read_after(
             })
         })
         .collect()
+}
+
+/// Rings the log readers' doorbell (NOTIFY on [`EVENTS_CHANNEL`]) after commits, from outside the
+/// writing transactions.
+///
+/// A NOTIFY inside a writing transaction would make every commit wait for a database-wide lock held
+/// through the WAL flush of every other notifying commit. Here commits only drop a token into a
+/// one-slot queue; a background task sends one NOTIFY per token and then rests for
+/// [`RING_INTERVAL`], so however fast commits come, readers are woken at most every few
+/// milliseconds and the bell costs the database next to nothing. The task ends when every clone of
+/// the bell is dropped.
+#[derive(Debug, Clone)]
+pub struct CommitBell {
+    pending: tokio::sync::mpsc::Sender<()>,
+}
+
+impl CommitBell {
+    /// Starts the task that sends the notifications over `pool`.
+    pub fn spawn(pool: &PgPool) -> Self {
+        let (pending, mut rings) = tokio::sync::mpsc::channel::<()>(1);
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            while rings.recv().await.is_some() {
+                if let Err(error) = notify(&pool).await {
+                    // Readers poll as well: a lost ring delays them by one polling interval.
+                    tracing::warn!(%error, "cannot notify log readers of a commit");
+                }
+                tokio::time::sleep(RING_INTERVAL).await;
+            }
+        });
+        Self { pending }
+    }
+
+    /// Records that a commit landed; never waits.
+    pub fn ring(&self) {
+        // A full queue already holds a ring that will be sent after this commit: nothing is lost.
+        let _ = self.pending.try_send(());
+    }
+}
+
+/// Sends one notification. A notifying transaction takes a transaction id and so writes a commit
+/// record; it carries no data, so it need not wait for the WAL flush (the commits it announces
+/// already did), which would otherwise double the flushes of every commit.
+async fn notify(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let mut tx = pool
+        .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+        .await?;
+    sqlx::query!("SELECT pg_notify($1, '')", EVENTS_CHANNEL)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
 }
 
 /// Wakes a log reader when a commit lands (LISTEN on [`EVENTS_CHANNEL`]), or after a polling

@@ -20,15 +20,12 @@ pub enum Scope {
 impl Scope {
     /// The statement that opens a transaction in this scope.
     fn begin_statement(self) -> String {
-        match self {
+        let (role, tenant) = match self {
             // A Uuid prints as 36 hexadecimal digits and hyphens: nothing here can be injected.
-            Scope::Tenant(tenant) => {
-                format!("BEGIN; SET LOCAL ROLE efms_app; SET LOCAL app.tenant_id = '{tenant}'")
-            }
-            Scope::System => {
-                "BEGIN; SET LOCAL ROLE efms_system; SET LOCAL app.tenant_id = ''".to_owned()
-            }
-        }
+            Scope::Tenant(tenant) => ("efms_app", tenant.to_string()),
+            Scope::System => ("efms_system", String::new()),
+        };
+        format!("BEGIN; SET LOCAL ROLE {role}; SET LOCAL app.tenant_id = '{tenant}'")
     }
 
     /// Opens a transaction in this scope on a pooled connection.

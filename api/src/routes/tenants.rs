@@ -8,7 +8,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cqrs_es::Aggregate as _;
-use efms_commands::{CommandBus, CommitMetadata, Scope};
+use efms_commands::{CommitMetadata, Scope};
 use efms_domain::{Actor, Role, Tenant, TenantCommand, TenantName, TenantSlug};
 use efms_projections::tenants::{get_tenant, list_tenants};
 use efms_projections::{ProjectorHandle, TenantRow};
@@ -153,7 +153,8 @@ async fn execute(
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned),
     };
-    let result = CommandBus::new(state.pool.clone())
+    let result = state
+        .bus
         .execute::<Tenant>(slug.tenant_id(), slug.as_str(), command, (), metadata)
         .await;
     let outcome = match &result {
