@@ -5,6 +5,7 @@
 //! events; the read side (`efms-projections`) folds them into read models.
 
 pub mod actor;
+pub mod envoy;
 pub mod tenant;
 
 pub use actor::{Actor, Role};

@@ -1,0 +1,241 @@
+//! Envoy resources and their validation against Envoy's real schema (FR-EP-003).
+//!
+//! The schema is compiled from the `.proto` files envoy-types ships (see `build.rs`) into a
+//! [`prost_reflect::DescriptorPool`]. A resource's JSON (protobuf JSON mapping, `typed_config` with
+//! `@type`) is decoded into a dynamic message: unknown fields, wrong types and unknown `@type`s fail
+//! there, with the JSON pointer of the fault. Envoy's `validate.rules` (required fields, ranges,
+//! lengths) are then checked on the decoded message. What is stored is the canonical form: the
+//! decoded message serialised back, so equal configurations are equal bytes.
+
+mod rules;
+
+use std::fmt;
+use std::sync::LazyLock;
+
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The descriptor set written by `build.rs`.
+static DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy.fds"));
+
+/// Every Envoy message, extension and option the validator knows.
+pub static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
+    DescriptorPool::decode(DESCRIPTOR_SET).expect("the build's descriptor set decodes")
+});
+
+/// At most this many rule violations are reported for one resource.
+const MAX_VIOLATIONS: usize = 50;
+
+/// The kinds of Envoy resource the store keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResourceKind {
+    /// `envoy.config.cluster.v3.Cluster` (CDS).
+    Cluster,
+    /// `envoy.config.endpoint.v3.ClusterLoadAssignment` (EDS).
+    Endpoints,
+    /// `envoy.config.listener.v3.Listener` (LDS).
+    Listener,
+    /// `envoy.config.route.v3.RouteConfiguration` (RDS).
+    Route,
+    /// `envoy.extensions.transport_sockets.tls.v3.Secret` (SDS).
+    Secret,
+}
+
+impl ResourceKind {
+    /// Every kind, in the order Envoy should receive them (make before break).
+    pub const ALL: [ResourceKind; 5] = [
+        ResourceKind::Cluster,
+        ResourceKind::Endpoints,
+        ResourceKind::Secret,
+        ResourceKind::Listener,
+        ResourceKind::Route,
+    ];
+
+    /// The fully qualified protobuf message name.
+    pub fn message_name(self) -> &'static str {
+        match self {
+            ResourceKind::Cluster => "envoy.config.cluster.v3.Cluster",
+            ResourceKind::Endpoints => "envoy.config.endpoint.v3.ClusterLoadAssignment",
+            ResourceKind::Listener => "envoy.config.listener.v3.Listener",
+            ResourceKind::Route => "envoy.config.route.v3.RouteConfiguration",
+            ResourceKind::Secret => "envoy.extensions.transport_sockets.tls.v3.Secret",
+        }
+    }
+
+    /// The xDS type URL.
+    pub fn type_url(self) -> String {
+        format!("type.googleapis.com/{}", self.message_name())
+    }
+
+    /// The field that holds the resource's name.
+    pub fn name_field(self) -> &'static str {
+        match self {
+            ResourceKind::Endpoints => "cluster_name",
+            _ => "name",
+        }
+    }
+
+    /// The path segment of the kind in the REST API (`clusters`, `endpoints`, ...).
+    pub fn collection(self) -> &'static str {
+        match self {
+            ResourceKind::Cluster => "clusters",
+            ResourceKind::Endpoints => "endpoints",
+            ResourceKind::Listener => "listeners",
+            ResourceKind::Route => "routes",
+            ResourceKind::Secret => "secrets",
+        }
+    }
+
+    /// The kind a REST collection name stands for.
+    pub fn from_collection(collection: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.collection() == collection)
+    }
+
+    fn descriptor(self) -> MessageDescriptor {
+        POOL.get_message_by_name(self.message_name())
+            .expect("the schema has every resource kind")
+    }
+}
+
+impl fmt::Display for ResourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ResourceKind::Cluster => "cluster",
+            ResourceKind::Endpoints => "endpoints",
+            ResourceKind::Listener => "listener",
+            ResourceKind::Route => "route",
+            ResourceKind::Secret => "secret",
+        })
+    }
+}
+
+/// One reason a resource is not valid, and where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    /// JSON pointer (RFC 6901) into the submitted resource.
+    pub pointer: String,
+    /// What is wrong there.
+    pub message: String,
+}
+
+/// A resource that passed validation.
+#[derive(Clone, PartialEq)]
+pub struct ValidResource {
+    /// Its kind.
+    pub kind: ResourceKind,
+    /// Its name (the kind's name field).
+    pub name: String,
+    /// The canonical JSON: decoded and serialised back with proto field names, defaults omitted.
+    pub canonical: Value,
+    /// The decoded message, for reference extraction and encoding.
+    pub message: DynamicMessage,
+}
+
+impl fmt::Debug for ValidResource {
+    // A dynamic message's Debug walks its whole descriptor pool: show the JSON instead.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ValidResource")
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .field("canonical", &self.canonical)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Validates `json` as a resource of `kind` and returns its canonical form.
+pub fn validate(kind: ResourceKind, json: &Value) -> Result<ValidResource, Vec<Violation>> {
+    let message = decode(kind.descriptor(), json)?;
+    let mut violations = Vec::new();
+    rules::check(&message, &mut String::new(), &mut violations);
+    let name = message
+        .get_field_by_name(kind.name_field())
+        .and_then(|value| value.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    if let Err(problem) = check_name(&name) {
+        violations.insert(
+            0,
+            Violation {
+                pointer: format!("/{}", kind.name_field()),
+                message: problem,
+            },
+        );
+    }
+    if !violations.is_empty() {
+        violations.truncate(MAX_VIOLATIONS);
+        return Err(violations);
+    }
+    let canonical = canonical_json(&message);
+    Ok(ValidResource {
+        kind,
+        name,
+        canonical,
+        message,
+    })
+}
+
+/// Checks a resource name: it addresses the resource in URLs and in xDS.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a name is required".to_owned());
+    }
+    if name.chars().count() > 253 {
+        return Err("a name has at most 253 characters".to_owned());
+    }
+    if name.chars().any(|c| c.is_control() || c == '/') {
+        return Err("a name may not contain control characters or `/`".to_owned());
+    }
+    Ok(())
+}
+
+fn decode(desc: MessageDescriptor, json: &Value) -> Result<DynamicMessage, Vec<Violation>> {
+    let mut track = serde_path_to_error::Track::new();
+    let deserializer = serde_path_to_error::Deserializer::new(json, &mut track);
+    DynamicMessage::deserialize(desc, deserializer).map_err(|error| {
+        let mut pointer = pointer_of(&track.path());
+        let message = error.to_string();
+        // An unknown field is reported at its parent; point at the field itself.
+        if let Some(field) = message
+            .strip_prefix("unrecognized field name '")
+            .and_then(|rest| rest.split('\'').next())
+        {
+            pointer.push('/');
+            pointer.push_str(&escape(field));
+        }
+        let message = message.replace("unrecognized field name", "unknown field");
+        vec![Violation { pointer, message }]
+    })
+}
+
+fn pointer_of(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    path.iter()
+        .filter_map(|segment| match segment {
+            Segment::Seq { index } => Some(format!("/{index}")),
+            Segment::Map { key } => Some(format!("/{}", escape(key))),
+            Segment::Enum { variant } => Some(format!("/{}", escape(variant))),
+            Segment::Unknown => None,
+        })
+        .collect()
+}
+
+/// Escapes one reference token of a JSON pointer (RFC 6901).
+pub fn escape(token: &str) -> String {
+    token.replace('~', "~0").replace('/', "~1")
+}
+
+/// The canonical JSON of a message: proto field names, default values omitted.
+pub fn canonical_json(message: &DynamicMessage) -> Value {
+    let options = SerializeOptions::new()
+        .use_proto_field_name(true)
+        .skip_default_fields(true);
+    message
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .expect("a decoded message serialises")
+}
+
+#[cfg(test)]
+mod tests;
