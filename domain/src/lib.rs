@@ -5,6 +5,7 @@
 //! events; the read side (`efms-projections`) folds them into read models.
 
 pub mod actor;
+pub mod config;
 pub mod envoy;
 pub mod tenant;
 

@@ -1,0 +1,582 @@
+//! The configuration repository of a tenant (FR-EP, FR-VC): one event stream per tenant and branch,
+//! like a git repository. Every command is a commit with an author and a message; it emits a
+//! `Committed` header and one event per changed resource, all under one new revision, atomically.
+//!
+//! The aggregate keeps only what decisions need (per resource: version, content hash, references);
+//! the documents travel in the events and live in the read models.
+
+mod refs;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+use crate::envoy::{self, ResourceKind, Violation};
+pub use refs::{references, ResourceRef};
+
+/// The branch every tenant starts with.
+pub const MAIN_BRANCH: &str = "main";
+
+/// What a commit did, as its history shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    /// A resource was created.
+    Create,
+    /// A resource was replaced (`PUT`).
+    Replace,
+    /// A resource was patched (`PATCH`).
+    Patch,
+    /// A resource was deleted.
+    Delete,
+    /// The repository, or one resource, went back to an earlier revision.
+    Rollback,
+}
+
+/// What a change expects of the resource's current state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// It must not exist (create).
+    Absent,
+    /// It must exist (replace, patch, delete).
+    Present,
+    /// It must exist at exactly this version (`If-Match`).
+    Version(u64),
+    /// Whatever it is (rollback).
+    Anything,
+}
+
+/// One change in a commit.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Create or replace a resource with a validated document.
+    Put {
+        /// The resource's kind.
+        kind: ResourceKind,
+        /// Its name.
+        name: String,
+        /// The canonical document.
+        document: Value,
+        /// What it refers to.
+        refs: BTreeSet<ResourceRef>,
+        /// What the current state must be.
+        expect: Expect,
+    },
+    /// Delete a resource.
+    Delete {
+        /// The resource's kind.
+        kind: ResourceKind,
+        /// Its name.
+        name: String,
+        /// What the current state must be.
+        expect: Expect,
+    },
+}
+
+impl Change {
+    /// Validates `json` as a `kind` resource against Envoy's schema and makes it a change.
+    pub fn put(kind: ResourceKind, json: &Value, expect: Expect) -> Result<Self, Vec<Violation>> {
+        let valid = envoy::validate(kind, json)?;
+        let refs = references(kind, &valid.canonical);
+        Ok(Change::Put {
+            kind,
+            name: valid.name,
+            document: valid.canonical,
+            refs,
+            expect,
+        })
+    }
+
+    fn key(&self) -> (ResourceKind, &str) {
+        match self {
+            Change::Put { kind, name, .. } | Change::Delete { kind, name, .. } => (*kind, name),
+        }
+    }
+}
+
+/// Commands on a configuration repository.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConfigCommand {
+    /// Apply `changes` as one revision, or none of them.
+    Commit {
+        /// The author's explanation.
+        message: Option<String>,
+        /// What the commit does, for the history.
+        operation: Operation,
+        /// The changes, applied in order.
+        changes: Vec<Change>,
+    },
+}
+
+/// What happened in a configuration repository.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ConfigEvent {
+    /// A commit began: the header of the events that follow with the same revision.
+    Committed {
+        /// The new revision.
+        revision: u64,
+        /// The author's explanation.
+        message: Option<String>,
+        /// What the commit did.
+        operation: Operation,
+    },
+    /// A resource came into being.
+    ResourceCreated {
+        /// The revision.
+        revision: u64,
+        /// Its kind.
+        kind: ResourceKind,
+        /// Its name.
+        name: String,
+        /// Its canonical document.
+        document: Value,
+        /// The document's content hash.
+        hash: String,
+        /// What it refers to.
+        refs: BTreeSet<ResourceRef>,
+    },
+    /// A resource's document changed.
+    ResourceReplaced {
+        /// The revision.
+        revision: u64,
+        /// Its kind.
+        kind: ResourceKind,
+        /// Its name.
+        name: String,
+        /// Its new canonical document.
+        document: Value,
+        /// The document's content hash.
+        hash: String,
+        /// What it refers to now.
+        refs: BTreeSet<ResourceRef>,
+    },
+    /// A resource was removed.
+    ResourceDeleted {
+        /// The revision.
+        revision: u64,
+        /// Its kind.
+        kind: ResourceKind,
+        /// Its name.
+        name: String,
+    },
+}
+
+impl DomainEvent for ConfigEvent {
+    fn event_type(&self) -> String {
+        match self {
+            ConfigEvent::Committed { .. } => "Committed",
+            ConfigEvent::ResourceCreated { .. } => "ResourceCreated",
+            ConfigEvent::ResourceReplaced { .. } => "ResourceReplaced",
+            ConfigEvent::ResourceDeleted { .. } => "ResourceDeleted",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+/// Why a commit was refused; nothing of it was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A create found the resource already there.
+    #[error("{kind} `{name}` already exists")]
+    AlreadyExists {
+        /// Its kind.
+        kind: ResourceKind,
+        /// Its name.
+        name: String,
+    },
+    /// The resource does not exist.
+    #[error("there is no {kind} `{name}`")]
+    NotFound {
+        /// Its kind.
+        kind: ResourceKind,
+        /// Its name.
+        name: String,
+    },
+    /// `If-Match` named another version than the current one.
+    #[error("{kind} `{name}` is at version {actual}, not {expected}")]
+    VersionMismatch {
+        /// Its kind.
+        kind: ResourceKind,
+        /// Its name.
+        name: String,
+        /// The version the request expected.
+        expected: u64,
+        /// The current version.
+        actual: u64,
+    },
+    /// The same resource appears twice in one commit.
+    #[error("{kind} `{name}` is changed twice in one commit")]
+    ChangedTwice {
+        /// Its kind.
+        kind: ResourceKind,
+        /// Its name.
+        name: String,
+    },
+    /// After the commit, resources would refer to resources that do not exist.
+    #[error("{}", describe_dangling(.0))]
+    DanglingReferences(Vec<(ResourceRef, ResourceRef)>),
+    /// A deleted resource is still referred to.
+    #[error("{kind} `{name}` is still used by {}", describe_refs(.by))]
+    StillReferenced {
+        /// Its kind.
+        kind: ResourceKind,
+        /// Its name.
+        name: String,
+        /// Who refers to it.
+        by: Vec<ResourceRef>,
+    },
+}
+
+fn describe_refs(refs: &[ResourceRef]) -> String {
+    refs.iter()
+        .map(|r| format!("{} `{}`", r.kind, r.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn describe_dangling(dangling: &[(ResourceRef, ResourceRef)]) -> String {
+    dangling
+        .iter()
+        .map(|(from, to)| {
+            format!(
+                "{} `{}` refers to missing {} `{}`",
+                from.kind, from.name, to.kind, to.name
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// What the repository knows of one resource.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceState {
+    /// The revision at which it last changed (its ETag).
+    pub version: u64,
+    /// The content hash of its document.
+    pub hash: String,
+    /// What it refers to.
+    pub refs: BTreeSet<ResourceRef>,
+}
+
+/// A configuration repository: its revision and what it holds.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigRepo {
+    revision: u64,
+    /// Keyed by `kind/name` (a name never contains `/`).
+    resources: BTreeMap<String, ResourceState>,
+}
+
+fn key(kind: ResourceKind, name: &str) -> String {
+    format!("{kind}/{name}")
+}
+
+fn split_key(key: &str) -> (ResourceKind, &str) {
+    let (kind, name) = key.split_once('/').expect("keys are kind/name");
+    let kind = ResourceKind::ALL
+        .into_iter()
+        .find(|k| k.to_string() == kind)
+        .expect("a known kind");
+    (kind, name)
+}
+
+/// The content hash of a canonical document: hex SHA-256 of its JSON text (keys sorted).
+pub fn content_hash(document: &Value) -> String {
+    let digest = Sha256::digest(document.to_string().as_bytes());
+    digest.iter().fold(String::with_capacity(64), |mut hex, byte| {
+        use fmt::Write as _;
+        let _ = write!(hex, "{byte:02x}");
+        hex
+    })
+}
+
+impl ConfigRepo {
+    /// The current revision (0 before the first commit).
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// The state of one resource, if it exists.
+    pub fn resource(&self, kind: ResourceKind, name: &str) -> Option<&ResourceState> {
+        self.resources.get(&key(kind, name))
+    }
+
+    fn decide(
+        &self,
+        message: Option<String>,
+        operation: Operation,
+        changes: Vec<Change>,
+    ) -> Result<Vec<ConfigEvent>, ConfigError> {
+        let revision = self.revision + 1;
+        let mut seen = BTreeSet::new();
+        // The state after the commit, for the changed keys only.
+        let mut overlay: BTreeMap<String, Option<ResourceState>> = BTreeMap::new();
+        let mut events = Vec::new();
+        for change in changes {
+            let (kind, name) = change.key();
+            let change_key = key(kind, name);
+            if !seen.insert(change_key.clone()) {
+                return Err(ConfigError::ChangedTwice {
+                    kind,
+                    name: name.to_owned(),
+                });
+            }
+            let current = self.resources.get(&change_key);
+            check_expectation(change_expect(&change), current, kind, name)?;
+            match change {
+                Change::Put {
+                    kind,
+                    name,
+                    document,
+                    refs,
+                    ..
+                } => {
+                    let hash = content_hash(&document);
+                    if current.is_some_and(|state| state.hash == hash) {
+                        continue;
+                    }
+                    overlay.insert(
+                        change_key,
+                        Some(ResourceState {
+                            version: revision,
+                            hash: hash.clone(),
+                            refs: refs.clone(),
+                        }),
+                    );
+                    events.push(if current.is_some() {
+                        ConfigEvent::ResourceReplaced {
+                            revision,
+                            kind,
+                            name,
+                            document,
+                            hash,
+                            refs,
+                        }
+                    } else {
+                        ConfigEvent::ResourceCreated {
+                            revision,
+                            kind,
+                            name,
+                            document,
+                            hash,
+                            refs,
+                        }
+                    });
+                }
+                Change::Delete { kind, name, .. } => {
+                    if current.is_none() {
+                        continue;
+                    }
+                    overlay.insert(change_key, None);
+                    events.push(ConfigEvent::ResourceDeleted {
+                        revision,
+                        kind,
+                        name,
+                    });
+                }
+            }
+        }
+        if events.is_empty() {
+            return Ok(events);
+        }
+        self.check_references(&overlay)?;
+        events.insert(
+            0,
+            ConfigEvent::Committed {
+                revision,
+                message,
+                operation,
+            },
+        );
+        Ok(events)
+    }
+
+    /// No resource may refer to a missing one after the commit, and no deleted resource may still
+    /// be referred to.
+    fn check_references(
+        &self,
+        overlay: &BTreeMap<String, Option<ResourceState>>,
+    ) -> Result<(), ConfigError> {
+        let exists = |r: &ResourceRef| {
+            let k = key(r.kind, &r.name);
+            match overlay.get(&k) {
+                Some(state) => state.is_some(),
+                None => self.resources.contains_key(&k),
+            }
+        };
+        for (deleted_key, _) in overlay.iter().filter(|(_, state)| state.is_none()) {
+            let (kind, name) = split_key(deleted_key);
+            let target = ResourceRef {
+                kind,
+                name: name.to_owned(),
+            };
+            let by: Vec<ResourceRef> = self
+                .after(overlay)
+                .filter(|(_, state)| state.refs.contains(&target))
+                .map(|(k, _)| {
+                    let (kind, name) = split_key(k);
+                    ResourceRef {
+                        kind,
+                        name: name.to_owned(),
+                    }
+                })
+                .collect();
+            if !by.is_empty() {
+                return Err(ConfigError::StillReferenced {
+                    kind,
+                    name: name.to_owned(),
+                    by,
+                });
+            }
+        }
+        let mut dangling = Vec::new();
+        for (changed_key, state) in overlay {
+            let Some(state) = state else { continue };
+            let (kind, name) = split_key(changed_key);
+            for target in state.refs.iter().filter(|r| !exists(r)) {
+                dangling.push((
+                    ResourceRef {
+                        kind,
+                        name: name.to_owned(),
+                    },
+                    target.clone(),
+                ));
+            }
+        }
+        if dangling.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::DanglingReferences(dangling))
+        }
+    }
+
+    /// Every resource as it would be after the commit.
+    fn after<'a>(
+        &'a self,
+        overlay: &'a BTreeMap<String, Option<ResourceState>>,
+    ) -> impl Iterator<Item = (&'a String, &'a ResourceState)> + 'a {
+        let unchanged = self
+            .resources
+            .iter()
+            .filter(|(k, _)| !overlay.contains_key(*k));
+        let changed = overlay
+            .iter()
+            .filter_map(|(k, state)| state.as_ref().map(|s| (k, s)));
+        unchanged.chain(changed)
+    }
+}
+
+fn change_expect(change: &Change) -> Expect {
+    match change {
+        Change::Put { expect, .. } | Change::Delete { expect, .. } => *expect,
+    }
+}
+
+fn check_expectation(
+    expect: Expect,
+    current: Option<&ResourceState>,
+    kind: ResourceKind,
+    name: &str,
+) -> Result<(), ConfigError> {
+    match (expect, current) {
+        (Expect::Absent, Some(_)) => Err(ConfigError::AlreadyExists {
+            kind,
+            name: name.to_owned(),
+        }),
+        (Expect::Present | Expect::Version(_), None) => Err(ConfigError::NotFound {
+            kind,
+            name: name.to_owned(),
+        }),
+        (Expect::Version(expected), Some(state)) if state.version != expected => {
+            Err(ConfigError::VersionMismatch {
+                kind,
+                name: name.to_owned(),
+                expected,
+                actual: state.version,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+impl Aggregate for ConfigRepo {
+    const TYPE: &'static str = "config";
+    type Command = ConfigCommand;
+    type Event = ConfigEvent;
+    type Error = ConfigError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        let ConfigCommand::Commit {
+            message,
+            operation,
+            changes,
+        } = command;
+        for event in self.decide(message, operation, changes)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            ConfigEvent::Committed { revision, .. } => self.revision = revision,
+            ConfigEvent::ResourceCreated {
+                revision,
+                kind,
+                name,
+                hash,
+                refs,
+                ..
+            }
+            | ConfigEvent::ResourceReplaced {
+                revision,
+                kind,
+                name,
+                hash,
+                refs,
+                ..
+            } => {
+                self.resources.insert(
+                    key(kind, &name),
+                    ResourceState {
+                        version: revision,
+                        hash,
+                        refs,
+                    },
+                );
+            }
+            ConfigEvent::ResourceDeleted { kind, name, .. } => {
+                self.resources.remove(&key(kind, &name));
+            }
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Operation::Create => "create",
+            Operation::Replace => "replace",
+            Operation::Patch => "patch",
+            Operation::Delete => "delete",
+            Operation::Rollback => "rollback",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,249 @@
+use cqrs_es::test::TestFramework;
+use serde_json::{json, Value};
+
+use super::*;
+
+fn fixture(name: &str) -> Value {
+    let path = format!(
+        "{}/../tests/fixtures/envoy/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("fixture JSON")
+}
+
+fn put(kind: ResourceKind, fixture_name: &str, expect: Expect) -> Change {
+    Change::put(kind, &fixture(fixture_name), expect).expect("valid fixture")
+}
+
+fn commit(changes: Vec<Change>) -> ConfigCommand {
+    ConfigCommand::Commit {
+        message: Some("test".into()),
+        operation: Operation::Create,
+        changes,
+    }
+}
+
+/// The events of a commit of `changes` on a repository that has seen `given`.
+fn decide(given: Vec<ConfigEvent>, changes: Vec<Change>) -> Result<Vec<ConfigEvent>, ConfigError> {
+    TestFramework::<ConfigRepo>::with(())
+        .given(given)
+        .when(commit(changes))
+        .inspect_result()
+}
+
+fn full_stack() -> Vec<Change> {
+    vec![
+        put(
+            ResourceKind::Endpoints,
+            "endpoints_service_a",
+            Expect::Absent,
+        ),
+        put(
+            ResourceKind::Cluster,
+            "cluster_eds_circuit_breakers",
+            Expect::Absent,
+        ),
+        put(
+            ResourceKind::Secret,
+            "secret_tls_certificate",
+            Expect::Absent,
+        ),
+        put(ResourceKind::Cluster, "cluster_tls_sds", Expect::Absent),
+        put(
+            ResourceKind::Route,
+            "route_weighted_retry_headers",
+            Expect::Absent,
+        ),
+        put(ResourceKind::Listener, "listener_http_rds", Expect::Absent),
+    ]
+}
+
+#[test]
+fn references_follow_rds_weighted_clusters_eds_and_sds() {
+    let names = |kind, fixture_name| -> Vec<(ResourceKind, String)> {
+        let change = put(kind, fixture_name, Expect::Anything);
+        let Change::Put { refs, .. } = change else {
+            unreachable!()
+        };
+        refs.into_iter().map(|r| (r.kind, r.name)).collect()
+    };
+    assert_eq!(
+        names(ResourceKind::Listener, "listener_http_rds"),
+        [(ResourceKind::Route, "main_routes".to_owned())]
+    );
+    assert_eq!(
+        names(ResourceKind::Route, "route_weighted_retry_headers"),
+        [
+            (ResourceKind::Cluster, "service_a".to_owned()),
+            (ResourceKind::Cluster, "service_b".to_owned())
+        ]
+    );
+    assert_eq!(
+        names(ResourceKind::Cluster, "cluster_eds_circuit_breakers"),
+        [(ResourceKind::Endpoints, "service_a".to_owned())]
+    );
+    assert_eq!(
+        names(ResourceKind::Cluster, "cluster_tls_sds"),
+        [(ResourceKind::Secret, "client_cert".to_owned())]
+    );
+}
+
+#[test]
+fn a_commit_is_one_revision_with_a_header_and_an_event_per_resource() {
+    let events = decide(vec![], full_stack()).unwrap();
+    assert_eq!(events.len(), 7);
+    assert!(matches!(
+        &events[0],
+        ConfigEvent::Committed { revision: 1, .. }
+    ));
+    assert!(events[1..]
+        .iter()
+        .all(|e| matches!(e, ConfigEvent::ResourceCreated { revision: 1, .. })));
+}
+
+#[test]
+fn a_route_to_a_missing_cluster_is_refused_naming_it() {
+    let error = decide(
+        vec![],
+        vec![put(
+            ResourceKind::Route,
+            "route_weighted_retry_headers",
+            Expect::Absent,
+        )],
+    )
+    .unwrap_err();
+    let ConfigError::DanglingReferences(dangling) = &error else {
+        panic!("{error:?}")
+    };
+    let missing: Vec<_> = dangling.iter().map(|(_, to)| to.name.as_str()).collect();
+    assert_eq!(missing, ["service_a", "service_b"]);
+    assert!(error
+        .to_string()
+        .contains("route `main_routes` refers to missing cluster `service_a`"));
+}
+
+#[test]
+fn deleting_a_cluster_a_route_uses_is_refused_naming_the_route() {
+    let given = decide(vec![], full_stack()).unwrap();
+    let error = decide(
+        given,
+        vec![Change::Delete {
+            kind: ResourceKind::Cluster,
+            name: "service_a".into(),
+            expect: Expect::Present,
+        }],
+    )
+    .unwrap_err();
+    assert_eq!(
+        error,
+        ConfigError::StillReferenced {
+            kind: ResourceKind::Cluster,
+            name: "service_a".into(),
+            by: vec![ResourceRef {
+                kind: ResourceKind::Route,
+                name: "main_routes".into()
+            }],
+        }
+    );
+}
+
+#[test]
+fn deleting_a_route_and_its_listener_together_is_allowed() {
+    let given = decide(vec![], full_stack()).unwrap();
+    let events = decide(
+        given,
+        vec![
+            Change::Delete {
+                kind: ResourceKind::Listener,
+                name: "ingress_http".into(),
+                expect: Expect::Present,
+            },
+            Change::Delete {
+                kind: ResourceKind::Route,
+                name: "main_routes".into(),
+                expect: Expect::Present,
+            },
+        ],
+    )
+    .unwrap();
+    assert!(matches!(
+        &events[0],
+        ConfigEvent::Committed { revision: 2, .. }
+    ));
+    assert_eq!(events.len(), 3);
+}
+
+#[test]
+fn a_stale_version_is_a_mismatch_and_the_current_one_passes() {
+    let given = decide(vec![], full_stack()).unwrap();
+    let mut cluster = fixture("cluster_eds_circuit_breakers");
+    cluster["connect_timeout"] = json!("2s");
+    let stale = Change::put(ResourceKind::Cluster, &cluster, Expect::Version(7)).unwrap();
+    assert!(matches!(
+        decide(given.clone(), vec![stale]),
+        Err(ConfigError::VersionMismatch {
+            actual: 1,
+            expected: 7,
+            ..
+        })
+    ));
+    let current = Change::put(ResourceKind::Cluster, &cluster, Expect::Version(1)).unwrap();
+    let events = decide(given, vec![current]).unwrap();
+    assert!(matches!(
+        &events[1],
+        ConfigEvent::ResourceReplaced { revision: 2, .. }
+    ));
+}
+
+#[test]
+fn writing_an_unchanged_document_commits_nothing() {
+    let given = decide(vec![], full_stack()).unwrap();
+    let same = put(
+        ResourceKind::Cluster,
+        "cluster_eds_circuit_breakers",
+        Expect::Present,
+    );
+    assert_eq!(decide(given, vec![same]).unwrap(), vec![]);
+}
+
+#[test]
+fn creating_an_existing_resource_and_changing_one_twice_are_refused() {
+    let given = decide(vec![], full_stack()).unwrap();
+    let again = put(
+        ResourceKind::Endpoints,
+        "endpoints_service_a",
+        Expect::Absent,
+    );
+    assert!(matches!(
+        decide(given, vec![again]),
+        Err(ConfigError::AlreadyExists { .. })
+    ));
+    let twice = vec![
+        put(
+            ResourceKind::Endpoints,
+            "endpoints_service_a",
+            Expect::Anything,
+        ),
+        put(
+            ResourceKind::Endpoints,
+            "endpoints_service_a",
+            Expect::Anything,
+        ),
+    ];
+    assert!(matches!(
+        decide(vec![], twice),
+        Err(ConfigError::ChangedTwice { .. })
+    ));
+}
+
+#[test]
+fn content_hash_is_stable_for_equal_documents() {
+    assert_eq!(
+        content_hash(&json!({"a": 1, "b": [1, 2]})),
+        content_hash(&json!({"b": [1, 2], "a": 1}))
+    );
+    assert_ne!(
+        content_hash(&json!({"a": 1})),
+        content_hash(&json!({"a": 2}))
+    );
+}
