@@ -6,10 +6,10 @@ use std::time::Duration;
 use axum::extract::FromRef;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{middleware, Router};
 use efms_commands::{CommandBus, CommitBell};
-use efms_projections::{Projector, ProjectorHandle, TenantsProjection};
+use efms_projections::{ConfigProjection, Projector, ProjectorHandle, TenantsProjection};
 use sqlx::PgPool;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
@@ -17,7 +17,7 @@ use tower_http::trace::TraceLayer;
 use crate::auth::{require_bearer, JwtKeys};
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::metrics::Metrics;
-use crate::routes::{health, tenants};
+use crate::routes::{health, resources, tenants, versions};
 
 /// What the handlers share. Each handler extracts only the part it needs.
 #[derive(Clone, FromRef)]
@@ -31,7 +31,11 @@ pub struct AppState {
     /// Process metrics.
     pub metrics: Arc<Metrics>,
     /// The tenant registry's projector, for read-your-writes.
+    #[from_ref(skip)]
     pub tenants: ProjectorHandle,
+    /// The configuration read models' projector, for read-your-writes.
+    #[from_ref(skip)]
+    pub config: ProjectorHandle,
 }
 
 impl AppState {
@@ -45,8 +49,10 @@ impl AppState {
     ) -> Self {
         let metrics = Metrics::new();
         let bus = CommandBus::new(pool.clone(), CommitBell::spawn(&pool));
+        let shutdown = futures_shared(shutdown);
         let tenants =
-            Projector::new(pool.clone(), TenantsProjection).spawn(poll_interval, shutdown);
+            Projector::new(pool.clone(), TenantsProjection).spawn(poll_interval, shutdown.clone());
+        let config = Projector::new(pool.clone(), ConfigProjection).spawn(poll_interval, shutdown);
         let gauge = metrics.projector_position.clone();
         let mut checkpoint = tenants.clone();
         tokio::spawn(async move {
@@ -60,8 +66,18 @@ impl AppState {
             jwt,
             metrics,
             tenants,
+            config,
         }
     }
+}
+
+/// A shutdown future that several tasks can await.
+fn futures_shared(
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> futures::future::Shared<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+    use futures::FutureExt as _;
+    let boxed: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = Box::pin(shutdown);
+    boxed.shared()
 }
 
 /// The HTTP router: health and metrics open, `/api/v1` behind bearer tokens, every error in
@@ -70,6 +86,28 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/tenants", get(tenants::list).post(tenants::create))
         .route("/tenants/{slug}", get(tenants::get))
+        .route("/tenants/{tenant}/revisions", get(versions::revisions))
+        .route("/tenants/{tenant}/diff", get(versions::diff))
+        .route("/tenants/{tenant}/rollback", post(versions::rollback))
+        .route(
+            "/tenants/{tenant}/{kind}",
+            get(resources::list).post(resources::create),
+        )
+        .route(
+            "/tenants/{tenant}/{kind}/{name}",
+            get(resources::get)
+                .put(resources::replace)
+                .patch(resources::patch)
+                .delete(resources::delete),
+        )
+        .route(
+            "/tenants/{tenant}/{kind}/{name}/history",
+            get(versions::history),
+        )
+        .route(
+            "/tenants/{tenant}/{kind}/{name}/rollback",
+            post(versions::rollback_resource),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.jwt.clone(),
             require_bearer,

@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) only parses the command line and calls into this library, so tests
 //! can run the same router on a port of their own against a database of their own.
 
+pub mod access;
 pub mod app;
 pub mod auth;
 pub mod config;

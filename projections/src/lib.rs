@@ -5,8 +5,10 @@
 //! model is always exactly the fold of the log up to its checkpoint, and rebuilding it from the log
 //! gives the same rows.
 
+pub mod config;
 pub mod projector;
 pub mod tenants;
 
+pub use config::ConfigProjection;
 pub use projector::{Projection, ProjectionError, Projector, ProjectorHandle};
 pub use tenants::{TenantRow, TenantsProjection};

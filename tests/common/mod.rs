@@ -107,6 +107,99 @@ impl TestApp {
     }
 }
 
+/// What a request got back.
+#[derive(Debug)]
+pub struct Answer {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// The body as JSON (`null` when empty or not JSON).
+    pub body: serde_json::Value,
+}
+
+impl Answer {
+    /// A header as text.
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map_or("", |value| value.to_str().unwrap_or(""))
+    }
+}
+
+impl TestApp {
+    /// Sends `method path` as the system role with an optional JSON body of `content_type` and extra
+    /// headers.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<(&str, &serde_json::Value)>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut request = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(self.system_token());
+        if let Some((content_type, body)) = body {
+            request = request
+                .header("content-type", content_type)
+                .body(body.to_string());
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// `GET path` as the system role.
+    pub async fn get(&self, path: &str) -> Answer {
+        self.send(reqwest::Method::GET, path, None, &[]).await
+    }
+
+    /// `POST path` with a JSON body as the system role.
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> Answer {
+        self.send(
+            reqwest::Method::POST,
+            path,
+            Some(("application/json", body)),
+            &[],
+        )
+        .await
+    }
+
+    /// `PUT path` with a JSON body as the system role.
+    pub async fn put(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        self.send(
+            reqwest::Method::PUT,
+            path,
+            Some(("application/json", body)),
+            headers,
+        )
+        .await
+    }
+}
+
+/// A realistic Envoy resource from `tests/fixtures/envoy/`.
+pub fn fixture(name: &str) -> serde_json::Value {
+    let path = format!("{}/fixtures/envoy/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.stop.send_replace(true);

@@ -1,4 +1,6 @@
 //! The HTTP routes, one module per resource.
 
 pub mod health;
+pub mod resources;
 pub mod tenants;
+pub mod versions;

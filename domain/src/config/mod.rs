@@ -291,11 +291,13 @@ fn split_key(key: &str) -> (ResourceKind, &str) {
 /// The content hash of a canonical document: hex SHA-256 of its JSON text (keys sorted).
 pub fn content_hash(document: &Value) -> String {
     let digest = Sha256::digest(document.to_string().as_bytes());
-    digest.iter().fold(String::with_capacity(64), |mut hex, byte| {
-        use fmt::Write as _;
-        let _ = write!(hex, "{byte:02x}");
-        hex
-    })
+    digest
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, byte| {
+            use fmt::Write as _;
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        })
 }
 
 impl ConfigRepo {

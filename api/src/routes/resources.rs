@@ -1,0 +1,646 @@
+//! `/api/v1/tenants/{tenant}/{kind}`: Envoy resources (FR-EP, API-001..005). The body of a create or
+//! replace is the Envoy resource's own JSON; every write is a commit on the tenant's configuration
+//! repository; every read can ask for an earlier revision (`?revision=N`) or time (`?at=`).
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use efms_commands::CommitMetadata;
+use efms_domain::config::{
+    Change, ConfigCommand, ConfigError, ConfigRepo, Expect, Operation, MAIN_BRANCH,
+};
+use efms_domain::envoy::{ResourceKind, Violation};
+use efms_domain::Actor;
+use efms_projections::config::{self as read, AsOf, ListQuery, ResourceRow};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::access::{tenant_access, Access, TenantAccess};
+use crate::app::AppState;
+use crate::auth::Principal;
+use crate::error::{ApiError, FieldError};
+use crate::extract::{parse_json, ApiJson, ApiQuery};
+
+/// How long a write waits for the read models to show it.
+const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
+/// The header that carries a commit message.
+pub const COMMIT_MESSAGE_HEADER: &str = "x-commit-message";
+/// Page size when the request names none.
+const DEFAULT_LIMIT: u32 = 50;
+/// The largest page.
+const MAX_LIMIT: u32 = 500;
+
+/// The kind a collection segment names, or 404.
+pub fn kind_of(collection: &str) -> Result<ResourceKind, ApiError> {
+    ResourceKind::from_collection(collection)
+        .ok_or_else(|| ApiError::NotFound(format!("no such resource collection `{collection}`")))
+}
+
+/// `?revision=` and `?at=` on reads.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadParams {
+    /// Answer as of this revision.
+    pub revision: Option<i64>,
+    /// Answer as of this time (RFC 3339).
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// Query of a list.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Answer as of this revision.
+    revision: Option<i64>,
+    /// Answer as of this time (RFC 3339).
+    at: Option<DateTime<Utc>>,
+    /// Page size, 1 to 500.
+    limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Only names that start with this.
+    name_prefix: Option<String>,
+    /// `name` (default) or `-name`.
+    sort: Option<String>,
+}
+
+/// Resolves `?revision=` / `?at=` into the state to read.
+pub async fn as_of(
+    state: &AppState,
+    tenant: &TenantAccess,
+    revision: Option<i64>,
+    at: Option<DateTime<Utc>>,
+) -> Result<AsOf, ApiError> {
+    match (revision, at) {
+        (None, None) => Ok(AsOf::Now),
+        (Some(_), Some(_)) => Err(ApiError::BadRequest {
+            detail: "give `revision` or `at`, not both".to_owned(),
+            errors: vec![FieldError::parameter("at", "conflicts with `revision`")],
+        }),
+        (Some(revision), None) => {
+            let head = read::head_revision(&state.pool, tenant.tenant_id, MAIN_BRANCH).await?;
+            if revision < 1 || revision > head {
+                return Err(ApiError::NotFound(format!(
+                    "there is no revision {revision}; the latest is {head}"
+                )));
+            }
+            Ok(AsOf::Revision(revision))
+        }
+        (None, Some(at)) => Ok(AsOf::Revision(
+            read::revision_at(&state.pool, tenant.tenant_id, MAIN_BRANCH, at).await?,
+        )),
+    }
+}
+
+/// One resource in a list.
+#[derive(Debug, Serialize)]
+pub struct ListItem {
+    name: String,
+    version: i64,
+    updated_at: DateTime<Utc>,
+    updated_by: String,
+    resource: Value,
+}
+
+/// A page of resources.
+#[derive(Debug, Serialize)]
+pub struct ListPage {
+    items: Vec<ListItem>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+/// `GET /api/v1/tenants/{tenant}/{kind}`.
+pub async fn list(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path((tenant, collection)): Path<(String, String)>,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<ListPage>, ApiError> {
+    let kind = kind_of(&collection)?;
+    let tenant = tenant_access(&state.pool, &actor, &tenant, Access::Read).await?;
+    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::Validation(vec![FieldError::parameter(
+            "limit",
+            format!("must be between 1 and {MAX_LIMIT}"),
+        )]));
+    }
+    let descending = match params.sort.as_deref() {
+        None | Some("name") => false,
+        Some("-name") => true,
+        Some(other) => {
+            return Err(ApiError::Validation(vec![FieldError::parameter(
+                "sort",
+                format!("`{other}` is not a sort order; use `name` or `-name`"),
+            )]))
+        }
+    };
+    let as_of = as_of(&state, &tenant, params.revision, params.at).await?;
+    let query = ListQuery {
+        name_prefix: params.name_prefix,
+        after: params.cursor,
+        descending,
+        limit: i64::from(limit) + 1,
+    };
+    let mut rows = read::list_resources(
+        &state.pool,
+        tenant.tenant_id,
+        MAIN_BRANCH,
+        kind,
+        as_of,
+        &query,
+    )
+    .await?;
+    let next_cursor = if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        rows.last().map(|row| row.name.clone())
+    } else {
+        None
+    };
+    let items = rows
+        .into_iter()
+        .map(|row| ListItem {
+            resource: redact(kind, row.document),
+            name: row.name,
+            version: row.version,
+            updated_at: row.updated_at,
+            updated_by: row.updated_by,
+        })
+        .collect();
+    Ok(Json(ListPage { items, next_cursor }))
+}
+
+/// `GET /api/v1/tenants/{tenant}/{kind}/{name}`: the resource's Envoy JSON; `ETag` is its version.
+pub async fn get(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path((tenant, collection, name)): Path<(String, String, String)>,
+    ApiQuery(params): ApiQuery<ReadParams>,
+) -> Result<Response, ApiError> {
+    let kind = kind_of(&collection)?;
+    let tenant = tenant_access(&state.pool, &actor, &tenant, Access::Read).await?;
+    let as_of = as_of(&state, &tenant, params.revision, params.at).await?;
+    let row = read::get_resource(
+        &state.pool,
+        tenant.tenant_id,
+        MAIN_BRANCH,
+        kind,
+        &name,
+        as_of,
+    )
+    .await?
+    .ok_or_else(|| missing(kind, &name))?;
+    Ok(resource_response(StatusCode::OK, kind, row))
+}
+
+/// `POST /api/v1/tenants/{tenant}/{kind}`: creates a resource (201, `Location`, `ETag`).
+pub async fn create(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path((tenant, collection)): Path<(String, String)>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let kind = kind_of(&collection)?;
+    let tenant = tenant_access(&state.pool, &actor, &tenant, Access::Write).await?;
+    let change = Change::put(kind, &body, Expect::Absent).map_err(invalid)?;
+    let name = change_name(&change);
+    commit(
+        &state,
+        &actor,
+        &headers,
+        &tenant,
+        Operation::Create,
+        vec![change],
+    )
+    .await?;
+    let row = read_back(&state, &tenant, kind, &name).await?;
+    let mut response = resource_response(StatusCode::CREATED, kind, row);
+    let location = format!(
+        "/api/v1/tenants/{}/{}/{}",
+        tenant.slug,
+        kind.collection(),
+        name
+    );
+    response.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).map_err(ApiError::internal)?,
+    );
+    Ok(response)
+}
+
+/// `PUT /api/v1/tenants/{tenant}/{kind}/{name}`: replaces (or creates) a resource. `If-Match`
+/// makes it conditional on the current version.
+pub async fn replace(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path((tenant, collection, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let kind = kind_of(&collection)?;
+    let tenant = tenant_access(&state.pool, &actor, &tenant, Access::Write).await?;
+    let expect = if_match(&headers)?.unwrap_or(Expect::Anything);
+    let change = Change::put(kind, &body, expect).map_err(invalid)?;
+    check_path_name(kind, &name, &change)?;
+    let existed = read::get_resource(
+        &state.pool,
+        tenant.tenant_id,
+        MAIN_BRANCH,
+        kind,
+        &name,
+        AsOf::Now,
+    )
+    .await?
+    .is_some();
+    commit(
+        &state,
+        &actor,
+        &headers,
+        &tenant,
+        Operation::Replace,
+        vec![change],
+    )
+    .await?;
+    let row = read_back(&state, &tenant, kind, &name).await?;
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(resource_response(status, kind, row))
+}
+
+/// `PATCH /api/v1/tenants/{tenant}/{kind}/{name}` with `application/json-patch+json` (RFC 6902)
+/// or `application/merge-patch+json` (RFC 7396).
+pub async fn patch(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path((tenant, collection, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let kind = kind_of(&collection)?;
+    let tenant = tenant_access(&state.pool, &actor, &tenant, Access::Write).await?;
+    let patch = PatchBody::parse(&headers, &body)?;
+    let explicit = if_match(&headers)?;
+    // The patch applies to the document as the read model has it; the commit carries the version it
+    // was based on, so a read model that lagged fails the version check instead of losing an edit,
+    // and the patch is applied once more to a fresh read.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let current = read::get_resource(
+            &state.pool,
+            tenant.tenant_id,
+            MAIN_BRANCH,
+            kind,
+            &name,
+            AsOf::Now,
+        )
+        .await?
+        .ok_or_else(|| missing(kind, &name))?;
+        let version = u64::try_from(current.version).map_err(ApiError::internal)?;
+        let expect = explicit.unwrap_or(Expect::Version(version));
+        let mut document = current.document;
+        patch.apply(&mut document)?;
+        let change = Change::put(kind, &document, expect).map_err(invalid)?;
+        check_path_name(kind, &name, &change)?;
+        match commit(
+            &state,
+            &actor,
+            &headers,
+            &tenant,
+            Operation::Patch,
+            vec![change],
+        )
+        .await
+        {
+            Err(ApiError::PreconditionFailed(_)) if explicit.is_none() && attempts < 2 => {}
+            Err(error) => return Err(error),
+            Ok(()) => break,
+        }
+    }
+    let row = read_back(&state, &tenant, kind, &name).await?;
+    Ok(resource_response(StatusCode::OK, kind, row))
+}
+
+/// `DELETE /api/v1/tenants/{tenant}/{kind}/{name}`: 204; 409 naming the dependents when it is used.
+pub async fn delete(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path((tenant, collection, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let kind = kind_of(&collection)?;
+    let tenant = tenant_access(&state.pool, &actor, &tenant, Access::Write).await?;
+    let expect = if_match(&headers)?.unwrap_or(Expect::Present);
+    let change = Change::Delete { kind, name, expect };
+    commit(
+        &state,
+        &actor,
+        &headers,
+        &tenant,
+        Operation::Delete,
+        vec![change],
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A parsed PATCH body.
+enum PatchBody {
+    Json(json_patch::Patch),
+    Merge(Value),
+}
+
+impl PatchBody {
+    fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Self, ApiError> {
+        let media = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split(';').next())
+            .map(|value| value.trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        match media.as_str() {
+            "application/json-patch+json" => parse_json(body).map(PatchBody::Json),
+            "application/merge-patch+json" => parse_json(body).map(PatchBody::Merge),
+            _ => Err(ApiError::UnsupportedMediaType(
+                "a PATCH body is `application/json-patch+json` (RFC 6902) or \
+                 `application/merge-patch+json` (RFC 7396)"
+                    .to_owned(),
+            )),
+        }
+    }
+
+    fn apply(&self, document: &mut Value) -> Result<(), ApiError> {
+        match self {
+            PatchBody::Json(patch) => json_patch::patch(document, patch).map_err(|error| {
+                ApiError::Validation(vec![FieldError::at(
+                    format!("/{}", error.operation),
+                    format!("the patch does not apply: {error}"),
+                )])
+            }),
+            PatchBody::Merge(patch) => {
+                json_patch::merge(document, patch);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Runs one commit for `actor` and waits for the read models to show it.
+pub async fn commit(
+    state: &AppState,
+    actor: &Actor,
+    headers: &HeaderMap,
+    tenant: &TenantAccess,
+    operation: Operation,
+    changes: Vec<Change>,
+) -> Result<(), ApiError> {
+    let metadata = CommitMetadata {
+        actor: actor.audit_name(),
+        message: commit_message(headers)?,
+        request_id: headers
+            .get("x-request-id")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned),
+    };
+    let command = ConfigCommand::Commit {
+        message: metadata.message.clone(),
+        operation,
+        changes,
+    };
+    let result = state
+        .bus
+        .execute::<ConfigRepo>(tenant.tenant_id, MAIN_BRANCH, command, (), metadata)
+        .await;
+    let outcome = match &result {
+        Ok(Some(_)) => "committed",
+        Ok(None) => "unchanged",
+        Err(efms_commands::CommandError::Rejected(_)) => "rejected",
+        Err(efms_commands::CommandError::Conflict) => "conflict",
+        Err(_) => "failed",
+    };
+    state.metrics.command("config", outcome);
+    let position = result.map_err(|error| match error {
+        efms_commands::CommandError::Rejected(error) => config_error(error),
+        other => ApiError::from(other),
+    })?;
+    if let Some(position) = position {
+        if !state
+            .config
+            .wait_for(position, READ_YOUR_WRITES_TIMEOUT)
+            .await
+        {
+            tracing::warn!(?position, "configuration read model lags behind a commit");
+        }
+    }
+    Ok(())
+}
+
+/// The commit message from `X-Commit-Message`, if any.
+fn commit_message(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    headers
+        .get(COMMIT_MESSAGE_HEADER)
+        .map(|value| {
+            value
+                .to_str()
+                .map(|text| text.trim().to_owned())
+                .map_err(|_| ApiError::BadRequest {
+                    detail: format!("`{COMMIT_MESSAGE_HEADER}` must be visible ASCII text"),
+                    errors: Vec::new(),
+                })
+        })
+        .transpose()
+        .map(|message| message.filter(|text| !text.is_empty()))
+}
+
+/// How a refused commit is answered.
+pub fn config_error(error: ConfigError) -> ApiError {
+    let detail = error.to_string();
+    match error {
+        ConfigError::AlreadyExists { .. } | ConfigError::StillReferenced { .. } => {
+            ApiError::Conflict(detail)
+        }
+        ConfigError::NotFound { .. } => ApiError::NotFound(detail),
+        ConfigError::VersionMismatch { .. } => ApiError::PreconditionFailed(detail),
+        ConfigError::ChangedTwice { .. } => ApiError::Validation(vec![FieldError::at("", detail)]),
+        ConfigError::DanglingReferences(dangling) => ApiError::Validation(
+            dangling
+                .into_iter()
+                .map(|(from, to)| {
+                    FieldError::at(
+                        "",
+                        format!(
+                            "{} `{}` refers to missing {} `{}`",
+                            from.kind, from.name, to.kind, to.name
+                        ),
+                    )
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// Schema violations as a 422.
+pub fn invalid(violations: Vec<Violation>) -> ApiError {
+    ApiError::Validation(
+        violations
+            .into_iter()
+            .map(|violation| FieldError::at(violation.pointer, violation.message))
+            .collect(),
+    )
+}
+
+/// `If-Match: "N"` (or `W/"N"`, or `*`).
+pub fn if_match(headers: &HeaderMap) -> Result<Option<Expect>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    if text == "*" {
+        return Ok(Some(Expect::Present));
+    }
+    text.trim_start_matches("W/")
+        .trim_matches('"')
+        .parse::<u64>()
+        .map(|version| Some(Expect::Version(version)))
+        .map_err(|_| ApiError::BadRequest {
+            detail: format!("`If-Match: {text}` is not an ETag this API gave out (such as \"3\")"),
+            errors: Vec::new(),
+        })
+}
+
+fn change_name(change: &Change) -> String {
+    match change {
+        Change::Put { name, .. } | Change::Delete { name, .. } => name.clone(),
+    }
+}
+
+fn check_path_name(kind: ResourceKind, name: &str, change: &Change) -> Result<(), ApiError> {
+    let body_name = change_name(change);
+    if body_name == name {
+        Ok(())
+    } else {
+        Err(ApiError::Validation(vec![FieldError::at(
+            format!("/{}", kind.name_field()),
+            format!("the body names `{body_name}`, the path `{name}`; renaming is a create and a delete"),
+        )]))
+    }
+}
+
+fn missing(kind: ResourceKind, name: &str) -> ApiError {
+    ApiError::NotFound(format!("there is no {kind} `{name}`"))
+}
+
+/// Reads a resource back after a write; the commit succeeded, so a missing row means the read model
+/// lags (the write is not lost).
+async fn read_back(
+    state: &AppState,
+    tenant: &TenantAccess,
+    kind: ResourceKind,
+    name: &str,
+) -> Result<ResourceRow, ApiError> {
+    read::get_resource(
+        &state.pool,
+        tenant.tenant_id,
+        MAIN_BRANCH,
+        kind,
+        name,
+        AsOf::Now,
+    )
+    .await?
+    .ok_or_else(|| {
+        ApiError::Unavailable(format!(
+            "{kind} `{name}` is committed but not readable yet; read it again shortly"
+        ))
+    })
+}
+
+/// The response for one resource: its (redacted) Envoy JSON, `ETag` and `Last-Modified`.
+pub fn resource_response(status: StatusCode, kind: ResourceKind, row: ResourceRow) -> Response {
+    let etag =
+        HeaderValue::from_str(&format!("\"{}\"", row.version)).expect("a number is a header value");
+    let modified = HeaderValue::from_str(
+        &row.updated_at
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string(),
+    )
+    .expect("a date is a header value");
+    let mut response = (status, Json(redact(kind, row.document))).into_response();
+    response.headers_mut().insert(header::ETAG, etag);
+    response
+        .headers_mut()
+        .insert(header::LAST_MODIFIED, modified);
+    response
+}
+
+/// Secrets are never read back with their private material: key, password and generic secret
+/// data sources are replaced by `{"redacted": true}` (which no write accepts).
+pub fn redact(kind: ResourceKind, mut document: Value) -> Value {
+    if kind == ResourceKind::Secret {
+        redact_in(&mut document);
+    }
+    document
+}
+
+fn redact_in(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map.iter_mut() {
+                if matches!(
+                    key.as_str(),
+                    "private_key" | "password" | "secret" | "keys" | "pkcs12"
+                ) {
+                    *inner = serde_json::json!({ "redacted": true });
+                } else {
+                    redact_in(inner);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact_in),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_read_without_private_material() {
+        let secret = serde_json::json!({
+            "name": "s",
+            "tls_certificate": {
+                "certificate_chain": { "inline_string": "CERT" },
+                "private_key": { "inline_string": "KEY" }
+            }
+        });
+        let shown = redact(ResourceKind::Secret, secret);
+        assert_eq!(
+            shown["tls_certificate"]["certificate_chain"]["inline_string"],
+            "CERT"
+        );
+        assert!(!shown.to_string().contains("KEY"));
+    }
+
+    #[test]
+    fn if_match_accepts_strong_weak_and_star() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::IF_MATCH, HeaderValue::from_static("\"4\""));
+        assert_eq!(if_match(&headers).unwrap(), Some(Expect::Version(4)));
+        headers.insert(header::IF_MATCH, HeaderValue::from_static("W/\"5\""));
+        assert_eq!(if_match(&headers).unwrap(), Some(Expect::Version(5)));
+        headers.insert(header::IF_MATCH, HeaderValue::from_static("*"));
+        assert_eq!(if_match(&headers).unwrap(), Some(Expect::Present));
+        headers.insert(header::IF_MATCH, HeaderValue::from_static("\"abc\""));
+        assert!(if_match(&headers).is_err());
+    }
+}

@@ -1,0 +1,367 @@
+//! Versions for auditors (FR-VC-001..004): a resource's history, the revisions of a tenant's
+//! configuration, the diff between two revisions, and rollback (a new revision equal to an old one;
+//! history is never rewritten).
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use efms_domain::config::{Change, Expect, Operation, MAIN_BRANCH};
+use efms_domain::envoy::ResourceKind;
+use efms_projections::config::{self as read, AsOf};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::resources::{commit, invalid, kind_of, redact, resource_response};
+use crate::access::{tenant_access, Access};
+use crate::app::AppState;
+use crate::auth::Principal;
+use crate::error::{ApiError, FieldError};
+use crate::extract::{ApiJson, ApiQuery};
+
+/// One entry of a resource's history.
+#[derive(Debug, Serialize)]
+pub struct HistoryEntry {
+    revision: i64,
+    recorded_at: DateTime<Utc>,
+    actor: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+    operation: String,
+    change: String,
+}
+
+/// `GET .../{kind}/{name}/history`: every change of one resource, newest first.
+pub async fn history(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path((tenant, collection, name)): Path<(String, String, String)>,
+) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
+    let kind = kind_of(&collection)?;
+    let tenant = tenant_access(&state.pool, &actor, &tenant, Access::Read).await?;
+    let rows =
+        read::resource_history(&state.pool, tenant.tenant_id, MAIN_BRANCH, kind, &name).await?;
+    if rows.is_empty() {
+        return Err(ApiError::NotFound(format!(
+            "there is no {kind} `{name}`, now or before"
+        )));
+    }
+    Ok(Json(
+        rows.into_iter()
+            .map(|row| HistoryEntry {
+                revision: row.revision,
+                recorded_at: row.recorded_at,
+                actor: row.actor,
+                message: row.message,
+                operation: row.operation,
+                change: row.change,
+            })
+            .collect(),
+    ))
+}
+
+/// Query of the revisions list.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevisionsParams {
+    limit: Option<u32>,
+    /// The `next_cursor` of the previous page (a revision number).
+    cursor: Option<i64>,
+}
+
+/// One commit.
+#[derive(Debug, Serialize)]
+pub struct RevisionEntry {
+    revision: i64,
+    recorded_at: DateTime<Utc>,
+    actor: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+    operation: String,
+    changes: i32,
+}
+
+/// A page of revisions.
+#[derive(Debug, Serialize)]
+pub struct RevisionsPage {
+    items: Vec<RevisionEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<i64>,
+}
+
+/// `GET /api/v1/tenants/{tenant}/revisions`: the commits, newest first.
+pub async fn revisions(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path(tenant): Path<String>,
+    ApiQuery(params): ApiQuery<RevisionsParams>,
+) -> Result<Json<RevisionsPage>, ApiError> {
+    let tenant = tenant_access(&state.pool, &actor, &tenant, Access::Read).await?;
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::Validation(vec![FieldError::parameter(
+            "limit",
+            "must be between 1 and 500",
+        )]));
+    }
+    let mut rows = read::list_revisions(
+        &state.pool,
+        tenant.tenant_id,
+        MAIN_BRANCH,
+        params.cursor,
+        i64::from(limit) + 1,
+    )
+    .await?;
+    let next_cursor = if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        rows.last().map(|row| row.revision)
+    } else {
+        None
+    };
+    let items = rows
+        .into_iter()
+        .map(|row| RevisionEntry {
+            revision: row.revision,
+            recorded_at: row.recorded_at,
+            actor: row.actor,
+            message: row.message,
+            operation: row.operation,
+            changes: row.changes,
+        })
+        .collect();
+    Ok(Json(RevisionsPage { items, next_cursor }))
+}
+
+/// Query of a diff.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiffParams {
+    from: i64,
+    to: i64,
+}
+
+/// A resource named in a diff.
+#[derive(Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DiffKey {
+    kind: String,
+    name: String,
+}
+
+/// An added resource.
+#[derive(Debug, Serialize)]
+pub struct Added {
+    kind: String,
+    name: String,
+    resource: Value,
+}
+
+/// A changed resource and the RFC 6902 patch from its `from` to its `to` document.
+#[derive(Debug, Serialize)]
+pub struct Changed {
+    kind: String,
+    name: String,
+    patch: json_patch::Patch,
+}
+
+/// The difference between two revisions.
+#[derive(Debug, Serialize)]
+pub struct Diff {
+    from: i64,
+    to: i64,
+    added: Vec<Added>,
+    removed: Vec<DiffKey>,
+    changed: Vec<Changed>,
+}
+
+/// `GET /api/v1/tenants/{tenant}/diff?from=N&to=M`.
+pub async fn diff(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path(tenant): Path<String>,
+    ApiQuery(params): ApiQuery<DiffParams>,
+) -> Result<Json<Diff>, ApiError> {
+    let tenant = tenant_access(&state.pool, &actor, &tenant, Access::Read).await?;
+    let head = read::head_revision(&state.pool, tenant.tenant_id, MAIN_BRANCH).await?;
+    for (parameter, revision) in [("from", params.from), ("to", params.to)] {
+        if revision < 0 || revision > head {
+            return Err(ApiError::Validation(vec![FieldError::parameter(
+                parameter,
+                format!(
+                    "revision {revision} does not exist; revisions run from 0 (empty) to {head}"
+                ),
+            )]));
+        }
+    }
+    let from = state_map(&state, tenant.tenant_id, params.from).await?;
+    let mut to = state_map(&state, tenant.tenant_id, params.to).await?;
+    let mut diff = Diff {
+        from: params.from,
+        to: params.to,
+        added: Vec::new(),
+        removed: Vec::new(),
+        changed: Vec::new(),
+    };
+    for ((kind, name), before) in from {
+        match to.remove(&(kind.clone(), name.clone())) {
+            None => diff.removed.push(DiffKey { kind, name }),
+            Some(after) if after != before => {
+                let kind_enum = parse_kind(&kind);
+                let patch = json_patch::diff(&redact(kind_enum, before), &redact(kind_enum, after));
+                diff.changed.push(Changed { kind, name, patch });
+            }
+            Some(_) => {}
+        }
+    }
+    for ((kind, name), resource) in to {
+        let resource = redact(parse_kind(&kind), resource);
+        diff.added.push(Added {
+            kind,
+            name,
+            resource,
+        });
+    }
+    Ok(Json(diff))
+}
+
+async fn state_map(
+    state: &AppState,
+    tenant_id: uuid::Uuid,
+    revision: i64,
+) -> Result<BTreeMap<(String, String), Value>, ApiError> {
+    Ok(
+        read::state_at(&state.pool, tenant_id, MAIN_BRANCH, revision)
+            .await?
+            .into_iter()
+            .map(|(kind, name, document)| ((kind, name), document))
+            .collect(),
+    )
+}
+
+fn parse_kind(kind: &str) -> ResourceKind {
+    ResourceKind::ALL
+        .into_iter()
+        .find(|k| k.to_string() == kind)
+        .expect("the read model holds known kinds")
+}
+
+/// Body of a rollback.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackBody {
+    /// The revision whose state to restore.
+    to_revision: i64,
+}
+
+/// `POST /api/v1/tenants/{tenant}/rollback`: a new revision whose state equals `to_revision`.
+pub async fn rollback(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<RollbackBody>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_access(&state.pool, &actor, &tenant, Access::Write).await?;
+    let head = read::head_revision(&state.pool, tenant.tenant_id, MAIN_BRANCH).await?;
+    check_target(body.to_revision, head)?;
+    let target = state_map(&state, tenant.tenant_id, body.to_revision).await?;
+    let current = state_map(&state, tenant.tenant_id, head).await?;
+    let mut changes = Vec::new();
+    for ((kind, name), document) in &target {
+        if current.get(&(kind.clone(), name.clone())) != Some(document) {
+            changes
+                .push(Change::put(parse_kind(kind), document, Expect::Anything).map_err(invalid)?);
+        }
+    }
+    for (kind, name) in current.keys().filter(|key| !target.contains_key(*key)) {
+        changes.push(Change::Delete {
+            kind: parse_kind(kind),
+            name: name.clone(),
+            expect: Expect::Anything,
+        });
+    }
+    let count = changes.len();
+    commit(
+        &state,
+        &actor,
+        &headers,
+        &tenant,
+        Operation::Rollback,
+        changes,
+    )
+    .await?;
+    let revision = read::head_revision(&state.pool, tenant.tenant_id, MAIN_BRANCH).await?;
+    Ok((
+        StatusCode::OK,
+        Json(serde_json::json!({ "revision": revision, "restored": body.to_revision, "changes": count })),
+    )
+        .into_response())
+}
+
+/// `POST .../{kind}/{name}/rollback`: one resource back to its state at `to_revision` (deleted if it
+/// did not exist then).
+pub async fn rollback_resource(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path((tenant, collection, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<RollbackBody>,
+) -> Result<Response, ApiError> {
+    let kind = kind_of(&collection)?;
+    let tenant = tenant_access(&state.pool, &actor, &tenant, Access::Write).await?;
+    let head = read::head_revision(&state.pool, tenant.tenant_id, MAIN_BRANCH).await?;
+    check_target(body.to_revision, head)?;
+    let then = read::get_resource(
+        &state.pool,
+        tenant.tenant_id,
+        MAIN_BRANCH,
+        kind,
+        &name,
+        AsOf::Revision(body.to_revision),
+    )
+    .await?;
+    let change = match &then {
+        Some(row) => Change::put(kind, &row.document, Expect::Anything).map_err(invalid)?,
+        None => Change::Delete {
+            kind,
+            name: name.clone(),
+            expect: Expect::Present,
+        },
+    };
+    commit(
+        &state,
+        &actor,
+        &headers,
+        &tenant,
+        Operation::Rollback,
+        vec![change],
+    )
+    .await?;
+    match read::get_resource(
+        &state.pool,
+        tenant.tenant_id,
+        MAIN_BRANCH,
+        kind,
+        &name,
+        AsOf::Now,
+    )
+    .await?
+    {
+        Some(row) => Ok(resource_response(StatusCode::OK, kind, row)),
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+fn check_target(to_revision: i64, head: i64) -> Result<(), ApiError> {
+    if to_revision < 0 || to_revision > head {
+        return Err(ApiError::Validation(vec![FieldError::at(
+            "/to_revision",
+            format!(
+                "revision {to_revision} does not exist; revisions run from 0 (empty) to {head}"
+            ),
+        )]));
+    }
+    Ok(())
+}

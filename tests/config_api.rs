@@ -1,0 +1,486 @@
+//! The configuration store over HTTP against a real Postgres: Envoy resources with validation,
+//! references, optimistic locking, history, time travel, diff and rollback.
+
+use efms_domain::Role;
+use efms_tests::{fixture, Answer, TestApp};
+use reqwest::Method;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+const BASE: &str = "/api/v1/tenants/acme";
+
+/// The fixtures in an order that never leaves a dangling reference.
+const STACK: [(&str, &str, &str); 6] = [
+    ("endpoints", "service_a", "endpoints_service_a"),
+    ("clusters", "service_a", "cluster_eds_circuit_breakers"),
+    ("secrets", "client_cert", "secret_tls_certificate"),
+    ("clusters", "service_b", "cluster_tls_sds"),
+    ("routes", "main_routes", "route_weighted_retry_headers"),
+    ("listeners", "ingress_http", "listener_http_rds"),
+];
+
+async fn app_with_tenant(pool: PgPool) -> TestApp {
+    let app = TestApp::spawn(pool).await;
+    app.create_tenant("acme", "Acme").await;
+    app
+}
+
+async fn create_stack(app: &TestApp) {
+    for (collection, name, fixture_name) in STACK {
+        let answer = app
+            .post(&format!("{BASE}/{collection}"), &fixture(fixture_name))
+            .await;
+        assert_eq!(answer.status, 201, "{collection}/{name}: {:?}", answer.body);
+        assert_eq!(
+            answer.header("location"),
+            format!("{BASE}/{collection}/{name}")
+        );
+    }
+}
+
+fn pointers(answer: &Answer) -> Vec<String> {
+    answer.body["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .map(|e| e["pointer"].as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn every_kind_supports_create_get_list_replace_patch_and_delete(pool: PgPool) {
+    let app = app_with_tenant(pool).await;
+    create_stack(&app).await;
+
+    // Get: the canonical Envoy JSON, private key material withheld.
+    let cluster = app.get(&format!("{BASE}/clusters/service_a")).await;
+    assert_eq!(cluster.status, 200);
+    assert_eq!(
+        cluster.body["circuit_breakers"]["thresholds"][0]["max_requests"],
+        50
+    );
+    let etag = cluster.header("etag").to_owned();
+    let secret = app.get(&format!("{BASE}/secrets/client_cert")).await;
+    assert!(
+        !secret.body.to_string().contains("PRIVATE KEY"),
+        "{}",
+        secret.body
+    );
+    assert!(secret.body.to_string().contains("BEGIN CERTIFICATE"));
+
+    // List, with a name filter and paging.
+    let list = app.get(&format!("{BASE}/clusters?limit=1")).await;
+    assert_eq!(list.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(list.body["next_cursor"], "service_a");
+    let filtered = app
+        .get(&format!("{BASE}/clusters?name_prefix=service_b"))
+        .await;
+    assert_eq!(filtered.body["items"][0]["name"], "service_b");
+    assert_eq!(filtered.body["items"].as_array().unwrap().len(), 1);
+
+    // Replace with If-Match.
+    let mut changed = fixture("cluster_eds_circuit_breakers");
+    changed["connect_timeout"] = json!("2s");
+    let replaced = app
+        .put(
+            &format!("{BASE}/clusters/service_a"),
+            &changed,
+            &[("if-match", &etag)],
+        )
+        .await;
+    assert_eq!(replaced.status, 200, "{:?}", replaced.body);
+    assert_eq!(replaced.body["connect_timeout"], "2s");
+    assert_ne!(replaced.header("etag"), etag);
+
+    // JSON Patch and merge patch.
+    let patch = json!([{ "op": "replace", "path": "/filter_chains/0/filters/0/typed_config/stat_prefix", "value": "edge" }]);
+    let patched = app
+        .send(
+            Method::PATCH,
+            &format!("{BASE}/listeners/ingress_http"),
+            Some(("application/json-patch+json", &patch)),
+            &[],
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{:?}", patched.body);
+    assert_eq!(
+        patched.body["filter_chains"][0]["filters"][0]["typed_config"]["stat_prefix"],
+        "edge"
+    );
+    let merge = json!({ "connect_timeout": "3s" });
+    let merged = app
+        .send(
+            Method::PATCH,
+            &format!("{BASE}/clusters/service_b"),
+            Some(("application/merge-patch+json", &merge)),
+            &[],
+        )
+        .await;
+    assert_eq!(merged.status, 200, "{:?}", merged.body);
+    assert_eq!(merged.body["connect_timeout"], "3s");
+
+    // Delete in dependency order.
+    for path in [
+        "listeners/ingress_http",
+        "routes/main_routes",
+        "clusters/service_a",
+        "endpoints/service_a",
+    ] {
+        let deleted = app
+            .send(Method::DELETE, &format!("{BASE}/{path}"), None, &[])
+            .await;
+        assert_eq!(deleted.status, 204, "{path}: {:?}", deleted.body);
+        assert_eq!(
+            app.get(&format!("{BASE}/{path}")).await.status,
+            404,
+            "{path}"
+        );
+    }
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_listener_with_a_misspelled_field_is_422_naming_the_pointer(pool: PgPool) {
+    let app = app_with_tenant(pool).await;
+    let mut listener = fixture("listener_http_rds");
+    listener["filter_chains"][0]["filters"][0]["typed_config"]["stat_prefx"] = json!("x");
+    let answer = app.post(&format!("{BASE}/listeners"), &listener).await;
+    assert_eq!(answer.status, 422);
+    assert_eq!(answer.header("content-type"), "application/problem+json");
+    assert_eq!(
+        pointers(&answer),
+        ["/filter_chains/0/filters/0/typed_config/stat_prefx"]
+    );
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_route_to_a_missing_cluster_is_422_naming_the_cluster(pool: PgPool) {
+    let app = app_with_tenant(pool).await;
+    let answer = app
+        .post(
+            &format!("{BASE}/routes"),
+            &fixture("route_weighted_retry_headers"),
+        )
+        .await;
+    assert_eq!(answer.status, 422);
+    assert!(
+        answer
+            .body
+            .to_string()
+            .contains("missing cluster `service_a`"),
+        "{}",
+        answer.body
+    );
+    assert_eq!(
+        app.get(&format!("{BASE}/routes/main_routes")).await.status,
+        404
+    );
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn deleting_a_cluster_that_a_route_uses_is_409_naming_the_route(pool: PgPool) {
+    let app = app_with_tenant(pool).await;
+    create_stack(&app).await;
+    let answer = app
+        .send(
+            Method::DELETE,
+            &format!("{BASE}/clusters/service_a"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(answer.status, 409);
+    assert!(
+        answer.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("route `main_routes`"),
+        "{}",
+        answer.body
+    );
+    assert_eq!(
+        app.get(&format!("{BASE}/clusters/service_a")).await.status,
+        200
+    );
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_stale_if_match_is_412_and_changes_nothing(pool: PgPool) {
+    let app = app_with_tenant(pool).await;
+    app.post(
+        &format!("{BASE}/endpoints"),
+        &fixture("endpoints_service_a"),
+    )
+    .await;
+    let etag = app
+        .get(&format!("{BASE}/endpoints/service_a"))
+        .await
+        .header("etag")
+        .to_owned();
+    let mut first = fixture("endpoints_service_a");
+    first["endpoints"][0]["lb_endpoints"][0]["load_balancing_weight"] = json!(5);
+    assert_eq!(
+        app.put(
+            &format!("{BASE}/endpoints/service_a"),
+            &first,
+            &[("if-match", &etag)]
+        )
+        .await
+        .status,
+        200
+    );
+    let mut second = fixture("endpoints_service_a");
+    second["endpoints"][0]["lb_endpoints"][0]["load_balancing_weight"] = json!(9);
+    let stale = app
+        .put(
+            &format!("{BASE}/endpoints/service_a"),
+            &second,
+            &[("if-match", &etag)],
+        )
+        .await;
+    assert_eq!(stale.status, 412, "{:?}", stale.body);
+    let now = app.get(&format!("{BASE}/endpoints/service_a")).await;
+    assert_eq!(
+        now.body["endpoints"][0]["lb_endpoints"][0]["load_balancing_weight"],
+        5
+    );
+}
+
+/// Three edits of one cluster; returns the three bodies as stored.
+async fn three_edits(app: &TestApp) -> Vec<Value> {
+    app.post(
+        &format!("{BASE}/endpoints"),
+        &fixture("endpoints_service_a"),
+    )
+    .await;
+    let mut bodies = Vec::new();
+    for timeout in ["1s", "2s", "3s"] {
+        let mut cluster = fixture("cluster_eds_circuit_breakers");
+        cluster["connect_timeout"] = json!(timeout);
+        let answer = app
+            .put(
+                &format!("{BASE}/clusters/service_a"),
+                &cluster,
+                &[("x-commit-message", &format!("timeout {timeout}"))],
+            )
+            .await;
+        assert!(
+            answer.status == 200 || answer.status == 201,
+            "{:?}",
+            answer.body
+        );
+        bodies.push(answer.body);
+    }
+    bodies
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn reads_answer_as_of_a_revision_or_a_time(pool: PgPool) {
+    let app = app_with_tenant(pool).await;
+    let bodies = three_edits(&app).await;
+    // Revision 1 made the endpoints; revisions 2, 3 and 4 are the three edits.
+    let first = app
+        .get(&format!("{BASE}/clusters/service_a?revision=2"))
+        .await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.body, bodies[0]);
+
+    let revisions = app.get(&format!("{BASE}/revisions")).await.body;
+    let time_of = |revision: i64| -> chrono::DateTime<chrono::Utc> {
+        let item = revisions["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["revision"] == revision)
+            .unwrap();
+        item["recorded_at"].as_str().unwrap().parse().unwrap()
+    };
+    let between = time_of(3) + (time_of(4) - time_of(3)) / 2;
+    let at = app
+        .get(&format!(
+            "{BASE}/clusters/service_a?at={}",
+            urlencode(&between.to_rfc3339())
+        ))
+        .await;
+    assert_eq!(at.status, 200, "{:?}", at.body);
+    assert_eq!(at.body, bodies[1]);
+
+    let listed = app.get(&format!("{BASE}/clusters?revision=2")).await;
+    assert_eq!(listed.body["items"][0]["resource"], bodies[0]);
+    assert_eq!(
+        app.get(&format!("{BASE}/clusters/service_a?revision=1"))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        app.get(&format!("{BASE}/clusters/service_a?revision=99"))
+            .await
+            .status,
+        404
+    );
+}
+
+fn urlencode(text: &str) -> String {
+    text.replace('+', "%2B").replace(':', "%3A")
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn the_diff_patch_turns_the_from_state_into_the_to_state(pool: PgPool) {
+    let app = app_with_tenant(pool).await;
+    let bodies = three_edits(&app).await;
+    let diff = app.get(&format!("{BASE}/diff?from=2&to=4")).await;
+    assert_eq!(diff.status, 200, "{:?}", diff.body);
+    let changed = &diff.body["changed"][0];
+    assert_eq!(changed["name"], "service_a");
+    let patch: json_patch::Patch = serde_json::from_value(changed["patch"].clone()).unwrap();
+    let mut state = bodies[0].clone();
+    json_patch::patch(&mut state, &patch).unwrap();
+    assert_eq!(state, bodies[2]);
+
+    let from_empty = app.get(&format!("{BASE}/diff?from=0&to=4")).await;
+    let added: Vec<_> = from_empty.body["added"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].clone())
+        .collect();
+    assert_eq!(added.len(), 2);
+    let back = app.get(&format!("{BASE}/diff?from=4&to=1")).await;
+    assert_eq!(back.body["removed"][0]["name"], "service_a");
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn rollback_restores_the_earlier_state_and_shows_in_history_and_revisions(pool: PgPool) {
+    let app = app_with_tenant(pool).await;
+    let bodies = three_edits(&app).await;
+    let rolled = app
+        .send(
+            Method::POST,
+            &format!("{BASE}/rollback"),
+            Some(("application/json", &json!({ "to_revision": 2 }))),
+            &[],
+        )
+        .await;
+    assert_eq!(rolled.status, 200, "{:?}", rolled.body);
+    assert_eq!(rolled.body["revision"], 5);
+    assert_eq!(
+        app.get(&format!("{BASE}/clusters/service_a")).await.body,
+        bodies[0]
+    );
+
+    let history = app
+        .get(&format!("{BASE}/clusters/service_a/history"))
+        .await
+        .body;
+    let entries = history.as_array().unwrap();
+    assert_eq!(entries.len(), 4);
+    assert_eq!(entries[0]["revision"], 5);
+    assert_eq!(entries[0]["operation"], "rollback");
+    assert_eq!(entries[1]["message"], "timeout 3s");
+    assert_eq!(entries[3]["change"], "created");
+
+    let revisions = app.get(&format!("{BASE}/revisions?limit=2")).await.body;
+    assert_eq!(revisions["items"][0]["revision"], 5);
+    assert_eq!(revisions["items"][0]["operation"], "rollback");
+    assert_eq!(revisions["next_cursor"], 4);
+
+    // One resource back to a revision in which it did not exist: deleted.
+    let one = app
+        .send(
+            Method::POST,
+            &format!("{BASE}/clusters/service_a/rollback"),
+            Some(("application/json", &json!({ "to_revision": 1 }))),
+            &[],
+        )
+        .await;
+    assert_eq!(one.status, 204, "{:?}", one.body);
+    assert_eq!(
+        app.get(&format!("{BASE}/clusters/service_a")).await.status,
+        404
+    );
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn another_tenants_configuration_is_404_and_viewers_cannot_write(pool: PgPool) {
+    let app = app_with_tenant(pool).await;
+    app.create_tenant("globex", "Globex").await;
+    app.post(
+        &format!("{BASE}/endpoints"),
+        &fixture("endpoints_service_a"),
+    )
+    .await;
+    let outsider = app.token(Role::Admin, Some("globex"));
+    let seen = app
+        .client
+        .get(app.url(&format!("{BASE}/endpoints/service_a")))
+        .bearer_auth(&outsider)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(seen.status(), 404);
+    let viewer = app.token(Role::Viewer, Some("acme"));
+    let read = app
+        .client
+        .get(app.url(&format!("{BASE}/endpoints/service_a")))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    let write = app
+        .client
+        .delete(app.url(&format!("{BASE}/endpoints/service_a")))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(write.status(), 403);
+    assert_eq!(app.get("/api/v1/tenants/nobody/clusters").await.status, 404);
+    assert_eq!(app.get(&format!("{BASE}/gadgets")).await.status, 404);
+}
+
+/// Every row of the configuration read models, in a stable order.
+async fn read_model_rows(pool: &PgPool) -> Vec<Value> {
+    let mut rows = Vec::new();
+    for query in [
+        "SELECT to_jsonb(t) AS row FROM config_revisions t ORDER BY tenant_id, branch, revision",
+        "SELECT to_jsonb(t) AS row FROM config_resources t ORDER BY tenant_id, branch, kind, name",
+        "SELECT to_jsonb(t) AS row FROM config_resource_versions t ORDER BY tenant_id, branch, kind, name, valid_from",
+    ] {
+        let fetched: Vec<(Value,)> = sqlx::query_as(query).fetch_all(pool).await.unwrap();
+        rows.extend(fetched.into_iter().map(|(row,)| row));
+    }
+    rows
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn rebuilding_the_configuration_read_models_from_the_log_gives_identical_rows(pool: PgPool) {
+    use efms_projections::{ConfigProjection, Projector};
+    let app = app_with_tenant(pool.clone()).await;
+    create_stack(&app).await;
+    three_edits(&app).await;
+    app.send(
+        Method::POST,
+        &format!("{BASE}/rollback"),
+        Some(("application/json", &json!({ "to_revision": 3 }))),
+        &[],
+    )
+    .await;
+    let before = read_model_rows(&pool).await;
+    assert!(before.len() > 20, "the scenario fills the read models");
+
+    let projector = Projector::new(pool.clone(), ConfigProjection);
+    projector.reset().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while read_model_rows(&pool).await != before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rebuilt read models differ"
+        );
+        projector.catch_up().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
