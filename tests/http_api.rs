@@ -325,3 +325,79 @@ async fn metrics_count_requests_by_route_template(pool: PgPool) {
         "{text}"
     );
 }
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn the_openapi_document_covers_every_route_and_the_reference_page_is_served(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let doc: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    let expected = [
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/api/v1/tenants", "get"),
+        ("/api/v1/tenants", "post"),
+        ("/api/v1/tenants/{slug}", "get"),
+        ("/api/v1/tenants/{tenant}/{kind}", "get"),
+        ("/api/v1/tenants/{tenant}/{kind}", "post"),
+        ("/api/v1/tenants/{tenant}/{kind}/{name}", "get"),
+        ("/api/v1/tenants/{tenant}/{kind}/{name}", "put"),
+        ("/api/v1/tenants/{tenant}/{kind}/{name}", "patch"),
+        ("/api/v1/tenants/{tenant}/{kind}/{name}", "delete"),
+        ("/api/v1/tenants/{tenant}/{kind}/{name}/history", "get"),
+        ("/api/v1/tenants/{tenant}/{kind}/{name}/rollback", "post"),
+        ("/api/v1/tenants/{tenant}/revisions", "get"),
+        ("/api/v1/tenants/{tenant}/diff", "get"),
+        ("/api/v1/tenants/{tenant}/rollback", "post"),
+    ];
+    for (path, method) in expected {
+        let operation = &doc["paths"][path][method];
+        assert!(operation.is_object(), "{method} {path} is documented");
+        assert!(
+            operation["responses"]
+                .as_object()
+                .is_some_and(|r| !r.is_empty()),
+            "{method} {path} has responses"
+        );
+    }
+    let documented: usize = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|ops| ops.as_object().unwrap().len())
+        .sum();
+    assert_eq!(
+        documented,
+        expected.len(),
+        "no undocumented extra operations either"
+    );
+    let page = app.client.get(app.url("/docs")).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.text().await.unwrap().contains("/openapi.json"));
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_nul_character_in_a_query_is_a_400_not_a_500(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let response = app
+        .client
+        .get(app.url("/api/v1/tenants?cursor=%00abc"))
+        .bearer_auth(app.system_token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(content_type(&response), PROBLEM);
+}

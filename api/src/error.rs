@@ -189,6 +189,16 @@ impl From<sqlx::Error> for ApiError {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
                 ApiError::Unavailable("the database is unavailable; retry later".to_owned())
             }
+            // Text the database cannot hold (a NUL character) came from the request.
+            sqlx::Error::Database(db)
+                if matches!(db.code().as_deref(), Some("22021" | "22P05")) =>
+            {
+                ApiError::BadRequest {
+                    detail: "the request contains a NUL character (U+0000), which cannot be stored"
+                        .to_owned(),
+                    errors: Vec::new(),
+                }
+            }
             other => ApiError::internal(other),
         }
     }

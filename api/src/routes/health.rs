@@ -13,11 +13,13 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 
 /// `GET /healthz`: the process is up and answering.
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()), responses((status = 200, description = "Alive")))]
 pub async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
 /// `GET /readyz`: the process can serve requests (the database answers).
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()), responses((status = 200, description = "Ready"), (status = 503, description = "The database does not answer", body = crate::openapi::Problem)))]
 pub async fn readyz(State(pool): State<PgPool>) -> Result<impl IntoResponse, ApiError> {
     match sqlx::query_scalar!(r#"SELECT 1 AS "one!""#)
         .fetch_one(&pool)
@@ -37,6 +39,7 @@ pub async fn readyz(State(pool): State<PgPool>) -> Result<impl IntoResponse, Api
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()), responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     (
         [(

@@ -42,7 +42,8 @@ pub fn kind_of(collection: &str) -> Result<ResourceKind, ApiError> {
 }
 
 /// `?revision=` and `?at=` on reads.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ReadParams {
     /// Answer as of this revision.
@@ -52,7 +53,8 @@ pub struct ReadParams {
 }
 
 /// Query of a list.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Answer as of this revision.
@@ -98,17 +100,19 @@ pub async fn as_of(
 }
 
 /// One resource in a list.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ListItem {
     name: String,
     version: i64,
     updated_at: DateTime<Utc>,
     updated_by: String,
+    /// The Envoy resource (secrets without private material).
+    #[schema(value_type = Object)]
     resource: Value,
 }
 
 /// A page of resources.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ListPage {
     items: Vec<ListItem>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -116,6 +120,10 @@ pub struct ListPage {
 }
 
 /// `GET /api/v1/tenants/{tenant}/{kind}`.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/{kind}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes or secrets"), ListParams),
+    responses((status = 200, description = "A page of resources", body = ListPage),
+        (status = 404, description = "No such tenant, collection or revision", body = crate::openapi::Problem),
+        (status = 422, description = "Bad paging or sort", body = crate::openapi::Problem)))]
 pub async fn list(
     State(state): State<AppState>,
     Principal(actor): Principal,
@@ -177,6 +185,9 @@ pub async fn list(
 }
 
 /// `GET /api/v1/tenants/{tenant}/{kind}/{name}`: the resource's Envoy JSON; `ETag` is its version.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes or secrets"), ("name" = String, Path, description = "The resource's Envoy name"), ReadParams),
+    responses((status = 200, description = "The Envoy resource", body = Object),
+        (status = 404, description = "Not found (now or at that revision)", body = crate::openapi::Problem)))]
 pub async fn get(
     State(state): State<AppState>,
     Principal(actor): Principal,
@@ -200,6 +211,12 @@ pub async fn get(
 }
 
 /// `POST /api/v1/tenants/{tenant}/{kind}`: creates a resource (201, `Location`, `ETag`).
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/{kind}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes or secrets")),
+    request_body(content = Object, description = "The Envoy resource (protobuf JSON mapping)"),
+    responses((status = 201, description = "Created", body = Object),
+        (status = 403, description = "The role may not write", body = crate::openapi::Problem),
+        (status = 409, description = "It exists", body = crate::openapi::Problem),
+        (status = 422, description = "Invalid, or refers to a missing resource", body = crate::openapi::Problem)))]
 pub async fn create(
     State(state): State<AppState>,
     Principal(actor): Principal,
@@ -235,6 +252,11 @@ pub async fn create(
     Ok(response)
 }
 
+#[utoipa::path(put, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes or secrets"), ("name" = String, Path, description = "The resource's Envoy name")),
+    request_body(content = Object, description = "The Envoy resource (protobuf JSON mapping)"),
+    responses((status = 200, description = "Replaced", body = Object), (status = 201, description = "Created", body = Object),
+        (status = 412, description = "If-Match is stale", body = crate::openapi::Problem),
+        (status = 422, description = "Invalid, or refers to a missing resource", body = crate::openapi::Problem)))]
 /// `PUT /api/v1/tenants/{tenant}/{kind}/{name}`: replaces (or creates) a resource. `If-Match`
 /// makes it conditional on the current version.
 pub async fn replace(
@@ -277,6 +299,14 @@ pub async fn replace(
     Ok(resource_response(status, kind, row))
 }
 
+#[utoipa::path(patch, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes or secrets"), ("name" = String, Path, description = "The resource's Envoy name")),
+    request_body(description = "RFC 6902 JSON Patch or RFC 7396 merge patch",
+        content((Vec<Object> = "application/json-patch+json"), (Object = "application/merge-patch+json"))),
+    responses((status = 200, description = "Patched", body = Object),
+        (status = 404, description = "No such resource", body = crate::openapi::Problem),
+        (status = 412, description = "If-Match is stale", body = crate::openapi::Problem),
+        (status = 415, description = "Not a patch media type", body = crate::openapi::Problem),
+        (status = 422, description = "The patch does not apply or the result is invalid", body = crate::openapi::Problem)))]
 /// `PATCH /api/v1/tenants/{tenant}/{kind}/{name}` with `application/json-patch+json` (RFC 6902)
 /// or `application/merge-patch+json` (RFC 7396).
 pub async fn patch(
@@ -332,6 +362,11 @@ pub async fn patch(
 }
 
 /// `DELETE /api/v1/tenants/{tenant}/{kind}/{name}`: 204; 409 naming the dependents when it is used.
+#[utoipa::path(delete, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes or secrets"), ("name" = String, Path, description = "The resource's Envoy name")),
+    responses((status = 204, description = "Deleted"),
+        (status = 404, description = "No such resource", body = crate::openapi::Problem),
+        (status = 409, description = "Still used by other resources", body = crate::openapi::Problem),
+        (status = 412, description = "If-Match is stale", body = crate::openapi::Problem)))]
 pub async fn delete(
     State(state): State<AppState>,
     Principal(actor): Principal,

@@ -28,7 +28,7 @@ const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 500;
 
 /// Body of `POST /api/v1/tenants`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
     /// The slug that will address the tenant: 1 to 63 of `a-z`, `0-9` and inner `-`.
@@ -38,7 +38,7 @@ pub struct CreateTenant {
 }
 
 /// A tenant as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TenantView {
     slug: String,
     name: String,
@@ -62,7 +62,7 @@ impl From<TenantRow> for TenantView {
 }
 
 /// One page of tenants.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TenantPage {
     items: Vec<TenantView>,
     /// Pass as `cursor` for the next page; absent on the last page.
@@ -71,7 +71,8 @@ pub struct TenantPage {
 }
 
 /// Query of `GET /api/v1/tenants`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Page size, 1 to 500 (default 50).
@@ -81,6 +82,11 @@ pub struct ListQuery {
 }
 
 /// `POST /api/v1/tenants`: creates a tenant (system role only).
+#[utoipa::path(post, path = "/api/v1/tenants", tag = "tenants", request_body = CreateTenant,
+    responses((status = 201, description = "Created", body = TenantView),
+        (status = 403, description = "Not the system role", body = crate::openapi::Problem),
+        (status = 409, description = "The slug is taken", body = crate::openapi::Problem),
+        (status = 422, description = "Invalid slug or name", body = crate::openapi::Problem)))]
 pub async fn create(
     State(state): State<AppState>,
     Principal(actor): Principal,
@@ -184,6 +190,9 @@ async fn read_back(
 }
 
 /// `GET /api/v1/tenants`: the tenants the caller may see, in slug order, a page at a time.
+#[utoipa::path(get, path = "/api/v1/tenants", tag = "tenants", params(ListQuery),
+    responses((status = 200, description = "A page of tenants", body = TenantPage),
+        (status = 422, description = "Bad paging", body = crate::openapi::Problem)))]
 pub async fn list(
     State(pool): State<PgPool>,
     Principal(actor): Principal,
@@ -216,6 +225,9 @@ pub async fn list(
 }
 
 /// `GET /api/v1/tenants/{slug}`: one tenant, if the caller may see it.
+#[utoipa::path(get, path = "/api/v1/tenants/{slug}", tag = "tenants", params(("slug" = String, Path, description = "Tenant slug")),
+    responses((status = 200, description = "The tenant", body = TenantView),
+        (status = 404, description = "No such tenant (or not yours)", body = crate::openapi::Problem)))]
 pub async fn get(
     State(pool): State<PgPool>,
     Principal(actor): Principal,

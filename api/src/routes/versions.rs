@@ -23,7 +23,7 @@ use crate::error::{ApiError, FieldError};
 use crate::extract::{ApiJson, ApiQuery};
 
 /// One entry of a resource's history.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     revision: i64,
     recorded_at: DateTime<Utc>,
@@ -35,6 +35,9 @@ pub struct HistoryEntry {
 }
 
 /// `GET .../{kind}/{name}/history`: every change of one resource, newest first.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/{kind}/{name}/history", tag = "versions", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes or secrets"), ("name" = String, Path, description = "The resource's Envoy name")),
+    responses((status = 200, description = "The changes, newest first", body = Vec<HistoryEntry>),
+        (status = 404, description = "Never existed", body = crate::openapi::Problem)))]
 pub async fn history(
     State(state): State<AppState>,
     Principal(actor): Principal,
@@ -64,7 +67,8 @@ pub async fn history(
 }
 
 /// Query of the revisions list.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RevisionsParams {
     limit: Option<u32>,
@@ -73,7 +77,7 @@ pub struct RevisionsParams {
 }
 
 /// One commit.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RevisionEntry {
     revision: i64,
     recorded_at: DateTime<Utc>,
@@ -85,7 +89,7 @@ pub struct RevisionEntry {
 }
 
 /// A page of revisions.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RevisionsPage {
     items: Vec<RevisionEntry>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -93,6 +97,9 @@ pub struct RevisionsPage {
 }
 
 /// `GET /api/v1/tenants/{tenant}/revisions`: the commits, newest first.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/revisions", tag = "versions", params(("tenant" = String, Path, description = "Tenant slug"), RevisionsParams),
+    responses((status = 200, description = "A page of commits", body = RevisionsPage),
+        (status = 422, description = "Bad paging", body = crate::openapi::Problem)))]
 pub async fn revisions(
     State(state): State<AppState>,
     Principal(actor): Principal,
@@ -136,7 +143,8 @@ pub async fn revisions(
 }
 
 /// Query of a diff.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DiffParams {
     from: i64,
@@ -144,30 +152,33 @@ pub struct DiffParams {
 }
 
 /// A resource named in a diff.
-#[derive(Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Serialize, PartialEq, Eq, PartialOrd, Ord, utoipa::ToSchema)]
 pub struct DiffKey {
     kind: String,
     name: String,
 }
 
 /// An added resource.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Added {
     kind: String,
     name: String,
+    #[schema(value_type = Object)]
     resource: Value,
 }
 
 /// A changed resource and the RFC 6902 patch from its `from` to its `to` document.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Changed {
     kind: String,
     name: String,
+    /// RFC 6902 operations.
+    #[schema(value_type = Vec<Object>)]
     patch: json_patch::Patch,
 }
 
 /// The difference between two revisions.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Diff {
     from: i64,
     to: i64,
@@ -177,6 +188,9 @@ pub struct Diff {
 }
 
 /// `GET /api/v1/tenants/{tenant}/diff?from=N&to=M`.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/diff", tag = "versions", params(("tenant" = String, Path, description = "Tenant slug"), DiffParams),
+    responses((status = 200, description = "What changed from `from` to `to`", body = Diff),
+        (status = 422, description = "No such revision", body = crate::openapi::Problem)))]
 pub async fn diff(
     State(state): State<AppState>,
     Principal(actor): Principal,
@@ -248,7 +262,7 @@ fn parse_kind(kind: &str) -> ResourceKind {
 }
 
 /// Body of a rollback.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackBody {
     /// The revision whose state to restore.
@@ -256,6 +270,9 @@ pub struct RollbackBody {
 }
 
 /// `POST /api/v1/tenants/{tenant}/rollback`: a new revision whose state equals `to_revision`.
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/rollback", tag = "versions", params(("tenant" = String, Path, description = "Tenant slug")), request_body = RollbackBody,
+    responses((status = 200, description = "The new revision"),
+        (status = 422, description = "No such revision, or the restored state is refused", body = crate::openapi::Problem)))]
 pub async fn rollback(
     State(state): State<AppState>,
     Principal(actor): Principal,
@@ -300,6 +317,10 @@ pub async fn rollback(
         .into_response())
 }
 
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/{kind}/{name}/rollback", tag = "versions", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes or secrets"), ("name" = String, Path, description = "The resource's Envoy name")), request_body = RollbackBody,
+    responses((status = 200, description = "The restored resource", body = Object), (status = 204, description = "Deleted: it did not exist then"),
+        (status = 409, description = "Deleting it would break a reference", body = crate::openapi::Problem),
+        (status = 422, description = "No such revision", body = crate::openapi::Problem)))]
 /// `POST .../{kind}/{name}/rollback`: one resource back to its state at `to_revision` (deleted if it
 /// did not exist then).
 pub async fn rollback_resource(

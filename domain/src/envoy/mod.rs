@@ -148,6 +148,12 @@ impl fmt::Debug for ValidResource {
 
 /// Validates `json` as a resource of `kind` and returns its canonical form.
 pub fn validate(kind: ResourceKind, json: &Value) -> Result<ValidResource, Vec<Violation>> {
+    if let Some(pointer) = find_nul(json, &mut String::new()) {
+        return Err(vec![Violation {
+            pointer,
+            message: "text may not contain NUL (U+0000)".to_owned(),
+        }]);
+    }
     let message = decode(kind.descriptor(), json)?;
     let mut violations = Vec::new();
     rules::check(&message, &mut String::new(), &mut violations);
@@ -175,6 +181,34 @@ pub fn validate(kind: ResourceKind, json: &Value) -> Result<ValidResource, Vec<V
         canonical,
         message,
     })
+}
+
+/// The pointer of the first string or key that contains a NUL character, which JSONB cannot hold.
+fn find_nul(value: &Value, pointer: &mut String) -> Option<String> {
+    match value {
+        Value::String(text) if text.contains('\0') => Some(pointer.clone()),
+        Value::Object(map) => map.iter().find_map(|(key, inner)| {
+            let length = pointer.len();
+            pointer.push('/');
+            pointer.push_str(&escape(key));
+            let found = if key.contains('\0') {
+                Some(pointer.clone())
+            } else {
+                find_nul(inner, pointer)
+            };
+            pointer.truncate(length);
+            found
+        }),
+        Value::Array(items) => items.iter().enumerate().find_map(|(index, inner)| {
+            let length = pointer.len();
+            pointer.push('/');
+            pointer.push_str(&index.to_string());
+            let found = find_nul(inner, pointer);
+            pointer.truncate(length);
+            found
+        }),
+        _ => None,
+    }
 }
 
 /// Checks a resource name: it addresses the resource in URLs and in xDS.

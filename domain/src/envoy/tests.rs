@@ -167,3 +167,13 @@ fn names_must_be_usable_in_urls() {
     assert!(check_name("").is_err());
     assert!(check_name("a/b").is_err());
 }
+
+#[test]
+fn a_nul_character_anywhere_is_refused_at_its_pointer() {
+    let mut listener = fixture("listener_http_rds");
+    listener["filter_chains"][0]["filters"][0]["typed_config"]["stat_prefix"] = json!("a\u{0}b");
+    assert_eq!(
+        pointers(ResourceKind::Listener, &listener),
+        ["/filter_chains/0/filters/0/typed_config/stat_prefix"]
+    );
+}

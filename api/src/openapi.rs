@@ -1,0 +1,124 @@
+//! The OpenAPI 3.1 document (`GET /openapi.json`), generated from the route handlers'
+//! annotations, and a browsable reference page (`GET /docs`) rendered from it.
+
+use axum::http::header;
+use axum::response::{Html, IntoResponse};
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use crate::routes::{health, resources, tenants, versions};
+
+/// The RFC 7807 body of every error (for the document; `crate::error` writes it).
+#[derive(Debug, serde::Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct Problem {
+    /// A stable URI naming the kind of problem (`urn:efms:problem:…`).
+    #[serde(rename = "type")]
+    kind: String,
+    /// Short summary of the kind.
+    title: String,
+    /// The HTTP status.
+    status: u16,
+    /// What went wrong in this request.
+    detail: String,
+    /// Where in the request (JSON pointers into the body, or query parameters).
+    errors: Option<Vec<ProblemField>>,
+}
+
+/// One place in a request that is at fault.
+#[derive(Debug, serde::Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct ProblemField {
+    /// JSON pointer (RFC 6901) into the body.
+    pointer: Option<String>,
+    /// The query parameter.
+    parameter: Option<String>,
+    /// What is wrong there.
+    detail: String,
+}
+
+/// Declares bearer tokens as the API's authentication.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The API's OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Envoy Fleet Manager", description = "Control plane for fleets of Envoy proxies: every configuration change an immutable event."),
+    paths(
+        health::healthz, health::readyz, health::metrics,
+        tenants::create, tenants::list, tenants::get,
+        resources::list, resources::create, resources::get, resources::replace, resources::patch, resources::delete,
+        versions::history, versions::revisions, versions::diff, versions::rollback, versions::rollback_resource,
+    ),
+    components(schemas(Problem, ProblemField)),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags(
+        (name = "tenants", description = "Tenants (FR-MT-001)"),
+        (name = "configuration", description = "Envoy resources (FR-EP)"),
+        (name = "versions", description = "History, time travel, diff and rollback (FR-VC)"),
+        (name = "operations", description = "Health and metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+/// `GET /openapi.json`.
+pub async fn document() -> impl IntoResponse {
+    Json(ApiDoc::openapi())
+}
+
+/// `GET /docs`: the API reference, rendered in the browser from `/openapi.json` with no external
+/// script or stylesheet.
+pub async fn reference_page() -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "no-cache")], Html(REFERENCE_PAGE))
+}
+
+const REFERENCE_PAGE: &str = r##"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Envoy Fleet Manager API</title>
+<style>
+body{font:15px/1.5 system-ui,sans-serif;margin:0;display:flex}
+nav{width:18rem;height:100vh;overflow:auto;position:sticky;top:0;background:#f4f5f7;padding:1rem;box-sizing:border-box}
+main{flex:1;padding:1rem 2rem;max-width:60rem}
+nav a{display:block;color:#333;text-decoration:none;font-size:13px;padding:2px 0}
+.op{border:1px solid #ddd;border-radius:6px;margin:1rem 0;padding:.5rem 1rem}
+.m{display:inline-block;min-width:4rem;font-weight:700;text-transform:uppercase}
+.get{color:#0a7}.post{color:#06c}.put{color:#a60}.patch{color:#a0a}.delete{color:#c22}
+code,pre{background:#f4f5f7;border-radius:4px;padding:1px 4px;font-size:13px}pre{padding:.5rem;overflow:auto}
+table{border-collapse:collapse}td,th{border-bottom:1px solid #eee;padding:2px 8px;text-align:left;font-size:13px}
+</style></head><body><nav id="nav"></nav><main id="main"><p>Loading /openapi.json…</p></main>
+<script>
+const esc = s => String(s ?? '').replace(/[&<>"]/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
+fetch('/openapi.json').then(r => r.json()).then(doc => {
+  const main = document.getElementById('main'), nav = document.getElementById('nav');
+  let html = `<h1>${esc(doc.info.title)} <small>${esc(doc.info.version)}</small></h1><p>${esc(doc.info.description)}</p>`;
+  html += '<p>Authentication: <code>Authorization: Bearer &lt;JWT&gt;</code> on every <code>/api/v1</code> route. Errors are <code>application/problem+json</code>.</p>';
+  let links = '';
+  Object.entries(doc.paths).forEach(([path, ops], i) => Object.entries(ops).forEach(([method, op]) => {
+    const id = `op${i}${method}`;
+    links += `<a href="#${id}"><span class="m ${method}">${method}</span>${esc(path)}</a>`;
+    html += `<div class="op" id="${id}"><h3><span class="m ${method}">${method}</span><code>${esc(path)}</code></h3><p>${esc(op.description || op.summary || '')}</p>`;
+    if (op.parameters?.length) html += '<table><tr><th>parameter</th><th>in</th><th>description</th></tr>' +
+      op.parameters.map(p => `<tr><td><code>${esc(p.name)}</code></td><td>${esc(p.in)}</td><td>${esc(p.description)}</td></tr>`).join('') + '</table>';
+    if (op.requestBody) html += `<p>Body: ${Object.keys(op.requestBody.content).map(c => `<code>${esc(c)}</code>`).join(', ')} ${esc(op.requestBody.description)}</p>`;
+    html += '<table><tr><th>status</th><th>meaning</th></tr>' + Object.entries(op.responses).map(([s, r]) => `<tr><td>${s}</td><td>${esc(r.description)}</td></tr>`).join('') + '</table></div>';
+  }));
+  html += '<h2>Schemas</h2>' + Object.entries(doc.components?.schemas || {}).map(([n, s]) => `<h3 id="schema-${esc(n)}">${esc(n)}</h3><pre>${esc(JSON.stringify(s, null, 2))}</pre>`).join('');
+  main.innerHTML = html; nav.innerHTML = '<strong>Operations</strong>' + links;
+}).catch(e => { document.getElementById('main').textContent = 'Cannot load /openapi.json: ' + e; });
+</script></body></html>"##;
