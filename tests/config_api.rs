@@ -484,3 +484,66 @@ async fn rebuilding_the_configuration_read_models_from_the_log_gives_identical_r
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn groups_form_a_hierarchy_attach_resources_and_protect_them(pool: PgPool) {
+    let app = app_with_tenant(pool).await;
+    create_stack(&app).await;
+    let root = json!({ "name": "all", "description": "every proxy", "resources": [{ "kind": "secret", "name": "client_cert" }] });
+    assert_eq!(app.post(&format!("{BASE}/groups"), &root).await.status, 201);
+    let edge = json!({
+        "name": "edge",
+        "parent": "all",
+        "selector": { "node_cluster": "edge", "metadata": { "zone": "a" } },
+        "resources": [{ "kind": "listener", "name": "ingress_http" }, { "kind": "cluster", "name": "service_a" }]
+    });
+    let created = app.post(&format!("{BASE}/groups"), &edge).await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    assert_eq!(
+        created.body["resources"][0]["kind"], "cluster",
+        "attachments are kept sorted"
+    );
+
+    let orphan = app
+        .post(
+            &format!("{BASE}/groups"),
+            &json!({ "name": "lost", "parent": "nowhere" }),
+        )
+        .await;
+    assert_eq!(orphan.status, 422, "{:?}", orphan.body);
+    let cycle = app
+        .put(
+            &format!("{BASE}/groups/all"),
+            &json!({ "name": "all", "parent": "edge" }),
+            &[],
+        )
+        .await;
+    assert_eq!(cycle.status, 422, "{:?}", cycle.body);
+    let typo = app
+        .post(
+            &format!("{BASE}/groups"),
+            &json!({ "name": "x", "selectr": {} }),
+        )
+        .await;
+    assert_eq!(pointers(&typo), ["/selectr"]);
+
+    let in_use = app
+        .send(
+            Method::DELETE,
+            &format!("{BASE}/secrets/client_cert"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(in_use.status, 409);
+    assert!(
+        in_use.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("group `all`"),
+        "{}",
+        in_use.body
+    );
+    let history = app.get(&format!("{BASE}/groups/edge/history")).await;
+    assert_eq!(history.body[0]["change"], "created");
+}

@@ -120,7 +120,7 @@ pub struct ListPage {
 }
 
 /// `GET /api/v1/tenants/{tenant}/{kind}`.
-#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/{kind}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes or secrets"), ListParams),
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/{kind}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups"), ListParams),
     responses((status = 200, description = "A page of resources", body = ListPage),
         (status = 404, description = "No such tenant, collection or revision", body = crate::openapi::Problem),
         (status = 422, description = "Bad paging or sort", body = crate::openapi::Problem)))]
@@ -185,7 +185,7 @@ pub async fn list(
 }
 
 /// `GET /api/v1/tenants/{tenant}/{kind}/{name}`: the resource's Envoy JSON; `ETag` is its version.
-#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes or secrets"), ("name" = String, Path, description = "The resource's Envoy name"), ReadParams),
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups"), ("name" = String, Path, description = "The resource's Envoy name"), ReadParams),
     responses((status = 200, description = "The Envoy resource", body = Object),
         (status = 404, description = "Not found (now or at that revision)", body = crate::openapi::Problem)))]
 pub async fn get(
@@ -211,7 +211,7 @@ pub async fn get(
 }
 
 /// `POST /api/v1/tenants/{tenant}/{kind}`: creates a resource (201, `Location`, `ETag`).
-#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/{kind}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes or secrets")),
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/{kind}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups")),
     request_body(content = Object, description = "The Envoy resource (protobuf JSON mapping)"),
     responses((status = 201, description = "Created", body = Object),
         (status = 403, description = "The role may not write", body = crate::openapi::Problem),
@@ -252,7 +252,7 @@ pub async fn create(
     Ok(response)
 }
 
-#[utoipa::path(put, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes or secrets"), ("name" = String, Path, description = "The resource's Envoy name")),
+#[utoipa::path(put, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups"), ("name" = String, Path, description = "The resource's Envoy name")),
     request_body(content = Object, description = "The Envoy resource (protobuf JSON mapping)"),
     responses((status = 200, description = "Replaced", body = Object), (status = 201, description = "Created", body = Object),
         (status = 412, description = "If-Match is stale", body = crate::openapi::Problem),
@@ -299,7 +299,7 @@ pub async fn replace(
     Ok(resource_response(status, kind, row))
 }
 
-#[utoipa::path(patch, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes or secrets"), ("name" = String, Path, description = "The resource's Envoy name")),
+#[utoipa::path(patch, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups"), ("name" = String, Path, description = "The resource's Envoy name")),
     request_body(description = "RFC 6902 JSON Patch or RFC 7396 merge patch",
         content((Vec<Object> = "application/json-patch+json"), (Object = "application/merge-patch+json"))),
     responses((status = 200, description = "Patched", body = Object),
@@ -362,7 +362,7 @@ pub async fn patch(
 }
 
 /// `DELETE /api/v1/tenants/{tenant}/{kind}/{name}`: 204; 409 naming the dependents when it is used.
-#[utoipa::path(delete, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes or secrets"), ("name" = String, Path, description = "The resource's Envoy name")),
+#[utoipa::path(delete, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups"), ("name" = String, Path, description = "The resource's Envoy name")),
     responses((status = 204, description = "Deleted"),
         (status = 404, description = "No such resource", body = crate::openapi::Problem),
         (status = 409, description = "Still used by other resources", body = crate::openapi::Problem),
@@ -507,6 +507,7 @@ pub fn config_error(error: ConfigError) -> ApiError {
         ConfigError::NotFound { .. } => ApiError::NotFound(detail),
         ConfigError::VersionMismatch { .. } => ApiError::PreconditionFailed(detail),
         ConfigError::ChangedTwice { .. } => ApiError::Validation(vec![FieldError::at("", detail)]),
+        ConfigError::GroupCycle(_) => ApiError::Validation(vec![FieldError::at("/parent", detail)]),
         ConfigError::DanglingReferences(dangling) => ApiError::Validation(
             dangling
                 .into_iter()

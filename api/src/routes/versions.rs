@@ -35,7 +35,7 @@ pub struct HistoryEntry {
 }
 
 /// `GET .../{kind}/{name}/history`: every change of one resource, newest first.
-#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/{kind}/{name}/history", tag = "versions", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes or secrets"), ("name" = String, Path, description = "The resource's Envoy name")),
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/{kind}/{name}/history", tag = "versions", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups"), ("name" = String, Path, description = "The resource's Envoy name")),
     responses((status = 200, description = "The changes, newest first", body = Vec<HistoryEntry>),
         (status = 404, description = "Never existed", body = crate::openapi::Problem)))]
 pub async fn history(
@@ -317,7 +317,7 @@ pub async fn rollback(
         .into_response())
 }
 
-#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/{kind}/{name}/rollback", tag = "versions", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes or secrets"), ("name" = String, Path, description = "The resource's Envoy name")), request_body = RollbackBody,
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/{kind}/{name}/rollback", tag = "versions", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups"), ("name" = String, Path, description = "The resource's Envoy name")), request_body = RollbackBody,
     responses((status = 200, description = "The restored resource", body = Object), (status = 204, description = "Deleted: it did not exist then"),
         (status = 409, description = "Deleting it would break a reference", body = crate::openapi::Problem),
         (status = 422, description = "No such revision", body = crate::openapi::Problem)))]

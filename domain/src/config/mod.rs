@@ -5,6 +5,7 @@
 //! The aggregate keeps only what decisions need (per resource: version, content hash, references);
 //! the documents travel in the events and live in the read models.
 
+pub mod group;
 mod refs;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -79,14 +80,21 @@ pub enum Change {
 }
 
 impl Change {
-    /// Validates `json` as a `kind` resource against Envoy's schema and makes it a change.
+    /// Validates `json` as a `kind` resource (against Envoy's schema, or as a group) and makes it
+    /// a change.
     pub fn put(kind: ResourceKind, json: &Value, expect: Expect) -> Result<Self, Vec<Violation>> {
-        let valid = envoy::validate(kind, json)?;
-        let refs = references(kind, &valid.canonical);
+        let (name, document) = if kind == ResourceKind::Group {
+            let (name, canonical, _) = group::validate(json)?;
+            (name, canonical)
+        } else {
+            let valid = envoy::validate(kind, json)?;
+            (valid.name, valid.canonical)
+        };
+        let refs = references(kind, &document);
         Ok(Change::Put {
             kind,
-            name: valid.name,
-            document: valid.canonical,
+            name,
+            document,
             refs,
             expect,
         })
@@ -224,6 +232,9 @@ pub enum ConfigError {
     /// After the commit, resources would refer to resources that do not exist.
     #[error("{}", describe_dangling(.0))]
     DanglingReferences(Vec<(ResourceRef, ResourceRef)>),
+    /// Groups would form a cycle through their parents.
+    #[error("groups would form a cycle: {}", .0.join(" → "))]
+    GroupCycle(Vec<String>),
     /// A deleted resource is still referred to.
     #[error("{kind} `{name}` is still used by {}", describe_refs(.by))]
     StillReferenced {
@@ -453,11 +464,51 @@ impl ConfigRepo {
                 ));
             }
         }
-        if dangling.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::DanglingReferences(dangling))
+        if !dangling.is_empty() {
+            return Err(ConfigError::DanglingReferences(dangling));
         }
+        self.check_group_cycles(overlay)
+    }
+
+    /// No chain of parents that passes a changed group may come back to where it started.
+    fn check_group_cycles(
+        &self,
+        overlay: &BTreeMap<String, Option<ResourceState>>,
+    ) -> Result<(), ConfigError> {
+        let parent_of = |name: &str| -> Option<String> {
+            let k = key(ResourceKind::Group, name);
+            let state = match overlay.get(&k) {
+                Some(state) => state.as_ref(),
+                None => self.resources.get(&k),
+            }?;
+            state
+                .refs
+                .iter()
+                .find(|r| r.kind == ResourceKind::Group)
+                .map(|r| r.name.clone())
+        };
+        for (changed_key, state) in overlay {
+            if state.is_none() {
+                continue;
+            }
+            let (kind, start) = split_key(changed_key);
+            if kind != ResourceKind::Group {
+                continue;
+            }
+            let mut chain = vec![start.to_owned()];
+            let mut current = start.to_owned();
+            while let Some(parent) = parent_of(&current) {
+                chain.push(parent.clone());
+                if parent == start {
+                    return Err(ConfigError::GroupCycle(chain));
+                }
+                if chain.len() > 1_000 {
+                    break;
+                }
+                current = parent;
+            }
+        }
+        Ok(())
     }
 
     /// Every resource as it would be after the commit.

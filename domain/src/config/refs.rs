@@ -2,6 +2,8 @@
 //! route → cluster (including weighted clusters and mirrors), cluster → endpoints (EDS),
 //! TLS context → secret (SDS).
 //!
+//! A group refers to its parent and to the resources it attaches.
+//!
 //! Only references resolved through the control plane count (an ADS config source, or none given):
 //! a file-based SDS secret or a static cluster is not ours to check.
 
@@ -71,6 +73,20 @@ pub fn references(kind: ResourceKind, document: &Value) -> BTreeSet<ResourceRef>
                 push(&mut refs, ResourceKind::Endpoints, service);
             }
             secret_refs(document, &mut refs);
+        }
+        ResourceKind::Group => {
+            push(&mut refs, ResourceKind::Group, document.get("parent"));
+            if let Some(Value::Array(attached)) = document.get("resources") {
+                for item in attached {
+                    let kind = item
+                        .get("kind")
+                        .cloned()
+                        .and_then(|kind| serde_json::from_value::<ResourceKind>(kind).ok());
+                    if let Some(kind) = kind {
+                        push(&mut refs, kind, item.get("name"));
+                    }
+                }
+            }
         }
         ResourceKind::Endpoints | ResourceKind::Secret => {}
     }

@@ -247,3 +247,73 @@ fn content_hash_is_stable_for_equal_documents() {
         content_hash(&json!({"a": 2}))
     );
 }
+
+fn group(name: &str, parent: Option<&str>, resources: &Value) -> Change {
+    let mut json = json!({ "name": name, "resources": resources });
+    if let Some(parent) = parent {
+        json["parent"] = json!(parent);
+    }
+    Change::put(ResourceKind::Group, &json, Expect::Anything).expect("valid group")
+}
+
+#[test]
+fn groups_refer_to_their_parent_and_attachments_and_protect_them() {
+    let mut given = decide(vec![], full_stack()).unwrap();
+    let attach = json!([{ "kind": "cluster", "name": "service_a" }]);
+    given.extend(
+        decide(
+            given.clone(),
+            vec![
+                group("all", None, &json!([])),
+                group("edge", Some("all"), &attach),
+            ],
+        )
+        .unwrap(),
+    );
+    let error = decide(
+        given.clone(),
+        vec![Change::Delete {
+            kind: ResourceKind::Cluster,
+            name: "service_a".into(),
+            expect: Expect::Present,
+        }],
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("route `main_routes`"), "{error}");
+    let orphan = decide(
+        given.clone(),
+        vec![group("lost", Some("nowhere"), &json!([]))],
+    )
+    .unwrap_err();
+    assert!(
+        matches!(orphan, ConfigError::DanglingReferences(_)),
+        "{orphan:?}"
+    );
+    let parent_in_use = decide(
+        given,
+        vec![Change::Delete {
+            kind: ResourceKind::Group,
+            name: "all".into(),
+            expect: Expect::Present,
+        }],
+    )
+    .unwrap_err();
+    assert!(
+        parent_in_use.to_string().contains("group `edge`"),
+        "{parent_in_use}"
+    );
+}
+
+#[test]
+fn a_cycle_of_parents_is_refused() {
+    let given = decide(
+        vec![],
+        vec![
+            group("a", None, &json!([])),
+            group("b", Some("a"), &json!([])),
+        ],
+    )
+    .unwrap();
+    let error = decide(given, vec![group("a", Some("b"), &json!([]))]).unwrap_err();
+    assert!(matches!(error, ConfigError::GroupCycle(_)), "{error:?}");
+}

@@ -27,7 +27,7 @@ pub static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
 /// At most this many rule violations are reported for one resource.
 const MAX_VIOLATIONS: usize = 50;
 
-/// The kinds of Envoy resource the store keeps.
+/// The kinds of resource the store keeps: the five Envoy xDS kinds, and proxy groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ResourceKind {
@@ -41,32 +41,38 @@ pub enum ResourceKind {
     Route,
     /// `envoy.extensions.transport_sockets.tls.v3.Secret` (SDS).
     Secret,
+    /// A proxy group (FR-CL-001/002): which proxies belong, its parent, the resources it attaches.
+    Group,
 }
 
 impl ResourceKind {
-    /// Every kind, in the order Envoy should receive them (make before break).
-    pub const ALL: [ResourceKind; 5] = [
+    /// Every kind: the Envoy kinds in the order Envoy should receive them (make before break),
+    /// then groups.
+    pub const ALL: [ResourceKind; 6] = [
         ResourceKind::Cluster,
         ResourceKind::Endpoints,
         ResourceKind::Secret,
         ResourceKind::Listener,
         ResourceKind::Route,
+        ResourceKind::Group,
     ];
 
-    /// The fully qualified protobuf message name.
-    pub fn message_name(self) -> &'static str {
+    /// The fully qualified protobuf message name; `None` for groups, which are ours, not Envoy's.
+    pub fn message_name(self) -> Option<&'static str> {
         match self {
-            ResourceKind::Cluster => "envoy.config.cluster.v3.Cluster",
-            ResourceKind::Endpoints => "envoy.config.endpoint.v3.ClusterLoadAssignment",
-            ResourceKind::Listener => "envoy.config.listener.v3.Listener",
-            ResourceKind::Route => "envoy.config.route.v3.RouteConfiguration",
-            ResourceKind::Secret => "envoy.extensions.transport_sockets.tls.v3.Secret",
+            ResourceKind::Cluster => Some("envoy.config.cluster.v3.Cluster"),
+            ResourceKind::Endpoints => Some("envoy.config.endpoint.v3.ClusterLoadAssignment"),
+            ResourceKind::Listener => Some("envoy.config.listener.v3.Listener"),
+            ResourceKind::Route => Some("envoy.config.route.v3.RouteConfiguration"),
+            ResourceKind::Secret => Some("envoy.extensions.transport_sockets.tls.v3.Secret"),
+            ResourceKind::Group => None,
         }
     }
 
-    /// The xDS type URL.
-    pub fn type_url(self) -> String {
-        format!("type.googleapis.com/{}", self.message_name())
+    /// The xDS type URL of an Envoy kind.
+    pub fn type_url(self) -> Option<String> {
+        self.message_name()
+            .map(|name| format!("type.googleapis.com/{name}"))
     }
 
     /// The field that holds the resource's name.
@@ -85,6 +91,7 @@ impl ResourceKind {
             ResourceKind::Listener => "listeners",
             ResourceKind::Route => "routes",
             ResourceKind::Secret => "secrets",
+            ResourceKind::Group => "groups",
         }
     }
 
@@ -95,9 +102,12 @@ impl ResourceKind {
             .find(|kind| kind.collection() == collection)
     }
 
-    fn descriptor(self) -> MessageDescriptor {
-        POOL.get_message_by_name(self.message_name())
-            .expect("the schema has every resource kind")
+    fn descriptor(self) -> Option<MessageDescriptor> {
+        let name = self.message_name()?;
+        Some(
+            POOL.get_message_by_name(name)
+                .expect("the schema has every Envoy resource kind"),
+        )
     }
 }
 
@@ -109,6 +119,7 @@ impl fmt::Display for ResourceKind {
             ResourceKind::Listener => "listener",
             ResourceKind::Route => "route",
             ResourceKind::Secret => "secret",
+            ResourceKind::Group => "group",
         })
     }
 }
@@ -154,7 +165,13 @@ pub fn validate(kind: ResourceKind, json: &Value) -> Result<ValidResource, Vec<V
             message: "text may not contain NUL (U+0000)".to_owned(),
         }]);
     }
-    let message = decode(kind.descriptor(), json)?;
+    let Some(descriptor) = kind.descriptor() else {
+        return Err(vec![Violation {
+            pointer: String::new(),
+            message: format!("a {kind} is not an Envoy resource"),
+        }]);
+    };
+    let message = decode(descriptor, json)?;
     let mut violations = Vec::new();
     rules::check(&message, &mut String::new(), &mut violations);
     let name = message

@@ -1,0 +1,178 @@
+//! Proxy groups (FR-CL-001, FR-CL-002): a hierarchical, logical grouping of proxies. A group says
+//! which proxies belong to it (its selector), which group it is part of (its parent), and which
+//! resources it attaches; a child inherits what its ancestors attach.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::envoy::{check_name, escape, ResourceKind, Violation};
+
+/// A group as written and stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSpec {
+    /// Its name.
+    pub name: String,
+    /// What it is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The group it belongs to; `None` for a root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Which proxies belong to it.
+    #[serde(default)]
+    pub selector: Selector,
+    /// The resources it attaches (its descendants inherit them).
+    #[serde(default)]
+    pub resources: Vec<Attached>,
+}
+
+/// Which proxies belong to a group: all conditions given must hold; an empty selector matches
+/// no proxy by itself (a group can be a pure parent).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selector {
+    /// The proxy's `node.cluster` must equal this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_cluster: Option<String>,
+    /// The proxy's `node.metadata` must hold each of these string values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A resource a group attaches.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attached {
+    /// Its kind (`cluster`, `endpoints`, `listener`, `route`, `secret`).
+    pub kind: ResourceKind,
+    /// Its name.
+    pub name: String,
+}
+
+/// Validates a group's JSON and returns its name and canonical form (attachments sorted, no
+/// duplicates).
+pub fn validate(json: &Value) -> Result<(String, Value, GroupSpec), Vec<Violation>> {
+    let mut track = serde_path_to_error::Track::new();
+    let spec: GroupSpec = GroupSpec::deserialize(serde_path_to_error::Deserializer::new(
+        json, &mut track,
+    ))
+    .map_err(|error| {
+        let mut pointer: String = track
+            .path()
+            .iter()
+            .filter_map(|segment| match segment {
+                serde_path_to_error::Segment::Seq { index } => Some(format!("/{index}")),
+                serde_path_to_error::Segment::Map { key } => Some(format!("/{}", escape(key))),
+                _ => None,
+            })
+            .collect();
+        let message = error.to_string();
+        for prefix in ["missing field `"] {
+            if let Some(field) = message
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.split('`').next())
+            {
+                pointer.push('/');
+                pointer.push_str(&escape(field));
+            }
+        }
+        vec![Violation { pointer, message }]
+    })?;
+    let mut violations = Vec::new();
+    if let Err(message) = check_name(&spec.name) {
+        violations.push(Violation {
+            pointer: "/name".to_owned(),
+            message,
+        });
+    }
+    if let Some(parent) = &spec.parent {
+        if let Err(message) = check_name(parent) {
+            violations.push(Violation {
+                pointer: "/parent".to_owned(),
+                message,
+            });
+        } else if *parent == spec.name {
+            violations.push(Violation {
+                pointer: "/parent".to_owned(),
+                message: "a group cannot be its own parent".to_owned(),
+            });
+        }
+    }
+    for (index, attached) in spec.resources.iter().enumerate() {
+        if attached.kind == ResourceKind::Group {
+            violations.push(Violation {
+                pointer: format!("/resources/{index}/kind"),
+                message: "groups are related by `parent`, not attached".to_owned(),
+            });
+        }
+        if let Err(message) = check_name(&attached.name) {
+            violations.push(Violation {
+                pointer: format!("/resources/{index}/name"),
+                message,
+            });
+        }
+    }
+    if json.to_string().contains("\\u0000") {
+        violations.push(Violation {
+            pointer: String::new(),
+            message: "text may not contain NUL (U+0000)".to_owned(),
+        });
+    }
+    if !violations.is_empty() {
+        return Err(violations);
+    }
+    let mut spec = spec;
+    spec.resources.sort();
+    spec.resources.dedup();
+    let canonical = serde_json::to_value(&spec).expect("a group serialises");
+    Ok((spec.name.clone(), canonical, spec))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_group_is_canonicalised_with_sorted_unique_attachments() {
+        let (name, canonical, _) = validate(&json!({
+            "name": "edge",
+            "parent": "all",
+            "selector": { "node_cluster": "edge", "metadata": { "zone": "a" } },
+            "resources": [
+                { "kind": "listener", "name": "ingress_http" },
+                { "kind": "cluster", "name": "service_a" },
+                { "kind": "listener", "name": "ingress_http" }
+            ]
+        }))
+        .unwrap();
+        assert_eq!(name, "edge");
+        assert_eq!(
+            canonical["resources"],
+            json!([
+                { "kind": "cluster", "name": "service_a" },
+                { "kind": "listener", "name": "ingress_http" }
+            ])
+        );
+    }
+
+    #[test]
+    fn unknown_fields_bad_kinds_and_self_parents_are_named() {
+        let pointer = |json: Value| validate(&json).unwrap_err()[0].pointer.clone();
+        assert_eq!(pointer(json!({ "name": "g", "selectr": {} })), "/selectr");
+        assert_eq!(
+            pointer(json!({ "name": "g", "resources": [{ "kind": "gadget", "name": "x" }] })),
+            "/resources/0/kind"
+        );
+        assert_eq!(pointer(json!({ "name": "g", "parent": "g" })), "/parent");
+        assert_eq!(
+            pointer(json!({ "name": "g", "resources": [{ "kind": "group", "name": "h" }] })),
+            "/resources/0/kind"
+        );
+        assert_eq!(pointer(json!({ "parent": "p" })), "/name");
+    }
+}
