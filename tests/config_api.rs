@@ -547,3 +547,26 @@ async fn groups_form_a_hierarchy_attach_resources_and_protect_them(pool: PgPool)
     let history = app.get(&format!("{BASE}/groups/edge/history")).await;
     assert_eq!(history.body[0]["change"], "created");
 }
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn concurrent_writes_of_different_resources_in_one_tenant_all_succeed(pool: PgPool) {
+    let app = app_with_tenant(pool).await;
+    let creates = (0..8).map(|n| {
+        let mut endpoints = fixture("endpoints_service_a");
+        endpoints["cluster_name"] = json!(format!("service_{n}"));
+        let app = &app;
+        async move {
+            app.post(&format!("{BASE}/endpoints"), &endpoints)
+                .await
+                .status
+        }
+    });
+    let statuses = futures::future::join_all(creates).await;
+    assert_eq!(statuses, vec![201; 8]);
+    let revisions = app.get(&format!("{BASE}/revisions")).await.body;
+    assert_eq!(
+        revisions["items"].as_array().unwrap().len(),
+        8,
+        "one revision per write"
+    );
+}

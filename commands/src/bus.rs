@@ -1,6 +1,7 @@
 //! Executing commands: load the aggregate, decide, append the events, report the log position.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, AggregateError, CqrsFramework};
@@ -12,6 +13,9 @@ use crate::log::{CommitBell, Position};
 
 /// Events between two snapshots of an aggregate: loading replays at most this many.
 pub const SNAPSHOT_EVERY: usize = 100;
+
+/// How often a command is decided again when another commit reached its stream first.
+pub const CONFLICT_ATTEMPTS: u32 = 30;
 
 /// What travels with a command into every event it causes (FR-VC-003).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,20 +96,45 @@ impl CommandBus {
     ///
     /// Returns where the commit landed in the log, or `None` when the command decided that nothing
     /// changes. Projections reach that position shortly after (see the projector's `wait_for`).
-    pub async fn execute<A: Aggregate>(
+    ///
+    /// When another commit reaches the stream between loading and appending, the command is decided
+    /// again on the new state (up to [`CONFLICT_ATTEMPTS`] times, after a random pause that grows
+    /// with the attempts): writers of different resources in one repository all succeed, and a
+    /// writer whose expectation no longer holds is refused by the aggregate, never overwritten.
+    pub async fn execute<A>(
         &self,
         tenant_id: Uuid,
         aggregate_id: &str,
         command: A::Command,
         services: A::Services,
         metadata: CommitMetadata,
-    ) -> Result<Option<Position>, CommandError<A::Error>> {
-        let repo =
-            PgEventRepository::new(self.pool.clone(), tenant_id).with_bell(self.bell.clone());
-        let store = PersistedEventStore::<_, A>::new_snapshot_store(repo.clone(), SNAPSHOT_EVERY);
-        CqrsFramework::new(store, Vec::new(), services)
-            .execute_with_metadata(aggregate_id, command, metadata.into_map())
-            .await?;
-        Ok(repo.last_commit())
+    ) -> Result<Option<Position>, CommandError<A::Error>>
+    where
+        A: Aggregate,
+        A::Command: Clone,
+        A::Services: Clone,
+    {
+        let metadata = metadata.into_map();
+        let mut attempt: u32 = 1;
+        loop {
+            let repo =
+                PgEventRepository::new(self.pool.clone(), tenant_id).with_bell(self.bell.clone());
+            let store =
+                PersistedEventStore::<_, A>::new_snapshot_store(repo.clone(), SNAPSHOT_EVERY);
+            let result = CqrsFramework::new(store, Vec::new(), services.clone())
+                .execute_with_metadata(aggregate_id, command.clone(), metadata.clone())
+                .await;
+            match result.map_err(CommandError::from) {
+                Ok(()) => return Ok(repo.last_commit()),
+                Err(CommandError::Conflict) if attempt < CONFLICT_ATTEMPTS => {
+                    let ceiling_us = 500 * u128::from(attempt);
+                    let pause_us = Uuid::new_v4().as_u128() % ceiling_us;
+                    let pause = Duration::from_micros(u64::try_from(pause_us).unwrap_or(u64::MAX));
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 }
