@@ -366,6 +366,7 @@ async fn commit_ordered_reader_yields_every_event_once_in_stream_order_under_8_w
 ) {
     const WRITERS: usize = 8;
     const COMMITS: usize = 1000;
+    const EXPECTED: usize = WRITERS * (COMMITS / 2 + COMMITS);
     let pool = pool_options
         .max_connections(12)
         .connect_with(connect_options)
@@ -378,8 +379,15 @@ async fn commit_ordered_reader_yields_every_event_once_in_stream_order_under_8_w
         tokio::spawn(async move {
             let mut checkpoint = Position::START;
             let mut seen = Vec::new();
+            // Once the writers are done, the reader goes on until it has read as many events as they
+            // wrote, or gives up after a while: transactions of other databases on the same server
+            // can hold the readable horizon back for a moment, but a skipped event never comes back.
+            let mut deadline = None;
             loop {
                 let finished = done.load(Ordering::SeqCst);
+                if finished && deadline.is_none() {
+                    deadline = Some(std::time::Instant::now() + Duration::from_secs(20));
+                }
                 let mut tx = Scope::System.begin(&pool).await.unwrap();
                 let batch = read_after(&mut tx, checkpoint, 100).await.unwrap();
                 tx.commit().await.unwrap();
@@ -389,7 +397,8 @@ async fn commit_ordered_reader_yields_every_event_once_in_stream_order_under_8_w
                 }
                 let empty = batch.is_empty();
                 seen.extend(batch);
-                if finished && empty {
+                let gave_up = deadline.is_some_and(|deadline| std::time::Instant::now() > deadline);
+                if finished && empty && (seen.len() >= EXPECTED || gave_up) {
                     return seen;
                 }
                 if empty {
@@ -416,8 +425,7 @@ async fn commit_ordered_reader_yields_every_event_once_in_stream_order_under_8_w
     done.store(true, Ordering::SeqCst);
     let seen = reader.await.unwrap();
 
-    let expected_events = WRITERS * (COMMITS / 2 + COMMITS);
-    assert_eq!(seen.len(), expected_events, "every event is read");
+    assert_eq!(seen.len(), EXPECTED, "every event is read");
     let unique: HashSet<_> = seen.iter().map(|e| e.event_id).collect();
     assert_eq!(unique.len(), seen.len(), "no event is read twice");
     let mut next: HashMap<(Uuid, String), i64> = HashMap::new();
