@@ -5,7 +5,10 @@
 
 use efms_domain::{Actor, Role, TenantSlug};
 use efms_projections::tenants::get_tenant;
-use sqlx::PgPool;
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+
+use crate::app::AppState;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -28,9 +31,30 @@ pub struct TenantAccess {
     pub tenant_id: Uuid,
 }
 
+/// Tenants known to exist. Tenants are never deleted, so once seen a tenant stays known, and the
+/// existence check costs the database nothing after the first request.
+#[derive(Debug, Clone, Default)]
+pub struct KnownTenants(Arc<RwLock<HashSet<Uuid>>>);
+
+impl KnownTenants {
+    fn contains(&self, tenant_id: Uuid) -> bool {
+        self.0
+            .read()
+            .expect("known tenants lock")
+            .contains(&tenant_id)
+    }
+
+    fn insert(&self, tenant_id: Uuid) {
+        self.0
+            .write()
+            .expect("known tenants lock")
+            .insert(tenant_id);
+    }
+}
+
 /// Checks that `actor` may `access` the tenant `slug`, and that it exists.
 pub async fn tenant_access(
-    pool: &PgPool,
+    state: &AppState,
     actor: &Actor,
     slug: &str,
     access: Access,
@@ -47,8 +71,15 @@ pub async fn tenant_access(
         )));
     }
     let tenant_id = slug.tenant_id();
-    get_tenant(pool, efms_commands::Scope::Tenant(tenant_id), slug.as_str())
+    if !state.known_tenants.contains(tenant_id) {
+        get_tenant(
+            &state.pool,
+            efms_commands::Scope::Tenant(tenant_id),
+            slug.as_str(),
+        )
         .await?
         .ok_or_else(not_found)?;
+        state.known_tenants.insert(tenant_id);
+    }
     Ok(TenantAccess { slug, tenant_id })
 }

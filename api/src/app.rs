@@ -28,6 +28,9 @@ pub struct AppState {
     pub bus: CommandBus,
     /// Token keys.
     pub jwt: JwtKeys,
+    /// Tenants known to exist.
+    #[from_ref(skip)]
+    pub known_tenants: crate::access::KnownTenants,
     /// Process metrics.
     pub metrics: Arc<Metrics>,
     /// The tenant registry's projector, for read-your-writes.
@@ -64,6 +67,7 @@ impl AppState {
             pool,
             bus,
             jwt,
+            known_tenants: crate::access::KnownTenants::default(),
             metrics,
             tenants,
             config,

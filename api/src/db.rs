@@ -13,6 +13,9 @@ pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
         .context("failed to create the database")?;
     PgPoolOptions::new()
         .max_connections(config.max_connections)
+        // A failed connection shows as a failed query (503); pinging on every checkout would
+        // cost a round trip per transaction.
+        .test_before_acquire(false)
         .acquire_timeout(std::time::Duration::from_secs(10))
         .connect_with(config.options.clone())
         .await

@@ -131,7 +131,7 @@ pub async fn list(
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Json<ListPage>, ApiError> {
     let kind = kind_of(&collection)?;
-    let tenant = tenant_access(&state.pool, &actor, &tenant, Access::Read).await?;
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
     let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::Validation(vec![FieldError::parameter(
@@ -195,7 +195,7 @@ pub async fn get(
     ApiQuery(params): ApiQuery<ReadParams>,
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&collection)?;
-    let tenant = tenant_access(&state.pool, &actor, &tenant, Access::Read).await?;
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
     let as_of = as_of(&state, &tenant, params.revision, params.at).await?;
     let row = read::get_resource(
         &state.pool,
@@ -225,7 +225,7 @@ pub async fn create(
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&collection)?;
-    let tenant = tenant_access(&state.pool, &actor, &tenant, Access::Write).await?;
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
     let change = Change::put(kind, &body, Expect::Absent).map_err(invalid)?;
     let name = change_name(&change);
     commit(
@@ -267,7 +267,7 @@ pub async fn replace(
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&collection)?;
-    let tenant = tenant_access(&state.pool, &actor, &tenant, Access::Write).await?;
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
     let expect = if_match(&headers)?.unwrap_or(Expect::Anything);
     let change = Change::put(kind, &body, expect).map_err(invalid)?;
     check_path_name(kind, &name, &change)?;
@@ -317,7 +317,7 @@ pub async fn patch(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&collection)?;
-    let tenant = tenant_access(&state.pool, &actor, &tenant, Access::Write).await?;
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
     let patch = PatchBody::parse(&headers, &body)?;
     let explicit = if_match(&headers)?;
     // The patch applies to the document as the read model has it; the commit carries the version it
@@ -374,7 +374,7 @@ pub async fn delete(
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let kind = kind_of(&collection)?;
-    let tenant = tenant_access(&state.pool, &actor, &tenant, Access::Write).await?;
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
     let expect = if_match(&headers)?.unwrap_or(Expect::Present);
     let change = Change::Delete { kind, name, expect };
     commit(

@@ -44,7 +44,7 @@ pub async fn history(
     Path((tenant, collection, name)): Path<(String, String, String)>,
 ) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
     let kind = kind_of(&collection)?;
-    let tenant = tenant_access(&state.pool, &actor, &tenant, Access::Read).await?;
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
     let rows =
         read::resource_history(&state.pool, tenant.tenant_id, MAIN_BRANCH, kind, &name).await?;
     if rows.is_empty() {
@@ -106,7 +106,7 @@ pub async fn revisions(
     Path(tenant): Path<String>,
     ApiQuery(params): ApiQuery<RevisionsParams>,
 ) -> Result<Json<RevisionsPage>, ApiError> {
-    let tenant = tenant_access(&state.pool, &actor, &tenant, Access::Read).await?;
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
     let limit = params.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::Validation(vec![FieldError::parameter(
@@ -197,7 +197,7 @@ pub async fn diff(
     Path(tenant): Path<String>,
     ApiQuery(params): ApiQuery<DiffParams>,
 ) -> Result<Json<Diff>, ApiError> {
-    let tenant = tenant_access(&state.pool, &actor, &tenant, Access::Read).await?;
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
     let head = read::head_revision(&state.pool, tenant.tenant_id, MAIN_BRANCH).await?;
     for (parameter, revision) in [("from", params.from), ("to", params.to)] {
         if revision < 0 || revision > head {
@@ -280,7 +280,7 @@ pub async fn rollback(
     headers: HeaderMap,
     ApiJson(body): ApiJson<RollbackBody>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant_access(&state.pool, &actor, &tenant, Access::Write).await?;
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
     let head = read::head_revision(&state.pool, tenant.tenant_id, MAIN_BRANCH).await?;
     check_target(body.to_revision, head)?;
     let target = state_map(&state, tenant.tenant_id, body.to_revision).await?;
@@ -331,7 +331,7 @@ pub async fn rollback_resource(
     ApiJson(body): ApiJson<RollbackBody>,
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&collection)?;
-    let tenant = tenant_access(&state.pool, &actor, &tenant, Access::Write).await?;
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
     let head = read::head_revision(&state.pool, tenant.tenant_id, MAIN_BRANCH).await?;
     check_target(body.to_revision, head)?;
     let then = read::get_resource(
