@@ -340,6 +340,22 @@ pub struct ListQuery {
     pub limit: i64,
 }
 
+/// A resource in a list: its document as the JSON text Postgres returns, so a page of documents
+/// is passed through without being parsed and serialised again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedResource {
+    /// Its name.
+    pub name: String,
+    /// Its canonical document, as JSON text.
+    pub document: String,
+    /// The revision of this version (its ETag).
+    pub version: i64,
+    /// When this version was written.
+    pub updated_at: DateTime<Utc>,
+    /// Who wrote it.
+    pub updated_by: String,
+}
+
 /// A page of resources of one kind as of `as_of`, in name order.
 pub async fn list_resources(
     pool: &PgPool,
@@ -348,7 +364,7 @@ pub async fn list_resources(
     kind: ResourceKind,
     as_of: AsOf,
     query: &ListQuery,
-) -> Result<Vec<ResourceRow>, sqlx::Error> {
+) -> Result<Vec<ListedResource>, sqlx::Error> {
     let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
     let kind = kind.to_string();
     let prefix = query.name_prefix.as_deref().map(like_prefix);
@@ -357,8 +373,8 @@ pub async fn list_resources(
         AsOf::Revision(revision) => Some(revision),
     };
     let rows = sqlx::query_as!(
-        ResourceRow,
-        r#"SELECT kind AS "kind!", name AS "name!", document AS "document!", version AS "version!",
+        ListedResource,
+        r#"SELECT name AS "name!", document::text AS "document!", version AS "version!",
                   updated_at AS "updated_at!", updated_by AS "updated_by!"
            FROM (
                SELECT kind, name, document, version, updated_at, updated_by FROM config_resources

@@ -108,7 +108,7 @@ pub struct ListItem {
     updated_by: String,
     /// The Envoy resource (secrets without private material).
     #[schema(value_type = Object)]
-    resource: Value,
+    resource: Box<serde_json::value::RawValue>,
 }
 
 /// A page of resources.
@@ -173,14 +173,25 @@ pub async fn list(
     };
     let items = rows
         .into_iter()
-        .map(|row| ListItem {
-            resource: redact(kind, row.document),
-            name: row.name,
-            version: row.version,
-            updated_at: row.updated_at,
-            updated_by: row.updated_by,
+        .map(|row| {
+            let resource = if kind == ResourceKind::Secret {
+                let document: Value =
+                    serde_json::from_str(&row.document).map_err(ApiError::internal)?;
+                serde_json::value::to_raw_value(&redact(kind, document))
+                    .map_err(ApiError::internal)?
+            } else {
+                serde_json::value::RawValue::from_string(row.document)
+                    .map_err(ApiError::internal)?
+            };
+            Ok(ListItem {
+                name: row.name,
+                version: row.version,
+                updated_at: row.updated_at,
+                updated_by: row.updated_by,
+                resource,
+            })
         })
-        .collect();
+        .collect::<Result<_, ApiError>>()?;
     Ok(Json(ListPage { items, next_cursor }))
 }
 
