@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use cqrs_es::Aggregate as _;
 
-use crate::projector::{Projection, ProjectionError};
+use crate::projector::{payload_of, Projection, ProjectionError};
 
 /// Keeps the configuration read models.
 #[derive(Debug, Clone, Copy, Default)]
@@ -26,17 +26,9 @@ impl Projection for ConfigProjection {
         tx: &mut PgConnection,
         event: &RecordedEvent,
     ) -> Result<(), ProjectionError> {
-        if event.aggregate_type != ConfigRepo::TYPE {
+        let Some(payload) = payload_of::<ConfigEvent>(event, ConfigRepo::TYPE)? else {
             return Ok(());
-        }
-        let payload: ConfigEvent =
-            serde_json::from_value(event.payload.clone()).map_err(|source| {
-                ProjectionError::Decode {
-                    event_id: event.event_id,
-                    event_type: event.event_type.clone(),
-                    source,
-                }
-            })?;
+        };
         let branch = event.aggregate_id.as_str();
         match payload {
             ConfigEvent::Committed {

@@ -29,6 +29,24 @@ pub enum ProjectionError {
     },
 }
 
+/// The payload of `event` as `E` when the event belongs to aggregate type `aggregate_type`; `None`
+/// for events of other aggregates, which a projection ignores.
+pub fn payload_of<E: serde::de::DeserializeOwned>(
+    event: &RecordedEvent,
+    aggregate_type: &str,
+) -> Result<Option<E>, ProjectionError> {
+    if event.aggregate_type != aggregate_type {
+        return Ok(None);
+    }
+    serde_json::from_value(event.payload.clone())
+        .map(Some)
+        .map_err(|source| ProjectionError::Decode {
+            event_id: event.event_id,
+            event_type: event.event_type.clone(),
+            source,
+        })
+}
+
 /// A read model kept from the log.
 pub trait Projection: Send + Sync + 'static {
     /// The checkpoint's name; unique per projection.

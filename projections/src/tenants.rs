@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use cqrs_es::Aggregate as _;
 
-use crate::projector::{Projection, ProjectionError};
+use crate::projector::{payload_of, Projection, ProjectionError};
 
 /// Keeps the `tenants` table from the tenant aggregates' events.
 #[derive(Debug, Clone, Copy, Default)]
@@ -23,17 +23,9 @@ impl Projection for TenantsProjection {
         tx: &mut PgConnection,
         event: &RecordedEvent,
     ) -> Result<(), ProjectionError> {
-        if event.aggregate_type != Tenant::TYPE {
+        let Some(payload) = payload_of::<TenantEvent>(event, Tenant::TYPE)? else {
             return Ok(());
-        }
-        let payload: TenantEvent =
-            serde_json::from_value(event.payload.clone()).map_err(|source| {
-                ProjectionError::Decode {
-                    event_id: event.event_id,
-                    event_type: event.event_type.clone(),
-                    source,
-                }
-            })?;
+        };
         match payload {
             TenantEvent::TenantCreated { slug, name } => {
                 sqlx::query!(

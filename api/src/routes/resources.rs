@@ -10,7 +10,6 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use efms_commands::CommitMetadata;
 use efms_domain::config::{
     Change, ConfigCommand, ConfigError, ConfigRepo, Expect, Operation, MAIN_BRANCH,
 };
@@ -450,14 +449,7 @@ pub async fn commit(
     operation: Operation,
     changes: Vec<Change>,
 ) -> Result<(), ApiError> {
-    let metadata = CommitMetadata {
-        actor: actor.audit_name(),
-        message: commit_message(headers)?,
-        request_id: headers
-            .get("x-request-id")
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned),
-    };
+    let metadata = super::commit_metadata(actor, headers, commit_message(headers)?);
     let command = ConfigCommand::Commit {
         message: metadata.message.clone(),
         operation,

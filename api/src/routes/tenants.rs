@@ -8,7 +8,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cqrs_es::Aggregate as _;
-use efms_commands::{CommitMetadata, Scope};
+use efms_commands::Scope;
 use efms_domain::{Actor, Role, Tenant, TenantCommand, TenantName, TenantSlug};
 use efms_projections::tenants::{get_tenant, list_tenants};
 use efms_projections::{ProjectorHandle, TenantRow};
@@ -151,14 +151,7 @@ async fn execute(
     slug: &TenantSlug,
     command: TenantCommand,
 ) -> Result<Option<efms_commands::Position>, ApiError> {
-    let metadata = CommitMetadata {
-        actor: actor.audit_name(),
-        message: None,
-        request_id: headers
-            .get("x-request-id")
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned),
-    };
+    let metadata = super::commit_metadata(actor, headers, None);
     let result = state
         .bus
         .execute::<Tenant>(slug.tenant_id(), slug.as_str(), command, (), metadata)
