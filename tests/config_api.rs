@@ -546,6 +546,67 @@ async fn groups_form_a_hierarchy_attach_resources_and_protect_them(pool: PgPool)
     );
     let history = app.get(&format!("{BASE}/groups/edge/history")).await;
     assert_eq!(history.body[0]["change"], "created");
+
+    // A child gets what it attaches and what its ancestors attach.
+    let effective = app.get(&format!("{BASE}/groups/edge/resources")).await;
+    assert_eq!(effective.status, 200, "{:?}", effective.body);
+    let got: Vec<(String, String, String)> = effective
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap().to_owned(),
+                r["name"].as_str().unwrap().to_owned(),
+                r["attached_by"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "cluster".to_owned(),
+                "service_a".to_owned(),
+                "edge".to_owned()
+            ),
+            (
+                "listener".to_owned(),
+                "ingress_http".to_owned(),
+                "edge".to_owned()
+            ),
+            (
+                "secret".to_owned(),
+                "client_cert".to_owned(),
+                "all".to_owned()
+            ),
+        ]
+    );
+    let clusters = app.get(&format!("{BASE}/clusters?group=edge")).await;
+    let names: Vec<_> = clusters.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].clone())
+        .collect();
+    assert_eq!(
+        names,
+        [json!("service_a")],
+        "service_b is not attached to edge or its ancestors"
+    );
+    assert_eq!(
+        app.get(&format!("{BASE}/clusters?group=nowhere"))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        app.get(&format!("{BASE}/clusters/service_a/resources"))
+            .await
+            .status,
+        404
+    );
 }
 
 #[sqlx::test(migrator = "efms_commands::MIGRATOR")]

@@ -357,6 +357,7 @@ async fn the_openapi_document_covers_every_route_and_the_reference_page_is_serve
         ("/api/v1/tenants/{tenant}/{kind}/{name}", "patch"),
         ("/api/v1/tenants/{tenant}/{kind}/{name}", "delete"),
         ("/api/v1/tenants/{tenant}/{kind}/{name}/history", "get"),
+        ("/api/v1/tenants/{tenant}/{kind}/{name}/resources", "get"),
         ("/api/v1/tenants/{tenant}/{kind}/{name}/rollback", "post"),
         ("/api/v1/tenants/{tenant}/revisions", "get"),
         ("/api/v1/tenants/{tenant}/diff", "get"),

@@ -109,6 +109,10 @@ pub fn router(state: AppState) -> Router {
             get(versions::history),
         )
         .route(
+            "/tenants/{tenant}/{kind}/{name}/resources",
+            get(resources::group_resources),
+        )
+        .route(
             "/tenants/{tenant}/{kind}/{name}/rollback",
             post(versions::rollback_resource),
         )

@@ -63,7 +63,7 @@ impl Modify for BearerAuth {
     paths(
         health::healthz, health::readyz, health::metrics,
         tenants::create, tenants::list, tenants::get,
-        resources::list, resources::create, resources::get, resources::replace, resources::patch, resources::delete,
+        resources::list, resources::create, resources::get, resources::replace, resources::patch, resources::delete, resources::group_resources,
         versions::history, versions::revisions, versions::diff, versions::rollback, versions::rollback_resource,
     ),
     components(schemas(Problem, ProblemField)),

@@ -330,6 +330,8 @@ pub struct ListQuery {
     pub descending: bool,
     /// Page size.
     pub limit: i64,
+    /// Only these names (a group's attachments), when given.
+    pub names: Option<Vec<String>>,
 }
 
 /// A resource in a list: its document as the JSON text Postgres returns, so a page of documents
@@ -378,6 +380,7 @@ pub async fn list_resources(
            ) AS r
            WHERE ($4::text IS NULL OR name LIKE $4)
              AND ($5::text IS NULL OR (NOT $6 AND name > $5) OR ($6 AND name < $5))
+             AND ($9::text[] IS NULL OR name = ANY($9))
            ORDER BY CASE WHEN $6 THEN name END DESC, name ASC
            LIMIT $8"#,
         tenant_id,
@@ -388,6 +391,7 @@ pub async fn list_resources(
         query.descending,
         revision,
         query.limit,
+        query.names.as_deref(),
     )
     .fetch_all(&mut *tx)
     .await?;

@@ -68,6 +68,8 @@ pub struct ListParams {
     name_prefix: Option<String>,
     /// `name` (default) or `-name`.
     sort: Option<String>,
+    /// Only the resources this group attaches, its own and its ancestors'.
+    group: Option<String>,
 }
 
 /// Resolves `?revision=` / `?at=` into the state to read.
@@ -149,11 +151,23 @@ pub async fn list(
         }
     };
     let as_of = as_of(&state, &tenant, params.revision, params.at).await?;
+    let names = match &params.group {
+        None => None,
+        Some(group) => Some(
+            effective_attachments(&state, &tenant, group, as_of)
+                .await?
+                .into_iter()
+                .filter(|item| item.kind == kind)
+                .map(|item| item.name)
+                .collect(),
+        ),
+    };
     let query = ListQuery {
         name_prefix: params.name_prefix,
         after: params.cursor,
         descending,
         limit: i64::from(limit) + 1,
+        names,
     };
     let mut rows = read::list_resources(
         &state.pool,
@@ -526,6 +540,87 @@ pub fn config_error(error: ConfigError) -> ApiError {
                 .collect(),
         ),
     }
+}
+
+/// A resource a group's proxies get, and the group (itself or an ancestor) that attaches it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct EffectiveResource {
+    /// The resource's kind.
+    #[schema(value_type = String)]
+    pub kind: ResourceKind,
+    /// Its name.
+    pub name: String,
+    /// The group that attaches it.
+    pub attached_by: String,
+}
+
+/// Everything `group` attaches, its own first, then each ancestor's (FR-CL-002); a resource
+/// attached at several levels is reported once, from the nearest.
+pub async fn effective_attachments(
+    state: &AppState,
+    tenant: &TenantAccess,
+    group: &str,
+    as_of: AsOf,
+) -> Result<Vec<EffectiveResource>, ApiError> {
+    let mut found: Vec<EffectiveResource> = Vec::new();
+    let mut next = Some(group.to_owned());
+    let mut depth = 0;
+    while let Some(name) = next.take() {
+        depth += 1;
+        let row = read::get_resource(
+            &state.pool,
+            tenant.tenant_id,
+            MAIN_BRANCH,
+            ResourceKind::Group,
+            &name,
+            as_of,
+        )
+        .await?
+        .ok_or_else(|| missing(ResourceKind::Group, &name))?;
+        let spec: efms_domain::config::group::GroupSpec =
+            serde_json::from_value(row.document).map_err(ApiError::internal)?;
+        for attached in spec.resources {
+            if !found
+                .iter()
+                .any(|f| f.kind == attached.kind && f.name == attached.name)
+            {
+                found.push(EffectiveResource {
+                    kind: attached.kind,
+                    name: attached.name,
+                    attached_by: name.clone(),
+                });
+            }
+        }
+        // Commits refuse cycles; the bound only guards against a corrupted read model.
+        if depth < 1_000 {
+            next = spec.parent;
+        }
+    }
+    Ok(found)
+}
+
+/// `GET /api/v1/tenants/{tenant}/groups/{name}/resources`: what the group's proxies get.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/{kind}/{name}/resources", tag = "configuration",
+    params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "groups"),
+        ("name" = String, Path, description = "The group's name"), ReadParams),
+    responses((status = 200, description = "The group's own and inherited resources", body = Vec<EffectiveResource>),
+        (status = 404, description = "No such group (or the kind is not `groups`)", body = crate::openapi::Problem)))]
+pub async fn group_resources(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path((tenant, collection, name)): Path<(String, String, String)>,
+    ApiQuery(params): ApiQuery<ReadParams>,
+) -> Result<Json<Vec<EffectiveResource>>, ApiError> {
+    if kind_of(&collection)? != ResourceKind::Group {
+        return Err(ApiError::NotFound(format!(
+            "only groups have effective resources, not {collection}"
+        )));
+    }
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
+    let as_of = as_of(&state, &tenant, params.revision, params.at).await?;
+    Ok(Json(
+        effective_attachments(&state, &tenant, &name, as_of).await?,
+    ))
 }
 
 /// Schema violations as a 422.
