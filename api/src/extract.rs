@@ -6,6 +6,8 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use serde::de::DeserializeOwned;
 
+use efms_domain::json_pointer;
+
 use crate::error::{ApiError, FieldError};
 
 /// A JSON body. Unlike `axum::Json`, a bad body is answered with the JSON pointer of the fault:
@@ -49,24 +51,17 @@ fn is_json(headers: &HeaderMap) -> bool {
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer)
-        .map_err(|error| json_error(pointer_of(error.path()), error.inner()))?;
+        .map_err(|error| json_error(error.path(), error.inner()))?;
     deserializer
         .end()
-        .map_err(|error| json_error(String::new(), &error))?;
+        .map_err(|error| json_error(&serde_path_to_error::Track::new().path(), &error))?;
     Ok(value)
 }
 
-fn json_error(mut pointer: String, error: &serde_json::Error) -> ApiError {
+fn json_error(path: &serde_path_to_error::Path, error: &serde_json::Error) -> ApiError {
     let message = error.to_string();
+    let pointer = json_pointer::of_error(path, &message);
     if error.classify() == serde_json::error::Category::Data {
-        // serde names a missing field in its message only; point at the field itself.
-        if let Some(field) = message
-            .strip_prefix("missing field `")
-            .and_then(|rest| rest.split('`').next())
-        {
-            pointer.push('/');
-            pointer.push_str(&escape(field));
-        }
         ApiError::Validation(vec![FieldError::at(pointer, message)])
     } else {
         ApiError::BadRequest {
@@ -74,23 +69,6 @@ fn json_error(mut pointer: String, error: &serde_json::Error) -> ApiError {
             errors: vec![FieldError::at(pointer, message)],
         }
     }
-}
-
-fn pointer_of(path: &serde_path_to_error::Path) -> String {
-    use serde_path_to_error::Segment;
-    path.iter()
-        .filter_map(|segment| match segment {
-            Segment::Seq { index } => Some(format!("/{index}")),
-            Segment::Map { key } => Some(format!("/{}", escape(key))),
-            Segment::Enum { variant } => Some(format!("/{}", escape(variant))),
-            Segment::Unknown => None,
-        })
-        .collect()
-}
-
-/// Escapes one reference token of a JSON pointer (RFC 6901).
-pub fn escape(token: &str) -> String {
-    token.replace('~', "~0").replace('/', "~1")
 }
 
 /// A query string. A bad one is answered with 400 problem+json naming the problem.
@@ -181,10 +159,5 @@ mod tests {
             parse_json::<Body>(br#"{"name":"a","items":[]} x"#),
             Err(ApiError::BadRequest { .. })
         ));
-    }
-
-    #[test]
-    fn pointer_tokens_are_escaped() {
-        assert_eq!(escape("a/b~c"), "a~1b~0c");
     }
 }

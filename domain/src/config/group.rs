@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::envoy::{check_name, escape, ResourceKind, Violation};
+use crate::envoy::{check_name, ResourceKind, Violation};
+use crate::json_pointer;
 
 /// A group as written and stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,25 +61,8 @@ pub fn validate(json: &Value) -> Result<(String, Value, GroupSpec), Vec<Violatio
         json, &mut track,
     ))
     .map_err(|error| {
-        let mut pointer: String = track
-            .path()
-            .iter()
-            .filter_map(|segment| match segment {
-                serde_path_to_error::Segment::Seq { index } => Some(format!("/{index}")),
-                serde_path_to_error::Segment::Map { key } => Some(format!("/{}", escape(key))),
-                _ => None,
-            })
-            .collect();
         let message = error.to_string();
-        for prefix in ["missing field `"] {
-            if let Some(field) = message
-                .strip_prefix(prefix)
-                .and_then(|rest| rest.split('`').next())
-            {
-                pointer.push('/');
-                pointer.push_str(&escape(field));
-            }
-        }
+        let pointer = json_pointer::of_error(&track.path(), &message);
         vec![Violation { pointer, message }]
     })?;
     let mut violations = Vec::new();

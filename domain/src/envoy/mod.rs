@@ -16,6 +16,8 @@ use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, Serialize
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::json_pointer::{self, escape};
+
 /// The descriptor set written by `build.rs`.
 static DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy.fds"));
 
@@ -246,36 +248,11 @@ fn decode(desc: MessageDescriptor, json: &Value) -> Result<DynamicMessage, Vec<V
     let mut track = serde_path_to_error::Track::new();
     let deserializer = serde_path_to_error::Deserializer::new(json, &mut track);
     DynamicMessage::deserialize(desc, deserializer).map_err(|error| {
-        let mut pointer = pointer_of(&track.path());
         let message = error.to_string();
-        // An unknown field is reported at its parent; point at the field itself.
-        if let Some(field) = message
-            .strip_prefix("unrecognized field name '")
-            .and_then(|rest| rest.split('\'').next())
-        {
-            pointer.push('/');
-            pointer.push_str(&escape(field));
-        }
+        let pointer = json_pointer::of_error(&track.path(), &message);
         let message = message.replace("unrecognized field name", "unknown field");
         vec![Violation { pointer, message }]
     })
-}
-
-fn pointer_of(path: &serde_path_to_error::Path) -> String {
-    use serde_path_to_error::Segment;
-    path.iter()
-        .filter_map(|segment| match segment {
-            Segment::Seq { index } => Some(format!("/{index}")),
-            Segment::Map { key } => Some(format!("/{}", escape(key))),
-            Segment::Enum { variant } => Some(format!("/{}", escape(variant))),
-            Segment::Unknown => None,
-        })
-        .collect()
-}
-
-/// Escapes one reference token of a JSON pointer (RFC 6901).
-pub fn escape(token: &str) -> String {
-    token.replace('~', "~0").replace('/', "~1")
 }
 
 /// The canonical JSON of a message: proto field names, default values omitted.

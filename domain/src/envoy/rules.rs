@@ -13,7 +13,8 @@ use prost_reflect::{
     DynamicMessage, ExtensionDescriptor, FieldDescriptor, Kind, MapKey, ReflectMessage as _, Value,
 };
 
-use super::{escape, Violation, POOL};
+use super::{Violation, POOL};
+use crate::json_pointer::escape;
 
 static FIELD_RULES: LazyLock<Option<ExtensionDescriptor>> =
     LazyLock::new(|| POOL.get_extension_by_name("validate.rules"));
