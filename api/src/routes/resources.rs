@@ -29,10 +29,6 @@ use crate::extract::{parse_json, ApiJson, ApiQuery};
 const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
 /// The header that carries a commit message.
 pub const COMMIT_MESSAGE_HEADER: &str = "x-commit-message";
-/// Page size when the request names none.
-const DEFAULT_LIMIT: u32 = 50;
-/// The largest page.
-const MAX_LIMIT: u32 = 500;
 
 /// The kind a collection segment names, or 404.
 pub fn kind_of(collection: &str) -> Result<ResourceKind, ApiError> {
@@ -133,13 +129,7 @@ pub async fn list(
 ) -> Result<Json<ListPage>, ApiError> {
     let kind = kind_of(&collection)?;
     let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
-    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::Validation(vec![FieldError::parameter(
-            "limit",
-            format!("must be between 1 and {MAX_LIMIT}"),
-        )]));
-    }
+    let page = super::PageSize::from_param(params.limit)?;
     let descending = match params.sort.as_deref() {
         None | Some("name") => false,
         Some("-name") => true,
@@ -166,7 +156,7 @@ pub async fn list(
         name_prefix: params.name_prefix,
         after: params.cursor,
         descending,
-        limit: i64::from(limit) + 1,
+        limit: page.fetch(),
         names,
     };
     let mut rows = read::list_resources(
@@ -178,12 +168,7 @@ pub async fn list(
         &query,
     )
     .await?;
-    let next_cursor = if rows.len() > limit as usize {
-        rows.truncate(limit as usize);
-        rows.last().map(|row| row.name.clone())
-    } else {
-        None
-    };
+    let next_cursor = page.cut(&mut rows, |row| row.name.clone());
     let items = rows
         .into_iter()
         .map(|row| {

@@ -22,10 +22,6 @@ use crate::extract::{ApiJson, ApiQuery};
 
 /// How long a write waits for the read models to show it before answering.
 const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
-/// Page size when the request names none.
-const DEFAULT_LIMIT: u32 = 50;
-/// The largest page a request may ask for.
-const MAX_LIMIT: u32 = 500;
 
 /// Body of `POST /api/v1/tenants`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -191,26 +187,15 @@ pub async fn list(
     Principal(actor): Principal,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<TenantPage>, ApiError> {
-    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::Validation(vec![FieldError::parameter(
-            "limit",
-            format!("must be between 1 and {MAX_LIMIT}"),
-        )]));
-    }
+    let page = super::PageSize::from_param(query.limit)?;
     let mut rows = list_tenants(
         &pool,
         scope_of(&actor),
         query.cursor.as_deref(),
-        i64::from(limit) + 1,
+        page.fetch(),
     )
     .await?;
-    let next_cursor = if rows.len() > limit as usize {
-        rows.truncate(limit as usize);
-        rows.last().map(|row| row.slug.clone())
-    } else {
-        None
-    };
+    let next_cursor = page.cut(&mut rows, |row| row.slug.clone());
     Ok(Json(TenantPage {
         items: rows.into_iter().map(TenantView::from).collect(),
         next_cursor,

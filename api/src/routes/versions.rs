@@ -107,27 +107,16 @@ pub async fn revisions(
     ApiQuery(params): ApiQuery<RevisionsParams>,
 ) -> Result<Json<RevisionsPage>, ApiError> {
     let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
-    let limit = params.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::Validation(vec![FieldError::parameter(
-            "limit",
-            "must be between 1 and 500",
-        )]));
-    }
+    let page = super::PageSize::from_param(params.limit)?;
     let mut rows = read::list_revisions(
         &state.pool,
         tenant.tenant_id,
         MAIN_BRANCH,
         params.cursor,
-        i64::from(limit) + 1,
+        page.fetch(),
     )
     .await?;
-    let next_cursor = if rows.len() > limit as usize {
-        rows.truncate(limit as usize);
-        rows.last().map(|row| row.revision)
-    } else {
-        None
-    };
+    let next_cursor = page.cut(&mut rows, |row| row.revision);
     let items = rows
         .into_iter()
         .map(|row| RevisionEntry {
