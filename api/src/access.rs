@@ -64,6 +64,11 @@ pub async fn tenant_access(
     if actor.tenant.as_ref().is_some_and(|own| *own != slug) {
         return Err(not_found());
     }
+    if actor.role == Role::Proxy {
+        return Err(ApiError::Forbidden(
+            "a `proxy` token only streams configuration over xDS".to_owned(),
+        ));
+    }
     if access == Access::Write && matches!(actor.role, Role::Viewer | Role::Auditor) {
         return Err(ApiError::Forbidden(format!(
             "changing configuration needs the `operator` or `admin` role; this token has `{}`",

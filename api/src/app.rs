@@ -9,7 +9,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{middleware, Router};
 use efms_commands::{CommandBus, CommitBell};
-use efms_projections::{ConfigProjection, Projector, ProjectorHandle, TenantsProjection};
+use efms_projections::{
+    ConfigProjection, Projector, ProjectorHandle, SnapshotStore, TenantsProjection,
+};
+use efms_xds::XdsServer;
 use sqlx::PgPool;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
@@ -17,7 +20,7 @@ use tower_http::trace::TraceLayer;
 use crate::auth::{require_bearer, JwtKeys};
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::metrics::Metrics;
-use crate::routes::{health, resources, tenants, versions};
+use crate::routes::{health, proxies, resources, tenants, versions};
 
 /// What the handlers share. Each handler extracts only the part it needs.
 #[derive(Clone, FromRef)]
@@ -39,6 +42,40 @@ pub struct AppState {
     /// The configuration read models' projector, for read-your-writes.
     #[from_ref(skip)]
     pub config: ProjectorHandle,
+    /// The xDS snapshots of the groups proxies follow.
+    #[from_ref(skip)]
+    pub snapshots: SnapshotStore,
+    /// The xDS services, served by `efms_xds::serve`.
+    #[from_ref(skip)]
+    pub xds: XdsServer,
+    /// Where proxies reach the xDS server (written into bootstraps).
+    #[from_ref(skip)]
+    pub xds_address: XdsAddress,
+}
+
+/// Where proxies reach the xDS server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdsAddress {
+    /// A host name or IP address.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+}
+
+impl XdsAddress {
+    /// The address proxies dial for a server listening on `listen`: the same, with an unspecified
+    /// IP (`0.0.0.0`, `::`) replaced by loopback.
+    pub fn for_listener(listen: std::net::SocketAddr) -> Self {
+        let ip = if listen.ip().is_unspecified() {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        } else {
+            listen.ip()
+        };
+        Self {
+            host: ip.to_string(),
+            port: listen.port(),
+        }
+    }
 }
 
 impl AppState {
@@ -56,6 +93,17 @@ impl AppState {
         let tenants =
             Projector::new(pool.clone(), TenantsProjection).spawn(poll_interval, shutdown.clone());
         let config = Projector::new(pool.clone(), ConfigProjection).spawn(poll_interval, shutdown);
+        let snapshots = SnapshotStore::new(pool.clone());
+        snapshots.follow(config.clone());
+        let keys = jwt.clone();
+        let authenticator: efms_xds::Authenticator =
+            Arc::new(move |token: &str| keys.verify(token).map_err(|error| error.to_string()));
+        let xds = XdsServer::new(
+            pool.clone(),
+            snapshots.clone(),
+            authenticator,
+            metrics.xds.clone(),
+        );
         let gauge = metrics.projector_position.clone();
         let mut checkpoint = tenants.clone();
         tokio::spawn(async move {
@@ -71,7 +119,20 @@ impl AppState {
             metrics,
             tenants,
             config,
+            snapshots,
+            xds,
+            xds_address: XdsAddress {
+                host: "127.0.0.1".to_owned(),
+                port: 18000,
+            },
         }
+    }
+
+    /// The same state, telling proxies to reach the xDS server at `address`.
+    #[must_use]
+    pub fn with_xds_address(mut self, address: XdsAddress) -> Self {
+        self.xds_address = address;
+        self
     }
 }
 
@@ -111,6 +172,12 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/tenants/{tenant}/{kind}/{name}/resources",
             get(resources::group_resources),
+        )
+        .route("/tenants/{tenant}/proxies", get(proxies::list))
+        .route("/tenants/{tenant}/proxies/{node_id}", get(proxies::get))
+        .route(
+            "/tenants/{tenant}/{kind}/{name}/bootstrap",
+            get(proxies::bootstrap),
         )
         .route(
             "/tenants/{tenant}/{kind}/{name}/rollback",

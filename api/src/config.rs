@@ -56,6 +56,10 @@ pub struct ServeArgs {
     /// Address the gRPC (xDS) server listens on.
     #[arg(long, env = "EFMS_GRPC_ADDR", default_value = "127.0.0.1:18000")]
     pub grpc_addr: String,
+    /// `host:port` proxies dial for xDS, written into the bootstraps the API hands out (default:
+    /// EFMS_GRPC_ADDR, with 0.0.0.0 read as 127.0.0.1).
+    #[arg(long, env = "EFMS_XDS_ADVERTISE_ADDR")]
+    pub xds_advertise_addr: Option<String>,
     /// Secret that signs and verifies access tokens (at least 32 bytes).
     #[arg(long, env = "EFMS_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -131,6 +135,8 @@ pub struct ServeConfig {
     pub http_addr: SocketAddr,
     /// gRPC listen address.
     pub grpc_addr: SocketAddr,
+    /// The xDS address bootstraps name, when not derived from `grpc_addr`: host and port.
+    pub xds_advertise_addr: Option<(String, u16)>,
     /// Token secret.
     pub jwt_secret: Vec<u8>,
     /// Log format.
@@ -208,6 +214,30 @@ impl ServeArgs {
                 format!("`{grpc_addr}` is also EFMS_HTTP_ADDR; they need distinct addresses"),
             ));
         }
+        let xds_advertise_addr = self
+            .xds_advertise_addr
+            .as_deref()
+            .map(|text| {
+                text.rsplit_once(':')
+                    .and_then(|(host, port)| {
+                        let port = port.parse::<u16>().ok().filter(|port| *port != 0)?;
+                        let host = host.trim_start_matches('[').trim_end_matches(']');
+                        (!host.is_empty()
+                            && host
+                                .chars()
+                                .all(|c| c.is_ascii_alphanumeric() || "-.:_".contains(c)))
+                        .then(|| (host.to_owned(), port))
+                    })
+                    .ok_or_else(|| {
+                        invalid(
+                            "EFMS_XDS_ADVERTISE_ADDR (--xds-advertise-addr)",
+                            format!(
+                                "`{text}` is not host:port (for example xds.example.com:18000)"
+                            ),
+                        )
+                    })
+            })
+            .transpose()?;
         let jwt_secret = validate_secret(self.jwt_secret.as_deref())?;
         let log_format = match self.log_format.as_str() {
             "json" => LogFormat::Json,
@@ -238,6 +268,7 @@ impl ServeArgs {
             database,
             http_addr,
             grpc_addr,
+            xds_advertise_addr,
             jwt_secret,
             log_format,
             poll_interval,
@@ -257,6 +288,7 @@ mod tests {
             },
             http_addr: http.to_owned(),
             grpc_addr: "127.0.0.1:18000".to_owned(),
+            xds_advertise_addr: None,
             jwt_secret: secret.map(str::to_owned),
             log_format: "json".to_owned(),
             poll_interval_ms: "250".to_owned(),

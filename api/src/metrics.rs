@@ -43,6 +43,8 @@ pub struct Metrics {
     pub commands: Family<CommandLabels, Counter>,
     /// The tenants projection's checkpoint (global position of the last projected event).
     pub projector_position: Gauge,
+    /// The xDS server's metrics.
+    pub xds: efms_xds::XdsMetrics,
 }
 
 impl Metrics {
@@ -71,12 +73,14 @@ impl Metrics {
             "Global position of the last event the read models reflect",
             projector_position.clone(),
         );
+        let xds = efms_xds::XdsMetrics::register(&mut registry);
         Arc::new(Self {
             registry,
             http_requests,
             http_duration,
             commands,
             projector_position,
+            xds,
         })
     }
 

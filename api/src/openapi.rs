@@ -7,7 +7,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::routes::{health, resources, tenants, versions};
+use crate::routes::{health, proxies, resources, tenants, versions};
 
 /// The RFC 7807 body of every error (for the document; `crate::error` writes it).
 #[derive(Debug, serde::Serialize, ToSchema)]
@@ -65,6 +65,7 @@ impl Modify for BearerAuth {
         tenants::create, tenants::list, tenants::get,
         resources::list, resources::create, resources::get, resources::replace, resources::patch, resources::delete, resources::group_resources,
         versions::history, versions::revisions, versions::diff, versions::rollback, versions::rollback_resource,
+        proxies::list, proxies::get, proxies::bootstrap,
     ),
     components(schemas(Problem, ProblemField)),
     modifiers(&BearerAuth),
@@ -73,6 +74,7 @@ impl Modify for BearerAuth {
         (name = "tenants", description = "Tenants (FR-MT-001)"),
         (name = "configuration", description = "Envoy resources (FR-EP)"),
         (name = "versions", description = "History, time travel, diff and rollback (FR-VC)"),
+        (name = "proxies", description = "What each Envoy proxy runs, and bootstraps that connect new ones (xDS)"),
         (name = "operations", description = "Health and metrics"),
     )
 )]

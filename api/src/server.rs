@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::app::{router, AppState};
+use crate::app::{router, AppState, XdsAddress};
 use crate::auth::JwtKeys;
 use crate::config::ServeConfig;
 use crate::db;
@@ -27,7 +27,15 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         JwtKeys::from_secret(&config.jwt_secret),
         config.poll_interval,
         signalled(stopped.clone()),
-    );
+    )
+    .with_xds_address(match &config.xds_advertise_addr {
+        Some((host, port)) => XdsAddress {
+            host: host.clone(),
+            port: *port,
+        },
+        None => XdsAddress::for_listener(grpc.local_addr()?),
+    });
+    let xds = state.xds.clone();
     tracing::info!(
         http = %http.local_addr()?,
         grpc = %grpc.local_addr()?,
@@ -46,7 +54,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             .context("the HTTP server failed")
     };
     let grpc_server = async {
-        efms_xds::serve(grpc, signalled(stopped.clone()))
+        efms_xds::serve(grpc, xds, signalled(stopped.clone()))
             .await
             .context("the gRPC server failed")
     };

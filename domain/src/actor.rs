@@ -19,16 +19,19 @@ pub enum Role {
     Viewer,
     /// Reads one tenant's configuration, history and audit trail.
     Auditor,
+    /// An Envoy proxy of one tenant: may stream its group's configuration over xDS, nothing else.
+    Proxy,
 }
 
 impl Role {
     /// Every role, in the order the documentation lists them.
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::System,
         Role::Admin,
         Role::Operator,
         Role::Viewer,
         Role::Auditor,
+        Role::Proxy,
     ];
 
     /// The role's name as it appears in tokens and on the command line.
@@ -39,6 +42,7 @@ impl Role {
             Role::Operator => "operator",
             Role::Viewer => "viewer",
             Role::Auditor => "auditor",
+            Role::Proxy => "proxy",
         }
     }
 
@@ -63,7 +67,7 @@ impl std::str::FromStr for Role {
             .find(|role| role.as_str() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown role `{s}`; expected one of system, admin, operator, viewer, auditor"
+                    "unknown role `{s}`; expected one of system, admin, operator, viewer, auditor, proxy"
                 )
             })
     }

@@ -7,8 +7,11 @@
 
 pub mod config;
 pub mod projector;
+pub mod proxies;
+pub mod snapshots;
 pub mod tenants;
 
 pub use config::ConfigProjection;
 pub use projector::{Projection, ProjectionError, Projector, ProjectorHandle};
+pub use snapshots::{GroupSnapshot, SnapshotStore, XdsResource};
 pub use tenants::{TenantRow, TenantsProjection};

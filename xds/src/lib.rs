@@ -1,25 +1,71 @@
-//! The gRPC side of the Envoy Fleet Manager: the server Envoy proxies connect to.
+//! The gRPC side of the Envoy Fleet Manager: the xDS servers Envoy proxies stream their
+//! configuration from (INT-XDS-001..005, DESIGN §7).
 //!
-//! It runs in the `efms` process beside the HTTP API, on its own address, and stops with it. Today
-//! it serves the standard gRPC health service (`grpc.health.v1.Health`), which load balancers and
-//! orchestrators probe; the xDS discovery services join it on the same server.
+//! It runs in the `efms` process beside the HTTP API, on its own address, and stops with it. It
+//! serves the Aggregated Discovery Service in both the State-of-the-World and the delta protocol,
+//! the per-type CDS, EDS, LDS, RDS and SDS services, and the standard gRPC health service. Streams
+//! read the group snapshots that `efms-projections` keeps; every stream is authenticated by the
+//! bearer token in its metadata, and what each proxy was sent, accepted and refused is recorded
+//! durably (see [`status`]).
+
+mod delta;
+pub mod identity;
+pub mod metrics;
+mod services;
+mod session;
+mod sotw;
+pub mod status;
 
 use std::future::Future;
 
+use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_server::ClusterDiscoveryServiceServer;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use envoy_types::pb::envoy::service::endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryServiceServer;
+use envoy_types::pb::envoy::service::listener::v3::listener_discovery_service_server::ListenerDiscoveryServiceServer;
+use envoy_types::pb::envoy::service::route::v3::route_discovery_service_server::RouteDiscoveryServiceServer;
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
-/// Serves the gRPC services on `listener` until `shutdown` resolves, then drains open streams.
+pub use identity::Authenticator;
+pub use metrics::XdsMetrics;
+pub use session::XdsServer;
+
+/// The largest message a proxy may send (an ACK carrying a long error, a big subscription).
+const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// Serves the xDS and health services on `listener` until `shutdown` resolves, then ends the
+/// streams (proxies reconnect to another replica or to this one when it is back).
 pub async fn serve(
     listener: TcpListener,
+    xds: XdsServer,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(health)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .add_service(
+            AggregatedDiscoveryServiceServer::new(xds.clone())
+                .max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            ClusterDiscoveryServiceServer::new(xds.clone()).max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            EndpointDiscoveryServiceServer::new(xds.clone()).max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            ListenerDiscoveryServiceServer::new(xds.clone()).max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            RouteDiscoveryServiceServer::new(xds.clone()).max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(SecretDiscoveryServiceServer::new(xds).max_decoding_message_size(MAX_MESSAGE))
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

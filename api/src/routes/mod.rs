@@ -1,6 +1,7 @@
 //! The HTTP routes, one module per resource.
 
 pub mod health;
+pub mod proxies;
 pub mod resources;
 pub mod tenants;
 pub mod versions;

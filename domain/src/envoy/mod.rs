@@ -255,6 +255,16 @@ fn decode(desc: MessageDescriptor, json: &Value) -> Result<DynamicMessage, Vec<V
     })
 }
 
+/// The protobuf encoding of a stored resource (its canonical JSON), as Envoy receives it over xDS.
+pub fn encode(kind: ResourceKind, document: &Value) -> Result<Vec<u8>, String> {
+    let descriptor = kind
+        .descriptor()
+        .ok_or_else(|| format!("a {kind} is not an Envoy resource"))?;
+    let message =
+        DynamicMessage::deserialize(descriptor, document).map_err(|error| error.to_string())?;
+    Ok(prost::Message::encode_to_vec(&message))
+}
+
 /// The canonical JSON of a message: proto field names, default values omitted.
 pub fn canonical_json(message: &DynamicMessage) -> Value {
     let options = SerializeOptions::new()

@@ -1,0 +1,442 @@
+//! The proxies of a tenant (DESIGN §7, NFR-OB-004): what each one runs, and the bootstrap that
+//! connects a stock Envoy to its group.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use efms_domain::config::MAIN_BRANCH;
+use efms_domain::envoy::{check_name, ResourceKind};
+use efms_domain::Role;
+use efms_projections::config::{self as read, AsOf};
+use efms_projections::proxies::{self as status, ProxyRow, SyncState, TypeStatusRow};
+use efms_projections::snapshots::XDS_KINDS;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::resources::kind_of;
+use crate::access::{tenant_access, Access};
+use crate::app::AppState;
+use crate::auth::{parse_ttl, Principal};
+use crate::error::{ApiError, FieldError};
+use crate::extract::ApiQuery;
+
+/// The static cluster of a bootstrap that points at the xDS server.
+const XDS_CLUSTER: &str = "efms_xds";
+
+/// A proxy's status on one resource type.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TypeStatus {
+    /// The resource kind (`cluster`, `endpoints`, `listener`, `route`, `secret`).
+    #[serde(rename = "type")]
+    kind: String,
+    /// The xDS type URL.
+    type_url: String,
+    /// SYNCED, STALE, NACKED or NOT_SENT.
+    #[schema(value_type = String)]
+    status: SyncState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sent_version: Option<String>,
+    /// The configuration revision the version sent was built at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sent_revision: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sent_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acked_version: Option<String>,
+    /// The configuration revision the version the proxy runs was built at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acked_revision: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acked_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nacked_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nacked_at: Option<DateTime<Utc>>,
+    /// Envoy's `error_detail` of the last refusal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_detail: Option<String>,
+}
+
+/// What a proxy accepted last of one type, as of the `at` asked for.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RanEntry {
+    /// The resource kind.
+    #[serde(rename = "type")]
+    kind: String,
+    /// The version it ran.
+    version: String,
+    /// The configuration revision that version was built at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revision: Option<i64>,
+    /// When it accepted it.
+    accepted_at: DateTime<Utc>,
+}
+
+/// A proxy and what it runs.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Proxy {
+    /// Its `node.id`.
+    node_id: String,
+    /// The group whose configuration it gets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<String>,
+    /// Its `node.cluster`.
+    node_cluster: String,
+    /// The Envoy version it reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    envoy_version: Option<String>,
+    /// `sotw` or `delta`.
+    protocol: String,
+    /// Whether a stream is open now.
+    connected: bool,
+    connected_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disconnected_at: Option<DateTime<Utc>>,
+    last_seen_at: DateTime<Utc>,
+    /// SYNCED when every type is, else NACKED if any type is, else STALE (NOT_SENT before anything
+    /// was sent).
+    #[schema(value_type = String)]
+    status: SyncState,
+    /// Per resource type.
+    types: Vec<TypeStatus>,
+    /// With `?at=`: what it ran then, per type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ran_at: Option<Vec<RanEntry>>,
+}
+
+fn kind_name(type_url: &str) -> String {
+    XDS_KINDS
+        .into_iter()
+        .find(|kind| kind.type_url().is_some_and(|url| url == type_url))
+        .map_or_else(|| type_url.to_owned(), |kind| kind.to_string())
+}
+
+fn proxy(row: ProxyRow, types: Vec<TypeStatusRow>) -> Proxy {
+    let types: Vec<TypeStatus> = types
+        .into_iter()
+        .map(|t| TypeStatus {
+            kind: kind_name(&t.type_url),
+            status: t.state(),
+            type_url: t.type_url,
+            sent_version: t.sent_version,
+            sent_revision: t.sent_revision,
+            sent_at: t.sent_at,
+            acked_version: t.acked_version,
+            acked_revision: t.acked_revision,
+            acked_at: t.acked_at,
+            nacked_version: t.nacked_version,
+            nacked_at: t.nacked_at,
+            error_detail: t.error_detail,
+        })
+        .collect();
+    let overall = if types.is_empty() {
+        SyncState::NotSent
+    } else if types.iter().any(|t| t.status == SyncState::Nacked) {
+        SyncState::Nacked
+    } else if types
+        .iter()
+        .all(|t| matches!(t.status, SyncState::Synced | SyncState::NotSent))
+    {
+        SyncState::Synced
+    } else {
+        SyncState::Stale
+    };
+    Proxy {
+        node_id: row.node_id,
+        group: row.group_name,
+        node_cluster: row.node_cluster,
+        envoy_version: row.envoy_version,
+        protocol: row.protocol,
+        connected: row.streams > 0,
+        connected_at: row.connected_at,
+        disconnected_at: row.disconnected_at,
+        last_seen_at: row.last_seen_at,
+        status: overall,
+        types,
+        ran_at: None,
+    }
+}
+
+/// Query of the proxies list.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ProxiesParams {
+    /// Page size (1 to 500, default 50).
+    limit: Option<u32>,
+    /// The `next_cursor` of the previous page (a node id).
+    cursor: Option<String>,
+    /// Only the proxies of this group.
+    group: Option<String>,
+}
+
+/// A page of proxies.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProxiesPage {
+    items: Vec<Proxy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+/// `GET /api/v1/tenants/{tenant}/proxies`: every proxy seen, by node id.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/proxies", tag = "proxies",
+    params(("tenant" = String, Path, description = "Tenant slug"), ProxiesParams),
+    responses((status = 200, description = "A page of proxies", body = ProxiesPage),
+        (status = 404, description = "No such tenant", body = crate::openapi::Problem)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path(tenant): Path<String>,
+    ApiQuery(params): ApiQuery<ProxiesParams>,
+) -> Result<Json<ProxiesPage>, ApiError> {
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
+    let page = super::PageSize::from_param(params.limit)?;
+    let mut rows = status::list_proxies(
+        &state.pool,
+        tenant.tenant_id,
+        params.group.as_deref(),
+        params.cursor.as_deref(),
+        page.fetch(),
+    )
+    .await?;
+    let next_cursor = page.cut(&mut rows, |row| row.node_id.clone());
+    let ids: Vec<String> = rows.iter().map(|row| row.node_id.clone()).collect();
+    let mut by_node: BTreeMap<String, Vec<TypeStatusRow>> = BTreeMap::new();
+    for (node, row) in status::type_statuses(&state.pool, tenant.tenant_id, &ids).await? {
+        by_node.entry(node).or_default().push(row);
+    }
+    let items = rows
+        .into_iter()
+        .map(|row| {
+            let types = by_node.remove(&row.node_id).unwrap_or_default();
+            proxy(row, types)
+        })
+        .collect();
+    Ok(Json(ProxiesPage { items, next_cursor }))
+}
+
+/// Query of one proxy.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyParams {
+    /// Also say what the proxy ran at this moment (RFC 3339), per type.
+    at: Option<DateTime<Utc>>,
+}
+
+/// `GET /api/v1/tenants/{tenant}/proxies/{node_id}`: one proxy, per type what it was sent,
+/// accepted and refused; with `?at=`, what it ran then.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/proxies/{node_id}", tag = "proxies",
+    params(("tenant" = String, Path, description = "Tenant slug"), ("node_id" = String, Path, description = "The proxy's node.id"), ProxyParams),
+    responses((status = 200, description = "The proxy", body = Proxy),
+        (status = 404, description = "No such proxy", body = crate::openapi::Problem)))]
+pub async fn get(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path((tenant, node_id)): Path<(String, String)>,
+    ApiQuery(params): ApiQuery<ProxyParams>,
+) -> Result<Json<Proxy>, ApiError> {
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
+    let row = status::get_proxy(&state.pool, tenant.tenant_id, &node_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no proxy `{node_id}` has connected")))?;
+    let types = status::type_statuses(
+        &state.pool,
+        tenant.tenant_id,
+        std::slice::from_ref(&node_id),
+    )
+    .await?
+    .into_iter()
+    .map(|(_, row)| row)
+    .collect();
+    let mut answer = proxy(row, types);
+    if let Some(at) = params.at {
+        answer.ran_at = Some(
+            status::ran_at(&state.pool, tenant.tenant_id, &node_id, at)
+                .await?
+                .into_iter()
+                .map(|ran| RanEntry {
+                    kind: kind_name(&ran.type_url),
+                    version: ran.version,
+                    revision: ran.revision,
+                    accepted_at: ran.at,
+                })
+                .collect(),
+        );
+    }
+    Ok(Json(answer))
+}
+
+/// The xDS protocol a bootstrap asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum XdsProtocol {
+    /// State-of-the-World ADS (`GRPC`).
+    #[default]
+    Sotw,
+    /// Incremental ADS (`DELTA_GRPC`).
+    Delta,
+}
+
+/// Query of a bootstrap.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapParams {
+    /// The proxy's `node.id`.
+    node_id: String,
+    /// `sotw` (default) or `delta`.
+    protocol: Option<XdsProtocol>,
+    /// The port of Envoy's admin interface on 127.0.0.1 (default 9901).
+    admin_port: Option<u16>,
+    /// How long the proxy token in the bootstrap stays valid (default `365d`).
+    token_ttl: Option<String>,
+}
+
+/// `GET /api/v1/tenants/{tenant}/groups/{group}/bootstrap`: an Envoy bootstrap with which a stock
+/// Envoy connects to this control plane as `node_id` of the group, authenticated by a `proxy`
+/// token in its ADS `initial_metadata`. Needs the `operator` or `admin` role, since it mints that
+/// token.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/{kind}/{name}/bootstrap", tag = "proxies",
+    params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "groups"),
+        ("name" = String, Path, description = "The group's name"), BootstrapParams),
+    responses((status = 200, description = "An Envoy bootstrap (envoy.config.bootstrap.v3.Bootstrap, JSON)", body = Object),
+        (status = 403, description = "The role may not mint proxy tokens", body = crate::openapi::Problem),
+        (status = 404, description = "No such group", body = crate::openapi::Problem),
+        (status = 422, description = "Bad node id, protocol or TTL", body = crate::openapi::Problem)))]
+pub async fn bootstrap(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path((tenant, collection, group)): Path<(String, String, String)>,
+    ApiQuery(params): ApiQuery<BootstrapParams>,
+) -> Result<Json<Value>, ApiError> {
+    if kind_of(&collection)? != ResourceKind::Group {
+        return Err(ApiError::NotFound(format!(
+            "only groups have a bootstrap, not {collection}"
+        )));
+    }
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
+    let mut errors = Vec::new();
+    if let Err(problem) = check_name(&params.node_id) {
+        errors.push(FieldError::parameter("node_id", problem));
+    }
+    let ttl = match parse_ttl(params.token_ttl.as_deref().unwrap_or("365d")) {
+        Ok(ttl) if ttl <= Duration::from_secs(10 * 365 * 86_400) => Some(ttl),
+        Ok(_) => {
+            errors.push(FieldError::parameter("token_ttl", "at most 3650d"));
+            None
+        }
+        Err(problem) => {
+            errors.push(FieldError::parameter("token_ttl", problem));
+            None
+        }
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    read::get_resource(
+        &state.pool,
+        tenant.tenant_id,
+        MAIN_BRANCH,
+        ResourceKind::Group,
+        &group,
+        AsOf::Now,
+    )
+    .await?
+    .ok_or_else(|| ApiError::NotFound(format!("there is no group `{group}`")))?;
+    let token = state
+        .jwt
+        .issue(
+            &format!("proxy:{}", params.node_id),
+            Role::Proxy,
+            Some(&tenant.slug),
+            ttl.expect("checked"),
+        )
+        .map_err(ApiError::internal)?;
+    Ok(Json(bootstrap_document(&BootstrapSpec {
+        node_id: &params.node_id,
+        group: &group,
+        tenant: tenant.slug.as_str(),
+        token: &token,
+        protocol: params.protocol.unwrap_or_default(),
+        xds: &state.xds_address,
+        admin_port: params.admin_port.unwrap_or(9901),
+    })))
+}
+
+/// What a bootstrap is made of.
+struct BootstrapSpec<'a> {
+    node_id: &'a str,
+    group: &'a str,
+    tenant: &'a str,
+    token: &'a str,
+    protocol: XdsProtocol,
+    xds: &'a crate::app::XdsAddress,
+    admin_port: u16,
+}
+
+/// The Envoy bootstrap (JSON) of `spec`.
+fn bootstrap_document(spec: &BootstrapSpec<'_>) -> Value {
+    let api_type = match spec.protocol {
+        XdsProtocol::Sotw => "GRPC",
+        XdsProtocol::Delta => "DELTA_GRPC",
+    };
+    let (host, port) = (&spec.xds.host, spec.xds.port);
+    let discovery = if host.parse::<std::net::IpAddr>().is_ok() {
+        "STATIC"
+    } else {
+        "STRICT_DNS"
+    };
+    json!({
+        "node": {
+            "id": spec.node_id,
+            "cluster": spec.group,
+            "metadata": { "tenant": spec.tenant, "group": spec.group },
+        },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": api_type,
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": true,
+                "grpc_services": [{
+                    "envoy_grpc": { "cluster_name": XDS_CLUSTER },
+                    "initial_metadata": [{ "key": "authorization", "value": format!("Bearer {}", spec.token) }],
+                }],
+            },
+            "cds_config": { "ads": {}, "resource_api_version": "V3" },
+            "lds_config": { "ads": {}, "resource_api_version": "V3" },
+        },
+        "static_resources": {
+            "clusters": [{
+                "name": XDS_CLUSTER,
+                "type": discovery,
+                "connect_timeout": "1s",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {
+                            "http2_protocol_options": {
+                                "connection_keepalive": { "interval": "30s", "timeout": "10s" },
+                            },
+                        },
+                    },
+                },
+                "load_assignment": {
+                    "cluster_name": XDS_CLUSTER,
+                    "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": {
+                        "socket_address": { "address": host, "port_value": port },
+                    } } }] }],
+                },
+            }],
+        },
+        "admin": {
+            "address": { "socket_address": {
+                "address": "127.0.0.1",
+                "port_value": spec.admin_port,
+            } },
+        },
+    })
+}

@@ -1,0 +1,523 @@
+//! xDS snapshots (DESIGN §7): per proxy group, the Envoy resources its proxies get, encoded once
+//! and shared by every stream of the group.
+//!
+//! A group's snapshot holds what the group and its ancestors attach (FR-CL-002), plus everything
+//! those resources refer to (a listener brings its route configuration, a route its clusters, an
+//! EDS cluster its endpoints, a TLS context its secrets), so attaching a listener is enough. Every
+//! resource's version is its content hash: a commit that changes nothing a group's proxies see
+//! wakes none of them.
+//!
+//! The store follows the configuration projector: whenever its checkpoint moves, the tenants whose
+//! head revision changed are re-read (only resources whose hash changed are fetched and encoded
+//! again) and the snapshots of their groups are replaced. Each replica keeps its own store, so any
+//! replica can serve any proxy.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use efms_commands::Scope;
+use efms_domain::config::group::GroupSpec;
+use efms_domain::config::{references, ResourceRef};
+use efms_domain::envoy::{self, ResourceKind};
+use sha2::{Digest as _, Sha256};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::ProjectorHandle;
+
+/// The branch proxies follow.
+const MAIN_BRANCH: &str = "main";
+
+/// The Envoy kinds, in the order a proxy should receive them (make before break).
+pub const XDS_KINDS: [ResourceKind; 5] = [
+    ResourceKind::Cluster,
+    ResourceKind::Endpoints,
+    ResourceKind::Secret,
+    ResourceKind::Listener,
+    ResourceKind::Route,
+];
+
+/// One encoded Envoy resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdsResource {
+    /// Its name.
+    pub name: String,
+    /// Its version: a prefix of its content hash.
+    pub version: String,
+    /// Its protobuf encoding (the `value` of the `Any` Envoy receives).
+    pub body: Vec<u8>,
+}
+
+/// What the proxies of one group get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSnapshot {
+    /// The tenant.
+    pub tenant_id: Uuid,
+    /// The group.
+    pub group: String,
+    /// The tenant's head revision when this snapshot was built.
+    pub revision: u64,
+    /// Whether the group exists at that revision.
+    pub exists: bool,
+    /// The resources per Envoy kind, by name.
+    pub resources: BTreeMap<ResourceKind, BTreeMap<String, Arc<XdsResource>>>,
+}
+
+impl GroupSnapshot {
+    fn empty(tenant_id: Uuid, group: &str, revision: u64) -> Self {
+        Self {
+            tenant_id,
+            group: group.to_owned(),
+            revision,
+            exists: false,
+            resources: BTreeMap::new(),
+        }
+    }
+
+    /// The resources of `kind`.
+    pub fn of_kind(&self, kind: ResourceKind) -> impl Iterator<Item = &Arc<XdsResource>> {
+        self.resources
+            .get(&kind)
+            .into_iter()
+            .flat_map(BTreeMap::values)
+    }
+
+    /// The resource `name` of `kind`.
+    pub fn get(&self, kind: ResourceKind, name: &str) -> Option<&Arc<XdsResource>> {
+        self.resources.get(&kind)?.get(name)
+    }
+
+    /// The version of everything of `kind` (see [`set_version`]).
+    pub fn kind_version(&self, kind: ResourceKind) -> String {
+        set_version(
+            self.of_kind(kind)
+                .map(|r| (r.name.as_str(), r.version.as_str())),
+        )
+    }
+
+    /// Whether the proxies would see the same resources in both snapshots.
+    pub fn same_content(&self, other: &Self) -> bool {
+        self.exists == other.exists && self.resources == other.resources
+    }
+}
+
+/// The version of a set of resources: a hash of their names and versions, so equal sets have equal
+/// versions whichever stream, replica or protocol computes it.
+pub fn set_version<'a>(resources: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut pairs: Vec<_> = resources.into_iter().collect();
+    pairs.sort_unstable();
+    let mut hasher = Sha256::new();
+    for (name, version) in pairs {
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(version.as_bytes());
+        hasher.update([b'\n']);
+    }
+    short_hex(&hasher.finalize())
+}
+
+fn short_hex(bytes: &[u8]) -> String {
+    let mut hex = String::with_capacity(16);
+    for byte in &bytes[..8] {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}
+
+/// One stored Envoy resource of a tenant, with what it refers to.
+#[derive(Debug, Clone)]
+struct Stored {
+    hash: String,
+    refs: BTreeSet<ResourceRef>,
+    encoded: Arc<XdsResource>,
+}
+
+/// What the store knows of one tenant.
+#[derive(Debug, Default)]
+struct TenantState {
+    revision: u64,
+    resources: HashMap<(ResourceKind, String), Stored>,
+    groups: BTreeMap<String, (String, GroupSpec)>,
+    watchers: HashMap<String, watch::Sender<Arc<GroupSnapshot>>>,
+}
+
+impl TenantState {
+    /// The snapshot of `group` from this state.
+    fn snapshot(&self, tenant_id: Uuid, group: &str) -> GroupSnapshot {
+        let mut snapshot = GroupSnapshot::empty(tenant_id, group, self.revision);
+        if !self.groups.contains_key(group) {
+            return snapshot;
+        }
+        snapshot.exists = true;
+        let mut queue: VecDeque<ResourceRef> = VecDeque::new();
+        let mut next = Some(group.to_owned());
+        let mut seen_groups = BTreeSet::new();
+        while let Some(name) = next.take() {
+            if !seen_groups.insert(name.clone()) {
+                break;
+            }
+            let Some((_, spec)) = self.groups.get(&name) else {
+                break;
+            };
+            queue.extend(spec.resources.iter().map(|attached| ResourceRef {
+                kind: attached.kind,
+                name: attached.name.clone(),
+            }));
+            next.clone_from(&spec.parent);
+        }
+        let mut included = BTreeSet::new();
+        while let Some(reference) = queue.pop_front() {
+            if !included.insert(reference.clone()) {
+                continue;
+            }
+            if let Some(stored) = self
+                .resources
+                .get(&(reference.kind, reference.name.clone()))
+            {
+                snapshot
+                    .resources
+                    .entry(reference.kind)
+                    .or_default()
+                    .insert(reference.name.clone(), stored.encoded.clone());
+                queue.extend(stored.refs.iter().cloned());
+            }
+        }
+        snapshot
+    }
+
+    /// The group a proxy belongs to, from its `node.cluster` and metadata: the deepest group whose
+    /// selector matches (ties broken by name), else the group named like its `node.cluster`.
+    fn resolve(&self, node_cluster: &str, metadata: &BTreeMap<String, String>) -> Option<String> {
+        let depth = |name: &str| {
+            let mut depth = 0;
+            let mut next = self.groups.get(name).and_then(|(_, s)| s.parent.clone());
+            while let Some(parent) = next {
+                depth += 1;
+                if depth > 1_000 {
+                    break;
+                }
+                next = self.groups.get(&parent).and_then(|(_, s)| s.parent.clone());
+            }
+            depth
+        };
+        let matching = self.groups.iter().filter(|(_, (_, spec))| {
+            let selector = &spec.selector;
+            let any = selector.node_cluster.is_some() || !selector.metadata.is_empty();
+            any && selector
+                .node_cluster
+                .as_ref()
+                .is_none_or(|cluster| cluster == node_cluster)
+                && selector
+                    .metadata
+                    .iter()
+                    .all(|(key, value)| metadata.get(key) == Some(value))
+        });
+        let mut best: Option<(usize, &String)> = None;
+        for (name, _) in matching {
+            let d = depth(name);
+            if best.is_none_or(|(best_depth, _)| d > best_depth) {
+                best = Some((d, name));
+            }
+        }
+        best.map(|(_, name)| name.clone()).or_else(|| {
+            self.groups
+                .contains_key(node_cluster)
+                .then(|| node_cluster.to_owned())
+        })
+    }
+}
+
+/// The snapshots of every group some proxy of this replica follows.
+#[derive(Debug, Clone)]
+pub struct SnapshotStore {
+    pool: PgPool,
+    tenants: Arc<Mutex<HashMap<Uuid, TenantState>>>,
+    refreshing: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl SnapshotStore {
+    /// An empty store over `pool`'s read models; tenants load when a proxy first asks.
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            tenants: Arc::default(),
+            refreshing: Arc::default(),
+        }
+    }
+
+    /// Keeps the store current: refreshes it whenever the configuration projector moves, until
+    /// the projector stops.
+    pub fn follow(&self, mut config: ProjectorHandle) {
+        let store = self.clone();
+        tokio::spawn(async move {
+            while config.changed().await.is_some() {
+                if let Err(error) = store.refresh().await {
+                    tracing::error!(%error, "refreshing xDS snapshots failed; retrying on the next change");
+                }
+            }
+        });
+    }
+
+    /// Follows `group` of `tenant_id`: the receiver always holds the group's current snapshot and
+    /// wakes when what its proxies see changes.
+    pub async fn watch(
+        &self,
+        tenant_id: Uuid,
+        group: &str,
+    ) -> Result<watch::Receiver<Arc<GroupSnapshot>>, sqlx::Error> {
+        self.ensure_loaded(tenant_id).await?;
+        let mut tenants = self.tenants.lock().expect("snapshot store lock");
+        let state = tenants.get_mut(&tenant_id).expect("the tenant was loaded");
+        if let Some(sender) = state.watchers.get(group) {
+            return Ok(sender.subscribe());
+        }
+        let snapshot = Arc::new(state.snapshot(tenant_id, group));
+        let (sender, receiver) = watch::channel(snapshot);
+        state.watchers.insert(group.to_owned(), sender);
+        Ok(receiver)
+    }
+
+    /// The current snapshot of `group`, built if no proxy follows it.
+    pub async fn current(
+        &self,
+        tenant_id: Uuid,
+        group: &str,
+    ) -> Result<Arc<GroupSnapshot>, sqlx::Error> {
+        self.ensure_loaded(tenant_id).await?;
+        let tenants = self.tenants.lock().expect("snapshot store lock");
+        let state = &tenants[&tenant_id];
+        Ok(match state.watchers.get(group) {
+            Some(sender) => sender.borrow().clone(),
+            None => Arc::new(state.snapshot(tenant_id, group)),
+        })
+    }
+
+    /// The group a proxy of `tenant_id` belongs to, from its `node.cluster` and string metadata:
+    /// the deepest group whose selector matches it, else the group named like its `node.cluster`.
+    pub async fn resolve_group(
+        &self,
+        tenant_id: Uuid,
+        node_cluster: &str,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<Option<String>, sqlx::Error> {
+        self.ensure_loaded(tenant_id).await?;
+        let tenants = self.tenants.lock().expect("snapshot store lock");
+        Ok(tenants[&tenant_id].resolve(node_cluster, metadata))
+    }
+
+    async fn ensure_loaded(&self, tenant_id: Uuid) -> Result<(), sqlx::Error> {
+        if self
+            .tenants
+            .lock()
+            .expect("snapshot store lock")
+            .contains_key(&tenant_id)
+        {
+            return Ok(());
+        }
+        let _guard = self.refreshing.lock().await;
+        if self
+            .tenants
+            .lock()
+            .expect("snapshot store lock")
+            .contains_key(&tenant_id)
+        {
+            return Ok(());
+        }
+        let mut state = TenantState::default();
+        load(&self.pool, tenant_id, &mut state).await?;
+        self.tenants
+            .lock()
+            .expect("snapshot store lock")
+            .insert(tenant_id, state);
+        Ok(())
+    }
+
+    /// Re-reads every loaded tenant whose head revision moved and republishes its groups'
+    /// snapshots; groups nobody follows any more are forgotten.
+    pub async fn refresh(&self) -> Result<(), sqlx::Error> {
+        let _guard = self.refreshing.lock().await;
+        let known: Vec<(Uuid, u64)> = self
+            .tenants
+            .lock()
+            .expect("snapshot store lock")
+            .iter()
+            .map(|(id, state)| (*id, state.revision))
+            .collect();
+        if known.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<Uuid> = known.iter().map(|(id, _)| *id).collect();
+        let mut tx = Scope::System.begin(&self.pool).await?;
+        let heads = sqlx::query!(
+            r#"SELECT tenant_id, max(revision) AS "revision!"
+               FROM config_revisions WHERE branch = $1 AND tenant_id = ANY($2)
+               GROUP BY tenant_id"#,
+            MAIN_BRANCH,
+            &ids,
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.rollback().await?;
+        for head in heads {
+            let revision = u64::try_from(head.revision).unwrap_or_default();
+            if known
+                .iter()
+                .any(|(id, known)| *id == head.tenant_id && *known == revision)
+            {
+                continue;
+            }
+            let mut state = {
+                let mut tenants = self.tenants.lock().expect("snapshot store lock");
+                let Some(current) = tenants.get_mut(&head.tenant_id) else {
+                    continue;
+                };
+                std::mem::take(current)
+            };
+            let loaded = load(&self.pool, head.tenant_id, &mut state).await;
+            state
+                .watchers
+                .retain(|_, sender| sender.receiver_count() > 0);
+            for (group, sender) in &state.watchers {
+                let snapshot = state.snapshot(head.tenant_id, group);
+                sender.send_if_modified(|current| {
+                    let changed = !current.same_content(&snapshot);
+                    *current = Arc::new(snapshot);
+                    changed
+                });
+            }
+            self.tenants
+                .lock()
+                .expect("snapshot store lock")
+                .insert(head.tenant_id, state);
+            loaded?;
+        }
+        Ok(())
+    }
+}
+
+/// Brings `state` up to the tenant's head revision: one consistent read of the resource list,
+/// then the documents of the resources whose hash changed.
+#[allow(clippy::too_many_lines)]
+async fn load(pool: &PgPool, tenant_id: Uuid, state: &mut TenantState) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SET LOCAL ROLE efms_system")
+        .execute(&mut *tx)
+        .await?;
+    let revision = sqlx::query_scalar!(
+        r#"SELECT coalesce(max(revision), 0) AS "revision!" FROM config_revisions
+           WHERE tenant_id = $1 AND branch = $2"#,
+        tenant_id,
+        MAIN_BRANCH,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let listed = sqlx::query!(
+        "SELECT kind, name, hash FROM config_resources WHERE tenant_id = $1 AND branch = $2",
+        tenant_id,
+        MAIN_BRANCH,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut live: HashMap<(ResourceKind, String), String> = HashMap::with_capacity(listed.len());
+    for row in listed {
+        if let Ok(kind) =
+            serde_json::from_value::<ResourceKind>(serde_json::Value::String(row.kind))
+        {
+            live.insert((kind, row.name), row.hash);
+        }
+    }
+    let mut group_hashes: BTreeMap<String, String> = BTreeMap::new();
+    let mut stale_kinds = Vec::new();
+    let mut stale_names = Vec::new();
+    for ((kind, name), hash) in &live {
+        let known = match kind {
+            ResourceKind::Group => state.groups.get(name).map(|(h, _)| h),
+            _ => state.resources.get(&(*kind, name.clone())).map(|s| &s.hash),
+        };
+        if known != Some(hash) {
+            stale_kinds.push(kind.to_string());
+            stale_names.push(name.clone());
+        }
+        if *kind == ResourceKind::Group {
+            group_hashes.insert(name.clone(), hash.clone());
+        }
+    }
+    let documents = sqlx::query!(
+        r#"SELECT r.kind, r.name, r.hash, r.document
+           FROM config_resources r
+           JOIN UNNEST($3::text[], $4::text[]) AS wanted(kind, name)
+             ON r.kind = wanted.kind AND r.name = wanted.name
+           WHERE r.tenant_id = $1 AND r.branch = $2"#,
+        tenant_id,
+        MAIN_BRANCH,
+        &stale_kinds,
+        &stale_names,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.rollback().await?;
+
+    state.resources.retain(|key, _| live.contains_key(key));
+    state
+        .groups
+        .retain(|name, _| group_hashes.contains_key(name));
+    for row in documents {
+        let Ok(kind) = serde_json::from_value::<ResourceKind>(serde_json::Value::String(row.kind))
+        else {
+            continue;
+        };
+        if kind == ResourceKind::Group {
+            match serde_json::from_value::<GroupSpec>(row.document) {
+                Ok(spec) => {
+                    state.groups.insert(row.name, (row.hash, spec));
+                }
+                Err(error) => {
+                    tracing::error!(group = row.name, %error, "a stored group does not decode");
+                }
+            }
+            continue;
+        }
+        match envoy::encode(kind, &row.document) {
+            Ok(body) => {
+                let refs = references(kind, &row.document);
+                let encoded = Arc::new(XdsResource {
+                    name: row.name.clone(),
+                    version: row.hash[..16.min(row.hash.len())].to_owned(),
+                    body,
+                });
+                state.resources.insert(
+                    (kind, row.name),
+                    Stored {
+                        hash: row.hash,
+                        refs,
+                        encoded,
+                    },
+                );
+            }
+            Err(error) => {
+                tracing::error!(%kind, name = row.name, %error, "a stored resource does not encode");
+            }
+        }
+    }
+    state.revision = u64::try_from(revision).unwrap_or_default();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_set_version_depends_on_content_not_order() {
+        let a = set_version([("a", "1"), ("b", "2")]);
+        assert_eq!(a, set_version([("b", "2"), ("a", "1")]));
+        assert_ne!(a, set_version([("a", "1"), ("b", "3")]));
+        assert_ne!(a, set_version([("a", "1")]));
+        assert_eq!(a.len(), 16);
+    }
+}

@@ -1,0 +1,337 @@
+//! The incremental (delta) protocol: responses carry only the resources that changed and the names
+//! of those removed.
+//!
+//! The stream keeps, per type, the versions the proxy holds (from `initial_resource_versions` on a
+//! reconnect, then from what it accepted) and sends the difference with the snapshot. A refused
+//! response is rolled back from that view and not offered again until the snapshot changes. The
+//! ordering rules are those of the SotW stream: clusters, endpoints and secrets before listeners
+//! and routes, and their removals only once the listeners and routes sent with them are answered.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use efms_domain::envoy::ResourceKind;
+use efms_domain::Actor;
+use efms_projections::snapshots::{set_version, XDS_KINDS};
+use efms_projections::{GroupSnapshot, XdsResource};
+use envoy_types::pb::envoy::config::core::v3::ControlPlane;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
+};
+use envoy_types::pb::google::protobuf::Any;
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use crate::session::{
+    kind_of, removal_waits_for_dependents, type_url, wildcard_by_default, Session, XdsServer,
+};
+use crate::status::{Outcome, Protocol};
+
+/// The responses of one stream, as the service hands them to tonic.
+pub(crate) type Responses = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
+
+#[derive(Debug, Default)]
+struct TypeState {
+    requested: bool,
+    wildcard: bool,
+    names: BTreeSet<String>,
+    must_answer: bool,
+    /// The versions the proxy holds, as far as the stream knows (sent responses count as held
+    /// until refused).
+    client: BTreeMap<String, String>,
+    /// Responses not answered yet, oldest first.
+    pending: VecDeque<Sent>,
+    refused: Option<String>,
+}
+
+#[derive(Debug)]
+struct Sent {
+    nonce: String,
+    before: BTreeMap<String, String>,
+    version: String,
+    revision: u64,
+    at: Instant,
+}
+
+impl TypeState {
+    fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+
+    fn select(
+        &self,
+        snapshot: &GroupSnapshot,
+        kind: ResourceKind,
+    ) -> BTreeMap<String, Arc<XdsResource>> {
+        if self.wildcard {
+            snapshot
+                .of_kind(kind)
+                .map(|r| (r.name.clone(), r.clone()))
+                .collect()
+        } else {
+            self.names
+                .iter()
+                .filter_map(|name| snapshot.get(kind, name).map(|r| (name.clone(), r.clone())))
+                .collect()
+        }
+    }
+
+    /// What would change at the proxy: resources to send and names to remove.
+    fn difference(
+        &self,
+        want: &BTreeMap<String, Arc<XdsResource>>,
+        keep_removed: bool,
+    ) -> (Vec<Arc<XdsResource>>, Vec<String>) {
+        let updated = want
+            .values()
+            .filter(|r| self.client.get(&r.name) != Some(&r.version))
+            .cloned()
+            .collect();
+        let removed = if keep_removed {
+            Vec::new()
+        } else {
+            self.client
+                .keys()
+                .filter(|name| !want.contains_key(*name))
+                .cloned()
+                .collect()
+        };
+        (updated, removed)
+    }
+}
+
+struct Stream {
+    session: Session,
+    only: Option<ResourceKind>,
+    types: BTreeMap<ResourceKind, TypeState>,
+}
+
+/// Serves a delta stream until the proxy or the server ends it.
+pub(crate) async fn run(
+    server: XdsServer,
+    actor: Actor,
+    mut requests: Streaming<DeltaDiscoveryRequest>,
+    out: Responses,
+    only: Option<ResourceKind>,
+) {
+    let Ok(Some(first)) = requests.message().await else {
+        return;
+    };
+    let session = match server
+        .open(&actor, first.node.as_ref(), Protocol::Delta)
+        .await
+    {
+        Ok(session) => session,
+        Err(status) => {
+            server.metrics().refused.inc();
+            let _ = out.send(Err(status)).await;
+            return;
+        }
+    };
+    let mut stream = Stream {
+        session,
+        only,
+        types: BTreeMap::new(),
+    };
+    let mut next = Some(first);
+    loop {
+        if let Some(request) = next.take() {
+            if let Err(status) = stream.on_request(request) {
+                let _ = out.send(Err(status)).await;
+                return;
+            }
+        }
+        for response in stream.responses() {
+            if out.send(Ok(response)).await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            message = requests.message() => match message {
+                Ok(Some(request)) => next = Some(request),
+                Ok(None) => return,
+                Err(status) => {
+                    tracing::debug!(node = stream.session.connection.node_id, %status, "stream ended");
+                    return;
+                }
+            },
+            changed = stream.session.snapshot.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = out.closed() => return,
+        }
+    }
+}
+
+impl Stream {
+    fn on_request(&mut self, request: DeltaDiscoveryRequest) -> Result<(), Status> {
+        let Some(kind) = kind_of(&request.type_url) else {
+            if self.only.is_some() {
+                return Err(Status::invalid_argument(format!(
+                    "this service does not serve `{}`",
+                    request.type_url
+                )));
+            }
+            tracing::debug!(
+                type_url = request.type_url,
+                "a type this server does not serve"
+            );
+            return Ok(());
+        };
+        if self.only.is_some_and(|only| only != kind) {
+            return Err(Status::invalid_argument(format!(
+                "this service serves {}, not `{}`",
+                type_url(self.only.expect("checked")),
+                request.type_url
+            )));
+        }
+        let state = self.types.entry(kind).or_default();
+        let first = !state.requested;
+        if first {
+            state.client = request.initial_resource_versions.into_iter().collect();
+            state.must_answer = true;
+            if request.resource_names_subscribe.is_empty() && wildcard_by_default(kind) {
+                state.wildcard = true;
+            }
+        }
+        state.requested = true;
+        if !request.response_nonce.is_empty() {
+            if let Some(index) = state
+                .pending
+                .iter()
+                .position(|sent| sent.nonce == request.response_nonce)
+            {
+                let sent = state.pending.remove(index).expect("found");
+                if let Some(error) = request.error_detail {
+                    // The proxy kept what it had before this response; later responses were
+                    // computed on top of it and are forgotten.
+                    state.client = sent.before;
+                    state.pending.clear();
+                    state.refused = Some(sent.version.clone());
+                    self.session.record(
+                        kind,
+                        Outcome::Nacked(error.message),
+                        &sent.version,
+                        sent.revision,
+                    );
+                } else {
+                    state.pending.drain(..index);
+                    state.refused = None;
+                    self.session
+                        .server()
+                        .metrics()
+                        .push_latency
+                        .observe(sent.at.elapsed().as_secs_f64());
+                    self.session
+                        .record(kind, Outcome::Acked, &sent.version, sent.revision);
+                }
+            }
+        }
+        for name in request.resource_names_subscribe {
+            if name == "*" {
+                state.wildcard = true;
+            } else {
+                state.names.insert(name);
+            }
+        }
+        for name in request.resource_names_unsubscribe {
+            if name == "*" {
+                state.wildcard = false;
+            } else {
+                state.names.remove(&name);
+            }
+        }
+        if !state.wildcard {
+            // The proxy forgets what it unsubscribed from; so does its view here.
+            let names = state.names.clone();
+            state.client.retain(|name, _| names.contains(name));
+        }
+        Ok(())
+    }
+
+    fn responses(&mut self) -> Vec<DeltaDiscoveryResponse> {
+        let snapshot = self.session.snapshot.borrow_and_update().clone();
+        let wanted: BTreeMap<ResourceKind, BTreeMap<String, Arc<XdsResource>>> = self
+            .types
+            .iter()
+            .filter(|(_, state)| state.requested)
+            .map(|(kind, state)| (*kind, state.select(&snapshot, *kind)))
+            .collect();
+        let dependents_pending = [ResourceKind::Listener, ResourceKind::Route]
+            .iter()
+            .any(|kind| {
+                self.types.get(kind).is_some_and(|state| {
+                    !state.pending.is_empty()
+                        || wanted.get(kind).is_some_and(|want| {
+                            let (updated, removed) = state.difference(want, false);
+                            !updated.is_empty() || !removed.is_empty()
+                        })
+                })
+            });
+        let mut responses = Vec::new();
+        for kind in XDS_KINDS {
+            let Some(want) = wanted.get(&kind) else {
+                continue;
+            };
+            let state = self
+                .types
+                .get_mut(&kind)
+                .expect("wanted only for known types");
+            let keep_removed = dependents_pending && removal_waits_for_dependents(kind);
+            let (updated, removed) = state.difference(want, keep_removed);
+            if updated.is_empty() && removed.is_empty() && !state.must_answer {
+                continue;
+            }
+            let mut after = state.client.clone();
+            for resource in &updated {
+                after.insert(resource.name.clone(), resource.version.clone());
+            }
+            for name in &removed {
+                after.remove(name);
+            }
+            let version = set_version(after.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+            if state.refused.as_deref() == Some(version.as_str()) && !state.must_answer {
+                continue;
+            }
+            state.must_answer = false;
+            let nonce = self.session.server().nonce();
+            let url = type_url(kind);
+            responses.push(DeltaDiscoveryResponse {
+                system_version_info: version.clone(),
+                resources: updated
+                    .iter()
+                    .filter(|resource| state.wants(&resource.name))
+                    .map(|resource| Resource {
+                        name: resource.name.clone(),
+                        version: resource.version.clone(),
+                        resource: Some(Any {
+                            type_url: url.clone(),
+                            value: resource.body.clone(),
+                        }),
+                        ..Resource::default()
+                    })
+                    .collect(),
+                type_url: url,
+                removed_resources: removed,
+                nonce: nonce.clone(),
+                control_plane: Some(ControlPlane {
+                    identifier: self.session.server().identifier().to_owned(),
+                }),
+                ..DeltaDiscoveryResponse::default()
+            });
+            self.session
+                .record(kind, Outcome::Sent, &version, snapshot.revision);
+            state.pending.push_back(Sent {
+                nonce,
+                before: std::mem::replace(&mut state.client, after),
+                version,
+                revision: snapshot.revision,
+                at: Instant::now(),
+            });
+        }
+        responses
+    }
+}

@@ -1,0 +1,74 @@
+//! xDS metrics (NFR-OB-001): connected proxies, pushes, refusals and how long a proxy takes to
+//! accept a change.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Labels of a per-type xDS metric.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TypeLabels {
+    /// The resource type (`cluster`, `listener`, ...).
+    pub kind: String,
+    /// `sotw` or `delta`.
+    pub protocol: String,
+}
+
+/// The xDS server's metrics; clones share the same series.
+#[derive(Debug, Clone)]
+pub struct XdsMetrics {
+    /// Open xDS streams.
+    pub streams: Gauge,
+    /// Responses sent, per type and protocol.
+    pub pushes: Family<TypeLabels, Counter>,
+    /// Responses refused by proxies (NACKs), per type and protocol.
+    pub nacks: Family<TypeLabels, Counter>,
+    /// Seconds from a new snapshot reaching a stream to the proxy acknowledging the push.
+    pub push_latency: Histogram,
+    /// Streams refused (bad or missing token, unknown tenant, bad node).
+    pub refused: Counter,
+}
+
+impl XdsMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "xds_streams",
+            "Open xDS streams (connected proxies; one per proxy with ADS)",
+            metrics.streams.clone(),
+        );
+        registry.register("xds_pushes", "xDS responses sent", metrics.pushes.clone());
+        registry.register(
+            "xds_nacks",
+            "xDS responses refused by proxies",
+            metrics.nacks.clone(),
+        );
+        registry.register(
+            "xds_push_latency_seconds",
+            "Time from a new snapshot reaching a stream to the proxy acknowledging it",
+            metrics.push_latency.clone(),
+        );
+        registry.register(
+            "xds_refused_streams",
+            "xDS streams refused at their start",
+            metrics.refused.clone(),
+        );
+        metrics
+    }
+}
+
+impl Default for XdsMetrics {
+    fn default() -> Self {
+        Self {
+            streams: Gauge::default(),
+            pushes: Family::default(),
+            nacks: Family::default(),
+            push_latency: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
+            refused: Counter::default(),
+        }
+    }
+}

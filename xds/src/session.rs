@@ -1,0 +1,247 @@
+//! What every stream shares: the server's parts, and opening a stream for a proxy.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use efms_commands::Scope;
+use efms_domain::envoy::ResourceKind;
+use efms_domain::Actor;
+use efms_projections::snapshots::XDS_KINDS;
+use efms_projections::{GroupSnapshot, SnapshotStore};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tonic::Status;
+use uuid::Uuid;
+
+use crate::identity::{Authenticator, NodeInfo, GROUP_KEY};
+use crate::metrics::{TypeLabels, XdsMetrics};
+use crate::status::{Connection, Protocol, Recorder};
+
+/// Everything the xDS services share. Cheap to clone.
+#[derive(Clone)]
+pub struct XdsServer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    store: SnapshotStore,
+    authenticator: Authenticator,
+    recorder: Recorder,
+    metrics: XdsMetrics,
+    nonces: AtomicU64,
+    known_tenants: Mutex<HashSet<Uuid>>,
+    identifier: String,
+}
+
+impl std::fmt::Debug for XdsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdsServer").finish_non_exhaustive()
+    }
+}
+
+impl XdsServer {
+    /// The xDS server over `store`'s snapshots; proxy status is recorded through `pool`.
+    pub fn new(
+        pool: PgPool,
+        store: SnapshotStore,
+        authenticator: Authenticator,
+        metrics: XdsMetrics,
+    ) -> Self {
+        let recorder = Recorder::spawn(pool.clone());
+        Self {
+            inner: Arc::new(Inner {
+                pool,
+                store,
+                authenticator,
+                recorder,
+                metrics,
+                nonces: AtomicU64::new(0),
+                known_tenants: Mutex::default(),
+                identifier: format!("efms {}", env!("CARGO_PKG_VERSION")),
+            }),
+        }
+    }
+
+    pub(crate) fn authenticator(&self) -> &Authenticator {
+        &self.inner.authenticator
+    }
+
+    pub(crate) fn metrics(&self) -> &XdsMetrics {
+        &self.inner.metrics
+    }
+
+    pub(crate) fn identifier(&self) -> &str {
+        &self.inner.identifier
+    }
+
+    /// A nonce unique in this process.
+    pub(crate) fn nonce(&self) -> String {
+        self.inner
+            .nonces
+            .fetch_add(1, Ordering::Relaxed)
+            .to_string()
+    }
+
+    /// Opens the stream of the proxy that sent `node`, for `actor`.
+    pub(crate) async fn open(
+        &self,
+        actor: &Actor,
+        node: Option<&Node>,
+        protocol: Protocol,
+    ) -> Result<Session, Status> {
+        let info = NodeInfo::from_node(node)?;
+        let (slug, tenant_id) = info.tenant(actor)?;
+        self.check_tenant(tenant_id, slug.as_str()).await?;
+        let group = match info.metadata.get(GROUP_KEY) {
+            Some(group) => group.clone(),
+            None => self
+                .inner
+                .store
+                .resolve_group(tenant_id, &info.cluster, &info.metadata)
+                .await
+                .map_err(unavailable)?
+                .or_else(|| (!info.cluster.is_empty()).then(|| info.cluster.clone()))
+                .ok_or_else(|| {
+                    Status::invalid_argument(
+                        "no group: set node metadata `group`, or node.cluster, or a group selector that matches",
+                    )
+                })?,
+        };
+        let snapshot = self
+            .inner
+            .store
+            .watch(tenant_id, &group)
+            .await
+            .map_err(unavailable)?;
+        let connection = Connection {
+            tenant_id,
+            node_id: info.node_id,
+            group,
+            node_cluster: info.cluster,
+            envoy_version: info.envoy_version,
+            protocol,
+        };
+        tracing::info!(tenant = %slug, node = connection.node_id, group = connection.group,
+            protocol = protocol.as_str(), envoy = connection.envoy_version, "proxy connected");
+        self.inner.recorder.opened(connection.clone());
+        self.inner.metrics.streams.inc();
+        Ok(Session {
+            server: self.clone(),
+            connection,
+            snapshot,
+        })
+    }
+
+    async fn check_tenant(&self, tenant_id: Uuid, slug: &str) -> Result<(), Status> {
+        if self
+            .inner
+            .known_tenants
+            .lock()
+            .expect("known tenants lock")
+            .contains(&tenant_id)
+        {
+            return Ok(());
+        }
+        efms_projections::tenants::get_tenant(&self.inner.pool, Scope::Tenant(tenant_id), slug)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| Status::not_found(format!("there is no tenant `{slug}`")))?;
+        self.inner
+            .known_tenants
+            .lock()
+            .expect("known tenants lock")
+            .insert(tenant_id);
+        Ok(())
+    }
+}
+
+#[allow(clippy::needless_pass_by_value)] // used as `map_err(unavailable)`
+fn unavailable(error: sqlx::Error) -> Status {
+    tracing::error!(%error, "the xDS server cannot read the store");
+    Status::unavailable("the configuration store is unavailable; retry")
+}
+
+/// One proxy's open stream. Dropping it records the disconnection.
+pub(crate) struct Session {
+    server: XdsServer,
+    /// Who is connected.
+    pub connection: Connection,
+    /// The group's snapshots.
+    pub snapshot: watch::Receiver<Arc<GroupSnapshot>>,
+}
+
+impl Session {
+    /// Records what happened to a version of `kind`.
+    pub fn record(
+        &self,
+        kind: ResourceKind,
+        outcome: crate::status::Outcome,
+        version: &str,
+        revision: u64,
+    ) {
+        let labels = TypeLabels {
+            kind: kind.to_string(),
+            protocol: self.connection.protocol.as_str().to_owned(),
+        };
+        match &outcome {
+            crate::status::Outcome::Sent => {
+                self.server.metrics().pushes.get_or_create(&labels).inc();
+            }
+            crate::status::Outcome::Nacked(error) => {
+                self.server.metrics().nacks.get_or_create(&labels).inc();
+                tracing::warn!(node = self.connection.node_id, %kind, version, error, "proxy refused configuration");
+            }
+            crate::status::Outcome::Acked => {}
+        }
+        self.server.inner.recorder.type_outcome(
+            &self.connection,
+            &type_url(kind),
+            outcome,
+            version,
+            revision,
+        );
+    }
+
+    pub fn server(&self) -> &XdsServer {
+        &self.server
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.server.inner.metrics.streams.dec();
+        self.server
+            .inner
+            .recorder
+            .closed(self.connection.tenant_id, &self.connection.node_id);
+        tracing::info!(node = self.connection.node_id, "proxy disconnected");
+    }
+}
+
+/// The type URL of an Envoy kind.
+pub(crate) fn type_url(kind: ResourceKind) -> String {
+    kind.type_url().expect("xDS kinds are Envoy kinds")
+}
+
+/// The Envoy kind of a type URL we serve.
+pub(crate) fn kind_of(type_url: &str) -> Option<ResourceKind> {
+    XDS_KINDS
+        .into_iter()
+        .find(|kind| kind.type_url().is_some_and(|url| url == type_url))
+}
+
+/// Whether an empty subscription of `kind` means "everything" (listeners and clusters).
+pub(crate) fn wildcard_by_default(kind: ResourceKind) -> bool {
+    matches!(kind, ResourceKind::Cluster | ResourceKind::Listener)
+}
+
+/// Kinds whose removals wait until listeners and routes no longer need them.
+pub(crate) fn removal_waits_for_dependents(kind: ResourceKind) -> bool {
+    matches!(
+        kind,
+        ResourceKind::Cluster | ResourceKind::Endpoints | ResourceKind::Secret
+    )
+}

@@ -1,0 +1,307 @@
+//! The State-of-the-World protocol: every response carries the whole set of a type the proxy
+//! subscribes to.
+//!
+//! Per type, a response goes out when the proxy first asks, when its subscription changes, or when
+//! the set it would get differs from the set last sent. Versions are content hashes, so an
+//! unchanged set is never re-sent, and a set the proxy refused is not offered again until it
+//! changes. Types go out clusters, endpoints, secrets, then listeners and routes (make before
+//! break); a cluster, endpoint set or secret that disappears stays in the sets sent until the
+//! listeners and routes sent with the change have been answered, so nothing is removed while
+//! something still points at it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use efms_domain::envoy::ResourceKind;
+use efms_domain::Actor;
+use efms_projections::snapshots::{set_version, XDS_KINDS};
+use efms_projections::{GroupSnapshot, XdsResource};
+use envoy_types::pb::envoy::config::core::v3::ControlPlane;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::protobuf::Any;
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use crate::session::{
+    kind_of, removal_waits_for_dependents, type_url, wildcard_by_default, Session, XdsServer,
+};
+use crate::status::{Outcome, Protocol};
+
+/// The responses of one stream, as the service hands them to tonic.
+pub(crate) type Responses = mpsc::Sender<Result<DiscoveryResponse, Status>>;
+
+/// What the stream knows of one resource type.
+#[derive(Debug, Default)]
+struct TypeState {
+    /// The proxy asked for the type.
+    requested: bool,
+    /// It wants every resource of the type.
+    wildcard: bool,
+    /// The names it wants, when not a wildcard.
+    names: BTreeSet<String>,
+    /// A request awaits a response whatever the content (first request, new subscription).
+    must_answer: bool,
+    /// The last response.
+    sent: Option<Sent>,
+    /// The version the proxy refused last; not offered again.
+    refused: Option<String>,
+}
+
+#[derive(Debug)]
+struct Sent {
+    nonce: String,
+    version: String,
+    resources: BTreeMap<String, Arc<XdsResource>>,
+    revision: u64,
+    answered: bool,
+    at: Instant,
+}
+
+impl TypeState {
+    fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+
+    fn select(
+        &self,
+        snapshot: &GroupSnapshot,
+        kind: ResourceKind,
+    ) -> BTreeMap<String, Arc<XdsResource>> {
+        if self.wildcard {
+            snapshot
+                .of_kind(kind)
+                .map(|r| (r.name.clone(), r.clone()))
+                .collect()
+        } else {
+            self.names
+                .iter()
+                .filter_map(|name| snapshot.get(kind, name).map(|r| (name.clone(), r.clone())))
+                .collect()
+        }
+    }
+
+    fn outstanding(&self) -> bool {
+        self.sent.as_ref().is_some_and(|sent| !sent.answered)
+    }
+}
+
+fn version_of(resources: &BTreeMap<String, Arc<XdsResource>>) -> String {
+    set_version(
+        resources
+            .values()
+            .map(|r| (r.name.as_str(), r.version.as_str())),
+    )
+}
+
+/// One SotW stream (ADS when `only` is `None`, else the per-type service of `only`).
+struct Stream {
+    session: Session,
+    only: Option<ResourceKind>,
+    types: BTreeMap<ResourceKind, TypeState>,
+}
+
+/// Serves a SotW stream until the proxy or the server ends it.
+pub(crate) async fn run(
+    server: XdsServer,
+    actor: Actor,
+    mut requests: Streaming<DiscoveryRequest>,
+    out: Responses,
+    only: Option<ResourceKind>,
+) {
+    let Ok(Some(first)) = requests.message().await else {
+        return;
+    };
+    let session = match server
+        .open(&actor, first.node.as_ref(), Protocol::Sotw)
+        .await
+    {
+        Ok(session) => session,
+        Err(status) => {
+            server.metrics().refused.inc();
+            let _ = out.send(Err(status)).await;
+            return;
+        }
+    };
+    let mut stream = Stream {
+        session,
+        only,
+        types: BTreeMap::new(),
+    };
+    let mut next = Some(first);
+    loop {
+        if let Some(request) = next.take() {
+            if let Err(status) = stream.on_request(request) {
+                let _ = out.send(Err(status)).await;
+                return;
+            }
+        }
+        for response in stream.responses() {
+            if out.send(Ok(response)).await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            message = requests.message() => match message {
+                Ok(Some(request)) => next = Some(request),
+                Ok(None) => return,
+                Err(status) => {
+                    tracing::debug!(node = stream.session.connection.node_id, %status, "stream ended");
+                    return;
+                }
+            },
+            changed = stream.session.snapshot.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = out.closed() => return,
+        }
+    }
+}
+
+impl Stream {
+    fn on_request(&mut self, request: DiscoveryRequest) -> Result<(), Status> {
+        let Some(kind) = kind_of(&request.type_url) else {
+            if self.only.is_some() {
+                return Err(Status::invalid_argument(format!(
+                    "this service does not serve `{}`",
+                    request.type_url
+                )));
+            }
+            tracing::debug!(
+                type_url = request.type_url,
+                "a type this server does not serve"
+            );
+            return Ok(());
+        };
+        if self.only.is_some_and(|only| only != kind) {
+            return Err(Status::invalid_argument(format!(
+                "this service serves {}, not `{}`",
+                type_url(self.only.expect("checked")),
+                request.type_url
+            )));
+        }
+        let state = self.types.entry(kind).or_default();
+        if !request.response_nonce.is_empty() {
+            let Some(sent) = state
+                .sent
+                .as_mut()
+                .filter(|sent| sent.nonce == request.response_nonce)
+            else {
+                // An answer to an older response: superseded, ignored.
+                return Ok(());
+            };
+            if !sent.answered {
+                sent.answered = true;
+                if let Some(error) = request.error_detail {
+                    state.refused = Some(sent.version.clone());
+                    let (version, revision) = (sent.version.clone(), sent.revision);
+                    self.session
+                        .record(kind, Outcome::Nacked(error.message), &version, revision);
+                } else {
+                    state.refused = None;
+                    self.session
+                        .server()
+                        .metrics()
+                        .push_latency
+                        .observe(sent.at.elapsed().as_secs_f64());
+                    let (version, revision) = (sent.version.clone(), sent.revision);
+                    self.session
+                        .record(kind, Outcome::Acked, &version, revision);
+                }
+            }
+        }
+        let mut names: BTreeSet<String> = request.resource_names.into_iter().collect();
+        let wildcard = names.remove("*") || (names.is_empty() && wildcard_by_default(kind));
+        if !state.requested || wildcard != state.wildcard || names != state.names {
+            state.must_answer = true;
+        }
+        state.requested = true;
+        state.wildcard = wildcard;
+        state.names = names;
+        Ok(())
+    }
+
+    /// The responses due now, in make-before-break order.
+    fn responses(&mut self) -> Vec<DiscoveryResponse> {
+        let snapshot = self.session.snapshot.borrow_and_update().clone();
+        let mut wanted: BTreeMap<ResourceKind, BTreeMap<String, Arc<XdsResource>>> = self
+            .types
+            .iter()
+            .filter(|(_, state)| state.requested)
+            .map(|(kind, state)| (*kind, state.select(&snapshot, *kind)))
+            .collect();
+        let dependents_pending = [ResourceKind::Listener, ResourceKind::Route]
+            .iter()
+            .any(|kind| {
+                self.types.get(kind).is_some_and(|state| {
+                    state.outstanding()
+                        || wanted.get(kind).is_some_and(|want| {
+                            state
+                                .sent
+                                .as_ref()
+                                .is_none_or(|sent| version_of(want) != sent.version)
+                        })
+                })
+            });
+        let mut responses = Vec::new();
+        for kind in XDS_KINDS {
+            let Some(mut want) = wanted.remove(&kind) else {
+                continue;
+            };
+            let state = self
+                .types
+                .get_mut(&kind)
+                .expect("wanted only for known types");
+            if dependents_pending && removal_waits_for_dependents(kind) {
+                if let Some(sent) = &state.sent {
+                    for (name, resource) in &sent.resources {
+                        if !want.contains_key(name) && state.wants(name) {
+                            want.insert(name.clone(), resource.clone());
+                        }
+                    }
+                }
+            }
+            let version = version_of(&want);
+            let unchanged = state
+                .sent
+                .as_ref()
+                .is_some_and(|sent| sent.version == version)
+                || state.refused.as_deref() == Some(version.as_str());
+            if unchanged && !state.must_answer {
+                continue;
+            }
+            state.must_answer = false;
+            let nonce = self.session.server().nonce();
+            let url = type_url(kind);
+            responses.push(DiscoveryResponse {
+                version_info: version.clone(),
+                resources: want
+                    .values()
+                    .map(|resource| Any {
+                        type_url: url.clone(),
+                        value: resource.body.clone(),
+                    })
+                    .collect(),
+                type_url: url,
+                nonce: nonce.clone(),
+                control_plane: Some(ControlPlane {
+                    identifier: self.session.server().identifier().to_owned(),
+                }),
+                ..DiscoveryResponse::default()
+            });
+            self.session
+                .record(kind, Outcome::Sent, &version, snapshot.revision);
+            state.sent = Some(Sent {
+                nonce,
+                version,
+                resources: want,
+                revision: snapshot.revision,
+                answered: false,
+                at: Instant::now(),
+            });
+        }
+        responses
+    }
+}
