@@ -15,5 +15,5 @@ pub mod openapi;
 pub mod routes;
 pub mod server;
 
-pub use app::{router, AppState};
+pub use app::{router, AppState, XdsAddress};
 pub use auth::JwtKeys;

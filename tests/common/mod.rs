@@ -1,9 +1,11 @@
 //! Helpers shared by the end-to-end tests: events to append, and the HTTP API on a port of its own.
 
+pub mod fleet;
+
 use std::time::Duration;
 
 use cqrs_es::persist::SerializedEvent;
-use efms_api::{router, AppState, JwtKeys};
+use efms_api::{router, AppState, JwtKeys, XdsAddress};
 use efms_domain::{Role, TenantSlug};
 use serde_json::json;
 use sqlx::PgPool;
@@ -35,7 +37,8 @@ pub fn event(aggregate_id: &str, sequence: usize, actor: &str) -> SerializedEven
     }
 }
 
-/// The API served on 127.0.0.1 on a free port, over `pool`, until dropped.
+/// The control plane (HTTP API and xDS server) on 127.0.0.1 on free ports, over `pool`, until
+/// dropped.
 pub struct TestApp {
     /// `http://127.0.0.1:PORT`.
     pub base: String,
@@ -43,35 +46,83 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// The keys its tokens are signed with.
     pub keys: JwtKeys,
+    /// Where the xDS server listens.
+    pub grpc: std::net::SocketAddr,
+    pool: PgPool,
     stop: watch::Sender<bool>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl TestApp {
-    /// Starts the router and the projectors.
+    /// Starts the router, the xDS server and the projectors.
     pub async fn spawn(pool: PgPool) -> Self {
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(pool, http, grpc)
+    }
+
+    fn serve(pool: PgPool, http: tokio::net::TcpListener, grpc: tokio::net::TcpListener) -> Self {
         let (stop, stopped) = watch::channel(false);
         let keys = JwtKeys::from_secret(SECRET);
-        let mut projector_stop = stopped.clone();
-        let state = AppState::start(pool, keys.clone(), Duration::from_millis(100), async move {
-            let _ = projector_stop.wait_for(|stop| *stop).await;
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let mut server_stop = stopped;
-        tokio::spawn(async move {
-            axum::serve(listener, router(state))
-                .with_graceful_shutdown(async move {
-                    let _ = server_stop.wait_for(|stop| *stop).await;
-                })
-                .await
-                .unwrap();
-        });
+        let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        let grpc_addr = grpc.local_addr().unwrap();
+        let state = AppState::start(
+            pool.clone(),
+            keys.clone(),
+            Duration::from_millis(100),
+            until_stopped(stopped.clone()),
+        )
+        .with_xds_address(XdsAddress::for_listener(grpc_addr));
+        let base = format!("http://{}", http.local_addr().unwrap());
+        let xds = state.xds.clone();
+        let http_stop = until_stopped(stopped.clone());
+        let grpc_stop = until_stopped(stopped);
+        let servers = vec![
+            tokio::spawn(async move {
+                axum::serve(http, router(state))
+                    .with_graceful_shutdown(http_stop)
+                    .await
+                    .unwrap();
+            }),
+            tokio::spawn(async move {
+                efms_xds::serve(grpc, xds, grpc_stop).await.unwrap();
+            }),
+        ];
         Self {
             base,
             client: reqwest::Client::new(),
             keys,
+            grpc: grpc_addr,
+            pool,
             stop,
+            servers,
         }
+    }
+
+    /// Stops the control plane (open xDS streams end, in-flight requests finish) and starts a
+    /// new one on the same ports and database, as a restarted process would.
+    pub async fn restart(&mut self) {
+        self.stop.send_replace(true);
+        for server in self.servers.drain(..) {
+            server.await.unwrap();
+        }
+        let http_addr = self.base.trim_start_matches("http://").to_owned();
+        let mut attempts = 0;
+        let (http, grpc) = loop {
+            let http = tokio::net::TcpListener::bind(&http_addr).await;
+            let grpc = tokio::net::TcpListener::bind(self.grpc).await;
+            match (http, grpc) {
+                (Ok(http), Ok(grpc)) => break (http, grpc),
+                _ if attempts < 50 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                (http, grpc) => panic!("cannot listen again: {:?} {:?}", http.err(), grpc.err()),
+            }
+        };
+        *self = Self::serve(self.pool.clone(), http, grpc);
     }
 
     /// A token for `role` (in `tenant` for tenant roles), valid for an hour.

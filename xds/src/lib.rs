@@ -46,6 +46,11 @@ pub async fn serve(
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let stopper = xds.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopper.stop();
+    };
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(health)

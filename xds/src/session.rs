@@ -34,6 +34,7 @@ struct Inner {
     nonces: AtomicU64,
     known_tenants: Mutex<HashSet<Uuid>>,
     identifier: String,
+    stopping: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for XdsServer {
@@ -61,8 +62,21 @@ impl XdsServer {
                 nonces: AtomicU64::new(0),
                 known_tenants: Mutex::default(),
                 identifier: format!("efms {}", env!("CARGO_PKG_VERSION")),
+                stopping: watch::Sender::new(false),
             }),
         }
+    }
+
+    /// Ends every open stream with UNAVAILABLE (proxies reconnect, to this replica when it is back
+    /// or to another), and refuses new ones.
+    pub fn stop(&self) {
+        self.inner.stopping.send_replace(true);
+    }
+
+    /// Resolves once [`XdsServer::stop`] was called.
+    pub(crate) async fn stopped(&self) {
+        let mut stopping = self.inner.stopping.subscribe();
+        let _ = stopping.wait_for(|stop| *stop).await;
     }
 
     pub(crate) fn authenticator(&self) -> &Authenticator {
@@ -92,6 +106,9 @@ impl XdsServer {
         node: Option<&Node>,
         protocol: Protocol,
     ) -> Result<Session, Status> {
+        if *self.inner.stopping.borrow() {
+            return Err(Status::unavailable("the control plane is shutting down"));
+        }
         let info = NodeInfo::from_node(node)?;
         let (slug, tenant_id) = info.tenant(actor)?;
         self.check_tenant(tenant_id, slug.as_str()).await?;

@@ -156,6 +156,12 @@ pub(crate) async fn run(
                 }
             }
             () = out.closed() => return,
+            () = server.stopped() => {
+                let _ = out
+                    .send(Err(Status::unavailable("the control plane is shutting down; reconnect")))
+                    .await;
+                return;
+            }
         }
     }
 }

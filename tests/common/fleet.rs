@@ -1,0 +1,173 @@
+//! Real Envoy proxies and small upstream HTTP servers, for the end-to-end xDS tests.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The Envoy build the tests use by default.
+pub const ENVOY: &str = "1.40.0";
+/// The older Envoy build the basic scenario also runs on.
+pub const ENVOY_OLD: &str = "1.36.4";
+
+/// The `envoy` binary of `version`, as `scripts/install-envoy.sh` installs it.
+pub fn envoy_binary(version: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate is in the workspace");
+    let path = root
+        .join(".tools/envoy")
+        .join(version)
+        .join("envoy/_bin/envoy");
+    assert!(
+        path.exists(),
+        "Envoy {version} is not installed at {}: run scripts/install-envoy.sh",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; the caller binds it soon).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running Envoy; killed when dropped.
+pub struct Envoy {
+    child: Child,
+    dir: PathBuf,
+    /// Its admin port.
+    pub admin: u16,
+}
+
+impl Envoy {
+    /// Starts Envoy `version` with `bootstrap` (its admin port is read from it).
+    pub fn start(version: &str, bootstrap: &Value) -> Self {
+        let dir = std::env::temp_dir().join(format!("efms-envoy-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("bootstrap.json");
+        std::fs::write(&config, bootstrap.to_string()).unwrap();
+        let admin = bootstrap["admin"]["address"]["socket_address"]["port_value"]
+            .as_u64()
+            .and_then(|port| u16::try_from(port).ok())
+            .expect("the bootstrap names an admin port");
+        let child = Command::new(envoy_binary(version))
+            .arg("-c")
+            .arg(&config)
+            .args(["--use-dynamic-base-id", "--concurrency", "1", "-l", "info"])
+            .arg("--log-path")
+            .arg(dir.join("envoy.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Envoy starts");
+        Self { child, dir, admin }
+    }
+
+    /// What Envoy logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- envoy log ---\n{}", self.log());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// How an upstream answers.
+#[derive(Debug, Clone, Copy)]
+pub enum Behaviour {
+    /// 200 with its name.
+    Named,
+    /// 503 to every odd-numbered request, 200 with its name to the others.
+    FailEveryOther,
+    /// 200 with its name after a pause.
+    Slow(Duration),
+}
+
+/// A small HTTP server on 127.0.0.1 that answers with its name; stopped when dropped.
+pub struct Upstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Requests it received.
+    pub hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    /// Starts an upstream called `name`.
+    pub async fn start(name: &'static str, behaviour: Behaviour) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        let app = axum::Router::new().fallback(move || {
+            let counter = counter.clone();
+            async move {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                match behaviour {
+                    Behaviour::FailEveryOther if n.is_multiple_of(2) => {
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "try again")
+                    }
+                    Behaviour::Named | Behaviour::FailEveryOther => {
+                        (axum::http::StatusCode::OK, name)
+                    }
+                    Behaviour::Slow(pause) => {
+                        tokio::time::sleep(pause).await;
+                        (axum::http::StatusCode::OK, name)
+                    }
+                }
+            }
+        });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, hits, task }
+    }
+
+    /// Requests received so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Polls `check` every 50 ms until it gives `Some`, at most `timeout`; panics with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
