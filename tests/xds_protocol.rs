@@ -1,0 +1,435 @@
+//! The xDS protocol rules, with a raw gRPC client in place of Envoy: content-hash versions (an
+//! irrelevant commit pushes nothing), make-before-break order, removals only after the dependents
+//! are answered, stale nonces ignored, subscriptions by name and wildcard, the per-type services.
+
+use std::time::Duration;
+
+use efms_domain::Role;
+use efms_tests::TestApp;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_client::ClusterDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::{Struct, Value as ProtoValue};
+use prost::Message as _;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+const BASE: &str = "/api/v1/tenants/acme";
+const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+/// How long "nothing arrives" is watched for.
+const QUIET: Duration = Duration::from_millis(600);
+const WAIT: Duration = Duration::from_secs(10);
+
+fn cluster(name: &str) -> Value {
+    json!({ "name": name, "connect_timeout": "1s", "type": "STATIC", "load_assignment": {
+        "cluster_name": name, "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": {
+            "socket_address": { "address": "127.0.0.1", "port_value": 9 } } } }] }] } })
+}
+
+fn route(name: &str, cluster: &str) -> Value {
+    json!({ "name": name, "virtual_hosts": [{ "name": "all", "domains": ["*"],
+        "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": cluster } }] }] })
+}
+
+/// Tenant `acme`: clusters c1 and c2, route r → c2, listener l (RDS r), group g attaching l.
+async fn configured(pool: PgPool) -> TestApp {
+    let app = TestApp::spawn(pool).await;
+    app.create_tenant("acme", "Acme").await;
+    let listener = json!({ "name": "l",
+        "address": { "socket_address": { "address": "127.0.0.1", "port_value": 10_000 } },
+        "filter_chains": [{ "filters": [{ "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "l", "rds": { "route_config_name": "r",
+                    "config_source": { "ads": {}, "resource_api_version": "V3" } },
+                "http_filters": [{ "name": "envoy.filters.http.router", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }] } }] }] });
+    for (collection, body) in [
+        ("clusters", cluster("c1")),
+        ("clusters", cluster("c2")),
+        ("routes", route("r", "c2")),
+        ("listeners", listener),
+        (
+            "groups",
+            json!({ "name": "g", "resources": [{ "kind": "listener", "name": "l" }] }),
+        ),
+    ] {
+        let answer = app.post(&format!("{BASE}/{collection}"), &body).await;
+        assert_eq!(answer.status, 201, "{}", answer.body);
+    }
+    app
+}
+
+fn node() -> Node {
+    let text = |value: &str| ProtoValue {
+        kind: Some(Kind::StringValue(value.to_owned())),
+    };
+    Node {
+        id: "probe-1".to_owned(),
+        metadata: Some(Struct {
+            fields: [("group".to_owned(), text("g"))].into(),
+        }),
+        ..Node::default()
+    }
+}
+
+fn authorized<T>(app: &TestApp, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let token = app.token(Role::Proxy, Some("acme"));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// A SotW ADS stream driven by hand.
+struct Sotw {
+    requests: mpsc::Sender<DiscoveryRequest>,
+    responses: tonic::Streaming<DiscoveryResponse>,
+}
+
+impl Sotw {
+    async fn open(app: &TestApp) -> Self {
+        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", app.grpc))
+            .await
+            .unwrap();
+        let (requests, outbound) = mpsc::channel(16);
+        let responses = client
+            .stream_aggregated_resources(authorized(app, ReceiverStream::new(outbound)))
+            .await
+            .unwrap()
+            .into_inner();
+        Self {
+            requests,
+            responses,
+        }
+    }
+
+    async fn send(&self, type_url: &str, names: &[&str], answering: Option<&DiscoveryResponse>) {
+        self.requests
+            .send(DiscoveryRequest {
+                node: Some(node()),
+                type_url: type_url.to_owned(),
+                resource_names: names.iter().map(|n| (*n).to_owned()).collect(),
+                version_info: answering
+                    .map(|r| r.version_info.clone())
+                    .unwrap_or_default(),
+                response_nonce: answering.map(|r| r.nonce.clone()).unwrap_or_default(),
+                ..DiscoveryRequest::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn next(&mut self) -> DiscoveryResponse {
+        tokio::time::timeout(WAIT, self.responses.message())
+            .await
+            .expect("a response in time")
+            .unwrap()
+            .unwrap()
+    }
+
+    async fn quiet(&mut self) {
+        if let Ok(message) = tokio::time::timeout(QUIET, self.responses.message()).await {
+            panic!(
+                "expected nothing, got {:?}",
+                message.map(|m| m.map(|r| r.type_url))
+            );
+        }
+    }
+
+    /// Subscribes to clusters, listeners (wildcard) and route `r`; ACKs the three answers.
+    async fn synced(app: &TestApp) -> Self {
+        let mut stream = Self::open(app).await;
+        stream.send(CDS, &[], None).await;
+        stream.send(LDS, &[], None).await;
+        stream.send(RDS, &["r"], None).await;
+        for _ in 0..3 {
+            let response = stream.next().await;
+            let names: Vec<&str> = if response.type_url == RDS {
+                vec!["r"]
+            } else {
+                vec![]
+            };
+            stream
+                .send(&response.type_url.clone(), &names, Some(&response))
+                .await;
+        }
+        stream
+    }
+}
+
+fn cluster_names(response: &DiscoveryResponse) -> Vec<String> {
+    let mut names: Vec<String> = response
+        .resources
+        .iter()
+        .map(|any| Cluster::decode(any.value.as_slice()).unwrap().name)
+        .collect();
+    names.sort();
+    names
+}
+
+fn route_names(response: &DiscoveryResponse) -> Vec<String> {
+    response
+        .resources
+        .iter()
+        .map(|any| {
+            RouteConfiguration::decode(any.value.as_slice())
+                .unwrap()
+                .name
+        })
+        .collect()
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn sotw_a_commit_that_changes_nothing_the_group_sees_pushes_nothing(pool: PgPool) {
+    let app = configured(pool).await;
+    let mut stream = Sotw::synced(&app).await;
+    app.post(&format!("{BASE}/clusters"), &cluster("unrelated"))
+        .await;
+    app.put(&format!("{BASE}/routes/r"), &route("r", "c2"), &[])
+        .await;
+    stream.quiet().await;
+    app.put(
+        &format!("{BASE}/clusters/c2"),
+        &json!({ "name": "c2", "connect_timeout": "2s",
+        "type": "STATIC", "load_assignment": { "cluster_name": "c2" } }),
+        &[],
+    )
+    .await;
+    let response = stream.next().await;
+    assert_eq!(response.type_url, CDS, "a change the group sees is pushed");
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn sotw_clusters_go_before_routes_and_a_cluster_leaves_only_after_the_route_is_answered(
+    pool: PgPool,
+) {
+    let app = configured(pool).await;
+    let mut stream = Sotw::synced(&app).await;
+    app.put(&format!("{BASE}/routes/r"), &route("r", "c1"), &[])
+        .await;
+    let clusters = stream.next().await;
+    assert_eq!(clusters.type_url, CDS);
+    assert_eq!(
+        cluster_names(&clusters),
+        ["c1", "c2"],
+        "c2 stays while the old route may use it"
+    );
+    let routes = stream.next().await;
+    assert_eq!(routes.type_url, RDS);
+    stream.send(CDS, &[], Some(&clusters)).await;
+    stream.quiet().await;
+    stream.send(RDS, &["r"], Some(&routes)).await;
+    let clusters = stream.next().await;
+    assert_eq!(clusters.type_url, CDS);
+    assert_eq!(
+        cluster_names(&clusters),
+        ["c1"],
+        "c2 leaves once the route is answered"
+    );
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn sotw_names_are_honoured_and_stale_nonces_ignored(pool: PgPool) {
+    let app = configured(pool).await;
+    app.post(&format!("{BASE}/routes"), &route("r2", "c1"))
+        .await;
+    app.put(
+        &format!("{BASE}/groups/g"),
+        &json!({ "name": "g", "resources": [
+            { "kind": "listener", "name": "l" }, { "kind": "route", "name": "r2" } ] }),
+        &[],
+    )
+    .await;
+    let mut stream = Sotw::open(&app).await;
+    stream.send(RDS, &["r"], None).await;
+    let first = stream.next().await;
+    assert_eq!(route_names(&first), ["r"], "only the route asked for");
+    let stale = DiscoveryResponse {
+        nonce: "not-the-last-nonce".to_owned(),
+        ..first.clone()
+    };
+    stream.send(RDS, &["r", "r2"], Some(&stale)).await;
+    stream.quiet().await;
+    stream.send(RDS, &["r", "r2"], Some(&first)).await;
+    let both = stream.next().await;
+    let mut names = route_names(&both);
+    names.sort();
+    assert_eq!(names, ["r", "r2"]);
+}
+
+/// A delta ADS stream driven by hand.
+struct Delta {
+    requests: mpsc::Sender<DeltaDiscoveryRequest>,
+    responses: tonic::Streaming<DeltaDiscoveryResponse>,
+}
+
+impl Delta {
+    async fn open(app: &TestApp) -> Self {
+        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", app.grpc))
+            .await
+            .unwrap();
+        let (requests, outbound) = mpsc::channel(16);
+        let responses = client
+            .delta_aggregated_resources(authorized(app, ReceiverStream::new(outbound)))
+            .await
+            .unwrap()
+            .into_inner();
+        Self {
+            requests,
+            responses,
+        }
+    }
+
+    async fn send(&self, request: DeltaDiscoveryRequest) {
+        self.requests
+            .send(DeltaDiscoveryRequest {
+                node: Some(node()),
+                ..request
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn ack(&self, response: &DeltaDiscoveryResponse) {
+        self.send(DeltaDiscoveryRequest {
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            ..DeltaDiscoveryRequest::default()
+        })
+        .await;
+    }
+
+    async fn next(&mut self) -> DeltaDiscoveryResponse {
+        tokio::time::timeout(WAIT, self.responses.message())
+            .await
+            .expect("a response in time")
+            .unwrap()
+            .unwrap()
+    }
+
+    async fn quiet(&mut self) {
+        if let Ok(message) = tokio::time::timeout(QUIET, self.responses.message()).await {
+            panic!(
+                "expected nothing, got {:?}",
+                message.map(|m| m.map(|r| r.type_url))
+            );
+        }
+    }
+}
+
+fn subscribe(type_url: &str, names: &[&str]) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        type_url: type_url.to_owned(),
+        resource_names_subscribe: names.iter().map(|n| (*n).to_owned()).collect(),
+        ..DeltaDiscoveryRequest::default()
+    }
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn delta_sends_only_changes_and_removes_a_cluster_after_the_route_is_answered(pool: PgPool) {
+    let app = configured(pool).await;
+    let mut stream = Delta::open(&app).await;
+    stream.send(subscribe(CDS, &[])).await;
+    stream.send(subscribe(LDS, &[])).await;
+    stream.send(subscribe(RDS, &["r"])).await;
+    for _ in 0..3 {
+        let response = stream.next().await;
+        if response.type_url == CDS {
+            let names: Vec<&str> = response.resources.iter().map(|r| r.name.as_str()).collect();
+            assert_eq!(names, ["c2"], "the wildcard gets what the group sees");
+        }
+        stream.ack(&response).await;
+    }
+    app.post(&format!("{BASE}/clusters"), &cluster("unrelated"))
+        .await;
+    stream.quiet().await;
+
+    app.put(&format!("{BASE}/routes/r"), &route("r", "c1"), &[])
+        .await;
+    let clusters = stream.next().await;
+    assert_eq!(clusters.type_url, CDS);
+    let added: Vec<&str> = clusters.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(added, ["c1"], "only what changed");
+    assert!(
+        clusters.removed_resources.is_empty(),
+        "c2 stays while the old route may use it"
+    );
+    let routes = stream.next().await;
+    assert_eq!(routes.type_url, RDS);
+    stream.ack(&clusters).await;
+    stream.quiet().await;
+    stream.ack(&routes).await;
+    let removal = stream.next().await;
+    assert_eq!(removal.type_url, CDS);
+    assert!(removal.resources.is_empty());
+    assert_eq!(removal.removed_resources, ["c2"]);
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn delta_a_reconnect_with_current_versions_gets_nothing_new(pool: PgPool) {
+    let app = configured(pool).await;
+    let mut stream = Delta::open(&app).await;
+    stream.send(subscribe(CDS, &[])).await;
+    let first = stream.next().await;
+    stream.ack(&first).await;
+    let held = first
+        .resources
+        .iter()
+        .map(|r| (r.name.clone(), r.version.clone()))
+        .collect();
+    drop(stream);
+
+    let mut again = Delta::open(&app).await;
+    again
+        .send(DeltaDiscoveryRequest {
+            initial_resource_versions: held,
+            ..subscribe(CDS, &[])
+        })
+        .await;
+    let answer = again.next().await;
+    assert!(answer.resources.is_empty() && answer.removed_resources.is_empty());
+    assert_eq!(answer.system_version_info, first.system_version_info);
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn the_cluster_service_serves_clusters_and_refuses_other_types(pool: PgPool) {
+    let app = configured(pool).await;
+    let connect = || async {
+        ClusterDiscoveryServiceClient::connect(format!("http://{}", app.grpc))
+            .await
+            .unwrap()
+    };
+    let request = |type_url: &str| DiscoveryRequest {
+        node: Some(node()),
+        type_url: type_url.to_owned(),
+        ..DiscoveryRequest::default()
+    };
+    let mut client = connect().await;
+    let mut responses = client
+        .stream_clusters(authorized(&app, tokio_stream::iter(vec![request(CDS)])))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = responses.message().await.unwrap().unwrap();
+    assert_eq!(cluster_names(&answer), ["c2"]);
+
+    let mut client = connect().await;
+    let mut responses = client
+        .stream_clusters(authorized(&app, tokio_stream::iter(vec![request(LDS)])))
+        .await
+        .unwrap()
+        .into_inner();
+    let refused = responses.message().await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+}
