@@ -257,6 +257,27 @@ async fn basic_scenario_reaches_upstream_a(pool: PgPool, protocol: &str, version
         assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
     }
     assert!(fleet.a.hits() >= 5);
+    let metrics = fleet
+        .app
+        .client
+        .get(fleet.app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("efms_xds_streams 1"), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "efms_xds_pushes_total{{kind=\"listener\",protocol=\"{protocol}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("efms_xds_push_latency_seconds_count"),
+        "{metrics}"
+    );
 }
 
 async fn weighted_clusters_split_80_20(pool: PgPool, protocol: &str) {

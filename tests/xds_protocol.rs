@@ -433,3 +433,50 @@ async fn the_cluster_service_serves_clusters_and_refuses_other_types(pool: PgPoo
     let refused = responses.message().await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
 }
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn sds_serves_a_referenced_secret_with_its_private_key_to_the_tenants_proxies(pool: PgPool) {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+    let app = configured(pool).await;
+    for (collection, fixture) in [
+        ("secrets", "secret_tls_certificate"),
+        ("clusters", "cluster_tls_sds"),
+    ] {
+        let answer = app
+            .post(
+                &format!("{BASE}/{collection}"),
+                &efms_tests::fixture(fixture),
+            )
+            .await;
+        assert_eq!(answer.status, 201, "{}", answer.body);
+    }
+    app.put(
+        &format!("{BASE}/groups/g"),
+        &json!({ "name": "g", "resources": [
+            { "kind": "listener", "name": "l" }, { "kind": "cluster", "name": "service_b" } ] }),
+        &[],
+    )
+    .await;
+    let read = app.get(&format!("{BASE}/secrets/client_cert")).await;
+    assert!(
+        !read.body.to_string().contains("PRIVATE KEY"),
+        "the API never shows private keys"
+    );
+
+    let mut stream = Sotw::open(&app).await;
+    stream
+        .send(
+            "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+            &["client_cert"],
+            None,
+        )
+        .await;
+    let answer = stream.next().await;
+    let secret = Secret::decode(answer.resources[0].value.as_slice()).unwrap();
+    assert_eq!(secret.name, "client_cert");
+    let debug = format!("{secret:?}");
+    assert!(
+        debug.contains("BEGIN PRIVATE KEY"),
+        "Envoy gets the key it needs"
+    );
+}

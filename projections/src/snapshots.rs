@@ -510,7 +510,63 @@ async fn load(pool: &PgPool, tenant_id: Uuid, state: &mut TenantState) -> Result
 
 #[cfg(test)]
 mod tests {
+    use efms_domain::config::group::{Attached, Selector};
+
     use super::*;
+
+    fn group(parent: Option<&str>, cluster: Option<&str>, metadata: &[(&str, &str)]) -> GroupSpec {
+        GroupSpec {
+            name: String::new(),
+            description: None,
+            parent: parent.map(str::to_owned),
+            selector: Selector {
+                node_cluster: cluster.map(str::to_owned),
+                metadata: metadata
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            },
+            resources: vec![Attached {
+                kind: ResourceKind::Cluster,
+                name: "c".to_owned(),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_proxy_belongs_to_the_deepest_matching_group_else_the_one_named_like_its_cluster() {
+        let mut state = TenantState::default();
+        for (name, spec) in [
+            ("all", group(None, Some("edge"), &[])),
+            ("eu", group(Some("all"), Some("edge"), &[("region", "eu")])),
+            ("plain", group(None, None, &[])),
+        ] {
+            state.groups.insert(name.to_owned(), (String::new(), spec));
+        }
+        let metadata = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(
+            state
+                .resolve("edge", &metadata(&[("region", "eu")]))
+                .as_deref(),
+            Some("eu")
+        );
+        assert_eq!(
+            state
+                .resolve("edge", &metadata(&[("region", "us")]))
+                .as_deref(),
+            Some("all")
+        );
+        assert_eq!(
+            state.resolve("plain", &metadata(&[])).as_deref(),
+            Some("plain")
+        );
+        assert_eq!(state.resolve("other", &metadata(&[])), None);
+    }
 
     #[test]
     fn a_set_version_depends_on_content_not_order() {
