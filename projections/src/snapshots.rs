@@ -63,6 +63,8 @@ pub struct GroupSnapshot {
     pub exists: bool,
     /// The resources per Envoy kind, by name.
     pub resources: BTreeMap<ResourceKind, BTreeMap<String, Arc<XdsResource>>>,
+    /// The version of every Envoy kind's whole set (see [`set_version`]), computed once.
+    pub versions: BTreeMap<ResourceKind, String>,
 }
 
 impl GroupSnapshot {
@@ -73,7 +75,23 @@ impl GroupSnapshot {
             revision,
             exists: false,
             resources: BTreeMap::new(),
+            versions: BTreeMap::new(),
         }
+    }
+
+    /// Computes the per-kind versions; called once the resources are in.
+    fn seal(mut self) -> Self {
+        self.versions = XDS_KINDS
+            .into_iter()
+            .map(|kind| {
+                let version = set_version(
+                    self.of_kind(kind)
+                        .map(|r| (r.name.as_str(), r.version.as_str())),
+                );
+                (kind, version)
+            })
+            .collect();
+        self
     }
 
     /// The resources of `kind`.
@@ -90,16 +108,13 @@ impl GroupSnapshot {
     }
 
     /// The version of everything of `kind` (see [`set_version`]).
-    pub fn kind_version(&self, kind: ResourceKind) -> String {
-        set_version(
-            self.of_kind(kind)
-                .map(|r| (r.name.as_str(), r.version.as_str())),
-        )
+    pub fn kind_version(&self, kind: ResourceKind) -> &str {
+        self.versions.get(&kind).map_or("", String::as_str)
     }
 
     /// Whether the proxies would see the same resources in both snapshots.
     pub fn same_content(&self, other: &Self) -> bool {
-        self.exists == other.exists && self.resources == other.resources
+        self.exists == other.exists && self.versions == other.versions
     }
 }
 
@@ -148,7 +163,7 @@ impl TenantState {
     fn snapshot(&self, tenant_id: Uuid, group: &str) -> GroupSnapshot {
         let mut snapshot = GroupSnapshot::empty(tenant_id, group, self.revision);
         if !self.groups.contains_key(group) {
-            return snapshot;
+            return snapshot.seal();
         }
         snapshot.exists = true;
         let mut queue: VecDeque<ResourceRef> = VecDeque::new();
@@ -184,7 +199,7 @@ impl TenantState {
                 queue.extend(stored.refs.iter().cloned());
             }
         }
-        snapshot
+        snapshot.seal()
     }
 
     /// The group a proxy belongs to, from its `node.cluster` and metadata: the deepest group whose

@@ -401,6 +401,7 @@ async fn main() -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     setup(&args, &http).await?;
     let before = args.server_pid.and_then(process_usage);
+    let own_before = process_usage(std::process::id());
 
     let started = Instant::now();
     let (streams, mut seen) = open_streams(&args).await?;
@@ -467,6 +468,13 @@ async fn main() -> anyhow::Result<()> {
             rss1 / 1024,
             cpu1 - cpu0,
             cpu2 - cpu1,
+        );
+    }
+    if let (Some((_, cpu0)), Some((rss, cpu1))) = (own_before, process_usage(std::process::id())) {
+        println!(
+            "load generator: RSS {} MiB, CPU {:.1} s over the run (it shares the machine)",
+            rss / 1024,
+            cpu1 - cpu0
         );
     }
     let mut streams = streams;

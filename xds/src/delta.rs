@@ -40,6 +40,8 @@ struct TypeState {
     /// The versions the proxy holds, as far as the stream knows (sent responses count as held
     /// until refused).
     client: BTreeMap<String, String>,
+    /// The version of `client` (see `set_version`).
+    client_version: String,
     /// Responses not answered yet, oldest first.
     pending: VecDeque<Sent>,
     refused: Option<String>,
@@ -49,6 +51,7 @@ struct TypeState {
 struct Sent {
     nonce: String,
     before: BTreeMap<String, String>,
+    before_version: String,
     version: String,
     revision: u64,
     at: Instant,
@@ -75,6 +78,12 @@ impl TypeState {
                 .filter_map(|name| snapshot.get(kind, name).map(|r| (name.clone(), r.clone())))
                 .collect()
         }
+    }
+
+    /// Whether the proxy may hold something else than it should: always checked in full for
+    /// named subscriptions, by one comparison of versions for a wildcard.
+    fn may_differ(&self, snapshot: &GroupSnapshot, kind: ResourceKind) -> bool {
+        !self.wildcard || self.client_version != snapshot.kind_version(kind)
     }
 
     /// What would change at the proxy: resources to send and names to remove.
@@ -105,6 +114,10 @@ struct Stream {
     session: Session,
     only: Option<ResourceKind>,
     types: BTreeMap<ResourceKind, TypeState>,
+    /// Removals are held back until listeners and routes are answered.
+    holding: bool,
+    /// The snapshot changed since the last responses were computed.
+    stale: bool,
 }
 
 /// Serves a delta stream until the proxy or the server ends it.
@@ -133,6 +146,8 @@ pub(crate) async fn run(
         session,
         only,
         types: BTreeMap::new(),
+        holding: false,
+        stale: true,
     };
     let mut next = Some(first);
     loop {
@@ -142,9 +157,11 @@ pub(crate) async fn run(
                 return;
             }
         }
-        for response in stream.responses() {
-            if out.send(Ok(response)).await.is_err() {
-                return;
+        if stream.due() {
+            for response in stream.responses() {
+                if out.send(Ok(response)).await.is_err() {
+                    return;
+                }
             }
         }
         tokio::select! {
@@ -160,6 +177,7 @@ pub(crate) async fn run(
                 if changed.is_err() {
                     return;
                 }
+                stream.stale = true;
             }
             () = out.closed() => return,
             () = server.stopped() => {
@@ -198,6 +216,7 @@ impl Stream {
         let first = !state.requested;
         if first {
             state.client = request.initial_resource_versions.into_iter().collect();
+            state.client_version = client_version(&state.client);
             state.must_answer = true;
             if request.resource_names_subscribe.is_empty() && wildcard_by_default(kind) {
                 state.wildcard = true;
@@ -215,6 +234,7 @@ impl Stream {
                     // The proxy kept what it had before this response; later responses were
                     // computed on top of it and are forgotten.
                     state.client = sent.before;
+                    state.client_version = sent.before_version;
                     state.pending.clear();
                     state.refused = Some(sent.version.clone());
                     self.session.record(
@@ -253,41 +273,52 @@ impl Stream {
         if !state.wildcard {
             // The proxy forgets what it unsubscribed from; so does its view here.
             let names = state.names.clone();
+            let before = state.client.len();
             state.client.retain(|name, _| names.contains(name));
+            if state.client.len() != before {
+                state.client_version = client_version(&state.client);
+            }
         }
         Ok(())
     }
 
+    /// Whether responses may be due: the snapshot changed, a request awaits an answer, or
+    /// removals are held back. A plain ACK needs nothing computed.
+    fn due(&self) -> bool {
+        self.stale || self.holding || self.types.values().any(|state| state.must_answer)
+    }
+
     fn responses(&mut self) -> Vec<DeltaDiscoveryResponse> {
+        self.stale = false;
+        self.holding = false;
         let snapshot = self.session.snapshot.borrow_and_update().clone();
-        let wanted: BTreeMap<ResourceKind, BTreeMap<String, Arc<XdsResource>>> = self
-            .types
-            .iter()
-            .filter(|(_, state)| state.requested)
-            .map(|(kind, state)| (*kind, state.select(&snapshot, *kind)))
-            .collect();
         let dependents_pending = [ResourceKind::Listener, ResourceKind::Route]
             .iter()
             .any(|kind| {
                 self.types.get(kind).is_some_and(|state| {
-                    !state.pending.is_empty()
-                        || wanted.get(kind).is_some_and(|want| {
-                            let (updated, removed) = state.difference(want, false);
-                            !updated.is_empty() || !removed.is_empty()
-                        })
+                    state.requested
+                        && (!state.pending.is_empty()
+                            || (state.may_differ(&snapshot, *kind) && {
+                                let want = state.select(&snapshot, *kind);
+                                let (updated, removed) = state.difference(&want, false);
+                                !updated.is_empty() || !removed.is_empty()
+                            }))
                 })
             });
         let mut responses = Vec::new();
         for kind in XDS_KINDS {
-            let Some(want) = wanted.get(&kind) else {
+            let Some(state) = self.types.get_mut(&kind).filter(|state| state.requested) else {
                 continue;
             };
-            let state = self
-                .types
-                .get_mut(&kind)
-                .expect("wanted only for known types");
+            if !state.must_answer && !state.may_differ(&snapshot, kind) {
+                continue;
+            }
+            let want = state.select(&snapshot, kind);
             let keep_removed = dependents_pending && removal_waits_for_dependents(kind);
-            let (updated, removed) = state.difference(want, keep_removed);
+            let (updated, removed) = state.difference(&want, keep_removed);
+            if keep_removed && state.client.keys().any(|name| !want.contains_key(name)) {
+                self.holding = true;
+            }
             if updated.is_empty() && removed.is_empty() && !state.must_answer {
                 continue;
             }
@@ -298,7 +329,7 @@ impl Stream {
             for name in &removed {
                 after.remove(name);
             }
-            let version = set_version(after.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+            let version = client_version(&after);
             if state.refused.as_deref() == Some(version.as_str()) && !state.must_answer {
                 continue;
             }
@@ -330,9 +361,11 @@ impl Stream {
             });
             self.session
                 .record(kind, Outcome::Sent, &version, snapshot.revision);
+            let before_version = std::mem::replace(&mut state.client_version, version.clone());
             state.pending.push_back(Sent {
                 nonce,
                 before: std::mem::replace(&mut state.client, after),
+                before_version,
                 version,
                 revision: snapshot.revision,
                 at: Instant::now(),
@@ -340,4 +373,13 @@ impl Stream {
         }
         responses
     }
+}
+
+/// The version of the set a proxy holds.
+fn client_version(client: &BTreeMap<String, String>) -> String {
+    set_version(
+        client
+            .iter()
+            .map(|(name, version)| (name.as_str(), version.as_str())),
+    )
 }

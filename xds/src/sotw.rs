@@ -84,6 +84,15 @@ impl TypeState {
     fn outstanding(&self) -> bool {
         self.sent.as_ref().is_some_and(|sent| !sent.answered)
     }
+
+    /// The version of what the proxy should have now; cheap for a wildcard (the snapshot has it).
+    fn wanted_version(&self, snapshot: &GroupSnapshot, kind: ResourceKind) -> String {
+        if self.wildcard {
+            snapshot.kind_version(kind).to_owned()
+        } else {
+            version_of(&self.select(snapshot, kind))
+        }
+    }
 }
 
 fn version_of(resources: &BTreeMap<String, Arc<XdsResource>>) -> String {
@@ -99,6 +108,10 @@ struct Stream {
     session: Session,
     only: Option<ResourceKind>,
     types: BTreeMap<ResourceKind, TypeState>,
+    /// Some response still carries resources the snapshot dropped (see the module comment).
+    holding: bool,
+    /// The snapshot changed since the last responses were computed.
+    stale: bool,
 }
 
 /// Serves a SotW stream until the proxy or the server ends it.
@@ -127,6 +140,8 @@ pub(crate) async fn run(
         session,
         only,
         types: BTreeMap::new(),
+        holding: false,
+        stale: true,
     };
     let mut next = Some(first);
     loop {
@@ -136,9 +151,11 @@ pub(crate) async fn run(
                 return;
             }
         }
-        for response in stream.responses() {
-            if out.send(Ok(response)).await.is_err() {
-                return;
+        if stream.due() {
+            for response in stream.responses() {
+                if out.send(Ok(response)).await.is_err() {
+                    return;
+                }
             }
         }
         tokio::select! {
@@ -154,6 +171,7 @@ pub(crate) async fn run(
                 if changed.is_err() {
                     return;
                 }
+                stream.stale = true;
             }
             () = out.closed() => return,
             () = server.stopped() => {
@@ -229,47 +247,52 @@ impl Stream {
         Ok(())
     }
 
+    /// Whether responses may be due: the snapshot changed, a request awaits an answer, or
+    /// removals are held back. A plain ACK needs nothing computed.
+    fn due(&self) -> bool {
+        self.stale || self.holding || self.types.values().any(|state| state.must_answer)
+    }
+
     /// The responses due now, in make-before-break order.
     fn responses(&mut self) -> Vec<DiscoveryResponse> {
+        self.stale = false;
+        self.holding = false;
         let snapshot = self.session.snapshot.borrow_and_update().clone();
-        let mut wanted: BTreeMap<ResourceKind, BTreeMap<String, Arc<XdsResource>>> = self
-            .types
-            .iter()
-            .filter(|(_, state)| state.requested)
-            .map(|(kind, state)| (*kind, state.select(&snapshot, *kind)))
-            .collect();
         let dependents_pending = [ResourceKind::Listener, ResourceKind::Route]
             .iter()
             .any(|kind| {
                 self.types.get(kind).is_some_and(|state| {
-                    state.outstanding()
-                        || wanted.get(kind).is_some_and(|want| {
-                            state
-                                .sent
-                                .as_ref()
-                                .is_none_or(|sent| version_of(want) != sent.version)
-                        })
+                    state.requested
+                        && (state.outstanding()
+                            || state.sent.as_ref().is_none_or(|sent| {
+                                state.wanted_version(&snapshot, *kind) != sent.version
+                            }))
                 })
             });
         let mut responses = Vec::new();
         for kind in XDS_KINDS {
-            let Some(mut want) = wanted.remove(&kind) else {
+            let Some(state) = self.types.get_mut(&kind).filter(|state| state.requested) else {
                 continue;
             };
-            let state = self
-                .types
-                .get_mut(&kind)
-                .expect("wanted only for known types");
+            let mut want = None;
+            let mut version = state.wanted_version(&snapshot, kind);
             if dependents_pending && removal_waits_for_dependents(kind) {
                 if let Some(sent) = &state.sent {
+                    let mut held = state.select(&snapshot, kind);
+                    let mut kept = false;
                     for (name, resource) in &sent.resources {
-                        if !want.contains_key(name) && state.wants(name) {
-                            want.insert(name.clone(), resource.clone());
+                        if !held.contains_key(name) && state.wants(name) {
+                            held.insert(name.clone(), resource.clone());
+                            kept = true;
                         }
+                    }
+                    if kept {
+                        self.holding = true;
+                        version = version_of(&held);
+                        want = Some(held);
                     }
                 }
             }
-            let version = version_of(&want);
             let unchanged = state
                 .sent
                 .as_ref()
@@ -278,6 +301,7 @@ impl Stream {
             if unchanged && !state.must_answer {
                 continue;
             }
+            let want = want.unwrap_or_else(|| state.select(&snapshot, kind));
             state.must_answer = false;
             let nonce = self.session.server().nonce();
             let url = type_url(kind);
