@@ -147,7 +147,7 @@ async fn write_loop(pool: PgPool, mut receiver: mpsc::UnboundedReceiver<Observat
         }
         let mut attempt = 0;
         loop {
-            match write_batch(&pool, &batch, &mut streams.clone()).await {
+            match write_batch(&pool, &batch, &streams).await {
                 Ok(()) => {
                     write_batch_counts(&batch, &mut streams);
                     break;
@@ -205,12 +205,25 @@ struct StatusRow {
     nacked: Option<(String, u64, DateTime<Utc>, String)>,
 }
 
+/// The stream count of `key` after the observations so far, starting from the recorded one.
+fn count_of<'a>(
+    counts: &'a mut HashMap<(Uuid, String), i32>,
+    streams: &HashMap<(Uuid, String), i32>,
+    key: &(Uuid, String),
+) -> &'a mut i32 {
+    counts
+        .entry(key.clone())
+        .or_insert_with(|| streams.get(key).copied().unwrap_or(0))
+}
+
 #[allow(clippy::too_many_lines)]
 async fn write_batch(
     pool: &PgPool,
     batch: &[Observation],
-    streams: &mut HashMap<(Uuid, String), i32>,
+    streams: &HashMap<(Uuid, String), i32>,
 ) -> Result<(), sqlx::Error> {
+    // Stream counts after this batch, for the proxies it touches.
+    let mut counts: HashMap<(Uuid, String), i32> = HashMap::new();
     let mut proxies: HashMap<(Uuid, String), ProxyRow> = HashMap::new();
     let mut statuses: HashMap<(Uuid, String, String), StatusRow> = HashMap::new();
     let mut transitions = Transitions::default();
@@ -218,7 +231,7 @@ async fn write_batch(
         match observation {
             Observation::Opened(connection, at) => {
                 let key = (connection.tenant_id, connection.node_id.clone());
-                *streams.entry(key.clone()).or_default() += 1;
+                *count_of(&mut counts, streams, &key) += 1;
                 let row = proxies.entry(key).or_insert(ProxyRow {
                     connection: None,
                     closed_at: None,
@@ -234,7 +247,7 @@ async fn write_batch(
                 at,
             } => {
                 let key = (*tenant_id, node_id.clone());
-                let count = streams.entry(key.clone()).or_default();
+                let count = count_of(&mut counts, streams, &key);
                 *count = (*count - 1).max(0);
                 let row = proxies.entry(key).or_insert(ProxyRow {
                     connection: None,
@@ -288,7 +301,7 @@ async fn write_batch(
     let mut closed_keys: (Vec<Uuid>, Vec<String>, Vec<DateTime<Utc>>, Vec<i32>) =
         Default::default();
     for (key, row) in &proxies {
-        let count = streams.get(key).copied().unwrap_or(0);
+        let count = counts.get(key).copied().unwrap_or(0);
         if let Some((connection, at)) = &row.connection {
             opened.push(connection, *at, row.closed_at, row.last_seen, count);
         } else if let Some(closed_at) = row.closed_at {
