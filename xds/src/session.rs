@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::identity::{Authenticator, NodeInfo, GROUP_KEY};
 use crate::metrics::{TypeLabels, XdsMetrics};
 use crate::status::{Connection, Protocol, Recorder};
+use prometheus_client::metrics::counter::Counter;
 
 /// Everything the xDS services share. Cheap to clone.
 #[derive(Clone)]
@@ -145,10 +146,26 @@ impl XdsServer {
             protocol = protocol.as_str(), envoy = connection.envoy_version, "proxy connected");
         self.inner.recorder.opened(connection.clone());
         self.inner.metrics.streams.inc();
+        let counters = XDS_KINDS
+            .into_iter()
+            .map(|kind| {
+                let labels = TypeLabels {
+                    kind: kind.to_string(),
+                    protocol: protocol.as_str().to_owned(),
+                };
+                (
+                    kind,
+                    self.inner.metrics.pushes.get_or_create(&labels).clone(),
+                    self.inner.metrics.nacks.get_or_create(&labels).clone(),
+                )
+            })
+            .collect();
         Ok(Session {
             server: self.clone(),
+            node: Arc::from(connection.node_id.as_str()),
             connection,
             snapshot,
+            counters,
         })
     }
 
@@ -188,6 +205,10 @@ pub(crate) struct Session {
     pub connection: Connection,
     /// The group's snapshots.
     pub snapshot: watch::Receiver<Arc<GroupSnapshot>>,
+    /// The node id, shared by every observation of the stream.
+    node: Arc<str>,
+    /// Push and NACK counters per kind, looked up once per stream.
+    counters: Vec<(ResourceKind, Counter, Counter)>,
 }
 
 impl Session {
@@ -199,23 +220,25 @@ impl Session {
         version: &str,
         revision: u64,
     ) {
-        let labels = TypeLabels {
-            kind: kind.to_string(),
-            protocol: self.connection.protocol.as_str().to_owned(),
-        };
+        let counters = self.counters.iter().find(|(k, _, _)| *k == kind);
         match &outcome {
             crate::status::Outcome::Sent => {
-                self.server.metrics().pushes.get_or_create(&labels).inc();
+                if let Some((_, pushes, _)) = counters {
+                    pushes.inc();
+                }
             }
             crate::status::Outcome::Nacked(error) => {
-                self.server.metrics().nacks.get_or_create(&labels).inc();
+                if let Some((_, _, nacks)) = counters {
+                    nacks.inc();
+                }
                 tracing::warn!(node = self.connection.node_id, %kind, version, error, "proxy refused configuration");
             }
             crate::status::Outcome::Acked => {}
         }
         self.server.inner.recorder.type_outcome(
-            &self.connection,
-            &type_url(kind),
+            self.connection.tenant_id,
+            &self.node,
+            static_type_url(kind),
             outcome,
             version,
             revision,
@@ -241,6 +264,22 @@ impl Drop for Session {
 /// The type URL of an Envoy kind.
 pub(crate) fn type_url(kind: ResourceKind) -> String {
     kind.type_url().expect("xDS kinds are Envoy kinds")
+}
+
+/// The type URL of an Envoy kind, without allocating.
+pub(crate) fn static_type_url(kind: ResourceKind) -> &'static str {
+    match kind {
+        ResourceKind::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+        ResourceKind::Endpoints => {
+            "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+        }
+        ResourceKind::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
+        ResourceKind::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+        ResourceKind::Secret => {
+            "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+        }
+        ResourceKind::Group => "",
+    }
 }
 
 /// The Envoy kind of a type URL we serve.

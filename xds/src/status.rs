@@ -7,6 +7,7 @@
 //! and refusals also go to `proxy_transitions`, the history that answers what a proxy ran when.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -65,8 +66,8 @@ enum Observation {
     },
     Type {
         tenant_id: Uuid,
-        node_id: String,
-        type_url: String,
+        node_id: Arc<str>,
+        type_url: &'static str,
         outcome: Outcome,
         version: String,
         revision: u64,
@@ -119,16 +120,17 @@ impl Recorder {
     /// A version of `type_url` was sent, accepted or refused.
     pub fn type_outcome(
         &self,
-        connection: &Connection,
-        type_url: &str,
+        tenant_id: Uuid,
+        node_id: &Arc<str>,
+        type_url: &'static str,
         outcome: Outcome,
         version: &str,
         revision: u64,
     ) {
         let _ = self.sender.send(Observation::Type {
-            tenant_id: connection.tenant_id,
-            node_id: connection.node_id.clone(),
-            type_url: type_url.to_owned(),
+            tenant_id,
+            node_id: node_id.clone(),
+            type_url,
             outcome,
             version: version.to_owned(),
             revision,
@@ -225,7 +227,7 @@ async fn write_batch(
     // Stream counts after this batch, for the proxies it touches.
     let mut counts: HashMap<(Uuid, String), i32> = HashMap::new();
     let mut proxies: HashMap<(Uuid, String), ProxyRow> = HashMap::new();
-    let mut statuses: HashMap<(Uuid, String, String), StatusRow> = HashMap::new();
+    let mut statuses: HashMap<(Uuid, Arc<str>, &'static str), StatusRow> = HashMap::new();
     let mut transitions = Transitions::default();
     for observation in batch {
         match observation {
@@ -267,7 +269,7 @@ async fn write_batch(
                 at,
             } => {
                 let row = statuses
-                    .entry((*tenant_id, node_id.clone(), type_url.clone()))
+                    .entry((*tenant_id, node_id.clone(), *type_url))
                     .or_default();
                 match outcome {
                     Outcome::Sent => row.sent = Some((version.clone(), *revision, *at)),
@@ -354,7 +356,7 @@ async fn write_batch(
     if !statuses.is_empty() {
         let mut c = StatusColumns::default();
         for ((tenant, node, type_url), row) in statuses {
-            c.push(tenant, node, type_url, row);
+            c.push(tenant, node.to_string(), type_url.to_owned(), row);
         }
         sqlx::query!(
             r#"INSERT INTO proxy_resource_status AS s (tenant_id, node_id, type_url,
