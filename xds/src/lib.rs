@@ -9,6 +9,7 @@
 //! durably (see [`status`]).
 
 mod delta;
+mod driver;
 pub mod identity;
 pub mod metrics;
 mod services;

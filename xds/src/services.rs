@@ -11,21 +11,17 @@ use envoy_types::pb::envoy::service::endpoint::v3::endpoint_discovery_service_se
 use envoy_types::pb::envoy::service::listener::v3::listener_discovery_service_server::ListenerDiscoveryService;
 use envoy_types::pb::envoy::service::route::v3::route_discovery_service_server::RouteDiscoveryService;
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::driver::{drive, ResponseStream};
 use crate::identity::authenticate;
 use crate::session::XdsServer;
 use crate::{delta, sotw};
 
-/// Responses buffered per stream before the stream waits for the proxy to read.
-const STREAM_BUFFER: usize = 16;
-
 /// A stream of SotW responses.
-pub type SotwStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+pub type SotwStream = ResponseStream<DiscoveryResponse>;
 /// A stream of delta responses.
-pub type DeltaStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+pub type DeltaStream = ResponseStream<DeltaDiscoveryResponse>;
 
 impl XdsServer {
     fn start_sotw(
@@ -36,15 +32,12 @@ impl XdsServer {
         let actor = authenticate(request.metadata(), self.authenticator()).inspect_err(|_| {
             self.metrics().refused.inc();
         })?;
-        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(sotw::run(
+        Ok(Response::new(drive::<sotw::Stream>(
             self.clone(),
             actor,
             request.into_inner(),
-            sender,
             only,
-        ));
-        Ok(Response::new(ReceiverStream::new(receiver)))
+        )))
     }
 
     fn start_delta(
@@ -55,15 +48,12 @@ impl XdsServer {
         let actor = authenticate(request.metadata(), self.authenticator()).inspect_err(|_| {
             self.metrics().refused.inc();
         })?;
-        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(delta::run(
+        Ok(Response::new(drive::<delta::Stream>(
             self.clone(),
             actor,
             request.into_inner(),
-            sender,
             only,
-        ));
-        Ok(Response::new(ReceiverStream::new(receiver)))
+        )))
     }
 }
 

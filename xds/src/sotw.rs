@@ -14,22 +14,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use efms_domain::envoy::ResourceKind;
-use efms_domain::Actor;
 use efms_projections::snapshots::{set_version, XDS_KINDS};
 use efms_projections::{GroupSnapshot, XdsResource};
 use envoy_types::pb::envoy::config::core::v3::ControlPlane;
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::Any;
-use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Status;
+
+use crate::driver::Engine;
 
 use crate::session::{
-    kind_of, removal_waits_for_dependents, type_url, wildcard_by_default, Session, XdsServer,
+    kind_of, removal_waits_for_dependents, type_url, wildcard_by_default, Session,
 };
 use crate::status::{Outcome, Protocol};
-
-/// The responses of one stream, as the service hands them to tonic.
-pub(crate) type Responses = mpsc::Sender<Result<DiscoveryResponse, Status>>;
 
 /// What the stream knows of one resource type.
 #[derive(Debug, Default)]
@@ -104,7 +102,7 @@ fn version_of(resources: &BTreeMap<String, Arc<XdsResource>>) -> String {
 }
 
 /// One SotW stream (ADS when `only` is `None`, else the per-type service of `only`).
-struct Stream {
+pub(crate) struct Stream {
     session: Session,
     only: Option<ResourceKind>,
     types: BTreeMap<ResourceKind, TypeState>,
@@ -114,77 +112,33 @@ struct Stream {
     stale: bool,
 }
 
-/// Serves a SotW stream until the proxy or the server ends it.
-pub(crate) async fn run(
-    server: XdsServer,
-    actor: Actor,
-    mut requests: Streaming<DiscoveryRequest>,
-    out: Responses,
-    only: Option<ResourceKind>,
-) {
-    let Ok(Some(first)) = requests.message().await else {
-        return;
-    };
-    let session = match server
-        .open(&actor, first.node.as_ref(), Protocol::Sotw)
-        .await
-    {
-        Ok(session) => session,
-        Err(status) => {
-            server.metrics().refused.inc();
-            let _ = out.send(Err(status)).await;
-            return;
-        }
-    };
-    let mut stream = Stream {
-        session,
-        only,
-        types: BTreeMap::new(),
-        holding: false,
-        stale: true,
-    };
-    let mut next = Some(first);
-    loop {
-        if let Some(request) = next.take() {
-            if let Err(status) = stream.on_request(request) {
-                let _ = out.send(Err(status)).await;
-                return;
-            }
-        }
-        if stream.due() {
-            for response in stream.responses() {
-                if out.send(Ok(response)).await.is_err() {
-                    return;
-                }
-            }
-        }
-        tokio::select! {
-            message = requests.message() => match message {
-                Ok(Some(request)) => next = Some(request),
-                Ok(None) => return,
-                Err(status) => {
-                    tracing::debug!(node = stream.session.connection.node_id, %status, "stream ended");
-                    return;
-                }
-            },
-            changed = stream.session.snapshot.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                stream.stale = true;
-            }
-            () = out.closed() => return,
-            () = server.stopped() => {
-                let _ = out
-                    .send(Err(Status::unavailable("the control plane is shutting down; reconnect")))
-                    .await;
-                return;
-            }
+impl Engine for Stream {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const PROTOCOL: Protocol = Protocol::Sotw;
+
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    fn new(session: Session, only: Option<ResourceKind>) -> Self {
+        Self {
+            session,
+            only,
+            types: BTreeMap::new(),
+            holding: false,
+            stale: true,
         }
     }
-}
 
-impl Stream {
+    fn session(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
+    fn snapshot_changed(&mut self) {
+        self.stale = true;
+    }
+
     fn on_request(&mut self, request: DiscoveryRequest) -> Result<(), Status> {
         let Some(kind) = kind_of(&request.type_url) else {
             if self.only.is_some() {
