@@ -323,21 +323,17 @@ impl SnapshotStore {
     }
 
     async fn ensure_loaded(&self, tenant_id: Uuid) -> Result<(), sqlx::Error> {
-        if self
-            .tenants
-            .lock()
-            .expect("snapshot store lock")
-            .contains_key(&tenant_id)
-        {
+        let loaded = || {
+            self.tenants
+                .lock()
+                .expect("snapshot store lock")
+                .contains_key(&tenant_id)
+        };
+        if loaded() {
             return Ok(());
         }
         let _guard = self.refreshing.lock().await;
-        if self
-            .tenants
-            .lock()
-            .expect("snapshot store lock")
-            .contains_key(&tenant_id)
-        {
+        if loaded() {
             return Ok(());
         }
         let mut state = TenantState::default();

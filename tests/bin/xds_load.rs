@@ -164,6 +164,27 @@ async fn put(
     Ok(())
 }
 
+/// The outbound request stream of a stream, with the bearer token in its metadata.
+fn authorized<T>(
+    token: &str,
+    outbound: mpsc::Receiver<T>,
+) -> anyhow::Result<tonic::Request<ReceiverStream<T>>> {
+    let mut request = tonic::Request::new(ReceiverStream::new(outbound));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    Ok(request)
+}
+
+/// The `error_detail` of a NACK, when refusing.
+fn refusal(refuse: bool) -> Option<RpcStatus> {
+    refuse.then(|| RpcStatus {
+        code: 3,
+        message: "refused by the load generator".to_owned(),
+        ..RpcStatus::default()
+    })
+}
+
 /// One SotW stream: subscribe, then answer every response.
 async fn sotw_stream(
     channel: Channel,
@@ -186,10 +207,7 @@ async fn sotw_stream(
     requests
         .send(first(RDS, vec!["load_routes".to_owned()], None))
         .await?;
-    let mut request = tonic::Request::new(ReceiverStream::new(outbound));
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
+    let request = authorized(&token, outbound)?;
     let mut responses = client
         .stream_aggregated_resources(request)
         .await?
@@ -220,11 +238,7 @@ async fn sotw_stream(
                 },
                 type_url: response.type_url,
                 response_nonce: response.nonce,
-                error_detail: refuse.then(|| RpcStatus {
-                    code: 3,
-                    message: "refused by the load generator".to_owned(),
-                    ..RpcStatus::default()
-                }),
+                error_detail: refusal(refuse),
                 ..DiscoveryRequest::default()
             })
             .await?;
@@ -254,10 +268,7 @@ async fn delta_stream(
     requests
         .send(first(RDS, vec!["load_routes".to_owned()], None))
         .await?;
-    let mut request = tonic::Request::new(ReceiverStream::new(outbound));
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
+    let request = authorized(&token, outbound)?;
     let mut responses = client
         .delta_aggregated_resources(request)
         .await?
@@ -275,11 +286,7 @@ async fn delta_stream(
             .send(DeltaDiscoveryRequest {
                 type_url: response.type_url,
                 response_nonce: response.nonce,
-                error_detail: refuse.then(|| RpcStatus {
-                    code: 3,
-                    message: "refused by the load generator".to_owned(),
-                    ..RpcStatus::default()
-                }),
+                error_detail: refusal(refuse),
                 ..DeltaDiscoveryRequest::default()
             })
             .await?;

@@ -7,7 +7,7 @@
 //! ordering rules are those of the SotW stream: clusters, endpoints and secrets before listeners
 //! and routes, and their removals only once the listeners and routes sent with them are answered.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,18 +22,15 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::google::protobuf::Any;
 use tonic::Status;
 
-use crate::driver::Engine;
+use crate::driver::{Core, Engine, Subscription};
 
-use crate::session::{
-    kind_of, removal_waits_for_dependents, type_url, wildcard_by_default, Session,
-};
+use crate::session::{removal_waits_for_dependents, type_url, wildcard_by_default};
 use crate::status::{Outcome, Protocol};
 
 #[derive(Debug, Default)]
-struct TypeState {
-    requested: bool,
-    wildcard: bool,
-    names: BTreeSet<String>,
+pub(crate) struct TypeState {
+    /// What the proxy subscribed to.
+    sub: Subscription,
     must_answer: bool,
     /// The versions the proxy holds, as far as the stream knows (sent responses count as held
     /// until refused).
@@ -55,33 +52,15 @@ struct Sent {
     at: Instant,
 }
 
+impl crate::driver::TypeState for TypeState {
+    fn must_answer(&self) -> bool {
+        self.must_answer
+    }
+}
+
 impl TypeState {
-    fn wants(&self, name: &str) -> bool {
-        self.wildcard || self.names.contains(name)
-    }
-
-    fn select(
-        &self,
-        snapshot: &GroupSnapshot,
-        kind: ResourceKind,
-    ) -> BTreeMap<String, Arc<XdsResource>> {
-        if self.wildcard {
-            snapshot
-                .of_kind(kind)
-                .map(|r| (r.name.clone(), r.clone()))
-                .collect()
-        } else {
-            self.names
-                .iter()
-                .filter_map(|name| snapshot.get(kind, name).map(|r| (name.clone(), r.clone())))
-                .collect()
-        }
-    }
-
-    /// Whether the proxy may hold something else than it should: always checked in full for
-    /// named subscriptions, by one comparison of versions for a wildcard.
     fn may_differ(&self, snapshot: &GroupSnapshot, kind: ResourceKind) -> bool {
-        !self.wildcard || self.client_version != snapshot.kind_version(kind)
+        !self.sub.wildcard || self.client_version != snapshot.kind_version(kind)
     }
 
     /// What would change at the proxy: resources to send and names to remove.
@@ -108,76 +87,37 @@ impl TypeState {
     }
 }
 
-/// One delta stream (ADS when `only` is `None`, else the per-type service of `only`).
-pub(crate) struct Stream {
-    session: Session,
-    only: Option<ResourceKind>,
-    types: BTreeMap<ResourceKind, TypeState>,
-    /// Removals are held back until listeners and routes are answered.
-    holding: bool,
-    /// The snapshot changed since the last responses were computed.
-    stale: bool,
-}
+/// The delta protocol.
+pub(crate) struct Delta;
 
-impl Engine for Stream {
+impl Engine for Delta {
     type Request = DeltaDiscoveryRequest;
     type Response = DeltaDiscoveryResponse;
+    type State = TypeState;
     const PROTOCOL: Protocol = Protocol::Delta;
 
     fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
         request.node.as_ref()
     }
 
-    fn new(session: Session, only: Option<ResourceKind>) -> Self {
-        Self {
-            session,
-            only,
-            types: BTreeMap::new(),
-            holding: false,
-            stale: true,
-        }
-    }
-
-    fn session(&mut self) -> &mut Session {
-        &mut self.session
-    }
-
-    fn snapshot_changed(&mut self) {
-        self.stale = true;
-    }
-
-    fn on_request(&mut self, request: DeltaDiscoveryRequest) -> Result<(), Status> {
-        let Some(kind) = kind_of(&request.type_url) else {
-            if self.only.is_some() {
-                return Err(Status::invalid_argument(format!(
-                    "this service does not serve `{}`",
-                    request.type_url
-                )));
-            }
-            tracing::debug!(
-                type_url = request.type_url,
-                "a type this server does not serve"
-            );
+    fn on_request(
+        core: &mut Core<TypeState>,
+        request: DeltaDiscoveryRequest,
+    ) -> Result<(), Status> {
+        let Some(kind) = core.requested_kind(&request.type_url)? else {
             return Ok(());
         };
-        if self.only.is_some_and(|only| only != kind) {
-            return Err(Status::invalid_argument(format!(
-                "this service serves {}, not `{}`",
-                type_url(self.only.expect("checked")),
-                request.type_url
-            )));
-        }
-        let state = self.types.entry(kind).or_default();
-        let first = !state.requested;
+        let state = core.types.entry(kind).or_default();
+        let first = !state.sub.requested;
         if first {
             state.client = request.initial_resource_versions.into_iter().collect();
             state.client_version = client_version(&state.client);
             state.must_answer = true;
             if request.resource_names_subscribe.is_empty() && wildcard_by_default(kind) {
-                state.wildcard = true;
+                state.sub.wildcard = true;
             }
         }
-        state.requested = true;
+        state.sub.requested = true;
         if !request.response_nonce.is_empty() {
             if let Some(index) = state
                 .pending
@@ -192,7 +132,7 @@ impl Engine for Stream {
                     state.client_version = sent.before_version;
                     state.pending.clear();
                     state.refused = Some(sent.version.clone());
-                    self.session.record(
+                    core.session.record(
                         kind,
                         Outcome::Nacked(error.message),
                         &sent.version,
@@ -201,33 +141,33 @@ impl Engine for Stream {
                 } else {
                     state.pending.drain(..index);
                     state.refused = None;
-                    self.session
+                    core.session
                         .server()
                         .metrics()
                         .push_latency
                         .observe(sent.at.elapsed().as_secs_f64());
-                    self.session
+                    core.session
                         .record(kind, Outcome::Acked, &sent.version, sent.revision);
                 }
             }
         }
         for name in request.resource_names_subscribe {
             if name == "*" {
-                state.wildcard = true;
+                state.sub.wildcard = true;
             } else {
-                state.names.insert(name);
+                state.sub.names.insert(name);
             }
         }
         for name in request.resource_names_unsubscribe {
             if name == "*" {
-                state.wildcard = false;
+                state.sub.wildcard = false;
             } else {
-                state.names.remove(&name);
+                state.sub.names.remove(&name);
             }
         }
-        if !state.wildcard {
+        if !state.sub.wildcard {
             // The proxy forgets what it unsubscribed from; so does its view here.
-            let names = state.names.clone();
+            let names = state.sub.names.clone();
             let before = state.client.len();
             state.client.retain(|name, _| names.contains(name));
             if state.client.len() != before {
@@ -237,42 +177,34 @@ impl Engine for Stream {
         Ok(())
     }
 
-    /// Whether responses may be due: the snapshot changed, a request awaits an answer, or
-    /// removals are held back. A plain ACK needs nothing computed.
-    fn due(&self) -> bool {
-        self.stale || self.holding || self.types.values().any(|state| state.must_answer)
-    }
-
-    fn responses(&mut self) -> Vec<DeltaDiscoveryResponse> {
-        self.stale = false;
-        self.holding = false;
-        let snapshot = self.session.snapshot.borrow_and_update().clone();
-        let dependents_pending = [ResourceKind::Listener, ResourceKind::Route]
-            .iter()
-            .any(|kind| {
-                self.types.get(kind).is_some_and(|state| {
-                    state.requested
-                        && (!state.pending.is_empty()
-                            || (state.may_differ(&snapshot, *kind) && {
-                                let want = state.select(&snapshot, *kind);
-                                let (updated, removed) = state.difference(&want, false);
-                                !updated.is_empty() || !removed.is_empty()
-                            }))
-                })
-            });
+    fn responses(core: &mut Core<TypeState>) -> Vec<DeltaDiscoveryResponse> {
+        let snapshot = core.round();
+        let dependents_pending = core.dependents_pending(|kind, state| {
+            state.sub.requested
+                && (!state.pending.is_empty()
+                    || (state.may_differ(&snapshot, kind) && {
+                        let want = state.sub.select(&snapshot, kind);
+                        let (updated, removed) = state.difference(&want, false);
+                        !updated.is_empty() || !removed.is_empty()
+                    }))
+        });
         let mut responses = Vec::new();
         for kind in XDS_KINDS {
-            let Some(state) = self.types.get_mut(&kind).filter(|state| state.requested) else {
+            let Some(state) = core
+                .types
+                .get_mut(&kind)
+                .filter(|state| state.sub.requested)
+            else {
                 continue;
             };
             if !state.must_answer && !state.may_differ(&snapshot, kind) {
                 continue;
             }
-            let want = state.select(&snapshot, kind);
+            let want = state.sub.select(&snapshot, kind);
             let keep_removed = dependents_pending && removal_waits_for_dependents(kind);
             let (updated, removed) = state.difference(&want, keep_removed);
             if keep_removed && state.client.keys().any(|name| !want.contains_key(name)) {
-                self.holding = true;
+                core.holding = true;
             }
             if updated.is_empty() && removed.is_empty() && !state.must_answer {
                 continue;
@@ -289,13 +221,13 @@ impl Engine for Stream {
                 continue;
             }
             state.must_answer = false;
-            let nonce = self.session.server().nonce();
+            let nonce = core.session.server().nonce();
             let url = type_url(kind);
             responses.push(DeltaDiscoveryResponse {
                 system_version_info: version.clone(),
                 resources: updated
                     .iter()
-                    .filter(|resource| state.wants(&resource.name))
+                    .filter(|resource| state.sub.wants(&resource.name))
                     .map(|resource| Resource {
                         name: resource.name.clone(),
                         version: resource.version.clone(),
@@ -310,11 +242,11 @@ impl Engine for Stream {
                 removed_resources: removed,
                 nonce: nonce.clone(),
                 control_plane: Some(ControlPlane {
-                    identifier: self.session.server().identifier().to_owned(),
+                    identifier: core.session.server().identifier().to_owned(),
                 }),
                 ..DeltaDiscoveryResponse::default()
             });
-            self.session
+            core.session
                 .record(kind, Outcome::Sent, &version, snapshot.revision);
             let before_version = std::mem::replace(&mut state.client_version, version.clone());
             state.pending.push_back(Sent {

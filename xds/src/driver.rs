@@ -5,8 +5,9 @@
 //! proxy's connection and the engine, so a push costs one wake-up of the connection, and a stream
 //! ends (recording the disconnection) as soon as tonic drops it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::pin::Pin;
+use std::sync::Arc;
 
 use efms_domain::envoy::ResourceKind;
 use efms_domain::Actor;
@@ -14,32 +15,140 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use tokio_stream::Stream;
 use tonic::{Status, Streaming};
 
-use crate::session::{Session, XdsServer};
+use efms_projections::{GroupSnapshot, XdsResource};
+
+use crate::session::{kind_of, static_type_url, Session, XdsServer};
 use crate::status::Protocol;
 
-/// A protocol's stream logic: requests in, responses out.
-pub(crate) trait Engine: Sized + Send + 'static {
+/// A protocol's stream logic: requests in, responses out, over the stream's [`Core`].
+pub(crate) trait Engine: Send + 'static {
     /// What the proxy sends.
     type Request: prost::Message + Default + Send + 'static;
     /// What the server sends.
     type Response: Send + 'static;
+    /// What the stream keeps per resource type.
+    type State: TypeState;
     /// The protocol, for the status records.
     const PROTOCOL: Protocol;
 
     /// The node of a request (set on the first one).
     fn node(request: &Self::Request) -> Option<&Node>;
-    /// The engine of a newly opened stream; `only` restricts it to one type (per-type services).
-    fn new(session: Session, only: Option<ResourceKind>) -> Self;
-    /// The stream's session.
-    fn session(&mut self) -> &mut Session;
     /// Takes a request in.
-    fn on_request(&mut self, request: Self::Request) -> Result<(), Status>;
-    /// Notes that the group's snapshot changed.
-    fn snapshot_changed(&mut self);
-    /// Whether responses may be due.
-    fn due(&self) -> bool;
+    fn on_request(core: &mut Core<Self::State>, request: Self::Request) -> Result<(), Status>;
     /// The responses due now, in the order to send them.
-    fn responses(&mut self) -> Vec<Self::Response>;
+    fn responses(core: &mut Core<Self::State>) -> Vec<Self::Response>;
+}
+
+/// What a stream keeps of one resource type.
+pub(crate) trait TypeState: Default + Send + 'static {
+    /// A request awaits an answer whatever the content (first request, new subscription).
+    fn must_answer(&self) -> bool;
+}
+
+/// What every stream holds, whatever its protocol.
+pub(crate) struct Core<T> {
+    /// The proxy's session.
+    pub session: Session,
+    /// The one type a per-type service serves; `None` for ADS.
+    pub only: Option<ResourceKind>,
+    /// Per resource type.
+    pub types: BTreeMap<ResourceKind, T>,
+    /// Removals are held back until listeners and routes are answered.
+    pub holding: bool,
+    /// The snapshot changed since responses were last computed.
+    pub stale: bool,
+}
+
+impl<T: TypeState> Core<T> {
+    fn new(session: Session, only: Option<ResourceKind>) -> Self {
+        Self {
+            session,
+            only,
+            types: BTreeMap::new(),
+            holding: false,
+            stale: true,
+        }
+    }
+
+    /// Whether responses may be due: the snapshot changed, a request awaits an answer, or
+    /// removals are held back. A plain ACK needs nothing computed.
+    fn due(&self) -> bool {
+        self.stale || self.holding || self.types.values().any(TypeState::must_answer)
+    }
+
+    /// Starts a round of responses: the current snapshot, marked as seen.
+    pub fn round(&mut self) -> Arc<GroupSnapshot> {
+        self.stale = false;
+        self.holding = false;
+        self.session.snapshot.borrow_and_update().clone()
+    }
+
+    /// Whether a listener or route push is unanswered or due (`pending` says so of a type's
+    /// state), in which case removals of what they may use wait.
+    pub fn dependents_pending(&self, pending: impl Fn(ResourceKind, &T) -> bool) -> bool {
+        [ResourceKind::Listener, ResourceKind::Route]
+            .into_iter()
+            .any(|kind| {
+                self.types
+                    .get(&kind)
+                    .is_some_and(|state| pending(kind, state))
+            })
+    }
+
+    /// The kind a request's type URL names; `None` for a type ADS does not serve (ignored, as
+    /// Envoy may ask for more than we serve); an error for a type a per-type service does not
+    /// serve.
+    pub fn requested_kind(&self, type_url: &str) -> Result<Option<ResourceKind>, Status> {
+        match (kind_of(type_url), self.only) {
+            (Some(kind), None) => Ok(Some(kind)),
+            (Some(kind), Some(only)) if kind == only => Ok(Some(kind)),
+            (None, None) => {
+                tracing::debug!(type_url, "a type this server does not serve");
+                Ok(None)
+            }
+            (_, Some(only)) => Err(Status::invalid_argument(format!(
+                "this service serves {}, not `{type_url}`",
+                static_type_url(only)
+            ))),
+        }
+    }
+}
+
+/// What a proxy subscribed to of one resource type.
+#[derive(Debug, Default)]
+pub(crate) struct Subscription {
+    /// The proxy asked for the type.
+    pub requested: bool,
+    /// It wants every resource of the type.
+    pub wildcard: bool,
+    /// The names it wants, when not a wildcard.
+    pub names: BTreeSet<String>,
+}
+
+impl Subscription {
+    /// Whether the proxy wants the resource `name`.
+    pub fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+
+    /// What the proxy should have of `kind` in `snapshot`.
+    pub fn select(
+        &self,
+        snapshot: &GroupSnapshot,
+        kind: ResourceKind,
+    ) -> BTreeMap<String, Arc<XdsResource>> {
+        if self.wildcard {
+            snapshot
+                .of_kind(kind)
+                .map(|r| (r.name.clone(), r.clone()))
+                .collect()
+        } else {
+            self.names
+                .iter()
+                .filter_map(|name| snapshot.get(kind, name).map(|r| (name.clone(), r.clone())))
+                .collect()
+        }
+    }
 }
 
 /// The responses of one stream, as tonic wants them.
@@ -75,7 +184,7 @@ struct Opening<E: Engine> {
 }
 
 struct Running<E: Engine> {
-    engine: E,
+    engine: Core<E::State>,
     requests: Streaming<E::Request>,
     queue: VecDeque<E::Response>,
     server: XdsServer,
@@ -90,14 +199,14 @@ enum Event<R> {
 
 impl<E: Engine> Running<E> {
     fn handle(&mut self, request: E::Request) -> Result<(), Status> {
-        self.engine.on_request(request)?;
+        E::on_request(&mut self.engine, request)?;
         self.refill();
         Ok(())
     }
 
     fn refill(&mut self) {
         if self.engine.due() {
-            self.queue.extend(self.engine.responses());
+            self.queue.extend(E::responses(&mut self.engine));
         }
     }
 
@@ -113,11 +222,11 @@ impl<E: Engine> Running<E> {
                 Ok(Some(request)) => Event::Request(request),
                 Ok(None) => Event::Ended,
                 Err(status) => {
-                    tracing::debug!(node = engine.session().connection.node_id, %status, "stream ended");
+                    tracing::debug!(node = engine.session.connection.node_id, %status, "stream ended");
                     Event::Ended
                 }
             },
-            changed = engine.session().snapshot.changed() => {
+            changed = engine.session.snapshot.changed() => {
                 if changed.is_ok() { Event::SnapshotChanged } else { Event::Ended }
             }
             () = server.stopped() => Event::Stopping,
@@ -149,7 +258,7 @@ async fn step<E: Engine>(state: State<E>) -> Step<E> {
                 }
             };
             let mut running = Box::new(Running {
-                engine: E::new(session, only),
+                engine: Core::new(session, only),
                 requests,
                 queue: VecDeque::new(),
                 server,
@@ -171,7 +280,7 @@ async fn step<E: Engine>(state: State<E>) -> Step<E> {
                 }
             }
             Event::SnapshotChanged => {
-                running.engine.snapshot_changed();
+                running.engine.stale = true;
                 running.refill();
             }
             Event::Ended => return None,

@@ -32,7 +32,7 @@ impl XdsServer {
         let actor = authenticate(request.metadata(), self.authenticator()).inspect_err(|_| {
             self.metrics().refused.inc();
         })?;
-        Ok(Response::new(drive::<sotw::Stream>(
+        Ok(Response::new(drive::<sotw::Sotw>(
             self.clone(),
             actor,
             request.into_inner(),
@@ -48,7 +48,7 @@ impl XdsServer {
         let actor = authenticate(request.metadata(), self.authenticator()).inspect_err(|_| {
             self.metrics().refused.inc();
         })?;
-        Ok(Response::new(drive::<delta::Stream>(
+        Ok(Response::new(drive::<delta::Delta>(
             self.clone(),
             actor,
             request.into_inner(),

@@ -22,22 +22,16 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use envoy_types::pb::google::protobuf::Any;
 use tonic::Status;
 
-use crate::driver::Engine;
+use crate::driver::{Core, Engine, Subscription};
 
-use crate::session::{
-    kind_of, removal_waits_for_dependents, type_url, wildcard_by_default, Session,
-};
+use crate::session::{removal_waits_for_dependents, type_url, wildcard_by_default};
 use crate::status::{Outcome, Protocol};
 
 /// What the stream knows of one resource type.
 #[derive(Debug, Default)]
-struct TypeState {
-    /// The proxy asked for the type.
-    requested: bool,
-    /// It wants every resource of the type.
-    wildcard: bool,
-    /// The names it wants, when not a wildcard.
-    names: BTreeSet<String>,
+pub(crate) struct TypeState {
+    /// What the proxy subscribed to.
+    sub: Subscription,
     /// A request awaits a response whatever the content (first request, new subscription).
     must_answer: bool,
     /// The last response.
@@ -56,39 +50,23 @@ struct Sent {
     at: Instant,
 }
 
+impl crate::driver::TypeState for TypeState {
+    fn must_answer(&self) -> bool {
+        self.must_answer
+    }
+}
+
 impl TypeState {
-    fn wants(&self, name: &str) -> bool {
-        self.wildcard || self.names.contains(name)
-    }
-
-    fn select(
-        &self,
-        snapshot: &GroupSnapshot,
-        kind: ResourceKind,
-    ) -> BTreeMap<String, Arc<XdsResource>> {
-        if self.wildcard {
-            snapshot
-                .of_kind(kind)
-                .map(|r| (r.name.clone(), r.clone()))
-                .collect()
-        } else {
-            self.names
-                .iter()
-                .filter_map(|name| snapshot.get(kind, name).map(|r| (name.clone(), r.clone())))
-                .collect()
-        }
-    }
-
     fn outstanding(&self) -> bool {
         self.sent.as_ref().is_some_and(|sent| !sent.answered)
     }
 
     /// The version of what the proxy should have now; cheap for a wildcard (the snapshot has it).
     fn wanted_version(&self, snapshot: &GroupSnapshot, kind: ResourceKind) -> String {
-        if self.wildcard {
+        if self.sub.wildcard {
             snapshot.kind_version(kind).to_owned()
         } else {
-            version_of(&self.select(snapshot, kind))
+            version_of(&self.sub.select(snapshot, kind))
         }
     }
 }
@@ -101,66 +79,24 @@ fn version_of(resources: &BTreeMap<String, Arc<XdsResource>>) -> String {
     )
 }
 
-/// One SotW stream (ADS when `only` is `None`, else the per-type service of `only`).
-pub(crate) struct Stream {
-    session: Session,
-    only: Option<ResourceKind>,
-    types: BTreeMap<ResourceKind, TypeState>,
-    /// Some response still carries resources the snapshot dropped (see the module comment).
-    holding: bool,
-    /// The snapshot changed since the last responses were computed.
-    stale: bool,
-}
+/// The State-of-the-World protocol.
+pub(crate) struct Sotw;
 
-impl Engine for Stream {
+impl Engine for Sotw {
     type Request = DiscoveryRequest;
     type Response = DiscoveryResponse;
+    type State = TypeState;
     const PROTOCOL: Protocol = Protocol::Sotw;
 
     fn node(request: &DiscoveryRequest) -> Option<&Node> {
         request.node.as_ref()
     }
 
-    fn new(session: Session, only: Option<ResourceKind>) -> Self {
-        Self {
-            session,
-            only,
-            types: BTreeMap::new(),
-            holding: false,
-            stale: true,
-        }
-    }
-
-    fn session(&mut self) -> &mut Session {
-        &mut self.session
-    }
-
-    fn snapshot_changed(&mut self) {
-        self.stale = true;
-    }
-
-    fn on_request(&mut self, request: DiscoveryRequest) -> Result<(), Status> {
-        let Some(kind) = kind_of(&request.type_url) else {
-            if self.only.is_some() {
-                return Err(Status::invalid_argument(format!(
-                    "this service does not serve `{}`",
-                    request.type_url
-                )));
-            }
-            tracing::debug!(
-                type_url = request.type_url,
-                "a type this server does not serve"
-            );
+    fn on_request(core: &mut Core<TypeState>, request: DiscoveryRequest) -> Result<(), Status> {
+        let Some(kind) = core.requested_kind(&request.type_url)? else {
             return Ok(());
         };
-        if self.only.is_some_and(|only| only != kind) {
-            return Err(Status::invalid_argument(format!(
-                "this service serves {}, not `{}`",
-                type_url(self.only.expect("checked")),
-                request.type_url
-            )));
-        }
-        let state = self.types.entry(kind).or_default();
+        let state = core.types.entry(kind).or_default();
         if !request.response_nonce.is_empty() {
             let Some(sent) = state
                 .sent
@@ -175,73 +111,66 @@ impl Engine for Stream {
                 if let Some(error) = request.error_detail {
                     state.refused = Some(sent.version.clone());
                     let (version, revision) = (sent.version.clone(), sent.revision);
-                    self.session
+                    core.session
                         .record(kind, Outcome::Nacked(error.message), &version, revision);
                 } else {
                     state.refused = None;
-                    self.session
+                    core.session
                         .server()
                         .metrics()
                         .push_latency
                         .observe(sent.at.elapsed().as_secs_f64());
                     let (version, revision) = (sent.version.clone(), sent.revision);
-                    self.session
+                    core.session
                         .record(kind, Outcome::Acked, &version, revision);
                 }
             }
         }
         let mut names: BTreeSet<String> = request.resource_names.into_iter().collect();
         let wildcard = names.remove("*") || (names.is_empty() && wildcard_by_default(kind));
-        if !state.requested || wildcard != state.wildcard || names != state.names {
+        if !state.sub.requested || wildcard != state.sub.wildcard || names != state.sub.names {
             state.must_answer = true;
         }
-        state.requested = true;
-        state.wildcard = wildcard;
-        state.names = names;
+        state.sub.requested = true;
+        state.sub.wildcard = wildcard;
+        state.sub.names = names;
         Ok(())
     }
 
-    /// Whether responses may be due: the snapshot changed, a request awaits an answer, or
-    /// removals are held back. A plain ACK needs nothing computed.
-    fn due(&self) -> bool {
-        self.stale || self.holding || self.types.values().any(|state| state.must_answer)
-    }
-
     /// The responses due now, in make-before-break order.
-    fn responses(&mut self) -> Vec<DiscoveryResponse> {
-        self.stale = false;
-        self.holding = false;
-        let snapshot = self.session.snapshot.borrow_and_update().clone();
-        let dependents_pending = [ResourceKind::Listener, ResourceKind::Route]
-            .iter()
-            .any(|kind| {
-                self.types.get(kind).is_some_and(|state| {
-                    state.requested
-                        && (state.outstanding()
-                            || state.sent.as_ref().is_none_or(|sent| {
-                                state.wanted_version(&snapshot, *kind) != sent.version
-                            }))
-                })
-            });
+    fn responses(core: &mut Core<TypeState>) -> Vec<DiscoveryResponse> {
+        let snapshot = core.round();
+        let dependents_pending = core.dependents_pending(|kind, state| {
+            state.sub.requested
+                && (state.outstanding()
+                    || state
+                        .sent
+                        .as_ref()
+                        .is_none_or(|sent| state.wanted_version(&snapshot, kind) != sent.version))
+        });
         let mut responses = Vec::new();
         for kind in XDS_KINDS {
-            let Some(state) = self.types.get_mut(&kind).filter(|state| state.requested) else {
+            let Some(state) = core
+                .types
+                .get_mut(&kind)
+                .filter(|state| state.sub.requested)
+            else {
                 continue;
             };
             let mut want = None;
             let mut version = state.wanted_version(&snapshot, kind);
             if dependents_pending && removal_waits_for_dependents(kind) {
                 if let Some(sent) = &state.sent {
-                    let mut held = state.select(&snapshot, kind);
+                    let mut held = state.sub.select(&snapshot, kind);
                     let mut kept = false;
                     for (name, resource) in &sent.resources {
-                        if !held.contains_key(name) && state.wants(name) {
+                        if !held.contains_key(name) && state.sub.wants(name) {
                             held.insert(name.clone(), resource.clone());
                             kept = true;
                         }
                     }
                     if kept {
-                        self.holding = true;
+                        core.holding = true;
                         version = version_of(&held);
                         want = Some(held);
                     }
@@ -255,9 +184,9 @@ impl Engine for Stream {
             if unchanged && !state.must_answer {
                 continue;
             }
-            let want = want.unwrap_or_else(|| state.select(&snapshot, kind));
+            let want = want.unwrap_or_else(|| state.sub.select(&snapshot, kind));
             state.must_answer = false;
-            let nonce = self.session.server().nonce();
+            let nonce = core.session.server().nonce();
             let url = type_url(kind);
             responses.push(DiscoveryResponse {
                 version_info: version.clone(),
@@ -271,11 +200,11 @@ impl Engine for Stream {
                 type_url: url,
                 nonce: nonce.clone(),
                 control_plane: Some(ControlPlane {
-                    identifier: self.session.server().identifier().to_owned(),
+                    identifier: core.session.server().identifier().to_owned(),
                 }),
                 ..DiscoveryResponse::default()
             });
-            self.session
+            core.session
                 .record(kind, Outcome::Sent, &version, snapshot.revision);
             state.sent = Some(Sent {
                 nonce,
