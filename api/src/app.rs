@@ -10,7 +10,7 @@ use axum::routing::{get, post};
 use axum::{middleware, Router};
 use efms_commands::{CommandBus, CommitBell};
 use efms_projections::{
-    ConfigProjection, Projector, ProjectorHandle, SnapshotStore, TenantsProjection,
+    ConfigProjection, Projector, ProjectorHandle, ResourceCache, SnapshotStore, TenantsProjection,
 };
 use efms_xds::XdsServer;
 use sqlx::PgPool;
@@ -45,6 +45,9 @@ pub struct AppState {
     /// The xDS snapshots of the groups proxies follow.
     #[from_ref(skip)]
     pub snapshots: SnapshotStore,
+    /// Current resources, cached in the process.
+    #[from_ref(skip)]
+    pub cache: ResourceCache,
     /// The xDS services, served by `efms_xds::serve`.
     #[from_ref(skip)]
     pub xds: XdsServer,
@@ -95,6 +98,9 @@ impl AppState {
         let config = Projector::new(pool.clone(), ConfigProjection).spawn(poll_interval, shutdown);
         let snapshots = SnapshotStore::new(pool.clone());
         snapshots.follow(config.clone());
+        let cache = ResourceCache::new(pool.clone(), efms_domain::config::MAIN_BRANCH);
+        // Writers wait on the cache's handle, so they read their own writes from it.
+        let config = cache.follow(config);
         let keys = jwt.clone();
         let authenticator: efms_xds::Authenticator =
             Arc::new(move |token: &str| keys.verify(token).map_err(|error| error.to_string()));
@@ -120,6 +126,7 @@ impl AppState {
             tenants,
             config,
             snapshots,
+            cache,
             xds,
             xds_address: XdsAddress {
                 host: "127.0.0.1".to_owned(),

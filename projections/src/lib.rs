@@ -5,12 +5,14 @@
 //! model is always exactly the fold of the log up to its checkpoint, and rebuilding it from the log
 //! gives the same rows.
 
+pub mod cache;
 pub mod config;
 pub mod projector;
 pub mod proxies;
 pub mod snapshots;
 pub mod tenants;
 
+pub use cache::ResourceCache;
 pub use config::ConfigProjection;
 pub use projector::{Projection, ProjectionError, Projector, ProjectorHandle};
 pub use snapshots::{GroupSnapshot, SnapshotStore, XdsResource};

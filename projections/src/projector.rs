@@ -81,6 +81,11 @@ pub struct ProjectorHandle {
 }
 
 impl ProjectorHandle {
+    /// A handle over positions published by something that follows a projector.
+    pub(crate) fn from_watch(checkpoint: watch::Receiver<Position>) -> Self {
+        Self { checkpoint }
+    }
+
     /// The position up to which the read model reflects the log.
     pub fn checkpoint(&self) -> Position {
         *self.checkpoint.borrow()

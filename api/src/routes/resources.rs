@@ -206,17 +206,21 @@ pub async fn get(
     let kind = kind_of(&collection)?;
     let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
     let as_of = as_of(&state, &tenant, params.revision, params.at).await?;
-    let row = read::get_resource(
-        &state.pool,
-        tenant.tenant_id,
-        MAIN_BRANCH,
-        kind,
-        &name,
-        as_of,
-    )
-    .await?
+    let row = match as_of {
+        AsOf::Now => state.cache.get(tenant.tenant_id, kind, &name).await?,
+        AsOf::Revision(_) => read::get_resource(
+            &state.pool,
+            tenant.tenant_id,
+            MAIN_BRANCH,
+            kind,
+            &name,
+            as_of,
+        )
+        .await?
+        .map(std::sync::Arc::new),
+    }
     .ok_or_else(|| missing(kind, &name))?;
-    Ok(resource_response(StatusCode::OK, kind, row))
+    Ok(resource_response(StatusCode::OK, kind, &row))
 }
 
 /// `POST /api/v1/tenants/{tenant}/{kind}`: creates a resource (201, `Location`, `ETag`).
@@ -247,7 +251,7 @@ pub async fn create(
     )
     .await?;
     let row = read_back(&state, &tenant, kind, &name).await?;
-    let mut response = resource_response(StatusCode::CREATED, kind, row);
+    let mut response = resource_response(StatusCode::CREATED, kind, &row);
     let location = format!(
         "/api/v1/tenants/{}/{}/{}",
         tenant.slug,
@@ -305,7 +309,7 @@ pub async fn replace(
     } else {
         StatusCode::CREATED
     };
-    Ok(resource_response(status, kind, row))
+    Ok(resource_response(status, kind, &row))
 }
 
 #[utoipa::path(patch, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups"), ("name" = String, Path, description = "The resource's Envoy name")),
@@ -367,7 +371,7 @@ pub async fn patch(
         }
     }
     let row = read_back(&state, &tenant, kind, &name).await?;
-    Ok(resource_response(StatusCode::OK, kind, row))
+    Ok(resource_response(StatusCode::OK, kind, &row))
 }
 
 /// `DELETE /api/v1/tenants/{tenant}/{kind}/{name}`: 204; 409 naming the dependents when it is used.
@@ -684,7 +688,7 @@ async fn read_back(
 }
 
 /// The response for one resource: its (redacted) Envoy JSON, `ETag` and `Last-Modified`.
-pub fn resource_response(status: StatusCode, kind: ResourceKind, row: ResourceRow) -> Response {
+pub fn resource_response(status: StatusCode, kind: ResourceKind, row: &ResourceRow) -> Response {
     let etag =
         HeaderValue::from_str(&format!("\"{}\"", row.version)).expect("a number is a header value");
     let modified = HeaderValue::from_str(
@@ -693,7 +697,11 @@ pub fn resource_response(status: StatusCode, kind: ResourceKind, row: ResourceRo
             .to_string(),
     )
     .expect("a date is a header value");
-    let mut response = (status, Json(redact(kind, row.document))).into_response();
+    let mut response = if kind == ResourceKind::Secret {
+        (status, Json(redact(kind, row.document.clone()))).into_response()
+    } else {
+        (status, Json(&row.document)).into_response()
+    };
     response.headers_mut().insert(header::ETAG, etag);
     response
         .headers_mut()

@@ -359,7 +359,7 @@ pub async fn rollback_resource(
     )
     .await?
     {
-        Some(row) => Ok(resource_response(StatusCode::OK, kind, row)),
+        Some(row) => Ok(resource_response(StatusCode::OK, kind, &row)),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }
 }

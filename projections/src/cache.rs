@@ -1,0 +1,178 @@
+//! An in-process cache of current resources, so a read of one resource at the head costs no
+//! database round trip once it has been read.
+//!
+//! An entry remembers the tenant's head revision it was read at, and is served while that is still
+//! the tenant's head as this replica knows it. The cache follows the configuration projector: when
+//! the projector moves, it re-reads the head revisions of the tenants it holds (one query) and only
+//! then reports the position as reached, so a writer that waits for its commit through
+//! [`ResourceCache::follow`]'s handle reads its own write. A miss reads the resource and the head
+//! revision in one statement, so an entry never pairs a document with a later head.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use efms_commands::{Position, Scope};
+use efms_domain::envoy::ResourceKind;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::config::ResourceRow;
+use crate::ProjectorHandle;
+
+/// Entries kept at most; past it the cache starts afresh.
+const MAX_ENTRIES: usize = 100_000;
+
+type Key = (Uuid, ResourceKind, String);
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Each cached tenant's head revision on the main branch, as last read.
+    heads: HashMap<Uuid, i64>,
+    /// Resources (or their absence) and the head revision they were read at.
+    entries: HashMap<Key, (i64, Option<Arc<ResourceRow>>)>,
+}
+
+/// Current resources of the main branch, cached per replica.
+#[derive(Debug, Clone)]
+pub struct ResourceCache {
+    pool: PgPool,
+    branch: &'static str,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl ResourceCache {
+    /// An empty cache of `branch` over `pool`'s read models.
+    pub fn new(pool: PgPool, branch: &'static str) -> Self {
+        Self {
+            pool,
+            branch,
+            inner: Arc::default(),
+        }
+    }
+
+    /// Keeps the cache current behind `config`; the returned handle reaches a position once the
+    /// cache reflects it (wait on it for read-your-writes).
+    pub fn follow(&self, mut config: ProjectorHandle) -> ProjectorHandle {
+        let (publish, checkpoint) = watch::channel(Position::START);
+        let cache = self.clone();
+        tokio::spawn(async move {
+            while let Some(position) = config.changed().await {
+                if let Err(error) = cache.refresh().await {
+                    tracing::warn!(%error, "refreshing the resource cache failed; dropping it");
+                    cache.inner.lock().expect("cache lock").entries.clear();
+                    cache.inner.lock().expect("cache lock").heads.clear();
+                }
+                publish.send_replace(position);
+            }
+        });
+        ProjectorHandle::from_watch(checkpoint)
+    }
+
+    async fn refresh(&self) -> Result<(), sqlx::Error> {
+        let tenants: Vec<Uuid> = self
+            .inner
+            .lock()
+            .expect("cache lock")
+            .heads
+            .keys()
+            .copied()
+            .collect();
+        if tenants.is_empty() {
+            return Ok(());
+        }
+        let mut tx = Scope::System.begin(&self.pool).await?;
+        let heads = sqlx::query!(
+            r#"SELECT tenant_id, max(revision) AS "revision!"
+               FROM config_revisions WHERE branch = $1 AND tenant_id = ANY($2)
+               GROUP BY tenant_id"#,
+            self.branch,
+            &tenants,
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.rollback().await?;
+        let mut inner = self.inner.lock().expect("cache lock");
+        for head in heads {
+            let known = inner.heads.entry(head.tenant_id).or_default();
+            if head.revision > *known {
+                *known = head.revision;
+            }
+        }
+        let Inner { heads, entries } = &mut *inner;
+        entries.retain(|(tenant, _, _), (revision, _)| heads.get(tenant) == Some(revision));
+        Ok(())
+    }
+
+    /// The current resource `name` of `kind` (`None` when it does not exist).
+    pub async fn get(
+        &self,
+        tenant_id: Uuid,
+        kind: ResourceKind,
+        name: &str,
+    ) -> Result<Option<Arc<ResourceRow>>, sqlx::Error> {
+        let key = (tenant_id, kind, name.to_owned());
+        {
+            let inner = self.inner.lock().expect("cache lock");
+            if let (Some(head), Some((revision, row))) =
+                (inner.heads.get(&tenant_id), inner.entries.get(&key))
+            {
+                if head == revision {
+                    return Ok(row.clone());
+                }
+            }
+        }
+        let mut tx = Scope::Tenant(tenant_id).begin(&self.pool).await?;
+        let found = sqlx::query!(
+            r#"SELECT (SELECT coalesce(max(revision), 0) FROM config_revisions
+                       WHERE tenant_id = $1 AND branch = $2) AS "head!",
+                      r.kind AS "kind?", r.name AS "name?", r.document AS "document?",
+                      r.version AS "version?", r.updated_at AS "updated_at?", r.updated_by AS "updated_by?"
+               FROM (SELECT 1) AS one
+               LEFT JOIN config_resources r
+                 ON r.tenant_id = $1 AND r.branch = $2 AND r.kind = $3 AND r.name = $4"#,
+            tenant_id,
+            self.branch,
+            kind.to_string(),
+            name,
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let row = match (
+            found.kind,
+            found.name,
+            found.document,
+            found.version,
+            found.updated_at,
+            found.updated_by,
+        ) {
+            (
+                Some(kind),
+                Some(name),
+                Some(document),
+                Some(version),
+                Some(updated_at),
+                Some(updated_by),
+            ) => Some(Arc::new(ResourceRow {
+                kind,
+                name,
+                document,
+                version,
+                updated_at,
+                updated_by,
+            })),
+            _ => None,
+        };
+        let mut inner = self.inner.lock().expect("cache lock");
+        if inner.entries.len() >= MAX_ENTRIES {
+            inner.entries.clear();
+        }
+        let head = inner.heads.entry(tenant_id).or_default();
+        if found.head > *head {
+            *head = found.head;
+        }
+        inner.entries.insert(key, (found.head, row.clone()));
+        Ok(row)
+    }
+}
