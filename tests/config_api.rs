@@ -637,6 +637,11 @@ async fn a_replica_serves_another_replicas_change_once_its_projector_has_it(pool
     let a = TestApp::spawn(pool.clone()).await;
     let b = TestApp::spawn(pool).await;
     a.create_tenant("acme", "Acme").await;
+    assert_eq!(
+        b.get(&format!("{BASE}/clusters")).await.body["items"],
+        json!([]),
+        "an empty list is cached too"
+    );
     let mut cluster = efms_tests::fixture("cluster_tls_sds");
     cluster.as_object_mut().unwrap().remove("transport_socket");
     assert_eq!(
@@ -657,6 +662,15 @@ async fn a_replica_serves_another_replicas_change_once_its_projector_has_it(pool
         std::time::Duration::from_secs(5),
         "replica b to serve the new version",
         || async { (b.get(&path).await.body["connect_timeout"] == "7s").then_some(()) },
+    )
+    .await;
+    efms_tests::fleet::eventually(
+        std::time::Duration::from_secs(5),
+        "replica b to list the new version",
+        || async {
+            let list = b.get(&format!("{BASE}/clusters")).await.body;
+            (list["items"][0]["resource"]["connect_timeout"] == "7s").then_some(())
+        },
     )
     .await;
     assert_eq!(

@@ -31,6 +31,9 @@ struct Inner {
     heads: HashMap<Uuid, i64>,
     /// Resources (or their absence) and the head revision they were read at.
     entries: HashMap<Key, (i64, Option<Arc<ResourceRow>>)>,
+    /// Rendered pages (lists) by tenant and the caller's key, and the head revision they were
+    /// read at (or before).
+    pages: HashMap<(Uuid, String), (i64, Arc<str>)>,
 }
 
 /// Current resources of the main branch, cached per replica.
@@ -60,8 +63,7 @@ impl ResourceCache {
             while let Some(position) = config.changed().await {
                 if let Err(error) = cache.refresh().await {
                     tracing::warn!(%error, "refreshing the resource cache failed; dropping it");
-                    cache.inner.lock().expect("cache lock").entries.clear();
-                    cache.inner.lock().expect("cache lock").heads.clear();
+                    *cache.inner.lock().expect("cache lock") = Inner::default();
                 }
                 publish.send_replace(position);
             }
@@ -99,8 +101,13 @@ impl ResourceCache {
                 *known = head.revision;
             }
         }
-        let Inner { heads, entries } = &mut *inner;
+        let Inner {
+            heads,
+            entries,
+            pages,
+        } = &mut *inner;
         entries.retain(|(tenant, _, _), (revision, _)| heads.get(tenant) == Some(revision));
+        pages.retain(|(tenant, _), (revision, _)| heads.get(tenant) == Some(revision));
         Ok(())
     }
 
@@ -174,5 +181,55 @@ impl ResourceCache {
         }
         inner.entries.insert(key, (found.head, row.clone()));
         Ok(row)
+    }
+
+    /// A page rendered by `render` (a list), cached under `key` for the tenant while its head
+    /// revision stays.
+    ///
+    /// The head is read before `render` reads the data, so the page is at least as new as the
+    /// revision it is kept under: a later change of the head only ever discards it.
+    pub async fn page<E, F, Fut>(
+        &self,
+        tenant_id: Uuid,
+        key: String,
+        render: F,
+    ) -> Result<Arc<str>, E>
+    where
+        E: From<sqlx::Error>,
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<String, E>>,
+    {
+        let key = (tenant_id, key);
+        {
+            let inner = self.inner.lock().expect("cache lock");
+            if let (Some(head), Some((revision, page))) =
+                (inner.heads.get(&tenant_id), inner.pages.get(&key))
+            {
+                if head == revision {
+                    return Ok(page.clone());
+                }
+            }
+        }
+        let mut tx = Scope::Tenant(tenant_id).begin(&self.pool).await?;
+        let head = sqlx::query_scalar!(
+            r#"SELECT coalesce(max(revision), 0) AS "head!" FROM config_revisions
+               WHERE tenant_id = $1 AND branch = $2"#,
+            tenant_id,
+            self.branch,
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let page: Arc<str> = Arc::from(render().await?);
+        let mut inner = self.inner.lock().expect("cache lock");
+        if inner.pages.len() >= MAX_ENTRIES {
+            inner.pages.clear();
+        }
+        let known = inner.heads.entry(tenant_id).or_default();
+        if head > *known {
+            *known = head;
+        }
+        inner.pages.insert(key, (head, page.clone()));
+        Ok(page)
     }
 }

@@ -126,7 +126,7 @@ pub async fn list(
     Principal(actor): Principal,
     Path((tenant, collection)): Path<(String, String)>,
     ApiQuery(params): ApiQuery<ListParams>,
-) -> Result<Json<ListPage>, ApiError> {
+) -> Result<Response, ApiError> {
     let kind = kind_of(&collection)?;
     let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
     let page = super::PageSize::from_param(params.limit)?;
@@ -152,6 +152,7 @@ pub async fn list(
                 .collect(),
         ),
     };
+    let cacheable = as_of == AsOf::Now && params.group.is_none();
     let query = ListQuery {
         name_prefix: params.name_prefix,
         after: params.cursor,
@@ -159,15 +160,43 @@ pub async fn list(
         limit: page.fetch(),
         names,
     };
-    let mut rows = read::list_resources(
-        &state.pool,
-        tenant.tenant_id,
-        MAIN_BRANCH,
-        kind,
-        as_of,
-        &query,
+    let render = || async {
+        let page_rows = read::list_resources(
+            &state.pool,
+            tenant.tenant_id,
+            MAIN_BRANCH,
+            kind,
+            as_of,
+            &query,
+        )
+        .await?;
+        render_page(kind, page, page_rows)
+    };
+    let body: std::sync::Arc<str> = if cacheable {
+        let key = format!(
+            "{kind}|{:?}|{:?}|{descending}|{}",
+            query.name_prefix, query.after, query.limit
+        );
+        state.cache.page(tenant.tenant_id, key, render).await?
+    } else {
+        render().await?.into()
+    };
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.to_string(),
     )
-    .await?;
+        .into_response())
+}
+
+/// A page of listed resources as JSON text (secrets redacted).
+fn render_page(
+    kind: ResourceKind,
+    page: super::PageSize,
+    mut rows: Vec<read::ListedResource>,
+) -> Result<String, ApiError> {
     let next_cursor = page.cut(&mut rows, |row| row.name.clone());
     let items = rows
         .into_iter()
@@ -190,7 +219,7 @@ pub async fn list(
             })
         })
         .collect::<Result<_, ApiError>>()?;
-    Ok(Json(ListPage { items, next_cursor }))
+    serde_json::to_string(&ListPage { items, next_cursor }).map_err(ApiError::internal)
 }
 
 /// `GET /api/v1/tenants/{tenant}/{kind}/{name}`: the resource's Envoy JSON; `ETag` is its version.
