@@ -22,6 +22,8 @@ use crate::ProjectorHandle;
 
 /// Entries kept at most; past it the cache starts afresh.
 const MAX_ENTRIES: usize = 100_000;
+/// Bytes of rendered pages kept at most; past it the pages start afresh.
+const MAX_PAGE_BYTES: usize = 64 * 1024 * 1024;
 
 type Key = (Uuid, ResourceKind, String);
 
@@ -34,6 +36,8 @@ struct Inner {
     /// Rendered pages (lists) by tenant and the caller's key, and the head revision they were
     /// read at (or before).
     pages: HashMap<(Uuid, String), (i64, Arc<str>)>,
+    /// The size of `pages`' texts.
+    page_bytes: usize,
 }
 
 /// Current resources of the main branch, cached per replica.
@@ -105,9 +109,11 @@ impl ResourceCache {
             heads,
             entries,
             pages,
+            page_bytes,
         } = &mut *inner;
         entries.retain(|(tenant, _, _), (revision, _)| heads.get(tenant) == Some(revision));
         pages.retain(|(tenant, _), (revision, _)| heads.get(tenant) == Some(revision));
+        *page_bytes = pages.values().map(|(_, page)| page.len()).sum();
         Ok(())
     }
 
@@ -222,14 +228,18 @@ impl ResourceCache {
         tx.commit().await?;
         let page: Arc<str> = Arc::from(render().await?);
         let mut inner = self.inner.lock().expect("cache lock");
-        if inner.pages.len() >= MAX_ENTRIES {
+        if inner.pages.len() >= MAX_ENTRIES || inner.page_bytes + page.len() > MAX_PAGE_BYTES {
             inner.pages.clear();
+            inner.page_bytes = 0;
         }
+        inner.page_bytes += page.len();
         let known = inner.heads.entry(tenant_id).or_default();
         if head > *known {
             *known = head;
         }
-        inner.pages.insert(key, (head, page.clone()));
+        if let Some((_, replaced)) = inner.pages.insert(key, (head, page.clone())) {
+            inner.page_bytes -= replaced.len();
+        }
         Ok(page)
     }
 }
