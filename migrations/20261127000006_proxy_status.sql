@@ -51,6 +51,9 @@ CREATE TABLE proxy_transitions (
     CHECK ((outcome = 'nacked') = (error_detail IS NOT NULL))
 );
 
+-- A proxy's history, newest first.
+CREATE INDEX proxy_transitions_by_node ON proxy_transitions (tenant_id, node_id, seq);
+
 DO $$
 DECLARE
     tbl text;

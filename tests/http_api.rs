@@ -364,6 +364,7 @@ async fn the_openapi_document_covers_every_route_and_the_reference_page_is_serve
         ("/api/v1/tenants/{tenant}/rollback", "post"),
         ("/api/v1/tenants/{tenant}/proxies", "get"),
         ("/api/v1/tenants/{tenant}/proxies/{node_id}", "get"),
+        ("/api/v1/tenants/{tenant}/proxies/{node_id}/history", "get"),
         ("/api/v1/tenants/{tenant}/{kind}/{name}/bootstrap", "get"),
     ];
     for (path, method) in expected {

@@ -506,6 +506,19 @@ async fn the_api_answers_what_a_proxy_ran_at_a_given_time(pool: PgPool, protocol
         route_revision(&at(chrono::Utc::now()).await),
         Some(fleet.head_revision().await)
     );
+    let history = fleet
+        .app
+        .get(&format!("{BASE}/proxies/{NODE}/history?limit=500"))
+        .await
+        .body;
+    let routes: Vec<i64> = history["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["type"] == "route" && t["outcome"] == "acked")
+        .filter_map(|t| t["revision"].as_i64())
+        .collect();
+    assert_eq!(routes, [fleet.head_revision().await, first], "newest first");
 }
 
 async fn a_stream_without_a_valid_token_is_refused(pool: PgPool, protocol: &str) {

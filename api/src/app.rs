@@ -183,6 +183,10 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{tenant}/proxies", get(proxies::list))
         .route("/tenants/{tenant}/proxies/{node_id}", get(proxies::get))
         .route(
+            "/tenants/{tenant}/proxies/{node_id}/history",
+            get(proxies::history),
+        )
+        .route(
             "/tenants/{tenant}/{kind}/{name}/bootstrap",
             get(proxies::bootstrap),
         )

@@ -65,7 +65,7 @@ impl Modify for BearerAuth {
         tenants::create, tenants::list, tenants::get,
         resources::list, resources::create, resources::get, resources::replace, resources::patch, resources::delete, resources::group_resources,
         versions::history, versions::revisions, versions::diff, versions::rollback, versions::rollback_resource,
-        proxies::list, proxies::get, proxies::bootstrap,
+        proxies::list, proxies::get, proxies::history, proxies::bootstrap,
     ),
     components(schemas(Problem, ProblemField)),
     modifiers(&BearerAuth),

@@ -219,6 +219,51 @@ pub async fn ran_at(
     Ok(rows)
 }
 
+/// One accepted or refused version, from a proxy's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransitionRow {
+    /// Its place in the history (the cursor of the next page).
+    pub seq: i64,
+    /// The type URL.
+    pub type_url: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// `acked` or `nacked`.
+    pub outcome: String,
+    /// The version accepted or refused.
+    pub version: String,
+    /// The revision it was built at.
+    pub revision: Option<i64>,
+    /// Envoy's error, for a refusal.
+    pub error_detail: Option<String>,
+}
+
+/// A proxy's accepted and refused versions, newest first, before `before` (a `seq`).
+pub async fn transitions(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    node_id: &str,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<TransitionRow>, sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
+    let rows = sqlx::query_as!(
+        TransitionRow,
+        r#"SELECT seq, type_url, at, outcome, version, revision, error_detail
+           FROM proxy_transitions
+           WHERE tenant_id = $1 AND node_id = $2 AND ($3::bigint IS NULL OR seq < $3)
+           ORDER BY seq DESC LIMIT $4"#,
+        tenant_id,
+        node_id,
+        before,
+        limit,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

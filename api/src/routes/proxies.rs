@@ -270,6 +270,86 @@ pub async fn get(
     Ok(Json(answer))
 }
 
+/// Query of a proxy's history.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryParams {
+    /// Page size (1 to 500, default 50).
+    limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<i64>,
+}
+
+/// A version a proxy accepted or refused.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Transition {
+    /// The resource kind.
+    #[serde(rename = "type")]
+    kind: String,
+    /// When.
+    at: DateTime<Utc>,
+    /// `acked` or `nacked`.
+    outcome: String,
+    /// The version.
+    version: String,
+    /// The configuration revision it was built at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revision: Option<i64>,
+    /// Envoy's `error_detail`, for a refusal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_detail: Option<String>,
+}
+
+/// A page of a proxy's history.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TransitionsPage {
+    items: Vec<Transition>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<i64>,
+}
+
+/// `GET /api/v1/tenants/{tenant}/proxies/{node_id}/history`: every version the proxy accepted or
+/// refused, newest first.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/proxies/{node_id}/history", tag = "proxies",
+    params(("tenant" = String, Path, description = "Tenant slug"), ("node_id" = String, Path, description = "The proxy's node.id"), HistoryParams),
+    responses((status = 200, description = "A page of the proxy's history", body = TransitionsPage),
+        (status = 404, description = "No such proxy", body = crate::openapi::Problem),
+        (status = 422, description = "Bad paging", body = crate::openapi::Problem)))]
+pub async fn history(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path((tenant, node_id)): Path<(String, String)>,
+    ApiQuery(params): ApiQuery<HistoryParams>,
+) -> Result<Json<TransitionsPage>, ApiError> {
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
+    let page = super::PageSize::from_param(params.limit)?;
+    status::get_proxy(&state.pool, tenant.tenant_id, &node_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no proxy `{node_id}` has connected")))?;
+    let mut rows = status::transitions(
+        &state.pool,
+        tenant.tenant_id,
+        &node_id,
+        params.cursor,
+        page.fetch(),
+    )
+    .await?;
+    let next_cursor = page.cut(&mut rows, |row| row.seq);
+    let items = rows
+        .into_iter()
+        .map(|row| Transition {
+            kind: kind_name(&row.type_url),
+            at: row.at,
+            outcome: row.outcome,
+            version: row.version,
+            revision: row.revision,
+            error_detail: row.error_detail,
+        })
+        .collect();
+    Ok(Json(TransitionsPage { items, next_cursor }))
+}
+
 /// The xDS protocol a bootstrap asks for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
