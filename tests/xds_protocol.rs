@@ -480,3 +480,29 @@ async fn sds_serves_a_referenced_secret_with_its_private_key_to_the_tenants_prox
         "Envoy gets the key it needs"
     );
 }
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn streams_opened_while_commits_land_never_get_an_empty_configuration(pool: PgPool) {
+    let app = configured(pool).await;
+    let writes = async {
+        for i in 0..40 {
+            let answer = app
+                .post(&format!("{BASE}/clusters"), &cluster(&format!("x{i}")))
+                .await;
+            assert_eq!(answer.status, 201);
+        }
+    };
+    let opens = async {
+        for _ in 0..40 {
+            let mut stream = Sotw::open(&app).await;
+            stream.send(CDS, &[], None).await;
+            let clusters = stream.next().await;
+            assert_eq!(
+                cluster_names(&clusters),
+                ["c2"],
+                "never an empty or partial set"
+            );
+        }
+    };
+    tokio::join!(writes, opens);
+}

@@ -153,7 +153,7 @@ struct Stored {
 #[derive(Debug, Default)]
 struct TenantState {
     revision: u64,
-    resources: HashMap<(ResourceKind, String), Stored>,
+    resources: HashMap<(ResourceKind, String), Arc<Stored>>,
     groups: BTreeMap<String, (String, GroupSpec)>,
     watchers: HashMap<String, watch::Sender<Arc<GroupSnapshot>>>,
 }
@@ -379,14 +379,28 @@ impl SnapshotStore {
             {
                 continue;
             }
-            let mut state = {
-                let mut tenants = self.tenants.lock().expect("snapshot store lock");
-                let Some(current) = tenants.get_mut(&head.tenant_id) else {
+            // Load into a copy: streams keep reading (and new ones joining) the live state
+            // meanwhile, and a failed load leaves it as it was.
+            let mut scratch = {
+                let tenants = self.tenants.lock().expect("snapshot store lock");
+                let Some(current) = tenants.get(&head.tenant_id) else {
                     continue;
                 };
-                std::mem::take(current)
+                TenantState {
+                    revision: current.revision,
+                    resources: current.resources.clone(),
+                    groups: current.groups.clone(),
+                    watchers: HashMap::new(),
+                }
             };
-            let loaded = load(&self.pool, head.tenant_id, &mut state).await;
+            load(&self.pool, head.tenant_id, &mut scratch).await?;
+            let mut tenants = self.tenants.lock().expect("snapshot store lock");
+            let Some(state) = tenants.get_mut(&head.tenant_id) else {
+                continue;
+            };
+            state.revision = scratch.revision;
+            state.resources = scratch.resources;
+            state.groups = scratch.groups;
             state
                 .watchers
                 .retain(|_, sender| sender.receiver_count() > 0);
@@ -398,11 +412,6 @@ impl SnapshotStore {
                     changed
                 });
             }
-            self.tenants
-                .lock()
-                .expect("snapshot store lock")
-                .insert(head.tenant_id, state);
-            loaded?;
         }
         Ok(())
     }
@@ -503,11 +512,11 @@ async fn load(pool: &PgPool, tenant_id: Uuid, state: &mut TenantState) -> Result
                 });
                 state.resources.insert(
                     (kind, row.name),
-                    Stored {
+                    Arc::new(Stored {
                         hash: row.hash,
                         refs,
                         encoded,
-                    },
+                    }),
                 );
             }
             Err(error) => {
