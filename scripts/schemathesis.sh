@@ -38,6 +38,10 @@ for body in '{"cluster_name": "service_a", "endpoints": [{"lb_endpoints": [{"end
   curl -fs -X POST "http://127.0.0.1:$PORT/api/v1/tenants/acme/$kind" -H "authorization: Bearer $TOKEN" \
     -H 'content-type: application/json' -d "$body" >/dev/null
 done
+# A group, for its resources and bootstrap routes.
+curl -fs -X POST "http://127.0.0.1:$PORT/api/v1/tenants/acme/groups" -H "authorization: Bearer $TOKEN" \
+  -H 'content-type: application/json' \
+  -d '{"name": "edge", "resources": [{"kind": "cluster", "name": "service_a"}]}' >/dev/null
 "$VENV/bin/schemathesis" --config-file tests/schemathesis.toml run "http://127.0.0.1:$PORT/openapi.json" \
   --header "Authorization: Bearer $TOKEN" \
   --checks not_a_server_error,response_schema_conformance \
