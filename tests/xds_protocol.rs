@@ -506,3 +506,90 @@ async fn streams_opened_while_commits_land_never_get_an_empty_configuration(pool
     };
     tokio::join!(writes, opens);
 }
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn sotw_a_route_subscription_dropped_by_the_proxy_does_not_hold_removals(pool: PgPool) {
+    let app = configured(pool).await;
+    let mut stream = Sotw::synced(&app).await;
+    // The group now attaches one cluster: listener l, route r and cluster c2 leave.
+    app.put(
+        &format!("{BASE}/groups/g"),
+        &json!({ "name": "g", "resources": [{ "kind": "cluster", "name": "c1" }] }),
+        &[],
+    )
+    .await;
+    let clusters = stream.next().await;
+    assert_eq!(
+        cluster_names(&clusters),
+        ["c1", "c2"],
+        "held while routes are pending"
+    );
+    let listeners = stream.next().await;
+    assert_eq!(listeners.type_url, LDS);
+    let routes = stream.next().await;
+    assert_eq!(routes.type_url, RDS);
+    stream.send(CDS, &[], Some(&clusters)).await;
+    stream.send(LDS, &[], Some(&listeners)).await;
+    // As Envoy does once no listener uses RDS: it stops following routes, without an ACK.
+    stream.send(RDS, &[], Some(&routes)).await;
+    let clusters = stream.next().await;
+    assert_eq!(
+        clusters.type_url, CDS,
+        "no response to a dropped subscription"
+    );
+    assert_eq!(
+        cluster_names(&clusters),
+        ["c1"],
+        "the removal is not held forever"
+    );
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_proxy_of_a_group_that_does_not_exist_gets_nothing_until_it_does(pool: PgPool) {
+    let app = configured(pool).await;
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", app.grpc))
+        .await
+        .unwrap();
+    let (requests, outbound) = mpsc::channel(4);
+    let mut node = node();
+    node.metadata = Some(Struct {
+        fields: [(
+            "group".to_owned(),
+            ProtoValue {
+                kind: Some(Kind::StringValue("later".to_owned())),
+            },
+        )]
+        .into(),
+    });
+    requests
+        .send(DiscoveryRequest {
+            node: Some(node),
+            type_url: CDS.to_owned(),
+            ..DiscoveryRequest::default()
+        })
+        .await
+        .unwrap();
+    let mut responses = client
+        .stream_aggregated_resources(authorized(&app, ReceiverStream::new(outbound)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        tokio::time::timeout(QUIET, responses.message())
+            .await
+            .is_err(),
+        "no empty configuration for a missing group"
+    );
+    app.post(
+        &format!("{BASE}/groups"),
+        &json!({ "name": "later", "resources": [{ "kind": "cluster", "name": "c1" }] }),
+    )
+    .await;
+    let answer = tokio::time::timeout(WAIT, responses.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(cluster_names(&answer), ["c1"]);
+    drop(requests);
+}

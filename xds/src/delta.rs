@@ -45,8 +45,9 @@ pub(crate) struct TypeState {
 #[derive(Debug)]
 struct Sent {
     nonce: String,
+    /// The names the response sent or removed.
+    touched: Vec<String>,
     before: BTreeMap<String, String>,
-    before_version: String,
     version: String,
     revision: u64,
     at: Instant,
@@ -126,10 +127,19 @@ impl Engine for Delta {
             {
                 let sent = state.pending.remove(index).expect("found");
                 if let Some(error) = request.error_detail {
-                    // The proxy kept what it had before this response; later responses were
-                    // computed on top of it and are forgotten.
-                    state.client = sent.before;
-                    state.client_version = sent.before_version;
+                    // Envoy may have applied part of a refused response (and the responses
+                    // after it): what those touched is unknown, so it is marked so and gets
+                    // sent or removed again once the configuration changes.
+                    let mut client = sent.before;
+                    for touched in std::iter::once(&sent.touched)
+                        .chain(state.pending.iter().map(|later| &later.touched))
+                    {
+                        for name in touched {
+                            client.insert(name.clone(), String::new());
+                        }
+                    }
+                    state.client_version = client_version(&client);
+                    state.client = client;
                     state.pending.clear();
                     state.refused = Some(sent.version.clone());
                     core.session.record(
@@ -179,13 +189,20 @@ impl Engine for Delta {
 
     fn responses(core: &mut Core<TypeState>) -> Vec<DeltaDiscoveryResponse> {
         let snapshot = core.round();
+        if !snapshot.exists {
+            // No such group (yet, or any more): proxies keep what they run rather than being
+            // emptied; requests are answered once the group exists.
+            return Vec::new();
+        }
         let dependents_pending = core.dependents_pending(|kind, state| {
-            state.sub.requested
+            state.sub.active()
                 && (!state.pending.is_empty()
                     || (state.may_differ(&snapshot, kind) && {
                         let want = state.sub.select(&snapshot, kind);
                         let (updated, removed) = state.difference(&want, false);
-                        !updated.is_empty() || !removed.is_empty()
+                        (!updated.is_empty() || !removed.is_empty())
+                            && state.refused.as_deref()
+                                != Some(after_version(&state.client, &updated, &removed).as_str())
                     }))
         });
         let mut responses = Vec::new();
@@ -193,7 +210,7 @@ impl Engine for Delta {
             let Some(state) = core
                 .types
                 .get_mut(&kind)
-                .filter(|state| state.sub.requested)
+                .filter(|state| state.sub.requested && (state.sub.active() || state.must_answer))
             else {
                 continue;
             };
@@ -209,13 +226,7 @@ impl Engine for Delta {
             if updated.is_empty() && removed.is_empty() && !state.must_answer {
                 continue;
             }
-            let mut after = state.client.clone();
-            for resource in &updated {
-                after.insert(resource.name.clone(), resource.version.clone());
-            }
-            for name in &removed {
-                after.remove(name);
-            }
+            let after = after_set(&state.client, &updated, &removed);
             let version = client_version(&after);
             if state.refused.as_deref() == Some(version.as_str()) && !state.must_answer {
                 continue;
@@ -239,7 +250,7 @@ impl Engine for Delta {
                     })
                     .collect(),
                 type_url: url,
-                removed_resources: removed,
+                removed_resources: removed.clone(),
                 nonce: nonce.clone(),
                 control_plane: Some(ControlPlane {
                     identifier: core.session.server().identifier().to_owned(),
@@ -248,11 +259,16 @@ impl Engine for Delta {
             });
             core.session
                 .record(kind, Outcome::Sent, &version, snapshot.revision);
-            let before_version = std::mem::replace(&mut state.client_version, version.clone());
+            state.client_version.clone_from(&version);
+            let removed_names = removed;
             state.pending.push_back(Sent {
+                touched: updated
+                    .iter()
+                    .map(|resource| resource.name.clone())
+                    .chain(removed_names)
+                    .collect(),
                 nonce,
                 before: std::mem::replace(&mut state.client, after),
-                before_version,
                 version,
                 revision: snapshot.revision,
                 at: Instant::now(),
@@ -260,6 +276,31 @@ impl Engine for Delta {
         }
         responses
     }
+}
+
+/// What the proxy holds after applying `updated` and `removed` to `client`.
+fn after_set(
+    client: &BTreeMap<String, String>,
+    updated: &[Arc<XdsResource>],
+    removed: &[String],
+) -> BTreeMap<String, String> {
+    let mut after = client.clone();
+    for resource in updated {
+        after.insert(resource.name.clone(), resource.version.clone());
+    }
+    for name in removed {
+        after.remove(name);
+    }
+    after
+}
+
+/// The version of what the proxy holds after applying `updated` and `removed`.
+fn after_version(
+    client: &BTreeMap<String, String>,
+    updated: &[Arc<XdsResource>],
+    removed: &[String],
+) -> String {
+    client_version(&after_set(client, updated, removed))
 }
 
 /// The version of the set a proxy holds.

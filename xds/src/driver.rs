@@ -126,6 +126,12 @@ pub(crate) struct Subscription {
 }
 
 impl Subscription {
+    /// Whether the proxy follows the type: it asked, and wants everything or at least one name.
+    /// Envoy does not answer responses to a type it stopped following.
+    pub fn active(&self) -> bool {
+        self.requested && (self.wildcard || !self.names.is_empty())
+    }
+
     /// Whether the proxy wants the resource `name`.
     pub fn wants(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)

@@ -128,7 +128,16 @@ impl Engine for Sotw {
         }
         let mut names: BTreeSet<String> = request.resource_names.into_iter().collect();
         let wildcard = names.remove("*") || (names.is_empty() && wildcard_by_default(kind));
-        if !state.sub.requested || wildcard != state.sub.wildcard || names != state.sub.names {
+        let dropped_all = state.sub.requested && !wildcard && names.is_empty();
+        if dropped_all {
+            // The proxy stopped following the type (its last route or cluster went away): it
+            // will not answer a response, so none is sent, and nothing waits for one.
+            state.must_answer = false;
+            if let Some(sent) = state.sent.as_mut() {
+                sent.answered = true;
+            }
+        } else if !state.sub.requested || wildcard != state.sub.wildcard || names != state.sub.names
+        {
             state.must_answer = true;
         }
         state.sub.requested = true;
@@ -140,8 +149,13 @@ impl Engine for Sotw {
     /// The responses due now, in make-before-break order.
     fn responses(core: &mut Core<TypeState>) -> Vec<DiscoveryResponse> {
         let snapshot = core.round();
+        if !snapshot.exists {
+            // No such group (yet, or any more): proxies keep what they run rather than being
+            // emptied; requests are answered once the group exists.
+            return Vec::new();
+        }
         let dependents_pending = core.dependents_pending(|kind, state| {
-            state.sub.requested
+            state.sub.active()
                 && (state.outstanding()
                     || state
                         .sent
@@ -153,7 +167,7 @@ impl Engine for Sotw {
             let Some(state) = core
                 .types
                 .get_mut(&kind)
-                .filter(|state| state.sub.requested)
+                .filter(|state| state.sub.requested && (state.sub.active() || state.must_answer))
             else {
                 continue;
             };
