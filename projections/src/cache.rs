@@ -38,6 +38,8 @@ struct Inner {
     pages: HashMap<(Uuid, String), (i64, Arc<str>)>,
     /// The size of `pages`' texts.
     page_bytes: usize,
+    /// Bumped when the cache is emptied; a fill that started before is not kept.
+    generation: u64,
 }
 
 /// Current resources of the main branch, cached per replica.
@@ -67,7 +69,12 @@ impl ResourceCache {
             while let Some(position) = config.changed().await {
                 if let Err(error) = cache.refresh().await {
                     tracing::warn!(%error, "refreshing the resource cache failed; dropping it");
-                    *cache.inner.lock().expect("cache lock") = Inner::default();
+                    let mut inner = cache.inner.lock().expect("cache lock");
+                    let generation = inner.generation + 1;
+                    *inner = Inner {
+                        generation,
+                        ..Inner::default()
+                    };
                 }
                 publish.send_replace(position);
             }
@@ -110,6 +117,7 @@ impl ResourceCache {
             entries,
             pages,
             page_bytes,
+            ..
         } = &mut *inner;
         entries.retain(|(tenant, _, _), (revision, _)| heads.get(tenant) == Some(revision));
         pages.retain(|(tenant, _), (revision, _)| heads.get(tenant) == Some(revision));
@@ -125,8 +133,8 @@ impl ResourceCache {
         name: &str,
     ) -> Result<Option<Arc<ResourceRow>>, sqlx::Error> {
         let key = (tenant_id, kind, name.to_owned());
-        {
-            let inner = self.inner.lock().expect("cache lock");
+        let generation = {
+            let mut inner = self.inner.lock().expect("cache lock");
             if let (Some(head), Some((revision, row))) =
                 (inner.heads.get(&tenant_id), inner.entries.get(&key))
             {
@@ -134,7 +142,11 @@ impl ResourceCache {
                     return Ok(row.clone());
                 }
             }
-        }
+            // Known before the read, so a refresh that runs meanwhile reads this tenant's head
+            // and discards what this read may bring back from before a commit.
+            inner.heads.entry(tenant_id).or_default();
+            inner.generation
+        };
         let mut tx = Scope::Tenant(tenant_id).begin(&self.pool).await?;
         let found = sqlx::query!(
             r#"SELECT (SELECT coalesce(max(revision), 0) FROM config_revisions
@@ -178,6 +190,9 @@ impl ResourceCache {
             _ => None,
         };
         let mut inner = self.inner.lock().expect("cache lock");
+        if inner.generation != generation {
+            return Ok(row);
+        }
         if inner.entries.len() >= MAX_ENTRIES {
             inner.entries.clear();
         }
@@ -206,8 +221,8 @@ impl ResourceCache {
         Fut: std::future::Future<Output = Result<String, E>>,
     {
         let key = (tenant_id, key);
-        {
-            let inner = self.inner.lock().expect("cache lock");
+        let generation = {
+            let mut inner = self.inner.lock().expect("cache lock");
             if let (Some(head), Some((revision, page))) =
                 (inner.heads.get(&tenant_id), inner.pages.get(&key))
             {
@@ -215,7 +230,9 @@ impl ResourceCache {
                     return Ok(page.clone());
                 }
             }
-        }
+            inner.heads.entry(tenant_id).or_default();
+            inner.generation
+        };
         let mut tx = Scope::Tenant(tenant_id).begin(&self.pool).await?;
         let head = sqlx::query_scalar!(
             r#"SELECT coalesce(max(revision), 0) AS "head!" FROM config_revisions
@@ -228,6 +245,9 @@ impl ResourceCache {
         tx.commit().await?;
         let page: Arc<str> = Arc::from(render().await?);
         let mut inner = self.inner.lock().expect("cache lock");
+        if inner.generation != generation {
+            return Ok(page);
+        }
         if inner.pages.len() >= MAX_ENTRIES || inner.page_bytes + page.len() > MAX_PAGE_BYTES {
             inner.pages.clear();
             inner.page_bytes = 0;

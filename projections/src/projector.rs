@@ -47,6 +47,39 @@ pub fn payload_of<E: serde::de::DeserializeOwned>(
         })
 }
 
+/// The next batch of readable events, ending on a transaction boundary: readers of the read
+/// models (snapshots, caches) must never see half of a commit. A batch holds about
+/// [`BATCH_SIZE`] events; one transaction larger than that is read whole.
+async fn whole_transactions(
+    conn: &mut PgConnection,
+    from: Position,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    let mut events = read_after(conn, from, BATCH_SIZE).await?;
+    if i64::try_from(events.len()).unwrap_or(i64::MAX) < BATCH_SIZE {
+        return Ok(events);
+    }
+    let last_tx = events.last().expect("a full batch").position.tx_id;
+    if events.first().expect("a full batch").position.tx_id != last_tx {
+        // Leave the last, possibly partial, transaction to the next batch.
+        events.retain(|event| event.position.tx_id != last_tx);
+        return Ok(events);
+    }
+    // One transaction fills the batch: read the rest of it.
+    loop {
+        let after = events.last().expect("not empty").position;
+        let more = read_after(conn, after, BATCH_SIZE).await?;
+        let full = i64::try_from(more.len()).unwrap_or(i64::MAX) == BATCH_SIZE;
+        let before = events.len();
+        events.extend(
+            more.into_iter()
+                .take_while(|event| event.position.tx_id == last_tx),
+        );
+        if !full || events.len() - before < usize::try_from(BATCH_SIZE).unwrap_or(usize::MAX) {
+            return Ok(events);
+        }
+    }
+}
+
 /// A read model kept from the log.
 pub trait Projection: Send + Sync + 'static {
     /// The checkpoint's name; unique per projection.
@@ -135,7 +168,7 @@ impl<P: Projection> Projector<P> {
         .await?;
         let from = Position::from_columns(&row.tx_id, row.global_position)
             .map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
-        let events = read_after(&mut tx, from, BATCH_SIZE).await?;
+        let events = whole_transactions(&mut tx, from).await?;
         let Some(last) = events.last().map(|event| event.position) else {
             tx.rollback().await?;
             return Ok((from, 0));

@@ -393,7 +393,11 @@ impl SnapshotStore {
                     watchers: HashMap::new(),
                 }
             };
-            load(&self.pool, head.tenant_id, &mut scratch).await?;
+            if let Err(error) = load(&self.pool, head.tenant_id, &mut scratch).await {
+                // The others are refreshed all the same; this one is retried on the next move.
+                tracing::warn!(tenant = %head.tenant_id, %error, "refreshing a tenant's snapshots failed");
+                continue;
+            }
             let mut tenants = self.tenants.lock().expect("snapshot store lock");
             let Some(state) = tenants.get_mut(&head.tenant_id) else {
                 continue;
