@@ -593,3 +593,39 @@ async fn a_proxy_of_a_group_that_does_not_exist_gets_nothing_until_it_does(pool:
     assert_eq!(cluster_names(&answer), ["c1"]);
     drop(requests);
 }
+
+/// The proxy `probe-1` as the API shows it.
+async fn connected(app: &TestApp) -> Value {
+    app.get(&format!("{BASE}/proxies/probe-1")).await.body
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_proxy_that_moved_to_another_replica_stays_connected_when_the_old_stream_ends(
+    pool: PgPool,
+) {
+    let first = configured(pool.clone()).await;
+    let second = TestApp::spawn(pool).await;
+    let mut old = Sotw::open(&first).await;
+    old.send(CDS, &[], None).await;
+    old.next().await;
+    let mut new = Sotw::open(&second).await;
+    new.send(CDS, &[], None).await;
+    new.next().await;
+    drop(old);
+    efms_tests::fleet::eventually(WAIT, "the old stream's end to be recorded", || async {
+        let proxy = connected(&first).await;
+        (proxy["connected"] == true && proxy["last_seen_at"] != proxy["connected_at"]).then_some(())
+    })
+    .await;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(
+        connected(&second).await["connected"],
+        true,
+        "the stream on the other replica is open"
+    );
+    drop(new);
+    efms_tests::fleet::eventually(WAIT, "the proxy to be disconnected", || async {
+        (connected(&first).await["connected"] == false).then_some(())
+    })
+    .await;
+}

@@ -140,8 +140,6 @@ impl Recorder {
 }
 
 async fn write_loop(pool: PgPool, mut receiver: mpsc::UnboundedReceiver<Observation>) {
-    // Streams open per proxy on this replica: a proxy with per-type services has several.
-    let mut streams: HashMap<(Uuid, String), i32> = HashMap::new();
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         if receiver.recv_many(&mut batch, BATCH).await == 0 {
@@ -149,11 +147,8 @@ async fn write_loop(pool: PgPool, mut receiver: mpsc::UnboundedReceiver<Observat
         }
         let mut attempt = 0;
         loop {
-            match write_batch(&pool, &batch, &streams).await {
-                Ok(()) => {
-                    write_batch_counts(&batch, &mut streams);
-                    break;
-                }
+            match write_batch(&pool, &batch).await {
+                Ok(()) => break,
                 Err(error) if attempt < 5 => {
                     attempt += 1;
                     tracing::warn!(%error, attempt, "recording proxy status failed; retrying");
@@ -166,30 +161,6 @@ async fn write_loop(pool: PgPool, mut receiver: mpsc::UnboundedReceiver<Observat
             }
         }
         batch.clear();
-    }
-}
-
-fn write_batch_counts(batch: &[Observation], streams: &mut HashMap<(Uuid, String), i32>) {
-    for observation in batch {
-        match observation {
-            Observation::Opened(connection, _) => {
-                *streams
-                    .entry((connection.tenant_id, connection.node_id.clone()))
-                    .or_default() += 1;
-            }
-            Observation::Closed {
-                tenant_id, node_id, ..
-            } => {
-                let key = (*tenant_id, node_id.clone());
-                if let Some(count) = streams.get_mut(&key) {
-                    *count -= 1;
-                    if *count <= 0 {
-                        streams.remove(&key);
-                    }
-                }
-            }
-            Observation::Type { .. } => {}
-        }
     }
 }
 
@@ -207,24 +178,10 @@ struct StatusRow {
     nacked: Option<(String, u64, DateTime<Utc>, String)>,
 }
 
-/// The stream count of `key` after the observations so far, starting from the recorded one.
-fn count_of<'a>(
-    counts: &'a mut HashMap<(Uuid, String), i32>,
-    streams: &HashMap<(Uuid, String), i32>,
-    key: &(Uuid, String),
-) -> &'a mut i32 {
-    counts
-        .entry(key.clone())
-        .or_insert_with(|| streams.get(key).copied().unwrap_or(0))
-}
-
 #[allow(clippy::too_many_lines)]
-async fn write_batch(
-    pool: &PgPool,
-    batch: &[Observation],
-    streams: &HashMap<(Uuid, String), i32>,
-) -> Result<(), sqlx::Error> {
-    // Stream counts after this batch, for the proxies it touches.
+async fn write_batch(pool: &PgPool, batch: &[Observation]) -> Result<(), sqlx::Error> {
+    // Streams opened minus streams closed in this batch, per proxy: applied as increments, so
+    // replicas that each hold some of a proxy's streams (or one it moved between) agree.
     let mut counts: HashMap<(Uuid, String), i32> = HashMap::new();
     let mut proxies: HashMap<(Uuid, String), ProxyRow> = HashMap::new();
     let mut statuses: HashMap<(Uuid, Arc<str>, &'static str), StatusRow> = HashMap::new();
@@ -233,14 +190,13 @@ async fn write_batch(
         match observation {
             Observation::Opened(connection, at) => {
                 let key = (connection.tenant_id, connection.node_id.clone());
-                *count_of(&mut counts, streams, &key) += 1;
+                *counts.entry(key.clone()).or_default() += 1;
                 let row = proxies.entry(key).or_insert(ProxyRow {
                     connection: None,
                     closed_at: None,
                     last_seen: *at,
                 });
                 row.connection = Some((connection.clone(), *at));
-                row.closed_at = None;
                 row.last_seen = *at;
             }
             Observation::Closed {
@@ -249,8 +205,7 @@ async fn write_batch(
                 at,
             } => {
                 let key = (*tenant_id, node_id.clone());
-                let count = count_of(&mut counts, streams, &key);
-                *count = (*count - 1).max(0);
+                *counts.entry(key.clone()).or_default() -= 1;
                 let row = proxies.entry(key).or_insert(ProxyRow {
                     connection: None,
                     closed_at: None,
@@ -298,57 +253,56 @@ async fn write_batch(
     }
 
     let mut tx = Scope::System.begin(pool).await?;
-    // Proxies opened in this batch (or earlier): insert or refresh their connection facts.
+    // Proxies opened in this batch: insert them or refresh their connection facts.
     let mut opened = ProxyColumns::default();
-    let mut closed_keys: (Vec<Uuid>, Vec<String>, Vec<DateTime<Utc>>, Vec<i32>) =
-        Default::default();
+    let mut touched = Touched::default();
     for (key, row) in &proxies {
-        let count = counts.get(key).copied().unwrap_or(0);
         if let Some((connection, at)) = &row.connection {
-            opened.push(connection, *at, row.closed_at, row.last_seen, count);
-        } else if let Some(closed_at) = row.closed_at {
-            closed_keys.0.push(key.0);
-            closed_keys.1.push(key.1.clone());
-            closed_keys.2.push(closed_at);
-            closed_keys.3.push(count);
+            opened.push(connection, *at);
         }
+        touched.tenant.push(key.0);
+        touched.node.push(key.1.clone());
+        touched.change.push(counts.get(key).copied().unwrap_or(0));
+        touched.closed_at.push(row.closed_at);
+        touched.seen.push(row.last_seen);
     }
     if !opened.tenant.is_empty() {
         sqlx::query!(
             r#"INSERT INTO proxies (tenant_id, node_id, group_name, node_cluster, envoy_version, protocol,
-                                    streams, connected_at, disconnected_at, last_seen_at)
-               SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                    $7::int[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[])
+                                    streams, connected_at, last_seen_at)
+               SELECT t, n, g, c, v, p, 0, at, at
+               FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                           $7::timestamptz[]) AS u(t, n, g, c, v, p, at)
                ON CONFLICT (tenant_id, node_id) DO UPDATE
                SET group_name = EXCLUDED.group_name, node_cluster = EXCLUDED.node_cluster,
                    envoy_version = EXCLUDED.envoy_version, protocol = EXCLUDED.protocol,
-                   streams = EXCLUDED.streams, connected_at = EXCLUDED.connected_at,
-                   disconnected_at = EXCLUDED.disconnected_at, last_seen_at = EXCLUDED.last_seen_at"#,
+                   connected_at = EXCLUDED.connected_at"#,
             &opened.tenant,
             &opened.node,
             &opened.group,
             &opened.cluster,
             &opened.version as &[Option<String>],
             &opened.protocol,
-            &opened.streams,
             &opened.connected_at,
-            &opened.disconnected_at as &[Option<DateTime<Utc>>],
-            &opened.last_seen,
         )
         .execute(&mut *tx)
         .await?;
     }
-    if !closed_keys.0.is_empty() {
+    if !touched.tenant.is_empty() {
         sqlx::query!(
-            r#"UPDATE proxies p SET streams = c.streams,
-                      disconnected_at = CASE WHEN c.streams = 0 THEN c.at ELSE p.disconnected_at END,
-                      last_seen_at = c.at
-               FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::int[]) AS c(tenant_id, node_id, at, streams)
+            r#"UPDATE proxies p
+               SET streams = greatest(p.streams + c.change, 0),
+                   disconnected_at = CASE WHEN greatest(p.streams + c.change, 0) = 0
+                                          THEN coalesce(c.closed_at, p.disconnected_at) END,
+                   last_seen_at = greatest(p.last_seen_at, c.seen)
+               FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::timestamptz[], $5::timestamptz[])
+                    AS c(tenant_id, node_id, change, closed_at, seen)
                WHERE p.tenant_id = c.tenant_id AND p.node_id = c.node_id"#,
-            &closed_keys.0,
-            &closed_keys.1,
-            &closed_keys.2,
-            &closed_keys.3,
+            &touched.tenant,
+            &touched.node,
+            &touched.change,
+            &touched.closed_at as &[Option<DateTime<Utc>>],
+            &touched.seen,
         )
         .execute(&mut *tx)
         .await?;
@@ -415,6 +369,16 @@ async fn write_batch(
     tx.commit().await
 }
 
+/// Every proxy a batch touched: its stream count change, last close and last sighting.
+#[derive(Default)]
+struct Touched {
+    tenant: Vec<Uuid>,
+    node: Vec<String>,
+    change: Vec<i32>,
+    closed_at: Vec<Option<DateTime<Utc>>>,
+    seen: Vec<DateTime<Utc>>,
+}
+
 #[derive(Default)]
 struct ProxyColumns {
     tenant: Vec<Uuid>,
@@ -423,32 +387,18 @@ struct ProxyColumns {
     cluster: Vec<String>,
     version: Vec<Option<String>>,
     protocol: Vec<String>,
-    streams: Vec<i32>,
     connected_at: Vec<DateTime<Utc>>,
-    disconnected_at: Vec<Option<DateTime<Utc>>>,
-    last_seen: Vec<DateTime<Utc>>,
 }
 
 impl ProxyColumns {
-    fn push(
-        &mut self,
-        connection: &Connection,
-        at: DateTime<Utc>,
-        closed_at: Option<DateTime<Utc>>,
-        last_seen: DateTime<Utc>,
-        streams: i32,
-    ) {
+    fn push(&mut self, connection: &Connection, at: DateTime<Utc>) {
         self.tenant.push(connection.tenant_id);
         self.node.push(connection.node_id.clone());
         self.group.push(connection.group.clone());
         self.cluster.push(connection.node_cluster.clone());
         self.version.push(connection.envoy_version.clone());
         self.protocol.push(connection.protocol.as_str().to_owned());
-        self.streams.push(streams);
         self.connected_at.push(at);
-        self.disconnected_at
-            .push(if streams == 0 { closed_at } else { None });
-        self.last_seen.push(last_seen);
     }
 }
 
