@@ -629,3 +629,41 @@ async fn a_proxy_that_moved_to_another_replica_stays_connected_when_the_old_stre
     })
     .await;
 }
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn delta_a_name_that_does_not_exist_is_reported_removed_once(pool: PgPool) {
+    let app = configured(pool).await;
+    let mut stream = Delta::open(&app).await;
+    stream.send(subscribe(RDS, &["r", "ghost"])).await;
+    let routes = stream.next().await;
+    let names: Vec<&str> = routes.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["r"]);
+    assert_eq!(
+        routes.removed_resources,
+        ["ghost"],
+        "Envoy need not wait for it"
+    );
+    stream.ack(&routes).await;
+    stream.quiet().await;
+    app.post(&format!("{BASE}/routes"), &route("ghost", "c1"))
+        .await;
+    app.put(
+        &format!("{BASE}/groups/g"),
+        &json!({ "name": "g", "resources": [
+            { "kind": "listener", "name": "l" }, { "kind": "route", "name": "ghost" } ] }),
+        &[],
+    )
+    .await;
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let response = stream.next().await;
+        if response.type_url == RDS {
+            seen.extend(response.resources.iter().map(|r| r.name.clone()));
+        }
+        stream.ack(&response).await;
+        if !seen.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(seen, ["ghost"], "once it exists, it is sent");
+}

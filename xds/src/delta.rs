@@ -7,7 +7,7 @@
 //! ordering rules are those of the SotW stream: clusters, endpoints and secrets before listeners
 //! and routes, and their removals only once the listeners and routes sent with them are answered.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -40,6 +40,9 @@ pub(crate) struct TypeState {
     /// Responses not answered yet, oldest first.
     pending: VecDeque<Sent>,
     refused: Option<String>,
+    /// Names asked for by name that do not exist and were reported so (in `removed_resources`,
+    /// which tells Envoy not to wait for them).
+    absent: BTreeSet<String>,
 }
 
 #[derive(Debug)]
@@ -60,6 +63,31 @@ impl crate::driver::TypeState for TypeState {
 }
 
 impl TypeState {
+    /// Adds to `removed` the names asked for by name that do not exist, once each: Envoy then
+    /// stops waiting for them.
+    fn report_absent(
+        &mut self,
+        want: &BTreeMap<String, Arc<XdsResource>>,
+        removed: &mut Vec<String>,
+    ) {
+        let Self {
+            sub,
+            client,
+            absent,
+            ..
+        } = self;
+        absent.retain(|name| sub.names.contains(name) && !want.contains_key(name));
+        if sub.wildcard {
+            return;
+        }
+        for name in &sub.names {
+            if !want.contains_key(name) && !client.contains_key(name) && absent.insert(name.clone())
+            {
+                removed.push(name.clone());
+            }
+        }
+    }
+
     fn may_differ(&self, snapshot: &GroupSnapshot, kind: ResourceKind) -> bool {
         !self.sub.wildcard || self.client_version != snapshot.kind_version(kind)
     }
@@ -219,10 +247,11 @@ impl Engine for Delta {
             }
             let want = state.sub.select(&snapshot, kind);
             let keep_removed = dependents_pending && removal_waits_for_dependents(kind);
-            let (updated, removed) = state.difference(&want, keep_removed);
+            let (updated, mut removed) = state.difference(&want, keep_removed);
             if keep_removed && state.client.keys().any(|name| !want.contains_key(name)) {
                 core.holding = true;
             }
+            state.report_absent(&want, &mut removed);
             if updated.is_empty() && removed.is_empty() && !state.must_answer {
                 continue;
             }
