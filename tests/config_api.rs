@@ -679,3 +679,100 @@ async fn a_replica_serves_another_replicas_change_once_its_projector_has_it(pool
         "a reads its own write"
     );
 }
+
+fn static_cluster(name: &str) -> Value {
+    json!({ "name": name, "type": "STATIC", "connect_timeout": "1s", "load_assignment": {
+        "cluster_name": name, "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": {
+            "socket_address": { "address": "127.0.0.1", "port_value": 8080 } } } }] }] } })
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_bulk_request_with_one_invalid_operation_changes_nothing_and_names_it(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.create_tenant("acme", "Acme").await;
+    let mut operations: Vec<Value> = (0..1_000)
+        .map(|i| json!({ "op": "create", "kind": "clusters", "resource": static_cluster(&format!("c{i}")) }))
+        .collect();
+    operations[637]["resource"]["connect_timeout"] = json!("soon");
+    let answer = app
+        .post(
+            &format!("{BASE}/bulk"),
+            &json!({ "operations": operations }),
+        )
+        .await;
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    let pointers: Vec<&str> = answer.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pointer"].as_str().unwrap())
+        .collect();
+    assert_eq!(pointers, ["/operations/637/resource/connect_timeout"]);
+    let revisions = app.get(&format!("{BASE}/revisions")).await;
+    assert_eq!(revisions.body["items"], json!([]), "nothing was committed");
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_bulk_request_lands_as_one_revision_across_kinds(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.create_tenant("acme", "Acme").await;
+    for existing in ["old", "kept"] {
+        let answer = app
+            .post(&format!("{BASE}/clusters"), &static_cluster(existing))
+            .await;
+        assert_eq!(answer.status, 201);
+    }
+    let mut operations: Vec<Value> = (0..2_000)
+        .map(|i| json!({ "op": "create", "kind": "clusters", "resource": static_cluster(&format!("c{i}")) }))
+        .collect();
+    operations.push(
+        json!({ "op": "create", "kind": "routes", "resource": { "name": "main",
+        "virtual_hosts": [{ "name": "all", "domains": ["*"], "routes": [
+            { "match": { "prefix": "/" }, "route": { "cluster": "c1999" } }] }] } }),
+    );
+    operations.push(json!({ "op": "patch", "kind": "clusters", "name": "kept",
+        "merge_patch": { "connect_timeout": "3s" } }));
+    operations.push(json!({ "op": "delete", "kind": "clusters", "name": "old" }));
+    let answer = app
+        .post(
+            &format!("{BASE}/bulk"),
+            &json!({ "message": "fleet import", "operations": operations }),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body["revision"], 3);
+    assert_eq!(answer.body["operations"], 2_003);
+    let revisions = app.get(&format!("{BASE}/revisions?limit=1")).await;
+    let head = &revisions.body["items"][0];
+    assert_eq!(head["operation"], "bulk");
+    assert_eq!(head["message"], "fleet import");
+    assert_eq!(head["changes"], 2_003);
+    assert_eq!(
+        app.get(&format!("{BASE}/clusters/kept")).await.body["connect_timeout"],
+        "3s"
+    );
+    assert_eq!(app.get(&format!("{BASE}/clusters/old")).await.status, 404);
+
+    let again = app
+        .post(
+            &format!("{BASE}/bulk"),
+            &json!({ "operations": [
+                { "op": "delete", "kind": "clusters", "name": "c5" },
+                { "op": "create", "kind": "clusters", "resource": static_cluster("c9") } ] }),
+        )
+        .await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert!(
+        again.body["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("operation 1:"),
+        "{}",
+        again.body
+    );
+    assert_eq!(
+        app.get(&format!("{BASE}/clusters/c5")).await.status,
+        200,
+        "all or nothing"
+    );
+}

@@ -362,6 +362,7 @@ async fn the_openapi_document_covers_every_route_and_the_reference_page_is_serve
         ("/api/v1/tenants/{tenant}/revisions", "get"),
         ("/api/v1/tenants/{tenant}/diff", "get"),
         ("/api/v1/tenants/{tenant}/rollback", "post"),
+        ("/api/v1/tenants/{tenant}/bulk", "post"),
         ("/api/v1/tenants/{tenant}/proxies", "get"),
         ("/api/v1/tenants/{tenant}/proxies/{node_id}", "get"),
         ("/api/v1/tenants/{tenant}/proxies/{node_id}/history", "get"),

@@ -20,7 +20,10 @@ use tower_http::trace::TraceLayer;
 use crate::auth::{require_bearer, JwtKeys};
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::metrics::Metrics;
-use crate::routes::{health, proxies, resources, tenants, versions};
+use crate::routes::{bulk, health, proxies, resources, tenants, versions};
+
+/// The largest bulk request body: 10,000 operations of a few kilobytes each.
+const BULK_BODY_LIMIT: usize = 64 * 1024 * 1024;
 
 /// What the handlers share. Each handler extracts only the part it needs.
 #[derive(Clone, FromRef)]
@@ -161,6 +164,10 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{tenant}/revisions", get(versions::revisions))
         .route("/tenants/{tenant}/diff", get(versions::diff))
         .route("/tenants/{tenant}/rollback", post(versions::rollback))
+        .route(
+            "/tenants/{tenant}/bulk",
+            post(bulk::bulk).layer(axum::extract::DefaultBodyLimit::max(BULK_BODY_LIMIT)),
+        )
         .route(
             "/tenants/{tenant}/{kind}",
             get(resources::list).post(resources::create),

@@ -7,7 +7,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::routes::{health, proxies, resources, tenants, versions};
+use crate::routes::{bulk, health, proxies, resources, tenants, versions};
 
 /// The RFC 7807 body of every error (for the document; `crate::error` writes it).
 #[derive(Debug, serde::Serialize, ToSchema)]
@@ -66,6 +66,7 @@ impl Modify for BearerAuth {
         resources::list, resources::create, resources::get, resources::replace, resources::patch, resources::delete, resources::group_resources,
         versions::history, versions::revisions, versions::diff, versions::rollback, versions::rollback_resource,
         proxies::list, proxies::get, proxies::history, proxies::bootstrap,
+        bulk::bulk,
     ),
     components(schemas(Problem, ProblemField)),
     modifiers(&BearerAuth),

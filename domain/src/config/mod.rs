@@ -37,6 +37,8 @@ pub enum Operation {
     Delete,
     /// The repository, or one resource, went back to an earlier revision.
     Rollback,
+    /// Many changes across kinds, applied together.
+    Bulk,
 }
 
 /// What a change expects of the resource's current state.
@@ -627,6 +629,7 @@ impl fmt::Display for Operation {
             Operation::Patch => "patch",
             Operation::Delete => "delete",
             Operation::Rollback => "rollback",
+            Operation::Bulk => "bulk",
         })
     }
 }
