@@ -17,6 +17,9 @@ use crate::auth::Principal;
 use crate::error::{ApiError, FieldError};
 use crate::extract::ApiJson;
 
+/// How long a bulk request waits for the read models to apply its commit.
+const BULK_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The most operations one bulk request may carry.
 pub const MAX_OPERATIONS: usize = 10_000;
 
@@ -85,7 +88,8 @@ pub struct BulkResult {
         (status = 404, description = "No such tenant, or a resource to patch or delete is missing", body = crate::openapi::Problem),
         (status = 409, description = "A create found the resource, or a delete is still referenced", body = crate::openapi::Problem),
         (status = 412, description = "An `if_match` is stale", body = crate::openapi::Problem),
-        (status = 422, description = "Operations at fault, each named by its pointer; nothing changed", body = crate::openapi::Problem)))]
+        (status = 422, description = "Operations at fault, each named by its pointer; nothing changed", body = crate::openapi::Problem),
+        (status = 503, description = "Committed, but the read models have not applied it within two minutes", body = crate::openapi::Problem)))]
 pub async fn bulk(
     State(state): State<AppState>,
     Principal(actor): Principal,
@@ -129,9 +133,18 @@ pub async fn bulk(
         headers.insert(super::resources::COMMIT_MESSAGE_HEADER, value);
     }
     let before = read::head_revision(&state.pool, tenant.tenant_id, MAIN_BRANCH).await?;
-    commit(&state, &actor, &headers, &tenant, Operation::Bulk, changes)
+    let position = commit(&state, &actor, &headers, &tenant, Operation::Bulk, changes)
         .await
         .map_err(|error| at_operation(error, &keys))?;
+    if let Some(position) = position {
+        // A large commit takes the read models a while: the answer names its revision, so it
+        // waits for them (longer than single writes do).
+        if !state.config.wait_for(position, BULK_READ_TIMEOUT).await {
+            return Err(ApiError::Unavailable(
+                "the changes are committed; the read models are still applying them".to_owned(),
+            ));
+        }
+    }
     let after = read::head_revision(&state.pool, tenant.tenant_id, MAIN_BRANCH).await?;
     Ok(Json(BulkResult {
         revision: (after != before).then_some(after),

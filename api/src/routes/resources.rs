@@ -396,7 +396,7 @@ pub async fn patch(
         {
             Err(ApiError::PreconditionFailed(_)) if explicit.is_none() && attempts < 2 => {}
             Err(error) => return Err(error),
-            Ok(()) => break,
+            Ok(_) => break,
         }
     }
     let row = read_back(&state, &tenant, kind, &name).await?;
@@ -480,7 +480,7 @@ pub async fn commit(
     tenant: &TenantAccess,
     operation: Operation,
     changes: Vec<Change>,
-) -> Result<(), ApiError> {
+) -> Result<Option<efms_commands::Position>, ApiError> {
     let metadata = super::commit_metadata(actor, headers, commit_message(headers)?);
     let command = ConfigCommand::Commit {
         message: metadata.message.clone(),
@@ -512,7 +512,7 @@ pub async fn commit(
             tracing::warn!(?position, "configuration read model lags behind a commit");
         }
     }
-    Ok(())
+    Ok(position)
 }
 
 /// The commit message from `X-Commit-Message`, if any.
