@@ -23,6 +23,9 @@ use crate::auth::{parse_ttl, Principal};
 use crate::error::{ApiError, FieldError};
 use crate::extract::ApiQuery;
 
+/// The downstream connections a bootstrapped Envoy accepts at most.
+const MAX_DOWNSTREAM_CONNECTIONS: u32 = 50_000;
+
 /// The static cluster of a bootstrap that points at the xDS server.
 const XDS_CLUSTER: &str = "efms_xds";
 
@@ -517,6 +520,16 @@ fn bootstrap_document(spec: &BootstrapSpec<'_>) -> Value {
                 "address": "127.0.0.1",
                 "port_value": spec.admin_port,
             } },
+        },
+        // A cap on downstream connections, which Envoy asks every deployment to set.
+        "overload_manager": {
+            "resource_monitors": [{
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                    "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
+                },
+            }],
         },
     })
 }
