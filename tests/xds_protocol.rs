@@ -667,3 +667,47 @@ async fn delta_a_name_that_does_not_exist_is_reported_removed_once(pool: PgPool)
     }
     assert_eq!(seen, ["ghost"], "once it exists, it is sent");
 }
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_commit_larger_than_a_projector_batch_reaches_proxies_whole(pool: PgPool) {
+    let app = configured(pool).await;
+    let mut stream = Sotw::synced(&app).await;
+    // The route moves to a cluster created by the same commit, 600 changes later: a reader that
+    // saw the first 500 events alone would send the route without its cluster.
+    let mut operations =
+        vec![json!({ "op": "replace", "kind": "routes", "resource": route("r", "big599") })];
+    operations.extend((0..600).map(
+        |i| json!({ "op": "create", "kind": "clusters", "resource": cluster(&format!("big{i}")) }),
+    ));
+    let answer = app
+        .post(
+            &format!("{BASE}/bulk"),
+            &json!({ "operations": operations }),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let mut clusters_known: Vec<String> = Vec::new();
+    loop {
+        let response = stream.next().await;
+        let names: &[&str] = if response.type_url == RDS {
+            &["r"]
+        } else {
+            &[]
+        };
+        stream
+            .send(&response.type_url.clone(), names, Some(&response))
+            .await;
+        if response.type_url == CDS {
+            clusters_known = cluster_names(&response);
+        } else if response.type_url == RDS {
+            let route = RouteConfiguration::decode(response.resources[0].value.as_slice()).unwrap();
+            if format!("{route:?}").contains("big599") {
+                assert!(
+                    clusters_known.iter().any(|name| name == "big599"),
+                    "the route came with its cluster"
+                );
+                break;
+            }
+        }
+    }
+}
