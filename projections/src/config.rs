@@ -26,83 +26,33 @@ impl Projection for ConfigProjection {
         tx: &mut PgConnection,
         event: &RecordedEvent,
     ) -> Result<(), ProjectionError> {
-        let Some(payload) = payload_of::<ConfigEvent>(event, ConfigRepo::TYPE)? else {
-            return Ok(());
-        };
-        let branch = event.aggregate_id.as_str();
-        match payload {
-            ConfigEvent::Committed {
-                revision,
-                message,
-                operation,
-            } => {
-                sqlx::query!(
-                    r#"INSERT INTO config_revisions (tenant_id, branch, revision, recorded_at, actor, message, operation)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7)"#,
-                    event.tenant_id,
-                    branch,
-                    to_i64(revision),
-                    event.recorded_at,
-                    event.actor,
-                    message,
-                    operation.to_string(),
-                )
-                .execute(&mut *tx)
-                .await?;
+        self.apply_all(tx, std::slice::from_ref(event)).await
+    }
+
+    /// Writes each commit of the batch with a handful of statements, whatever its size: a
+    /// commit changes each resource at most once, so its changes are independent rows.
+    async fn apply_all(
+        &self,
+        tx: &mut PgConnection,
+        events: &[RecordedEvent],
+    ) -> Result<(), ProjectionError> {
+        let mut commit = CommitRows::default();
+        for event in events {
+            let Some(payload) = payload_of::<ConfigEvent>(event, ConfigRepo::TYPE)? else {
+                continue;
+            };
+            let key = (
+                event.tenant_id,
+                event.aggregate_id.clone(),
+                revision_of(&payload),
+            );
+            if commit.key.as_ref() != Some(&key) {
+                std::mem::take(&mut commit).write(tx).await?;
+                commit.key = Some(key);
             }
-            ConfigEvent::ResourceCreated {
-                revision,
-                kind,
-                name,
-                document,
-                hash,
-                ..
-            }
-            | ConfigEvent::ResourceReplaced {
-                revision,
-                kind,
-                name,
-                document,
-                hash,
-                ..
-            } => {
-                let created = matches!(event.event_type.as_str(), "ResourceCreated");
-                upsert_current(tx, event, branch, kind, &name, revision, &document, &hash).await?;
-                let change = if created { "created" } else { "replaced" };
-                add_version(
-                    tx,
-                    event,
-                    branch,
-                    kind,
-                    &name,
-                    revision,
-                    change,
-                    Some(document),
-                    Some(hash),
-                )
-                .await?;
-            }
-            ConfigEvent::ResourceDeleted {
-                revision,
-                kind,
-                name,
-            } => {
-                sqlx::query!(
-                    "DELETE FROM config_resources WHERE tenant_id = $1 AND branch = $2 AND kind = $3 AND name = $4",
-                    event.tenant_id,
-                    branch,
-                    kind.to_string(),
-                    name,
-                )
-                .execute(&mut *tx)
-                .await?;
-                add_version(
-                    tx, event, branch, kind, &name, revision, "deleted", None, None,
-                )
-                .await?;
-            }
+            commit.push(event, payload);
         }
-        Ok(())
+        commit.write(tx).await
     }
 
     async fn reset(&self, tx: &mut PgConnection) -> Result<(), ProjectionError> {
@@ -119,92 +69,190 @@ impl Projection for ConfigProjection {
     }
 }
 
-/// Writes the current state of a created or replaced resource.
-#[allow(clippy::too_many_arguments)]
-async fn upsert_current(
-    tx: &mut PgConnection,
-    event: &RecordedEvent,
-    branch: &str,
-    kind: ResourceKind,
-    name: &str,
-    revision: u64,
-    document: &Value,
-    hash: &str,
-) -> Result<(), ProjectionError> {
-    sqlx::query!(
-        r#"INSERT INTO config_resources (tenant_id, branch, kind, name, document, hash, version,
-                                         created_at, updated_at, updated_by)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)
-           ON CONFLICT (tenant_id, branch, kind, name) DO UPDATE
-           SET document = EXCLUDED.document, hash = EXCLUDED.hash, version = EXCLUDED.version,
-               updated_at = EXCLUDED.updated_at, updated_by = EXCLUDED.updated_by"#,
-        event.tenant_id,
-        branch,
-        kind.to_string(),
-        name,
-        document,
-        hash,
-        to_i64(revision),
-        event.recorded_at,
-        event.actor,
-    )
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+/// The revision an event belongs to.
+fn revision_of(event: &ConfigEvent) -> u64 {
+    match event {
+        ConfigEvent::Committed { revision, .. }
+        | ConfigEvent::ResourceCreated { revision, .. }
+        | ConfigEvent::ResourceReplaced { revision, .. }
+        | ConfigEvent::ResourceDeleted { revision, .. } => *revision,
+    }
 }
 
-/// Closes the resource's open version and opens a new one at `revision`; counts the change.
-#[allow(clippy::too_many_arguments)]
-async fn add_version(
-    tx: &mut PgConnection,
-    event: &RecordedEvent,
-    branch: &str,
-    kind: ResourceKind,
-    name: &str,
-    revision: u64,
-    change: &str,
-    document: Option<Value>,
-    hash: Option<String>,
-) -> Result<(), ProjectionError> {
-    let kind = kind.to_string();
-    let revision = to_i64(revision);
-    sqlx::query!(
-        r#"UPDATE config_resource_versions SET valid_to = $5
-           WHERE tenant_id = $1 AND branch = $2 AND kind = $3 AND name = $4 AND valid_to IS NULL"#,
-        event.tenant_id,
-        branch,
-        kind,
-        name,
-        revision,
-    )
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query!(
-        r#"INSERT INTO config_resource_versions (tenant_id, branch, kind, name, valid_from, change, document,
-                                                 hash, recorded_at, actor)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"#,
-        event.tenant_id,
-        branch,
-        kind,
-        name,
-        revision,
-        change,
-        document,
-        hash,
-        event.recorded_at,
-        event.actor,
-    )
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query!(
-        "UPDATE config_revisions SET changes = changes + 1 WHERE tenant_id = $1 AND branch = $2 AND revision = $3",
-        event.tenant_id,
-        branch,
-        revision,
-    )
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+/// The rows of one commit, written together.
+#[derive(Default)]
+struct CommitRows {
+    /// Tenant, branch and revision.
+    key: Option<(Uuid, String, u64)>,
+    /// When, who, message and operation, from the commit's header event.
+    header: Option<(DateTime<Utc>, String, Option<String>, String)>,
+    kinds: Vec<String>,
+    names: Vec<String>,
+    changes: Vec<String>,
+    documents: Vec<Option<Value>>,
+    hashes: Vec<Option<String>>,
+    recorded_at: Vec<DateTime<Utc>>,
+    actors: Vec<String>,
+}
+
+impl CommitRows {
+    fn push(&mut self, event: &RecordedEvent, payload: ConfigEvent) {
+        let (kind, name, change, document, hash) = match payload {
+            ConfigEvent::Committed {
+                message, operation, ..
+            } => {
+                self.header = Some((
+                    event.recorded_at,
+                    event.actor.clone(),
+                    message,
+                    operation.to_string(),
+                ));
+                return;
+            }
+            ConfigEvent::ResourceCreated {
+                kind,
+                name,
+                document,
+                hash,
+                ..
+            } => (kind, name, "created", Some(document), Some(hash)),
+            ConfigEvent::ResourceReplaced {
+                kind,
+                name,
+                document,
+                hash,
+                ..
+            } => (kind, name, "replaced", Some(document), Some(hash)),
+            ConfigEvent::ResourceDeleted { kind, name, .. } => (kind, name, "deleted", None, None),
+        };
+        self.kinds.push(kind.to_string());
+        self.names.push(name);
+        self.changes.push(change.to_owned());
+        self.documents.push(document);
+        self.hashes.push(hash);
+        self.recorded_at.push(event.recorded_at);
+        self.actors.push(event.actor.clone());
+    }
+
+    /// The commit's row in `config_revisions`, with its number of changes.
+    async fn write_header(
+        &self,
+        tx: &mut PgConnection,
+        (tenant_id, branch, revision): (Uuid, &str, i64),
+        changes: i32,
+    ) -> Result<(), ProjectionError> {
+        if let Some((recorded_at, actor, message, operation)) = &self.header {
+            sqlx::query!(
+                r#"INSERT INTO config_revisions (tenant_id, branch, revision, recorded_at, actor, message, operation, changes)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"#,
+                tenant_id,
+                branch,
+                revision,
+                recorded_at,
+                actor,
+                message.as_deref(),
+                operation,
+                changes,
+            )
+            .execute(&mut *tx)
+            .await?;
+        } else if changes > 0 {
+            sqlx::query!(
+                "UPDATE config_revisions SET changes = changes + $4 WHERE tenant_id = $1 AND branch = $2 AND revision = $3",
+                tenant_id,
+                branch,
+                revision,
+                changes,
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn write(self, tx: &mut PgConnection) -> Result<(), ProjectionError> {
+        let Some((tenant_id, branch, revision)) = self.key.clone() else {
+            return Ok(());
+        };
+        let revision = to_i64(revision);
+        let changes = i32::try_from(self.kinds.len()).unwrap_or(i32::MAX);
+        self.write_header(tx, (tenant_id, &branch, revision), changes)
+            .await?;
+        if changes == 0 {
+            return Ok(());
+        }
+        // The current state: puts upserted, deletions removed.
+        sqlx::query!(
+            r#"INSERT INTO config_resources (tenant_id, branch, kind, name, document, hash, version,
+                                             created_at, updated_at, updated_by)
+               SELECT $1, $2, u.kind, u.name, u.document, u.hash, $3, u.at, u.at, u.actor
+               FROM UNNEST($4::text[], $5::text[], $6::jsonb[], $7::text[], $8::timestamptz[], $9::text[])
+                    AS u(kind, name, document, hash, at, actor)
+               WHERE u.document IS NOT NULL
+               ON CONFLICT (tenant_id, branch, kind, name) DO UPDATE
+               SET document = EXCLUDED.document, hash = EXCLUDED.hash, version = EXCLUDED.version,
+                   updated_at = EXCLUDED.updated_at, updated_by = EXCLUDED.updated_by"#,
+            tenant_id,
+            branch,
+            revision,
+            &self.kinds,
+            &self.names,
+            &self.documents as &[Option<Value>],
+            &self.hashes as &[Option<String>],
+            &self.recorded_at,
+            &self.actors,
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query!(
+            r#"DELETE FROM config_resources r
+               USING UNNEST($3::text[], $4::text[], $5::text[]) AS u(kind, name, change)
+               WHERE u.change = 'deleted' AND r.tenant_id = $1 AND r.branch = $2
+                 AND r.kind = u.kind AND r.name = u.name"#,
+            tenant_id,
+            branch,
+            &self.kinds,
+            &self.names,
+            &self.changes,
+        )
+        .execute(&mut *tx)
+        .await?;
+        // The temporal table: close each resource's open version, then open the new ones.
+        sqlx::query!(
+            r#"UPDATE config_resource_versions v SET valid_to = $3
+               FROM UNNEST($4::text[], $5::text[]) AS u(kind, name)
+               WHERE v.tenant_id = $1 AND v.branch = $2 AND v.kind = u.kind AND v.name = u.name
+                 AND v.valid_to IS NULL"#,
+            tenant_id,
+            branch,
+            revision,
+            &self.kinds,
+            &self.names,
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query!(
+            r#"INSERT INTO config_resource_versions (tenant_id, branch, kind, name, valid_from, change,
+                                                     document, hash, recorded_at, actor)
+               SELECT $1, $2, u.kind, u.name, $3, u.change, u.document, u.hash, u.at, u.actor
+               FROM UNNEST($4::text[], $5::text[], $6::text[], $7::jsonb[], $8::text[],
+                           $9::timestamptz[], $10::text[])
+                    AS u(kind, name, change, document, hash, at, actor)"#,
+            tenant_id,
+            branch,
+            revision,
+            &self.kinds,
+            &self.names,
+            &self.changes,
+            &self.documents as &[Option<Value>],
+            &self.hashes as &[Option<String>],
+            &self.recorded_at,
+            &self.actors,
+        )
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
 }
 
 fn to_i64(revision: u64) -> i64 {

@@ -93,6 +93,22 @@ pub trait Projection: Send + Sync + 'static {
         event: &RecordedEvent,
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
 
+    /// Applies a batch of events, in order, inside the projector's transaction. The default
+    /// applies them one by one; a projection may write a batch with fewer statements, as long
+    /// as the result is the same.
+    fn apply_all(
+        &self,
+        tx: &mut PgConnection,
+        events: &[RecordedEvent],
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send {
+        async move {
+            for event in events {
+                self.apply(tx, event).await?;
+            }
+            Ok(())
+        }
+    }
+
     /// Empties the read model, before a rebuild from the start of the log.
     fn reset(
         &self,
@@ -173,9 +189,7 @@ impl<P: Projection> Projector<P> {
             tx.rollback().await?;
             return Ok((from, 0));
         };
-        for event in &events {
-            self.projection.apply(&mut tx, event).await?;
-        }
+        self.projection.apply_all(&mut tx, &events).await?;
         sqlx::query!(
             r#"UPDATE projection_checkpoints
                SET tx_id = $2::text::xid8, global_position = $3, updated_at = now()
