@@ -204,19 +204,26 @@ impl CommitRows {
         )
         .execute(&mut *tx)
         .await?;
-        sqlx::query!(
-            r#"DELETE FROM config_resources r
-               USING UNNEST($3::text[], $4::text[], $5::text[]) AS u(kind, name, change)
-               WHERE u.change = 'deleted' AND r.tenant_id = $1 AND r.branch = $2
-                 AND r.kind = u.kind AND r.name = u.name"#,
-            tenant_id,
-            branch,
-            &self.kinds,
-            &self.names,
-            &self.changes,
-        )
-        .execute(&mut *tx)
-        .await?;
+        let (deleted_kinds, deleted_names): (Vec<&str>, Vec<&str>) = self
+            .changes
+            .iter()
+            .zip(self.kinds.iter().zip(&self.names))
+            .filter(|(change, _)| *change == "deleted")
+            .map(|(_, (kind, name))| (kind.as_str(), name.as_str()))
+            .unzip();
+        if !deleted_kinds.is_empty() {
+            sqlx::query!(
+                r#"DELETE FROM config_resources r
+                   USING UNNEST($3::text[], $4::text[]) AS u(kind, name)
+                   WHERE r.tenant_id = $1 AND r.branch = $2 AND r.kind = u.kind AND r.name = u.name"#,
+                tenant_id,
+                branch,
+                &deleted_kinds as &[&str],
+                &deleted_names as &[&str],
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
         // The temporal table: close each resource's open version, then open the new ones.
         sqlx::query!(
             r#"UPDATE config_resource_versions v SET valid_to = $3
