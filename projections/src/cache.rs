@@ -233,16 +233,7 @@ impl ResourceCache {
             inner.heads.entry(tenant_id).or_default();
             inner.generation
         };
-        let mut tx = Scope::Tenant(tenant_id).begin(&self.pool).await?;
-        let head = sqlx::query_scalar!(
-            r#"SELECT coalesce(max(revision), 0) AS "head!" FROM config_revisions
-               WHERE tenant_id = $1 AND branch = $2"#,
-            tenant_id,
-            self.branch,
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let head = crate::config::head_revision(&self.pool, tenant_id, self.branch).await?;
         let page: Arc<str> = Arc::from(render().await?);
         let mut inner = self.inner.lock().expect("cache lock");
         if inner.generation != generation {
