@@ -161,45 +161,19 @@ fn key_of(change: &Change) -> (ResourceKind, String) {
 
 /// Names the operation a refused commit is about, by its index, where the refusal names one.
 fn at_operation(error: ApiError, keys: &[(ResourceKind, String)]) -> ApiError {
-    let index_of = |kind: ResourceKind, name: &str| {
-        keys.iter()
-            .position(|(k, n)| *k == kind && n == name)
-            .map_or_else(String::new, |index| format!("operation {index}: "))
+    // The detail names the resource; it is prefixed with the first operation on it.
+    let prefixed = |detail: String| {
+        let prefix = keys
+            .iter()
+            .position(|(kind, name)| detail.contains(&format!("{kind} `{name}`")))
+            .map_or_else(String::new, |index| format!("operation {index}: "));
+        format!("{prefix}{detail}")
     };
     match error {
-        ApiError::Conflict(detail)
-        | ApiError::NotFound(detail)
-        | ApiError::PreconditionFailed(detail) => {
-            // The detail names the resource; prefix the first operation on it.
-            let prefix = keys
-                .iter()
-                .enumerate()
-                .find(|(_, (kind, name))| detail.contains(&format!("{kind} `{name}`")))
-                .map(|(_, (kind, name))| index_of(*kind, name))
-                .unwrap_or_default();
-            match error_kind(&detail) {
-                Refusal::Conflict => ApiError::Conflict(format!("{prefix}{detail}")),
-                Refusal::Missing => ApiError::NotFound(format!("{prefix}{detail}")),
-                Refusal::Stale => ApiError::PreconditionFailed(format!("{prefix}{detail}")),
-            }
-        }
+        ApiError::Conflict(detail) => ApiError::Conflict(prefixed(detail)),
+        ApiError::NotFound(detail) => ApiError::NotFound(prefixed(detail)),
+        ApiError::PreconditionFailed(detail) => ApiError::PreconditionFailed(prefixed(detail)),
         other => other,
-    }
-}
-
-enum Refusal {
-    Conflict,
-    Missing,
-    Stale,
-}
-
-fn error_kind(detail: &str) -> Refusal {
-    if detail.contains("is at version") {
-        Refusal::Stale
-    } else if detail.starts_with("there is no") {
-        Refusal::Missing
-    } else {
-        Refusal::Conflict
     }
 }
 
