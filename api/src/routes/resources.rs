@@ -186,9 +186,19 @@ pub async fn list(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        body.to_string(),
+        // The cached text itself, not a copy of it.
+        axum::body::Body::from(axum::body::Bytes::from_owner(SharedText(body))),
     )
         .into_response())
+}
+
+/// Shared text handed to a response body without copying it.
+struct SharedText(std::sync::Arc<str>);
+
+impl AsRef<[u8]> for SharedText {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
 }
 
 /// A page of listed resources as JSON text (secrets redacted).
