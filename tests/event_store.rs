@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cqrs_es::persist::{PersistedEventRepository, PersistenceError};
-use efms_commands::event_store::append;
+use efms_commands::event_store::{append, append_commit};
 use efms_commands::log::read_after;
 use efms_commands::{
     CommandBus, CommitBell, CommitMetadata, LogDoorbell, PgEventRepository, Position, Scope,
@@ -272,6 +272,58 @@ async fn a_tenant_scoped_connection_reads_none_of_another_tenants_rows(pool: PgP
     assert!(append(&mut tx, b, &[event("intruder", 1, "x")])
         .await
         .is_err());
+    tx.rollback().await.unwrap();
+    assert_eq!(count_events(&pool, "intruder").await, 0);
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_one_statement_commit_runs_as_the_application_role_and_leaves_the_session_as_it_was(
+    pool_options: PgPoolOptions,
+    connect_options: PgConnectOptions,
+) {
+    // One connection, so the checks after the commit see the session that made it.
+    let pool = pool_options
+        .max_connections(1)
+        .connect_with(connect_options)
+        .await
+        .unwrap();
+    let tenant = Uuid::new_v4();
+    let position = append_commit(&pool, tenant, &[event("one", 1, "gina")])
+        .await
+        .unwrap();
+    assert!(position.is_some());
+    let db_role: String =
+        sqlx::query_scalar("SELECT db_role FROM audit_log WHERE aggregate_id = 'one'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(db_role.ends_with("/efms_app"), "audited as {db_role}");
+    let (role, tenant_setting): (String, Option<String>) =
+        sqlx::query_as("SELECT current_user::text, current_setting('app.tenant_id', true)")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_ne!(role, "efms_app");
+    assert!(tenant_setting.unwrap_or_default().is_empty());
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn the_application_role_cannot_choose_its_tenant_through_the_commit_function(pool: PgPool) {
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut tx = Scope::Tenant(a).begin(&pool).await.unwrap();
+    let refused = sqlx::query(
+        "SELECT * FROM append_commit($1, ARRAY['probe'], ARRAY['intruder'], ARRAY[1::bigint],
+                ARRAY['E'], ARRAY['1'], ARRAY['{}'::jsonb], ARRAY['{\"actor\": \"x\"}'::jsonb],
+                ARRAY[gen_random_uuid()], ARRAY['x'])",
+    )
+    .bind(b)
+    .execute(&mut *tx)
+    .await
+    .unwrap_err();
+    let code = refused
+        .as_database_error()
+        .and_then(sqlx::error::DatabaseError::code);
+    assert_eq!(code.as_deref(), Some("42501"), "{refused}");
     tx.rollback().await.unwrap();
     assert_eq!(count_events(&pool, "intruder").await, 0);
 }

@@ -2,7 +2,8 @@
 //!
 //! Why not postgres-es's: it inserts one row per round trip, has no global order, no tenant column,
 //! no row-level security hook and builds its SQL at run time. Here a commit is one multi-row INSERT
-//! in one transaction bound to the tenant ([`Scope`]); the primary key
+//! bound to the tenant ([`Scope`]), sent as one statement that is its own transaction
+//! ([`append_commit`]) unless a snapshot goes with it; the primary key
 //! `(tenant_id, aggregate_type, aggregate_id, sequence)` turns a concurrent append into
 //! [`PersistenceError::OptimisticLockError`], never a lost or partial write.
 
@@ -110,6 +111,16 @@ impl PgEventRepository {
             .collect()
     }
 
+    /// Remembers where a commit landed and wakes the log readers.
+    fn committed(&self, position: Option<Position>) {
+        if position.is_some() {
+            *self.last_commit.lock().expect("last_commit lock poisoned") = position;
+            if let Some(bell) = &self.bell {
+                bell.ring();
+            }
+        }
+    }
+
     fn stream(&self, aggregate_type: String, aggregate_id: Option<String>) -> ReplayStream {
         let (mut feed, stream) = ReplayStream::new(STREAM_CHANNEL_SIZE);
         let repo = self.clone();
@@ -165,10 +176,7 @@ pub async fn append(
     if events.is_empty() {
         return Ok(None);
     }
-    let mut columns = EventColumns::with_capacity(events.len());
-    for event in events {
-        columns.push(event)?;
-    }
+    let columns = EventColumns::of(events)?;
     let rows = sqlx::query!(
         r#"INSERT INTO events (tenant_id, aggregate_type, aggregate_id, sequence, event_type,
                                event_version, payload, metadata, event_id, actor)
@@ -194,12 +202,57 @@ pub async fn append(
     .fetch_all(&mut *conn)
     .await
     .map_err(persistence_error)?;
+    last_position(
+        rows.iter()
+            .map(|row| (row.tx_id.as_str(), row.global_position)),
+    )
+}
+
+/// Commits `events` to `tenant_id`'s streams as one statement that is its own transaction.
+///
+/// The same append as [`append`] in a transaction bound to the tenant, through the database function
+/// `append_commit`, which binds the role and the tenant for its own duration: one round trip
+/// instead of three (ADR 0004). `pool` must log in as the user that ran the migrations, the only one
+/// allowed to call it.
+pub async fn append_commit(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    events: &[SerializedEvent],
+) -> Result<Option<Position>, PersistenceError> {
+    if events.is_empty() {
+        return Ok(None);
+    }
+    let columns = EventColumns::of(events)?;
+    let rows = sqlx::query!(
+        r#"SELECT global_position AS "global_position!", tx_id AS "tx_id!"
+           FROM append_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"#,
+        tenant_id,
+        &columns.aggregate_type,
+        &columns.aggregate_id,
+        &columns.sequence,
+        &columns.event_type,
+        &columns.event_version,
+        &columns.payload,
+        &columns.metadata,
+        &columns.event_id,
+        &columns.actor,
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(persistence_error)?;
+    last_position(
+        rows.iter()
+            .map(|row| (row.tx_id.as_str(), row.global_position)),
+    )
+}
+
+/// The latest of the positions an append returned.
+fn last_position<'a>(
+    rows: impl Iterator<Item = (&'a str, i64)>,
+) -> Result<Option<Position>, PersistenceError> {
     let mut last = None;
-    for row in rows {
-        last = last.max(Some(Position::from_columns(
-            &row.tx_id,
-            row.global_position,
-        )?));
+    for (tx_id, global_position) in rows {
+        last = last.max(Some(Position::from_columns(tx_id, global_position)?));
     }
     Ok(last)
 }
@@ -218,6 +271,14 @@ struct EventColumns {
 }
 
 impl EventColumns {
+    fn of(events: &[SerializedEvent]) -> Result<Self, PersistenceError> {
+        let mut columns = Self::with_capacity(events.len());
+        for event in events {
+            columns.push(event)?;
+        }
+        Ok(columns)
+    }
+
     fn with_capacity(n: usize) -> Self {
         Self {
             aggregate_type: Vec::with_capacity(n),
@@ -312,9 +373,14 @@ impl PersistedEventRepository for PgEventRepository {
         events: &[SerializedEvent],
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
+        let Some((aggregate_id, payload, snapshot_version)) = snapshot_update else {
+            let position = append_commit(&self.pool, self.tenant_id, events).await?;
+            self.committed(position);
+            return Ok(());
+        };
         let mut tx = self.begin().await?;
         let position = append(&mut tx, self.tenant_id, events).await?;
-        if let Some((aggregate_id, payload, snapshot_version)) = snapshot_update {
+        {
             let last_sequence = events
                 .iter()
                 .filter(|event| event.aggregate_id == aggregate_id)
@@ -345,12 +411,7 @@ impl PersistedEventRepository for PgEventRepository {
             .map_err(persistence_error)?;
         }
         tx.commit().await.map_err(persistence_error)?;
-        if position.is_some() {
-            *self.last_commit.lock().expect("last_commit lock poisoned") = position;
-            if let Some(bell) = &self.bell {
-                bell.ring();
-            }
-        }
+        self.committed(position);
         Ok(())
     }
 
