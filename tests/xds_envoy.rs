@@ -573,6 +573,166 @@ async fn a_stream_without_a_valid_token_is_refused(pool: PgPool, protocol: &str)
     assert_eq!(api.status(), 403, "a proxy token only streams xDS");
 }
 
+/// The route configuration `main`: everything to `cluster`.
+fn to_one_cluster(cluster: &str) -> Value {
+    json!({ "name": "main", "virtual_hosts": [{ "name": "all", "domains": ["*"],
+        "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": cluster } }] }] })
+}
+
+/// Two groups on `main`, `stable` and `canary`, each with one Envoy and its own listener, both
+/// routing everything to upstream `A` through the route configuration `main`.
+struct CanaryFleet {
+    app: TestApp,
+    _envoys: Vec<Envoy>,
+    _upstreams: [Upstream; 2],
+    stable_port: u16,
+    canary_port: u16,
+    http: reqwest::Client,
+}
+
+impl CanaryFleet {
+    async fn start(pool: PgPool, protocol: &str) -> Self {
+        let app = TestApp::spawn(pool).await;
+        app.create_tenant("acme", "Acme").await;
+        let a = Upstream::start("A", Behaviour::Named).await;
+        let b = Upstream::start("B", Behaviour::Named).await;
+        let (stable_port, canary_port) = (free_port(), free_port());
+        let mut canary_listener = listener("http-canary", canary_port);
+        canary_listener["filter_chains"][0]["filters"][0]["typed_config"]["stat_prefix"] =
+            json!("canary");
+        for (collection, body) in [
+            ("clusters", static_cluster("a", a.addr.port(), &json!({}))),
+            ("clusters", static_cluster("b", b.addr.port(), &json!({}))),
+            ("routes", to_one_cluster("a")),
+            ("listeners", listener("http-stable", stable_port)),
+            ("listeners", canary_listener),
+            (
+                "groups",
+                json!({ "name": "stable", "resources": [{ "kind": "listener", "name": "http-stable" }] }),
+            ),
+            (
+                "groups",
+                json!({ "name": "canary", "resources": [{ "kind": "listener", "name": "http-canary" }] }),
+            ),
+        ] {
+            let answer = app.post(&format!("{BASE}/{collection}"), &body).await;
+            assert_eq!(answer.status, 201, "{collection}: {}", answer.body);
+        }
+        let mut envoys = Vec::new();
+        for (group, node) in [("stable", "stable-1"), ("canary", "canary-1")] {
+            let bootstrap = app
+                .get(&format!(
+                    "{BASE}/groups/{group}/bootstrap?node_id={node}&protocol={protocol}&admin_port={}",
+                    free_port()
+                ))
+                .await;
+            assert_eq!(bootstrap.status, 200, "{}", bootstrap.body);
+            envoys.push(Envoy::start(ENVOY, &bootstrap.body));
+        }
+        Self {
+            app,
+            _envoys: envoys,
+            _upstreams: [a, b],
+            stable_port,
+            canary_port,
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        }
+    }
+
+    async fn body(&self, port: u16) -> Option<String> {
+        let response = self
+            .http
+            .get(format!("http://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .ok()?;
+        response.text().await.ok()
+    }
+
+    /// Waits until the Envoy listening on `port` answers `/` with `want`.
+    async fn answers(&self, port: u16, want: &str) {
+        eventually(
+            PATIENCE,
+            &format!("port {port} to answer {want}"),
+            || async { (self.body(port).await? == want).then_some(()) },
+        )
+        .await;
+    }
+
+    /// Pins group `canary` to `branch` (`null`: unpins it).
+    async fn pin(&self, branch: Value) {
+        let answer = self
+            .app
+            .send(
+                reqwest::Method::PATCH,
+                &format!("{BASE}/groups/canary"),
+                Some(("application/merge-patch+json", &json!({ "branch": branch }))),
+                &[],
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+}
+
+/// Canary through branches: the proxies of a group pinned to a branch get the branch's
+/// configuration while the rest of the fleet stays on `main`; unpinning moves them back, merging
+/// moves everyone.
+async fn a_group_pinned_to_a_branch_follows_it_until_unpinned_or_merged(
+    pool: PgPool,
+    protocol: &str,
+) {
+    let fleet = CanaryFleet::start(pool, protocol).await;
+    let (app, stable, canary) = (&fleet.app, fleet.stable_port, fleet.canary_port);
+    fleet.answers(stable, "A").await;
+    fleet.answers(canary, "A").await;
+
+    let branched = app
+        .post(&format!("{BASE}/branches"), &json!({ "name": "next" }))
+        .await;
+    assert_eq!(branched.status, 201, "{}", branched.body);
+    let edited = app
+        .put(
+            &format!("{BASE}/routes/main?branch=next"),
+            &to_one_cluster("b"),
+            &[],
+        )
+        .await;
+    assert_eq!(edited.status, 200, "{}", edited.body);
+
+    fleet.pin(json!("next")).await;
+    fleet.answers(canary, "B").await;
+    fleet.answers(stable, "A").await;
+    let deleting = app
+        .send(
+            reqwest::Method::DELETE,
+            &format!("{BASE}/branches/next"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(
+        deleting.status, 409,
+        "a followed branch stays: {}",
+        deleting.body
+    );
+
+    fleet.pin(Value::Null).await;
+    fleet.answers(canary, "A").await;
+    fleet.pin(json!("next")).await;
+    fleet.answers(canary, "B").await;
+
+    let merged = app
+        .post(&format!("{BASE}/branches/next/merge"), &json!({}))
+        .await;
+    assert_eq!(merged.status, 200, "{}", merged.body);
+    fleet.answers(stable, "B").await;
+    fleet.answers(canary, "B").await;
+    for _ in 0..5 {
+        assert_eq!(fleet.body(stable).await.as_deref(), Some("B"));
+        assert_eq!(fleet.body(canary).await.as_deref(), Some("B"));
+    }
+}
+
 /// One test per protocol for each scenario.
 macro_rules! both_protocols {
     ($($scenario:ident),* $(,)?) => {
@@ -607,6 +767,7 @@ both_protocols!(
     after_a_control_plane_restart_envoy_keeps_serving_and_resyncs_unchanged,
     the_api_answers_what_a_proxy_ran_at_a_given_time,
     a_stream_without_a_valid_token_is_refused,
+    a_group_pinned_to_a_branch_follows_it_until_unpinned_or_merged,
 );
 
 #[sqlx::test(migrator = "efms_commands::MIGRATOR")]

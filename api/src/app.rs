@@ -20,7 +20,7 @@ use tower_http::trace::TraceLayer;
 use crate::auth::{require_bearer, JwtKeys};
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::metrics::Metrics;
-use crate::routes::{bulk, health, proxies, resources, tenants, versions};
+use crate::routes::{branches, bulk, health, proxies, resources, tenants, versions};
 
 /// The largest bulk request body: 10,000 operations of a few kilobytes each.
 const BULK_BODY_LIMIT: usize = 64 * 1024 * 1024;
@@ -164,6 +164,22 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{tenant}/revisions", get(versions::revisions))
         .route("/tenants/{tenant}/diff", get(versions::diff))
         .route("/tenants/{tenant}/rollback", post(versions::rollback))
+        .route(
+            "/tenants/{tenant}/branches",
+            get(branches::list).post(branches::create),
+        )
+        .route(
+            "/tenants/{tenant}/branches/{name}",
+            get(branches::get).delete(branches::delete),
+        )
+        .route(
+            "/tenants/{tenant}/branches/{name}/diff",
+            get(branches::diff),
+        )
+        .route(
+            "/tenants/{tenant}/branches/{name}/merge",
+            post(branches::merge),
+        )
         .route(
             "/tenants/{tenant}/bulk",
             post(bulk::bulk).layer(axum::extract::DefaultBodyLimit::max(BULK_BODY_LIMIT)),

@@ -69,6 +69,14 @@ pub enum ApiError {
     /// 409: the change conflicts with the current state (exists already, concurrent change).
     #[error("{0}")]
     Conflict(String),
+    /// 409: a merge whose sides changed the same values, each listed.
+    #[error("{detail}")]
+    MergeConflict {
+        /// What happened.
+        detail: String,
+        /// Each conflict: resource, pointer, base, ours, theirs.
+        conflicts: serde_json::Value,
+    },
     /// 412: `If-Match` names a version that is no longer current.
     #[error("{0}")]
     PreconditionFailed(String),
@@ -104,6 +112,9 @@ impl ApiError {
                 "Method not allowed",
             ),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            ApiError::MergeConflict { .. } => {
+                (StatusCode::CONFLICT, "merge-conflict", "Merge conflict")
+            }
             ApiError::PreconditionFailed(_) => (
                 StatusCode::PRECONDITION_FAILED,
                 "precondition-failed",
@@ -143,6 +154,8 @@ struct Problem<'a> {
     detail: String,
     #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
     errors: &'a [FieldError],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    conflicts: Option<&'a serde_json::Value>,
 }
 
 impl IntoResponse for ApiError {
@@ -169,6 +182,10 @@ impl IntoResponse for ApiError {
             status: status.as_u16(),
             detail,
             errors,
+            conflicts: match &self {
+                ApiError::MergeConflict { conflicts, .. } => Some(conflicts),
+                _ => None,
+            },
         };
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();

@@ -7,7 +7,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::routes::{bulk, health, proxies, resources, tenants, versions};
+use crate::routes::{branches, bulk, health, proxies, resources, tenants, versions};
 
 /// The RFC 7807 body of every error (for the document; `crate::error` writes it).
 #[derive(Debug, serde::Serialize, ToSchema)]
@@ -24,6 +24,8 @@ pub struct Problem {
     detail: String,
     /// Where in the request (JSON pointers into the body, or query parameters).
     errors: Option<Vec<ProblemField>>,
+    /// A merge conflict: each value both sides changed (resource, pointer, base, ours, theirs).
+    conflicts: Option<Vec<crate::routes::branches::MergeConflict>>,
 }
 
 /// One place in a request that is at fault.
@@ -67,6 +69,7 @@ impl Modify for BearerAuth {
         versions::history, versions::revisions, versions::diff, versions::rollback, versions::rollback_resource,
         proxies::list, proxies::get, proxies::history, proxies::bootstrap,
         bulk::bulk,
+        branches::create, branches::list, branches::get, branches::delete, branches::diff, branches::merge,
     ),
     components(schemas(Problem, ProblemField)),
     modifiers(&BearerAuth),
@@ -75,6 +78,7 @@ impl Modify for BearerAuth {
         (name = "tenants", description = "Tenants (FR-MT-001)"),
         (name = "configuration", description = "Envoy resources (FR-EP)"),
         (name = "versions", description = "History, time travel, diff and rollback (FR-VC)"),
+        (name = "branches", description = "Branches of the configuration and their merges (FR-VC-005)"),
         (name = "proxies", description = "What each Envoy proxy runs, and bootstraps that connect new ones (xDS)"),
         (name = "operations", description = "Health and metrics"),
     )

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use efms_commands::{RecordedEvent, Scope};
-use efms_domain::config::{ConfigEvent, ConfigRepo};
+use efms_domain::config::{BranchPoint, ConfigEvent, ConfigRepo};
 use efms_domain::envoy::ResourceKind;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
@@ -56,6 +56,9 @@ impl Projection for ConfigProjection {
     }
 
     async fn reset(&self, tx: &mut PgConnection) -> Result<(), ProjectionError> {
+        sqlx::query!("DELETE FROM config_branches")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query!("DELETE FROM config_resource_versions")
             .execute(&mut *tx)
             .await?;
@@ -73,6 +76,8 @@ impl Projection for ConfigProjection {
 fn revision_of(event: &ConfigEvent) -> u64 {
     match event {
         ConfigEvent::Committed { revision, .. }
+        | ConfigEvent::Branched { revision, .. }
+        | ConfigEvent::BranchDeleted { revision }
         | ConfigEvent::ResourceCreated { revision, .. }
         | ConfigEvent::ResourceReplaced { revision, .. }
         | ConfigEvent::ResourceDeleted { revision, .. } => *revision,
@@ -86,6 +91,12 @@ struct CommitRows {
     key: Option<(Uuid, String, u64)>,
     /// When, who, message and operation, from the commit's header event.
     header: Option<(DateTime<Utc>, String, Option<String>, String)>,
+    /// For a merge commit: what it merged.
+    merged: Option<BranchPoint>,
+    /// The branch started here from this base, at this time, by this actor.
+    branched: Option<(BranchPoint, DateTime<Utc>, String)>,
+    /// The branch was deleted at this time.
+    deleted_at: Option<DateTime<Utc>>,
     kinds: Vec<String>,
     names: Vec<String>,
     changes: Vec<String>,
@@ -99,7 +110,10 @@ impl CommitRows {
     fn push(&mut self, event: &RecordedEvent, payload: ConfigEvent) {
         let (kind, name, change, document, hash) = match payload {
             ConfigEvent::Committed {
-                message, operation, ..
+                message,
+                operation,
+                merged,
+                ..
             } => {
                 self.header = Some((
                     event.recorded_at,
@@ -107,6 +121,15 @@ impl CommitRows {
                     message,
                     operation.to_string(),
                 ));
+                self.merged = merged;
+                return;
+            }
+            ConfigEvent::Branched { base, .. } => {
+                self.branched = Some((base, event.recorded_at, event.actor.clone()));
+                return;
+            }
+            ConfigEvent::BranchDeleted { .. } => {
+                self.deleted_at = Some(event.recorded_at);
                 return;
             }
             ConfigEvent::ResourceCreated {
@@ -143,8 +166,9 @@ impl CommitRows {
     ) -> Result<(), ProjectionError> {
         if let Some((recorded_at, actor, message, operation)) = &self.header {
             sqlx::query!(
-                r#"INSERT INTO config_revisions (tenant_id, branch, revision, recorded_at, actor, message, operation, changes)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"#,
+                r#"INSERT INTO config_revisions (tenant_id, branch, revision, recorded_at, actor, message,
+                                                 operation, changes, merged_branch, merged_revision)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"#,
                 tenant_id,
                 branch,
                 revision,
@@ -153,6 +177,8 @@ impl CommitRows {
                 message.as_deref(),
                 operation,
                 changes,
+                self.merged.as_ref().map(|m| m.branch.as_str()),
+                self.merged.as_ref().map(|m| to_i64(m.revision)),
             )
             .execute(&mut *tx)
             .await?;
@@ -170,6 +196,51 @@ impl CommitRows {
         Ok(())
     }
 
+    /// The branch's row in `config_branches`: created with its first commit; on deletion marked
+    /// deleted, and its current state removed (its history stays).
+    async fn write_branch(
+        &self,
+        tx: &mut PgConnection,
+        tenant_id: Uuid,
+        branch: &str,
+        revision: i64,
+    ) -> Result<(), ProjectionError> {
+        if let Some((base, at, actor)) = &self.branched {
+            sqlx::query!(
+                r#"INSERT INTO config_branches (tenant_id, name, base_branch, base_revision,
+                                                fork_revision, created_at, created_by)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7)"#,
+                tenant_id,
+                branch,
+                base.branch,
+                to_i64(base.revision),
+                revision,
+                at,
+                actor,
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(at) = self.deleted_at {
+            sqlx::query!(
+                "UPDATE config_branches SET deleted_at = $3 WHERE tenant_id = $1 AND name = $2",
+                tenant_id,
+                branch,
+                at,
+            )
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query!(
+                "DELETE FROM config_resources WHERE tenant_id = $1 AND branch = $2",
+                tenant_id,
+                branch,
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
+    }
+
     async fn write(self, tx: &mut PgConnection) -> Result<(), ProjectionError> {
         let Some((tenant_id, branch, revision)) = self.key.clone() else {
             return Ok(());
@@ -178,9 +249,21 @@ impl CommitRows {
         let changes = i32::try_from(self.kinds.len()).unwrap_or(i32::MAX);
         self.write_header(tx, (tenant_id, &branch, revision), changes)
             .await?;
-        if changes == 0 {
-            return Ok(());
+        if changes > 0 {
+            self.write_changes(tx, tenant_id, &branch, revision).await?;
         }
+        // After the changes: a deletion that shares their batch removes them too.
+        self.write_branch(tx, tenant_id, &branch, revision).await
+    }
+
+    /// The changed resources: current state and temporal table.
+    async fn write_changes(
+        &self,
+        tx: &mut PgConnection,
+        tenant_id: Uuid,
+        branch: &str,
+        revision: i64,
+    ) -> Result<(), ProjectionError> {
         // The current state: puts upserted, deletions removed.
         sqlx::query!(
             r#"INSERT INTO config_resources (tenant_id, branch, kind, name, document, hash, version,
@@ -574,4 +657,132 @@ pub async fn state_at(
         .into_iter()
         .map(|row| (row.kind, row.name, row.document))
         .collect())
+}
+
+/// Every live resource of a branch as of `revision`, with its version, in kind and name order.
+pub async fn resources_at(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    branch: &str,
+    revision: i64,
+) -> Result<Vec<ResourceRow>, sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
+    let rows = sqlx::query_as!(
+        ResourceRow,
+        r#"SELECT kind, name, document AS "document!", valid_from AS version,
+                  recorded_at AS updated_at, actor AS updated_by
+           FROM config_resource_versions
+           WHERE tenant_id = $1 AND branch = $2 AND valid_from <= $3
+             AND (valid_to IS NULL OR valid_to > $3) AND document IS NOT NULL
+           ORDER BY kind, name"#,
+        tenant_id,
+        branch,
+        revision,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// A branch of a tenant's configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BranchRow {
+    /// Its name.
+    pub name: String,
+    /// The branch it started from.
+    pub base_branch: String,
+    /// The base's revision it started from.
+    pub base_revision: i64,
+    /// Its first revision.
+    pub fork_revision: i64,
+    /// Its latest revision.
+    pub head: i64,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// Who created it.
+    pub created_by: String,
+    /// When it was deleted, if it was.
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+/// One branch (deleted ones included), if it was ever created.
+pub async fn get_branch(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    name: &str,
+) -> Result<Option<BranchRow>, sqlx::Error> {
+    Ok(list_branches(pool, tenant_id, Some(name), true)
+        .await?
+        .into_iter()
+        .next())
+}
+
+/// The branches of a tenant in name order (only `name` when given; deleted ones when asked).
+pub async fn list_branches(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    name: Option<&str>,
+    include_deleted: bool,
+) -> Result<Vec<BranchRow>, sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
+    let rows = sqlx::query_as!(
+        BranchRow,
+        r#"SELECT b.name, b.base_branch, b.base_revision, b.fork_revision,
+                  (SELECT coalesce(max(r.revision), 0) FROM config_revisions r
+                   WHERE r.tenant_id = b.tenant_id AND r.branch = b.name) AS "head!",
+                  b.created_at, b.created_by, b.deleted_at
+           FROM config_branches b
+           WHERE b.tenant_id = $1 AND ($2::text IS NULL OR b.name = $2)
+             AND ($3 OR b.deleted_at IS NULL)
+           ORDER BY b.name"#,
+        tenant_id,
+        name,
+        include_deleted,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// The latest revision of `from` that a merge brought into `into`, if any.
+pub async fn last_merged_revision(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    into: &str,
+    from: &str,
+) -> Result<Option<i64>, sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
+    let revision = sqlx::query_scalar!(
+        r#"SELECT max(merged_revision) FROM config_revisions
+           WHERE tenant_id = $1 AND branch = $2 AND merged_branch = $3"#,
+        tenant_id,
+        into,
+        from,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(revision)
+}
+
+/// The groups on `main` whose proxies follow `branch`.
+pub async fn groups_pinned_to(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    branch: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
+    let names = sqlx::query_scalar!(
+        r#"SELECT name FROM config_resources
+           WHERE tenant_id = $1 AND branch = 'main' AND kind = 'group' AND document->>'branch' = $2
+           ORDER BY name"#,
+        tenant_id,
+        branch,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(names)
 }

@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use crate::ProjectorHandle;
 
-/// The branch proxies follow.
+/// The branch proxies follow unless their group is pinned to another.
 const MAIN_BRANCH: &str = "main";
 
 /// The Envoy kinds, in the order a proxy should receive them (make before break).
@@ -57,7 +57,9 @@ pub struct GroupSnapshot {
     pub tenant_id: Uuid,
     /// The group.
     pub group: String,
-    /// The tenant's head revision when this snapshot was built.
+    /// The branch it was built from: `main`, or the branch the group is pinned to.
+    pub branch: String,
+    /// That branch's head revision when this snapshot was built.
     pub revision: u64,
     /// Whether the group exists at that revision.
     pub exists: bool,
@@ -68,10 +70,11 @@ pub struct GroupSnapshot {
 }
 
 impl GroupSnapshot {
-    fn empty(tenant_id: Uuid, group: &str, revision: u64) -> Self {
+    fn empty(tenant_id: Uuid, group: &str, branch: &str, revision: u64) -> Self {
         Self {
             tenant_id,
             group: group.to_owned(),
+            branch: branch.to_owned(),
             revision,
             exists: false,
             resources: BTreeMap::new(),
@@ -149,19 +152,62 @@ struct Stored {
     encoded: Arc<XdsResource>,
 }
 
-/// What the store knows of one tenant.
-#[derive(Debug, Default)]
-struct TenantState {
+/// The Envoy resources and groups of one branch of a tenant, at one revision.
+#[derive(Debug, Default, Clone)]
+struct Content {
     revision: u64,
     resources: HashMap<(ResourceKind, String), Arc<Stored>>,
     groups: BTreeMap<String, (String, GroupSpec)>,
+}
+
+/// What the store knows of one tenant.
+#[derive(Debug, Default)]
+struct TenantState {
+    /// `main`: where groups are resolved and pinned.
+    main: Content,
+    /// Each live branch that a group on `main` is pinned to.
+    branches: HashMap<String, Content>,
     watchers: HashMap<String, watch::Sender<Arc<GroupSnapshot>>>,
 }
 
 impl TenantState {
-    /// The snapshot of `group` from this state.
+    /// The snapshot of `group`: from the branch it is pinned to on `main` when that branch is
+    /// live, else from `main`.
     fn snapshot(&self, tenant_id: Uuid, group: &str) -> GroupSnapshot {
-        let mut snapshot = GroupSnapshot::empty(tenant_id, group, self.revision);
+        let pinned = self
+            .main
+            .groups
+            .get(group)
+            .and_then(|(_, spec)| spec.branch.as_deref())
+            .and_then(|branch| self.branches.get(branch).map(|content| (branch, content)));
+        match pinned {
+            Some((branch, content)) => content.snapshot(tenant_id, group, branch),
+            None => self.main.snapshot(tenant_id, group, MAIN_BRANCH),
+        }
+    }
+
+    /// The branches groups on `main` are pinned to.
+    fn pins(main: &Content) -> BTreeSet<String> {
+        main.groups
+            .values()
+            .filter_map(|(_, spec)| spec.branch.clone())
+            .collect()
+    }
+
+    /// A copy of the content, for a refresh to load into.
+    fn scratch(&self) -> TenantState {
+        TenantState {
+            main: self.main.clone(),
+            branches: self.branches.clone(),
+            watchers: HashMap::new(),
+        }
+    }
+}
+
+impl Content {
+    /// The snapshot of `group` from this content.
+    fn snapshot(&self, tenant_id: Uuid, group: &str, branch: &str) -> GroupSnapshot {
+        let mut snapshot = GroupSnapshot::empty(tenant_id, group, branch, self.revision);
         if !self.groups.contains_key(group) {
             return snapshot.seal();
         }
@@ -319,7 +365,7 @@ impl SnapshotStore {
     ) -> Result<Option<String>, sqlx::Error> {
         self.ensure_loaded(tenant_id).await?;
         let tenants = self.tenants.lock().expect("snapshot store lock");
-        Ok(tenants[&tenant_id].resolve(node_cluster, metadata))
+        Ok(tenants[&tenant_id].main.resolve(node_cluster, metadata))
     }
 
     async fn ensure_loaded(&self, tenant_id: Uuid) -> Result<(), sqlx::Error> {
@@ -337,7 +383,13 @@ impl SnapshotStore {
             return Ok(());
         }
         let mut state = TenantState::default();
-        load(&self.pool, tenant_id, &mut state).await?;
+        load(&self.pool, tenant_id, MAIN_BRANCH, &mut state.main).await?;
+        for branch in TenantState::pins(&state.main) {
+            let mut content = Content::default();
+            if load(&self.pool, tenant_id, &branch, &mut content).await? {
+                state.branches.insert(branch, content);
+            }
+        }
         self.tenants
             .lock()
             .expect("snapshot store lock")
@@ -345,71 +397,74 @@ impl SnapshotStore {
         Ok(())
     }
 
-    /// Re-reads every loaded tenant whose head revision moved and republishes its groups'
-    /// snapshots; groups nobody follows any more are forgotten.
+    /// Re-reads every loaded tenant whose `main`, or a branch one of its groups is pinned to,
+    /// moved, and republishes its groups' snapshots; groups nobody follows any more are forgotten.
     pub async fn refresh(&self) -> Result<(), sqlx::Error> {
         let _guard = self.refreshing.lock().await;
-        let known: Vec<(Uuid, u64)> = self
+        let ids: Vec<Uuid> = self
             .tenants
             .lock()
             .expect("snapshot store lock")
-            .iter()
-            .map(|(id, state)| (*id, state.revision))
+            .keys()
+            .copied()
             .collect();
-        if known.is_empty() {
+        if ids.is_empty() {
             return Ok(());
         }
-        let ids: Vec<Uuid> = known.iter().map(|(id, _)| *id).collect();
         let mut tx = Scope::System.begin(&self.pool).await?;
-        let heads = sqlx::query!(
-            r#"SELECT tenant_id, max(revision) AS "revision!"
-               FROM config_revisions WHERE branch = $1 AND tenant_id = ANY($2)
-               GROUP BY tenant_id"#,
-            MAIN_BRANCH,
+        let heads: HashMap<(Uuid, String), u64> = sqlx::query!(
+            r#"SELECT tenant_id, branch, max(revision) AS "revision!"
+               FROM config_revisions WHERE tenant_id = ANY($1)
+               GROUP BY tenant_id, branch"#,
             &ids,
         )
         .fetch_all(&mut *tx)
-        .await?;
+        .await?
+        .into_iter()
+        .map(|row| {
+            let revision = u64::try_from(row.revision).unwrap_or_default();
+            ((row.tenant_id, row.branch), revision)
+        })
+        .collect();
         tx.rollback().await?;
-        for head in heads {
-            let revision = u64::try_from(head.revision).unwrap_or_default();
-            if known
-                .iter()
-                .any(|(id, known)| *id == head.tenant_id && *known == revision)
-            {
-                continue;
-            }
+        for tenant_id in ids {
+            let head = |branch: &str| {
+                heads
+                    .get(&(tenant_id, branch.to_owned()))
+                    .copied()
+                    .unwrap_or_default()
+            };
             // Load into a copy: streams keep reading (and new ones joining) the live state
             // meanwhile, and a failed load leaves it as it was.
-            let mut scratch = {
-                let tenants = self.tenants.lock().expect("snapshot store lock");
-                let Some(current) = tenants.get(&head.tenant_id) else {
-                    continue;
-                };
-                TenantState {
-                    revision: current.revision,
-                    resources: current.resources.clone(),
-                    groups: current.groups.clone(),
-                    watchers: HashMap::new(),
-                }
-            };
-            if let Err(error) = load(&self.pool, head.tenant_id, &mut scratch).await {
-                // The others are refreshed all the same; this one is retried on the next move.
-                tracing::warn!(tenant = %head.tenant_id, %error, "refreshing a tenant's snapshots failed");
+            let Some(mut scratch) = self
+                .tenants
+                .lock()
+                .expect("snapshot store lock")
+                .get(&tenant_id)
+                .map(TenantState::scratch)
+            else {
                 continue;
+            };
+            match self.reload(tenant_id, &mut scratch, head).await {
+                Ok(false) => continue,
+                Ok(true) => {}
+                Err(error) => {
+                    // The others are refreshed all the same; this one is retried on the next move.
+                    tracing::warn!(tenant = %tenant_id, %error, "refreshing a tenant's snapshots failed");
+                    continue;
+                }
             }
             let mut tenants = self.tenants.lock().expect("snapshot store lock");
-            let Some(state) = tenants.get_mut(&head.tenant_id) else {
+            let Some(state) = tenants.get_mut(&tenant_id) else {
                 continue;
             };
-            state.revision = scratch.revision;
-            state.resources = scratch.resources;
-            state.groups = scratch.groups;
+            state.main = scratch.main;
+            state.branches = scratch.branches;
             state
                 .watchers
                 .retain(|_, sender| sender.receiver_count() > 0);
             for (group, sender) in &state.watchers {
-                let snapshot = state.snapshot(head.tenant_id, group);
+                let snapshot = state.snapshot(tenant_id, group);
                 sender.send_if_modified(|current| {
                     let changed = !current.same_content(&snapshot);
                     *current = Arc::new(snapshot);
@@ -419,12 +474,48 @@ impl SnapshotStore {
         }
         Ok(())
     }
+
+    /// Brings `main` and the pinned branches of `state` up to their heads; whether anything moved.
+    async fn reload(
+        &self,
+        tenant_id: Uuid,
+        state: &mut TenantState,
+        head: impl Fn(&str) -> u64,
+    ) -> Result<bool, sqlx::Error> {
+        let mut moved = false;
+        if head(MAIN_BRANCH) != state.main.revision {
+            load(&self.pool, tenant_id, MAIN_BRANCH, &mut state.main).await?;
+            moved = true;
+        }
+        let pins = TenantState::pins(&state.main);
+        let before = state.branches.len();
+        state.branches.retain(|branch, _| pins.contains(branch));
+        moved |= state.branches.len() != before;
+        for branch in pins {
+            let known = state.branches.get(&branch).map(|content| content.revision);
+            if known == Some(head(&branch)) {
+                continue;
+            }
+            let mut content = state.branches.remove(&branch).unwrap_or_default();
+            if load(&self.pool, tenant_id, &branch, &mut content).await? {
+                state.branches.insert(branch, content);
+            }
+            moved = true;
+        }
+        Ok(moved)
+    }
 }
 
-/// Brings `state` up to the tenant's head revision: one consistent read of the resource list,
-/// then the documents of the resources whose hash changed.
+/// Brings `state` up to the head revision of the tenant's `branch`: one consistent read of the
+/// resource list, then the documents of the resources whose hash changed. Returns whether the
+/// branch is live (`main` always is; a deleted or unknown branch loads nothing).
 #[allow(clippy::too_many_lines)]
-async fn load(pool: &PgPool, tenant_id: Uuid, state: &mut TenantState) -> Result<(), sqlx::Error> {
+async fn load(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    branch: &str,
+    state: &mut Content,
+) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
@@ -432,18 +523,31 @@ async fn load(pool: &PgPool, tenant_id: Uuid, state: &mut TenantState) -> Result
     sqlx::query("SET LOCAL ROLE efms_system")
         .execute(&mut *tx)
         .await?;
+    if branch != MAIN_BRANCH {
+        let live = sqlx::query_scalar!(
+            r#"SELECT deleted_at IS NULL AS "live!" FROM config_branches
+               WHERE tenant_id = $1 AND name = $2"#,
+            tenant_id,
+            branch,
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if live != Some(true) {
+            return Ok(false);
+        }
+    }
     let revision = sqlx::query_scalar!(
         r#"SELECT coalesce(max(revision), 0) AS "revision!" FROM config_revisions
            WHERE tenant_id = $1 AND branch = $2"#,
         tenant_id,
-        MAIN_BRANCH,
+        branch,
     )
     .fetch_one(&mut *tx)
     .await?;
     let listed = sqlx::query!(
         "SELECT kind, name, hash FROM config_resources WHERE tenant_id = $1 AND branch = $2",
         tenant_id,
-        MAIN_BRANCH,
+        branch,
     )
     .fetch_all(&mut *tx)
     .await?;
@@ -478,7 +582,7 @@ async fn load(pool: &PgPool, tenant_id: Uuid, state: &mut TenantState) -> Result
              ON r.kind = wanted.kind AND r.name = wanted.name
            WHERE r.tenant_id = $1 AND r.branch = $2"#,
         tenant_id,
-        MAIN_BRANCH,
+        branch,
         &stale_kinds,
         &stale_names,
     )
@@ -529,7 +633,7 @@ async fn load(pool: &PgPool, tenant_id: Uuid, state: &mut TenantState) -> Result
         }
     }
     state.revision = u64::try_from(revision).unwrap_or_default();
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -554,12 +658,13 @@ mod tests {
                 kind: ResourceKind::Cluster,
                 name: "c".to_owned(),
             }],
+            branch: None,
         }
     }
 
     #[test]
     fn a_proxy_belongs_to_the_deepest_matching_group_else_the_one_named_like_its_cluster() {
-        let mut state = TenantState::default();
+        let mut state = Content::default();
         for (name, spec) in [
             ("all", group(None, Some("edge"), &[])),
             ("eu", group(Some("all"), Some("edge"), &[("region", "eu")])),

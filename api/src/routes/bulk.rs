@@ -4,18 +4,18 @@
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
-use efms_domain::config::{Change, Expect, Operation, MAIN_BRANCH};
+use efms_domain::config::{Change, Expect, Operation};
 use efms_domain::envoy::ResourceKind;
 use efms_projections::config::{self as read, AsOf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::resources::commit;
+use super::resources::{branch_of, commit, BranchParams};
 use crate::access::{tenant_access, Access};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, FieldError};
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, ApiQuery};
 
 /// How long a bulk request waits for the read models to apply its commit.
 const BULK_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
@@ -82,7 +82,7 @@ pub struct BulkResult {
 /// `POST /api/v1/tenants/{tenant}/bulk`: every operation in one revision, or none and a 422
 /// naming each operation at fault by its index (`/operations/{i}/…`).
 #[utoipa::path(post, path = "/api/v1/tenants/{tenant}/bulk", tag = "configuration",
-    params(("tenant" = String, Path, description = "Tenant slug")),
+    params(("tenant" = String, Path, description = "Tenant slug"), BranchParams),
     request_body(content = BulkRequest, description = "Up to 10,000 operations"),
     responses((status = 200, description = "All operations landed in one revision", body = BulkResult),
         (status = 404, description = "No such tenant, or a resource to patch or delete is missing", body = crate::openapi::Problem),
@@ -94,10 +94,12 @@ pub async fn bulk(
     State(state): State<AppState>,
     Principal(actor): Principal,
     Path(tenant): Path<String>,
+    ApiQuery(params): ApiQuery<BranchParams>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<BulkRequest>,
 ) -> Result<Json<BulkResult>, ApiError> {
     let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
+    let branch = branch_of(&state, &tenant, params.branch).await?;
     if request.operations.len() > MAX_OPERATIONS {
         return Err(ApiError::Validation(vec![FieldError::at(
             "/operations",
@@ -108,7 +110,7 @@ pub async fn bulk(
     let mut keys = Vec::with_capacity(request.operations.len());
     let mut errors = Vec::new();
     for (index, operation) in request.operations.iter().enumerate() {
-        match change_of(&state, tenant.tenant_id, operation).await {
+        match change_of(&state, (tenant.tenant_id, &branch), operation).await {
             Ok(change) => {
                 keys.push(key_of(&change));
                 changes.push(change);
@@ -132,10 +134,17 @@ pub async fn bulk(
         })?;
         headers.insert(super::resources::COMMIT_MESSAGE_HEADER, value);
     }
-    let before = read::head_revision(&state.pool, tenant.tenant_id, MAIN_BRANCH).await?;
-    let position = commit(&state, &actor, &headers, &tenant, Operation::Bulk, changes)
-        .await
-        .map_err(|error| at_operation(error, &keys))?;
+    let before = read::head_revision(&state.pool, tenant.tenant_id, &branch).await?;
+    let position = commit(
+        &state,
+        &actor,
+        &headers,
+        (&tenant, &branch),
+        Operation::Bulk,
+        changes,
+    )
+    .await
+    .map_err(|error| at_operation(error, &keys))?;
     if let Some(position) = position {
         // A large commit takes the read models a while: the answer names its revision, so it
         // waits for them (longer than single writes do).
@@ -145,7 +154,7 @@ pub async fn bulk(
             ));
         }
     }
-    let after = read::head_revision(&state.pool, tenant.tenant_id, MAIN_BRANCH).await?;
+    let after = read::head_revision(&state.pool, tenant.tenant_id, &branch).await?;
     Ok(Json(BulkResult {
         revision: (after != before).then_some(after),
         operations: count,
@@ -182,7 +191,7 @@ type Faults = Vec<(String, String)>;
 /// The change one operation asks for, or what is wrong with it (pointers within the operation).
 async fn change_of(
     state: &AppState,
-    tenant_id: uuid::Uuid,
+    (tenant_id, branch): (uuid::Uuid, &str),
     operation: &BulkOperation,
 ) -> Result<Change, Faults> {
     let fault = |pointer: &str, detail: String| vec![(pointer.to_owned(), detail)];
@@ -235,11 +244,10 @@ async fn change_of(
                 .name
                 .as_deref()
                 .ok_or_else(|| fault("/name", "a patch needs `name`".to_owned()))?;
-            let current =
-                read::get_resource(&state.pool, tenant_id, MAIN_BRANCH, kind, name, AsOf::Now)
-                    .await
-                    .map_err(|error| fault("", format!("cannot read the resource: {error}")))?
-                    .ok_or_else(|| fault("/name", format!("there is no {kind} `{name}`")))?;
+            let current = read::get_resource(&state.pool, tenant_id, branch, kind, name, AsOf::Now)
+                .await
+                .map_err(|error| fault("", format!("cannot read the resource: {error}")))?
+                .ok_or_else(|| fault("/name", format!("there is no {kind} `{name}`")))?;
             let mut document = current.document;
             match (&operation.patch, &operation.merge_patch) {
                 (Some(patch), None) => {

@@ -36,7 +36,7 @@ pub fn kind_of(collection: &str) -> Result<ResourceKind, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("no such resource collection `{collection}`")))
 }
 
-/// `?revision=` and `?at=` on reads.
+/// `?revision=`, `?at=` and `?branch=` on reads.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
@@ -45,6 +45,35 @@ pub struct ReadParams {
     pub revision: Option<i64>,
     /// Answer as of this time (RFC 3339).
     pub at: Option<DateTime<Utc>>,
+    /// Read this branch (default `main`).
+    pub branch: Option<String>,
+}
+
+/// `?branch=` on writes and on reads without other parameters.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct BranchParams {
+    /// Work on this branch (default `main`).
+    pub branch: Option<String>,
+}
+
+/// The branch a request works on: `main`, or a branch of the tenant that is not deleted (else 404).
+pub async fn branch_of(
+    state: &AppState,
+    tenant: &TenantAccess,
+    branch: Option<String>,
+) -> Result<String, ApiError> {
+    let Some(branch) = branch.filter(|b| b != MAIN_BRANCH) else {
+        return Ok(MAIN_BRANCH.to_owned());
+    };
+    match read::get_branch(&state.pool, tenant.tenant_id, &branch).await? {
+        Some(row) if row.deleted_at.is_none() => Ok(branch),
+        Some(_) => Err(ApiError::NotFound(format!(
+            "branch `{branch}` was deleted; its history stays readable through the revisions of `main`"
+        ))),
+        None => Err(ApiError::NotFound(format!("there is no branch `{branch}`"))),
+    }
 }
 
 /// Query of a list.
@@ -66,12 +95,15 @@ pub struct ListParams {
     sort: Option<String>,
     /// Only the resources this group attaches, its own and its ancestors'.
     group: Option<String>,
+    /// Read this branch (default `main`).
+    branch: Option<String>,
 }
 
 /// Resolves `?revision=` / `?at=` into the state to read.
 pub async fn as_of(
     state: &AppState,
     tenant: &TenantAccess,
+    branch: &str,
     revision: Option<i64>,
     at: Option<DateTime<Utc>>,
 ) -> Result<AsOf, ApiError> {
@@ -82,7 +114,7 @@ pub async fn as_of(
             errors: vec![FieldError::parameter("at", "conflicts with `revision`")],
         }),
         (Some(revision), None) => {
-            let head = read::head_revision(&state.pool, tenant.tenant_id, MAIN_BRANCH).await?;
+            let head = read::head_revision(&state.pool, tenant.tenant_id, branch).await?;
             if revision < 1 || revision > head {
                 return Err(ApiError::NotFound(format!(
                     "there is no revision {revision}; the latest is {head}"
@@ -91,7 +123,7 @@ pub async fn as_of(
             Ok(AsOf::Revision(revision))
         }
         (None, Some(at)) => Ok(AsOf::Revision(
-            read::revision_at(&state.pool, tenant.tenant_id, MAIN_BRANCH, at).await?,
+            read::revision_at(&state.pool, tenant.tenant_id, branch, at).await?,
         )),
     }
 }
@@ -140,11 +172,12 @@ pub async fn list(
             )]))
         }
     };
-    let as_of = as_of(&state, &tenant, params.revision, params.at).await?;
+    let branch = branch_of(&state, &tenant, params.branch).await?;
+    let as_of = as_of(&state, &tenant, &branch, params.revision, params.at).await?;
     let names = match &params.group {
         None => None,
         Some(group) => Some(
-            effective_attachments(&state, &tenant, group, as_of)
+            effective_attachments(&state, &tenant, &branch, group, as_of)
                 .await?
                 .into_iter()
                 .filter(|item| item.kind == kind)
@@ -152,7 +185,7 @@ pub async fn list(
                 .collect(),
         ),
     };
-    let cacheable = as_of == AsOf::Now && params.group.is_none();
+    let cacheable = as_of == AsOf::Now && params.group.is_none() && branch == MAIN_BRANCH;
     let query = ListQuery {
         name_prefix: params.name_prefix,
         after: params.cursor,
@@ -161,15 +194,9 @@ pub async fn list(
         names,
     };
     let render = || async {
-        let page_rows = read::list_resources(
-            &state.pool,
-            tenant.tenant_id,
-            MAIN_BRANCH,
-            kind,
-            as_of,
-            &query,
-        )
-        .await?;
+        let page_rows =
+            read::list_resources(&state.pool, tenant.tenant_id, &branch, kind, as_of, &query)
+                .await?;
         render_page(kind, page, page_rows)
     };
     let body: std::sync::Arc<str> = if cacheable {
@@ -244,26 +271,22 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&collection)?;
     let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
-    let as_of = as_of(&state, &tenant, params.revision, params.at).await?;
+    let branch = branch_of(&state, &tenant, params.branch).await?;
+    let as_of = as_of(&state, &tenant, &branch, params.revision, params.at).await?;
     let row = match as_of {
-        AsOf::Now => state.cache.get(tenant.tenant_id, kind, &name).await?,
-        AsOf::Revision(_) => read::get_resource(
-            &state.pool,
-            tenant.tenant_id,
-            MAIN_BRANCH,
-            kind,
-            &name,
-            as_of,
-        )
-        .await?
-        .map(std::sync::Arc::new),
+        AsOf::Now if branch == MAIN_BRANCH => {
+            state.cache.get(tenant.tenant_id, kind, &name).await?
+        }
+        _ => read::get_resource(&state.pool, tenant.tenant_id, &branch, kind, &name, as_of)
+            .await?
+            .map(std::sync::Arc::new),
     }
     .ok_or_else(|| missing(kind, &name))?;
     Ok(resource_response(StatusCode::OK, kind, &row))
 }
 
 /// `POST /api/v1/tenants/{tenant}/{kind}`: creates a resource (201, `Location`, `ETag`).
-#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/{kind}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups")),
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/{kind}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups"), BranchParams),
     request_body(content = Object, description = "The Envoy resource (protobuf JSON mapping)"),
     responses((status = 201, description = "Created", body = Object),
         (status = 403, description = "The role may not write", body = crate::openapi::Problem),
@@ -273,30 +296,35 @@ pub async fn create(
     State(state): State<AppState>,
     Principal(actor): Principal,
     Path((tenant, collection)): Path<(String, String)>,
+    ApiQuery(params): ApiQuery<BranchParams>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&collection)?;
     let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
+    let branch = branch_of(&state, &tenant, params.branch).await?;
     let change = Change::put(kind, &body, Expect::Absent).map_err(invalid)?;
     let name = change_name(&change);
     commit(
         &state,
         &actor,
         &headers,
-        &tenant,
+        (&tenant, &branch),
         Operation::Create,
         vec![change],
     )
     .await?;
-    let row = read_back(&state, &tenant, kind, &name).await?;
+    let row = read_back(&state, &tenant, &branch, kind, &name).await?;
     let mut response = resource_response(StatusCode::CREATED, kind, &row);
-    let location = format!(
+    let mut location = format!(
         "/api/v1/tenants/{}/{}/{}",
         tenant.slug,
         kind.collection(),
         name
     );
+    if branch != MAIN_BRANCH {
+        location = format!("{location}?branch={branch}");
+    }
     response.headers_mut().insert(
         header::LOCATION,
         HeaderValue::from_str(&location).map_err(ApiError::internal)?,
@@ -304,7 +332,7 @@ pub async fn create(
     Ok(response)
 }
 
-#[utoipa::path(put, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups"), ("name" = String, Path, description = "The resource's Envoy name")),
+#[utoipa::path(put, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups"), ("name" = String, Path, description = "The resource's Envoy name"), BranchParams),
     request_body(content = Object, description = "The Envoy resource (protobuf JSON mapping)"),
     responses((status = 200, description = "Replaced", body = Object), (status = 201, description = "Created", body = Object),
         (status = 412, description = "If-Match is stale", body = crate::openapi::Problem),
@@ -315,18 +343,20 @@ pub async fn replace(
     State(state): State<AppState>,
     Principal(actor): Principal,
     Path((tenant, collection, name)): Path<(String, String, String)>,
+    ApiQuery(params): ApiQuery<BranchParams>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&collection)?;
     let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
+    let branch = branch_of(&state, &tenant, params.branch).await?;
     let expect = if_match(&headers)?.unwrap_or(Expect::Anything);
     let change = Change::put(kind, &body, expect).map_err(invalid)?;
     check_path_name(kind, &name, &change)?;
     let existed = read::get_resource(
         &state.pool,
         tenant.tenant_id,
-        MAIN_BRANCH,
+        &branch,
         kind,
         &name,
         AsOf::Now,
@@ -337,12 +367,12 @@ pub async fn replace(
         &state,
         &actor,
         &headers,
-        &tenant,
+        (&tenant, &branch),
         Operation::Replace,
         vec![change],
     )
     .await?;
-    let row = read_back(&state, &tenant, kind, &name).await?;
+    let row = read_back(&state, &tenant, &branch, kind, &name).await?;
     let status = if existed {
         StatusCode::OK
     } else {
@@ -351,7 +381,7 @@ pub async fn replace(
     Ok(resource_response(status, kind, &row))
 }
 
-#[utoipa::path(patch, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups"), ("name" = String, Path, description = "The resource's Envoy name")),
+#[utoipa::path(patch, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups"), ("name" = String, Path, description = "The resource's Envoy name"), BranchParams),
     request_body(description = "RFC 6902 JSON Patch or RFC 7396 merge patch",
         content((Vec<Object> = "application/json-patch+json"), (Object = "application/merge-patch+json"))),
     responses((status = 200, description = "Patched", body = Object),
@@ -365,11 +395,13 @@ pub async fn patch(
     State(state): State<AppState>,
     Principal(actor): Principal,
     Path((tenant, collection, name)): Path<(String, String, String)>,
+    ApiQuery(params): ApiQuery<BranchParams>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&collection)?;
     let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
+    let branch = branch_of(&state, &tenant, params.branch).await?;
     let patch = PatchBody::parse(&headers, &body)?;
     let explicit = if_match(&headers)?;
     // The patch applies to the document as the read model has it; the commit carries the version it
@@ -381,7 +413,7 @@ pub async fn patch(
         let current = read::get_resource(
             &state.pool,
             tenant.tenant_id,
-            MAIN_BRANCH,
+            &branch,
             kind,
             &name,
             AsOf::Now,
@@ -398,7 +430,7 @@ pub async fn patch(
             &state,
             &actor,
             &headers,
-            &tenant,
+            (&tenant, &branch),
             Operation::Patch,
             vec![change],
         )
@@ -409,12 +441,12 @@ pub async fn patch(
             Ok(_) => break,
         }
     }
-    let row = read_back(&state, &tenant, kind, &name).await?;
+    let row = read_back(&state, &tenant, &branch, kind, &name).await?;
     Ok(resource_response(StatusCode::OK, kind, &row))
 }
 
 /// `DELETE /api/v1/tenants/{tenant}/{kind}/{name}`: 204; 409 naming the dependents when it is used.
-#[utoipa::path(delete, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups"), ("name" = String, Path, description = "The resource's Envoy name")),
+#[utoipa::path(delete, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups"), ("name" = String, Path, description = "The resource's Envoy name"), BranchParams),
     responses((status = 204, description = "Deleted"),
         (status = 404, description = "No such resource", body = crate::openapi::Problem),
         (status = 409, description = "Still used by other resources", body = crate::openapi::Problem),
@@ -423,17 +455,19 @@ pub async fn delete(
     State(state): State<AppState>,
     Principal(actor): Principal,
     Path((tenant, collection, name)): Path<(String, String, String)>,
+    ApiQuery(params): ApiQuery<BranchParams>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let kind = kind_of(&collection)?;
     let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
+    let branch = branch_of(&state, &tenant, params.branch).await?;
     let expect = if_match(&headers)?.unwrap_or(Expect::Present);
     let change = Change::Delete { kind, name, expect };
     commit(
         &state,
         &actor,
         &headers,
-        &tenant,
+        (&tenant, &branch),
         Operation::Delete,
         vec![change],
     )
@@ -482,24 +516,85 @@ impl PatchBody {
     }
 }
 
-/// Runs one commit for `actor` and waits for the read models to show it.
+/// Runs one commit on `branch` for `actor` and waits for the read models to show it.
 pub async fn commit(
     state: &AppState,
     actor: &Actor,
     headers: &HeaderMap,
-    tenant: &TenantAccess,
+    (tenant, branch): (&TenantAccess, &str),
     operation: Operation,
     changes: Vec<Change>,
 ) -> Result<Option<efms_commands::Position>, ApiError> {
-    let metadata = super::commit_metadata(actor, headers, commit_message(headers)?);
+    check_pins(state, tenant, branch, &changes).await?;
+    let message = commit_message(headers)?;
     let command = ConfigCommand::Commit {
-        message: metadata.message.clone(),
+        message: message.clone(),
         operation,
         changes,
     };
+    execute(state, actor, headers, (tenant, branch), message, command).await
+}
+
+/// A group on `main` may pin its proxies to a branch only if that branch is live and has the group.
+async fn check_pins(
+    state: &AppState,
+    tenant: &TenantAccess,
+    branch: &str,
+    changes: &[Change],
+) -> Result<(), ApiError> {
+    if branch != MAIN_BRANCH {
+        return Ok(());
+    }
+    for change in changes {
+        let Change::Put {
+            kind: ResourceKind::Group,
+            name,
+            document,
+            ..
+        } = change
+        else {
+            continue;
+        };
+        let Some(pin) = document.get("branch").and_then(Value::as_str) else {
+            continue;
+        };
+        let refused =
+            |detail: String| ApiError::Validation(vec![FieldError::at("/branch", detail)]);
+        match read::get_branch(&state.pool, tenant.tenant_id, pin).await? {
+            Some(row) if row.deleted_at.is_none() => {}
+            _ => return Err(refused(format!("there is no branch `{pin}` to follow"))),
+        }
+        let on_branch = read::get_resource(
+            &state.pool,
+            tenant.tenant_id,
+            pin,
+            ResourceKind::Group,
+            name,
+            AsOf::Now,
+        )
+        .await?;
+        if on_branch.is_none() {
+            return Err(refused(format!(
+                "group `{name}` does not exist on branch `{pin}`; create it there first"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `command` on `branch`'s repository for `actor` and waits for the read models to show it.
+pub async fn execute(
+    state: &AppState,
+    actor: &Actor,
+    headers: &HeaderMap,
+    (tenant, branch): (&TenantAccess, &str),
+    message: Option<String>,
+    command: ConfigCommand,
+) -> Result<Option<efms_commands::Position>, ApiError> {
+    let metadata = super::commit_metadata(actor, headers, message);
     let result = state
         .bus
-        .execute::<ConfigRepo>(tenant.tenant_id, MAIN_BRANCH, command, (), metadata)
+        .execute::<ConfigRepo>(tenant.tenant_id, branch, command, (), metadata)
         .await;
     let outcome = match &result {
         Ok(Some(_)) => "committed",
@@ -526,7 +621,7 @@ pub async fn commit(
 }
 
 /// The commit message from `X-Commit-Message`, if any.
-fn commit_message(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub fn commit_message(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     headers
         .get(COMMIT_MESSAGE_HEADER)
         .map(|value| {
@@ -546,10 +641,11 @@ fn commit_message(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 pub fn config_error(error: ConfigError) -> ApiError {
     let detail = error.to_string();
     match error {
-        ConfigError::AlreadyExists { .. } | ConfigError::StillReferenced { .. } => {
-            ApiError::Conflict(detail)
-        }
-        ConfigError::NotFound { .. } => ApiError::NotFound(detail),
+        ConfigError::AlreadyExists { .. }
+        | ConfigError::StillReferenced { .. }
+        | ConfigError::BranchExists
+        | ConfigError::NotDeletable => ApiError::Conflict(detail),
+        ConfigError::NotFound { .. } | ConfigError::BranchDeleted => ApiError::NotFound(detail),
         ConfigError::VersionMismatch { .. } => ApiError::PreconditionFailed(detail),
         ConfigError::ChangedTwice { .. } => ApiError::Validation(vec![FieldError::at("", detail)]),
         ConfigError::GroupCycle(_) => ApiError::Validation(vec![FieldError::at("/parent", detail)]),
@@ -587,6 +683,7 @@ pub struct EffectiveResource {
 pub async fn effective_attachments(
     state: &AppState,
     tenant: &TenantAccess,
+    branch: &str,
     group: &str,
     as_of: AsOf,
 ) -> Result<Vec<EffectiveResource>, ApiError> {
@@ -598,7 +695,7 @@ pub async fn effective_attachments(
         let row = read::get_resource(
             &state.pool,
             tenant.tenant_id,
-            MAIN_BRANCH,
+            branch,
             ResourceKind::Group,
             &name,
             as_of,
@@ -645,9 +742,10 @@ pub async fn group_resources(
         )));
     }
     let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
-    let as_of = as_of(&state, &tenant, params.revision, params.at).await?;
+    let branch = branch_of(&state, &tenant, params.branch).await?;
+    let as_of = as_of(&state, &tenant, &branch, params.revision, params.at).await?;
     Ok(Json(
-        effective_attachments(&state, &tenant, &name, as_of).await?,
+        effective_attachments(&state, &tenant, &branch, &name, as_of).await?,
     ))
 }
 
@@ -707,23 +805,17 @@ fn missing(kind: ResourceKind, name: &str) -> ApiError {
 async fn read_back(
     state: &AppState,
     tenant: &TenantAccess,
+    branch: &str,
     kind: ResourceKind,
     name: &str,
 ) -> Result<ResourceRow, ApiError> {
-    read::get_resource(
-        &state.pool,
-        tenant.tenant_id,
-        MAIN_BRANCH,
-        kind,
-        name,
-        AsOf::Now,
-    )
-    .await?
-    .ok_or_else(|| {
-        ApiError::Unavailable(format!(
-            "{kind} `{name}` is committed but not readable yet; read it again shortly"
-        ))
-    })
+    read::get_resource(&state.pool, tenant.tenant_id, branch, kind, name, AsOf::Now)
+        .await?
+        .ok_or_else(|| {
+            ApiError::Unavailable(format!(
+                "{kind} `{name}` is committed but not readable yet; read it again shortly"
+            ))
+        })
 }
 
 /// The response for one resource: its (redacted) Envoy JSON, `ETag` and `Last-Modified`.

@@ -9,13 +9,15 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use efms_domain::config::{Change, Expect, Operation, MAIN_BRANCH};
+use efms_domain::config::{Change, Expect, Operation};
 use efms_domain::envoy::ResourceKind;
 use efms_projections::config::{self as read, AsOf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::resources::{commit, invalid, kind_of, redact, resource_response};
+use super::resources::{
+    branch_of, commit, invalid, kind_of, redact, resource_response, BranchParams,
+};
 use crate::access::{tenant_access, Access};
 use crate::app::AppState;
 use crate::auth::Principal;
@@ -35,18 +37,19 @@ pub struct HistoryEntry {
 }
 
 /// `GET .../{kind}/{name}/history`: every change of one resource, newest first.
-#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/{kind}/{name}/history", tag = "versions", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups"), ("name" = String, Path, description = "The resource's Envoy name")),
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/{kind}/{name}/history", tag = "versions", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups"), ("name" = String, Path, description = "The resource's Envoy name"), BranchParams),
     responses((status = 200, description = "The changes, newest first", body = Vec<HistoryEntry>),
         (status = 404, description = "Never existed", body = crate::openapi::Problem)))]
 pub async fn history(
     State(state): State<AppState>,
     Principal(actor): Principal,
     Path((tenant, collection, name)): Path<(String, String, String)>,
+    ApiQuery(params): ApiQuery<BranchParams>,
 ) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
     let kind = kind_of(&collection)?;
     let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
-    let rows =
-        read::resource_history(&state.pool, tenant.tenant_id, MAIN_BRANCH, kind, &name).await?;
+    let branch = branch_of(&state, &tenant, params.branch).await?;
+    let rows = read::resource_history(&state.pool, tenant.tenant_id, &branch, kind, &name).await?;
     if rows.is_empty() {
         return Err(ApiError::NotFound(format!(
             "there is no {kind} `{name}`, now or before"
@@ -74,6 +77,8 @@ pub struct RevisionsParams {
     limit: Option<u32>,
     /// The `next_cursor` of the previous page (a revision number).
     cursor: Option<i64>,
+    /// The branch (default `main`).
+    branch: Option<String>,
 }
 
 /// One commit.
@@ -108,10 +113,11 @@ pub async fn revisions(
 ) -> Result<Json<RevisionsPage>, ApiError> {
     let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
     let page = super::PageSize::from_param(params.limit)?;
+    let branch = branch_of(&state, &tenant, params.branch).await?;
     let mut rows = read::list_revisions(
         &state.pool,
         tenant.tenant_id,
-        MAIN_BRANCH,
+        &branch,
         params.cursor,
         page.fetch(),
     )
@@ -138,6 +144,8 @@ pub async fn revisions(
 pub struct DiffParams {
     from: i64,
     to: i64,
+    /// The branch (default `main`).
+    branch: Option<String>,
 }
 
 /// A resource named in a diff.
@@ -187,7 +195,8 @@ pub async fn diff(
     ApiQuery(params): ApiQuery<DiffParams>,
 ) -> Result<Json<Diff>, ApiError> {
     let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
-    let head = read::head_revision(&state.pool, tenant.tenant_id, MAIN_BRANCH).await?;
+    let branch = branch_of(&state, &tenant, params.branch).await?;
+    let head = read::head_revision(&state.pool, tenant.tenant_id, &branch).await?;
     for (parameter, revision) in [("from", params.from), ("to", params.to)] {
         if revision < 0 || revision > head {
             return Err(ApiError::Validation(vec![FieldError::parameter(
@@ -198,11 +207,21 @@ pub async fn diff(
             )]));
         }
     }
-    let from = state_map(&state, tenant.tenant_id, params.from).await?;
-    let mut to = state_map(&state, tenant.tenant_id, params.to).await?;
+    let from = state_map(&state, tenant.tenant_id, &branch, params.from).await?;
+    let to = state_map(&state, tenant.tenant_id, &branch, params.to).await?;
+    Ok(Json(diff_states(params.from, params.to, from, to)))
+}
+
+/// What changed from one state to another (secrets redacted).
+pub fn diff_states(
+    from_revision: i64,
+    to_revision: i64,
+    from: BTreeMap<(String, String), Value>,
+    mut to: BTreeMap<(String, String), Value>,
+) -> Diff {
     let mut diff = Diff {
-        from: params.from,
-        to: params.to,
+        from: from_revision,
+        to: to_revision,
         added: Vec::new(),
         removed: Vec::new(),
         changed: Vec::new(),
@@ -226,24 +245,25 @@ pub async fn diff(
             resource,
         });
     }
-    Ok(Json(diff))
+    diff
 }
 
-async fn state_map(
+/// Every resource of `branch` at `revision`, by kind and name.
+pub async fn state_map(
     state: &AppState,
     tenant_id: uuid::Uuid,
+    branch: &str,
     revision: i64,
 ) -> Result<BTreeMap<(String, String), Value>, ApiError> {
-    Ok(
-        read::state_at(&state.pool, tenant_id, MAIN_BRANCH, revision)
-            .await?
-            .into_iter()
-            .map(|(kind, name, document)| ((kind, name), document))
-            .collect(),
-    )
+    Ok(read::state_at(&state.pool, tenant_id, branch, revision)
+        .await?
+        .into_iter()
+        .map(|(kind, name, document)| ((kind, name), document))
+        .collect())
 }
 
-fn parse_kind(kind: &str) -> ResourceKind {
+/// The kind the read model names.
+pub fn parse_kind(kind: &str) -> ResourceKind {
     ResourceKind::ALL
         .into_iter()
         .find(|k| k.to_string() == kind)
@@ -259,21 +279,23 @@ pub struct RollbackBody {
 }
 
 /// `POST /api/v1/tenants/{tenant}/rollback`: a new revision whose state equals `to_revision`.
-#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/rollback", tag = "versions", params(("tenant" = String, Path, description = "Tenant slug")), request_body = RollbackBody,
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/rollback", tag = "versions", params(("tenant" = String, Path, description = "Tenant slug"), BranchParams), request_body = RollbackBody,
     responses((status = 200, description = "The new revision"),
         (status = 422, description = "No such revision, or the restored state is refused", body = crate::openapi::Problem)))]
 pub async fn rollback(
     State(state): State<AppState>,
     Principal(actor): Principal,
     Path(tenant): Path<String>,
+    ApiQuery(params): ApiQuery<BranchParams>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<RollbackBody>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
-    let head = read::head_revision(&state.pool, tenant.tenant_id, MAIN_BRANCH).await?;
+    let branch = branch_of(&state, &tenant, params.branch).await?;
+    let head = read::head_revision(&state.pool, tenant.tenant_id, &branch).await?;
     check_target(body.to_revision, head)?;
-    let target = state_map(&state, tenant.tenant_id, body.to_revision).await?;
-    let current = state_map(&state, tenant.tenant_id, head).await?;
+    let target = state_map(&state, tenant.tenant_id, &branch, body.to_revision).await?;
+    let current = state_map(&state, tenant.tenant_id, &branch, head).await?;
     let mut changes = Vec::new();
     for ((kind, name), document) in &target {
         if current.get(&(kind.clone(), name.clone())) != Some(document) {
@@ -293,12 +315,12 @@ pub async fn rollback(
         &state,
         &actor,
         &headers,
-        &tenant,
+        (&tenant, &branch),
         Operation::Rollback,
         changes,
     )
     .await?;
-    let revision = read::head_revision(&state.pool, tenant.tenant_id, MAIN_BRANCH).await?;
+    let revision = read::head_revision(&state.pool, tenant.tenant_id, &branch).await?;
     Ok((
         StatusCode::OK,
         Json(serde_json::json!({ "revision": revision, "restored": body.to_revision, "changes": count })),
@@ -306,7 +328,7 @@ pub async fn rollback(
         .into_response())
 }
 
-#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/{kind}/{name}/rollback", tag = "versions", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups"), ("name" = String, Path, description = "The resource's Envoy name")), request_body = RollbackBody,
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/{kind}/{name}/rollback", tag = "versions", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups"), ("name" = String, Path, description = "The resource's Envoy name"), BranchParams), request_body = RollbackBody,
     responses((status = 200, description = "The restored resource", body = Object), (status = 204, description = "Deleted: it did not exist then"),
         (status = 409, description = "Deleting it would break a reference", body = crate::openapi::Problem),
         (status = 422, description = "No such revision", body = crate::openapi::Problem)))]
@@ -316,17 +338,19 @@ pub async fn rollback_resource(
     State(state): State<AppState>,
     Principal(actor): Principal,
     Path((tenant, collection, name)): Path<(String, String, String)>,
+    ApiQuery(params): ApiQuery<BranchParams>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<RollbackBody>,
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&collection)?;
     let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
-    let head = read::head_revision(&state.pool, tenant.tenant_id, MAIN_BRANCH).await?;
+    let branch = branch_of(&state, &tenant, params.branch).await?;
+    let head = read::head_revision(&state.pool, tenant.tenant_id, &branch).await?;
     check_target(body.to_revision, head)?;
     let then = read::get_resource(
         &state.pool,
         tenant.tenant_id,
-        MAIN_BRANCH,
+        &branch,
         kind,
         &name,
         AsOf::Revision(body.to_revision),
@@ -344,7 +368,7 @@ pub async fn rollback_resource(
         &state,
         &actor,
         &headers,
-        &tenant,
+        (&tenant, &branch),
         Operation::Rollback,
         vec![change],
     )
@@ -352,7 +376,7 @@ pub async fn rollback_resource(
     match read::get_resource(
         &state.pool,
         tenant.tenant_id,
-        MAIN_BRANCH,
+        &branch,
         kind,
         &name,
         AsOf::Now,

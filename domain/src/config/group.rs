@@ -28,6 +28,11 @@ pub struct GroupSpec {
     /// The resources it attaches (its descendants inherit them).
     #[serde(default)]
     pub resources: Vec<Attached>,
+    /// The branch its proxies follow instead of `main` (a canary). Only the pin on `main`
+    /// counts; the group, its attachments and everything they refer to are then read from that
+    /// branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
 }
 
 /// Which proxies belong to a group: all conditions given must hold; an empty selector matches
@@ -82,6 +87,14 @@ pub fn validate(json: &Value) -> Result<(String, Value, GroupSpec), Vec<Violatio
             violations.push(Violation {
                 pointer: "/parent".to_owned(),
                 message: "a group cannot be its own parent".to_owned(),
+            });
+        }
+    }
+    if let Some(branch) = &spec.branch {
+        if let Err(message) = super::valid_branch_name(branch) {
+            violations.push(Violation {
+                pointer: "/branch".to_owned(),
+                message,
             });
         }
     }

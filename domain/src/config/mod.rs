@@ -6,6 +6,7 @@
 //! the documents travel in the events and live in the read models.
 
 pub mod group;
+pub mod merge;
 mod refs;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,6 +40,38 @@ pub enum Operation {
     Rollback,
     /// Many changes across kinds, applied together.
     Bulk,
+    /// A branch was created from another branch's revision (its first commit).
+    Branch,
+    /// A branch's changes were merged in.
+    Merge,
+}
+
+/// Where a branch starts: a branch and one of its revisions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BranchPoint {
+    /// The branch.
+    pub branch: String,
+    /// The revision of that branch.
+    pub revision: u64,
+}
+
+/// Whether `name` may name a new branch: 1 to 63 lower-case letters, digits, `.`, `_` or `-`,
+/// starting with a letter or digit, and not `main`.
+pub fn valid_branch_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let starts_well = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
+    if name == MAIN_BRANCH {
+        Err("`main` exists in every tenant and cannot be created".to_owned())
+    } else if !starts_well || !rest_ok || name.len() > 63 {
+        Err(format!(
+            "`{name}` is not a branch name: 1 to 63 of a-z, 0-9, `.`, `_`, `-`, starting with a letter or digit"
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 /// What a change expects of the resource's current state.
@@ -121,6 +154,27 @@ pub enum ConfigCommand {
         /// The changes, applied in order.
         changes: Vec<Change>,
     },
+    /// Apply the result of merging a branch as one revision that records what it merged.
+    Merge {
+        /// The author's explanation.
+        message: Option<String>,
+        /// The branch and the revision of it that was merged.
+        source: BranchPoint,
+        /// The changes the merge makes to this branch.
+        changes: Vec<Change>,
+    },
+    /// Start this (new) branch as a copy of `base`: its first commit creates every resource the
+    /// base held at that revision.
+    Fork {
+        /// The author's explanation.
+        message: Option<String>,
+        /// Where the branch starts.
+        base: BranchPoint,
+        /// Every resource of the base at that revision, as creations.
+        resources: Vec<Change>,
+    },
+    /// Close this branch. Its events stay; it takes no further commits.
+    DeleteBranch,
 }
 
 /// What happened in a configuration repository.
@@ -134,6 +188,21 @@ pub enum ConfigEvent {
         message: Option<String>,
         /// What the commit did.
         operation: Operation,
+        /// For a merge: the branch and revision it brought in.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        merged: Option<BranchPoint>,
+    },
+    /// This branch started from `base` (follows the `Committed` header of its first commit).
+    Branched {
+        /// The branch's first revision.
+        revision: u64,
+        /// Where it started.
+        base: BranchPoint,
+    },
+    /// This branch was closed at its current revision.
+    BranchDeleted {
+        /// Its last revision.
+        revision: u64,
     },
     /// A resource came into being.
     ResourceCreated {
@@ -183,6 +252,8 @@ impl DomainEvent for ConfigEvent {
             ConfigEvent::ResourceCreated { .. } => "ResourceCreated",
             ConfigEvent::ResourceReplaced { .. } => "ResourceReplaced",
             ConfigEvent::ResourceDeleted { .. } => "ResourceDeleted",
+            ConfigEvent::Branched { .. } => "Branched",
+            ConfigEvent::BranchDeleted { .. } => "BranchDeleted",
         }
         .to_owned()
     }
@@ -237,6 +308,15 @@ pub enum ConfigError {
     /// Groups would form a cycle through their parents.
     #[error("groups would form a cycle: {}", .0.join(" → "))]
     GroupCycle(Vec<String>),
+    /// The branch exists, or existed: a branch name stays with its history.
+    #[error("the branch exists already (a deleted branch keeps its name with its history)")]
+    BranchExists,
+    /// The branch was deleted; it takes no commits.
+    #[error("the branch was deleted")]
+    BranchDeleted,
+    /// The branch cannot be deleted (`main`, or never created).
+    #[error("this branch cannot be deleted")]
+    NotDeletable,
     /// A deleted resource is still referred to.
     #[error("{kind} `{name}` is still used by {}", describe_refs(.by))]
     StillReferenced {
@@ -286,6 +366,12 @@ pub struct ConfigRepo {
     revision: u64,
     /// Keyed by `kind/name` (a name never contains `/`).
     resources: BTreeMap<String, ResourceState>,
+    /// Where this branch started; `None` for `main` (and a branch never created).
+    #[serde(default)]
+    base: Option<BranchPoint>,
+    /// Whether this branch was deleted.
+    #[serde(default)]
+    deleted: bool,
 }
 
 fn key(kind: ResourceKind, name: &str) -> String {
@@ -324,12 +410,55 @@ impl ConfigRepo {
         self.resources.get(&key(kind, name))
     }
 
+    /// Where this branch started (`None` for `main`).
+    pub fn base(&self) -> Option<&BranchPoint> {
+        self.base.as_ref()
+    }
+
+    /// Whether this branch was deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted
+    }
+
+    /// The first commit of a new branch: every resource of the base, created at the revision
+    /// after the base's.
+    fn fork(
+        &self,
+        message: Option<String>,
+        base: BranchPoint,
+        resources: Vec<Change>,
+    ) -> Result<Vec<ConfigEvent>, ConfigError> {
+        if self.revision > 0 || self.deleted || self.base.is_some() {
+            return Err(ConfigError::BranchExists);
+        }
+        let start = ConfigRepo {
+            revision: base.revision,
+            ..ConfigRepo::default()
+        };
+        let mut events = start.decide(message.clone(), Operation::Branch, None, resources)?;
+        let revision = base.revision + 1;
+        if events.is_empty() {
+            events.push(ConfigEvent::Committed {
+                revision,
+                message,
+                operation: Operation::Branch,
+                merged: None,
+            });
+        }
+        events.insert(1, ConfigEvent::Branched { revision, base });
+        Ok(events)
+    }
+
     fn decide(
         &self,
         message: Option<String>,
         operation: Operation,
+        merged: Option<BranchPoint>,
         changes: Vec<Change>,
     ) -> Result<Vec<ConfigEvent>, ConfigError> {
+        if self.deleted {
+            return Err(ConfigError::BranchDeleted);
+        }
         let revision = self.revision + 1;
         let mut seen = BTreeSet::new();
         // The state after the commit, for the changed keys only.
@@ -409,6 +538,7 @@ impl ConfigRepo {
                 revision,
                 message,
                 operation,
+                merged,
             },
         );
         Ok(events)
@@ -575,12 +705,35 @@ impl Aggregate for ConfigRepo {
         _services: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        let ConfigCommand::Commit {
-            message,
-            operation,
-            changes,
-        } = command;
-        for event in self.decide(message, operation, changes)? {
+        let events = match command {
+            ConfigCommand::Commit {
+                message,
+                operation,
+                changes,
+            } => self.decide(message, operation, None, changes)?,
+            ConfigCommand::Merge {
+                message,
+                source,
+                changes,
+            } => self.decide(message, Operation::Merge, Some(source), changes)?,
+            ConfigCommand::Fork {
+                message,
+                base,
+                resources,
+            } => self.fork(message, base, resources)?,
+            ConfigCommand::DeleteBranch => {
+                if self.deleted {
+                    return Err(ConfigError::BranchDeleted);
+                }
+                if self.base.is_none() {
+                    return Err(ConfigError::NotDeletable);
+                }
+                vec![ConfigEvent::BranchDeleted {
+                    revision: self.revision,
+                }]
+            }
+        };
+        for event in events {
             sink.write(event, self).await;
         }
         Ok(())
@@ -617,6 +770,8 @@ impl Aggregate for ConfigRepo {
             ConfigEvent::ResourceDeleted { kind, name, .. } => {
                 self.resources.remove(&key(kind, &name));
             }
+            ConfigEvent::Branched { base, .. } => self.base = Some(base),
+            ConfigEvent::BranchDeleted { .. } => self.deleted = true,
         }
     }
 }
@@ -630,6 +785,8 @@ impl fmt::Display for Operation {
             Operation::Delete => "delete",
             Operation::Rollback => "rollback",
             Operation::Bulk => "bulk",
+            Operation::Branch => "branch",
+            Operation::Merge => "merge",
         })
     }
 }

@@ -317,3 +317,66 @@ fn a_cycle_of_parents_is_refused() {
     let error = decide(given, vec![group("a", Some("b"), &json!([]))]).unwrap_err();
     assert!(matches!(error, ConfigError::GroupCycle(_)), "{error:?}");
 }
+
+fn fork_of(revision: u64, resources: Vec<Change>) -> ConfigCommand {
+    ConfigCommand::Fork {
+        message: None,
+        base: BranchPoint {
+            branch: MAIN_BRANCH.into(),
+            revision,
+        },
+        resources,
+    }
+}
+
+#[test]
+fn a_fork_creates_the_base_resources_at_the_revision_after_the_base() {
+    let events = TestFramework::<ConfigRepo>::with(())
+        .given_no_previous_events()
+        .when(fork_of(7, full_stack()))
+        .inspect_result()
+        .unwrap();
+    assert!(matches!(
+        &events[0],
+        ConfigEvent::Committed {
+            revision: 8,
+            operation: Operation::Branch,
+            ..
+        }
+    ));
+    assert!(
+        matches!(&events[1], ConfigEvent::Branched { revision: 8, base } if base.revision == 7)
+    );
+    assert_eq!(events.len(), 2 + full_stack().len());
+}
+
+#[test]
+fn a_branch_cannot_be_forked_twice_nor_take_commits_once_deleted() {
+    let forked = TestFramework::<ConfigRepo>::with(())
+        .given_no_previous_events()
+        .when(fork_of(0, Vec::new()))
+        .inspect_result()
+        .unwrap();
+    TestFramework::<ConfigRepo>::with(())
+        .given(forked.clone())
+        .when(fork_of(0, Vec::new()))
+        .then_expect_error(ConfigError::BranchExists);
+    let mut deleted = forked;
+    deleted.push(ConfigEvent::BranchDeleted { revision: 1 });
+    TestFramework::<ConfigRepo>::with(())
+        .given(deleted)
+        .when(commit(full_stack()))
+        .then_expect_error(ConfigError::BranchDeleted);
+    TestFramework::<ConfigRepo>::with(())
+        .given_no_previous_events()
+        .when(ConfigCommand::DeleteBranch)
+        .then_expect_error(ConfigError::NotDeletable);
+}
+
+#[test]
+fn branch_names_are_checked() {
+    assert!(valid_branch_name("canary-1.2_x").is_ok());
+    for bad in ["main", "", "-x", "Upper", "a/b", &"x".repeat(64)] {
+        assert!(valid_branch_name(bad).is_err(), "{bad}");
+    }
+}
