@@ -37,8 +37,25 @@ def cluster(name):
 print(json.dumps({"message": "bench", "operations": [
     {"op": "create", "kind": "clusters", "resource": cluster(f"bulk-{i:05d}")} for i in range(n)]}))
 PY
-BULK=$(curl -fs -o /tmp/efms-bench-bulk.out -w '%{time_total}' -X POST "$BASE/acme/bulk" \
-  -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' --data-binary @/tmp/efms-bench-bulk.json)
+# More than 1,000 operations run as a job: the time is from the POST to the job's end.
+BULK=$(python3 - "$BASE/acme/bulk" "$TOKEN" "http://127.0.0.1:$PORT" <<'PY'
+import json, sys, time, urllib.request
+url, token, origin = sys.argv[1:4]
+headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+body = open("/tmp/efms-bench-bulk.json", "rb").read()
+start = time.monotonic()
+response = urllib.request.urlopen(urllib.request.Request(url, data=body, headers=headers))
+result = json.load(response)
+if response.status == 202:
+    location = origin + response.headers["location"]
+    while not result.get("finished_at"):
+        time.sleep(0.02)
+        result = json.load(urllib.request.urlopen(urllib.request.Request(location, headers=headers)))
+elapsed = time.monotonic() - start
+json.dump(result, open("/tmp/efms-bench-bulk.out", "w"))
+print(f"{elapsed:.3f}")
+PY
+)
 START=$(date +%s.%N)
 for i in $(seq 1 "$SINGLE"); do
   name="single-$i"

@@ -733,15 +733,25 @@ async fn a_bulk_request_lands_as_one_revision_across_kinds(pool: PgPool) {
     operations.push(json!({ "op": "patch", "kind": "clusters", "name": "kept",
         "merge_patch": { "connect_timeout": "3s" } }));
     operations.push(json!({ "op": "delete", "kind": "clusters", "name": "old" }));
+    // More than 1,000 operations: a job, answered at once.
     let answer = app
         .post(
             &format!("{BASE}/bulk"),
             &json!({ "message": "fleet import", "operations": operations }),
         )
         .await;
-    assert_eq!(answer.status, 200, "{}", answer.body);
-    assert_eq!(answer.body["revision"], 3);
-    assert_eq!(answer.body["operations"], 2_003);
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(answer.body["total"], 2_003);
+    let location = answer.header("location").to_owned();
+    assert_eq!(
+        location,
+        format!("{BASE}/jobs/{}", answer.body["id"].as_str().unwrap())
+    );
+    let job = finished_job(&app, &location).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["revision"], 3);
+    assert_eq!(job["applied"], 2_003);
+    assert_eq!(job["validated"], 2_003);
     let revisions = app.get(&format!("{BASE}/revisions?limit=1")).await;
     let head = &revisions.body["items"][0];
     assert_eq!(head["operation"], "bulk");
@@ -775,4 +785,115 @@ async fn a_bulk_request_lands_as_one_revision_across_kinds(pool: PgPool) {
         200,
         "all or nothing"
     );
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_bulk_patch_of_a_group_changes_every_resource_it_attaches_in_one_revision(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.create_tenant("acme", "Acme").await;
+    for name in ["a", "b", "c", "d"] {
+        let answer = app
+            .post(&format!("{BASE}/clusters"), &static_cluster(name))
+            .await;
+        assert_eq!(answer.status, 201);
+    }
+    for group in [
+        json!({ "name": "all", "resources": [{ "kind": "cluster", "name": "c" }] }),
+        json!({ "name": "edge", "parent": "all", "resources": [
+            { "kind": "cluster", "name": "a" }, { "kind": "cluster", "name": "b" }] }),
+    ] {
+        assert_eq!(
+            app.post(&format!("{BASE}/groups"), &group).await.status,
+            201
+        );
+    }
+    let answer = app
+        .post(
+            &format!("{BASE}/bulk"),
+            &json!({ "message": "slower edge", "operations": [
+                { "op": "patch", "kind": "clusters", "group": "edge", "merge_patch": { "connect_timeout": "7s" } }
+            ] }),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body["operations"], 3);
+    for (name, timeout) in [("a", "7s"), ("b", "7s"), ("c", "7s"), ("d", "1s")] {
+        assert_eq!(
+            app.get(&format!("{BASE}/clusters/{name}")).await.body["connect_timeout"],
+            timeout,
+            "{name}"
+        );
+    }
+    let head = app.get(&format!("{BASE}/revisions?limit=1")).await;
+    assert_eq!(head.body["items"][0]["changes"], 3);
+
+    let bad = app
+        .post(
+            &format!("{BASE}/bulk"),
+            &json!({ "operations": [
+                { "op": "patch", "kind": "clusters", "group": "edge", "merge_patch": { "connect_timeout": "soon" } }
+            ] }),
+        )
+        .await;
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    assert_eq!(
+        bad.body["errors"][0]["pointer"],
+        "/operations/0/patch/connect_timeout"
+    );
+    let unknown = app
+        .post(
+            &format!("{BASE}/bulk"),
+            &json!({ "operations": [
+                { "op": "patch", "kind": "clusters", "group": "nope", "merge_patch": {} }
+            ] }),
+        )
+        .await;
+    assert_eq!(unknown.status, 422, "{}", unknown.body);
+    assert_eq!(unknown.body["errors"][0]["pointer"], "/operations/0/group");
+}
+
+/// Polls a bulk job until it ends.
+async fn finished_job(app: &TestApp, location: &str) -> Value {
+    for _ in 0..600 {
+        let job = app.get(location).await;
+        assert_eq!(job.status, 200, "{}", job.body);
+        if job.body["finished_at"].is_string() {
+            return job.body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the job did not finish in 30 s");
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_large_bulk_job_with_one_invalid_operation_fails_naming_it_and_changes_nothing(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn(pool).await;
+    app.create_tenant("acme", "Acme").await;
+    let mut operations: Vec<Value> = (0..1_500)
+        .map(|i| json!({ "op": "create", "kind": "clusters", "resource": static_cluster(&format!("c{i}")) }))
+        .collect();
+    operations[1_234]["resource"]["connect_timeout"] = json!("soon");
+    let answer = app
+        .post(
+            &format!("{BASE}/bulk"),
+            &json!({ "operations": operations }),
+        )
+        .await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let job = finished_job(&app, answer.header("location")).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["problem"]["status"], 422);
+    assert_eq!(
+        job["problem"]["errors"][0]["pointer"],
+        "/operations/1234/resource/connect_timeout"
+    );
+    assert!(job.get("revision").is_none());
+    let revisions = app.get(&format!("{BASE}/revisions")).await;
+    assert_eq!(revisions.body["items"], json!([]), "nothing was committed");
+    let unknown = app
+        .get(&format!("{BASE}/jobs/0190d1c6-0000-7000-8000-000000000000"))
+        .await;
+    assert_eq!(unknown.status, 404);
 }

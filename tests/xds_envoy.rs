@@ -733,6 +733,88 @@ async fn a_group_pinned_to_a_branch_follows_it_until_unpinned_or_merged(
     }
 }
 
+/// A child group inherits its parent's resources and may override one by name: its proxies get
+/// its own resource under the inherited name, and everything that refers to that name follows.
+async fn a_child_group_overrides_an_inherited_cluster_by_name(pool: PgPool, protocol: &str) {
+    let app = TestApp::spawn(pool).await;
+    app.create_tenant("acme", "Acme").await;
+    let a = Upstream::start("A", Behaviour::Named).await;
+    let b = Upstream::start("B", Behaviour::Named).await;
+    let port = free_port();
+    let b_port = b.addr.port();
+    for (collection, body) in [
+        (
+            "clusters",
+            static_cluster("backend", a.addr.port(), &json!({})),
+        ),
+        (
+            "endpoints",
+            json!({ "cluster_name": "backend-eu", "endpoints": [{ "lb_endpoints": [{ "endpoint": {
+                "address": { "socket_address": { "address": "127.0.0.1", "port_value": b_port } } } }] }] }),
+        ),
+        (
+            "clusters",
+            json!({ "name": "backend-eu", "connect_timeout": "1s", "type": "EDS",
+                "eds_cluster_config": { "eds_config": { "ads": {}, "resource_api_version": "V3" } } }),
+        ),
+        ("routes", to_one_cluster("backend")),
+        ("listeners", listener("http", port)),
+        (
+            "groups",
+            json!({ "name": "all", "resources": [{ "kind": "listener", "name": "http" }] }),
+        ),
+        (
+            "groups",
+            json!({ "name": "eu", "parent": "all", "resources": [
+                { "kind": "cluster", "name": "backend-eu", "as": "backend" }] }),
+        ),
+    ] {
+        let answer = app.post(&format!("{BASE}/{collection}"), &body).await;
+        assert_eq!(answer.status, 201, "{collection}: {}", answer.body);
+    }
+    let effective = app.get(&format!("{BASE}/groups/eu/resources")).await;
+    assert_eq!(
+        effective.body,
+        json!([
+            { "kind": "cluster", "name": "backend-eu", "as": "backend", "attached_by": "eu" },
+            { "kind": "listener", "name": "http", "attached_by": "all" }
+        ])
+    );
+    let bootstrap = app
+        .get(&format!(
+            "{BASE}/groups/eu/bootstrap?node_id=eu-1&protocol={protocol}&admin_port={}",
+            free_port()
+        ))
+        .await;
+    assert_eq!(bootstrap.status, 200, "{}", bootstrap.body);
+    let _envoy = Envoy::start(ENVOY, &bootstrap.body);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let answers = |want: &'static str| {
+        let http = http.clone();
+        async move {
+            eventually(PATIENCE, &format!("Envoy to answer {want}"), || async {
+                let response = http
+                    .get(format!("http://127.0.0.1:{port}/"))
+                    .send()
+                    .await
+                    .ok()?;
+                (response.text().await.ok()? == want).then_some(())
+            })
+            .await;
+        }
+    };
+    answers("B").await;
+    let plain = app
+        .put(
+            &format!("{BASE}/groups/eu"),
+            &json!({ "name": "eu", "parent": "all" }),
+            &[],
+        )
+        .await;
+    assert_eq!(plain.status, 200, "{}", plain.body);
+    answers("A").await;
+}
+
 /// One test per protocol for each scenario.
 macro_rules! both_protocols {
     ($($scenario:ident),* $(,)?) => {
@@ -768,6 +850,7 @@ both_protocols!(
     the_api_answers_what_a_proxy_ran_at_a_given_time,
     a_stream_without_a_valid_token_is_refused,
     a_group_pinned_to_a_branch_follows_it_until_unpinned_or_merged,
+    a_child_group_overrides_an_inherited_cluster_by_name,
 );
 
 #[sqlx::test(migrator = "efms_commands::MIGRATOR")]

@@ -20,7 +20,7 @@ use tower_http::trace::TraceLayer;
 use crate::auth::{require_bearer, JwtKeys};
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::metrics::Metrics;
-use crate::routes::{branches, bulk, health, proxies, resources, tenants, versions};
+use crate::routes::{branches, bulk, health, jobs, proxies, resources, tenants, versions};
 
 /// The largest bulk request body: 10,000 operations of a few kilobytes each.
 const BULK_BODY_LIMIT: usize = 64 * 1024 * 1024;
@@ -164,6 +164,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{tenant}/revisions", get(versions::revisions))
         .route("/tenants/{tenant}/diff", get(versions::diff))
         .route("/tenants/{tenant}/rollback", post(versions::rollback))
+        .route("/tenants/{tenant}/jobs/{id}", get(jobs::get))
         .route(
             "/tenants/{tenant}/branches",
             get(branches::list).post(branches::create),
@@ -202,6 +203,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/tenants/{tenant}/{kind}/{name}/resources",
             get(resources::group_resources),
+        )
+        .route(
+            "/tenants/{tenant}/{kind}/{name}/declaration",
+            get(resources::declaration),
         )
         .route("/tenants/{tenant}/proxies", get(proxies::list))
         .route("/tenants/{tenant}/proxies/{node_id}", get(proxies::get))

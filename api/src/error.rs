@@ -158,14 +158,24 @@ struct Problem<'a> {
     conflicts: Option<&'a serde_json::Value>,
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+
+    /// The problem document (RFC 7807) this error answers with, as JSON.
+    pub fn problem(&self) -> serde_json::Value {
+        serde_json::to_value(self.problem_body()).expect("a problem serialises")
+    }
+
+    fn problem_body(&self) -> Problem<'_> {
         let (status, kind, title) = self.parts();
-        let errors: &[FieldError] = match &self {
+        let errors: &[FieldError] = match self {
             ApiError::BadRequest { errors, .. } | ApiError::Validation(errors) => errors,
             _ => &[],
         };
-        let detail = match &self {
+        let detail = match self {
             ApiError::Internal(cause) => {
                 tracing::error!(%cause, "request failed");
                 "the server failed to answer; the failure is logged".to_owned()
@@ -176,17 +186,24 @@ impl IntoResponse for ApiError {
             },
             other => other.to_string(),
         };
-        let body = Problem {
+        Problem {
             kind: format!("urn:efms:problem:{kind}"),
             title,
             status: status.as_u16(),
             detail,
             errors,
-            conflicts: match &self {
+            conflicts: match self {
                 ApiError::MergeConflict { conflicts, .. } => Some(conflicts),
                 _ => None,
             },
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = self.problem_body();
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));

@@ -102,13 +102,14 @@ struct CommitRows {
     changes: Vec<String>,
     documents: Vec<Option<Value>>,
     hashes: Vec<Option<String>>,
+    derivations: Vec<Option<Value>>,
     recorded_at: Vec<DateTime<Utc>>,
     actors: Vec<String>,
 }
 
 impl CommitRows {
     fn push(&mut self, event: &RecordedEvent, payload: ConfigEvent) {
-        let (kind, name, change, document, hash) = match payload {
+        let (kind, name, change, document, hash, derivation) = match payload {
             ConfigEvent::Committed {
                 message,
                 operation,
@@ -137,22 +138,42 @@ impl CommitRows {
                 name,
                 document,
                 hash,
+                derivation,
                 ..
-            } => (kind, name, "created", Some(document), Some(hash)),
+            } => (
+                kind,
+                name,
+                "created",
+                Some(document),
+                Some(hash),
+                derivation,
+            ),
             ConfigEvent::ResourceReplaced {
                 kind,
                 name,
                 document,
                 hash,
+                derivation,
                 ..
-            } => (kind, name, "replaced", Some(document), Some(hash)),
-            ConfigEvent::ResourceDeleted { kind, name, .. } => (kind, name, "deleted", None, None),
+            } => (
+                kind,
+                name,
+                "replaced",
+                Some(document),
+                Some(hash),
+                derivation,
+            ),
+            ConfigEvent::ResourceDeleted { kind, name, .. } => {
+                (kind, name, "deleted", None, None, None)
+            }
         };
         self.kinds.push(kind.to_string());
         self.names.push(name);
         self.changes.push(change.to_owned());
         self.documents.push(document);
         self.hashes.push(hash);
+        self.derivations
+            .push(derivation.map(|d| serde_json::to_value(d).expect("a declaration serialises")));
         self.recorded_at.push(event.recorded_at);
         self.actors.push(event.actor.clone());
     }
@@ -267,14 +288,16 @@ impl CommitRows {
         // The current state: puts upserted, deletions removed.
         sqlx::query!(
             r#"INSERT INTO config_resources (tenant_id, branch, kind, name, document, hash, version,
-                                             created_at, updated_at, updated_by)
-               SELECT $1, $2, u.kind, u.name, u.document, u.hash, $3, u.at, u.at, u.actor
-               FROM UNNEST($4::text[], $5::text[], $6::jsonb[], $7::text[], $8::timestamptz[], $9::text[])
-                    AS u(kind, name, document, hash, at, actor)
+                                             created_at, updated_at, updated_by, derivation)
+               SELECT $1, $2, u.kind, u.name, u.document, u.hash, $3, u.at, u.at, u.actor, u.derivation
+               FROM UNNEST($4::text[], $5::text[], $6::jsonb[], $7::text[], $8::timestamptz[], $9::text[],
+                           $10::jsonb[])
+                    AS u(kind, name, document, hash, at, actor, derivation)
                WHERE u.document IS NOT NULL
                ON CONFLICT (tenant_id, branch, kind, name) DO UPDATE
                SET document = EXCLUDED.document, hash = EXCLUDED.hash, version = EXCLUDED.version,
-                   updated_at = EXCLUDED.updated_at, updated_by = EXCLUDED.updated_by"#,
+                   updated_at = EXCLUDED.updated_at, updated_by = EXCLUDED.updated_by,
+                   derivation = EXCLUDED.derivation"#,
             tenant_id,
             branch,
             revision,
@@ -284,6 +307,7 @@ impl CommitRows {
             &self.hashes as &[Option<String>],
             &self.recorded_at,
             &self.actors,
+            &self.derivations as &[Option<Value>],
         )
         .execute(&mut *tx)
         .await?;
@@ -323,11 +347,12 @@ impl CommitRows {
         .await?;
         sqlx::query!(
             r#"INSERT INTO config_resource_versions (tenant_id, branch, kind, name, valid_from, change,
-                                                     document, hash, recorded_at, actor)
-               SELECT $1, $2, u.kind, u.name, $3, u.change, u.document, u.hash, u.at, u.actor
+                                                     document, hash, recorded_at, actor, derivation)
+               SELECT $1, $2, u.kind, u.name, $3, u.change, u.document, u.hash, u.at, u.actor,
+                      u.derivation
                FROM UNNEST($4::text[], $5::text[], $6::text[], $7::jsonb[], $8::text[],
-                           $9::timestamptz[], $10::text[])
-                    AS u(kind, name, change, document, hash, at, actor)"#,
+                           $9::timestamptz[], $10::text[], $11::jsonb[])
+                    AS u(kind, name, change, document, hash, at, actor, derivation)"#,
             tenant_id,
             branch,
             revision,
@@ -338,6 +363,7 @@ impl CommitRows {
             &self.hashes as &[Option<String>],
             &self.recorded_at,
             &self.actors,
+            &self.derivations as &[Option<Value>],
         )
         .execute(&mut *tx)
         .await?;
@@ -785,4 +811,54 @@ pub async fn groups_pinned_to(
     .await?;
     tx.commit().await?;
     Ok(names)
+}
+
+/// The template declarations of a branch's resources as of `revision`, by kind and name.
+pub async fn derivations_at(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    branch: &str,
+    revision: i64,
+) -> Result<std::collections::BTreeMap<(String, String), Value>, sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
+    let rows = sqlx::query!(
+        r#"SELECT kind, name, derivation AS "derivation!" FROM config_resource_versions
+           WHERE tenant_id = $1 AND branch = $2 AND valid_from <= $3
+             AND (valid_to IS NULL OR valid_to > $3) AND document IS NOT NULL
+             AND derivation IS NOT NULL"#,
+        tenant_id,
+        branch,
+        revision,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| ((row.kind, row.name), row.derivation))
+        .collect())
+}
+
+/// The template declaration of one resource as it is now, if it is declared from a template.
+pub async fn derivation_of(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    branch: &str,
+    kind: ResourceKind,
+    name: &str,
+) -> Result<Option<Value>, sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
+    let derivation = sqlx::query_scalar!(
+        r#"SELECT derivation FROM config_resources
+           WHERE tenant_id = $1 AND branch = $2 AND kind = $3 AND name = $4"#,
+        tenant_id,
+        branch,
+        kind.to_string(),
+        name,
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .flatten();
+    tx.commit().await?;
+    Ok(derivation)
 }

@@ -150,6 +150,49 @@ struct Stored {
     hash: String,
     refs: BTreeSet<ResourceRef>,
     encoded: Arc<XdsResource>,
+    /// Its canonical document, to serve it under another name (a group's override).
+    document: Arc<serde_json::Value>,
+}
+
+impl Stored {
+    /// The resource served as `served` instead of its own name. An EDS cluster keeps asking for
+    /// its own endpoints. `None` when it does not encode (logged).
+    fn renamed(&self, kind: ResourceKind, source: &str, served: &str) -> Option<Arc<XdsResource>> {
+        let mut document = (*self.document).clone();
+        let object = document.as_object_mut()?;
+        object.insert(kind.name_field().to_owned(), served.into());
+        if kind == ResourceKind::Cluster {
+            if let Some(eds) = object
+                .get_mut("eds_cluster_config")
+                .and_then(serde_json::Value::as_object_mut)
+            {
+                let named = eds
+                    .get("service_name")
+                    .and_then(serde_json::Value::as_str)
+                    .is_some_and(|name| !name.is_empty());
+                if !named {
+                    eds.insert("service_name".to_owned(), source.into());
+                }
+            }
+        }
+        match envoy::encode(kind, &document) {
+            Ok(body) => {
+                let mut hasher = Sha256::new();
+                hasher.update(self.hash.as_bytes());
+                hasher.update([0]);
+                hasher.update(served.as_bytes());
+                Some(Arc::new(XdsResource {
+                    name: served.to_owned(),
+                    version: short_hex(&hasher.finalize()),
+                    body,
+                }))
+            }
+            Err(error) => {
+                tracing::error!(%kind, source, served, %error, "an overriding resource does not encode under its new name");
+                None
+            }
+        }
+    }
 }
 
 /// The Envoy resources and groups of one branch of a tenant, at one revision.
@@ -213,6 +256,8 @@ impl Content {
         }
         snapshot.exists = true;
         let mut queue: VecDeque<ResourceRef> = VecDeque::new();
+        // (kind, name proxies know) → the resource served under it; the nearest group wins.
+        let mut overrides: HashMap<(ResourceKind, String), String> = HashMap::new();
         let mut next = Some(group.to_owned());
         let mut seen_groups = BTreeSet::new();
         while let Some(name) = next.take() {
@@ -222,10 +267,18 @@ impl Content {
             let Some((_, spec)) = self.groups.get(&name) else {
                 break;
             };
-            queue.extend(spec.resources.iter().map(|attached| ResourceRef {
-                kind: attached.kind,
-                name: attached.name.clone(),
-            }));
+            for attached in &spec.resources {
+                let served = attached.served_name().to_owned();
+                if attached.alias.is_some() {
+                    overrides
+                        .entry((attached.kind, served.clone()))
+                        .or_insert_with(|| attached.name.clone());
+                }
+                queue.push_back(ResourceRef {
+                    kind: attached.kind,
+                    name: served,
+                });
+            }
             next.clone_from(&spec.parent);
         }
         let mut included = BTreeSet::new();
@@ -233,15 +286,23 @@ impl Content {
             if !included.insert(reference.clone()) {
                 continue;
             }
-            if let Some(stored) = self
-                .resources
+            let source = overrides
                 .get(&(reference.kind, reference.name.clone()))
-            {
+                .unwrap_or(&reference.name);
+            let Some(stored) = self.resources.get(&(reference.kind, source.clone())) else {
+                continue;
+            };
+            let encoded = if *source == reference.name {
+                Some(stored.encoded.clone())
+            } else {
+                stored.renamed(reference.kind, source, &reference.name)
+            };
+            if let Some(encoded) = encoded {
                 snapshot
                     .resources
                     .entry(reference.kind)
                     .or_default()
-                    .insert(reference.name.clone(), stored.encoded.clone());
+                    .insert(reference.name.clone(), encoded);
                 queue.extend(stored.refs.iter().cloned());
             }
         }
@@ -562,6 +623,8 @@ async fn load(
     let mut group_hashes: BTreeMap<String, String> = BTreeMap::new();
     let mut stale_kinds = Vec::new();
     let mut stale_names = Vec::new();
+    // Templates reach no proxy: what is rendered from them does.
+    live.retain(|(kind, _), _| *kind != ResourceKind::Template);
     for ((kind, name), hash) in &live {
         let known = match kind {
             ResourceKind::Group => state.groups.get(name).map(|(h, _)| h),
@@ -613,6 +676,7 @@ async fn load(
         match envoy::encode(kind, &row.document) {
             Ok(body) => {
                 let refs = references(kind, &row.document);
+                let document = Arc::new(row.document);
                 let encoded = Arc::new(XdsResource {
                     name: row.name.clone(),
                     version: row.hash[..16.min(row.hash.len())].to_owned(),
@@ -624,6 +688,7 @@ async fn load(
                         hash: row.hash,
                         refs,
                         encoded,
+                        document,
                     }),
                 );
             }
@@ -657,6 +722,7 @@ mod tests {
             resources: vec![Attached {
                 kind: ResourceKind::Cluster,
                 name: "c".to_owned(),
+                alias: None,
             }],
             branch: None,
         }

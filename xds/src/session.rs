@@ -278,7 +278,7 @@ pub(crate) fn static_type_url(kind: ResourceKind) -> &'static str {
         ResourceKind::Secret => {
             "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
         }
-        ResourceKind::Group => "",
+        ResourceKind::Group | ResourceKind::Template => "",
     }
 }
 

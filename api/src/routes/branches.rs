@@ -18,7 +18,7 @@ use efms_projections::config::{self as read, BranchRow, ResourceRow};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::resources::{branch_of, commit_message, execute, invalid, redact};
+use super::resources::{branch_of, commit_message, execute, invalid, redact, restore};
 use super::versions::{diff_states, parse_kind, Diff};
 use crate::access::{tenant_access, Access, TenantAccess};
 use crate::app::AppState;
@@ -110,11 +110,19 @@ pub async fn create(
             "`{base_branch}` has no revision {base_revision}; its latest is {head}"
         )));
     }
+    let declared =
+        read::derivations_at(&state.pool, tenant.tenant_id, &base_branch, base_revision).await?;
     let resources = read::resources_at(&state.pool, tenant.tenant_id, &base_branch, base_revision)
         .await?
         .into_iter()
         .map(|row| {
-            Change::put(parse_kind(&row.kind), &row.document, Expect::Absent).map_err(invalid)
+            let declaration = declared.get(&(row.kind.clone(), row.name.clone()));
+            restore(
+                parse_kind(&row.kind),
+                &row.document,
+                declaration,
+                Expect::Absent,
+            )
         })
         .collect::<Result<Vec<_>, _>>()?;
     let message = body.message.or_else(|| {
@@ -270,6 +278,11 @@ struct MergeInputs {
     /// The branch now, and its revision.
     theirs: BTreeMap<(String, String), ResourceRow>,
     theirs_revision: i64,
+    /// The template declarations of the resources declared from one, on the branch now and when
+    /// the two last agreed.
+    theirs_declared: BTreeMap<(String, String), Value>,
+    ancestor_declared: BTreeMap<(String, String), Value>,
+    ours_declared: BTreeMap<(String, String), Value>,
 }
 
 async fn merge_inputs(
@@ -300,6 +313,17 @@ async fn merge_inputs(
             read::resources_at(&state.pool, tenant_id, &branch.name, branch.head).await?,
         ),
         theirs_revision: branch.head,
+        theirs_declared: read::derivations_at(&state.pool, tenant_id, &branch.name, branch.head)
+            .await?,
+        ancestor_declared: read::derivations_at(
+            &state.pool,
+            tenant_id,
+            &branch.name,
+            ancestor_revision,
+        )
+        .await?,
+        ours_declared: read::derivations_at(&state.pool, tenant_id, &branch.base_branch, ours_head)
+            .await?,
     })
 }
 
@@ -544,10 +568,19 @@ fn plan_merge(inputs: &MergeInputs) -> Result<MergePlan, ApiError> {
         match (merged, ours) {
             (Some(document), Some(row)) if document == row.document => {}
             (Some(document), _) => {
-                changes.push(
-                    Change::put(kind, &document, expect)
+                // Only the branch changed a resource it declares from a template: the
+                // declaration comes along (rendered on the base); otherwise the merged document.
+                let untouched_here = ours.map(|r| &r.document) == ancestor.map(|r| &r.document)
+                    && inputs.ours_declared.get(key) == inputs.ancestor_declared.get(key);
+                let declared = inputs
+                    .theirs_declared
+                    .get(key)
+                    .filter(|_| untouched_here && theirs.map(|r| &r.document) == Some(&document));
+                changes.push(match declared {
+                    Some(declaration) => restore(kind, &document, Some(declaration), expect)?,
+                    None => Change::put(kind, &document, expect)
                         .map_err(|violations| at_resource(&key.0, &key.1, invalid(violations)))?,
-                );
+                });
                 report.push(MergedChange {
                     kind: key.0.clone(),
                     name: key.1.clone(),

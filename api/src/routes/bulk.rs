@@ -3,15 +3,18 @@
 
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use efms_domain::config::{Change, Expect, Operation};
 use efms_domain::envoy::ResourceKind;
+use efms_domain::Actor;
 use efms_projections::config::{self as read, AsOf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::resources::{branch_of, commit, BranchParams};
-use crate::access::{tenant_access, Access};
+use super::jobs;
+use super::resources::{branch_of, change_of, commit, effective_attachments, BranchParams};
+use crate::access::{tenant_access, Access, TenantAccess};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, FieldError};
@@ -31,7 +34,8 @@ pub enum BulkOp {
     Create,
     /// Replace the resource named in `resource` (it must exist).
     Replace,
-    /// Apply `patch` (RFC 6902) or `merge_patch` (RFC 7396) to `name`.
+    /// Apply `patch` (RFC 6902) or `merge_patch` (RFC 7396) to `name`, or to every resource of
+    /// the kind that `group` attaches, its own and its ancestors' (FR-CL-003).
     Patch,
     /// Delete `name`.
     Delete,
@@ -43,10 +47,13 @@ pub enum BulkOp {
 pub struct BulkOperation {
     /// `create`, `replace`, `patch` or `delete`.
     op: BulkOp,
-    /// The collection: `clusters`, `endpoints`, `listeners`, `routes`, `secrets` or `groups`.
+    /// The collection: `clusters`, `endpoints`, `listeners`, `routes`, `secrets`, `groups` or
+    /// `templates`.
     kind: String,
     /// The resource's name (patch and delete).
     name: Option<String>,
+    /// Patch every resource of `kind` this group attaches (instead of `name`).
+    group: Option<String>,
     /// The Envoy resource (create and replace).
     #[schema(value_type = Option<Object>)]
     resource: Option<Value>,
@@ -67,24 +74,25 @@ pub struct BulkRequest {
     /// The commit message.
     message: Option<String>,
     /// The operations, applied in order, all or none.
-    operations: Vec<BulkOperation>,
+    pub(crate) operations: Vec<BulkOperation>,
 }
 
 /// What a bulk request did.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BulkResult {
     /// The revision the operations landed in (`null` when they changed nothing).
-    revision: Option<i64>,
-    /// How many operations were applied.
-    operations: usize,
+    pub revision: Option<i64>,
+    /// How many changes were applied (a patch of a group counts one per resource).
+    pub operations: usize,
 }
 
 /// `POST /api/v1/tenants/{tenant}/bulk`: every operation in one revision, or none and a 422
 /// naming each operation at fault by its index (`/operations/{i}/…`).
 #[utoipa::path(post, path = "/api/v1/tenants/{tenant}/bulk", tag = "configuration",
     params(("tenant" = String, Path, description = "Tenant slug"), BranchParams),
-    request_body(content = BulkRequest, description = "Up to 10,000 operations"),
+    request_body(content = BulkRequest, description = "Up to 10,000 operations; more than 1,000 run as a job"),
     responses((status = 200, description = "All operations landed in one revision", body = BulkResult),
+        (status = 202, description = "More than 1,000 operations: a job was started (`Location`: the job)", body = super::jobs::JobView),
         (status = 404, description = "No such tenant, or a resource to patch or delete is missing", body = crate::openapi::Problem),
         (status = 409, description = "A create found the resource, or a delete is still referenced", body = crate::openapi::Problem),
         (status = 412, description = "An `if_match` is stale", body = crate::openapi::Problem),
@@ -97,7 +105,7 @@ pub async fn bulk(
     ApiQuery(params): ApiQuery<BranchParams>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<BulkRequest>,
-) -> Result<Json<BulkResult>, ApiError> {
+) -> Result<Response, ApiError> {
     let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
     let branch = branch_of(&state, &tenant, params.branch).await?;
     if request.operations.len() > MAX_OPERATIONS {
@@ -106,14 +114,36 @@ pub async fn bulk(
             format!("at most {MAX_OPERATIONS} operations per request"),
         )]));
     }
+    if request.operations.len() > jobs::SYNC_LIMIT {
+        return jobs::start(state, actor, headers, tenant, branch, request).await;
+    }
+    let result = apply(&state, &actor, headers, (&tenant, &branch), &request, None).await?;
+    Ok(Json(result).into_response())
+}
+
+/// Validates and commits a bulk request; `progress`, when given, follows a job's way through it.
+pub(crate) async fn apply(
+    state: &AppState,
+    actor: &Actor,
+    headers: HeaderMap,
+    (tenant, branch): (&TenantAccess, &str),
+    request: &BulkRequest,
+    progress: Option<&jobs::Progress>,
+) -> Result<BulkResult, ApiError> {
     let mut changes = Vec::with_capacity(request.operations.len());
+    // Each change's resource and the operation it comes from.
     let mut keys = Vec::with_capacity(request.operations.len());
     let mut errors = Vec::new();
     for (index, operation) in request.operations.iter().enumerate() {
-        match change_of(&state, (tenant.tenant_id, &branch), operation).await {
-            Ok(change) => {
-                keys.push(key_of(&change));
-                changes.push(change);
+        if let Some(progress) = progress {
+            progress.validated(index);
+        }
+        match operation_changes(state, (tenant, branch), operation).await {
+            Ok(expanded) => {
+                for change in expanded {
+                    keys.push((key_of(&change), index));
+                    changes.push(change);
+                }
             }
             Err(faults) => errors.extend(faults.into_iter().map(|(pointer, detail)| {
                 FieldError::at(format!("/operations/{index}{pointer}"), detail)
@@ -134,12 +164,15 @@ pub async fn bulk(
         })?;
         headers.insert(super::resources::COMMIT_MESSAGE_HEADER, value);
     }
-    let before = read::head_revision(&state.pool, tenant.tenant_id, &branch).await?;
+    if let Some(progress) = progress {
+        progress.committing(request.operations.len());
+    }
+    let before = read::head_revision(&state.pool, tenant.tenant_id, branch).await?;
     let position = commit(
-        &state,
-        &actor,
+        state,
+        actor,
         &headers,
-        (&tenant, &branch),
+        (tenant, branch),
         Operation::Bulk,
         changes,
     )
@@ -154,31 +187,49 @@ pub async fn bulk(
             ));
         }
     }
-    let after = read::head_revision(&state.pool, tenant.tenant_id, &branch).await?;
-    Ok(Json(BulkResult {
+    let after = read::head_revision(&state.pool, tenant.tenant_id, branch).await?;
+    Ok(BulkResult {
         revision: (after != before).then_some(after),
         operations: count,
-    }))
+    })
 }
 
 /// The resource a change touches.
 fn key_of(change: &Change) -> (ResourceKind, String) {
-    match change {
-        Change::Put { kind, name, .. } | Change::Delete { kind, name, .. } => (*kind, name.clone()),
-    }
+    let (kind, name) = change.key();
+    (kind, name.to_owned())
 }
 
 /// Names the operation a refused commit is about, by its index, where the refusal names one.
-fn at_operation(error: ApiError, keys: &[(ResourceKind, String)]) -> ApiError {
+fn at_operation(error: ApiError, keys: &[((ResourceKind, String), usize)]) -> ApiError {
     // The detail names the resource; it is prefixed with the first operation on it.
+    let index_of = |detail: &str| {
+        keys.iter()
+            .find(|((kind, name), _)| detail.contains(&format!("{kind} `{name}`")))
+            .map(|(_, index)| *index)
+    };
     let prefixed = |detail: String| {
-        let prefix = keys
-            .iter()
-            .position(|(kind, name)| detail.contains(&format!("{kind} `{name}`")))
-            .map_or_else(String::new, |index| format!("operation {index}: "));
+        let prefix =
+            index_of(&detail).map_or_else(String::new, |index| format!("operation {index}: "));
         format!("{prefix}{detail}")
     };
     match error {
+        // A resource declared from a template that does not render: its operation's resource.
+        ApiError::Validation(errors) => ApiError::Validation(
+            errors
+                .into_iter()
+                .map(|error| match (index_of(&error.detail), error.pointer) {
+                    (Some(index), Some(pointer)) if !pointer.is_empty() => FieldError::at(
+                        format!("/operations/{index}/resource{pointer}"),
+                        error.detail,
+                    ),
+                    (_, pointer) => FieldError {
+                        pointer,
+                        ..FieldError::at("", prefixed(error.detail.clone()))
+                    },
+                })
+                .collect(),
+        ),
         ApiError::Conflict(detail) => ApiError::Conflict(prefixed(detail)),
         ApiError::NotFound(detail) => ApiError::NotFound(prefixed(detail)),
         ApiError::PreconditionFailed(detail) => ApiError::PreconditionFailed(prefixed(detail)),
@@ -188,33 +239,40 @@ fn at_operation(error: ApiError, keys: &[(ResourceKind, String)]) -> ApiError {
 
 type Faults = Vec<(String, String)>;
 
-/// The change one operation asks for, or what is wrong with it (pointers within the operation).
-async fn change_of(
+/// The changes one operation asks for (several for a patch of a group's resources), or what is
+/// wrong with it (pointers within the operation).
+async fn operation_changes(
     state: &AppState,
-    (tenant_id, branch): (uuid::Uuid, &str),
+    (tenant, branch): (&TenantAccess, &str),
     operation: &BulkOperation,
-) -> Result<Change, Faults> {
-    let fault = |pointer: &str, detail: String| vec![(pointer.to_owned(), detail)];
+) -> Result<Vec<Change>, Faults> {
     let kind = ResourceKind::from_collection(&operation.kind).ok_or_else(|| {
         fault(
             "/kind",
             format!(
-                "`{}` is not a collection: clusters, endpoints, listeners, routes, secrets or groups",
+                "`{}` is not a collection: clusters, endpoints, listeners, routes, secrets, groups or templates",
                 operation.kind
             ),
         )
     })?;
     let present = operation.if_match.map_or(Expect::Present, Expect::Version);
-    let put = |json: &Value, expect: Expect, at: &str| {
-        Change::put(kind, json, expect).map_err(|violations| {
-            violations
-                .into_iter()
-                .map(|v| (format!("{at}{}", v.pointer), v.message))
-                .collect::<Faults>()
-        })
-    };
-    match operation.op {
-        BulkOp::Create | BulkOp::Replace => {
+    let scope = (tenant.tenant_id, branch);
+    match (operation.op, &operation.name, &operation.group) {
+        (BulkOp::Patch, None, Some(group)) => {
+            let attached = effective_attachments(state, tenant, branch, group, AsOf::Now)
+                .await
+                .map_err(|error| fault("/group", error.to_string()))?;
+            let mut changes = Vec::new();
+            for item in attached.into_iter().filter(|item| item.kind == kind) {
+                changes.push(patch_change(state, scope, kind, &item.name, operation).await?);
+            }
+            Ok(changes)
+        }
+        (_, _, Some(_)) => Err(fault(
+            "/group",
+            "`group` goes with a patch, instead of `name`".to_owned(),
+        )),
+        (BulkOp::Create | BulkOp::Replace, _, None) => {
             let resource = operation.resource.as_ref().ok_or_else(|| {
                 fault(
                     "/resource",
@@ -226,63 +284,96 @@ async fn change_of(
             } else {
                 present
             };
-            put(resource, expect, "/resource")
+            Ok(vec![put(kind, resource, expect, "/resource")?])
         }
-        BulkOp::Delete => {
-            let name = operation
-                .name
+        (BulkOp::Delete, name, None) => {
+            let name = name
                 .clone()
                 .ok_or_else(|| fault("/name", "a delete needs `name`".to_owned()))?;
-            Ok(Change::Delete {
+            Ok(vec![Change::Delete {
                 kind,
                 name,
                 expect: present,
-            })
+            }])
         }
-        BulkOp::Patch => {
-            let name = operation
-                .name
+        (BulkOp::Patch, name, None) => {
+            let name = name
                 .as_deref()
-                .ok_or_else(|| fault("/name", "a patch needs `name`".to_owned()))?;
-            let current = read::get_resource(&state.pool, tenant_id, branch, kind, name, AsOf::Now)
-                .await
-                .map_err(|error| fault("", format!("cannot read the resource: {error}")))?
-                .ok_or_else(|| fault("/name", format!("there is no {kind} `{name}`")))?;
-            let mut document = current.document;
-            match (&operation.patch, &operation.merge_patch) {
-                (Some(patch), None) => {
-                    let patch: json_patch::Patch =
-                        serde_json::from_value(patch.clone()).map_err(|error| {
-                            fault("/patch", format!("not an RFC 6902 patch: {error}"))
-                        })?;
-                    json_patch::patch(&mut document, &patch).map_err(|error| {
-                        fault(
-                            &format!("/patch/{}", error.operation),
-                            format!("the patch does not apply: {error}"),
-                        )
-                    })?;
-                }
-                (None, Some(merge)) => json_patch::merge(&mut document, merge),
-                _ => {
-                    return Err(fault(
-                        "",
-                        "a patch needs exactly one of `patch` and `merge_patch`".to_owned(),
-                    ))
-                }
-            }
-            let expect = Expect::Version(
-                operation
-                    .if_match
-                    .unwrap_or_else(|| u64::try_from(current.version).unwrap_or_default()),
-            );
-            let change = put(&document, expect, "/patch")?;
-            if key_of(&change).1 != name {
-                return Err(fault(
-                    "/patch",
-                    "a patch may not rename the resource".to_owned(),
-                ));
-            }
-            Ok(change)
+                .ok_or_else(|| fault("/name", "a patch needs `name` or `group`".to_owned()))?;
+            Ok(vec![
+                patch_change(state, scope, kind, name, operation).await?,
+            ])
         }
     }
+}
+
+fn fault(pointer: &str, detail: String) -> Faults {
+    vec![(pointer.to_owned(), detail)]
+}
+
+/// A create or replace of `json` (pointers under `at`).
+fn put(kind: ResourceKind, json: &Value, expect: Expect, at: &str) -> Result<Change, Faults> {
+    change_of(kind, json, expect, None).map_err(|error| match error {
+        ApiError::Validation(errors) => errors
+            .into_iter()
+            .map(|e| (format!("{at}{}", e.pointer.unwrap_or_default()), e.detail))
+            .collect::<Faults>(),
+        other => vec![(at.to_owned(), other.to_string())],
+    })
+}
+
+/// The operation's patch applied to the resource `name` as it is now.
+async fn patch_change(
+    state: &AppState,
+    (tenant_id, branch): (uuid::Uuid, &str),
+    kind: ResourceKind,
+    name: &str,
+    operation: &BulkOperation,
+) -> Result<Change, Faults> {
+    let current = read::get_resource(&state.pool, tenant_id, branch, kind, name, AsOf::Now)
+        .await
+        .map_err(|error| fault("", format!("cannot read the resource: {error}")))?
+        .ok_or_else(|| fault("/name", format!("there is no {kind} `{name}`")))?;
+    let declared = read::derivation_of(&state.pool, tenant_id, branch, kind, name)
+        .await
+        .map_err(|error| fault("", format!("cannot read the resource: {error}")))?;
+    if declared.is_some() {
+        return Err(fault(
+            "/name",
+            format!("{kind} `{name}` is declared from a template: replace its declaration instead"),
+        ));
+    }
+    let mut document = current.document;
+    match (&operation.patch, &operation.merge_patch) {
+        (Some(patch), None) => {
+            let patch: json_patch::Patch = serde_json::from_value(patch.clone())
+                .map_err(|error| fault("/patch", format!("not an RFC 6902 patch: {error}")))?;
+            json_patch::patch(&mut document, &patch).map_err(|error| {
+                fault(
+                    &format!("/patch/{}", error.operation),
+                    format!("the patch does not apply to {kind} `{name}`: {error}"),
+                )
+            })?;
+        }
+        (None, Some(merge)) => json_patch::merge(&mut document, merge),
+        _ => {
+            return Err(fault(
+                "",
+                "a patch needs exactly one of `patch` and `merge_patch`".to_owned(),
+            ))
+        }
+    }
+    let expect = Expect::Version(
+        operation
+            .if_match
+            .unwrap_or_else(|| u64::try_from(current.version).unwrap_or_default()),
+    );
+    let change = put(kind, &document, expect, "/patch")?;
+    if key_of(&change).1 != name {
+        return Err(fault(
+            "/patch",
+            "a patch may not rename the resource".to_owned(),
+        ));
+    }
+    Ok(change)
 }

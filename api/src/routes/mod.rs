@@ -3,6 +3,7 @@
 pub mod branches;
 pub mod bulk;
 pub mod health;
+pub mod jobs;
 pub mod proxies;
 pub mod resources;
 pub mod tenants;

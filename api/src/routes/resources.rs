@@ -10,6 +10,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
+use efms_domain::config::template::Derivation;
 use efms_domain::config::{
     Change, ConfigCommand, ConfigError, ConfigRepo, Expect, Operation, MAIN_BRANCH,
 };
@@ -149,7 +150,7 @@ pub struct ListPage {
 }
 
 /// `GET /api/v1/tenants/{tenant}/{kind}`.
-#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/{kind}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups"), ListParams),
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/{kind}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets, groups or templates"), ListParams),
     responses((status = 200, description = "A page of resources", body = ListPage),
         (status = 404, description = "No such tenant, collection or revision", body = crate::openapi::Problem),
         (status = 422, description = "Bad paging or sort", body = crate::openapi::Problem)))]
@@ -260,7 +261,7 @@ fn render_page(
 }
 
 /// `GET /api/v1/tenants/{tenant}/{kind}/{name}`: the resource's Envoy JSON; `ETag` is its version.
-#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups"), ("name" = String, Path, description = "The resource's Envoy name"), ReadParams),
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets, groups or templates"), ("name" = String, Path, description = "The resource's Envoy name"), ReadParams),
     responses((status = 200, description = "The Envoy resource", body = Object),
         (status = 404, description = "Not found (now or at that revision)", body = crate::openapi::Problem)))]
 pub async fn get(
@@ -286,8 +287,8 @@ pub async fn get(
 }
 
 /// `POST /api/v1/tenants/{tenant}/{kind}`: creates a resource (201, `Location`, `ETag`).
-#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/{kind}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups"), BranchParams),
-    request_body(content = Object, description = "The Envoy resource (protobuf JSON mapping)"),
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/{kind}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets, groups or templates"), BranchParams),
+    request_body(content = Object, description = "The Envoy resource (protobuf JSON mapping), or `{\"$template\": {\"template\", \"name\", \"parameters\", \"overrides\"}}` to declare it from a template"),
     responses((status = 201, description = "Created", body = Object),
         (status = 403, description = "The role may not write", body = crate::openapi::Problem),
         (status = 409, description = "It exists", body = crate::openapi::Problem),
@@ -303,7 +304,7 @@ pub async fn create(
     let kind = kind_of(&collection)?;
     let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
     let branch = branch_of(&state, &tenant, params.branch).await?;
-    let change = Change::put(kind, &body, Expect::Absent).map_err(invalid)?;
+    let change = change_of(kind, &body, Expect::Absent, None)?;
     let name = change_name(&change);
     commit(
         &state,
@@ -332,8 +333,8 @@ pub async fn create(
     Ok(response)
 }
 
-#[utoipa::path(put, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups"), ("name" = String, Path, description = "The resource's Envoy name"), BranchParams),
-    request_body(content = Object, description = "The Envoy resource (protobuf JSON mapping)"),
+#[utoipa::path(put, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets, groups or templates"), ("name" = String, Path, description = "The resource's Envoy name"), BranchParams),
+    request_body(content = Object, description = "The Envoy resource (protobuf JSON mapping), or `{\"$template\": {\"template\", \"name\", \"parameters\", \"overrides\"}}` to declare it from a template"),
     responses((status = 200, description = "Replaced", body = Object), (status = 201, description = "Created", body = Object),
         (status = 412, description = "If-Match is stale", body = crate::openapi::Problem),
         (status = 422, description = "Invalid, or refers to a missing resource", body = crate::openapi::Problem)))]
@@ -351,7 +352,7 @@ pub async fn replace(
     let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
     let branch = branch_of(&state, &tenant, params.branch).await?;
     let expect = if_match(&headers)?.unwrap_or(Expect::Anything);
-    let change = Change::put(kind, &body, expect).map_err(invalid)?;
+    let change = change_of(kind, &body, expect, Some(&name))?;
     check_path_name(kind, &name, &change)?;
     let existed = read::get_resource(
         &state.pool,
@@ -381,7 +382,7 @@ pub async fn replace(
     Ok(resource_response(status, kind, &row))
 }
 
-#[utoipa::path(patch, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups"), ("name" = String, Path, description = "The resource's Envoy name"), BranchParams),
+#[utoipa::path(patch, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets, groups or templates"), ("name" = String, Path, description = "The resource's Envoy name"), BranchParams),
     request_body(description = "RFC 6902 JSON Patch or RFC 7396 merge patch",
         content((Vec<Object> = "application/json-patch+json"), (Object = "application/merge-patch+json"))),
     responses((status = 200, description = "Patched", body = Object),
@@ -404,6 +405,15 @@ pub async fn patch(
     let branch = branch_of(&state, &tenant, params.branch).await?;
     let patch = PatchBody::parse(&headers, &body)?;
     let explicit = if_match(&headers)?;
+    if let Some(declaration) =
+        read::derivation_of(&state.pool, tenant.tenant_id, &branch, kind, &name).await?
+    {
+        return Err(ApiError::Conflict(format!(
+            "{kind} `{name}` is declared from template `{}`: PUT a new declaration \
+             ({{\"{TEMPLATE_KEY}\": …}}), or PUT a whole resource to stop deriving it",
+            declaration["template"].as_str().unwrap_or_default()
+        )));
+    }
     // The patch applies to the document as the read model has it; the commit carries the version it
     // was based on, so a read model that lagged fails the version check instead of losing an edit,
     // and the patch is applied once more to a fresh read.
@@ -446,7 +456,7 @@ pub async fn patch(
 }
 
 /// `DELETE /api/v1/tenants/{tenant}/{kind}/{name}`: 204; 409 naming the dependents when it is used.
-#[utoipa::path(delete, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups"), ("name" = String, Path, description = "The resource's Envoy name"), BranchParams),
+#[utoipa::path(delete, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets, groups or templates"), ("name" = String, Path, description = "The resource's Envoy name"), BranchParams),
     responses((status = 204, description = "Deleted"),
         (status = 404, description = "No such resource", body = crate::openapi::Problem),
         (status = 409, description = "Still used by other resources", body = crate::openapi::Problem),
@@ -648,6 +658,32 @@ pub fn config_error(error: ConfigError) -> ApiError {
         ConfigError::NotFound { .. } | ConfigError::BranchDeleted => ApiError::NotFound(detail),
         ConfigError::VersionMismatch { .. } => ApiError::PreconditionFailed(detail),
         ConfigError::ChangedTwice { .. } => ApiError::Validation(vec![FieldError::at("", detail)]),
+        ConfigError::Render {
+            kind,
+            name,
+            template,
+            violations,
+        } => ApiError::Validation(
+            violations
+                .into_iter()
+                .map(|violation| {
+                    let declaration = violation.pointer.starts_with("/parameters")
+                        || violation.pointer.starts_with("/template");
+                    let pointer = if declaration {
+                        format!("/{TEMPLATE_KEY}{}", violation.pointer)
+                    } else {
+                        violation.pointer
+                    };
+                    FieldError::at(
+                        pointer,
+                        format!(
+                            "{kind} `{name}` from template `{template}`: {}",
+                            violation.message
+                        ),
+                    )
+                })
+                .collect(),
+        ),
         ConfigError::GroupCycle(_) => ApiError::Validation(vec![FieldError::at("/parent", detail)]),
         ConfigError::DanglingReferences(dangling) => ApiError::Validation(
             dangling
@@ -674,12 +710,16 @@ pub struct EffectiveResource {
     pub kind: ResourceKind,
     /// Its name.
     pub name: String,
+    /// The name the group's proxies know it by, when the attachment overrides one.
+    #[serde(rename = "as", skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
     /// The group that attaches it.
     pub attached_by: String,
 }
 
 /// Everything `group` attaches, its own first, then each ancestor's (FR-CL-002); a resource
-/// attached at several levels is reported once, from the nearest.
+/// served under one name at several levels is reported once, from the nearest (which overrides
+/// the others).
 pub async fn effective_attachments(
     state: &AppState,
     tenant: &TenantAccess,
@@ -705,13 +745,16 @@ pub async fn effective_attachments(
         let spec: efms_domain::config::group::GroupSpec =
             serde_json::from_value(row.document).map_err(ApiError::internal)?;
         for attached in spec.resources {
+            // A nearer group's attachment served under the same name overrides this one.
+            let served = attached.served_name().to_owned();
             if !found
                 .iter()
-                .any(|f| f.kind == attached.kind && f.name == attached.name)
+                .any(|f| f.kind == attached.kind && f.alias.as_deref().unwrap_or(&f.name) == served)
             {
                 found.push(EffectiveResource {
                     kind: attached.kind,
                     name: attached.name,
+                    alias: attached.alias,
                     attached_by: name.clone(),
                 });
             }
@@ -749,6 +792,51 @@ pub async fn group_resources(
     ))
 }
 
+/// How a resource is declared from a template.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Declaration {
+    /// The template.
+    template: String,
+    /// Parameter values given (defaults not repeated).
+    #[schema(value_type = Object)]
+    parameters: Value,
+    /// The merge patch applied after rendering.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    overrides: Option<Value>,
+}
+
+/// `GET /api/v1/tenants/{tenant}/{kind}/{name}/declaration`: the template declaration a resource
+/// is rendered from.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/{kind}/{name}/declaration", tag = "configuration",
+    params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners or routes"),
+        ("name" = String, Path, description = "The resource's Envoy name"), BranchParams),
+    responses((status = 200, description = "Its template, parameter values and overrides", body = Declaration),
+        (status = 404, description = "No such resource, or it is not declared from a template", body = crate::openapi::Problem)))]
+pub async fn declaration(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path((tenant, collection, name)): Path<(String, String, String)>,
+    ApiQuery(params): ApiQuery<BranchParams>,
+) -> Result<Json<Declaration>, ApiError> {
+    let kind = kind_of(&collection)?;
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
+    let branch = branch_of(&state, &tenant, params.branch).await?;
+    let declared = read::derivation_of(&state.pool, tenant.tenant_id, &branch, kind, &name)
+        .await?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "{kind} `{name}` does not exist or is not declared from a template"
+            ))
+        })?;
+    let derivation: Derivation = serde_json::from_value(declared).map_err(ApiError::internal)?;
+    Ok(Json(Declaration {
+        template: derivation.template,
+        parameters: serde_json::to_value(derivation.parameters).map_err(ApiError::internal)?,
+        overrides: derivation.overrides,
+    }))
+}
+
 /// Schema violations as a 422.
 pub fn invalid(violations: Vec<Violation>) -> ApiError {
     ApiError::Validation(
@@ -779,8 +867,97 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<Expect>, ApiError> {
 }
 
 fn change_name(change: &Change) -> String {
-    match change {
-        Change::Put { name, .. } | Change::Delete { name, .. } => name.clone(),
+    change.key().1.to_owned()
+}
+
+/// The key of a body that declares a resource from a template instead of giving it.
+pub const TEMPLATE_KEY: &str = "$template";
+
+/// A declaration from a template, as a request body gives it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TemplateUse {
+    template: String,
+    /// The resource's name (on create; a replace takes it from the path).
+    name: Option<String>,
+    #[serde(default)]
+    parameters: std::collections::BTreeMap<String, Value>,
+    overrides: Option<Value>,
+}
+
+/// The change a create or replace body asks for: the resource itself, or
+/// `{"$template": {"template", "name"?, "parameters"?, "overrides"?}}` to declare it from a
+/// template (rendered and validated by the commit).
+pub fn change_of(
+    kind: ResourceKind,
+    body: &Value,
+    expect: Expect,
+    path_name: Option<&str>,
+) -> Result<Change, ApiError> {
+    let Some(declaration) = body
+        .as_object()
+        .filter(|object| object.len() == 1)
+        .and_then(|object| object.get(TEMPLATE_KEY))
+    else {
+        return Change::put(kind, body, expect).map_err(invalid);
+    };
+    let at = |pointer: &str, detail: String| {
+        ApiError::Validation(vec![FieldError::at(
+            format!("/{TEMPLATE_KEY}{pointer}"),
+            detail,
+        )])
+    };
+    let declared: TemplateUse = serde_json::from_value(declaration.clone())
+        .map_err(|error| at("", format!("not a template declaration: {error}")))?;
+    if kind.message_name().is_none() {
+        return Err(at(
+            "",
+            format!("only Envoy resources are declared from templates, not {kind}s"),
+        ));
+    }
+    let name = match (path_name, declared.name) {
+        (Some(path), Some(given)) if path != given => {
+            return Err(at(
+                "/name",
+                format!("the body names `{given}`, the path `{path}`"),
+            ))
+        }
+        (Some(path), _) => path.to_owned(),
+        (None, Some(given)) => given,
+        (None, None) => return Err(at("/name", "a declaration needs a `name`".to_owned())),
+    };
+    efms_domain::envoy::check_name(&name).map_err(|detail| at("/name", detail))?;
+    Ok(Change::Derive {
+        kind,
+        name,
+        derivation: Derivation {
+            template: declared.template,
+            parameters: declared.parameters,
+            overrides: declared.overrides,
+        },
+        expect,
+    })
+}
+
+/// The change that restores a stored resource: its document, or its template declaration.
+pub fn restore(
+    kind: ResourceKind,
+    document: &Value,
+    derivation: Option<&Value>,
+    expect: Expect,
+) -> Result<Change, ApiError> {
+    match derivation {
+        None => Change::put(kind, document, expect).map_err(invalid),
+        Some(derivation) => Ok(Change::Derive {
+            kind,
+            name: document
+                .get(kind.name_field())
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            derivation: serde_json::from_value(derivation.clone()).map_err(ApiError::internal)?,
+            expect,
+        }),
     }
 }
 

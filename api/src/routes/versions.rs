@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::resources::{
-    branch_of, commit, invalid, kind_of, redact, resource_response, BranchParams,
+    branch_of, commit, kind_of, redact, resource_response, restore, BranchParams,
 };
 use crate::access::{tenant_access, Access};
 use crate::app::AppState;
@@ -37,7 +37,7 @@ pub struct HistoryEntry {
 }
 
 /// `GET .../{kind}/{name}/history`: every change of one resource, newest first.
-#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/{kind}/{name}/history", tag = "versions", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups"), ("name" = String, Path, description = "The resource's Envoy name"), BranchParams),
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/{kind}/{name}/history", tag = "versions", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets, groups or templates"), ("name" = String, Path, description = "The resource's Envoy name"), BranchParams),
     responses((status = 200, description = "The changes, newest first", body = Vec<HistoryEntry>),
         (status = 404, description = "Never existed", body = crate::openapi::Problem)))]
 pub async fn history(
@@ -296,11 +296,19 @@ pub async fn rollback(
     check_target(body.to_revision, head)?;
     let target = state_map(&state, tenant.tenant_id, &branch, body.to_revision).await?;
     let current = state_map(&state, tenant.tenant_id, &branch, head).await?;
+    let declared =
+        read::derivations_at(&state.pool, tenant.tenant_id, &branch, body.to_revision).await?;
+    let declared_now = read::derivations_at(&state.pool, tenant.tenant_id, &branch, head).await?;
     let mut changes = Vec::new();
     for ((kind, name), document) in &target {
-        if current.get(&(kind.clone(), name.clone())) != Some(document) {
-            changes
-                .push(Change::put(parse_kind(kind), document, Expect::Anything).map_err(invalid)?);
+        let key = (kind.clone(), name.clone());
+        if current.get(&key) != Some(document) || declared.get(&key) != declared_now.get(&key) {
+            changes.push(restore(
+                parse_kind(kind),
+                document,
+                declared.get(&key),
+                Expect::Anything,
+            )?);
         }
     }
     for (kind, name) in current.keys().filter(|key| !target.contains_key(*key)) {
@@ -328,7 +336,7 @@ pub async fn rollback(
         .into_response())
 }
 
-#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/{kind}/{name}/rollback", tag = "versions", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets or groups"), ("name" = String, Path, description = "The resource's Envoy name"), BranchParams), request_body = RollbackBody,
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/{kind}/{name}/rollback", tag = "versions", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets, groups or templates"), ("name" = String, Path, description = "The resource's Envoy name"), BranchParams), request_body = RollbackBody,
     responses((status = 200, description = "The restored resource", body = Object), (status = 204, description = "Deleted: it did not exist then"),
         (status = 409, description = "Deleting it would break a reference", body = crate::openapi::Problem),
         (status = 422, description = "No such revision", body = crate::openapi::Problem)))]
@@ -357,7 +365,17 @@ pub async fn rollback_resource(
     )
     .await?;
     let change = match &then {
-        Some(row) => Change::put(kind, &row.document, Expect::Anything).map_err(invalid)?,
+        Some(row) => {
+            let declared =
+                read::derivations_at(&state.pool, tenant.tenant_id, &branch, body.to_revision)
+                    .await?;
+            restore(
+                kind,
+                &row.document,
+                declared.get(&(kind.to_string(), name.clone())),
+                Expect::Anything,
+            )?
+        }
         None => Change::Delete {
             kind,
             name: name.clone(),

@@ -56,6 +56,18 @@ pub struct Attached {
     pub kind: ResourceKind,
     /// Its name.
     pub name: String,
+    /// The name the group's proxies know it by, when not its own: it then overrides, for this
+    /// group and its descendants, the resource of that name an ancestor attaches or a resource
+    /// refers to (FR-EP-004).
+    #[serde(default, rename = "as", skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+}
+
+impl Attached {
+    /// The name the group's proxies know the resource by.
+    pub fn served_name(&self) -> &str {
+        self.alias.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// Validates a group's JSON and returns its name and canonical form (attachments sorted, no
@@ -98,11 +110,33 @@ pub fn validate(json: &Value) -> Result<(String, Value, GroupSpec), Vec<Violatio
             });
         }
     }
+    let mut served = BTreeMap::new();
     for (index, attached) in spec.resources.iter().enumerate() {
-        if attached.kind == ResourceKind::Group {
+        if let Some(alias) = &attached.alias {
+            if let Err(message) = check_name(alias) {
+                violations.push(Violation {
+                    pointer: format!("/resources/{index}/as"),
+                    message,
+                });
+            }
+        }
+        let source = served
+            .entry((attached.kind, attached.served_name().to_owned()))
+            .or_insert_with(|| attached.name.clone());
+        if *source != attached.name {
+            violations.push(Violation {
+                pointer: format!("/resources/{index}"),
+                message: format!(
+                    "two attachments serve the {} `{}`",
+                    attached.kind,
+                    attached.served_name()
+                ),
+            });
+        }
+        if attached.kind == ResourceKind::Group || attached.kind == ResourceKind::Template {
             violations.push(Violation {
                 pointer: format!("/resources/{index}/kind"),
-                message: "groups are related by `parent`, not attached".to_owned(),
+                message: "groups are related by `parent`, and templates reach proxies through what is declared from them; neither is attached".to_owned(),
             });
         }
         if let Err(message) = check_name(&attached.name) {
@@ -171,5 +205,28 @@ mod tests {
             "/resources/0/kind"
         );
         assert_eq!(pointer(json!({ "parent": "p" })), "/name");
+    }
+
+    #[test]
+    fn two_attachments_may_not_serve_one_name_and_aliases_are_names() {
+        let pointer = |json: Value| validate(&json).unwrap_err()[0].pointer.clone();
+        assert_eq!(
+            pointer(json!({ "name": "g", "resources": [
+                { "kind": "cluster", "name": "a" },
+                { "kind": "cluster", "name": "b", "as": "a" }] })),
+            "/resources/1"
+        );
+        assert_eq!(
+            pointer(
+                json!({ "name": "g", "resources": [{ "kind": "cluster", "name": "a", "as": "" }] })
+            ),
+            "/resources/0/as"
+        );
+        let (_, canonical, spec) = validate(
+            &json!({ "name": "g", "resources": [{ "kind": "cluster", "name": "b", "as": "a" }] }),
+        )
+        .unwrap();
+        assert_eq!(canonical["resources"][0]["as"], "a");
+        assert_eq!(spec.resources[0].served_name(), "a");
     }
 }

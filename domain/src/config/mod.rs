@@ -8,6 +8,7 @@
 pub mod group;
 pub mod merge;
 mod refs;
+pub mod template;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -20,6 +21,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::envoy::{self, ResourceKind, Violation};
 pub use refs::{references, ResourceRef};
+use template::Derivation;
 
 /// The branch every tenant starts with.
 pub const MAIN_BRANCH: &str = "main";
@@ -112,6 +114,18 @@ pub enum Change {
         /// What the current state must be.
         expect: Expect,
     },
+    /// Create or replace a resource declared from a template: rendered from the template as the
+    /// repository holds it, then validated like a put.
+    Derive {
+        /// The resource's kind (the template's).
+        kind: ResourceKind,
+        /// Its name.
+        name: String,
+        /// The template, parameter values and overrides.
+        derivation: Derivation,
+        /// What the current state must be.
+        expect: Expect,
+    },
 }
 
 impl Change {
@@ -120,6 +134,9 @@ impl Change {
     pub fn put(kind: ResourceKind, json: &Value, expect: Expect) -> Result<Self, Vec<Violation>> {
         let (name, document) = if kind == ResourceKind::Group {
             let (name, canonical, _) = group::validate(json)?;
+            (name, canonical)
+        } else if kind == ResourceKind::Template {
+            let (name, canonical, _) = template::validate(json)?;
             (name, canonical)
         } else {
             let valid = envoy::validate(kind, json)?;
@@ -135,9 +152,12 @@ impl Change {
         })
     }
 
-    fn key(&self) -> (ResourceKind, &str) {
+    /// The resource it changes.
+    pub fn key(&self) -> (ResourceKind, &str) {
         match self {
-            Change::Put { kind, name, .. } | Change::Delete { kind, name, .. } => (*kind, name),
+            Change::Put { kind, name, .. }
+            | Change::Delete { kind, name, .. }
+            | Change::Derive { kind, name, .. } => (*kind, name),
         }
     }
 }
@@ -218,6 +238,9 @@ pub enum ConfigEvent {
         hash: String,
         /// What it refers to.
         refs: BTreeSet<ResourceRef>,
+        /// The template declaration it was rendered from, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        derivation: Option<Derivation>,
     },
     /// A resource's document changed.
     ResourceReplaced {
@@ -233,6 +256,9 @@ pub enum ConfigEvent {
         hash: String,
         /// What it refers to now.
         refs: BTreeSet<ResourceRef>,
+        /// The template declaration it was rendered from, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        derivation: Option<Derivation>,
     },
     /// A resource was removed.
     ResourceDeleted {
@@ -314,6 +340,18 @@ pub enum ConfigError {
     /// The branch was deleted; it takes no commits.
     #[error("the branch was deleted")]
     BranchDeleted,
+    /// A resource declared from a template does not render into a valid resource.
+    #[error("{kind} `{name}` from template `{template}`: {}", describe_violations(.violations))]
+    Render {
+        /// Its kind.
+        kind: ResourceKind,
+        /// Its name.
+        name: String,
+        /// The template.
+        template: String,
+        /// What is wrong, and where in the declaration or the rendered resource.
+        violations: Vec<Violation>,
+    },
     /// The branch cannot be deleted (`main`, or never created).
     #[error("this branch cannot be deleted")]
     NotDeletable,
@@ -327,6 +365,14 @@ pub enum ConfigError {
         /// Who refers to it.
         by: Vec<ResourceRef>,
     },
+}
+
+fn describe_violations(violations: &[Violation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{} (at `{}`)", v.message, v.pointer))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn describe_refs(refs: &[ResourceRef]) -> String {
@@ -358,6 +404,12 @@ pub struct ResourceState {
     pub hash: String,
     /// What it refers to.
     pub refs: BTreeSet<ResourceRef>,
+    /// The template declaration it was rendered from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub derivation: Option<Derivation>,
+    /// For a template: its canonical document, which derived resources are rendered from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<Value>,
 }
 
 /// A configuration repository: its revision and what it holds.
@@ -460,6 +512,10 @@ impl ConfigRepo {
             return Err(ConfigError::BranchDeleted);
         }
         let revision = self.revision + 1;
+        // Templates first, so that resources declared from them in the same commit render from
+        // their new version (the order of other changes does not matter: each key at most once).
+        let mut changes = changes;
+        changes.sort_by_key(|change| change.key().0 != ResourceKind::Template);
         let mut seen = BTreeSet::new();
         // The state after the commit, for the changed keys only.
         let mut overlay: BTreeMap<String, Option<ResourceState>> = BTreeMap::new();
@@ -475,45 +531,22 @@ impl ConfigRepo {
             }
             let current = self.resources.get(&change_key);
             check_expectation(change_expect(&change), current, kind, name)?;
-            match change {
+            let put = match change {
                 Change::Put {
                     kind,
                     name,
                     document,
                     refs,
                     ..
+                } => (kind, name, document, refs, None),
+                Change::Derive {
+                    kind,
+                    name,
+                    derivation,
+                    ..
                 } => {
-                    let hash = content_hash(&document);
-                    if current.is_some_and(|state| state.hash == hash) {
-                        continue;
-                    }
-                    overlay.insert(
-                        change_key,
-                        Some(ResourceState {
-                            version: revision,
-                            hash: hash.clone(),
-                            refs: refs.clone(),
-                        }),
-                    );
-                    events.push(if current.is_some() {
-                        ConfigEvent::ResourceReplaced {
-                            revision,
-                            kind,
-                            name,
-                            document,
-                            hash,
-                            refs,
-                        }
-                    } else {
-                        ConfigEvent::ResourceCreated {
-                            revision,
-                            kind,
-                            name,
-                            document,
-                            hash,
-                            refs,
-                        }
-                    });
+                    let (document, refs) = self.render(kind, &name, &derivation, &overlay)?;
+                    (kind, name, document, refs, Some(derivation))
                 }
                 Change::Delete { kind, name, .. } => {
                     if current.is_none() {
@@ -525,6 +558,39 @@ impl ConfigRepo {
                         kind,
                         name,
                     });
+                    continue;
+                }
+            };
+            if let Some(event) = put_event(revision, current, put, &mut overlay) {
+                events.push(event);
+            }
+        }
+        // Resources declared from a template that this commit changed are rendered again, in
+        // this commit.
+        let changed_templates: BTreeSet<&str> = overlay
+            .iter()
+            .filter(|(_, state)| state.as_ref().is_some_and(|s| s.template.is_some()))
+            .map(|(k, _)| split_key(k).1)
+            .collect();
+        if !changed_templates.is_empty() {
+            let derived: Vec<(String, Derivation)> = self
+                .resources
+                .iter()
+                .filter(|(k, _)| !seen.contains(*k))
+                .filter_map(|(k, state)| {
+                    let derivation = state.derivation.as_ref()?;
+                    changed_templates
+                        .contains(derivation.template.as_str())
+                        .then(|| (k.clone(), derivation.clone()))
+                })
+                .collect();
+            for (derived_key, derivation) in derived {
+                let (kind, name) = split_key(&derived_key);
+                let (document, refs) = self.render(kind, name, &derivation, &overlay)?;
+                let current = self.resources.get(&derived_key);
+                let put = (kind, name.to_owned(), document, refs, Some(derivation));
+                if let Some(event) = put_event(revision, current, put, &mut overlay) {
+                    events.push(event);
                 }
             }
         }
@@ -542,6 +608,58 @@ impl ConfigRepo {
             },
         );
         Ok(events)
+    }
+
+    /// Renders `name` from its template as the commit leaves it, validates it, and returns its
+    /// canonical document and references (the template's among them).
+    fn render(
+        &self,
+        kind: ResourceKind,
+        name: &str,
+        derivation: &Derivation,
+        overlay: &BTreeMap<String, Option<ResourceState>>,
+    ) -> Result<(Value, BTreeSet<ResourceRef>), ConfigError> {
+        let refused = |violations: Vec<Violation>| ConfigError::Render {
+            kind,
+            name: name.to_owned(),
+            template: derivation.template.clone(),
+            violations,
+        };
+        let template_key = key(ResourceKind::Template, &derivation.template);
+        let state = match overlay.get(&template_key) {
+            Some(state) => state.as_ref(),
+            None => self.resources.get(&template_key),
+        };
+        let Some(document) = state.and_then(|s| s.template.as_ref()) else {
+            return Err(refused(vec![Violation {
+                pointer: "/template".to_owned(),
+                message: format!("there is no template `{}`", derivation.template),
+            }]));
+        };
+        let spec: template::TemplateSpec =
+            serde_json::from_value(document.clone()).map_err(|error| {
+                refused(vec![Violation {
+                    pointer: "/template".to_owned(),
+                    message: format!("the stored template does not decode: {error}"),
+                }])
+            })?;
+        if spec.kind != kind {
+            return Err(refused(vec![Violation {
+                pointer: "/template".to_owned(),
+                message: format!(
+                    "template `{}` makes a {}, not a {kind}",
+                    spec.name, spec.kind
+                ),
+            }]));
+        }
+        let rendered = template::render(&spec, name, derivation).map_err(refused)?;
+        let valid = envoy::validate(kind, &rendered).map_err(refused)?;
+        let mut refs = references(kind, &valid.canonical);
+        refs.insert(ResourceRef {
+            kind: ResourceKind::Template,
+            name: derivation.template.clone(),
+        });
+        Ok((valid.canonical, refs))
     }
 
     /// No resource may refer to a missing one after the commit, and no deleted resource may still
@@ -661,8 +779,63 @@ impl ConfigRepo {
 
 fn change_expect(change: &Change) -> Expect {
     match change {
-        Change::Put { expect, .. } | Change::Delete { expect, .. } => *expect,
+        Change::Put { expect, .. }
+        | Change::Delete { expect, .. }
+        | Change::Derive { expect, .. } => *expect,
     }
+}
+
+/// A resource's new document (with its references and template declaration).
+type Put = (
+    ResourceKind,
+    String,
+    Value,
+    BTreeSet<ResourceRef>,
+    Option<Derivation>,
+);
+
+/// The event of putting a resource, recorded in `overlay`; `None` when nothing changes.
+fn put_event(
+    revision: u64,
+    current: Option<&ResourceState>,
+    (kind, name, document, refs, derivation): Put,
+    overlay: &mut BTreeMap<String, Option<ResourceState>>,
+) -> Option<ConfigEvent> {
+    let hash = content_hash(&document);
+    if current.is_some_and(|state| state.hash == hash && state.derivation == derivation) {
+        return None;
+    }
+    overlay.insert(
+        key(kind, &name),
+        Some(ResourceState {
+            version: revision,
+            hash: hash.clone(),
+            refs: refs.clone(),
+            derivation: derivation.clone(),
+            template: (kind == ResourceKind::Template).then(|| document.clone()),
+        }),
+    );
+    Some(if current.is_some() {
+        ConfigEvent::ResourceReplaced {
+            revision,
+            kind,
+            name,
+            document,
+            hash,
+            refs,
+            derivation,
+        }
+    } else {
+        ConfigEvent::ResourceCreated {
+            revision,
+            kind,
+            name,
+            document,
+            hash,
+            refs,
+            derivation,
+        }
+    })
 }
 
 fn check_expectation(
@@ -746,17 +919,19 @@ impl Aggregate for ConfigRepo {
                 revision,
                 kind,
                 name,
+                document,
                 hash,
                 refs,
-                ..
+                derivation,
             }
             | ConfigEvent::ResourceReplaced {
                 revision,
                 kind,
                 name,
+                document,
                 hash,
                 refs,
-                ..
+                derivation,
             } => {
                 self.resources.insert(
                     key(kind, &name),
@@ -764,6 +939,8 @@ impl Aggregate for ConfigRepo {
                         version: revision,
                         hash,
                         refs,
+                        derivation,
+                        template: (kind == ResourceKind::Template).then_some(document),
                     },
                 );
             }

@@ -88,7 +88,7 @@ pub fn references(kind: ResourceKind, document: &Value) -> BTreeSet<ResourceRef>
                 }
             }
         }
-        ResourceKind::Endpoints | ResourceKind::Secret => {}
+        ResourceKind::Endpoints | ResourceKind::Secret | ResourceKind::Template => {}
     }
     refs
 }

@@ -380,3 +380,72 @@ fn branch_names_are_checked() {
         assert!(valid_branch_name(bad).is_err(), "{bad}");
     }
 }
+
+fn template_change(timeout: &str) -> Change {
+    Change::put(
+        ResourceKind::Template,
+        &json!({
+            "name": "web", "kind": "cluster", "parameters": { "port": {} },
+            "body": { "type": "STATIC", "connect_timeout": timeout, "load_assignment": {
+                "cluster_name": "{{name}}", "endpoints": [{ "lb_endpoints": [{ "endpoint": {
+                "address": { "socket_address": { "address": "10.0.0.1", "port_value": "{{port}}" } } } }] }] } }
+        }),
+        Expect::Anything,
+    )
+    .expect("valid template")
+}
+
+fn derive(name: &str, port: u16) -> Change {
+    Change::Derive {
+        kind: ResourceKind::Cluster,
+        name: name.to_owned(),
+        derivation: template::Derivation {
+            template: "web".into(),
+            parameters: [("port".to_owned(), json!(port))].into(),
+            overrides: None,
+        },
+        expect: Expect::Anything,
+    }
+}
+
+#[test]
+fn a_template_change_re_renders_every_derived_resource_in_the_same_commit() {
+    let given = decide(
+        Vec::new(),
+        vec![derive("a", 1), derive("b", 2), template_change("1s")],
+    )
+    .unwrap();
+    let events = decide(given, vec![template_change("5s")]).unwrap();
+    let replaced: Vec<(&str, &Value)> = events
+        .iter()
+        .filter_map(|event| match event {
+            ConfigEvent::ResourceReplaced {
+                name,
+                document,
+                derivation: Some(_),
+                ..
+            } => Some((name.as_str(), &document["connect_timeout"])),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replaced, [("a", &json!("5s")), ("b", &json!("5s"))]);
+}
+
+#[test]
+fn a_template_in_use_cannot_be_deleted_and_a_bad_render_is_refused() {
+    let given = decide(Vec::new(), vec![template_change("1s"), derive("a", 1)]).unwrap();
+    let deleting = decide(
+        given.clone(),
+        vec![Change::Delete {
+            kind: ResourceKind::Template,
+            name: "web".into(),
+            expect: Expect::Present,
+        }],
+    );
+    assert!(matches!(deleting, Err(ConfigError::StillReferenced { .. })));
+    let broken = decide(given, vec![template_change("soon")]);
+    assert!(
+        matches!(&broken, Err(ConfigError::Render { name, .. }) if name == "a"),
+        "{broken:?}"
+    );
+}

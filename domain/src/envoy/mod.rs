@@ -45,21 +45,25 @@ pub enum ResourceKind {
     Secret,
     /// A proxy group (FR-CL-001/002): which proxies belong, its parent, the resources it attaches.
     Group,
+    /// A resource template (FR-EP-004): resources declared from it are rendered from it.
+    Template,
 }
 
 impl ResourceKind {
     /// Every kind: the Envoy kinds in the order Envoy should receive them (make before break),
-    /// then groups.
-    pub const ALL: [ResourceKind; 6] = [
+    /// then groups and templates.
+    pub const ALL: [ResourceKind; 7] = [
         ResourceKind::Cluster,
         ResourceKind::Endpoints,
         ResourceKind::Secret,
         ResourceKind::Listener,
         ResourceKind::Route,
         ResourceKind::Group,
+        ResourceKind::Template,
     ];
 
-    /// The fully qualified protobuf message name; `None` for groups, which are ours, not Envoy's.
+    /// The fully qualified protobuf message name; `None` for groups and templates, which are ours,
+    /// not Envoy's.
     pub fn message_name(self) -> Option<&'static str> {
         match self {
             ResourceKind::Cluster => Some("envoy.config.cluster.v3.Cluster"),
@@ -67,7 +71,7 @@ impl ResourceKind {
             ResourceKind::Listener => Some("envoy.config.listener.v3.Listener"),
             ResourceKind::Route => Some("envoy.config.route.v3.RouteConfiguration"),
             ResourceKind::Secret => Some("envoy.extensions.transport_sockets.tls.v3.Secret"),
-            ResourceKind::Group => None,
+            ResourceKind::Group | ResourceKind::Template => None,
         }
     }
 
@@ -94,6 +98,7 @@ impl ResourceKind {
             ResourceKind::Route => "routes",
             ResourceKind::Secret => "secrets",
             ResourceKind::Group => "groups",
+            ResourceKind::Template => "templates",
         }
     }
 
@@ -122,6 +127,7 @@ impl fmt::Display for ResourceKind {
             ResourceKind::Route => "route",
             ResourceKind::Secret => "secret",
             ResourceKind::Group => "group",
+            ResourceKind::Template => "template",
         })
     }
 }

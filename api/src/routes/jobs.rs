@@ -1,0 +1,279 @@
+//! Bulk requests of more than [`SYNC_LIMIT`] operations run as jobs (API-BK-003): the request
+//! answers 202 with the job at once; `GET /api/v1/tenants/{tenant}/jobs/{id}` says how far it is
+//! (state, operations validated and applied, total) and, at the end, its revision or the problem
+//! the synchronous answer would have been. The job is all or nothing like any bulk request.
+//!
+//! The job runs on the replica that accepted it and records its progress in `bulk_jobs`, so any
+//! replica answers for it. A job whose record stops moving for [`STALE_AFTER`] (its replica
+//! stopped) is reported failed; its commit is atomic, so it either landed (a `bulk` revision) or
+//! left nothing.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use efms_commands::Scope;
+use efms_domain::Actor;
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::bulk::{apply, BulkRequest};
+use crate::access::{tenant_access, Access, TenantAccess};
+use crate::app::AppState;
+use crate::auth::Principal;
+use crate::error::ApiError;
+
+/// The most operations a bulk request answers synchronously; more run as a job.
+pub const SYNC_LIMIT: usize = 1_000;
+/// How often a running job records its progress.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+/// A job whose record has not moved for this long is no longer running.
+const STALE_AFTER: Duration = Duration::from_secs(30);
+
+/// How far a running job is, shared with the task that records it.
+#[derive(Debug, Default)]
+pub struct Progress {
+    validated: AtomicUsize,
+    committing: AtomicBool,
+}
+
+impl Progress {
+    /// `count` operations are validated.
+    pub fn validated(&self, count: usize) {
+        self.validated.store(count, Ordering::Relaxed);
+    }
+
+    /// All `total` operations are validated; the commit is being made.
+    pub fn committing(&self, total: usize) {
+        self.validated.store(total, Ordering::Relaxed);
+        self.committing.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct JobView {
+    /// Its id.
+    id: Uuid,
+    /// `queued`, `validating`, `committing`, `succeeded` or `failed`.
+    state: String,
+    /// The branch it writes.
+    branch: String,
+    /// Operations in the request.
+    total: i32,
+    /// Operations validated so far.
+    validated: i32,
+    /// Changes applied (when succeeded).
+    applied: i32,
+    /// The revision it landed in (when succeeded and something changed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revision: Option<i64>,
+    /// Why it failed: the problem document the synchronous request would have answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    problem: Option<Value>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finished_at: Option<DateTime<Utc>>,
+}
+
+/// Records a new job and runs it in the background; answers 202 with the job.
+pub(crate) async fn start(
+    state: AppState,
+    actor: Actor,
+    headers: HeaderMap,
+    tenant: TenantAccess,
+    branch: String,
+    request: BulkRequest,
+) -> Result<Response, ApiError> {
+    let job_id = Uuid::now_v7();
+    let total = i32::try_from(request.operations.len()).map_err(ApiError::internal)?;
+    let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
+    sqlx::query!(
+        r#"INSERT INTO bulk_jobs (tenant_id, job_id, branch, actor, state, total)
+           VALUES ($1, $2, $3, $4, 'queued', $5)"#,
+        tenant.tenant_id,
+        job_id,
+        branch,
+        actor.audit_name(),
+        total,
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let view = load(&state, tenant.tenant_id, job_id).await?;
+    let location = format!("/api/v1/tenants/{}/jobs/{job_id}", tenant.slug);
+    tokio::spawn(run(state, actor, headers, tenant, branch, request, job_id));
+    let mut response = (StatusCode::ACCEPTED, Json(view)).into_response();
+    response.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).map_err(ApiError::internal)?,
+    );
+    Ok(response)
+}
+
+/// Runs a job to its end, recording its progress meanwhile.
+async fn run(
+    state: AppState,
+    actor: Actor,
+    headers: HeaderMap,
+    tenant: TenantAccess,
+    branch: String,
+    request: BulkRequest,
+    job_id: Uuid,
+) {
+    let progress = Arc::new(Progress::default());
+    let recorder = {
+        let (state, progress, tenant_id) = (state.clone(), progress.clone(), tenant.tenant_id);
+        tokio::spawn(async move {
+            loop {
+                let phase = if progress.committing.load(Ordering::Relaxed) {
+                    "committing"
+                } else {
+                    "validating"
+                };
+                let validated = progress.validated.load(Ordering::Relaxed);
+                if let Err(error) = record(&state, tenant_id, job_id, phase, validated).await {
+                    tracing::warn!(%job_id, %error, "cannot record a bulk job's progress");
+                }
+                tokio::time::sleep(PROGRESS_INTERVAL).await;
+            }
+        })
+    };
+    let outcome = apply(
+        &state,
+        &actor,
+        headers,
+        (&tenant, &branch),
+        &request,
+        Some(&progress),
+    )
+    .await;
+    recorder.abort();
+    let _ = recorder.await;
+    if let Err(error) = finish(&state, tenant.tenant_id, job_id, outcome).await {
+        tracing::error!(%job_id, %error, "cannot record the end of a bulk job");
+    }
+}
+
+async fn record(
+    state: &AppState,
+    tenant_id: Uuid,
+    job_id: Uuid,
+    phase: &str,
+    validated: usize,
+) -> Result<(), sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(&state.pool).await?;
+    sqlx::query!(
+        r#"UPDATE bulk_jobs SET state = $3, validated = LEAST($4, total), updated_at = now()
+           WHERE tenant_id = $1 AND job_id = $2 AND finished_at IS NULL"#,
+        tenant_id,
+        job_id,
+        phase,
+        i32::try_from(validated).unwrap_or(i32::MAX),
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+async fn finish(
+    state: &AppState,
+    tenant_id: Uuid,
+    job_id: Uuid,
+    outcome: Result<super::bulk::BulkResult, ApiError>,
+) -> Result<(), sqlx::Error> {
+    let (phase, applied, revision, problem) = match outcome {
+        Ok(result) => (
+            "succeeded",
+            i32::try_from(result.operations).unwrap_or(i32::MAX),
+            result.revision,
+            None,
+        ),
+        Err(error) => ("failed", 0, None, Some(error.problem())),
+    };
+    let mut tx = Scope::Tenant(tenant_id).begin(&state.pool).await?;
+    sqlx::query!(
+        r#"UPDATE bulk_jobs
+           SET state = $3, applied = $4, revision = $5, problem = $6,
+               validated = CASE WHEN $3 = 'succeeded' THEN total ELSE validated END,
+               updated_at = now(), finished_at = now()
+           WHERE tenant_id = $1 AND job_id = $2"#,
+        tenant_id,
+        job_id,
+        phase,
+        applied,
+        revision,
+        problem,
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+async fn load(state: &AppState, tenant_id: Uuid, job_id: Uuid) -> Result<JobView, ApiError> {
+    let mut tx = Scope::Tenant(tenant_id).begin(&state.pool).await?;
+    let row = sqlx::query!(
+        r#"SELECT job_id, state, branch, total, validated, applied, revision, problem,
+                  created_at, updated_at, finished_at
+           FROM bulk_jobs WHERE tenant_id = $1 AND job_id = $2"#,
+        tenant_id,
+        job_id,
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let row = row.ok_or_else(|| ApiError::NotFound(format!("there is no job `{job_id}`")))?;
+    let interrupted = row.finished_at.is_none()
+        && (Utc::now() - row.updated_at).to_std().unwrap_or_default() > STALE_AFTER;
+    let (job_state, problem) = if interrupted {
+        (
+            "failed".to_owned(),
+            Some(serde_json::json!({
+                "type": "urn:efms:problem:interrupted",
+                "title": "Interrupted",
+                "status": 503,
+                "detail": "the replica running the job stopped; a bulk commit is all or nothing, \
+                           so it either landed as a `bulk` revision after `created_at` or changed nothing",
+            })),
+        )
+    } else {
+        (row.state, row.problem)
+    };
+    Ok(JobView {
+        id: row.job_id,
+        state: job_state,
+        branch: row.branch,
+        total: row.total,
+        validated: row.validated,
+        applied: row.applied,
+        revision: row.revision,
+        problem,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        finished_at: row.finished_at,
+    })
+}
+
+/// `GET /api/v1/tenants/{tenant}/jobs/{id}`: how far a bulk job is.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/jobs/{id}", tag = "configuration",
+    params(("tenant" = String, Path, description = "Tenant slug"), ("id" = String, Path, description = "The job's id")),
+    responses((status = 200, description = "The job", body = JobView),
+        (status = 404, description = "No such job", body = crate::openapi::Problem)))]
+pub async fn get(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<Json<JobView>, ApiError> {
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
+    let job_id =
+        Uuid::parse_str(&id).map_err(|_| ApiError::NotFound(format!("there is no job `{id}`")))?;
+    Ok(Json(load(&state, tenant.tenant_id, job_id).await?))
+}
