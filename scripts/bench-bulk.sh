@@ -18,6 +18,8 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 PORT=$(free_port); GRPC=$(free_port)
 EFMS_JWT_SECRET=$(head -c 48 /dev/urandom | base64 | tr -d '\n')
 export EFMS_JWT_SECRET
+EFMS_MASTER_KEY=$(head -c 32 /dev/urandom | base64 | tr -d '\n')
+export EFMS_MASTER_KEY
 DATABASE_URL="$PG/$DB" EFMS_HTTP_ADDR="127.0.0.1:$PORT" EFMS_GRPC_ADDR="127.0.0.1:$GRPC" EFMS_LOG=warn \
   "$BIN" serve > /tmp/efms-bench-bulk.log 2>&1 &
 SERVER=$!

@@ -19,6 +19,8 @@ BIN="${CARGO_TARGET_DIR:-target}/release"
 PG="postgres://postgres@127.0.0.1:5432"
 EFMS_JWT_SECRET=$(head -c 48 /dev/urandom | base64 | tr -d '\n')
 export EFMS_JWT_SECRET
+EFMS_MASTER_KEY=$(head -c 32 /dev/urandom | base64 | tr -d '\n')
+export EFMS_MASTER_KEY
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 SERVER=
 trap '[ -n "$SERVER" ] && kill $SERVER 2>/dev/null; wait 2>/dev/null || true' EXIT

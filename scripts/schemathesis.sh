@@ -20,6 +20,8 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 GRPC=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 EFMS_JWT_SECRET=$(head -c 48 /dev/urandom | base64 | tr -d '\n')
 export EFMS_JWT_SECRET
+EFMS_MASTER_KEY=$(head -c 32 /dev/urandom | base64 | tr -d '\n')
+export EFMS_MASTER_KEY
 DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB" EFMS_HTTP_ADDR="127.0.0.1:$PORT" \
   EFMS_GRPC_ADDR="127.0.0.1:$GRPC" EFMS_LOG=warn "$BIN" serve > .tools/schemathesis-efms.log 2>&1 &
 SERVER=$!

@@ -8,7 +8,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{middleware, Router};
-use efms_commands::{CommandBus, CommitBell};
+use efms_commands::{CommandBus, CommitBell, Keyring};
 use efms_projections::{
     ConfigProjection, Projector, ProjectorHandle, ResourceCache, SnapshotStore, TenantsProjection,
 };
@@ -57,6 +57,9 @@ pub struct AppState {
     /// Where proxies reach the xDS server (written into bootstraps).
     #[from_ref(skip)]
     pub xds_address: XdsAddress,
+    /// The tenants' data keys, which seal secret material before it is stored.
+    #[from_ref(skip)]
+    pub keyring: Keyring,
 }
 
 /// Where proxies reach the xDS server.
@@ -90,6 +93,7 @@ impl AppState {
     pub fn start(
         pool: PgPool,
         jwt: JwtKeys,
+        keyring: Keyring,
         poll_interval: Duration,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Self {
@@ -99,7 +103,7 @@ impl AppState {
         let tenants =
             Projector::new(pool.clone(), TenantsProjection).spawn(poll_interval, shutdown.clone());
         let config = Projector::new(pool.clone(), ConfigProjection).spawn(poll_interval, shutdown);
-        let snapshots = SnapshotStore::new(pool.clone());
+        let snapshots = SnapshotStore::new(pool.clone(), keyring.clone());
         snapshots.follow(config.clone());
         let cache = ResourceCache::new(pool.clone(), efms_domain::config::MAIN_BRANCH);
         // Writers wait on the cache's handle, so they read their own writes from it.
@@ -135,6 +139,7 @@ impl AppState {
                 host: "127.0.0.1".to_owned(),
                 port: 18000,
             },
+            keyring,
         }
     }
 

@@ -31,6 +31,23 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Print a signed access token (JWT, HS256 with EFMS_JWT_SECRET).
     Token(TokenArgs),
+    /// Re-wrap every tenant data key under a new master key (key rotation); then serve with the
+    /// new key as EFMS_MASTER_KEY.
+    RotateMasterKey(RotateArgs),
+}
+
+/// `efms rotate-master-key`.
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// Database settings.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The master key the data keys are wrapped by now (base64 of 32 bytes).
+    #[arg(long, env = "EFMS_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<String>,
+    /// The master key to wrap them by from now on (base64 of 32 bytes).
+    #[arg(long, env = "EFMS_NEW_MASTER_KEY", hide_env_values = true)]
+    pub new_master_key: Option<String>,
 }
 
 /// Where the database is.
@@ -63,6 +80,9 @@ pub struct ServeArgs {
     /// Secret that signs and verifies access tokens (at least 32 bytes).
     #[arg(long, env = "EFMS_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// Key that wraps the tenants' data keys for secret material (base64 of 32 random bytes).
+    #[arg(long, env = "EFMS_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<String>,
     /// Log format: `json` (default) or `text`.
     #[arg(long, env = "EFMS_LOG_FORMAT", default_value = "json")]
     pub log_format: String,
@@ -139,6 +159,8 @@ pub struct ServeConfig {
     pub xds_advertise_addr: Option<(String, u16)>,
     /// Token secret.
     pub jwt_secret: Vec<u8>,
+    /// The master key of secret material.
+    pub master_key: efms_domain::secrets::Key,
     /// Log format.
     pub log_format: LogFormat,
     /// Projection polling interval.
@@ -173,6 +195,20 @@ impl DatabaseArgs {
             max_connections,
         })
     }
+}
+
+/// Checks a master key setting.
+pub fn validate_master_key(
+    setting: &'static str,
+    key: Option<&str>,
+) -> Result<efms_domain::secrets::Key, ConfigError> {
+    let key = key.filter(|key| !key.is_empty()).ok_or_else(|| {
+        invalid(
+            setting,
+            "missing: set 32 random bytes, base64-encoded (`head -c 32 /dev/urandom | base64`)",
+        )
+    })?;
+    efms_domain::secrets::Key::from_base64(key).map_err(|error| invalid(setting, error.to_string()))
 }
 
 /// Checks a signing secret.
@@ -239,6 +275,8 @@ impl ServeArgs {
             })
             .transpose()?;
         let jwt_secret = validate_secret(self.jwt_secret.as_deref())?;
+        let master_key =
+            validate_master_key("EFMS_MASTER_KEY (--master-key)", self.master_key.as_deref())?;
         let log_format = match self.log_format.as_str() {
             "json" => LogFormat::Json,
             "text" => LogFormat::Text,
@@ -270,6 +308,7 @@ impl ServeArgs {
             grpc_addr,
             xds_advertise_addr,
             jwt_secret,
+            master_key,
             log_format,
             poll_interval,
         })
@@ -290,6 +329,7 @@ mod tests {
             grpc_addr: "127.0.0.1:18000".to_owned(),
             xds_advertise_addr: None,
             jwt_secret: secret.map(str::to_owned),
+            master_key: Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_owned()),
             log_format: "json".to_owned(),
             poll_interval_ms: "250".to_owned(),
         }
@@ -321,6 +361,21 @@ mod tests {
                 .unwrap_err()
                 .setting,
             "EFMS_JWT_SECRET (--jwt-secret)"
+        );
+    }
+
+    #[test]
+    fn a_missing_or_malformed_master_key_names_its_setting() {
+        let mut serve = args("127.0.0.1:8080", Some(SECRET));
+        serve.master_key = None;
+        assert_eq!(
+            serve.validate().unwrap_err().setting,
+            "EFMS_MASTER_KEY (--master-key)"
+        );
+        serve.master_key = Some("c2hvcnQ=".to_owned());
+        assert_eq!(
+            serve.validate().unwrap_err().setting,
+            "EFMS_MASTER_KEY (--master-key)"
         );
     }
 }

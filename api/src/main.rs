@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use efms_api::config::{validate_secret, Cli, Command, LogFormat, TokenArgs};
+use efms_api::config::{
+    validate_master_key, validate_secret, Cli, Command, LogFormat, RotateArgs, TokenArgs,
+};
 use efms_api::JwtKeys;
 use efms_domain::{Role, TenantSlug};
 use tracing_subscriber::EnvFilter;
@@ -41,6 +43,13 @@ fn main() -> ExitCode {
             Err(error) => return config_error(&error),
         },
         Command::Token(args) => return token(&args),
+        Command::RotateMasterKey(args) => match rotation(&args) {
+            Ok(rotation) => {
+                init_logging(LogFormat::Text);
+                runtime.block_on(rotation)
+            }
+            Err(error) => return config_error(&error),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -50,6 +59,29 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The key rotation `args` ask for, checked.
+fn rotation(
+    args: &RotateArgs,
+) -> Result<impl std::future::Future<Output = anyhow::Result<()>>, efms_api::config::ConfigError> {
+    let database = args.database.validate()?;
+    let old = validate_master_key("EFMS_MASTER_KEY (--master-key)", args.master_key.as_deref())?;
+    let new = validate_master_key(
+        "EFMS_NEW_MASTER_KEY (--new-master-key)",
+        args.new_master_key.as_deref(),
+    )?;
+    Ok(async move {
+        let pool = efms_api::db::connect(&database).await?;
+        efms_api::db::migrate(&pool).await?;
+        let moved = efms_commands::keys::rewrap(&pool, &old, &new).await?;
+        tracing::info!(
+            moved,
+            new_master_key = new.fingerprint(),
+            "data keys re-wrapped; serve with the new key as EFMS_MASTER_KEY"
+        );
+        Ok(())
+    })
 }
 
 fn config_error(error: &efms_api::config::ConfigError) -> ExitCode {

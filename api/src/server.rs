@@ -21,10 +21,19 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on EFMS_GRPC_ADDR {}", config.grpc_addr))?;
 
+    let keyring = efms_commands::Keyring::new(pool.clone(), config.master_key.clone());
+    let foreign = keyring.foreign_keys().await?;
+    if foreign > 0 {
+        anyhow::bail!(
+            "EFMS_MASTER_KEY: {foreign} tenant data key(s) are wrapped by another master key; \
+             serve with that key, or move them with `efms rotate-master-key`"
+        );
+    }
     let (stop, stopped) = watch::channel(false);
     let state = AppState::start(
         pool.clone(),
         JwtKeys::from_secret(&config.jwt_secret),
+        keyring,
         config.poll_interval,
         signalled(stopped.clone()),
     )

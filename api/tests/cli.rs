@@ -4,14 +4,28 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "cli-test-secret-cli-test-secret-0123";
+const MASTER_KEY: &str = "Y2xpLXRlc3QtbWFzdGVyLWtleS0wMTIzNDU2Nzg5YWI=";
 
 fn efms() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_efms"));
     command
         .env_remove("EFMS_JWT_SECRET")
+        .env_remove("EFMS_MASTER_KEY")
         .env_remove("EFMS_HTTP_ADDR")
         .env_remove("EFMS_GRPC_ADDR");
     command
+}
+
+#[test]
+fn serve_without_a_master_key_stops_naming_the_setting() {
+    let output = efms()
+        .args(["serve"])
+        .env("EFMS_JWT_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("EFMS_MASTER_KEY"), "{stderr}");
 }
 
 #[test]
@@ -110,6 +124,7 @@ fn serve_creates_and_migrates_its_database_answers_and_stops_on_sigterm() {
         .env("EFMS_HTTP_ADDR", format!("127.0.0.1:{http}"))
         .env("EFMS_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
         .env("EFMS_JWT_SECRET", SECRET)
+        .env("EFMS_MASTER_KEY", MASTER_KEY)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -7,14 +7,17 @@
 //! - [`scope`]: how every transaction is bound to one tenant (or to the cross-tenant system role)
 //!   so that row-level security, not handler code, keeps tenants apart.
 //! - [`bus`]: executes a command on an aggregate and reports where its commit landed in the log.
+//! - [`keys`]: the tenants' data keys for secret material, wrapped under the master key.
 
 pub mod bus;
 pub mod event_store;
+pub mod keys;
 pub mod log;
 pub mod scope;
 
 pub use bus::{CommandBus, CommandError, CommitMetadata};
 pub use event_store::PgEventRepository;
+pub use keys::Keyring;
 pub use log::{CommitBell, LogDoorbell, Position, RecordedEvent};
 pub use scope::Scope;
 

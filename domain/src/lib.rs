@@ -8,6 +8,7 @@ pub mod actor;
 pub mod config;
 pub mod envoy;
 pub mod json_pointer;
+pub mod secrets;
 pub mod tenant;
 
 pub use actor::{Actor, Role};

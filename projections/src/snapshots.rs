@@ -16,10 +16,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
-use efms_commands::Scope;
+use efms_commands::{Keyring, Scope};
 use efms_domain::config::group::GroupSpec;
 use efms_domain::config::{references, ResourceRef};
 use efms_domain::envoy::{self, ResourceKind};
+use efms_domain::secrets;
 use sha2::{Digest as _, Sha256};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -355,15 +356,18 @@ impl Content {
 #[derive(Debug, Clone)]
 pub struct SnapshotStore {
     pool: PgPool,
+    keyring: Keyring,
     tenants: Arc<Mutex<HashMap<Uuid, TenantState>>>,
     refreshing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SnapshotStore {
-    /// An empty store over `pool`'s read models; tenants load when a proxy first asks.
-    pub fn new(pool: PgPool) -> Self {
+    /// An empty store over `pool`'s read models; tenants load when a proxy first asks. Secrets
+    /// are opened with `keyring` for their tenant's proxies.
+    pub fn new(pool: PgPool, keyring: Keyring) -> Self {
         Self {
             pool,
+            keyring,
             tenants: Arc::default(),
             refreshing: Arc::default(),
         }
@@ -429,6 +433,10 @@ impl SnapshotStore {
         Ok(tenants[&tenant_id].main.resolve(node_cluster, metadata))
     }
 
+    fn sources(&self) -> (&PgPool, &Keyring) {
+        (&self.pool, &self.keyring)
+    }
+
     async fn ensure_loaded(&self, tenant_id: Uuid) -> Result<(), sqlx::Error> {
         let loaded = || {
             self.tenants
@@ -444,10 +452,10 @@ impl SnapshotStore {
             return Ok(());
         }
         let mut state = TenantState::default();
-        load(&self.pool, tenant_id, MAIN_BRANCH, &mut state.main).await?;
+        load(self.sources(), tenant_id, MAIN_BRANCH, &mut state.main).await?;
         for branch in TenantState::pins(&state.main) {
             let mut content = Content::default();
-            if load(&self.pool, tenant_id, &branch, &mut content).await? {
+            if load(self.sources(), tenant_id, &branch, &mut content).await? {
                 state.branches.insert(branch, content);
             }
         }
@@ -545,7 +553,7 @@ impl SnapshotStore {
     ) -> Result<bool, sqlx::Error> {
         let mut moved = false;
         if head(MAIN_BRANCH) != state.main.revision {
-            load(&self.pool, tenant_id, MAIN_BRANCH, &mut state.main).await?;
+            load(self.sources(), tenant_id, MAIN_BRANCH, &mut state.main).await?;
             moved = true;
         }
         let pins = TenantState::pins(&state.main);
@@ -558,7 +566,7 @@ impl SnapshotStore {
                 continue;
             }
             let mut content = state.branches.remove(&branch).unwrap_or_default();
-            if load(&self.pool, tenant_id, &branch, &mut content).await? {
+            if load(self.sources(), tenant_id, &branch, &mut content).await? {
                 state.branches.insert(branch, content);
             }
             moved = true;
@@ -567,12 +575,30 @@ impl SnapshotStore {
     }
 }
 
+/// Opens the sealed material of a tenant's secret, with that tenant's data keys.
+async fn open_secret(
+    keyring: &Keyring,
+    tenant_id: Uuid,
+    document: &mut serde_json::Value,
+) -> Result<(), String> {
+    let mut keys = HashMap::new();
+    for key_id in secrets::sealed_key_ids(document) {
+        let key = keyring
+            .get(tenant_id, &key_id)
+            .await
+            .map_err(|error| error.to_string())?
+            .ok_or_else(|| format!("no data key `{key_id}`"))?;
+        keys.insert(key_id, key);
+    }
+    secrets::open_document(document, &|id| keys.get(id).cloned()).map_err(|error| error.to_string())
+}
+
 /// Brings `state` up to the head revision of the tenant's `branch`: one consistent read of the
 /// resource list, then the documents of the resources whose hash changed. Returns whether the
 /// branch is live (`main` always is; a deleted or unknown branch loads nothing).
 #[allow(clippy::too_many_lines)]
 async fn load(
-    pool: &PgPool,
+    (pool, keyring): (&PgPool, &Keyring),
     tenant_id: Uuid,
     branch: &str,
     state: &mut Content,
@@ -673,10 +699,18 @@ async fn load(
             }
             continue;
         }
-        match envoy::encode(kind, &row.document) {
+        let mut document = row.document;
+        if kind == ResourceKind::Secret {
+            if let Err(error) = open_secret(keyring, tenant_id, &mut document).await {
+                tracing::error!(name = row.name, %error, "a stored secret does not open; it is not served");
+                continue;
+            }
+        }
+        let row_document = document;
+        match envoy::encode(kind, &row_document) {
             Ok(body) => {
-                let refs = references(kind, &row.document);
-                let document = Arc::new(row.document);
+                let refs = references(kind, &row_document);
+                let document = Arc::new(row_document);
                 let encoded = Arc::new(XdsResource {
                     name: row.name.clone(),
                     version: row.hash[..16.min(row.hash.len())].to_owned(),

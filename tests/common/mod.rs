@@ -13,6 +13,8 @@ use tokio::sync::watch;
 
 /// The secret the test servers sign tokens with.
 pub const SECRET: &[u8] = b"test-secret-test-secret-test-secret!";
+/// The master key of the control planes tests start (base64 of 32 bytes).
+pub const MASTER_KEY: &str = "dGVzdC1tYXN0ZXIta2V5LXRlc3QtbWFzdGVyLWtleSE=";
 
 /// Signs arbitrary claims with the test secret (HS256), for tokens the API must refuse.
 pub fn sign(claims: &serde_json::Value) -> String {
@@ -68,9 +70,11 @@ impl TestApp {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
         let grpc_addr = grpc.local_addr().unwrap();
+        let master = efms_domain::secrets::Key::from_base64(MASTER_KEY).expect("a test master key");
         let state = AppState::start(
             pool.clone(),
             keys.clone(),
+            efms_commands::Keyring::new(pool.clone(), master),
             Duration::from_millis(100),
             until_stopped(stopped.clone()),
         )

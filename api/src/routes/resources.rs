@@ -545,6 +545,42 @@ pub async fn commit(
     execute(state, actor, headers, (tenant, branch), message, command).await
 }
 
+/// Seals the private material of every secret the command writes with the tenant's data key, so
+/// that none reaches the database in clear (NFR-SE-003).
+async fn seal_secrets(
+    state: &AppState,
+    tenant_id: uuid::Uuid,
+    command: &mut ConfigCommand,
+) -> Result<(), ApiError> {
+    let changes = match command {
+        ConfigCommand::Commit { changes, .. } | ConfigCommand::Merge { changes, .. } => changes,
+        ConfigCommand::Fork { resources, .. } => resources,
+        ConfigCommand::DeleteBranch => return Ok(()),
+    };
+    let mut key = None;
+    for change in changes.iter_mut() {
+        if let Change::Put {
+            kind: ResourceKind::Secret,
+            document,
+            ..
+        } = change
+        {
+            if key.is_none() {
+                key = Some(
+                    state
+                        .keyring
+                        .active(tenant_id)
+                        .await
+                        .map_err(ApiError::internal)?,
+                );
+            }
+            let (key_id, key) = key.as_ref().expect("set above");
+            efms_domain::secrets::seal_document(document, key_id, key);
+        }
+    }
+    Ok(())
+}
+
 /// A group on `main` may pin its proxies to a branch only if that branch is live and has the group.
 async fn check_pins(
     state: &AppState,
@@ -602,6 +638,8 @@ pub async fn execute(
     command: ConfigCommand,
 ) -> Result<Option<efms_commands::Position>, ApiError> {
     let metadata = super::commit_metadata(actor, headers, message);
+    let mut command = command;
+    seal_secrets(state, tenant.tenant_id, &mut command).await?;
     let result = state
         .bus
         .execute::<ConfigRepo>(tenant.tenant_id, branch, command, (), metadata)
@@ -1030,10 +1068,7 @@ fn redact_in(value: &mut Value) {
     match value {
         Value::Object(map) => {
             for (key, inner) in map.iter_mut() {
-                if matches!(
-                    key.as_str(),
-                    "private_key" | "password" | "secret" | "keys" | "pkcs12"
-                ) {
+                if efms_domain::secrets::SENSITIVE_FIELDS.contains(&key.as_str()) {
                     *inner = serde_json::json!({ "redacted": true });
                 } else {
                     redact_in(inner);
