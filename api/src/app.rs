@@ -69,6 +69,8 @@ pub struct XdsAddress {
     pub host: String,
     /// The port.
     pub port: u16,
+    /// With TLS: the certificate chain (PEM) proxies trust the server by.
+    pub tls_ca: Option<String>,
 }
 
 impl XdsAddress {
@@ -83,6 +85,7 @@ impl XdsAddress {
         Self {
             host: ip.to_string(),
             port: listen.port(),
+            tls_ca: None,
         }
     }
 }
@@ -138,6 +141,7 @@ impl AppState {
             xds_address: XdsAddress {
                 host: "127.0.0.1".to_owned(),
                 port: 18000,
+                tls_ca: None,
             },
             keyring,
         }
@@ -270,4 +274,47 @@ fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     response
+}
+
+/// The HTTP API's listener over TLS 1.3: connections arrive with their handshake done.
+pub struct TlsListener {
+    connections: tokio::sync::mpsc::Receiver<efms_xds::tls::TlsConnection>,
+    local: std::net::SocketAddr,
+}
+
+impl TlsListener {
+    /// Accepts TLS 1.3 connections (HTTP/2 or HTTP/1.1 by ALPN) on `listener` with `identity`.
+    pub fn new(
+        listener: tokio::net::TcpListener,
+        identity: &efms_xds::tls::TlsIdentity,
+    ) -> std::io::Result<Self> {
+        let local = listener.local_addr()?;
+        let config = identity
+            .server_config(&[b"h2", b"http/1.1"])
+            .map_err(std::io::Error::other)?;
+        Ok(Self {
+            connections: efms_xds::tls::accept(listener, config),
+            local,
+        })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = efms_xds::tls::TlsConnection;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.connections.recv().await {
+            Some(connection) => {
+                let peer = connection.peer();
+                (connection, peer)
+            }
+            // The acceptor stopped: nothing more will arrive.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
 }

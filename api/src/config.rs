@@ -83,6 +83,12 @@ pub struct ServeArgs {
     /// Key that wraps the tenants' data keys for secret material (base64 of 32 random bytes).
     #[arg(long, env = "EFMS_MASTER_KEY", hide_env_values = true)]
     pub master_key: Option<String>,
+    /// PEM certificate chain: with EFMS_TLS_KEY, HTTP and gRPC listen with TLS 1.3 only.
+    #[arg(long, env = "EFMS_TLS_CERT")]
+    pub tls_cert: Option<String>,
+    /// PEM private key of EFMS_TLS_CERT.
+    #[arg(long, env = "EFMS_TLS_KEY")]
+    pub tls_key: Option<String>,
     /// Log format: `json` (default) or `text`.
     #[arg(long, env = "EFMS_LOG_FORMAT", default_value = "json")]
     pub log_format: String,
@@ -161,6 +167,8 @@ pub struct ServeConfig {
     pub jwt_secret: Vec<u8>,
     /// The master key of secret material.
     pub master_key: efms_domain::secrets::Key,
+    /// The TLS certificate and key, when the listeners speak TLS 1.3.
+    pub tls: Option<efms_xds::tls::TlsIdentity>,
     /// Log format.
     pub log_format: LogFormat,
     /// Projection polling interval.
@@ -209,6 +217,37 @@ pub fn validate_master_key(
         )
     })?;
     efms_domain::secrets::Key::from_base64(key).map_err(|error| invalid(setting, error.to_string()))
+}
+
+/// Checks the TLS settings: both files or neither, readable, a certificate and its key.
+pub fn validate_tls(
+    cert: Option<&str>,
+    key: Option<&str>,
+) -> Result<Option<efms_xds::tls::TlsIdentity>, ConfigError> {
+    const CERT: &str = "EFMS_TLS_CERT (--tls-cert)";
+    const KEY: &str = "EFMS_TLS_KEY (--tls-key)";
+    let (cert, key) = match (
+        cert.filter(|c| !c.is_empty()),
+        key.filter(|k| !k.is_empty()),
+    ) {
+        (None, None) => return Ok(None),
+        (Some(_), None) => return Err(invalid(KEY, "missing: EFMS_TLS_CERT needs its key")),
+        (None, Some(_)) => {
+            return Err(invalid(CERT, "missing: EFMS_TLS_KEY needs its certificate"))
+        }
+        (Some(cert), Some(key)) => (cert, key),
+    };
+    let read = |setting: &'static str, path: &str| {
+        std::fs::read_to_string(path)
+            .map_err(|error| invalid(setting, format!("cannot read `{path}`: {error}")))
+    };
+    let (cert_pem, key_pem) = (read(CERT, cert)?, read(KEY, key)?);
+    efms_xds::tls::TlsIdentity::from_pem(&cert_pem, &key_pem)
+        .map(Some)
+        .map_err(|error| match error {
+            efms_xds::tls::TlsError::Certificate(reason) => invalid(CERT, reason),
+            efms_xds::tls::TlsError::Key(reason) => invalid(KEY, reason),
+        })
 }
 
 /// Checks a signing secret.
@@ -277,6 +316,7 @@ impl ServeArgs {
         let jwt_secret = validate_secret(self.jwt_secret.as_deref())?;
         let master_key =
             validate_master_key("EFMS_MASTER_KEY (--master-key)", self.master_key.as_deref())?;
+        let tls = validate_tls(self.tls_cert.as_deref(), self.tls_key.as_deref())?;
         let log_format = match self.log_format.as_str() {
             "json" => LogFormat::Json,
             "text" => LogFormat::Text,
@@ -309,6 +349,7 @@ impl ServeArgs {
             xds_advertise_addr,
             jwt_secret,
             master_key,
+            tls,
             log_format,
             poll_interval,
         })
@@ -330,6 +371,8 @@ mod tests {
             xds_advertise_addr: None,
             jwt_secret: secret.map(str::to_owned),
             master_key: Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_owned()),
+            tls_cert: None,
+            tls_key: None,
             log_format: "json".to_owned(),
             poll_interval_ms: "250".to_owned(),
         }
@@ -361,6 +404,21 @@ mod tests {
                 .unwrap_err()
                 .setting,
             "EFMS_JWT_SECRET (--jwt-secret)"
+        );
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_names_the_one_at_fault() {
+        let mut serve = args("127.0.0.1:8080", Some(SECRET));
+        serve.tls_cert = Some("/nonexistent/cert.pem".to_owned());
+        assert_eq!(
+            serve.validate().unwrap_err().setting,
+            "EFMS_TLS_KEY (--tls-key)"
+        );
+        serve.tls_key = Some("/nonexistent/key.pem".to_owned());
+        assert_eq!(
+            serve.validate().unwrap_err().setting,
+            "EFMS_TLS_CERT (--tls-cert)"
         );
     }
 

@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::app::{router, AppState, XdsAddress};
+use crate::app::{router, AppState, TlsListener, XdsAddress};
 use crate::auth::JwtKeys;
 use crate::config::ServeConfig;
 use crate::db;
@@ -37,17 +37,22 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         config.poll_interval,
         signalled(stopped.clone()),
     )
-    .with_xds_address(match &config.xds_advertise_addr {
-        Some((host, port)) => XdsAddress {
-            host: host.clone(),
-            port: *port,
-        },
-        None => XdsAddress::for_listener(grpc.local_addr()?),
+    .with_xds_address(XdsAddress {
+        tls_ca: config.tls.as_ref().map(|tls| tls.chain_pem().to_owned()),
+        ..match &config.xds_advertise_addr {
+            Some((host, port)) => XdsAddress {
+                host: host.clone(),
+                port: *port,
+                tls_ca: None,
+            },
+            None => XdsAddress::for_listener(grpc.local_addr()?),
+        }
     });
     let xds = state.xds.clone();
     tracing::info!(
         http = %http.local_addr()?,
         grpc = %grpc.local_addr()?,
+        tls = config.tls.is_some(),
         version = env!("CARGO_PKG_VERSION"),
         "efms is serving"
     );
@@ -56,16 +61,30 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         tracing::info!("shutting down: finishing in-flight requests");
         stop.send_replace(true);
     });
+    let tls = config.tls.clone();
     let http_server = async {
-        axum::serve(http, router(state))
-            .with_graceful_shutdown(signalled(stopped.clone()))
-            .await
-            .context("the HTTP server failed")
+        match &tls {
+            Some(identity) => {
+                axum::serve(TlsListener::new(http, identity)?, router(state))
+                    .with_graceful_shutdown(signalled(stopped.clone()))
+                    .await
+            }
+            None => {
+                axum::serve(http, router(state))
+                    .with_graceful_shutdown(signalled(stopped.clone()))
+                    .await
+            }
+        }
+        .context("the HTTP server failed")
     };
     let grpc_server = async {
-        efms_xds::serve(grpc, xds, signalled(stopped.clone()))
-            .await
-            .context("the gRPC server failed")
+        match &tls {
+            Some(identity) => {
+                efms_xds::serve_tls(grpc, identity, xds, signalled(stopped.clone())).await
+            }
+            None => efms_xds::serve(grpc, xds, signalled(stopped.clone())).await,
+        }
+        .context("the gRPC server failed")
     };
     tokio::try_join!(http_server, grpc_server)?;
     pool.close().await;

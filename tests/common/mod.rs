@@ -60,10 +60,22 @@ impl TestApp {
     pub async fn spawn(pool: PgPool) -> Self {
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::serve(pool, http, grpc)
+        Self::serve(pool, http, grpc, None)
     }
 
-    fn serve(pool: PgPool, http: tokio::net::TcpListener, grpc: tokio::net::TcpListener) -> Self {
+    /// Starts the control plane with TLS 1.3 on both listeners (`base` is then `https://…`).
+    pub async fn spawn_tls(pool: PgPool, identity: efms_xds::tls::TlsIdentity) -> Self {
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(pool, http, grpc, Some(identity))
+    }
+
+    fn serve(
+        pool: PgPool,
+        http: tokio::net::TcpListener,
+        grpc: tokio::net::TcpListener,
+        tls: Option<efms_xds::tls::TlsIdentity>,
+    ) -> Self {
         let (stop, stopped) = watch::channel(false);
         let keys = JwtKeys::from_secret(SECRET);
         let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
@@ -78,22 +90,44 @@ impl TestApp {
             Duration::from_millis(100),
             until_stopped(stopped.clone()),
         )
-        .with_xds_address(XdsAddress::for_listener(grpc_addr));
-        let base = format!("http://{}", http.local_addr().unwrap());
+        .with_xds_address(XdsAddress {
+            tls_ca: tls.as_ref().map(|identity| identity.chain_pem().to_owned()),
+            ..XdsAddress::for_listener(grpc_addr)
+        });
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let base = format!("{scheme}://{}", http.local_addr().unwrap());
         let xds = state.xds.clone();
         let http_stop = until_stopped(stopped.clone());
         let grpc_stop = until_stopped(stopped);
-        let servers = vec![
-            tokio::spawn(async move {
-                axum::serve(http, router(state))
-                    .with_graceful_shutdown(http_stop)
-                    .await
-                    .unwrap();
-            }),
-            tokio::spawn(async move {
-                efms_xds::serve(grpc, xds, grpc_stop).await.unwrap();
-            }),
-        ];
+        let servers = match tls {
+            None => vec![
+                tokio::spawn(async move {
+                    axum::serve(http, router(state))
+                        .with_graceful_shutdown(http_stop)
+                        .await
+                        .unwrap();
+                }),
+                tokio::spawn(async move {
+                    efms_xds::serve(grpc, xds, grpc_stop).await.unwrap();
+                }),
+            ],
+            Some(identity) => {
+                let listener = efms_api::app::TlsListener::new(http, &identity).unwrap();
+                vec![
+                    tokio::spawn(async move {
+                        axum::serve(listener, router(state))
+                            .with_graceful_shutdown(http_stop)
+                            .await
+                            .unwrap();
+                    }),
+                    tokio::spawn(async move {
+                        efms_xds::serve_tls(grpc, &identity, xds, grpc_stop)
+                            .await
+                            .unwrap();
+                    }),
+                ]
+            }
+        };
         Self {
             base,
             client: reqwest::Client::new(),
@@ -126,7 +160,7 @@ impl TestApp {
                 (http, grpc) => panic!("cannot listen again: {:?} {:?}", http.err(), grpc.err()),
             }
         };
-        *self = Self::serve(self.pool.clone(), http, grpc);
+        *self = Self::serve(self.pool.clone(), http, grpc, None);
     }
 
     /// A token for `role` (in `tenant` for tenant roles), valid for an hour.

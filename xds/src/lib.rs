@@ -16,6 +16,7 @@ mod services;
 mod session;
 mod sotw;
 pub mod status;
+pub mod tls;
 
 use std::future::Future;
 
@@ -42,17 +43,52 @@ pub async fn serve(
     xds: XdsServer,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let (router, shutdown) = router(xds, shutdown).await;
+    router
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
+/// [`serve`] over TLS 1.3 with `identity` (gRPC negotiates HTTP/2 by ALPN).
+pub async fn serve_tls(
+    listener: TcpListener,
+    identity: &tls::TlsIdentity,
+    xds: XdsServer,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let config = identity
+        .server_config(&[b"h2"])
+        .expect("the identity was checked when it was read");
+    let connections = tls::accept(listener, config);
+    let incoming = futures::stream::unfold(connections, |mut connections| async move {
+        let connection = connections.recv().await?;
+        Some((Ok::<_, std::io::Error>(connection), connections))
+    });
+    let (router, shutdown) = router(xds, shutdown).await;
+    router
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
+/// The services, and a shutdown that also ends the open streams.
+async fn router(
+    xds: XdsServer,
+    shutdown: impl Future<Output = ()> + Send,
+) -> (
+    tonic::transport::server::Router,
+    impl Future<Output = ()> + Send,
+) {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let stopper = xds.clone();
     let shutdown = async move {
         shutdown.await;
         stopper.stop();
     };
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(health)
         .add_service(
@@ -71,7 +107,6 @@ pub async fn serve(
         .add_service(
             RouteDiscoveryServiceServer::new(xds.clone()).max_decoding_message_size(MAX_MESSAGE),
         )
-        .add_service(SecretDiscoveryServiceServer::new(xds).max_decoding_message_size(MAX_MESSAGE))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+        .add_service(SecretDiscoveryServiceServer::new(xds).max_decoding_message_size(MAX_MESSAGE));
+    (router, shutdown)
 }

@@ -473,7 +473,7 @@ fn bootstrap_document(spec: &BootstrapSpec<'_>) -> Value {
     } else {
         "STRICT_DNS"
     };
-    json!({
+    let mut bootstrap = json!({
         "node": {
             "id": spec.node_id,
             "cluster": spec.group,
@@ -531,5 +531,25 @@ fn bootstrap_document(spec: &BootstrapSpec<'_>) -> Value {
                 },
             }],
         },
-    })
+    });
+    if let Some(ca) = &spec.xds.tls_ca {
+        // TLS 1.3 to the control plane, trusting its certificate chain.
+        let mut tls = json!({
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_params": {
+                    "tls_minimum_protocol_version": "TLSv1_3",
+                    "tls_maximum_protocol_version": "TLSv1_3",
+                },
+                "validation_context": { "trusted_ca": { "inline_string": ca } },
+            },
+        });
+        if discovery == "STRICT_DNS" {
+            tls["sni"] = json!(host);
+        }
+        bootstrap["static_resources"]["clusters"][0]["transport_socket"] =
+            json!({ "name": "envoy.transport_sockets.tls", "typed_config": tls });
+    }
+    bootstrap
 }
