@@ -156,6 +156,11 @@ pub async fn require_bearer(
             ApiError::Unauthorized("the Authorization header must read `Bearer <token>`".to_owned())
         })?;
     let actor = keys.verify(token)?;
+    if actor.role == Role::Proxy {
+        return Err(ApiError::Forbidden(
+            "a `proxy` token only streams configuration over xDS".to_owned(),
+        ));
+    }
     request.extensions_mut().insert(Principal(actor));
     Ok(next.run(request).await)
 }
