@@ -666,20 +666,8 @@ pub async fn state_at(
     branch: &str,
     revision: i64,
 ) -> Result<Vec<(String, String, Value)>, sqlx::Error> {
-    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
-    let rows = sqlx::query!(
-        r#"SELECT kind, name, document AS "document!" FROM config_resource_versions
-           WHERE tenant_id = $1 AND branch = $2 AND valid_from <= $3
-             AND (valid_to IS NULL OR valid_to > $3) AND document IS NOT NULL
-           ORDER BY kind, name"#,
-        tenant_id,
-        branch,
-        revision,
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(rows
+    Ok(resources_at(pool, tenant_id, branch, revision)
+        .await?
         .into_iter()
         .map(|row| (row.kind, row.name, row.document))
         .collect())
