@@ -161,6 +161,10 @@ async fn every_route_answers_each_role_as_the_role_table_says(pool: PgPool) {
                 }
                 Caller::Tenant(Role::Proxy) => status == 403,
                 Caller::Tenant(Role::Viewer | Role::Auditor) if !read => status == 403,
+                // The audit trail is read by auditors and admins.
+                Caller::Tenant(Role::Viewer | Role::Operator) if path.ends_with("/audit") => {
+                    status == 403
+                }
                 // The bootstrap mints proxy tokens: a writing role only.
                 Caller::Tenant(Role::Viewer | Role::Auditor) if path.ends_with("/bootstrap") => {
                     status == 403

@@ -20,7 +20,7 @@ use tower_http::trace::TraceLayer;
 use crate::auth::{require_bearer, JwtKeys};
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::metrics::Metrics;
-use crate::routes::{branches, bulk, health, jobs, proxies, resources, tenants, versions};
+use crate::routes::{audit, branches, bulk, health, jobs, proxies, resources, tenants, versions};
 
 /// The largest bulk request body: 10,000 operations of a few kilobytes each.
 const BULK_BODY_LIMIT: usize = 64 * 1024 * 1024;
@@ -174,6 +174,7 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{tenant}/diff", get(versions::diff))
         .route("/tenants/{tenant}/rollback", post(versions::rollback))
         .route("/tenants/{tenant}/jobs/{id}", get(jobs::get))
+        .route("/tenants/{tenant}/audit", get(audit::list))
         .route(
             "/tenants/{tenant}/branches",
             get(branches::list).post(branches::create),
@@ -234,7 +235,9 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.jwt.clone(),
             require_bearer,
-        ));
+        ))
+        // Outside the bearer check, so that refused requests are recorded too.
+        .route_layer(middleware::from_fn_with_state(state.clone(), audit::record));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -316,5 +319,26 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.local)
+    }
+}
+
+/// Where a request came from: the peer of its connection, plain or TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for ClientAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for ClientAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        Self(*stream.remote_addr())
     }
 }

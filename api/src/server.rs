@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::app::{router, AppState, TlsListener, XdsAddress};
+use crate::app::{router, AppState, ClientAddr, TlsListener, XdsAddress};
 use crate::auth::JwtKeys;
 use crate::config::ServeConfig;
 use crate::db;
@@ -65,14 +65,20 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let http_server = async {
         match &tls {
             Some(identity) => {
-                axum::serve(TlsListener::new(http, identity)?, router(state))
-                    .with_graceful_shutdown(signalled(stopped.clone()))
-                    .await
+                axum::serve(
+                    TlsListener::new(http, identity)?,
+                    router(state).into_make_service_with_connect_info::<ClientAddr>(),
+                )
+                .with_graceful_shutdown(signalled(stopped.clone()))
+                .await
             }
             None => {
-                axum::serve(http, router(state))
-                    .with_graceful_shutdown(signalled(stopped.clone()))
-                    .await
+                axum::serve(
+                    http,
+                    router(state).into_make_service_with_connect_info::<ClientAddr>(),
+                )
+                .with_graceful_shutdown(signalled(stopped.clone()))
+                .await
             }
         }
         .context("the HTTP server failed")

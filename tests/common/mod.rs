@@ -102,10 +102,14 @@ impl TestApp {
         let servers = match tls {
             None => vec![
                 tokio::spawn(async move {
-                    axum::serve(http, router(state))
-                        .with_graceful_shutdown(http_stop)
-                        .await
-                        .unwrap();
+                    axum::serve(
+                        http,
+                        router(state)
+                            .into_make_service_with_connect_info::<efms_api::app::ClientAddr>(),
+                    )
+                    .with_graceful_shutdown(http_stop)
+                    .await
+                    .unwrap();
                 }),
                 tokio::spawn(async move {
                     efms_xds::serve(grpc, xds, grpc_stop).await.unwrap();
@@ -115,10 +119,14 @@ impl TestApp {
                 let listener = efms_api::app::TlsListener::new(http, &identity).unwrap();
                 vec![
                     tokio::spawn(async move {
-                        axum::serve(listener, router(state))
-                            .with_graceful_shutdown(http_stop)
-                            .await
-                            .unwrap();
+                        axum::serve(
+                            listener,
+                            router(state)
+                                .into_make_service_with_connect_info::<efms_api::app::ClientAddr>(),
+                        )
+                        .with_graceful_shutdown(http_stop)
+                        .await
+                        .unwrap();
                     }),
                     tokio::spawn(async move {
                         efms_xds::serve_tls(grpc, &identity, xds, grpc_stop)

@@ -1,5 +1,6 @@
 //! The HTTP routes, one module per resource.
 
+pub mod audit;
 pub mod branches;
 pub mod bulk;
 pub mod health;

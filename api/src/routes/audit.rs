@@ -1,0 +1,260 @@
+//! The API's audit trail (NFR-SE-005, FR-VC-003): every write request and every refused request,
+//! recorded by a middleware around every `/api/v1` route, and
+//! `GET /api/v1/tenants/{tenant}/audit` for auditors and admins.
+
+use axum::extract::{ConnectInfo, MatchedPath, OriginalUri, Path, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use efms_commands::Scope;
+use efms_domain::{Role, TenantSlug};
+use serde::{Deserialize, Serialize};
+
+use crate::access::{tenant_access, Access};
+use crate::app::{AppState, ClientAddr};
+use crate::auth::Principal;
+use crate::error::{ApiError, FieldError};
+use crate::extract::ApiQuery;
+
+/// What the trail keeps of one request.
+struct Entry {
+    tenant_id: Option<uuid::Uuid>,
+    actor: String,
+    role: Option<String>,
+    method: String,
+    route: String,
+    path: String,
+    status: i16,
+    client_addr: Option<std::net::IpAddr>,
+    request_id: Option<String>,
+}
+
+/// Records every write request and every refused request (401, 403), after it is answered.
+pub async fn record(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    // The full path: inside the `/api/v1` router the URI has lost its prefix.
+    let path = request
+        .extensions()
+        .get::<OriginalUri>()
+        .map_or_else(|| request.uri().path(), |uri| uri.path())
+        .to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| path.clone(), |matched| matched.as_str().to_owned());
+    let client_addr = request
+        .extensions()
+        .get::<ConnectInfo<ClientAddr>>()
+        .map(|info| info.0 .0.ip());
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let caller = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split_once(' '))
+        .and_then(|(_, token)| state.jwt.verify(token.trim()).ok());
+    let response = next.run(request).await;
+    let status = response.status();
+    let write = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if write || matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        let tenant_id = path
+            .strip_prefix("/api/v1/tenants/")
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|slug| TenantSlug::parse(slug).ok())
+            .or_else(|| caller.as_ref().and_then(|actor| actor.tenant.clone()))
+            .map(|slug| slug.tenant_id());
+        let entry = Entry {
+            tenant_id,
+            actor: caller
+                .as_ref()
+                .map_or_else(|| "anonymous".to_owned(), efms_domain::Actor::audit_name),
+            role: caller.as_ref().map(|actor| actor.role.to_string()),
+            method: method.as_str().to_owned(),
+            route,
+            path: path.chars().take(2048).collect(),
+            status: i16::try_from(status.as_u16()).unwrap_or(i16::MAX),
+            client_addr,
+            request_id,
+        };
+        if let Err(error) = insert(&state, entry).await {
+            tracing::error!(%error, "cannot record a request in the audit trail");
+        }
+    }
+    response
+}
+
+async fn insert(state: &AppState, entry: Entry) -> Result<(), sqlx::Error> {
+    let mut tx = Scope::System.begin(&state.pool).await?;
+    sqlx::query!(
+        r#"INSERT INTO request_audit (tenant_id, actor, role, method, route, path, status,
+                                      client_addr, request_id)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::inet, $9)"#,
+        entry.tenant_id,
+        entry.actor,
+        entry.role,
+        entry.method,
+        entry.route,
+        entry.path,
+        entry.status,
+        entry.client_addr.map(|ip| ip.to_string()),
+        entry.request_id,
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// Filters of the trail.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Only this actor (as recorded: `subject (role)`).
+    actor: Option<String>,
+    /// Only this method: `POST`, `PUT`, `PATCH`, `DELETE` or `GET`.
+    operation: Option<String>,
+    /// Only requests whose path contains this (say `clusters/backend`).
+    resource: Option<String>,
+    /// `denied` (401, 403), `failed` (other 4xx and 5xx) or `succeeded` (2xx, 3xx).
+    outcome: Option<String>,
+    /// Not before this time (RFC 3339).
+    from: Option<DateTime<Utc>>,
+    /// Before this time (RFC 3339).
+    to: Option<DateTime<Utc>>,
+    /// Page size, 1 to 500.
+    limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<i64>,
+}
+
+/// One request in the trail.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuditEntry {
+    id: i64,
+    recorded_at: DateTime<Utc>,
+    /// Who (`anonymous` without a valid token).
+    actor: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<String>,
+    /// The HTTP method.
+    operation: String,
+    /// The route template.
+    route: String,
+    /// The path asked for.
+    path: String,
+    /// The answer's status.
+    status: i16,
+    /// `succeeded`, `denied` or `failed`.
+    outcome: String,
+    /// Where the request came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<String>,
+}
+
+/// A page of the trail, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    items: Vec<AuditEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<i64>,
+}
+
+/// `GET /api/v1/tenants/{tenant}/audit`: the tenant's requests that wrote or were refused.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/audit", tag = "tenants",
+    params(("tenant" = String, Path, description = "Tenant slug"), AuditQuery),
+    responses((status = 200, description = "A page of the trail, newest first", body = AuditPage),
+        (status = 403, description = "Only auditors and admins read the trail", body = crate::openapi::Problem),
+        (status = 422, description = "A bad filter", body = crate::openapi::Problem)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path(tenant): Path<String>,
+    ApiQuery(query): ApiQuery<AuditQuery>,
+) -> Result<Json<AuditPage>, ApiError> {
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
+    if !matches!(actor.role, Role::Auditor | Role::Admin | Role::System) {
+        return Err(ApiError::Forbidden(format!(
+            "the audit trail is read by `auditor` and `admin`; this token has `{}`",
+            actor.role
+        )));
+    }
+    let page = super::PageSize::from_param(query.limit)?;
+    let (low, high) = match query.outcome.as_deref() {
+        None => (100, 599),
+        Some("succeeded") => (100, 399),
+        Some("denied") => (401, 403),
+        Some("failed") => (400, 599),
+        Some(other) => {
+            return Err(ApiError::Validation(vec![FieldError::parameter(
+                "outcome",
+                format!("`{other}` is not `succeeded`, `denied` or `failed`"),
+            )]))
+        }
+    };
+    let denied_only = query.outcome.as_deref() == Some("denied");
+    let failed_only = query.outcome.as_deref() == Some("failed");
+    let operation = query.operation.map(|op| op.to_ascii_uppercase());
+    let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
+    let rows = sqlx::query!(
+        r#"SELECT audit_id, recorded_at, actor, role, method, route, path, status,
+                  host(client_addr) AS client, request_id
+           FROM request_audit
+           WHERE tenant_id = $1
+             AND ($2::text IS NULL OR actor = $2)
+             AND ($3::text IS NULL OR method = $3)
+             AND ($4::text IS NULL OR strpos(path, $4) > 0)
+             AND status BETWEEN $5 AND $6
+             AND (NOT $7 OR status IN (401, 403))
+             AND (NOT $8 OR status NOT IN (401, 403))
+             AND ($9::timestamptz IS NULL OR recorded_at >= $9)
+             AND ($10::timestamptz IS NULL OR recorded_at < $10)
+             AND ($11::bigint IS NULL OR audit_id < $11)
+           ORDER BY audit_id DESC LIMIT $12"#,
+        tenant.tenant_id,
+        query.actor,
+        operation,
+        query.resource,
+        i16::try_from(low).unwrap_or_default(),
+        i16::try_from(high).unwrap_or_default(),
+        denied_only,
+        failed_only,
+        query.from,
+        query.to,
+        query.cursor,
+        page.fetch(),
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let mut items: Vec<AuditEntry> = rows
+        .into_iter()
+        .map(|row| AuditEntry {
+            id: row.audit_id,
+            recorded_at: row.recorded_at,
+            actor: row.actor,
+            role: row.role,
+            operation: row.method,
+            route: row.route,
+            path: row.path,
+            status: row.status,
+            outcome: match row.status {
+                401 | 403 => "denied",
+                400..=599 => "failed",
+                _ => "succeeded",
+            }
+            .to_owned(),
+            client: row.client,
+            request_id: row.request_id,
+        })
+        .collect();
+    let next_cursor = page.cut(&mut items, |item| item.id);
+    Ok(Json(AuditPage { items, next_cursor }))
+}
