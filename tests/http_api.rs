@@ -366,6 +366,8 @@ async fn the_openapi_document_covers_every_route_and_the_reference_page_is_serve
         ("/api/v1/tenants/{tenant}/bulk", "post"),
         ("/api/v1/tenants/{tenant}/jobs/{id}", "get"),
         ("/api/v1/tenants/{tenant}/audit", "get"),
+        ("/api/v1/tenants/{tenant}/quotas", "get"),
+        ("/api/v1/tenants/{tenant}/quotas", "put"),
         ("/api/v1/tenants/{tenant}/branches", "get"),
         ("/api/v1/tenants/{tenant}/branches", "post"),
         ("/api/v1/tenants/{tenant}/branches/{name}", "get"),

@@ -41,6 +41,7 @@ fn request(path: &str, method: &str) -> (String, Option<(&'static str, Value)>) 
         ("post", p) if p.ends_with("/merge") => Some(json!({})),
         ("post", p) if p.ends_with("/rollback") => Some(json!({ "to_revision": 1 })),
         ("post", p) if p.ends_with("/bulk") => Some(json!({ "operations": [] })),
+        ("put", p) if p.ends_with("/quotas") => Some(json!({ "resources_per_kind": 100 })),
         ("post" | "put", _) => Some(cluster),
         ("patch", _) => {
             return (
@@ -161,6 +162,8 @@ async fn every_route_answers_each_role_as_the_role_table_says(pool: PgPool) {
                 }
                 Caller::Tenant(Role::Proxy) => status == 403,
                 Caller::Tenant(Role::Viewer | Role::Auditor) if !read => status == 403,
+                // Quotas are set by the system role alone.
+                Caller::Tenant(_) if path.ends_with("/quotas") && !read => status == 403,
                 // The audit trail is read by auditors and admins.
                 Caller::Tenant(Role::Viewer | Role::Operator) if path.ends_with("/audit") => {
                     status == 403

@@ -20,7 +20,9 @@ use tower_http::trace::TraceLayer;
 use crate::auth::{require_bearer, JwtKeys};
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::metrics::Metrics;
-use crate::routes::{audit, branches, bulk, health, jobs, proxies, resources, tenants, versions};
+use crate::routes::{
+    audit, branches, bulk, health, jobs, proxies, quotas, resources, tenants, versions,
+};
 
 /// The largest bulk request body: 10,000 operations of a few kilobytes each.
 const BULK_BODY_LIMIT: usize = 64 * 1024 * 1024;
@@ -175,6 +177,10 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{tenant}/rollback", post(versions::rollback))
         .route("/tenants/{tenant}/jobs/{id}", get(jobs::get))
         .route("/tenants/{tenant}/audit", get(audit::list))
+        .route(
+            "/tenants/{tenant}/quotas",
+            get(quotas::get).put(quotas::put),
+        )
         .route(
             "/tenants/{tenant}/branches",
             get(branches::list).post(branches::create),

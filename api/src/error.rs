@@ -77,6 +77,14 @@ pub enum ApiError {
         /// Each conflict: resource, pointer, base, ours, theirs.
         conflicts: serde_json::Value,
     },
+    /// 429: a rate quota is reached; retry after the given seconds.
+    #[error("{detail}")]
+    TooManyRequests {
+        /// Which quota, and how far.
+        detail: String,
+        /// When a retry may succeed.
+        retry_after_seconds: u32,
+    },
     /// 412: `If-Match` names a version that is no longer current.
     #[error("{0}")]
     PreconditionFailed(String),
@@ -112,6 +120,11 @@ impl ApiError {
                 "Method not allowed",
             ),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            ApiError::TooManyRequests { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-requests",
+                "Too many requests",
+            ),
             ApiError::MergeConflict { .. } => {
                 (StatusCode::CONFLICT, "merge-conflict", "Merge conflict")
             }
@@ -207,6 +220,13 @@ impl IntoResponse for ApiError {
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let ApiError::TooManyRequests {
+            retry_after_seconds,
+            ..
+        } = &self
+        {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_seconds));
+        }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(
                 header::WWW_AUTHENTICATE,

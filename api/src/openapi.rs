@@ -7,7 +7,9 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::routes::{audit, branches, bulk, health, jobs, proxies, resources, tenants, versions};
+use crate::routes::{
+    audit, branches, bulk, health, jobs, proxies, quotas, resources, tenants, versions,
+};
 
 /// The RFC 7807 body of every error (for the document; `crate::error` writes it).
 #[derive(Debug, serde::Serialize, ToSchema)]
@@ -64,7 +66,7 @@ impl Modify for BearerAuth {
     info(title = "Envoy Fleet Manager", description = "Control plane for fleets of Envoy proxies: every configuration change an immutable event."),
     paths(
         health::healthz, health::readyz, health::metrics,
-        tenants::create, tenants::list, tenants::get, audit::list,
+        tenants::create, tenants::list, tenants::get, audit::list, quotas::get, quotas::put,
         resources::list, resources::create, resources::get, resources::replace, resources::patch, resources::delete, resources::group_resources, resources::declaration,
         versions::history, versions::revisions, versions::diff, versions::rollback, versions::rollback_resource,
         proxies::list, proxies::get, proxies::history, proxies::bootstrap,

@@ -6,6 +6,7 @@ pub mod bulk;
 pub mod health;
 pub mod jobs;
 pub mod proxies;
+pub mod quotas;
 pub mod resources;
 pub mod tenants;
 pub mod versions;

@@ -638,6 +638,7 @@ pub async fn execute(
     command: ConfigCommand,
 ) -> Result<Option<efms_commands::Position>, ApiError> {
     let metadata = super::commit_metadata(actor, headers, message);
+    super::quotas::check(state, tenant, branch, &command).await?;
     let mut command = command;
     seal_secrets(state, tenant.tenant_id, &mut command).await?;
     let result = state
