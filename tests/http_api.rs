@@ -43,6 +43,28 @@ async fn api_without_a_valid_token_is_401_problem_json(pool: PgPool) {
             )),
         ),
         ("expired", Some(format!("Bearer {expired}"))),
+        (
+            "not yet valid",
+            Some(format!(
+                "Bearer {}",
+                claims_token(&json!({ "nbf": now() + 3600 }))
+            )),
+        ),
+        (
+            "another issuer",
+            Some(format!(
+                "Bearer {}",
+                claims_token(&json!({ "iss": "elsewhere" }))
+            )),
+        ),
+        (
+            "another audience",
+            Some(format!(
+                "Bearer {}",
+                claims_token(&json!({ "aud": "elsewhere" }))
+            )),
+        ),
+        ("alg none", Some(format!("Bearer {}", unsigned_token()))),
     ];
     for (case, header) in cases {
         let mut request = app.client.get(app.url("/api/v1/tenants"));
@@ -56,6 +78,35 @@ async fn api_without_a_valid_token_is_401_problem_json(pool: PgPool) {
         assert_eq!(body["status"], 401, "{case}");
         assert_eq!(body["type"], "urn:efms:problem:unauthorized", "{case}");
     }
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// A token of the right key, valid but for `changes` to its claims.
+fn claims_token(changes: &Value) -> String {
+    let mut claims = json!({
+        "sub": "x", "role": "system", "iss": "efms", "aud": "efms",
+        "iat": now(), "nbf": now(), "exp": now() + 3600,
+    });
+    for (key, value) in changes.as_object().unwrap() {
+        claims[key] = value.clone();
+    }
+    efms_tests::sign(&claims)
+}
+
+/// A well-formed token with `"alg": "none"` and no signature.
+fn unsigned_token() -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let claims = json!({
+        "sub": "x", "role": "system", "iss": "efms", "aud": "efms",
+        "iat": now(), "nbf": now(), "exp": now() + 3600,
+    });
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    format!("{header}.{payload}.")
 }
 
 /// A token of the right key whose lifetime ended an hour ago.
