@@ -21,7 +21,7 @@ use crate::auth::{require_bearer, JwtKeys};
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::metrics::Metrics;
 use crate::routes::{
-    audit, branches, bulk, health, jobs, proxies, quotas, resources, tenants, versions,
+    audit, branches, bulk, health, jobs, proxies, quotas, resources, tenants, users, versions,
 };
 
 /// The largest bulk request body: 10,000 operations of a few kilobytes each.
@@ -62,6 +62,9 @@ pub struct AppState {
     /// The tenants' data keys, which seal secret material before it is stored.
     #[from_ref(skip)]
     pub keyring: Keyring,
+    /// Recent failed logins, which slow down password guessing.
+    #[from_ref(skip)]
+    pub login_failures: crate::routes::users::LoginFailures,
 }
 
 /// Where proxies reach the xDS server.
@@ -146,6 +149,7 @@ impl AppState {
                 tls_ca: None,
             },
             keyring,
+            login_failures: crate::routes::users::LoginFailures::default(),
         }
     }
 
@@ -238,10 +242,20 @@ pub fn router(state: AppState) -> Router {
             "/tenants/{tenant}/{kind}/{name}/rollback",
             post(versions::rollback_resource),
         )
+        .route(
+            "/tenants/{tenant}/users",
+            get(users::list).post(users::create),
+        )
+        .route(
+            "/tenants/{tenant}/users/{id}",
+            axum::routing::delete(users::delete),
+        )
         .route_layer(middleware::from_fn_with_state(
-            state.jwt.clone(),
+            state.clone(),
             require_bearer,
         ))
+        // Logging in needs no token.
+        .merge(Router::new().route("/auth/token", post(users::login)))
         // Outside the bearer check, so that refused requests are recorded too.
         .route_layer(middleware::from_fn_with_state(state.clone(), audit::record));
     Router::new()

@@ -30,6 +30,10 @@ pub struct Claims {
     /// The tenant slug a tenant role is granted in; absent for `system`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// The user or service account the token was issued to, when it was; a deleted one's
+    /// tokens are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<uuid::Uuid>,
     /// Issuer (`efms`).
     pub iss: String,
     /// Audience (`efms`).
@@ -80,6 +84,17 @@ impl JwtKeys {
         tenant: Option<&TenantSlug>,
         ttl: Duration,
     ) -> Result<String, String> {
+        self.sign(subject, role, tenant, None, ttl)
+    }
+
+    fn sign(
+        &self,
+        subject: &str,
+        role: Role,
+        tenant: Option<&TenantSlug>,
+        uid: Option<uuid::Uuid>,
+        ttl: Duration,
+    ) -> Result<String, String> {
         check_role_tenant(role, tenant.map(TenantSlug::as_str))?;
         let now = chrono::Utc::now().timestamp();
         let ttl = i64::try_from(ttl.as_secs()).map_err(|_| "the TTL is too long".to_owned())?;
@@ -87,6 +102,7 @@ impl JwtKeys {
             sub: subject.to_owned(),
             role,
             tenant: tenant.map(ToString::to_string),
+            uid,
             iss: ISSUER.to_owned(),
             aud: ISSUER.to_owned(),
             iat: now,
@@ -99,11 +115,29 @@ impl JwtKeys {
 
     /// Verifies a token and returns the actor it speaks for.
     pub fn verify(&self, token: &str) -> Result<Actor, ApiError> {
+        self.verify_user(token).map(|(actor, _)| actor)
+    }
+
+    /// Issues a token for the user `uid` of `tenant`, with `role`, valid for `ttl`.
+    pub fn issue_for_user(
+        &self,
+        subject: &str,
+        role: Role,
+        tenant: &TenantSlug,
+        uid: uuid::Uuid,
+        ttl: Duration,
+    ) -> Result<String, String> {
+        self.sign(subject, role, Some(tenant), Some(uid), ttl)
+    }
+
+    /// Verifies a token: the caller, and the user it was issued to, if any.
+    pub fn verify_user(&self, token: &str) -> Result<(Actor, Option<uuid::Uuid>), ApiError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|error| {
                 ApiError::Unauthorized(format!("the bearer token is not valid: {error}"))
             })?;
         let claims = data.claims;
+        let uid = claims.uid;
         check_role_tenant(claims.role, claims.tenant.as_deref()).map_err(ApiError::Unauthorized)?;
         let tenant = claims
             .tenant
@@ -115,11 +149,14 @@ impl JwtKeys {
                 "the token has no subject".to_owned(),
             ));
         }
-        Ok(Actor {
-            subject: claims.sub,
-            role: claims.role,
-            tenant,
-        })
+        Ok((
+            Actor {
+                subject: claims.sub,
+                role: claims.role,
+                tenant,
+            },
+            uid,
+        ))
     }
 }
 
@@ -136,10 +173,11 @@ fn check_role_tenant(role: Role, tenant: Option<&str>) -> Result<(), String> {
 /// Middleware for `/api/v1`: refuses requests without a valid bearer token (401 problem+json) and
 /// hands the [`Principal`] to the handlers.
 pub async fn require_bearer(
-    State(keys): State<JwtKeys>,
+    State(state): State<crate::app::AppState>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    let keys = &state.jwt;
     let header = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -155,7 +193,14 @@ pub async fn require_bearer(
         .ok_or_else(|| {
             ApiError::Unauthorized("the Authorization header must read `Bearer <token>`".to_owned())
         })?;
-    let actor = keys.verify(token)?;
+    let (actor, uid) = keys.verify_user(token)?;
+    if let (Some(uid), Some(tenant)) = (uid, &actor.tenant) {
+        if !crate::routes::users::is_live(&state, tenant.tenant_id(), uid).await? {
+            return Err(ApiError::Unauthorized(
+                "the bearer token's user or service account was deleted".to_owned(),
+            ));
+        }
+    }
     if actor.role == Role::Proxy {
         return Err(ApiError::Forbidden(
             "a `proxy` token only streams configuration over xDS".to_owned(),

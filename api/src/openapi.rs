@@ -8,7 +8,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::routes::{
-    audit, branches, bulk, health, jobs, proxies, quotas, resources, tenants, versions,
+    audit, branches, bulk, health, jobs, proxies, quotas, resources, tenants, users, versions,
 };
 
 /// The RFC 7807 body of every error (for the document; `crate::error` writes it).
@@ -67,6 +67,7 @@ impl Modify for BearerAuth {
     paths(
         health::healthz, health::readyz, health::metrics,
         tenants::create, tenants::list, tenants::get, audit::list, quotas::get, quotas::put,
+        users::create, users::list, users::delete, users::login,
         resources::list, resources::create, resources::get, resources::replace, resources::patch, resources::delete, resources::group_resources, resources::declaration,
         versions::history, versions::revisions, versions::diff, versions::rollback, versions::rollback_resource,
         proxies::list, proxies::get, proxies::history, proxies::bootstrap,
@@ -81,6 +82,7 @@ impl Modify for BearerAuth {
         (name = "configuration", description = "Envoy resources (FR-EP)"),
         (name = "versions", description = "History, time travel, diff and rollback (FR-VC)"),
         (name = "branches", description = "Branches of the configuration and their merges (FR-VC-005)"),
+        (name = "users", description = "Users, service accounts and login (FR-MT-003)"),
         (name = "proxies", description = "What each Envoy proxy runs, and bootstraps that connect new ones (xDS)"),
         (name = "operations", description = "Health and metrics"),
     )

@@ -9,6 +9,7 @@ pub mod proxies;
 pub mod quotas;
 pub mod resources;
 pub mod tenants;
+pub mod users;
 pub mod versions;
 
 use axum::http::HeaderMap;

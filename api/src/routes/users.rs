@@ -1,0 +1,399 @@
+//! Users and service accounts of a tenant (FR-MT-003, NFR-SE-002), and password login.
+//!
+//! People log in with `POST /api/v1/auth/token` (argon2id hashes; five failures per user and
+//! minute, then 429) and get a one-hour token; service accounts get a long-lived token when they
+//! are created. Every such token names its user, and is refused once the user is deleted.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use efms_commands::Scope;
+use efms_domain::{Role, TenantSlug};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::access::{tenant_access, Access};
+use crate::app::AppState;
+use crate::auth::Principal;
+use crate::error::{ApiError, FieldError};
+use crate::extract::ApiJson;
+
+/// How long a login token lives.
+const LOGIN_TTL: Duration = Duration::from_secs(3600);
+/// How long a service account's token lives.
+const SERVICE_TTL: Duration = Duration::from_secs(365 * 86_400);
+/// Failed logins of one user allowed per [`FAILURE_WINDOW`].
+const MAX_FAILURES: usize = 5;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// The shortest password accepted.
+const MIN_PASSWORD: usize = 12;
+
+/// When each recent failed login of a tenant's user name happened.
+type Failures = HashMap<(Uuid, String), Vec<Instant>>;
+
+/// Recent failed logins per tenant and user name (per replica).
+#[derive(Debug, Clone, Default)]
+pub struct LoginFailures(Arc<Mutex<Failures>>);
+
+impl LoginFailures {
+    fn recent(&self, key: &(Uuid, String)) -> usize {
+        let mut failures = self.0.lock().expect("login failures lock");
+        let entry = failures.entry(key.clone()).or_default();
+        entry.retain(|at| at.elapsed() < FAILURE_WINDOW);
+        entry.len()
+    }
+
+    fn record(&self, key: (Uuid, String)) {
+        self.0
+            .lock()
+            .expect("login failures lock")
+            .entry(key)
+            .or_default()
+            .push(Instant::now());
+    }
+}
+
+/// Whether the user `uid` of the tenant exists and is not deleted.
+pub async fn is_live(state: &AppState, tenant_id: Uuid, uid: Uuid) -> Result<bool, ApiError> {
+    let mut tx = Scope::Tenant(tenant_id).begin(&state.pool).await?;
+    let live = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM users WHERE tenant_id = $1 AND user_id = $2
+                          AND deleted_at IS NULL) AS "live!""#,
+        tenant_id,
+        uid,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(live)
+}
+
+/// Body of a user creation.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    /// 1 to 100 of a-z, 0-9, `.`, `_`, `@`, `-`.
+    username: String,
+    /// `admin`, `operator`, `viewer` or `auditor`.
+    role: String,
+    /// A person's password (at least 12 characters); absent for a service account.
+    #[serde(default)]
+    password: Option<String>,
+    /// A service account: no password, a long-lived token in the answer.
+    #[serde(default)]
+    service: bool,
+}
+
+/// A user as the API shows it (never its password hash).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UserView {
+    id: Uuid,
+    username: String,
+    role: String,
+    /// `person` or `service`.
+    kind: String,
+    created_at: DateTime<Utc>,
+    created_by: String,
+    /// A service account's token: shown once, when it is created.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+}
+
+fn admin_only(actor: &efms_domain::Actor) -> Result<(), ApiError> {
+    if matches!(actor.role, Role::Admin | Role::System) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "users are managed by `admin`; this token has `{}`",
+            actor.role
+        )))
+    }
+}
+
+/// `POST /api/v1/tenants/{tenant}/users`: a person or a service account.
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/users", tag = "users",
+    params(("tenant" = String, Path, description = "Tenant slug")),
+    request_body = NewUser,
+    responses((status = 201, description = "Created (a service account with its token)", body = UserView),
+        (status = 403, description = "Only admins manage users", body = crate::openapi::Problem),
+        (status = 409, description = "The name is taken", body = crate::openapi::Problem),
+        (status = 422, description = "Bad name, role or password", body = crate::openapi::Problem)))]
+pub async fn create(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path(tenant): Path<String>,
+    ApiJson(body): ApiJson<NewUser>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
+    admin_only(&actor)?;
+    let (role, hash) = checked(&body)?;
+    let user_id = Uuid::now_v7();
+    let kind = if body.service { "service" } else { "person" };
+    let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
+    let inserted = sqlx::query!(
+        r#"INSERT INTO users (tenant_id, user_id, username, role, kind, password_hash, created_by)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)
+           RETURNING created_at"#,
+        tenant.tenant_id,
+        user_id,
+        body.username,
+        role.to_string(),
+        kind,
+        hash,
+        actor.audit_name(),
+    )
+    .fetch_one(&mut *tx)
+    .await;
+    let created_at = match inserted {
+        Ok(row) => row.created_at,
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
+            return Err(ApiError::Conflict(format!(
+                "there is a user `{}` already",
+                body.username
+            )))
+        }
+        Err(error) => return Err(error.into()),
+    };
+    tx.commit().await?;
+    let token = body
+        .service
+        .then(|| {
+            state
+                .jwt
+                .issue_for_user(&body.username, role, &tenant.slug, user_id, SERVICE_TTL)
+        })
+        .transpose()
+        .map_err(ApiError::internal)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(UserView {
+            id: user_id,
+            username: body.username,
+            role: role.to_string(),
+            kind: kind.to_owned(),
+            created_at,
+            created_by: actor.audit_name(),
+            token,
+        }),
+    )
+        .into_response())
+}
+
+/// The role and password hash of a valid creation, or every fault.
+fn checked(body: &NewUser) -> Result<(Role, Option<String>), ApiError> {
+    let mut errors = Vec::new();
+    let name_ok = body.username.len() <= 100
+        && body.username.chars().enumerate().all(|(i, c)| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || (i > 0 && "._@-".contains(c))
+        })
+        && !body.username.is_empty();
+    if !name_ok {
+        errors.push(FieldError::at(
+            "/username",
+            "1 to 100 of a-z, 0-9, `.`, `_`, `@`, `-`, starting with a letter or digit",
+        ));
+    }
+    let role = if let Ok(role @ (Role::Admin | Role::Operator | Role::Viewer | Role::Auditor)) =
+        body.role.parse::<Role>()
+    {
+        Some(role)
+    } else {
+        errors.push(FieldError::at(
+            "/role",
+            "`admin`, `operator`, `viewer` or `auditor`",
+        ));
+        None
+    };
+    let hash = match (&body.password, body.service) {
+        (Some(_), true) => {
+            errors.push(FieldError::at(
+                "/password",
+                "a service account has no password; it gets a token",
+            ));
+            None
+        }
+        (None, false) => {
+            errors.push(FieldError::at("/password", "a person needs a password"));
+            None
+        }
+        (Some(password), false) if password.chars().count() < MIN_PASSWORD => {
+            errors.push(FieldError::at(
+                "/password",
+                format!("at least {MIN_PASSWORD} characters"),
+            ));
+            None
+        }
+        (Some(password), false) => Some(
+            Argon2::default()
+                .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
+                .map_err(ApiError::internal)?
+                .to_string(),
+        ),
+        (None, true) => None,
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    Ok((role.expect("checked"), hash))
+}
+
+/// `GET /api/v1/tenants/{tenant}/users`: the live users, by name.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/users", tag = "users",
+    params(("tenant" = String, Path, description = "Tenant slug")),
+    responses((status = 200, description = "The users", body = Vec<UserView>),
+        (status = 403, description = "Only admins and auditors list users", body = crate::openapi::Problem)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path(tenant): Path<String>,
+) -> Result<Json<Vec<UserView>>, ApiError> {
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
+    if !matches!(actor.role, Role::Admin | Role::Auditor | Role::System) {
+        return Err(ApiError::Forbidden(format!(
+            "users are listed by `admin` and `auditor`; this token has `{}`",
+            actor.role
+        )));
+    }
+    let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
+    let rows = sqlx::query!(
+        r#"SELECT user_id, username, role, kind, created_at, created_by FROM users
+           WHERE tenant_id = $1 AND deleted_at IS NULL ORDER BY username"#,
+        tenant.tenant_id,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|row| UserView {
+                id: row.user_id,
+                username: row.username,
+                role: row.role,
+                kind: row.kind,
+                created_at: row.created_at,
+                created_by: row.created_by,
+                token: None,
+            })
+            .collect(),
+    ))
+}
+
+/// `DELETE /api/v1/tenants/{tenant}/users/{id}`: every token of the user is refused from now on.
+#[utoipa::path(delete, path = "/api/v1/tenants/{tenant}/users/{id}", tag = "users",
+    params(("tenant" = String, Path, description = "Tenant slug"), ("id" = String, Path, description = "The user's id")),
+    responses((status = 204, description = "Deleted"),
+        (status = 403, description = "Only admins manage users", body = crate::openapi::Problem),
+        (status = 404, description = "No such user", body = crate::openapi::Problem)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
+    admin_only(&actor)?;
+    let missing = || ApiError::NotFound(format!("there is no user `{id}`"));
+    let user_id = Uuid::parse_str(&id).map_err(|_| missing())?;
+    let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
+    let deleted = sqlx::query!(
+        r#"UPDATE users SET deleted_at = now()
+           WHERE tenant_id = $1 AND user_id = $2 AND deleted_at IS NULL"#,
+        tenant.tenant_id,
+        user_id,
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    if deleted == 0 {
+        return Err(missing());
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Body of a login.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    /// The tenant's slug.
+    tenant: String,
+    /// The user's name.
+    username: String,
+    /// The password.
+    password: String,
+}
+
+/// A token from a login.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LoginToken {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: u64,
+}
+
+/// `POST /api/v1/auth/token`: a one-hour token for a person's name and password.
+#[utoipa::path(post, path = "/api/v1/auth/token", tag = "users", security(()),
+    request_body = Login,
+    responses((status = 200, description = "A token", body = LoginToken),
+        (status = 401, description = "Unknown tenant or user, or wrong password", body = crate::openapi::Problem),
+        (status = 429, description = "Too many failed logins of this user; retry later", body = crate::openapi::Problem)))]
+pub async fn login(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<Login>,
+) -> Result<Json<LoginToken>, ApiError> {
+    let refused =
+        || ApiError::Unauthorized("unknown tenant or user, or a wrong password".to_owned());
+    let slug = TenantSlug::parse(&body.tenant).map_err(|_| refused())?;
+    let key = (slug.tenant_id(), body.username.clone());
+    if state.login_failures.recent(&key) >= MAX_FAILURES {
+        return Err(ApiError::TooManyRequests {
+            detail: format!(
+                "{MAX_FAILURES} failed logins of `{}` within a minute; wait before trying again",
+                body.username
+            ),
+            retry_after_seconds: 60,
+        });
+    }
+    let mut tx = Scope::Tenant(slug.tenant_id()).begin(&state.pool).await?;
+    let user = sqlx::query!(
+        r#"SELECT user_id, role, password_hash FROM users
+           WHERE tenant_id = $1 AND username = $2 AND deleted_at IS NULL AND kind = 'person'"#,
+        slug.tenant_id(),
+        body.username,
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let verified = user.as_ref().is_some_and(|user| {
+        user.password_hash
+            .as_deref()
+            .and_then(|hash| PasswordHash::new(hash).ok())
+            .is_some_and(|hash| {
+                Argon2::default()
+                    .verify_password(body.password.as_bytes(), &hash)
+                    .is_ok()
+            })
+    });
+    let Some(user) = user.filter(|_| verified) else {
+        state.login_failures.record(key);
+        return Err(refused());
+    };
+    let role: Role = user.role.parse().map_err(ApiError::internal)?;
+    let access_token = state
+        .jwt
+        .issue_for_user(&body.username, role, &slug, user.user_id, LOGIN_TTL)
+        .map_err(ApiError::internal)?;
+    Ok(Json(LoginToken {
+        access_token,
+        token_type: "Bearer",
+        expires_in: LOGIN_TTL.as_secs(),
+    }))
+}
