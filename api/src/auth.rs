@@ -46,12 +46,76 @@ pub struct Claims {
     pub exp: i64,
 }
 
-/// Signs and verifies tokens with the installation's secret.
+/// Signs and verifies tokens with the installation's secret, and verifies the tokens of an
+/// external identity provider when one is configured.
 #[derive(Clone)]
 pub struct JwtKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    external: Option<std::sync::Arc<ExternalIssuer>>,
+}
+
+/// An external identity provider: its public keys (a JWK set), issuer and audience. Its tokens
+/// (RS256, RS384, RS512, ES256, ES384 or PS256…) carry `sub`, `role` (`admin`, `operator`,
+/// `viewer` or `auditor`) and `tenant`.
+pub struct ExternalIssuer {
+    keys: Vec<(Option<String>, Algorithm, DecodingKey)>,
+    issuer: String,
+    audience: String,
+}
+
+impl std::fmt::Debug for ExternalIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalIssuer")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+impl ExternalIssuer {
+    /// Reads a JWK set (JSON) and checks that every key is usable.
+    pub fn from_jwks(jwks: &str, issuer: &str, audience: &str) -> Result<Self, String> {
+        let set: jsonwebtoken::jwk::JwkSet =
+            serde_json::from_str(jwks).map_err(|error| format!("not a JWK set: {error}"))?;
+        let mut keys = Vec::new();
+        for (index, jwk) in set.keys.iter().enumerate() {
+            let key = DecodingKey::from_jwk(jwk)
+                .map_err(|error| format!("key {index} is not usable: {error}"))?;
+            let algorithm = jwk
+                .common
+                .key_algorithm
+                .and_then(|alg| alg.to_string().parse::<Algorithm>().ok())
+                .ok_or_else(|| format!("key {index} names no signing algorithm (`alg`)"))?;
+            if algorithm.family() == jsonwebtoken::AlgorithmFamily::Hmac {
+                return Err(format!(
+                    "key {index} is a shared secret; only public keys are accepted"
+                ));
+            }
+            keys.push((jwk.common.key_id.clone(), algorithm, key));
+        }
+        if keys.is_empty() {
+            return Err("the JWK set holds no key".to_owned());
+        }
+        if issuer.is_empty() || audience.is_empty() {
+            return Err("an issuer and an audience are required".to_owned());
+        }
+        Ok(Self {
+            keys,
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+        })
+    }
+}
+
+/// The claims of an external identity provider's token.
+#[derive(Debug, Deserialize)]
+struct ExternalClaims {
+    sub: String,
+    role: Role,
+    tenant: Option<String>,
 }
 
 impl std::fmt::Debug for JwtKeys {
@@ -73,7 +137,65 @@ impl JwtKeys {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
+            external: None,
         }
+    }
+
+    /// The same keys, also accepting the tokens of `issuer`.
+    #[must_use]
+    pub fn with_external(mut self, issuer: std::sync::Arc<ExternalIssuer>) -> Self {
+        self.external = Some(issuer);
+        self
+    }
+
+    /// Verifies a token of the external identity provider.
+    fn verify_external(&self, token: &str, header: &Header) -> Result<Actor, ApiError> {
+        let refused = |reason: String| {
+            ApiError::Unauthorized(format!("the bearer token is not valid: {reason}"))
+        };
+        let external = self
+            .external
+            .as_ref()
+            .ok_or_else(|| refused(format!("{:?} tokens are not accepted here", header.alg)))?;
+        let (_, algorithm, key) = external
+            .keys
+            .iter()
+            .find(|(kid, algorithm, _)| {
+                *algorithm == header.alg && (header.kid.is_none() || *kid == header.kid)
+            })
+            .ok_or_else(|| refused("no key of the identity provider matches it".to_owned()))?;
+        let mut validation = Validation::new(*algorithm);
+        validation.set_issuer(&[&external.issuer]);
+        validation.set_audience(&[&external.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = 30;
+        let claims = jsonwebtoken::decode::<ExternalClaims>(token, key, &validation)
+            .map_err(|error| refused(error.to_string()))?
+            .claims;
+        if !matches!(
+            claims.role,
+            Role::Admin | Role::Operator | Role::Viewer | Role::Auditor
+        ) {
+            return Err(refused(format!(
+                "an identity provider grants `admin`, `operator`, `viewer` or `auditor`, not `{}`",
+                claims.role
+            )));
+        }
+        check_role_tenant(claims.role, claims.tenant.as_deref()).map_err(ApiError::Unauthorized)?;
+        let tenant = claims
+            .tenant
+            .map(TenantSlug::parse)
+            .transpose()
+            .map_err(|error| refused(format!("the token's tenant: {error}")))?;
+        if claims.sub.is_empty() {
+            return Err(refused("the token has no subject".to_owned()));
+        }
+        Ok(Actor {
+            subject: claims.sub,
+            role: claims.role,
+            tenant,
+        })
     }
 
     /// Issues a token for `subject` with `role` (in `tenant` for tenant roles), valid for `ttl`.
@@ -132,6 +254,14 @@ impl JwtKeys {
 
     /// Verifies a token: the caller, and the user it was issued to, if any.
     pub fn verify_user(&self, token: &str) -> Result<(Actor, Option<uuid::Uuid>), ApiError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|error| {
+            ApiError::Unauthorized(format!("the bearer token is not valid: {error}"))
+        })?;
+        if header.alg != Algorithm::HS256 {
+            return self
+                .verify_external(token, &header)
+                .map(|actor| (actor, None));
+        }
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|error| {
                 ApiError::Unauthorized(format!("the bearer token is not valid: {error}"))

@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP API and the gRPC server (applies pending migrations first).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create the database if it is missing and apply pending migrations, then exit.
     Migrate(DatabaseArgs),
     /// Print a signed access token (JWT, HS256 with EFMS_JWT_SECRET).
@@ -89,6 +89,15 @@ pub struct ServeArgs {
     /// PEM private key of EFMS_TLS_CERT.
     #[arg(long, env = "EFMS_TLS_KEY")]
     pub tls_key: Option<String>,
+    /// A JWK set (JSON file) of an external identity provider whose tokens are accepted.
+    #[arg(long, env = "EFMS_OIDC_JWKS_FILE")]
+    pub oidc_jwks_file: Option<String>,
+    /// The `iss` the identity provider's tokens must carry.
+    #[arg(long, env = "EFMS_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+    /// The `aud` the identity provider's tokens must carry.
+    #[arg(long, env = "EFMS_OIDC_AUDIENCE")]
+    pub oidc_audience: Option<String>,
     /// Log format: `json` (default) or `text`.
     #[arg(long, env = "EFMS_LOG_FORMAT", default_value = "json")]
     pub log_format: String,
@@ -169,6 +178,8 @@ pub struct ServeConfig {
     pub master_key: efms_domain::secrets::Key,
     /// The TLS certificate and key, when the listeners speak TLS 1.3.
     pub tls: Option<efms_xds::tls::TlsIdentity>,
+    /// The external identity provider whose tokens are accepted, if any.
+    pub oidc: Option<std::sync::Arc<crate::auth::ExternalIssuer>>,
     /// Log format.
     pub log_format: LogFormat,
     /// Projection polling interval.
@@ -278,6 +289,40 @@ fn parse_addr(setting: &'static str, value: &str) -> Result<SocketAddr, ConfigEr
 }
 
 impl ServeArgs {
+    /// Checks the external identity provider's settings: all three, or none.
+    fn validate_oidc(
+        &self,
+    ) -> Result<Option<std::sync::Arc<crate::auth::ExternalIssuer>>, ConfigError> {
+        const FILE: &str = "EFMS_OIDC_JWKS_FILE (--oidc-jwks-file)";
+        let given = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
+        match (
+            given(&self.oidc_jwks_file),
+            given(&self.oidc_issuer),
+            given(&self.oidc_audience),
+        ) {
+            (None, None, None) => Ok(None),
+            (Some(file), Some(issuer), Some(audience)) => {
+                let jwks = std::fs::read_to_string(&file)
+                    .map_err(|error| invalid(FILE, format!("cannot read `{file}`: {error}")))?;
+                crate::auth::ExternalIssuer::from_jwks(&jwks, &issuer, &audience)
+                    .map(|issuer| Some(std::sync::Arc::new(issuer)))
+                    .map_err(|reason| invalid(FILE, reason))
+            }
+            (_, None, _) => Err(invalid(
+                "EFMS_OIDC_ISSUER (--oidc-issuer)",
+                "missing: an identity provider needs its issuer",
+            )),
+            (_, _, None) => Err(invalid(
+                "EFMS_OIDC_AUDIENCE (--oidc-audience)",
+                "missing: an identity provider needs the audience of its tokens",
+            )),
+            (None, _, _) => Err(invalid(
+                FILE,
+                "missing: an identity provider needs its keys",
+            )),
+        }
+    }
+
     /// Checks every setting of `efms serve`, in the order the help lists them.
     pub fn validate(&self) -> Result<ServeConfig, ConfigError> {
         let database = self.database.validate()?;
@@ -317,6 +362,7 @@ impl ServeArgs {
         let master_key =
             validate_master_key("EFMS_MASTER_KEY (--master-key)", self.master_key.as_deref())?;
         let tls = validate_tls(self.tls_cert.as_deref(), self.tls_key.as_deref())?;
+        let oidc = self.validate_oidc()?;
         let log_format = match self.log_format.as_str() {
             "json" => LogFormat::Json,
             "text" => LogFormat::Text,
@@ -350,6 +396,7 @@ impl ServeArgs {
             jwt_secret,
             master_key,
             tls,
+            oidc,
             log_format,
             poll_interval,
         })
@@ -373,6 +420,9 @@ mod tests {
             master_key: Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_owned()),
             tls_cert: None,
             tls_key: None,
+            oidc_jwks_file: None,
+            oidc_issuer: None,
+            oidc_audience: None,
             log_format: "json".to_owned(),
             poll_interval_ms: "250".to_owned(),
         }

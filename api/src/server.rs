@@ -32,7 +32,10 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let (stop, stopped) = watch::channel(false);
     let state = AppState::start(
         pool.clone(),
-        JwtKeys::from_secret(&config.jwt_secret),
+        match &config.oidc {
+            Some(issuer) => JwtKeys::from_secret(&config.jwt_secret).with_external(issuer.clone()),
+            None => JwtKeys::from_secret(&config.jwt_secret),
+        },
         keyring,
         config.poll_interval,
         signalled(stopped.clone()),

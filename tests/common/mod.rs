@@ -60,14 +60,24 @@ impl TestApp {
     pub async fn spawn(pool: PgPool) -> Self {
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::serve(pool, http, grpc, None)
+        Self::serve(pool, http, grpc, None, None)
+    }
+
+    /// Starts the control plane accepting the tokens of an external identity provider too.
+    pub async fn spawn_with_issuer(
+        pool: PgPool,
+        issuer: std::sync::Arc<efms_api::auth::ExternalIssuer>,
+    ) -> Self {
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(pool, http, grpc, None, Some(issuer))
     }
 
     /// Starts the control plane with TLS 1.3 on both listeners (`base` is then `https://…`).
     pub async fn spawn_tls(pool: PgPool, identity: efms_xds::tls::TlsIdentity) -> Self {
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::serve(pool, http, grpc, Some(identity))
+        Self::serve(pool, http, grpc, Some(identity), None)
     }
 
     fn serve(
@@ -75,9 +85,13 @@ impl TestApp {
         http: tokio::net::TcpListener,
         grpc: tokio::net::TcpListener,
         tls: Option<efms_xds::tls::TlsIdentity>,
+        issuer: Option<std::sync::Arc<efms_api::auth::ExternalIssuer>>,
     ) -> Self {
         let (stop, stopped) = watch::channel(false);
-        let keys = JwtKeys::from_secret(SECRET);
+        let keys = match issuer {
+            Some(issuer) => JwtKeys::from_secret(SECRET).with_external(issuer),
+            None => JwtKeys::from_secret(SECRET),
+        };
         let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
@@ -168,7 +182,7 @@ impl TestApp {
                 (http, grpc) => panic!("cannot listen again: {:?} {:?}", http.err(), grpc.err()),
             }
         };
-        *self = Self::serve(self.pool.clone(), http, grpc, None);
+        *self = Self::serve(self.pool.clone(), http, grpc, None, None);
     }
 
     /// A token for `role` (in `tenant` for tenant roles), valid for an hour.

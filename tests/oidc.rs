@@ -1,0 +1,127 @@
+//! Tokens of an external identity provider (NFR-SE-002): accepted when signed by a key of its JWK
+//! set (ES256 here) with the configured issuer and audience, refused otherwise.
+
+use std::sync::Arc;
+
+use efms_api::auth::ExternalIssuer;
+use efms_tests::TestApp;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+/// A fresh P-256 key made with `openssl`: the signing key (PKCS#8 DER) and its public JWK.
+fn ec_key(kid: &str) -> (EncodingKey, Value) {
+    let dir = std::env::temp_dir().join(format!("efms-oidc-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("openssl runs");
+        assert!(output.status.success(), "openssl {args:?}");
+    };
+    run(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        "ec.pem",
+    ]);
+    run(&[
+        "pkcs8", "-topk8", "-nocrypt", "-in", "ec.pem", "-outform", "DER", "-out", "key.der",
+    ]);
+    run(&[
+        "ec", "-in", "ec.pem", "-pubout", "-outform", "DER", "-out", "pub.der",
+    ]);
+    let private = std::fs::read(dir.join("key.der")).unwrap();
+    let public = std::fs::read(dir.join("pub.der")).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    // The public key ends with the uncompressed point: x and y, 32 bytes each.
+    let (x, y) = public[public.len() - 64..].split_at(32);
+    let b64 = |bytes: &[u8]| {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine as _;
+        URL_SAFE_NO_PAD.encode(bytes)
+    };
+    let jwk = json!({ "kty": "EC", "crv": "P-256", "x": b64(x), "y": b64(y), "alg": "ES256", "use": "sig", "kid": kid });
+    (EncodingKey::from_ec_der(&private), jwk)
+}
+
+fn token(key: &EncodingKey, kid: &str, changes: &Value) -> String {
+    let now = chrono::Utc::now().timestamp();
+    let mut claims = json!({
+        "sub": "dana@idp.example", "role": "operator", "tenant": "acme",
+        "iss": "https://idp.example", "aud": "efms-api", "iat": now, "exp": now + 600,
+    });
+    for (name, value) in changes.as_object().unwrap() {
+        claims[name] = value.clone();
+    }
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(&header, &claims, key).unwrap()
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn an_identity_providers_token_is_accepted_only_with_its_key_issuer_and_audience(
+    pool: PgPool,
+) {
+    let (key, jwk) = ec_key("k1");
+    let jwks = json!({ "keys": [jwk] }).to_string();
+    let issuer = ExternalIssuer::from_jwks(&jwks, "https://idp.example", "efms-api").unwrap();
+    let app = TestApp::spawn_with_issuer(pool, Arc::new(issuer)).await;
+    app.create_tenant("acme", "Acme").await;
+    let status = |token: String| {
+        let app = &app;
+        async move {
+            app.client
+                .post(app.url("/api/v1/tenants/acme/clusters"))
+                .bearer_auth(token)
+                .json(&json!({ "name": format!("c{}", uuid::Uuid::new_v4().simple()), "type": "STATIC", "connect_timeout": "1s" }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status(token(&key, "k1", &json!({}))).await, 201);
+    assert_eq!(
+        status(token(&key, "k1", &json!({ "role": "viewer" }))).await,
+        403
+    );
+    let refused = [
+        (
+            "another audience",
+            token(&key, "k1", &json!({ "aud": "elsewhere" })),
+        ),
+        (
+            "another issuer",
+            token(&key, "k1", &json!({ "iss": "https://evil.example" })),
+        ),
+        ("expired", token(&key, "k1", &json!({ "exp": 1_000_000 }))),
+        ("another key", token(&ec_key("k1").0, "k1", &json!({}))),
+        (
+            "a system role",
+            token(&key, "k1", &json!({ "role": "system", "tenant": null })),
+        ),
+    ];
+    for (case, token) in refused {
+        assert_eq!(status(token).await, 401, "{case}");
+    }
+    // The installation's own tokens still work beside the provider's.
+    assert_eq!(
+        status(app.token(efms_domain::Role::Operator, Some("acme"))).await,
+        201
+    );
+}
+
+#[test]
+fn a_jwk_set_without_usable_public_keys_is_refused() {
+    assert!(ExternalIssuer::from_jwks("{\"keys\": []}", "i", "a").is_err());
+    assert!(ExternalIssuer::from_jwks("not json", "i", "a").is_err());
+    let hmac = r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0", "alg": "HS256"}]}"#;
+    assert!(ExternalIssuer::from_jwks(hmac, "i", "a").is_err());
+}
