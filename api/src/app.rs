@@ -362,3 +362,26 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsL
         Self(*stream.remote_addr())
     }
 }
+
+/// Serves the HTTP API on `listener` (over TLS 1.3 with `tls`) until `shutdown` resolves; each
+/// request knows its client's address.
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    tls: Option<&efms_xds::tls::TlsIdentity>,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state).into_make_service_with_connect_info::<ClientAddr>();
+    match tls {
+        Some(identity) => {
+            axum::serve(TlsListener::new(listener, identity)?, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
+}

@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::app::{router, AppState, ClientAddr, TlsListener, XdsAddress};
+use crate::app::{serve_http, AppState, XdsAddress};
 use crate::auth::JwtKeys;
 use crate::config::ServeConfig;
 use crate::db;
@@ -64,36 +64,16 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         tracing::info!("shutting down: finishing in-flight requests");
         stop.send_replace(true);
     });
-    let tls = config.tls.clone();
+    let tls = config.tls.as_ref();
     let http_server = async {
-        match &tls {
-            Some(identity) => {
-                axum::serve(
-                    TlsListener::new(http, identity)?,
-                    router(state).into_make_service_with_connect_info::<ClientAddr>(),
-                )
-                .with_graceful_shutdown(signalled(stopped.clone()))
-                .await
-            }
-            None => {
-                axum::serve(
-                    http,
-                    router(state).into_make_service_with_connect_info::<ClientAddr>(),
-                )
-                .with_graceful_shutdown(signalled(stopped.clone()))
-                .await
-            }
-        }
-        .context("the HTTP server failed")
+        serve_http(http, tls, state, signalled(stopped.clone()))
+            .await
+            .context("the HTTP server failed")
     };
     let grpc_server = async {
-        match &tls {
-            Some(identity) => {
-                efms_xds::serve_tls(grpc, identity, xds, signalled(stopped.clone())).await
-            }
-            None => efms_xds::serve(grpc, xds, signalled(stopped.clone())).await,
-        }
-        .context("the gRPC server failed")
+        efms_xds::serve_with(grpc, tls, xds, signalled(stopped.clone()))
+            .await
+            .context("the gRPC server failed")
     };
     tokio::try_join!(http_server, grpc_server)?;
     pool.close().await;

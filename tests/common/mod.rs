@@ -5,7 +5,8 @@ pub mod fleet;
 use std::time::Duration;
 
 use cqrs_es::persist::SerializedEvent;
-use efms_api::{router, AppState, JwtKeys, XdsAddress};
+use efms_api::app::serve_http;
+use efms_api::{AppState, JwtKeys, XdsAddress};
 use efms_domain::{Role, TenantSlug};
 use serde_json::json;
 use sqlx::PgPool;
@@ -113,43 +114,21 @@ impl TestApp {
         let xds = state.xds.clone();
         let http_stop = until_stopped(stopped.clone());
         let grpc_stop = until_stopped(stopped);
-        let servers = match tls {
-            None => vec![
+        let servers = vec![
+            {
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    axum::serve(
-                        http,
-                        router(state)
-                            .into_make_service_with_connect_info::<efms_api::app::ClientAddr>(),
-                    )
-                    .with_graceful_shutdown(http_stop)
-                    .await
-                    .unwrap();
-                }),
-                tokio::spawn(async move {
-                    efms_xds::serve(grpc, xds, grpc_stop).await.unwrap();
-                }),
-            ],
-            Some(identity) => {
-                let listener = efms_api::app::TlsListener::new(http, &identity).unwrap();
-                vec![
-                    tokio::spawn(async move {
-                        axum::serve(
-                            listener,
-                            router(state)
-                                .into_make_service_with_connect_info::<efms_api::app::ClientAddr>(),
-                        )
-                        .with_graceful_shutdown(http_stop)
+                    serve_http(http, tls.as_ref(), state, http_stop)
                         .await
                         .unwrap();
-                    }),
-                    tokio::spawn(async move {
-                        efms_xds::serve_tls(grpc, &identity, xds, grpc_stop)
-                            .await
-                            .unwrap();
-                    }),
-                ]
-            }
-        };
+                })
+            },
+            tokio::spawn(async move {
+                efms_xds::serve_with(grpc, tls.as_ref(), xds, grpc_stop)
+                    .await
+                    .unwrap();
+            }),
+        ];
         Self {
             base,
             client: reqwest::Client::new(),

@@ -71,6 +71,19 @@ pub async fn serve_tls(
         .await
 }
 
+/// [`serve`], or [`serve_tls`] when `tls` is given.
+pub async fn serve_with(
+    listener: TcpListener,
+    tls: Option<&tls::TlsIdentity>,
+    xds: XdsServer,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    match tls {
+        Some(identity) => serve_tls(listener, identity, xds, shutdown).await,
+        None => serve(listener, xds, shutdown).await,
+    }
+}
+
 /// The services, and a shutdown that also ends the open streams.
 async fn router(
     xds: XdsServer,
