@@ -21,7 +21,7 @@ use crate::auth::{require_bearer, JwtKeys};
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::metrics::Metrics;
 use crate::routes::{
-    audit, branches, bulk, health, jobs, proxies, quotas, resources, tenants, users, versions,
+    audit, branches, bulk, grants, health, jobs, proxies, quotas, resources, tenants, users, versions,
 };
 
 /// The largest bulk request body: 10,000 operations of a few kilobytes each.
@@ -180,11 +180,6 @@ pub fn router(state: AppState) -> Router {
         .route("/tenants/{tenant}/diff", get(versions::diff))
         .route("/tenants/{tenant}/rollback", post(versions::rollback))
         .route("/tenants/{tenant}/jobs/{id}", get(jobs::get))
-        .route("/tenants/{tenant}/audit", get(audit::list))
-        .route(
-            "/tenants/{tenant}/quotas",
-            get(quotas::get).put(quotas::put),
-        )
         .route(
             "/tenants/{tenant}/branches",
             get(branches::list).post(branches::create),
@@ -242,14 +237,7 @@ pub fn router(state: AppState) -> Router {
             "/tenants/{tenant}/{kind}/{name}/rollback",
             post(versions::rollback_resource),
         )
-        .route(
-            "/tenants/{tenant}/users",
-            get(users::list).post(users::create),
-        )
-        .route(
-            "/tenants/{tenant}/users/{id}",
-            axum::routing::delete(users::delete),
-        )
+        .merge(access_routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_bearer,
@@ -274,6 +262,33 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// The routes of a tenant's access control: audit, quotas, users, sharing.
+fn access_routes() -> Router<AppState> {
+    Router::new()
+        .route("/tenants/{tenant}/audit", get(audit::list))
+        .route(
+            "/tenants/{tenant}/quotas",
+            get(quotas::get).put(quotas::put),
+        )
+        .route(
+            "/tenants/{tenant}/users",
+            get(users::list).post(users::create),
+        )
+        .route(
+            "/tenants/{tenant}/users/{id}",
+            axum::routing::delete(users::delete),
+        )
+        .route(
+            "/tenants/{tenant}/grants",
+            get(grants::list).post(grants::create),
+        )
+        .route(
+            "/tenants/{tenant}/grants/{grantee}/{kind}/{name}",
+            axum::routing::delete(grants::delete),
+        )
+        .route("/tenants/{tenant}/shared", get(grants::received))
 }
 
 async fn not_found() -> ApiError {

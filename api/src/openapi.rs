@@ -8,7 +8,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::routes::{
-    audit, branches, bulk, health, jobs, proxies, quotas, resources, tenants, users, versions,
+    audit, branches, bulk, grants, health, jobs, proxies, quotas, resources, tenants, users, versions,
 };
 
 /// The RFC 7807 body of every error (for the document; `crate::error` writes it).
@@ -68,6 +68,7 @@ impl Modify for BearerAuth {
         health::healthz, health::readyz, health::metrics,
         tenants::create, tenants::list, tenants::get, audit::list, quotas::get, quotas::put,
         users::create, users::list, users::delete, users::login,
+        grants::create, grants::list, grants::delete, grants::received,
         resources::list, resources::create, resources::get, resources::replace, resources::patch, resources::delete, resources::group_resources, resources::declaration,
         versions::history, versions::revisions, versions::diff, versions::rollback, versions::rollback_resource,
         proxies::list, proxies::get, proxies::history, proxies::bootstrap,
@@ -83,6 +84,7 @@ impl Modify for BearerAuth {
         (name = "versions", description = "History, time travel, diff and rollback (FR-VC)"),
         (name = "branches", description = "Branches of the configuration and their merges (FR-VC-005)"),
         (name = "users", description = "Users, service accounts and login (FR-MT-003)"),
+        (name = "sharing", description = "Clusters and templates shared between tenants (FR-MT-005)"),
         (name = "proxies", description = "What each Envoy proxy runs, and bootstraps that connect new ones (xDS)"),
         (name = "operations", description = "Health and metrics"),
     )

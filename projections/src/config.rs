@@ -4,7 +4,9 @@
 
 use chrono::{DateTime, Utc};
 use efms_commands::{RecordedEvent, Scope};
-use efms_domain::config::{BranchPoint, ConfigEvent, ConfigRepo};
+use std::collections::BTreeSet;
+
+use efms_domain::config::{shared, BranchPoint, ConfigEvent, ConfigRepo};
 use efms_domain::envoy::ResourceKind;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
@@ -103,13 +105,15 @@ struct CommitRows {
     documents: Vec<Option<Value>>,
     hashes: Vec<Option<String>>,
     derivations: Vec<Option<Value>>,
+    /// What each changed resource refers to in other tenants, as `kind:owner/name`.
+    shared_refs: Vec<Option<Value>>,
     recorded_at: Vec<DateTime<Utc>>,
     actors: Vec<String>,
 }
 
 impl CommitRows {
     fn push(&mut self, event: &RecordedEvent, payload: ConfigEvent) {
-        let (kind, name, change, document, hash, derivation) = match payload {
+        let (kind, name, change, document, hash, derivation, refs) = match payload {
             ConfigEvent::Committed {
                 message,
                 operation,
@@ -139,6 +143,7 @@ impl CommitRows {
                 document,
                 hash,
                 derivation,
+                refs,
                 ..
             } => (
                 kind,
@@ -147,6 +152,7 @@ impl CommitRows {
                 Some(document),
                 Some(hash),
                 derivation,
+                refs,
             ),
             ConfigEvent::ResourceReplaced {
                 kind,
@@ -154,6 +160,7 @@ impl CommitRows {
                 document,
                 hash,
                 derivation,
+                refs,
                 ..
             } => (
                 kind,
@@ -162,11 +169,19 @@ impl CommitRows {
                 Some(document),
                 Some(hash),
                 derivation,
+                refs,
             ),
             ConfigEvent::ResourceDeleted { kind, name, .. } => {
-                (kind, name, "deleted", None, None, None)
+                (kind, name, "deleted", None, None, None, BTreeSet::new())
             }
         };
+        let shared: Vec<Value> = refs
+            .iter()
+            .filter(|r| shared::split_qualified(&r.name).is_some())
+            .map(|r| Value::String(format!("{}:{}", r.kind, r.name)))
+            .collect();
+        self.shared_refs
+            .push((!shared.is_empty()).then_some(Value::Array(shared)));
         self.kinds.push(kind.to_string());
         self.names.push(name);
         self.changes.push(change.to_owned());
@@ -288,16 +303,18 @@ impl CommitRows {
         // The current state: puts upserted, deletions removed.
         sqlx::query!(
             r#"INSERT INTO config_resources (tenant_id, branch, kind, name, document, hash, version,
-                                             created_at, updated_at, updated_by, derivation)
-               SELECT $1, $2, u.kind, u.name, u.document, u.hash, $3, u.at, u.at, u.actor, u.derivation
+                                             created_at, updated_at, updated_by, derivation,
+                                             shared_refs)
+               SELECT $1, $2, u.kind, u.name, u.document, u.hash, $3, u.at, u.at, u.actor, u.derivation,
+                      u.shared_refs
                FROM UNNEST($4::text[], $5::text[], $6::jsonb[], $7::text[], $8::timestamptz[], $9::text[],
-                           $10::jsonb[])
-                    AS u(kind, name, document, hash, at, actor, derivation)
+                           $10::jsonb[], $11::jsonb[])
+                    AS u(kind, name, document, hash, at, actor, derivation, shared_refs)
                WHERE u.document IS NOT NULL
                ON CONFLICT (tenant_id, branch, kind, name) DO UPDATE
                SET document = EXCLUDED.document, hash = EXCLUDED.hash, version = EXCLUDED.version,
                    updated_at = EXCLUDED.updated_at, updated_by = EXCLUDED.updated_by,
-                   derivation = EXCLUDED.derivation"#,
+                   derivation = EXCLUDED.derivation, shared_refs = EXCLUDED.shared_refs"#,
             tenant_id,
             branch,
             revision,
@@ -308,6 +325,7 @@ impl CommitRows {
             &self.recorded_at,
             &self.actors,
             &self.derivations as &[Option<Value>],
+            &self.shared_refs as &[Option<Value>],
         )
         .execute(&mut *tx)
         .await?;

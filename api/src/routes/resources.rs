@@ -10,6 +10,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
+use efms_domain::config::shared::Shared;
 use efms_domain::config::template::Derivation;
 use efms_domain::config::{
     Change, ConfigCommand, ConfigError, ConfigRepo, Expect, Operation, MAIN_BRANCH,
@@ -639,11 +640,16 @@ pub async fn execute(
 ) -> Result<Option<efms_commands::Position>, ApiError> {
     let metadata = super::commit_metadata(actor, headers, message);
     super::quotas::check(state, tenant, branch, &command).await?;
+    super::grants::check_owner_changes(state, tenant, branch, &command).await?;
+    let shared = match command {
+        ConfigCommand::DeleteBranch => Shared::default(),
+        _ => super::grants::shared_with(state, tenant).await?,
+    };
     let mut command = command;
     seal_secrets(state, tenant.tenant_id, &mut command).await?;
     let result = state
         .bus
-        .execute::<ConfigRepo>(tenant.tenant_id, branch, command, (), metadata)
+        .execute::<ConfigRepo>(tenant.tenant_id, branch, command, shared, metadata)
         .await;
     let outcome = match &result {
         Ok(Some(_)) => "committed",

@@ -8,6 +8,7 @@
 pub mod group;
 pub mod merge;
 mod refs;
+pub mod shared;
 pub mod template;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,6 +22,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::envoy::{self, ResourceKind, Violation};
 pub use refs::{references, ResourceRef};
+use shared::Shared;
 use template::Derivation;
 
 /// The branch every tenant starts with.
@@ -385,11 +387,15 @@ fn describe_refs(refs: &[ResourceRef]) -> String {
 fn describe_dangling(dangling: &[(ResourceRef, ResourceRef)]) -> String {
     dangling
         .iter()
-        .map(|(from, to)| {
-            format!(
+        .map(|(from, to)| match shared::split_qualified(&to.name) {
+            Some((owner, _)) => format!(
+                "{} `{}` refers to {} `{}`, which tenant `{owner}` does not share with this tenant",
+                from.kind, from.name, to.kind, to.name
+            ),
+            None => format!(
                 "{} `{}` refers to missing {} `{}`",
                 from.kind, from.name, to.kind, to.name
-            )
+            ),
         })
         .collect::<Vec<_>>()
         .join("; ")
@@ -476,6 +482,7 @@ impl ConfigRepo {
     /// after the base's.
     fn fork(
         &self,
+        shared: &Shared,
         message: Option<String>,
         base: BranchPoint,
         resources: Vec<Change>,
@@ -487,7 +494,7 @@ impl ConfigRepo {
             revision: base.revision,
             ..ConfigRepo::default()
         };
-        let mut events = start.decide(message.clone(), Operation::Branch, None, resources)?;
+        let mut events = start.decide(shared, message.clone(), Operation::Branch, None, resources)?;
         let revision = base.revision + 1;
         if events.is_empty() {
             events.push(ConfigEvent::Committed {
@@ -503,6 +510,7 @@ impl ConfigRepo {
 
     fn decide(
         &self,
+        shared: &Shared,
         message: Option<String>,
         operation: Operation,
         merged: Option<BranchPoint>,
@@ -545,7 +553,7 @@ impl ConfigRepo {
                     derivation,
                     ..
                 } => {
-                    let (document, refs) = self.render(kind, &name, &derivation, &overlay)?;
+                    let (document, refs) = self.render(shared, kind, &name, &derivation, &overlay)?;
                     (kind, name, document, refs, Some(derivation))
                 }
                 Change::Delete { kind, name, .. } => {
@@ -586,7 +594,7 @@ impl ConfigRepo {
                 .collect();
             for (derived_key, derivation) in derived {
                 let (kind, name) = split_key(&derived_key);
-                let (document, refs) = self.render(kind, name, &derivation, &overlay)?;
+                let (document, refs) = self.render(shared, kind, name, &derivation, &overlay)?;
                 let current = self.resources.get(&derived_key);
                 let put = (kind, name.to_owned(), document, refs, Some(derivation));
                 if let Some(event) = put_event(revision, current, put, &mut overlay) {
@@ -597,7 +605,7 @@ impl ConfigRepo {
         if events.is_empty() {
             return Ok(events);
         }
-        self.check_references(&overlay)?;
+        self.check_references(shared, &overlay)?;
         events.insert(
             0,
             ConfigEvent::Committed {
@@ -614,6 +622,7 @@ impl ConfigRepo {
     /// canonical document and references (the template's among them).
     fn render(
         &self,
+        shared: &Shared,
         kind: ResourceKind,
         name: &str,
         derivation: &Derivation,
@@ -626,14 +635,25 @@ impl ConfigRepo {
             violations,
         };
         let template_key = key(ResourceKind::Template, &derivation.template);
-        let state = match overlay.get(&template_key) {
-            Some(state) => state.as_ref(),
-            None => self.resources.get(&template_key),
+        let document = if shared::split_qualified(&derivation.template).is_some() {
+            shared.template(&derivation.template)
+        } else {
+            match overlay.get(&template_key) {
+                Some(state) => state.as_ref(),
+                None => self.resources.get(&template_key),
+            }
+            .and_then(|s| s.template.as_ref())
         };
-        let Some(document) = state.and_then(|s| s.template.as_ref()) else {
+        let Some(document) = document else {
+            let message = match shared::split_qualified(&derivation.template) {
+                Some((owner, own_name)) => {
+                    format!("tenant `{owner}` shares no template `{own_name}` with this tenant")
+                }
+                None => format!("there is no template `{}`", derivation.template),
+            };
             return Err(refused(vec![Violation {
                 pointer: "/template".to_owned(),
-                message: format!("there is no template `{}`", derivation.template),
+                message,
             }]));
         };
         let spec: template::TemplateSpec =
@@ -666,9 +686,13 @@ impl ConfigRepo {
     /// be referred to.
     fn check_references(
         &self,
+        shared: &Shared,
         overlay: &BTreeMap<String, Option<ResourceState>>,
     ) -> Result<(), ConfigError> {
         let exists = |r: &ResourceRef| {
+            if shared::split_qualified(&r.name).is_some() {
+                return shared.contains(r);
+            }
             let k = key(r.kind, &r.name);
             match overlay.get(&k) {
                 Some(state) => state.is_some(),
@@ -870,12 +894,12 @@ impl Aggregate for ConfigRepo {
     type Command = ConfigCommand;
     type Event = ConfigEvent;
     type Error = ConfigError;
-    type Services = ();
+    type Services = Shared;
 
     async fn handle(
         &mut self,
         command: Self::Command,
-        _services: &Self::Services,
+        shared: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
         let events = match command {
@@ -883,17 +907,17 @@ impl Aggregate for ConfigRepo {
                 message,
                 operation,
                 changes,
-            } => self.decide(message, operation, None, changes)?,
+            } => self.decide(shared, message, operation, None, changes)?,
             ConfigCommand::Merge {
                 message,
                 source,
                 changes,
-            } => self.decide(message, Operation::Merge, Some(source), changes)?,
+            } => self.decide(shared, message, Operation::Merge, Some(source), changes)?,
             ConfigCommand::Fork {
                 message,
                 base,
                 resources,
-            } => self.fork(message, base, resources)?,
+            } => self.fork(shared, message, base, resources)?,
             ConfigCommand::DeleteBranch => {
                 if self.deleted {
                     return Err(ConfigError::BranchDeleted);

@@ -25,7 +25,7 @@ fn commit(changes: Vec<Change>) -> ConfigCommand {
 
 /// The events of a commit of `changes` on a repository that has seen `given`.
 fn decide(given: Vec<ConfigEvent>, changes: Vec<Change>) -> Result<Vec<ConfigEvent>, ConfigError> {
-    TestFramework::<ConfigRepo>::with(())
+    TestFramework::<ConfigRepo>::with(Shared::default())
         .given(given)
         .when(commit(changes))
         .inspect_result()
@@ -331,7 +331,7 @@ fn fork_of(revision: u64, resources: Vec<Change>) -> ConfigCommand {
 
 #[test]
 fn a_fork_creates_the_base_resources_at_the_revision_after_the_base() {
-    let events = TestFramework::<ConfigRepo>::with(())
+    let events = TestFramework::<ConfigRepo>::with(Shared::default())
         .given_no_previous_events()
         .when(fork_of(7, full_stack()))
         .inspect_result()
@@ -352,22 +352,22 @@ fn a_fork_creates_the_base_resources_at_the_revision_after_the_base() {
 
 #[test]
 fn a_branch_cannot_be_forked_twice_nor_take_commits_once_deleted() {
-    let forked = TestFramework::<ConfigRepo>::with(())
+    let forked = TestFramework::<ConfigRepo>::with(Shared::default())
         .given_no_previous_events()
         .when(fork_of(0, Vec::new()))
         .inspect_result()
         .unwrap();
-    TestFramework::<ConfigRepo>::with(())
+    TestFramework::<ConfigRepo>::with(Shared::default())
         .given(forked.clone())
         .when(fork_of(0, Vec::new()))
         .then_expect_error(ConfigError::BranchExists);
     let mut deleted = forked;
     deleted.push(ConfigEvent::BranchDeleted { revision: 1 });
-    TestFramework::<ConfigRepo>::with(())
+    TestFramework::<ConfigRepo>::with(Shared::default())
         .given(deleted)
         .when(commit(full_stack()))
         .then_expect_error(ConfigError::BranchDeleted);
-    TestFramework::<ConfigRepo>::with(())
+    TestFramework::<ConfigRepo>::with(Shared::default())
         .given_no_previous_events()
         .when(ConfigCommand::DeleteBranch)
         .then_expect_error(ConfigError::NotDeletable);
@@ -447,5 +447,76 @@ fn a_template_in_use_cannot_be_deleted_and_a_bad_render_is_refused() {
     assert!(
         matches!(&broken, Err(ConfigError::Render { name, .. }) if name == "a"),
         "{broken:?}"
+    );
+}
+
+/// A route whose only cluster is `cluster`.
+fn route_to(cluster: &str) -> Change {
+    Change::put(
+        ResourceKind::Route,
+        &json!({ "name": "r", "virtual_hosts": [{ "name": "all", "domains": ["*"],
+                 "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": cluster } }] }] }),
+        Expect::Anything,
+    )
+    .expect("valid route")
+}
+
+fn decide_with(shared: Shared, changes: Vec<Change>) -> Result<Vec<ConfigEvent>, ConfigError> {
+    TestFramework::<ConfigRepo>::with(shared)
+        .given(Vec::new())
+        .when(commit(changes))
+        .inspect_result()
+}
+
+#[test]
+fn a_reference_to_another_tenants_cluster_needs_a_grant() {
+    let refused = decide_with(Shared::default(), vec![route_to("acme/payments")]);
+    let Err(ConfigError::DanglingReferences(dangling)) = &refused else {
+        panic!("{refused:?}");
+    };
+    assert_eq!(dangling[0].1.name, "acme/payments");
+    assert!(refused
+        .unwrap_err()
+        .to_string()
+        .contains("tenant `acme` does not share"));
+
+    let mut shared = Shared::default();
+    shared.insert(ResourceKind::Cluster, "acme/payments".into(), None);
+    let events = decide_with(shared.clone(), vec![route_to("acme/payments")]).unwrap();
+    assert!(matches!(
+        &events[1],
+        ConfigEvent::ResourceCreated { refs, .. }
+            if refs.iter().any(|r| r.name == "acme/payments")
+    ));
+    // A shared template is not a shared cluster.
+    let mut other_kind = Shared::default();
+    other_kind.insert(ResourceKind::Template, "acme/payments".into(), None);
+    assert!(decide_with(other_kind, vec![route_to("acme/payments")]).is_err());
+}
+
+#[test]
+fn a_resource_is_rendered_from_a_shared_template() {
+    let Change::Put { document, .. } = template_change("3s") else {
+        unreachable!()
+    };
+    let mut shared = Shared::default();
+    shared.insert(ResourceKind::Template, "acme/web".into(), Some(document));
+    let mut declared = derive("a", 8080);
+    if let Change::Derive { derivation, .. } = &mut declared {
+        derivation.template = "acme/web".into();
+    }
+    let events = decide_with(shared, vec![declared.clone()]).unwrap();
+    let ConfigEvent::ResourceCreated { document, refs, .. } = &events[1] else {
+        panic!("{events:?}");
+    };
+    assert_eq!(document["connect_timeout"], json!("3s"));
+    assert!(refs.contains(&ResourceRef {
+        kind: ResourceKind::Template,
+        name: "acme/web".into()
+    }));
+    let unshared = decide_with(Shared::default(), vec![declared]);
+    assert!(
+        matches!(&unshared, Err(ConfigError::Render { template, .. }) if template == "acme/web"),
+        "{unshared:?}"
     );
 }

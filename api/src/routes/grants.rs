@@ -1,0 +1,506 @@
+//! Sharing between tenants (FR-MT-005): `/api/v1/tenants/{tenant}/grants` (what a tenant shares)
+//! and `/api/v1/tenants/{tenant}/shared` (what is shared with it).
+//!
+//! A tenant's admin grants another tenant read access to a named cluster or template of its `main`
+//! branch. The grantee reads it and refers to it as `owner/name`: a route to the cluster
+//! `acme/payments`, a declaration from the template `acme/web`. Its proxies get the shared cluster
+//! (with its endpoints) under that name, and follow the owner's changes. Revoking is refused while
+//! the grantee refers to the resource, naming what would break; deleting a shared resource is
+//! refused while it is granted. Grants and revocations are recorded in the owner's audit trail.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use efms_commands::Scope;
+use efms_domain::config::shared::{self, Shared, SHAREABLE_KINDS};
+use efms_domain::config::{references, Change, ConfigCommand, ResourceRef, MAIN_BRANCH};
+use efms_domain::envoy::{check_name, ResourceKind};
+use efms_domain::{Actor, Role, TenantSlug};
+use efms_projections::config::{self as read, AsOf};
+use efms_projections::tenants::get_tenant;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::access::{tenant_access, Access, TenantAccess};
+use crate::app::AppState;
+use crate::auth::Principal;
+use crate::error::{ApiError, FieldError};
+use crate::extract::ApiJson;
+
+/// Body of a grant.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewGrant {
+    /// The slug of the tenant that gets read access.
+    grantee: String,
+    /// `cluster` or `template`.
+    kind: String,
+    /// The resource's name on this tenant's `main`.
+    name: String,
+}
+
+/// A grant, as its owner and its grantee see it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct GrantView {
+    /// The tenant that shares.
+    owner: String,
+    /// The tenant that may read and refer to the resource.
+    grantee: String,
+    /// `cluster` or `template`.
+    kind: String,
+    /// The owner's name of the resource.
+    name: String,
+    /// How the grantee refers to it: `owner/name`.
+    reference: String,
+    granted_at: DateTime<Utc>,
+    granted_by: String,
+}
+
+/// A resource shared with a tenant, with its current document.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SharedView {
+    #[serde(flatten)]
+    grant: GrantView,
+    /// The owner's current document; absent when the owner has not (yet) got the resource.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    document: Option<Value>,
+    /// The owner's revision at which it last changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<i64>,
+}
+
+/// What a commit refers to in other tenants, or what a grant's revocation would break.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Dependent {
+    branch: String,
+    kind: String,
+    name: String,
+}
+
+fn admin_only(actor: &Actor) -> Result<(), ApiError> {
+    if matches!(actor.role, Role::Admin | Role::System) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "grants are managed by `admin`; this token has `{}`",
+            actor.role
+        )))
+    }
+}
+
+fn shareable(kind: &str) -> Option<ResourceKind> {
+    SHAREABLE_KINDS
+        .into_iter()
+        .find(|shareable| shareable.to_string() == kind)
+}
+
+/// `POST /api/v1/tenants/{tenant}/grants`: share a cluster or template of `main` with a tenant.
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant}/grants", tag = "sharing",
+    params(("tenant" = String, Path, description = "Tenant slug (the owner)")),
+    request_body = NewGrant,
+    responses((status = 201, description = "Granted", body = GrantView),
+        (status = 403, description = "Only admins share", body = crate::openapi::Problem),
+        (status = 409, description = "Granted already", body = crate::openapi::Problem),
+        (status = 422, description = "No such tenant or resource, a kind that is not shared, or a cluster that needs secrets", body = crate::openapi::Problem)))]
+pub async fn create(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path(tenant): Path<String>,
+    ApiJson(body): ApiJson<NewGrant>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
+    admin_only(&actor)?;
+    let (grantee, kind) = checked(&state, &tenant, &body).await?;
+    let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
+    let inserted = sqlx::query!(
+        r#"INSERT INTO resource_grants (tenant_id, owner_slug, kind, name, grantee_id, grantee_slug,
+                                        granted_by)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)
+           RETURNING granted_at"#,
+        tenant.tenant_id,
+        tenant.slug.as_str(),
+        kind.to_string(),
+        body.name,
+        grantee.tenant_id(),
+        grantee.as_str(),
+        actor.audit_name(),
+    )
+    .fetch_one(&mut *tx)
+    .await;
+    let granted_at = match inserted {
+        Ok(row) => row.granted_at,
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
+            return Err(ApiError::Conflict(format!(
+                "{kind} `{}` is shared with `{grantee}` already",
+                body.name
+            )))
+        }
+        Err(error) => return Err(error.into()),
+    };
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(GrantView {
+            owner: tenant.slug.to_string(),
+            grantee: grantee.to_string(),
+            kind: kind.to_string(),
+            reference: shared::qualified(tenant.slug.as_str(), &body.name),
+            name: body.name,
+            granted_at,
+            granted_by: actor.audit_name(),
+        }),
+    )
+        .into_response())
+}
+
+/// The grantee and kind of a valid grant, or every fault.
+async fn checked(
+    state: &AppState,
+    tenant: &TenantAccess,
+    body: &NewGrant,
+) -> Result<(TenantSlug, ResourceKind), ApiError> {
+    let mut errors = Vec::new();
+    let grantee = match TenantSlug::parse(&body.grantee) {
+        Ok(slug) if slug == tenant.slug => {
+            errors.push(FieldError::at("/grantee", "a tenant cannot share with itself"));
+            None
+        }
+        Ok(slug) => {
+            let exists = get_tenant(
+                &state.pool,
+                Scope::Tenant(slug.tenant_id()),
+                slug.as_str(),
+            )
+            .await?
+            .is_some();
+            if !exists {
+                errors.push(FieldError::at(
+                    "/grantee",
+                    format!("there is no tenant `{slug}`"),
+                ));
+            }
+            exists.then_some(slug)
+        }
+        Err(_) => {
+            errors.push(FieldError::at("/grantee", "not a tenant slug"));
+            None
+        }
+    };
+    let kind = shareable(&body.kind);
+    if kind.is_none() {
+        errors.push(FieldError::at(
+            "/kind",
+            "`cluster` or `template` (a cluster brings its endpoints; secrets are never shared)",
+        ));
+    }
+    if let Err(detail) = check_name(&body.name) {
+        errors.push(FieldError::at("/name", detail));
+    } else if let Some(kind) = kind {
+        let row = read::get_resource(
+            &state.pool,
+            tenant.tenant_id,
+            MAIN_BRANCH,
+            kind,
+            &body.name,
+            AsOf::Now,
+        )
+        .await?;
+        match row {
+            None => errors.push(FieldError::at(
+                "/name",
+                format!("there is no {kind} `{}` on `main`", body.name),
+            )),
+            Some(row) => {
+                if let Some(secret) = secret_ref(kind, &row.document) {
+                    errors.push(FieldError::at(
+                        "/name",
+                        format!(
+                            "{kind} `{}` uses secret `{}`; secrets are never shared",
+                            body.name, secret.name
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    Ok((grantee.expect("checked"), kind.expect("checked")))
+}
+
+/// A secret the resource refers to, if any: such a resource cannot be shared.
+fn secret_ref(kind: ResourceKind, document: &Value) -> Option<ResourceRef> {
+    references(kind, document)
+        .into_iter()
+        .find(|r| r.kind == ResourceKind::Secret)
+}
+
+/// `GET /api/v1/tenants/{tenant}/grants`: what this tenant shares, and with whom.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/grants", tag = "sharing",
+    params(("tenant" = String, Path, description = "Tenant slug (the owner)")),
+    responses((status = 200, description = "The grants, by kind, name and grantee", body = Vec<GrantView>)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path(tenant): Path<String>,
+) -> Result<Json<Vec<GrantView>>, ApiError> {
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
+    let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
+    let rows = sqlx::query!(
+        r#"SELECT owner_slug, kind, name, grantee_slug, granted_at, granted_by FROM resource_grants
+           WHERE tenant_id = $1 ORDER BY kind, name, grantee_slug"#,
+        tenant.tenant_id,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|row| GrantView {
+                reference: shared::qualified(&row.owner_slug, &row.name),
+                owner: row.owner_slug,
+                grantee: row.grantee_slug,
+                kind: row.kind,
+                name: row.name,
+                granted_at: row.granted_at,
+                granted_by: row.granted_by,
+            })
+            .collect(),
+    ))
+}
+
+/// `DELETE /api/v1/tenants/{tenant}/grants/{grantee}/{kind}/{name}`: revoke a grant, unless the
+/// grantee refers to the resource (409 naming each of its resources that does).
+#[utoipa::path(delete, path = "/api/v1/tenants/{tenant}/grants/{grantee}/{kind}/{name}", tag = "sharing",
+    params(("tenant" = String, Path, description = "Tenant slug (the owner)"),
+        ("grantee" = String, Path, description = "The grantee's slug"),
+        ("kind" = String, Path, description = "`cluster` or `template`"),
+        ("name" = String, Path, description = "The resource's name")),
+    responses((status = 204, description = "Revoked"),
+        (status = 403, description = "Only admins share", body = crate::openapi::Problem),
+        (status = 404, description = "No such grant", body = crate::openapi::Problem),
+        (status = 409, description = "The grantee refers to the resource; the answer names where", body = crate::openapi::Problem)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path((tenant, grantee, kind, name)): Path<(String, String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
+    admin_only(&actor)?;
+    let missing = || ApiError::NotFound(format!("`{kind}` `{name}` is not shared with `{grantee}`"));
+    let grantee_slug = TenantSlug::parse(&grantee).map_err(|_| missing())?;
+    let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
+    // Locked, so that two revocations do not race; the grantee's commits are checked against
+    // the grants when they are decided.
+    let found = sqlx::query_scalar!(
+        r#"SELECT 1 AS "found!" FROM resource_grants
+           WHERE tenant_id = $1 AND grantee_id = $2 AND kind = $3 AND name = $4 FOR UPDATE"#,
+        tenant.tenant_id,
+        grantee_slug.tenant_id(),
+        kind,
+        name,
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if found.is_none() {
+        return Err(missing());
+    }
+    let reference = format!("{kind}:{}", shared::qualified(tenant.slug.as_str(), &name));
+    let dependents = dependents(&state, &grantee_slug, &reference).await?;
+    if !dependents.is_empty() {
+        let listed = dependents
+            .iter()
+            .map(|d| format!("{} `{}` on branch `{}`", d.kind, d.name, d.branch))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(ApiError::Conflict(format!(
+            "tenant `{grantee_slug}` refers to {kind} `{name}` as `{}`: revoking would break {listed}",
+            shared::qualified(tenant.slug.as_str(), &name)
+        )));
+    }
+    sqlx::query!(
+        r#"DELETE FROM resource_grants
+           WHERE tenant_id = $1 AND grantee_id = $2 AND kind = $3 AND name = $4"#,
+        tenant.tenant_id,
+        grantee_slug.tenant_id(),
+        kind,
+        name,
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The grantee's resources, on any branch, that refer to `reference` (`kind:owner/name`). This is
+/// the one read across tenants: it runs as the system role and returns only where the reference
+/// is made, never a document.
+async fn dependents(
+    state: &AppState,
+    grantee: &TenantSlug,
+    reference: &str,
+) -> Result<Vec<Dependent>, ApiError> {
+    let mut tx = Scope::System.begin(&state.pool).await?;
+    let rows = sqlx::query_as!(
+        Dependent,
+        r#"SELECT branch, kind, name FROM config_resources
+           WHERE tenant_id = $1 AND shared_refs ? $2 ORDER BY branch, kind, name LIMIT 100"#,
+        grantee.tenant_id(),
+        reference,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// `GET /api/v1/tenants/{tenant}/shared`: what other tenants share with this one, with the
+/// current documents.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/shared", tag = "sharing",
+    params(("tenant" = String, Path, description = "Tenant slug (the grantee)")),
+    responses((status = 200, description = "The resources shared with this tenant, by owner, kind and name", body = Vec<SharedView>)))]
+pub async fn received(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path(tenant): Path<String>,
+) -> Result<Json<Vec<SharedView>>, ApiError> {
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
+    let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
+    // Row-level security shows this tenant the grants it received and the granted documents of
+    // `main`, nothing else of the owners'.
+    let rows = sqlx::query!(
+        r#"SELECT g.owner_slug, g.kind, g.name, g.grantee_slug, g.granted_at, g.granted_by,
+                  r.document AS "document?", r.version AS "version?"
+           FROM resource_grants g
+           LEFT JOIN config_resources r
+             ON r.tenant_id = g.tenant_id AND r.branch = 'main' AND r.kind = g.kind
+                AND r.name = g.name
+           WHERE g.grantee_id = $1
+           ORDER BY g.owner_slug, g.kind, g.name"#,
+        tenant.tenant_id,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|row| SharedView {
+                grant: GrantView {
+                    reference: shared::qualified(&row.owner_slug, &row.name),
+                    owner: row.owner_slug,
+                    grantee: row.grantee_slug,
+                    kind: row.kind,
+                    name: row.name,
+                    granted_at: row.granted_at,
+                    granted_by: row.granted_by,
+                },
+                document: row.document,
+                version: row.version,
+            })
+            .collect(),
+    ))
+}
+
+/// What other tenants share with `tenant`, for its commits to refer to: every granted resource
+/// that exists on its owner's `main`, with each template's document.
+pub async fn shared_with(state: &AppState, tenant: &TenantAccess) -> Result<Shared, ApiError> {
+    let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
+    let rows = sqlx::query!(
+        r#"SELECT g.owner_slug, g.kind, g.name,
+                  CASE WHEN g.kind = 'template' THEN r.document END AS "template?"
+           FROM resource_grants g
+           JOIN config_resources r
+             ON r.tenant_id = g.tenant_id AND r.branch = 'main' AND r.kind = g.kind
+                AND r.name = g.name
+           WHERE g.grantee_id = $1"#,
+        tenant.tenant_id,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let mut shared = Shared::default();
+    for row in rows {
+        if let Some(kind) = shareable(&row.kind) {
+            shared.insert(
+                kind,
+                shared::qualified(&row.owner_slug, &row.name),
+                row.template,
+            );
+        }
+    }
+    Ok(shared)
+}
+
+/// An owner's commit on `main` may not delete a resource it shares, nor make a shared cluster
+/// use a secret (secrets are never shared).
+pub async fn check_owner_changes(
+    state: &AppState,
+    tenant: &TenantAccess,
+    branch: &str,
+    command: &ConfigCommand,
+) -> Result<(), ApiError> {
+    let changes = match command {
+        ConfigCommand::Commit { changes, .. } | ConfigCommand::Merge { changes, .. } => changes,
+        ConfigCommand::Fork { .. } | ConfigCommand::DeleteBranch => return Ok(()),
+    };
+    if branch != MAIN_BRANCH {
+        return Ok(());
+    }
+    // (kind, name, what the change would do wrong if the resource is shared)
+    let mut watched: Vec<(ResourceKind, &str, String)> = Vec::new();
+    for change in changes {
+        match change {
+            Change::Delete { kind, name, .. } if SHAREABLE_KINDS.contains(kind) => {
+                watched.push((*kind, name, "deleting it".to_owned()));
+            }
+            Change::Put {
+                kind, name, refs, ..
+            } if SHAREABLE_KINDS.contains(kind) => {
+                if let Some(secret) = refs.iter().find(|r| r.kind == ResourceKind::Secret) {
+                    watched.push((
+                        *kind,
+                        name,
+                        format!(
+                            "making it use secret `{}` (secrets are never shared)",
+                            secret.name
+                        ),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    if watched.is_empty() {
+        return Ok(());
+    }
+    let kinds: Vec<String> = watched.iter().map(|(k, _, _)| k.to_string()).collect();
+    let names: Vec<&str> = watched.iter().map(|(_, n, _)| *n).collect();
+    let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
+    let granted = sqlx::query!(
+        r#"SELECT g.kind, g.name, string_agg(g.grantee_slug, ', ' ORDER BY g.grantee_slug) AS "grantees!"
+           FROM resource_grants g
+           JOIN UNNEST($2::text[], $3::text[]) AS u(kind, name) ON g.kind = u.kind AND g.name = u.name
+           WHERE g.tenant_id = $1
+           GROUP BY g.kind, g.name"#,
+        tenant.tenant_id,
+        &kinds,
+        &names as &[&str],
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let Some(row) = granted.first() else {
+        return Ok(());
+    };
+    let what = watched
+        .iter()
+        .find(|(k, n, _)| k.to_string() == row.kind && *n == row.name)
+        .map_or("this change", |(_, _, what)| what.as_str());
+    Err(ApiError::Conflict(format!(
+        "{} `{}` is shared with {}; {what} is refused while it is shared (revoke the grants first)",
+        row.kind, row.name, row.grantees
+    )))
+}
