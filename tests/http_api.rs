@@ -422,6 +422,13 @@ async fn the_openapi_document_covers_every_route_and_the_reference_page_is_serve
         ("/api/v1/tenants/{tenant}/users", "get"),
         ("/api/v1/tenants/{tenant}/users", "post"),
         ("/api/v1/tenants/{tenant}/users/{id}", "delete"),
+        ("/api/v1/tenants/{tenant}/grants", "get"),
+        ("/api/v1/tenants/{tenant}/grants", "post"),
+        (
+            "/api/v1/tenants/{tenant}/grants/{grantee}/{kind}/{name}",
+            "delete",
+        ),
+        ("/api/v1/tenants/{tenant}/shared", "get"),
         ("/api/v1/auth/token", "post"),
         ("/api/v1/tenants/{tenant}/branches", "get"),
         ("/api/v1/tenants/{tenant}/branches", "post"),

@@ -26,6 +26,7 @@ fn request(path: &str, method: &str) -> (String, Option<(&'static str, Value)>) 
         .replace("/branches/{name}", "/branches/feature")
         .replace("{name}", if group_route { "edge" } else { "a" })
         .replace("{node_id}", "edge-1")
+        .replace("{grantee}", "globex")
         .replace("{id}", "0190d1c6-0000-7000-8000-000000000000");
     let query = if concrete.ends_with("/diff") && !concrete.contains("/branches/") {
         "?from=0&to=1"
@@ -42,6 +43,9 @@ fn request(path: &str, method: &str) -> (String, Option<(&'static str, Value)>) 
         ("post", p) if p.ends_with("/rollback") => Some(json!({ "to_revision": 1 })),
         ("post", p) if p.ends_with("/bulk") => Some(json!({ "operations": [] })),
         ("put", p) if p.ends_with("/quotas") => Some(json!({ "resources_per_kind": 100 })),
+        ("post", p) if p.ends_with("/grants") => {
+            Some(json!({ "grantee": "globex", "kind": "cluster", "name": "a" }))
+        }
         ("post", p) if p.ends_with("/users") => Some(
             json!({ "username": "walker", "role": "viewer", "password": "long-enough-password" }),
         ),

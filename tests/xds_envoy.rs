@@ -733,6 +733,19 @@ async fn a_group_pinned_to_a_branch_follows_it_until_unpinned_or_merged(
     }
 }
 
+/// Waits until Envoy, listening on `port`, answers `/` with `want`.
+async fn answers_on(http: &reqwest::Client, port: u16, want: &'static str) {
+    eventually(PATIENCE, &format!("Envoy to answer {want}"), || async {
+        let response = http
+            .get(format!("http://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .ok()?;
+        (response.text().await.ok()? == want).then_some(())
+    })
+    .await;
+}
+
 /// A child group inherits its parent's resources and may override one by name: its proxies get
 /// its own resource under the inherited name, and everything that refers to that name follows.
 async fn a_child_group_overrides_an_inherited_cluster_by_name(pool: PgPool, protocol: &str) {
@@ -789,20 +802,7 @@ async fn a_child_group_overrides_an_inherited_cluster_by_name(pool: PgPool, prot
     assert_eq!(bootstrap.status, 200, "{}", bootstrap.body);
     let _envoy = Envoy::start(ENVOY, &bootstrap.body);
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let answers = |want: &'static str| {
-        let http = http.clone();
-        async move {
-            eventually(PATIENCE, &format!("Envoy to answer {want}"), || async {
-                let response = http
-                    .get(format!("http://127.0.0.1:{port}/"))
-                    .send()
-                    .await
-                    .ok()?;
-                (response.text().await.ok()? == want).then_some(())
-            })
-            .await;
-        }
-    };
+    let answers = |want: &'static str| answers_on(&http, port, want);
     answers("B").await;
     let plain = app
         .put(
@@ -813,6 +813,91 @@ async fn a_child_group_overrides_an_inherited_cluster_by_name(pool: PgPool, prot
         .await;
     assert_eq!(plain.status, 200, "{}", plain.body);
     answers("A").await;
+}
+
+/// A grantee's proxy gets the cluster another tenant shares, with its endpoints, under the name
+/// `owner/name`; it follows the owner's changes to them, and the owner's other resources stay out.
+async fn a_cluster_shared_by_another_tenant_reaches_its_upstream_and_follows_the_owner(
+    pool: PgPool,
+    protocol: &str,
+) {
+    let app = TestApp::spawn(pool).await;
+    app.create_tenant("acme", "Acme").await;
+    app.create_tenant("beta", "Beta").await;
+    let a = Upstream::start("A", Behaviour::Named).await;
+    let b = Upstream::start("B", Behaviour::Named).await;
+    let port = free_port();
+    let assignment = |port: u16| {
+        json!({ "cluster_name": "payments", "endpoints": [{ "lb_endpoints": [{ "endpoint": {
+            "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } } } }] }] })
+    };
+    for (collection, body) in [
+        ("endpoints", assignment(a.addr.port())),
+        (
+            "clusters",
+            json!({ "name": "payments", "connect_timeout": "1s", "type": "EDS",
+                "eds_cluster_config": { "eds_config": { "ads": {}, "resource_api_version": "V3" } } }),
+        ),
+        (
+            "clusters",
+            static_cluster("private", b.addr.port(), &json!({})),
+        ),
+    ] {
+        let answer = app.post(&format!("{BASE}/{collection}"), &body).await;
+        assert_eq!(answer.status, 201, "{collection}: {}", answer.body);
+    }
+    let grant = app
+        .post(
+            &format!("{BASE}/grants"),
+            &json!({ "grantee": "beta", "kind": "cluster", "name": "payments" }),
+        )
+        .await;
+    assert_eq!(grant.status, 201, "{}", grant.body);
+    let beta = "/api/v1/tenants/beta";
+    for (collection, body) in [
+        ("routes", to_one_cluster("acme/payments")),
+        ("listeners", listener("http", port)),
+        (
+            "groups",
+            json!({ "name": "edge", "resources": [{ "kind": "listener", "name": "http" }] }),
+        ),
+    ] {
+        let answer = app.post(&format!("{beta}/{collection}"), &body).await;
+        assert_eq!(answer.status, 201, "{collection}: {}", answer.body);
+    }
+    let admin_port = free_port();
+    let bootstrap = app
+        .get(&format!(
+            "{beta}/groups/edge/bootstrap?node_id=beta-1&protocol={protocol}&admin_port={admin_port}"
+        ))
+        .await;
+    assert_eq!(bootstrap.status, 200, "{}", bootstrap.body);
+    let _envoy = Envoy::start(ENVOY, &bootstrap.body);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let answers = |want: &'static str| answers_on(&http, port, want);
+    answers("A").await;
+    // The owner moves its endpoints: the grantee's proxy follows.
+    let moved = app
+        .put(
+            &format!("{BASE}/endpoints/payments"),
+            &assignment(b.addr.port()),
+            &[],
+        )
+        .await;
+    assert_eq!(moved.status, 200, "{}", moved.body);
+    answers("B").await;
+    // Envoy's own list of its clusters: the shared one under its qualified name, nothing else
+    // of the owner's.
+    let clusters = http
+        .get(format!("http://127.0.0.1:{admin_port}/clusters"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(clusters.contains("acme/payments::"), "{clusters}");
+    assert!(!clusters.contains("private"), "{clusters}");
 }
 
 /// One test per protocol for each scenario.
@@ -851,6 +936,7 @@ both_protocols!(
     a_stream_without_a_valid_token_is_refused,
     a_group_pinned_to_a_branch_follows_it_until_unpinned_or_merged,
     a_child_group_overrides_an_inherited_cluster_by_name,
+    a_cluster_shared_by_another_tenant_reaches_its_upstream_and_follows_the_owner,
 );
 
 #[sqlx::test(migrator = "efms_commands::MIGRATOR")]

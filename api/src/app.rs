@@ -21,7 +21,8 @@ use crate::auth::{require_bearer, JwtKeys};
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::metrics::Metrics;
 use crate::routes::{
-    audit, branches, bulk, grants, health, jobs, proxies, quotas, resources, tenants, users, versions,
+    audit, branches, bulk, grants, health, jobs, proxies, quotas, resources, tenants, users,
+    versions,
 };
 
 /// The largest bulk request body: 10,000 operations of a few kilobytes each.

@@ -8,7 +8,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::routes::{
-    audit, branches, bulk, grants, health, jobs, proxies, quotas, resources, tenants, users, versions,
+    audit, branches, bulk, grants, health, jobs, proxies, quotas, resources, tenants, users,
+    versions,
 };
 
 /// The RFC 7807 body of every error (for the document; `crate::error` writes it).

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use efms_commands::{Keyring, Scope};
 use efms_domain::config::group::GroupSpec;
+use efms_domain::config::shared::qualified;
 use efms_domain::config::{references, ResourceRef};
 use efms_domain::envoy::{self, ResourceKind};
 use efms_domain::secrets;
@@ -176,22 +177,156 @@ impl Stored {
                 }
             }
         }
-        match envoy::encode(kind, &document) {
-            Ok(body) => {
-                let mut hasher = Sha256::new();
-                hasher.update(self.hash.as_bytes());
-                hasher.update([0]);
-                hasher.update(served.as_bytes());
-                Some(Arc::new(XdsResource {
-                    name: served.to_owned(),
-                    version: short_hex(&hasher.finalize()),
-                    body,
-                }))
+        encode_as(kind, &document, &self.hash, served)
+    }
+}
+
+/// `document` (whose content hash is `hash`) encoded under the name `served`, with a version of
+/// its own. `None` when it does not encode (logged).
+fn encode_as(
+    kind: ResourceKind,
+    document: &serde_json::Value,
+    hash: &str,
+    served: &str,
+) -> Option<Arc<XdsResource>> {
+    match envoy::encode(kind, document) {
+        Ok(body) => {
+            let mut hasher = Sha256::new();
+            hasher.update(hash.as_bytes());
+            hasher.update([0]);
+            hasher.update(served.as_bytes());
+            Some(Arc::new(XdsResource {
+                name: served.to_owned(),
+                version: short_hex(&hasher.finalize()),
+                body,
+            }))
+        }
+        Err(error) => {
+            tracing::error!(%kind, served, %error, "a resource does not encode under the name it is served as");
+            None
+        }
+    }
+}
+
+/// A cluster another tenant shares with this one (FR-MT-005).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Grant {
+    owner_id: Uuid,
+    owner_slug: String,
+    name: String,
+}
+
+/// What other tenants share with one tenant, as its proxies get it: each shared cluster and its
+/// endpoints under their qualified names (`owner/name`).
+#[derive(Debug, Default, Clone)]
+struct Imports {
+    /// What they were built from: the grants, each with its owner's `main` revision.
+    basis: Vec<(Grant, u64)>,
+    resources: HashMap<(ResourceKind, String), Arc<Stored>>,
+}
+
+impl Imports {
+    /// Builds the imports of `grants` from the owners' `main` contents.
+    fn build(grants: &[Grant], owners: &HashMap<Uuid, Content>) -> Self {
+        let mut imports = Imports::default();
+        for grant in grants {
+            let Some(owner) = owners.get(&grant.owner_id) else {
+                continue;
+            };
+            imports.basis.push((grant.clone(), owner.revision));
+            imports.import_cluster(owner, grant);
+        }
+        imports
+    }
+
+    /// Rebuilds the imports when the grants or their owners moved; whether they did.
+    fn update(&mut self, grants: &[Grant], owners: &HashMap<Uuid, Content>) -> bool {
+        let basis: Vec<(Grant, u64)> = grants
+            .iter()
+            .filter_map(|grant| {
+                let owner = owners.get(&grant.owner_id)?;
+                Some((grant.clone(), owner.revision))
+            })
+            .collect();
+        if basis == self.basis {
+            return false;
+        }
+        *self = Imports::build(grants, owners);
+        true
+    }
+
+    fn import_cluster(&mut self, owner: &Content, grant: &Grant) {
+        let Some(stored) = owner
+            .resources
+            .get(&(ResourceKind::Cluster, grant.name.clone()))
+        else {
+            return;
+        };
+        if stored
+            .refs
+            .iter()
+            .any(|r| r.kind != ResourceKind::Endpoints)
+        {
+            tracing::warn!(
+                owner = grant.owner_slug,
+                cluster = grant.name,
+                "a shared cluster that uses secrets is not served to other tenants"
+            );
+            return;
+        }
+        let served = qualified(&grant.owner_slug, &grant.name);
+        let mut document = (*stored.document).clone();
+        let Some(object) = document.as_object_mut() else {
+            return;
+        };
+        object.insert("name".to_owned(), served.clone().into());
+        let mut refs = BTreeSet::new();
+        for endpoints_ref in &stored.refs {
+            let endpoints_name = qualified(&grant.owner_slug, &endpoints_ref.name);
+            if let Some(eds) = object
+                .get_mut("eds_cluster_config")
+                .and_then(serde_json::Value::as_object_mut)
+            {
+                eds.insert("service_name".to_owned(), endpoints_name.clone().into());
             }
-            Err(error) => {
-                tracing::error!(%kind, source, served, %error, "an overriding resource does not encode under its new name");
-                None
+            let key = (ResourceKind::Endpoints, endpoints_ref.name.clone());
+            if let Some(endpoints) = owner.resources.get(&key) {
+                let mut assignment = (*endpoints.document).clone();
+                if let Some(object) = assignment.as_object_mut() {
+                    object.insert("cluster_name".to_owned(), endpoints_name.clone().into());
+                }
+                if let Some(encoded) = encode_as(
+                    ResourceKind::Endpoints,
+                    &assignment,
+                    &endpoints.hash,
+                    &endpoints_name,
+                ) {
+                    self.resources.insert(
+                        (ResourceKind::Endpoints, endpoints_name.clone()),
+                        Arc::new(Stored {
+                            hash: endpoints.hash.clone(),
+                            refs: BTreeSet::new(),
+                            encoded,
+                            document: Arc::new(assignment),
+                        }),
+                    );
+                }
             }
+            refs.insert(ResourceRef {
+                kind: ResourceKind::Endpoints,
+                name: endpoints_name,
+            });
+        }
+        if let Some(encoded) = encode_as(ResourceKind::Cluster, &document, &stored.hash, &served) {
+            self.resources.insert(
+                (ResourceKind::Cluster, served),
+                Arc::new(Stored {
+                    hash: stored.hash.clone(),
+                    refs,
+                    encoded,
+                    document: Arc::new(document),
+                }),
+            );
         }
     }
 }
@@ -211,6 +346,8 @@ struct TenantState {
     main: Content,
     /// Each live branch that a group on `main` is pinned to.
     branches: HashMap<String, Content>,
+    /// What other tenants share with this one.
+    imports: Imports,
     watchers: HashMap<String, watch::Sender<Arc<GroupSnapshot>>>,
 }
 
@@ -225,8 +362,10 @@ impl TenantState {
             .and_then(|(_, spec)| spec.branch.as_deref())
             .and_then(|branch| self.branches.get(branch).map(|content| (branch, content)));
         match pinned {
-            Some((branch, content)) => content.snapshot(tenant_id, group, branch),
-            None => self.main.snapshot(tenant_id, group, MAIN_BRANCH),
+            Some((branch, content)) => content.snapshot(tenant_id, group, branch, &self.imports),
+            None => self
+                .main
+                .snapshot(tenant_id, group, MAIN_BRANCH, &self.imports),
         }
     }
 
@@ -243,6 +382,7 @@ impl TenantState {
         TenantState {
             main: self.main.clone(),
             branches: self.branches.clone(),
+            imports: self.imports.clone(),
             watchers: HashMap::new(),
         }
     }
@@ -250,7 +390,13 @@ impl TenantState {
 
 impl Content {
     /// The snapshot of `group` from this content.
-    fn snapshot(&self, tenant_id: Uuid, group: &str, branch: &str) -> GroupSnapshot {
+    fn snapshot(
+        &self,
+        tenant_id: Uuid,
+        group: &str,
+        branch: &str,
+        imports: &Imports,
+    ) -> GroupSnapshot {
         let mut snapshot = GroupSnapshot::empty(tenant_id, group, branch, self.revision);
         if !self.groups.contains_key(group) {
             return snapshot.seal();
@@ -290,7 +436,12 @@ impl Content {
             let source = overrides
                 .get(&(reference.kind, reference.name.clone()))
                 .unwrap_or(&reference.name);
-            let Some(stored) = self.resources.get(&(reference.kind, source.clone())) else {
+            let key = (reference.kind, source.clone());
+            let Some(stored) = self
+                .resources
+                .get(&key)
+                .or_else(|| imports.resources.get(&key))
+            else {
                 continue;
             };
             let encoded = if *source == reference.name {
@@ -358,7 +509,9 @@ pub struct SnapshotStore {
     pool: PgPool,
     keyring: Keyring,
     tenants: Arc<Mutex<HashMap<Uuid, TenantState>>>,
-    refreshing: Arc<tokio::sync::Mutex<()>>,
+    /// Held while loading or refreshing; guards the `main` contents of the tenants that share
+    /// clusters with loaded tenants.
+    refreshing: Arc<tokio::sync::Mutex<HashMap<Uuid, Content>>>,
 }
 
 impl SnapshotStore {
@@ -447,7 +600,7 @@ impl SnapshotStore {
         if loaded() {
             return Ok(());
         }
-        let _guard = self.refreshing.lock().await;
+        let mut owners = self.refreshing.lock().await;
         if loaded() {
             return Ok(());
         }
@@ -459,6 +612,16 @@ impl SnapshotStore {
                 state.branches.insert(branch, content);
             }
         }
+        let grants = grants_of(&self.pool, &[tenant_id]).await?;
+        let grants = grants.get(&tenant_id).map_or(&[][..], Vec::as_slice);
+        for grant in grants {
+            if let std::collections::hash_map::Entry::Vacant(entry) = owners.entry(grant.owner_id) {
+                let mut content = Content::default();
+                load(self.sources(), grant.owner_id, MAIN_BRANCH, &mut content).await?;
+                entry.insert(content);
+            }
+        }
+        state.imports = Imports::build(grants, &owners);
         self.tenants
             .lock()
             .expect("snapshot store lock")
@@ -469,7 +632,7 @@ impl SnapshotStore {
     /// Re-reads every loaded tenant whose `main`, or a branch one of its groups is pinned to,
     /// moved, and republishes its groups' snapshots; groups nobody follows any more are forgotten.
     pub async fn refresh(&self) -> Result<(), sqlx::Error> {
-        let _guard = self.refreshing.lock().await;
+        let mut owners = self.refreshing.lock().await;
         let ids: Vec<Uuid> = self
             .tenants
             .lock()
@@ -480,12 +643,20 @@ impl SnapshotStore {
         if ids.is_empty() {
             return Ok(());
         }
+        let grants = grants_of(&self.pool, &ids).await?;
+        let owner_ids: BTreeSet<Uuid> = grants
+            .values()
+            .flatten()
+            .map(|grant| grant.owner_id)
+            .collect();
+        let mut read_heads = ids.clone();
+        read_heads.extend(owner_ids.iter().copied());
         let mut tx = Scope::System.begin(&self.pool).await?;
         let heads: HashMap<(Uuid, String), u64> = sqlx::query!(
             r#"SELECT tenant_id, branch, max(revision) AS "revision!"
                FROM config_revisions WHERE tenant_id = ANY($1)
                GROUP BY tenant_id, branch"#,
-            &ids,
+            &read_heads,
         )
         .fetch_all(&mut *tx)
         .await?
@@ -496,6 +667,20 @@ impl SnapshotStore {
         })
         .collect();
         tx.rollback().await?;
+        // The owners' `main` first: their changes reach the grantees' proxies.
+        owners.retain(|owner_id, _| owner_ids.contains(owner_id));
+        for owner_id in &owner_ids {
+            let head = heads
+                .get(&(*owner_id, MAIN_BRANCH.to_owned()))
+                .copied()
+                .unwrap_or_default();
+            let content = owners.entry(*owner_id).or_default();
+            if content.revision != head {
+                if let Err(error) = load(self.sources(), *owner_id, MAIN_BRANCH, content).await {
+                    tracing::warn!(owner = %owner_id, %error, "reading a tenant's shared clusters failed");
+                }
+            }
+        }
         for tenant_id in ids {
             let head = |branch: &str| {
                 heads
@@ -514,14 +699,18 @@ impl SnapshotStore {
             else {
                 continue;
             };
-            match self.reload(tenant_id, &mut scratch, head).await {
-                Ok(false) => continue,
-                Ok(true) => {}
+            let moved = match self.reload(tenant_id, &mut scratch, head).await {
+                Ok(moved) => moved,
                 Err(error) => {
                     // The others are refreshed all the same; this one is retried on the next move.
                     tracing::warn!(tenant = %tenant_id, %error, "refreshing a tenant's snapshots failed");
                     continue;
                 }
+            };
+            let granted = grants.get(&tenant_id).map_or(&[][..], Vec::as_slice);
+            let imported = scratch.imports.update(granted, &owners);
+            if !moved && !imported {
+                continue;
             }
             let mut tenants = self.tenants.lock().expect("snapshot store lock");
             let Some(state) = tenants.get_mut(&tenant_id) else {
@@ -529,6 +718,7 @@ impl SnapshotStore {
             };
             state.main = scratch.main;
             state.branches = scratch.branches;
+            state.imports = scratch.imports;
             state
                 .watchers
                 .retain(|_, sender| sender.receiver_count() > 0);
@@ -573,6 +763,32 @@ impl SnapshotStore {
         }
         Ok(moved)
     }
+}
+
+/// The clusters shared with each of `tenant_ids`, in a stable order.
+async fn grants_of(
+    pool: &PgPool,
+    tenant_ids: &[Uuid],
+) -> Result<HashMap<Uuid, Vec<Grant>>, sqlx::Error> {
+    let mut tx = Scope::System.begin(pool).await?;
+    let rows = sqlx::query!(
+        r#"SELECT grantee_id, tenant_id, owner_slug, name FROM resource_grants
+           WHERE grantee_id = ANY($1) AND kind = 'cluster'
+           ORDER BY grantee_id, owner_slug, name"#,
+        tenant_ids,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.rollback().await?;
+    let mut grants: HashMap<Uuid, Vec<Grant>> = HashMap::new();
+    for row in rows {
+        grants.entry(row.grantee_id).or_default().push(Grant {
+            owner_id: row.tenant_id,
+            owner_slug: row.owner_slug,
+            name: row.name,
+        });
+    }
+    Ok(grants)
 }
 
 /// Opens the sealed material of a tenant's secret, with that tenant's data keys.

@@ -164,17 +164,16 @@ async fn checked(
     let mut errors = Vec::new();
     let grantee = match TenantSlug::parse(&body.grantee) {
         Ok(slug) if slug == tenant.slug => {
-            errors.push(FieldError::at("/grantee", "a tenant cannot share with itself"));
+            errors.push(FieldError::at(
+                "/grantee",
+                "a tenant cannot share with itself",
+            ));
             None
         }
         Ok(slug) => {
-            let exists = get_tenant(
-                &state.pool,
-                Scope::Tenant(slug.tenant_id()),
-                slug.as_str(),
-            )
-            .await?
-            .is_some();
+            let exists = get_tenant(&state.pool, Scope::Tenant(slug.tenant_id()), slug.as_str())
+                .await?
+                .is_some();
             if !exists {
                 errors.push(FieldError::at(
                     "/grantee",
@@ -248,18 +247,45 @@ pub async fn list(
     Path(tenant): Path<String>,
 ) -> Result<Json<Vec<GrantView>>, ApiError> {
     let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
+    let rows = grant_rows(&state, &tenant, Side::Given).await?;
+    Ok(Json(rows.into_iter().map(|row| row.grant).collect()))
+}
+
+/// Which grants of a tenant: those it made, or those made to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Given,
+    Received,
+}
+
+/// The grants a tenant made or received, with the current documents of the shared resources.
+/// Row-level security shows a grantee the grants it received and the granted documents of the
+/// owner's `main`, nothing else of the owner's.
+async fn grant_rows(
+    state: &AppState,
+    tenant: &TenantAccess,
+    side: Side,
+) -> Result<Vec<SharedView>, ApiError> {
     let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
     let rows = sqlx::query!(
-        r#"SELECT owner_slug, kind, name, grantee_slug, granted_at, granted_by FROM resource_grants
-           WHERE tenant_id = $1 ORDER BY kind, name, grantee_slug"#,
+        r#"SELECT g.owner_slug, g.kind, g.name, g.grantee_slug, g.granted_at, g.granted_by,
+                  r.document AS "document?", r.version AS "version?"
+           FROM resource_grants g
+           LEFT JOIN config_resources r
+             ON r.tenant_id = g.tenant_id AND r.branch = 'main' AND r.kind = g.kind
+                AND r.name = g.name
+           WHERE (g.tenant_id = $1 AND $2) OR (g.grantee_id = $1 AND NOT $2)
+           ORDER BY g.owner_slug, g.kind, g.name, g.grantee_slug"#,
         tenant.tenant_id,
+        side == Side::Given,
     )
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Json(
-        rows.into_iter()
-            .map(|row| GrantView {
+    Ok(rows
+        .into_iter()
+        .map(|row| SharedView {
+            grant: GrantView {
                 reference: shared::qualified(&row.owner_slug, &row.name),
                 owner: row.owner_slug,
                 grantee: row.grantee_slug,
@@ -267,9 +293,11 @@ pub async fn list(
                 name: row.name,
                 granted_at: row.granted_at,
                 granted_by: row.granted_by,
-            })
-            .collect(),
-    ))
+            },
+            document: row.document,
+            version: row.version,
+        })
+        .collect())
 }
 
 /// `DELETE /api/v1/tenants/{tenant}/grants/{grantee}/{kind}/{name}`: revoke a grant, unless the
@@ -290,14 +318,16 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
     admin_only(&actor)?;
-    let missing = || ApiError::NotFound(format!("`{kind}` `{name}` is not shared with `{grantee}`"));
+    let missing =
+        || ApiError::NotFound(format!("`{kind}` `{name}` is not shared with `{grantee}`"));
     let grantee_slug = TenantSlug::parse(&grantee).map_err(|_| missing())?;
     let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
-    // Locked, so that two revocations do not race; the grantee's commits are checked against
-    // the grants when they are decided.
+    // Deleted first and kept only if nothing refers to the resource: the row stays locked
+    // meanwhile, so two revocations do not race.
     let found = sqlx::query_scalar!(
-        r#"SELECT 1 AS "found!" FROM resource_grants
-           WHERE tenant_id = $1 AND grantee_id = $2 AND kind = $3 AND name = $4 FOR UPDATE"#,
+        r#"DELETE FROM resource_grants
+           WHERE tenant_id = $1 AND grantee_id = $2 AND kind = $3 AND name = $4
+           RETURNING 1 AS "found!""#,
         tenant.tenant_id,
         grantee_slug.tenant_id(),
         kind,
@@ -311,6 +341,7 @@ pub async fn delete(
     let reference = format!("{kind}:{}", shared::qualified(tenant.slug.as_str(), &name));
     let dependents = dependents(&state, &grantee_slug, &reference).await?;
     if !dependents.is_empty() {
+        tx.rollback().await?;
         let listed = dependents
             .iter()
             .map(|d| format!("{} `{}` on branch `{}`", d.kind, d.name, d.branch))
@@ -321,16 +352,6 @@ pub async fn delete(
             shared::qualified(tenant.slug.as_str(), &name)
         )));
     }
-    sqlx::query!(
-        r#"DELETE FROM resource_grants
-           WHERE tenant_id = $1 AND grantee_id = $2 AND kind = $3 AND name = $4"#,
-        tenant.tenant_id,
-        grantee_slug.tenant_id(),
-        kind,
-        name,
-    )
-    .execute(&mut *tx)
-    .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -368,40 +389,7 @@ pub async fn received(
     Path(tenant): Path<String>,
 ) -> Result<Json<Vec<SharedView>>, ApiError> {
     let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
-    let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
-    // Row-level security shows this tenant the grants it received and the granted documents of
-    // `main`, nothing else of the owners'.
-    let rows = sqlx::query!(
-        r#"SELECT g.owner_slug, g.kind, g.name, g.grantee_slug, g.granted_at, g.granted_by,
-                  r.document AS "document?", r.version AS "version?"
-           FROM resource_grants g
-           LEFT JOIN config_resources r
-             ON r.tenant_id = g.tenant_id AND r.branch = 'main' AND r.kind = g.kind
-                AND r.name = g.name
-           WHERE g.grantee_id = $1
-           ORDER BY g.owner_slug, g.kind, g.name"#,
-        tenant.tenant_id,
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(Json(
-        rows.into_iter()
-            .map(|row| SharedView {
-                grant: GrantView {
-                    reference: shared::qualified(&row.owner_slug, &row.name),
-                    owner: row.owner_slug,
-                    grantee: row.grantee_slug,
-                    kind: row.kind,
-                    name: row.name,
-                    granted_at: row.granted_at,
-                    granted_by: row.granted_by,
-                },
-                document: row.document,
-                version: row.version,
-            })
-            .collect(),
-    ))
+    Ok(Json(grant_rows(&state, &tenant, Side::Received).await?))
 }
 
 /// What other tenants share with `tenant`, for its commits to refer to: every granted resource

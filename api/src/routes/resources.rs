@@ -734,13 +734,7 @@ pub fn config_error(error: ConfigError) -> ApiError {
             dangling
                 .into_iter()
                 .map(|(from, to)| {
-                    FieldError::at(
-                        "",
-                        format!(
-                            "{} `{}` refers to missing {} `{}`",
-                            from.kind, from.name, to.kind, to.name
-                        ),
-                    )
+                    FieldError::at("", efms_domain::config::dangling_message(&from, &to))
                 })
                 .collect(),
         ),

@@ -387,18 +387,23 @@ fn describe_refs(refs: &[ResourceRef]) -> String {
 fn describe_dangling(dangling: &[(ResourceRef, ResourceRef)]) -> String {
     dangling
         .iter()
-        .map(|(from, to)| match shared::split_qualified(&to.name) {
-            Some((owner, _)) => format!(
-                "{} `{}` refers to {} `{}`, which tenant `{owner}` does not share with this tenant",
-                from.kind, from.name, to.kind, to.name
-            ),
-            None => format!(
-                "{} `{}` refers to missing {} `{}`",
-                from.kind, from.name, to.kind, to.name
-            ),
-        })
+        .map(|(from, to)| dangling_message(from, to))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// What is wrong with the reference from `from` to `to`, which does not resolve.
+pub fn dangling_message(from: &ResourceRef, to: &ResourceRef) -> String {
+    match shared::split_qualified(&to.name) {
+        Some((owner, _)) => format!(
+            "{} `{}` refers to {} `{}`, which tenant `{owner}` does not share with this tenant",
+            from.kind, from.name, to.kind, to.name
+        ),
+        None => format!(
+            "{} `{}` refers to missing {} `{}`",
+            from.kind, from.name, to.kind, to.name
+        ),
+    }
 }
 
 /// What the repository knows of one resource.
@@ -494,7 +499,8 @@ impl ConfigRepo {
             revision: base.revision,
             ..ConfigRepo::default()
         };
-        let mut events = start.decide(shared, message.clone(), Operation::Branch, None, resources)?;
+        let mut events =
+            start.decide(shared, message.clone(), Operation::Branch, None, resources)?;
         let revision = base.revision + 1;
         if events.is_empty() {
             events.push(ConfigEvent::Committed {
@@ -553,7 +559,8 @@ impl ConfigRepo {
                     derivation,
                     ..
                 } => {
-                    let (document, refs) = self.render(shared, kind, &name, &derivation, &overlay)?;
+                    let (document, refs) =
+                        self.render(shared, kind, &name, &derivation, &overlay)?;
                     (kind, name, document, refs, Some(derivation))
                 }
                 Change::Delete { kind, name, .. } => {
