@@ -70,11 +70,15 @@ async fn configured(pool: PgPool) -> TestApp {
 }
 
 fn node() -> Node {
+    node_named("probe-1")
+}
+
+fn node_named(id: &str) -> Node {
     let text = |value: &str| ProtoValue {
         kind: Some(Kind::StringValue(value.to_owned())),
     };
     Node {
-        id: "probe-1".to_owned(),
+        id: id.to_owned(),
         metadata: Some(Struct {
             fields: [("group".to_owned(), text("g"))].into(),
         }),
@@ -93,12 +97,17 @@ fn authorized<T>(app: &TestApp, message: T) -> tonic::Request<T> {
 
 /// A SotW ADS stream driven by hand.
 struct Sotw {
+    node_id: &'static str,
     requests: mpsc::Sender<DiscoveryRequest>,
     responses: tonic::Streaming<DiscoveryResponse>,
 }
 
 impl Sotw {
     async fn open(app: &TestApp) -> Self {
+        Self::open_as(app, "probe-1").await
+    }
+
+    async fn open_as(app: &TestApp, node_id: &'static str) -> Self {
         let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", app.grpc))
             .await
             .unwrap();
@@ -109,6 +118,7 @@ impl Sotw {
             .unwrap()
             .into_inner();
         Self {
+            node_id,
             requests,
             responses,
         }
@@ -117,7 +127,7 @@ impl Sotw {
     async fn send(&self, type_url: &str, names: &[&str], answering: Option<&DiscoveryResponse>) {
         self.requests
             .send(DiscoveryRequest {
-                node: Some(node()),
+                node: Some(node_named(self.node_id)),
                 type_url: type_url.to_owned(),
                 resource_names: names.iter().map(|n| (*n).to_owned()).collect(),
                 version_info: answering
@@ -710,4 +720,71 @@ async fn a_commit_larger_than_a_projector_batch_reaches_proxies_whole(pool: PgPo
             }
         }
     }
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_proxy_over_the_proxies_quota_is_refused_its_stream_and_bootstrap(pool: PgPool) {
+    let app = configured(pool).await;
+    let set = app
+        .put(&format!("{BASE}/quotas"), &json!({ "proxies": 1 }), &[])
+        .await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    let mut first = Sotw::open_as(&app, "probe-1").await;
+    first.send(CDS, &[], None).await;
+    first.next().await;
+    efms_tests::fleet::eventually(WAIT, "the first proxy to be recorded", || async {
+        (connected(&app).await["connected"] == true).then_some(())
+    })
+    .await;
+
+    let mut second = Sotw::open_as(&app, "probe-2").await;
+    second.send(CDS, &[], None).await;
+    let refused = tokio::time::timeout(WAIT, second.responses.message())
+        .await
+        .expect("an answer in time")
+        .expect_err("the stream is refused");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("quota `proxies` (1)"),
+        "{refused:?}"
+    );
+    let bootstrap = |node: &str| {
+        let path = format!("{BASE}/groups/g/bootstrap?node_id={node}");
+        let app = &app;
+        async move { app.get(&path).await }
+    };
+    let over = bootstrap("probe-2").await;
+    assert_eq!(over.status, 403, "{}", over.body);
+    assert!(
+        over.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("quota `proxies`"),
+        "{}",
+        over.body
+    );
+    assert_eq!(
+        bootstrap("probe-1").await.status,
+        200,
+        "a connected proxy may come back"
+    );
+    let quotas = app.get(&format!("{BASE}/quotas")).await.body;
+    assert_eq!(quotas["limits"]["proxies"], 1, "{quotas}");
+    assert_eq!(quotas["usage"]["proxies_connected"], 1, "{quotas}");
+    // The first one reconnects (it is counted already); once it leaves, the second gets in.
+    let mut again = Sotw::open_as(&app, "probe-1").await;
+    again.send(CDS, &[], None).await;
+    again.next().await;
+    drop((first, again));
+    efms_tests::fleet::eventually(WAIT, "the first proxy to be disconnected", || async {
+        (connected(&app).await["connected"] == false).then_some(())
+    })
+    .await;
+    let mut third = Sotw::open_as(&app, "probe-2").await;
+    third.send(CDS, &[], None).await;
+    third.next().await;
 }

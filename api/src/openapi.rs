@@ -76,7 +76,7 @@ impl Modify for BearerAuth {
         bulk::bulk, jobs::get,
         branches::create, branches::list, branches::get, branches::delete, branches::diff, branches::merge,
     ),
-    components(schemas(Problem, ProblemField)),
+    components(schemas(Problem, ProblemField, proxies::XdsProtocol)),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     tags(

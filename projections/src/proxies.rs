@@ -264,6 +264,35 @@ pub async fn transitions(
     Ok(rows)
 }
 
+/// The tenant's `proxies` quota and how many other proxies are connected, when another proxy than
+/// `node_id` (already connected ones are let back in) would go over it; `None` when within it.
+///
+/// Connections are counted from the status table, which the xDS servers write in batches: proxies
+/// connecting in the same instant can overshoot the limit by what the table does not show yet.
+pub async fn over_proxy_quota(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    node_id: &str,
+) -> Result<Option<(i64, i64)>, sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
+    let row = sqlx::query!(
+        r#"SELECT q.proxies AS "limit!",
+                  (SELECT count(*) FROM proxies p
+                   WHERE p.tenant_id = $1 AND p.streams > 0 AND p.node_id <> $2) AS "others!",
+                  EXISTS (SELECT 1 FROM proxies p
+                          WHERE p.tenant_id = $1 AND p.node_id = $2 AND p.streams > 0) AS "connected!"
+           FROM tenant_quotas q WHERE q.tenant_id = $1 AND q.proxies IS NOT NULL"#,
+        tenant_id,
+        node_id,
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(row
+        .filter(|row| !row.connected && row.others >= i64::from(row.limit))
+        .map(|row| (i64::from(row.limit), row.others)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -113,6 +113,15 @@ impl XdsServer {
         let info = NodeInfo::from_node(node)?;
         let (slug, tenant_id) = info.tenant(actor)?;
         self.check_tenant(tenant_id, slug.as_str()).await?;
+        let over =
+            efms_projections::proxies::over_proxy_quota(&self.inner.pool, tenant_id, &info.node_id)
+                .await
+                .map_err(unavailable)?;
+        if let Some((limit, connected)) = over {
+            return Err(Status::resource_exhausted(format!(
+                "quota `proxies` ({limit}) of tenant `{slug}` is reached: {connected} proxies are connected"
+            )));
+        }
         let group = match info.metadata.get(GROUP_KEY) {
             Some(group) => group.clone(),
             None => self

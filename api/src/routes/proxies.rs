@@ -430,6 +430,14 @@ pub async fn bootstrap(
     )
     .await?
     .ok_or_else(|| ApiError::NotFound(format!("there is no group `{group}`")))?;
+    let over =
+        efms_projections::proxies::over_proxy_quota(&state.pool, tenant.tenant_id, &params.node_id)
+            .await?;
+    if let Some((limit, connected)) = over {
+        return Err(ApiError::Forbidden(format!(
+            "quota `proxies` ({limit}) is reached: {connected} proxies are connected"
+        )));
+    }
     let token = state
         .jwt
         .issue(

@@ -1,7 +1,8 @@
-//! Per-tenant quotas (FR-MT-004): resources per kind (on each branch) and configuration writes
-//! per minute, set by the system role, readable with usage by the tenant. A write over a quota is
-//! refused before anything is committed: 403 naming the count quota, or 429 with `Retry-After`
-//! for the rate.
+//! Per-tenant quotas (FR-MT-004): resources per kind (on each branch), configuration writes per
+//! minute and connected proxies, set by the system role, readable with usage by the tenant. A
+//! write over a quota is refused before anything is committed: 403 naming the count quota, or 429
+//! with `Retry-After` for the rate. A proxy over the proxies quota gets 403 for its bootstrap and
+//! `RESOURCE_EXHAUSTED` for its xDS stream.
 //!
 //! Counts are read before the commit, so two writers racing past the last free slot can both
 //! land; the next write is then refused until the count is back under the limit.
@@ -33,6 +34,9 @@ pub struct Limits {
     /// The most configuration commits in any minute.
     #[serde(default)]
     pub writes_per_minute: Option<u32>,
+    /// The most proxies connected at once.
+    #[serde(default)]
+    pub proxies: Option<u32>,
 }
 
 /// What a tenant uses.
@@ -42,6 +46,8 @@ pub struct Usage {
     resources: BTreeMap<String, i64>,
     /// Configuration commits in the last minute, all branches.
     writes_last_minute: i64,
+    /// Proxies connected now.
+    proxies_connected: i64,
 }
 
 /// A tenant's quotas and usage.
@@ -91,11 +97,13 @@ pub async fn put(
     }
     let mut tx = Scope::System.begin(&state.pool).await?;
     sqlx::query!(
-        r#"INSERT INTO tenant_quotas (tenant_id, resources_per_kind, writes_per_minute, updated_by)
-           VALUES ($1, $2, $3, $4)
+        r#"INSERT INTO tenant_quotas (tenant_id, resources_per_kind, writes_per_minute, proxies,
+                                      updated_by)
+           VALUES ($1, $2, $3, $4, $5)
            ON CONFLICT (tenant_id) DO UPDATE
            SET resources_per_kind = EXCLUDED.resources_per_kind,
                writes_per_minute = EXCLUDED.writes_per_minute,
+               proxies = EXCLUDED.proxies,
                updated_at = now(), updated_by = EXCLUDED.updated_by"#,
         tenant.tenant_id,
         limits
@@ -104,6 +112,10 @@ pub async fn put(
             .and_then(|n| i32::try_from(n).ok()),
         limits
             .writes_per_minute
+            .map(i64::from)
+            .and_then(|n| i32::try_from(n).ok()),
+        limits
+            .proxies
             .map(i64::from)
             .and_then(|n| i32::try_from(n).ok()),
         actor.audit_name(),
@@ -117,7 +129,7 @@ pub async fn put(
 async fn view(state: &AppState, tenant_id: Uuid) -> Result<QuotaView, ApiError> {
     let mut tx = Scope::Tenant(tenant_id).begin(&state.pool).await?;
     let row = sqlx::query!(
-        r#"SELECT resources_per_kind, writes_per_minute, updated_at, updated_by
+        r#"SELECT resources_per_kind, writes_per_minute, proxies, updated_at, updated_by
            FROM tenant_quotas WHERE tenant_id = $1"#,
         tenant_id,
     )
@@ -134,16 +146,24 @@ async fn view(state: &AppState, tenant_id: Uuid) -> Result<QuotaView, ApiError> 
     .map(|row| (row.kind, row.count))
     .collect();
     let writes_last_minute = recent_writes(&mut tx, tenant_id).await?;
+    let proxies_connected = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM proxies WHERE tenant_id = $1 AND streams > 0"#,
+        tenant_id,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     tx.commit().await?;
     let to_u32 = |n: Option<i32>| n.and_then(|n| u32::try_from(n).ok());
     Ok(QuotaView {
         limits: Limits {
             resources_per_kind: to_u32(row.as_ref().and_then(|r| r.resources_per_kind)),
             writes_per_minute: to_u32(row.as_ref().and_then(|r| r.writes_per_minute)),
+            proxies: to_u32(row.as_ref().and_then(|r| r.proxies)),
         },
         usage: Usage {
             resources,
             writes_last_minute,
+            proxies_connected,
         },
         updated_at: row.as_ref().map(|r| r.updated_at),
         updated_by: row.map(|r| r.updated_by),
