@@ -49,6 +49,7 @@ fn request(path: &str, method: &str) -> (String, Option<(&'static str, Value)>) 
         ("post", p) if p.ends_with("/users") => Some(
             json!({ "username": "walker", "role": "viewer", "password": "long-enough-password" }),
         ),
+        ("patch", p) if p.ends_with("/users/{id}") => Some(json!({ "role": "viewer" })),
         ("post" | "put", _) => Some(cluster),
         ("patch", _) => {
             return (

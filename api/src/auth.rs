@@ -34,6 +34,10 @@ pub struct Claims {
     /// tokens are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<uuid::Uuid>,
+    /// The generation of the user's role and password the token was issued in; a change of
+    /// either refuses the tokens of earlier generations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i32>,
     /// Issuer (`efms`).
     pub iss: String,
     /// Audience (`efms`).
@@ -44,6 +48,15 @@ pub struct Claims {
     pub nbf: i64,
     /// Expires at.
     pub exp: i64,
+}
+
+/// The user a token was issued to, and the generation of its role and password then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenUser {
+    /// The user or service account.
+    pub uid: uuid::Uuid,
+    /// Its generation when the token was issued.
+    pub generation: i32,
 }
 
 /// Signs and verifies tokens with the installation's secret, and verifies the tokens of an
@@ -214,7 +227,7 @@ impl JwtKeys {
         subject: &str,
         role: Role,
         tenant: Option<&TenantSlug>,
-        uid: Option<uuid::Uuid>,
+        user: Option<TokenUser>,
         ttl: Duration,
     ) -> Result<String, String> {
         check_role_tenant(role, tenant.map(TenantSlug::as_str))?;
@@ -224,7 +237,8 @@ impl JwtKeys {
             sub: subject.to_owned(),
             role,
             tenant: tenant.map(ToString::to_string),
-            uid,
+            uid: user.map(|user| user.uid),
+            generation: user.map(|user| user.generation),
             iss: ISSUER.to_owned(),
             aud: ISSUER.to_owned(),
             iat: now,
@@ -240,20 +254,20 @@ impl JwtKeys {
         self.verify_user(token).map(|(actor, _)| actor)
     }
 
-    /// Issues a token for the user `uid` of `tenant`, with `role`, valid for `ttl`.
+    /// Issues a token for `user` of `tenant`, with `role`, valid for `ttl`.
     pub fn issue_for_user(
         &self,
         subject: &str,
         role: Role,
         tenant: &TenantSlug,
-        uid: uuid::Uuid,
+        user: TokenUser,
         ttl: Duration,
     ) -> Result<String, String> {
-        self.sign(subject, role, Some(tenant), Some(uid), ttl)
+        self.sign(subject, role, Some(tenant), Some(user), ttl)
     }
 
     /// Verifies a token: the caller, and the user it was issued to, if any.
-    pub fn verify_user(&self, token: &str) -> Result<(Actor, Option<uuid::Uuid>), ApiError> {
+    pub fn verify_user(&self, token: &str) -> Result<(Actor, Option<TokenUser>), ApiError> {
         let header = jsonwebtoken::decode_header(token).map_err(|error| {
             ApiError::Unauthorized(format!("the bearer token is not valid: {error}"))
         })?;
@@ -267,7 +281,10 @@ impl JwtKeys {
                 ApiError::Unauthorized(format!("the bearer token is not valid: {error}"))
             })?;
         let claims = data.claims;
-        let uid = claims.uid;
+        let user = claims.uid.map(|uid| TokenUser {
+            uid,
+            generation: claims.generation.unwrap_or_default(),
+        });
         check_role_tenant(claims.role, claims.tenant.as_deref()).map_err(ApiError::Unauthorized)?;
         let tenant = claims
             .tenant
@@ -285,7 +302,7 @@ impl JwtKeys {
                 role: claims.role,
                 tenant,
             },
-            uid,
+            user,
         ))
     }
 }
@@ -323,12 +340,21 @@ pub async fn require_bearer(
         .ok_or_else(|| {
             ApiError::Unauthorized("the Authorization header must read `Bearer <token>`".to_owned())
         })?;
-    let (actor, uid) = keys.verify_user(token)?;
-    if let (Some(uid), Some(tenant)) = (uid, &actor.tenant) {
-        if !crate::routes::users::is_live(&state, tenant.tenant_id(), uid).await? {
-            return Err(ApiError::Unauthorized(
-                "the bearer token's user or service account was deleted".to_owned(),
-            ));
+    let (actor, user) = keys.verify_user(token)?;
+    if let (Some(user), Some(tenant)) = (user, &actor.tenant) {
+        match crate::routes::users::generation(&state, tenant.tenant_id(), user.uid).await? {
+            None => {
+                return Err(ApiError::Unauthorized(
+                    "the bearer token's user or service account was deleted".to_owned(),
+                ))
+            }
+            Some(current) if current != user.generation => {
+                return Err(ApiError::Unauthorized(
+                    "the user's role or password changed after this token was issued; log in again"
+                        .to_owned(),
+                ))
+            }
+            Some(_) => {}
         }
     }
     if actor.role == Role::Proxy {

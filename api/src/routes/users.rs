@@ -2,7 +2,8 @@
 //!
 //! People log in with `POST /api/v1/auth/token` (argon2id hashes; five failures per user and
 //! minute, then 429) and get a one-hour token; service accounts get a long-lived token when they
-//! are created. Every such token names its user, and is refused once the user is deleted.
+//! are created. Every such token names its user and the generation of its role and password, and
+//! is refused once the user is deleted or either changed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,7 +24,7 @@ use uuid::Uuid;
 
 use crate::access::{tenant_access, Access};
 use crate::app::AppState;
-use crate::auth::Principal;
+use crate::auth::{Principal, TokenUser};
 use crate::error::{ApiError, FieldError};
 use crate::extract::ApiJson;
 
@@ -62,19 +63,24 @@ impl LoginFailures {
     }
 }
 
-/// Whether the user `uid` of the tenant exists and is not deleted.
-pub async fn is_live(state: &AppState, tenant_id: Uuid, uid: Uuid) -> Result<bool, ApiError> {
+/// The current generation of the user `uid` of the tenant (see [`TokenUser`]); `None` when it
+/// does not exist or was deleted.
+pub async fn generation(
+    state: &AppState,
+    tenant_id: Uuid,
+    uid: Uuid,
+) -> Result<Option<i32>, ApiError> {
     let mut tx = Scope::Tenant(tenant_id).begin(&state.pool).await?;
-    let live = sqlx::query_scalar!(
-        r#"SELECT EXISTS (SELECT 1 FROM users WHERE tenant_id = $1 AND user_id = $2
-                          AND deleted_at IS NULL) AS "live!""#,
+    let generation = sqlx::query_scalar!(
+        r#"SELECT generation FROM users WHERE tenant_id = $1 AND user_id = $2
+           AND deleted_at IS NULL"#,
         tenant_id,
         uid,
     )
-    .fetch_one(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(live)
+    Ok(generation)
 }
 
 /// Body of a user creation.
@@ -167,9 +173,16 @@ pub async fn create(
     let token = body
         .service
         .then(|| {
-            state
-                .jwt
-                .issue_for_user(&body.username, role, &tenant.slug, user_id, SERVICE_TTL)
+            state.jwt.issue_for_user(
+                &body.username,
+                role,
+                &tenant.slug,
+                TokenUser {
+                    uid: user_id,
+                    generation: 0,
+                },
+                SERVICE_TTL,
+            )
         })
         .transpose()
         .map_err(ApiError::internal)?;
@@ -202,17 +215,7 @@ fn checked(body: &NewUser) -> Result<(Role, Option<String>), ApiError> {
             "1 to 100 of a-z, 0-9, `.`, `_`, `@`, `-`, starting with a letter or digit",
         ));
     }
-    let role = if let Ok(role @ (Role::Admin | Role::Operator | Role::Viewer | Role::Auditor)) =
-        body.role.parse::<Role>()
-    {
-        Some(role)
-    } else {
-        errors.push(FieldError::at(
-            "/role",
-            "`admin`, `operator`, `viewer` or `auditor`",
-        ));
-        None
-    };
+    let role = user_role(&body.role, &mut errors);
     let hash = match (&body.password, body.service) {
         (Some(_), true) => {
             errors.push(FieldError::at(
@@ -225,25 +228,146 @@ fn checked(body: &NewUser) -> Result<(Role, Option<String>), ApiError> {
             errors.push(FieldError::at("/password", "a person needs a password"));
             None
         }
-        (Some(password), false) if password.chars().count() < MIN_PASSWORD => {
-            errors.push(FieldError::at(
-                "/password",
-                format!("at least {MIN_PASSWORD} characters"),
-            ));
-            None
-        }
-        (Some(password), false) => Some(
-            Argon2::default()
-                .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
-                .map_err(ApiError::internal)?
-                .to_string(),
-        ),
+        (Some(password), false) => password_hash(password, &mut errors)?,
         (None, true) => None,
     };
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
     Ok((role.expect("checked"), hash))
+}
+
+/// A role a user may have, or a fault at `/role`.
+fn user_role(role: &str, errors: &mut Vec<FieldError>) -> Option<Role> {
+    if let Ok(role @ (Role::Admin | Role::Operator | Role::Viewer | Role::Auditor)) =
+        role.parse::<Role>()
+    {
+        Some(role)
+    } else {
+        errors.push(FieldError::at(
+            "/role",
+            "`admin`, `operator`, `viewer` or `auditor`",
+        ));
+        None
+    }
+}
+
+/// The argon2id hash of an acceptable password, or a fault at `/password`.
+fn password_hash(password: &str, errors: &mut Vec<FieldError>) -> Result<Option<String>, ApiError> {
+    if password.chars().count() < MIN_PASSWORD {
+        errors.push(FieldError::at(
+            "/password",
+            format!("at least {MIN_PASSWORD} characters"),
+        ));
+        return Ok(None);
+    }
+    Ok(Some(
+        Argon2::default()
+            .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
+            .map_err(ApiError::internal)?
+            .to_string(),
+    ))
+}
+
+/// Body of a change to a user: a new role, a new password (people only), or both.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserChange {
+    /// `admin`, `operator`, `viewer` or `auditor`.
+    #[serde(default)]
+    role: Option<String>,
+    /// A person's new password (at least 12 characters).
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// `PATCH /api/v1/tenants/{tenant}/users/{id}`: a new role or password. Every token issued to the
+/// user before is refused from then on; a service account gets its new token in the answer.
+#[utoipa::path(patch, path = "/api/v1/tenants/{tenant}/users/{id}", tag = "users",
+    params(("tenant" = String, Path, description = "Tenant slug"), ("id" = String, Path, description = "The user's id")),
+    request_body = UserChange,
+    responses((status = 200, description = "Changed (a service account with its new token)", body = UserView),
+        (status = 403, description = "Only admins manage users", body = crate::openapi::Problem),
+        (status = 404, description = "No such user", body = crate::openapi::Problem),
+        (status = 422, description = "Nothing to change, a bad role or password, or a password for a service account", body = crate::openapi::Problem)))]
+pub async fn change(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path((tenant, id)): Path<(String, String)>,
+    ApiJson(body): ApiJson<UserChange>,
+) -> Result<Json<UserView>, ApiError> {
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
+    admin_only(&actor)?;
+    let missing = || ApiError::NotFound(format!("there is no user `{id}`"));
+    let user_id = Uuid::parse_str(&id).map_err(|_| missing())?;
+    let mut errors = Vec::new();
+    if body.role.is_none() && body.password.is_none() {
+        errors.push(FieldError::at("", "name a new `role`, `password`, or both"));
+    }
+    let role = body
+        .role
+        .as_deref()
+        .and_then(|role| user_role(role, &mut errors));
+    let hash = match body.password.as_deref() {
+        Some(password) => password_hash(password, &mut errors)?,
+        None => None,
+    };
+    let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
+    let kind = sqlx::query_scalar!(
+        r#"SELECT kind FROM users WHERE tenant_id = $1 AND user_id = $2 AND deleted_at IS NULL
+           FOR UPDATE"#,
+        tenant.tenant_id,
+        user_id,
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(missing)?;
+    if kind == "service" && body.password.is_some() {
+        errors.push(FieldError::at(
+            "/password",
+            "a service account has no password; it gets a token",
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let row = sqlx::query!(
+        r#"UPDATE users SET role = coalesce($3, role), password_hash = coalesce($4, password_hash),
+                            generation = generation + 1
+           WHERE tenant_id = $1 AND user_id = $2
+           RETURNING username, role, kind, created_at, created_by, generation"#,
+        tenant.tenant_id,
+        user_id,
+        role.map(|role| role.to_string()),
+        hash,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let token = if row.kind == "service" {
+        let role: Role = row.role.parse().map_err(ApiError::internal)?;
+        let user = TokenUser {
+            uid: user_id,
+            generation: row.generation,
+        };
+        Some(
+            state
+                .jwt
+                .issue_for_user(&row.username, role, &tenant.slug, user, SERVICE_TTL)
+                .map_err(ApiError::internal)?,
+        )
+    } else {
+        None
+    };
+    Ok(Json(UserView {
+        id: user_id,
+        username: row.username,
+        role: row.role,
+        kind: row.kind,
+        created_at: row.created_at,
+        created_by: row.created_by,
+        token,
+    }))
 }
 
 /// `GET /api/v1/tenants/{tenant}/users`: the live users, by name.
@@ -364,7 +488,7 @@ pub async fn login(
     }
     let mut tx = Scope::Tenant(slug.tenant_id()).begin(&state.pool).await?;
     let user = sqlx::query!(
-        r#"SELECT user_id, role, password_hash FROM users
+        r#"SELECT user_id, role, password_hash, generation FROM users
            WHERE tenant_id = $1 AND username = $2 AND deleted_at IS NULL AND kind = 'person'"#,
         slug.tenant_id(),
         body.username,
@@ -389,7 +513,16 @@ pub async fn login(
     let role: Role = user.role.parse().map_err(ApiError::internal)?;
     let access_token = state
         .jwt
-        .issue_for_user(&body.username, role, &slug, user.user_id, LOGIN_TTL)
+        .issue_for_user(
+            &body.username,
+            role,
+            &slug,
+            TokenUser {
+                uid: user.user_id,
+                generation: user.generation,
+            },
+            LOGIN_TTL,
+        )
         .map_err(ApiError::internal)?;
     Ok(Json(LoginToken {
         access_token,
