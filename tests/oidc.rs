@@ -125,3 +125,94 @@ fn a_jwk_set_without_usable_public_keys_is_refused() {
     let hmac = r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0", "alg": "HS256"}]}"#;
     assert!(ExternalIssuer::from_jwks(hmac, "i", "a").is_err());
 }
+
+/// A JWK set served over HTTP on 127.0.0.1, whose content the test changes; counts its fetches.
+struct JwksServer {
+    url: String,
+    jwks: Arc<std::sync::Mutex<String>>,
+    fetches: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl JwksServer {
+    async fn start(jwks: String) -> Self {
+        let jwks = Arc::new(std::sync::Mutex::new(jwks));
+        let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let router = axum::Router::new().route(
+            "/.well-known/jwks.json",
+            axum::routing::get({
+                let jwks = jwks.clone();
+                let fetches = fetches.clone();
+                move || {
+                    fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let body = jwks.lock().unwrap().clone();
+                    async move { ([("content-type", "application/json")], body) }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "http://{}/.well-known/jwks.json",
+            listener.local_addr().unwrap()
+        );
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Self { url, jwks, fetches }
+    }
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_jwk_set_from_a_url_is_fetched_and_a_rotated_key_is_accepted_once_published(
+    pool: PgPool,
+) {
+    let (old_key, old_jwk) = ec_key("k1");
+    let (new_key, new_jwk) = ec_key("k2");
+    let server = JwksServer::start(json!({ "keys": [old_jwk.clone()] }).to_string()).await;
+    let interval = std::time::Duration::from_secs(2);
+    let issuer = ExternalIssuer::from_url(&server.url, "https://idp.example", "efms-api")
+        .unwrap()
+        .with_min_refetch_interval(interval);
+    let app = TestApp::spawn_with_issuer(pool, Arc::new(issuer)).await;
+    app.create_tenant("acme", "Acme").await;
+    let status = |token: String| {
+        let app = &app;
+        async move {
+            app.client
+                .get(app.url("/api/v1/tenants/acme/clusters"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let fetches = || server.fetches.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(status(token(&old_key, "k1", &json!({}))).await, 200);
+    assert!(fetches() >= 1);
+
+    // The provider publishes a new key beside the old one: a token naming it makes efms fetch
+    // the set again, and it is accepted at once.
+    *server.jwks.lock().unwrap() = json!({ "keys": [old_jwk, new_jwk.clone()] }).to_string();
+    tokio::time::sleep(interval).await;
+    let before = fetches();
+    assert_eq!(status(token(&new_key, "k2", &json!({}))).await, 200);
+    assert_eq!(fetches(), before + 1);
+    // Unknown keys do not make it fetch on every request.
+    let unknown = token(&ec_key("k3").0, "k3", &json!({}));
+    assert_eq!(status(unknown.clone()).await, 401);
+    assert_eq!(status(unknown.clone()).await, 401);
+    assert_eq!(fetches(), before + 1, "no fetch within the interval");
+
+    // The provider retires the old key: once fetched again, its tokens are refused.
+    *server.jwks.lock().unwrap() = json!({ "keys": [new_jwk] }).to_string();
+    tokio::time::sleep(interval).await;
+    assert_eq!(status(unknown).await, 401);
+    assert_eq!(status(token(&old_key, "k1", &json!({}))).await, 401);
+    assert_eq!(status(token(&new_key, "k2", &json!({}))).await, 200);
+}
+
+#[test]
+fn a_jwk_set_url_must_be_http_or_https() {
+    assert!(ExternalIssuer::from_url("file:///etc/jwks.json", "i", "a").is_err());
+    assert!(ExternalIssuer::from_url("not a url", "i", "a").is_err());
+    assert!(ExternalIssuer::from_url("https://idp.example/jwks", "i", "a").is_ok());
+}

@@ -69,11 +69,25 @@ pub struct JwtKeys {
     external: Option<std::sync::Arc<ExternalIssuer>>,
 }
 
-/// An external identity provider: its public keys (a JWK set), issuer and audience. Its tokens
-/// (RS256, RS384, RS512, ES256, ES384 or PS256…) carry `sub`, `role` (`admin`, `operator`,
-/// `viewer` or `auditor`) and `tenant`.
+/// One public key of an identity provider: its `kid`, algorithm and key.
+type PublicKey = (Option<String>, Algorithm, DecodingKey);
+
+/// How often a JWK set fetched from a URL is fetched again.
+const JWKS_REFRESH: Duration = Duration::from_secs(300);
+/// The least time between two fetches caused by tokens naming an unknown key.
+const JWKS_MIN_INTERVAL: Duration = Duration::from_secs(30);
+
+/// An external identity provider: its public keys (a JWK set, from a file or fetched from a URL
+/// and kept fresh), issuer and audience. Its tokens (RS256, RS384, RS512, ES256, ES384 or
+/// PS256…) carry `sub`, `role` (`admin`, `operator`, `viewer` or `auditor`) and `tenant`.
 pub struct ExternalIssuer {
-    keys: Vec<(Option<String>, Algorithm, DecodingKey)>,
+    keys: std::sync::RwLock<Vec<PublicKey>>,
+    /// Where the JWK set is fetched from, for a provider given by URL.
+    source: Option<(reqwest::Client, String)>,
+    /// When the JWK set was last fetched (or tried).
+    fetched: tokio::sync::Mutex<Option<std::time::Instant>>,
+    /// The least time between two fetches caused by tokens naming an unknown key.
+    min_interval: Duration,
     issuer: String,
     audience: String,
 }
@@ -83,42 +97,170 @@ impl std::fmt::Debug for ExternalIssuer {
         f.debug_struct("ExternalIssuer")
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
-            .field("keys", &self.keys.len())
-            .finish()
+            .field("source", &self.source.as_ref().map(|(_, url)| url))
+            .field("keys", &self.keys.read().map_or(0, |keys| keys.len()))
+            .finish_non_exhaustive()
     }
+}
+
+/// The usable public keys of a JWK set (JSON), or what is wrong with it.
+fn public_keys(jwks: &str) -> Result<Vec<PublicKey>, String> {
+    let set: jsonwebtoken::jwk::JwkSet =
+        serde_json::from_str(jwks).map_err(|error| format!("not a JWK set: {error}"))?;
+    let mut keys = Vec::new();
+    for (index, jwk) in set.keys.iter().enumerate() {
+        let key = DecodingKey::from_jwk(jwk)
+            .map_err(|error| format!("key {index} is not usable: {error}"))?;
+        let algorithm = jwk
+            .common
+            .key_algorithm
+            .and_then(|alg| alg.to_string().parse::<Algorithm>().ok())
+            .ok_or_else(|| format!("key {index} names no signing algorithm (`alg`)"))?;
+        if algorithm.family() == jsonwebtoken::AlgorithmFamily::Hmac {
+            return Err(format!(
+                "key {index} is a shared secret; only public keys are accepted"
+            ));
+        }
+        keys.push((jwk.common.key_id.clone(), algorithm, key));
+    }
+    if keys.is_empty() {
+        return Err("the JWK set holds no key".to_owned());
+    }
+    Ok(keys)
 }
 
 impl ExternalIssuer {
     /// Reads a JWK set (JSON) and checks that every key is usable.
     pub fn from_jwks(jwks: &str, issuer: &str, audience: &str) -> Result<Self, String> {
-        let set: jsonwebtoken::jwk::JwkSet =
-            serde_json::from_str(jwks).map_err(|error| format!("not a JWK set: {error}"))?;
-        let mut keys = Vec::new();
-        for (index, jwk) in set.keys.iter().enumerate() {
-            let key = DecodingKey::from_jwk(jwk)
-                .map_err(|error| format!("key {index} is not usable: {error}"))?;
-            let algorithm = jwk
-                .common
-                .key_algorithm
-                .and_then(|alg| alg.to_string().parse::<Algorithm>().ok())
-                .ok_or_else(|| format!("key {index} names no signing algorithm (`alg`)"))?;
-            if algorithm.family() == jsonwebtoken::AlgorithmFamily::Hmac {
-                return Err(format!(
-                    "key {index} is a shared secret; only public keys are accepted"
-                ));
-            }
-            keys.push((jwk.common.key_id.clone(), algorithm, key));
+        let keys = public_keys(jwks)?;
+        Self::new(keys, None, issuer, audience)
+    }
+
+    /// A provider whose JWK set is fetched from `url` (http or https): at once, every five
+    /// minutes, and when a token names a key not in the set (at most every 30 seconds). Until the
+    /// first fetch succeeds its tokens are refused.
+    pub fn from_url(url: &str, issuer: &str, audience: &str) -> Result<Self, String> {
+        let parsed = reqwest::Url::parse(url).map_err(|error| format!("not a URL: {error}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err("the JWK set URL must be http or https".to_owned());
         }
-        if keys.is_empty() {
-            return Err("the JWK set holds no key".to_owned());
-        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|error| format!("no HTTP client: {error}"))?;
+        Self::new(Vec::new(), Some((client, url.to_owned())), issuer, audience)
+    }
+
+    /// The same provider, fetching its JWK set for unknown keys at most every `interval`
+    /// (30 seconds unless set).
+    #[must_use]
+    pub fn with_min_refetch_interval(mut self, interval: Duration) -> Self {
+        self.min_interval = interval;
+        self
+    }
+
+    fn new(
+        keys: Vec<PublicKey>,
+        source: Option<(reqwest::Client, String)>,
+        issuer: &str,
+        audience: &str,
+    ) -> Result<Self, String> {
         if issuer.is_empty() || audience.is_empty() {
             return Err("an issuer and an audience are required".to_owned());
         }
         Ok(Self {
-            keys,
+            keys: std::sync::RwLock::new(keys),
+            source,
+            fetched: tokio::sync::Mutex::default(),
+            min_interval: JWKS_MIN_INTERVAL,
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
+        })
+    }
+
+    /// Fetches the JWK set again, for a provider given by URL; on failure the keys stay as they
+    /// were. Returns how many keys it holds.
+    pub async fn refresh(&self) -> Result<usize, String> {
+        let Some((client, url)) = &self.source else {
+            return Ok(self.keys.read().map_or(0, |keys| keys.len()));
+        };
+        *self.fetched.lock().await = Some(std::time::Instant::now());
+        let response = client
+            .get(url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|error| format!("fetching {url}: {error}"))?;
+        let text = response
+            .text()
+            .await
+            .map_err(|error| format!("reading {url}: {error}"))?;
+        let keys = public_keys(&text).map_err(|error| format!("{url}: {error}"))?;
+        let count = keys.len();
+        *self.keys.write().expect("identity provider keys lock") = keys;
+        Ok(count)
+    }
+
+    /// Fetches the JWK set again unless that was done within the least interval; whether it
+    /// was fetched.
+    async fn refresh_if_due(&self) -> bool {
+        if self.source.is_none() {
+            return false;
+        }
+        let due = self
+            .fetched
+            .lock()
+            .await
+            .is_none_or(|at| at.elapsed() >= self.min_interval);
+        if !due {
+            return false;
+        }
+        match self.refresh().await {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::warn!(%error, "the identity provider's keys could not be fetched");
+                false
+            }
+        }
+    }
+
+    /// For a provider given by URL: fetches its JWK set now and every five minutes (retrying
+    /// sooner after a failure), for as long as the runtime runs.
+    fn keep_fresh(self: &std::sync::Arc<Self>) {
+        if self.source.is_none() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let issuer = std::sync::Arc::downgrade(self);
+        runtime.spawn(async move {
+            let mut failures: u32 = 0;
+            while let Some(issuer) = issuer.upgrade() {
+                let pause = match issuer.refresh().await {
+                    Ok(count) => {
+                        tracing::info!(keys = count, "fetched the identity provider's keys");
+                        failures = 0;
+                        JWKS_REFRESH
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "the identity provider's keys could not be fetched; its tokens are refused until they are");
+                        failures = failures.saturating_add(1);
+                        Duration::from_secs(u64::from(failures.min(60)))
+                    }
+                };
+                drop(issuer);
+                tokio::time::sleep(pause).await;
+            }
+        });
+    }
+
+    /// Whether the token's header names a key this provider does not (yet) have.
+    fn lacks_key(&self, header: &Header) -> bool {
+        !self.keys.read().is_ok_and(|keys| {
+            keys.iter().any(|(kid, algorithm, _)| {
+                *algorithm == header.alg && (header.kid.is_none() || *kid == header.kid)
+            })
         })
     }
 }
@@ -157,8 +299,32 @@ impl JwtKeys {
     /// The same keys, also accepting the tokens of `issuer`.
     #[must_use]
     pub fn with_external(mut self, issuer: std::sync::Arc<ExternalIssuer>) -> Self {
+        issuer.keep_fresh();
         self.external = Some(issuer);
         self
+    }
+
+    /// Verifies a token like [`JwtKeys::verify_user`]; a token of the identity provider that
+    /// names a key not in its JWK set makes it fetch the set again (at most every 30 seconds),
+    /// so that a rotated key is accepted as soon as the provider publishes it.
+    pub async fn verify_user_fetching(
+        &self,
+        token: &str,
+    ) -> Result<(Actor, Option<TokenUser>), ApiError> {
+        let result = self.verify_user(token);
+        if result.is_err() {
+            if let (Some(external), Ok(header)) =
+                (&self.external, jsonwebtoken::decode_header(token))
+            {
+                if header.alg != Algorithm::HS256
+                    && external.lacks_key(&header)
+                    && external.refresh_if_due().await
+                {
+                    return self.verify_user(token);
+                }
+            }
+        }
+        result
     }
 
     /// Verifies a token of the external identity provider.
@@ -170,8 +336,11 @@ impl JwtKeys {
             .external
             .as_ref()
             .ok_or_else(|| refused(format!("{:?} tokens are not accepted here", header.alg)))?;
-        let (_, algorithm, key) = external
+        let keys = external
             .keys
+            .read()
+            .map_err(|_| refused("the identity provider's keys are unavailable".to_owned()))?;
+        let (_, algorithm, key) = keys
             .iter()
             .find(|(kid, algorithm, _)| {
                 *algorithm == header.alg && (header.kid.is_none() || *kid == header.kid)
@@ -340,7 +509,7 @@ pub async fn require_bearer(
         .ok_or_else(|| {
             ApiError::Unauthorized("the Authorization header must read `Bearer <token>`".to_owned())
         })?;
-    let (actor, user) = keys.verify_user(token)?;
+    let (actor, user) = keys.verify_user_fetching(token).await?;
     if let (Some(user), Some(tenant)) = (user, &actor.tenant) {
         match crate::routes::users::generation(&state, tenant.tenant_id(), user.uid).await? {
             None => {

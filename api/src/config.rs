@@ -92,6 +92,10 @@ pub struct ServeArgs {
     /// A JWK set (JSON file) of an external identity provider whose tokens are accepted.
     #[arg(long, env = "EFMS_OIDC_JWKS_FILE")]
     pub oidc_jwks_file: Option<String>,
+    /// Or the URL of that JWK set (http or https), fetched at start, every five minutes, and
+    /// when a token names a key not in it.
+    #[arg(long, env = "EFMS_OIDC_JWKS_URL")]
+    pub oidc_jwks_url: Option<String>,
     /// The `iss` the identity provider's tokens must carry.
     #[arg(long, env = "EFMS_OIDC_ISSUER")]
     pub oidc_issuer: Option<String>,
@@ -289,24 +293,39 @@ fn parse_addr(setting: &'static str, value: &str) -> Result<SocketAddr, ConfigEr
 }
 
 impl ServeArgs {
-    /// Checks the external identity provider's settings: all three, or none.
+    /// Checks the external identity provider's settings: its keys (a file or a URL), issuer and
+    /// audience, or none of them.
     fn validate_oidc(
         &self,
     ) -> Result<Option<std::sync::Arc<crate::auth::ExternalIssuer>>, ConfigError> {
         const FILE: &str = "EFMS_OIDC_JWKS_FILE (--oidc-jwks-file)";
+        const URL: &str = "EFMS_OIDC_JWKS_URL (--oidc-jwks-url)";
         let given = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
-        match (
-            given(&self.oidc_jwks_file),
-            given(&self.oidc_issuer),
-            given(&self.oidc_audience),
-        ) {
+        let keys = match (given(&self.oidc_jwks_file), given(&self.oidc_jwks_url)) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    URL,
+                    format!("give the identity provider's keys once: {FILE} or {URL}"),
+                ))
+            }
+            (file, url) => file
+                .map(|file| (FILE, file, false))
+                .or(url.map(|url| (URL, url, true))),
+        };
+        match (keys, given(&self.oidc_issuer), given(&self.oidc_audience)) {
             (None, None, None) => Ok(None),
-            (Some(file), Some(issuer), Some(audience)) => {
-                let jwks = std::fs::read_to_string(&file)
-                    .map_err(|error| invalid(FILE, format!("cannot read `{file}`: {error}")))?;
-                crate::auth::ExternalIssuer::from_jwks(&jwks, &issuer, &audience)
+            (Some((setting, source, remote)), Some(issuer), Some(audience)) => {
+                let issuer = if remote {
+                    crate::auth::ExternalIssuer::from_url(&source, &issuer, &audience)
+                } else {
+                    let jwks = std::fs::read_to_string(&source).map_err(|error| {
+                        invalid(setting, format!("cannot read `{source}`: {error}"))
+                    })?;
+                    crate::auth::ExternalIssuer::from_jwks(&jwks, &issuer, &audience)
+                };
+                issuer
                     .map(|issuer| Some(std::sync::Arc::new(issuer)))
-                    .map_err(|reason| invalid(FILE, reason))
+                    .map_err(|reason| invalid(setting, reason))
             }
             (_, None, _) => Err(invalid(
                 "EFMS_OIDC_ISSUER (--oidc-issuer)",
@@ -318,7 +337,7 @@ impl ServeArgs {
             )),
             (None, _, _) => Err(invalid(
                 FILE,
-                "missing: an identity provider needs its keys",
+                format!("missing: an identity provider needs its keys ({FILE} or {URL})"),
             )),
         }
     }
@@ -421,6 +440,7 @@ mod tests {
             tls_cert: None,
             tls_key: None,
             oidc_jwks_file: None,
+            oidc_jwks_url: None,
             oidc_issuer: None,
             oidc_audience: None,
             log_format: "json".to_owned(),
@@ -484,6 +504,31 @@ mod tests {
         assert_eq!(
             serve.validate().unwrap_err().setting,
             "EFMS_MASTER_KEY (--master-key)"
+        );
+    }
+
+    #[test]
+    fn an_identity_provider_needs_one_key_source_an_issuer_and_an_audience() {
+        let mut serve = args("127.0.0.1:8080", Some(SECRET));
+        serve.oidc_jwks_url = Some("https://idp.example/jwks.json".to_owned());
+        assert_eq!(
+            serve.validate().unwrap_err().setting,
+            "EFMS_OIDC_ISSUER (--oidc-issuer)"
+        );
+        serve.oidc_issuer = Some("https://idp.example".to_owned());
+        serve.oidc_audience = Some("efms".to_owned());
+        assert!(serve.validate().unwrap().oidc.is_some());
+        serve.oidc_jwks_file = Some("/nonexistent/jwks.json".to_owned());
+        assert_eq!(
+            serve.validate().unwrap_err().setting,
+            "EFMS_OIDC_JWKS_URL (--oidc-jwks-url)",
+            "not both"
+        );
+        serve.oidc_jwks_file = None;
+        serve.oidc_jwks_url = Some("ftp://idp.example/jwks.json".to_owned());
+        assert_eq!(
+            serve.validate().unwrap_err().setting,
+            "EFMS_OIDC_JWKS_URL (--oidc-jwks-url)"
         );
     }
 }
