@@ -421,6 +421,7 @@ async fn the_openapi_document_covers_every_route_and_the_reference_page_is_serve
         ("/api/v1/tenants/{tenant}/quotas", "put"),
         ("/api/v1/tenants/{tenant}/users", "get"),
         ("/api/v1/tenants/{tenant}/users", "post"),
+        ("/api/v1/tenants/{tenant}/users/{id}", "get"),
         ("/api/v1/tenants/{tenant}/users/{id}", "delete"),
         ("/api/v1/tenants/{tenant}/users/{id}", "patch"),
         ("/api/v1/tenants/{tenant}/grants", "get"),

@@ -174,7 +174,9 @@ async fn every_route_answers_each_role_as_the_role_table_says(pool: PgPool) {
                 // Quotas are set by the system role alone.
                 Caller::Tenant(_) if path.ends_with("/quotas") && !read => status == 403,
                 // Users are listed by admins and auditors, managed by admins.
-                Caller::Tenant(Role::Viewer | Role::Operator) if path.ends_with("/users") => {
+                Caller::Tenant(Role::Viewer | Role::Operator)
+                    if path.ends_with("/users") || path.ends_with("/users/{id}") =>
+                {
                     status == 403
                 }
                 // The audit trail is read by auditors and admins.

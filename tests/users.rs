@@ -217,6 +217,10 @@ async fn changing_a_persons_role_or_password_refuses_the_tokens_issued_before(po
     .await;
     assert_eq!(status, 200, "{changed}");
     assert_eq!(changed["role"], "operator");
+    let (status, shown) = as_admin(&app, reqwest::Method::GET, &path, None).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["role"], "operator", "{shown}");
+    assert_eq!(shown["username"], "bob", "{shown}");
     assert!(
         changed.get("token").is_none(),
         "a person logs in: {changed}"

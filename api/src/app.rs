@@ -279,7 +279,7 @@ fn access_routes() -> Router<AppState> {
         )
         .route(
             "/tenants/{tenant}/users/{id}",
-            axum::routing::delete(users::delete).patch(users::change),
+            get(users::get).delete(users::delete).patch(users::change),
         )
         .route(
             "/tenants/{tenant}/grants",

@@ -22,7 +22,7 @@ use efms_domain::{Role, TenantSlug};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::access::{tenant_access, Access};
+use crate::access::{tenant_access, Access, TenantAccess};
 use crate::app::AppState;
 use crate::auth::{Principal, TokenUser};
 use crate::error::{ApiError, FieldError};
@@ -381,34 +381,66 @@ pub async fn list(
     Path(tenant): Path<String>,
 ) -> Result<Json<Vec<UserView>>, ApiError> {
     let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
+    Ok(Json(live_users(&state, &actor, &tenant, None).await?))
+}
+
+/// `GET /api/v1/tenants/{tenant}/users/{id}`: one live user.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/users/{id}", tag = "users",
+    params(("tenant" = String, Path, description = "Tenant slug"), ("id" = String, Path, description = "The user's id")),
+    responses((status = 200, description = "The user", body = UserView),
+        (status = 403, description = "Only admins and auditors read users", body = crate::openapi::Problem),
+        (status = 404, description = "No such user", body = crate::openapi::Problem)))]
+pub async fn get(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<Json<UserView>, ApiError> {
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
+    let missing = || ApiError::NotFound(format!("there is no user `{id}`"));
+    let user_id = Uuid::parse_str(&id).map_err(|_| missing())?;
+    live_users(&state, &actor, &tenant, Some(user_id))
+        .await?
+        .pop()
+        .map(Json)
+        .ok_or_else(missing)
+}
+
+/// The tenant's live users by name (only `only`, when given), for admins and auditors.
+async fn live_users(
+    state: &AppState,
+    actor: &efms_domain::Actor,
+    tenant: &TenantAccess,
+    only: Option<Uuid>,
+) -> Result<Vec<UserView>, ApiError> {
     if !matches!(actor.role, Role::Admin | Role::Auditor | Role::System) {
         return Err(ApiError::Forbidden(format!(
-            "users are listed by `admin` and `auditor`; this token has `{}`",
+            "users are read by `admin` and `auditor`; this token has `{}`",
             actor.role
         )));
     }
     let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
     let rows = sqlx::query!(
         r#"SELECT user_id, username, role, kind, created_at, created_by FROM users
-           WHERE tenant_id = $1 AND deleted_at IS NULL ORDER BY username"#,
+           WHERE tenant_id = $1 AND deleted_at IS NULL AND ($2::uuid IS NULL OR user_id = $2)
+           ORDER BY username"#,
         tenant.tenant_id,
+        only,
     )
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Json(
-        rows.into_iter()
-            .map(|row| UserView {
-                id: row.user_id,
-                username: row.username,
-                role: row.role,
-                kind: row.kind,
-                created_at: row.created_at,
-                created_by: row.created_by,
-                token: None,
-            })
-            .collect(),
-    ))
+    Ok(rows
+        .into_iter()
+        .map(|row| UserView {
+            id: row.user_id,
+            username: row.username,
+            role: row.role,
+            kind: row.kind,
+            created_at: row.created_at,
+            created_by: row.created_by,
+            token: None,
+        })
+        .collect())
 }
 
 /// `DELETE /api/v1/tenants/{tenant}/users/{id}`: every token of the user is refused from now on.
