@@ -264,6 +264,20 @@ pub async fn transitions(
     Ok(rows)
 }
 
+/// The tenant's `proxies` quota, if it has one.
+pub async fn proxy_limit(pool: &PgPool, tenant_id: Uuid) -> Result<Option<i64>, sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
+    let limit = sqlx::query_scalar!(
+        "SELECT proxies FROM tenant_quotas WHERE tenant_id = $1",
+        tenant_id,
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .flatten();
+    tx.commit().await?;
+    Ok(limit.map(i64::from))
+}
+
 /// The tenant's `proxies` quota and how many other proxies are connected, when another proxy than
 /// `node_id` (already connected ones are let back in) would go over it; `None` when within it.
 ///

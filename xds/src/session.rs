@@ -1,8 +1,9 @@
 //! What every stream shares: the server's parts, and opening a stream for a proxy.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use efms_commands::Scope;
 use efms_domain::envoy::ResourceKind;
@@ -20,6 +21,9 @@ use crate::metrics::{TypeLabels, XdsMetrics};
 use crate::status::{Connection, Protocol, Recorder};
 use prometheus_client::metrics::counter::Counter;
 
+/// How long an xDS server trusts the `proxies` quota it read for a tenant.
+pub const PROXY_LIMIT_TTL: Duration = Duration::from_secs(5);
+
 /// Everything the xDS services share. Cheap to clone.
 #[derive(Clone)]
 pub struct XdsServer {
@@ -34,6 +38,8 @@ struct Inner {
     metrics: XdsMetrics,
     nonces: AtomicU64,
     known_tenants: Mutex<HashSet<Uuid>>,
+    /// Each tenant's `proxies` quota as last read, and when.
+    proxy_limits: Mutex<HashMap<Uuid, (Instant, Option<i64>)>>,
     identifier: String,
     stopping: watch::Sender<bool>,
 }
@@ -62,6 +68,7 @@ impl XdsServer {
                 metrics,
                 nonces: AtomicU64::new(0),
                 known_tenants: Mutex::default(),
+                proxy_limits: Mutex::default(),
                 identifier: format!("efms {}", env!("CARGO_PKG_VERSION")),
                 stopping: watch::Sender::new(false),
             }),
@@ -113,15 +120,8 @@ impl XdsServer {
         let info = NodeInfo::from_node(node)?;
         let (slug, tenant_id) = info.tenant(actor)?;
         self.check_tenant(tenant_id, slug.as_str()).await?;
-        let over =
-            efms_projections::proxies::over_proxy_quota(&self.inner.pool, tenant_id, &info.node_id)
-                .await
-                .map_err(unavailable)?;
-        if let Some((limit, connected)) = over {
-            return Err(Status::resource_exhausted(format!(
-                "quota `proxies` ({limit}) of tenant `{slug}` is reached: {connected} proxies are connected"
-            )));
-        }
+        self.check_proxy_quota(tenant_id, slug.as_str(), &info.node_id)
+            .await?;
         let group = match info.metadata.get(GROUP_KEY) {
             Some(group) => group.clone(),
             None => self
@@ -176,6 +176,51 @@ impl XdsServer {
             snapshot,
             counters,
         })
+    }
+
+    /// Refuses a proxy that would go over its tenant's `proxies` quota. The quota itself is read
+    /// at most every [`PROXY_LIMIT_TTL`], so that opening streams of unlimited tenants costs the
+    /// database nothing; connections are counted only when there is a limit.
+    async fn check_proxy_quota(
+        &self,
+        tenant_id: Uuid,
+        slug: &str,
+        node_id: &str,
+    ) -> Result<(), Status> {
+        let cached = self
+            .inner
+            .proxy_limits
+            .lock()
+            .expect("proxy limits lock")
+            .get(&tenant_id)
+            .filter(|(read_at, _)| read_at.elapsed() < PROXY_LIMIT_TTL)
+            .map(|(_, limit)| *limit);
+        let limit = if let Some(limit) = cached {
+            limit
+        } else {
+            let limit = efms_projections::proxies::proxy_limit(&self.inner.pool, tenant_id)
+                .await
+                .map_err(unavailable)?;
+            self.inner
+                .proxy_limits
+                .lock()
+                .expect("proxy limits lock")
+                .insert(tenant_id, (Instant::now(), limit));
+            limit
+        };
+        if limit.is_none() {
+            return Ok(());
+        }
+        let over =
+            efms_projections::proxies::over_proxy_quota(&self.inner.pool, tenant_id, node_id)
+                .await
+                .map_err(unavailable)?;
+        match over {
+            Some((limit, connected)) => Err(Status::resource_exhausted(format!(
+                "quota `proxies` ({limit}) of tenant `{slug}` is reached: {connected} proxies are connected"
+            ))),
+            None => Ok(()),
+        }
     }
 
     async fn check_tenant(&self, tenant_id: Uuid, slug: &str) -> Result<(), Status> {
