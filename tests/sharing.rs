@@ -436,3 +436,41 @@ async fn grants_and_refused_revocations_are_in_the_owners_audit_trail(pool: PgPo
         );
     }
 }
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_revocation_racing_a_new_reference_never_lets_both_land(pool: PgPool) {
+    let app = three_tenants(pool).await;
+    let revoke = format!("{ACME}/grants/beta/cluster/payments");
+    let mut outcomes: std::collections::BTreeMap<&str, u32> = std::collections::BTreeMap::new();
+    for round in 0..20_u64 {
+        let (status, _) = grant(&app, "beta", "cluster", "payments").await;
+        assert!(matches!(status, 201 | 409), "round {round}: grant {status}");
+        let name = format!("r{round}");
+        let routes = format!("{BETA}/routes");
+        let body = route(&name, "acme/payments");
+        let ((created, body), (revoked, answer)) = tokio::join!(
+            post(&app, (Role::Operator, "beta"), &routes, &body),
+            async {
+                // From together to well after: the rounds cover every overlap.
+                tokio::time::sleep(std::time::Duration::from_millis(round * 4)).await;
+                delete(&app, (Role::Admin, "acme"), &revoke).await
+            },
+        );
+        let outcome = match (created, revoked) {
+            (201, 409) => "the reference came first; the revocation was refused",
+            (422, 204) => "the revocation came first; the reference was refused",
+            _ => panic!("round {round}: route {created} {body}, revocation {revoked} {answer}"),
+        };
+        *outcomes.entry(outcome).or_default() += 1;
+        if created == 201 {
+            let (status, _) = delete(
+                &app,
+                (Role::Operator, "beta"),
+                &format!("{BETA}/routes/{name}"),
+            )
+            .await;
+            assert_eq!(status, 204);
+        }
+    }
+    println!("{outcomes:?}");
+}

@@ -22,6 +22,7 @@ use efms_projections::config::{self as read, AsOf};
 use efms_projections::tenants::get_tenant;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use uuid::Uuid;
 
 use crate::access::{tenant_access, Access, TenantAccess};
 use crate::app::AppState;
@@ -321,7 +322,17 @@ pub async fn delete(
     let missing =
         || ApiError::NotFound(format!("`{kind}` `{name}` is not shared with `{grantee}`"));
     let grantee_slug = TenantSlug::parse(&grantee).map_err(|_| missing())?;
+    // First wait for the grantee's commits in flight: each holds this lock (shared) from reading
+    // what is shared with it until its commit is projected; those that start later wait until
+    // this revocation is decided. Taken before the transaction writes anything, it holds back no
+    // transaction id meanwhile, so the projector keeps reading the log.
     let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
+    sqlx::query_scalar!(
+        r#"SELECT pg_advisory_xact_lock($1)::text AS "locked""#,
+        grantee_lock(grantee_slug.tenant_id()),
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     // Deleted first and kept only if nothing refers to the resource: the row stays locked
     // meanwhile, so two revocations do not race.
     let found = sqlx::query_scalar!(
@@ -392,9 +403,72 @@ pub async fn received(
     Ok(Json(grant_rows(&state, &tenant, Side::Received).await?))
 }
 
+/// The advisory lock that orders a grantee's commits against revocations of its grants.
+fn grantee_lock(grantee_id: Uuid) -> i64 {
+    let (high, low) = grantee_id.as_u64_pair();
+    i64::from_be_bytes((high ^ low ^ GRANTS_LOCK_SALT).to_be_bytes())
+}
+
+/// How long a commit waits for a revocation of one of its tenant's grants to be decided.
+const REVOCATION_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Keeps the grantee locks apart from any other advisory lock.
+const GRANTS_LOCK_SALT: u64 = 0x6566_6d73_6772_6e74;
+
+/// Held by a commit of a tenant that others share with, from reading what is shared with it
+/// until its commit is appended and projected: a revocation of one of its grants waits for it,
+/// and then sees its references. Released when dropped.
+#[derive(Debug, Default)]
+pub struct SharedGuard(Option<sqlx::Transaction<'static, sqlx::Postgres>>);
+
+impl SharedGuard {
+    /// Releases the lock now.
+    pub async fn release(self) {
+        if let Some(tx) = self.0 {
+            let _ = tx.rollback().await;
+        }
+    }
+}
+
 /// What other tenants share with `tenant`, for its commits to refer to: every granted resource
-/// that exists on its owner's `main`, with each template's document.
-pub async fn shared_with(state: &AppState, tenant: &TenantAccess) -> Result<Shared, ApiError> {
+/// that exists on its owner's `main`, with each template's document; and, when something is
+/// shared, the guard to hold until the commit is projected.
+pub async fn shared_with(
+    state: &AppState,
+    tenant: &TenantAccess,
+) -> Result<(Shared, SharedGuard), ApiError> {
+    // Most tenants are granted nothing: they need no lock, since their commits cannot refer to
+    // anything of another tenant.
+    if read_shared(state, tenant).await?.is_empty() {
+        return Ok((Shared::default(), SharedGuard(None)));
+    }
+    // Without holding a connection while a revocation is being decided: the lock is tried, and
+    // tried again after a pause.
+    let started = std::time::Instant::now();
+    let guard = loop {
+        let mut guard = state.pool.begin().await?;
+        let locked = sqlx::query_scalar!(
+            r#"SELECT pg_try_advisory_xact_lock_shared($1) AS "locked!""#,
+            grantee_lock(tenant.tenant_id),
+        )
+        .fetch_one(&mut *guard)
+        .await?;
+        if locked {
+            break guard;
+        }
+        guard.rollback().await?;
+        if started.elapsed() > REVOCATION_PATIENCE {
+            return Err(ApiError::Unavailable(
+                "a grant of this tenant is being revoked; retry shortly".to_owned(),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    let shared = read_shared(state, tenant).await?;
+    Ok((shared, SharedGuard(Some(guard))))
+}
+
+async fn read_shared(state: &AppState, tenant: &TenantAccess) -> Result<Shared, ApiError> {
     let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
     let rows = sqlx::query!(
         r#"SELECT g.owner_slug, g.kind, g.name,

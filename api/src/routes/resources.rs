@@ -641,8 +641,8 @@ pub async fn execute(
     let metadata = super::commit_metadata(actor, headers, message);
     super::quotas::check(state, tenant, branch, &command).await?;
     super::grants::check_owner_changes(state, tenant, branch, &command).await?;
-    let shared = match command {
-        ConfigCommand::DeleteBranch => Shared::default(),
+    let (shared, guard) = match command {
+        ConfigCommand::DeleteBranch => (Shared::default(), super::grants::SharedGuard::default()),
         _ => super::grants::shared_with(state, tenant).await?,
     };
     let mut command = command;
@@ -672,6 +672,7 @@ pub async fn execute(
             tracing::warn!(?position, "configuration read model lags behind a commit");
         }
     }
+    guard.release().await;
     Ok(position)
 }
 
