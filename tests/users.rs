@@ -38,10 +38,24 @@ async fn as_admin(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut request = app
-        .client
-        .request(method, app.url(path))
-        .bearer_auth(app.token(Role::Admin, Some("acme")));
+    call(
+        app,
+        &app.token(Role::Admin, Some("acme")),
+        method,
+        path,
+        body,
+    )
+    .await
+}
+
+async fn call(
+    app: &TestApp,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = app.client.request(method, app.url(path)).bearer_auth(token);
     if let Some(body) = body {
         request = request.json(&body);
     }
@@ -173,22 +187,6 @@ async fn repeated_failed_logins_answer_429_and_only_admins_manage_users(pool: Pg
         403,
         "an operator cannot make an admin"
     );
-}
-
-async fn call(
-    app: &TestApp,
-    token: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = app.client.request(method, app.url(path)).bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 #[sqlx::test(migrator = "efms_commands::MIGRATOR")]
