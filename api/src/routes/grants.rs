@@ -504,11 +504,8 @@ pub async fn check_owner_changes(
     branch: &str,
     command: &ConfigCommand,
 ) -> Result<(), ApiError> {
-    let changes = match command {
-        ConfigCommand::Commit { changes, .. } | ConfigCommand::Merge { changes, .. } => changes,
-        ConfigCommand::Fork { .. } | ConfigCommand::DeleteBranch => return Ok(()),
-    };
-    if branch != MAIN_BRANCH {
+    let changes = command.edits();
+    if branch != MAIN_BRANCH || changes.is_empty() {
         return Ok(());
     }
     // (kind, name, what the change would do wrong if the resource is shared)

@@ -187,10 +187,13 @@ pub async fn check(
     branch: &str,
     command: &ConfigCommand,
 ) -> Result<(), ApiError> {
-    let changes = match command {
-        ConfigCommand::Commit { changes, .. } | ConfigCommand::Merge { changes, .. } => changes,
-        ConfigCommand::Fork { .. } | ConfigCommand::DeleteBranch => return Ok(()),
-    };
+    if matches!(
+        command,
+        ConfigCommand::Fork { .. } | ConfigCommand::DeleteBranch
+    ) {
+        return Ok(());
+    }
+    let changes = command.edits();
     let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
     let Some(limits) = sqlx::query!(
         "SELECT resources_per_kind, writes_per_minute FROM tenant_quotas WHERE tenant_id = $1",

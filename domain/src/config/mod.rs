@@ -199,6 +199,17 @@ pub enum ConfigCommand {
     DeleteBranch,
 }
 
+impl ConfigCommand {
+    /// The changes a commit or a merge makes to the branch; none for a fork (which copies its
+    /// base) or a branch deletion.
+    pub fn edits(&self) -> &[Change] {
+        match self {
+            ConfigCommand::Commit { changes, .. } | ConfigCommand::Merge { changes, .. } => changes,
+            ConfigCommand::Fork { .. } | ConfigCommand::DeleteBranch => &[],
+        }
+    }
+}
+
 /// What happened in a configuration repository.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ConfigEvent {
