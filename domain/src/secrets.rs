@@ -1,14 +1,17 @@
 //! Secret material at rest (NFR-SE-003): envelope encryption with AES-256-GCM.
 //!
 //! Each tenant has data keys; each data key is stored wrapped (encrypted) under the master key
-//! from the configuration. In an Envoy `Secret`, every data source under a sensitive field
-//! (`private_key`, `password`, `secret`, `pkcs12`, the `keys` of session tickets) is sealed with the
-//! tenant's data key before the document reaches the database: the data source object is replaced
-//! by `{"inline_string": "efms:enc:v1:<key id>:<base64 nonce+ciphertext>"}`, so the stored document
-//! keeps Envoy's shape and validates. The nonce is derived from the plaintext (HMAC-SHA256 under
-//! the data key), so the same secret seals to the same text: content hashes, "nothing changed"
-//! and merges still compare secrets by content, while the text reveals nothing but equality.
-//! Only the xDS server opens sealed data sources, for the tenant's own proxies.
+//! from the configuration. In an Envoy `Secret`, every data source under a field Envoy's schema
+//! marks sensitive (see [`crate::envoy::sensitive`]: the private key, password and PKCS#12 of a
+//! certificate, a generic secret and each value of its map, session ticket keys, ...) is sealed
+//! with the tenant's data key before the document reaches the database: the data source object is
+//! replaced by `{"inline_string": "efms:enc:v2:<key id>:<base64 nonce+ciphertext>"}`, so the stored
+//! document keeps Envoy's shape and validates. The nonce is derived from the plaintext (HMAC-SHA256),
+//! so the same secret seals to the same text: content hashes, "nothing changed" and merges still
+//! compare secrets by content, while the text reveals nothing but equality. The nonce and the
+//! encryption use two subkeys derived from the data key, never the data key itself (`v1` texts,
+//! which used the data key for both, still open). Only the xDS server opens sealed data sources,
+//! for the tenant's own proxies.
 
 use aes_gcm::aead::{Aead, KeyInit, OsRng};
 use aes_gcm::{AeadCore, Aes256Gcm, Nonce};
@@ -18,11 +21,16 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-/// The prefix of a sealed data source's text.
-pub const SEALED_PREFIX: &str = "efms:enc:v1:";
+use crate::envoy::sensitive::{self, Material};
+use crate::envoy::ResourceKind;
 
-/// The fields of an Envoy `Secret` whose data sources hold private material.
-pub const SENSITIVE_FIELDS: [&str; 5] = ["private_key", "password", "secret", "keys", "pkcs12"];
+/// The prefix of a sealed data source's text, before its format version.
+pub const SEALED_PREFIX: &str = "efms:enc:";
+
+/// The format sealing writes: subkeys derived from the data key.
+const CURRENT_FORMAT: &str = "v2";
+/// The first format: the data key both derived the nonce and encrypted. Opened, never written.
+const LEGACY_FORMAT: &str = "v1";
 
 /// A 256-bit key.
 #[derive(Clone, PartialEq, Eq)]
@@ -102,26 +110,46 @@ impl Key {
         Ok(Key(plain.try_into().map_err(|_| SecretError::Malformed)?))
     }
 
-    fn seal(&self, key_id: &str, plaintext: &[u8]) -> String {
+    /// A subkey for one purpose, derived from this key (HMAC-SHA256 of the purpose's label).
+    fn subkey(&self, purpose: &[u8]) -> Key {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key");
+        mac.update(purpose);
+        Key(mac.finalize().into_bytes().into())
+    }
+
+    fn seal(&self, key_id: &str, plaintext: &[u8]) -> String {
+        let (nonce_key, encryption_key) = (
+            self.subkey(b"efms seal v2 nonce"),
+            self.subkey(b"efms seal v2 encryption"),
+        );
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&nonce_key.0).expect("HMAC takes any key");
         mac.update(plaintext);
         let tag = mac.finalize().into_bytes();
         let nonce = nonce_of(&tag[..12]);
-        let cipher = Aes256Gcm::new((&self.0).into());
+        let cipher = Aes256Gcm::new((&encryption_key.0).into());
         let mut sealed = nonce.to_vec();
         sealed.extend(
             cipher
                 .encrypt(&nonce, plaintext)
                 .expect("AES-GCM encrypts any length used here"),
         );
-        format!("{SEALED_PREFIX}{key_id}:{}", STANDARD.encode(sealed))
+        format!(
+            "{SEALED_PREFIX}{CURRENT_FORMAT}:{key_id}:{}",
+            STANDARD.encode(sealed)
+        )
     }
 
-    fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, SecretError> {
+    fn open(&self, format: &str, sealed: &[u8]) -> Result<Vec<u8>, SecretError> {
         if sealed.len() < 12 {
             return Err(SecretError::Malformed);
         }
-        Aes256Gcm::new((&self.0).into())
+        let key = match format {
+            CURRENT_FORMAT => self.subkey(b"efms seal v2 encryption"),
+            LEGACY_FORMAT => self.clone(),
+            _ => return Err(SecretError::Malformed),
+        };
+        Aes256Gcm::new((&key.0).into())
             .decrypt(&nonce_of(&sealed[..12]), &sealed[12..])
             .map_err(|_| SecretError::DoesNotOpen)
     }
@@ -133,49 +161,59 @@ fn nonce_of(bytes: &[u8]) -> Nonce<aes_gcm::aes::cipher::consts::U12> {
     array.into()
 }
 
-/// Seals every sensitive data source of an Envoy `Secret` document with `key` (named `key_id`);
-/// data sources sealed already are left as they are.
+/// Seals every sensitive data source of an Envoy `Secret` document that holds material in clear
+/// with `key` (named `key_id`); sealed data sources and references to files or environment
+/// variables are left as they are.
 pub fn seal_document(document: &mut Value, key_id: &str, key: &Key) {
-    visit_sources(document, &mut |source| {
-        if sealed_text(source).is_some() {
-            return Ok(());
+    sensitive::for_each(ResourceKind::Secret, document, &mut |value| {
+        if value.data_source && value.material() == Material::Clear {
+            let plaintext = serde_json::to_vec(&*value.value).expect("JSON serialises");
+            *value.value = serde_json::json!({ "inline_string": key.seal(key_id, &plaintext) });
         }
-        let plaintext = serde_json::to_vec(source).expect("JSON serialises");
-        *source = serde_json::json!({ "inline_string": key.seal(key_id, &plaintext) });
-        Ok(())
-    })
-    .expect("sealing does not fail");
+    });
 }
 
-/// Opens every sealed data source of a document, with the data key its text names.
+/// Opens every sealed data source of a secret, with the data key its text names.
 pub fn open_document(
     document: &mut Value,
     key_of: &dyn Fn(&str) -> Option<Key>,
 ) -> Result<(), SecretError> {
-    visit_sources(document, &mut |source| {
-        let Some(text) = sealed_text(source) else {
-            return Ok(());
+    let mut outcome = Ok(());
+    sensitive::for_each(ResourceKind::Secret, document, &mut |value| {
+        if outcome.is_err() {
+            return;
+        }
+        let Some(sealed) = sealed_text(value.value) else {
+            return;
         };
-        let (key_id, body) = text.split_once(':').ok_or(SecretError::Malformed)?;
-        let key = key_of(key_id).ok_or_else(|| SecretError::UnknownKey(key_id.to_owned()))?;
-        let sealed = STANDARD.decode(body).map_err(|_| SecretError::Malformed)?;
-        let plain = key.open(&sealed)?;
-        *source = serde_json::from_slice(&plain).map_err(|_| SecretError::Malformed)?;
-        Ok(())
-    })
+        outcome = open_text(sealed, key_of).map(|opened| *value.value = opened);
+    });
+    outcome
 }
 
-/// The data key ids a document's sealed data sources name.
+/// The data source a sealed text (after [`SEALED_PREFIX`]) holds.
+fn open_text(text: &str, key_of: &dyn Fn(&str) -> Option<Key>) -> Result<Value, SecretError> {
+    let (format, rest) = text.split_once(':').ok_or(SecretError::Malformed)?;
+    let (key_id, body) = rest.split_once(':').ok_or(SecretError::Malformed)?;
+    let key = key_of(key_id).ok_or_else(|| SecretError::UnknownKey(key_id.to_owned()))?;
+    let sealed = STANDARD.decode(body).map_err(|_| SecretError::Malformed)?;
+    let plain = key.open(format, &sealed)?;
+    serde_json::from_slice(&plain).map_err(|_| SecretError::Malformed)
+}
+
+/// The data key ids a secret's sealed data sources name.
 pub fn sealed_key_ids(document: &Value) -> Vec<String> {
     let mut ids = Vec::new();
     let mut copy = document.clone();
-    let _ = visit_sources(&mut copy, &mut |source| {
-        if let Some((id, _)) = sealed_text(source).and_then(|text| text.split_once(':')) {
-            if !ids.iter().any(|known| known == id) {
-                ids.push(id.to_owned());
+    sensitive::for_each(ResourceKind::Secret, &mut copy, &mut |value| {
+        let id = sealed_text(value.value)
+            .and_then(|text| text.split(':').nth(1))
+            .map(str::to_owned);
+        if let Some(id) = id {
+            if !ids.contains(&id) {
+                ids.push(id);
             }
         }
-        Ok(())
     });
     ids
 }
@@ -186,35 +224,6 @@ fn sealed_text(source: &Value) -> Option<&str> {
         .get("inline_string")
         .and_then(Value::as_str)
         .and_then(|text| text.strip_prefix(SEALED_PREFIX))
-}
-
-/// Calls `f` on every data source (an object) under a sensitive field.
-fn visit_sources(
-    value: &mut Value,
-    f: &mut dyn FnMut(&mut Value) -> Result<(), SecretError>,
-) -> Result<(), SecretError> {
-    match value {
-        Value::Object(map) => {
-            for (key, inner) in map.iter_mut() {
-                if SENSITIVE_FIELDS.contains(&key.as_str()) {
-                    match inner {
-                        Value::Array(items) => {
-                            for item in items.iter_mut().filter(|item| item.is_object()) {
-                                f(item)?;
-                            }
-                        }
-                        Value::Object(_) => f(inner)?,
-                        _ => {}
-                    }
-                } else {
-                    visit_sources(inner, f)?;
-                }
-            }
-            Ok(())
-        }
-        Value::Array(items) => items.iter_mut().try_for_each(|item| visit_sources(item, f)),
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]
@@ -261,6 +270,58 @@ mod tests {
             open_document(&mut a, &|_| Some(other.clone())),
             Err(SecretError::DoesNotOpen)
         );
+    }
+
+    #[test]
+    fn every_value_of_a_generic_secrets_map_is_sealed() {
+        let key = Key::generate();
+        let original = json!({ "name": "g", "generic_secret": {
+            "secrets": { "api": { "inline_string": "API-TOKEN" }, "db": { "inline_bytes": "REIx" } } } });
+        let mut document = original.clone();
+        seal_document(&mut document, "k1", &key);
+        let text = document.to_string();
+        assert!(
+            !text.contains("API-TOKEN") && !text.contains("REIx"),
+            "{text}"
+        );
+        assert!(text.contains("efms:enc:v2:k1:"), "{text}");
+        open_document(&mut document, &|_| Some(key.clone())).unwrap();
+        assert_eq!(document, original);
+    }
+
+    /// What sealing wrote before subkeys: the data key derived the nonce and encrypted.
+    fn legacy_seal(key: &Key, key_id: &str, plaintext: &[u8]) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key.0).unwrap();
+        mac.update(plaintext);
+        let nonce = nonce_of(&mac.finalize().into_bytes()[..12]);
+        let mut sealed = nonce.to_vec();
+        sealed.extend(
+            Aes256Gcm::new((&key.0).into())
+                .encrypt(&nonce, plaintext)
+                .unwrap(),
+        );
+        format!("{SEALED_PREFIX}v1:{key_id}:{}", STANDARD.encode(sealed))
+    }
+
+    #[test]
+    fn sealing_uses_subkeys_and_still_opens_what_the_data_key_sealed_alone() {
+        let key = Key::generate();
+        let source = json!({ "inline_string": "PRIVATE KEY" });
+        let plaintext = serde_json::to_vec(&source).unwrap();
+        let legacy = legacy_seal(&key, "k1", &plaintext);
+        let current = key.seal("k1", &plaintext);
+        let body = |text: &str| text.rsplit(':').next().unwrap().to_owned();
+        assert_ne!(
+            body(&legacy)[..16],
+            body(&current)[..16],
+            "the nonce no longer comes from the data key itself"
+        );
+        assert_ne!(key.subkey(b"efms seal v2 nonce"), key);
+        for text in [legacy, current] {
+            let mut document = json!({ "name": "s", "tls_certificate": { "private_key": { "inline_string": text } } });
+            open_document(&mut document, &|_| Some(key.clone())).unwrap();
+            assert_eq!(document["tls_certificate"]["private_key"], source);
+        }
     }
 
     #[test]

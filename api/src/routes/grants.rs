@@ -286,6 +286,10 @@ async fn grant_rows(
     Ok(rows
         .into_iter()
         .map(|row| SharedView {
+            document: row.document.map(|document| match shareable(&row.kind) {
+                Some(kind) => efms_domain::envoy::sensitive::redact(kind, document),
+                None => document,
+            }),
             grant: GrantView {
                 reference: shared::qualified(&row.owner_slug, &row.name),
                 owner: row.owner_slug,
@@ -295,7 +299,6 @@ async fn grant_rows(
                 granted_at: row.granted_at,
                 granted_by: row.granted_by,
             },
-            document: row.document,
             version: row.version,
         })
         .collect())

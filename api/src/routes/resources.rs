@@ -230,7 +230,7 @@ impl AsRef<[u8]> for SharedText {
     }
 }
 
-/// A page of listed resources as JSON text (secrets redacted).
+/// A page of listed resources as JSON text (secret material redacted).
 fn render_page(
     kind: ResourceKind,
     page: super::PageSize,
@@ -240,15 +240,10 @@ fn render_page(
     let items = rows
         .into_iter()
         .map(|row| {
-            let resource = if kind == ResourceKind::Secret {
-                let document: Value =
-                    serde_json::from_str(&row.document).map_err(ApiError::internal)?;
-                serde_json::value::to_raw_value(&redact(kind, document))
-                    .map_err(ApiError::internal)?
-            } else {
-                serde_json::value::RawValue::from_string(row.document)
-                    .map_err(ApiError::internal)?
-            };
+            let document: Value =
+                serde_json::from_str(&row.document).map_err(ApiError::internal)?;
+            let resource = serde_json::value::to_raw_value(&redact(kind, document))
+                .map_err(ApiError::internal)?;
             Ok(ListItem {
                 name: row.name,
                 version: row.version,
@@ -730,6 +725,21 @@ pub fn config_error(error: ConfigError) -> ApiError {
                 })
                 .collect(),
         ),
+        ConfigError::SecretMaterial {
+            kind,
+            name,
+            violations,
+        } => ApiError::Validation(
+            violations
+                .into_iter()
+                .map(|violation| {
+                    FieldError::at(
+                        violation.pointer,
+                        format!("{kind} `{name}`: {}", violation.message),
+                    )
+                })
+                .collect(),
+        ),
         ConfigError::GroupCycle(_) => ApiError::Validation(vec![FieldError::at("/parent", detail)]),
         ConfigError::DanglingReferences(dangling) => ApiError::Validation(
             dangling
@@ -1045,11 +1055,7 @@ pub fn resource_response(status: StatusCode, kind: ResourceKind, row: &ResourceR
             .to_string(),
     )
     .expect("a date is a header value");
-    let mut response = if kind == ResourceKind::Secret {
-        (status, Json(redact(kind, row.document.clone()))).into_response()
-    } else {
-        (status, Json(&row.document)).into_response()
-    };
+    let mut response = (status, Json(redact(kind, row.document.clone()))).into_response();
     response.headers_mut().insert(header::ETAG, etag);
     response
         .headers_mut()
@@ -1057,29 +1063,11 @@ pub fn resource_response(status: StatusCode, kind: ResourceKind, row: &ResourceR
     response
 }
 
-/// Secrets are never read back with their private material: key, password and generic secret
-/// data sources are replaced by `{"redacted": true}` (which no write accepts).
-pub fn redact(kind: ResourceKind, mut document: Value) -> Value {
-    if kind == ResourceKind::Secret {
-        redact_in(&mut document);
-    }
-    document
-}
-
-fn redact_in(value: &mut Value) {
-    match value {
-        Value::Object(map) => {
-            for (key, inner) in map.iter_mut() {
-                if efms_domain::secrets::SENSITIVE_FIELDS.contains(&key.as_str()) {
-                    *inner = serde_json::json!({ "redacted": true });
-                } else {
-                    redact_in(inner);
-                }
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(redact_in),
-        _ => {}
-    }
+/// Resources are never read back with their secret material: every value Envoy's schema marks
+/// sensitive is replaced by `{"redacted": true}` (which no write accepts), whatever the kind
+/// (see [`efms_domain::envoy::sensitive`]).
+pub fn redact(kind: ResourceKind, document: Value) -> Value {
+    efms_domain::envoy::sensitive::redact(kind, document)
 }
 
 #[cfg(test)]

@@ -353,6 +353,17 @@ pub enum ConfigError {
     /// The branch was deleted; it takes no commits.
     #[error("the branch was deleted")]
     BranchDeleted,
+    /// A resource would be stored with secret material in clear (or sealed material outside a
+    /// secret).
+    #[error("{kind} `{name}`: {}", describe_violations(.violations))]
+    SecretMaterial {
+        /// Its kind.
+        kind: ResourceKind,
+        /// Its name.
+        name: String,
+        /// Each sensitive value refused, and why.
+        violations: Vec<Violation>,
+    },
     /// A resource declared from a template does not render into a valid resource.
     #[error("{kind} `{name}` from template `{template}`: {}", describe_violations(.violations))]
     Render {
@@ -587,6 +598,7 @@ impl ConfigRepo {
                     continue;
                 }
             };
+            check_material(put.0, &put.1, &put.2)?;
             if let Some(event) = put_event(revision, current, put, &mut overlay) {
                 events.push(event);
             }
@@ -614,6 +626,7 @@ impl ConfigRepo {
                 let (kind, name) = split_key(&derived_key);
                 let (document, refs) = self.render(shared, kind, name, &derivation, &overlay)?;
                 let current = self.resources.get(&derived_key);
+                check_material(kind, name, &document)?;
                 let put = (kind, name.to_owned(), document, refs, Some(derivation));
                 if let Some(event) = put_event(revision, current, put, &mut overlay) {
                     events.push(event);
@@ -817,6 +830,35 @@ impl ConfigRepo {
             .filter_map(|(k, state)| state.as_ref().map(|s| (k, s)));
         unchanged.chain(changed)
     }
+}
+
+/// No resource is stored with secret material in clear: the one rule of
+/// [`envoy::sensitive::stored_material_violations`], whatever path wrote the document.
+/// A template's body is held to it too, for the kind it makes: a placeholder where material would
+/// stand is material in clear once rendered.
+fn check_material(kind: ResourceKind, name: &str, document: &Value) -> Result<(), ConfigError> {
+    let violations = if kind == ResourceKind::Template {
+        match template::TemplateSpec::deserialize(document) {
+            Ok(spec) => envoy::sensitive::stored_material_violations(spec.kind, &spec.body)
+                .into_iter()
+                .map(|violation| Violation {
+                    pointer: format!("/body{}", violation.pointer),
+                    ..violation
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    } else {
+        envoy::sensitive::stored_material_violations(kind, document)
+    };
+    if violations.is_empty() {
+        return Ok(());
+    }
+    Err(ConfigError::SecretMaterial {
+        kind,
+        name: name.to_owned(),
+        violations,
+    })
 }
 
 fn change_expect(change: &Change) -> Expect {

@@ -11,8 +11,36 @@ fn fixture(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("fixture JSON")
 }
 
+/// A change putting a fixture; a secret's material is sealed (with a fixed key), as every write
+/// path does before the aggregate sees it.
 fn put(kind: ResourceKind, fixture_name: &str, expect: Expect) -> Change {
-    Change::put(kind, &fixture(fixture_name), expect).expect("valid fixture")
+    let mut change = Change::put(kind, &fixture(fixture_name), expect).expect("valid fixture");
+    if let Change::Put {
+        kind: ResourceKind::Secret,
+        document,
+        ..
+    } = &mut change
+    {
+        let key = crate::secrets::Key::from_base64("dGVzdC1kYXRhLWtleS10ZXN0LWRhdGEta2V5LXRlc3Q=")
+            .expect("a 32-byte key");
+        crate::secrets::seal_document(document, "k1", &key);
+    }
+    change
+}
+
+#[test]
+fn a_secret_with_material_in_clear_is_not_stored() {
+    let clear = Change::put(
+        ResourceKind::Secret,
+        &fixture("secret_tls_certificate"),
+        Expect::Absent,
+    )
+    .unwrap();
+    let refused = decide(Vec::new(), vec![clear]).unwrap_err();
+    let ConfigError::SecretMaterial { violations, .. } = refused else {
+        panic!("{refused:?}");
+    };
+    assert_eq!(violations[0].pointer, "/tls_certificate/private_key");
 }
 
 fn commit(changes: Vec<Change>) -> ConfigCommand {

@@ -8,6 +8,7 @@
 //! decoded message serialised back, so equal configurations are equal bytes.
 
 mod rules;
+pub mod sensitive;
 
 use std::fmt;
 use std::sync::LazyLock;
