@@ -100,7 +100,7 @@ impl Default for TokenSettings {
         Self {
             proxy_ttl: Duration::from_secs(30 * 86_400),
             proxy_max_ttl: Duration::from_secs(365 * 86_400),
-            recheck_interval: Duration::from_secs(5),
+            recheck_interval: efms_xds::DEFAULT_RECHECK,
         }
     }
 }
