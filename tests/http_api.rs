@@ -442,6 +442,8 @@ async fn the_openapi_document_covers_every_route_and_the_reference_page_is_serve
         ("/api/v1/tenants/{tenant}/proxies/{node_id}", "get"),
         ("/api/v1/tenants/{tenant}/proxies/{node_id}/history", "get"),
         ("/api/v1/tenants/{tenant}/{kind}/{name}/bootstrap", "get"),
+        ("/api/v1/tenants/{tenant}/proxy-tokens", "get"),
+        ("/api/v1/tenants/{tenant}/proxy-tokens/{id}", "delete"),
     ];
     for (path, method) in expected {
         let operation = &doc["paths"][path][method];

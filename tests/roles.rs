@@ -183,8 +183,11 @@ async fn every_route_answers_each_role_as_the_role_table_says(pool: PgPool) {
                 Caller::Tenant(Role::Viewer | Role::Operator) if path.ends_with("/audit") => {
                     status == 403
                 }
-                // The bootstrap mints proxy tokens: a writing role only.
-                Caller::Tenant(Role::Viewer | Role::Auditor) if path.ends_with("/bootstrap") => {
+                // The bootstrap mints proxy tokens: a writing role only; the same roles list
+                // and revoke them.
+                Caller::Tenant(Role::Viewer | Role::Auditor)
+                    if path.ends_with("/bootstrap") || path.contains("/proxy-tokens") =>
+                {
                     status == 403
                 }
                 // Reads of what exists answer 200; of what does not (a proxy never seen, an

@@ -18,11 +18,12 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::{require_bearer, JwtKeys};
+use crate::credentials::TokenSettings;
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::metrics::Metrics;
 use crate::routes::{
-    audit, branches, bulk, grants, health, jobs, proxies, quotas, resources, tenants, users,
-    versions,
+    audit, branches, bulk, grants, health, jobs, proxies, proxy_tokens, quotas, resources, tenants,
+    users, versions,
 };
 
 /// The largest bulk request body: 10,000 operations of a few kilobytes each.
@@ -66,6 +67,9 @@ pub struct AppState {
     /// Recent failed logins, which slow down password guessing.
     #[from_ref(skip)]
     pub login_failures: crate::routes::users::LoginFailures,
+    /// Proxy token lifetimes, and how often open xDS streams are re-checked.
+    #[from_ref(skip)]
+    pub tokens: TokenSettings,
 }
 
 /// Where proxies reach the xDS server.
@@ -117,13 +121,10 @@ impl AppState {
         let cache = ResourceCache::new(pool.clone(), efms_domain::config::MAIN_BRANCH);
         // Writers wait on the cache's handle, so they read their own writes from it.
         let config = cache.follow(config);
-        let keys = jwt.clone();
-        let authenticator: efms_xds::Authenticator =
-            Arc::new(move |token: &str| keys.verify(token).map_err(|error| error.to_string()));
         let xds = XdsServer::new(
             pool.clone(),
             snapshots.clone(),
-            authenticator,
+            crate::credentials::xds_authenticator(jwt.clone()),
             metrics.xds.clone(),
         );
         let gauge = metrics.projector_position.clone();
@@ -151,7 +152,16 @@ impl AppState {
             },
             keyring,
             login_failures: crate::routes::users::LoginFailures::default(),
+            tokens: TokenSettings::default(),
         }
+    }
+
+    /// The same state with these proxy token lifetimes and xDS re-check interval.
+    #[must_use]
+    pub fn with_token_settings(mut self, tokens: TokenSettings) -> Self {
+        self.xds.set_credential_recheck(tokens.recheck_interval);
+        self.tokens = tokens;
+        self
     }
 
     /// The same state, telling proxies to reach the xDS server at `address`.
@@ -225,6 +235,11 @@ pub fn router(state: AppState) -> Router {
             get(resources::declaration),
         )
         .route("/tenants/{tenant}/proxies", get(proxies::list))
+        .route("/tenants/{tenant}/proxy-tokens", get(proxy_tokens::list))
+        .route(
+            "/tenants/{tenant}/proxy-tokens/{id}",
+            axum::routing::delete(proxy_tokens::revoke),
+        )
         .route("/tenants/{tenant}/proxies/{node_id}", get(proxies::get))
         .route(
             "/tenants/{tenant}/proxies/{node_id}/history",

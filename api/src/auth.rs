@@ -12,7 +12,9 @@ use efms_domain::{Actor, Role, TenantSlug};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use crate::credentials::{ProxyBinding, VerifiedToken};
 use crate::error::ApiError;
+pub use crate::ttl::parse_ttl;
 
 /// The issuer and audience every token carries.
 pub const ISSUER: &str = "efms";
@@ -38,6 +40,12 @@ pub struct Claims {
     /// either refuses the tokens of earlier generations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<i32>,
+    /// A proxy token's id, by which it is listed and revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<uuid::Uuid>,
+    /// The group a proxy token is bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// Issuer (`efms`).
     pub iss: String,
     /// Audience (`efms`).
@@ -271,6 +279,7 @@ struct ExternalClaims {
     sub: String,
     role: Role,
     tenant: Option<String>,
+    exp: i64,
 }
 
 impl std::fmt::Debug for JwtKeys {
@@ -304,14 +313,11 @@ impl JwtKeys {
         self
     }
 
-    /// Verifies a token like [`JwtKeys::verify_user`]; a token of the identity provider that
+    /// Verifies a token like [`JwtKeys::verify_token`]; a token of the identity provider that
     /// names a key not in its JWK set makes it fetch the set again (at most every 30 seconds),
     /// so that a rotated key is accepted as soon as the provider publishes it.
-    pub async fn verify_user_fetching(
-        &self,
-        token: &str,
-    ) -> Result<(Actor, Option<TokenUser>), ApiError> {
-        let result = self.verify_user(token);
+    pub async fn verify_token_fetching(&self, token: &str) -> Result<VerifiedToken, ApiError> {
+        let result = self.verify_token(token);
         if result.is_err() {
             if let (Some(external), Ok(header)) =
                 (&self.external, jsonwebtoken::decode_header(token))
@@ -320,7 +326,7 @@ impl JwtKeys {
                     && external.lacks_key(&header)
                     && external.refresh_if_due().await
                 {
-                    return self.verify_user(token);
+                    return self.verify_token(token);
                 }
             }
         }
@@ -328,7 +334,7 @@ impl JwtKeys {
     }
 
     /// Verifies a token of the external identity provider.
-    fn verify_external(&self, token: &str, header: &Header) -> Result<Actor, ApiError> {
+    fn verify_external(&self, token: &str, header: &Header) -> Result<VerifiedToken, ApiError> {
         let refused = |reason: String| {
             ApiError::Unauthorized(format!("the bearer token is not valid: {reason}"))
         };
@@ -373,10 +379,15 @@ impl JwtKeys {
         if claims.sub.is_empty() {
             return Err(refused("the token has no subject".to_owned()));
         }
-        Ok(Actor {
-            subject: claims.sub,
-            role: claims.role,
-            tenant,
+        Ok(VerifiedToken {
+            actor: Actor {
+                subject: claims.sub,
+                role: claims.role,
+                tenant,
+            },
+            user: None,
+            proxy: None,
+            expires_at: claims.exp,
         })
     }
 
@@ -388,7 +399,24 @@ impl JwtKeys {
         tenant: Option<&TenantSlug>,
         ttl: Duration,
     ) -> Result<String, String> {
-        self.sign(subject, role, tenant, None, ttl)
+        self.sign(subject, role, tenant, (None, None), ttl)
+    }
+
+    /// Issues a `proxy` token of `tenant` for `subject`, bound to `binding`, valid for `ttl`.
+    pub fn issue_proxy(
+        &self,
+        subject: &str,
+        tenant: &TenantSlug,
+        binding: ProxyBinding,
+        ttl: Duration,
+    ) -> Result<String, String> {
+        self.sign(
+            subject,
+            Role::Proxy,
+            Some(tenant),
+            (None, Some(binding)),
+            ttl,
+        )
     }
 
     fn sign(
@@ -396,7 +424,7 @@ impl JwtKeys {
         subject: &str,
         role: Role,
         tenant: Option<&TenantSlug>,
-        user: Option<TokenUser>,
+        (user, proxy): (Option<TokenUser>, Option<ProxyBinding>),
         ttl: Duration,
     ) -> Result<String, String> {
         check_role_tenant(role, tenant.map(TenantSlug::as_str))?;
@@ -408,6 +436,8 @@ impl JwtKeys {
             tenant: tenant.map(ToString::to_string),
             uid: user.map(|user| user.uid),
             generation: user.map(|user| user.generation),
+            jti: proxy.as_ref().map(|proxy| proxy.token_id),
+            group: proxy.map(|proxy| proxy.group),
             iss: ISSUER.to_owned(),
             aud: ISSUER.to_owned(),
             iat: now,
@@ -432,18 +462,22 @@ impl JwtKeys {
         user: TokenUser,
         ttl: Duration,
     ) -> Result<String, String> {
-        self.sign(subject, role, Some(tenant), Some(user), ttl)
+        self.sign(subject, role, Some(tenant), (Some(user), None), ttl)
     }
 
     /// Verifies a token: the caller, and the user it was issued to, if any.
     pub fn verify_user(&self, token: &str) -> Result<(Actor, Option<TokenUser>), ApiError> {
+        self.verify_token(token)
+            .map(|token| (token.actor, token.user))
+    }
+
+    /// Verifies a token: the caller, what can withdraw the token, and when it expires.
+    pub fn verify_token(&self, token: &str) -> Result<VerifiedToken, ApiError> {
         let header = jsonwebtoken::decode_header(token).map_err(|error| {
             ApiError::Unauthorized(format!("the bearer token is not valid: {error}"))
         })?;
         if header.alg != Algorithm::HS256 {
-            return self
-                .verify_external(token, &header)
-                .map(|actor| (actor, None));
+            return self.verify_external(token, &header);
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|error| {
@@ -465,14 +499,20 @@ impl JwtKeys {
                 "the token has no subject".to_owned(),
             ));
         }
-        Ok((
-            Actor {
+        let proxy = match (claims.role, claims.jti, claims.group) {
+            (Role::Proxy, Some(token_id), Some(group)) => Some(ProxyBinding { token_id, group }),
+            _ => None,
+        };
+        Ok(VerifiedToken {
+            actor: Actor {
                 subject: claims.sub,
                 role: claims.role,
                 tenant,
             },
             user,
-        ))
+            proxy,
+            expires_at: claims.exp,
+        })
     }
 }
 
@@ -509,23 +549,9 @@ pub async fn require_bearer(
         .ok_or_else(|| {
             ApiError::Unauthorized("the Authorization header must read `Bearer <token>`".to_owned())
         })?;
-    let (actor, user) = keys.verify_user_fetching(token).await?;
-    if let (Some(user), Some(tenant)) = (user, &actor.tenant) {
-        match crate::routes::users::generation(&state, tenant.tenant_id(), user.uid).await? {
-            None => {
-                return Err(ApiError::Unauthorized(
-                    "the bearer token's user or service account was deleted".to_owned(),
-                ))
-            }
-            Some(current) if current != user.generation => {
-                return Err(ApiError::Unauthorized(
-                    "the user's role or password changed after this token was issued; log in again"
-                        .to_owned(),
-                ))
-            }
-            Some(_) => {}
-        }
-    }
+    let verified = keys.verify_token_fetching(token).await?;
+    crate::credentials::refuse_withdrawn(&state.pool, &verified).await?;
+    let actor = verified.actor;
     if actor.role == Role::Proxy {
         return Err(ApiError::Forbidden(
             "a `proxy` token only streams configuration over xDS".to_owned(),
@@ -549,29 +575,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
             .cloned()
             .ok_or_else(|| ApiError::Unauthorized("this route needs a bearer token".to_owned()))
     }
-}
-
-/// Parses a duration such as `90s`, `30m`, `1h` or `7d`.
-pub fn parse_ttl(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{text}` needs a unit: s, m, h or d (for example 1h)"))?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration such as 90s, 30m, 1h or 7d"))?;
-    let seconds = match unit {
-        "s" => number,
-        "m" => number.saturating_mul(60),
-        "h" => number.saturating_mul(3600),
-        "d" => number.saturating_mul(86_400),
-        _ => return Err(format!("`{text}`: the unit must be s, m, h or d")),
-    };
-    if seconds == 0 {
-        return Err("the TTL must be longer than zero".to_owned());
-    }
-    Ok(Duration::from_secs(seconds))
 }
 
 #[cfg(test)]
@@ -622,15 +625,5 @@ mod tests {
         assert!(keys()
             .issue("x", Role::System, Some(&acme), Duration::from_secs(60))
             .is_err());
-    }
-
-    #[test]
-    fn ttl_accepts_units_and_refuses_the_rest() {
-        assert_eq!(parse_ttl("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_ttl("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_ttl("7d"), Ok(Duration::from_secs(604_800)));
-        for bad in ["", "1", "h", "1w", "0s", "-1h"] {
-            assert!(parse_ttl(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -108,6 +108,16 @@ pub struct ServeArgs {
     /// How often projections poll the log when no commit notification arrives, in milliseconds.
     #[arg(long, env = "EFMS_POLL_INTERVAL_MS", default_value = "250")]
     pub poll_interval_ms: String,
+    /// Lifetime of the proxy tokens bootstraps mint when they name none (`token_ttl`).
+    #[arg(long, env = "EFMS_PROXY_TOKEN_TTL", default_value = "30d")]
+    pub proxy_token_ttl: String,
+    /// The longest `token_ttl` a bootstrap may ask for.
+    #[arg(long, env = "EFMS_PROXY_TOKEN_MAX_TTL", default_value = "365d")]
+    pub proxy_token_max_ttl: String,
+    /// How often open xDS streams are checked against deleted or changed users and revoked proxy
+    /// tokens, such as 5s.
+    #[arg(long, env = "EFMS_XDS_CREDENTIAL_RECHECK", default_value = "5s")]
+    pub xds_credential_recheck: String,
 }
 
 /// `efms token`.
@@ -188,6 +198,8 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
     /// Projection polling interval.
     pub poll_interval: Duration,
+    /// Proxy token lifetimes and the xDS credential re-check interval.
+    pub tokens: crate::credentials::TokenSettings,
 }
 
 impl DatabaseArgs {
@@ -407,6 +419,11 @@ impl ServeArgs {
                     ),
                 )
             })?;
+        let tokens = crate::credentials::TokenSettings::from_settings(
+            &self.proxy_token_ttl,
+            &self.proxy_token_max_ttl,
+            &self.xds_credential_recheck,
+        )?;
         Ok(ServeConfig {
             database,
             http_addr,
@@ -418,6 +435,7 @@ impl ServeArgs {
             oidc,
             log_format,
             poll_interval,
+            tokens,
         })
     }
 }
@@ -445,6 +463,9 @@ mod tests {
             oidc_audience: None,
             log_format: "json".to_owned(),
             poll_interval_ms: "250".to_owned(),
+            proxy_token_ttl: "30d".to_owned(),
+            proxy_token_max_ttl: "365d".to_owned(),
+            xds_credential_recheck: "5s".to_owned(),
         }
     }
 

@@ -7,6 +7,7 @@ pub mod access;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod credentials;
 pub mod db;
 pub mod error;
 pub mod extract;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod routes;
 pub mod server;
+pub mod ttl;
 
 pub use app::{router, AppState, XdsAddress};
 pub use auth::JwtKeys;

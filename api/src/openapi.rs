@@ -8,8 +8,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::routes::{
-    audit, branches, bulk, grants, health, jobs, proxies, quotas, resources, tenants, users,
-    versions,
+    audit, branches, bulk, grants, health, jobs, proxies, proxy_tokens, quotas, resources, tenants,
+    users, versions,
 };
 
 /// The RFC 7807 body of every error (for the document; `crate::error` writes it).
@@ -73,6 +73,7 @@ impl Modify for BearerAuth {
         resources::list, resources::create, resources::get, resources::replace, resources::patch, resources::delete, resources::group_resources, resources::declaration,
         versions::history, versions::revisions, versions::diff, versions::rollback, versions::rollback_resource,
         proxies::list, proxies::get, proxies::history, proxies::bootstrap,
+        proxy_tokens::list, proxy_tokens::revoke,
         bulk::bulk, jobs::get,
         branches::create, branches::list, branches::get, branches::delete, branches::diff, branches::merge,
     ),

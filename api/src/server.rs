@@ -40,6 +40,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         config.poll_interval,
         signalled(stopped.clone()),
     )
+    .with_token_settings(config.tokens)
     .with_xds_address(XdsAddress {
         tls_ca: config.tls.as_ref().map(|tls| tls.chain_pem().to_owned()),
         ..match &config.xds_advertise_addr {

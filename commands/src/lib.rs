@@ -8,8 +8,10 @@
 //!   so that row-level security, not handler code, keeps tenants apart.
 //! - [`bus`]: executes a command on an aggregate and reports where its commit landed in the log.
 //! - [`keys`]: the tenants' data keys for secret material, wrapped under the master key.
+//! - [`credentials`]: whether a token's user or proxy token id was withdrawn before it expired.
 
 pub mod bus;
+pub mod credentials;
 pub mod event_store;
 pub mod keys;
 pub mod log;

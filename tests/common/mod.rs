@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use cqrs_es::persist::SerializedEvent;
 use efms_api::app::serve_http;
+use efms_api::credentials::TokenSettings;
 use efms_api::{AppState, JwtKeys, XdsAddress};
 use efms_domain::{Role, TenantSlug};
 use serde_json::json;
@@ -14,6 +15,8 @@ use tokio::sync::watch;
 
 /// The secret the test servers sign tokens with.
 pub const SECRET: &[u8] = b"test-secret-test-secret-test-secret!";
+/// How often the test servers re-check the tokens of open xDS streams.
+pub const RECHECK: Duration = Duration::from_millis(200);
 /// The master key of the control planes tests start (base64 of 32 bytes).
 pub const MASTER_KEY: &str = "dGVzdC1tYXN0ZXIta2V5LXRlc3QtbWFzdGVyLWtleSE=";
 
@@ -105,6 +108,10 @@ impl TestApp {
             Duration::from_millis(100),
             until_stopped(stopped.clone()),
         )
+        .with_token_settings(TokenSettings {
+            recheck_interval: RECHECK,
+            ..TokenSettings::default()
+        })
         .with_xds_address(XdsAddress {
             tls_ca: tls.as_ref().map(|identity| identity.chain_pem().to_owned()),
             ..XdsAddress::for_listener(grpc_addr)

@@ -10,13 +10,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use efms_domain::envoy::ResourceKind;
-use efms_domain::Actor;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use tokio_stream::Stream;
 use tonic::{Status, Streaming};
 
 use efms_projections::{GroupSnapshot, XdsResource};
 
+use crate::identity::Credentials;
 use crate::session::{kind_of, static_type_url, Session, XdsServer};
 use crate::status::Protocol;
 
@@ -160,16 +160,16 @@ impl Subscription {
 /// The responses of one stream, as tonic wants them.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// The response stream of a stream opened by `actor`.
+/// The response stream of a stream opened with `credentials`.
 pub(crate) fn drive<E: Engine>(
     server: XdsServer,
-    actor: Actor,
+    credentials: Credentials,
     requests: Streaming<E::Request>,
     only: Option<ResourceKind>,
 ) -> ResponseStream<E::Response> {
     let state = State::<E>::Opening(Box::new(Opening {
         server,
-        actor,
+        credentials,
         requests,
         only,
     }));
@@ -184,7 +184,7 @@ enum State<E: Engine> {
 
 struct Opening<E: Engine> {
     server: XdsServer,
-    actor: Actor,
+    credentials: Credentials,
     requests: Streaming<E::Request>,
     only: Option<ResourceKind>,
 }
@@ -201,6 +201,8 @@ enum Event<R> {
     Ended,
     SnapshotChanged,
     Stopping,
+    /// The token expired or was withdrawn.
+    Lapsed(Status),
 }
 
 impl<E: Engine> Running<E> {
@@ -236,6 +238,7 @@ impl<E: Engine> Running<E> {
                 if changed.is_ok() { Event::SnapshotChanged } else { Event::Ended }
             }
             () = server.stopped() => Event::Stopping,
+            status = engine.session.lapse.lapsed() => Event::Lapsed(status),
         }
     }
 }
@@ -249,14 +252,17 @@ async fn step<E: Engine>(state: State<E>) -> Step<E> {
         State::Opening(opening) => {
             let Opening {
                 server,
-                actor,
+                credentials,
                 mut requests,
                 only,
             } = *opening;
             let Ok(Some(first)) = requests.message().await else {
                 return None;
             };
-            let session = match server.open(&actor, E::node(&first), E::PROTOCOL).await {
+            let session = match server
+                .open(&credentials, E::node(&first), E::PROTOCOL)
+                .await
+            {
                 Ok(session) => session,
                 Err(status) => {
                     server.metrics().refused.inc();
@@ -290,6 +296,10 @@ async fn step<E: Engine>(state: State<E>) -> Step<E> {
                 running.refill();
             }
             Event::Ended => return None,
+            Event::Lapsed(status) => {
+                tracing::info!(node = running.engine.session.connection.node_id, %status, "ending a stream whose token lapsed");
+                return Some((Err(status), State::Done));
+            }
             Event::Stopping => {
                 return Some((
                     Err(Status::unavailable(

@@ -1,10 +1,13 @@
 //! Who is on a stream (NFR-SE-001, INT-XDS-003): the bearer token in the gRPC metadata says which
-//! tenant the caller may read; the node in the first request says which proxy it is and, with the
-//! tenant's groups, which group's configuration it gets.
+//! tenant the caller may read (and, for a bootstrap's proxy token, which group); the node in the
+//! first request says which proxy it is and, with the tenant's groups, which group's configuration
+//! it gets.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
+use efms_commands::credentials::Revocable;
 use efms_domain::{Actor, Role, TenantSlug};
 use envoy_types::pb::envoy::config::core::v3::{node::UserAgentVersionType, Node};
 use envoy_types::pb::google::protobuf::value::Kind;
@@ -13,18 +16,32 @@ use tonic::Status;
 use uuid::Uuid;
 
 /// Checks a bearer token and returns who it speaks for, or why it is refused.
-pub type Authenticator = Arc<dyn Fn(&str) -> Result<Actor, String> + Send + Sync>;
+pub type Authenticator = Arc<dyn Fn(&str) -> Result<Credentials, String> + Send + Sync>;
+
+/// What a verified bearer token says: who it speaks for, and what ends a stream opened with it.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// The caller.
+    pub actor: Actor,
+    /// When the token expires; its streams end then.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The user or proxy token whose deletion, change or revocation withdraws the token.
+    pub revocable: Option<Revocable>,
+    /// The group a bootstrap's proxy token is bound to: its streams get that group and no other.
+    pub group: Option<String>,
+}
 
 /// The node metadata key naming the proxy's tenant (its slug).
 pub const TENANT_KEY: &str = "tenant";
 /// The node metadata key naming the proxy's group.
 pub const GROUP_KEY: &str = "group";
 
-/// The principal behind a stream, from its `authorization` metadata.
+/// The principal behind a stream, from its `authorization` metadata: `system`, `admin`,
+/// `operator` and `proxy` tokens may stream configuration.
 pub fn authenticate(
     metadata: &MetadataMap,
     authenticator: &Authenticator,
-) -> Result<Actor, Status> {
+) -> Result<Credentials, Status> {
     let header = metadata
         .get("authorization")
         .ok_or_else(|| {
@@ -38,12 +55,12 @@ pub fn authenticate(
         .ok_or_else(|| {
             Status::unauthenticated("the authorization metadata must be `Bearer <token>`")
         })?;
-    let actor = authenticator(token.trim()).map_err(Status::unauthenticated)?;
-    match actor.role {
-        Role::System | Role::Admin | Role::Operator | Role::Proxy => Ok(actor),
+    let credentials = authenticator(token.trim()).map_err(Status::unauthenticated)?;
+    match credentials.actor.role {
+        Role::System | Role::Admin | Role::Operator | Role::Proxy => Ok(credentials),
         Role::Viewer | Role::Auditor => Err(Status::permission_denied(format!(
             "the `{}` role cannot stream configuration; use a `proxy` token",
-            actor.role
+            credentials.actor.role
         ))),
     }
 }
@@ -100,6 +117,18 @@ impl NodeInfo {
             metadata,
             envoy_version,
         })
+    }
+
+    /// The group a token bound to `bound` streams: the node's metadata `group`, when it names
+    /// one, must be that group.
+    pub fn bound_group(&self, bound: &str) -> Result<String, Status> {
+        match self.metadata.get(GROUP_KEY) {
+            Some(claimed) if claimed != bound => Err(Status::permission_denied(format!(
+                "the token is bound to group `{bound}`; node `{}` claims group `{claimed}`",
+                self.node_id
+            ))),
+            _ => Ok(bound.to_owned()),
+        }
     }
 
     /// The tenant the proxy belongs to: its metadata's `tenant`, else the token's; they must agree,
@@ -188,6 +217,17 @@ mod tests {
             .tenant(&actor(Role::Proxy, Some("globex")))
             .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    }
+
+    #[test]
+    fn a_bound_token_streams_its_group_and_refuses_a_node_that_claims_another() {
+        let info = NodeInfo::from_node(Some(&node(&[]))).unwrap();
+        assert_eq!(info.bound_group("edge").unwrap(), "edge");
+        let info = NodeInfo::from_node(Some(&node(&[("group", "edge")]))).unwrap();
+        assert_eq!(info.bound_group("edge").unwrap(), "edge");
+        let refused = info.bound_group("core").unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(refused.message().contains("`edge`"), "{refused:?}");
     }
 
     #[test]

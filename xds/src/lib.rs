@@ -5,9 +5,11 @@
 //! serves the Aggregated Discovery Service in both the State-of-the-World and the delta protocol,
 //! the per-type CDS, EDS, LDS, RDS and SDS services, and the standard gRPC health service. Streams
 //! read the group snapshots that `efms-projections` keeps; every stream is authenticated by the
-//! bearer token in its metadata, and what each proxy was sent, accepted and refused is recorded
+//! bearer token in its metadata, and ends when that token expires or is withdrawn (its user
+//! deleted or changed, its proxy token revoked); what each proxy was sent, accepted and refused is recorded
 //! durably (see [`status`]).
 
+mod credentials;
 mod delta;
 mod driver;
 pub mod identity;
@@ -29,7 +31,8 @@ use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
-pub use identity::Authenticator;
+pub use credentials::DEFAULT_RECHECK;
+pub use identity::{Authenticator, Credentials};
 pub use metrics::XdsMetrics;
 pub use session::XdsServer;
 

@@ -1,6 +1,8 @@
 //! The gRPC services: ADS (State of the World and delta) and the per-type CDS, EDS, LDS, RDS and
 //! SDS services, all over the same stream engines.
 
+use efms_commands::credentials::withdrawn;
+use efms_commands::Scope;
 use efms_domain::envoy::ResourceKind;
 use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_server::ClusterDiscoveryService;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
@@ -14,8 +16,8 @@ use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::driver::{drive, ResponseStream};
-use crate::identity::authenticate;
-use crate::session::XdsServer;
+use crate::identity::{authenticate, Credentials};
+use crate::session::{token_expired, XdsServer};
 use crate::{delta, sotw};
 
 /// A stream of SotW responses.
@@ -24,33 +26,60 @@ pub type SotwStream = ResponseStream<DiscoveryResponse>;
 pub type DeltaStream = ResponseStream<DeltaDiscoveryResponse>;
 
 impl XdsServer {
-    fn start_sotw(
+    /// The credentials of a new stream: a token of a role that streams, not expired, whose user
+    /// or proxy token was not withdrawn.
+    async fn admit(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Credentials, Status> {
+        let admitted = async {
+            let credentials = authenticate(metadata, self.authenticator())?;
+            if let Some(at) = credentials
+                .expires_at
+                .filter(|at| *at <= chrono::Utc::now())
+            {
+                return Err(token_expired(at));
+            }
+            if let Some(revocable) = credentials.revocable {
+                let scope = Scope::Tenant(revocable.tenant_id());
+                let withdrawn =
+                    withdrawn(self.pool(), scope, revocable)
+                        .await
+                        .map_err(|error| {
+                            tracing::error!(%error, "the xDS server cannot check a token");
+                            Status::unavailable("the configuration store is unavailable; retry")
+                        })?;
+                if let Some(reason) = withdrawn {
+                    return Err(Status::unauthenticated(reason.to_string()));
+                }
+            }
+            Ok(credentials)
+        };
+        admitted.await.inspect_err(|_| {
+            self.metrics().refused.inc();
+        })
+    }
+
+    async fn start_sotw(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
         only: Option<ResourceKind>,
     ) -> Result<Response<SotwStream>, Status> {
-        let actor = authenticate(request.metadata(), self.authenticator()).inspect_err(|_| {
-            self.metrics().refused.inc();
-        })?;
+        let credentials = self.admit(request.metadata()).await?;
         Ok(Response::new(drive::<sotw::Sotw>(
             self.clone(),
-            actor,
+            credentials,
             request.into_inner(),
             only,
         )))
     }
 
-    fn start_delta(
+    async fn start_delta(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
         only: Option<ResourceKind>,
     ) -> Result<Response<DeltaStream>, Status> {
-        let actor = authenticate(request.metadata(), self.authenticator()).inspect_err(|_| {
-            self.metrics().refused.inc();
-        })?;
+        let credentials = self.admit(request.metadata()).await?;
         Ok(Response::new(drive::<delta::Delta>(
             self.clone(),
-            actor,
+            credentials,
             request.into_inner(),
             only,
         )))
@@ -70,14 +99,14 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<SotwStream>, Status> {
-        self.start_sotw(request, None)
+        self.start_sotw(request, None).await
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaStream>, Status> {
-        self.start_delta(request, None)
+        self.start_delta(request, None).await
     }
 }
 
@@ -93,14 +122,14 @@ macro_rules! per_type_service {
                 &self,
                 request: Request<Streaming<DiscoveryRequest>>,
             ) -> Result<Response<SotwStream>, Status> {
-                self.start_sotw(request, Some($kind))
+                self.start_sotw(request, Some($kind)).await
             }
 
             async fn $delta(
                 &self,
                 request: Request<Streaming<DeltaDiscoveryRequest>>,
             ) -> Result<Response<DeltaStream>, Status> {
-                self.start_delta(request, Some($kind))
+                self.start_delta(request, Some($kind)).await
             }
 
             async fn $fetch(

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use efms_commands::Scope;
 use efms_domain::envoy::ResourceKind;
-use efms_domain::Actor;
 use efms_projections::snapshots::XDS_KINDS;
 use efms_projections::{GroupSnapshot, SnapshotStore};
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -16,7 +15,8 @@ use tokio::sync::watch;
 use tonic::Status;
 use uuid::Uuid;
 
-use crate::identity::{Authenticator, NodeInfo, GROUP_KEY};
+use crate::credentials::{CredentialWatch, WatchedCredential};
+use crate::identity::{Authenticator, Credentials, NodeInfo, GROUP_KEY};
 use crate::metrics::{TypeLabels, XdsMetrics};
 use crate::status::{Connection, Protocol, Recorder};
 use prometheus_client::metrics::counter::Counter;
@@ -34,6 +34,8 @@ struct Inner {
     pool: PgPool,
     store: SnapshotStore,
     authenticator: Authenticator,
+    /// The users and proxy tokens of the open streams, checked every few seconds.
+    credentials: Arc<CredentialWatch>,
     recorder: Recorder,
     metrics: XdsMetrics,
     nonces: AtomicU64,
@@ -59,11 +61,13 @@ impl XdsServer {
         metrics: XdsMetrics,
     ) -> Self {
         let recorder = Recorder::spawn(pool.clone());
+        let credentials = CredentialWatch::spawn(pool.clone());
         Self {
             inner: Arc::new(Inner {
                 pool,
                 store,
                 authenticator,
+                credentials,
                 recorder,
                 metrics,
                 nonces: AtomicU64::new(0),
@@ -91,6 +95,23 @@ impl XdsServer {
         &self.inner.authenticator
     }
 
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// Re-checks the users and proxy tokens of open streams every `interval` (five seconds unless
+    /// set): a stream whose user was deleted or changed, or whose proxy token was revoked, ends
+    /// within that time.
+    pub fn set_credential_recheck(&self, interval: Duration) {
+        self.inner.credentials.set_interval(interval);
+    }
+
+    /// Re-checks the users and proxy tokens of open streams now: call it after deleting or
+    /// changing a user or revoking a proxy token, so that this replica's streams end at once.
+    pub fn recheck_credentials(&self) {
+        self.inner.credentials.check_now();
+    }
+
     pub(crate) fn metrics(&self) -> &XdsMetrics {
         &self.inner.metrics
     }
@@ -107,10 +128,10 @@ impl XdsServer {
             .to_string()
     }
 
-    /// Opens the stream of the proxy that sent `node`, for `actor`.
+    /// Opens the stream of the proxy that sent `node`, for the holder of `credentials`.
     pub(crate) async fn open(
         &self,
-        actor: &Actor,
+        credentials: &Credentials,
         node: Option<&Node>,
         protocol: Protocol,
     ) -> Result<Session, Status> {
@@ -118,12 +139,21 @@ impl XdsServer {
             return Err(Status::unavailable("the control plane is shutting down"));
         }
         let info = NodeInfo::from_node(node)?;
-        let (slug, tenant_id) = info.tenant(actor)?;
+        let (slug, tenant_id) = info.tenant(&credentials.actor)?;
+        // Registered before the last checks, so that a withdrawal from now on ends the stream.
+        let credential = credentials
+            .revocable
+            .map(|revocable| self.inner.credentials.register(revocable));
+        let bound = credentials
+            .group
+            .as_deref()
+            .map(|group| info.bound_group(group))
+            .transpose()?;
         self.check_tenant(tenant_id, slug.as_str()).await?;
         self.check_proxy_quota(tenant_id, slug.as_str(), &info.node_id)
             .await?;
-        let group = match info.metadata.get(GROUP_KEY) {
-            Some(group) => group.clone(),
+        let group = match bound.or_else(|| info.metadata.get(GROUP_KEY).cloned()) {
+            Some(group) => group,
             None => self
                 .inner
                 .store
@@ -175,6 +205,10 @@ impl XdsServer {
             connection,
             snapshot,
             counters,
+            lapse: Lapse {
+                credential,
+                expires_at: credentials.expires_at,
+            },
         })
     }
 
@@ -263,6 +297,42 @@ pub(crate) struct Session {
     node: Arc<str>,
     /// Push and NACK counters per kind, looked up once per stream.
     counters: Vec<(ResourceKind, Counter, Counter)>,
+    /// What ends the stream: its token's expiry or withdrawal.
+    pub lapse: Lapse,
+}
+
+/// What ends a stream before the proxy or the server does.
+pub(crate) struct Lapse {
+    /// The user or proxy token the stream's token names, watched for withdrawal.
+    credential: Option<WatchedCredential>,
+    /// When the stream's token expires.
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Lapse {
+    /// Resolves, with the status that ends the stream, when its token expires or is withdrawn.
+    pub async fn lapsed(&mut self) -> Status {
+        let expiry = async {
+            match self.expires_at {
+                Some(at) => {
+                    let left = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+                    tokio::time::sleep(left).await;
+                    token_expired(at)
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let withdrawal = async {
+            match &mut self.credential {
+                Some(credential) => credential.withdrawn().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            status = expiry => status,
+            status = withdrawal => status,
+        }
+    }
 }
 
 impl Session {
@@ -302,6 +372,14 @@ impl Session {
     pub fn server(&self) -> &XdsServer {
         &self.server
     }
+}
+
+/// The status of a stream whose token expired at `at`.
+pub(crate) fn token_expired(at: chrono::DateTime<chrono::Utc>) -> Status {
+    Status::unauthenticated(format!(
+        "the token expired at {}; connect again with a new one",
+        at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    ))
 }
 
 impl Drop for Session {

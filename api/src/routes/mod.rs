@@ -7,6 +7,7 @@ pub mod grants;
 pub mod health;
 pub mod jobs;
 pub mod proxies;
+pub mod proxy_tokens;
 pub mod quotas;
 pub mod resources;
 pub mod tenants;

@@ -2,14 +2,12 @@
 //! connects a stock Envoy to its group.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use efms_domain::config::MAIN_BRANCH;
 use efms_domain::envoy::{check_name, ResourceKind};
-use efms_domain::Role;
 use efms_projections::config::{self as read, AsOf};
 use efms_projections::proxies::{self as status, ProxyRow, SyncState, TypeStatusRow};
 use efms_projections::snapshots::XDS_KINDS;
@@ -19,7 +17,7 @@ use serde_json::{json, Value};
 use super::resources::kind_of;
 use crate::access::{tenant_access, Access};
 use crate::app::AppState;
-use crate::auth::{parse_ttl, Principal};
+use crate::auth::Principal;
 use crate::error::{ApiError, FieldError};
 use crate::extract::ApiQuery;
 
@@ -375,14 +373,16 @@ pub struct BootstrapParams {
     protocol: Option<XdsProtocol>,
     /// The port of Envoy's admin interface on 127.0.0.1 (default 9901).
     admin_port: Option<u16>,
-    /// How long the proxy token in the bootstrap stays valid (default `365d`).
+    /// How long the proxy token in the bootstrap stays valid, such as `7d` (default
+    /// EFMS_PROXY_TOKEN_TTL, `30d`; at most EFMS_PROXY_TOKEN_MAX_TTL, `365d`). The proxy needs a
+    /// new bootstrap before it expires.
     token_ttl: Option<String>,
 }
 
 /// `GET /api/v1/tenants/{tenant}/groups/{group}/bootstrap`: an Envoy bootstrap with which a stock
 /// Envoy connects to this control plane as `node_id` of the group, authenticated by a `proxy`
 /// token in its ADS `initial_metadata`. Needs the `operator` or `admin` role, since it mints that
-/// token.
+/// token: bound to the group, listed and revoked under `…/proxy-tokens`.
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/{kind}/{name}/bootstrap", tag = "proxies",
     params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "groups"),
         ("name" = String, Path, description = "The group's name"), BootstrapParams),
@@ -406,17 +406,9 @@ pub async fn bootstrap(
     if let Err(problem) = check_name(&params.node_id) {
         errors.push(FieldError::parameter("node_id", problem));
     }
-    let ttl = match parse_ttl(params.token_ttl.as_deref().unwrap_or("365d")) {
-        Ok(ttl) if ttl <= Duration::from_secs(10 * 365 * 86_400) => Some(ttl),
-        Ok(_) => {
-            errors.push(FieldError::parameter("token_ttl", "at most 3650d"));
-            None
-        }
-        Err(problem) => {
-            errors.push(FieldError::parameter("token_ttl", problem));
-            None
-        }
-    };
+    let ttl = super::proxy_tokens::token_ttl(&state, params.token_ttl.as_deref())
+        .map_err(|problem| errors.push(problem))
+        .ok();
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
@@ -438,15 +430,14 @@ pub async fn bootstrap(
             "quota `proxies` ({limit}) is reached: {connected} proxies are connected"
         )));
     }
-    let token = state
-        .jwt
-        .issue(
-            &format!("proxy:{}", params.node_id),
-            Role::Proxy,
-            Some(&tenant.slug),
-            ttl.expect("checked"),
-        )
-        .map_err(ApiError::internal)?;
+    let token = super::proxy_tokens::mint(
+        &state,
+        &actor,
+        &tenant,
+        (&group, &params.node_id),
+        ttl.expect("checked"),
+    )
+    .await?;
     Ok(Json(bootstrap_document(&BootstrapSpec {
         node_id: &params.node_id,
         group: &group,

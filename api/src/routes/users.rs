@@ -63,26 +63,6 @@ impl LoginFailures {
     }
 }
 
-/// The current generation of the user `uid` of the tenant (see [`TokenUser`]); `None` when it
-/// does not exist or was deleted.
-pub async fn generation(
-    state: &AppState,
-    tenant_id: Uuid,
-    uid: Uuid,
-) -> Result<Option<i32>, ApiError> {
-    let mut tx = Scope::Tenant(tenant_id).begin(&state.pool).await?;
-    let generation = sqlx::query_scalar!(
-        r#"SELECT generation FROM users WHERE tenant_id = $1 AND user_id = $2
-           AND deleted_at IS NULL"#,
-        tenant_id,
-        uid,
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(generation)
-}
-
 /// Body of a user creation.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -344,6 +324,8 @@ pub async fn change(
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
+    // The user's open xDS streams end now on this replica, on others at their next check.
+    state.xds.recheck_credentials();
     let token = if row.kind == "service" {
         let role: Role = row.role.parse().map_err(ApiError::internal)?;
         let user = TokenUser {
@@ -472,6 +454,7 @@ pub async fn delete(
     if deleted == 0 {
         return Err(missing());
     }
+    state.xds.recheck_credentials();
     Ok(StatusCode::NO_CONTENT)
 }
 

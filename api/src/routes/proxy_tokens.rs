@@ -1,0 +1,251 @@
+//! The proxy tokens bootstraps mint (NFR-SE-001): `/api/v1/tenants/{tenant}/proxy-tokens`.
+//!
+//! Each token names its id (`jti`) and is bound to one group: the xDS server refuses a stream
+//! whose node claims another. Every token is stored when it is minted; revoking one refuses new
+//! streams with it and ends the open ones (within the re-check interval on every replica, at once
+//! on the one that revoked it). Envoy cannot renew a token held in its bootstrap, so a token is
+//! rotated by handing the proxy a new bootstrap before the old one expires.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use efms_commands::Scope;
+use efms_domain::{Actor, Role};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::access::{tenant_access, Access, TenantAccess};
+use crate::app::AppState;
+use crate::auth::Principal;
+use crate::credentials::ProxyBinding;
+use crate::error::{ApiError, FieldError};
+use crate::extract::ApiQuery;
+use crate::ttl::{format_ttl, parse_ttl};
+
+/// A proxy token, as the list shows it (never the token itself).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProxyTokenView {
+    /// The token's id (its `jti`).
+    id: Uuid,
+    /// The group it streams.
+    group: String,
+    /// The node it was minted for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_id: Option<String>,
+    /// Who minted it.
+    issued_by: String,
+    issued_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revoked_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revoked_by: Option<String>,
+    /// `active`, `expired` or `revoked`.
+    state: String,
+}
+
+/// A page of proxy tokens.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProxyTokensPage {
+    items: Vec<ProxyTokenView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<Uuid>,
+}
+
+/// Query of the proxy token list.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyTokensParams {
+    /// Page size (1 to 500, default 50).
+    limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<Uuid>,
+    /// Only the tokens of this group.
+    group: Option<String>,
+}
+
+type Row = (
+    Uuid,
+    String,
+    Option<String>,
+    String,
+    DateTime<Utc>,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+    Option<String>,
+);
+
+const COLUMNS: &str =
+    "token_id, group_name, node_id, issued_by, issued_at, expires_at, revoked_at, revoked_by";
+
+fn view(row: Row) -> ProxyTokenView {
+    let (id, group, node_id, issued_by, issued_at, expires_at, revoked_at, revoked_by) = row;
+    let state = if revoked_at.is_some() {
+        "revoked"
+    } else if expires_at <= Utc::now() {
+        "expired"
+    } else {
+        "active"
+    };
+    ProxyTokenView {
+        id,
+        group,
+        node_id,
+        issued_by,
+        issued_at,
+        expires_at,
+        revoked_at,
+        revoked_by,
+        state: state.to_owned(),
+    }
+}
+
+/// Proxy tokens are listed and revoked by the roles that mint them.
+fn minting_role(actor: &Actor) -> Result<(), ApiError> {
+    if matches!(actor.role, Role::Admin | Role::Operator | Role::System) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "proxy tokens are listed and revoked by `operator` or `admin`; this token has `{}`",
+            actor.role
+        )))
+    }
+}
+
+/// `GET /api/v1/tenants/{tenant}/proxy-tokens`: the proxy tokens bootstraps minted, newest
+/// first, with their group, node, issuer, expiry and revocation.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/proxy-tokens", tag = "proxies",
+    params(("tenant" = String, Path, description = "Tenant slug"), ProxyTokensParams),
+    responses((status = 200, description = "A page of proxy tokens", body = ProxyTokensPage),
+        (status = 403, description = "The role may not list proxy tokens", body = crate::openapi::Problem),
+        (status = 404, description = "No such tenant", body = crate::openapi::Problem),
+        (status = 422, description = "Bad paging", body = crate::openapi::Problem)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path(tenant): Path<String>,
+    ApiQuery(params): ApiQuery<ProxyTokensParams>,
+) -> Result<Json<ProxyTokensPage>, ApiError> {
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
+    minting_role(&actor)?;
+    let page = super::PageSize::from_param(params.limit)?;
+    let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
+    let mut rows: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM proxy_tokens
+         WHERE tenant_id = $1 AND ($2::uuid IS NULL OR token_id < $2)
+           AND ($3::text IS NULL OR group_name = $3)
+         ORDER BY token_id DESC LIMIT $4"
+    ))
+    .bind(tenant.tenant_id)
+    .bind(params.cursor)
+    .bind(params.group)
+    .bind(page.fetch())
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let next_cursor = page.cut(&mut rows, |row| row.0);
+    Ok(Json(ProxyTokensPage {
+        items: rows.into_iter().map(view).collect(),
+        next_cursor,
+    }))
+}
+
+/// `DELETE /api/v1/tenants/{tenant}/proxy-tokens/{id}`: revokes a proxy token. New streams with
+/// it are refused at once; open ones end within the re-check interval (at once on this replica).
+/// Revoking a revoked token changes nothing.
+#[utoipa::path(delete, path = "/api/v1/tenants/{tenant}/proxy-tokens/{id}", tag = "proxies",
+    params(("tenant" = String, Path, description = "Tenant slug"), ("id" = String, Path, description = "The token's id")),
+    responses((status = 204, description = "Revoked"),
+        (status = 403, description = "The role may not revoke proxy tokens", body = crate::openapi::Problem),
+        (status = 404, description = "No such proxy token", body = crate::openapi::Problem)))]
+pub async fn revoke(
+    State(state): State<AppState>,
+    Principal(actor): Principal,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
+    minting_role(&actor)?;
+    let missing = || ApiError::NotFound(format!("there is no proxy token `{id}`"));
+    let token_id = Uuid::parse_str(&id).map_err(|_| missing())?;
+    let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
+    let found: Option<(bool,)> = sqlx::query_as(
+        "UPDATE proxy_tokens
+         SET revoked_at = coalesce(revoked_at, now()), revoked_by = coalesce(revoked_by, $3)
+         WHERE tenant_id = $1 AND token_id = $2
+         RETURNING true",
+    )
+    .bind(tenant.tenant_id)
+    .bind(token_id)
+    .bind(actor.audit_name())
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    found.ok_or_else(missing)?;
+    state.xds.recheck_credentials();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The lifetime a bootstrap's `token_ttl` asks for: the installation's default when absent, at
+/// most its maximum.
+pub(crate) fn token_ttl(state: &AppState, asked: Option<&str>) -> Result<Duration, FieldError> {
+    let Some(asked) = asked else {
+        return Ok(state.tokens.proxy_ttl);
+    };
+    let ttl = parse_ttl(asked).map_err(|problem| FieldError::parameter("token_ttl", problem))?;
+    let max = state.tokens.proxy_max_ttl;
+    if ttl > max {
+        return Err(FieldError::parameter(
+            "token_ttl",
+            format!("at most {} (EFMS_PROXY_TOKEN_MAX_TTL)", format_ttl(max)),
+        ));
+    }
+    Ok(ttl)
+}
+
+/// Mints a proxy token of `tenant` for `node_id`, bound to `group`, valid for `ttl`, and stores
+/// it so that it can be listed and revoked.
+pub(crate) async fn mint(
+    state: &AppState,
+    actor: &Actor,
+    tenant: &TenantAccess,
+    (group, node_id): (&str, &str),
+    ttl: Duration,
+) -> Result<String, ApiError> {
+    let token_id = Uuid::now_v7();
+    let expires_at = i64::try_from(ttl.as_secs())
+        .ok()
+        .and_then(chrono::TimeDelta::try_seconds)
+        .and_then(|ttl| Utc::now().checked_add_signed(ttl))
+        .ok_or_else(|| ApiError::internal("the token lifetime is out of range"))?;
+    let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
+    sqlx::query(
+        "INSERT INTO proxy_tokens (tenant_id, token_id, group_name, node_id, issued_by, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(tenant.tenant_id)
+    .bind(token_id)
+    .bind(group)
+    .bind(node_id)
+    .bind(actor.audit_name())
+    .bind(expires_at)
+    .execute(&mut *tx)
+    .await?;
+    let token = state
+        .jwt
+        .issue_proxy(
+            &format!("proxy:{node_id}"),
+            &tenant.slug,
+            ProxyBinding {
+                token_id,
+                group: group.to_owned(),
+            },
+            ttl,
+        )
+        .map_err(ApiError::internal)?;
+    tx.commit().await?;
+    Ok(token)
+}
