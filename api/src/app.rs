@@ -21,7 +21,7 @@ use crate::auth::{require_bearer, JwtKeys};
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::metrics::Metrics;
 use crate::routes::{
-    audit, branches, bulk, grants, health, jobs, proxies, quotas, resources, tenants, users,
+    audit, branches, bulk, grants, health, jobs, login, proxies, quotas, resources, tenants, users,
     versions,
 };
 
@@ -65,7 +65,7 @@ pub struct AppState {
     pub keyring: Keyring,
     /// Recent failed logins, which slow down password guessing.
     #[from_ref(skip)]
-    pub login_failures: crate::routes::users::LoginFailures,
+    pub login_throttle: crate::login_throttle::LoginThrottle,
 }
 
 /// Where proxies reach the xDS server.
@@ -150,7 +150,7 @@ impl AppState {
                 tls_ca: None,
             },
             keyring,
-            login_failures: crate::routes::users::LoginFailures::default(),
+            login_throttle: crate::login_throttle::LoginThrottle::default(),
         }
     }
 
@@ -244,7 +244,7 @@ pub fn router(state: AppState) -> Router {
             require_bearer,
         ))
         // Logging in needs no token.
-        .merge(Router::new().route("/auth/token", post(users::login)))
+        .merge(Router::new().route("/auth/token", post(login::login)))
         // Outside the bearer check, so that refused requests are recorded too.
         .route_layer(middleware::from_fn_with_state(state.clone(), audit::record));
     Router::new()

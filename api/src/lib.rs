@@ -10,8 +10,10 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod login_throttle;
 pub mod metrics;
 pub mod openapi;
+pub mod passwords;
 pub mod routes;
 pub mod server;
 
