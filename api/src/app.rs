@@ -18,6 +18,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::{require_bearer, JwtKeys};
+use crate::connections::HttpLimits;
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::metrics::Metrics;
 use crate::routes::{
@@ -66,6 +67,9 @@ pub struct AppState {
     /// Recent failed logins, which slow down password guessing.
     #[from_ref(skip)]
     pub login_throttle: crate::login_throttle::LoginThrottle,
+    /// How many anonymous failed requests the audit trail recorded this minute.
+    #[from_ref(skip)]
+    pub anonymous_audit: audit::AnonymousBudget,
 }
 
 /// Where proxies reach the xDS server.
@@ -151,7 +155,15 @@ impl AppState {
             },
             keyring,
             login_throttle: crate::login_throttle::LoginThrottle::default(),
+            anonymous_audit: audit::AnonymousBudget::default(),
         }
+    }
+
+    /// The same state, throttling failed logins within `limits`.
+    #[must_use]
+    pub fn with_login_limits(mut self, limits: crate::login_throttle::ThrottleLimits) -> Self {
+        self.login_throttle = crate::login_throttle::LoginThrottle::new(limits);
+        self
     }
 
     /// The same state, telling proxies to reach the xDS server at `address`.
@@ -362,42 +374,32 @@ impl axum::serve::Listener for TlsListener {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub std::net::SocketAddr);
 
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
-    for ClientAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        Self(*stream.remote_addr())
-    }
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
-    for ClientAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        Self(*stream.remote_addr())
-    }
-}
-
-/// Serves the HTTP API on `listener` (over TLS 1.3 with `tls`) until `shutdown` resolves; each
-/// request knows its client's address.
+/// Serves the HTTP API on `listener` (over TLS 1.3 with `tls`) with the default
+/// [`HttpLimits`] until `shutdown` resolves; each request knows its client's address.
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
     tls: Option<&efms_xds::tls::TlsIdentity>,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(state).into_make_service_with_connect_info::<ClientAddr>();
+    serve_http_with(listener, tls, state, HttpLimits::default(), shutdown).await
+}
+
+/// Serves the HTTP API like [`serve_http`], within `limits`.
+pub async fn serve_http_with(
+    listener: tokio::net::TcpListener,
+    tls: Option<&efms_xds::tls::TlsIdentity>,
+    state: AppState,
+    limits: HttpLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let metrics = state.metrics.clone();
+    let app = router(state);
     match tls {
         Some(identity) => {
-            axum::serve(TlsListener::new(listener, identity)?, app)
-                .with_graceful_shutdown(shutdown)
-                .await
+            let listener = TlsListener::new(listener, identity)?;
+            crate::connections::serve(listener, app, limits, metrics, shutdown).await
         }
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
+        None => crate::connections::serve(listener, app, limits, metrics, shutdown).await,
     }
 }

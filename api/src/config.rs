@@ -10,6 +10,9 @@ use sqlx::postgres::PgConnectOptions;
 
 use crate::auth::MIN_SECRET_BYTES;
 
+mod edge;
+pub use edge::{EdgeArgs, EdgeConfig};
+
 /// The local Postgres of a development machine.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/efms";
 
@@ -92,8 +95,8 @@ pub struct ServeArgs {
     /// A JWK set (JSON file) of an external identity provider whose tokens are accepted.
     #[arg(long, env = "EFMS_OIDC_JWKS_FILE")]
     pub oidc_jwks_file: Option<String>,
-    /// Or the URL of that JWK set (http or https), fetched at start, every five minutes, and
-    /// when a token names a key not in it.
+    /// Or the URL of that JWK set (https), fetched at start, every five minutes, and when a
+    /// token names a key not in it.
     #[arg(long, env = "EFMS_OIDC_JWKS_URL")]
     pub oidc_jwks_url: Option<String>,
     /// The `iss` the identity provider's tokens must carry.
@@ -108,6 +111,9 @@ pub struct ServeArgs {
     /// How often projections poll the log when no commit notification arrives, in milliseconds.
     #[arg(long, env = "EFMS_POLL_INTERVAL_MS", default_value = "250")]
     pub poll_interval_ms: String,
+    /// Timeouts, connection and login limits.
+    #[command(flatten)]
+    pub edge: EdgeArgs,
 }
 
 /// `efms token`.
@@ -140,7 +146,7 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         setting,
         reason: reason.into(),
@@ -188,6 +194,8 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
     /// Projection polling interval.
     pub poll_interval: Duration,
+    /// Timeouts, connection and login limits.
+    pub edge: EdgeConfig,
 }
 
 impl DatabaseArgs {
@@ -316,7 +324,8 @@ impl ServeArgs {
             (None, None, None) => Ok(None),
             (Some((setting, source, remote)), Some(issuer), Some(audience)) => {
                 let issuer = if remote {
-                    crate::auth::ExternalIssuer::from_url(&source, &issuer, &audience)
+                    let plain_http = self.edge.jwks_plain_http()?;
+                    crate::auth::ExternalIssuer::from_url(&source, &issuer, &audience, plain_http)
                 } else {
                     let jwks = std::fs::read_to_string(&source).map_err(|error| {
                         invalid(setting, format!("cannot read `{source}`: {error}"))
@@ -407,6 +416,7 @@ impl ServeArgs {
                     ),
                 )
             })?;
+        let edge = self.edge.validate()?;
         Ok(ServeConfig {
             database,
             http_addr,
@@ -418,6 +428,7 @@ impl ServeArgs {
             oidc,
             log_format,
             poll_interval,
+            edge,
         })
     }
 }
@@ -445,6 +456,14 @@ mod tests {
             oidc_audience: None,
             log_format: "json".to_owned(),
             poll_interval_ms: "250".to_owned(),
+            edge: EdgeArgs {
+                http_header_timeout: "10s".to_owned(),
+                http_idle_timeout: "60s".to_owned(),
+                http_max_connections: "1024".to_owned(),
+                login_failures_per_address: "30".to_owned(),
+                login_throttle_entries: "50000".to_owned(),
+                oidc_jwks_allow_http: "false".to_owned(),
+            },
         }
     }
 
@@ -530,5 +549,13 @@ mod tests {
             serve.validate().unwrap_err().setting,
             "EFMS_OIDC_JWKS_URL (--oidc-jwks-url)"
         );
+        serve.oidc_jwks_url = Some("http://idp.example/jwks.json".to_owned());
+        assert_eq!(
+            serve.validate().unwrap_err().setting,
+            "EFMS_OIDC_JWKS_URL (--oidc-jwks-url)",
+            "plain http only when allowed"
+        );
+        serve.edge.oidc_jwks_allow_http = "true".to_owned();
+        assert!(serve.validate().is_ok());
     }
 }

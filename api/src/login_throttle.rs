@@ -214,7 +214,9 @@ impl LoginThrottle {
         }
         let needed = |table: &Table| {
             usize::from(!table.users.contains_key(&user))
-                + address.map_or(0, |address| usize::from(!table.addresses.contains_key(&address)))
+                + address.map_or(0, |address| {
+                    usize::from(!table.addresses.contains_key(&address))
+                })
         };
         let size = |table: &Table| table.users.len() + table.addresses.len();
         if size(&table) + needed(&table) > limits.max_entries
@@ -310,8 +312,14 @@ mod tests {
     fn one_address_is_limited_whatever_the_names_and_an_ipv6_64_counts_as_one() {
         let throttle = throttle(5, 3, 100);
         let now = Instant::now();
-        for (name, address) in [("a", "2001:db8::1"), ("b", "2001:db8::2"), ("c", "2001:db8::3")] {
-            let _failed = throttle.reserve_at(now, Uuid::nil(), name, ip(address)).unwrap();
+        for (name, address) in [
+            ("a", "2001:db8::1"),
+            ("b", "2001:db8::2"),
+            ("c", "2001:db8::3"),
+        ] {
+            let _failed = throttle
+                .reserve_at(now, Uuid::nil(), name, ip(address))
+                .unwrap();
         }
         assert!(matches!(
             throttle.reserve_at(now, Uuid::nil(), "d", ip("2001:db8::ffff")),
@@ -327,9 +335,10 @@ mod tests {
         let throttle = throttle(5, 5, 10);
         let start = Instant::now();
         let mut refused = 0;
-        for n in 0..1000 {
+        for n in 0_u16..1000 {
             let name = format!("user{n}");
-            let address = IpAddr::from([10, 0, (n / 256) as u8, (n % 256) as u8]);
+            let [high, low] = n.to_be_bytes();
+            let address = IpAddr::from([10, 0, high, low]);
             match throttle.reserve_at(start, Uuid::nil(), &name, Some(address)) {
                 Ok(_failed) => {}
                 Err(Throttled::Full { .. }) => refused += 1,

@@ -88,7 +88,11 @@ mod tests {
             true
         });
         assert!(!matched);
-        assert_eq!(checked, [DUMMY_HASH.clone()], "argon2 ran once, on the dummy");
+        assert_eq!(
+            checked,
+            [DUMMY_HASH.clone()],
+            "argon2 ran once, on the dummy"
+        );
         let unreadable = matches_stored(b"guess", Some("not a hash"), |_, _| true);
         assert!(!unreadable);
     }
