@@ -271,8 +271,8 @@ mod tests {
         })
     }
 
-    fn ip(text: &str) -> Option<IpAddr> {
-        Some(text.parse().unwrap())
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
     }
 
     #[test]
@@ -300,11 +300,11 @@ mod tests {
         let throttle = throttle(1, 100, 100);
         let now = Instant::now();
         throttle
-            .reserve_at(now, Uuid::nil(), "bob", ip("10.0.0.1"))
+            .reserve_at(now, Uuid::nil(), "bob", Some(ip("10.0.0.1")))
             .unwrap()
             .succeeded();
         assert!(throttle
-            .reserve_at(now, Uuid::nil(), "bob", ip("10.0.0.1"))
+            .reserve_at(now, Uuid::nil(), "bob", Some(ip("10.0.0.1")))
             .is_ok());
     }
 
@@ -318,15 +318,15 @@ mod tests {
             ("c", "2001:db8::3"),
         ] {
             let _failed = throttle
-                .reserve_at(now, Uuid::nil(), name, ip(address))
+                .reserve_at(now, Uuid::nil(), name, Some(ip(address)))
                 .unwrap();
         }
         assert!(matches!(
-            throttle.reserve_at(now, Uuid::nil(), "d", ip("2001:db8::ffff")),
+            throttle.reserve_at(now, Uuid::nil(), "d", Some(ip("2001:db8::ffff"))),
             Err(Throttled::Address { .. })
         ));
         assert!(throttle
-            .reserve_at(now, Uuid::nil(), "d", ip("2001:db8:0:1::1"))
+            .reserve_at(now, Uuid::nil(), "d", Some(ip("2001:db8:0:1::1")))
             .is_ok());
     }
 
@@ -349,7 +349,7 @@ mod tests {
         assert_eq!(refused, 995, "five attempts fit, in two entries each");
         let later = start + MINUTE + FULL_SWEEP_INTERVAL;
         assert!(throttle
-            .reserve_at(later, Uuid::nil(), "late", ip("10.9.9.9"))
+            .reserve_at(later, Uuid::nil(), "late", Some(ip("10.9.9.9")))
             .is_ok());
         assert_eq!(throttle.entries(), 2, "the expired entries are gone");
     }
