@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use efms_api::auth::ExternalIssuer;
+use efms_api::jwks::{PlainHttp, MAX_JWKS_BYTES};
 use efms_tests::TestApp;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -137,18 +138,40 @@ impl JwksServer {
     async fn start(jwks: String) -> Self {
         let jwks = Arc::new(std::sync::Mutex::new(jwks));
         let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let router = axum::Router::new().route(
-            "/.well-known/jwks.json",
-            axum::routing::get({
-                let jwks = jwks.clone();
-                let fetches = fetches.clone();
-                move || {
-                    fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let body = jwks.lock().unwrap().clone();
-                    async move { ([("content-type", "application/json")], body) }
-                }
-            }),
-        );
+        let router = axum::Router::new()
+            .route(
+                "/.well-known/jwks.json",
+                axum::routing::get({
+                    let jwks = jwks.clone();
+                    let fetches = fetches.clone();
+                    move || {
+                        fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let body = jwks.lock().unwrap().clone();
+                        async move { ([("content-type", "application/json")], body) }
+                    }
+                }),
+            )
+            .route(
+                "/moved",
+                axum::routing::get(|| async {
+                    (
+                        axum::http::StatusCode::FOUND,
+                        [("location", "/.well-known/jwks.json")],
+                    )
+                }),
+            )
+            .route(
+                "/huge.json",
+                axum::routing::get({
+                    let jwks = jwks.clone();
+                    move || {
+                        // A valid set, padded with whitespace past the limit.
+                        let body =
+                            format!("{}{}", jwks.lock().unwrap(), " ".repeat(MAX_JWKS_BYTES));
+                        async move { ([("content-type", "application/json")], body) }
+                    }
+                }),
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!(
             "http://{}/.well-known/jwks.json",
@@ -167,9 +190,15 @@ async fn a_jwk_set_from_a_url_is_fetched_and_a_rotated_key_is_accepted_once_publ
     let (new_key, new_jwk) = ec_key("k2");
     let server = JwksServer::start(json!({ "keys": [old_jwk.clone()] }).to_string()).await;
     let interval = std::time::Duration::from_secs(2);
-    let issuer = ExternalIssuer::from_url(&server.url, "https://idp.example", "efms-api")
-        .unwrap()
-        .with_min_refetch_interval(interval);
+    // The test's provider serves its keys over plain http, which a setting allows.
+    let issuer = ExternalIssuer::from_url(
+        &server.url,
+        "https://idp.example",
+        "efms-api",
+        PlainHttp::Allowed,
+    )
+    .unwrap()
+    .with_min_refetch_interval(interval);
     let app = TestApp::spawn_with_issuer(pool, Arc::new(issuer)).await;
     app.create_tenant("acme", "Acme").await;
     let status = |token: String| {
@@ -211,8 +240,39 @@ async fn a_jwk_set_from_a_url_is_fetched_and_a_rotated_key_is_accepted_once_publ
 }
 
 #[test]
-fn a_jwk_set_url_must_be_http_or_https() {
-    assert!(ExternalIssuer::from_url("file:///etc/jwks.json", "i", "a").is_err());
-    assert!(ExternalIssuer::from_url("not a url", "i", "a").is_err());
-    assert!(ExternalIssuer::from_url("https://idp.example/jwks", "i", "a").is_ok());
+fn a_jwk_set_url_must_be_https_unless_plain_http_is_allowed() {
+    let from_url = |url: &str, plain_http| ExternalIssuer::from_url(url, "i", "a", plain_http);
+    assert!(from_url("file:///etc/jwks.json", PlainHttp::Allowed).is_err());
+    assert!(from_url("not a url", PlainHttp::Refused).is_err());
+    assert!(from_url("https://idp.example/jwks", PlainHttp::Refused).is_ok());
+    let refused = from_url("http://idp.example/jwks", PlainHttp::Refused).unwrap_err();
+    assert!(refused.contains("https"), "{refused}");
+    assert!(from_url("http://idp.example/jwks", PlainHttp::Allowed).is_ok());
+}
+
+#[tokio::test]
+async fn a_redirect_from_the_jwk_set_url_is_not_followed() {
+    let (_, jwk) = ec_key("k1");
+    let server = JwksServer::start(json!({ "keys": [jwk] }).to_string()).await;
+    let moved = server.url.replace("/.well-known/jwks.json", "/moved");
+    let issuer = ExternalIssuer::from_url(&moved, "i", "a", PlainHttp::Allowed).unwrap();
+    let error = issuer.refresh().await.unwrap_err();
+    assert!(error.contains("redirect"), "{error}");
+    assert_eq!(
+        server.fetches.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the target was never asked"
+    );
+    let direct = ExternalIssuer::from_url(&server.url, "i", "a", PlainHttp::Allowed).unwrap();
+    assert_eq!(direct.refresh().await, Ok(1), "the set itself is fine");
+}
+
+#[tokio::test]
+async fn a_jwk_set_larger_than_the_limit_is_refused() {
+    let (_, jwk) = ec_key("k1");
+    let server = JwksServer::start(json!({ "keys": [jwk] }).to_string()).await;
+    let huge = server.url.replace("/.well-known/jwks.json", "/huge.json");
+    let issuer = ExternalIssuer::from_url(&huge, "i", "a", PlainHttp::Allowed).unwrap();
+    let error = issuer.refresh().await.unwrap_err();
+    assert!(error.contains("larger than"), "{error}");
 }

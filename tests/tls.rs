@@ -197,6 +197,50 @@ async fn both_listeners_speak_tls_1_3_and_refuse_a_tls_1_2_client(pool: PgPool) 
 }
 
 #[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn the_tls_listener_drops_a_half_sent_header_and_refuses_connections_beyond_its_limit(
+    pool: PgPool,
+) {
+    let identity = identity();
+    let limits = efms_api::connections::HttpLimits {
+        header_timeout: std::time::Duration::from_secs(1),
+        idle_timeout: std::time::Duration::from_secs(600),
+        max_connections: 1,
+    };
+    let app = TestApp::spawn_with_limits(pool, limits, Some(identity.clone())).await;
+    let connector = client(&identity, &rustls::version::TLS13, b"http/1.1");
+    let mut half = connect(&connector, http_addr(&app)).await.unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n")
+        .await
+        .unwrap();
+    // While it holds the only slot, another connection is closed unanswered.
+    let mut beyond = connect(&connector, http_addr(&app)).await.unwrap();
+    let _ = beyond
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let ended = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        beyond.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(
+        ended.is_ok() && answer.is_empty(),
+        "served beyond the limit"
+    );
+    let mut left = Vec::new();
+    let dropped = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        half.read_to_end(&mut left),
+    )
+    .await;
+    assert!(
+        dropped.is_ok(),
+        "the half-sent header was kept past its timeout"
+    );
+    assert!(left.is_empty());
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
 async fn a_real_envoy_streams_its_configuration_over_tls(pool: PgPool) {
     let identity = identity();
     let app = TestApp::spawn_tls(pool, identity.clone()).await;

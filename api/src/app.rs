@@ -18,12 +18,13 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::{require_bearer, JwtKeys};
+use crate::connections::HttpLimits;
 use crate::credentials::TokenSettings;
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::metrics::Metrics;
 use crate::routes::{
-    audit, branches, bulk, grants, health, jobs, proxies, proxy_tokens, quotas, resources, tenants,
-    users, versions,
+    audit, branches, bulk, grants, health, jobs, login, proxies, proxy_tokens, quotas, resources,
+    tenants, users, versions,
 };
 
 /// The largest bulk request body: 10,000 operations of a few kilobytes each.
@@ -66,7 +67,10 @@ pub struct AppState {
     pub keyring: Keyring,
     /// Recent failed logins, which slow down password guessing.
     #[from_ref(skip)]
-    pub login_failures: crate::routes::users::LoginFailures,
+    pub login_throttle: crate::login_throttle::LoginThrottle,
+    /// How many anonymous failed requests the audit trail recorded this minute.
+    #[from_ref(skip)]
+    pub anonymous_audit: audit::AnonymousBudget,
     /// Proxy token lifetimes, and how often open xDS streams are re-checked.
     #[from_ref(skip)]
     pub tokens: TokenSettings,
@@ -151,7 +155,8 @@ impl AppState {
                 tls_ca: None,
             },
             keyring,
-            login_failures: crate::routes::users::LoginFailures::default(),
+            login_throttle: crate::login_throttle::LoginThrottle::default(),
+            anonymous_audit: audit::AnonymousBudget::default(),
             tokens: TokenSettings::default(),
         }
     }
@@ -161,6 +166,13 @@ impl AppState {
     pub fn with_token_settings(mut self, tokens: TokenSettings) -> Self {
         self.xds.set_credential_recheck(tokens.recheck_interval);
         self.tokens = tokens;
+        self
+    }
+
+    /// The same state, throttling failed logins within `limits`.
+    #[must_use]
+    pub fn with_login_limits(mut self, limits: crate::login_throttle::ThrottleLimits) -> Self {
+        self.login_throttle = crate::login_throttle::LoginThrottle::new(limits);
         self
     }
 
@@ -259,7 +271,7 @@ pub fn router(state: AppState) -> Router {
             require_bearer,
         ))
         // Logging in needs no token.
-        .merge(Router::new().route("/auth/token", post(users::login)))
+        .merge(Router::new().route("/auth/token", post(login::login)))
         // Outside the bearer check, so that refused requests are recorded too.
         .route_layer(middleware::from_fn_with_state(state.clone(), audit::record));
     Router::new()
@@ -377,42 +389,32 @@ impl axum::serve::Listener for TlsListener {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub std::net::SocketAddr);
 
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
-    for ClientAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        Self(*stream.remote_addr())
-    }
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
-    for ClientAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        Self(*stream.remote_addr())
-    }
-}
-
-/// Serves the HTTP API on `listener` (over TLS 1.3 with `tls`) until `shutdown` resolves; each
-/// request knows its client's address.
+/// Serves the HTTP API on `listener` (over TLS 1.3 with `tls`) with the default
+/// [`HttpLimits`] until `shutdown` resolves; each request knows its client's address.
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
     tls: Option<&efms_xds::tls::TlsIdentity>,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(state).into_make_service_with_connect_info::<ClientAddr>();
+    serve_http_with(listener, tls, state, HttpLimits::default(), shutdown).await
+}
+
+/// Serves the HTTP API like [`serve_http`], within `limits`.
+pub async fn serve_http_with(
+    listener: tokio::net::TcpListener,
+    tls: Option<&efms_xds::tls::TlsIdentity>,
+    state: AppState,
+    limits: HttpLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let metrics = state.metrics.clone();
+    let app = router(state);
     match tls {
         Some(identity) => {
-            axum::serve(TlsListener::new(listener, identity)?, app)
-                .with_graceful_shutdown(shutdown)
-                .await
+            let listener = TlsListener::new(listener, identity)?;
+            crate::connections::serve(listener, app, limits, metrics, shutdown).await
         }
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
+        None => crate::connections::serve(listener, app, limits, metrics, shutdown).await,
     }
 }

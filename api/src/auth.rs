@@ -144,18 +144,16 @@ impl ExternalIssuer {
         Self::new(keys, None, issuer, audience)
     }
 
-    /// A provider whose JWK set is fetched from `url` (http or https): at once, every five
-    /// minutes, and when a token names a key not in the set (at most every 30 seconds). Until the
-    /// first fetch succeeds its tokens are refused.
-    pub fn from_url(url: &str, issuer: &str, audience: &str) -> Result<Self, String> {
-        let parsed = reqwest::Url::parse(url).map_err(|error| format!("not a URL: {error}"))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err("the JWK set URL must be http or https".to_owned());
-        }
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|error| format!("no HTTP client: {error}"))?;
+    /// A provider whose JWK set is fetched from `url` (https; http only when `plain_http` allows
+    /// it; see [`crate::jwks`]): at once, every five minutes, and when a token names a key not in
+    /// the set (at most every 30 seconds). Until the first fetch succeeds its tokens are refused.
+    pub fn from_url(
+        url: &str,
+        issuer: &str,
+        audience: &str,
+        plain_http: crate::jwks::PlainHttp,
+    ) -> Result<Self, String> {
+        let client = crate::jwks::client_for(url, plain_http)?;
         Self::new(Vec::new(), Some((client, url.to_owned())), issuer, audience)
     }
 
@@ -193,16 +191,7 @@ impl ExternalIssuer {
             return Ok(self.keys.read().map_or(0, |keys| keys.len()));
         };
         *self.fetched.lock().await = Some(std::time::Instant::now());
-        let response = client
-            .get(url)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|error| format!("fetching {url}: {error}"))?;
-        let text = response
-            .text()
-            .await
-            .map_err(|error| format!("reading {url}: {error}"))?;
+        let text = crate::jwks::fetch(client, url).await?;
         let keys = public_keys(&text).map_err(|error| format!("{url}: {error}"))?;
         let count = keys.len();
         *self.keys.write().expect("identity provider keys lock") = keys;

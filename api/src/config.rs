@@ -10,6 +10,9 @@ use sqlx::postgres::PgConnectOptions;
 
 use crate::auth::MIN_SECRET_BYTES;
 
+mod edge;
+pub use edge::{EdgeArgs, EdgeConfig};
+
 /// The local Postgres of a development machine.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/efms";
 
@@ -92,8 +95,8 @@ pub struct ServeArgs {
     /// A JWK set (JSON file) of an external identity provider whose tokens are accepted.
     #[arg(long, env = "EFMS_OIDC_JWKS_FILE")]
     pub oidc_jwks_file: Option<String>,
-    /// Or the URL of that JWK set (http or https), fetched at start, every five minutes, and
-    /// when a token names a key not in it.
+    /// Or the URL of that JWK set (https), fetched at start, every five minutes, and when a
+    /// token names a key not in it.
     #[arg(long, env = "EFMS_OIDC_JWKS_URL")]
     pub oidc_jwks_url: Option<String>,
     /// The `iss` the identity provider's tokens must carry.
@@ -118,6 +121,9 @@ pub struct ServeArgs {
     /// tokens, such as 5s.
     #[arg(long, env = "EFMS_XDS_CREDENTIAL_RECHECK", default_value = "5s")]
     pub xds_credential_recheck: String,
+    /// Timeouts, connection and login limits.
+    #[command(flatten)]
+    pub edge: EdgeArgs,
 }
 
 /// `efms token`.
@@ -150,7 +156,7 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         setting,
         reason: reason.into(),
@@ -200,6 +206,8 @@ pub struct ServeConfig {
     pub poll_interval: Duration,
     /// Proxy token lifetimes and the xDS credential re-check interval.
     pub tokens: crate::credentials::TokenSettings,
+    /// Timeouts, connection and login limits.
+    pub edge: EdgeConfig,
 }
 
 impl DatabaseArgs {
@@ -328,7 +336,8 @@ impl ServeArgs {
             (None, None, None) => Ok(None),
             (Some((setting, source, remote)), Some(issuer), Some(audience)) => {
                 let issuer = if remote {
-                    crate::auth::ExternalIssuer::from_url(&source, &issuer, &audience)
+                    let plain_http = self.edge.jwks_plain_http()?;
+                    crate::auth::ExternalIssuer::from_url(&source, &issuer, &audience, plain_http)
                 } else {
                     let jwks = std::fs::read_to_string(&source).map_err(|error| {
                         invalid(setting, format!("cannot read `{source}`: {error}"))
@@ -424,6 +433,7 @@ impl ServeArgs {
             &self.proxy_token_max_ttl,
             &self.xds_credential_recheck,
         )?;
+        let edge = self.edge.validate()?;
         Ok(ServeConfig {
             database,
             http_addr,
@@ -436,6 +446,7 @@ impl ServeArgs {
             log_format,
             poll_interval,
             tokens,
+            edge,
         })
     }
 }
@@ -466,6 +477,14 @@ mod tests {
             proxy_token_ttl: "30d".to_owned(),
             proxy_token_max_ttl: "365d".to_owned(),
             xds_credential_recheck: "5s".to_owned(),
+            edge: EdgeArgs {
+                http_header_timeout: "10s".to_owned(),
+                http_idle_timeout: "60s".to_owned(),
+                http_max_connections: "1024".to_owned(),
+                login_failures_per_address: "30".to_owned(),
+                login_throttle_entries: "50000".to_owned(),
+                oidc_jwks_allow_http: "false".to_owned(),
+            },
         }
     }
 
@@ -551,5 +570,13 @@ mod tests {
             serve.validate().unwrap_err().setting,
             "EFMS_OIDC_JWKS_URL (--oidc-jwks-url)"
         );
+        serve.oidc_jwks_url = Some("http://idp.example/jwks.json".to_owned());
+        assert_eq!(
+            serve.validate().unwrap_err().setting,
+            "EFMS_OIDC_JWKS_URL (--oidc-jwks-url)",
+            "plain http only when allowed"
+        );
+        serve.edge.oidc_jwks_allow_http = "true".to_owned();
+        assert!(serve.validate().is_ok());
     }
 }

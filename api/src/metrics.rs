@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -16,8 +17,8 @@ use prometheus_client::registry::Registry;
 /// Labels of an HTTP request metric.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct HttpLabels {
-    /// HTTP method.
-    pub method: String,
+    /// HTTP method: one of the standard ones, or `other` (see [`method_label`]).
+    pub method: &'static str,
     /// The route template (`/api/v1/tenants/{slug}`), never the raw path, to bound cardinality.
     pub route: String,
     /// Response status code.
@@ -45,6 +46,12 @@ pub struct Metrics {
     pub projector_position: Gauge,
     /// The xDS server's metrics.
     pub xds: efms_xds::XdsMetrics,
+    /// Requests the audit trail should have recorded but could not (the database refused).
+    pub audit_failures: Counter,
+    /// Anonymous refusals left out of the audit trail by its rate limit.
+    pub audit_unrecorded_anonymous: Counter,
+    /// Connections closed at once because the HTTP listener had as many as it may.
+    pub http_connections_refused: Counter,
 }
 
 impl Metrics {
@@ -74,6 +81,24 @@ impl Metrics {
             projector_position.clone(),
         );
         let xds = efms_xds::XdsMetrics::register(&mut registry);
+        let audit_failures = Counter::default();
+        registry.register(
+            "audit_insert_failures",
+            "Requests that could not be recorded in the audit trail (answered all the same)",
+            audit_failures.clone(),
+        );
+        let audit_unrecorded_anonymous = Counter::default();
+        registry.register(
+            "audit_anonymous_refusals_unrecorded",
+            "Anonymous refused requests left out of the audit trail by its rate limit",
+            audit_unrecorded_anonymous.clone(),
+        );
+        let http_connections_refused = Counter::default();
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed at once because the listener had its maximum",
+            http_connections_refused.clone(),
+        );
         Arc::new(Self {
             registry,
             http_requests,
@@ -81,6 +106,9 @@ impl Metrics {
             commands,
             projector_position,
             xds,
+            audit_failures,
+            audit_unrecorded_anonymous,
+            http_connections_refused,
         })
     }
 
@@ -103,10 +131,29 @@ impl Metrics {
     }
 }
 
+/// The label of an HTTP method: a standard method by its name, anything else as `other`, so that
+/// made-up methods cannot add series.
+pub fn method_label(method: &Method) -> &'static str {
+    [
+        (Method::GET, "GET"),
+        (Method::HEAD, "HEAD"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::PATCH, "PATCH"),
+        (Method::DELETE, "DELETE"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::CONNECT, "CONNECT"),
+        (Method::TRACE, "TRACE"),
+    ]
+    .into_iter()
+    .find_map(|(known, label)| (known == method).then_some(label))
+    .unwrap_or("other")
+}
+
 /// Middleware that counts and times every request by route template.
 pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()

@@ -8,8 +8,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::routes::{
-    audit, branches, bulk, grants, health, jobs, proxies, proxy_tokens, quotas, resources, tenants,
-    users, versions,
+    audit, branches, bulk, grants, health, jobs, login, proxies, proxy_tokens, quotas, resources,
+    tenants, users, versions,
 };
 
 /// The RFC 7807 body of every error (for the document; `crate::error` writes it).
@@ -68,7 +68,7 @@ impl Modify for BearerAuth {
     paths(
         health::healthz, health::readyz, health::metrics,
         tenants::create, tenants::list, tenants::get, audit::list, quotas::get, quotas::put,
-        users::create, users::list, users::get, users::delete, users::change, users::login,
+        users::create, users::list, users::get, users::delete, users::change, login::login,
         grants::create, grants::list, grants::delete, grants::received,
         resources::list, resources::create, resources::get, resources::replace, resources::patch, resources::delete, resources::group_resources, resources::declaration,
         versions::history, versions::revisions, versions::diff, versions::rollback, versions::rollback_resource,

@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::app::{serve_http, AppState, XdsAddress};
+use crate::app::{serve_http_with, AppState, XdsAddress};
 use crate::auth::JwtKeys;
 use crate::config::ServeConfig;
 use crate::db;
@@ -41,6 +41,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         signalled(stopped.clone()),
     )
     .with_token_settings(config.tokens)
+    .with_login_limits(config.edge.login)
     .with_xds_address(XdsAddress {
         tls_ca: config.tls.as_ref().map(|tls| tls.chain_pem().to_owned()),
         ..match &config.xds_advertise_addr {
@@ -67,9 +68,15 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     });
     let tls = config.tls.as_ref();
     let http_server = async {
-        serve_http(http, tls, state, signalled(stopped.clone()))
-            .await
-            .context("the HTTP server failed")
+        serve_http_with(
+            http,
+            tls,
+            state,
+            config.edge.http,
+            signalled(stopped.clone()),
+        )
+        .await
+        .context("the HTTP server failed")
     };
     let grpc_server = async {
         efms_xds::serve_with(grpc, tls, xds, signalled(stopped.clone()))

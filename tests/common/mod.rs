@@ -5,7 +5,8 @@ pub mod fleet;
 use std::time::Duration;
 
 use cqrs_es::persist::SerializedEvent;
-use efms_api::app::serve_http;
+use efms_api::app::serve_http_with;
+use efms_api::connections::HttpLimits;
 use efms_api::credentials::TokenSettings;
 use efms_api::{AppState, JwtKeys, XdsAddress};
 use efms_domain::{Role, TenantSlug};
@@ -54,6 +55,8 @@ pub struct TestApp {
     pub keys: JwtKeys,
     /// Where the xDS server listens.
     pub grpc: std::net::SocketAddr,
+    /// The server's login throttle, to look into.
+    pub login_throttle: efms_api::login_throttle::LoginThrottle,
     pool: PgPool,
     stop: watch::Sender<bool>,
     servers: Vec<tokio::task::JoinHandle<()>>,
@@ -64,7 +67,18 @@ impl TestApp {
     pub async fn spawn(pool: PgPool) -> Self {
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::serve(pool, http, grpc, None, None)
+        Self::serve(pool, http, grpc, None, None, HttpLimits::default())
+    }
+
+    /// Starts the control plane with the HTTP listener's `limits` (over TLS with `tls`).
+    pub async fn spawn_with_limits(
+        pool: PgPool,
+        limits: HttpLimits,
+        tls: Option<efms_xds::tls::TlsIdentity>,
+    ) -> Self {
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(pool, http, grpc, tls, None, limits)
     }
 
     /// Starts the control plane accepting the tokens of an external identity provider too.
@@ -74,14 +88,21 @@ impl TestApp {
     ) -> Self {
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::serve(pool, http, grpc, None, Some(issuer))
+        Self::serve(pool, http, grpc, None, Some(issuer), HttpLimits::default())
     }
 
     /// Starts the control plane with TLS 1.3 on both listeners (`base` is then `https://…`).
     pub async fn spawn_tls(pool: PgPool, identity: efms_xds::tls::TlsIdentity) -> Self {
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::serve(pool, http, grpc, Some(identity), None)
+        Self::serve(
+            pool,
+            http,
+            grpc,
+            Some(identity),
+            None,
+            HttpLimits::default(),
+        )
     }
 
     fn serve(
@@ -90,6 +111,7 @@ impl TestApp {
         grpc: tokio::net::TcpListener,
         tls: Option<efms_xds::tls::TlsIdentity>,
         issuer: Option<std::sync::Arc<efms_api::auth::ExternalIssuer>>,
+        limits: HttpLimits,
     ) -> Self {
         let (stop, stopped) = watch::channel(false);
         let keys = match issuer {
@@ -119,13 +141,14 @@ impl TestApp {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let base = format!("{scheme}://{}", http.local_addr().unwrap());
         let xds = state.xds.clone();
+        let login_throttle = state.login_throttle.clone();
         let http_stop = until_stopped(stopped.clone());
         let grpc_stop = until_stopped(stopped);
         let servers = vec![
             {
                 let tls = tls.clone();
                 tokio::spawn(async move {
-                    serve_http(http, tls.as_ref(), state, http_stop)
+                    serve_http_with(http, tls.as_ref(), state, limits, http_stop)
                         .await
                         .unwrap();
                 })
@@ -141,6 +164,7 @@ impl TestApp {
             client: reqwest::Client::new(),
             keys,
             grpc: grpc_addr,
+            login_throttle,
             pool,
             stop,
             servers,
@@ -168,7 +192,14 @@ impl TestApp {
                 (http, grpc) => panic!("cannot listen again: {:?} {:?}", http.err(), grpc.err()),
             }
         };
-        *self = Self::serve(self.pool.clone(), http, grpc, None, None);
+        *self = Self::serve(
+            self.pool.clone(),
+            http,
+            grpc,
+            None,
+            None,
+            HttpLimits::default(),
+        );
     }
 
     /// A token for `role` (in `tenant` for tenant roles), valid for an hour.

@@ -1,8 +1,21 @@
 //! The API's audit trail (NFR-SE-005, FR-VC-003): every write request and every refused request,
 //! recorded by a middleware around every `/api/v1` route, and
 //! `GET /api/v1/tenants/{tenant}/audit` for auditors and admins.
+//!
+//! What a caller without a valid token can add is bounded: its request id is cut to
+//! [`MAX_REQUEST_ID`] characters, and anonymous requests that fail are recorded at most
+//! [`ANONYMOUS_PER_TENANT`] a minute per tenant and [`ANONYMOUS_TOTAL`] a minute in all; the rest
+//! are counted in `/metrics`. The trail fails open: a row the database refuses is logged and
+//! counted (`efms_audit_insert_failures_total`), and the request is answered all the same.
 
-use axum::extract::{ConnectInfo, MatchedPath, OriginalUri, Path, Request, State};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{
+    ConnectInfo, FromRequestParts as _, MatchedPath, OriginalUri, Path, RawPathParams, Request,
+    State,
+};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -17,6 +30,71 @@ use crate::app::{AppState, ClientAddr};
 use crate::auth::Principal;
 use crate::error::{ApiError, FieldError};
 use crate::extract::ApiQuery;
+
+/// The longest request id kept, in characters; a longer one is cut.
+pub const MAX_REQUEST_ID: usize = 128;
+/// The longest method kept, in characters.
+const MAX_METHOD: usize = 32;
+/// Anonymous failed requests recorded per tenant (or without one) and minute.
+pub const ANONYMOUS_PER_TENANT: u32 = 60;
+/// Anonymous failed requests recorded per minute, all tenants together.
+pub const ANONYMOUS_TOTAL: u32 = 600;
+const ANONYMOUS_WINDOW: Duration = Duration::from_secs(60);
+
+/// How many anonymous failed requests were recorded in the current minute, per tenant.
+#[derive(Debug, Clone, Default)]
+pub struct AnonymousBudget(Arc<Mutex<AnonymousWindow>>);
+
+#[derive(Debug, Default)]
+struct AnonymousWindow {
+    started: Option<Instant>,
+    total: u32,
+    per_tenant: HashMap<Option<uuid::Uuid>, u32>,
+}
+
+impl AnonymousBudget {
+    /// Whether one more anonymous failed request of `tenant_id` may be recorded now. The table
+    /// holds at most [`ANONYMOUS_TOTAL`] tenants, as only admitted requests add one.
+    fn admit(&self, tenant_id: Option<uuid::Uuid>) -> bool {
+        let mut window = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        if window
+            .started
+            .is_none_or(|started| now.duration_since(started) >= ANONYMOUS_WINDOW)
+        {
+            *window = AnonymousWindow {
+                started: Some(now),
+                ..AnonymousWindow::default()
+            };
+        }
+        if window.total >= ANONYMOUS_TOTAL
+            || window.per_tenant.get(&tenant_id).copied().unwrap_or(0) >= ANONYMOUS_PER_TENANT
+        {
+            return false;
+        }
+        window.total += 1;
+        *window.per_tenant.entry(tenant_id).or_default() += 1;
+        true
+    }
+}
+
+/// The tenant slug a route names, percent-decoded (`/tenants/%61cme` names `acme`).
+async fn route_tenant(request: Request) -> (Request, Option<TenantSlug>) {
+    let (mut parts, body) = request.into_parts();
+    let slug = RawPathParams::from_request_parts(&mut parts, &())
+        .await
+        .ok()
+        .and_then(|params| {
+            params
+                .iter()
+                .find(|(name, _)| matches!(*name, "tenant" | "slug"))
+                .and_then(|(_, value)| TenantSlug::parse(value).ok())
+        });
+    (Request::from_parts(parts, body), slug)
+}
 
 /// What the trail keeps of one request.
 struct Entry {
@@ -52,12 +130,13 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         .headers()
         .get("x-request-id")
         .and_then(|value| value.to_str().ok())
-        .map(str::to_owned);
+        .map(|id| id.chars().take(MAX_REQUEST_ID).collect::<String>());
     let authorization = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
+    let (request, route_slug) = route_tenant(request).await;
     let response = next.run(request).await;
     let status = response.status();
     let write = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
@@ -67,19 +146,20 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
             .as_deref()
             .and_then(|value| value.split_once(' '))
             .and_then(|(_, token)| state.jwt.verify(token.trim()).ok());
-        let tenant_id = path
-            .strip_prefix("/api/v1/tenants/")
-            .and_then(|rest| rest.split('/').next())
-            .and_then(|slug| TenantSlug::parse(slug).ok())
+        let tenant_id = route_slug
             .or_else(|| caller.as_ref().and_then(|actor| actor.tenant.clone()))
             .map(|slug| slug.tenant_id());
+        if caller.is_none() && !status.is_success() && !state.anonymous_audit.admit(tenant_id) {
+            state.metrics.audit_unrecorded_anonymous.inc();
+            return response;
+        }
         let entry = Entry {
             tenant_id,
             actor: caller
                 .as_ref()
                 .map_or_else(|| "anonymous".to_owned(), efms_domain::Actor::audit_name),
             role: caller.as_ref().map(|actor| actor.role.to_string()),
-            method: method.as_str().to_owned(),
+            method: method.as_str().chars().take(MAX_METHOD).collect(),
             route,
             path: path.chars().take(2048).collect(),
             status: i16::try_from(status.as_u16()).unwrap_or(i16::MAX),
@@ -87,7 +167,8 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
             request_id,
         };
         if let Err(error) = insert(&state, entry).await {
-            tracing::error!(%error, "cannot record a request in the audit trail");
+            state.metrics.audit_failures.inc();
+            tracing::error!(%error, "cannot record a request in the audit trail; answered all the same");
         }
     }
     response

@@ -6,6 +6,7 @@ pub mod bulk;
 pub mod grants;
 pub mod health;
 pub mod jobs;
+pub mod login;
 pub mod proxies;
 pub mod proxy_tokens;
 pub mod quotas;

@@ -1,24 +1,19 @@
-//! Users and service accounts of a tenant (FR-MT-003, NFR-SE-002), and password login.
+//! Users and service accounts of a tenant (FR-MT-003, NFR-SE-002).
 //!
-//! People log in with `POST /api/v1/auth/token` (argon2id hashes; five failures per user and
-//! minute, then 429) and get a one-hour token; service accounts get a long-lived token when they
-//! are created. Every such token names its user and the generation of its role and password, and
-//! is refused once the user is deleted or either changed.
+//! People log in with their password (see [`super::login`]) and get a one-hour token; service
+//! accounts get a long-lived token when they are created. Every such token names its user and
+//! the generation of its role and password, and is refused once the user is deleted or either
+//! changed.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use efms_commands::Scope;
-use efms_domain::{Role, TenantSlug};
+use efms_domain::Role;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -28,40 +23,10 @@ use crate::auth::{Principal, TokenUser};
 use crate::error::{ApiError, FieldError};
 use crate::extract::ApiJson;
 
-/// How long a login token lives.
-const LOGIN_TTL: Duration = Duration::from_secs(3600);
 /// How long a service account's token lives.
 const SERVICE_TTL: Duration = Duration::from_secs(365 * 86_400);
-/// Failed logins of one user allowed per [`FAILURE_WINDOW`].
-const MAX_FAILURES: usize = 5;
-const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// The shortest password accepted.
 const MIN_PASSWORD: usize = 12;
-
-/// When each recent failed login of a tenant's user name happened.
-type Failures = HashMap<(Uuid, String), Vec<Instant>>;
-
-/// Recent failed logins per tenant and user name (per replica).
-#[derive(Debug, Clone, Default)]
-pub struct LoginFailures(Arc<Mutex<Failures>>);
-
-impl LoginFailures {
-    fn recent(&self, key: &(Uuid, String)) -> usize {
-        let mut failures = self.0.lock().expect("login failures lock");
-        let entry = failures.entry(key.clone()).or_default();
-        entry.retain(|at| at.elapsed() < FAILURE_WINDOW);
-        entry.len()
-    }
-
-    fn record(&self, key: (Uuid, String)) {
-        self.0
-            .lock()
-            .expect("login failures lock")
-            .entry(key)
-            .or_default()
-            .push(Instant::now());
-    }
-}
 
 /// Body of a user creation.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -121,7 +86,11 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
     admin_only(&actor)?;
-    let (role, hash) = checked(&body)?;
+    let (role, password) = checked(&body)?;
+    let hash = match password {
+        Some(password) => Some(crate::passwords::hash(password.to_owned()).await?),
+        None => None,
+    };
     let user_id = Uuid::now_v7();
     let kind = if body.service { "service" } else { "person" };
     let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
@@ -181,19 +150,23 @@ pub async fn create(
         .into_response())
 }
 
-/// The role and password hash of a valid creation, or every fault.
-fn checked(body: &NewUser) -> Result<(Role, Option<String>), ApiError> {
-    let mut errors = Vec::new();
-    let name_ok = body.username.len() <= 100
-        && body.username.chars().enumerate().all(|(i, c)| {
+/// What a user name looks like.
+pub(crate) const USERNAME_FORM: &str =
+    "1 to 100 of a-z, 0-9, `.`, `_`, `@`, `-`, starting with a letter or digit";
+
+/// Whether `name` has the form of a user name ([`USERNAME_FORM`]).
+pub(crate) fn is_username(name: &str) -> bool {
+    (1..=100).contains(&name.len())
+        && name.chars().enumerate().all(|(i, c)| {
             c.is_ascii_lowercase() || c.is_ascii_digit() || (i > 0 && "._@-".contains(c))
         })
-        && !body.username.is_empty();
-    if !name_ok {
-        errors.push(FieldError::at(
-            "/username",
-            "1 to 100 of a-z, 0-9, `.`, `_`, `@`, `-`, starting with a letter or digit",
-        ));
+}
+
+/// The role and the password to hash of a valid creation, or every fault.
+fn checked(body: &NewUser) -> Result<(Role, Option<&str>), ApiError> {
+    let mut errors = Vec::new();
+    if !is_username(&body.username) {
+        errors.push(FieldError::at("/username", USERNAME_FORM));
     }
     let role = user_role(&body.role, &mut errors);
     let hash = match (&body.password, body.service) {
@@ -208,7 +181,7 @@ fn checked(body: &NewUser) -> Result<(Role, Option<String>), ApiError> {
             errors.push(FieldError::at("/password", "a person needs a password"));
             None
         }
-        (Some(password), false) => password_hash(password, &mut errors)?,
+        (Some(password), false) => acceptable_password(password, &mut errors),
         (None, true) => None,
     };
     if !errors.is_empty() {
@@ -232,21 +205,16 @@ fn user_role(role: &str, errors: &mut Vec<FieldError>) -> Option<Role> {
     }
 }
 
-/// The argon2id hash of an acceptable password, or a fault at `/password`.
-fn password_hash(password: &str, errors: &mut Vec<FieldError>) -> Result<Option<String>, ApiError> {
+/// `password` if it is acceptable, or a fault at `/password`.
+fn acceptable_password<'a>(password: &'a str, errors: &mut Vec<FieldError>) -> Option<&'a str> {
     if password.chars().count() < MIN_PASSWORD {
         errors.push(FieldError::at(
             "/password",
             format!("at least {MIN_PASSWORD} characters"),
         ));
-        return Ok(None);
+        return None;
     }
-    Ok(Some(
-        Argon2::default()
-            .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
-            .map_err(ApiError::internal)?
-            .to_string(),
-    ))
+    Some(password)
 }
 
 /// Body of a change to a user: a new role, a new password (people only), or both.
@@ -288,8 +256,13 @@ pub async fn change(
         .role
         .as_deref()
         .and_then(|role| user_role(role, &mut errors));
-    let hash = match body.password.as_deref() {
-        Some(password) => password_hash(password, &mut errors)?,
+    let password = body
+        .password
+        .as_deref()
+        .and_then(|password| acceptable_password(password, &mut errors));
+    // Hashed before the row is locked: argon2 may wait for a free CPU.
+    let hash = match password.filter(|_| errors.is_empty()) {
+        Some(password) => Some(crate::passwords::hash(password.to_owned()).await?),
         None => None,
     };
     let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
@@ -456,92 +429,4 @@ pub async fn delete(
     }
     state.xds.recheck_credentials();
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Body of a login.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Login {
-    /// The tenant's slug.
-    tenant: String,
-    /// The user's name.
-    username: String,
-    /// The password.
-    password: String,
-}
-
-/// A token from a login.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct LoginToken {
-    access_token: String,
-    token_type: &'static str,
-    expires_in: u64,
-}
-
-/// `POST /api/v1/auth/token`: a one-hour token for a person's name and password.
-#[utoipa::path(post, path = "/api/v1/auth/token", tag = "users", security(()),
-    request_body = Login,
-    responses((status = 200, description = "A token", body = LoginToken),
-        (status = 401, description = "Unknown tenant or user, or wrong password", body = crate::openapi::Problem),
-        (status = 429, description = "Too many failed logins of this user; retry later", body = crate::openapi::Problem)))]
-pub async fn login(
-    State(state): State<AppState>,
-    ApiJson(body): ApiJson<Login>,
-) -> Result<Json<LoginToken>, ApiError> {
-    let refused =
-        || ApiError::Unauthorized("unknown tenant or user, or a wrong password".to_owned());
-    let slug = TenantSlug::parse(&body.tenant).map_err(|_| refused())?;
-    let key = (slug.tenant_id(), body.username.clone());
-    if state.login_failures.recent(&key) >= MAX_FAILURES {
-        return Err(ApiError::TooManyRequests {
-            detail: format!(
-                "{MAX_FAILURES} failed logins of `{}` within a minute; wait before trying again",
-                body.username
-            ),
-            retry_after_seconds: 60,
-        });
-    }
-    let mut tx = Scope::Tenant(slug.tenant_id()).begin(&state.pool).await?;
-    let user = sqlx::query!(
-        r#"SELECT user_id, role, password_hash, generation FROM users
-           WHERE tenant_id = $1 AND username = $2 AND deleted_at IS NULL AND kind = 'person'"#,
-        slug.tenant_id(),
-        body.username,
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    let verified = user.as_ref().is_some_and(|user| {
-        user.password_hash
-            .as_deref()
-            .and_then(|hash| PasswordHash::new(hash).ok())
-            .is_some_and(|hash| {
-                Argon2::default()
-                    .verify_password(body.password.as_bytes(), &hash)
-                    .is_ok()
-            })
-    });
-    let Some(user) = user.filter(|_| verified) else {
-        state.login_failures.record(key);
-        return Err(refused());
-    };
-    let role: Role = user.role.parse().map_err(ApiError::internal)?;
-    let access_token = state
-        .jwt
-        .issue_for_user(
-            &body.username,
-            role,
-            &slug,
-            TokenUser {
-                uid: user.user_id,
-                generation: user.generation,
-            },
-            LOGIN_TTL,
-        )
-        .map_err(ApiError::internal)?;
-    Ok(Json(LoginToken {
-        access_token,
-        token_type: "Bearer",
-        expires_in: LOGIN_TTL.as_secs(),
-    }))
 }
