@@ -66,6 +66,9 @@ pub struct AppState {
     /// Recent failed logins, which slow down password guessing.
     #[from_ref(skip)]
     pub login_failures: crate::routes::users::LoginFailures,
+    /// Limits on what requests write and run.
+    #[from_ref(skip)]
+    pub limits: crate::limits::WriteLimits,
 }
 
 /// Where proxies reach the xDS server.
@@ -151,7 +154,15 @@ impl AppState {
             },
             keyring,
             login_failures: crate::routes::users::LoginFailures::default(),
+            limits: crate::limits::WriteLimits::default(),
         }
+    }
+
+    /// The same state, holding requests to `limits`.
+    #[must_use]
+    pub fn with_limits(mut self, limits: crate::limits::WriteLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The same state, telling proxies to reach the xDS server at `address`.

@@ -108,6 +108,9 @@ pub struct ServeArgs {
     /// How often projections poll the log when no commit notification arrives, in milliseconds.
     #[arg(long, env = "EFMS_POLL_INTERVAL_MS", default_value = "250")]
     pub poll_interval_ms: String,
+    /// Limits on what requests write and run.
+    #[command(flatten)]
+    pub limits: crate::limits::LimitArgs,
 }
 
 /// `efms token`.
@@ -188,6 +191,8 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
     /// Projection polling interval.
     pub poll_interval: Duration,
+    /// Limits on what requests write and run.
+    pub limits: crate::limits::WriteLimits,
 }
 
 impl DatabaseArgs {
@@ -418,6 +423,7 @@ impl ServeArgs {
             oidc,
             log_format,
             poll_interval,
+            limits: self.limits.validate()?,
         })
     }
 }
@@ -445,6 +451,7 @@ mod tests {
             oidc_audience: None,
             log_format: "json".to_owned(),
             poll_interval_ms: "250".to_owned(),
+            limits: crate::limits::LimitArgs::default(),
         }
     }
 

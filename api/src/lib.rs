@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;

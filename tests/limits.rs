@@ -1,0 +1,158 @@
+//! Limits on what is written, against a real Postgres and the real server: a JSON Patch or a
+//! template that would build an oversized document is refused while it is applied, naming the
+//! limit.
+
+use efms_tests::TestApp;
+use reqwest::Method;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+const BASE: &str = "/api/v1/tenants/acme";
+
+/// A valid cluster whose metadata (a protobuf `Struct`, any JSON) holds 256 bytes under `a`.
+fn cluster_with_metadata(name: &str) -> Value {
+    json!({ "name": name, "type": "STATIC", "connect_timeout": "1s",
+        "metadata": { "filter_metadata": { "a": { "v": "x".repeat(240) } } } })
+}
+
+/// `copies` operations that each copy `/metadata/filter_metadata/a` into itself, doubling it:
+/// 14 copies of 256 bytes make 4 MiB, four times the default limit on a document.
+fn doubling_copies(copies: usize) -> Value {
+    json!((0..copies)
+        .map(
+            |i| json!({ "op": "copy", "from": "/metadata/filter_metadata/a",
+                         "path": format!("/metadata/filter_metadata/a/k{i}") })
+        )
+        .collect::<Vec<_>>())
+}
+
+async fn app_with_cluster(pool: PgPool) -> TestApp {
+    let app = TestApp::spawn(pool).await;
+    app.create_tenant("acme", "Acme").await;
+    let created = app
+        .post(&format!("{BASE}/clusters"), &cluster_with_metadata("c"))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    app
+}
+
+async fn json_patch(app: &TestApp, path: &str, operations: &Value) -> efms_tests::Answer {
+    app.send(
+        Method::PATCH,
+        path,
+        Some(("application/json-patch+json", operations)),
+        &[],
+    )
+    .await
+}
+
+/// The cluster `c` is as it was created, at its first version, in the first revision.
+async fn assert_unchanged(app: &TestApp) {
+    let stored = app.get(&format!("{BASE}/clusters/c")).await;
+    assert_eq!(stored.status, 200, "{}", stored.body);
+    assert_eq!(stored.header("etag"), "\"1\"");
+    assert_eq!(
+        stored.body["metadata"],
+        cluster_with_metadata("c")["metadata"]
+    );
+    let head = app.get(&format!("{BASE}/revisions?limit=1")).await;
+    assert_eq!(head.body["items"][0]["revision"], 1, "{}", head.body);
+}
+
+fn first_error(answer: &efms_tests::Answer) -> (&str, &str) {
+    let error = &answer.body["errors"][0];
+    (
+        error["pointer"].as_str().unwrap_or_default(),
+        error["detail"].as_str().unwrap_or_default(),
+    )
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_json_patch_of_doubling_copies_is_refused_naming_the_document_limit_and_stores_nothing(
+    pool: PgPool,
+) {
+    let app = app_with_cluster(pool).await;
+    let answer = json_patch(&app, &format!("{BASE}/clusters/c"), &doubling_copies(14)).await;
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    let (pointer, detail) = first_error(&answer);
+    // 256 bytes doubled twelve times pass 1 MiB: the copy that would do it is named.
+    assert!(pointer.starts_with('/') && pointer[1..].parse::<usize>().is_ok_and(|i| i < 14));
+    assert!(detail.contains("1048576 bytes"), "{detail}");
+    assert!(detail.contains("EFMS_MAX_DOCUMENT_BYTES"), "{detail}");
+    assert_unchanged(&app).await;
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_bulk_patch_of_doubling_copies_is_refused_naming_the_document_limit_and_stores_nothing(
+    pool: PgPool,
+) {
+    let app = app_with_cluster(pool).await;
+    let answer = app
+        .post(
+            &format!("{BASE}/bulk"),
+            &json!({ "operations": [
+                { "op": "patch", "kind": "clusters", "name": "c", "patch": doubling_copies(14) }
+            ] }),
+        )
+        .await;
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    let (pointer, detail) = first_error(&answer);
+    assert!(pointer.starts_with("/operations/0/patch/"), "{pointer}");
+    assert!(detail.contains("1048576 bytes"), "{detail}");
+    assert!(detail.contains("EFMS_MAX_DOCUMENT_BYTES"), "{detail}");
+    assert_unchanged(&app).await;
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_patch_of_more_operations_than_the_limit_is_refused_naming_it(pool: PgPool) {
+    let app = app_with_cluster(pool).await;
+    // Harmless operations, each of which applies: only their number is at fault.
+    let tests: Vec<Value> = (0..1_001)
+        .map(|_| json!({ "op": "test", "path": "/connect_timeout", "value": "1s" }))
+        .collect();
+    let answer = json_patch(&app, &format!("{BASE}/clusters/c"), &json!(tests)).await;
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    let (_, detail) = first_error(&answer);
+    assert!(detail.contains("1001 operations"), "{detail}");
+    assert!(detail.contains("limit is 1000"), "{detail}");
+    assert!(detail.contains("EFMS_MAX_PATCH_OPERATIONS"), "{detail}");
+    assert_unchanged(&app).await;
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_template_that_renders_past_the_limit_is_refused_naming_the_template_and_the_limit(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn(pool).await;
+    app.create_tenant("acme", "Acme").await;
+    // 2,000 copies of one parameter: a 2 KiB value renders 4 MiB.
+    let template = json!({
+        "name": "echo",
+        "kind": "cluster",
+        "parameters": { "blob": {} },
+        "body": { "type": "STATIC", "connect_timeout": "1s",
+            "metadata": { "filter_metadata": { "x": { "items": vec!["{{blob}}"; 2_000] } } } }
+    });
+    let created = app.post(&format!("{BASE}/templates"), &template).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let small = app
+        .post(
+            &format!("{BASE}/clusters"),
+            &json!({ "$template": { "template": "echo", "name": "small", "parameters": { "blob": "b" } } }),
+        )
+        .await;
+    assert_eq!(small.status, 201, "{}", small.body);
+
+    let declared = app
+        .post(
+            &format!("{BASE}/clusters"),
+            &json!({ "$template": { "template": "echo", "name": "big",
+                                    "parameters": { "blob": "b".repeat(2_048) } } }),
+        )
+        .await;
+    assert_eq!(declared.status, 422, "{}", declared.body);
+    let (_, detail) = first_error(&declared);
+    assert!(detail.contains("template `echo`"), "{detail}");
+    assert!(detail.contains("1048576 bytes"), "{detail}");
+    assert_eq!(app.get(&format!("{BASE}/clusters/big")).await.status, 404);
+}
