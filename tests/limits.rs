@@ -1,7 +1,8 @@
 //! Limits on what is written, against a real Postgres and the real server: a JSON Patch or a
 //! template that would build an oversized document is refused while it is applied, naming the
-//! limit.
+//! limit; a tenant runs a bounded number of bulk jobs.
 
+use efms_domain::TenantSlug;
 use efms_tests::TestApp;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -155,4 +156,63 @@ async fn a_template_that_renders_past_the_limit_is_refused_naming_the_template_a
     assert!(detail.contains("template `echo`"), "{detail}");
     assert!(detail.contains("1048576 bytes"), "{detail}");
     assert_eq!(app.get(&format!("{BASE}/clusters/big")).await.status, 404);
+}
+
+/// Records `count` bulk jobs of `slug` as running (their progress just recorded), as jobs that
+/// are validating a large request are.
+async fn running_jobs(pool: &PgPool, slug: &str, count: usize) -> Vec<uuid::Uuid> {
+    let tenant_id = TenantSlug::parse(slug).unwrap().tenant_id();
+    let mut ids = Vec::new();
+    for _ in 0..count {
+        let job_id = uuid::Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO bulk_jobs (tenant_id, job_id, branch, actor, state, total)
+             VALUES ($1, $2, 'main', 'tester', 'validating', 5000)",
+        )
+        .bind(tenant_id)
+        .bind(job_id)
+        .execute(pool)
+        .await
+        .unwrap();
+        ids.push(job_id);
+    }
+    ids
+}
+
+/// A bulk request large enough to run as a job.
+fn job_request() -> Value {
+    json!({ "operations": (0..1_001)
+        .map(|i| json!({ "op": "delete", "kind": "clusters", "name": format!("gone-{i}") }))
+        .collect::<Vec<_>>() })
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_third_bulk_job_of_a_tenant_is_refused_while_two_run(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    app.create_tenant("acme", "Acme").await;
+    app.create_tenant("beta", "Beta").await;
+    let held = running_jobs(&pool, "acme", 2).await;
+
+    let refused = app.post(&format!("{BASE}/bulk"), &job_request()).await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert!(refused
+        .header("retry-after")
+        .parse::<u32>()
+        .is_ok_and(|s| s > 0));
+    let detail = refused.body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("limit is 2"), "{detail}");
+    assert!(detail.contains("EFMS_MAX_JOBS_PER_TENANT"), "{detail}");
+
+    // The limit is the tenant's own: another tenant starts its job.
+    let other = app.post("/api/v1/tenants/beta/bulk", &job_request()).await;
+    assert_eq!(other.status, 202, "{}", other.body);
+
+    // Once one of the two has finished, there is room again.
+    sqlx::query("UPDATE bulk_jobs SET state = 'succeeded', finished_at = now() WHERE job_id = $1")
+        .bind(held[0])
+        .execute(&pool)
+        .await
+        .unwrap();
+    let started = app.post(&format!("{BASE}/bulk"), &job_request()).await;
+    assert_eq!(started.status, 202, "{}", started.body);
 }

@@ -25,8 +25,9 @@ use crate::routes::{
     versions,
 };
 
-/// The largest bulk request body: 10,000 operations of a few kilobytes each.
-const BULK_BODY_LIMIT: usize = 64 * 1024 * 1024;
+/// The largest bulk request body: 10,000 operations of up to three kilobytes each. A job holds its
+/// request until it ends, so this bounds what each running job keeps.
+pub const BULK_BODY_LIMIT: usize = 32 * 1024 * 1024;
 
 /// What the handlers share. Each handler extracts only the part it needs.
 #[derive(Clone, FromRef)]

@@ -102,6 +102,7 @@ pub struct BulkResult {
         (status = 409, description = "A create found the resource, or a delete is still referenced", body = crate::openapi::Problem),
         (status = 412, description = "An `if_match` is stale", body = crate::openapi::Problem),
         (status = 422, description = "Operations at fault, each named by its pointer (a patch past the document or operation limits among them); nothing changed", body = crate::openapi::Problem),
+        (status = 429, description = "More than 1,000 operations while the tenant runs as many bulk jobs as it may (`Retry-After`)", body = crate::openapi::Problem),
         (status = 503, description = "Committed, but the read models have not applied it within two minutes", body = crate::openapi::Problem)))]
 pub async fn bulk(
     State(state): State<AppState>,
