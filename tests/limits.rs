@@ -1,6 +1,7 @@
 //! Limits on what is written, against a real Postgres and the real server: a JSON Patch or a
 //! template that would build an oversized document is refused while it is applied, naming the
-//! limit; a tenant runs a bounded number of bulk jobs.
+//! limit; a tenant runs a bounded number of bulk jobs; names no resource can have never reach the
+//! resource cache.
 
 use efms_domain::TenantSlug;
 use efms_tests::TestApp;
@@ -215,4 +216,51 @@ async fn a_third_bulk_job_of_a_tenant_is_refused_while_two_run(pool: PgPool) {
         .unwrap();
     let started = app.post(&format!("{BASE}/bulk"), &job_request()).await;
     assert_eq!(started.status, 202, "{}", started.body);
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_name_no_resource_can_have_is_answered_without_a_cache_entry(pool: PgPool) {
+    let app = app_with_cluster(pool).await;
+    let before = app.cache.stats();
+    // Near the longest a URL can carry (64 KiB).
+    let huge = "n".repeat(60_000);
+    let answer = app.get(&format!("{BASE}/clusters/{huge}")).await;
+    assert_eq!(answer.status, 404, "{}", answer.body);
+    assert!(!answer.body.to_string().contains(&huge));
+    assert_eq!(app.cache.stats(), before);
+
+    let prefix = app
+        .get(&format!("{BASE}/clusters?name_prefix={}", "p".repeat(300)))
+        .await;
+    assert_eq!(prefix.status, 422, "{}", prefix.body);
+    assert_eq!(prefix.body["errors"][0]["parameter"], "name_prefix");
+    let cursor = app
+        .get(&format!("{BASE}/clusters?cursor={}", "p".repeat(300)))
+        .await;
+    assert_eq!(cursor.status, 422, "{}", cursor.body);
+    assert_eq!(app.cache.stats(), before);
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn the_cache_counts_the_bytes_of_the_names_it_keeps(pool: PgPool) {
+    let app = app_with_cluster(pool).await;
+    let before = app.cache.stats();
+    // The longest name there can be, and no such cluster: its absence is kept, name and all.
+    let longest = "m".repeat(253);
+    let answer = app.get(&format!("{BASE}/clusters/{longest}")).await;
+    assert_eq!(answer.status, 404, "{}", answer.body);
+    let after = app.cache.stats();
+    assert_eq!(after.entries, before.entries + 1);
+    assert!(
+        after.entry_bytes >= before.entry_bytes + 253,
+        "{before:?} {after:?}"
+    );
+
+    let page = app
+        .get(&format!("{BASE}/clusters?name_prefix={longest}"))
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let listed = app.cache.stats();
+    assert_eq!(listed.pages, after.pages + 1);
+    assert!(listed.page_bytes >= after.page_bytes + 253, "{listed:?}");
 }

@@ -51,6 +51,8 @@ pub struct TestApp {
     pub keys: JwtKeys,
     /// Where the xDS server listens.
     pub grpc: std::net::SocketAddr,
+    /// The server's resource cache, to see what it holds.
+    pub cache: efms_projections::ResourceCache,
     pool: PgPool,
     stop: watch::Sender<bool>,
     servers: Vec<tokio::task::JoinHandle<()>>,
@@ -112,6 +114,7 @@ impl TestApp {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let base = format!("{scheme}://{}", http.local_addr().unwrap());
         let xds = state.xds.clone();
+        let cache = state.cache.clone();
         let http_stop = until_stopped(stopped.clone());
         let grpc_stop = until_stopped(stopped);
         let servers = vec![
@@ -134,6 +137,7 @@ impl TestApp {
             client: reqwest::Client::new(),
             keys,
             grpc: grpc_addr,
+            cache,
             pool,
             stop,
             servers,

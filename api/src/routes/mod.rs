@@ -6,6 +6,7 @@ pub mod bulk;
 pub mod grants;
 pub mod health;
 pub mod jobs;
+pub mod names;
 pub mod patching;
 pub mod proxies;
 pub mod quotas;

@@ -163,6 +163,7 @@ pub async fn list(
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&collection)?;
+    super::names::check_list_parameters(params.name_prefix.as_deref(), params.cursor.as_deref())?;
     let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
     let page = super::PageSize::from_param(params.limit)?;
     let descending = match params.sort.as_deref() {
@@ -273,6 +274,7 @@ pub async fn get(
     ApiQuery(params): ApiQuery<ReadParams>,
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&collection)?;
+    super::names::check_lookup(kind, &name)?;
     let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
     let branch = branch_of(&state, &tenant, params.branch).await?;
     let as_of = as_of(&state, &tenant, &branch, params.revision, params.at).await?;
