@@ -474,3 +474,21 @@ async fn a_revocation_racing_a_new_reference_never_lets_both_land(pool: PgPool) 
     }
     println!("{outcomes:?}");
 }
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_grant_to_a_missing_tenant_is_answered_like_one_to_the_tenant_itself(pool: PgPool) {
+    let app = three_tenants(pool).await;
+    let missing = grant(&app, "nobody", "cluster", "payments").await;
+    let itself = grant(&app, "acme", "cluster", "payments").await;
+    assert_eq!(missing.0, 422, "{}", missing.1);
+    assert_eq!(missing, itself, "the answers tell the two apart");
+    assert!(!missing.1.to_string().contains("nobody"), "{}", missing.1);
+
+    // A grant refused for another reason says nothing of the grantee, existing or not.
+    let missing = grant(&app, "nobody", "cluster", "absent").await;
+    let existing = grant(&app, "beta", "cluster", "absent").await;
+    assert_eq!(missing.0, 422, "{}", missing.1);
+    assert_eq!(missing, existing, "the answers tell the two apart");
+    assert_eq!(missing.1["errors"].as_array().map(Vec::len), Some(1));
+    assert_eq!(missing.1["errors"][0]["pointer"], "/name");
+}

@@ -27,8 +27,9 @@ use crate::routes::{
     tenants, users, versions,
 };
 
-/// The largest bulk request body: 10,000 operations of a few kilobytes each.
-const BULK_BODY_LIMIT: usize = 64 * 1024 * 1024;
+/// The largest bulk request body: 10,000 operations of up to three kilobytes each. A job holds its
+/// request until it ends, so this bounds what each running job keeps.
+pub const BULK_BODY_LIMIT: usize = 32 * 1024 * 1024;
 
 /// What the handlers share. Each handler extracts only the part it needs.
 #[derive(Clone, FromRef)]
@@ -74,6 +75,9 @@ pub struct AppState {
     /// Proxy token lifetimes, and how often open xDS streams are re-checked.
     #[from_ref(skip)]
     pub tokens: TokenSettings,
+    /// Limits on what requests write and run.
+    #[from_ref(skip)]
+    pub limits: crate::limits::WriteLimits,
 }
 
 /// Where proxies reach the xDS server.
@@ -158,9 +162,16 @@ impl AppState {
             login_throttle: crate::login_throttle::LoginThrottle::default(),
             anonymous_audit: audit::AnonymousBudget::default(),
             tokens: TokenSettings::default(),
+            limits: crate::limits::WriteLimits::default(),
         }
     }
 
+    /// The same state, holding requests to `limits`.
+    #[must_use]
+    pub fn with_limits(mut self, limits: crate::limits::WriteLimits) -> Self {
+        self.limits = limits;
+        self
+    }
     /// The same state with these proxy token lifetimes and xDS re-check interval.
     #[must_use]
     pub fn with_token_settings(mut self, tokens: TokenSettings) -> Self {

@@ -124,6 +124,9 @@ pub struct ServeArgs {
     /// Timeouts, connection and login limits.
     #[command(flatten)]
     pub edge: EdgeArgs,
+    /// Limits on what requests write and run.
+    #[command(flatten)]
+    pub limits: crate::limits::LimitArgs,
 }
 
 /// `efms token`.
@@ -208,6 +211,8 @@ pub struct ServeConfig {
     pub tokens: crate::credentials::TokenSettings,
     /// Timeouts, connection and login limits.
     pub edge: EdgeConfig,
+    /// Limits on what requests write and run.
+    pub limits: crate::limits::WriteLimits,
 }
 
 impl DatabaseArgs {
@@ -447,6 +452,7 @@ impl ServeArgs {
             poll_interval,
             tokens,
             edge,
+            limits: self.limits.validate()?,
         })
     }
 }
@@ -485,6 +491,7 @@ mod tests {
                 login_throttle_entries: "50000".to_owned(),
                 oidc_jwks_allow_http: "false".to_owned(),
             },
+            limits: crate::limits::LimitArgs::default(),
         }
     }
 

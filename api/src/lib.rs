@@ -14,6 +14,7 @@ pub mod error;
 pub mod extract;
 pub mod jwks;
 pub mod login_throttle;
+pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod passwords;

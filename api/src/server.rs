@@ -52,7 +52,8 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             },
             None => XdsAddress::for_listener(grpc.local_addr()?),
         }
-    });
+    })
+    .with_limits(config.limits);
     let xds = state.xds.clone();
     tracing::info!(
         http = %http.local_addr()?,

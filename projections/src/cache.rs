@@ -22,8 +22,13 @@ use crate::ProjectorHandle;
 
 /// Entries kept at most; past it the cache starts afresh.
 const MAX_ENTRIES: usize = 100_000;
-/// Bytes of rendered pages kept at most; past it the pages start afresh.
+/// Bytes of resources (their keys and documents) kept at most; past it the resources start afresh.
+const MAX_ENTRY_BYTES: usize = 64 * 1024 * 1024;
+/// Bytes of rendered pages (their keys and texts) kept at most; past it the pages start afresh.
 const MAX_PAGE_BYTES: usize = 64 * 1024 * 1024;
+/// What an entry costs besides its key's text and its document: the tenant, kind, revision and
+/// row fields.
+const ENTRY_OVERHEAD: usize = 128;
 
 type Key = (Uuid, ResourceKind, String);
 
@@ -33,13 +38,44 @@ struct Inner {
     heads: HashMap<Uuid, i64>,
     /// Resources (or their absence) and the head revision they were read at.
     entries: HashMap<Key, (i64, Option<Arc<ResourceRow>>)>,
+    /// The size of `entries`: their keys and documents.
+    entry_bytes: usize,
     /// Rendered pages (lists) by tenant and the caller's key, and the head revision they were
     /// read at (or before).
     pages: HashMap<(Uuid, String), (i64, Arc<str>)>,
-    /// The size of `pages`' texts.
+    /// The size of `pages`: their keys and texts.
     page_bytes: usize,
     /// Bumped when the cache is emptied; a fill that started before is not kept.
     generation: u64,
+}
+
+/// How much a cache holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Resources (and absences) held.
+    pub entries: usize,
+    /// Their size in bytes, keys included.
+    pub entry_bytes: usize,
+    /// Rendered pages held.
+    pub pages: usize,
+    /// Their size in bytes, keys included.
+    pub page_bytes: usize,
+}
+
+/// What an entry of `key` holding `row` costs.
+fn entry_size(key: &Key, row: Option<&ResourceRow>) -> usize {
+    ENTRY_OVERHEAD
+        + key.2.len()
+        + row.map_or(0, |row| {
+            row.name.len()
+                + row.updated_by.len()
+                + efms_domain::config::limits::json_size(&row.document)
+        })
+}
+
+/// What a page of `key` holding `text` costs.
+fn page_size(key: &(Uuid, String), text: &str) -> usize {
+    ENTRY_OVERHEAD + key.1.len() + text.len()
 }
 
 /// Current resources of the main branch, cached per replica.
@@ -57,6 +93,17 @@ impl ResourceCache {
             pool,
             branch,
             inner: Arc::default(),
+        }
+    }
+
+    /// How much the cache holds now.
+    pub fn stats(&self) -> CacheStats {
+        let inner = self.inner.lock().expect("cache lock");
+        CacheStats {
+            entries: inner.entries.len(),
+            entry_bytes: inner.entry_bytes,
+            pages: inner.pages.len(),
+            page_bytes: inner.page_bytes,
         }
     }
 
@@ -115,13 +162,25 @@ impl ResourceCache {
         let Inner {
             heads,
             entries,
+            entry_bytes,
             pages,
             page_bytes,
             ..
         } = &mut *inner;
-        entries.retain(|(tenant, _, _), (revision, _)| heads.get(tenant) == Some(revision));
-        pages.retain(|(tenant, _), (revision, _)| heads.get(tenant) == Some(revision));
-        *page_bytes = pages.values().map(|(_, page)| page.len()).sum();
+        entries.retain(|key, (revision, row)| {
+            let keep = heads.get(&key.0) == Some(revision);
+            if !keep {
+                *entry_bytes -= entry_size(key, row.as_deref());
+            }
+            keep
+        });
+        pages.retain(|key, (revision, page)| {
+            let keep = heads.get(&key.0) == Some(revision);
+            if !keep {
+                *page_bytes -= page_size(key, page);
+            }
+            keep
+        });
         Ok(())
     }
 
@@ -193,14 +252,19 @@ impl ResourceCache {
         if inner.generation != generation {
             return Ok(row);
         }
-        if inner.entries.len() >= MAX_ENTRIES {
+        let size = entry_size(&key, row.as_deref());
+        if inner.entries.len() >= MAX_ENTRIES || inner.entry_bytes + size > MAX_ENTRY_BYTES {
             inner.entries.clear();
+            inner.entry_bytes = 0;
         }
         let head = inner.heads.entry(tenant_id).or_default();
         if found.head > *head {
             *head = found.head;
         }
-        inner.entries.insert(key, (found.head, row.clone()));
+        inner.entry_bytes += size;
+        if let Some((_, replaced)) = inner.entries.insert(key.clone(), (found.head, row.clone())) {
+            inner.entry_bytes -= entry_size(&key, replaced.as_deref());
+        }
         Ok(row)
     }
 
@@ -239,17 +303,18 @@ impl ResourceCache {
         if inner.generation != generation {
             return Ok(page);
         }
-        if inner.pages.len() >= MAX_ENTRIES || inner.page_bytes + page.len() > MAX_PAGE_BYTES {
+        let size = page_size(&key, &page);
+        if inner.pages.len() >= MAX_ENTRIES || inner.page_bytes + size > MAX_PAGE_BYTES {
             inner.pages.clear();
             inner.page_bytes = 0;
         }
-        inner.page_bytes += page.len();
+        inner.page_bytes += size;
         let known = inner.heads.entry(tenant_id).or_default();
         if head > *known {
             *known = head;
         }
-        if let Some((_, replaced)) = inner.pages.insert(key, (head, page.clone())) {
-            inner.page_bytes -= replaced.len();
+        if let Some((_, replaced)) = inner.pages.insert(key.clone(), (head, page.clone())) {
+            inner.page_bytes -= page_size(&key, &replaced);
         }
         Ok(page)
     }

@@ -12,7 +12,7 @@ pub mod proxies;
 pub mod snapshots;
 pub mod tenants;
 
-pub use cache::ResourceCache;
+pub use cache::{CacheStats, ResourceCache};
 pub use config::ConfigProjection;
 pub use projector::{Projection, ProjectionError, Projector, ProjectorHandle};
 pub use snapshots::{GroupSnapshot, SnapshotStore, XdsResource};

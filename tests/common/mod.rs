@@ -57,6 +57,8 @@ pub struct TestApp {
     pub grpc: std::net::SocketAddr,
     /// The server's login throttle, to look into.
     pub login_throttle: efms_api::login_throttle::LoginThrottle,
+    /// The server's resource cache, to see what it holds.
+    pub cache: efms_projections::ResourceCache,
     pool: PgPool,
     stop: watch::Sender<bool>,
     servers: Vec<tokio::task::JoinHandle<()>>,
@@ -142,6 +144,7 @@ impl TestApp {
         let base = format!("{scheme}://{}", http.local_addr().unwrap());
         let xds = state.xds.clone();
         let login_throttle = state.login_throttle.clone();
+        let cache = state.cache.clone();
         let http_stop = until_stopped(stopped.clone());
         let grpc_stop = until_stopped(stopped);
         let servers = vec![
@@ -165,6 +168,7 @@ impl TestApp {
             keys,
             grpc: grpc_addr,
             login_throttle,
+            cache,
             pool,
             stop,
             servers,

@@ -5,6 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use efms_domain::config::limits;
 use efms_domain::config::{Change, Expect, Operation};
 use efms_domain::envoy::ResourceKind;
 use efms_domain::Actor;
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::jobs;
+use super::patching::{check_written, refusal_at};
 use super::resources::{branch_of, change_of, commit, effective_attachments, BranchParams};
 use crate::access::{tenant_access, Access, TenantAccess};
 use crate::app::AppState;
@@ -25,6 +27,9 @@ const BULK_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(12
 
 /// The most operations one bulk request may carry.
 pub const MAX_OPERATIONS: usize = 10_000;
+/// The most bytes of documents one bulk request may write in all: each patch of a group's
+/// resources writes one document per resource, so a small request can ask for much more.
+pub const MAX_WRITTEN_BYTES: usize = 64 * 1024 * 1024;
 
 /// What an operation does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
@@ -96,7 +101,8 @@ pub struct BulkResult {
         (status = 404, description = "No such tenant, or a resource to patch or delete is missing", body = crate::openapi::Problem),
         (status = 409, description = "A create found the resource, or a delete is still referenced", body = crate::openapi::Problem),
         (status = 412, description = "An `if_match` is stale", body = crate::openapi::Problem),
-        (status = 422, description = "Operations at fault, each named by its pointer; nothing changed", body = crate::openapi::Problem),
+        (status = 422, description = "Operations at fault, each named by its pointer (a patch past the document or operation limits among them); nothing changed", body = crate::openapi::Problem),
+        (status = 429, description = "More than 1,000 operations while the tenant runs as many bulk jobs as it may (`Retry-After`)", body = crate::openapi::Problem),
         (status = 503, description = "Committed, but the read models have not applied it within two minutes", body = crate::openapi::Problem)))]
 pub async fn bulk(
     State(state): State<AppState>,
@@ -134,6 +140,7 @@ pub(crate) async fn apply(
     // Each change's resource and the operation it comes from.
     let mut keys = Vec::with_capacity(request.operations.len());
     let mut errors = Vec::new();
+    let mut written = 0;
     for (index, operation) in request.operations.iter().enumerate() {
         if let Some(progress) = progress {
             progress.validated(index);
@@ -141,8 +148,20 @@ pub(crate) async fn apply(
         match operation_changes(state, (tenant, branch), operation).await {
             Ok(expanded) => {
                 for change in expanded {
+                    if let Change::Put { document, .. } = &change {
+                        written += limits::json_size(document);
+                    }
                     keys.push((key_of(&change), index));
                     changes.push(change);
+                }
+                if written > MAX_WRITTEN_BYTES {
+                    return Err(ApiError::Validation(vec![FieldError::at(
+                        format!("/operations/{index}"),
+                        format!(
+                            "the operations up to this one write more than {MAX_WRITTEN_BYTES} \
+                             bytes of documents, the limit of a bulk request; split it"
+                        ),
+                    )]));
                 }
             }
             Err(faults) => errors.extend(faults.into_iter().map(|(pointer, detail)| {
@@ -284,6 +303,8 @@ async fn operation_changes(
             } else {
                 present
             };
+            check_written(resource, &state.limits.commit)
+                .map_err(|error| faults_under("/resource", error))?;
             Ok(vec![put(kind, resource, expect, "/resource")?])
         }
         (BulkOp::Delete, name, None) => {
@@ -313,13 +334,18 @@ fn fault(pointer: &str, detail: String) -> Faults {
 
 /// A create or replace of `json` (pointers under `at`).
 fn put(kind: ResourceKind, json: &Value, expect: Expect, at: &str) -> Result<Change, Faults> {
-    change_of(kind, json, expect, None).map_err(|error| match error {
+    change_of(kind, json, expect, None).map_err(|error| faults_under(at, error))
+}
+
+/// An error's problems as faults, their pointers under `at`.
+fn faults_under(at: &str, error: ApiError) -> Faults {
+    match error {
         ApiError::Validation(errors) => errors
             .into_iter()
             .map(|e| (format!("{at}{}", e.pointer.unwrap_or_default()), e.detail))
             .collect::<Faults>(),
         other => vec![(at.to_owned(), other.to_string())],
-    })
+    }
 }
 
 /// The operation's patch applied to the resource `name` as it is now.
@@ -344,25 +370,26 @@ async fn patch_change(
         ));
     }
     let mut document = current.document;
-    match (&operation.patch, &operation.merge_patch) {
+    let limits = &state.limits.commit;
+    let applied = match (&operation.patch, &operation.merge_patch) {
         (Some(patch), None) => {
             let patch: json_patch::Patch = serde_json::from_value(patch.clone())
                 .map_err(|error| fault("/patch", format!("not an RFC 6902 patch: {error}")))?;
-            json_patch::patch(&mut document, &patch).map_err(|error| {
-                fault(
-                    &format!("/patch/{}", error.operation),
-                    format!("the patch does not apply to {kind} `{name}`: {error}"),
-                )
-            })?;
+            limits::apply_patch(&mut document, &patch.0, limits).map_err(|r| (r, "/patch"))
         }
-        (None, Some(merge)) => json_patch::merge(&mut document, merge),
+        (None, Some(merge)) => limits::apply_merge_patch(&mut document, merge, limits)
+            .map_err(|refusal| (refusal, "/merge_patch")),
         _ => {
             return Err(fault(
                 "",
                 "a patch needs exactly one of `patch` and `merge_patch`".to_owned(),
             ))
         }
-    }
+    };
+    applied.map_err(|(refusal, at)| {
+        let (pointer, detail) = refusal_at(&refusal, kind, name, at);
+        vec![(pointer, detail)]
+    })?;
     let expect = Expect::Version(
         operation
             .if_match

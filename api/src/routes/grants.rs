@@ -163,31 +163,10 @@ async fn checked(
     body: &NewGrant,
 ) -> Result<(TenantSlug, ResourceKind), ApiError> {
     let mut errors = Vec::new();
-    let grantee = match TenantSlug::parse(&body.grantee) {
-        Ok(slug) if slug == tenant.slug => {
-            errors.push(FieldError::at(
-                "/grantee",
-                "a tenant cannot share with itself",
-            ));
-            None
-        }
-        Ok(slug) => {
-            let exists = get_tenant(&state.pool, Scope::Tenant(slug.tenant_id()), slug.as_str())
-                .await?
-                .is_some();
-            if !exists {
-                errors.push(FieldError::at(
-                    "/grantee",
-                    format!("there is no tenant `{slug}`"),
-                ));
-            }
-            exists.then_some(slug)
-        }
-        Err(_) => {
-            errors.push(FieldError::at("/grantee", "not a tenant slug"));
-            None
-        }
-    };
+    let grantee = TenantSlug::parse(&body.grantee);
+    if grantee.is_err() {
+        errors.push(FieldError::at("/grantee", "not a tenant slug"));
+    }
     let kind = shareable(&body.kind);
     if kind.is_none() {
         errors.push(FieldError::at(
@@ -228,8 +207,29 @@ async fn checked(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    Ok((grantee.expect("checked"), kind.expect("checked")))
+    let grantee = grantee.expect("checked");
+    // Last, and with one answer for this tenant itself and for a slug no tenant has: what
+    // tenants exist is not for another tenant's admin to learn from a refusal.
+    let exists = grantee != tenant.slug
+        && get_tenant(
+            &state.pool,
+            Scope::Tenant(grantee.tenant_id()),
+            grantee.as_str(),
+        )
+        .await?
+        .is_some();
+    if !exists {
+        return Err(ApiError::Validation(vec![FieldError::at(
+            "/grantee",
+            UNSHAREABLE_TENANT,
+        )]));
+    }
+    Ok((grantee, kind.expect("checked")))
 }
+
+/// The refusal of a grantee that is this tenant itself or no tenant at all (the same for both).
+const UNSHAREABLE_TENANT: &str =
+    "cannot share with that tenant: no tenant shares with itself or with a slug no tenant has";
 
 /// A secret the resource refers to, if any: such a resource cannot be shared.
 fn secret_ref(kind: ResourceKind, document: &Value) -> Option<ResourceRef> {

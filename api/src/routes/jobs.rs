@@ -28,6 +28,7 @@ use crate::access::{tenant_access, Access, TenantAccess};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::limits::MAX_JOBS_PER_TENANT;
 
 /// The most operations a bulk request answers synchronously; more run as a job.
 pub const SYNC_LIMIT: usize = 1_000;
@@ -96,6 +97,7 @@ pub(crate) async fn start(
     let job_id = Uuid::now_v7();
     let total = i32::try_from(request.operations.len()).map_err(ApiError::internal)?;
     let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
+    check_room(&state, &tenant, &mut tx).await?;
     sqlx::query!(
         r#"INSERT INTO bulk_jobs (tenant_id, job_id, branch, actor, state, total)
            VALUES ($1, $2, $3, $4, 'queued', $5)"#,
@@ -118,6 +120,53 @@ pub(crate) async fn start(
     );
     Ok(response)
 }
+
+/// Refuses (429) a new job while the tenant runs as many as it may. The count and the new job's
+/// record are made under a lock of the tenant's, so that concurrent starts, on any replica, cannot
+/// all see room for one more; a job whose record stopped moving no longer counts.
+async fn check_room(
+    state: &AppState,
+    tenant: &TenantAccess,
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+) -> Result<(), ApiError> {
+    let limit = state.limits.max_jobs_per_tenant;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(job_start_lock(tenant.tenant_id))
+        .execute(&mut **tx)
+        .await?;
+    let running: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM bulk_jobs
+         WHERE tenant_id = $1 AND finished_at IS NULL
+           AND updated_at > now() - make_interval(secs => $2)",
+    )
+    .bind(tenant.tenant_id)
+    .bind(STALE_AFTER.as_secs_f64())
+    .fetch_one(&mut **tx)
+    .await?;
+    if running >= i64::from(limit) {
+        return Err(ApiError::TooManyRequests {
+            detail: format!(
+                "tenant `{}` has {running} bulk jobs running; the limit is {limit} ({MAX_JOBS_PER_TENANT}). \
+                 Retry when one has finished, or send up to {SYNC_LIMIT} operations to be applied at once",
+                tenant.slug
+            ),
+            retry_after_seconds: JOB_RETRY_AFTER_SECONDS,
+        });
+    }
+    Ok(())
+}
+
+/// The advisory lock that orders the starts of a tenant's jobs.
+fn job_start_lock(tenant_id: Uuid) -> i64 {
+    let (high, low) = tenant_id.as_u64_pair();
+    i64::from_be_bytes((high ^ low ^ JOBS_LOCK_SALT).to_be_bytes())
+}
+
+/// Keeps the job start locks apart from any other advisory lock.
+const JOBS_LOCK_SALT: u64 = 0x6566_6d73_6a6f_6273;
+
+/// When a refused job may be tried again.
+const JOB_RETRY_AFTER_SECONDS: u32 = 5;
 
 /// Runs a job to its end, recording its progress meanwhile.
 async fn run(

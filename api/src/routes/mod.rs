@@ -7,6 +7,8 @@ pub mod grants;
 pub mod health;
 pub mod jobs;
 pub mod login;
+pub mod names;
+pub mod patching;
 pub mod proxies;
 pub mod proxy_tokens;
 pub mod quotas;

@@ -10,6 +10,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
+use efms_domain::config::limits::CommitContext;
 use efms_domain::config::shared::Shared;
 use efms_domain::config::template::Derivation;
 use efms_domain::config::{
@@ -25,7 +26,7 @@ use crate::access::{tenant_access, Access, TenantAccess};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, FieldError};
-use crate::extract::{parse_json, ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiQuery};
 
 /// How long a write waits for the read models to show it.
 const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
@@ -162,6 +163,7 @@ pub async fn list(
     ApiQuery(params): ApiQuery<ListParams>,
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&collection)?;
+    super::names::check_list_parameters(params.name_prefix.as_deref(), params.cursor.as_deref())?;
     let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
     let page = super::PageSize::from_param(params.limit)?;
     let descending = match params.sort.as_deref() {
@@ -267,6 +269,7 @@ pub async fn get(
     ApiQuery(params): ApiQuery<ReadParams>,
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&collection)?;
+    super::names::check_lookup(kind, &name)?;
     let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
     let branch = branch_of(&state, &tenant, params.branch).await?;
     let as_of = as_of(&state, &tenant, &branch, params.revision, params.at).await?;
@@ -300,6 +303,7 @@ pub async fn create(
     let kind = kind_of(&collection)?;
     let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
     let branch = branch_of(&state, &tenant, params.branch).await?;
+    super::patching::check_written(&body, &state.limits.commit)?;
     let change = change_of(kind, &body, Expect::Absent, None)?;
     let name = change_name(&change);
     commit(
@@ -348,6 +352,7 @@ pub async fn replace(
     let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
     let branch = branch_of(&state, &tenant, params.branch).await?;
     let expect = if_match(&headers)?.unwrap_or(Expect::Anything);
+    super::patching::check_written(&body, &state.limits.commit)?;
     let change = change_of(kind, &body, expect, Some(&name))?;
     check_path_name(kind, &name, &change)?;
     let existed = read::get_resource(
@@ -399,7 +404,7 @@ pub async fn patch(
     let kind = kind_of(&collection)?;
     let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
     let branch = branch_of(&state, &tenant, params.branch).await?;
-    let patch = PatchBody::parse(&headers, &body)?;
+    let patch = super::patching::PatchBody::parse(&headers, &body)?;
     let explicit = if_match(&headers)?;
     if let Some(declaration) =
         read::derivation_of(&state.pool, tenant.tenant_id, &branch, kind, &name).await?
@@ -429,7 +434,7 @@ pub async fn patch(
         let version = u64::try_from(current.version).map_err(ApiError::internal)?;
         let expect = explicit.unwrap_or(Expect::Version(version));
         let mut document = current.document;
-        patch.apply(&mut document)?;
+        patch.apply(&mut document, &state.limits.commit, (kind, &name), "")?;
         let change = Change::put(kind, &document, expect).map_err(invalid)?;
         check_path_name(kind, &name, &change)?;
         match commit(
@@ -479,47 +484,6 @@ pub async fn delete(
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// A parsed PATCH body.
-enum PatchBody {
-    Json(json_patch::Patch),
-    Merge(Value),
-}
-
-impl PatchBody {
-    fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Self, ApiError> {
-        let media = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.split(';').next())
-            .map(|value| value.trim().to_ascii_lowercase())
-            .unwrap_or_default();
-        match media.as_str() {
-            "application/json-patch+json" => parse_json(body).map(PatchBody::Json),
-            "application/merge-patch+json" => parse_json(body).map(PatchBody::Merge),
-            _ => Err(ApiError::UnsupportedMediaType(
-                "a PATCH body is `application/json-patch+json` (RFC 6902) or \
-                 `application/merge-patch+json` (RFC 7396)"
-                    .to_owned(),
-            )),
-        }
-    }
-
-    fn apply(&self, document: &mut Value) -> Result<(), ApiError> {
-        match self {
-            PatchBody::Json(patch) => json_patch::patch(document, patch).map_err(|error| {
-                ApiError::Validation(vec![FieldError::at(
-                    format!("/{}", error.operation),
-                    format!("the patch does not apply: {error}"),
-                )])
-            }),
-            PatchBody::Merge(patch) => {
-                json_patch::merge(document, patch);
-                Ok(())
-            }
-        }
-    }
 }
 
 /// Runs one commit on `branch` for `actor` and waits for the read models to show it.
@@ -640,11 +604,18 @@ pub async fn execute(
         ConfigCommand::DeleteBranch => (Shared::default(), super::grants::SharedGuard::default()),
         _ => super::grants::shared_with(state, tenant).await?,
     };
+    let limits = state.limits.commit;
     let mut command = command;
     seal_secrets(state, tenant.tenant_id, &mut command).await?;
     let result = state
         .bus
-        .execute::<ConfigRepo>(tenant.tenant_id, branch, command, shared, metadata)
+        .execute::<ConfigRepo>(
+            tenant.tenant_id,
+            branch,
+            command,
+            CommitContext { shared, limits },
+            metadata,
+        )
         .await;
     let outcome = match &result {
         Ok(Some(_)) => "committed",

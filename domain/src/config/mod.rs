@@ -6,6 +6,7 @@
 //! the documents travel in the events and live in the read models.
 
 pub mod group;
+pub mod limits;
 pub mod merge;
 mod refs;
 pub mod shared;
@@ -20,9 +21,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
+use self::{limits::CommitContext, shared::Shared};
 use crate::envoy::{self, ResourceKind, Violation};
 pub use refs::{references, ResourceRef};
-use shared::Shared;
 use template::Derivation;
 
 /// The branch every tenant starts with.
@@ -509,7 +510,7 @@ impl ConfigRepo {
     /// after the base's.
     fn fork(
         &self,
-        shared: &Shared,
+        context: &CommitContext,
         message: Option<String>,
         base: BranchPoint,
         resources: Vec<Change>,
@@ -522,7 +523,7 @@ impl ConfigRepo {
             ..ConfigRepo::default()
         };
         let mut events =
-            start.decide(shared, message.clone(), Operation::Branch, None, resources)?;
+            start.decide(context, message.clone(), Operation::Branch, None, resources)?;
         let revision = base.revision + 1;
         if events.is_empty() {
             events.push(ConfigEvent::Committed {
@@ -538,7 +539,7 @@ impl ConfigRepo {
 
     fn decide(
         &self,
-        shared: &Shared,
+        context: &CommitContext,
         message: Option<String>,
         operation: Operation,
         merged: Option<BranchPoint>,
@@ -582,7 +583,7 @@ impl ConfigRepo {
                     ..
                 } => {
                     let (document, refs) =
-                        self.render(shared, kind, &name, &derivation, &overlay)?;
+                        self.render(context, kind, &name, &derivation, &overlay)?;
                     (kind, name, document, refs, Some(derivation))
                 }
                 Change::Delete { kind, name, .. } => {
@@ -624,7 +625,7 @@ impl ConfigRepo {
                 .collect();
             for (derived_key, derivation) in derived {
                 let (kind, name) = split_key(&derived_key);
-                let (document, refs) = self.render(shared, kind, name, &derivation, &overlay)?;
+                let (document, refs) = self.render(context, kind, name, &derivation, &overlay)?;
                 let current = self.resources.get(&derived_key);
                 check_material(kind, name, &document)?;
                 let put = (kind, name.to_owned(), document, refs, Some(derivation));
@@ -636,7 +637,7 @@ impl ConfigRepo {
         if events.is_empty() {
             return Ok(events);
         }
-        self.check_references(shared, &overlay)?;
+        self.check_references(&context.shared, &overlay)?;
         events.insert(
             0,
             ConfigEvent::Committed {
@@ -653,7 +654,7 @@ impl ConfigRepo {
     /// canonical document and references (the template's among them).
     fn render(
         &self,
-        shared: &Shared,
+        context: &CommitContext,
         kind: ResourceKind,
         name: &str,
         derivation: &Derivation,
@@ -667,7 +668,7 @@ impl ConfigRepo {
         };
         let template_key = key(ResourceKind::Template, &derivation.template);
         let document = if shared::split_qualified(&derivation.template).is_some() {
-            shared.template(&derivation.template)
+            context.shared.template(&derivation.template)
         } else {
             match overlay.get(&template_key) {
                 Some(state) => state.as_ref(),
@@ -703,7 +704,8 @@ impl ConfigRepo {
                 ),
             }]));
         }
-        let rendered = template::render(&spec, name, derivation).map_err(refused)?;
+        let max_bytes = context.limits.max_rendered_bytes;
+        let rendered = template::render(&spec, name, derivation, max_bytes).map_err(refused)?;
         let valid = envoy::validate(kind, &rendered).map_err(refused)?;
         let mut refs = references(kind, &valid.canonical);
         refs.insert(ResourceRef {
@@ -954,12 +956,12 @@ impl Aggregate for ConfigRepo {
     type Command = ConfigCommand;
     type Event = ConfigEvent;
     type Error = ConfigError;
-    type Services = Shared;
+    type Services = CommitContext;
 
     async fn handle(
         &mut self,
         command: Self::Command,
-        shared: &Self::Services,
+        context: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
         let events = match command {
@@ -967,17 +969,17 @@ impl Aggregate for ConfigRepo {
                 message,
                 operation,
                 changes,
-            } => self.decide(shared, message, operation, None, changes)?,
+            } => self.decide(context, message, operation, None, changes)?,
             ConfigCommand::Merge {
                 message,
                 source,
                 changes,
-            } => self.decide(shared, message, Operation::Merge, Some(source), changes)?,
+            } => self.decide(context, message, Operation::Merge, Some(source), changes)?,
             ConfigCommand::Fork {
                 message,
                 base,
                 resources,
-            } => self.fork(shared, message, base, resources)?,
+            } => self.fork(context, message, base, resources)?,
             ConfigCommand::DeleteBranch => {
                 if self.deleted {
                     return Err(ConfigError::BranchDeleted);

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::limits;
 use crate::envoy::{check_name, ResourceKind, Violation};
 use crate::json_pointer;
 
@@ -126,10 +127,15 @@ pub fn validate(json: &Value) -> Result<(String, Value, TemplateSpec), Vec<Viola
 
 /// Renders the resource `name` declared by `derivation` from `spec`: the Envoy JSON to validate.
 /// Violations point into the declaration (`/parameters/…`) or the rendered body.
+///
+/// Rendering stops as soon as the output would pass `max_bytes` (compact JSON): a template can
+/// repeat a large parameter value many times, so its output is bounded while it is built, not
+/// measured afterwards.
 pub fn render(
     spec: &TemplateSpec,
     name: &str,
     derivation: &Derivation,
+    max_bytes: usize,
 ) -> Result<Value, Vec<Violation>> {
     let mut violations = Vec::new();
     for given in derivation.parameters.keys() {
@@ -161,12 +167,26 @@ pub fn render(
     if !violations.is_empty() {
         return Err(violations);
     }
-    let mut rendered = substitute(&spec.body, "", &values, &mut violations);
+    let too_large = || {
+        vec![Violation {
+            pointer: String::new(),
+            message: format!(
+                "template `{}` renders more than {max_bytes} bytes, the limit on a rendered resource",
+                spec.name
+            ),
+        }]
+    };
+    let mut budget = Budget { left: max_bytes };
+    let mut rendered = substitute(&spec.body, "", &values, &mut budget, &mut violations)
+        .map_err(|Exhausted| too_large())?;
     if !violations.is_empty() {
         return Err(violations);
     }
     if let Some(overrides) = &derivation.overrides {
         json_patch::merge(&mut rendered, overrides);
+        if limits::json_size(&rendered) > max_bytes {
+            return Err(too_large());
+        }
     }
     if let Some(object) = rendered.as_object_mut() {
         object.insert(spec.kind.name_field().to_owned(), name_value);
@@ -174,59 +194,102 @@ pub fn render(
     Ok(rendered)
 }
 
+/// The bytes a render may still produce.
+struct Budget {
+    left: usize,
+}
+
+/// The render would pass its limit.
+struct Exhausted;
+
+impl Budget {
+    fn spend(&mut self, bytes: usize) -> Result<(), Exhausted> {
+        self.left = self.left.checked_sub(bytes).ok_or(Exhausted)?;
+        Ok(())
+    }
+}
+
+/// `value` with its placeholders filled, spending `budget` on every byte it produces (before
+/// producing it).
 fn substitute(
     value: &Value,
     pointer: &str,
     values: &BTreeMap<&str, &Value>,
+    budget: &mut Budget,
     violations: &mut Vec<Violation>,
-) -> Value {
+) -> Result<Value, Exhausted> {
     match value {
         Value::String(text) => {
             if let Some(whole) = whole_placeholder(text) {
                 if let Some(value) = values.get(whole) {
-                    return (*value).clone();
+                    budget.spend(limits::json_size(value))?;
+                    return Ok((*value).clone());
                 }
             }
-            let mut out = String::with_capacity(text.len());
+            // The quotes.
+            budget.spend(2)?;
+            let mut out = String::new();
+            let mut push = |out: &mut String, piece: &str| -> Result<(), Exhausted> {
+                budget.spend(piece.len())?;
+                out.push_str(piece);
+                Ok(())
+            };
             let mut rest = text.as_str();
             while let Some(start) = rest.find("{{") {
                 let Some(end) = rest[start..].find("}}") else {
                     break;
                 };
                 let parameter = rest[start + 2..start + end].trim();
-                out.push_str(&rest[..start]);
+                push(&mut out, &rest[..start])?;
                 match values.get(parameter) {
-                    Some(Value::String(s)) => out.push_str(s),
-                    Some(v @ (Value::Number(_) | Value::Bool(_))) => out.push_str(&v.to_string()),
+                    Some(Value::String(s)) => push(&mut out, s)?,
+                    Some(v @ (Value::Number(_) | Value::Bool(_))) => push(&mut out, &v.to_string())?,
                     Some(_) => violations.push(Violation {
                         pointer: pointer.to_owned(),
                         message: format!(
                             "`{parameter}` is an object, array or null: it can only fill a whole value"
                         ),
                     }),
-                    None => out.push_str(&rest[start..start + end + 2]),
+                    None => push(&mut out, &rest[start..start + end + 2])?,
                 }
                 rest = &rest[start + end + 2..];
             }
-            out.push_str(rest);
-            Value::String(out)
+            push(&mut out, rest)?;
+            Ok(Value::String(out))
         }
-        Value::Array(items) => Value::Array(
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| substitute(item, &format!("{pointer}/{i}"), values, violations))
-                .collect(),
-        ),
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(key, item)| {
-                    let at = format!("{pointer}/{}", escape(key));
-                    (key.clone(), substitute(item, &at, values, violations))
-                })
-                .collect(),
-        ),
-        other => other.clone(),
+        Value::Array(items) => {
+            budget.spend(2)?;
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                budget.spend(1)?;
+                out.push(substitute(
+                    item,
+                    &format!("{pointer}/{i}"),
+                    values,
+                    budget,
+                    violations,
+                )?);
+            }
+            Ok(Value::Array(out))
+        }
+        Value::Object(map) => {
+            budget.spend(2)?;
+            let mut out = serde_json::Map::new();
+            for (key, item) in map {
+                // The key, its quotes, the colon and a comma.
+                budget.spend(key.len() + 4)?;
+                let at = format!("{pointer}/{}", escape(key));
+                out.insert(
+                    key.clone(),
+                    substitute(item, &at, values, budget, violations)?,
+                );
+            }
+            Ok(Value::Object(out))
+        }
+        other => {
+            budget.spend(limits::json_size(other))?;
+            Ok(other.clone())
+        }
     }
 }
 
@@ -300,6 +363,8 @@ mod tests {
         .2
     }
 
+    const LIMIT: usize = 1024 * 1024;
+
     fn declare(parameters: Value, overrides: Option<Value>) -> Derivation {
         Derivation {
             template: "web".into(),
@@ -314,6 +379,7 @@ mod tests {
             &web_template(),
             "svc-a",
             &declare(json!({ "port": 8080 }), None),
+            LIMIT,
         )
         .unwrap();
         assert_eq!(rendered["name"], "svc-a");
@@ -335,6 +401,7 @@ mod tests {
                 json!({ "port": 1 }),
                 Some(json!({ "connect_timeout": "3s", "alt_stat_name": null, "name": "other" })),
             ),
+            LIMIT,
         )
         .unwrap();
         assert_eq!(rendered["connect_timeout"], "3s");
@@ -348,6 +415,7 @@ mod tests {
             &web_template(),
             "x",
             &declare(json!({ "colour": "red" }), None),
+            LIMIT,
         )
         .unwrap_err();
         let pointers: Vec<&str> = violations.iter().map(|v| v.pointer.as_str()).collect();
@@ -377,5 +445,49 @@ mod tests {
             ),
             ["/parameters/name"]
         );
+    }
+
+    #[test]
+    fn rendering_stops_at_the_limit_instead_of_building_the_whole_output() {
+        // Ten thousand copies of a 1 MiB value: 10 GiB if it were built before being measured.
+        let spec = validate(&json!({
+            "name": "bomb",
+            "kind": "cluster",
+            "parameters": { "blob": {} },
+            "body": { "name": "{{name}}", "metadata": { "filter_metadata": { "x": {
+                "items": vec!["{{blob}}"; 10_000] } } } }
+        }))
+        .unwrap()
+        .2;
+        let blob = "b".repeat(1024 * 1024);
+        let violations = render(
+            &spec,
+            "c",
+            &declare(json!({ "blob": blob }), None),
+            4 * 1024 * 1024,
+        )
+        .unwrap_err();
+        assert_eq!(violations.len(), 1);
+        assert!(
+            violations[0]
+                .message
+                .contains("template `bomb` renders more than 4194304 bytes"),
+            "{violations:?}"
+        );
+    }
+
+    #[test]
+    fn text_placeholders_count_towards_the_limit_too() {
+        let spec = validate(&json!({
+            "name": "long",
+            "kind": "cluster",
+            "parameters": { "word": {} },
+            "body": { "name": "{{name}}", "alt_stat_name": "{{word}}-{{word}}-{{word}}" }
+        }))
+        .unwrap()
+        .2;
+        let declaration = declare(json!({ "word": "w".repeat(100) }), None);
+        assert!(render(&spec, "c", &declaration, 200).is_err());
+        assert!(render(&spec, "c", &declaration, 400).is_ok());
     }
 }

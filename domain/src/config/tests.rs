@@ -53,7 +53,7 @@ fn commit(changes: Vec<Change>) -> ConfigCommand {
 
 /// The events of a commit of `changes` on a repository that has seen `given`.
 fn decide(given: Vec<ConfigEvent>, changes: Vec<Change>) -> Result<Vec<ConfigEvent>, ConfigError> {
-    TestFramework::<ConfigRepo>::with(Shared::default())
+    TestFramework::<ConfigRepo>::with(CommitContext::default())
         .given(given)
         .when(commit(changes))
         .inspect_result()
@@ -359,7 +359,7 @@ fn fork_of(revision: u64, resources: Vec<Change>) -> ConfigCommand {
 
 #[test]
 fn a_fork_creates_the_base_resources_at_the_revision_after_the_base() {
-    let events = TestFramework::<ConfigRepo>::with(Shared::default())
+    let events = TestFramework::<ConfigRepo>::with(CommitContext::default())
         .given_no_previous_events()
         .when(fork_of(7, full_stack()))
         .inspect_result()
@@ -380,22 +380,22 @@ fn a_fork_creates_the_base_resources_at_the_revision_after_the_base() {
 
 #[test]
 fn a_branch_cannot_be_forked_twice_nor_take_commits_once_deleted() {
-    let forked = TestFramework::<ConfigRepo>::with(Shared::default())
+    let forked = TestFramework::<ConfigRepo>::with(CommitContext::default())
         .given_no_previous_events()
         .when(fork_of(0, Vec::new()))
         .inspect_result()
         .unwrap();
-    TestFramework::<ConfigRepo>::with(Shared::default())
+    TestFramework::<ConfigRepo>::with(CommitContext::default())
         .given(forked.clone())
         .when(fork_of(0, Vec::new()))
         .then_expect_error(ConfigError::BranchExists);
     let mut deleted = forked;
     deleted.push(ConfigEvent::BranchDeleted { revision: 1 });
-    TestFramework::<ConfigRepo>::with(Shared::default())
+    TestFramework::<ConfigRepo>::with(CommitContext::default())
         .given(deleted)
         .when(commit(full_stack()))
         .then_expect_error(ConfigError::BranchDeleted);
-    TestFramework::<ConfigRepo>::with(Shared::default())
+    TestFramework::<ConfigRepo>::with(CommitContext::default())
         .given_no_previous_events()
         .when(ConfigCommand::DeleteBranch)
         .then_expect_error(ConfigError::NotDeletable);
@@ -490,7 +490,7 @@ fn route_to(cluster: &str) -> Change {
 }
 
 fn decide_with(shared: Shared, changes: Vec<Change>) -> Result<Vec<ConfigEvent>, ConfigError> {
-    TestFramework::<ConfigRepo>::with(shared)
+    TestFramework::<ConfigRepo>::with(CommitContext::from(shared))
         .given(Vec::new())
         .when(commit(changes))
         .inspect_result()
