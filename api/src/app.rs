@@ -66,6 +66,9 @@ pub struct AppState {
     /// The tenants' data keys, which seal secret material before it is stored.
     #[from_ref(skip)]
     pub keyring: Keyring,
+    /// The configuration write pipeline: every commit goes through it.
+    #[from_ref(skip)]
+    pub configuration: efms_commands::configuration::ConfigService,
     /// Recent failed logins, which slow down password guessing.
     #[from_ref(skip)]
     pub login_throttle: crate::login_throttle::LoginThrottle,
@@ -129,6 +132,16 @@ impl AppState {
         let cache = ResourceCache::new(pool.clone(), efms_domain::config::MAIN_BRANCH);
         // Writers wait on the cache's handle, so they read their own writes from it.
         let config = cache.follow(config);
+        let configuration = efms_commands::configuration::ConfigService::new(
+            pool.clone(),
+            bus.clone(),
+            keyring.clone(),
+            efms_domain::config::limits::Limits::default(),
+            Arc::new(crate::config_services::ReadModelsAndMetrics {
+                config: config.clone(),
+                metrics: metrics.clone(),
+            }),
+        );
         let xds = XdsServer::new(
             pool.clone(),
             snapshots.clone(),
@@ -159,6 +172,7 @@ impl AppState {
                 tls_ca: None,
             },
             keyring,
+            configuration,
             login_throttle: crate::login_throttle::LoginThrottle::default(),
             anonymous_audit: audit::AnonymousBudget::default(),
             tokens: TokenSettings::default(),
@@ -169,6 +183,7 @@ impl AppState {
     /// The same state, holding requests to `limits`.
     #[must_use]
     pub fn with_limits(mut self, limits: crate::limits::WriteLimits) -> Self {
+        self.configuration = self.configuration.with_limits(limits.commit);
         self.limits = limits;
         self
     }

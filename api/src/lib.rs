@@ -7,6 +7,7 @@ pub mod access;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod config_services;
 pub mod connections;
 pub mod credentials;
 pub mod db;
@@ -20,6 +21,7 @@ pub mod openapi;
 pub mod passwords;
 pub mod routes;
 pub mod server;
+pub mod service_errors;
 pub mod ttl;
 
 pub use app::{router, AppState, XdsAddress};

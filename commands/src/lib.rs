@@ -7,10 +7,13 @@
 //! - [`scope`]: how every transaction is bound to one tenant (or to the cross-tenant system role)
 //!   so that row-level security, not handler code, keeps tenants apart.
 //! - [`bus`]: executes a command on an aggregate and reports where its commit landed in the log.
+//! - [`configuration`]: the configuration service, the whole pipeline of a configuration write
+//!   (pins, quotas, sharing, sealing, the command, read-your-writes).
 //! - [`keys`]: the tenants' data keys for secret material, wrapped under the master key.
 //! - [`credentials`]: whether a token's user or proxy token id was withdrawn before it expired.
 
 pub mod bus;
+pub mod configuration;
 pub mod credentials;
 pub mod event_store;
 pub mod keys;

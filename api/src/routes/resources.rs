@@ -2,20 +2,15 @@
 //! replace is the Envoy resource's own JSON; every write is a commit on the tenant's configuration
 //! repository; every read can ask for an earlier revision (`?revision=N`) or time (`?at=`).
 
-use std::time::Duration;
-
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use efms_domain::config::limits::CommitContext;
-use efms_domain::config::shared::Shared;
+use efms_commands::configuration::CommitRequest;
 use efms_domain::config::template::Derivation;
-use efms_domain::config::{
-    Change, ConfigCommand, ConfigError, ConfigRepo, Expect, Operation, MAIN_BRANCH,
-};
+use efms_domain::config::{Change, ConfigCommand, Expect, Operation, MAIN_BRANCH};
 use efms_domain::envoy::{ResourceKind, Violation};
 use efms_domain::Actor;
 use efms_projections::config::{self as read, AsOf, ListQuery, ResourceRow};
@@ -27,9 +22,6 @@ use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, FieldError};
 use crate::extract::{ApiJson, ApiQuery};
-
-/// How long a write waits for the read models to show it.
-const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
 /// The header that carries a commit message.
 pub const COMMIT_MESSAGE_HEADER: &str = "x-commit-message";
 
@@ -486,7 +478,8 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Runs one commit on `branch` for `actor` and waits for the read models to show it.
+/// Runs one commit on `branch` for `actor` through the configuration service, which waits for
+/// the read models to show it.
 pub async fn commit(
     state: &AppState,
     actor: &Actor,
@@ -495,100 +488,30 @@ pub async fn commit(
     operation: Operation,
     changes: Vec<Change>,
 ) -> Result<Option<efms_commands::Position>, ApiError> {
-    check_pins(state, tenant, branch, &changes).await?;
     let message = commit_message(headers)?;
-    let command = ConfigCommand::Commit {
-        message: message.clone(),
-        operation,
-        changes,
-    };
-    execute(state, actor, headers, (tenant, branch), message, command).await
+    let request = commit_request(actor, headers, (tenant, branch), message);
+    Ok(state
+        .configuration
+        .commit(&request, operation, changes)
+        .await?)
 }
 
-/// Seals the private material of every secret the command writes with the tenant's data key, so
-/// that none reaches the database in clear (NFR-SE-003).
-async fn seal_secrets(
-    state: &AppState,
-    tenant_id: uuid::Uuid,
-    command: &mut ConfigCommand,
-) -> Result<(), ApiError> {
-    let changes = match command {
-        ConfigCommand::Commit { changes, .. } | ConfigCommand::Merge { changes, .. } => changes,
-        ConfigCommand::Fork { resources, .. } => resources,
-        ConfigCommand::DeleteBranch => return Ok(()),
-    };
-    let mut key = None;
-    for change in changes.iter_mut() {
-        if let Change::Put {
-            kind: ResourceKind::Secret,
-            document,
-            ..
-        } = change
-        {
-            if key.is_none() {
-                key = Some(
-                    state
-                        .keyring
-                        .active(tenant_id)
-                        .await
-                        .map_err(ApiError::internal)?,
-                );
-            }
-            let (key_id, key) = key.as_ref().expect("set above");
-            efms_domain::secrets::seal_document(document, key_id, key);
-        }
+/// Where a commit goes and what it records of the request that caused it.
+fn commit_request(
+    actor: &Actor,
+    headers: &HeaderMap,
+    (tenant, branch): (&TenantAccess, &str),
+    message: Option<String>,
+) -> CommitRequest {
+    CommitRequest {
+        tenant_id: tenant.tenant_id,
+        branch: branch.to_owned(),
+        metadata: super::commit_metadata(actor, headers, message),
     }
-    Ok(())
 }
 
-/// A group on `main` may pin its proxies to a branch only if that branch is live and has the group.
-async fn check_pins(
-    state: &AppState,
-    tenant: &TenantAccess,
-    branch: &str,
-    changes: &[Change],
-) -> Result<(), ApiError> {
-    if branch != MAIN_BRANCH {
-        return Ok(());
-    }
-    for change in changes {
-        let Change::Put {
-            kind: ResourceKind::Group,
-            name,
-            document,
-            ..
-        } = change
-        else {
-            continue;
-        };
-        let Some(pin) = document.get("branch").and_then(Value::as_str) else {
-            continue;
-        };
-        let refused =
-            |detail: String| ApiError::Validation(vec![FieldError::at("/branch", detail)]);
-        match read::get_branch(&state.pool, tenant.tenant_id, pin).await? {
-            Some(row) if row.deleted_at.is_none() => {}
-            _ => return Err(refused(format!("there is no branch `{pin}` to follow"))),
-        }
-        let on_branch = read::get_resource(
-            &state.pool,
-            tenant.tenant_id,
-            pin,
-            ResourceKind::Group,
-            name,
-            AsOf::Now,
-        )
-        .await?;
-        if on_branch.is_none() {
-            return Err(refused(format!(
-                "group `{name}` does not exist on branch `{pin}`; create it there first"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Runs `command` on `branch`'s repository for `actor` and waits for the read models to show it.
+/// Runs `command` on `branch`'s repository for `actor` through the configuration service, which
+/// waits for the read models to show it.
 pub async fn execute(
     state: &AppState,
     actor: &Actor,
@@ -597,49 +520,8 @@ pub async fn execute(
     message: Option<String>,
     command: ConfigCommand,
 ) -> Result<Option<efms_commands::Position>, ApiError> {
-    let metadata = super::commit_metadata(actor, headers, message);
-    super::quotas::check(state, tenant, branch, &command).await?;
-    super::grants::check_owner_changes(state, tenant, branch, &command).await?;
-    let (shared, guard) = match command {
-        ConfigCommand::DeleteBranch => (Shared::default(), super::grants::SharedGuard::default()),
-        _ => super::grants::shared_with(state, tenant).await?,
-    };
-    let limits = state.limits.commit;
-    let mut command = command;
-    seal_secrets(state, tenant.tenant_id, &mut command).await?;
-    let result = state
-        .bus
-        .execute::<ConfigRepo>(
-            tenant.tenant_id,
-            branch,
-            command,
-            CommitContext { shared, limits },
-            metadata,
-        )
-        .await;
-    let outcome = match &result {
-        Ok(Some(_)) => "committed",
-        Ok(None) => "unchanged",
-        Err(efms_commands::CommandError::Rejected(_)) => "rejected",
-        Err(efms_commands::CommandError::Conflict) => "conflict",
-        Err(_) => "failed",
-    };
-    state.metrics.command("config", outcome);
-    let position = result.map_err(|error| match error {
-        efms_commands::CommandError::Rejected(error) => config_error(error),
-        other => ApiError::from(other),
-    })?;
-    if let Some(position) = position {
-        if !state
-            .config
-            .wait_for(position, READ_YOUR_WRITES_TIMEOUT)
-            .await
-        {
-            tracing::warn!(?position, "configuration read model lags behind a commit");
-        }
-    }
-    guard.release().await;
-    Ok(position)
+    let request = commit_request(actor, headers, (tenant, branch), message);
+    Ok(state.configuration.execute(&request, command).await?)
 }
 
 /// The commit message from `X-Commit-Message`, if any.
@@ -659,69 +541,7 @@ pub fn commit_message(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         .map(|message| message.filter(|text| !text.is_empty()))
 }
 
-/// How a refused commit is answered.
-pub fn config_error(error: ConfigError) -> ApiError {
-    let detail = error.to_string();
-    match error {
-        ConfigError::AlreadyExists { .. }
-        | ConfigError::StillReferenced { .. }
-        | ConfigError::BranchExists
-        | ConfigError::NotDeletable => ApiError::Conflict(detail),
-        ConfigError::NotFound { .. } | ConfigError::BranchDeleted => ApiError::NotFound(detail),
-        ConfigError::VersionMismatch { .. } => ApiError::PreconditionFailed(detail),
-        ConfigError::ChangedTwice { .. } => ApiError::Validation(vec![FieldError::at("", detail)]),
-        ConfigError::Render {
-            kind,
-            name,
-            template,
-            violations,
-        } => ApiError::Validation(
-            violations
-                .into_iter()
-                .map(|violation| {
-                    let declaration = violation.pointer.starts_with("/parameters")
-                        || violation.pointer.starts_with("/template");
-                    let pointer = if declaration {
-                        format!("/{TEMPLATE_KEY}{}", violation.pointer)
-                    } else {
-                        violation.pointer
-                    };
-                    FieldError::at(
-                        pointer,
-                        format!(
-                            "{kind} `{name}` from template `{template}`: {}",
-                            violation.message
-                        ),
-                    )
-                })
-                .collect(),
-        ),
-        ConfigError::SecretMaterial {
-            kind,
-            name,
-            violations,
-        } => ApiError::Validation(
-            violations
-                .into_iter()
-                .map(|violation| {
-                    FieldError::at(
-                        violation.pointer,
-                        format!("{kind} `{name}`: {}", violation.message),
-                    )
-                })
-                .collect(),
-        ),
-        ConfigError::GroupCycle(_) => ApiError::Validation(vec![FieldError::at("/parent", detail)]),
-        ConfigError::DanglingReferences(dangling) => ApiError::Validation(
-            dangling
-                .into_iter()
-                .map(|(from, to)| {
-                    FieldError::at("", efms_domain::config::dangling_message(&from, &to))
-                })
-                .collect(),
-        ),
-    }
-}
+pub use crate::service_errors::config_error;
 
 /// A resource a group's proxies get, and the group (itself or an ancestor) that attaches it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]

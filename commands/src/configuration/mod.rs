@@ -1,0 +1,219 @@
+//! The configuration service: everything that happens when a tenant writes configuration.
+//!
+//! One pipeline for every write path (single writes, bulk, jobs, rollbacks, branches, merges):
+//!
+//! 1. a pin of a group on `main` must name a live branch that has the group ([`pins`]);
+//! 2. the tenant's quotas: writes per minute and resources per kind ([`quotas`]);
+//! 3. an owner's change to what it shares with other tenants is refused while shared, and what
+//!    others share with the tenant is read under a lock that orders it against revocations
+//!    ([`sharing`]);
+//! 4. secret material is sealed with the tenant's data key ([`sealing`]);
+//! 5. the command runs on the `(tenant, branch)` aggregate through the [`CommandBus`];
+//! 6. the service waits for the read models to show the commit (read-your-writes).
+//!
+//! It takes domain types only: a [`CommitRequest`] names the tenant, the branch and what the
+//! commit records ([`CommitMetadata`]: actor, message, request id). What it needs from outside the
+//! write side (the read models it waits for, where outcomes are counted) comes through
+//! [`ConfigServices`]. Its errors are its own ([`ConfigServiceError`]); the HTTP layer maps them to
+//! problems in one place.
+
+pub mod pins;
+pub mod quotas;
+pub mod sealing;
+pub mod sharing;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use efms_domain::config::limits::{CommitContext, Limits};
+use efms_domain::config::shared::Shared;
+use efms_domain::config::{Change, ConfigCommand, ConfigError, ConfigRepo, Operation};
+use futures::future::BoxFuture;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::bus::{CommandBus, CommandError, CommitMetadata};
+use crate::keys::Keyring;
+use crate::log::Position;
+
+/// How long a write waits for the read models to show its commit before answering anyway.
+pub const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where a commit goes and what it records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitRequest {
+    /// The tenant.
+    pub tenant_id: Uuid,
+    /// The branch (`main` or another).
+    pub branch: String,
+    /// Who asked, why, and the request that carried it.
+    pub metadata: CommitMetadata,
+}
+
+/// What the service needs from outside the write side.
+pub trait ConfigServices: Send + Sync + 'static {
+    /// Waits until the configuration read model shows the log up to `position`, at most
+    /// `timeout`; whether it got there.
+    fn wait_for_read_models(&self, position: Position, timeout: Duration) -> BoxFuture<'_, bool>;
+    /// Counts the outcome of a configuration command (`committed`, `unchanged`, `rejected`,
+    /// `conflict`, `failed`).
+    fn record_outcome(&self, outcome: &'static str);
+}
+
+/// Why a write did not commit. Nothing was written in any case.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigServiceError {
+    /// The aggregate refused the change.
+    #[error(transparent)]
+    Rejected(ConfigError),
+    /// Another commit reached the same branch first, every time it was tried.
+    #[error("a concurrent change to the same resource won; nothing was written, retry")]
+    Conflict,
+    /// The database could not be reached.
+    #[error("the database is unavailable; nothing was written")]
+    Unavailable,
+    /// A database error while checking the write.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// Anything else (a stored event that does not decode, a bug).
+    #[error("internal error: {0}")]
+    Internal(Box<dyn std::error::Error + Send + Sync>),
+    /// The tenant's `writes_per_minute` quota is reached.
+    #[error("{detail}")]
+    RateLimited {
+        /// What is reached.
+        detail: String,
+        /// When to try again.
+        retry_after_seconds: u32,
+    },
+    /// The change would pass a quota on what the tenant holds.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// A group's pin (its `branch` field) names no live branch that has the group.
+    #[error("{0}")]
+    Pin(String),
+    /// The change deletes a shared resource, or makes a shared cluster use a secret.
+    #[error("{0}")]
+    Shared(String),
+    /// A revocation of one of the tenant's grants is being decided.
+    #[error("a grant of this tenant is being revoked; retry shortly")]
+    RevocationPending,
+}
+
+/// The configuration service (see the module documentation). Cheap to clone.
+#[derive(Clone)]
+pub struct ConfigService {
+    pool: PgPool,
+    bus: CommandBus,
+    keyring: Keyring,
+    limits: Limits,
+    services: Arc<dyn ConfigServices>,
+}
+
+impl std::fmt::Debug for ConfigService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigService")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConfigService {
+    /// The service over `pool`, running commands through `bus`, sealing with `keyring`, holding
+    /// commits to `limits`.
+    pub fn new(
+        pool: PgPool,
+        bus: CommandBus,
+        keyring: Keyring,
+        limits: Limits,
+        services: Arc<dyn ConfigServices>,
+    ) -> Self {
+        Self {
+            pool,
+            bus,
+            keyring,
+            limits,
+            services,
+        }
+    }
+
+    /// The same service holding commits to `limits`.
+    #[must_use]
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Commits `changes` as one revision of `operation` on the request's branch; the position of
+    /// the commit in the log, or `None` when nothing changed.
+    pub async fn commit(
+        &self,
+        request: &CommitRequest,
+        operation: Operation,
+        changes: Vec<Change>,
+    ) -> Result<Option<Position>, ConfigServiceError> {
+        pins::check(&self.pool, request.tenant_id, &request.branch, &changes).await?;
+        let command = ConfigCommand::Commit {
+            message: request.metadata.message.clone(),
+            operation,
+            changes,
+        };
+        self.execute(request, command).await
+    }
+
+    /// Runs `command` on the request's branch through the whole pipeline; the position of its
+    /// commit, or `None` when nothing changed.
+    pub async fn execute(
+        &self,
+        request: &CommitRequest,
+        command: ConfigCommand,
+    ) -> Result<Option<Position>, ConfigServiceError> {
+        let (tenant_id, branch) = (request.tenant_id, request.branch.as_str());
+        quotas::check(&self.pool, tenant_id, branch, &command).await?;
+        sharing::check_owner_changes(&self.pool, tenant_id, branch, &command).await?;
+        let (shared, guard) = match command {
+            ConfigCommand::DeleteBranch => (Shared::default(), sharing::SharedGuard::default()),
+            _ => sharing::shared_with(&self.pool, tenant_id).await?,
+        };
+        let mut command = command;
+        sealing::seal_secrets(&self.keyring, tenant_id, &mut command).await?;
+        let context = CommitContext {
+            shared,
+            limits: self.limits,
+        };
+        let result = self
+            .bus
+            .execute::<ConfigRepo>(
+                tenant_id,
+                branch,
+                command,
+                context,
+                request.metadata.clone(),
+            )
+            .await;
+        self.services.record_outcome(match &result {
+            Ok(Some(_)) => "committed",
+            Ok(None) => "unchanged",
+            Err(CommandError::Rejected(_)) => "rejected",
+            Err(CommandError::Conflict) => "conflict",
+            Err(_) => "failed",
+        });
+        let position = result.map_err(|error| match error {
+            CommandError::Rejected(error) => ConfigServiceError::Rejected(error),
+            CommandError::Conflict => ConfigServiceError::Conflict,
+            CommandError::Unavailable(_) => ConfigServiceError::Unavailable,
+            CommandError::Internal(error) => ConfigServiceError::Internal(error),
+        })?;
+        if let Some(position) = position {
+            if !self
+                .services
+                .wait_for_read_models(position, READ_YOUR_WRITES_TIMEOUT)
+                .await
+            {
+                tracing::warn!(?position, "configuration read model lags behind a commit");
+            }
+        }
+        guard.release().await;
+        Ok(position)
+    }
+}

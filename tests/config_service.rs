@@ -1,0 +1,244 @@
+//! The configuration service's rules, called directly (no HTTP) against a real Postgres: quotas,
+//! pins of groups to branches, and an owner's changes to what it shares. The HTTP tests
+//! (`quotas.rs`, `branches.rs`, `sharing.rs`) pin how the same refusals are answered.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use efms_commands::configuration::{
+    CommitRequest, ConfigService, ConfigServiceError, ConfigServices,
+};
+use efms_commands::{CommandBus, CommitBell, CommitMetadata, Keyring, Position};
+use efms_domain::config::limits::Limits;
+use efms_domain::config::{Change, Expect, Operation};
+use efms_domain::envoy::ResourceKind;
+use efms_domain::secrets::Key;
+use efms_domain::TenantSlug;
+use efms_projections::{ConfigProjection, Projector, ProjectorHandle};
+use efms_tests::{TestApp, MASTER_KEY};
+use futures::future::BoxFuture;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Waits on a configuration projector of the test's own; counts nothing.
+struct Projected(ProjectorHandle);
+
+impl ConfigServices for Projected {
+    fn wait_for_read_models(&self, position: Position, timeout: Duration) -> BoxFuture<'_, bool> {
+        Box::pin(self.0.wait_for(position, timeout))
+    }
+
+    fn record_outcome(&self, _outcome: &'static str) {}
+}
+
+/// A configuration service over `pool`, as `efms serve` builds one, with its own projector.
+fn service(pool: &PgPool) -> ConfigService {
+    let projector = Projector::new(pool.clone(), ConfigProjection)
+        .spawn(Duration::from_millis(50), futures::future::pending());
+    ConfigService::new(
+        pool.clone(),
+        CommandBus::new(pool.clone(), CommitBell::spawn(pool)),
+        Keyring::new(pool.clone(), Key::from_base64(MASTER_KEY).unwrap()),
+        Limits::default(),
+        Arc::new(Projected(projector)),
+    )
+}
+
+fn tenant_id(slug: &str) -> Uuid {
+    TenantSlug::parse(slug).unwrap().tenant_id()
+}
+
+fn on(slug: &str, branch: &str) -> CommitRequest {
+    CommitRequest {
+        tenant_id: tenant_id(slug),
+        branch: branch.to_owned(),
+        metadata: CommitMetadata::by("service-test"),
+    }
+}
+
+fn cluster(name: &str) -> Value {
+    json!({ "name": name, "connect_timeout": "1s", "type": "STRICT_DNS",
+            "load_assignment": { "cluster_name": name, "endpoints": [{ "lb_endpoints": [{
+                "endpoint": { "address": { "socket_address": {
+                    "address": "127.0.0.1", "port_value": 8080 } } } }] }] } })
+}
+
+fn create(kind: ResourceKind, document: &Value) -> Vec<Change> {
+    vec![Change::put(kind, document, Expect::Absent).unwrap()]
+}
+
+async fn set_quota(pool: &PgPool, slug: &str, column: &str, limit: i32) {
+    sqlx::query(&format!(
+        "INSERT INTO tenant_quotas (tenant_id, {column}, updated_at, updated_by)
+         VALUES ($1, $2, now(), 'test')
+         ON CONFLICT (tenant_id) DO UPDATE SET {column} = $2"
+    ))
+    .bind(tenant_id(slug))
+    .bind(limit)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_commit_over_the_resources_per_kind_quota_is_refused_and_writes_nothing(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    app.create_tenant("acme", "Acme").await;
+    set_quota(&pool, "acme", "resources_per_kind", 1).await;
+    let service = service(&pool);
+    let request = on("acme", "main");
+    let first = service
+        .commit(
+            &request,
+            Operation::Create,
+            create(ResourceKind::Cluster, &cluster("a")),
+        )
+        .await;
+    assert!(matches!(first, Ok(Some(_))), "{first:?}");
+    let second = service
+        .commit(
+            &request,
+            Operation::Create,
+            create(ResourceKind::Cluster, &cluster("b")),
+        )
+        .await;
+    let Err(ConfigServiceError::QuotaExceeded(detail)) = second else {
+        panic!("{second:?}");
+    };
+    assert!(detail.contains("resources_per_kind"), "{detail}");
+    let clusters: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM config_resources WHERE kind = 'cluster' AND branch = 'main'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(clusters, 1);
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_commit_over_the_writes_per_minute_quota_is_refused_with_a_retry_time(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    app.create_tenant("acme", "Acme").await;
+    set_quota(&pool, "acme", "writes_per_minute", 1).await;
+    let service = service(&pool);
+    let request = on("acme", "main");
+    service
+        .commit(
+            &request,
+            Operation::Create,
+            create(ResourceKind::Cluster, &cluster("a")),
+        )
+        .await
+        .unwrap();
+    let refused = service
+        .commit(
+            &request,
+            Operation::Create,
+            create(ResourceKind::Cluster, &cluster("b")),
+        )
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(ConfigServiceError::RateLimited {
+                retry_after_seconds: 60,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_group_may_pin_only_a_live_branch_that_has_it(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    app.create_tenant("acme", "Acme").await;
+    let service = service(&pool);
+    let main = on("acme", "main");
+    let group = |pin: &str| json!({ "name": "web", "branch": pin });
+    let missing = service
+        .commit(
+            &main,
+            Operation::Create,
+            create(ResourceKind::Group, &group("canary")),
+        )
+        .await;
+    let Err(ConfigServiceError::Pin(detail)) = missing else {
+        panic!("{missing:?}");
+    };
+    assert!(detail.contains("no branch `canary`"), "{detail}");
+
+    let forked = app
+        .post(
+            "/api/v1/tenants/acme/branches",
+            &json!({ "name": "canary" }),
+        )
+        .await;
+    assert_eq!(forked.status, 201, "{}", forked.body);
+    let without_group = service
+        .commit(
+            &main,
+            Operation::Create,
+            create(ResourceKind::Group, &group("canary")),
+        )
+        .await;
+    let Err(ConfigServiceError::Pin(detail)) = without_group else {
+        panic!("{without_group:?}");
+    };
+    assert!(
+        detail.contains("does not exist on branch `canary`"),
+        "{detail}"
+    );
+
+    service
+        .commit(
+            &on("acme", "canary"),
+            Operation::Create,
+            create(ResourceKind::Group, &json!({ "name": "web" })),
+        )
+        .await
+        .unwrap();
+    let pinned = service
+        .commit(
+            &main,
+            Operation::Create,
+            create(ResourceKind::Group, &group("canary")),
+        )
+        .await;
+    assert!(matches!(pinned, Ok(Some(_))), "{pinned:?}");
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn an_owner_cannot_delete_what_it_shares(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    app.create_tenant("acme", "Acme").await;
+    app.create_tenant("beta", "Beta").await;
+    let service = service(&pool);
+    let main = on("acme", "main");
+    service
+        .commit(
+            &main,
+            Operation::Create,
+            create(ResourceKind::Cluster, &cluster("payments")),
+        )
+        .await
+        .unwrap();
+    let granted = app
+        .post(
+            "/api/v1/tenants/acme/grants",
+            &json!({ "grantee": "beta", "kind": "cluster", "name": "payments" }),
+        )
+        .await;
+    assert_eq!(granted.status, 201, "{}", granted.body);
+    let delete = vec![Change::Delete {
+        kind: ResourceKind::Cluster,
+        name: "payments".to_owned(),
+        expect: Expect::Present,
+    }];
+    let refused = service.commit(&main, Operation::Delete, delete).await;
+    let Err(ConfigServiceError::Shared(detail)) = refused else {
+        panic!("{refused:?}");
+    };
+    assert!(detail.contains("shared with beta"), "{detail}");
+}
