@@ -5,6 +5,8 @@
 //! The aggregate keeps only what decisions need (per resource: version, content hash, references);
 //! the documents travel in the events and live in the read models.
 
+mod branch;
+mod commands;
 pub mod group;
 pub mod limits;
 pub mod merge;
@@ -23,193 +25,10 @@ use sha2::{Digest as _, Sha256};
 
 use self::{limits::CommitContext, shared::Shared};
 use crate::envoy::{self, ResourceKind, Violation};
+pub use branch::{valid_branch_name, BranchPoint, MAIN_BRANCH};
+pub use commands::{Change, ConfigCommand, Expect, Operation};
 pub use refs::{references, ResourceRef};
 use template::Derivation;
-
-/// The branch every tenant starts with.
-pub const MAIN_BRANCH: &str = "main";
-
-/// What a commit did, as its history shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Operation {
-    /// A resource was created.
-    Create,
-    /// A resource was replaced (`PUT`).
-    Replace,
-    /// A resource was patched (`PATCH`).
-    Patch,
-    /// A resource was deleted.
-    Delete,
-    /// The repository, or one resource, went back to an earlier revision.
-    Rollback,
-    /// Many changes across kinds, applied together.
-    Bulk,
-    /// A branch was created from another branch's revision (its first commit).
-    Branch,
-    /// A branch's changes were merged in.
-    Merge,
-}
-
-/// Where a branch starts: a branch and one of its revisions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BranchPoint {
-    /// The branch.
-    pub branch: String,
-    /// The revision of that branch.
-    pub revision: u64,
-}
-
-/// Whether `name` may name a new branch: 1 to 63 lower-case letters, digits, `.`, `_` or `-`,
-/// starting with a letter or digit, and not `main`.
-pub fn valid_branch_name(name: &str) -> Result<(), String> {
-    let mut chars = name.chars();
-    let starts_well = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
-    if name == MAIN_BRANCH {
-        Err("`main` exists in every tenant and cannot be created".to_owned())
-    } else if !starts_well || !rest_ok || name.len() > 63 {
-        Err(format!(
-            "`{name}` is not a branch name: 1 to 63 of a-z, 0-9, `.`, `_`, `-`, starting with a letter or digit"
-        ))
-    } else {
-        Ok(())
-    }
-}
-
-/// What a change expects of the resource's current state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expect {
-    /// It must not exist (create).
-    Absent,
-    /// It must exist (replace, patch, delete).
-    Present,
-    /// It must exist at exactly this version (`If-Match`).
-    Version(u64),
-    /// Whatever it is (rollback).
-    Anything,
-}
-
-/// One change in a commit.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Change {
-    /// Create or replace a resource with a validated document.
-    Put {
-        /// The resource's kind.
-        kind: ResourceKind,
-        /// Its name.
-        name: String,
-        /// The canonical document.
-        document: Value,
-        /// What it refers to.
-        refs: BTreeSet<ResourceRef>,
-        /// What the current state must be.
-        expect: Expect,
-    },
-    /// Delete a resource.
-    Delete {
-        /// The resource's kind.
-        kind: ResourceKind,
-        /// Its name.
-        name: String,
-        /// What the current state must be.
-        expect: Expect,
-    },
-    /// Create or replace a resource declared from a template: rendered from the template as the
-    /// repository holds it, then validated like a put.
-    Derive {
-        /// The resource's kind (the template's).
-        kind: ResourceKind,
-        /// Its name.
-        name: String,
-        /// The template, parameter values and overrides.
-        derivation: Derivation,
-        /// What the current state must be.
-        expect: Expect,
-    },
-}
-
-impl Change {
-    /// Validates `json` as a `kind` resource (against Envoy's schema, or as a group) and makes it
-    /// a change.
-    pub fn put(kind: ResourceKind, json: &Value, expect: Expect) -> Result<Self, Vec<Violation>> {
-        let (name, document) = if kind == ResourceKind::Group {
-            let (name, canonical, _) = group::validate(json)?;
-            (name, canonical)
-        } else if kind == ResourceKind::Template {
-            let (name, canonical, _) = template::validate(json)?;
-            (name, canonical)
-        } else {
-            let valid = envoy::validate(kind, json)?;
-            (valid.name, valid.canonical)
-        };
-        let refs = references(kind, &document);
-        Ok(Change::Put {
-            kind,
-            name,
-            document,
-            refs,
-            expect,
-        })
-    }
-
-    /// The resource it changes.
-    pub fn key(&self) -> (ResourceKind, &str) {
-        match self {
-            Change::Put { kind, name, .. }
-            | Change::Delete { kind, name, .. }
-            | Change::Derive { kind, name, .. } => (*kind, name),
-        }
-    }
-}
-
-/// Commands on a configuration repository.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ConfigCommand {
-    /// Apply `changes` as one revision, or none of them.
-    Commit {
-        /// The author's explanation.
-        message: Option<String>,
-        /// What the commit does, for the history.
-        operation: Operation,
-        /// The changes, applied in order.
-        changes: Vec<Change>,
-    },
-    /// Apply the result of merging a branch as one revision that records what it merged.
-    Merge {
-        /// The author's explanation.
-        message: Option<String>,
-        /// The branch and the revision of it that was merged.
-        source: BranchPoint,
-        /// The changes the merge makes to this branch.
-        changes: Vec<Change>,
-    },
-    /// Start this (new) branch as a copy of `base`: its first commit creates every resource the
-    /// base held at that revision.
-    Fork {
-        /// The author's explanation.
-        message: Option<String>,
-        /// Where the branch starts.
-        base: BranchPoint,
-        /// Every resource of the base at that revision, as creations.
-        resources: Vec<Change>,
-    },
-    /// Close this branch. Its events stay; it takes no further commits.
-    DeleteBranch,
-}
-
-impl ConfigCommand {
-    /// The changes a commit or a merge makes to the branch; none for a fork (which copies its
-    /// base) or a branch deletion.
-    pub fn edits(&self) -> &[Change] {
-        match self {
-            ConfigCommand::Commit { changes, .. } | ConfigCommand::Merge { changes, .. } => changes,
-            ConfigCommand::Fork { .. } | ConfigCommand::DeleteBranch => &[],
-        }
-    }
-}
 
 /// What happened in a configuration repository.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1036,21 +855,6 @@ impl Aggregate for ConfigRepo {
             ConfigEvent::Branched { base, .. } => self.base = Some(base),
             ConfigEvent::BranchDeleted { .. } => self.deleted = true,
         }
-    }
-}
-
-impl fmt::Display for Operation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Operation::Create => "create",
-            Operation::Replace => "replace",
-            Operation::Patch => "patch",
-            Operation::Delete => "delete",
-            Operation::Rollback => "rollback",
-            Operation::Bulk => "bulk",
-            Operation::Branch => "branch",
-            Operation::Merge => "merge",
-        })
     }
 }
 
