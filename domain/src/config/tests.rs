@@ -1,7 +1,10 @@
 use cqrs_es::test::TestFramework;
 use serde_json::{json, Value};
 
+use super::limits::CommitContext;
+use super::shared::Shared;
 use super::*;
+use crate::envoy::ResourceKind;
 
 fn fixture(name: &str) -> Value {
     let path = format!(
