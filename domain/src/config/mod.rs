@@ -6,6 +6,7 @@
 //! the documents travel in the events and live in the read models.
 
 pub mod group;
+pub mod inheritance;
 pub mod limits;
 pub mod merge;
 mod refs;
