@@ -5,8 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
+use efms_domain::config::group::Attached;
 use efms_domain::config::shared::qualified;
-use efms_domain::config::ResourceRef;
+use efms_domain::config::{inheritance, ResourceRef};
 use efms_domain::envoy::{self, ResourceKind};
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
@@ -190,31 +191,25 @@ impl Content {
             return snapshot.seal();
         }
         snapshot.exists = true;
+        // What the group and its ancestors attach, one per served name, the nearest group's
+        // winning (FR-CL-002). An ancestor that is not loaded ends the chain there.
+        let inherited = inheritance::effective_attachments(group, |name| {
+            self.groups.get(name).map(|(_, spec)| spec)
+        });
         let mut queue: VecDeque<ResourceRef> = VecDeque::new();
-        // (kind, name proxies know) → the resource served under it; the nearest group wins.
+        // (kind, name proxies know) → the resource served under it, for an attachment that
+        // overrides a name (FR-EP-004); what refers to that name gets it too.
         let mut overrides: HashMap<(ResourceKind, String), String> = HashMap::new();
-        let mut next = Some(group.to_owned());
-        let mut seen_groups = BTreeSet::new();
-        while let Some(name) = next.take() {
-            if !seen_groups.insert(name.clone()) {
-                break;
-            }
-            let Some((_, spec)) = self.groups.get(&name) else {
-                break;
-            };
-            for attached in &spec.resources {
-                let served = attached.served_name().to_owned();
-                if attached.alias.is_some() {
-                    overrides
-                        .entry((attached.kind, served.clone()))
-                        .or_insert_with(|| attached.name.clone());
+        for effective in inherited.attachments {
+            let Attached { kind, name, alias } = effective.attachment;
+            let served = match alias {
+                Some(served) => {
+                    overrides.insert((kind, served.clone()), name);
+                    served
                 }
-                queue.push_back(ResourceRef {
-                    kind: attached.kind,
-                    name: served,
-                });
-            }
-            next.clone_from(&spec.parent);
+                None => name,
+            };
+            queue.push_back(ResourceRef { kind, name: served });
         }
         let mut included = BTreeSet::new();
         while let Some(reference) = queue.pop_front() {
@@ -297,9 +292,74 @@ impl Content {
 
 #[cfg(test)]
 mod tests {
-    use efms_domain::config::group::{Attached, GroupSpec, Selector};
+    use efms_domain::config::group::{GroupSpec, Selector};
+    use efms_domain::config::references;
+    use serde_json::json;
 
     use super::*;
+
+    /// A stored resource, encoded under its own name with a version of its own.
+    fn stored(kind: ResourceKind, document: serde_json::Value) -> Arc<Stored> {
+        let name = document[kind.name_field()].as_str().unwrap().to_owned();
+        let hash = format!("{name:0>16}");
+        Arc::new(Stored {
+            hash: hash.clone(),
+            refs: references(kind, &document),
+            encoded: Arc::new(XdsResource {
+                name,
+                version: hash,
+                body: envoy::encode(kind, &document).unwrap(),
+            }),
+            document: Arc::new(document),
+        })
+    }
+
+    /// A group under `parent` attaching clusters, each by name and maybe under an alias.
+    fn attaching(parent: Option<&str>, clusters: &[(&str, Option<&str>)]) -> GroupSpec {
+        GroupSpec {
+            resources: clusters
+                .iter()
+                .map(|(name, alias)| Attached {
+                    kind: ResourceKind::Cluster,
+                    name: (*name).to_owned(),
+                    alias: alias.map(str::to_owned),
+                })
+                .collect(),
+            ..group(parent, None, &[])
+        }
+    }
+
+    #[test]
+    fn a_groups_own_attachment_wins_over_an_ancestors_override_of_its_name() {
+        let mut content = Content::default();
+        for document in [
+            json!({ "name": "backend", "connect_timeout": "1s" }),
+            json!({ "name": "backend-eu", "connect_timeout": "2s" }),
+        ] {
+            let stored = stored(ResourceKind::Cluster, document);
+            let key = (ResourceKind::Cluster, stored.encoded.name.clone());
+            content.resources.insert(key, stored);
+        }
+        for (name, spec) in [
+            ("all", attaching(None, &[("backend-eu", Some("backend"))])),
+            ("eu", attaching(Some("all"), &[("backend", None)])),
+        ] {
+            content
+                .groups
+                .insert(name.to_owned(), (String::new(), spec));
+        }
+        let served = |group: &str| {
+            let snapshot = content.snapshot(Uuid::nil(), group, "main", &Imports::default());
+            assert_eq!(snapshot.of_kind(ResourceKind::Cluster).count(), 1);
+            snapshot
+                .get(ResourceKind::Cluster, "backend")
+                .unwrap()
+                .clone()
+        };
+        let own = &content.resources[&(ResourceKind::Cluster, "backend".to_owned())].encoded;
+        assert_eq!(&served("eu"), own);
+        assert_ne!(served("all").body, own.body);
+    }
 
     fn group(parent: Option<&str>, cluster: Option<&str>, metadata: &[(&str, &str)]) -> GroupSpec {
         GroupSpec {
