@@ -1,0 +1,191 @@
+//! The model of the xDS snapshots: what a group's proxies get ([`GroupSnapshot`], made of
+//! [`XdsResource`]s, each Envoy kind's set with one version), and the content snapshots are built
+//! from (a branch's stored resources and groups, and what other tenants share).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use efms_domain::config::group::GroupSpec;
+use efms_domain::config::ResourceRef;
+use efms_domain::envoy::ResourceKind;
+use sha2::{Digest as _, Sha256};
+use uuid::Uuid;
+
+/// The branch proxies follow unless their group is pinned to another.
+pub(super) use efms_domain::config::MAIN_BRANCH;
+
+/// The Envoy kinds, in the order a proxy should receive them (make before break).
+pub const XDS_KINDS: [ResourceKind; 5] = [
+    ResourceKind::Cluster,
+    ResourceKind::Endpoints,
+    ResourceKind::Secret,
+    ResourceKind::Listener,
+    ResourceKind::Route,
+];
+
+/// One encoded Envoy resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdsResource {
+    /// Its name.
+    pub name: String,
+    /// Its version: a prefix of its content hash.
+    pub version: String,
+    /// Its protobuf encoding (the `value` of the `Any` Envoy receives).
+    pub body: Vec<u8>,
+}
+
+/// What the proxies of one group get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSnapshot {
+    /// The tenant.
+    pub tenant_id: Uuid,
+    /// The group.
+    pub group: String,
+    /// The branch it was built from: `main`, or the branch the group is pinned to.
+    pub branch: String,
+    /// That branch's head revision when this snapshot was built.
+    pub revision: u64,
+    /// Whether the group exists at that revision.
+    pub exists: bool,
+    /// The resources per Envoy kind, by name.
+    pub resources: BTreeMap<ResourceKind, BTreeMap<String, Arc<XdsResource>>>,
+    /// The version of every Envoy kind's whole set (see [`set_version`]), computed once.
+    pub versions: BTreeMap<ResourceKind, String>,
+}
+
+impl GroupSnapshot {
+    /// The snapshot of a group that does not exist (yet) at `revision`.
+    pub(super) fn empty(tenant_id: Uuid, group: &str, branch: &str, revision: u64) -> Self {
+        Self {
+            tenant_id,
+            group: group.to_owned(),
+            branch: branch.to_owned(),
+            revision,
+            exists: false,
+            resources: BTreeMap::new(),
+            versions: BTreeMap::new(),
+        }
+    }
+
+    /// Computes the per-kind versions; called once the resources are in.
+    pub(super) fn seal(mut self) -> Self {
+        self.versions = XDS_KINDS
+            .into_iter()
+            .map(|kind| {
+                let version = set_version(
+                    self.of_kind(kind)
+                        .map(|r| (r.name.as_str(), r.version.as_str())),
+                );
+                (kind, version)
+            })
+            .collect();
+        self
+    }
+
+    /// The resources of `kind`.
+    pub fn of_kind(&self, kind: ResourceKind) -> impl Iterator<Item = &Arc<XdsResource>> {
+        self.resources
+            .get(&kind)
+            .into_iter()
+            .flat_map(BTreeMap::values)
+    }
+
+    /// The resource `name` of `kind`.
+    pub fn get(&self, kind: ResourceKind, name: &str) -> Option<&Arc<XdsResource>> {
+        self.resources.get(&kind)?.get(name)
+    }
+
+    /// The version of everything of `kind` (see [`set_version`]).
+    pub fn kind_version(&self, kind: ResourceKind) -> &str {
+        self.versions.get(&kind).map_or("", String::as_str)
+    }
+
+    /// Whether the proxies would see the same resources in both snapshots.
+    pub fn same_content(&self, other: &Self) -> bool {
+        self.exists == other.exists && self.versions == other.versions
+    }
+}
+
+/// The version of a set of resources: a hash of their names and versions, so equal sets have equal
+/// versions whichever stream, replica or protocol computes it.
+pub fn set_version<'a>(resources: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut pairs: Vec<_> = resources.into_iter().collect();
+    pairs.sort_unstable();
+    let mut hasher = Sha256::new();
+    for (name, version) in pairs {
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(version.as_bytes());
+        hasher.update([b'\n']);
+    }
+    short_hex(&hasher.finalize())
+}
+
+/// The first 8 bytes of a hash, in hex.
+pub(super) fn short_hex(bytes: &[u8]) -> String {
+    let mut hex = String::with_capacity(16);
+    for byte in &bytes[..8] {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}
+
+/// One stored Envoy resource of a tenant, with what it refers to.
+#[derive(Debug, Clone)]
+pub(super) struct Stored {
+    /// Its content hash.
+    pub(super) hash: String,
+    /// What it refers to.
+    pub(super) refs: BTreeSet<ResourceRef>,
+    /// It encoded under its own name.
+    pub(super) encoded: Arc<XdsResource>,
+    /// Its canonical document, to serve it under another name (a group's override).
+    pub(super) document: Arc<serde_json::Value>,
+}
+
+/// A cluster another tenant shares with this one (FR-MT-005).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Grant {
+    /// The owner tenant.
+    pub(super) owner_id: Uuid,
+    /// The owner's slug, which qualifies the names the grantee uses.
+    pub(super) owner_slug: String,
+    /// The cluster's name in the owner's configuration.
+    pub(super) name: String,
+}
+
+/// What other tenants share with one tenant, as its proxies get it: each shared cluster and its
+/// endpoints under their qualified names (`owner/name`).
+#[derive(Debug, Default, Clone)]
+pub(super) struct Imports {
+    /// What they were built from: the grants, each with its owner's `main` revision.
+    pub(super) basis: Vec<(Grant, u64)>,
+    /// The shared resources, by kind and qualified name.
+    pub(super) resources: HashMap<(ResourceKind, String), Arc<Stored>>,
+}
+
+/// The Envoy resources and groups of one branch of a tenant, at one revision.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Content {
+    /// The branch's head revision it was read at.
+    pub(super) revision: u64,
+    /// The Envoy resources, by kind and name.
+    pub(super) resources: HashMap<(ResourceKind, String), Arc<Stored>>,
+    /// The groups, by name: each with its content hash and document.
+    pub(super) groups: BTreeMap<String, (String, GroupSpec)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_set_version_depends_on_content_not_order() {
+        let a = set_version([("a", "1"), ("b", "2")]);
+        assert_eq!(a, set_version([("b", "2"), ("a", "1")]));
+        assert_ne!(a, set_version([("a", "1"), ("b", "3")]));
+        assert_ne!(a, set_version([("a", "1")]));
+        assert_eq!(a.len(), 16);
+    }
+}
