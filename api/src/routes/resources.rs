@@ -2,6 +2,8 @@
 //! replace is the Envoy resource's own JSON; every write is a commit on the tenant's configuration
 //! repository; every read can ask for an earlier revision (`?revision=N`) or time (`?at=`).
 
+use std::collections::BTreeMap;
+
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -9,6 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use efms_commands::configuration::CommitRequest;
+use efms_domain::config::group::GroupSpec;
+use efms_domain::config::inheritance;
 use efms_domain::config::template::Derivation;
 use efms_domain::config::{Change, ConfigCommand, Expect, Operation, MAIN_BRANCH};
 use efms_domain::envoy::{ResourceKind, Violation};
@@ -568,12 +572,14 @@ pub async fn effective_attachments(
     group: &str,
     as_of: AsOf,
 ) -> Result<Vec<EffectiveResource>, ApiError> {
-    let mut found: Vec<EffectiveResource> = Vec::new();
+    // The chain of ancestors is read here; which attachment wins is the domain's one rule.
+    let mut groups: BTreeMap<String, GroupSpec> = BTreeMap::new();
     let mut next = Some(group.to_owned());
-    let mut depth = 0;
     while let Some(name) = next.take() {
-        depth += 1;
-        let row = read::get_resource(
+        if groups.contains_key(&name) || groups.len() >= inheritance::MAX_DEPTH {
+            break;
+        }
+        let Some(row) = read::get_resource(
             &state.pool,
             tenant.tenant_id,
             branch,
@@ -582,30 +588,27 @@ pub async fn effective_attachments(
             as_of,
         )
         .await?
-        .ok_or_else(|| missing(ResourceKind::Group, &name))?;
-        let spec: efms_domain::config::group::GroupSpec =
-            serde_json::from_value(row.document).map_err(ApiError::internal)?;
-        for attached in spec.resources {
-            // A nearer group's attachment served under the same name overrides this one.
-            let served = attached.served_name().to_owned();
-            if !found
-                .iter()
-                .any(|f| f.kind == attached.kind && f.alias.as_deref().unwrap_or(&f.name) == served)
-            {
-                found.push(EffectiveResource {
-                    kind: attached.kind,
-                    name: attached.name,
-                    alias: attached.alias,
-                    attached_by: name.clone(),
-                });
-            }
-        }
-        // Commits refuse cycles; the bound only guards against a corrupted read model.
-        if depth < 1_000 {
-            next = spec.parent;
-        }
+        else {
+            break;
+        };
+        let spec: GroupSpec = serde_json::from_value(row.document).map_err(ApiError::internal)?;
+        next.clone_from(&spec.parent);
+        groups.insert(name, spec);
     }
-    Ok(found)
+    let inherited = inheritance::effective_attachments(group, |name| groups.get(name));
+    if let Some(name) = inherited.missing {
+        return Err(missing(ResourceKind::Group, &name));
+    }
+    Ok(inherited
+        .attachments
+        .into_iter()
+        .map(|effective| EffectiveResource {
+            kind: effective.attachment.kind,
+            name: effective.attachment.name,
+            alias: effective.attachment.alias,
+            attached_by: effective.attached_by,
+        })
+        .collect())
 }
 
 /// `GET /api/v1/tenants/{tenant}/groups/{name}/resources`: what the group's proxies get.
@@ -722,7 +725,7 @@ struct TemplateUse {
     /// The resource's name (on create; a replace takes it from the path).
     name: Option<String>,
     #[serde(default)]
-    parameters: std::collections::BTreeMap<String, Value>,
+    parameters: BTreeMap<String, Value>,
     overrides: Option<Value>,
 }
 
