@@ -6,7 +6,6 @@
 pub mod access;
 pub mod app;
 pub mod auth;
-pub mod config;
 pub mod connections;
 pub mod credentials;
 pub mod db;
@@ -20,6 +19,7 @@ pub mod openapi;
 pub mod passwords;
 pub mod routes;
 pub mod server;
+pub mod settings;
 pub mod ttl;
 
 pub use app::{router, AppState, XdsAddress};
