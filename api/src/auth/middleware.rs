@@ -13,7 +13,7 @@ use crate::error::ApiError;
 /// Middleware for `/api/v1`: refuses requests without a valid bearer token (401 problem+json) and
 /// hands the [`Principal`] to the handlers.
 pub async fn require_bearer(
-    State(state): State<crate::app::AppState>,
+    State(state): State<crate::state::AppState>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
