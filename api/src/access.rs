@@ -5,13 +5,11 @@
 
 use efms_domain::{Actor, Role, TenantSlug};
 use efms_projections::tenants::get_tenant;
-use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
-
-use crate::app::AppState;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+pub use crate::known_tenants::KnownTenants;
+use crate::state::AppState;
 
 /// What a request wants to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,27 +27,6 @@ pub struct TenantAccess {
     pub slug: TenantSlug,
     /// The tenant's id (its database scope).
     pub tenant_id: Uuid,
-}
-
-/// Tenants known to exist. Tenants are never deleted, so once seen a tenant stays known, and the
-/// existence check costs the database nothing after the first request.
-#[derive(Debug, Clone, Default)]
-pub struct KnownTenants(Arc<RwLock<HashSet<Uuid>>>);
-
-impl KnownTenants {
-    fn contains(&self, tenant_id: Uuid) -> bool {
-        self.0
-            .read()
-            .expect("known tenants lock")
-            .contains(&tenant_id)
-    }
-
-    fn insert(&self, tenant_id: Uuid) {
-        self.0
-            .write()
-            .expect("known tenants lock")
-            .insert(tenant_id);
-    }
 }
 
 /// Checks that `actor` may `access` the tenant `slug`, and that it exists.

@@ -19,8 +19,11 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
 use tower::Service as _;
 
-use crate::app::ClientAddr;
 use crate::metrics::Metrics;
+
+/// Where a request came from: the peer of its connection, plain or TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::SocketAddr);
 
 /// The limits of the HTTP listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,8 +12,8 @@ use efms_domain::Actor;
 use sqlx::PgPool;
 
 use crate::auth::{JwtKeys, TokenUser};
-use crate::config::ConfigError;
 use crate::error::ApiError;
+use crate::settings::ConfigError;
 use crate::ttl::parse_ttl;
 
 /// What a proxy token of a bootstrap is bound to.

@@ -3,7 +3,7 @@
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection as _, PgPool};
 
-use crate::config::DatabaseConfig;
+use crate::settings::DatabaseConfig;
 
 /// Connects a pool to the configured database, creating the database first if it does not exist.
 pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {

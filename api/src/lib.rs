@@ -4,9 +4,9 @@
 //! can run the same router on a port of their own against a database of their own.
 
 pub mod access;
+pub mod anonymous_budget;
 pub mod app;
 pub mod auth;
-pub mod config;
 pub mod config_services;
 pub mod connections;
 pub mod credentials;
@@ -14,6 +14,7 @@ pub mod db;
 pub mod error;
 pub mod extract;
 pub mod jwks;
+pub mod known_tenants;
 pub mod limits;
 pub mod login_throttle;
 pub mod metrics;
@@ -22,7 +23,10 @@ pub mod passwords;
 pub mod routes;
 pub mod server;
 pub mod service_errors;
+pub mod settings;
+pub mod state;
 pub mod ttl;
 
-pub use app::{router, AppState, XdsAddress};
+pub use app::router;
 pub use auth::JwtKeys;
+pub use state::{AppState, XdsAddress};

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use efms_api::config::{
+use efms_api::settings::{
     validate_master_key, validate_secret, Cli, Command, LogFormat, RotateArgs, TokenArgs,
 };
 use efms_api::JwtKeys;
@@ -64,7 +64,8 @@ fn main() -> ExitCode {
 /// The key rotation `args` ask for, checked.
 fn rotation(
     args: &RotateArgs,
-) -> Result<impl std::future::Future<Output = anyhow::Result<()>>, efms_api::config::ConfigError> {
+) -> Result<impl std::future::Future<Output = anyhow::Result<()>>, efms_api::settings::ConfigError>
+{
     let database = args.database.validate()?;
     let old = validate_master_key("EFMS_MASTER_KEY (--master-key)", args.master_key.as_deref())?;
     let new = validate_master_key(
@@ -84,7 +85,7 @@ fn rotation(
     })
 }
 
-fn config_error(error: &efms_api::config::ConfigError) -> ExitCode {
+fn config_error(error: &efms_api::settings::ConfigError) -> ExitCode {
     eprintln!("efms: {error}");
     ExitCode::from(2)
 }

@@ -7,8 +7,8 @@ use tokio::sync::watch;
 
 use crate::app::{serve_http_with, AppState, XdsAddress};
 use crate::auth::JwtKeys;
-use crate::config::ServeConfig;
 use crate::db;
+use crate::settings::ServeConfig;
 
 /// Runs the control plane until a shutdown signal arrives.
 pub async fn run(config: ServeConfig) -> anyhow::Result<()> {

@@ -8,10 +8,6 @@
 //! are counted in `/metrics`. The trail fails open: a row the database refuses is logged and
 //! counted (`efms_audit_insert_failures_total`), and the request is answered all the same.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
 use axum::extract::{
     ConnectInfo, FromRequestParts as _, MatchedPath, OriginalUri, Path, RawPathParams, Request,
     State,
@@ -26,61 +22,17 @@ use efms_domain::{Role, TenantSlug};
 use serde::{Deserialize, Serialize};
 
 use crate::access::{tenant_access, Access};
-use crate::app::{AppState, ClientAddr};
+pub use crate::anonymous_budget::{AnonymousBudget, ANONYMOUS_PER_TENANT, ANONYMOUS_TOTAL};
 use crate::auth::Principal;
+use crate::connections::ClientAddr;
 use crate::error::{ApiError, FieldError};
 use crate::extract::ApiQuery;
+use crate::state::AppState;
 
 /// The longest request id kept, in characters; a longer one is cut.
 pub const MAX_REQUEST_ID: usize = 128;
 /// The longest method kept, in characters.
 const MAX_METHOD: usize = 32;
-/// Anonymous failed requests recorded per tenant (or without one) and minute.
-pub const ANONYMOUS_PER_TENANT: u32 = 60;
-/// Anonymous failed requests recorded per minute, all tenants together.
-pub const ANONYMOUS_TOTAL: u32 = 600;
-const ANONYMOUS_WINDOW: Duration = Duration::from_secs(60);
-
-/// How many anonymous failed requests were recorded in the current minute, per tenant.
-#[derive(Debug, Clone, Default)]
-pub struct AnonymousBudget(Arc<Mutex<AnonymousWindow>>);
-
-#[derive(Debug, Default)]
-struct AnonymousWindow {
-    started: Option<Instant>,
-    total: u32,
-    per_tenant: HashMap<Option<uuid::Uuid>, u32>,
-}
-
-impl AnonymousBudget {
-    /// Whether one more anonymous failed request of `tenant_id` may be recorded now. The table
-    /// holds at most [`ANONYMOUS_TOTAL`] tenants, as only admitted requests add one.
-    fn admit(&self, tenant_id: Option<uuid::Uuid>) -> bool {
-        let mut window = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Instant::now();
-        if window
-            .started
-            .is_none_or(|started| now.duration_since(started) >= ANONYMOUS_WINDOW)
-        {
-            *window = AnonymousWindow {
-                started: Some(now),
-                ..AnonymousWindow::default()
-            };
-        }
-        if window.total >= ANONYMOUS_TOTAL
-            || window.per_tenant.get(&tenant_id).copied().unwrap_or(0) >= ANONYMOUS_PER_TENANT
-        {
-            return false;
-        }
-        window.total += 1;
-        *window.per_tenant.entry(tenant_id).or_default() += 1;
-        true
-    }
-}
-
 /// The tenant slug a route names, percent-decoded (`/tenants/%61cme` names `acme`).
 async fn route_tenant(request: Request) -> (Request, Option<TenantSlug>) {
     let (mut parts, body) = request.into_parts();

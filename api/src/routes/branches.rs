@@ -21,10 +21,10 @@ use serde_json::Value;
 use super::resources::{branch_of, commit_message, execute, invalid, redact, restore};
 use super::versions::{diff_states, parse_kind, Diff};
 use crate::access::{tenant_access, Access, TenantAccess};
-use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, FieldError};
 use crate::extract::{ApiJson, ApiQuery};
+use crate::state::AppState;
 
 /// Where a new branch starts.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]

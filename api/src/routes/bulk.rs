@@ -17,10 +17,10 @@ use super::jobs;
 use super::patching::{check_written, refusal_at};
 use super::resources::{branch_of, change_of, commit, effective_attachments, BranchParams};
 use crate::access::{tenant_access, Access, TenantAccess};
-use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, FieldError};
 use crate::extract::{ApiJson, ApiQuery};
+use crate::state::AppState;
 
 /// How long a bulk request waits for the read models to apply its commit.
 const BULK_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);

@@ -24,10 +24,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::access::{tenant_access, Access, TenantAccess};
-use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, FieldError};
 use crate::extract::ApiJson;
+use crate::state::AppState;
 
 /// Body of a grant.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -25,10 +25,10 @@ use uuid::Uuid;
 
 use super::bulk::{apply, BulkRequest};
 use crate::access::{tenant_access, Access, TenantAccess};
-use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::limits::MAX_JOBS_PER_TENANT;
+use crate::state::AppState;
 
 /// The most operations a bulk request answers synchronously; more run as a job.
 pub const SYNC_LIMIT: usize = 1_000;

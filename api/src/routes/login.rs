@@ -15,12 +15,13 @@ use efms_commands::Scope;
 use efms_domain::{Role, TenantSlug};
 use serde::{Deserialize, Serialize};
 
-use crate::app::{AppState, ClientAddr};
 use crate::auth::TokenUser;
+use crate::connections::ClientAddr;
 use crate::error::{ApiError, FieldError};
 use crate::extract::ApiJson;
 use crate::login_throttle::Throttled;
 use crate::routes::users::{is_username, USERNAME_FORM};
+use crate::state::AppState;
 
 /// How long a login token lives.
 const LOGIN_TTL: Duration = Duration::from_secs(3600);

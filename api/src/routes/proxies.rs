@@ -16,10 +16,10 @@ use serde_json::{json, Value};
 
 use super::resources::kind_of;
 use crate::access::{tenant_access, Access};
-use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, FieldError};
 use crate::extract::ApiQuery;
+use crate::state::AppState;
 
 /// The downstream connections a bootstrapped Envoy accepts at most.
 const MAX_DOWNSTREAM_CONNECTIONS: u32 = 50_000;
@@ -456,7 +456,7 @@ struct BootstrapSpec<'a> {
     tenant: &'a str,
     token: &'a str,
     protocol: XdsProtocol,
-    xds: &'a crate::app::XdsAddress,
+    xds: &'a crate::state::XdsAddress,
     admin_port: u16,
 }
 

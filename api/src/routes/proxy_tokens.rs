@@ -18,11 +18,11 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::access::{tenant_access, Access, TenantAccess};
-use crate::app::AppState;
 use crate::auth::Principal;
 use crate::credentials::ProxyBinding;
 use crate::error::{ApiError, FieldError};
 use crate::extract::ApiQuery;
+use crate::state::AppState;
 use crate::ttl::{format_ttl, parse_ttl};
 
 /// A proxy token, as the list shows it (never the token itself).

@@ -18,10 +18,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::access::{tenant_access, Access};
-use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::extract::ApiJson;
+use crate::state::AppState;
 
 /// A tenant's limits; `null` is no limit.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -22,10 +22,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::access::{tenant_access, Access, TenantAccess};
-use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, FieldError};
 use crate::extract::{ApiJson, ApiQuery};
+use crate::state::AppState;
 /// The header that carries a commit message.
 pub const COMMIT_MESSAGE_HEADER: &str = "x-commit-message";
 

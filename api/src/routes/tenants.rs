@@ -15,10 +15,10 @@ use efms_projections::{ProjectorHandle, TenantRow};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
-use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, FieldError};
 use crate::extract::{ApiJson, ApiQuery};
+use crate::state::AppState;
 
 /// How long a write waits for the read models to show it before answering.
 const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);

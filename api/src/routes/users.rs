@@ -18,10 +18,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::access::{tenant_access, Access, TenantAccess};
-use crate::app::AppState;
 use crate::auth::{Principal, TokenUser};
 use crate::error::{ApiError, FieldError};
 use crate::extract::ApiJson;
+use crate::state::AppState;
 
 /// How long a service account's token lives.
 const SERVICE_TTL: Duration = Duration::from_secs(365 * 86_400);

@@ -19,10 +19,10 @@ use super::resources::{
     branch_of, commit, kind_of, redact, resource_response, restore, BranchParams,
 };
 use crate::access::{tenant_access, Access};
-use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, FieldError};
 use crate::extract::{ApiJson, ApiQuery};
+use crate::state::AppState;
 
 /// One entry of a resource's history.
 #[derive(Debug, Serialize, utoipa::ToSchema)]

@@ -1,5 +1,6 @@
-//! Configuration from flags and environment (DPL-CM-001), checked before anything starts
-//! (DPL-CM-003): a bad setting stops the process with a message that names it.
+//! The process settings from flags and environment (DPL-CM-001), checked before anything starts
+//! (DPL-CM-003): a bad setting stops the process with a message that names it. (Not to be
+//! confused with the Envoy configuration that `efms_domain::config` models.)
 
 use std::net::SocketAddr;
 use std::str::FromStr;

@@ -1,0 +1,209 @@
+//! What the handlers share ([`AppState`]) and where proxies reach the xDS server ([`XdsAddress`]).
+//!
+//! A leaf: it imports no route module and not the router, so route modules and middleware take
+//! the state from here without an import circle through [`crate::app`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::FromRef;
+use efms_commands::{CommandBus, CommitBell, Keyring};
+use efms_projections::{
+    ConfigProjection, Projector, ProjectorHandle, ResourceCache, SnapshotStore, TenantsProjection,
+};
+use efms_xds::XdsServer;
+use sqlx::PgPool;
+
+use crate::anonymous_budget::AnonymousBudget;
+use crate::auth::tokens::JwtKeys;
+use crate::credentials::TokenSettings;
+use crate::known_tenants::KnownTenants;
+use crate::metrics::Metrics;
+
+/// What the handlers share. Each handler extracts only the part it needs.
+#[derive(Clone, FromRef)]
+pub struct AppState {
+    /// The database pool (connections switch to a scoped role per transaction).
+    pub pool: PgPool,
+    /// Executes commands and rings the log readers' doorbell after each commit.
+    pub bus: CommandBus,
+    /// Token keys.
+    pub jwt: JwtKeys,
+    /// Tenants known to exist.
+    #[from_ref(skip)]
+    pub known_tenants: KnownTenants,
+    /// Process metrics.
+    pub metrics: Arc<Metrics>,
+    /// The tenant registry's projector, for read-your-writes.
+    #[from_ref(skip)]
+    pub tenants: ProjectorHandle,
+    /// The configuration read models' projector, for read-your-writes.
+    #[from_ref(skip)]
+    pub config: ProjectorHandle,
+    /// The xDS snapshots of the groups proxies follow.
+    #[from_ref(skip)]
+    pub snapshots: SnapshotStore,
+    /// Current resources, cached in the process.
+    #[from_ref(skip)]
+    pub cache: ResourceCache,
+    /// The xDS services, served by `efms_xds::serve`.
+    #[from_ref(skip)]
+    pub xds: XdsServer,
+    /// Where proxies reach the xDS server (written into bootstraps).
+    #[from_ref(skip)]
+    pub xds_address: XdsAddress,
+    /// The tenants' data keys, which seal secret material before it is stored.
+    #[from_ref(skip)]
+    pub keyring: Keyring,
+    /// The configuration write pipeline: every commit goes through it.
+    #[from_ref(skip)]
+    pub configuration: efms_commands::configuration::ConfigService,
+    /// Recent failed logins, which slow down password guessing.
+    #[from_ref(skip)]
+    pub login_throttle: crate::login_throttle::LoginThrottle,
+    /// How many anonymous failed requests the audit trail recorded this minute.
+    #[from_ref(skip)]
+    pub anonymous_audit: AnonymousBudget,
+    /// Proxy token lifetimes, and how often open xDS streams are re-checked.
+    #[from_ref(skip)]
+    pub tokens: TokenSettings,
+    /// Limits on what requests write and run.
+    #[from_ref(skip)]
+    pub limits: crate::limits::WriteLimits,
+}
+
+/// Where proxies reach the xDS server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdsAddress {
+    /// A host name or IP address.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// With TLS: the certificate chain (PEM) proxies trust the server by.
+    pub tls_ca: Option<String>,
+}
+
+impl XdsAddress {
+    /// The address proxies dial for a server listening on `listen`: the same, with an unspecified
+    /// IP (`0.0.0.0`, `::`) replaced by loopback.
+    pub fn for_listener(listen: std::net::SocketAddr) -> Self {
+        let ip = if listen.ip().is_unspecified() {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        } else {
+            listen.ip()
+        };
+        Self {
+            host: ip.to_string(),
+            port: listen.port(),
+            tls_ca: None,
+        }
+    }
+}
+
+impl AppState {
+    /// Starts the background projectors on `pool` (they stop when `shutdown` resolves) and returns
+    /// the state the router serves.
+    pub fn start(
+        pool: PgPool,
+        jwt: JwtKeys,
+        keyring: Keyring,
+        poll_interval: Duration,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        let metrics = Metrics::new();
+        let bus = CommandBus::new(pool.clone(), CommitBell::spawn(&pool));
+        let shutdown = futures_shared(shutdown);
+        let tenants =
+            Projector::new(pool.clone(), TenantsProjection).spawn(poll_interval, shutdown.clone());
+        let config = Projector::new(pool.clone(), ConfigProjection).spawn(poll_interval, shutdown);
+        let snapshots = SnapshotStore::new(pool.clone(), keyring.clone());
+        snapshots.follow(config.clone());
+        let cache = ResourceCache::new(pool.clone(), efms_domain::config::MAIN_BRANCH);
+        // Writers wait on the cache's handle, so they read their own writes from it.
+        let config = cache.follow(config);
+        let configuration = efms_commands::configuration::ConfigService::new(
+            pool.clone(),
+            bus.clone(),
+            keyring.clone(),
+            efms_domain::config::limits::Limits::default(),
+            Arc::new(crate::config_services::ReadModelsAndMetrics {
+                config: config.clone(),
+                metrics: metrics.clone(),
+            }),
+        );
+        let xds = XdsServer::new(
+            pool.clone(),
+            snapshots.clone(),
+            crate::credentials::xds_authenticator(jwt.clone()),
+            metrics.xds.clone(),
+        );
+        let gauge = metrics.projector_position.clone();
+        let mut checkpoint = tenants.clone();
+        tokio::spawn(async move {
+            while let Some(position) = checkpoint.changed().await {
+                gauge.set(position.global_position);
+            }
+        });
+        Self {
+            pool,
+            bus,
+            jwt,
+            known_tenants: KnownTenants::default(),
+            metrics,
+            tenants,
+            config,
+            snapshots,
+            cache,
+            xds,
+            xds_address: XdsAddress {
+                host: "127.0.0.1".to_owned(),
+                port: 18000,
+                tls_ca: None,
+            },
+            keyring,
+            configuration,
+            login_throttle: crate::login_throttle::LoginThrottle::default(),
+            anonymous_audit: AnonymousBudget::default(),
+            tokens: TokenSettings::default(),
+            limits: crate::limits::WriteLimits::default(),
+        }
+    }
+
+    /// The same state, holding requests to `limits`.
+    #[must_use]
+    pub fn with_limits(mut self, limits: crate::limits::WriteLimits) -> Self {
+        self.configuration = self.configuration.with_limits(limits.commit);
+        self.limits = limits;
+        self
+    }
+    /// The same state with these proxy token lifetimes and xDS re-check interval.
+    #[must_use]
+    pub fn with_token_settings(mut self, tokens: TokenSettings) -> Self {
+        self.xds.set_credential_recheck(tokens.recheck_interval);
+        self.tokens = tokens;
+        self
+    }
+
+    /// The same state, throttling failed logins within `limits`.
+    #[must_use]
+    pub fn with_login_limits(mut self, limits: crate::login_throttle::ThrottleLimits) -> Self {
+        self.login_throttle = crate::login_throttle::LoginThrottle::new(limits);
+        self
+    }
+
+    /// The same state, telling proxies to reach the xDS server at `address`.
+    #[must_use]
+    pub fn with_xds_address(mut self, address: XdsAddress) -> Self {
+        self.xds_address = address;
+        self
+    }
+}
+
+/// A shutdown future that several tasks can await.
+fn futures_shared(
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> futures::future::Shared<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+    use futures::FutureExt as _;
+    let boxed: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = Box::pin(shutdown);
+    boxed.shared()
+}
