@@ -13,16 +13,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-postgres.sh >/dev/null
-mkdir -p .efms
+scripts/generate-secrets.sh .efms
 if [ -z "${EFMS_JWT_SECRET:-}" ]; then
-  [ -s .efms/jwt-secret ] || (umask 077; head -c 48 /dev/urandom | base64 | tr -d '\n' > .efms/jwt-secret)
-  chmod 600 .efms/jwt-secret
   EFMS_JWT_SECRET=$(cat .efms/jwt-secret)
   export EFMS_JWT_SECRET
 fi
 if [ -z "${EFMS_MASTER_KEY:-}" ]; then
-  [ -s .efms/master-key ] || (umask 077; head -c 32 /dev/urandom | base64 | tr -d '\n' > .efms/master-key)
-  chmod 600 .efms/master-key
   EFMS_MASTER_KEY=$(cat .efms/master-key)
   export EFMS_MASTER_KEY
 fi

@@ -300,3 +300,27 @@ async fn an_inline_private_key_outside_a_secret_is_refused_naming_where_it_is(po
     );
     assert!(!database_dump(&pool).contains(INLINE));
 }
+
+#[test]
+fn the_generated_token_secret_and_master_key_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("efms-secrets-{}", Uuid::new_v4()));
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/generate-secrets.sh"
+    );
+    let status = std::process::Command::new("bash")
+        .arg(script)
+        .arg(&dir)
+        .status()
+        .expect("bash runs");
+    assert!(status.success());
+    for file in ["jwt-secret", "master-key"] {
+        let metadata = std::fs::metadata(dir.join(file)).unwrap();
+        assert_eq!(metadata.permissions().mode() & 0o777, 0o600, "{file}");
+        assert!(metadata.len() >= 40, "{file} holds a key");
+    }
+    let dir_mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(dir_mode, 0o700);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -171,6 +171,18 @@ fn refused(result: Result<Stream, Status>) -> Status {
     }
 }
 
+/// Deletes the user `id` as the tenant's admin.
+async fn delete_user(app: &TestApp, id: &str) {
+    let (status, _) = as_admin(
+        app,
+        reqwest::Method::DELETE,
+        &format!("{BASE}/users/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+}
+
 #[sqlx::test(migrator = "efms_commands::MIGRATOR")]
 async fn a_deleted_service_accounts_token_opens_no_ads_stream(pool: PgPool) {
     let app = acme(pool).await;
@@ -178,14 +190,7 @@ async fn a_deleted_service_accounts_token_opens_no_ads_stream(pool: PgPool) {
     Stream::open(&app, &token, "edge-1", "g")
         .await
         .expect("the account's token streams while it exists");
-    let (status, _) = as_admin(
-        &app,
-        reqwest::Method::DELETE,
-        &format!("{BASE}/users/{id}"),
-        None,
-    )
-    .await;
-    assert_eq!(status, 204);
+    delete_user(&app, &id).await;
     let status = refused(Stream::open(&app, &token, "edge-1", "g").await);
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert!(status.message().contains("deleted"), "{status:?}");
@@ -198,14 +203,7 @@ async fn an_open_stream_ends_once_its_service_account_is_deleted(pool: PgPool) {
     let (_, other) = service_account(&app, "other", "operator").await;
     let stream = Stream::open(&app, &token, "edge-1", "g").await.unwrap();
     let bystander = Stream::open(&app, &other, "edge-2", "g").await.unwrap();
-    let (status, _) = as_admin(
-        &app,
-        reqwest::Method::DELETE,
-        &format!("{BASE}/users/{id}"),
-        None,
-    )
-    .await;
-    assert_eq!(status, 204);
+    delete_user(&app, &id).await;
     let ended = stream.ended().await;
     assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
     assert!(ended.message().contains("deleted"), "{ended:?}");
@@ -407,14 +405,7 @@ async fn a_revocation_on_one_replica_ends_the_stream_on_another(pool: PgPool) {
     )
     .await;
     assert_eq!(status, 204);
-    let (status, _) = as_admin(
-        &first,
-        reqwest::Method::DELETE,
-        &format!("{BASE}/users/{id}"),
-        None,
-    )
-    .await;
-    assert_eq!(status, 204);
+    delete_user(&first, &id).await;
     // The second replica learns of both at its next check.
     let ended = proxy.ended().await;
     assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
