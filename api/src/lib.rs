@@ -7,6 +7,7 @@ pub mod access;
 pub mod anonymous_budget;
 pub mod app;
 pub mod auth;
+pub mod background;
 pub mod config_services;
 pub mod connections;
 pub mod credentials;

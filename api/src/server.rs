@@ -55,6 +55,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     })
     .with_limits(config.limits);
     let xds = state.xds.clone();
+    let background = state.background.clone();
     tracing::info!(
         http = %http.local_addr()?,
         grpc = %grpc.local_addr()?,
@@ -85,6 +86,14 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             .context("the gRPC server failed")
     };
     tokio::try_join!(http_server, grpc_server)?;
+    let unfinished = background.finish(crate::background::GRACE).await;
+    if unfinished > 0 {
+        tracing::warn!(
+            unfinished,
+            "bulk jobs still running at exit end with the process; their records stop moving and \
+             every replica reports them failed"
+        );
+    }
     pool.close().await;
     tracing::info!("efms stopped");
     Ok(())

@@ -58,6 +58,9 @@ pub struct AppState {
     /// The configuration write pipeline: every commit goes through it.
     #[from_ref(skip)]
     pub configuration: efms_commands::configuration::ConfigService,
+    /// Work requests started that outlives them (bulk jobs), finished before the process stops.
+    #[from_ref(skip)]
+    pub background: crate::background::BackgroundWork,
     /// Recent failed logins, which slow down password guessing.
     #[from_ref(skip)]
     pub login_throttle: crate::login_throttle::LoginThrottle,
@@ -162,6 +165,7 @@ impl AppState {
             },
             keyring,
             configuration,
+            background: crate::background::BackgroundWork::default(),
             login_throttle: crate::login_throttle::LoginThrottle::default(),
             anonymous_audit: AnonymousBudget::default(),
             tokens: TokenSettings::default(),

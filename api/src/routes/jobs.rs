@@ -94,6 +94,11 @@ pub(crate) async fn start(
     branch: String,
     request: BulkRequest,
 ) -> Result<Response, ApiError> {
+    if state.background.is_stopping() {
+        return Err(ApiError::Unavailable(
+            crate::background::Stopping.to_string(),
+        ));
+    }
     let job_id = Uuid::now_v7();
     let total = i32::try_from(request.operations.len()).map_err(ApiError::internal)?;
     let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
@@ -112,7 +117,21 @@ pub(crate) async fn start(
     tx.commit().await?;
     let view = load(&state, tenant.tenant_id, job_id).await?;
     let location = format!("/api/v1/tenants/{}/jobs/{job_id}", tenant.slug);
-    tokio::spawn(run(state, actor, headers, tenant, branch, request, job_id));
+    let work = run(
+        state.clone(),
+        actor,
+        headers,
+        tenant.clone(),
+        branch,
+        request,
+        job_id,
+    );
+    if let Err(stopping) = state.background.spawn(work) {
+        let refused = Err(ApiError::Unavailable(stopping.to_string()));
+        if let Err(error) = finish(&state, tenant.tenant_id, job_id, refused).await {
+            tracing::error!(%job_id, %error, "cannot record a bulk job refused at stop");
+        }
+    }
     let mut response = (StatusCode::ACCEPTED, Json(view)).into_response();
     response.headers_mut().insert(
         header::LOCATION,
