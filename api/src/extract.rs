@@ -6,7 +6,9 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use serde::de::DeserializeOwned;
 
+use efms_commands::CommitMetadata;
 use efms_domain::json_pointer;
+use efms_domain::Actor;
 
 use crate::error::{ApiError, FieldError};
 
@@ -159,5 +161,94 @@ mod tests {
             parse_json::<Body>(br#"{"name":"a","items":[]} x"#),
             Err(ApiError::BadRequest { .. })
         ));
+    }
+}
+
+/// The header that carries a commit's message.
+pub const COMMIT_MESSAGE_HEADER: &str = "x-commit-message";
+
+/// The longest request id a commit records (the rest is cut).
+const MAX_REQUEST_ID_CHARS: usize = 128;
+
+/// What a write request says of the commit it causes: its message (`X-Commit-Message`) and the
+/// request's id (`X-Request-Id`, its first 128 characters).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitMeta {
+    /// The commit's message, if one was given.
+    pub message: Option<String>,
+    /// The request's id, if the client sent one.
+    pub request_id: Option<String>,
+}
+
+impl CommitMeta {
+    /// Reads the commit's message and the request id from `headers`.
+    pub fn from_headers(headers: &HeaderMap) -> Result<Self, ApiError> {
+        Ok(Self {
+            message: commit_message(headers)?,
+            request_id: headers
+                .get("x-request-id")
+                .and_then(|value| value.to_str().ok())
+                .map(|id| id.chars().take(MAX_REQUEST_ID_CHARS).collect()),
+        })
+    }
+
+    /// The same, with `message` as the commit's message.
+    #[must_use]
+    pub fn with_message(self, message: Option<String>) -> Self {
+        Self { message, ..self }
+    }
+
+    /// What the commit records: `actor`, the message and the request id.
+    pub fn metadata(&self, actor: &Actor) -> CommitMetadata {
+        CommitMetadata {
+            actor: actor.audit_name(),
+            message: self.message.clone(),
+            request_id: self.request_id.clone(),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for CommitMeta {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Self::from_headers(&parts.headers)
+    }
+}
+
+/// The commit message from `X-Commit-Message`, if any.
+pub fn commit_message(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    headers
+        .get(COMMIT_MESSAGE_HEADER)
+        .map(|value| {
+            value
+                .to_str()
+                .map(|text| text.trim().to_owned())
+                .map_err(|_| ApiError::BadRequest {
+                    detail: format!("`{COMMIT_MESSAGE_HEADER}` must be visible ASCII text"),
+                    errors: Vec::new(),
+                })
+        })
+        .transpose()
+        .map(|message| message.filter(|text| !text.is_empty()))
+}
+
+#[cfg(test)]
+mod commit_meta_tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn a_commit_records_the_trimmed_message_and_at_most_128_characters_of_the_request_id() {
+        let mut headers = HeaderMap::new();
+        headers.insert(COMMIT_MESSAGE_HEADER, HeaderValue::from_static("  fix  "));
+        let long_id = "r".repeat(10_000);
+        headers.insert("x-request-id", HeaderValue::from_str(&long_id).unwrap());
+        let meta = CommitMeta::from_headers(&headers).unwrap();
+        assert_eq!(meta.message.as_deref(), Some("fix"));
+        assert_eq!(meta.request_id.as_ref().map(String::len), Some(128));
+        headers.insert(COMMIT_MESSAGE_HEADER, HeaderValue::from_static("   "));
+        assert_eq!(CommitMeta::from_headers(&headers).unwrap().message, None);
     }
 }

@@ -2,7 +2,6 @@
 //! none of them and a report of every operation at fault.
 
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use efms_domain::config::limits;
@@ -19,7 +18,7 @@ use super::resources::{branch_of, change_of, commit, effective_attachments, Bran
 use crate::access::{tenant_access, Access, TenantAccess};
 use crate::auth::Principal;
 use crate::error::{ApiError, FieldError};
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiQuery, CommitMeta};
 use crate::state::AppState;
 
 /// How long a bulk request waits for the read models to apply its commit.
@@ -109,7 +108,7 @@ pub async fn bulk(
     Principal(actor): Principal,
     Path(tenant): Path<String>,
     ApiQuery(params): ApiQuery<BranchParams>,
-    headers: HeaderMap,
+    meta: CommitMeta,
     ApiJson(request): ApiJson<BulkRequest>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
@@ -121,9 +120,9 @@ pub async fn bulk(
         )]));
     }
     if request.operations.len() > jobs::SYNC_LIMIT {
-        return jobs::start(state, actor, headers, tenant, branch, request).await;
+        return jobs::start(state, actor, meta, tenant, branch, request).await;
     }
-    let result = apply(&state, &actor, headers, (&tenant, &branch), &request, None).await?;
+    let result = apply(&state, &actor, meta, (&tenant, &branch), &request, None).await?;
     Ok(Json(result).into_response())
 }
 
@@ -131,7 +130,7 @@ pub async fn bulk(
 pub(crate) async fn apply(
     state: &AppState,
     actor: &Actor,
-    headers: HeaderMap,
+    meta: CommitMeta,
     (tenant, branch): (&TenantAccess, &str),
     request: &BulkRequest,
     progress: Option<&jobs::Progress>,
@@ -173,16 +172,22 @@ pub(crate) async fn apply(
         return Err(ApiError::Validation(errors));
     }
     let count = changes.len();
-    let mut headers = headers;
-    if let Some(message) = &request.message {
-        let value = message.trim().parse().map_err(|_| {
-            ApiError::Validation(vec![FieldError::at(
-                "/message",
-                "a commit message is visible ASCII text",
-            )])
-        })?;
-        headers.insert(super::resources::COMMIT_MESSAGE_HEADER, value);
-    }
+    let meta = match &request.message {
+        Some(message) => {
+            let message = message.trim();
+            if !message
+                .chars()
+                .all(|c| c == '\t' || (' '..='~').contains(&c))
+            {
+                return Err(ApiError::Validation(vec![FieldError::at(
+                    "/message",
+                    "a commit message is visible ASCII text",
+                )]));
+            }
+            meta.with_message(Some(message.to_owned()).filter(|text| !text.is_empty()))
+        }
+        None => meta,
+    };
     if let Some(progress) = progress {
         progress.committing(request.operations.len());
     }
@@ -190,7 +195,7 @@ pub(crate) async fn apply(
     let position = commit(
         state,
         actor,
-        &headers,
+        &meta,
         (tenant, branch),
         Operation::Bulk,
         changes,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -27,6 +27,7 @@ use super::bulk::{apply, BulkRequest};
 use crate::access::{tenant_access, Access, TenantAccess};
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::extract::CommitMeta;
 use crate::limits::MAX_JOBS_PER_TENANT;
 use crate::state::AppState;
 
@@ -89,7 +90,7 @@ pub struct JobView {
 pub(crate) async fn start(
     state: AppState,
     actor: Actor,
-    headers: HeaderMap,
+    meta: CommitMeta,
     tenant: TenantAccess,
     branch: String,
     request: BulkRequest,
@@ -120,7 +121,7 @@ pub(crate) async fn start(
     let work = run(
         state.clone(),
         actor,
-        headers,
+        meta,
         tenant.clone(),
         branch,
         request,
@@ -191,7 +192,7 @@ const JOB_RETRY_AFTER_SECONDS: u32 = 5;
 async fn run(
     state: AppState,
     actor: Actor,
-    headers: HeaderMap,
+    meta: CommitMeta,
     tenant: TenantAccess,
     branch: String,
     request: BulkRequest,
@@ -218,7 +219,7 @@ async fn run(
     let outcome = apply(
         &state,
         &actor,
-        headers,
+        meta,
         (&tenant, &branch),
         &request,
         Some(&progress),

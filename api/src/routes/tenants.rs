@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cqrs_es::Aggregate as _;
@@ -17,7 +17,7 @@ use sqlx::PgPool;
 
 use crate::auth::Principal;
 use crate::error::{ApiError, FieldError};
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiQuery, CommitMeta};
 use crate::state::AppState;
 
 /// How long a write waits for the read models to show it before answering.
@@ -86,7 +86,7 @@ pub struct ListQuery {
 pub async fn create(
     State(state): State<AppState>,
     Principal(actor): Principal,
-    headers: HeaderMap,
+    meta: CommitMeta,
     ApiJson(body): ApiJson<CreateTenant>,
 ) -> Result<Response, ApiError> {
     if actor.role != Role::System {
@@ -108,7 +108,7 @@ pub async fn create(
     let outcome = execute(
         &state,
         &actor,
-        &headers,
+        &meta,
         &slug,
         TenantCommand::Create {
             slug: slug.clone(),
@@ -143,11 +143,12 @@ pub async fn create(
 async fn execute(
     state: &AppState,
     actor: &Actor,
-    headers: &HeaderMap,
+    meta: &CommitMeta,
     slug: &TenantSlug,
     command: TenantCommand,
 ) -> Result<Option<efms_commands::Position>, ApiError> {
-    let metadata = super::commit_metadata(actor, headers, None);
+    // A tenant's registration records no commit message.
+    let metadata = meta.clone().with_message(None).metadata(actor);
     let result = state
         .bus
         .execute::<Tenant>(slug.tenant_id(), slug.as_str(), command, (), metadata)

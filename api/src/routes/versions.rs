@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -21,7 +21,7 @@ use super::resources::{
 use crate::access::{tenant_access, Access};
 use crate::auth::Principal;
 use crate::error::{ApiError, FieldError};
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiQuery, CommitMeta};
 use crate::state::AppState;
 
 /// One entry of a resource's history.
@@ -287,7 +287,7 @@ pub async fn rollback(
     Principal(actor): Principal,
     Path(tenant): Path<String>,
     ApiQuery(params): ApiQuery<BranchParams>,
-    headers: HeaderMap,
+    meta: CommitMeta,
     ApiJson(body): ApiJson<RollbackBody>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
@@ -322,7 +322,7 @@ pub async fn rollback(
     commit(
         &state,
         &actor,
-        &headers,
+        &meta,
         (&tenant, &branch),
         Operation::Rollback,
         changes,
@@ -347,7 +347,7 @@ pub async fn rollback_resource(
     Principal(actor): Principal,
     Path((tenant, collection, name)): Path<(String, String, String)>,
     ApiQuery(params): ApiQuery<BranchParams>,
-    headers: HeaderMap,
+    meta: CommitMeta,
     ApiJson(body): ApiJson<RollbackBody>,
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&collection)?;
@@ -385,7 +385,7 @@ pub async fn rollback_resource(
     commit(
         &state,
         &actor,
-        &headers,
+        &meta,
         (&tenant, &branch),
         Operation::Rollback,
         vec![change],

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use efms_domain::config::{valid_branch_name, BranchPoint, ConfigCommand, Expect, MAIN_BRANCH};
@@ -15,8 +15,8 @@ use super::responses::{BranchView, MergeResult};
 use crate::access::{tenant_access, Access, TenantAccess};
 use crate::auth::Principal;
 use crate::error::{ApiError, FieldError};
-use crate::extract::{ApiJson, ApiQuery};
-use crate::routes::resources::{branch_of, commit_message, execute, restore};
+use crate::extract::{ApiJson, ApiQuery, CommitMeta};
+use crate::routes::resources::{branch_of, execute, restore};
 use crate::routes::versions::{diff_states, parse_kind, Diff};
 use crate::state::AppState;
 
@@ -32,7 +32,7 @@ pub async fn create(
     State(state): State<AppState>,
     Principal(actor): Principal,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
+    meta: CommitMeta,
     ApiJson(body): ApiJson<CreateBranch>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
@@ -79,9 +79,8 @@ pub async fn create(
     execute(
         &state,
         &actor,
-        &headers,
+        &meta.clone().with_message(message),
         (&tenant, &body.name),
-        message,
         command,
     )
     .await?;
@@ -151,7 +150,7 @@ pub async fn delete(
     State(state): State<AppState>,
     Principal(actor): Principal,
     Path((tenant, name)): Path<(String, String)>,
-    headers: HeaderMap,
+    meta: CommitMeta,
 ) -> Result<StatusCode, ApiError> {
     let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
     branch_row(&state, &tenant, &name, false).await?;
@@ -166,13 +165,11 @@ pub async fn delete(
                 .join(", ")
         )));
     }
-    let message = commit_message(&headers)?;
     execute(
         &state,
         &actor,
-        &headers,
+        &meta,
         (&tenant, &name),
-        message,
         ConfigCommand::DeleteBranch,
     )
     .await?;
@@ -250,7 +247,7 @@ pub async fn merge(
     State(state): State<AppState>,
     Principal(actor): Principal,
     Path((tenant, name)): Path<(String, String)>,
-    headers: HeaderMap,
+    meta: CommitMeta,
     ApiJson(body): ApiJson<MergeRequest>,
 ) -> Result<Json<MergeResult>, ApiError> {
     let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
@@ -289,9 +286,8 @@ pub async fn merge(
     let position = execute(
         &state,
         &actor,
-        &headers,
+        &meta.clone().with_message(message),
         (&tenant, &branch.base_branch),
-        message,
         command,
     )
     .await

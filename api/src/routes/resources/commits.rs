@@ -1,16 +1,15 @@
 //! Commits of the resource routes: one request's changes through the configuration service, and
 //! the resource read back after a write.
 
-use axum::http::HeaderMap;
 use efms_commands::configuration::CommitRequest;
 use efms_domain::config::{Change, ConfigCommand, Operation};
 use efms_domain::envoy::ResourceKind;
 use efms_domain::Actor;
 use efms_projections::config::{self as read, AsOf, ResourceRow};
 
-use super::context::commit_message;
 use crate::access::TenantAccess;
 use crate::error::ApiError;
+use crate::extract::CommitMeta;
 use crate::state::AppState;
 
 /// Runs one commit on `branch` for `actor` through the configuration service, which waits for
@@ -18,13 +17,12 @@ use crate::state::AppState;
 pub async fn commit(
     state: &AppState,
     actor: &Actor,
-    headers: &HeaderMap,
+    meta: &CommitMeta,
     (tenant, branch): (&TenantAccess, &str),
     operation: Operation,
     changes: Vec<Change>,
 ) -> Result<Option<efms_commands::Position>, ApiError> {
-    let message = commit_message(headers)?;
-    let request = commit_request(actor, headers, (tenant, branch), message);
+    let request = commit_request(actor, meta, (tenant, branch));
     Ok(state
         .configuration
         .commit(&request, operation, changes)
@@ -34,14 +32,13 @@ pub async fn commit(
 /// Where a commit goes and what it records of the request that caused it.
 fn commit_request(
     actor: &Actor,
-    headers: &HeaderMap,
+    meta: &CommitMeta,
     (tenant, branch): (&TenantAccess, &str),
-    message: Option<String>,
 ) -> CommitRequest {
     CommitRequest {
         tenant_id: tenant.tenant_id,
         branch: branch.to_owned(),
-        metadata: crate::routes::commit_metadata(actor, headers, message),
+        metadata: meta.metadata(actor),
     }
 }
 
@@ -50,12 +47,11 @@ fn commit_request(
 pub async fn execute(
     state: &AppState,
     actor: &Actor,
-    headers: &HeaderMap,
+    meta: &CommitMeta,
     (tenant, branch): (&TenantAccess, &str),
-    message: Option<String>,
     command: ConfigCommand,
 ) -> Result<Option<efms_commands::Position>, ApiError> {
-    let request = commit_request(actor, headers, (tenant, branch), message);
+    let request = commit_request(actor, meta, (tenant, branch));
     Ok(state.configuration.execute(&request, command).await?)
 }
 

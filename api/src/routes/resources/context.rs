@@ -11,8 +11,7 @@ use crate::access::TenantAccess;
 use crate::error::{ApiError, FieldError};
 use crate::state::AppState;
 
-/// The header that carries a commit message.
-pub const COMMIT_MESSAGE_HEADER: &str = "x-commit-message";
+pub use crate::extract::{commit_message, COMMIT_MESSAGE_HEADER};
 
 /// The kind a collection segment names, or 404.
 pub fn kind_of(collection: &str) -> Result<ResourceKind, ApiError> {
@@ -65,23 +64,6 @@ pub async fn as_of(
             read::revision_at(&state.pool, tenant.tenant_id, branch, at).await?,
         )),
     }
-}
-
-/// The commit message from `X-Commit-Message`, if any.
-pub fn commit_message(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    headers
-        .get(COMMIT_MESSAGE_HEADER)
-        .map(|value| {
-            value
-                .to_str()
-                .map(|text| text.trim().to_owned())
-                .map_err(|_| ApiError::BadRequest {
-                    detail: format!("`{COMMIT_MESSAGE_HEADER}` must be visible ASCII text"),
-                    errors: Vec::new(),
-                })
-        })
-        .transpose()
-        .map(|message| message.filter(|text| !text.is_empty()))
 }
 
 /// `If-Match: "N"` (or `W/"N"`, or `*`).

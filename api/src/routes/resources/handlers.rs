@@ -17,7 +17,7 @@ use super::responses::{render_page, resource_response, ListPage, SharedText};
 use crate::access::{tenant_access, Access};
 use crate::auth::Principal;
 use crate::error::{ApiError, FieldError};
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiQuery, CommitMeta};
 use crate::state::AppState;
 
 /// `GET /api/v1/tenants/{tenant}/{kind}`.
@@ -134,7 +134,7 @@ pub async fn create(
     Principal(actor): Principal,
     Path((tenant, collection)): Path<(String, String)>,
     ApiQuery(params): ApiQuery<BranchParams>,
-    headers: HeaderMap,
+    meta: CommitMeta,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&collection)?;
@@ -146,7 +146,7 @@ pub async fn create(
     commit(
         &state,
         &actor,
-        &headers,
+        &meta,
         (&tenant, &branch),
         Operation::Create,
         vec![change],
@@ -183,6 +183,7 @@ pub async fn replace(
     Path((tenant, collection, name)): Path<(String, String, String)>,
     ApiQuery(params): ApiQuery<BranchParams>,
     headers: HeaderMap,
+    meta: CommitMeta,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&collection)?;
@@ -205,7 +206,7 @@ pub async fn replace(
     commit(
         &state,
         &actor,
-        &headers,
+        &meta,
         (&tenant, &branch),
         Operation::Replace,
         vec![change],
@@ -236,6 +237,7 @@ pub async fn patch(
     Path((tenant, collection, name)): Path<(String, String, String)>,
     ApiQuery(params): ApiQuery<BranchParams>,
     headers: HeaderMap,
+    meta: CommitMeta,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&collection)?;
@@ -277,7 +279,7 @@ pub async fn patch(
         match commit(
             &state,
             &actor,
-            &headers,
+            &meta,
             (&tenant, &branch),
             Operation::Patch,
             vec![change],
@@ -305,6 +307,7 @@ pub async fn delete(
     Path((tenant, collection, name)): Path<(String, String, String)>,
     ApiQuery(params): ApiQuery<BranchParams>,
     headers: HeaderMap,
+    meta: CommitMeta,
 ) -> Result<StatusCode, ApiError> {
     let kind = kind_of(&collection)?;
     let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
@@ -314,7 +317,7 @@ pub async fn delete(
     commit(
         &state,
         &actor,
-        &headers,
+        &meta,
         (&tenant, &branch),
         Operation::Delete,
         vec![change],
