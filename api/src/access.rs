@@ -1,24 +1,29 @@
-//! Who may do what to a tenant's data (FR-MT-002, FR-MT-003).
+//! The tenant and branch a request works on, with the caller's right to do so checked
+//! (FR-MT-002, FR-MT-003).
 //!
 //! A tenant role only ever reaches its own tenant: another tenant's slug answers 404, as if it did
-//! not exist. Reading needs any role; writing needs `operator` or `admin` (or `system`).
+//! not exist. What each role may do is [`crate::policy`]'s to say; the extractors here ask it before
+//! a handler runs, so a handler that takes a [`Tenant`] or a [`TenantBranch`] has nothing left to
+//! check.
 
-use efms_domain::{Actor, Role, TenantSlug};
+use std::marker::PhantomData;
+use std::ops::Deref;
+
+use axum::extract::{FromRequestParts, RawPathParams};
+use axum::http::request::Parts;
+use efms_domain::config::MAIN_BRANCH;
+use efms_domain::{Actor, TenantSlug};
+use efms_projections::config as read;
 use efms_projections::tenants::get_tenant;
+use serde::Deserialize;
 use uuid::Uuid;
 
+use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::extract::ApiQuery;
 pub use crate::known_tenants::KnownTenants;
+use crate::policy::{authorize, Action};
 use crate::state::AppState;
-
-/// What a request wants to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Read configuration, history and diffs.
-    Read,
-    /// Change configuration.
-    Write,
-}
 
 /// The tenant a request may work on.
 #[derive(Debug, Clone)]
@@ -29,29 +34,134 @@ pub struct TenantAccess {
     pub tenant_id: Uuid,
 }
 
-/// Checks that `actor` may `access` the tenant `slug`, and that it exists.
-pub async fn tenant_access(
+/// An action of the policy, named as a type so that an extractor can carry it.
+pub trait Permission: Send + Sync + 'static {
+    /// The action the extractor checks.
+    const ACTION: Action;
+}
+
+macro_rules! permissions {
+    ($($(#[$doc:meta])* $name:ident;)*) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy)]
+        pub struct $name;
+
+        impl Permission for $name {
+            const ACTION: Action = Action::$name;
+        }
+    )*};
+}
+
+permissions! {
+    /// [`Action::ReadConfig`].
+    ReadConfig;
+    /// [`Action::WriteConfig`].
+    WriteConfig;
+    /// [`Action::ReadUsers`].
+    ReadUsers;
+    /// [`Action::ManageUsers`].
+    ManageUsers;
+    /// [`Action::ManageGrants`].
+    ManageGrants;
+    /// [`Action::ReadAudit`].
+    ReadAudit;
+    /// [`Action::ManageProxyTokens`].
+    ManageProxyTokens;
+    /// [`Action::SetQuotas`].
+    SetQuotas;
+}
+
+/// The `{tenant}` of the route, which exists and on which the caller may perform `P`.
+///
+/// Refusals: 404 for a tenant that does not exist or is not the caller's; 403 when the caller's
+/// role may not perform `P` there.
+#[derive(Debug, Clone)]
+pub struct Tenant<P> {
+    access: TenantAccess,
+    actor: Actor,
+    permission: PhantomData<fn() -> P>,
+}
+
+impl<P> Tenant<P> {
+    /// The caller.
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
+}
+
+impl<P> Deref for Tenant<P> {
+    type Target = TenantAccess;
+
+    fn deref(&self) -> &TenantAccess {
+        &self.access
+    }
+}
+
+impl<P: Permission> FromRequestParts<AppState> for Tenant<P> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Principal(actor) = Principal::from_request_parts(parts, state).await?;
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| ApiError::BadRequest {
+                detail: rejection.body_text(),
+                errors: Vec::new(),
+            })?;
+        let slug = params
+            .iter()
+            .find_map(|(key, value)| (key == "tenant").then_some(value))
+            .ok_or_else(|| ApiError::Internal("a tenant route without `{tenant}`".to_owned()))?;
+        let access = tenant_access(state, &actor, slug, P::ACTION).await?;
+        Ok(Self {
+            access,
+            actor,
+            permission: PhantomData,
+        })
+    }
+}
+
+/// The tenant of the route (as [`Tenant`]) and the branch its `?branch=` names: `main` when none,
+/// else a live branch of the tenant (404 for one that does not exist or was deleted).
+#[derive(Debug, Clone)]
+pub struct TenantBranch<P> {
+    /// The tenant, with the caller's right to perform `P` checked.
+    pub tenant: Tenant<P>,
+    /// The branch's name.
+    pub branch: String,
+}
+
+/// The `?branch=` of a query string, whatever else it holds (the route's own parameters check
+/// the rest).
+#[derive(Deserialize)]
+struct BranchQuery {
+    branch: Option<String>,
+}
+
+impl<P: Permission> FromRequestParts<AppState> for TenantBranch<P> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let tenant = Tenant::<P>::from_request_parts(parts, state).await?;
+        let ApiQuery(query) = ApiQuery::<BranchQuery>::from_request_parts(parts, state).await?;
+        let branch = live_branch(state, &tenant, query.branch).await?;
+        Ok(Self { tenant, branch })
+    }
+}
+
+/// Checks that `actor` may perform `action` on the tenant `slug`, and that it exists.
+async fn tenant_access(
     state: &AppState,
     actor: &Actor,
     slug: &str,
-    access: Access,
+    action: Action,
 ) -> Result<TenantAccess, ApiError> {
     let not_found = || ApiError::NotFound(format!("there is no tenant `{slug}`"));
     let slug = TenantSlug::parse(slug).map_err(|_| not_found())?;
     if actor.tenant.as_ref().is_some_and(|own| *own != slug) {
         return Err(not_found());
     }
-    if actor.role == Role::Proxy {
-        return Err(ApiError::Forbidden(
-            "a `proxy` token only streams configuration over xDS".to_owned(),
-        ));
-    }
-    if access == Access::Write && matches!(actor.role, Role::Viewer | Role::Auditor) {
-        return Err(ApiError::Forbidden(format!(
-            "changing configuration needs the `operator` or `admin` role; this token has `{}`",
-            actor.role
-        )));
-    }
+    authorize(actor, action)?;
     let tenant_id = slug.tenant_id();
     if !state.known_tenants.contains(tenant_id) {
         get_tenant(
@@ -64,4 +174,23 @@ pub async fn tenant_access(
         state.known_tenants.insert(tenant_id);
     }
     Ok(TenantAccess { slug, tenant_id })
+}
+
+/// The branch `name` names: `main` when none, else a branch of the tenant that is not deleted
+/// (else 404).
+pub async fn live_branch(
+    state: &AppState,
+    tenant: &TenantAccess,
+    name: Option<String>,
+) -> Result<String, ApiError> {
+    let Some(branch) = name.filter(|b| b != MAIN_BRANCH) else {
+        return Ok(MAIN_BRANCH.to_owned());
+    };
+    match read::get_branch(&state.pool, tenant.tenant_id, &branch).await? {
+        Some(row) if row.deleted_at.is_none() => Ok(branch),
+        Some(_) => Err(ApiError::NotFound(format!(
+            "branch `{branch}` was deleted; its history stays readable through the revisions of `main`"
+        ))),
+        None => Err(ApiError::NotFound(format!("there is no branch `{branch}`"))),
+    }
 }

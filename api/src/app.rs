@@ -3,7 +3,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{middleware, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
@@ -18,95 +18,33 @@ use crate::routes::{
 };
 pub use crate::state::{AppState, XdsAddress};
 
-/// The largest bulk request body: 10,000 operations of up to three kilobytes each. A job holds its
-/// request until it ends, so this bounds what each running job keeps.
-pub const BULK_BODY_LIMIT: usize = 32 * 1024 * 1024;
-
 /// The HTTP router: health and metrics open, `/api/v1` behind bearer tokens, every error in
-/// problem+json.
+/// problem+json. Each route module owns its routes; this only composes them and layers what
+/// applies to all.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .route("/tenants", get(tenants::list).post(tenants::create))
-        .route("/tenants/{slug}", get(tenants::get))
-        .route("/tenants/{tenant}/revisions", get(versions::revisions))
-        .route("/tenants/{tenant}/diff", get(versions::diff))
-        .route("/tenants/{tenant}/rollback", post(versions::rollback))
-        .route("/tenants/{tenant}/jobs/{id}", get(jobs::get))
-        .route(
-            "/tenants/{tenant}/branches",
-            get(branches::list).post(branches::create),
-        )
-        .route(
-            "/tenants/{tenant}/branches/{name}",
-            get(branches::get).delete(branches::delete),
-        )
-        .route(
-            "/tenants/{tenant}/branches/{name}/diff",
-            get(branches::diff),
-        )
-        .route(
-            "/tenants/{tenant}/branches/{name}/merge",
-            post(branches::merge),
-        )
-        .route(
-            "/tenants/{tenant}/bulk",
-            post(bulk::bulk).layer(axum::extract::DefaultBodyLimit::max(BULK_BODY_LIMIT)),
-        )
-        .route(
-            "/tenants/{tenant}/{kind}",
-            get(resources::list).post(resources::create),
-        )
-        .route(
-            "/tenants/{tenant}/{kind}/{name}",
-            get(resources::get)
-                .put(resources::replace)
-                .patch(resources::patch)
-                .delete(resources::delete),
-        )
-        .route(
-            "/tenants/{tenant}/{kind}/{name}/history",
-            get(versions::history),
-        )
-        .route(
-            "/tenants/{tenant}/{kind}/{name}/resources",
-            get(resources::group_resources),
-        )
-        .route(
-            "/tenants/{tenant}/{kind}/{name}/declaration",
-            get(resources::declaration),
-        )
-        .route("/tenants/{tenant}/proxies", get(proxies::list))
-        .route("/tenants/{tenant}/proxy-tokens", get(proxy_tokens::list))
-        .route(
-            "/tenants/{tenant}/proxy-tokens/{id}",
-            axum::routing::delete(proxy_tokens::revoke),
-        )
-        .route("/tenants/{tenant}/proxies/{node_id}", get(proxies::get))
-        .route(
-            "/tenants/{tenant}/proxies/{node_id}/history",
-            get(proxies::history),
-        )
-        .route(
-            "/tenants/{tenant}/{kind}/{name}/bootstrap",
-            get(proxies::bootstrap),
-        )
-        .route(
-            "/tenants/{tenant}/{kind}/{name}/rollback",
-            post(versions::rollback_resource),
-        )
-        .merge(access_routes())
+        .merge(tenants::router())
+        .merge(versions::router())
+        .merge(jobs::router())
+        .merge(branches::router())
+        .merge(bulk::router())
+        .merge(resources::router())
+        .merge(proxies::router())
+        .merge(proxy_tokens::router())
+        .merge(audit::router())
+        .merge(quotas::router())
+        .merge(users::router())
+        .merge(grants::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_bearer,
         ))
         // Logging in needs no token.
-        .merge(Router::new().route("/auth/token", post(login::login)))
+        .merge(login::router())
         // Outside the bearer check, so that refused requests are recorded too.
         .route_layer(middleware::from_fn_with_state(state.clone(), audit::record));
     Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
+        .merge(health::router())
         .route("/openapi.json", get(crate::openapi::document))
         .route("/docs", get(crate::openapi::reference_page))
         .nest("/api/v1", api)
@@ -119,33 +57,6 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
-}
-
-/// The routes of a tenant's access control: audit, quotas, users, sharing.
-fn access_routes() -> Router<AppState> {
-    Router::new()
-        .route("/tenants/{tenant}/audit", get(audit::list))
-        .route(
-            "/tenants/{tenant}/quotas",
-            get(quotas::get).put(quotas::put),
-        )
-        .route(
-            "/tenants/{tenant}/users",
-            get(users::list).post(users::create),
-        )
-        .route(
-            "/tenants/{tenant}/users/{id}",
-            get(users::get).delete(users::delete).patch(users::change),
-        )
-        .route(
-            "/tenants/{tenant}/grants",
-            get(grants::list).post(grants::create),
-        )
-        .route(
-            "/tenants/{tenant}/grants/{grantee}/{kind}/{name}",
-            axum::routing::delete(grants::delete),
-        )
-        .route("/tenants/{tenant}/shared", get(grants::received))
 }
 
 async fn not_found() -> ApiError {

@@ -21,11 +21,13 @@ pub mod login_throttle;
 pub mod metrics;
 pub mod openapi;
 pub mod passwords;
+pub mod policy;
 pub mod routes;
 pub mod server;
 pub mod service_errors;
 pub mod settings;
 pub mod state;
+pub mod store;
 pub mod ttl;
 
 pub use app::router;

@@ -232,7 +232,7 @@ impl ResourceCache {
             found.updated_by,
         ) {
             (
-                Some(kind),
+                Some(_),
                 Some(name),
                 Some(document),
                 Some(version),

@@ -9,25 +9,23 @@
 //! counted (`efms_audit_insert_failures_total`), and the request is answered all the same.
 
 use axum::extract::{
-    ConnectInfo, FromRequestParts as _, MatchedPath, OriginalUri, Path, RawPathParams, Request,
-    State,
+    ConnectInfo, FromRequestParts as _, MatchedPath, OriginalUri, RawPathParams, Request, State,
 };
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use efms_commands::Scope;
-use efms_domain::{Role, TenantSlug};
+use efms_domain::TenantSlug;
 use serde::{Deserialize, Serialize};
 
-use crate::access::{tenant_access, Access};
+use crate::access::{ReadAudit, Tenant};
 pub use crate::anonymous_budget::{AnonymousBudget, ANONYMOUS_PER_TENANT, ANONYMOUS_TOTAL};
-use crate::auth::Principal;
 use crate::connections::ClientAddr;
 use crate::error::{ApiError, FieldError};
 use crate::extract::ApiQuery;
 use crate::state::AppState;
+use crate::store::request_audit::{self as store, Entry};
 
 /// The longest request id kept, in characters; a longer one is cut.
 pub const MAX_REQUEST_ID: usize = 128;
@@ -46,19 +44,6 @@ async fn route_tenant(request: Request) -> (Request, Option<TenantSlug>) {
                 .and_then(|(_, value)| TenantSlug::parse(value).ok())
         });
     (Request::from_parts(parts, body), slug)
-}
-
-/// What the trail keeps of one request.
-struct Entry {
-    tenant_id: Option<uuid::Uuid>,
-    actor: String,
-    role: Option<String>,
-    method: String,
-    route: String,
-    path: String,
-    status: i16,
-    client_addr: Option<std::net::IpAddr>,
-    request_id: Option<String>,
 }
 
 /// Records every write request and every refused request (401, 403), after it is answered.
@@ -118,33 +103,12 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
             client_addr,
             request_id,
         };
-        if let Err(error) = insert(&state, entry).await {
+        if let Err(error) = store::insert(&state.pool, entry).await {
             state.metrics.audit_failures.inc();
             tracing::error!(%error, "cannot record a request in the audit trail; answered all the same");
         }
     }
     response
-}
-
-async fn insert(state: &AppState, entry: Entry) -> Result<(), sqlx::Error> {
-    let mut tx = Scope::System.begin(&state.pool).await?;
-    sqlx::query!(
-        r#"INSERT INTO request_audit (tenant_id, actor, role, method, route, path, status,
-                                      client_addr, request_id)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::inet, $9)"#,
-        entry.tenant_id,
-        entry.actor,
-        entry.role,
-        entry.method,
-        entry.route,
-        entry.path,
-        entry.status,
-        entry.client_addr.map(|ip| ip.to_string()),
-        entry.request_id,
-    )
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await
 }
 
 /// Filters of the trail.
@@ -212,17 +176,9 @@ pub struct AuditPage {
         (status = 422, description = "A bad filter", body = crate::openapi::Problem)))]
 pub async fn list(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path(tenant): Path<String>,
     ApiQuery(query): ApiQuery<AuditQuery>,
+    tenant: Tenant<ReadAudit>,
 ) -> Result<Json<AuditPage>, ApiError> {
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
-    if !matches!(actor.role, Role::Auditor | Role::Admin | Role::System) {
-        return Err(ApiError::Forbidden(format!(
-            "the audit trail is read by `auditor` and `admin`; this token has `{}`",
-            actor.role
-        )));
-    }
     let page = super::PageSize::from_param(query.limit)?;
     let (low, high) = match query.outcome.as_deref() {
         None => (100, 599),
@@ -239,38 +195,22 @@ pub async fn list(
     let denied_only = query.outcome.as_deref() == Some("denied");
     let failed_only = query.outcome.as_deref() == Some("failed");
     let operation = query.operation.map(|op| op.to_ascii_uppercase());
-    let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
-    let rows = sqlx::query!(
-        r#"SELECT audit_id, recorded_at, actor, role, method, route, path, status,
-                  host(client_addr) AS client, request_id
-           FROM request_audit
-           WHERE tenant_id = $1
-             AND ($2::text IS NULL OR actor = $2)
-             AND ($3::text IS NULL OR method = $3)
-             AND ($4::text IS NULL OR strpos(path, $4) > 0)
-             AND status BETWEEN $5 AND $6
-             AND (NOT $7 OR status IN (401, 403))
-             AND (NOT $8 OR status NOT IN (401, 403))
-             AND ($9::timestamptz IS NULL OR recorded_at >= $9)
-             AND ($10::timestamptz IS NULL OR recorded_at < $10)
-             AND ($11::bigint IS NULL OR audit_id < $11)
-           ORDER BY audit_id DESC LIMIT $12"#,
-        tenant.tenant_id,
-        query.actor,
-        operation,
-        query.resource,
-        i16::try_from(low).unwrap_or_default(),
-        i16::try_from(high).unwrap_or_default(),
+    let filter = store::Filter {
+        actor: query.actor,
+        method: operation,
+        path_contains: query.resource,
+        status: (
+            i16::try_from(low).unwrap_or_default(),
+            i16::try_from(high).unwrap_or_default(),
+        ),
         denied_only,
         failed_only,
-        query.from,
-        query.to,
-        query.cursor,
-        page.fetch(),
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
+        from: query.from,
+        to: query.to,
+        before: query.cursor,
+        limit: page.fetch(),
+    };
+    let rows = store::list(&state.pool, tenant.tenant_id, filter).await?;
     let mut items: Vec<AuditEntry> = rows
         .into_iter()
         .map(|row| AuditEntry {
@@ -294,4 +234,9 @@ pub async fn list(
         .collect();
     let next_cursor = page.cut(&mut items, |item| item.id);
     Ok(Json(AuditPage { items, next_cursor }))
+}
+
+/// The audit trail's route (the recording middleware is layered by the application).
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new().route("/tenants/{tenant}/audit", axum::routing::get(list))
 }

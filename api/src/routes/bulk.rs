@@ -1,22 +1,20 @@
 //! Bulk changes (API-BK-001, API-BK-002): up to 10,000 operations across kinds in one commit, or
 //! none of them and a report of every operation at fault.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use efms_domain::config::limits;
 use efms_domain::config::{Change, Expect, Operation};
 use efms_domain::envoy::ResourceKind;
-use efms_domain::Actor;
 use efms_projections::config::{self as read, AsOf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::jobs;
 use super::patching::{check_written, refusal_at};
-use super::resources::{branch_of, change_of, commit, effective_attachments, BranchParams};
-use crate::access::{tenant_access, Access, TenantAccess};
-use crate::auth::Principal;
+use super::resources::{change_of, commit, effective_attachments, BranchParams};
+use crate::access::{Tenant, TenantBranch, WriteConfig};
 use crate::error::{ApiError, FieldError};
 use crate::extract::{ApiJson, ApiQuery, CommitMeta};
 use crate::state::AppState;
@@ -105,14 +103,11 @@ pub struct BulkResult {
         (status = 503, description = "Committed, but the read models have not applied it within two minutes", body = crate::openapi::Problem)))]
 pub async fn bulk(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path(tenant): Path<String>,
-    ApiQuery(params): ApiQuery<BranchParams>,
+    ApiQuery(_): ApiQuery<BranchParams>,
+    TenantBranch { tenant, branch }: TenantBranch<WriteConfig>,
     meta: CommitMeta,
     ApiJson(request): ApiJson<BulkRequest>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
-    let branch = branch_of(&state, &tenant, params.branch).await?;
     if request.operations.len() > MAX_OPERATIONS {
         return Err(ApiError::Validation(vec![FieldError::at(
             "/operations",
@@ -120,18 +115,17 @@ pub async fn bulk(
         )]));
     }
     if request.operations.len() > jobs::SYNC_LIMIT {
-        return jobs::start(state, actor, meta, tenant, branch, request).await;
+        return jobs::start(state, meta, tenant, branch, request).await;
     }
-    let result = apply(&state, &actor, meta, (&tenant, &branch), &request, None).await?;
+    let result = apply(&state, meta, (&tenant, &branch), &request, None).await?;
     Ok(Json(result).into_response())
 }
 
 /// Validates and commits a bulk request; `progress`, when given, follows a job's way through it.
 pub(crate) async fn apply(
     state: &AppState,
-    actor: &Actor,
     meta: CommitMeta,
-    (tenant, branch): (&TenantAccess, &str),
+    (tenant, branch): (&Tenant<WriteConfig>, &str),
     request: &BulkRequest,
     progress: Option<&jobs::Progress>,
 ) -> Result<BulkResult, ApiError> {
@@ -192,16 +186,9 @@ pub(crate) async fn apply(
         progress.committing(request.operations.len());
     }
     let before = read::head_revision(&state.pool, tenant.tenant_id, branch).await?;
-    let position = commit(
-        state,
-        actor,
-        &meta,
-        (tenant, branch),
-        Operation::Bulk,
-        changes,
-    )
-    .await
-    .map_err(|error| at_operation(error, &keys))?;
+    let position = commit(state, &meta, (tenant, branch), Operation::Bulk, changes)
+        .await
+        .map_err(|error| at_operation(error, &keys))?;
     if let Some(position) = position {
         // A large commit takes the read models a while: the answer names its revision, so it
         // waits for them (longer than single writes do).
@@ -267,7 +254,7 @@ type Faults = Vec<(String, String)>;
 /// wrong with it (pointers within the operation).
 async fn operation_changes(
     state: &AppState,
-    (tenant, branch): (&TenantAccess, &str),
+    (tenant, branch): (&crate::access::TenantAccess, &str),
     operation: &BulkOperation,
 ) -> Result<Vec<Change>, Faults> {
     let kind = ResourceKind::from_collection(&operation.kind).ok_or_else(|| {
@@ -408,4 +395,16 @@ async fn patch_change(
         ));
     }
     Ok(change)
+}
+
+/// The largest bulk request body: 10,000 operations of up to three kilobytes each. A job holds its
+/// request until it ends, so this bounds what each running job keeps.
+pub const BULK_BODY_LIMIT: usize = 32 * 1024 * 1024;
+
+/// The bulk route, with its own body limit.
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new().route(
+        "/tenants/{tenant}/bulk",
+        axum::routing::post(bulk).layer(axum::extract::DefaultBodyLimit::max(BULK_BODY_LIMIT)),
+    )
 }

@@ -17,17 +17,25 @@ use efms_commands::Scope;
 use efms_domain::config::shared;
 use efms_domain::config::{references, ResourceRef, MAIN_BRANCH};
 use efms_domain::envoy::{check_name, ResourceKind};
-use efms_domain::{Actor, Role, TenantSlug};
+use efms_domain::TenantSlug;
 use efms_projections::config::{self as read, AsOf};
 use efms_projections::tenants::get_tenant;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::access::{tenant_access, Access, TenantAccess};
-use crate::auth::Principal;
+use crate::access::{ManageGrants, ReadConfig, Tenant, TenantAccess};
 use crate::error::{ApiError, FieldError};
 use crate::extract::ApiJson;
 use crate::state::AppState;
+use crate::store::grants::{self as store, Revocation, Side};
+
+/// The path of a grant: `{grantee}/{kind}/{name}`.
+#[derive(Debug, Deserialize)]
+pub struct GrantPath {
+    grantee: String,
+    kind: String,
+    name: String,
+}
 
 /// Body of a grant.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -71,25 +79,6 @@ pub struct SharedView {
     version: Option<i64>,
 }
 
-/// What a commit refers to in other tenants, or what a grant's revocation would break.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Dependent {
-    branch: String,
-    kind: String,
-    name: String,
-}
-
-fn admin_only(actor: &Actor) -> Result<(), ApiError> {
-    if matches!(actor.role, Role::Admin | Role::System) {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(format!(
-            "grants are managed by `admin`; this token has `{}`",
-            actor.role
-        )))
-    }
-}
-
 use efms_commands::configuration::sharing::shareable;
 
 /// `POST /api/v1/tenants/{tenant}/grants`: share a cluster or template of `main` with a tenant.
@@ -102,40 +91,25 @@ use efms_commands::configuration::sharing::shareable;
         (status = 422, description = "No such tenant or resource, a kind that is not shared, or a cluster that needs secrets", body = crate::openapi::Problem)))]
 pub async fn create(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path(tenant): Path<String>,
+    tenant: Tenant<ManageGrants>,
     ApiJson(body): ApiJson<NewGrant>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
-    admin_only(&actor)?;
     let (grantee, kind) = checked(&state, &tenant, &body).await?;
-    let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
-    let inserted = sqlx::query!(
-        r#"INSERT INTO resource_grants (tenant_id, owner_slug, kind, name, grantee_id, grantee_slug,
-                                        granted_by)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)
-           RETURNING granted_at"#,
-        tenant.tenant_id,
-        tenant.slug.as_str(),
-        kind.to_string(),
-        body.name,
-        grantee.tenant_id(),
-        grantee.as_str(),
-        actor.audit_name(),
-    )
-    .fetch_one(&mut *tx)
-    .await;
-    let granted_at = match inserted {
-        Ok(row) => row.granted_at,
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
-            return Err(ApiError::Conflict(format!(
-                "{kind} `{}` is shared with `{grantee}` already",
-                body.name
-            )))
-        }
-        Err(error) => return Err(error.into()),
+    let granted_by = tenant.actor().audit_name();
+    let kind_name = kind.to_string();
+    let grant = store::NewGrant {
+        owner: (tenant.tenant_id, tenant.slug.as_str()),
+        grantee: &grantee,
+        kind: &kind_name,
+        name: &body.name,
+        granted_by: &granted_by,
     };
-    tx.commit().await?;
+    let granted_at = store::create(&state.pool, grant).await?.ok_or_else(|| {
+        ApiError::Conflict(format!(
+            "{kind} `{}` is shared with `{grantee}` already",
+            body.name
+        ))
+    })?;
     Ok((
         StatusCode::CREATED,
         Json(GrantView {
@@ -145,7 +119,7 @@ pub async fn create(
             reference: shared::qualified(tenant.slug.as_str(), &body.name),
             name: body.name,
             granted_at,
-            granted_by: actor.audit_name(),
+            granted_by,
         }),
     )
         .into_response())
@@ -239,45 +213,20 @@ fn secret_ref(kind: ResourceKind, document: &Value) -> Option<ResourceRef> {
     responses((status = 200, description = "The grants, by kind, name and grantee", body = Vec<GrantView>)))]
 pub async fn list(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path(tenant): Path<String>,
+    tenant: Tenant<ReadConfig>,
 ) -> Result<Json<Vec<GrantView>>, ApiError> {
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
     let rows = grant_rows(&state, &tenant, Side::Given).await?;
     Ok(Json(rows.into_iter().map(|row| row.grant).collect()))
 }
 
-/// Which grants of a tenant: those it made, or those made to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Given,
-    Received,
-}
-
-/// The grants a tenant made or received, with the current documents of the shared resources.
-/// Row-level security shows a grantee the grants it received and the granted documents of the
-/// owner's `main`, nothing else of the owner's.
+/// The grants a tenant made or received, with the current documents of the shared resources
+/// (sensitive values redacted).
 async fn grant_rows(
     state: &AppState,
     tenant: &TenantAccess,
     side: Side,
 ) -> Result<Vec<SharedView>, ApiError> {
-    let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
-    let rows = sqlx::query!(
-        r#"SELECT g.owner_slug, g.kind, g.name, g.grantee_slug, g.granted_at, g.granted_by,
-                  r.document AS "document?", r.version AS "version?"
-           FROM resource_grants g
-           LEFT JOIN config_resources r
-             ON r.tenant_id = g.tenant_id AND r.branch = 'main' AND r.kind = g.kind
-                AND r.name = g.name
-           WHERE (g.tenant_id = $1 AND $2) OR (g.grantee_id = $1 AND NOT $2)
-           ORDER BY g.owner_slug, g.kind, g.name, g.grantee_slug"#,
-        tenant.tenant_id,
-        side == Side::Given,
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
+    let rows = store::list(&state.pool, tenant.tenant_id, side).await?;
     Ok(rows
         .into_iter()
         .map(|row| SharedView {
@@ -312,79 +261,39 @@ async fn grant_rows(
         (status = 409, description = "The grantee refers to the resource; the answer names where", body = crate::openapi::Problem)))]
 pub async fn delete(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path((tenant, grantee, kind, name)): Path<(String, String, String, String)>,
+    tenant: Tenant<ManageGrants>,
+    Path(GrantPath {
+        grantee,
+        kind,
+        name,
+    }): Path<GrantPath>,
 ) -> Result<StatusCode, ApiError> {
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
-    admin_only(&actor)?;
     let missing =
         || ApiError::NotFound(format!("`{kind}` `{name}` is not shared with `{grantee}`"));
     let grantee_slug = TenantSlug::parse(&grantee).map_err(|_| missing())?;
-    // First wait for the grantee's commits in flight: each holds this lock (shared) from reading
-    // what is shared with it until its commit is projected; those that start later wait until
-    // this revocation is decided. Taken before the transaction writes anything, it holds back no
-    // transaction id meanwhile, so the projector keeps reading the log.
-    let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
-    sqlx::query_scalar!(
-        r#"SELECT pg_advisory_xact_lock($1)::text AS "locked""#,
-        efms_commands::configuration::sharing::grantee_lock(grantee_slug.tenant_id()),
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    // Deleted first and kept only if nothing refers to the resource: the row stays locked
-    // meanwhile, so two revocations do not race.
-    let found = sqlx::query_scalar!(
-        r#"DELETE FROM resource_grants
-           WHERE tenant_id = $1 AND grantee_id = $2 AND kind = $3 AND name = $4
-           RETURNING 1 AS "found!""#,
+    let qualified = shared::qualified(tenant.slug.as_str(), &name);
+    let reference = format!("{kind}:{qualified}");
+    let revocation = store::revoke(
+        &state.pool,
         tenant.tenant_id,
-        grantee_slug.tenant_id(),
-        kind,
-        name,
+        (&grantee_slug, &kind, &name),
+        &reference,
     )
-    .fetch_optional(&mut *tx)
     .await?;
-    if found.is_none() {
-        return Err(missing());
+    match revocation {
+        Revocation::Revoked => Ok(StatusCode::NO_CONTENT),
+        Revocation::Missing => Err(missing()),
+        Revocation::InUse(dependents) => {
+            let listed = dependents
+                .iter()
+                .map(|d| format!("{} `{}` on branch `{}`", d.kind, d.name, d.branch))
+                .collect::<Vec<_>>()
+                .join(", ");
+            Err(ApiError::Conflict(format!(
+                "tenant `{grantee_slug}` refers to {kind} `{name}` as `{qualified}`: revoking would break {listed}"
+            )))
+        }
     }
-    let reference = format!("{kind}:{}", shared::qualified(tenant.slug.as_str(), &name));
-    let dependents = dependents(&state, &grantee_slug, &reference).await?;
-    if !dependents.is_empty() {
-        tx.rollback().await?;
-        let listed = dependents
-            .iter()
-            .map(|d| format!("{} `{}` on branch `{}`", d.kind, d.name, d.branch))
-            .collect::<Vec<_>>()
-            .join(", ");
-        return Err(ApiError::Conflict(format!(
-            "tenant `{grantee_slug}` refers to {kind} `{name}` as `{}`: revoking would break {listed}",
-            shared::qualified(tenant.slug.as_str(), &name)
-        )));
-    }
-    tx.commit().await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// The grantee's resources, on any branch, that refer to `reference` (`kind:owner/name`). This is
-/// the one read across tenants: it runs as the system role and returns only where the reference
-/// is made, never a document.
-async fn dependents(
-    state: &AppState,
-    grantee: &TenantSlug,
-    reference: &str,
-) -> Result<Vec<Dependent>, ApiError> {
-    let mut tx = Scope::System.begin(&state.pool).await?;
-    let rows = sqlx::query_as!(
-        Dependent,
-        r#"SELECT branch, kind, name FROM config_resources
-           WHERE tenant_id = $1 AND shared_refs ? $2 ORDER BY branch, kind, name LIMIT 100"#,
-        grantee.tenant_id(),
-        reference,
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(rows)
 }
 
 /// `GET /api/v1/tenants/{tenant}/shared`: what other tenants share with this one, with the
@@ -394,9 +303,19 @@ async fn dependents(
     responses((status = 200, description = "The resources shared with this tenant, by owner, kind and name", body = Vec<SharedView>)))]
 pub async fn received(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path(tenant): Path<String>,
+    tenant: Tenant<ReadConfig>,
 ) -> Result<Json<Vec<SharedView>>, ApiError> {
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
     Ok(Json(grant_rows(&state, &tenant, Side::Received).await?))
+}
+
+/// The sharing routes.
+pub fn router() -> axum::Router<AppState> {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/tenants/{tenant}/grants", get(list).post(create))
+        .route(
+            "/tenants/{tenant}/grants/{grantee}/{kind}/{name}",
+            axum::routing::delete(delete),
+        )
+        .route("/tenants/{tenant}/shared", get(received))
 }

@@ -21,11 +21,8 @@ pub async fn healthz() -> impl IntoResponse {
 /// `GET /readyz`: the process can serve requests (the database answers).
 #[utoipa::path(get, path = "/readyz", tag = "operations", security(()), responses((status = 200, description = "Ready"), (status = 503, description = "The database does not answer", body = crate::openapi::Problem)))]
 pub async fn readyz(State(pool): State<PgPool>) -> Result<impl IntoResponse, ApiError> {
-    match sqlx::query_scalar!(r#"SELECT 1 AS "one!""#)
-        .fetch_one(&pool)
-        .await
-    {
-        Ok(_) => Ok((
+    match crate::store::ping(&pool).await {
+        Ok(()) => Ok((
             StatusCode::OK,
             Json(json!({ "status": "ready", "database": "ok" })),
         )),
@@ -48,4 +45,13 @@ pub async fn metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
         )],
         metrics.render(),
     )
+}
+
+/// The operations routes: liveness, readiness and metrics, outside `/api/v1`.
+pub fn router() -> axum::Router<crate::state::AppState> {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
 }

@@ -17,19 +17,23 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use efms_commands::Scope;
-use efms_domain::Actor;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::bulk::{apply, BulkRequest};
-use crate::access::{tenant_access, Access, TenantAccess};
-use crate::auth::Principal;
+use crate::access::{ReadConfig, Tenant, WriteConfig};
 use crate::error::ApiError;
 use crate::extract::CommitMeta;
 use crate::limits::MAX_JOBS_PER_TENANT;
 use crate::state::AppState;
+use crate::store::jobs as store;
+
+/// The `{id}` of a job route.
+#[derive(Debug, Deserialize)]
+pub struct JobId {
+    id: String,
+}
 
 /// The most operations a bulk request answers synchronously; more run as a job.
 pub const SYNC_LIMIT: usize = 1_000;
@@ -89,9 +93,8 @@ pub struct JobView {
 /// Records a new job and runs it in the background; answers 202 with the job.
 pub(crate) async fn start(
     state: AppState,
-    actor: Actor,
     meta: CommitMeta,
-    tenant: TenantAccess,
+    tenant: Tenant<WriteConfig>,
     branch: String,
     request: BulkRequest,
 ) -> Result<Response, ApiError> {
@@ -102,34 +105,31 @@ pub(crate) async fn start(
     }
     let job_id = Uuid::now_v7();
     let total = i32::try_from(request.operations.len()).map_err(ApiError::internal)?;
-    let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
-    check_room(&state, &tenant, &mut tx).await?;
-    sqlx::query!(
-        r#"INSERT INTO bulk_jobs (tenant_id, job_id, branch, actor, state, total)
-           VALUES ($1, $2, $3, $4, 'queued', $5)"#,
-        tenant.tenant_id,
+    let limit = state.limits.max_jobs_per_tenant;
+    let new_job = store::NewJob {
+        tenant_id: tenant.tenant_id,
         job_id,
-        branch,
-        actor.audit_name(),
+        branch: &branch,
+        actor: &tenant.actor().audit_name(),
         total,
-    )
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
+    };
+    if let Err(running) = store::start(&state.pool, new_job, limit, STALE_AFTER).await? {
+        return Err(ApiError::TooManyRequests {
+            detail: format!(
+                "tenant `{}` has {running} bulk jobs running; the limit is {limit} ({MAX_JOBS_PER_TENANT}). \
+                 Retry when one has finished, or send up to {SYNC_LIMIT} operations to be applied at once",
+                tenant.slug
+            ),
+            retry_after_seconds: JOB_RETRY_AFTER_SECONDS,
+        });
+    }
     let view = load(&state, tenant.tenant_id, job_id).await?;
     let location = format!("/api/v1/tenants/{}/jobs/{job_id}", tenant.slug);
-    let work = run(
-        state.clone(),
-        actor,
-        meta,
-        tenant.clone(),
-        branch,
-        request,
-        job_id,
-    );
+    let tenant_id = tenant.tenant_id;
+    let work = run(state.clone(), meta, tenant, branch, request, job_id);
     if let Err(stopping) = state.background.spawn(work) {
         let refused = Err(ApiError::Unavailable(stopping.to_string()));
-        if let Err(error) = finish(&state, tenant.tenant_id, job_id, refused).await {
+        if let Err(error) = finish(&state, tenant_id, job_id, refused).await {
             tracing::error!(%job_id, %error, "cannot record a bulk job refused at stop");
         }
     }
@@ -141,59 +141,14 @@ pub(crate) async fn start(
     Ok(response)
 }
 
-/// Refuses (429) a new job while the tenant runs as many as it may. The count and the new job's
-/// record are made under a lock of the tenant's, so that concurrent starts, on any replica, cannot
-/// all see room for one more; a job whose record stopped moving no longer counts.
-async fn check_room(
-    state: &AppState,
-    tenant: &TenantAccess,
-    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-) -> Result<(), ApiError> {
-    let limit = state.limits.max_jobs_per_tenant;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(job_start_lock(tenant.tenant_id))
-        .execute(&mut **tx)
-        .await?;
-    let running: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM bulk_jobs
-         WHERE tenant_id = $1 AND finished_at IS NULL
-           AND updated_at > now() - make_interval(secs => $2)",
-    )
-    .bind(tenant.tenant_id)
-    .bind(STALE_AFTER.as_secs_f64())
-    .fetch_one(&mut **tx)
-    .await?;
-    if running >= i64::from(limit) {
-        return Err(ApiError::TooManyRequests {
-            detail: format!(
-                "tenant `{}` has {running} bulk jobs running; the limit is {limit} ({MAX_JOBS_PER_TENANT}). \
-                 Retry when one has finished, or send up to {SYNC_LIMIT} operations to be applied at once",
-                tenant.slug
-            ),
-            retry_after_seconds: JOB_RETRY_AFTER_SECONDS,
-        });
-    }
-    Ok(())
-}
-
-/// The advisory lock that orders the starts of a tenant's jobs.
-fn job_start_lock(tenant_id: Uuid) -> i64 {
-    let (high, low) = tenant_id.as_u64_pair();
-    i64::from_be_bytes((high ^ low ^ JOBS_LOCK_SALT).to_be_bytes())
-}
-
-/// Keeps the job start locks apart from any other advisory lock.
-const JOBS_LOCK_SALT: u64 = 0x6566_6d73_6a6f_6273;
-
 /// When a refused job may be tried again.
 const JOB_RETRY_AFTER_SECONDS: u32 = 5;
 
 /// Runs a job to its end, recording its progress meanwhile.
 async fn run(
     state: AppState,
-    actor: Actor,
     meta: CommitMeta,
-    tenant: TenantAccess,
+    tenant: Tenant<WriteConfig>,
     branch: String,
     request: BulkRequest,
     job_id: Uuid,
@@ -209,48 +164,21 @@ async fn run(
                     "validating"
                 };
                 let validated = progress.validated.load(Ordering::Relaxed);
-                if let Err(error) = record(&state, tenant_id, job_id, phase, validated).await {
+                if let Err(error) =
+                    store::record_progress(&state.pool, tenant_id, job_id, phase, validated).await
+                {
                     tracing::warn!(%job_id, %error, "cannot record a bulk job's progress");
                 }
                 tokio::time::sleep(PROGRESS_INTERVAL).await;
             }
         })
     };
-    let outcome = apply(
-        &state,
-        &actor,
-        meta,
-        (&tenant, &branch),
-        &request,
-        Some(&progress),
-    )
-    .await;
+    let outcome = apply(&state, meta, (&tenant, &branch), &request, Some(&progress)).await;
     recorder.abort();
     let _ = recorder.await;
     if let Err(error) = finish(&state, tenant.tenant_id, job_id, outcome).await {
         tracing::error!(%job_id, %error, "cannot record the end of a bulk job");
     }
-}
-
-async fn record(
-    state: &AppState,
-    tenant_id: Uuid,
-    job_id: Uuid,
-    phase: &str,
-    validated: usize,
-) -> Result<(), sqlx::Error> {
-    let mut tx = Scope::Tenant(tenant_id).begin(&state.pool).await?;
-    sqlx::query!(
-        r#"UPDATE bulk_jobs SET state = $3, validated = LEAST($4, total), updated_at = now()
-           WHERE tenant_id = $1 AND job_id = $2 AND finished_at IS NULL"#,
-        tenant_id,
-        job_id,
-        phase,
-        i32::try_from(validated).unwrap_or(i32::MAX),
-    )
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await
 }
 
 async fn finish(
@@ -259,47 +187,27 @@ async fn finish(
     job_id: Uuid,
     outcome: Result<super::bulk::BulkResult, ApiError>,
 ) -> Result<(), sqlx::Error> {
-    let (phase, applied, revision, problem) = match outcome {
-        Ok(result) => (
-            "succeeded",
-            i32::try_from(result.operations).unwrap_or(i32::MAX),
-            result.revision,
-            None,
-        ),
-        Err(error) => ("failed", 0, None, Some(error.problem())),
+    let end = match outcome {
+        Ok(result) => store::JobEnd {
+            state: "succeeded",
+            applied: i32::try_from(result.operations).unwrap_or(i32::MAX),
+            revision: result.revision,
+            problem: None,
+        },
+        Err(error) => store::JobEnd {
+            state: "failed",
+            applied: 0,
+            revision: None,
+            problem: Some(error.problem()),
+        },
     };
-    let mut tx = Scope::Tenant(tenant_id).begin(&state.pool).await?;
-    sqlx::query!(
-        r#"UPDATE bulk_jobs
-           SET state = $3, applied = $4, revision = $5, problem = $6,
-               validated = CASE WHEN $3 = 'succeeded' THEN total ELSE validated END,
-               updated_at = now(), finished_at = now()
-           WHERE tenant_id = $1 AND job_id = $2"#,
-        tenant_id,
-        job_id,
-        phase,
-        applied,
-        revision,
-        problem,
-    )
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await
+    store::finish(&state.pool, tenant_id, job_id, end).await
 }
 
 async fn load(state: &AppState, tenant_id: Uuid, job_id: Uuid) -> Result<JobView, ApiError> {
-    let mut tx = Scope::Tenant(tenant_id).begin(&state.pool).await?;
-    let row = sqlx::query!(
-        r#"SELECT job_id, state, branch, total, validated, applied, revision, problem,
-                  created_at, updated_at, finished_at
-           FROM bulk_jobs WHERE tenant_id = $1 AND job_id = $2"#,
-        tenant_id,
-        job_id,
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    let row = row.ok_or_else(|| ApiError::NotFound(format!("there is no job `{job_id}`")))?;
+    let row = store::load(&state.pool, tenant_id, job_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("there is no job `{job_id}`")))?;
     let interrupted = row.finished_at.is_none()
         && (Utc::now() - row.updated_at).to_std().unwrap_or_default() > STALE_AFTER;
     let (job_state, problem) = if interrupted {
@@ -338,11 +246,15 @@ async fn load(state: &AppState, tenant_id: Uuid, job_id: Uuid) -> Result<JobView
         (status = 404, description = "No such job", body = crate::openapi::Problem)))]
 pub async fn get(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path((tenant, id)): Path<(String, String)>,
+    tenant: Tenant<ReadConfig>,
+    Path(JobId { id }): Path<JobId>,
 ) -> Result<Json<JobView>, ApiError> {
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
     let job_id =
         Uuid::parse_str(&id).map_err(|_| ApiError::NotFound(format!("there is no job `{id}`")))?;
     Ok(Json(load(&state, tenant.tenant_id, job_id).await?))
+}
+
+/// The bulk jobs' route.
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new().route("/tenants/{tenant}/jobs/{id}", axum::routing::get(get))
 }

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use axum::extract::{ConnectInfo, State};
 use axum::{Extension, Json};
-use efms_commands::Scope;
 use efms_domain::{Role, TenantSlug};
 use serde::{Deserialize, Serialize};
 
@@ -111,16 +110,9 @@ pub async fn login(
             client.map(|Extension(ConnectInfo(ClientAddr(addr)))| addr.ip()),
         )
         .map_err(|refusal| throttled(refusal, &body.username, throttle.limits().window))?;
-    let mut tx = Scope::Tenant(slug.tenant_id()).begin(&state.pool).await?;
-    let user = sqlx::query!(
-        r#"SELECT user_id, role, password_hash, generation FROM users
-           WHERE tenant_id = $1 AND username = $2 AND deleted_at IS NULL AND kind = 'person'"#,
-        slug.tenant_id(),
-        body.username,
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    tx.commit().await?;
+    let user =
+        crate::store::users::person_credentials(&state.pool, slug.tenant_id(), &body.username)
+            .await?;
     let stored = user.as_ref().and_then(|user| user.password_hash.clone());
     let verified = crate::passwords::verify(body.password, stored).await?;
     let Some(user) = user.filter(|_| verified) else {
@@ -149,4 +141,9 @@ pub async fn login(
         token_type: "Bearer",
         expires_in: LOGIN_TTL.as_secs(),
     }))
+}
+
+/// The login route (it needs no token).
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new().route("/auth/token", axum::routing::post(login))
 }

@@ -19,6 +19,21 @@ pub enum PatchBody {
     Merge(Value),
 }
 
+impl<S: Send + Sync> axum::extract::FromRequest<S> for PatchBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let headers = request.headers().clone();
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| ApiError::BadRequest {
+                detail: rejection.body_text(),
+                errors: Vec::new(),
+            })?;
+        Self::parse(&headers, &bytes)
+    }
+}
+
 impl PatchBody {
     /// The patch of a `PATCH` request, by its media type.
     pub fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Self, ApiError> {

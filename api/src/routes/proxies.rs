@@ -14,12 +14,17 @@ use efms_projections::snapshots::XDS_KINDS;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::resources::kind_of;
-use crate::access::{tenant_access, Access};
-use crate::auth::Principal;
+use super::resources::ResourcePath;
+use crate::access::{ReadConfig, Tenant, WriteConfig};
 use crate::error::{ApiError, FieldError};
 use crate::extract::ApiQuery;
 use crate::state::AppState;
+
+/// The `{node_id}` of a proxy route.
+#[derive(Debug, Deserialize)]
+pub struct NodeId {
+    node_id: String,
+}
 
 /// The downstream connections a bootstrapped Envoy accepts at most.
 const MAX_DOWNSTREAM_CONNECTIONS: u32 = 50_000;
@@ -189,11 +194,9 @@ pub struct ProxiesPage {
         (status = 404, description = "No such tenant", body = crate::openapi::Problem)))]
 pub async fn list(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path(tenant): Path<String>,
     ApiQuery(params): ApiQuery<ProxiesParams>,
+    tenant: Tenant<ReadConfig>,
 ) -> Result<Json<ProxiesPage>, ApiError> {
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
     let page = super::PageSize::from_param(params.limit)?;
     let mut rows = status::list_proxies(
         &state.pool,
@@ -236,11 +239,10 @@ pub struct ProxyParams {
         (status = 404, description = "No such proxy", body = crate::openapi::Problem)))]
 pub async fn get(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path((tenant, node_id)): Path<(String, String)>,
+    Path(NodeId { node_id }): Path<NodeId>,
     ApiQuery(params): ApiQuery<ProxyParams>,
+    tenant: Tenant<ReadConfig>,
 ) -> Result<Json<Proxy>, ApiError> {
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
     let row = status::get_proxy(&state.pool, tenant.tenant_id, &node_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no proxy `{node_id}` has connected")))?;
@@ -319,11 +321,10 @@ pub struct TransitionsPage {
         (status = 422, description = "Bad paging", body = crate::openapi::Problem)))]
 pub async fn history(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path((tenant, node_id)): Path<(String, String)>,
+    Path(NodeId { node_id }): Path<NodeId>,
     ApiQuery(params): ApiQuery<HistoryParams>,
+    tenant: Tenant<ReadConfig>,
 ) -> Result<Json<TransitionsPage>, ApiError> {
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
     let page = super::PageSize::from_param(params.limit)?;
     status::get_proxy(&state.pool, tenant.tenant_id, &node_id)
         .await?
@@ -392,16 +393,16 @@ pub struct BootstrapParams {
         (status = 422, description = "Bad node id, protocol or TTL", body = crate::openapi::Problem)))]
 pub async fn bootstrap(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path((tenant, collection, group)): Path<(String, String, String)>,
+    ResourcePath { kind, name: group }: ResourcePath,
     ApiQuery(params): ApiQuery<BootstrapParams>,
+    tenant: Tenant<WriteConfig>,
 ) -> Result<Json<Value>, ApiError> {
-    if kind_of(&collection)? != ResourceKind::Group {
+    if kind != ResourceKind::Group {
         return Err(ApiError::NotFound(format!(
-            "only groups have a bootstrap, not {collection}"
+            "only groups have a bootstrap, not {}",
+            kind.collection()
         )));
     }
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
     let mut errors = Vec::new();
     if let Err(problem) = check_name(&params.node_id) {
         errors.push(FieldError::parameter("node_id", problem));
@@ -432,7 +433,6 @@ pub async fn bootstrap(
     }
     let token = super::proxy_tokens::mint(
         &state,
-        &actor,
         &tenant,
         (&group, &params.node_id),
         ttl.expect("checked"),
@@ -551,4 +551,20 @@ fn bootstrap_document(spec: &BootstrapSpec<'_>) -> Value {
             json!({ "name": "envoy.transport_sockets.tls", "typed_config": tls });
     }
     bootstrap
+}
+
+/// The routes of proxies and their bootstraps.
+pub fn router() -> axum::Router<AppState> {
+    use axum::routing;
+    axum::Router::new()
+        .route("/tenants/{tenant}/proxies", routing::get(list))
+        .route("/tenants/{tenant}/proxies/{node_id}", routing::get(get))
+        .route(
+            "/tenants/{tenant}/proxies/{node_id}/history",
+            routing::get(history),
+        )
+        .route(
+            "/tenants/{tenant}/{kind}/{name}/bootstrap",
+            routing::get(bootstrap),
+        )
 }

@@ -12,18 +12,22 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use efms_commands::Scope;
-use efms_domain::{Actor, Role};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::access::{tenant_access, Access, TenantAccess};
-use crate::auth::Principal;
+use crate::access::{ManageProxyTokens, Tenant, WriteConfig};
 use crate::credentials::ProxyBinding;
 use crate::error::{ApiError, FieldError};
 use crate::extract::ApiQuery;
 use crate::state::AppState;
+use crate::store::proxy_tokens as store;
 use crate::ttl::{format_ttl, parse_ttl};
+
+/// The `{id}` of a proxy token route.
+#[derive(Debug, Deserialize)]
+pub struct TokenId {
+    id: String,
+}
 
 /// A proxy token, as the list shows it (never the token itself).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -68,22 +72,17 @@ pub struct ProxyTokensParams {
     group: Option<String>,
 }
 
-type Row = (
-    Uuid,
-    String,
-    Option<String>,
-    String,
-    DateTime<Utc>,
-    DateTime<Utc>,
-    Option<DateTime<Utc>>,
-    Option<String>,
-);
-
-const COLUMNS: &str =
-    "token_id, group_name, node_id, issued_by, issued_at, expires_at, revoked_at, revoked_by";
-
-fn view(row: Row) -> ProxyTokenView {
-    let (id, group, node_id, issued_by, issued_at, expires_at, revoked_at, revoked_by) = row;
+fn view(row: store::ProxyTokenRow) -> ProxyTokenView {
+    let store::ProxyTokenRow {
+        token_id: id,
+        group_name: group,
+        node_id,
+        issued_by,
+        issued_at,
+        expires_at,
+        revoked_at,
+        revoked_by,
+    } = row;
     let state = if revoked_at.is_some() {
         "revoked"
     } else if expires_at <= Utc::now() {
@@ -104,18 +103,6 @@ fn view(row: Row) -> ProxyTokenView {
     }
 }
 
-/// Proxy tokens are listed and revoked by the roles that mint them.
-fn minting_role(actor: &Actor) -> Result<(), ApiError> {
-    if matches!(actor.role, Role::Admin | Role::Operator | Role::System) {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(format!(
-            "proxy tokens are listed and revoked by `operator` or `admin`; this token has `{}`",
-            actor.role
-        )))
-    }
-}
-
 /// `GET /api/v1/tenants/{tenant}/proxy-tokens`: the proxy tokens bootstraps minted, newest
 /// first, with their group, node, issuer, expiry and revocation.
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/proxy-tokens", tag = "proxies",
@@ -126,28 +113,17 @@ fn minting_role(actor: &Actor) -> Result<(), ApiError> {
         (status = 422, description = "Bad paging", body = crate::openapi::Problem)))]
 pub async fn list(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path(tenant): Path<String>,
     ApiQuery(params): ApiQuery<ProxyTokensParams>,
+    tenant: Tenant<ManageProxyTokens>,
 ) -> Result<Json<ProxyTokensPage>, ApiError> {
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
-    minting_role(&actor)?;
     let page = super::PageSize::from_param(params.limit)?;
-    let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
-    let mut rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM proxy_tokens
-         WHERE tenant_id = $1 AND ($2::uuid IS NULL OR token_id < $2)
-           AND ($3::text IS NULL OR group_name = $3)
-         ORDER BY token_id DESC LIMIT $4"
-    ))
-    .bind(tenant.tenant_id)
-    .bind(params.cursor)
-    .bind(params.group)
-    .bind(page.fetch())
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    let next_cursor = page.cut(&mut rows, |row| row.0);
+    let query = store::PageQuery {
+        before: params.cursor,
+        group: params.group.as_deref(),
+        limit: page.fetch(),
+    };
+    let mut rows = store::list(&state.pool, tenant.tenant_id, query).await?;
+    let next_cursor = page.cut(&mut rows, |row| row.token_id);
     Ok(Json(ProxyTokensPage {
         items: rows.into_iter().map(view).collect(),
         next_cursor,
@@ -164,27 +140,15 @@ pub async fn list(
         (status = 404, description = "No such proxy token", body = crate::openapi::Problem)))]
 pub async fn revoke(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path((tenant, id)): Path<(String, String)>,
+    tenant: Tenant<ManageProxyTokens>,
+    Path(TokenId { id }): Path<TokenId>,
 ) -> Result<StatusCode, ApiError> {
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
-    minting_role(&actor)?;
     let missing = || ApiError::NotFound(format!("there is no proxy token `{id}`"));
     let token_id = Uuid::parse_str(&id).map_err(|_| missing())?;
-    let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
-    let found: Option<(bool,)> = sqlx::query_as(
-        "UPDATE proxy_tokens
-         SET revoked_at = coalesce(revoked_at, now()), revoked_by = coalesce(revoked_by, $3)
-         WHERE tenant_id = $1 AND token_id = $2
-         RETURNING true",
-    )
-    .bind(tenant.tenant_id)
-    .bind(token_id)
-    .bind(actor.audit_name())
-    .fetch_optional(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    found.ok_or_else(missing)?;
+    let revoked_by = tenant.actor().audit_name();
+    if !store::revoke(&state.pool, tenant.tenant_id, token_id, &revoked_by).await? {
+        return Err(missing());
+    }
     state.xds.recheck_credentials();
     Ok(StatusCode::NO_CONTENT)
 }
@@ -210,8 +174,7 @@ pub(crate) fn token_ttl(state: &AppState, asked: Option<&str>) -> Result<Duratio
 /// it so that it can be listed and revoked.
 pub(crate) async fn mint(
     state: &AppState,
-    actor: &Actor,
-    tenant: &TenantAccess,
+    tenant: &Tenant<WriteConfig>,
     (group, node_id): (&str, &str),
     ttl: Duration,
 ) -> Result<String, ApiError> {
@@ -221,19 +184,6 @@ pub(crate) async fn mint(
         .and_then(chrono::TimeDelta::try_seconds)
         .and_then(|ttl| Utc::now().checked_add_signed(ttl))
         .ok_or_else(|| ApiError::internal("the token lifetime is out of range"))?;
-    let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
-    sqlx::query(
-        "INSERT INTO proxy_tokens (tenant_id, token_id, group_name, node_id, issued_by, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(tenant.tenant_id)
-    .bind(token_id)
-    .bind(group)
-    .bind(node_id)
-    .bind(actor.audit_name())
-    .bind(expires_at)
-    .execute(&mut *tx)
-    .await?;
     let token = state
         .jwt
         .issue_proxy(
@@ -246,6 +196,25 @@ pub(crate) async fn mint(
             ttl,
         )
         .map_err(ApiError::internal)?;
-    tx.commit().await?;
+    // Stored once issued: a token that could not be issued leaves no record.
+    let record = store::NewProxyToken {
+        tenant_id: tenant.tenant_id,
+        token_id,
+        group,
+        node_id,
+        issued_by: &tenant.actor().audit_name(),
+        expires_at,
+    };
+    store::insert(&state.pool, record).await?;
     Ok(token)
+}
+
+/// The proxy tokens' routes.
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new()
+        .route("/tenants/{tenant}/proxy-tokens", axum::routing::get(list))
+        .route(
+            "/tenants/{tenant}/proxy-tokens/{id}",
+            axum::routing::delete(revoke),
+        )
 }

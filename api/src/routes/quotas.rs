@@ -9,19 +9,17 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use efms_commands::Scope;
-use efms_domain::Role;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::access::{tenant_access, Access};
-use crate::auth::Principal;
+use crate::access::{ReadConfig, SetQuotas, Tenant};
 use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::state::AppState;
+use crate::store::quotas as store;
 
 /// A tenant's limits; `null` is no limit.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -67,10 +65,8 @@ pub struct QuotaView {
         (status = 404, description = "No such tenant", body = crate::openapi::Problem)))]
 pub async fn get(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path(tenant): Path<String>,
+    tenant: Tenant<ReadConfig>,
 ) -> Result<Json<QuotaView>, ApiError> {
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
     Ok(Json(view(&state, tenant.tenant_id).await?))
 }
 
@@ -83,89 +79,46 @@ pub async fn get(
         (status = 404, description = "No such tenant", body = crate::openapi::Problem)))]
 pub async fn put(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path(tenant): Path<String>,
+    tenant: Tenant<SetQuotas>,
     ApiJson(limits): ApiJson<Limits>,
 ) -> Result<Json<QuotaView>, ApiError> {
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
-    if actor.role != Role::System {
-        return Err(ApiError::Forbidden(format!(
-            "quotas are set by the `system` role; this token has `{}`",
-            actor.role
-        )));
-    }
-    let mut tx = Scope::System.begin(&state.pool).await?;
-    sqlx::query!(
-        r#"INSERT INTO tenant_quotas (tenant_id, resources_per_kind, writes_per_minute, proxies,
-                                      updated_by)
-           VALUES ($1, $2, $3, $4, $5)
-           ON CONFLICT (tenant_id) DO UPDATE
-           SET resources_per_kind = EXCLUDED.resources_per_kind,
-               writes_per_minute = EXCLUDED.writes_per_minute,
-               proxies = EXCLUDED.proxies,
-               updated_at = now(), updated_by = EXCLUDED.updated_by"#,
+    let stored = |limit: Option<u32>| limit.and_then(|n| i32::try_from(n).ok());
+    let limits = store::StoredLimits {
+        resources_per_kind: stored(limits.resources_per_kind),
+        writes_per_minute: stored(limits.writes_per_minute),
+        proxies: stored(limits.proxies),
+    };
+    store::set(
+        &state.pool,
         tenant.tenant_id,
-        limits
-            .resources_per_kind
-            .map(i64::from)
-            .and_then(|n| i32::try_from(n).ok()),
-        limits
-            .writes_per_minute
-            .map(i64::from)
-            .and_then(|n| i32::try_from(n).ok()),
-        limits
-            .proxies
-            .map(i64::from)
-            .and_then(|n| i32::try_from(n).ok()),
-        actor.audit_name(),
+        limits,
+        &tenant.actor().audit_name(),
     )
-    .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
     Ok(Json(view(&state, tenant.tenant_id).await?))
 }
 
 async fn view(state: &AppState, tenant_id: Uuid) -> Result<QuotaView, ApiError> {
-    let mut tx = Scope::Tenant(tenant_id).begin(&state.pool).await?;
-    let row = sqlx::query!(
-        r#"SELECT resources_per_kind, writes_per_minute, proxies, updated_at, updated_by
-           FROM tenant_quotas WHERE tenant_id = $1"#,
-        tenant_id,
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    let resources = sqlx::query!(
-        r#"SELECT kind, count(*) AS "count!" FROM config_resources
-           WHERE tenant_id = $1 AND branch = 'main' GROUP BY kind ORDER BY kind"#,
-        tenant_id,
-    )
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .map(|row| (row.kind, row.count))
-    .collect();
-    let writes_last_minute =
-        efms_commands::configuration::quotas::recent_writes(&mut tx, tenant_id).await?;
-    let proxies_connected = sqlx::query_scalar!(
-        r#"SELECT count(*) AS "count!" FROM proxies WHERE tenant_id = $1 AND streams > 0"#,
-        tenant_id,
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await?;
+    let (set, usage) = store::limits_and_usage(&state.pool, tenant_id).await?;
     let to_u32 = |n: Option<i32>| n.and_then(|n| u32::try_from(n).ok());
+    let limits = set.as_ref().map(|set| set.limits).unwrap_or_default();
     Ok(QuotaView {
         limits: Limits {
-            resources_per_kind: to_u32(row.as_ref().and_then(|r| r.resources_per_kind)),
-            writes_per_minute: to_u32(row.as_ref().and_then(|r| r.writes_per_minute)),
-            proxies: to_u32(row.as_ref().and_then(|r| r.proxies)),
+            resources_per_kind: to_u32(limits.resources_per_kind),
+            writes_per_minute: to_u32(limits.writes_per_minute),
+            proxies: to_u32(limits.proxies),
         },
         usage: Usage {
-            resources,
-            writes_last_minute,
-            proxies_connected,
+            resources: usage.resources,
+            writes_last_minute: usage.writes_last_minute,
+            proxies_connected: usage.proxies_connected,
         },
-        updated_at: row.as_ref().map(|r| r.updated_at),
-        updated_by: row.map(|r| r.updated_by),
+        updated_at: set.as_ref().map(|set| set.updated_at),
+        updated_by: set.map(|set| set.updated_by),
     })
+}
+
+/// The quotas' route.
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new().route("/tenants/{tenant}/quotas", axum::routing::get(get).put(put))
 }

@@ -240,3 +240,11 @@ fn scope_of(actor: &Actor) -> Scope {
 fn etag(version: i64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).expect("a number is a valid header value")
 }
+
+/// The tenant registry's routes.
+pub fn router() -> axum::Router<AppState> {
+    use axum::routing;
+    axum::Router::new()
+        .route("/tenants", routing::get(list).post(create))
+        .route("/tenants/{slug}", routing::get(get))
+}

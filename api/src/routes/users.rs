@@ -12,16 +12,36 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use efms_commands::Scope;
 use efms_domain::Role;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::access::{tenant_access, Access, TenantAccess};
-use crate::auth::{Principal, TokenUser};
+use crate::access::{ManageUsers, ReadUsers, Tenant};
+use crate::auth::TokenUser;
 use crate::error::{ApiError, FieldError};
 use crate::extract::ApiJson;
 use crate::state::AppState;
+use crate::store::users as store;
+
+/// The `{id}` of a user route.
+#[derive(Debug, Deserialize)]
+pub struct UserId {
+    id: String,
+}
+
+impl From<store::UserRow> for UserView {
+    fn from(row: store::UserRow) -> Self {
+        Self {
+            id: row.user_id,
+            username: row.username,
+            role: row.role,
+            kind: row.kind,
+            created_at: row.created_at,
+            created_by: row.created_by,
+            token: None,
+        }
+    }
+}
 
 /// How long a service account's token lives.
 const SERVICE_TTL: Duration = Duration::from_secs(365 * 86_400);
@@ -59,17 +79,6 @@ pub struct UserView {
     token: Option<String>,
 }
 
-fn admin_only(actor: &efms_domain::Actor) -> Result<(), ApiError> {
-    if matches!(actor.role, Role::Admin | Role::System) {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(format!(
-            "users are managed by `admin`; this token has `{}`",
-            actor.role
-        )))
-    }
-}
-
 /// `POST /api/v1/tenants/{tenant}/users`: a person or a service account.
 #[utoipa::path(post, path = "/api/v1/tenants/{tenant}/users", tag = "users",
     params(("tenant" = String, Path, description = "Tenant slug")),
@@ -80,12 +89,9 @@ fn admin_only(actor: &efms_domain::Actor) -> Result<(), ApiError> {
         (status = 422, description = "Bad name, role or password", body = crate::openapi::Problem)))]
 pub async fn create(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path(tenant): Path<String>,
+    tenant: Tenant<ManageUsers>,
     ApiJson(body): ApiJson<NewUser>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
-    admin_only(&actor)?;
     let (role, password) = checked(&body)?;
     let hash = match password {
         Some(password) => Some(crate::passwords::hash(password.to_owned()).await?),
@@ -93,32 +99,19 @@ pub async fn create(
     };
     let user_id = Uuid::now_v7();
     let kind = if body.service { "service" } else { "person" };
-    let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
-    let inserted = sqlx::query!(
-        r#"INSERT INTO users (tenant_id, user_id, username, role, kind, password_hash, created_by)
-           VALUES ($1, $2, $3, $4, $5, $6, $7)
-           RETURNING created_at"#,
-        tenant.tenant_id,
+    let created_by = tenant.actor().audit_name();
+    let new_user = store::NewUser {
+        tenant_id: tenant.tenant_id,
         user_id,
-        body.username,
-        role.to_string(),
+        username: &body.username,
+        role: role.as_str(),
         kind,
-        hash,
-        actor.audit_name(),
-    )
-    .fetch_one(&mut *tx)
-    .await;
-    let created_at = match inserted {
-        Ok(row) => row.created_at,
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
-            return Err(ApiError::Conflict(format!(
-                "there is a user `{}` already",
-                body.username
-            )))
-        }
-        Err(error) => return Err(error.into()),
+        password_hash: hash,
+        created_by: &created_by,
     };
-    tx.commit().await?;
+    let created_at = store::create(&state.pool, new_user).await?.ok_or_else(|| {
+        ApiError::Conflict(format!("there is a user `{}` already", body.username))
+    })?;
     let token = body
         .service
         .then(|| {
@@ -143,7 +136,7 @@ pub async fn create(
             role: role.to_string(),
             kind: kind.to_owned(),
             created_at,
-            created_by: actor.audit_name(),
+            created_by,
             token,
         }),
     )
@@ -240,12 +233,10 @@ pub struct UserChange {
         (status = 422, description = "Nothing to change, a bad role or password, or a password for a service account", body = crate::openapi::Problem)))]
 pub async fn change(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path((tenant, id)): Path<(String, String)>,
+    tenant: Tenant<ManageUsers>,
+    Path(UserId { id }): Path<UserId>,
     ApiJson(body): ApiJson<UserChange>,
 ) -> Result<Json<UserView>, ApiError> {
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
-    admin_only(&actor)?;
     let missing = || ApiError::NotFound(format!("there is no user `{id}`"));
     let user_id = Uuid::parse_str(&id).map_err(|_| missing())?;
     let mut errors = Vec::new();
@@ -265,63 +256,47 @@ pub async fn change(
         Some(password) => Some(crate::passwords::hash(password.to_owned()).await?),
         None => None,
     };
-    let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
-    let kind = sqlx::query_scalar!(
-        r#"SELECT kind FROM users WHERE tenant_id = $1 AND user_id = $2 AND deleted_at IS NULL
-           FOR UPDATE"#,
-        tenant.tenant_id,
-        user_id,
-    )
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or_else(missing)?;
-    if kind == "service" && body.password.is_some() {
-        errors.push(FieldError::at(
-            "/password",
-            "a service account has no password; it gets a token",
-        ));
-    }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let row = sqlx::query!(
-        r#"UPDATE users SET role = coalesce($3, role), password_hash = coalesce($4, password_hash),
-                            generation = generation + 1
-           WHERE tenant_id = $1 AND user_id = $2
-           RETURNING username, role, kind, created_at, created_by, generation"#,
-        tenant.tenant_id,
-        user_id,
+    let changed = store::change(
+        &state.pool,
+        (tenant.tenant_id, user_id),
         role.map(|role| role.to_string()),
         hash,
+        body.password.is_some(),
     )
-    .fetch_one(&mut *tx)
     .await?;
-    tx.commit().await?;
+    let (user, generation) = match changed {
+        store::Changed::Missing => return Err(missing()),
+        store::Changed::PasswordForService => {
+            return Err(ApiError::Validation(vec![FieldError::at(
+                "/password",
+                "a service account has no password; it gets a token",
+            )]))
+        }
+        store::Changed::Done { user, generation } => (user, generation),
+    };
     // The user's open xDS streams end now on this replica, on others at their next check.
     state.xds.recheck_credentials();
-    let token = if row.kind == "service" {
-        let role: Role = row.role.parse().map_err(ApiError::internal)?;
-        let user = TokenUser {
+    let token = if user.kind == "service" {
+        let role: Role = user.role.parse().map_err(ApiError::internal)?;
+        let token_user = TokenUser {
             uid: user_id,
-            generation: row.generation,
+            generation,
         };
         Some(
             state
                 .jwt
-                .issue_for_user(&row.username, role, &tenant.slug, user, SERVICE_TTL)
+                .issue_for_user(&user.username, role, &tenant.slug, token_user, SERVICE_TTL)
                 .map_err(ApiError::internal)?,
         )
     } else {
         None
     };
     Ok(Json(UserView {
-        id: user_id,
-        username: row.username,
-        role: row.role,
-        kind: row.kind,
-        created_at: row.created_at,
-        created_by: row.created_by,
         token,
+        ..UserView::from(user)
     }))
 }
 
@@ -332,11 +307,10 @@ pub async fn change(
         (status = 403, description = "Only admins and auditors list users", body = crate::openapi::Problem)))]
 pub async fn list(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path(tenant): Path<String>,
+    tenant: Tenant<ReadUsers>,
 ) -> Result<Json<Vec<UserView>>, ApiError> {
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
-    Ok(Json(live_users(&state, &actor, &tenant, None).await?))
+    let users = store::live(&state.pool, tenant.tenant_id, None).await?;
+    Ok(Json(users.into_iter().map(UserView::from).collect()))
 }
 
 /// `GET /api/v1/tenants/{tenant}/users/{id}`: one live user.
@@ -347,55 +321,16 @@ pub async fn list(
         (status = 404, description = "No such user", body = crate::openapi::Problem)))]
 pub async fn get(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path((tenant, id)): Path<(String, String)>,
+    tenant: Tenant<ReadUsers>,
+    Path(UserId { id }): Path<UserId>,
 ) -> Result<Json<UserView>, ApiError> {
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
     let missing = || ApiError::NotFound(format!("there is no user `{id}`"));
     let user_id = Uuid::parse_str(&id).map_err(|_| missing())?;
-    live_users(&state, &actor, &tenant, Some(user_id))
+    store::live(&state.pool, tenant.tenant_id, Some(user_id))
         .await?
         .pop()
-        .map(Json)
+        .map(|user| Json(UserView::from(user)))
         .ok_or_else(missing)
-}
-
-/// The tenant's live users by name (only `only`, when given), for admins and auditors.
-async fn live_users(
-    state: &AppState,
-    actor: &efms_domain::Actor,
-    tenant: &TenantAccess,
-    only: Option<Uuid>,
-) -> Result<Vec<UserView>, ApiError> {
-    if !matches!(actor.role, Role::Admin | Role::Auditor | Role::System) {
-        return Err(ApiError::Forbidden(format!(
-            "users are read by `admin` and `auditor`; this token has `{}`",
-            actor.role
-        )));
-    }
-    let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
-    let rows = sqlx::query!(
-        r#"SELECT user_id, username, role, kind, created_at, created_by FROM users
-           WHERE tenant_id = $1 AND deleted_at IS NULL AND ($2::uuid IS NULL OR user_id = $2)
-           ORDER BY username"#,
-        tenant.tenant_id,
-        only,
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| UserView {
-            id: row.user_id,
-            username: row.username,
-            role: row.role,
-            kind: row.kind,
-            created_at: row.created_at,
-            created_by: row.created_by,
-            token: None,
-        })
-        .collect())
 }
 
 /// `DELETE /api/v1/tenants/{tenant}/users/{id}`: every token of the user is refused from now on.
@@ -406,27 +341,25 @@ async fn live_users(
         (status = 404, description = "No such user", body = crate::openapi::Problem)))]
 pub async fn delete(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path((tenant, id)): Path<(String, String)>,
+    tenant: Tenant<ManageUsers>,
+    Path(UserId { id }): Path<UserId>,
 ) -> Result<StatusCode, ApiError> {
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
-    admin_only(&actor)?;
     let missing = || ApiError::NotFound(format!("there is no user `{id}`"));
     let user_id = Uuid::parse_str(&id).map_err(|_| missing())?;
-    let mut tx = Scope::Tenant(tenant.tenant_id).begin(&state.pool).await?;
-    let deleted = sqlx::query!(
-        r#"UPDATE users SET deleted_at = now()
-           WHERE tenant_id = $1 AND user_id = $2 AND deleted_at IS NULL"#,
-        tenant.tenant_id,
-        user_id,
-    )
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    tx.commit().await?;
-    if deleted == 0 {
+    if !store::delete(&state.pool, tenant.tenant_id, user_id).await? {
         return Err(missing());
     }
     state.xds.recheck_credentials();
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The users' routes.
+pub fn router() -> axum::Router<AppState> {
+    use axum::routing;
+    axum::Router::new()
+        .route("/tenants/{tenant}/users", routing::get(list).post(create))
+        .route(
+            "/tenants/{tenant}/users/{id}",
+            routing::get(get).delete(delete).patch(change),
+        )
 }

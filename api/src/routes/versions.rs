@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,11 +15,8 @@ use efms_projections::config::{self as read, AsOf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::resources::{
-    branch_of, commit, kind_of, redact, resource_response, restore, BranchParams,
-};
-use crate::access::{tenant_access, Access};
-use crate::auth::Principal;
+use super::resources::{commit, redact, resource_response, restore, BranchParams, ResourcePath};
+use crate::access::{ReadConfig, TenantBranch, WriteConfig};
 use crate::error::{ApiError, FieldError};
 use crate::extract::{ApiJson, ApiQuery, CommitMeta};
 use crate::state::AppState;
@@ -42,13 +39,10 @@ pub struct HistoryEntry {
         (status = 404, description = "Never existed", body = crate::openapi::Problem)))]
 pub async fn history(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path((tenant, collection, name)): Path<(String, String, String)>,
-    ApiQuery(params): ApiQuery<BranchParams>,
+    ResourcePath { kind, name }: ResourcePath,
+    ApiQuery(_): ApiQuery<BranchParams>,
+    TenantBranch { tenant, branch }: TenantBranch<ReadConfig>,
 ) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
-    let kind = kind_of(&collection)?;
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
-    let branch = branch_of(&state, &tenant, params.branch).await?;
     let rows = read::resource_history(&state.pool, tenant.tenant_id, &branch, kind, &name).await?;
     if rows.is_empty() {
         return Err(ApiError::NotFound(format!(
@@ -78,7 +72,7 @@ pub struct RevisionsParams {
     /// The `next_cursor` of the previous page (a revision number).
     cursor: Option<i64>,
     /// The branch (default `main`).
-    branch: Option<String>,
+    pub branch: Option<String>,
 }
 
 /// One commit.
@@ -107,13 +101,10 @@ pub struct RevisionsPage {
         (status = 422, description = "Bad paging", body = crate::openapi::Problem)))]
 pub async fn revisions(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path(tenant): Path<String>,
     ApiQuery(params): ApiQuery<RevisionsParams>,
+    TenantBranch { tenant, branch }: TenantBranch<ReadConfig>,
 ) -> Result<Json<RevisionsPage>, ApiError> {
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
     let page = super::PageSize::from_param(params.limit)?;
-    let branch = branch_of(&state, &tenant, params.branch).await?;
     let mut rows = read::list_revisions(
         &state.pool,
         tenant.tenant_id,
@@ -145,20 +136,22 @@ pub struct DiffParams {
     from: i64,
     to: i64,
     /// The branch (default `main`).
-    branch: Option<String>,
+    pub branch: Option<String>,
 }
 
 /// A resource named in a diff.
 #[derive(Debug, Serialize, PartialEq, Eq, PartialOrd, Ord, utoipa::ToSchema)]
 pub struct DiffKey {
-    kind: String,
+    #[schema(value_type = String)]
+    kind: ResourceKind,
     name: String,
 }
 
 /// An added resource.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Added {
-    kind: String,
+    #[schema(value_type = String)]
+    kind: ResourceKind,
     name: String,
     #[schema(value_type = Object)]
     resource: Value,
@@ -167,7 +160,8 @@ pub struct Added {
 /// A changed resource and the RFC 6902 patch from its `from` to its `to` document.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Changed {
-    kind: String,
+    #[schema(value_type = String)]
+    kind: ResourceKind,
     name: String,
     /// RFC 6902 operations.
     #[schema(value_type = Vec<Object>)]
@@ -190,12 +184,9 @@ pub struct Diff {
         (status = 422, description = "No such revision", body = crate::openapi::Problem)))]
 pub async fn diff(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path(tenant): Path<String>,
     ApiQuery(params): ApiQuery<DiffParams>,
+    TenantBranch { tenant, branch }: TenantBranch<ReadConfig>,
 ) -> Result<Json<Diff>, ApiError> {
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
-    let branch = branch_of(&state, &tenant, params.branch).await?;
     let head = read::head_revision(&state.pool, tenant.tenant_id, &branch).await?;
     for (parameter, revision) in [("from", params.from), ("to", params.to)] {
         if revision < 0 || revision > head {
@@ -216,8 +207,8 @@ pub async fn diff(
 pub fn diff_states(
     from_revision: i64,
     to_revision: i64,
-    from: BTreeMap<(String, String), Value>,
-    mut to: BTreeMap<(String, String), Value>,
+    from: BTreeMap<(ResourceKind, String), Value>,
+    mut to: BTreeMap<(ResourceKind, String), Value>,
 ) -> Diff {
     let mut diff = Diff {
         from: from_revision,
@@ -227,18 +218,17 @@ pub fn diff_states(
         changed: Vec::new(),
     };
     for ((kind, name), before) in from {
-        match to.remove(&(kind.clone(), name.clone())) {
+        match to.remove(&(kind, name.clone())) {
             None => diff.removed.push(DiffKey { kind, name }),
             Some(after) if after != before => {
-                let kind_enum = parse_kind(&kind);
-                let patch = json_patch::diff(&redact(kind_enum, before), &redact(kind_enum, after));
+                let patch = json_patch::diff(&redact(kind, before), &redact(kind, after));
                 diff.changed.push(Changed { kind, name, patch });
             }
             Some(_) => {}
         }
     }
     for ((kind, name), resource) in to {
-        let resource = redact(parse_kind(&kind), resource);
+        let resource = redact(kind, resource);
         diff.added.push(Added {
             kind,
             name,
@@ -254,20 +244,12 @@ pub async fn state_map(
     tenant_id: uuid::Uuid,
     branch: &str,
     revision: i64,
-) -> Result<BTreeMap<(String, String), Value>, ApiError> {
+) -> Result<BTreeMap<(ResourceKind, String), Value>, ApiError> {
     Ok(read::state_at(&state.pool, tenant_id, branch, revision)
         .await?
         .into_iter()
         .map(|(kind, name, document)| ((kind, name), document))
         .collect())
-}
-
-/// The kind the read model names.
-pub fn parse_kind(kind: &str) -> ResourceKind {
-    ResourceKind::ALL
-        .into_iter()
-        .find(|k| k.to_string() == kind)
-        .expect("the read model holds known kinds")
 }
 
 /// Body of a rollback.
@@ -284,14 +266,11 @@ pub struct RollbackBody {
         (status = 422, description = "No such revision, or the restored state is refused", body = crate::openapi::Problem)))]
 pub async fn rollback(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path(tenant): Path<String>,
-    ApiQuery(params): ApiQuery<BranchParams>,
+    ApiQuery(_): ApiQuery<BranchParams>,
+    TenantBranch { tenant, branch }: TenantBranch<WriteConfig>,
     meta: CommitMeta,
     ApiJson(body): ApiJson<RollbackBody>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
-    let branch = branch_of(&state, &tenant, params.branch).await?;
     let head = read::head_revision(&state.pool, tenant.tenant_id, &branch).await?;
     check_target(body.to_revision, head)?;
     let target = state_map(&state, tenant.tenant_id, &branch, body.to_revision).await?;
@@ -301,10 +280,10 @@ pub async fn rollback(
     let declared_now = read::derivations_at(&state.pool, tenant.tenant_id, &branch, head).await?;
     let mut changes = Vec::new();
     for ((kind, name), document) in &target {
-        let key = (kind.clone(), name.clone());
+        let key = (*kind, name.clone());
         if current.get(&key) != Some(document) || declared.get(&key) != declared_now.get(&key) {
             changes.push(restore(
-                parse_kind(kind),
+                *kind,
                 document,
                 declared.get(&key),
                 Expect::Anything,
@@ -313,7 +292,7 @@ pub async fn rollback(
     }
     for (kind, name) in current.keys().filter(|key| !target.contains_key(*key)) {
         changes.push(Change::Delete {
-            kind: parse_kind(kind),
+            kind: *kind,
             name: name.clone(),
             expect: Expect::Anything,
         });
@@ -321,7 +300,6 @@ pub async fn rollback(
     let count = changes.len();
     commit(
         &state,
-        &actor,
         &meta,
         (&tenant, &branch),
         Operation::Rollback,
@@ -344,15 +322,12 @@ pub async fn rollback(
 /// did not exist then).
 pub async fn rollback_resource(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path((tenant, collection, name)): Path<(String, String, String)>,
-    ApiQuery(params): ApiQuery<BranchParams>,
+    ResourcePath { kind, name }: ResourcePath,
+    ApiQuery(_): ApiQuery<BranchParams>,
+    TenantBranch { tenant, branch }: TenantBranch<WriteConfig>,
     meta: CommitMeta,
     ApiJson(body): ApiJson<RollbackBody>,
 ) -> Result<Response, ApiError> {
-    let kind = kind_of(&collection)?;
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
-    let branch = branch_of(&state, &tenant, params.branch).await?;
     let head = read::head_revision(&state.pool, tenant.tenant_id, &branch).await?;
     check_target(body.to_revision, head)?;
     let then = read::get_resource(
@@ -372,7 +347,7 @@ pub async fn rollback_resource(
             restore(
                 kind,
                 &row.document,
-                declared.get(&(kind.to_string(), name.clone())),
+                declared.get(&(kind, name.clone())),
                 Expect::Anything,
             )?
         }
@@ -384,7 +359,6 @@ pub async fn rollback_resource(
     };
     commit(
         &state,
-        &actor,
         &meta,
         (&tenant, &branch),
         Operation::Rollback,
@@ -416,4 +390,18 @@ fn check_target(to_revision: i64, head: i64) -> Result<(), ApiError> {
         )]));
     }
     Ok(())
+}
+
+/// The routes of history, revisions, diffs and rollbacks.
+pub fn router() -> axum::Router<AppState> {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/tenants/{tenant}/revisions", get(revisions))
+        .route("/tenants/{tenant}/diff", get(diff))
+        .route("/tenants/{tenant}/rollback", post(rollback))
+        .route("/tenants/{tenant}/{kind}/{name}/history", get(history))
+        .route(
+            "/tenants/{tenant}/{kind}/{name}/rollback",
+            post(rollback_resource),
+        )
 }

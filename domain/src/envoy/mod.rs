@@ -7,6 +7,8 @@
 //! lengths) are then checked on the decoded message. What is stored is the canonical form: the
 //! decoded message serialised back, so equal configurations are equal bytes.
 
+#[cfg(feature = "sqlx")]
+mod kind_sql;
 mod rules;
 pub mod sensitive;
 
@@ -119,9 +121,10 @@ impl ResourceKind {
     }
 }
 
-impl fmt::Display for ResourceKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl ResourceKind {
+    /// The kind's name, as stored and as the API spells it in bodies (`cluster`, `endpoints`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
             ResourceKind::Cluster => "cluster",
             ResourceKind::Endpoints => "endpoints",
             ResourceKind::Listener => "listener",
@@ -129,7 +132,29 @@ impl fmt::Display for ResourceKind {
             ResourceKind::Secret => "secret",
             ResourceKind::Group => "group",
             ResourceKind::Template => "template",
-        })
+        }
+    }
+}
+
+impl fmt::Display for ResourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is not a resource kind's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a resource kind")]
+pub struct UnknownKind(pub String);
+
+impl std::str::FromStr for ResourceKind {
+    type Err = UnknownKind;
+
+    fn from_str(name: &str) -> Result<Self, UnknownKind> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+            .ok_or_else(|| UnknownKind(name.to_owned()))
     }
 }
 

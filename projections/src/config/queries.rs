@@ -14,8 +14,8 @@ use uuid::Uuid;
 /// A resource as stored, at some revision.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResourceRow {
-    /// Its kind (`cluster`, ...).
-    pub kind: String,
+    /// Its kind.
+    pub kind: ResourceKind,
     /// Its name.
     pub name: String,
     /// Its canonical document.
@@ -90,7 +90,8 @@ pub async fn get_resource(
     let row = match as_of {
         AsOf::Now => sqlx::query_as!(
             ResourceRow,
-            r#"SELECT kind, name, document, version, updated_at, updated_by FROM config_resources
+            r#"SELECT kind AS "kind: ResourceKind", name, document, version, updated_at, updated_by
+               FROM config_resources
                WHERE tenant_id = $1 AND branch = $2 AND kind = $3 AND name = $4"#,
             tenant_id,
             branch,
@@ -101,8 +102,8 @@ pub async fn get_resource(
         .await?,
         AsOf::Revision(revision) => sqlx::query_as!(
             ResourceRow,
-            r#"SELECT kind, name, document AS "document!", valid_from AS version,
-                      recorded_at AS updated_at, actor AS updated_by
+            r#"SELECT kind AS "kind: ResourceKind", name, document AS "document!",
+                      valid_from AS version, recorded_at AS updated_at, actor AS updated_by
                FROM config_resource_versions
                WHERE tenant_id = $1 AND branch = $2 AND kind = $3 AND name = $4
                  AND valid_from <= $5 AND (valid_to IS NULL OR valid_to > $5) AND document IS NOT NULL"#,
@@ -301,7 +302,7 @@ pub async fn state_at(
     tenant_id: Uuid,
     branch: &str,
     revision: i64,
-) -> Result<Vec<(String, String, Value)>, sqlx::Error> {
+) -> Result<Vec<(ResourceKind, String, Value)>, sqlx::Error> {
     Ok(resources_at(pool, tenant_id, branch, revision)
         .await?
         .into_iter()
@@ -319,8 +320,8 @@ pub async fn resources_at(
     let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
     let rows = sqlx::query_as!(
         ResourceRow,
-        r#"SELECT kind, name, document AS "document!", valid_from AS version,
-                  recorded_at AS updated_at, actor AS updated_by
+        r#"SELECT kind AS "kind: ResourceKind", name, document AS "document!",
+                  valid_from AS version, recorded_at AS updated_at, actor AS updated_by
            FROM config_resource_versions
            WHERE tenant_id = $1 AND branch = $2 AND valid_from <= $3
              AND (valid_to IS NULL OR valid_to > $3) AND document IS NOT NULL
@@ -443,10 +444,11 @@ pub async fn derivations_at(
     tenant_id: Uuid,
     branch: &str,
     revision: i64,
-) -> Result<BTreeMap<(String, String), Value>, sqlx::Error> {
+) -> Result<BTreeMap<(ResourceKind, String), Value>, sqlx::Error> {
     let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
     let rows = sqlx::query!(
-        r#"SELECT kind, name, derivation AS "derivation!" FROM config_resource_versions
+        r#"SELECT kind AS "kind: ResourceKind", name, derivation AS "derivation!"
+           FROM config_resource_versions
            WHERE tenant_id = $1 AND branch = $2 AND valid_from <= $3
              AND (valid_to IS NULL OR valid_to > $3) AND document IS NOT NULL
              AND derivation IS NOT NULL"#,

@@ -7,17 +7,18 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use efms_domain::config::{valid_branch_name, BranchPoint, ConfigCommand, Expect, MAIN_BRANCH};
+use efms_domain::envoy::ResourceKind;
 use efms_projections::config::{self as read, BranchRow, ResourceRow};
 
 use super::merging::{merge_inputs, plan_merge, MergePlan};
+use super::params::BranchName;
 use super::params::{BranchDiffParams, CreateBranch, ListBranches, MergeRequest};
 use super::responses::{BranchView, MergeResult};
-use crate::access::{tenant_access, Access, TenantAccess};
-use crate::auth::Principal;
+use crate::access::{live_branch, ReadConfig, Tenant, TenantAccess, WriteConfig};
 use crate::error::{ApiError, FieldError};
 use crate::extract::{ApiJson, ApiQuery, CommitMeta};
-use crate::routes::resources::{branch_of, execute, restore};
-use crate::routes::versions::{diff_states, parse_kind, Diff};
+use crate::routes::resources::{execute, restore};
+use crate::routes::versions::{diff_states, Diff};
 use crate::state::AppState;
 
 /// `POST /api/v1/tenants/{tenant}/branches`: a new branch, a copy of its base at a revision.
@@ -30,16 +31,14 @@ use crate::state::AppState;
         (status = 422, description = "Bad name", body = crate::openapi::Problem)))]
 pub async fn create(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path(tenant): Path<String>,
+    tenant: Tenant<WriteConfig>,
     meta: CommitMeta,
     ApiJson(body): ApiJson<CreateBranch>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
     valid_branch_name(&body.name)
         .map_err(|detail| ApiError::Validation(vec![FieldError::at("/name", detail)]))?;
     let base_spec = body.base.unwrap_or_default();
-    let base_branch = branch_of(&state, &tenant, base_spec.branch).await?;
+    let base_branch = live_branch(&state, &tenant, base_spec.branch).await?;
     let head = read::head_revision(&state.pool, tenant.tenant_id, &base_branch).await?;
     let base_revision = base_spec.revision.unwrap_or(head);
     if base_revision < 0 || base_revision > head {
@@ -53,13 +52,8 @@ pub async fn create(
         .await?
         .into_iter()
         .map(|row| {
-            let declaration = declared.get(&(row.kind.clone(), row.name.clone()));
-            restore(
-                parse_kind(&row.kind),
-                &row.document,
-                declaration,
-                Expect::Absent,
-            )
+            let declaration = declared.get(&(row.kind, row.name.clone()));
+            restore(row.kind, &row.document, declaration, Expect::Absent)
         })
         .collect::<Result<Vec<_>, _>>()?;
     let message = body.message.or_else(|| {
@@ -78,7 +72,6 @@ pub async fn create(
     };
     execute(
         &state,
-        &actor,
         &meta.clone().with_message(message),
         (&tenant, &body.name),
         command,
@@ -108,11 +101,9 @@ pub async fn create(
         (status = 404, description = "No such tenant", body = crate::openapi::Problem)))]
 pub async fn list(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path(tenant): Path<String>,
+    tenant: Tenant<ReadConfig>,
     ApiQuery(params): ApiQuery<ListBranches>,
 ) -> Result<Json<Vec<BranchView>>, ApiError> {
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
     let rows = read::list_branches(
         &state.pool,
         tenant.tenant_id,
@@ -130,10 +121,9 @@ pub async fn list(
         (status = 404, description = "No such branch", body = crate::openapi::Problem)))]
 pub async fn get(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path((tenant, name)): Path<(String, String)>,
+    tenant: Tenant<ReadConfig>,
+    Path(BranchName { name }): Path<BranchName>,
 ) -> Result<Json<BranchView>, ApiError> {
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
     Ok(Json(BranchView::from(
         branch_row(&state, &tenant, &name, true).await?,
     )))
@@ -148,11 +138,10 @@ pub async fn get(
         (status = 409, description = "A group's proxies follow it", body = crate::openapi::Problem)))]
 pub async fn delete(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path((tenant, name)): Path<(String, String)>,
+    tenant: Tenant<WriteConfig>,
+    Path(BranchName { name }): Path<BranchName>,
     meta: CommitMeta,
 ) -> Result<StatusCode, ApiError> {
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
     branch_row(&state, &tenant, &name, false).await?;
     let pinned = read::groups_pinned_to(&state.pool, tenant.tenant_id, &name).await?;
     if !pinned.is_empty() {
@@ -165,14 +154,7 @@ pub async fn delete(
                 .join(", ")
         )));
     }
-    execute(
-        &state,
-        &actor,
-        &meta,
-        (&tenant, &name),
-        ConfigCommand::DeleteBranch,
-    )
-    .await?;
+    execute(&state, &meta, (&tenant, &name), ConfigCommand::DeleteBranch).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -201,14 +183,13 @@ async fn branch_row(
         (status = 422, description = "Unknown `against`", body = crate::openapi::Problem)))]
 pub async fn diff(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path((tenant, name)): Path<(String, String)>,
+    tenant: Tenant<ReadConfig>,
+    Path(BranchName { name }): Path<BranchName>,
     ApiQuery(params): ApiQuery<BranchDiffParams>,
 ) -> Result<Json<Diff>, ApiError> {
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
     let branch = branch_row(&state, &tenant, &name, true).await?;
     let inputs = merge_inputs(&state, &tenant, &branch).await?;
-    let documents = |rows: BTreeMap<(String, String), ResourceRow>| {
+    let documents = |rows: BTreeMap<(ResourceKind, String), ResourceRow>| {
         rows.into_iter()
             .map(|(key, row)| (key, row.document))
             .collect::<BTreeMap<_, _>>()
@@ -245,12 +226,11 @@ pub async fn diff(
         (status = 422, description = "The merged configuration is invalid; nothing changed", body = crate::openapi::Problem)))]
 pub async fn merge(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path((tenant, name)): Path<(String, String)>,
+    tenant: Tenant<WriteConfig>,
+    Path(BranchName { name }): Path<BranchName>,
     meta: CommitMeta,
     ApiJson(body): ApiJson<MergeRequest>,
 ) -> Result<Json<MergeResult>, ApiError> {
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
     let branch = branch_row(&state, &tenant, &name, false).await?;
     let inputs = merge_inputs(&state, &tenant, &branch).await?;
     let MergePlan {
@@ -285,7 +265,6 @@ pub async fn merge(
     };
     let position = execute(
         &state,
-        &actor,
         &meta.clone().with_message(message),
         (&tenant, &branch.base_branch),
         command,

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use efms_domain::config::merge::merge_document;
 use efms_domain::config::{Change, Expect};
+use efms_domain::envoy::ResourceKind;
 use efms_projections::config::{self as read, BranchRow, ResourceRow};
 use serde_json::Value;
 
@@ -12,24 +13,23 @@ use super::responses::{MergeConflict, MergedChange};
 use crate::access::TenantAccess;
 use crate::error::{ApiError, FieldError};
 use crate::routes::resources::{invalid, redact, restore};
-use crate::routes::versions::parse_kind;
 use crate::state::AppState;
 
 /// The three states a merge of `branch` compares, each by kind and name.
 pub(super) struct MergeInputs {
     /// The branch's revision both sides last agreed on (the fork, or the last merge).
     pub(super) ancestor_revision: i64,
-    pub(super) ancestor: BTreeMap<(String, String), ResourceRow>,
+    pub(super) ancestor: BTreeMap<(ResourceKind, String), ResourceRow>,
     /// The base branch now.
-    pub(super) ours: BTreeMap<(String, String), ResourceRow>,
+    pub(super) ours: BTreeMap<(ResourceKind, String), ResourceRow>,
     /// The branch now, and its revision.
-    pub(super) theirs: BTreeMap<(String, String), ResourceRow>,
+    pub(super) theirs: BTreeMap<(ResourceKind, String), ResourceRow>,
     pub(super) theirs_revision: i64,
     /// The template declarations of the resources declared from one, on the branch now and when
     /// the two last agreed.
-    pub(super) theirs_declared: BTreeMap<(String, String), Value>,
-    pub(super) ancestor_declared: BTreeMap<(String, String), Value>,
-    pub(super) ours_declared: BTreeMap<(String, String), Value>,
+    pub(super) theirs_declared: BTreeMap<(ResourceKind, String), Value>,
+    pub(super) ancestor_declared: BTreeMap<(ResourceKind, String), Value>,
+    pub(super) ours_declared: BTreeMap<(ResourceKind, String), Value>,
 }
 
 /// Reads the three states a merge of `branch` compares.
@@ -46,7 +46,7 @@ pub(super) async fn merge_inputs(
     let ours_head = read::head_revision(&state.pool, tenant_id, &branch.base_branch).await?;
     let by_key = |rows: Vec<ResourceRow>| {
         rows.into_iter()
-            .map(|row| ((row.kind.clone(), row.name.clone()), row))
+            .map(|row| ((row.kind, row.name.clone()), row))
             .collect::<BTreeMap<_, _>>()
     };
     Ok(MergeInputs {
@@ -87,7 +87,7 @@ pub(super) struct MergePlan {
 
 /// Merges every resource of `inputs`.
 pub(super) fn plan_merge(inputs: &MergeInputs) -> Result<MergePlan, ApiError> {
-    let keys: BTreeSet<&(String, String)> = inputs
+    let keys: BTreeSet<&(ResourceKind, String)> = inputs
         .ancestor
         .keys()
         .chain(inputs.ours.keys())
@@ -109,9 +109,9 @@ pub(super) fn plan_merge(inputs: &MergeInputs) -> Result<MergePlan, ApiError> {
         ) {
             Ok(merged) => merged,
             Err(found) => {
-                let kind = parse_kind(&key.0);
+                let kind = key.0;
                 conflicts.extend(found.into_iter().map(|c| MergeConflict {
-                    kind: key.0.clone(),
+                    kind,
                     name: key.1.clone(),
                     pointer: c.pointer,
                     base: c.base.map(|v| redact(kind, v)),
@@ -121,7 +121,7 @@ pub(super) fn plan_merge(inputs: &MergeInputs) -> Result<MergePlan, ApiError> {
                 continue;
             }
         };
-        let kind = parse_kind(&key.0);
+        let kind = key.0;
         // Each change expects the base's resource as the merge read it: a concurrent write to the
         // base fails the commit instead of being overwritten.
         let expect = match ours {
@@ -142,10 +142,10 @@ pub(super) fn plan_merge(inputs: &MergeInputs) -> Result<MergePlan, ApiError> {
                 changes.push(match declared {
                     Some(declaration) => restore(kind, &document, Some(declaration), expect)?,
                     None => Change::put(kind, &document, expect)
-                        .map_err(|violations| at_resource(&key.0, &key.1, invalid(violations)))?,
+                        .map_err(|violations| at_resource(kind, &key.1, invalid(violations)))?,
                 });
                 report.push(MergedChange {
-                    kind: key.0.clone(),
+                    kind,
                     name: key.1.clone(),
                     change: if ours.is_some() {
                         "replaced"
@@ -162,7 +162,7 @@ pub(super) fn plan_merge(inputs: &MergeInputs) -> Result<MergePlan, ApiError> {
                     expect,
                 });
                 report.push(MergedChange {
-                    kind: key.0.clone(),
+                    kind,
                     name: key.1.clone(),
                     change: "deleted".to_owned(),
                 });
@@ -178,7 +178,7 @@ pub(super) fn plan_merge(inputs: &MergeInputs) -> Result<MergePlan, ApiError> {
 }
 
 /// Prefixes the pointers of a 422 about a merged resource with the resource it is about.
-fn at_resource(kind: &str, name: &str, error: ApiError) -> ApiError {
+fn at_resource(kind: ResourceKind, name: &str, error: ApiError) -> ApiError {
     match error {
         ApiError::Validation(errors) => ApiError::Validation(
             errors

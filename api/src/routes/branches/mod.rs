@@ -18,3 +18,19 @@ pub use self::handlers::{
 };
 pub use self::params::{BaseSpec, BranchDiffParams, CreateBranch, ListBranches, MergeRequest};
 pub use self::responses::{BranchView, MergeConflict, MergeResult, MergedChange};
+
+/// The branches' routes.
+pub fn router() -> axum::Router<crate::state::AppState> {
+    use axum::routing::{self, post};
+    axum::Router::new()
+        .route(
+            "/tenants/{tenant}/branches",
+            routing::get(list).post(create),
+        )
+        .route(
+            "/tenants/{tenant}/branches/{name}",
+            routing::get(get).delete(delete),
+        )
+        .route("/tenants/{tenant}/branches/{name}/diff", routing::get(diff))
+        .route("/tenants/{tenant}/branches/{name}/merge", post(merge))
+}

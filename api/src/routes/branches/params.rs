@@ -53,3 +53,10 @@ pub struct MergeRequest {
     #[serde(default)]
     pub(super) message: Option<String>,
 }
+
+/// The `{name}` of a branch route.
+#[derive(Debug, Deserialize)]
+pub struct BranchName {
+    /// The branch's name.
+    pub name: String,
+}

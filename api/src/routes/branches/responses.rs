@@ -1,6 +1,7 @@
 //! What the branch routes answer: a branch, and the outcome of a merge with its conflicts.
 
 use chrono::{DateTime, Utc};
+use efms_domain::envoy::ResourceKind;
 use efms_projections::config::BranchRow;
 use serde::Serialize;
 use serde_json::Value;
@@ -42,7 +43,8 @@ impl From<BranchRow> for BranchView {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MergeConflict {
     /// The resource's kind.
-    pub(super) kind: String,
+    #[schema(value_type = String)]
+    pub(super) kind: ResourceKind,
     /// Its name.
     pub(super) name: String,
     /// Where in the resource (RFC 6901; empty: the whole resource).
@@ -64,7 +66,9 @@ pub struct MergeConflict {
 /// A resource a merge changed.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MergedChange {
-    pub(super) kind: String,
+    /// The resource's kind.
+    #[schema(value_type = String)]
+    pub(super) kind: ResourceKind,
     pub(super) name: String,
     /// `created`, `replaced` or `deleted`.
     pub(super) change: String,

@@ -4,25 +4,23 @@
 use efms_commands::configuration::CommitRequest;
 use efms_domain::config::{Change, ConfigCommand, Operation};
 use efms_domain::envoy::ResourceKind;
-use efms_domain::Actor;
 use efms_projections::config::{self as read, AsOf, ResourceRow};
 
-use crate::access::TenantAccess;
+use crate::access::{Tenant, TenantAccess, WriteConfig};
 use crate::error::ApiError;
 use crate::extract::CommitMeta;
 use crate::state::AppState;
 
-/// Runs one commit on `branch` for `actor` through the configuration service, which waits for
-/// the read models to show it.
+/// Runs one commit on `branch` for the caller, who may write there, through the configuration
+/// service, which waits for the read models to show it.
 pub async fn commit(
     state: &AppState,
-    actor: &Actor,
     meta: &CommitMeta,
-    (tenant, branch): (&TenantAccess, &str),
+    (tenant, branch): (&Tenant<WriteConfig>, &str),
     operation: Operation,
     changes: Vec<Change>,
 ) -> Result<Option<efms_commands::Position>, ApiError> {
-    let request = commit_request(actor, meta, (tenant, branch));
+    let request = commit_request(meta, (tenant, branch));
     Ok(state
         .configuration
         .commit(&request, operation, changes)
@@ -30,28 +28,26 @@ pub async fn commit(
 }
 
 /// Where a commit goes and what it records of the request that caused it.
-fn commit_request(
-    actor: &Actor,
+pub fn commit_request(
     meta: &CommitMeta,
-    (tenant, branch): (&TenantAccess, &str),
+    (tenant, branch): (&Tenant<WriteConfig>, &str),
 ) -> CommitRequest {
     CommitRequest {
         tenant_id: tenant.tenant_id,
         branch: branch.to_owned(),
-        metadata: meta.metadata(actor),
+        metadata: meta.metadata(tenant.actor()),
     }
 }
 
-/// Runs `command` on `branch`'s repository for `actor` through the configuration service, which
-/// waits for the read models to show it.
+/// Runs `command` on `branch`'s repository for the caller, who may write there, through the
+/// configuration service, which waits for the read models to show it.
 pub async fn execute(
     state: &AppState,
-    actor: &Actor,
     meta: &CommitMeta,
-    (tenant, branch): (&TenantAccess, &str),
+    (tenant, branch): (&Tenant<WriteConfig>, &str),
     command: ConfigCommand,
 ) -> Result<Option<efms_commands::Position>, ApiError> {
-    let request = commit_request(actor, meta, (tenant, branch));
+    let request = commit_request(meta, (tenant, branch));
     Ok(state.configuration.execute(&request, command).await?)
 }
 

@@ -1,9 +1,11 @@
 //! Request context shared by the resource routes and their neighbours: which kind a collection
-//! names, which branch and revision a request reads, `If-Match` and `X-Commit-Message`.
+//! names, which resource a path names, which revision a request reads, and `If-Match`.
 
+use axum::extract::{FromRequestParts, RawPathParams};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use chrono::{DateTime, Utc};
-use efms_domain::config::{Expect, MAIN_BRANCH};
+use efms_domain::config::Expect;
 use efms_domain::envoy::ResourceKind;
 use efms_projections::config::{self as read, AsOf};
 
@@ -11,29 +13,71 @@ use crate::access::TenantAccess;
 use crate::error::{ApiError, FieldError};
 use crate::state::AppState;
 
-pub use crate::extract::{commit_message, COMMIT_MESSAGE_HEADER};
-
 /// The kind a collection segment names, or 404.
 pub fn kind_of(collection: &str) -> Result<ResourceKind, ApiError> {
     ResourceKind::from_collection(collection)
         .ok_or_else(|| ApiError::NotFound(format!("no such resource collection `{collection}`")))
 }
 
-/// The branch a request works on: `main`, or a branch of the tenant that is not deleted (else 404).
-pub async fn branch_of(
-    state: &AppState,
-    tenant: &TenantAccess,
-    branch: Option<String>,
+/// The `{kind}` of a collection route, or 404.
+#[derive(Debug, Clone, Copy)]
+pub struct Collection(pub ResourceKind);
+
+/// The `{kind}` and `{name}` of a resource route (404 for a kind that is not a collection).
+#[derive(Debug, Clone)]
+pub struct ResourcePath {
+    /// The resource's kind.
+    pub kind: ResourceKind,
+    /// The resource's name, as the path gives it.
+    pub name: String,
+}
+
+/// The value of the path parameter `key` of the route.
+async fn path_parameter<S: Send + Sync>(
+    parts: &mut Parts,
+    state: &S,
+    key: &str,
 ) -> Result<String, ApiError> {
-    let Some(branch) = branch.filter(|b| b != MAIN_BRANCH) else {
-        return Ok(MAIN_BRANCH.to_owned());
-    };
-    match read::get_branch(&state.pool, tenant.tenant_id, &branch).await? {
-        Some(row) if row.deleted_at.is_none() => Ok(branch),
-        Some(_) => Err(ApiError::NotFound(format!(
-            "branch `{branch}` was deleted; its history stays readable through the revisions of `main`"
-        ))),
-        None => Err(ApiError::NotFound(format!("there is no branch `{branch}`"))),
+    let params = RawPathParams::from_request_parts(parts, state)
+        .await
+        .map_err(|rejection| ApiError::BadRequest {
+            detail: rejection.body_text(),
+            errors: Vec::new(),
+        })?;
+    params
+        .iter()
+        .find_map(|(name, value)| (name == key).then(|| value.to_owned()))
+        .ok_or_else(|| ApiError::Internal(format!("a route without `{{{key}}}`")))
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Collection {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let collection = path_parameter(parts, state, "kind").await?;
+        kind_of(&collection).map(Collection)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ResourcePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Collection(kind) = Collection::from_request_parts(parts, state).await?;
+        let name = path_parameter(parts, state, "name").await?;
+        Ok(Self { kind, name })
+    }
+}
+
+/// The precondition of `If-Match`, if the request has one (400 for one this API did not give).
+#[derive(Debug, Clone, Copy)]
+pub struct IfMatch(pub Option<Expect>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        if_match(&parts.headers).map(IfMatch)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use efms_domain::config::group::GroupSpec;
 use efms_domain::config::inheritance;
@@ -13,10 +13,9 @@ use efms_projections::config::{self as read, AsOf};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::context::{as_of, branch_of, kind_of, missing};
+use super::context::{as_of, missing, ResourcePath};
 use super::params::{BranchParams, ReadParams};
-use crate::access::{tenant_access, Access, TenantAccess};
-use crate::auth::Principal;
+use crate::access::{ReadConfig, TenantAccess, TenantBranch};
 use crate::error::ApiError;
 use crate::extract::ApiQuery;
 use crate::state::AppState;
@@ -93,17 +92,16 @@ pub async fn effective_attachments(
         (status = 404, description = "No such group (or the kind is not `groups`)", body = crate::openapi::Problem)))]
 pub async fn group_resources(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path((tenant, collection, name)): Path<(String, String, String)>,
+    ResourcePath { kind, name }: ResourcePath,
     ApiQuery(params): ApiQuery<ReadParams>,
+    TenantBranch { tenant, branch }: TenantBranch<ReadConfig>,
 ) -> Result<Json<Vec<EffectiveResource>>, ApiError> {
-    if kind_of(&collection)? != ResourceKind::Group {
+    if kind != ResourceKind::Group {
         return Err(ApiError::NotFound(format!(
-            "only groups have effective resources, not {collection}"
+            "only groups have effective resources, not {}",
+            kind.collection()
         )));
     }
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
-    let branch = branch_of(&state, &tenant, params.branch).await?;
     let as_of = as_of(&state, &tenant, &branch, params.revision, params.at).await?;
     Ok(Json(
         effective_attachments(&state, &tenant, &branch, &name, as_of).await?,
@@ -133,13 +131,10 @@ pub struct Declaration {
         (status = 404, description = "No such resource, or it is not declared from a template", body = crate::openapi::Problem)))]
 pub async fn declaration(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path((tenant, collection, name)): Path<(String, String, String)>,
-    ApiQuery(params): ApiQuery<BranchParams>,
+    ResourcePath { kind, name }: ResourcePath,
+    ApiQuery(_): ApiQuery<BranchParams>,
+    TenantBranch { tenant, branch }: TenantBranch<ReadConfig>,
 ) -> Result<Json<Declaration>, ApiError> {
-    let kind = kind_of(&collection)?;
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
-    let branch = branch_of(&state, &tenant, params.branch).await?;
     let declared = read::derivation_of(&state.pool, tenant.tenant_id, &branch, kind, &name)
         .await?
         .ok_or_else(|| {

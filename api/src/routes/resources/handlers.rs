@@ -1,8 +1,7 @@
 //! The CRUD handlers of Envoy resources: list, get, create, replace, patch and delete.
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use efms_domain::config::{Change, Expect, Operation, MAIN_BRANCH};
 use efms_projections::config::{self as read, AsOf, ListQuery};
@@ -10,14 +9,14 @@ use serde_json::Value;
 
 use super::changes::{change_name, change_of, check_path_name, invalid, TEMPLATE_KEY};
 use super::commits::{commit, read_back};
-use super::context::{as_of, branch_of, if_match, kind_of, missing};
+use super::context::{as_of, missing, Collection, IfMatch, ResourcePath};
 use super::groups::effective_attachments;
 use super::params::{BranchParams, ListParams, ReadParams};
 use super::responses::{render_page, resource_response, ListPage, SharedText};
-use crate::access::{tenant_access, Access};
-use crate::auth::Principal;
+use crate::access::{ReadConfig, TenantBranch, WriteConfig};
 use crate::error::{ApiError, FieldError};
 use crate::extract::{ApiJson, ApiQuery, CommitMeta};
+use crate::routes::patching::PatchBody;
 use crate::state::AppState;
 
 /// `GET /api/v1/tenants/{tenant}/{kind}`.
@@ -27,16 +26,14 @@ use crate::state::AppState;
         (status = 422, description = "Bad paging or sort", body = crate::openapi::Problem)))]
 pub async fn list(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path((tenant, collection)): Path<(String, String)>,
+    Collection(kind): Collection,
     ApiQuery(params): ApiQuery<ListParams>,
+    TenantBranch { tenant, branch }: TenantBranch<ReadConfig>,
 ) -> Result<Response, ApiError> {
-    let kind = kind_of(&collection)?;
     crate::routes::names::check_list_parameters(
         params.name_prefix.as_deref(),
         params.cursor.as_deref(),
     )?;
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
     let page = crate::routes::PageSize::from_param(params.limit)?;
     let descending = match params.sort.as_deref() {
         None | Some("name") => false,
@@ -48,7 +45,6 @@ pub async fn list(
             )]))
         }
     };
-    let branch = branch_of(&state, &tenant, params.branch).await?;
     let as_of = as_of(&state, &tenant, &branch, params.revision, params.at).await?;
     let names = match &params.group {
         None => None,
@@ -101,14 +97,11 @@ pub async fn list(
         (status = 404, description = "Not found (now or at that revision)", body = crate::openapi::Problem)))]
 pub async fn get(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path((tenant, collection, name)): Path<(String, String, String)>,
+    ResourcePath { kind, name }: ResourcePath,
     ApiQuery(params): ApiQuery<ReadParams>,
+    TenantBranch { tenant, branch }: TenantBranch<ReadConfig>,
 ) -> Result<Response, ApiError> {
-    let kind = kind_of(&collection)?;
     crate::routes::names::check_lookup(kind, &name)?;
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Read).await?;
-    let branch = branch_of(&state, &tenant, params.branch).await?;
     let as_of = as_of(&state, &tenant, &branch, params.revision, params.at).await?;
     let row = match as_of {
         AsOf::Now if branch == MAIN_BRANCH => {
@@ -131,21 +124,17 @@ pub async fn get(
         (status = 422, description = "Invalid, or refers to a missing resource", body = crate::openapi::Problem)))]
 pub async fn create(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path((tenant, collection)): Path<(String, String)>,
-    ApiQuery(params): ApiQuery<BranchParams>,
+    Collection(kind): Collection,
+    ApiQuery(_): ApiQuery<BranchParams>,
+    TenantBranch { tenant, branch }: TenantBranch<WriteConfig>,
     meta: CommitMeta,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
-    let kind = kind_of(&collection)?;
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
-    let branch = branch_of(&state, &tenant, params.branch).await?;
     crate::routes::patching::check_written(&body, &state.limits.commit)?;
     let change = change_of(kind, &body, Expect::Absent, None)?;
     let name = change_name(&change);
     commit(
         &state,
-        &actor,
         &meta,
         (&tenant, &branch),
         Operation::Create,
@@ -179,17 +168,14 @@ pub async fn create(
 /// makes it conditional on the current version.
 pub async fn replace(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path((tenant, collection, name)): Path<(String, String, String)>,
-    ApiQuery(params): ApiQuery<BranchParams>,
-    headers: HeaderMap,
+    ResourcePath { kind, name }: ResourcePath,
+    ApiQuery(_): ApiQuery<BranchParams>,
+    TenantBranch { tenant, branch }: TenantBranch<WriteConfig>,
+    IfMatch(expect): IfMatch,
     meta: CommitMeta,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
-    let kind = kind_of(&collection)?;
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
-    let branch = branch_of(&state, &tenant, params.branch).await?;
-    let expect = if_match(&headers)?.unwrap_or(Expect::Anything);
+    let expect = expect.unwrap_or(Expect::Anything);
     crate::routes::patching::check_written(&body, &state.limits.commit)?;
     let change = change_of(kind, &body, expect, Some(&name))?;
     check_path_name(kind, &name, &change)?;
@@ -205,7 +191,6 @@ pub async fn replace(
     .is_some();
     commit(
         &state,
-        &actor,
         &meta,
         (&tenant, &branch),
         Operation::Replace,
@@ -233,18 +218,13 @@ pub async fn replace(
 /// or `application/merge-patch+json` (RFC 7396).
 pub async fn patch(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path((tenant, collection, name)): Path<(String, String, String)>,
-    ApiQuery(params): ApiQuery<BranchParams>,
-    headers: HeaderMap,
+    ResourcePath { kind, name }: ResourcePath,
+    ApiQuery(_): ApiQuery<BranchParams>,
+    TenantBranch { tenant, branch }: TenantBranch<WriteConfig>,
+    IfMatch(explicit): IfMatch,
     meta: CommitMeta,
-    body: Bytes,
+    patch: PatchBody,
 ) -> Result<Response, ApiError> {
-    let kind = kind_of(&collection)?;
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
-    let branch = branch_of(&state, &tenant, params.branch).await?;
-    let patch = crate::routes::patching::PatchBody::parse(&headers, &body)?;
-    let explicit = if_match(&headers)?;
     if let Some(declaration) =
         read::derivation_of(&state.pool, tenant.tenant_id, &branch, kind, &name).await?
     {
@@ -278,7 +258,6 @@ pub async fn patch(
         check_path_name(kind, &name, &change)?;
         match commit(
             &state,
-            &actor,
             &meta,
             (&tenant, &branch),
             Operation::Patch,
@@ -303,20 +282,16 @@ pub async fn patch(
         (status = 412, description = "If-Match is stale", body = crate::openapi::Problem)))]
 pub async fn delete(
     State(state): State<AppState>,
-    Principal(actor): Principal,
-    Path((tenant, collection, name)): Path<(String, String, String)>,
-    ApiQuery(params): ApiQuery<BranchParams>,
-    headers: HeaderMap,
+    ResourcePath { kind, name }: ResourcePath,
+    ApiQuery(_): ApiQuery<BranchParams>,
+    TenantBranch { tenant, branch }: TenantBranch<WriteConfig>,
+    IfMatch(expect): IfMatch,
     meta: CommitMeta,
 ) -> Result<StatusCode, ApiError> {
-    let kind = kind_of(&collection)?;
-    let tenant = tenant_access(&state, &actor, &tenant, Access::Write).await?;
-    let branch = branch_of(&state, &tenant, params.branch).await?;
-    let expect = if_match(&headers)?.unwrap_or(Expect::Present);
+    let expect = expect.unwrap_or(Expect::Present);
     let change = Change::Delete { kind, name, expect };
     commit(
         &state,
-        &actor,
         &meta,
         (&tenant, &branch),
         Operation::Delete,

@@ -17,9 +17,7 @@ pub mod responses;
 
 pub use self::changes::{change_of, invalid, restore, TEMPLATE_KEY};
 pub use self::commits::{commit, execute};
-pub use self::context::{
-    as_of, branch_of, commit_message, if_match, kind_of, COMMIT_MESSAGE_HEADER,
-};
+pub use self::context::{as_of, if_match, kind_of, Collection, IfMatch, ResourcePath};
 pub use self::groups::{
     __path_declaration, __path_group_resources, declaration, effective_attachments,
     group_resources, Declaration, EffectiveResource,
@@ -31,3 +29,22 @@ pub use self::handlers::{
 pub use self::params::{BranchParams, ListParams, ReadParams};
 pub use self::responses::{redact, resource_response, ListItem, ListPage};
 pub use crate::service_errors::config_error;
+
+/// The routes of Envoy resources, groups' effective resources and declarations.
+pub fn router() -> axum::Router<crate::state::AppState> {
+    use axum::routing;
+    axum::Router::new()
+        .route("/tenants/{tenant}/{kind}", routing::get(list).post(create))
+        .route(
+            "/tenants/{tenant}/{kind}/{name}",
+            routing::get(get).put(replace).patch(patch).delete(delete),
+        )
+        .route(
+            "/tenants/{tenant}/{kind}/{name}/resources",
+            routing::get(group_resources),
+        )
+        .route(
+            "/tenants/{tenant}/{kind}/{name}/declaration",
+            routing::get(declaration),
+        )
+}

@@ -45,5 +45,5 @@ pub struct ListParams {
     /// Only the resources this group attaches, its own and its ancestors'.
     pub(super) group: Option<String>,
     /// Read this branch (default `main`).
-    pub(super) branch: Option<String>,
+    pub branch: Option<String>,
 }
