@@ -35,6 +35,19 @@ impl From<ConfigServiceError> for ApiError {
             error @ ConfigServiceError::RevocationPending => {
                 ApiError::Unavailable(error.to_string())
             }
+            ConfigServiceError::Fault(fault) => ApiError::Validation(
+                fault
+                    .violations
+                    .into_iter()
+                    .map(|violation| {
+                        FieldError::at(
+                            violation.pointer,
+                            format!("{} `{}`: {}", fault.kind, fault.name, violation.message),
+                        )
+                    })
+                    .collect(),
+            ),
+            error @ ConfigServiceError::MergeConflicts(_) => ApiError::Conflict(error.to_string()),
         }
     }
 }

@@ -15,7 +15,10 @@ use efms_projections::config::{self as read, AsOf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::resources::{commit, redact, resource_response, restore, BranchParams, ResourcePath};
+use super::branches::merging::branch_state;
+use super::resources::{
+    commit, commit_request, redact, resource_response, restore, BranchParams, ResourcePath,
+};
 use crate::access::{ReadConfig, TenantBranch, WriteConfig};
 use crate::error::{ApiError, FieldError};
 use crate::extract::{ApiJson, ApiQuery, CommitMeta};
@@ -273,39 +276,13 @@ pub async fn rollback(
 ) -> Result<Response, ApiError> {
     let head = read::head_revision(&state.pool, tenant.tenant_id, &branch).await?;
     check_target(body.to_revision, head)?;
-    let target = state_map(&state, tenant.tenant_id, &branch, body.to_revision).await?;
-    let current = state_map(&state, tenant.tenant_id, &branch, head).await?;
-    let declared =
-        read::derivations_at(&state.pool, tenant.tenant_id, &branch, body.to_revision).await?;
-    let declared_now = read::derivations_at(&state.pool, tenant.tenant_id, &branch, head).await?;
-    let mut changes = Vec::new();
-    for ((kind, name), document) in &target {
-        let key = (*kind, name.clone());
-        if current.get(&key) != Some(document) || declared.get(&key) != declared_now.get(&key) {
-            changes.push(restore(
-                *kind,
-                document,
-                declared.get(&key),
-                Expect::Anything,
-            )?);
-        }
-    }
-    for (kind, name) in current.keys().filter(|key| !target.contains_key(*key)) {
-        changes.push(Change::Delete {
-            kind: *kind,
-            name: name.clone(),
-            expect: Expect::Anything,
-        });
-    }
-    let count = changes.len();
-    commit(
-        &state,
-        &meta,
-        (&tenant, &branch),
-        Operation::Rollback,
-        changes,
-    )
-    .await?;
+    let target = branch_state(&state, &tenant, &branch, body.to_revision).await?;
+    let current = branch_state(&state, &tenant, &branch, head).await?;
+    let request = commit_request(&meta, (&tenant, &branch));
+    let (_, count) = state
+        .configuration
+        .rollback(&request, &target, &current)
+        .await?;
     let revision = read::head_revision(&state.pool, tenant.tenant_id, &branch).await?;
     Ok((
         StatusCode::OK,

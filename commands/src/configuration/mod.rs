@@ -18,6 +18,7 @@
 //! problems in one place.
 
 pub mod pins;
+pub mod plans;
 pub mod quotas;
 pub mod sealing;
 pub mod sharing;
@@ -98,6 +99,13 @@ pub enum ConfigServiceError {
     /// A revocation of one of the tenant's grants is being decided.
     #[error("a grant of this tenant is being revoked; retry shortly")]
     RevocationPending,
+    /// A stored resource a rollback or merge would restore no longer passes the checks; nothing
+    /// was written.
+    #[error("{} `{}` cannot be restored as stored", .0.kind, .0.name)]
+    Fault(efms_domain::config::plans::PlanFault),
+    /// Both sides of a merge changed the same values differently; nothing was merged.
+    #[error("{} value(s) changed on both sides; nothing was merged", .0.len())]
+    MergeConflicts(Vec<efms_domain::config::plans::MergeConflict>),
 }
 
 /// The configuration service (see the module documentation). Cheap to clone.

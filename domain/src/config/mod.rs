@@ -20,6 +20,7 @@ pub mod group;
 pub mod inheritance;
 pub mod limits;
 pub mod merge;
+pub mod plans;
 mod refs;
 pub mod shared;
 pub mod template;
@@ -29,6 +30,7 @@ pub use branch::{valid_branch_name, BranchPoint, MAIN_BRANCH};
 pub use commands::{Change, ConfigCommand, Expect, Operation};
 pub use errors::{dangling_message, ConfigError};
 pub use events::ConfigEvent;
+pub use plans::Key;
 pub use refs::{references, ResourceRef};
 
 #[cfg(test)]

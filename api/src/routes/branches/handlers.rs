@@ -6,18 +6,19 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use efms_commands::configuration::ConfigServiceError;
+use efms_domain::config::plans::BranchState;
 use efms_domain::config::{valid_branch_name, BranchPoint, ConfigCommand, Expect, MAIN_BRANCH};
-use efms_domain::envoy::ResourceKind;
-use efms_projections::config::{self as read, BranchRow, ResourceRow};
+use efms_projections::config::{self as read, BranchRow};
 
-use super::merging::{merge_inputs, plan_merge, MergePlan};
+use super::merging::{conflict_views, merge_inputs};
 use super::params::BranchName;
 use super::params::{BranchDiffParams, CreateBranch, ListBranches, MergeRequest};
-use super::responses::{BranchView, MergeResult};
+use super::responses::{BranchView, MergeResult, MergedChange};
 use crate::access::{live_branch, ReadConfig, Tenant, TenantAccess, WriteConfig};
 use crate::error::{ApiError, FieldError};
 use crate::extract::{ApiJson, ApiQuery, CommitMeta};
-use crate::routes::resources::{execute, restore};
+use crate::routes::resources::{commit_request, execute, restore};
 use crate::routes::versions::{diff_states, Diff};
 use crate::state::AppState;
 
@@ -188,17 +189,19 @@ pub async fn diff(
     ApiQuery(params): ApiQuery<BranchDiffParams>,
 ) -> Result<Json<Diff>, ApiError> {
     let branch = branch_row(&state, &tenant, &name, true).await?;
-    let inputs = merge_inputs(&state, &tenant, &branch).await?;
-    let documents = |rows: BTreeMap<(ResourceKind, String), ResourceRow>| {
-        rows.into_iter()
-            .map(|(key, row)| (key, row.document))
+    let read = merge_inputs(&state, &tenant, &branch).await?;
+    let documents = |state: BranchState| {
+        state
+            .resources
+            .into_iter()
+            .map(|(key, resource)| (key, resource.document))
             .collect::<BTreeMap<_, _>>()
     };
     let (from_revision, from) = match params.against.as_deref() {
-        None | Some("changes") => (inputs.ancestor_revision, documents(inputs.ancestor)),
+        None | Some("changes") => (read.ancestor_revision, documents(read.inputs.ancestor)),
         Some("base") => (
             read::head_revision(&state.pool, tenant.tenant_id, &branch.base_branch).await?,
-            documents(inputs.ours),
+            documents(read.inputs.ours),
         ),
         Some(other) => {
             return Err(ApiError::Validation(vec![FieldError::parameter(
@@ -209,9 +212,9 @@ pub async fn diff(
     };
     Ok(Json(diff_states(
         from_revision,
-        inputs.theirs_revision,
+        read.theirs_revision,
         from,
-        documents(inputs.theirs),
+        documents(read.inputs.theirs),
     )))
 }
 
@@ -232,52 +235,50 @@ pub async fn merge(
     ApiJson(body): ApiJson<MergeRequest>,
 ) -> Result<Json<MergeResult>, ApiError> {
     let branch = branch_row(&state, &tenant, &name, false).await?;
-    let inputs = merge_inputs(&state, &tenant, &branch).await?;
-    let MergePlan {
-        changes,
-        report,
-        conflicts,
-    } = plan_merge(&inputs)?;
-    if !conflicts.is_empty() {
-        return Err(ApiError::MergeConflict {
-            detail: format!(
-                "{} value(s) changed on both `{}` and `{}`; nothing was merged",
-                conflicts.len(),
-                branch.base_branch,
-                branch.name
-            ),
-            conflicts: serde_json::to_value(&conflicts).map_err(ApiError::internal)?,
-        });
-    }
+    let read = merge_inputs(&state, &tenant, &branch).await?;
     let message = body.message.or_else(|| {
         Some(format!(
             "merge `{}` at revision {} into `{}`",
-            branch.name, inputs.theirs_revision, branch.base_branch
+            branch.name, read.theirs_revision, branch.base_branch
         ))
     });
-    let command = ConfigCommand::Merge {
-        message: message.clone(),
-        source: BranchPoint {
-            branch: branch.name.clone(),
-            revision: u64::try_from(inputs.theirs_revision).map_err(ApiError::internal)?,
-        },
-        changes,
+    let source = BranchPoint {
+        branch: branch.name.clone(),
+        revision: u64::try_from(read.theirs_revision).map_err(ApiError::internal)?,
     };
-    let position = execute(
-        &state,
+    let request = commit_request(
         &meta.clone().with_message(message),
         (&tenant, &branch.base_branch),
-        command,
-    )
-    .await
-    .map_err(|error| match error {
-        ApiError::PreconditionFailed(detail) => ApiError::Conflict(format!(
-            "`{}` changed while merging ({detail}); merge again",
-            branch.base_branch
-        )),
-        other => other,
-    })?;
-    let revision = match position {
+    );
+    let outcome = match state
+        .configuration
+        .merge(&request, source, &read.inputs)
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(ConfigServiceError::MergeConflicts(conflicts)) => {
+            return Err(ApiError::MergeConflict {
+                detail: format!(
+                    "{} value(s) changed on both `{}` and `{}`; nothing was merged",
+                    conflicts.len(),
+                    branch.base_branch,
+                    branch.name
+                ),
+                conflicts: serde_json::to_value(conflict_views(conflicts))
+                    .map_err(ApiError::internal)?,
+            })
+        }
+        Err(error) => {
+            return Err(match ApiError::from(error) {
+                ApiError::PreconditionFailed(detail) => ApiError::Conflict(format!(
+                    "`{}` changed while merging ({detail}); merge again",
+                    branch.base_branch
+                )),
+                other => other,
+            })
+        }
+    };
+    let revision = match outcome.position {
         Some(_) => {
             Some(read::head_revision(&state.pool, tenant.tenant_id, &branch.base_branch).await?)
         }
@@ -286,7 +287,15 @@ pub async fn merge(
     Ok(Json(MergeResult {
         into: branch.base_branch,
         revision,
-        merged_revision: inputs.theirs_revision,
-        changes: report,
+        merged_revision: read.theirs_revision,
+        changes: outcome
+            .report
+            .into_iter()
+            .map(|((kind, name), merged)| MergedChange {
+                kind,
+                name,
+                change: merged.as_str().to_owned(),
+            })
+            .collect(),
     }))
 }

@@ -102,19 +102,7 @@ pub fn restore(
     derivation: Option<&Value>,
     expect: Expect,
 ) -> Result<Change, ApiError> {
-    match derivation {
-        None => Change::put(kind, document, expect).map_err(invalid),
-        Some(derivation) => Ok(Change::Derive {
-            kind,
-            name: document
-                .get(kind.name_field())
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            derivation: serde_json::from_value(derivation.clone()).map_err(ApiError::internal)?,
-            expect,
-        }),
-    }
+    efms_domain::config::plans::restore(kind, document, derivation, expect).map_err(invalid)
 }
 
 /// 422 when the body names another resource than the path.

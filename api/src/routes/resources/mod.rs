@@ -16,7 +16,7 @@ pub mod params;
 pub mod responses;
 
 pub use self::changes::{change_of, invalid, restore, TEMPLATE_KEY};
-pub use self::commits::{commit, execute};
+pub use self::commits::{commit, commit_request, execute};
 pub use self::context::{as_of, if_match, kind_of, Collection, IfMatch, ResourcePath};
 pub use self::groups::{
     __path_declaration, __path_group_resources, declaration, effective_attachments,
