@@ -13,7 +13,7 @@ use sqlx::PgPool;
 
 use crate::auth::{JwtKeys, TokenUser};
 use crate::error::ApiError;
-use crate::settings::ConfigError;
+use crate::settings::invalid::ConfigError;
 use crate::ttl::parse_ttl;
 
 /// What a proxy token of a bootstrap is bound to.

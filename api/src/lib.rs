@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod passwords;
 pub mod policy;
+pub mod problem;
 pub mod routes;
 pub mod server;
 pub mod service_errors;

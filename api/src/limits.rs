@@ -5,7 +5,7 @@
 use clap::Args;
 use efms_domain::config::limits::Limits;
 
-use crate::settings::ConfigError;
+use crate::settings::invalid::ConfigError;
 
 /// The setting of the document size limit, as problems name it.
 pub const MAX_DOCUMENT_BYTES: &str = "EFMS_MAX_DOCUMENT_BYTES";

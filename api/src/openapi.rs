@@ -5,43 +5,14 @@ use axum::http::header;
 use axum::response::{Html, IntoResponse};
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
+
+use crate::problem::{Problem, ProblemField};
 
 use crate::routes::{
     audit, branches, bulk, grants, health, jobs, login, proxies, proxy_tokens, quotas, resources,
     tenants, users, versions,
 };
-
-/// The RFC 7807 body of every error (for the document; `crate::error` writes it).
-#[derive(Debug, serde::Serialize, ToSchema)]
-#[allow(dead_code)]
-pub struct Problem {
-    /// A stable URI naming the kind of problem (`urn:efms:problem:…`).
-    #[serde(rename = "type")]
-    kind: String,
-    /// Short summary of the kind.
-    title: String,
-    /// The HTTP status.
-    status: u16,
-    /// What went wrong in this request.
-    detail: String,
-    /// Where in the request (JSON pointers into the body, or query parameters).
-    errors: Option<Vec<ProblemField>>,
-    /// A merge conflict: each value both sides changed (resource, pointer, base, ours, theirs).
-    conflicts: Option<Vec<crate::routes::branches::MergeConflict>>,
-}
-
-/// One place in a request that is at fault.
-#[derive(Debug, serde::Serialize, ToSchema)]
-#[allow(dead_code)]
-pub struct ProblemField {
-    /// JSON pointer (RFC 6901) into the body.
-    pointer: Option<String>,
-    /// The query parameter.
-    parameter: Option<String>,
-    /// What is wrong there.
-    detail: String,
-}
 
 /// Declares bearer tokens as the API's authentication.
 struct BearerAuth;

@@ -12,7 +12,11 @@ use sqlx::postgres::PgConnectOptions;
 use crate::auth::MIN_SECRET_BYTES;
 
 mod edge;
+pub mod invalid;
+
 pub use edge::{EdgeArgs, EdgeConfig};
+pub(crate) use invalid::invalid;
+pub use invalid::ConfigError;
 
 /// The local Postgres of a development machine.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/efms";
@@ -148,23 +152,6 @@ pub struct TokenArgs {
     /// Secret that signs the token (at least 32 bytes).
     #[arg(long, env = "EFMS_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
-}
-
-/// A setting that cannot be used, and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid configuration: {setting}: {reason}")]
-pub struct ConfigError {
-    /// The environment variable and flag, as the user would set them.
-    pub setting: &'static str,
-    /// What is wrong with the value.
-    pub reason: String,
-}
-
-pub(crate) fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        setting,
-        reason: reason.into(),
-    }
 }
 
 /// Log output format.

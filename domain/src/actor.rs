@@ -50,6 +50,18 @@ impl Role {
     pub fn is_tenant_role(self) -> bool {
         self != Role::System
     }
+
+    /// Whether the role goes with `tenant`: a tenant role names a tenant, `system` none; else
+    /// what is wrong.
+    pub fn check_tenant(self, tenant: Option<&str>) -> Result<(), String> {
+        match (self.is_tenant_role(), tenant) {
+            (true, None) => Err(format!(
+                "role `{self}` is granted within a tenant: name one"
+            )),
+            (false, Some(_)) => Err("role `system` belongs to no tenant".to_owned()),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl fmt::Display for Role {

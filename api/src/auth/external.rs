@@ -7,7 +7,6 @@ use efms_domain::{Actor, Role, TenantSlug};
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use serde::Deserialize;
 
-use super::tokens::check_role_tenant;
 use crate::credentials::VerifiedToken;
 use crate::error::ApiError;
 
@@ -224,7 +223,10 @@ impl ExternalIssuer {
                 claims.role
             )));
         }
-        check_role_tenant(claims.role, claims.tenant.as_deref()).map_err(ApiError::Unauthorized)?;
+        claims
+            .role
+            .check_tenant(claims.tenant.as_deref())
+            .map_err(ApiError::Unauthorized)?;
         let tenant = claims
             .tenant
             .map(TenantSlug::parse)

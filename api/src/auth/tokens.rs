@@ -169,7 +169,7 @@ impl JwtKeys {
         (user, proxy): (Option<TokenUser>, Option<ProxyBinding>),
         ttl: Duration,
     ) -> Result<String, String> {
-        check_role_tenant(role, tenant.map(TenantSlug::as_str))?;
+        role.check_tenant(tenant.map(TenantSlug::as_str))?;
         let now = chrono::Utc::now().timestamp();
         let ttl = i64::try_from(ttl.as_secs()).map_err(|_| "the TTL is too long".to_owned())?;
         let claims = Claims {
@@ -230,7 +230,10 @@ impl JwtKeys {
             uid,
             generation: claims.generation.unwrap_or_default(),
         });
-        check_role_tenant(claims.role, claims.tenant.as_deref()).map_err(ApiError::Unauthorized)?;
+        claims
+            .role
+            .check_tenant(claims.tenant.as_deref())
+            .map_err(ApiError::Unauthorized)?;
         let tenant = claims
             .tenant
             .map(TenantSlug::parse)
@@ -255,17 +258,6 @@ impl JwtKeys {
             proxy,
             expires_at: claims.exp,
         })
-    }
-}
-
-/// Whether `role` and `tenant` go together: a tenant role names a tenant, `system` none.
-pub(super) fn check_role_tenant(role: Role, tenant: Option<&str>) -> Result<(), String> {
-    match (role.is_tenant_role(), tenant) {
-        (true, None) => Err(format!(
-            "role `{role}` is granted within a tenant: name one"
-        )),
-        (false, Some(_)) => Err("role `system` belongs to no tenant".to_owned()),
-        _ => Ok(()),
     }
 }
 

@@ -172,8 +172,8 @@ pub struct AuditPage {
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/audit", tag = "tenants",
     params(("tenant" = String, Path, description = "Tenant slug"), AuditQuery),
     responses((status = 200, description = "A page of the trail, newest first", body = AuditPage),
-        (status = 403, description = "Only auditors and admins read the trail", body = crate::openapi::Problem),
-        (status = 422, description = "A bad filter", body = crate::openapi::Problem)))]
+        (status = 403, description = "Only auditors and admins read the trail", body = crate::problem::Problem),
+        (status = 422, description = "A bad filter", body = crate::problem::Problem)))]
 pub async fn list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<AuditQuery>,

@@ -95,12 +95,12 @@ pub struct BulkResult {
     request_body(content = BulkRequest, description = "Up to 10,000 operations; more than 1,000 run as a job"),
     responses((status = 200, description = "All operations landed in one revision", body = BulkResult),
         (status = 202, description = "More than 1,000 operations: a job was started (`Location`: the job)", body = super::jobs::JobView),
-        (status = 404, description = "No such tenant, or a resource to patch or delete is missing", body = crate::openapi::Problem),
-        (status = 409, description = "A create found the resource, or a delete is still referenced", body = crate::openapi::Problem),
-        (status = 412, description = "An `if_match` is stale", body = crate::openapi::Problem),
-        (status = 422, description = "Operations at fault, each named by its pointer (a patch past the document or operation limits among them); nothing changed", body = crate::openapi::Problem),
-        (status = 429, description = "More than 1,000 operations while the tenant runs as many bulk jobs as it may (`Retry-After`)", body = crate::openapi::Problem),
-        (status = 503, description = "Committed, but the read models have not applied it within two minutes", body = crate::openapi::Problem)))]
+        (status = 404, description = "No such tenant, or a resource to patch or delete is missing", body = crate::problem::Problem),
+        (status = 409, description = "A create found the resource, or a delete is still referenced", body = crate::problem::Problem),
+        (status = 412, description = "An `if_match` is stale", body = crate::problem::Problem),
+        (status = 422, description = "Operations at fault, each named by its pointer (a patch past the document or operation limits among them); nothing changed", body = crate::problem::Problem),
+        (status = 429, description = "More than 1,000 operations while the tenant runs as many bulk jobs as it may (`Retry-After`)", body = crate::problem::Problem),
+        (status = 503, description = "Committed, but the read models have not applied it within two minutes", body = crate::problem::Problem)))]
 pub async fn bulk(
     State(state): State<AppState>,
     ApiQuery(_): ApiQuery<BranchParams>,
@@ -115,7 +115,17 @@ pub async fn bulk(
         )]));
     }
     if request.operations.len() > jobs::SYNC_LIMIT {
-        return jobs::start(state, meta, tenant, branch, request).await;
+        let total = request.operations.len();
+        let job = (state.clone(), tenant.clone(), branch.clone());
+        let work = move |progress: std::sync::Arc<jobs::Progress>| async move {
+            let (state, tenant, branch) = job;
+            let result = apply(&state, meta, (&tenant, &branch), &request, Some(&progress)).await?;
+            Ok(jobs::JobDone {
+                applied: result.operations,
+                revision: result.revision,
+            })
+        };
+        return jobs::start(state, &tenant, &branch, total, work).await;
     }
     let result = apply(&state, meta, (&tenant, &branch), &request, None).await?;
     Ok(Json(result).into_response())

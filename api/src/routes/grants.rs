@@ -86,9 +86,9 @@ use efms_commands::configuration::sharing::shareable;
     params(("tenant" = String, Path, description = "Tenant slug (the owner)")),
     request_body = NewGrant,
     responses((status = 201, description = "Granted", body = GrantView),
-        (status = 403, description = "Only admins share", body = crate::openapi::Problem),
-        (status = 409, description = "Granted already", body = crate::openapi::Problem),
-        (status = 422, description = "No such tenant or resource, a kind that is not shared, or a cluster that needs secrets", body = crate::openapi::Problem)))]
+        (status = 403, description = "Only admins share", body = crate::problem::Problem),
+        (status = 409, description = "Granted already", body = crate::problem::Problem),
+        (status = 422, description = "No such tenant or resource, a kind that is not shared, or a cluster that needs secrets", body = crate::problem::Problem)))]
 pub async fn create(
     State(state): State<AppState>,
     tenant: Tenant<ManageGrants>,
@@ -256,9 +256,9 @@ async fn grant_rows(
         ("kind" = String, Path, description = "`cluster` or `template`"),
         ("name" = String, Path, description = "The resource's name")),
     responses((status = 204, description = "Revoked"),
-        (status = 403, description = "Only admins share", body = crate::openapi::Problem),
-        (status = 404, description = "No such grant", body = crate::openapi::Problem),
-        (status = 409, description = "The grantee refers to the resource; the answer names where", body = crate::openapi::Problem)))]
+        (status = 403, description = "Only admins share", body = crate::problem::Problem),
+        (status = 404, description = "No such grant", body = crate::problem::Problem),
+        (status = 409, description = "The grantee refers to the resource; the answer names where", body = crate::problem::Problem)))]
 pub async fn delete(
     State(state): State<AppState>,
     tenant: Tenant<ManageGrants>,

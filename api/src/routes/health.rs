@@ -19,7 +19,7 @@ pub async fn healthz() -> impl IntoResponse {
 }
 
 /// `GET /readyz`: the process can serve requests (the database answers).
-#[utoipa::path(get, path = "/readyz", tag = "operations", security(()), responses((status = 200, description = "Ready"), (status = 503, description = "The database does not answer", body = crate::openapi::Problem)))]
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()), responses((status = 200, description = "Ready"), (status = 503, description = "The database does not answer", body = crate::problem::Problem)))]
 pub async fn readyz(State(pool): State<PgPool>) -> Result<impl IntoResponse, ApiError> {
     match crate::store::ping(&pool).await {
         Ok(()) => Ok((

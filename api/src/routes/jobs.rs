@@ -8,6 +8,7 @@
 //! stopped) is reported failed; its commit is atomic, so it either landed (a `bulk` revision) or
 //! left nothing.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,10 +22,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::bulk::{apply, BulkRequest};
 use crate::access::{ReadConfig, Tenant, WriteConfig};
 use crate::error::ApiError;
-use crate::extract::CommitMeta;
 use crate::limits::MAX_JOBS_PER_TENANT;
 use crate::state::AppState;
 use crate::store::jobs as store;
@@ -90,26 +89,41 @@ pub struct JobView {
     finished_at: Option<DateTime<Utc>>,
 }
 
-/// Records a new job and runs it in the background; answers 202 with the job.
-pub(crate) async fn start(
+/// What a job that succeeded records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobDone {
+    /// Changes applied.
+    pub applied: usize,
+    /// The revision it landed in (`None`: nothing changed).
+    pub revision: Option<i64>,
+}
+
+/// Records a new job of `total` operations on `branch` and runs `work` in the background under
+/// the server's shutdown; answers 202 with the job. `work` reports its progress through the
+/// [`Progress`] it is given.
+pub(crate) async fn start<W, F>(
     state: AppState,
-    meta: CommitMeta,
-    tenant: Tenant<WriteConfig>,
-    branch: String,
-    request: BulkRequest,
-) -> Result<Response, ApiError> {
+    tenant: &Tenant<WriteConfig>,
+    branch: &str,
+    total: usize,
+    work: W,
+) -> Result<Response, ApiError>
+where
+    W: FnOnce(Arc<Progress>) -> F + Send + 'static,
+    F: Future<Output = Result<JobDone, ApiError>> + Send + 'static,
+{
     if state.background.is_stopping() {
         return Err(ApiError::Unavailable(
             crate::background::Stopping.to_string(),
         ));
     }
     let job_id = Uuid::now_v7();
-    let total = i32::try_from(request.operations.len()).map_err(ApiError::internal)?;
+    let total = i32::try_from(total).map_err(ApiError::internal)?;
     let limit = state.limits.max_jobs_per_tenant;
     let new_job = store::NewJob {
         tenant_id: tenant.tenant_id,
         job_id,
-        branch: &branch,
+        branch,
         actor: &tenant.actor().audit_name(),
         total,
     };
@@ -126,8 +140,10 @@ pub(crate) async fn start(
     let view = load(&state, tenant.tenant_id, job_id).await?;
     let location = format!("/api/v1/tenants/{}/jobs/{job_id}", tenant.slug);
     let tenant_id = tenant.tenant_id;
-    let work = run(state.clone(), meta, tenant, branch, request, job_id);
-    if let Err(stopping) = state.background.spawn(work) {
+    if let Err(stopping) = state
+        .background
+        .spawn(run(state.clone(), tenant_id, job_id, work))
+    {
         let refused = Err(ApiError::Unavailable(stopping.to_string()));
         if let Err(error) = finish(&state, tenant_id, job_id, refused).await {
             tracing::error!(%job_id, %error, "cannot record a bulk job refused at stop");
@@ -145,17 +161,14 @@ pub(crate) async fn start(
 const JOB_RETRY_AFTER_SECONDS: u32 = 5;
 
 /// Runs a job to its end, recording its progress meanwhile.
-async fn run(
-    state: AppState,
-    meta: CommitMeta,
-    tenant: Tenant<WriteConfig>,
-    branch: String,
-    request: BulkRequest,
-    job_id: Uuid,
-) {
+async fn run<W, F>(state: AppState, tenant_id: Uuid, job_id: Uuid, work: W)
+where
+    W: FnOnce(Arc<Progress>) -> F,
+    F: Future<Output = Result<JobDone, ApiError>>,
+{
     let progress = Arc::new(Progress::default());
     let recorder = {
-        let (state, progress, tenant_id) = (state.clone(), progress.clone(), tenant.tenant_id);
+        let (state, progress) = (state.clone(), progress.clone());
         tokio::spawn(async move {
             loop {
                 let phase = if progress.committing.load(Ordering::Relaxed) {
@@ -173,10 +186,10 @@ async fn run(
             }
         })
     };
-    let outcome = apply(&state, meta, (&tenant, &branch), &request, Some(&progress)).await;
+    let outcome = work(progress).await;
     recorder.abort();
     let _ = recorder.await;
-    if let Err(error) = finish(&state, tenant.tenant_id, job_id, outcome).await {
+    if let Err(error) = finish(&state, tenant_id, job_id, outcome).await {
         tracing::error!(%job_id, %error, "cannot record the end of a bulk job");
     }
 }
@@ -185,13 +198,13 @@ async fn finish(
     state: &AppState,
     tenant_id: Uuid,
     job_id: Uuid,
-    outcome: Result<super::bulk::BulkResult, ApiError>,
+    outcome: Result<JobDone, ApiError>,
 ) -> Result<(), sqlx::Error> {
     let end = match outcome {
-        Ok(result) => store::JobEnd {
+        Ok(done) => store::JobEnd {
             state: "succeeded",
-            applied: i32::try_from(result.operations).unwrap_or(i32::MAX),
-            revision: result.revision,
+            applied: i32::try_from(done.applied).unwrap_or(i32::MAX),
+            revision: done.revision,
             problem: None,
         },
         Err(error) => store::JobEnd {
@@ -243,7 +256,7 @@ async fn load(state: &AppState, tenant_id: Uuid, job_id: Uuid) -> Result<JobView
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/jobs/{id}", tag = "configuration",
     params(("tenant" = String, Path, description = "Tenant slug"), ("id" = String, Path, description = "The job's id")),
     responses((status = 200, description = "The job", body = JobView),
-        (status = 404, description = "No such job", body = crate::openapi::Problem)))]
+        (status = 404, description = "No such job", body = crate::problem::Problem)))]
 pub async fn get(
     State(state): State<AppState>,
     tenant: Tenant<ReadConfig>,

@@ -93,9 +93,9 @@ fn throttled(refusal: Throttled, username: &str, window: Duration) -> ApiError {
 #[utoipa::path(post, path = "/api/v1/auth/token", tag = "users", security(()),
     request_body = Login,
     responses((status = 200, description = "A token", body = LoginToken),
-        (status = 401, description = "Unknown tenant or user, or wrong password", body = crate::openapi::Problem),
-        (status = 422, description = "Not a tenant slug or not a user name", body = crate::openapi::Problem),
-        (status = 429, description = "Too many failed logins of this user or from this address; retry later", body = crate::openapi::Problem)))]
+        (status = 401, description = "Unknown tenant or user, or wrong password", body = crate::problem::Problem),
+        (status = 422, description = "Not a tenant slug or not a user name", body = crate::problem::Problem),
+        (status = 429, description = "Too many failed logins of this user or from this address; retry later", body = crate::problem::Problem)))]
 pub async fn login(
     State(state): State<AppState>,
     client: Option<Extension<ConnectInfo<ClientAddr>>>,

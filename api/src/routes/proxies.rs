@@ -191,7 +191,7 @@ pub struct ProxiesPage {
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/proxies", tag = "proxies",
     params(("tenant" = String, Path, description = "Tenant slug"), ProxiesParams),
     responses((status = 200, description = "A page of proxies", body = ProxiesPage),
-        (status = 404, description = "No such tenant", body = crate::openapi::Problem)))]
+        (status = 404, description = "No such tenant", body = crate::problem::Problem)))]
 pub async fn list(
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<ProxiesParams>,
@@ -236,7 +236,7 @@ pub struct ProxyParams {
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/proxies/{node_id}", tag = "proxies",
     params(("tenant" = String, Path, description = "Tenant slug"), ("node_id" = String, Path, description = "The proxy's node.id"), ProxyParams),
     responses((status = 200, description = "The proxy", body = Proxy),
-        (status = 404, description = "No such proxy", body = crate::openapi::Problem)))]
+        (status = 404, description = "No such proxy", body = crate::problem::Problem)))]
 pub async fn get(
     State(state): State<AppState>,
     Path(NodeId { node_id }): Path<NodeId>,
@@ -317,8 +317,8 @@ pub struct TransitionsPage {
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/proxies/{node_id}/history", tag = "proxies",
     params(("tenant" = String, Path, description = "Tenant slug"), ("node_id" = String, Path, description = "The proxy's node.id"), HistoryParams),
     responses((status = 200, description = "A page of the proxy's history", body = TransitionsPage),
-        (status = 404, description = "No such proxy", body = crate::openapi::Problem),
-        (status = 422, description = "Bad paging", body = crate::openapi::Problem)))]
+        (status = 404, description = "No such proxy", body = crate::problem::Problem),
+        (status = 422, description = "Bad paging", body = crate::problem::Problem)))]
 pub async fn history(
     State(state): State<AppState>,
     Path(NodeId { node_id }): Path<NodeId>,
@@ -388,9 +388,9 @@ pub struct BootstrapParams {
     params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "groups"),
         ("name" = String, Path, description = "The group's name"), BootstrapParams),
     responses((status = 200, description = "An Envoy bootstrap (envoy.config.bootstrap.v3.Bootstrap, JSON)", body = Object),
-        (status = 403, description = "The role may not mint proxy tokens", body = crate::openapi::Problem),
-        (status = 404, description = "No such group", body = crate::openapi::Problem),
-        (status = 422, description = "Bad node id, protocol or TTL", body = crate::openapi::Problem)))]
+        (status = 403, description = "The role may not mint proxy tokens", body = crate::problem::Problem),
+        (status = 404, description = "No such group", body = crate::problem::Problem),
+        (status = 422, description = "Bad node id, protocol or TTL", body = crate::problem::Problem)))]
 pub async fn bootstrap(
     State(state): State<AppState>,
     ResourcePath { kind, name: group }: ResourcePath,

@@ -108,9 +108,9 @@ fn view(row: store::ProxyTokenRow) -> ProxyTokenView {
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/proxy-tokens", tag = "proxies",
     params(("tenant" = String, Path, description = "Tenant slug"), ProxyTokensParams),
     responses((status = 200, description = "A page of proxy tokens", body = ProxyTokensPage),
-        (status = 403, description = "The role may not list proxy tokens", body = crate::openapi::Problem),
-        (status = 404, description = "No such tenant", body = crate::openapi::Problem),
-        (status = 422, description = "Bad paging", body = crate::openapi::Problem)))]
+        (status = 403, description = "The role may not list proxy tokens", body = crate::problem::Problem),
+        (status = 404, description = "No such tenant", body = crate::problem::Problem),
+        (status = 422, description = "Bad paging", body = crate::problem::Problem)))]
 pub async fn list(
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<ProxyTokensParams>,
@@ -136,8 +136,8 @@ pub async fn list(
 #[utoipa::path(delete, path = "/api/v1/tenants/{tenant}/proxy-tokens/{id}", tag = "proxies",
     params(("tenant" = String, Path, description = "Tenant slug"), ("id" = String, Path, description = "The token's id")),
     responses((status = 204, description = "Revoked"),
-        (status = 403, description = "The role may not revoke proxy tokens", body = crate::openapi::Problem),
-        (status = 404, description = "No such proxy token", body = crate::openapi::Problem)))]
+        (status = 403, description = "The role may not revoke proxy tokens", body = crate::problem::Problem),
+        (status = 404, description = "No such proxy token", body = crate::problem::Problem)))]
 pub async fn revoke(
     State(state): State<AppState>,
     tenant: Tenant<ManageProxyTokens>,

@@ -62,7 +62,7 @@ pub struct QuotaView {
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/quotas", tag = "tenants",
     params(("tenant" = String, Path, description = "Tenant slug")),
     responses((status = 200, description = "Limits and usage", body = QuotaView),
-        (status = 404, description = "No such tenant", body = crate::openapi::Problem)))]
+        (status = 404, description = "No such tenant", body = crate::problem::Problem)))]
 pub async fn get(
     State(state): State<AppState>,
     tenant: Tenant<ReadConfig>,
@@ -75,8 +75,8 @@ pub async fn get(
     params(("tenant" = String, Path, description = "Tenant slug")),
     request_body = Limits,
     responses((status = 200, description = "The new limits and the usage", body = QuotaView),
-        (status = 403, description = "Only the system role sets quotas", body = crate::openapi::Problem),
-        (status = 404, description = "No such tenant", body = crate::openapi::Problem)))]
+        (status = 403, description = "Only the system role sets quotas", body = crate::problem::Problem),
+        (status = 404, description = "No such tenant", body = crate::problem::Problem)))]
 pub async fn put(
     State(state): State<AppState>,
     tenant: Tenant<SetQuotas>,

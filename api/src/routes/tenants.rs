@@ -80,9 +80,9 @@ pub struct ListQuery {
 /// `POST /api/v1/tenants`: creates a tenant (system role only).
 #[utoipa::path(post, path = "/api/v1/tenants", tag = "tenants", request_body = CreateTenant,
     responses((status = 201, description = "Created", body = TenantView),
-        (status = 403, description = "Not the system role", body = crate::openapi::Problem),
-        (status = 409, description = "The slug is taken", body = crate::openapi::Problem),
-        (status = 422, description = "Invalid slug or name", body = crate::openapi::Problem)))]
+        (status = 403, description = "Not the system role", body = crate::problem::Problem),
+        (status = 409, description = "The slug is taken", body = crate::problem::Problem),
+        (status = 422, description = "Invalid slug or name", body = crate::problem::Problem)))]
 pub async fn create(
     State(state): State<AppState>,
     Principal(actor): Principal,
@@ -182,7 +182,7 @@ async fn read_back(
 /// `GET /api/v1/tenants`: the tenants the caller may see, in slug order, a page at a time.
 #[utoipa::path(get, path = "/api/v1/tenants", tag = "tenants", params(ListQuery),
     responses((status = 200, description = "A page of tenants", body = TenantPage),
-        (status = 422, description = "Bad paging", body = crate::openapi::Problem)))]
+        (status = 422, description = "Bad paging", body = crate::problem::Problem)))]
 pub async fn list(
     State(pool): State<PgPool>,
     Principal(actor): Principal,
@@ -206,7 +206,7 @@ pub async fn list(
 /// `GET /api/v1/tenants/{slug}`: one tenant, if the caller may see it.
 #[utoipa::path(get, path = "/api/v1/tenants/{slug}", tag = "tenants", params(("slug" = String, Path, description = "Tenant slug")),
     responses((status = 200, description = "The tenant", body = TenantView),
-        (status = 404, description = "No such tenant (or not yours)", body = crate::openapi::Problem)))]
+        (status = 404, description = "No such tenant (or not yours)", body = crate::problem::Problem)))]
 pub async fn get(
     State(pool): State<PgPool>,
     Principal(actor): Principal,

@@ -84,9 +84,9 @@ pub struct UserView {
     params(("tenant" = String, Path, description = "Tenant slug")),
     request_body = NewUser,
     responses((status = 201, description = "Created (a service account with its token)", body = UserView),
-        (status = 403, description = "Only admins manage users", body = crate::openapi::Problem),
-        (status = 409, description = "The name is taken", body = crate::openapi::Problem),
-        (status = 422, description = "Bad name, role or password", body = crate::openapi::Problem)))]
+        (status = 403, description = "Only admins manage users", body = crate::problem::Problem),
+        (status = 409, description = "The name is taken", body = crate::problem::Problem),
+        (status = 422, description = "Bad name, role or password", body = crate::problem::Problem)))]
 pub async fn create(
     State(state): State<AppState>,
     tenant: Tenant<ManageUsers>,
@@ -228,9 +228,9 @@ pub struct UserChange {
     params(("tenant" = String, Path, description = "Tenant slug"), ("id" = String, Path, description = "The user's id")),
     request_body = UserChange,
     responses((status = 200, description = "Changed (a service account with its new token)", body = UserView),
-        (status = 403, description = "Only admins manage users", body = crate::openapi::Problem),
-        (status = 404, description = "No such user", body = crate::openapi::Problem),
-        (status = 422, description = "Nothing to change, a bad role or password, or a password for a service account", body = crate::openapi::Problem)))]
+        (status = 403, description = "Only admins manage users", body = crate::problem::Problem),
+        (status = 404, description = "No such user", body = crate::problem::Problem),
+        (status = 422, description = "Nothing to change, a bad role or password, or a password for a service account", body = crate::problem::Problem)))]
 pub async fn change(
     State(state): State<AppState>,
     tenant: Tenant<ManageUsers>,
@@ -304,7 +304,7 @@ pub async fn change(
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/users", tag = "users",
     params(("tenant" = String, Path, description = "Tenant slug")),
     responses((status = 200, description = "The users", body = Vec<UserView>),
-        (status = 403, description = "Only admins and auditors list users", body = crate::openapi::Problem)))]
+        (status = 403, description = "Only admins and auditors list users", body = crate::problem::Problem)))]
 pub async fn list(
     State(state): State<AppState>,
     tenant: Tenant<ReadUsers>,
@@ -317,8 +317,8 @@ pub async fn list(
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/users/{id}", tag = "users",
     params(("tenant" = String, Path, description = "Tenant slug"), ("id" = String, Path, description = "The user's id")),
     responses((status = 200, description = "The user", body = UserView),
-        (status = 403, description = "Only admins and auditors read users", body = crate::openapi::Problem),
-        (status = 404, description = "No such user", body = crate::openapi::Problem)))]
+        (status = 403, description = "Only admins and auditors read users", body = crate::problem::Problem),
+        (status = 404, description = "No such user", body = crate::problem::Problem)))]
 pub async fn get(
     State(state): State<AppState>,
     tenant: Tenant<ReadUsers>,
@@ -337,8 +337,8 @@ pub async fn get(
 #[utoipa::path(delete, path = "/api/v1/tenants/{tenant}/users/{id}", tag = "users",
     params(("tenant" = String, Path, description = "Tenant slug"), ("id" = String, Path, description = "The user's id")),
     responses((status = 204, description = "Deleted"),
-        (status = 403, description = "Only admins manage users", body = crate::openapi::Problem),
-        (status = 404, description = "No such user", body = crate::openapi::Problem)))]
+        (status = 403, description = "Only admins manage users", body = crate::problem::Problem),
+        (status = 404, description = "No such user", body = crate::problem::Problem)))]
 pub async fn delete(
     State(state): State<AppState>,
     tenant: Tenant<ManageUsers>,

@@ -39,7 +39,7 @@ pub struct HistoryEntry {
 /// `GET .../{kind}/{name}/history`: every change of one resource, newest first.
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/{kind}/{name}/history", tag = "versions", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets, groups or templates"), ("name" = String, Path, description = "The resource's Envoy name"), BranchParams),
     responses((status = 200, description = "The changes, newest first", body = Vec<HistoryEntry>),
-        (status = 404, description = "Never existed", body = crate::openapi::Problem)))]
+        (status = 404, description = "Never existed", body = crate::problem::Problem)))]
 pub async fn history(
     State(state): State<AppState>,
     ResourcePath { kind, name }: ResourcePath,
@@ -101,7 +101,7 @@ pub struct RevisionsPage {
 /// `GET /api/v1/tenants/{tenant}/revisions`: the commits, newest first.
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/revisions", tag = "versions", params(("tenant" = String, Path, description = "Tenant slug"), RevisionsParams),
     responses((status = 200, description = "A page of commits", body = RevisionsPage),
-        (status = 422, description = "Bad paging", body = crate::openapi::Problem)))]
+        (status = 422, description = "Bad paging", body = crate::problem::Problem)))]
 pub async fn revisions(
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<RevisionsParams>,
@@ -184,7 +184,7 @@ pub struct Diff {
 /// `GET /api/v1/tenants/{tenant}/diff?from=N&to=M`.
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/diff", tag = "versions", params(("tenant" = String, Path, description = "Tenant slug"), DiffParams),
     responses((status = 200, description = "What changed from `from` to `to`", body = Diff),
-        (status = 422, description = "No such revision", body = crate::openapi::Problem)))]
+        (status = 422, description = "No such revision", body = crate::problem::Problem)))]
 pub async fn diff(
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<DiffParams>,
@@ -266,7 +266,7 @@ pub struct RollbackBody {
 /// `POST /api/v1/tenants/{tenant}/rollback`: a new revision whose state equals `to_revision`.
 #[utoipa::path(post, path = "/api/v1/tenants/{tenant}/rollback", tag = "versions", params(("tenant" = String, Path, description = "Tenant slug"), BranchParams), request_body = RollbackBody,
     responses((status = 200, description = "The new revision"),
-        (status = 422, description = "No such revision, or the restored state is refused", body = crate::openapi::Problem)))]
+        (status = 422, description = "No such revision, or the restored state is refused", body = crate::problem::Problem)))]
 pub async fn rollback(
     State(state): State<AppState>,
     ApiQuery(_): ApiQuery<BranchParams>,
@@ -293,8 +293,8 @@ pub async fn rollback(
 
 #[utoipa::path(post, path = "/api/v1/tenants/{tenant}/{kind}/{name}/rollback", tag = "versions", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets, groups or templates"), ("name" = String, Path, description = "The resource's Envoy name"), BranchParams), request_body = RollbackBody,
     responses((status = 200, description = "The restored resource", body = Object), (status = 204, description = "Deleted: it did not exist then"),
-        (status = 409, description = "Deleting it would break a reference", body = crate::openapi::Problem),
-        (status = 422, description = "No such revision", body = crate::openapi::Problem)))]
+        (status = 409, description = "Deleting it would break a reference", body = crate::problem::Problem),
+        (status = 422, description = "No such revision", body = crate::problem::Problem)))]
 /// `POST .../{kind}/{name}/rollback`: one resource back to its state at `to_revision` (deleted if it
 /// did not exist then).
 pub async fn rollback_resource(

@@ -27,9 +27,9 @@ use crate::state::AppState;
     params(("tenant" = String, Path, description = "Tenant slug")),
     request_body = CreateBranch,
     responses((status = 201, description = "Created", body = BranchView),
-        (status = 404, description = "No such tenant, base branch or revision", body = crate::openapi::Problem),
-        (status = 409, description = "The name is taken (deleted branches keep theirs)", body = crate::openapi::Problem),
-        (status = 422, description = "Bad name", body = crate::openapi::Problem)))]
+        (status = 404, description = "No such tenant, base branch or revision", body = crate::problem::Problem),
+        (status = 409, description = "The name is taken (deleted branches keep theirs)", body = crate::problem::Problem),
+        (status = 422, description = "Bad name", body = crate::problem::Problem)))]
 pub async fn create(
     State(state): State<AppState>,
     tenant: Tenant<WriteConfig>,
@@ -99,7 +99,7 @@ pub async fn create(
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/branches", tag = "branches",
     params(("tenant" = String, Path, description = "Tenant slug"), ListBranches),
     responses((status = 200, description = "The branches", body = Vec<BranchView>),
-        (status = 404, description = "No such tenant", body = crate::openapi::Problem)))]
+        (status = 404, description = "No such tenant", body = crate::problem::Problem)))]
 pub async fn list(
     State(state): State<AppState>,
     tenant: Tenant<ReadConfig>,
@@ -119,7 +119,7 @@ pub async fn list(
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/branches/{name}", tag = "branches",
     params(("tenant" = String, Path, description = "Tenant slug"), ("name" = String, Path, description = "Branch name")),
     responses((status = 200, description = "The branch", body = BranchView),
-        (status = 404, description = "No such branch", body = crate::openapi::Problem)))]
+        (status = 404, description = "No such branch", body = crate::problem::Problem)))]
 pub async fn get(
     State(state): State<AppState>,
     tenant: Tenant<ReadConfig>,
@@ -135,8 +135,8 @@ pub async fn get(
 #[utoipa::path(delete, path = "/api/v1/tenants/{tenant}/branches/{name}", tag = "branches",
     params(("tenant" = String, Path, description = "Tenant slug"), ("name" = String, Path, description = "Branch name")),
     responses((status = 204, description = "Deleted"),
-        (status = 404, description = "No such branch, or deleted already", body = crate::openapi::Problem),
-        (status = 409, description = "A group's proxies follow it", body = crate::openapi::Problem)))]
+        (status = 404, description = "No such branch, or deleted already", body = crate::problem::Problem),
+        (status = 409, description = "A group's proxies follow it", body = crate::problem::Problem)))]
 pub async fn delete(
     State(state): State<AppState>,
     tenant: Tenant<WriteConfig>,
@@ -180,8 +180,8 @@ async fn branch_row(
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/branches/{name}/diff", tag = "branches",
     params(("tenant" = String, Path, description = "Tenant slug"), ("name" = String, Path, description = "Branch name"), BranchDiffParams),
     responses((status = 200, description = "`from` is the branch's revision compared with (`changes`), or the base's head (`base`); `to` the branch's head", body = Diff),
-        (status = 404, description = "No such branch", body = crate::openapi::Problem),
-        (status = 422, description = "Unknown `against`", body = crate::openapi::Problem)))]
+        (status = 404, description = "No such branch", body = crate::problem::Problem),
+        (status = 422, description = "Unknown `against`", body = crate::problem::Problem)))]
 pub async fn diff(
     State(state): State<AppState>,
     tenant: Tenant<ReadConfig>,
@@ -224,9 +224,9 @@ pub async fn diff(
     params(("tenant" = String, Path, description = "Tenant slug"), ("name" = String, Path, description = "Branch name")),
     request_body = MergeRequest,
     responses((status = 200, description = "Merged (or nothing to merge)", body = MergeResult),
-        (status = 404, description = "No such branch", body = crate::openapi::Problem),
-        (status = 409, description = "Conflicts (listed in `conflicts`), or the base moved during the merge; nothing changed", body = crate::openapi::Problem),
-        (status = 422, description = "The merged configuration is invalid; nothing changed", body = crate::openapi::Problem)))]
+        (status = 404, description = "No such branch", body = crate::problem::Problem),
+        (status = 409, description = "Conflicts (listed in `conflicts`), or the base moved during the merge; nothing changed", body = crate::problem::Problem),
+        (status = 422, description = "The merged configuration is invalid; nothing changed", body = crate::problem::Problem)))]
 pub async fn merge(
     State(state): State<AppState>,
     tenant: Tenant<WriteConfig>,

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use efms_domain::config::plans::{BranchState, MergeInputs, Versioned};
 use efms_projections::config::{self as read, BranchRow};
 
-use super::responses::MergeConflict;
 use crate::access::TenantAccess;
 use crate::error::ApiError;
+use crate::problem::MergeConflict;
 use crate::state::AppState;
 
 /// The three states a merge of a branch compares, and the revisions they are read at.

@@ -17,7 +17,7 @@ pub use self::handlers::{
     delete, diff, get, list, merge,
 };
 pub use self::params::{BaseSpec, BranchDiffParams, CreateBranch, ListBranches, MergeRequest};
-pub use self::responses::{BranchView, MergeConflict, MergeResult, MergedChange};
+pub use self::responses::{BranchView, MergeResult, MergedChange};
 
 /// The branches' routes.
 pub fn router() -> axum::Router<crate::state::AppState> {

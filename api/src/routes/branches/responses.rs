@@ -4,7 +4,6 @@ use chrono::{DateTime, Utc};
 use efms_domain::envoy::ResourceKind;
 use efms_projections::config::BranchRow;
 use serde::Serialize;
-use serde_json::Value;
 
 /// A branch as the API shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -37,30 +36,6 @@ impl From<BranchRow> for BranchView {
             deleted_at: row.deleted_at,
         }
     }
-}
-
-/// One value both sides of a merge changed differently.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct MergeConflict {
-    /// The resource's kind.
-    #[schema(value_type = String)]
-    pub(super) kind: ResourceKind,
-    /// Its name.
-    pub(super) name: String,
-    /// Where in the resource (RFC 6901; empty: the whole resource).
-    pub(super) pointer: String,
-    /// The value when the two branches last agreed (absent: did not exist).
-    #[schema(value_type = Option<Object>)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) base: Option<Value>,
-    /// The value on the branch merged into.
-    #[schema(value_type = Option<Object>)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) ours: Option<Value>,
-    /// The value on the branch being merged.
-    #[schema(value_type = Option<Object>)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) theirs: Option<Value>,
 }
 
 /// A resource a merge changed.

@@ -89,7 +89,7 @@ pub async fn effective_attachments(
     params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "groups"),
         ("name" = String, Path, description = "The group's name"), ReadParams),
     responses((status = 200, description = "The group's own and inherited resources", body = Vec<EffectiveResource>),
-        (status = 404, description = "No such group (or the kind is not `groups`)", body = crate::openapi::Problem)))]
+        (status = 404, description = "No such group (or the kind is not `groups`)", body = crate::problem::Problem)))]
 pub async fn group_resources(
     State(state): State<AppState>,
     ResourcePath { kind, name }: ResourcePath,
@@ -128,7 +128,7 @@ pub struct Declaration {
     params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners or routes"),
         ("name" = String, Path, description = "The resource's Envoy name"), BranchParams),
     responses((status = 200, description = "Its template, parameter values and overrides", body = Declaration),
-        (status = 404, description = "No such resource, or it is not declared from a template", body = crate::openapi::Problem)))]
+        (status = 404, description = "No such resource, or it is not declared from a template", body = crate::problem::Problem)))]
 pub async fn declaration(
     State(state): State<AppState>,
     ResourcePath { kind, name }: ResourcePath,

@@ -22,8 +22,8 @@ use crate::state::AppState;
 /// `GET /api/v1/tenants/{tenant}/{kind}`.
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/{kind}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets, groups or templates"), ListParams),
     responses((status = 200, description = "A page of resources", body = ListPage),
-        (status = 404, description = "No such tenant, collection or revision", body = crate::openapi::Problem),
-        (status = 422, description = "Bad paging or sort", body = crate::openapi::Problem)))]
+        (status = 404, description = "No such tenant, collection or revision", body = crate::problem::Problem),
+        (status = 422, description = "Bad paging or sort", body = crate::problem::Problem)))]
 pub async fn list(
     State(state): State<AppState>,
     Collection(kind): Collection,
@@ -94,7 +94,7 @@ pub async fn list(
 /// `GET /api/v1/tenants/{tenant}/{kind}/{name}`: the resource's Envoy JSON; `ETag` is its version.
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets, groups or templates"), ("name" = String, Path, description = "The resource's Envoy name"), ReadParams),
     responses((status = 200, description = "The Envoy resource", body = Object),
-        (status = 404, description = "Not found (now or at that revision)", body = crate::openapi::Problem)))]
+        (status = 404, description = "Not found (now or at that revision)", body = crate::problem::Problem)))]
 pub async fn get(
     State(state): State<AppState>,
     ResourcePath { kind, name }: ResourcePath,
@@ -119,9 +119,9 @@ pub async fn get(
 #[utoipa::path(post, path = "/api/v1/tenants/{tenant}/{kind}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets, groups or templates"), BranchParams),
     request_body(content = Object, description = "The Envoy resource (protobuf JSON mapping), or `{\"$template\": {\"template\", \"name\", \"parameters\", \"overrides\"}}` to declare it from a template"),
     responses((status = 201, description = "Created", body = Object),
-        (status = 403, description = "The role may not write", body = crate::openapi::Problem),
-        (status = 409, description = "It exists", body = crate::openapi::Problem),
-        (status = 422, description = "Invalid, or refers to a missing resource", body = crate::openapi::Problem)))]
+        (status = 403, description = "The role may not write", body = crate::problem::Problem),
+        (status = 409, description = "It exists", body = crate::problem::Problem),
+        (status = 422, description = "Invalid, or refers to a missing resource", body = crate::problem::Problem)))]
 pub async fn create(
     State(state): State<AppState>,
     Collection(kind): Collection,
@@ -162,8 +162,8 @@ pub async fn create(
 #[utoipa::path(put, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets, groups or templates"), ("name" = String, Path, description = "The resource's Envoy name"), BranchParams),
     request_body(content = Object, description = "The Envoy resource (protobuf JSON mapping), or `{\"$template\": {\"template\", \"name\", \"parameters\", \"overrides\"}}` to declare it from a template"),
     responses((status = 200, description = "Replaced", body = Object), (status = 201, description = "Created", body = Object),
-        (status = 412, description = "If-Match is stale", body = crate::openapi::Problem),
-        (status = 422, description = "Invalid, or refers to a missing resource", body = crate::openapi::Problem)))]
+        (status = 412, description = "If-Match is stale", body = crate::problem::Problem),
+        (status = 422, description = "Invalid, or refers to a missing resource", body = crate::problem::Problem)))]
 /// `PUT /api/v1/tenants/{tenant}/{kind}/{name}`: replaces (or creates) a resource. `If-Match`
 /// makes it conditional on the current version.
 pub async fn replace(
@@ -210,10 +210,10 @@ pub async fn replace(
     request_body(description = "RFC 6902 JSON Patch or RFC 7396 merge patch",
         content((Vec<Object> = "application/json-patch+json"), (Object = "application/merge-patch+json"))),
     responses((status = 200, description = "Patched", body = Object),
-        (status = 404, description = "No such resource", body = crate::openapi::Problem),
-        (status = 412, description = "If-Match is stale", body = crate::openapi::Problem),
-        (status = 415, description = "Not a patch media type", body = crate::openapi::Problem),
-        (status = 422, description = "The patch does not apply or the result is invalid", body = crate::openapi::Problem)))]
+        (status = 404, description = "No such resource", body = crate::problem::Problem),
+        (status = 412, description = "If-Match is stale", body = crate::problem::Problem),
+        (status = 415, description = "Not a patch media type", body = crate::problem::Problem),
+        (status = 422, description = "The patch does not apply or the result is invalid", body = crate::problem::Problem)))]
 /// `PATCH /api/v1/tenants/{tenant}/{kind}/{name}` with `application/json-patch+json` (RFC 6902)
 /// or `application/merge-patch+json` (RFC 7396).
 pub async fn patch(
@@ -277,9 +277,9 @@ pub async fn patch(
 /// `DELETE /api/v1/tenants/{tenant}/{kind}/{name}`: 204; 409 naming the dependents when it is used.
 #[utoipa::path(delete, path = "/api/v1/tenants/{tenant}/{kind}/{name}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets, groups or templates"), ("name" = String, Path, description = "The resource's Envoy name"), BranchParams),
     responses((status = 204, description = "Deleted"),
-        (status = 404, description = "No such resource", body = crate::openapi::Problem),
-        (status = 409, description = "Still used by other resources", body = crate::openapi::Problem),
-        (status = 412, description = "If-Match is stale", body = crate::openapi::Problem)))]
+        (status = 404, description = "No such resource", body = crate::problem::Problem),
+        (status = 409, description = "Still used by other resources", body = crate::problem::Problem),
+        (status = 412, description = "If-Match is stale", body = crate::problem::Problem)))]
 pub async fn delete(
     State(state): State<AppState>,
     ResourcePath { kind, name }: ResourcePath,
