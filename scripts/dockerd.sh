@@ -53,12 +53,10 @@ cgroup_parent() { echo "efmsd-$(printf '%s' "$1" | sha256sum | cut -c1-10)"; }
 # Ends what a killed engine leaves behind under DIR: its containerd and shims (their command lines
 # name DIR) and its containers' processes (in its cgroup parent, cgroup v1 or v2).
 kill_leftovers() {
-  local dir=$1 proc cmd pid cg
-  for proc in /proc/[0-9]*; do
-    pid=${proc#/proc/}
-    [ "$pid" = "$$" ] && continue
-    cmd=$(tr '\0' ' ' <"$proc/cmdline" 2>/dev/null) || continue
-    case "$cmd" in *"$dir/"*) kill -KILL "$pid" 2>/dev/null || true ;; esac
+  local dir=$1 pid cg
+  # The bracket keeps grep from finding its own command line.
+  for pid in $(grep -lsa -- "$dir/exe[c]/" /proc/[0-9]*/cmdline | cut -d/ -f3); do
+    [ "$pid" != "$$" ] && kill -KILL "$pid" 2>/dev/null || true
   done
   for cg in /sys/fs/cgroup/*/"$(cgroup_parent "$dir")" /sys/fs/cgroup/"$(cgroup_parent "$dir")"; do
     [ -d "$cg" ] || continue
@@ -88,8 +86,10 @@ start() {
   flock -w 120 9 || die "engine $1 is locked by another start or stop"
   pid=$(engine_pid "$dir")
   if [ -z "$pid" ]; then
-    # A killed engine leaves its pid file, which would stop a new one; its containers (still run by
-    # their shims) are the new engine's to restore.
+    # A killed engine leaves its pid file, which would stop a new one, and its containerd, which a
+    # new one waits for in vain: end them; the new engine finds its containers exited.
+    kill_leftovers "$dir"
+    unmount_under "$dir"
     rm -f "$dir/dockerd.pid" "$dir/docker.sock"
     [ -f "$dir/daemon.json" ] || echo '{}' >"$dir/daemon.json"
     # --config-file: nothing from the host's /etc/docker/daemon.json. The cgroup parent keeps each

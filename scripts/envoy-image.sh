@@ -21,14 +21,13 @@ BUILD_ENGINE=image-build
 
 die() { echo "envoy-image.sh: $*" >&2; exit 1; }
 
+mkdir -p "$OUT"
+exec 9>"$OUT/.lock"
+flock 9
 scripts/install-docker.sh
 envoy=$(scripts/install-envoy.sh "$VERSION")
 busybox=/bin/busybox
 ldd "$busybox" >/dev/null 2>&1 && die "$busybox is not static: install busybox-static"
-
-mkdir -p "$OUT"
-exec 9>"$OUT/.lock"
-flock 9
 
 # Every file of the image: "source destination". ldd prints the libraries the dynamic loader will
 # map and the loader itself; glibc also opens libgcc_s at run time (thread cancellation, unwinding).
@@ -54,8 +53,10 @@ CMD ["--version"]
 EOF
 }
 
+# No `wget -T`: Debian's static busybox 1.35 crashes with it; the health check's own timeout
+# ends a probe that hangs.
 healthcheck() {
-  printf '#!/bin/sh\nexec wget -q -T 2 -O /dev/null "http://127.0.0.1:${ENVOY_ADMIN_PORT:-9901}/ready"\n'
+  printf '#!/bin/sh\nexec wget -q -O /dev/null "http://127.0.0.1:${ENVOY_ADMIN_PORT:-9901}/ready"\n'
 }
 
 # The cache key: what every file holds and where it goes, and the recipe around them.
