@@ -107,6 +107,20 @@ pub async fn usage(engine: &Engine, id: &str) -> Result<Option<ContainerUsage>, 
     }
 }
 
+/// The usage of each of the containers `ids`, asking the engine `parallel` at a time (each
+/// answer takes the engine's second of sampling); in the order of `ids`.
+pub async fn usage_of_each(
+    engine: &Engine,
+    ids: &[String],
+    parallel: usize,
+) -> Vec<Result<Option<ContainerUsage>, EngineError>> {
+    futures::stream::iter(ids)
+        .map(|id| usage(engine, id))
+        .buffered(parallel.max(1))
+        .collect()
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -139,3 +139,68 @@ async fn an_oom_killed_container_is_reported_once() {
         .count();
     assert_eq!(ooms, 1, "one oom event: {events:?}");
 }
+
+#[tokio::test]
+async fn a_container_failing_its_health_check_turns_unhealthy_once() {
+    let Some(engine) = TestEngine::start(ENGINE) else {
+        return;
+    };
+    let mut feed = feed::spawn(FeedSettings {
+        docker_host: Some(engine.host.clone()),
+        ..FeedSettings::default()
+    });
+    next_item(
+        &mut feed,
+        |item| matches!(item, FeedItem::Snapshot { .. }),
+        |_| {},
+    )
+    .await;
+    let name = support::unique("unhealthy");
+    let label = format!("efms.node_id={name}");
+    // Envoy is not there: the probe of its admin port fails from the start.
+    engine.docker(&[
+        "run",
+        "--detach",
+        "--name",
+        &name,
+        "--label",
+        &label,
+        "--network",
+        "none",
+        "--health-interval",
+        "1s",
+        "--health-retries",
+        "1",
+        "--health-start-period",
+        "1ms",
+        "--entrypoint",
+        "/bin/sleep",
+        &engine.image,
+        "600",
+    ]);
+    let is_unhealthy = |item: &FeedItem| {
+        event_of(item, &name).is_some_and(|event| {
+            event.kind == EventKind::HealthStatus
+                && event.health == Some(inventory::Health::Unhealthy)
+        })
+    };
+    next_item(&mut feed, is_unhealthy, |_| {}).await;
+    let docker = Engine::connect(Some(&engine.host)).await.unwrap();
+    let container = inventory::inspect(&docker, &name).await.unwrap().unwrap();
+    assert_eq!(container.health, inventory::Health::Unhealthy);
+
+    engine.remove(&[&name]);
+    let mut later = Vec::new();
+    next_item(
+        &mut feed,
+        |item| is_event(item, &name, EventKind::Destroy),
+        |item| later.extend(event_of(item, &name).cloned()),
+    )
+    .await;
+    assert!(
+        !later
+            .iter()
+            .any(|event| event.kind == EventKind::HealthStatus),
+        "the status is told once while it holds: {later:?}"
+    );
+}

@@ -32,7 +32,7 @@ async fn an_envoy_container_labelled_with_its_node_id_is_listed_with_its_limits_
         ],
     );
     // Same image, no label: reported only when the VM watches the image.
-    test_engine.docker(&[
+    let other_id = test_engine.docker(&[
         "run",
         "--detach",
         "--name",
@@ -102,6 +102,9 @@ async fn an_envoy_container_labelled_with_its_node_id_is_listed_with_its_limits_
         CgroupVersion::V1
     };
     assert_eq!(usage.cgroup, expected);
+    let each = stats::usage_of_each(&engine, &[id.clone(), other_id], 2).await;
+    assert_eq!(each.len(), 2);
+    assert!(each.iter().all(|usage| matches!(usage, Ok(Some(_)))));
 
     test_engine.remove(&[&envoy, &other]);
     assert_eq!(inventory::inspect(&engine, &id).await.unwrap(), None);
