@@ -129,7 +129,7 @@ stop() {
     kill -TERM "$pid" 2>/dev/null || true
     # dockerd gives each container its stop timeout (10 s by default) before killing it.
     for i in $(seq 600); do [ -d "/proc/$pid" ] || break; sleep 0.1; done
-    [ -d "/proc/$pid" ] && kill -KILL "$pid" 2>/dev/null
+    [ -d "/proc/$pid" ] && { kill -KILL "$pid" 2>/dev/null || true; }
   fi
   kill_leftovers "$dir"
   unmount_under "$dir"
@@ -138,13 +138,18 @@ stop() {
 }
 
 stop_all() {
-  local dir
+  local dir pids=() pid failed=0
   [ -d "$ROOT" ] || return 0
+  # In parallel: each engine waits for its containers to stop.
   for dir in "$ROOT"/*/; do
     dir=${dir%/}
-    [ -d "$dir" ] && stop "$(basename "$dir")"
+    [ -d "$dir" ] || continue
+    stop "$(basename "$dir")" &
+    pids+=($!)
   done
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
   unmount_under "$ROOT"
+  return $failed
 }
 
 case "${1:-}" in
