@@ -38,7 +38,8 @@ pub enum FeedItem {
         /// The event.
         event: ContainerEvent,
     },
-    /// The engine cannot be reached, or its events stream ended; the feed reconnects.
+    /// The engine cannot be reached, or its events stream ended; the feed reconnects. Told once
+    /// per outage.
     Disconnected {
         /// Why.
         reason: String,
@@ -105,6 +106,8 @@ async fn run(settings: FeedSettings, sender: mpsc::Sender<FeedItem>) {
         dedup: Deduplicator::new(),
     };
     let mut backoff = settings.backoff_initial;
+    // An outage is told once, not at every failed attempt.
+    let mut outage_told = false;
     loop {
         let mut connected = false;
         let reason = match session(&settings, &sender, &mut progress, &mut connected).await {
@@ -112,16 +115,20 @@ async fn run(settings: FeedSettings, sender: mpsc::Sender<FeedItem>) {
             Err(SessionEnd::ReaderGone) => return,
             Err(SessionEnd::Engine(error)) => error.to_string(),
         };
-        tracing::warn!(%reason, "Docker engine disconnected");
-        if sender
-            .send(FeedItem::Disconnected { reason })
-            .await
-            .is_err()
-        {
-            return;
-        }
         if connected {
+            outage_told = false;
             backoff = settings.backoff_initial;
+        }
+        if !outage_told {
+            tracing::warn!(%reason, "Docker engine disconnected");
+            if sender
+                .send(FeedItem::Disconnected { reason })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            outage_told = true;
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(settings.backoff_max);
@@ -182,4 +189,24 @@ async fn session(
         send(sender, FeedItem::Event { event }).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_engine_that_cannot_be_reached_is_told_as_disconnected_naming_it() {
+        let mut feed = spawn(FeedSettings {
+            docker_host: Some("unix:///nonexistent/efms/docker.sock".to_owned()),
+            backoff_initial: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(20),
+            ..FeedSettings::default()
+        });
+        let first = feed.items.recv().await.unwrap();
+        let FeedItem::Disconnected { reason } = first else {
+            panic!("expected disconnected, got {first:?}");
+        };
+        assert!(reason.contains("/nonexistent/efms/docker.sock"), "{reason}");
+    }
 }
