@@ -1,0 +1,27 @@
+//! The fleet agent: one per VM, it reads the local Docker engine and the host it runs on.
+//!
+//! Docker side, through the Docker Engine API (`bollard`, version negotiated with the engine):
+//! - [`inventory`]: the containers that run Envoy (label [`inventory::NODE_ID_LABEL`], or an image
+//!   the VM is told to watch), listed and inspected into [`inventory::Container`];
+//! - [`stats`]: a container's CPU and memory from one stats sample, on cgroup v1 and v2;
+//! - [`events`]: lifecycle events (create, start, restart, die, oom, kill, stop, destroy,
+//!   health_status) parsed and deduplicated;
+//! - [`feed`]: the long-running reader joining them: a snapshot at every (re)connection, then the
+//!   events since the last one seen, reconnecting with backoff when the engine goes away.
+//!
+//! Host side, from `/proc` and `statvfs`: [`host::facts`] (what the VM is) and [`host::usage`]
+//! (how busy it is).
+//!
+//! Every report is a plain serde type; the protocol that carries them to the control plane is
+//! described in docs/adr/0011-fleet-agent.md.
+#![forbid(unsafe_code)]
+
+pub mod engine;
+pub mod events;
+pub mod feed;
+pub mod host;
+pub mod inventory;
+pub mod stats;
+mod time;
+
+pub use engine::{Engine, EngineError};
