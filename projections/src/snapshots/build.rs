@@ -58,11 +58,12 @@ fn encode_as(
             hasher.update(hash.as_bytes());
             hasher.update([0]);
             hasher.update(served.as_bytes());
-            Some(Arc::new(XdsResource {
-                name: served.to_owned(),
-                version: short_hex(&hasher.finalize()),
-                body,
-            }))
+            Some(Arc::new(XdsResource::new(
+                kind,
+                served.to_owned(),
+                short_hex(&hasher.finalize()),
+                &body,
+            )))
         }
         Err(error) => {
             tracing::error!(%kind, served, %error, "a resource does not encode under the name it is served as");
@@ -233,10 +234,7 @@ impl Content {
                 stored.renamed(reference.kind, source, &reference.name)
             };
             if let Some(encoded) = encoded {
-                snapshot
-                    .resources
-                    .entry(reference.kind)
-                    .or_default()
+                Arc::make_mut(snapshot.resources.entry(reference.kind).or_default())
                     .insert(reference.name.clone(), encoded);
                 queue.extend(stored.refs.iter().cloned());
             }
@@ -305,11 +303,12 @@ mod tests {
         Arc::new(Stored {
             hash: hash.clone(),
             refs: references(kind, &document),
-            encoded: Arc::new(XdsResource {
+            encoded: Arc::new(XdsResource::new(
+                kind,
                 name,
-                version: hash,
-                body: envoy::encode(kind, &document).unwrap(),
-            }),
+                hash,
+                &envoy::encode(kind, &document).unwrap(),
+            )),
             document: Arc::new(document),
         })
     }

@@ -200,11 +200,12 @@ pub(super) async fn load(
             Ok(body) => {
                 let refs = references(kind, &row_document);
                 let document = Arc::new(row_document);
-                let encoded = Arc::new(XdsResource {
-                    name: row.name.clone(),
-                    version: row.hash[..16.min(row.hash.len())].to_owned(),
-                    body,
-                });
+                let encoded = Arc::new(XdsResource::new(
+                    kind,
+                    row.name.clone(),
+                    row.hash[..16.min(row.hash.len())].to_owned(),
+                    &body,
+                ));
                 state.resources.insert(
                     (kind, row.name),
                     Arc::new(Stored {

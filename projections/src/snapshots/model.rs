@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
 
 use efms_domain::config::group::GroupSpec;
 use efms_domain::config::ResourceRef;
@@ -24,7 +26,12 @@ pub const XDS_KINDS: [ResourceKind; 5] = [
     ResourceKind::Route,
 ];
 
-/// One encoded Envoy resource.
+/// One encoded Envoy resource, framed once for every response that carries it.
+///
+/// One buffer holds the resource as a delta response lists it (a `Resource` field: name, version
+/// and the `Any`); the `Any` inside it is framed as a State-of-the-World response lists it, and the
+/// message itself is the tail. Streams share the buffer (`Bytes`), so no stream encodes or copies
+/// a resource of its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct XdsResource {
     /// Its name.
@@ -32,8 +39,105 @@ pub struct XdsResource {
     /// Its version: a prefix of its content hash.
     pub version: String,
     /// Its protobuf encoding (the `value` of the `Any` Envoy receives).
-    pub body: Vec<u8>,
+    pub body: Bytes,
+    /// The `Any` holding it, framed as field 2 of a `DiscoveryResponse` (its `resources`).
+    pub sotw_field: Bytes,
+    /// The `Resource` holding it, framed as field 2 of a `DeltaDiscoveryResponse` (its
+    /// `resources`).
+    pub delta_field: Bytes,
 }
+
+impl XdsResource {
+    /// The resource `name` of `kind` at `version`, whose protobuf encoding is `body`.
+    pub fn new(kind: ResourceKind, name: String, version: String, body: &[u8]) -> Self {
+        use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+        let type_url = kind.type_url().unwrap_or_default();
+        let string_len = |tag: u32, value: &str| {
+            key_len(tag) + encoded_len_varint(value.len() as u64) + value.len()
+        };
+        let body_field = key_len(2) + encoded_len_varint(body.len() as u64) + body.len();
+        let any_len = string_len(1, &type_url) + body_field;
+        let any_field = key_len(2) + encoded_len_varint(any_len as u64) + any_len;
+        let resource_len = string_len(3, &name) + string_len(1, &version) + any_field;
+        let mut buffer = Vec::with_capacity(key_len(2) + 10 + resource_len);
+        encode_key(2, WireType::LengthDelimited, &mut buffer);
+        encode_varint(resource_len as u64, &mut buffer);
+        prost::encoding::string::encode(3, &name, &mut buffer);
+        prost::encoding::string::encode(1, &version, &mut buffer);
+        let any_start = buffer.len();
+        encode_key(2, WireType::LengthDelimited, &mut buffer);
+        encode_varint(any_len as u64, &mut buffer);
+        prost::encoding::string::encode(1, &type_url, &mut buffer);
+        encode_key(2, WireType::LengthDelimited, &mut buffer);
+        encode_varint(body.len() as u64, &mut buffer);
+        let body_start = buffer.len();
+        buffer.extend_from_slice(body);
+        let delta_field = Bytes::from(buffer);
+        Self {
+            name,
+            version,
+            body: delta_field.slice(body_start..),
+            sotw_field: delta_field.slice(any_start..),
+            delta_field,
+        }
+    }
+}
+
+/// Responses encoded from a snapshot, by kind and set version: the first stream to send one
+/// encodes it, every other stream of the group that sends the same set shares it. Equal set
+/// versions mean equal sets, so the key is enough.
+#[derive(Default)]
+pub struct Encodings(Mutex<HashMap<(ResourceKind, String), Bytes>>);
+
+/// The most encodings one snapshot keeps (streams holding removals back may each want a set of
+/// their own; those beyond are encoded per stream).
+const MAX_ENCODINGS: usize = 64;
+
+impl Encodings {
+    fn get_or_encode(
+        &self,
+        kind: ResourceKind,
+        version: &str,
+        encode: impl FnOnce() -> Bytes,
+    ) -> Bytes {
+        let key = (kind, version.to_owned());
+        if let Some(encoded) = self.0.lock().expect("encodings lock").get(&key) {
+            return encoded.clone();
+        }
+        let encoded = encode();
+        let mut encodings = self.0.lock().expect("encodings lock");
+        if encodings.len() < MAX_ENCODINGS {
+            encodings.insert(key, encoded.clone());
+        }
+        encoded
+    }
+}
+
+impl Clone for Encodings {
+    /// A copy starts empty: its snapshot may change.
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for Encodings {
+    /// What a snapshot holds, not what was encoded from it, makes it what it is.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Encodings {}
+
+impl std::fmt::Debug for Encodings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count = self.0.lock().map_or(0, |encodings| encodings.len());
+        f.debug_tuple("Encodings").field(&count).finish()
+    }
+}
+
+/// The resources of one kind, by name; shared by the snapshot and every stream that holds them.
+pub type KindResources = Arc<BTreeMap<String, Arc<XdsResource>>>;
 
 /// What the proxies of one group get.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,9 +153,11 @@ pub struct GroupSnapshot {
     /// Whether the group exists at that revision.
     pub exists: bool,
     /// The resources per Envoy kind, by name.
-    pub resources: BTreeMap<ResourceKind, BTreeMap<String, Arc<XdsResource>>>,
+    pub resources: BTreeMap<ResourceKind, KindResources>,
     /// The version of every Envoy kind's whole set (see [`set_version`]), computed once.
     pub versions: BTreeMap<ResourceKind, String>,
+    /// Responses encoded from it, shared by its streams.
+    pub encodings: Encodings,
 }
 
 impl GroupSnapshot {
@@ -65,6 +171,7 @@ impl GroupSnapshot {
             exists: false,
             resources: BTreeMap::new(),
             versions: BTreeMap::new(),
+            encodings: Encodings::default(),
         }
     }
 
@@ -88,7 +195,23 @@ impl GroupSnapshot {
         self.resources
             .get(&kind)
             .into_iter()
-            .flat_map(BTreeMap::values)
+            .flat_map(|resources| resources.values())
+    }
+
+    /// Every resource of `kind`, by name, shared.
+    pub fn kind_resources(&self, kind: ResourceKind) -> KindResources {
+        self.resources.get(&kind).cloned().unwrap_or_default()
+    }
+
+    /// The response of the set of `kind` whose version is `version`, encoded by `encode` the first
+    /// time a stream of this snapshot asks and shared from then on.
+    pub fn encoded(
+        &self,
+        kind: ResourceKind,
+        version: &str,
+        encode: impl FnOnce() -> Bytes,
+    ) -> Bytes {
+        self.encodings.get_or_encode(kind, version, encode)
     }
 
     /// The resource `name` of `kind`.
