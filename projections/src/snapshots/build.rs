@@ -12,7 +12,7 @@ use efms_domain::envoy::{self, ResourceKind};
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
-use super::model::{short_hex, Content, Grant, GroupSnapshot, Imports, Stored, XdsResource};
+use super::model::{short_hex, Content, Grant, GroupSnapshot, Imports, Reads, Stored, XdsResource};
 
 impl Stored {
     /// The resource served as `served` instead of its own name. An EDS cluster keeps asking for
@@ -86,8 +86,13 @@ impl Imports {
         imports
     }
 
-    /// Rebuilds the imports when the grants or their owners moved; whether they did.
-    pub(super) fn update(&mut self, grants: &[Grant], owners: &HashMap<Uuid, Content>) -> bool {
+    /// Rebuilds the imports when the grants or their owners moved; whether they did, and the
+    /// qualified names whose imported resource changed.
+    pub(super) fn update(
+        &mut self,
+        grants: &[Grant],
+        owners: &HashMap<Uuid, Content>,
+    ) -> (bool, BTreeSet<(ResourceKind, String)>) {
         let basis: Vec<(Grant, u64)> = grants
             .iter()
             .filter_map(|grant| {
@@ -96,10 +101,26 @@ impl Imports {
             })
             .collect();
         if basis == self.basis {
-            return false;
+            return (false, BTreeSet::new());
         }
-        *self = Imports::build(grants, owners);
-        true
+        let rebuilt = Imports::build(grants, owners);
+        let mut touched: BTreeSet<(ResourceKind, String)> = self
+            .resources
+            .keys()
+            .filter(|key| !rebuilt.resources.contains_key(*key))
+            .cloned()
+            .collect();
+        for (key, stored) in &rebuilt.resources {
+            let same = self
+                .resources
+                .get(key)
+                .is_some_and(|old| old.encoded == stored.encoded && old.refs == stored.refs);
+            if !same {
+                touched.insert(key.clone());
+            }
+        }
+        *self = rebuilt;
+        (true, touched)
     }
 
     fn import_cluster(&mut self, owner: &Content, grant: &Grant) {
@@ -179,22 +200,25 @@ impl Imports {
 }
 
 impl Content {
-    /// The snapshot of `group` from this content.
+    /// The snapshot of `group` from this content, and what building it looked up.
     pub(super) fn snapshot(
         &self,
         tenant_id: Uuid,
         group: &str,
         branch: &str,
         imports: &Imports,
-    ) -> GroupSnapshot {
+    ) -> (GroupSnapshot, Reads) {
         let mut snapshot = GroupSnapshot::empty(tenant_id, group, branch, self.revision);
+        let mut reads = Reads::default();
+        reads.groups.insert(group.to_owned());
         if !self.groups.contains_key(group) {
-            return snapshot.seal();
+            return (snapshot.seal(), reads);
         }
         snapshot.exists = true;
         // What the group and its ancestors attach, one per served name, the nearest group's
         // winning (FR-CL-002). An ancestor that is not loaded ends the chain there.
         let inherited = inheritance::effective_attachments(group, |name| {
+            reads.groups.insert(name.to_owned());
             self.groups.get(name).map(|(_, spec)| spec)
         });
         let mut queue: VecDeque<ResourceRef> = VecDeque::new();
@@ -221,11 +245,12 @@ impl Content {
                 .get(&(reference.kind, reference.name.clone()))
                 .unwrap_or(&reference.name);
             let key = (reference.kind, source.clone());
-            let Some(stored) = self
+            let found = self
                 .resources
                 .get(&key)
-                .or_else(|| imports.resources.get(&key))
-            else {
+                .or_else(|| imports.resources.get(&key));
+            reads.resources.insert(key);
+            let Some(stored) = found else {
                 continue;
             };
             let encoded = if *source == reference.name {
@@ -239,7 +264,7 @@ impl Content {
                 queue.extend(stored.refs.iter().cloned());
             }
         }
-        snapshot.seal()
+        (snapshot.seal(), reads)
     }
 
     /// The group a proxy belongs to, from its `node.cluster` and metadata: the deepest group whose
@@ -348,7 +373,7 @@ mod tests {
                 .insert(name.to_owned(), (String::new(), spec));
         }
         let served = |group: &str| {
-            let snapshot = content.snapshot(Uuid::nil(), group, "main", &Imports::default());
+            let (snapshot, _) = content.snapshot(Uuid::nil(), group, "main", &Imports::default());
             assert_eq!(snapshot.of_kind(ResourceKind::Cluster).count(), 1);
             snapshot
                 .get(ResourceKind::Cluster, "backend")

@@ -2,7 +2,7 @@
 //! [`XdsResource`]s, each Envoy kind's set with one version), and the content snapshots are built
 //! from (a branch's stored resources and groups, and what other tenants share).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
@@ -87,7 +87,7 @@ impl XdsResource {
 /// encodes it, every other stream of the group that sends the same set shares it. Equal set
 /// versions mean equal sets, so the key is enough.
 #[derive(Default)]
-pub struct Encodings(Mutex<HashMap<(ResourceKind, String), Bytes>>);
+pub struct Encodings(Arc<Mutex<HashMap<(ResourceKind, String), Bytes>>>);
 
 /// The most encodings one snapshot keeps (streams holding removals back may each want a set of
 /// their own; those beyond are encoded per stream).
@@ -110,6 +110,11 @@ impl Encodings {
             encodings.insert(key, encoded.clone());
         }
         encoded
+    }
+
+    /// The same encodings, for a snapshot of the same content.
+    fn share(&self) -> Self {
+        Self(self.0.clone())
     }
 }
 
@@ -172,6 +177,20 @@ impl GroupSnapshot {
             resources: BTreeMap::new(),
             versions: BTreeMap::new(),
             encodings: Encodings::default(),
+        }
+    }
+
+    /// The same snapshot at a later `revision` of its branch that changed nothing it holds.
+    pub(super) fn at_revision(&self, revision: u64) -> Self {
+        Self {
+            tenant_id: self.tenant_id,
+            group: self.group.clone(),
+            branch: self.branch.clone(),
+            revision,
+            exists: self.exists,
+            resources: self.resources.clone(),
+            versions: self.versions.clone(),
+            encodings: self.encodings.share(),
         }
     }
 
@@ -297,6 +316,70 @@ pub(super) struct Content {
     pub(super) resources: HashMap<(ResourceKind, String), Arc<Stored>>,
     /// The groups, by name: each with its content hash and document.
     pub(super) groups: BTreeMap<String, (String, GroupSpec)>,
+}
+
+/// What a load found different in a branch from the content it compared with.
+#[derive(Debug, Default)]
+pub(super) struct ContentChange {
+    /// The branch's head revision it was read at.
+    pub(super) revision: u64,
+    /// Envoy resources new or changed (`Some`), or gone (`None`).
+    pub(super) resources: Vec<((ResourceKind, String), Option<Arc<Stored>>)>,
+    /// Groups new or changed (`Some`, with their hash and document), or gone (`None`).
+    pub(super) groups: Vec<(String, Option<(String, GroupSpec)>)>,
+}
+
+/// The names a change touched: snapshots that read none of them are unaffected.
+#[derive(Debug, Default)]
+pub(super) struct Touched {
+    /// Envoy resources, by kind and name (as stored, or as imported).
+    pub(super) resources: BTreeSet<(ResourceKind, String)>,
+    /// Groups, by name.
+    pub(super) groups: BTreeSet<String>,
+}
+
+impl Touched {
+    /// Whether a snapshot that read `reads` may differ after the change.
+    pub(super) fn affects(&self, reads: &Reads) -> bool {
+        self.groups.iter().any(|group| reads.groups.contains(group))
+            || self
+                .resources
+                .iter()
+                .any(|key| reads.resources.contains(key))
+    }
+}
+
+/// What building a group's snapshot looked up, found or not: the snapshot can only change when one
+/// of these does.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Reads {
+    /// The group and its ancestors (up to the first missing one).
+    pub(super) groups: BTreeSet<String>,
+    /// The Envoy resources, by kind and the name they are stored (or imported) under.
+    pub(super) resources: HashSet<(ResourceKind, String)>,
+}
+
+impl Content {
+    /// Applies a load's `change`; what it touched.
+    pub(super) fn apply(&mut self, change: ContentChange) -> Touched {
+        let mut touched = Touched::default();
+        self.revision = change.revision;
+        for (key, stored) in change.resources {
+            match stored {
+                Some(stored) => self.resources.insert(key.clone(), stored),
+                None => self.resources.remove(&key),
+            };
+            touched.resources.insert(key);
+        }
+        for (name, group) in change.groups {
+            match group {
+                Some(group) => self.groups.insert(name.clone(), group),
+                None => self.groups.remove(&name),
+            };
+            touched.groups.insert(name);
+        }
+        touched
+    }
 }
 
 #[cfg(test)]
