@@ -98,24 +98,27 @@ impl Watched {
     }
 }
 
-#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
-async fn snapshots_kept_change_by_change_equal_snapshots_built_afresh(pool: PgPool) {
-    let app = TestApp::spawn(pool).await;
+fn group(name: &str, parent: Option<&str>, resources: Value) -> Value {
+    json!({ "name": name, "parent": parent, "resources": resources })
+}
+
+/// Clusters c1-c3, route r → c2, listener l (RDS r); groups `all` (l), `eu` under it (c3 served as
+/// c2), `solo` (c1), `later` (nothing) and `orphan` under it (c1).
+async fn configured(app: &TestApp) {
     app.create_tenant("acme", "Acme").await;
     for name in ["c1", "c2", "c3"] {
-        put(&app, &format!("clusters/{name}"), &cluster(name, "1s")).await;
+        put(app, &format!("clusters/{name}"), &cluster(name, "1s")).await;
     }
-    put(&app, "routes/r", &route("c2")).await;
-    put(&app, "listeners/l", &listener()).await;
-    let group = |name: &str, parent: Option<&str>, resources: Value| json!({ "name": name, "parent": parent, "resources": resources });
+    put(app, "routes/r", &route("c2")).await;
+    put(app, "listeners/l", &listener()).await;
     put(
-        &app,
+        app,
         "groups/all",
         &group("all", None, json!([{ "kind": "listener", "name": "l" }])),
     )
     .await;
     put(
-        &app,
+        app,
         "groups/eu",
         &group(
             "eu",
@@ -125,14 +128,14 @@ async fn snapshots_kept_change_by_change_equal_snapshots_built_afresh(pool: PgPo
     )
     .await;
     put(
-        &app,
+        app,
         "groups/solo",
         &group("solo", None, json!([{ "kind": "cluster", "name": "c1" }])),
     )
     .await;
-    put(&app, "groups/later", &group("later", None, json!([]))).await;
+    put(app, "groups/later", &group("later", None, json!([]))).await;
     put(
-        &app,
+        app,
         "groups/orphan",
         &group(
             "orphan",
@@ -141,6 +144,12 @@ async fn snapshots_kept_change_by_change_equal_snapshots_built_afresh(pool: PgPo
         ),
     )
     .await;
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn snapshots_kept_change_by_change_equal_snapshots_built_afresh(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    configured(&app).await;
     let watched = Watched::follow(&app).await;
     watched.agree(&app, "loaded").await;
 
