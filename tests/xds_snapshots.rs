@@ -98,7 +98,7 @@ impl Watched {
     }
 }
 
-fn group(name: &str, parent: Option<&str>, resources: Value) -> Value {
+fn group(name: &str, parent: Option<&str>, resources: &Value) -> Value {
     json!({ "name": name, "parent": parent, "resources": resources })
 }
 
@@ -114,7 +114,7 @@ async fn configured(app: &TestApp) {
     put(
         app,
         "groups/all",
-        &group("all", None, json!([{ "kind": "listener", "name": "l" }])),
+        &group("all", None, &json!([{ "kind": "listener", "name": "l" }])),
     )
     .await;
     put(
@@ -123,24 +123,24 @@ async fn configured(app: &TestApp) {
         &group(
             "eu",
             Some("all"),
-            json!([{ "kind": "cluster", "name": "c3", "as": "c2" }]),
+            &json!([{ "kind": "cluster", "name": "c3", "as": "c2" }]),
         ),
     )
     .await;
     put(
         app,
         "groups/solo",
-        &group("solo", None, json!([{ "kind": "cluster", "name": "c1" }])),
+        &group("solo", None, &json!([{ "kind": "cluster", "name": "c1" }])),
     )
     .await;
-    put(app, "groups/later", &group("later", None, json!([]))).await;
+    put(app, "groups/later", &group("later", None, &json!([]))).await;
     put(
         app,
         "groups/orphan",
         &group(
             "orphan",
             Some("later"),
-            json!([{ "kind": "cluster", "name": "c1" }]),
+            &json!([{ "kind": "cluster", "name": "c1" }]),
         ),
     )
     .await;
@@ -173,7 +173,7 @@ async fn snapshots_kept_change_by_change_equal_snapshots_built_afresh(pool: PgPo
     put(
         &app,
         "groups/later",
-        &group("later", None, json!([{ "kind": "cluster", "name": "c4" }])),
+        &group("later", None, &json!([{ "kind": "cluster", "name": "c4" }])),
     )
     .await;
     watched.agree(&app, "an ancestor attached a cluster").await;
@@ -181,7 +181,7 @@ async fn snapshots_kept_change_by_change_equal_snapshots_built_afresh(pool: PgPo
     put(
         &app,
         "groups/ghost",
-        &group("ghost", None, json!([{ "kind": "cluster", "name": "c2" }])),
+        &group("ghost", None, &json!([{ "kind": "cluster", "name": "c2" }])),
     )
     .await;
     watched.agree(&app, "a followed group created").await;
@@ -192,7 +192,7 @@ async fn snapshots_kept_change_by_change_equal_snapshots_built_afresh(pool: PgPo
         &group(
             "eu",
             Some("all"),
-            json!([{ "kind": "cluster", "name": "c3" }]),
+            &json!([{ "kind": "cluster", "name": "c3" }]),
         ),
     )
     .await;
@@ -218,7 +218,7 @@ async fn snapshots_kept_change_by_change_equal_snapshots_built_afresh(pool: PgPo
     put(&app, "clusters/c1?branch=canary", &cluster("c1", "6s")).await;
     watched.agree(&app, "the pinned branch changed").await;
 
-    put(&app, "groups/later", &group("later", None, json!([]))).await;
+    put(&app, "groups/later", &group("later", None, &json!([]))).await;
     ok(
         &app.send(Method::DELETE, &format!("{BASE}/clusters/c4"), None, &[])
             .await,
@@ -231,7 +231,7 @@ async fn snapshots_kept_change_by_change_equal_snapshots_built_afresh(pool: PgPo
     put(
         &app,
         "groups/solo",
-        &group("solo", None, json!([{ "kind": "cluster", "name": "c1" }])),
+        &group("solo", None, &json!([{ "kind": "cluster", "name": "c1" }])),
     )
     .await;
     watched.agree(&app, "unpinned").await;

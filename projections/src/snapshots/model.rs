@@ -318,13 +318,16 @@ pub(super) struct Content {
     pub(super) groups: BTreeMap<String, (String, GroupSpec)>,
 }
 
+/// An Envoy resource's kind and name.
+pub(super) type ResourceKey = (ResourceKind, String);
+
 /// What a load found different in a branch from the content it compared with.
 #[derive(Debug, Default)]
 pub(super) struct ContentChange {
     /// The branch's head revision it was read at.
     pub(super) revision: u64,
     /// Envoy resources new or changed (`Some`), or gone (`None`).
-    pub(super) resources: Vec<((ResourceKind, String), Option<Arc<Stored>>)>,
+    pub(super) resources: Vec<(ResourceKey, Option<Arc<Stored>>)>,
     /// Groups new or changed (`Some`, with their hash and document), or gone (`None`).
     pub(super) groups: Vec<(String, Option<(String, GroupSpec)>)>,
 }
