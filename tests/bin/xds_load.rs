@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,6 +80,9 @@ struct Args {
     #[arg(long, default_value_t = 120)]
     timeout: u64,
 }
+
+/// Responses received (and answered) by every stream so far, of any type.
+static ANSWERED: AtomicU64 = AtomicU64::new(0);
 
 /// A route configuration update seen by a stream.
 struct Seen {
@@ -214,6 +218,7 @@ async fn sotw_stream(
         .into_inner();
     let mut accepted: HashMap<String, String> = HashMap::new();
     while let Some(response) = responses.message().await? {
+        ANSWERED.fetch_add(1, Ordering::Relaxed);
         let is_route = response.type_url == RDS;
         let refuse = nack && is_route;
         if is_route {
@@ -274,6 +279,7 @@ async fn delta_stream(
         .await?
         .into_inner();
     while let Some(response) = responses.message().await? {
+        ANSWERED.fetch_add(1, Ordering::Relaxed);
         let is_route = response.type_url == RDS;
         let refuse = nack && is_route;
         if is_route && !response.resources.is_empty() {
@@ -429,6 +435,7 @@ async fn main() -> anyhow::Result<()> {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let held = args.server_pid.and_then(process_usage);
+    let answered_before = ANSWERED.load(Ordering::Relaxed);
 
     let acking = (0..args.streams).filter(|i| !nacking(&args, *i)).count();
     let mut all = Vec::new();
@@ -457,6 +464,7 @@ async fn main() -> anyhow::Result<()> {
     all.sort_unstable();
     worst.sort_unstable();
     let after = args.server_pid.and_then(process_usage);
+    let answered = ANSWERED.load(Ordering::Relaxed) - answered_before;
     println!(
         "commit to stream answered, over {} changes x {} streams: p50 {:.2?}, p99 {:.2?}; commit to all answered: p50 {:.2?}, max {:.2?}",
         args.changes,
@@ -475,6 +483,11 @@ async fn main() -> anyhow::Result<()> {
             rss1 / 1024,
             cpu1 - cpu0,
             cpu2 - cpu1,
+        );
+        #[allow(clippy::cast_precision_loss)]
+        let per_push = (cpu2 - cpu1) * 1e6 / answered.max(1) as f64;
+        println!(
+            "control plane CPU per push-and-ACK: {per_push:.1} µs ({answered} responses received and answered during the changes)"
         );
     }
     if let (Some((_, cpu0)), Some((rss, cpu1))) = (own_before, process_usage(std::process::id())) {

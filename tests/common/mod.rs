@@ -59,6 +59,8 @@ pub struct TestApp {
     pub login_throttle: efms_api::login_throttle::LoginThrottle,
     /// The server's resource cache, to see what it holds.
     pub cache: efms_projections::ResourceCache,
+    /// The server's xDS snapshots, to compare with snapshots built afresh.
+    pub snapshots: efms_projections::SnapshotStore,
     pool: PgPool,
     stop: watch::Sender<bool>,
     servers: Vec<tokio::task::JoinHandle<()>>,
@@ -145,6 +147,7 @@ impl TestApp {
         let xds = state.xds.clone();
         let login_throttle = state.login_throttle.clone();
         let cache = state.cache.clone();
+        let snapshots = state.snapshots.clone();
         let http_stop = until_stopped(stopped.clone());
         let grpc_stop = until_stopped(stopped);
         let servers = vec![
@@ -169,6 +172,7 @@ impl TestApp {
             grpc: grpc_addr,
             login_throttle,
             cache,
+            snapshots,
             pool,
             stop,
             servers,
@@ -204,6 +208,15 @@ impl TestApp {
             None,
             HttpLimits::default(),
         );
+    }
+
+    /// A snapshot store of its own over the same database, loading every tenant afresh.
+    pub fn fresh_snapshots(&self) -> efms_projections::SnapshotStore {
+        let master = efms_domain::secrets::Key::from_base64(MASTER_KEY).expect("a test master key");
+        efms_projections::SnapshotStore::new(
+            self.pool.clone(),
+            efms_commands::Keyring::new(self.pool.clone(), master),
+        )
     }
 
     /// A token for `role` (in `tenant` for tenant roles), valid for an hour.

@@ -14,18 +14,15 @@ use std::time::Instant;
 use efms_domain::envoy::ResourceKind;
 use efms_projections::snapshots::{set_version, XDS_KINDS};
 use efms_projections::{GroupSnapshot, XdsResource};
-use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
-};
-use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tonic::Status;
 
 use crate::driver::{Core, Engine, Subscription};
 
-use crate::session::{removal_waits_for_dependents, type_url, wildcard_by_default};
+use crate::session::{removal_waits_for_dependents, wildcard_by_default};
 use crate::status::{Outcome, Protocol};
+use crate::wire::{self, Wire};
 
 #[derive(Debug, Default)]
 pub(crate) struct TypeState {
@@ -121,7 +118,7 @@ pub(crate) struct Delta;
 
 impl Engine for Delta {
     type Request = DeltaDiscoveryRequest;
-    type Response = DeltaDiscoveryResponse;
+    type Response = Wire;
     type State = TypeState;
     const PROTOCOL: Protocol = Protocol::Delta;
 
@@ -215,7 +212,7 @@ impl Engine for Delta {
         Ok(())
     }
 
-    fn responses(core: &mut Core<TypeState>) -> Vec<DeltaDiscoveryResponse> {
+    fn responses(core: &mut Core<TypeState>) -> Vec<Wire> {
         let snapshot = core.round();
         if !snapshot.exists {
             // No such group (yet, or any more): proxies keep what they run rather than being
@@ -262,30 +259,16 @@ impl Engine for Delta {
             }
             state.must_answer = false;
             let nonce = core.session.server().nonce();
-            let url = type_url(kind);
-            responses.push(DeltaDiscoveryResponse {
-                system_version_info: version.clone(),
-                resources: updated
+            responses.push(wire::delta(
+                kind,
+                &version,
+                updated
                     .iter()
-                    .filter(|resource| state.sub.wants(&resource.name))
-                    .map(|resource| Resource {
-                        name: resource.name.clone(),
-                        version: resource.version.clone(),
-                        resource: Some(Any {
-                            type_url: url.clone(),
-                            value: resource.body.clone(),
-                        }),
-                        ..Resource::default()
-                    })
-                    .collect(),
-                type_url: url,
-                removed_resources: removed.clone(),
-                nonce: nonce.clone(),
-                control_plane: Some(ControlPlane {
-                    identifier: core.session.server().identifier().to_owned(),
-                }),
-                ..DeltaDiscoveryResponse::default()
-            });
+                    .filter(|resource| state.sub.wants(&resource.name)),
+                &removed,
+                core.session.server().identifier(),
+                &nonce,
+            ));
             core.session
                 .record(kind, Outcome::Sent, &version, snapshot.revision);
             state.client_version.clone_from(&version);

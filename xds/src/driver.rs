@@ -14,7 +14,8 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use tokio_stream::Stream;
 use tonic::{Status, Streaming};
 
-use efms_projections::{GroupSnapshot, XdsResource};
+use efms_projections::snapshots::KindResources;
+use efms_projections::GroupSnapshot;
 
 use crate::identity::Credentials;
 use crate::session::{kind_of, static_type_url, Session, XdsServer};
@@ -137,22 +138,18 @@ impl Subscription {
         self.wildcard || self.names.contains(name)
     }
 
-    /// What the proxy should have of `kind` in `snapshot`.
-    pub fn select(
-        &self,
-        snapshot: &GroupSnapshot,
-        kind: ResourceKind,
-    ) -> BTreeMap<String, Arc<XdsResource>> {
+    /// What the proxy should have of `kind` in `snapshot`: for a wildcard, the snapshot's own set,
+    /// shared.
+    pub fn select(&self, snapshot: &GroupSnapshot, kind: ResourceKind) -> KindResources {
         if self.wildcard {
-            snapshot
-                .of_kind(kind)
-                .map(|r| (r.name.clone(), r.clone()))
-                .collect()
+            snapshot.kind_resources(kind)
         } else {
-            self.names
-                .iter()
-                .filter_map(|name| snapshot.get(kind, name).map(|r| (name.clone(), r.clone())))
-                .collect()
+            Arc::new(
+                self.names
+                    .iter()
+                    .filter_map(|name| snapshot.get(kind, name).map(|r| (name.clone(), r.clone())))
+                    .collect(),
+            )
         }
     }
 }

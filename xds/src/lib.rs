@@ -12,6 +12,7 @@
 mod credentials;
 mod delta;
 mod driver;
+mod grpc;
 pub mod identity;
 pub mod metrics;
 mod services;
@@ -19,17 +20,14 @@ mod session;
 mod sotw;
 pub mod status;
 pub mod tls;
+mod wire;
 
 use std::future::Future;
 
-use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_server::ClusterDiscoveryServiceServer;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
-use envoy_types::pb::envoy::service::endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryServiceServer;
-use envoy_types::pb::envoy::service::listener::v3::listener_discovery_service_server::ListenerDiscoveryServiceServer;
-use envoy_types::pb::envoy::service::route::v3::route_discovery_service_server::RouteDiscoveryServiceServer;
-use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
+
+use grpc::{Aggregated, Clusters, DiscoveryService, Endpoints, Listeners, Routes, Secrets};
 
 pub use credentials::DEFAULT_RECHECK;
 pub use identity::{Authenticator, Credentials};
@@ -107,22 +105,14 @@ async fn router(
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(health)
-        .add_service(
-            AggregatedDiscoveryServiceServer::new(xds.clone())
-                .max_decoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
-            ClusterDiscoveryServiceServer::new(xds.clone()).max_decoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
-            EndpointDiscoveryServiceServer::new(xds.clone()).max_decoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
-            ListenerDiscoveryServiceServer::new(xds.clone()).max_decoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
-            RouteDiscoveryServiceServer::new(xds.clone()).max_decoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(SecretDiscoveryServiceServer::new(xds).max_decoding_message_size(MAX_MESSAGE));
+        .add_service(DiscoveryService::<Aggregated>::new(
+            xds.clone(),
+            MAX_MESSAGE,
+        ))
+        .add_service(DiscoveryService::<Clusters>::new(xds.clone(), MAX_MESSAGE))
+        .add_service(DiscoveryService::<Endpoints>::new(xds.clone(), MAX_MESSAGE))
+        .add_service(DiscoveryService::<Listeners>::new(xds.clone(), MAX_MESSAGE))
+        .add_service(DiscoveryService::<Routes>::new(xds.clone(), MAX_MESSAGE))
+        .add_service(DiscoveryService::<Secrets>::new(xds, MAX_MESSAGE));
     (router, shutdown)
 }

@@ -1,29 +1,17 @@
-//! The gRPC services: ADS (State of the World and delta) and the per-type CDS, EDS, LDS, RDS and
-//! SDS services, all over the same stream engines.
+//! How a stream starts, whatever the service (ADS or a per-type one, see [`crate::grpc`]): its
+//! token is checked, then the protocol's engine drives it.
 
 use efms_commands::credentials::withdrawn;
 use efms_commands::Scope;
 use efms_domain::envoy::ResourceKind;
-use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_server::ClusterDiscoveryService;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
-use envoy_types::pb::envoy::service::endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryService;
-use envoy_types::pb::envoy::service::listener::v3::listener_discovery_service_server::ListenerDiscoveryService;
-use envoy_types::pb::envoy::service::route::v3::route_discovery_service_server::RouteDiscoveryService;
-use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::driver::{drive, ResponseStream};
 use crate::identity::{authenticate, Credentials};
 use crate::session::{token_expired, XdsServer};
+use crate::wire::Wire;
 use crate::{delta, sotw};
-
-/// A stream of SotW responses.
-pub type SotwStream = ResponseStream<DiscoveryResponse>;
-/// A stream of delta responses.
-pub type DeltaStream = ResponseStream<DeltaDiscoveryResponse>;
 
 impl XdsServer {
     /// The credentials of a new stream: a token of a role that streams, not expired, whose user
@@ -57,11 +45,12 @@ impl XdsServer {
         })
     }
 
-    async fn start_sotw(
+    /// Starts a State-of-the-World stream (of the one type `only`, for a per-type service).
+    pub(crate) async fn start_sotw(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
         only: Option<ResourceKind>,
-    ) -> Result<Response<SotwStream>, Status> {
+    ) -> Result<Response<ResponseStream<Wire>>, Status> {
         let credentials = self.admit(request.metadata()).await?;
         Ok(Response::new(drive::<sotw::Sotw>(
             self.clone(),
@@ -71,11 +60,12 @@ impl XdsServer {
         )))
     }
 
-    async fn start_delta(
+    /// Starts a delta stream (of the one type `only`, for a per-type service).
+    pub(crate) async fn start_delta(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
         only: Option<ResourceKind>,
-    ) -> Result<Response<DeltaStream>, Status> {
+    ) -> Result<Response<ResponseStream<Wire>>, Status> {
         let credentials = self.admit(request.metadata()).await?;
         Ok(Response::new(drive::<delta::Delta>(
             self.clone(),
@@ -85,105 +75,3 @@ impl XdsServer {
         )))
     }
 }
-
-fn no_fetch() -> Status {
-    Status::unimplemented("fetch (polling) is not served: open a stream (SotW or delta)")
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for XdsServer {
-    type StreamAggregatedResourcesStream = SotwStream;
-    type DeltaAggregatedResourcesStream = DeltaStream;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<SotwStream>, Status> {
-        self.start_sotw(request, None).await
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<DeltaStream>, Status> {
-        self.start_delta(request, None).await
-    }
-}
-
-/// Implements one per-type discovery service over the stream engines.
-macro_rules! per_type_service {
-    ($service:ident, $kind:expr, $stream:ident, $delta:ident, $fetch:ident, $stream_ty:ident, $delta_ty:ident) => {
-        #[tonic::async_trait]
-        impl $service for XdsServer {
-            type $stream_ty = SotwStream;
-            type $delta_ty = DeltaStream;
-
-            async fn $stream(
-                &self,
-                request: Request<Streaming<DiscoveryRequest>>,
-            ) -> Result<Response<SotwStream>, Status> {
-                self.start_sotw(request, Some($kind)).await
-            }
-
-            async fn $delta(
-                &self,
-                request: Request<Streaming<DeltaDiscoveryRequest>>,
-            ) -> Result<Response<DeltaStream>, Status> {
-                self.start_delta(request, Some($kind)).await
-            }
-
-            async fn $fetch(
-                &self,
-                _request: Request<DiscoveryRequest>,
-            ) -> Result<Response<DiscoveryResponse>, Status> {
-                Err(no_fetch())
-            }
-        }
-    };
-}
-
-per_type_service!(
-    ClusterDiscoveryService,
-    ResourceKind::Cluster,
-    stream_clusters,
-    delta_clusters,
-    fetch_clusters,
-    StreamClustersStream,
-    DeltaClustersStream
-);
-per_type_service!(
-    EndpointDiscoveryService,
-    ResourceKind::Endpoints,
-    stream_endpoints,
-    delta_endpoints,
-    fetch_endpoints,
-    StreamEndpointsStream,
-    DeltaEndpointsStream
-);
-per_type_service!(
-    ListenerDiscoveryService,
-    ResourceKind::Listener,
-    stream_listeners,
-    delta_listeners,
-    fetch_listeners,
-    StreamListenersStream,
-    DeltaListenersStream
-);
-per_type_service!(
-    RouteDiscoveryService,
-    ResourceKind::Route,
-    stream_routes,
-    delta_routes,
-    fetch_routes,
-    StreamRoutesStream,
-    DeltaRoutesStream
-);
-per_type_service!(
-    SecretDiscoveryService,
-    ResourceKind::Secret,
-    stream_secrets,
-    delta_secrets,
-    fetch_secrets,
-    StreamSecretsStream,
-    DeltaSecretsStream
-);

@@ -207,7 +207,10 @@ impl XdsServer {
             counters,
             lapse: Lapse {
                 credential,
-                expires_at: credentials.expires_at,
+                expiry: credentials.expires_at.map(|at| {
+                    let left = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+                    (at, Box::pin(tokio::time::sleep(left)))
+                }),
             },
         })
     }
@@ -305,19 +308,22 @@ pub(crate) struct Session {
 pub(crate) struct Lapse {
     /// The user or proxy token the stream's token names, watched for withdrawal.
     credential: Option<WatchedCredential>,
-    /// When the stream's token expires.
-    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When the stream's token expires, and the timer set for then (set once per stream, not
+    /// once per wait: a stream waits again after every message).
+    expiry: Option<(
+        chrono::DateTime<chrono::Utc>,
+        std::pin::Pin<Box<tokio::time::Sleep>>,
+    )>,
 }
 
 impl Lapse {
     /// Resolves, with the status that ends the stream, when its token expires or is withdrawn.
     pub async fn lapsed(&mut self) -> Status {
         let expiry = async {
-            match self.expires_at {
-                Some(at) => {
-                    let left = (at - chrono::Utc::now()).to_std().unwrap_or_default();
-                    tokio::time::sleep(left).await;
-                    token_expired(at)
+            match &mut self.expiry {
+                Some((at, timer)) => {
+                    timer.as_mut().await;
+                    token_expired(*at)
                 }
                 None => std::future::pending().await,
             }
@@ -393,11 +399,6 @@ impl Drop for Session {
     }
 }
 
-/// The type URL of an Envoy kind.
-pub(crate) fn type_url(kind: ResourceKind) -> String {
-    kind.type_url().expect("xDS kinds are Envoy kinds")
-}
-
 /// The type URL of an Envoy kind, without allocating.
 pub(crate) fn static_type_url(kind: ResourceKind) -> &'static str {
     match kind {
@@ -418,7 +419,7 @@ pub(crate) fn static_type_url(kind: ResourceKind) -> &'static str {
 pub(crate) fn kind_of(type_url: &str) -> Option<ResourceKind> {
     XDS_KINDS
         .into_iter()
-        .find(|kind| kind.type_url().is_some_and(|url| url == type_url))
+        .find(|kind| static_type_url(*kind) == type_url)
 }
 
 /// Whether an empty subscription of `kind` means "everything" (listeners and clusters).

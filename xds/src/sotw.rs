@@ -14,18 +14,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use efms_domain::envoy::ResourceKind;
-use efms_projections::snapshots::{set_version, XDS_KINDS};
+use efms_projections::snapshots::{set_version, KindResources, XDS_KINDS};
 use efms_projections::{GroupSnapshot, XdsResource};
-use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tonic::Status;
 
 use crate::driver::{Core, Engine, Subscription};
 
-use crate::session::{removal_waits_for_dependents, type_url, wildcard_by_default};
+use crate::session::{removal_waits_for_dependents, wildcard_by_default};
 use crate::status::{Outcome, Protocol};
+use crate::wire::{self, Wire};
 
 /// What the stream knows of one resource type.
 #[derive(Debug, Default)]
@@ -44,7 +43,7 @@ pub(crate) struct TypeState {
 struct Sent {
     nonce: String,
     version: String,
-    resources: BTreeMap<String, Arc<XdsResource>>,
+    resources: KindResources,
     revision: u64,
     answered: bool,
     at: Instant,
@@ -84,7 +83,7 @@ pub(crate) struct Sotw;
 
 impl Engine for Sotw {
     type Request = DiscoveryRequest;
-    type Response = DiscoveryResponse;
+    type Response = Wire;
     type State = TypeState;
     const PROTOCOL: Protocol = Protocol::Sotw;
 
@@ -147,7 +146,7 @@ impl Engine for Sotw {
     }
 
     /// The responses due now, in make-before-break order.
-    fn responses(core: &mut Core<TypeState>) -> Vec<DiscoveryResponse> {
+    fn responses(core: &mut Core<TypeState>) -> Vec<Wire> {
         let snapshot = core.round();
         if !snapshot.exists {
             // No such group (yet, or any more): proxies keep what they run rather than being
@@ -177,9 +176,9 @@ impl Engine for Sotw {
                 if let Some(sent) = &state.sent {
                     let mut held = state.sub.select(&snapshot, kind);
                     let mut kept = false;
-                    for (name, resource) in &sent.resources {
+                    for (name, resource) in sent.resources.iter() {
                         if !held.contains_key(name) && state.sub.wants(name) {
-                            held.insert(name.clone(), resource.clone());
+                            Arc::make_mut(&mut held).insert(name.clone(), resource.clone());
                             kept = true;
                         }
                     }
@@ -201,23 +200,14 @@ impl Engine for Sotw {
             let want = want.unwrap_or_else(|| state.sub.select(&snapshot, kind));
             state.must_answer = false;
             let nonce = core.session.server().nonce();
-            let url = type_url(kind);
-            responses.push(DiscoveryResponse {
-                version_info: version.clone(),
-                resources: want
-                    .values()
-                    .map(|resource| Any {
-                        type_url: url.clone(),
-                        value: resource.body.clone(),
-                    })
-                    .collect(),
-                type_url: url,
-                nonce: nonce.clone(),
-                control_plane: Some(ControlPlane {
-                    identifier: core.session.server().identifier().to_owned(),
-                }),
-                ..DiscoveryResponse::default()
-            });
+            responses.push(wire::sotw(
+                &snapshot,
+                kind,
+                &version,
+                want.values(),
+                core.session.server().identifier(),
+                &nonce,
+            ));
             core.session
                 .record(kind, Outcome::Sent, &version, snapshot.revision);
             state.sent = Some(Sent {

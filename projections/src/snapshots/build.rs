@@ -12,7 +12,7 @@ use efms_domain::envoy::{self, ResourceKind};
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
-use super::model::{short_hex, Content, Grant, GroupSnapshot, Imports, Stored, XdsResource};
+use super::model::{short_hex, Content, Grant, GroupSnapshot, Imports, Reads, Stored, XdsResource};
 
 impl Stored {
     /// The resource served as `served` instead of its own name. An EDS cluster keeps asking for
@@ -58,11 +58,12 @@ fn encode_as(
             hasher.update(hash.as_bytes());
             hasher.update([0]);
             hasher.update(served.as_bytes());
-            Some(Arc::new(XdsResource {
-                name: served.to_owned(),
-                version: short_hex(&hasher.finalize()),
-                body,
-            }))
+            Some(Arc::new(XdsResource::new(
+                kind,
+                served.to_owned(),
+                short_hex(&hasher.finalize()),
+                &body,
+            )))
         }
         Err(error) => {
             tracing::error!(%kind, served, %error, "a resource does not encode under the name it is served as");
@@ -85,8 +86,13 @@ impl Imports {
         imports
     }
 
-    /// Rebuilds the imports when the grants or their owners moved; whether they did.
-    pub(super) fn update(&mut self, grants: &[Grant], owners: &HashMap<Uuid, Content>) -> bool {
+    /// Rebuilds the imports when the grants or their owners moved; whether they did, and the
+    /// qualified names whose imported resource changed.
+    pub(super) fn update(
+        &mut self,
+        grants: &[Grant],
+        owners: &HashMap<Uuid, Content>,
+    ) -> (bool, BTreeSet<(ResourceKind, String)>) {
         let basis: Vec<(Grant, u64)> = grants
             .iter()
             .filter_map(|grant| {
@@ -95,10 +101,26 @@ impl Imports {
             })
             .collect();
         if basis == self.basis {
-            return false;
+            return (false, BTreeSet::new());
         }
-        *self = Imports::build(grants, owners);
-        true
+        let rebuilt = Imports::build(grants, owners);
+        let mut touched: BTreeSet<(ResourceKind, String)> = self
+            .resources
+            .keys()
+            .filter(|key| !rebuilt.resources.contains_key(*key))
+            .cloned()
+            .collect();
+        for (key, stored) in &rebuilt.resources {
+            let same = self
+                .resources
+                .get(key)
+                .is_some_and(|old| old.encoded == stored.encoded && old.refs == stored.refs);
+            if !same {
+                touched.insert(key.clone());
+            }
+        }
+        *self = rebuilt;
+        (true, touched)
     }
 
     fn import_cluster(&mut self, owner: &Content, grant: &Grant) {
@@ -178,22 +200,25 @@ impl Imports {
 }
 
 impl Content {
-    /// The snapshot of `group` from this content.
+    /// The snapshot of `group` from this content, and what building it looked up.
     pub(super) fn snapshot(
         &self,
         tenant_id: Uuid,
         group: &str,
         branch: &str,
         imports: &Imports,
-    ) -> GroupSnapshot {
+    ) -> (GroupSnapshot, Reads) {
         let mut snapshot = GroupSnapshot::empty(tenant_id, group, branch, self.revision);
+        let mut reads = Reads::default();
+        reads.groups.insert(group.to_owned());
         if !self.groups.contains_key(group) {
-            return snapshot.seal();
+            return (snapshot.seal(), reads);
         }
         snapshot.exists = true;
         // What the group and its ancestors attach, one per served name, the nearest group's
         // winning (FR-CL-002). An ancestor that is not loaded ends the chain there.
         let inherited = inheritance::effective_attachments(group, |name| {
+            reads.groups.insert(name.to_owned());
             self.groups.get(name).map(|(_, spec)| spec)
         });
         let mut queue: VecDeque<ResourceRef> = VecDeque::new();
@@ -220,11 +245,12 @@ impl Content {
                 .get(&(reference.kind, reference.name.clone()))
                 .unwrap_or(&reference.name);
             let key = (reference.kind, source.clone());
-            let Some(stored) = self
+            let found = self
                 .resources
                 .get(&key)
-                .or_else(|| imports.resources.get(&key))
-            else {
+                .or_else(|| imports.resources.get(&key));
+            reads.resources.insert(key);
+            let Some(stored) = found else {
                 continue;
             };
             let encoded = if *source == reference.name {
@@ -233,15 +259,12 @@ impl Content {
                 stored.renamed(reference.kind, source, &reference.name)
             };
             if let Some(encoded) = encoded {
-                snapshot
-                    .resources
-                    .entry(reference.kind)
-                    .or_default()
+                Arc::make_mut(snapshot.resources.entry(reference.kind).or_default())
                     .insert(reference.name.clone(), encoded);
                 queue.extend(stored.refs.iter().cloned());
             }
         }
-        snapshot.seal()
+        (snapshot.seal(), reads)
     }
 
     /// The group a proxy belongs to, from its `node.cluster` and metadata: the deepest group whose
@@ -305,11 +328,12 @@ mod tests {
         Arc::new(Stored {
             hash: hash.clone(),
             refs: references(kind, &document),
-            encoded: Arc::new(XdsResource {
+            encoded: Arc::new(XdsResource::new(
+                kind,
                 name,
-                version: hash,
-                body: envoy::encode(kind, &document).unwrap(),
-            }),
+                hash,
+                &envoy::encode(kind, &document).unwrap(),
+            )),
             document: Arc::new(document),
         })
     }
@@ -349,7 +373,7 @@ mod tests {
                 .insert(name.to_owned(), (String::new(), spec));
         }
         let served = |group: &str| {
-            let snapshot = content.snapshot(Uuid::nil(), group, "main", &Imports::default());
+            let (snapshot, _) = content.snapshot(Uuid::nil(), group, "main", &Imports::default());
             assert_eq!(snapshot.of_kind(ResourceKind::Cluster).count(), 1);
             snapshot
                 .get(ResourceKind::Cluster, "backend")

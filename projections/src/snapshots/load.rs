@@ -12,7 +12,7 @@ use efms_domain::secrets;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::model::{Content, Grant, Stored, XdsResource, MAIN_BRANCH};
+use super::model::{Content, ContentChange, Grant, Stored, XdsResource, MAIN_BRANCH};
 
 /// The head revision of every branch of `tenant_ids`.
 pub(super) async fn heads_of(
@@ -82,16 +82,17 @@ async fn open_secret(
     secrets::open_document(document, &|id| keys.get(id).cloned()).map_err(|error| error.to_string())
 }
 
-/// Brings `state` up to the head revision of the tenant's `branch`: one consistent read of the
-/// resource list, then the documents of the resources whose hash changed. Returns whether the
-/// branch is live (`main` always is; a deleted or unknown branch loads nothing).
+/// What differs between `state` and the head revision of the tenant's `branch`: one consistent
+/// read of the resource list, then the documents of the resources whose hash changed. `state` is
+/// only read: the caller applies the change ([`Content::apply`]) where and when it chooses. `None`
+/// when the branch is not live (`main` always is; a deleted or unknown branch loads nothing).
 #[allow(clippy::too_many_lines)]
 pub(super) async fn load(
     (pool, keyring): (&PgPool, &Keyring),
     tenant_id: Uuid,
     branch: &str,
-    state: &mut Content,
-) -> Result<bool, sqlx::Error> {
+    state: &Content,
+) -> Result<Option<ContentChange>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
@@ -109,7 +110,7 @@ pub(super) async fn load(
         .fetch_optional(&mut *tx)
         .await?;
         if live != Some(true) {
-            return Ok(false);
+            return Ok(None);
         }
     }
     let revision = sqlx::query_scalar!(
@@ -168,10 +169,24 @@ pub(super) async fn load(
     .await?;
     tx.rollback().await?;
 
-    state.resources.retain(|key, _| live.contains_key(key));
-    state
-        .groups
-        .retain(|name, _| group_hashes.contains_key(name));
+    let mut change = ContentChange {
+        revision: u64::try_from(revision).unwrap_or_default(),
+        ..ContentChange::default()
+    };
+    change.resources.extend(
+        state
+            .resources
+            .keys()
+            .filter(|key| !live.contains_key(*key))
+            .map(|key| (key.clone(), None)),
+    );
+    change.groups.extend(
+        state
+            .groups
+            .keys()
+            .filter(|name| !group_hashes.contains_key(*name))
+            .map(|name| (name.clone(), None)),
+    );
     for row in documents {
         let Ok(kind) = serde_json::from_value::<ResourceKind>(serde_json::Value::String(row.kind))
         else {
@@ -180,7 +195,7 @@ pub(super) async fn load(
         if kind == ResourceKind::Group {
             match serde_json::from_value::<GroupSpec>(row.document) {
                 Ok(spec) => {
-                    state.groups.insert(row.name, (row.hash, spec));
+                    change.groups.push((row.name, Some((row.hash, spec))));
                 }
                 Err(error) => {
                     tracing::error!(group = row.name, %error, "a stored group does not decode");
@@ -200,26 +215,26 @@ pub(super) async fn load(
             Ok(body) => {
                 let refs = references(kind, &row_document);
                 let document = Arc::new(row_document);
-                let encoded = Arc::new(XdsResource {
-                    name: row.name.clone(),
-                    version: row.hash[..16.min(row.hash.len())].to_owned(),
-                    body,
-                });
-                state.resources.insert(
+                let encoded = Arc::new(XdsResource::new(
+                    kind,
+                    row.name.clone(),
+                    row.hash[..16.min(row.hash.len())].to_owned(),
+                    &body,
+                ));
+                change.resources.push((
                     (kind, row.name),
-                    Arc::new(Stored {
+                    Some(Arc::new(Stored {
                         hash: row.hash,
                         refs,
                         encoded,
                         document,
-                    }),
-                );
+                    })),
+                ));
             }
             Err(error) => {
                 tracing::error!(%kind, name = row.name, %error, "a stored resource does not encode");
             }
         }
     }
-    state.revision = u64::try_from(revision).unwrap_or_default();
-    Ok(true)
+    Ok(Some(change))
 }

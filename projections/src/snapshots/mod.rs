@@ -21,5 +21,5 @@ mod load;
 mod model;
 mod store;
 
-pub use model::{set_version, GroupSnapshot, XdsResource, XDS_KINDS};
+pub use model::{set_version, Encodings, GroupSnapshot, KindResources, XdsResource, XDS_KINDS};
 pub use store::SnapshotStore;

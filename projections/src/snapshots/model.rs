@@ -2,9 +2,11 @@
 //! [`XdsResource`]s, each Envoy kind's set with one version), and the content snapshots are built
 //! from (a branch's stored resources and groups, and what other tenants share).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
 
 use efms_domain::config::group::GroupSpec;
 use efms_domain::config::ResourceRef;
@@ -24,7 +26,12 @@ pub const XDS_KINDS: [ResourceKind; 5] = [
     ResourceKind::Route,
 ];
 
-/// One encoded Envoy resource.
+/// One encoded Envoy resource, framed once for every response that carries it.
+///
+/// One buffer holds the resource as a delta response lists it (a `Resource` field: name, version
+/// and the `Any`); the `Any` inside it is framed as a State-of-the-World response lists it, and the
+/// message itself is the tail. Streams share the buffer (`Bytes`), so no stream encodes or copies
+/// a resource of its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct XdsResource {
     /// Its name.
@@ -32,8 +39,110 @@ pub struct XdsResource {
     /// Its version: a prefix of its content hash.
     pub version: String,
     /// Its protobuf encoding (the `value` of the `Any` Envoy receives).
-    pub body: Vec<u8>,
+    pub body: Bytes,
+    /// The `Any` holding it, framed as field 2 of a `DiscoveryResponse` (its `resources`).
+    pub sotw_field: Bytes,
+    /// The `Resource` holding it, framed as field 2 of a `DeltaDiscoveryResponse` (its
+    /// `resources`).
+    pub delta_field: Bytes,
 }
+
+impl XdsResource {
+    /// The resource `name` of `kind` at `version`, whose protobuf encoding is `body`.
+    pub fn new(kind: ResourceKind, name: String, version: String, body: &[u8]) -> Self {
+        use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+        let type_url = kind.type_url().unwrap_or_default();
+        let string_len = |tag: u32, value: &str| {
+            key_len(tag) + encoded_len_varint(value.len() as u64) + value.len()
+        };
+        let body_field = key_len(2) + encoded_len_varint(body.len() as u64) + body.len();
+        let any_len = string_len(1, &type_url) + body_field;
+        let any_field = key_len(2) + encoded_len_varint(any_len as u64) + any_len;
+        let resource_len = string_len(3, &name) + string_len(1, &version) + any_field;
+        let mut buffer = Vec::with_capacity(key_len(2) + 10 + resource_len);
+        encode_key(2, WireType::LengthDelimited, &mut buffer);
+        encode_varint(resource_len as u64, &mut buffer);
+        prost::encoding::string::encode(3, &name, &mut buffer);
+        prost::encoding::string::encode(1, &version, &mut buffer);
+        let any_start = buffer.len();
+        encode_key(2, WireType::LengthDelimited, &mut buffer);
+        encode_varint(any_len as u64, &mut buffer);
+        prost::encoding::string::encode(1, &type_url, &mut buffer);
+        encode_key(2, WireType::LengthDelimited, &mut buffer);
+        encode_varint(body.len() as u64, &mut buffer);
+        let body_start = buffer.len();
+        buffer.extend_from_slice(body);
+        let delta_field = Bytes::from(buffer);
+        Self {
+            name,
+            version,
+            body: delta_field.slice(body_start..),
+            sotw_field: delta_field.slice(any_start..),
+            delta_field,
+        }
+    }
+}
+
+/// Responses encoded from a snapshot, by kind and set version: the first stream to send one
+/// encodes it, every other stream of the group that sends the same set shares it. Equal set
+/// versions mean equal sets, so the key is enough.
+#[derive(Default)]
+pub struct Encodings(Arc<Mutex<HashMap<(ResourceKind, String), Bytes>>>);
+
+/// The most encodings one snapshot keeps (streams holding removals back may each want a set of
+/// their own; those beyond are encoded per stream).
+const MAX_ENCODINGS: usize = 64;
+
+impl Encodings {
+    fn get_or_encode(
+        &self,
+        kind: ResourceKind,
+        version: &str,
+        encode: impl FnOnce() -> Bytes,
+    ) -> Bytes {
+        let key = (kind, version.to_owned());
+        if let Some(encoded) = self.0.lock().expect("encodings lock").get(&key) {
+            return encoded.clone();
+        }
+        let encoded = encode();
+        let mut encodings = self.0.lock().expect("encodings lock");
+        if encodings.len() < MAX_ENCODINGS {
+            encodings.insert(key, encoded.clone());
+        }
+        encoded
+    }
+
+    /// The same encodings, for a snapshot of the same content.
+    fn share(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl Clone for Encodings {
+    /// A copy starts empty: its snapshot may change.
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for Encodings {
+    /// What a snapshot holds, not what was encoded from it, makes it what it is.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Encodings {}
+
+impl std::fmt::Debug for Encodings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count = self.0.lock().map_or(0, |encodings| encodings.len());
+        f.debug_tuple("Encodings").field(&count).finish()
+    }
+}
+
+/// The resources of one kind, by name; shared by the snapshot and every stream that holds them.
+pub type KindResources = Arc<BTreeMap<String, Arc<XdsResource>>>;
 
 /// What the proxies of one group get.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,9 +158,11 @@ pub struct GroupSnapshot {
     /// Whether the group exists at that revision.
     pub exists: bool,
     /// The resources per Envoy kind, by name.
-    pub resources: BTreeMap<ResourceKind, BTreeMap<String, Arc<XdsResource>>>,
+    pub resources: BTreeMap<ResourceKind, KindResources>,
     /// The version of every Envoy kind's whole set (see [`set_version`]), computed once.
     pub versions: BTreeMap<ResourceKind, String>,
+    /// Responses encoded from it, shared by its streams.
+    pub encodings: Encodings,
 }
 
 impl GroupSnapshot {
@@ -65,6 +176,21 @@ impl GroupSnapshot {
             exists: false,
             resources: BTreeMap::new(),
             versions: BTreeMap::new(),
+            encodings: Encodings::default(),
+        }
+    }
+
+    /// The same snapshot at a later `revision` of its branch that changed nothing it holds.
+    pub(super) fn at_revision(&self, revision: u64) -> Self {
+        Self {
+            tenant_id: self.tenant_id,
+            group: self.group.clone(),
+            branch: self.branch.clone(),
+            revision,
+            exists: self.exists,
+            resources: self.resources.clone(),
+            versions: self.versions.clone(),
+            encodings: self.encodings.share(),
         }
     }
 
@@ -88,7 +214,23 @@ impl GroupSnapshot {
         self.resources
             .get(&kind)
             .into_iter()
-            .flat_map(BTreeMap::values)
+            .flat_map(|resources| resources.values())
+    }
+
+    /// Every resource of `kind`, by name, shared.
+    pub fn kind_resources(&self, kind: ResourceKind) -> KindResources {
+        self.resources.get(&kind).cloned().unwrap_or_default()
+    }
+
+    /// The response of the set of `kind` whose version is `version`, encoded by `encode` the first
+    /// time a stream of this snapshot asks and shared from then on.
+    pub fn encoded(
+        &self,
+        kind: ResourceKind,
+        version: &str,
+        encode: impl FnOnce() -> Bytes,
+    ) -> Bytes {
+        self.encodings.get_or_encode(kind, version, encode)
     }
 
     /// The resource `name` of `kind`.
@@ -174,6 +316,73 @@ pub(super) struct Content {
     pub(super) resources: HashMap<(ResourceKind, String), Arc<Stored>>,
     /// The groups, by name: each with its content hash and document.
     pub(super) groups: BTreeMap<String, (String, GroupSpec)>,
+}
+
+/// An Envoy resource's kind and name.
+pub(super) type ResourceKey = (ResourceKind, String);
+
+/// What a load found different in a branch from the content it compared with.
+#[derive(Debug, Default)]
+pub(super) struct ContentChange {
+    /// The branch's head revision it was read at.
+    pub(super) revision: u64,
+    /// Envoy resources new or changed (`Some`), or gone (`None`).
+    pub(super) resources: Vec<(ResourceKey, Option<Arc<Stored>>)>,
+    /// Groups new or changed (`Some`, with their hash and document), or gone (`None`).
+    pub(super) groups: Vec<(String, Option<(String, GroupSpec)>)>,
+}
+
+/// The names a change touched: snapshots that read none of them are unaffected.
+#[derive(Debug, Default)]
+pub(super) struct Touched {
+    /// Envoy resources, by kind and name (as stored, or as imported).
+    pub(super) resources: BTreeSet<(ResourceKind, String)>,
+    /// Groups, by name.
+    pub(super) groups: BTreeSet<String>,
+}
+
+impl Touched {
+    /// Whether a snapshot that read `reads` may differ after the change.
+    pub(super) fn affects(&self, reads: &Reads) -> bool {
+        self.groups.iter().any(|group| reads.groups.contains(group))
+            || self
+                .resources
+                .iter()
+                .any(|key| reads.resources.contains(key))
+    }
+}
+
+/// What building a group's snapshot looked up, found or not: the snapshot can only change when one
+/// of these does.
+#[derive(Debug, Default, Clone)]
+pub(super) struct Reads {
+    /// The group and its ancestors (up to the first missing one).
+    pub(super) groups: BTreeSet<String>,
+    /// The Envoy resources, by kind and the name they are stored (or imported) under.
+    pub(super) resources: HashSet<(ResourceKind, String)>,
+}
+
+impl Content {
+    /// Applies a load's `change`; what it touched.
+    pub(super) fn apply(&mut self, change: ContentChange) -> Touched {
+        let mut touched = Touched::default();
+        self.revision = change.revision;
+        for (key, stored) in change.resources {
+            match stored {
+                Some(stored) => self.resources.insert(key.clone(), stored),
+                None => self.resources.remove(&key),
+            };
+            touched.resources.insert(key);
+        }
+        for (name, group) in change.groups {
+            match group {
+                Some(group) => self.groups.insert(name.clone(), group),
+                None => self.groups.remove(&name),
+            };
+            touched.groups.insert(name);
+        }
+        touched
+    }
 }
 
 #[cfg(test)]
