@@ -101,6 +101,43 @@ impl ConfigRepo {
         self.deleted
     }
 
+    /// The events `command` causes on this state, or why it is refused; the state is not touched
+    /// (applying the events is the caller's business, once they are stored).
+    pub fn decide_command(
+        &self,
+        command: ConfigCommand,
+        context: &CommitContext,
+    ) -> Result<Vec<ConfigEvent>, ConfigError> {
+        match command {
+            ConfigCommand::Commit {
+                message,
+                operation,
+                changes,
+            } => self.decide(context, message, operation, None, changes),
+            ConfigCommand::Merge {
+                message,
+                source,
+                changes,
+            } => self.decide(context, message, Operation::Merge, Some(source), changes),
+            ConfigCommand::Fork {
+                message,
+                base,
+                resources,
+            } => self.fork(context, message, base, resources),
+            ConfigCommand::DeleteBranch => {
+                if self.deleted {
+                    return Err(ConfigError::BranchDeleted);
+                }
+                if self.base.is_none() {
+                    return Err(ConfigError::NotDeletable);
+                }
+                Ok(vec![ConfigEvent::BranchDeleted {
+                    revision: self.revision,
+                }])
+            }
+        }
+    }
+
     /// The first commit of a new branch: every resource of the base, created at the revision
     /// after the base's.
     fn fork(
@@ -385,35 +422,7 @@ impl Aggregate for ConfigRepo {
         context: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        let events = match command {
-            ConfigCommand::Commit {
-                message,
-                operation,
-                changes,
-            } => self.decide(context, message, operation, None, changes)?,
-            ConfigCommand::Merge {
-                message,
-                source,
-                changes,
-            } => self.decide(context, message, Operation::Merge, Some(source), changes)?,
-            ConfigCommand::Fork {
-                message,
-                base,
-                resources,
-            } => self.fork(context, message, base, resources)?,
-            ConfigCommand::DeleteBranch => {
-                if self.deleted {
-                    return Err(ConfigError::BranchDeleted);
-                }
-                if self.base.is_none() {
-                    return Err(ConfigError::NotDeletable);
-                }
-                vec![ConfigEvent::BranchDeleted {
-                    revision: self.revision,
-                }]
-            }
-        };
-        for event in events {
+        for event in self.decide_command(command, context)? {
             sink.write(event, self).await;
         }
         Ok(())
