@@ -145,6 +145,14 @@ impl ConfigService {
         self
     }
 
+    /// The same service keeping the states of at most `repositories` configuration repositories
+    /// (tenant and branch) in memory between commits (see [`crate::warm`]).
+    #[must_use]
+    pub fn with_warm_repositories(mut self, repositories: usize) -> Self {
+        self.bus = self.bus.with_warm_streams(repositories);
+        self
+    }
+
     /// Commits `changes` as one revision of `operation` on the request's branch; the position of
     /// the commit in the log, or `None` when nothing changed.
     pub async fn commit(
