@@ -496,8 +496,9 @@ async fn commit_ordered_reader_yields_every_event_once_in_stream_order_under_8_w
 
 #[sqlx::test(migrator = "efms_commands::MIGRATOR")]
 async fn an_aggregate_past_a_snapshot_loads_from_it_and_keeps_deciding_right(pool: PgPool) {
+    const EVERY: usize = 20;
     let slug = TenantSlug::parse("snap").unwrap();
-    let bus = CommandBus::new(pool.clone(), CommitBell::spawn(&pool));
+    let bus = CommandBus::new(pool.clone(), CommitBell::spawn(&pool)).with_snapshot_every(EVERY);
     let name = |n: usize| TenantName::parse(format!("Name {n}")).unwrap();
     bus.execute::<Tenant>(
         slug.tenant_id(),
@@ -511,7 +512,7 @@ async fn an_aggregate_past_a_snapshot_loads_from_it_and_keeps_deciding_right(poo
     )
     .await
     .unwrap();
-    for n in 1..=efms_commands::bus::SNAPSHOT_EVERY + 5 {
+    for n in 1..=EVERY + 5 {
         bus.execute::<Tenant>(
             slug.tenant_id(),
             slug.as_str(),
@@ -522,19 +523,28 @@ async fn an_aggregate_past_a_snapshot_loads_from_it_and_keeps_deciding_right(poo
         .await
         .unwrap();
     }
-    let snapshots: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM snapshots WHERE aggregate_id = 'snap'")
+    bus.snapshots_written().await;
+    let snapshot: (i64, serde_json::Value) =
+        sqlx::query_as("SELECT last_sequence, payload FROM snapshots WHERE aggregate_id = 'snap'")
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert_eq!(snapshots, 1);
-    // Renaming to the current name changes nothing: the loaded state knows the latest name.
-    let unchanged = bus
+    // Written from the store once a commit passed the interval: the state at its sequence.
+    assert!(
+        snapshot.0 >= i64::try_from(EVERY).unwrap(),
+        "{}",
+        snapshot.0
+    );
+    assert_eq!(snapshot.1["name"], format!("Name {}", snapshot.0 - 1));
+    // A bus that keeps nothing warm loads from the snapshot and the events after it: renaming to
+    // the current name changes nothing, creating again is refused.
+    let cold = CommandBus::new(pool.clone(), CommitBell::spawn(&pool)).with_warm_streams(0);
+    let unchanged = cold
         .execute::<Tenant>(
             slug.tenant_id(),
             slug.as_str(),
             TenantCommand::Rename {
-                name: name(efms_commands::bus::SNAPSHOT_EVERY + 5),
+                name: name(EVERY + 5),
             },
             (),
             CommitMetadata::by("t"),
@@ -542,7 +552,7 @@ async fn an_aggregate_past_a_snapshot_loads_from_it_and_keeps_deciding_right(poo
         .await
         .unwrap();
     assert_eq!(unchanged, None);
-    let created_again = bus
+    let created_again = cold
         .execute::<Tenant>(
             slug.tenant_id(),
             slug.as_str(),

@@ -1,6 +1,7 @@
 //! Limits on what requests write and run (settings of `efms serve`): the size of a stored
 //! document, the operations of a JSON Patch, the size of a resource rendered from a template, and
-//! the bulk jobs a tenant may run at once.
+//! the bulk jobs a tenant may run at once, and how many configuration repositories are kept in
+//! memory between commits.
 
 use clap::Args;
 use efms_domain::config::limits::Limits;
@@ -15,6 +16,8 @@ pub const MAX_PATCH_OPERATIONS: &str = "EFMS_MAX_PATCH_OPERATIONS";
 pub const MAX_RENDERED_BYTES: &str = "EFMS_MAX_RENDERED_BYTES";
 /// The setting of the running jobs limit, as problems name it.
 pub const MAX_JOBS_PER_TENANT: &str = "EFMS_MAX_JOBS_PER_TENANT";
+/// The setting of the number of configuration repositories kept in memory, as problems name it.
+pub const WARM_REPOSITORIES: &str = "EFMS_WARM_REPOSITORIES";
 
 /// The limit settings of `efms serve`.
 #[derive(Debug, Clone, Args)]
@@ -31,6 +34,10 @@ pub struct LimitArgs {
     /// The most bulk jobs one tenant may have running at once.
     #[arg(long, env = MAX_JOBS_PER_TENANT, default_value = "2")]
     pub max_jobs_per_tenant: String,
+    /// How many configuration repositories (tenant and branch) keep their state in memory between
+    /// commits; past it, the one used least recently is dropped and loaded again when next used.
+    #[arg(long, env = WARM_REPOSITORIES, default_value = "1000")]
+    pub warm_repositories: String,
 }
 
 impl Default for LimitArgs {
@@ -41,6 +48,7 @@ impl Default for LimitArgs {
             max_patch_operations: limits.commit.max_patch_operations.to_string(),
             max_rendered_bytes: limits.commit.max_rendered_bytes.to_string(),
             max_jobs_per_tenant: limits.max_jobs_per_tenant.to_string(),
+            warm_repositories: limits.warm_repositories.to_string(),
         }
     }
 }
@@ -52,6 +60,8 @@ pub struct WriteLimits {
     pub commit: Limits,
     /// The most bulk jobs one tenant may have running at once.
     pub max_jobs_per_tenant: u32,
+    /// How many configuration repositories keep their state in memory between commits.
+    pub warm_repositories: usize,
 }
 
 impl Default for WriteLimits {
@@ -59,6 +69,7 @@ impl Default for WriteLimits {
         Self {
             commit: Limits::default(),
             max_jobs_per_tenant: 2,
+            warm_repositories: efms_commands::warm::DEFAULT_WARM_STREAMS,
         }
     }
 }
@@ -103,6 +114,11 @@ impl LimitArgs {
                 (1, 1_000),
             )?)
             .unwrap_or(u32::MAX),
+            warm_repositories: size(number(
+                "EFMS_WARM_REPOSITORIES (--warm-repositories)",
+                &self.warm_repositories,
+                (0, 1_000_000),
+            )?),
         })
     }
 }

@@ -61,6 +61,7 @@ pub fn config_error(error: ConfigError) -> ApiError {
         | ConfigError::BranchExists
         | ConfigError::NotDeletable => ApiError::Conflict(detail),
         ConfigError::NotFound { .. } | ConfigError::BranchDeleted => ApiError::NotFound(detail),
+        ConfigError::QuotaExceeded { .. } => ApiError::Forbidden(detail),
         ConfigError::VersionMismatch { .. } => ApiError::PreconditionFailed(detail),
         ConfigError::ChangedTwice { .. } => ApiError::Validation(vec![FieldError::at("", detail)]),
         ConfigError::Render {

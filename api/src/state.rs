@@ -176,7 +176,10 @@ impl AppState {
     /// The same state, holding requests to `limits`.
     #[must_use]
     pub fn with_limits(mut self, limits: crate::limits::WriteLimits) -> Self {
-        self.configuration = self.configuration.with_limits(limits.commit);
+        self.configuration = self
+            .configuration
+            .with_limits(limits.commit)
+            .with_warm_repositories(limits.warm_repositories);
         self.limits = limits;
         self
     }

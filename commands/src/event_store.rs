@@ -380,36 +380,21 @@ impl PersistedEventRepository for PgEventRepository {
         };
         let mut tx = self.begin().await?;
         let position = append(&mut tx, self.tenant_id, events).await?;
-        {
-            let last_sequence = events
-                .iter()
-                .filter(|event| event.aggregate_id == aggregate_id)
-                .map(|event| event.sequence)
-                .max()
-                .ok_or_else(|| invalid("a snapshot update needs events".to_owned()))?;
-            sqlx::query!(
-                r#"INSERT INTO snapshots (tenant_id, aggregate_type, aggregate_id, last_sequence,
-                                          snapshot_version, payload)
-                   VALUES ($1, $2, $3, $4, $5, $6)
-                   ON CONFLICT (tenant_id, aggregate_type, aggregate_id) DO UPDATE
-                   SET last_sequence = EXCLUDED.last_sequence,
-                       snapshot_version = EXCLUDED.snapshot_version,
-                       payload = EXCLUDED.payload,
-                       updated_at = now()
-                   WHERE snapshots.last_sequence < EXCLUDED.last_sequence"#,
-                self.tenant_id,
-                A::TYPE,
-                aggregate_id,
-                i64::try_from(last_sequence)
-                    .map_err(|_| invalid("sequence out of range".into()))?,
-                i64::try_from(snapshot_version)
-                    .map_err(|_| invalid("snapshot version out of range".into()))?,
-                payload,
-            )
-            .execute(&mut *tx)
-            .await
-            .map_err(persistence_error)?;
-        }
+        let last_sequence = events
+            .iter()
+            .filter(|event| event.aggregate_id == aggregate_id)
+            .map(|event| event.sequence)
+            .max()
+            .ok_or_else(|| invalid("a snapshot update needs events".to_owned()))?;
+        upsert_snapshot(
+            &mut tx,
+            self.tenant_id,
+            A::TYPE,
+            &aggregate_id,
+            (last_sequence, snapshot_version),
+            payload,
+        )
+        .await?;
         tx.commit().await.map_err(persistence_error)?;
         self.committed(position);
         Ok(())
@@ -425,6 +410,65 @@ impl PersistedEventRepository for PgEventRepository {
     async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
         Ok(self.stream(A::TYPE.to_owned(), None))
     }
+}
+
+impl PgEventRepository {
+    /// Stores `payload` as the snapshot of the stream `aggregate_id` of type `aggregate_type`
+    /// after its event `last_sequence`, numbered `snapshot_version`, unless a snapshot at or
+    /// after that event is stored already.
+    pub async fn save_snapshot(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        (last_sequence, snapshot_version): (usize, usize),
+        payload: Value,
+    ) -> Result<(), PersistenceError> {
+        let mut tx = self.begin().await?;
+        upsert_snapshot(
+            &mut tx,
+            self.tenant_id,
+            aggregate_type,
+            aggregate_id,
+            (last_sequence, snapshot_version),
+            payload,
+        )
+        .await?;
+        tx.commit().await.map_err(persistence_error)
+    }
+}
+
+/// The snapshot upsert, inside a transaction bound to `tenant_id`; an older snapshot never
+/// replaces a newer one.
+async fn upsert_snapshot(
+    conn: &mut PgConnection,
+    tenant_id: Uuid,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    (last_sequence, snapshot_version): (usize, usize),
+    payload: Value,
+) -> Result<(), PersistenceError> {
+    sqlx::query!(
+        r#"INSERT INTO snapshots (tenant_id, aggregate_type, aggregate_id, last_sequence,
+                                          snapshot_version, payload)
+                   VALUES ($1, $2, $3, $4, $5, $6)
+                   ON CONFLICT (tenant_id, aggregate_type, aggregate_id) DO UPDATE
+                   SET last_sequence = EXCLUDED.last_sequence,
+                       snapshot_version = EXCLUDED.snapshot_version,
+                       payload = EXCLUDED.payload,
+                       updated_at = now()
+                   WHERE snapshots.last_sequence < EXCLUDED.last_sequence"#,
+        tenant_id,
+        aggregate_type,
+        aggregate_id,
+        i64::try_from(last_sequence).map_err(|_| invalid("sequence out of range".into()))?,
+        i64::try_from(snapshot_version)
+            .map_err(|_| invalid("snapshot version out of range".into()))?,
+        payload,
+    )
+    .execute(&mut *conn)
+    .await
+    .map_err(persistence_error)?;
+    Ok(())
 }
 
 /// Maps a database error to cqrs-es's persistence error: a unique violation is a concurrent append

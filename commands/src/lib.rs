@@ -6,12 +6,15 @@
 //! - [`log`]: the commit-ordered reader that projections tail, and the NOTIFY doorbell that wakes it.
 //! - [`scope`]: how every transaction is bound to one tenant (or to the cross-tenant system role)
 //!   so that row-level security, not handler code, keeps tenants apart.
-//! - [`bus`]: executes a command on an aggregate and reports where its commit landed in the log.
+//! - [`bus`]: executes a command on an aggregate and reports where its commit landed in the log;
+//!   [`warm`] keeps the states of recently used streams in memory between commands, and
+//!   [`aggregate_snapshots`] writes their snapshots off the commit's path.
 //! - [`configuration`]: the configuration service, the whole pipeline of a configuration write
 //!   (pins, quotas, sharing, sealing, the command, read-your-writes).
 //! - [`keys`]: the tenants' data keys for secret material, wrapped under the master key.
 //! - [`credentials`]: whether a token's user or proxy token id was withdrawn before it expired.
 
+pub mod aggregate_snapshots;
 pub mod bus;
 pub mod configuration;
 pub mod credentials;
@@ -19,6 +22,7 @@ pub mod event_store;
 pub mod keys;
 pub mod log;
 pub mod scope;
+pub mod warm;
 
 pub use bus::{CommandBus, CommandError, CommitMetadata};
 pub use event_store::PgEventRepository;

@@ -3,7 +3,8 @@
 //! One pipeline for every write path (single writes, bulk, jobs, rollbacks, branches, merges):
 //!
 //! 1. a pin of a group on `main` must name a live branch that has the group ([`pins`]);
-//! 2. the tenant's quotas: writes per minute and resources per kind ([`quotas`]);
+//! 2. the tenant's quotas: writes per minute, and the quota of resources per kind handed to the
+//!    aggregate ([`quotas`]);
 //! 3. an owner's change to what it shares with other tenants is refused while shared, and what
 //!    others share with the tenant is read under a lock that orders it against revocations
 //!    ([`sharing`]);
@@ -152,6 +153,14 @@ impl ConfigService {
         self
     }
 
+    /// The same service keeping the states of at most `repositories` configuration repositories
+    /// (tenant and branch) in memory between commits (see [`crate::warm`]).
+    #[must_use]
+    pub fn with_warm_repositories(mut self, repositories: usize) -> Self {
+        self.bus = self.bus.with_warm_streams(repositories);
+        self
+    }
+
     /// Commits `changes` as one revision of `operation` on the request's branch; the position of
     /// the commit in the log, or `None` when nothing changed.
     pub async fn commit(
@@ -177,7 +186,7 @@ impl ConfigService {
         command: ConfigCommand,
     ) -> Result<Option<Position>, ConfigServiceError> {
         let (tenant_id, branch) = (request.tenant_id, request.branch.as_str());
-        quotas::check(&self.pool, tenant_id, branch, &command).await?;
+        let resources_per_kind = quotas::check(&self.pool, tenant_id, &command).await?;
         sharing::check_owner_changes(&self.pool, tenant_id, branch, &command).await?;
         let (shared, guard) = match command {
             ConfigCommand::DeleteBranch => (Shared::default(), sharing::SharedGuard::default()),
@@ -188,6 +197,7 @@ impl ConfigService {
         let context = CommitContext {
             shared,
             limits: self.limits,
+            resources_per_kind,
         };
         let result = self
             .bus
@@ -207,6 +217,11 @@ impl ConfigService {
             Err(_) => "failed",
         });
         let position = result.map_err(|error| match error {
+            CommandError::Rejected(ConfigError::QuotaExceeded { kind, limit, after }) => {
+                ConfigServiceError::QuotaExceeded(format!(
+                    "quota `resources_per_kind` ({limit}): this would make {after} {kind} resources on `{branch}`"
+                ))
+            }
             CommandError::Rejected(error) => ConfigServiceError::Rejected(error),
             CommandError::Conflict => ConfigServiceError::Conflict,
             CommandError::Unavailable(_) => ConfigServiceError::Unavailable,

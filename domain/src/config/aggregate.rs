@@ -16,6 +16,7 @@ use super::checks::{check_expectation, check_material};
 use super::commands::{Change, ConfigCommand, Expect, Operation};
 use super::errors::ConfigError;
 use super::events::ConfigEvent;
+use super::index::Index;
 use super::limits::CommitContext;
 use super::refs::{references, ResourceRef};
 use super::shared;
@@ -41,6 +42,7 @@ pub struct ResourceState {
 
 /// A configuration repository: its revision and what it holds.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredRepo")]
 pub struct ConfigRepo {
     revision: u64,
     /// Keyed by `kind/name` (a name never contains `/`).
@@ -51,6 +53,32 @@ pub struct ConfigRepo {
     /// Whether this branch was deleted.
     #[serde(default)]
     deleted: bool,
+    /// Who refers to what, and what is declared from which template (derived from `resources`).
+    #[serde(skip)]
+    pub(super) index: Index,
+}
+
+/// A [`ConfigRepo`] as a snapshot stores it: without its index, which loading rebuilds.
+#[derive(Deserialize)]
+struct StoredRepo {
+    revision: u64,
+    resources: BTreeMap<String, ResourceState>,
+    #[serde(default)]
+    base: Option<BranchPoint>,
+    #[serde(default)]
+    deleted: bool,
+}
+
+impl From<StoredRepo> for ConfigRepo {
+    fn from(stored: StoredRepo) -> Self {
+        Self {
+            index: Index::of(&stored.resources),
+            revision: stored.revision,
+            resources: stored.resources,
+            base: stored.base,
+            deleted: stored.deleted,
+        }
+    }
 }
 
 /// The key of a resource in [`ConfigRepo`]: `kind/name`.
@@ -91,6 +119,11 @@ impl ConfigRepo {
         self.resources.get(&key(kind, name))
     }
 
+    /// How many resources of `kind` the repository holds.
+    pub fn count(&self, kind: ResourceKind) -> usize {
+        self.index.count(kind)
+    }
+
     /// Where this branch started (`None` for `main`).
     pub fn base(&self) -> Option<&BranchPoint> {
         self.base.as_ref()
@@ -99,6 +132,43 @@ impl ConfigRepo {
     /// Whether this branch was deleted.
     pub fn is_deleted(&self) -> bool {
         self.deleted
+    }
+
+    /// The events `command` causes on this state, or why it is refused; the state is not touched
+    /// (applying the events is the caller's business, once they are stored).
+    pub fn decide_command(
+        &self,
+        command: ConfigCommand,
+        context: &CommitContext,
+    ) -> Result<Vec<ConfigEvent>, ConfigError> {
+        match command {
+            ConfigCommand::Commit {
+                message,
+                operation,
+                changes,
+            } => self.decide(context, message, operation, None, changes),
+            ConfigCommand::Merge {
+                message,
+                source,
+                changes,
+            } => self.decide(context, message, Operation::Merge, Some(source), changes),
+            ConfigCommand::Fork {
+                message,
+                base,
+                resources,
+            } => self.fork(context, message, base, resources),
+            ConfigCommand::DeleteBranch => {
+                if self.deleted {
+                    return Err(ConfigError::BranchDeleted);
+                }
+                if self.base.is_none() {
+                    return Err(ConfigError::NotDeletable);
+                }
+                Ok(vec![ConfigEvent::BranchDeleted {
+                    revision: self.revision,
+                }])
+            }
+        }
     }
 
     /// The first commit of a new branch: every resource of the base, created at the revision
@@ -201,36 +271,12 @@ impl ConfigRepo {
         }
         // Resources declared from a template that this commit changed are rendered again, in
         // this commit.
-        let changed_templates: BTreeSet<&str> = overlay
-            .iter()
-            .filter(|(_, state)| state.as_ref().is_some_and(|s| s.template.is_some()))
-            .map(|(k, _)| split_key(k).1)
-            .collect();
-        if !changed_templates.is_empty() {
-            let derived: Vec<(String, Derivation)> = self
-                .resources
-                .iter()
-                .filter(|(k, _)| !seen.contains(*k))
-                .filter_map(|(k, state)| {
-                    let derivation = state.derivation.as_ref()?;
-                    changed_templates
-                        .contains(derivation.template.as_str())
-                        .then(|| (k.clone(), derivation.clone()))
-                })
-                .collect();
-            for (derived_key, derivation) in derived {
-                let (kind, name) = split_key(&derived_key);
-                let (document, refs) = self.render(context, kind, name, &derivation, &overlay)?;
-                let current = self.resources.get(&derived_key);
-                check_material(kind, name, &document)?;
-                let put = (kind, name.to_owned(), document, refs, Some(derivation));
-                if let Some(event) = put_event(revision, current, put, &mut overlay) {
-                    events.push(event);
-                }
-            }
-        }
+        self.render_derived(context, revision, &seen, &mut overlay, &mut events)?;
         if events.is_empty() {
             return Ok(events);
+        }
+        if let Some(limit) = context.resources_per_kind {
+            self.check_quota(limit, &overlay)?;
         }
         self.check_references(&context.shared, &overlay)?;
         events.insert(
@@ -243,6 +289,46 @@ impl ConfigRepo {
             },
         );
         Ok(events)
+    }
+
+    /// Renders again the resources declared from a template that `overlay` changes (those the
+    /// commit does not change itself, `seen`), found through the index of derivations.
+    fn render_derived(
+        &self,
+        context: &CommitContext,
+        revision: u64,
+        seen: &BTreeSet<String>,
+        overlay: &mut BTreeMap<String, Option<ResourceState>>,
+        events: &mut Vec<ConfigEvent>,
+    ) -> Result<(), ConfigError> {
+        let changed_templates: BTreeSet<&str> = overlay
+            .iter()
+            .filter(|(_, state)| state.as_ref().is_some_and(|s| s.template.is_some()))
+            .map(|(k, _)| split_key(k).1)
+            .collect();
+        let derived_keys: BTreeSet<&String> = changed_templates
+            .iter()
+            .flat_map(|template| self.index.derived_from(template))
+            .filter(|k| !seen.contains(*k))
+            .collect();
+        let derived: Vec<(String, Derivation)> = derived_keys
+            .into_iter()
+            .filter_map(|k| {
+                let derivation = self.resources.get(k)?.derivation.clone()?;
+                Some((k.clone(), derivation))
+            })
+            .collect();
+        for (derived_key, derivation) in derived {
+            let (kind, name) = split_key(&derived_key);
+            let (document, refs) = self.render(context, kind, name, &derivation, overlay)?;
+            let current = self.resources.get(&derived_key);
+            check_material(kind, name, &document)?;
+            let put = (kind, name.to_owned(), document, refs, Some(derivation));
+            if let Some(event) = put_event(revision, current, put, overlay) {
+                events.push(event);
+            }
+        }
+        Ok(())
     }
 
     /// Renders `name` from its template as the commit leaves it, validates it, and returns its
@@ -385,35 +471,7 @@ impl Aggregate for ConfigRepo {
         context: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        let events = match command {
-            ConfigCommand::Commit {
-                message,
-                operation,
-                changes,
-            } => self.decide(context, message, operation, None, changes)?,
-            ConfigCommand::Merge {
-                message,
-                source,
-                changes,
-            } => self.decide(context, message, Operation::Merge, Some(source), changes)?,
-            ConfigCommand::Fork {
-                message,
-                base,
-                resources,
-            } => self.fork(context, message, base, resources)?,
-            ConfigCommand::DeleteBranch => {
-                if self.deleted {
-                    return Err(ConfigError::BranchDeleted);
-                }
-                if self.base.is_none() {
-                    return Err(ConfigError::NotDeletable);
-                }
-                vec![ConfigEvent::BranchDeleted {
-                    revision: self.revision,
-                }]
-            }
-        };
-        for event in events {
+        for event in self.decide_command(command, context)? {
             sink.write(event, self).await;
         }
         Ok(())
@@ -440,19 +498,25 @@ impl Aggregate for ConfigRepo {
                 refs,
                 derivation,
             } => {
-                self.resources.insert(
-                    key(kind, &name),
-                    ResourceState {
-                        version: revision,
-                        hash,
-                        refs,
-                        derivation,
-                        template: (kind == ResourceKind::Template).then_some(document),
-                    },
-                );
+                let resource_key = key(kind, &name);
+                let state = ResourceState {
+                    version: revision,
+                    hash,
+                    refs,
+                    derivation,
+                    template: (kind == ResourceKind::Template).then_some(document),
+                };
+                if let Some(old) = self.resources.insert(resource_key.clone(), state) {
+                    self.index.remove(&resource_key, &old);
+                }
+                self.index
+                    .add(&resource_key, &self.resources[&resource_key]);
             }
             ConfigEvent::ResourceDeleted { kind, name, .. } => {
-                self.resources.remove(&key(kind, &name));
+                let resource_key = key(kind, &name);
+                if let Some(old) = self.resources.remove(&resource_key) {
+                    self.index.remove(&resource_key, &old);
+                }
             }
             ConfigEvent::Branched { base, .. } => self.base = Some(base),
             ConfigEvent::BranchDeleted { .. } => self.deleted = true,

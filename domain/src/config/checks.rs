@@ -33,29 +33,51 @@ impl ConfigRepo {
                 None => self.resources.contains_key(&k),
             }
         };
-        for (deleted_key, _) in overlay.iter().filter(|(_, state)| state.is_none()) {
-            let (kind, name) = split_key(deleted_key);
-            let target = ResourceRef {
-                kind,
-                name: name.to_owned(),
-            };
-            let by: Vec<ResourceRef> = self
-                .after(overlay)
-                .filter(|(_, state)| state.refs.contains(&target))
-                .map(|(k, _)| {
-                    let (kind, name) = split_key(k);
-                    ResourceRef {
-                        kind,
-                        name: name.to_owned(),
-                    }
-                })
-                .collect();
-            if !by.is_empty() {
-                return Err(ConfigError::StillReferenced {
+        let deleted: Vec<&String> = overlay
+            .iter()
+            .filter(|(_, state)| state.is_none())
+            .map(|(k, _)| k)
+            .collect();
+        if !deleted.is_empty() {
+            // Who refers to what among the changed resources, as the commit leaves them.
+            let mut changed_referrers: BTreeMap<&ResourceRef, Vec<&String>> = BTreeMap::new();
+            for (k, state) in overlay {
+                for target in state.iter().flat_map(|s| &s.refs) {
+                    changed_referrers.entry(target).or_default().push(k);
+                }
+            }
+            for deleted_key in deleted {
+                let (kind, name) = split_key(deleted_key);
+                let target = ResourceRef {
                     kind,
                     name: name.to_owned(),
-                    by,
-                });
+                };
+                let unchanged = self
+                    .index
+                    .referrers(&target)
+                    .filter(|k| !overlay.contains_key(*k));
+                let changed = changed_referrers
+                    .get(&target)
+                    .into_iter()
+                    .flatten()
+                    .copied();
+                let by: Vec<ResourceRef> = unchanged
+                    .chain(changed)
+                    .map(|k| {
+                        let (kind, name) = split_key(k);
+                        ResourceRef {
+                            kind,
+                            name: name.to_owned(),
+                        }
+                    })
+                    .collect();
+                if !by.is_empty() {
+                    return Err(ConfigError::StillReferenced {
+                        kind,
+                        name: name.to_owned(),
+                        by,
+                    });
+                }
             }
         }
         let mut dangling = Vec::new();
@@ -76,6 +98,32 @@ impl ConfigRepo {
             return Err(ConfigError::DanglingReferences(dangling));
         }
         self.check_group_cycles(overlay)
+    }
+
+    /// No kind the commit grows may pass the quota of resources per kind; counted from what the
+    /// commit changes and the counts kept in the index.
+    pub(super) fn check_quota(
+        &self,
+        limit: u32,
+        overlay: &BTreeMap<String, Option<ResourceState>>,
+    ) -> Result<(), ConfigError> {
+        let mut delta: BTreeMap<ResourceKind, i64> = BTreeMap::new();
+        for (changed_key, state) in overlay {
+            let before = self.resources.contains_key(changed_key);
+            let step = match (before, state.is_some()) {
+                (false, true) => 1,
+                (true, false) => -1,
+                _ => 0,
+            };
+            *delta.entry(split_key(changed_key).0).or_default() += step;
+        }
+        for (kind, step) in delta.into_iter().filter(|(_, step)| *step > 0) {
+            let after = self.index.count(kind) + usize::try_from(step).unwrap_or(usize::MAX);
+            if after > limit as usize {
+                return Err(ConfigError::QuotaExceeded { kind, limit, after });
+            }
+        }
+        Ok(())
     }
 
     /// No chain of parents that passes a changed group may come back to where it started.
@@ -117,21 +165,6 @@ impl ConfigRepo {
             }
         }
         Ok(())
-    }
-
-    /// Every resource as it would be after the commit.
-    fn after<'a>(
-        &'a self,
-        overlay: &'a BTreeMap<String, Option<ResourceState>>,
-    ) -> impl Iterator<Item = (&'a String, &'a ResourceState)> + 'a {
-        let unchanged = self
-            .resources
-            .iter()
-            .filter(|(k, _)| !overlay.contains_key(*k));
-        let changed = overlay
-            .iter()
-            .filter_map(|(k, state)| state.as_ref().map(|s| (k, s)));
-        unchanged.chain(changed)
     }
 }
 

@@ -35,6 +35,17 @@ pub enum ConfigError {
         /// The current version.
         actual: u64,
     },
+    /// The commit would leave more resources of a kind than the tenant's `resources_per_kind`
+    /// quota allows.
+    #[error("quota `resources_per_kind` ({limit}): this would make {after} {kind} resources")]
+    QuotaExceeded {
+        /// The kind that would grow past the quota.
+        kind: ResourceKind,
+        /// The quota.
+        limit: u32,
+        /// How many there would be after the commit.
+        after: usize,
+    },
     /// The same resource appears twice in one commit.
     #[error("{kind} `{name}` is changed twice in one commit")]
     ChangedTwice {

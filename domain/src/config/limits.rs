@@ -45,6 +45,8 @@ pub struct CommitContext {
     pub shared: Shared,
     /// The limits on what the commit writes.
     pub limits: Limits,
+    /// The tenant's quota of resources of each kind, if it has one.
+    pub resources_per_kind: Option<u32>,
 }
 
 impl From<Shared> for CommitContext {
@@ -52,6 +54,7 @@ impl From<Shared> for CommitContext {
         Self {
             shared,
             limits: Limits::default(),
+            resources_per_kind: None,
         }
     }
 }

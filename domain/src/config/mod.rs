@@ -17,6 +17,7 @@ mod commands;
 mod errors;
 mod events;
 pub mod group;
+mod index;
 pub mod inheritance;
 pub mod limits;
 pub mod merge;

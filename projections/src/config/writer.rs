@@ -13,6 +13,37 @@ use uuid::Uuid;
 
 use crate::projector::{payload_of, Projection, ProjectionError};
 
+/// Closes the open version of each changed resource (`$4` kinds and `$5` names, pairwise) of
+/// tenant `$1`'s branch `$2` at revision `$3`.
+///
+/// Each key is looked up on its own through the index of open versions (the `LATERAL` subquery
+/// with its `LIMIT` cannot be flattened into a join, so the keys drive the lookups), and the row
+/// found is updated by its physical address: the plan costs what the commit changes, whatever the
+/// table holds and whatever its statistics say. A plain join of the keys with the table let the
+/// planner pick a hash join over every version of the tenant, or worse. Held as text, not checked
+/// at compile time, so that the test of its plan (`tests/write_plans.rs`) runs this very statement.
+pub const CLOSE_OPEN_VERSIONS: &str = r"UPDATE config_resource_versions v SET valid_to = $3
+FROM UNNEST($4::text[], $5::text[]) AS u(kind, name)
+CROSS JOIN LATERAL (
+    SELECT o.ctid AS row_id FROM config_resource_versions o
+    WHERE o.tenant_id = $1 AND o.branch = $2 AND o.kind = u.kind AND o.name = u.name
+      AND o.valid_to IS NULL
+    LIMIT 1
+) AS o
+WHERE v.ctid = o.row_id";
+
+/// Removes the deleted resources (`$3` kinds and `$4` names, pairwise) from the current state of
+/// tenant `$1`'s branch `$2`, each looked up by its primary key on its own, the same way as
+/// [`CLOSE_OPEN_VERSIONS`].
+pub const DELETE_CURRENT: &str = r"DELETE FROM config_resources r
+USING UNNEST($3::text[], $4::text[]) AS u(kind, name)
+CROSS JOIN LATERAL (
+    SELECT c.ctid AS row_id FROM config_resources c
+    WHERE c.tenant_id = $1 AND c.branch = $2 AND c.kind = u.kind AND c.name = u.name
+    LIMIT 1
+) AS c
+WHERE r.ctid = c.row_id";
+
 /// Keeps the configuration read models.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ConfigProjection;
@@ -334,32 +365,23 @@ impl CommitRows {
             .map(|(_, (kind, name))| (kind.as_str(), name.as_str()))
             .unzip();
         if !deleted_kinds.is_empty() {
-            sqlx::query!(
-                r#"DELETE FROM config_resources r
-                   USING UNNEST($3::text[], $4::text[]) AS u(kind, name)
-                   WHERE r.tenant_id = $1 AND r.branch = $2 AND r.kind = u.kind AND r.name = u.name"#,
-                tenant_id,
-                branch,
-                &deleted_kinds as &[&str],
-                &deleted_names as &[&str],
-            )
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(DELETE_CURRENT)
+                .bind(tenant_id)
+                .bind(branch)
+                .bind(&deleted_kinds as &[&str])
+                .bind(&deleted_names as &[&str])
+                .execute(&mut *tx)
+                .await?;
         }
         // The temporal table: close each resource's open version, then open the new ones.
-        sqlx::query!(
-            r#"UPDATE config_resource_versions v SET valid_to = $3
-               FROM UNNEST($4::text[], $5::text[]) AS u(kind, name)
-               WHERE v.tenant_id = $1 AND v.branch = $2 AND v.kind = u.kind AND v.name = u.name
-                 AND v.valid_to IS NULL"#,
-            tenant_id,
-            branch,
-            revision,
-            &self.kinds,
-            &self.names,
-        )
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(CLOSE_OPEN_VERSIONS)
+            .bind(tenant_id)
+            .bind(branch)
+            .bind(revision)
+            .bind(&self.kinds)
+            .bind(&self.names)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query!(
             r#"INSERT INTO config_resource_versions (tenant_id, branch, kind, name, valid_from, change,
                                                      document, hash, recorded_at, actor, derivation)

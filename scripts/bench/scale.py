@@ -1,0 +1,104 @@
+"""The scale benchmark's client (scripts/bench-scale.sh): builds tenants of the given sizes by bulk,
+times single PUTs in each, times a bulk of creations into an empty tenant and into the largest one,
+and reads efms's resident memory. Prints a Markdown table."""
+import http.client
+import json
+import os
+import sys
+import time
+import urllib.parse
+
+origin, token, pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sizes = [int(s) for s in os.environ.get("EFMS_BENCH_SIZES", "100,10000,100000").split(",")]
+puts = int(os.environ.get("EFMS_BENCH_PUTS", "200"))
+bulk = int(os.environ.get("EFMS_BENCH_BULK", "10000"))
+chunk = int(os.environ.get("EFMS_BENCH_CHUNK", "10000"))
+url = urllib.parse.urlparse(origin)
+conn = http.client.HTTPConnection(url.hostname, url.port, timeout=600)
+headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+
+
+def request(method, path, body=None):
+    conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+    response = conn.getresponse()
+    data = response.read()
+    if response.status >= 300:
+        raise SystemExit(f"{method} {path}: {response.status} {data[:500]!r}")
+    return response, (json.loads(data) if data else None)
+
+
+def cluster(name, port=8080):
+    return {"name": name, "type": "STATIC", "connect_timeout": "1s", "load_assignment": {
+        "cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
+
+
+def bulk_create(tenant, names):
+    """One POST /bulk of creations; seconds from the POST to the job's end."""
+    body = {"message": "bench", "operations": [
+        {"op": "create", "kind": "clusters", "resource": cluster(name)} for name in names]}
+    start = time.monotonic()
+    response, result = request("POST", f"/api/v1/tenants/{tenant}/bulk", body)
+    if response.status == 202:
+        location = response.getheader("location")
+        while not result.get("finished_at"):
+            time.sleep(0.02)
+            _, result = request("GET", location)
+        if result.get("state") != "succeeded":
+            raise SystemExit(f"bulk job did not succeed: {json.dumps(result)[:500]}")
+    return time.monotonic() - start
+
+
+def fill(tenant, count):
+    """Creates clusters c-0 .. c-(count-1) by bulks of `chunk`."""
+    done = 0
+    while done < count:
+        n = min(chunk, count - done)
+        bulk_create(tenant, [f"c-{i}" for i in range(done, done + n)])
+        done += n
+
+
+def percentile(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def rss_mib():
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+rows = []
+for size in sizes:
+    tenant = f"s{size}"
+    request("POST", "/api/v1/tenants", {"slug": tenant, "name": tenant})
+    start = time.monotonic()
+    fill(tenant, size)
+    built = time.monotonic() - start
+    times = []
+    for i in range(puts):
+        name = f"c-{(i * 7919) % size}"
+        start = time.monotonic()
+        request("PUT", f"/api/v1/tenants/{tenant}/clusters/{name}", cluster(name, 9000 + i))
+        times.append((time.monotonic() - start) * 1000)
+    rows.append((f"single PUT in a tenant of {size:,} resources (built in {built:.1f} s)",
+                 f"p50 {percentile(times, 50):.1f} ms, p99 {percentile(times, 99):.1f} ms ({puts} PUTs)"))
+    print(f"# {rows[-1][0]}: {rows[-1][1]}", file=sys.stderr, flush=True)
+
+largest = max(sizes)
+rss = rss_mib()
+rows.append((f"efms resident memory with tenants of {', '.join(f'{s:,}' for s in sizes)} resources",
+             f"{rss:.0f} MiB ({rss * 1024 * 1024 / sum(sizes):.0f} bytes per resource)"))
+request("POST", "/api/v1/tenants", {"slug": "empty", "name": "empty"})
+into_empty = bulk_create("empty", [f"b-{i}" for i in range(bulk)])
+rows.append((f"bulk of {bulk:,} creations into a tenant holding 0", f"{into_empty:.2f} s"))
+into_large = bulk_create(f"s{largest}", [f"b-{i}" for i in range(bulk)])
+rows.append((f"bulk of {bulk:,} creations into a tenant holding {largest:,}",
+             f"{into_large:.2f} s ({into_large / into_empty:.2f}x)"))
+print("| measurement | figure |")
+print("|---|---|")
+for name, figure in rows:
+    print(f"| {name} | {figure} |")
