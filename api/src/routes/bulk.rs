@@ -19,8 +19,9 @@ use crate::error::{ApiError, FieldError};
 use crate::extract::{ApiJson, ApiQuery, CommitMeta};
 use crate::state::AppState;
 
-/// How long a bulk request waits for the read models to apply its commit.
-const BULK_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// How long a request whose commit is as large as the tenant (a bulk, a new branch) waits for the
+/// read models to apply it.
+pub(crate) const BULK_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The most operations one bulk request may carry.
 pub const MAX_OPERATIONS: usize = 10_000;

@@ -71,13 +71,21 @@ pub async fn create(
         },
         resources,
     };
-    execute(
+    let position = execute(
         &state,
         &meta.clone().with_message(message),
         (&tenant, &body.name),
         command,
     )
     .await?;
+    // A new branch copies every resource of its base: the read models take as long as for a
+    // bulk of that size, so the answer waits as long as a bulk's does.
+    if let Some(position) = position {
+        state
+            .config
+            .wait_for(position, crate::routes::bulk::BULK_READ_TIMEOUT)
+            .await;
+    }
     let row = read::get_branch(&state.pool, tenant.tenant_id, &body.name)
         .await?
         .ok_or_else(|| {
