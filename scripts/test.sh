@@ -18,6 +18,6 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 # The large-tenant tests commit tens of thousands of resources in single transactions, which hold
 # back every other test's commit-ordered reading on the same server (ADR 0002): they run on their
-# own, after the rest.
+# own, after the rest, and one at a time: one's bulk would stall the other's reads.
 cargo nextest run --workspace --no-fail-fast -E 'not binary(large_tenant)' "$@"
-cargo nextest run --workspace --no-fail-fast -E 'binary(large_tenant)' "$@"
+cargo nextest run --workspace --no-fail-fast -E 'binary(large_tenant)' --test-threads 1 "$@"
