@@ -9,7 +9,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
-pub use values::{InvalidValue, TenantName, TenantSlug};
+pub use values::{check_slug, InvalidValue, TenantName, TenantSlug};
 
 /// Commands on a tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]

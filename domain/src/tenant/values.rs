@@ -15,6 +15,30 @@ const TENANT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6e3c_9f52_8a41_4d0b_9c57_2f1
 #[error("{0}")]
 pub struct InvalidValue(pub String);
 
+/// The rule of every slug (a tenant's, a VM's): 1 to 63 characters of lowercase ASCII letters,
+/// digits and inner hyphens, like a DNS label.
+pub fn check_slug(value: &str) -> Result<(), InvalidValue> {
+    let bytes = value.as_bytes();
+    let allowed = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
+    if bytes.is_empty() || bytes.len() > 63 {
+        return Err(InvalidValue(format!(
+            "a slug has 1 to 63 characters, this one has {}",
+            value.chars().count()
+        )));
+    }
+    if !bytes.iter().all(allowed) {
+        return Err(InvalidValue(
+            "a slug may contain only lowercase letters a-z, digits and hyphens".into(),
+        ));
+    }
+    if bytes[0] == b'-' || bytes[bytes.len() - 1] == b'-' {
+        return Err(InvalidValue(
+            "a slug may not start or end with a hyphen".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A tenant's slug: the stable name that addresses it everywhere (`/api/v1/tenants/{slug}`).
 ///
 /// 1 to 63 characters of lowercase ASCII letters, digits and inner hyphens, like a DNS label.
@@ -26,24 +50,7 @@ impl TenantSlug {
     /// Checks and wraps a slug.
     pub fn parse(value: impl Into<String>) -> Result<Self, InvalidValue> {
         let value = value.into();
-        let bytes = value.as_bytes();
-        let allowed = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
-        if bytes.is_empty() || bytes.len() > 63 {
-            return Err(InvalidValue(format!(
-                "a slug has 1 to 63 characters, this one has {}",
-                value.chars().count()
-            )));
-        }
-        if !bytes.iter().all(allowed) {
-            return Err(InvalidValue(
-                "a slug may contain only lowercase letters a-z, digits and hyphens".into(),
-            ));
-        }
-        if bytes[0] == b'-' || bytes[bytes.len() - 1] == b'-' {
-            return Err(InvalidValue(
-                "a slug may not start or end with a hyphen".into(),
-            ));
-        }
+        check_slug(&value)?;
         Ok(Self(value))
     }
 

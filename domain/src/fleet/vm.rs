@@ -1,0 +1,426 @@
+//! The VM aggregate: its registration, join tokens, facts, state and its containers' history.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::model::{Container, ContainerState, HostFacts, LifecycleEvent};
+use super::state::VmState;
+use crate::tenant::{check_slug, InvalidValue};
+
+/// How many recent lifecycle events of a container are remembered to drop repeats of them.
+const REMEMBERED_EVENTS: usize = 64;
+
+/// A VM's name: a slug, unique in its tenant, never reused once the VM is removed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct VmName(String);
+
+impl VmName {
+    /// Checks and wraps a name.
+    pub fn parse(value: impl Into<String>) -> Result<Self, InvalidValue> {
+        let value = value.into();
+        check_slug(&value)?;
+        Ok(Self(value))
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for VmName {
+    type Error = InvalidValue;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(value)
+    }
+}
+
+impl From<VmName> for String {
+    fn from(name: VmName) -> Self {
+        name.0
+    }
+}
+
+impl std::fmt::Display for VmName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a VM is and how it is labelled, as the API set it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmPlacement {
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its region.
+    pub region: Option<String>,
+    /// Its zone.
+    pub zone: Option<String>,
+}
+
+/// Commands on a VM.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VmCommand {
+    /// Register the VM with its first join token.
+    Register {
+        /// Its name.
+        name: VmName,
+        /// Its labels, region and zone.
+        placement: VmPlacement,
+        /// The id of its join token.
+        token_id: Uuid,
+    },
+    /// Replace its join token.
+    IssueToken {
+        /// The new token's id.
+        token_id: Uuid,
+    },
+    /// What the host is now (an event only when it differs).
+    ReportFacts {
+        /// The facts.
+        facts: HostFacts,
+    },
+    /// A heartbeat arrived.
+    Heartbeat {
+        /// Whether the Docker engine answers.
+        engine_reachable: bool,
+        /// Why it does not, when it does not.
+        reason: Option<String>,
+    },
+    /// No heartbeat within the interval and its grace.
+    Silence {
+        /// What was last heard, for the record.
+        reason: String,
+    },
+    /// Every watched container as it is now: new and changed ones are observed, the known ones
+    /// it lacks are gone.
+    Observe {
+        /// The containers.
+        containers: Vec<Container>,
+    },
+    /// Lifecycle events from the engine; those already recorded are dropped.
+    Record {
+        /// The events, in the engine's order.
+        events: Vec<LifecycleEvent>,
+    },
+    /// Remove the VM: its token is revoked and its containers are gone with it.
+    Remove,
+}
+
+/// What happened to a VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum VmEvent {
+    /// The VM was registered.
+    Registered {
+        /// Its name.
+        name: VmName,
+        /// Its labels, region and zone.
+        placement: VmPlacement,
+    },
+    /// A join token was issued; the one before it is revoked.
+    TokenIssued {
+        /// The token's id (never the token).
+        token_id: Uuid,
+    },
+    /// The host's facts, first or changed.
+    FactsChanged {
+        /// The facts.
+        facts: HostFacts,
+    },
+    /// The VM's state changed.
+    StateChanged {
+        /// From.
+        from: VmState,
+        /// To.
+        to: VmState,
+        /// Why.
+        reason: String,
+    },
+    /// A container first seen, or seen different from what was known.
+    ContainerObserved {
+        /// The container.
+        container: Container,
+    },
+    /// A lifecycle event of a container.
+    ContainerLifecycle {
+        /// The event.
+        event: LifecycleEvent,
+    },
+    /// A container is no longer on the engine.
+    ContainerGone {
+        /// Its id.
+        container_id: String,
+        /// Why it is known to be gone.
+        reason: String,
+    },
+    /// The VM was removed.
+    Removed,
+}
+
+impl DomainEvent for VmEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::Registered { .. } => "VmRegistered",
+            Self::TokenIssued { .. } => "VmTokenIssued",
+            Self::FactsChanged { .. } => "VmFactsChanged",
+            Self::StateChanged { .. } => "VmStateChanged",
+            Self::ContainerObserved { .. } => "ContainerObserved",
+            Self::ContainerLifecycle { .. } => "ContainerLifecycle",
+            Self::ContainerGone { .. } => "ContainerGone",
+            Self::Removed => "VmRemoved",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+/// Why a VM command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VmError {
+    /// A VM of this name exists.
+    #[error("VM `{0}` already exists")]
+    AlreadyExists(VmName),
+    /// A VM of this name existed and was removed: names are not reused.
+    #[error("VM `{0}` was removed; a removed VM's name is not reused")]
+    NameRetired(VmName),
+    /// No VM of this name.
+    #[error("the VM does not exist")]
+    NotFound,
+    /// The VM was removed.
+    #[error("the VM was removed")]
+    Removed,
+    /// A snapshot named one container twice.
+    #[error("container `{0}` appears twice in one snapshot")]
+    DuplicateContainer(String),
+}
+
+/// The state a VM's commands are decided on.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Vm {
+    name: Option<VmName>,
+    placement: VmPlacement,
+    token_id: Option<Uuid>,
+    state: VmState,
+    facts: Option<HostFacts>,
+    /// The containers on it, gone ones left out.
+    containers: BTreeMap<String, Container>,
+    /// Recent lifecycle events per container, by (engine time, kind), to drop repeats.
+    recorded: BTreeMap<String, BTreeSet<(i64, super::EventKind)>>,
+}
+
+impl Vm {
+    /// Its name, once registered.
+    pub fn name(&self) -> Option<&VmName> {
+        self.name.as_ref()
+    }
+
+    /// Its state.
+    pub fn state(&self) -> VmState {
+        self.state
+    }
+
+    /// Its current join token's id.
+    pub fn token_id(&self) -> Option<Uuid> {
+        self.token_id
+    }
+
+    /// Its labels, region and zone.
+    pub fn placement(&self) -> &VmPlacement {
+        &self.placement
+    }
+
+    /// The containers on it now.
+    pub fn containers(&self) -> impl Iterator<Item = &Container> {
+        self.containers.values()
+    }
+
+    fn live(&self) -> Result<(), VmError> {
+        match (&self.name, self.state) {
+            (None, _) => Err(VmError::NotFound),
+            (Some(_), VmState::Removed) => Err(VmError::Removed),
+            _ => Ok(()),
+        }
+    }
+
+    /// The events `command` causes, or why it is refused.
+    pub fn decide(&self, command: VmCommand) -> Result<Vec<VmEvent>, VmError> {
+        if let VmCommand::Register {
+            name,
+            placement,
+            token_id,
+        } = command
+        {
+            return match (&self.name, self.state) {
+                (Some(_), VmState::Removed) => Err(VmError::NameRetired(name)),
+                (Some(_), _) => Err(VmError::AlreadyExists(name)),
+                (None, _) => Ok(vec![
+                    VmEvent::Registered { name, placement },
+                    VmEvent::TokenIssued { token_id },
+                ]),
+            };
+        }
+        self.live()?;
+        Ok(match command {
+            VmCommand::Register { .. } => unreachable!("decided above"),
+            VmCommand::IssueToken { token_id } => vec![VmEvent::TokenIssued { token_id }],
+            VmCommand::ReportFacts { facts } => {
+                if self.facts.as_ref() == Some(&facts) {
+                    vec![]
+                } else {
+                    vec![VmEvent::FactsChanged { facts }]
+                }
+            }
+            VmCommand::Heartbeat {
+                engine_reachable,
+                reason,
+            } => self
+                .state
+                .after_heartbeat(engine_reachable)
+                .map(|to| VmEvent::StateChanged {
+                    from: self.state,
+                    to,
+                    reason: reason.unwrap_or_else(|| "heartbeat".to_owned()),
+                })
+                .into_iter()
+                .collect(),
+            VmCommand::Silence { reason } => self
+                .state
+                .after_silence()
+                .map(|to| VmEvent::StateChanged {
+                    from: self.state,
+                    to,
+                    reason,
+                })
+                .into_iter()
+                .collect(),
+            VmCommand::Observe { containers } => self.observe(containers)?,
+            VmCommand::Record { events } => self.record(&events),
+            VmCommand::Remove => {
+                let mut events: Vec<VmEvent> = self
+                    .containers
+                    .keys()
+                    .map(|id| VmEvent::ContainerGone {
+                        container_id: id.clone(),
+                        reason: "its VM was removed".to_owned(),
+                    })
+                    .collect();
+                events.push(VmEvent::StateChanged {
+                    from: self.state,
+                    to: VmState::Removed,
+                    reason: "removed".to_owned(),
+                });
+                events.push(VmEvent::Removed);
+                events
+            }
+        })
+    }
+
+    fn observe(&self, containers: Vec<Container>) -> Result<Vec<VmEvent>, VmError> {
+        let mut seen = BTreeSet::new();
+        let mut events = Vec::new();
+        for container in containers {
+            if !seen.insert(container.id.clone()) {
+                return Err(VmError::DuplicateContainer(container.id));
+            }
+            if self.containers.get(&container.id) != Some(&container) {
+                events.push(VmEvent::ContainerObserved { container });
+            }
+        }
+        for id in self.containers.keys().filter(|id| !seen.contains(*id)) {
+            events.push(VmEvent::ContainerGone {
+                container_id: id.clone(),
+                reason: "no longer on the engine".to_owned(),
+            });
+        }
+        Ok(events)
+    }
+
+    fn record(&self, events: &[LifecycleEvent]) -> Vec<VmEvent> {
+        let mut fresh = Vec::new();
+        let mut keys: BTreeSet<(&str, i64, super::EventKind)> = BTreeSet::new();
+        for event in events {
+            let key = (event.time_nanos, event.kind);
+            let known = self
+                .recorded
+                .get(&event.container_id)
+                .is_some_and(|recorded| recorded.contains(&key));
+            if !known && keys.insert((&event.container_id, key.0, key.1)) {
+                fresh.push(event.clone());
+            }
+        }
+        fresh
+            .into_iter()
+            .map(|event| VmEvent::ContainerLifecycle { event })
+            .collect()
+    }
+}
+
+impl Aggregate for Vm {
+    const TYPE: &'static str = "vm";
+    type Command = VmCommand;
+    type Event = VmEvent;
+    type Error = VmError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            VmEvent::Registered { name, placement } => {
+                self.name = Some(name);
+                self.placement = placement;
+            }
+            VmEvent::TokenIssued { token_id } => self.token_id = Some(token_id),
+            VmEvent::FactsChanged { facts } => self.facts = Some(facts),
+            VmEvent::StateChanged { to, .. } => self.state = to,
+            VmEvent::ContainerObserved { container } => {
+                self.containers.insert(container.id.clone(), container);
+            }
+            VmEvent::ContainerLifecycle { event } => {
+                let recorded = self.recorded.entry(event.container_id.clone()).or_default();
+                recorded.insert((event.time_nanos, event.kind));
+                while recorded.len() > REMEMBERED_EVENTS {
+                    recorded.pop_first();
+                }
+                let after = event.applied_to(self.containers.get(&event.container_id));
+                if after.state == ContainerState::Gone {
+                    self.containers.remove(&event.container_id);
+                } else {
+                    self.containers.insert(event.container_id.clone(), after);
+                }
+            }
+            VmEvent::ContainerGone { container_id, .. } => {
+                self.containers.remove(&container_id);
+                self.recorded.remove(&container_id);
+            }
+            VmEvent::Removed => {
+                self.state = VmState::Removed;
+                self.token_id = None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "vm_tests.rs"]
+mod tests;

@@ -1,0 +1,242 @@
+use std::collections::BTreeMap;
+
+use cqrs_es::Aggregate as _;
+
+use super::*;
+use crate::fleet::{EventKind, Health, Limits};
+
+fn name() -> VmName {
+    VmName::parse("vm-1").unwrap()
+}
+
+fn registered() -> Vm {
+    let mut vm = Vm::default();
+    let events = vm
+        .decide(VmCommand::Register {
+            name: name(),
+            placement: VmPlacement::default(),
+            token_id: Uuid::from_u128(1),
+        })
+        .unwrap();
+    for event in events {
+        vm.apply(event);
+    }
+    vm
+}
+
+fn apply_all(vm: &mut Vm, events: Vec<VmEvent>) {
+    for event in events {
+        vm.apply(event);
+    }
+}
+
+fn container(id: char, state: ContainerState) -> Container {
+    Container {
+        id: id.to_string().repeat(64),
+        name: format!("envoy-{id}"),
+        image: "envoy:1".into(),
+        image_id: "sha256:1".into(),
+        node_id: Some(format!("node-{id}")),
+        state,
+        health: Health::None,
+        restart_count: 0,
+        exit_code: None,
+        oom_killed: false,
+        created_at: None,
+        started_at: None,
+        finished_at: None,
+        limits: Limits::default(),
+        ports: vec![],
+        labels: BTreeMap::new(),
+    }
+}
+
+fn event(id: char, kind: EventKind, time_nanos: i64) -> LifecycleEvent {
+    LifecycleEvent {
+        container_id: id.to_string().repeat(64),
+        name: format!("envoy-{id}"),
+        image: "envoy:1".into(),
+        node_id: None,
+        kind,
+        exit_code: (kind == EventKind::Die).then_some(137),
+        signal: None,
+        health: None,
+        time_nanos,
+    }
+}
+
+#[test]
+fn registering_records_the_vm_and_its_first_token_and_a_second_registration_is_refused() {
+    let vm = registered();
+    assert_eq!(vm.name(), Some(&name()));
+    assert_eq!(vm.token_id(), Some(Uuid::from_u128(1)));
+    assert_eq!(vm.state(), VmState::Down);
+    let again = vm.decide(VmCommand::Register {
+        name: name(),
+        placement: VmPlacement::default(),
+        token_id: Uuid::from_u128(2),
+    });
+    assert_eq!(again, Err(VmError::AlreadyExists(name())));
+}
+
+#[test]
+fn a_removed_vm_refuses_reports_and_its_name_is_not_reused() {
+    let mut vm = registered();
+    let events = vm.decide(VmCommand::Remove).unwrap();
+    apply_all(&mut vm, events);
+    assert_eq!(vm.state(), VmState::Removed);
+    assert_eq!(vm.token_id(), None);
+    let heartbeat = vm.decide(VmCommand::Heartbeat {
+        engine_reachable: true,
+        reason: None,
+    });
+    assert_eq!(heartbeat, Err(VmError::Removed));
+    let again = vm.decide(VmCommand::Register {
+        name: name(),
+        placement: VmPlacement::default(),
+        token_id: Uuid::from_u128(2),
+    });
+    assert_eq!(again, Err(VmError::NameRetired(name())));
+}
+
+#[test]
+fn commands_on_an_unregistered_vm_are_refused_as_not_found() {
+    let vm = Vm::default();
+    assert_eq!(
+        vm.decide(VmCommand::IssueToken {
+            token_id: Uuid::from_u128(3)
+        }),
+        Err(VmError::NotFound)
+    );
+}
+
+#[test]
+fn a_snapshot_records_new_and_changed_containers_once_and_the_missing_ones_as_gone() {
+    let mut vm = registered();
+    let first = vec![
+        container('a', ContainerState::Running),
+        container('b', ContainerState::Running),
+    ];
+    let events = vm
+        .decide(VmCommand::Observe {
+            containers: first.clone(),
+        })
+        .unwrap();
+    assert_eq!(events.len(), 2);
+    apply_all(&mut vm, events);
+    assert_eq!(
+        vm.decide(VmCommand::Observe { containers: first }).unwrap(),
+        vec![],
+        "the same snapshot again changes nothing"
+    );
+    let events = vm
+        .decide(VmCommand::Observe {
+            containers: vec![container('a', ContainerState::Exited)],
+        })
+        .unwrap();
+    assert!(matches!(
+        &events[0],
+        VmEvent::ContainerObserved { container } if container.state == ContainerState::Exited
+    ));
+    assert!(matches!(
+        &events[1],
+        VmEvent::ContainerGone { container_id, .. } if container_id == &"b".repeat(64)
+    ));
+}
+
+#[test]
+fn a_snapshot_naming_one_container_twice_is_refused() {
+    let vm = registered();
+    let twice = vec![
+        container('a', ContainerState::Running),
+        container('a', ContainerState::Exited),
+    ];
+    assert_eq!(
+        vm.decide(VmCommand::Observe { containers: twice }),
+        Err(VmError::DuplicateContainer("a".repeat(64)))
+    );
+}
+
+#[test]
+fn lifecycle_events_already_recorded_are_dropped_when_told_again() {
+    let mut vm = registered();
+    let told = vec![
+        event('a', EventKind::Start, 1),
+        event('a', EventKind::Die, 2),
+    ];
+    let events = vm
+        .decide(VmCommand::Record {
+            events: told.clone(),
+        })
+        .unwrap();
+    assert_eq!(events.len(), 2);
+    apply_all(&mut vm, events);
+    let mut again = told;
+    again.push(event('a', EventKind::Start, 3));
+    let events = vm.decide(VmCommand::Record { events: again }).unwrap();
+    assert_eq!(
+        events,
+        vec![VmEvent::ContainerLifecycle {
+            event: event('a', EventKind::Start, 3)
+        }]
+    );
+}
+
+#[test]
+fn a_die_event_leaves_the_container_exited_with_its_exit_code() {
+    let mut vm = registered();
+    let events = vm
+        .decide(VmCommand::Record {
+            events: vec![
+                event('a', EventKind::Start, 1),
+                event('a', EventKind::Die, 2),
+            ],
+        })
+        .unwrap();
+    apply_all(&mut vm, events);
+    let container = vm.containers().next().expect("the container is known");
+    assert_eq!(container.state, ContainerState::Exited);
+    assert_eq!(container.exit_code, Some(137));
+}
+
+#[test]
+fn heartbeats_and_silence_change_the_state_only_when_it_differs() {
+    let mut vm = registered();
+    let up = vm
+        .decide(VmCommand::Heartbeat {
+            engine_reachable: true,
+            reason: None,
+        })
+        .unwrap();
+    assert_eq!(up.len(), 1);
+    apply_all(&mut vm, up);
+    assert_eq!(vm.state(), VmState::Ready);
+    assert!(vm
+        .decide(VmCommand::Heartbeat {
+            engine_reachable: true,
+            reason: None
+        })
+        .unwrap()
+        .is_empty());
+    let down = vm
+        .decide(VmCommand::Silence {
+            reason: "no heartbeat for 30 s".into(),
+        })
+        .unwrap();
+    apply_all(&mut vm, down);
+    assert_eq!(vm.state(), VmState::Down);
+}
+
+#[test]
+fn removing_a_vm_takes_its_containers_with_it() {
+    let mut vm = registered();
+    let events = vm
+        .decide(VmCommand::Observe {
+            containers: vec![container('a', ContainerState::Running)],
+        })
+        .unwrap();
+    apply_all(&mut vm, events);
+    let events = vm.decide(VmCommand::Remove).unwrap();
+    assert!(matches!(&events[0], VmEvent::ContainerGone { .. }));
+    assert_eq!(events.last(), Some(&VmEvent::Removed));
+}
