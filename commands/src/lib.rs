@@ -11,6 +11,8 @@
 //!   [`aggregate_snapshots`] writes their snapshots off the commit's path.
 //! - [`configuration`]: the configuration service, the whole pipeline of a configuration write
 //!   (pins, quotas, sharing, sealing, the command, read-your-writes).
+//! - [`fleet`]: the VMs' registrations, join tokens, reports and presence.
+//! - [`lease`]: background work that one replica must do, claimed for a while.
 //! - [`keys`]: the tenants' data keys for secret material, wrapped under the master key.
 //! - [`credentials`]: whether a token's user or proxy token id was withdrawn before it expired.
 
@@ -19,7 +21,9 @@ pub mod bus;
 pub mod configuration;
 pub mod credentials;
 pub mod event_store;
+pub mod fleet;
 pub mod keys;
+pub mod lease;
 pub mod log;
 pub mod scope;
 pub mod warm;

@@ -20,6 +20,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use efms_domain::config::limits::CommitContext;
 use efms_domain::config::{ConfigCommand, ConfigError, ConfigEvent, ConfigRepo};
+use efms_domain::fleet::{Vm, VmCommand, VmError, VmEvent};
 use efms_domain::Tenant;
 use uuid::Uuid;
 
@@ -44,6 +45,12 @@ impl Decide for ConfigRepo {
         context: &CommitContext,
     ) -> Result<Vec<ConfigEvent>, ConfigError> {
         self.decide_command(command, context)
+    }
+}
+
+impl Decide for Vm {
+    async fn decide(&self, command: VmCommand, _services: &()) -> Result<Vec<VmEvent>, VmError> {
+        Vm::decide(self, command)
     }
 }
 

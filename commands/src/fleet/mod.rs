@@ -1,0 +1,141 @@
+//! The fleet's write side (ADR 0011): registering, re-keying and removing VMs (the API), and
+//! what the agents' streams store (their reports and presence).
+//!
+//! A VM's history goes to its stream in the log through the [`CommandBus`]; its join tokens (their
+//! digests) to `vm_join_tokens` ([`tokens`]); what is not history (heartbeats, utilisation, where
+//! an agent's reports stand) to `vm_presence` and the sample tables ([`presence`]).
+
+pub mod presence;
+pub mod tokens;
+
+use std::time::Duration;
+
+use cqrs_es::Aggregate as _;
+use efms_domain::fleet::{JoinToken, Vm, VmCommand, VmError, VmName, VmPlacement};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::event_store::persistence_error;
+use crate::{CommandBus, CommandError, CommitMetadata, Position};
+
+/// Why a fleet write did not happen.
+pub type FleetError = CommandError<VmError>;
+
+/// A database failure outside the log, as a fleet error.
+fn storage(error: sqlx::Error) -> FleetError {
+    persistence_error(error).into()
+}
+
+/// The fleet's writes.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    pool: PgPool,
+    bus: CommandBus,
+}
+
+impl Fleet {
+    /// Writes through `bus`, tokens and presence to `pool`.
+    pub fn new(pool: PgPool, bus: CommandBus) -> Self {
+        Self { pool, bus }
+    }
+
+    /// The pool it writes to.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Runs `command` on the VM `name` of `tenant_id` on behalf of `actor`.
+    pub async fn execute(
+        &self,
+        tenant_id: Uuid,
+        name: &str,
+        command: VmCommand,
+        actor: &str,
+    ) -> Result<Option<Position>, FleetError> {
+        self.bus
+            .execute::<Vm>(tenant_id, name, command, (), CommitMetadata::by(actor))
+            .await
+    }
+
+    /// Registers a VM; answers its first join token, which is shown only now.
+    pub async fn register(
+        &self,
+        tenant_id: Uuid,
+        name: VmName,
+        placement: VmPlacement,
+        actor: &str,
+    ) -> Result<(JoinToken, Option<Position>), FleetError> {
+        let token = JoinToken::generate();
+        let token_id = Uuid::new_v4();
+        let vm = name.as_str().to_owned();
+        let command = VmCommand::Register {
+            name,
+            placement,
+            token_id,
+        };
+        let position = self.execute(tenant_id, &vm, command, actor).await?;
+        tokens::replace(&self.pool, tenant_id, &vm, token_id, &token, actor)
+            .await
+            .map_err(storage)?;
+        Ok((token, position))
+    }
+
+    /// Issues a new join token for a VM and revokes the one before it.
+    pub async fn issue_token(
+        &self,
+        tenant_id: Uuid,
+        name: &VmName,
+        actor: &str,
+    ) -> Result<(JoinToken, Option<Position>), FleetError> {
+        let token = JoinToken::generate();
+        let token_id = Uuid::new_v4();
+        let command = VmCommand::IssueToken { token_id };
+        let position = self.execute(tenant_id, name.as_str(), command, actor).await?;
+        tokens::replace(&self.pool, tenant_id, name.as_str(), token_id, &token, actor)
+            .await
+            .map_err(storage)?;
+        Ok((token, position))
+    }
+
+    /// Removes a VM: its token is revoked (its stream ends at the next check), its history kept.
+    pub async fn remove(
+        &self,
+        tenant_id: Uuid,
+        name: &VmName,
+        actor: &str,
+    ) -> Result<Option<Position>, FleetError> {
+        let position = self
+            .execute(tenant_id, name.as_str(), VmCommand::Remove, actor)
+            .await?;
+        tokens::revoke(&self.pool, tenant_id, name.as_str(), actor)
+            .await
+            .map_err(storage)?;
+        Ok(position)
+    }
+
+    /// Takes down every VM whose last heartbeat is older than `silence` (interval and grace):
+    /// one command each, so a VM that reported meanwhile, or that another replica took down
+    /// first, is left as it is. Answers how many changed.
+    pub async fn sweep(&self, silence: Duration) -> Result<usize, FleetError> {
+        let overdue = presence::overdue(&self.pool, silence)
+            .await
+            .map_err(storage)?;
+        let mut changed = 0;
+        for vm in overdue {
+            let reason = match vm.last_heartbeat_at {
+                Some(at) => format!(
+                    "no heartbeat since {}",
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+                None => "no heartbeat".to_owned(),
+            };
+            let command = VmCommand::Silence { reason };
+            match self.execute(vm.tenant_id, &vm.name, command, Vm::TYPE).await {
+                Ok(Some(_)) => changed += 1,
+                Ok(None) | Err(CommandError::Rejected(_) | CommandError::Conflict) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(changed)
+    }
+}

@@ -1,0 +1,108 @@
+//! Join tokens (`vm_join_tokens`): their digests, who issued and revoked them, and finding the VM
+//! a presented token speaks for.
+
+use efms_domain::fleet::join_token::digest_of;
+use efms_domain::fleet::JoinToken;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::Scope;
+
+/// The VM a token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// Its tenant.
+    pub tenant_id: Uuid,
+    /// Its tenant's slug.
+    pub tenant: String,
+    /// The VM's name.
+    pub vm: String,
+    /// The token's id.
+    pub token_id: Uuid,
+}
+
+/// Revokes the VM's live token, if any, and stores `token` as its only live one.
+pub async fn replace(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    vm: &str,
+    token_id: Uuid,
+    token: &JoinToken,
+    actor: &str,
+) -> Result<(), sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
+    sqlx::query!(
+        r#"UPDATE vm_join_tokens SET revoked_at = now(), revoked_by = $3
+           WHERE tenant_id = $1 AND vm_name = $2 AND revoked_at IS NULL"#,
+        tenant_id,
+        vm,
+        actor,
+    )
+    .execute(&mut *tx)
+    .await?;
+    let digest = token.digest();
+    sqlx::query!(
+        r#"INSERT INTO vm_join_tokens (tenant_id, vm_name, token_id, digest, issued_by)
+           VALUES ($1, $2, $3, $4, $5)"#,
+        tenant_id,
+        vm,
+        token_id,
+        digest.as_slice(),
+        actor,
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// Revokes the VM's live token, if any.
+pub async fn revoke(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    vm: &str,
+    actor: &str,
+) -> Result<(), sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
+    sqlx::query!(
+        r#"UPDATE vm_join_tokens SET revoked_at = now(), revoked_by = $3
+           WHERE tenant_id = $1 AND vm_name = $2 AND revoked_at IS NULL"#,
+        tenant_id,
+        vm,
+        actor,
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// The VM a presented token speaks for, if it is a live token of a VM.
+pub async fn authenticate(pool: &PgPool, token: &str) -> Result<Option<Joined>, sqlx::Error> {
+    let digest = digest_of(token);
+    let mut tx = Scope::System.begin(pool).await?;
+    let joined = sqlx::query_as!(
+        Joined,
+        r#"SELECT t.tenant_id, n.slug AS tenant, t.vm_name AS vm, t.token_id
+           FROM vm_join_tokens t JOIN tenants n ON n.tenant_id = t.tenant_id
+           WHERE t.digest = $1 AND t.revoked_at IS NULL"#,
+        digest.as_slice(),
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(joined)
+}
+
+/// Whether the token `token_id` of `tenant_id` is still live.
+pub async fn is_live(pool: &PgPool, tenant_id: Uuid, token_id: Uuid) -> Result<bool, sqlx::Error> {
+    let mut tx = Scope::System.begin(pool).await?;
+    let live = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM vm_join_tokens
+                          WHERE tenant_id = $1 AND token_id = $2 AND revoked_at IS NULL) AS "live!""#,
+        tenant_id,
+        token_id,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(live)
+}

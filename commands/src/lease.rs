@@ -1,0 +1,51 @@
+//! Leases: background work that one replica must do (the fleet's sweep, sample retention) is
+//! claimed for a while in the `leases` table by one holder; the holder renews it each round, and
+//! another replica takes it over once it has expired.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::Scope;
+
+/// One replica's claim on named work.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pool: PgPool,
+    name: &'static str,
+    holder: Uuid,
+    ttl: Duration,
+}
+
+impl Lease {
+    /// A claim on `name` by a fresh holder, held `ttl` at a time.
+    pub fn new(pool: PgPool, name: &'static str, ttl: Duration) -> Self {
+        Self {
+            pool,
+            name,
+            holder: Uuid::new_v4(),
+            ttl,
+        }
+    }
+
+    /// Takes or renews the lease: `true` when this holder has it for the next `ttl`.
+    pub async fn claim(&self) -> Result<bool, sqlx::Error> {
+        let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
+        let mut tx = Scope::System.begin(&self.pool).await?;
+        let held = sqlx::query_scalar!(
+            r#"INSERT INTO leases (name, holder, expires_at)
+               VALUES ($1, $2, now() + make_interval(secs => $3::bigint / 1000.0))
+               ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+               WHERE leases.holder = excluded.holder OR leases.expires_at < now()
+               RETURNING holder"#,
+            self.name,
+            self.holder,
+            ttl_ms,
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(held == Some(self.holder))
+    }
+}
