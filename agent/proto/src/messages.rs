@@ -428,7 +428,7 @@ pub struct ContainerUsage {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ServerMessage {
     /// The message.
-    #[prost(oneof = "server_message::Body", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "server_message::Body", tags = "1, 2, 3, 4, 5")]
     pub body: Option<server_message::Body>,
 }
 
@@ -449,6 +449,9 @@ pub mod server_message {
         /// The token was revoked or the VM removed; the stream ends.
         #[prost(message, tag = "4")]
         Revoked(super::Revoked),
+        /// One report was refused; nothing of it was stored.
+        #[prost(message, tag = "5")]
+        Refused(super::Refused),
     }
 }
 
@@ -489,6 +492,20 @@ pub struct Settings {
     /// Images whose containers are watched without the `efms.node_id` label.
     #[prost(string, repeated, tag = "2")]
     pub watch_images: Vec<String>,
+}
+
+/// One report was refused and nothing of it stored; it counts as acknowledged.
+#[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
+pub struct Refused {
+    /// The report's seq.
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    /// The field, as a path (`heartbeat.usage.cpu_percent`).
+    #[prost(string, tag = "2")]
+    pub field: String,
+    /// What is wrong with it.
+    #[prost(string, tag = "3")]
+    pub problem: String,
 }
 
 /// The token was revoked or the VM removed.

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use efms_fleet_proto::Refused;
 use efms_fleet_proto::{
     agent_message, server_message, Ack, AgentMessage, Container, ContainerEvent, ContainerSnapshot,
     ContainerState, ContainerUsage, ContainerUsages, Disk, DiskUsage, EngineVersion, EventKind,
@@ -217,8 +218,16 @@ fn every_server_message_matches_the_spec_field_for_field() {
                 reason: "removed".into(),
             }),
         ),
+        (
+            "refused",
+            server_message::Body::Refused(Refused {
+                seq: 2,
+                field: "heartbeat.usage.cpu_percent".into(),
+                problem: "-1 is not between 0 and 100".into(),
+            }),
+        ),
     ];
-    let members = ["welcome", "ack", "settings", "revoked"];
+    let members = ["welcome", "ack", "settings", "revoked", "refused"];
     for (name, body) in bodies {
         let unset: Vec<&str> = members.iter().copied().filter(|m| *m != name).collect();
         check(
