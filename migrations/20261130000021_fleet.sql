@@ -49,6 +49,8 @@ CREATE TABLE containers (
     updated_at    timestamptz NOT NULL,
     gone_at       timestamptz,
     gone_reason   text,
+    -- The whole container as the log says it is now (the columns above are for filtering).
+    document      jsonb       NOT NULL,
     PRIMARY KEY (tenant_id, container_id)
 );
 

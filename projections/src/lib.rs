@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod fleet;
 pub mod projector;
 pub mod proxies;
 pub mod snapshots;
@@ -14,6 +15,7 @@ pub mod tenants;
 
 pub use cache::{CacheStats, ResourceCache};
 pub use config::ConfigProjection;
+pub use fleet::FleetProjection;
 pub use projector::{Projection, ProjectionError, Projector, ProjectorHandle};
 pub use snapshots::{GroupSnapshot, SnapshotStore, XdsResource};
 pub use tenants::{TenantRow, TenantsProjection};

@@ -27,6 +27,9 @@ pub enum ProjectionError {
         /// What was wrong.
         source: serde_json::Error,
     },
+    /// A read-model document could not be written or read back as JSON.
+    #[error("read-model document: {0}")]
+    Document(#[from] serde_json::Error),
 }
 
 /// The payload of `event` as `E` when the event belongs to aggregate type `aggregate_type`; `None`

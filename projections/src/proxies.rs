@@ -70,6 +70,25 @@ pub struct TypeStatusRow {
     pub error_detail: Option<String>,
 }
 
+impl SyncState {
+    /// A proxy's status from its per-type ones: NOT_SENT before anything was sent, NACKED if any
+    /// type is, SYNCED when every type sent is, else STALE.
+    pub fn overall(states: &[SyncState]) -> SyncState {
+        if states.is_empty() {
+            SyncState::NotSent
+        } else if states.contains(&SyncState::Nacked) {
+            SyncState::Nacked
+        } else if states
+            .iter()
+            .all(|state| matches!(state, SyncState::Synced | SyncState::NotSent))
+        {
+            SyncState::Synced
+        } else {
+            SyncState::Stale
+        }
+    }
+}
+
 impl TypeStatusRow {
     /// SYNCED, STALE, NACKED or NOT_SENT, from what was sent, accepted and refused last.
     pub fn state(&self) -> SyncState {

@@ -7,6 +7,7 @@
 
 pub mod presence;
 pub mod tokens;
+pub mod upkeep;
 
 use std::time::Duration;
 
@@ -90,10 +91,19 @@ impl Fleet {
         let token = JoinToken::generate();
         let token_id = Uuid::new_v4();
         let command = VmCommand::IssueToken { token_id };
-        let position = self.execute(tenant_id, name.as_str(), command, actor).await?;
-        tokens::replace(&self.pool, tenant_id, name.as_str(), token_id, &token, actor)
-            .await
-            .map_err(storage)?;
+        let position = self
+            .execute(tenant_id, name.as_str(), command, actor)
+            .await?;
+        tokens::replace(
+            &self.pool,
+            tenant_id,
+            name.as_str(),
+            token_id,
+            &token,
+            actor,
+        )
+        .await
+        .map_err(storage)?;
         Ok((token, position))
     }
 
@@ -130,7 +140,10 @@ impl Fleet {
                 None => "no heartbeat".to_owned(),
             };
             let command = VmCommand::Silence { reason };
-            match self.execute(vm.tenant_id, &vm.name, command, Vm::TYPE).await {
+            match self
+                .execute(vm.tenant_id, &vm.name, command, Vm::TYPE)
+                .await
+            {
                 Ok(Some(_)) => changed += 1,
                 Ok(None) | Err(CommandError::Rejected(_) | CommandError::Conflict) => {}
                 Err(error) => return Err(error),

@@ -131,10 +131,7 @@ pub async fn heartbeat(
     if let Some(usage) = usage {
         let disks = serde_json::to_value(&usage.disks).unwrap_or_default();
         #[allow(clippy::cast_possible_truncation)]
-        let (cpu, load) = (
-            usage.cpu_percent as f32,
-            usage.load.map(|load| load as f32),
-        );
+        let (cpu, load) = (usage.cpu_percent as f32, usage.load.map(|load| load as f32));
         sqlx::query!(
             r#"INSERT INTO vm_samples (tenant_id, vm_name, sampled_at, cpu_percent, load_1m, load_5m,
                    load_15m, memory_used_bytes, memory_total_bytes, network_rx_bytes_per_second,
@@ -177,7 +174,10 @@ pub async fn container_samples(
         .collect();
     let limits: Vec<Option<i64>> = usages
         .iter()
-        .map(|u| u.memory_limit_bytes.map(|l| i64::try_from(l).unwrap_or(i64::MAX)))
+        .map(|u| {
+            u.memory_limit_bytes
+                .map(|l| i64::try_from(l).unwrap_or(i64::MAX))
+        })
         .collect();
     let pids: Vec<Option<i64>> = usages
         .iter()

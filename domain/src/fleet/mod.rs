@@ -6,14 +6,16 @@
 //! ran on VM X, in which state, at T" is answered from the log like configuration is. Utilisation
 //! samples are not events: they go to tables of their own (see [`reports`]).
 
+pub mod join_token;
 mod model;
 pub mod reports;
 mod state;
 mod vm;
 
+pub use join_token::JoinToken;
 pub use model::{
     Container, ContainerState, Disk, EngineVersion, EventKind, Health, HostFacts, InterfaceAddress,
     LifecycleEvent, Limits, Port,
 };
 pub use state::{VmState, DEFAULT_HEARTBEAT_GRACE, DEFAULT_HEARTBEAT_INTERVAL};
-pub use vm::{Vm, VmCommand, VmError, VmEvent, VmName, VmPlacement};
+pub use vm::{check_label, Vm, VmCommand, VmError, VmEvent, VmName, VmPlacement};

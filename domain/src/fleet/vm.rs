@@ -53,6 +53,21 @@ impl std::fmt::Display for VmName {
     }
 }
 
+/// Checks one label of a VM: a key of 1 to 63 characters of letters, digits, `.`, `_`, `/` and
+/// `-`, and a value of at most 253 characters.
+pub fn check_label(key: &str, value: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-');
+    if key.is_empty() || key.len() > 63 || !key.chars().all(allowed) {
+        return Err(
+            "a label key has 1 to 63 characters: letters, digits, `.`, `_`, `/` and `-`".into(),
+        );
+    }
+    if value.len() > 253 || value.chars().any(char::is_control) {
+        return Err("a label value has at most 253 characters and no control character".into());
+    }
+    Ok(())
+}
+
 /// Where a VM is and how it is labelled, as the API set it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmPlacement {
@@ -237,6 +252,11 @@ impl Vm {
     /// Its labels, region and zone.
     pub fn placement(&self) -> &VmPlacement {
         &self.placement
+    }
+
+    /// Its host's facts, once reported.
+    pub fn facts(&self) -> Option<&HostFacts> {
+        self.facts.as_ref()
     }
 
     /// The containers on it now.

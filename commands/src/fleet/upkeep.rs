@@ -1,0 +1,95 @@
+//! The fleet's upkeep, done by one replica at a time under the lease `fleet-upkeep`: VMs whose
+//! heartbeat is overdue are taken down, and the sample tables get tomorrow's partitions and lose
+//! the expired ones.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use efms_domain::fleet::{DEFAULT_HEARTBEAT_GRACE, DEFAULT_HEARTBEAT_INTERVAL};
+use tokio::sync::watch;
+
+use super::{presence, Fleet};
+use crate::lease::Lease;
+
+/// How often the sample tables' partitions are looked after.
+const SAMPLE_UPKEEP_EVERY: Duration = Duration::from_secs(3_600);
+
+/// How the upkeep runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpkeepSettings {
+    /// How often agents send a heartbeat.
+    pub heartbeat_interval: Duration,
+    /// How long past the interval a VM stays up without one.
+    pub heartbeat_grace: Duration,
+    /// How many days of raw samples are kept.
+    pub sample_days: i32,
+}
+
+impl Default for UpkeepSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            heartbeat_grace: DEFAULT_HEARTBEAT_GRACE,
+            sample_days: 7,
+        }
+    }
+}
+
+impl UpkeepSettings {
+    /// How often the sweep runs: a quarter of the grace, between 100 ms and 5 s.
+    fn sweep_every(&self) -> Duration {
+        (self.heartbeat_grace / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
+    }
+}
+
+/// Runs the upkeep until `shutdown` resolves; `settings` may change meanwhile.
+pub fn spawn(
+    fleet: Fleet,
+    mut settings: watch::Receiver<UpkeepSettings>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        tokio::pin!(shutdown);
+        let mut samples_done: Option<Instant> = None;
+        loop {
+            let current = *settings.borrow_and_update();
+            let every = current.sweep_every();
+            let lease = Lease::new(fleet.pool().clone(), "fleet-upkeep", every * 3);
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(every) => {}
+                changed = settings.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            match lease.claim().await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(error) => {
+                    tracing::warn!(%error, "the fleet's upkeep lease cannot be claimed");
+                    continue;
+                }
+            }
+            let silence = current.heartbeat_interval + current.heartbeat_grace;
+            match fleet.sweep(silence).await {
+                Ok(0) => {}
+                Ok(changed) => tracing::info!(changed, "VMs without a heartbeat taken down"),
+                Err(error) => tracing::warn!(%error, "the fleet's sweep failed"),
+            }
+            if samples_done.is_none_or(|done| done.elapsed() >= SAMPLE_UPKEEP_EVERY) {
+                match presence::maintain_samples(fleet.pool(), current.sample_days).await {
+                    Ok(changed) => {
+                        samples_done = Some(Instant::now());
+                        if changed > 0 {
+                            tracing::info!(changed, "sample partitions created or dropped");
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "the sample partitions' upkeep failed"),
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,520 @@
+//! Reads of the fleet: VMs with their presence, containers, their history, and utilisation.
+
+use chrono::{DateTime, Utc};
+use efms_commands::Scope;
+use efms_domain::fleet::Container;
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// A VM as the read models have it, with what its agent's stream last said.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmRow {
+    /// Its name.
+    pub name: String,
+    /// Its labels (a JSON object of strings).
+    pub labels: Value,
+    /// Its region.
+    pub region: Option<String>,
+    /// Its zone.
+    pub zone: Option<String>,
+    /// `down`, `ready`, `docker_unreachable` or `removed`.
+    pub state: String,
+    /// Why it is in that state.
+    pub state_reason: String,
+    /// Since when.
+    pub state_since: DateTime<Utc>,
+    /// Its host's facts, once reported.
+    pub facts: Option<Value>,
+    /// When it was registered, and by whom.
+    pub registered_at: DateTime<Utc>,
+    /// Who registered it.
+    pub registered_by: String,
+    /// When it was removed.
+    pub removed_at: Option<DateTime<Utc>>,
+    /// Its stream's last sequence.
+    pub version: i64,
+    /// Whether an agent's stream is open for it.
+    pub connected: Option<bool>,
+    /// Its last heartbeat.
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    /// Whether its Docker engine answered at the last heartbeat.
+    pub engine_reachable: Option<bool>,
+    /// Why it did not.
+    pub engine_error: Option<String>,
+    /// Its utilisation at the last heartbeat.
+    pub usage: Option<Value>,
+    /// Its containers not gone.
+    pub containers: i64,
+}
+
+/// How to filter and order VMs.
+#[derive(Debug, Clone, Default)]
+pub struct VmFilter {
+    /// Labels it must carry (a JSON object of strings).
+    pub labels: Option<Value>,
+    /// Its region.
+    pub region: Option<String>,
+    /// Its zone.
+    pub zone: Option<String>,
+    /// Its state.
+    pub state: Option<String>,
+    /// `name` (the default), `state`, `region` or `last_heartbeat`; `-` before for descending.
+    pub sort: Option<String>,
+    /// At most this many.
+    pub limit: i64,
+}
+
+/// A container as the read models have it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerRow {
+    /// The container as the log says it is now.
+    pub container: Container,
+    /// The VM it is on.
+    pub vm: String,
+    /// When it was first seen.
+    pub first_seen_at: DateTime<Utc>,
+    /// When it last changed.
+    pub updated_at: DateTime<Utc>,
+    /// When it was found gone.
+    pub gone_at: Option<DateTime<Utc>>,
+    /// Why it is gone.
+    pub gone_reason: Option<String>,
+}
+
+/// How to filter containers.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerFilter {
+    /// The VM they are on.
+    pub vm: Option<String>,
+    /// Their state.
+    pub state: Option<String>,
+    /// Their health.
+    pub health: Option<String>,
+    /// The group of their proxy (label `efms.group`, else the group the proxy connected to).
+    pub group: Option<String>,
+    /// At most this many.
+    pub limit: i64,
+}
+
+/// One change of a container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerChange {
+    /// Its place in its VM's stream.
+    pub seq: i64,
+    /// When it was recorded.
+    pub recorded_at: DateTime<Utc>,
+    /// `observed`, `gone`, or a lifecycle event (`die`, ...).
+    pub change: String,
+    /// The engine's time for a lifecycle event, else when it was recorded.
+    pub at: DateTime<Utc>,
+    /// The exit code (`die`).
+    pub exit_code: Option<i64>,
+    /// The signal (`kill`).
+    pub signal: Option<String>,
+    /// The health (`health_status`).
+    pub health: Option<String>,
+    /// Why (`gone`).
+    pub reason: Option<String>,
+}
+
+/// One event of a VM's stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmHistoryEntry {
+    /// Its place in the stream.
+    pub sequence: i64,
+    /// Its type.
+    pub event_type: String,
+    /// The event.
+    pub payload: Value,
+    /// Who caused it.
+    pub actor: String,
+    /// When it was recorded.
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// Utilisation over one step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UtilisationBucket {
+    /// The step's start.
+    pub at: DateTime<Utc>,
+    /// Samples in it.
+    pub samples: i64,
+    /// Mean CPU %.
+    pub cpu_percent_avg: f64,
+    /// Highest CPU %.
+    pub cpu_percent_max: f64,
+    /// Mean 1-minute load.
+    pub load_1m_avg: f64,
+    /// Mean memory used.
+    pub memory_used_bytes_avg: f64,
+    /// Highest memory used.
+    pub memory_used_bytes_max: i64,
+    /// Mean bytes received per second.
+    pub network_rx_bytes_per_second_avg: f64,
+    /// Mean bytes sent per second.
+    pub network_tx_bytes_per_second_avg: f64,
+}
+
+/// The VMs of a tenant.
+pub async fn list_vms(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    filter: &VmFilter,
+) -> Result<Vec<VmRow>, sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
+    let rows = sqlx::query_as!(
+        VmRow,
+        r#"SELECT v.name, v.labels, v.region, v.zone, v.state, v.state_reason, v.state_since,
+                  v.facts, v.registered_at, v.registered_by, v.removed_at, v.version,
+                  p.connected AS "connected?", p.last_heartbeat_at AS "last_heartbeat_at?",
+                  p.engine_reachable AS "engine_reachable?", p.engine_error AS "engine_error?",
+                  p.usage AS "usage?",
+                  (SELECT count(*) FROM containers c
+                   WHERE c.tenant_id = v.tenant_id AND c.vm_name = v.name AND c.gone_at IS NULL)
+                      AS "containers!"
+           FROM vms v
+           LEFT JOIN vm_presence p ON p.tenant_id = v.tenant_id AND p.vm_name = v.name
+           WHERE v.tenant_id = $1
+             AND ($2::jsonb IS NULL OR v.labels @> $2)
+             AND ($3::text IS NULL OR v.region = $3)
+             AND ($4::text IS NULL OR v.zone = $4)
+             AND ($5::text IS NULL OR v.state = $5)
+           ORDER BY
+             CASE WHEN $6 = 'state' THEN v.state WHEN $6 = 'region' THEN v.region END ASC NULLS LAST,
+             CASE WHEN $6 = '-state' THEN v.state WHEN $6 = '-region' THEN v.region END DESC NULLS LAST,
+             CASE WHEN $6 = 'last_heartbeat' THEN p.last_heartbeat_at END ASC NULLS LAST,
+             CASE WHEN $6 = '-last_heartbeat' THEN p.last_heartbeat_at END DESC NULLS LAST,
+             CASE WHEN $6 = '-name' THEN v.name END DESC,
+             v.name ASC
+           LIMIT $7"#,
+        tenant_id,
+        filter.labels,
+        filter.region,
+        filter.zone,
+        filter.state,
+        filter.sort.as_deref().unwrap_or("name"),
+        filter.limit,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// One VM.
+pub async fn get_vm(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    name: &str,
+) -> Result<Option<VmRow>, sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
+    let row = sqlx::query_as!(
+        VmRow,
+        r#"SELECT v.name, v.labels, v.region, v.zone, v.state, v.state_reason, v.state_since,
+                  v.facts, v.registered_at, v.registered_by, v.removed_at, v.version,
+                  p.connected AS "connected?", p.last_heartbeat_at AS "last_heartbeat_at?",
+                  p.engine_reachable AS "engine_reachable?", p.engine_error AS "engine_error?",
+                  p.usage AS "usage?",
+                  (SELECT count(*) FROM containers c
+                   WHERE c.tenant_id = v.tenant_id AND c.vm_name = v.name AND c.gone_at IS NULL)
+                      AS "containers!"
+           FROM vms v
+           LEFT JOIN vm_presence p ON p.tenant_id = v.tenant_id AND p.vm_name = v.name
+           WHERE v.tenant_id = $1 AND v.name = $2"#,
+        tenant_id,
+        name,
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+/// The events of a VM's stream, oldest first, recorded at or before `until` when given.
+pub async fn vm_history(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    name: &str,
+    until: Option<DateTime<Utc>>,
+) -> Result<Vec<VmHistoryEntry>, sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
+    let rows = sqlx::query_as!(
+        VmHistoryEntry,
+        r#"SELECT sequence, event_type, payload, actor, recorded_at
+           FROM events
+           WHERE tenant_id = $1 AND aggregate_type = 'vm' AND aggregate_id = $2
+             AND ($3::timestamptz IS NULL OR recorded_at <= $3)
+           ORDER BY sequence"#,
+        tenant_id,
+        name,
+        until,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+fn container_row(
+    document: Value,
+    vm: String,
+    first_seen_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    gone_at: Option<DateTime<Utc>>,
+    gone_reason: Option<String>,
+) -> Result<ContainerRow, sqlx::Error> {
+    Ok(ContainerRow {
+        container: serde_json::from_value(document)
+            .map_err(|error| sqlx::Error::Decode(Box::new(error)))?,
+        vm,
+        first_seen_at,
+        updated_at,
+        gone_at,
+        gone_reason,
+    })
+}
+
+/// The containers of a tenant, by VM then name.
+pub async fn list_containers(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    filter: &ContainerFilter,
+) -> Result<Vec<ContainerRow>, sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
+    let rows = sqlx::query!(
+        r#"SELECT c.document, c.vm_name, c.first_seen_at, c.updated_at, c.gone_at, c.gone_reason
+           FROM containers c
+           LEFT JOIN proxies p ON p.tenant_id = c.tenant_id AND p.node_id = c.node_id
+           WHERE c.tenant_id = $1
+             AND ($2::text IS NULL OR c.vm_name = $2)
+             AND ($3::text IS NULL OR c.state = $3)
+             AND ($4::text IS NULL OR c.health = $4)
+             AND ($5::text IS NULL OR coalesce(c.labels ->> 'efms.group', p.group_name) = $5)
+           ORDER BY c.vm_name, c.name, c.container_id
+           LIMIT $6"#,
+        tenant_id,
+        filter.vm,
+        filter.state,
+        filter.health,
+        filter.group,
+        filter.limit,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    rows.into_iter()
+        .map(|row| {
+            container_row(
+                row.document,
+                row.vm_name,
+                row.first_seen_at,
+                row.updated_at,
+                row.gone_at,
+                row.gone_reason,
+            )
+        })
+        .collect()
+}
+
+/// The containers whose id starts with `prefix` (at most two: one means a match).
+pub async fn find_containers(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    prefix: &str,
+) -> Result<Vec<ContainerRow>, sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
+    let rows = sqlx::query!(
+        r#"SELECT document, vm_name, first_seen_at, updated_at, gone_at, gone_reason
+           FROM containers
+           WHERE tenant_id = $1 AND container_id >= $2 AND container_id < $2 || 'g'
+           ORDER BY container_id LIMIT 2"#,
+        tenant_id,
+        prefix,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    rows.into_iter()
+        .map(|row| {
+            container_row(
+                row.document,
+                row.vm_name,
+                row.first_seen_at,
+                row.updated_at,
+                row.gone_at,
+                row.gone_reason,
+            )
+        })
+        .collect()
+}
+
+/// The containers that are the proxy `node_id` (the newest first).
+pub async fn containers_of_proxy(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    node_id: &str,
+) -> Result<Vec<ContainerRow>, sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
+    let rows = sqlx::query!(
+        r#"SELECT document, vm_name, first_seen_at, updated_at, gone_at, gone_reason
+           FROM containers WHERE tenant_id = $1 AND node_id = $2
+           ORDER BY gone_at IS NULL DESC, updated_at DESC"#,
+        tenant_id,
+        node_id,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    rows.into_iter()
+        .map(|row| {
+            container_row(
+                row.document,
+                row.vm_name,
+                row.first_seen_at,
+                row.updated_at,
+                row.gone_at,
+                row.gone_reason,
+            )
+        })
+        .collect()
+}
+
+/// The changes of a container, oldest first.
+pub async fn container_changes(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    container_id: &str,
+) -> Result<Vec<ContainerChange>, sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
+    let rows = sqlx::query_as!(
+        ContainerChange,
+        r#"SELECT seq, recorded_at, change, at, exit_code, signal, health, reason
+           FROM container_history WHERE tenant_id = $1 AND container_id = $2
+           ORDER BY seq"#,
+        tenant_id,
+        container_id,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// The container as it was at `at` (`None`: not known yet then).
+pub async fn container_at(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    container_id: &str,
+    at: DateTime<Utc>,
+) -> Result<Option<Container>, sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
+    let document = sqlx::query_scalar!(
+        r#"SELECT container FROM container_history
+           WHERE tenant_id = $1 AND container_id = $2 AND recorded_at <= $3
+           ORDER BY seq DESC LIMIT 1"#,
+        tenant_id,
+        container_id,
+        at,
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    document
+        .map(|document| {
+            serde_json::from_value(document).map_err(|error| sqlx::Error::Decode(Box::new(error)))
+        })
+        .transpose()
+}
+
+/// A VM's utilisation from `from` to `to` in steps of `step_seconds`.
+pub async fn utilisation(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    name: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    step_seconds: i64,
+) -> Result<Vec<UtilisationBucket>, sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
+    let rows = sqlx::query_as!(
+        UtilisationBucket,
+        r#"SELECT date_bin(make_interval(secs => $5::bigint), sampled_at, $3) AS "at!",
+                  count(*) AS "samples!",
+                  avg(cpu_percent)::float8 AS "cpu_percent_avg!",
+                  max(cpu_percent)::float8 AS "cpu_percent_max!",
+                  avg(load_1m)::float8 AS "load_1m_avg!",
+                  avg(memory_used_bytes)::float8 AS "memory_used_bytes_avg!",
+                  max(memory_used_bytes) AS "memory_used_bytes_max!",
+                  avg(network_rx_bytes_per_second) AS "network_rx_bytes_per_second_avg!",
+                  avg(network_tx_bytes_per_second) AS "network_tx_bytes_per_second_avg!"
+           FROM vm_samples
+           WHERE tenant_id = $1 AND vm_name = $2 AND sampled_at >= $3 AND sampled_at < $4
+           GROUP BY 1 ORDER BY 1"#,
+        tenant_id,
+        name,
+        from,
+        to,
+        step_seconds,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// Of the containers `ids`, those the tenant knows on a VM other than `vm` and not gone: as
+/// `(container id, VM)`.
+pub async fn containers_elsewhere(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    vm: &str,
+    ids: &[String],
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
+    let rows = sqlx::query!(
+        r#"SELECT container_id, vm_name FROM containers
+           WHERE tenant_id = $1 AND container_id = ANY($3) AND vm_name <> $2 AND gone_at IS NULL"#,
+        tenant_id,
+        vm,
+        ids,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.container_id, row.vm_name))
+        .collect())
+}
+
+/// How many VMs are in each state, and containers in each state and health, across tenants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetCounts {
+    /// `(state, VMs)`.
+    pub vms: Vec<(String, i64)>,
+    /// `(state, health, containers)`, gone ones left out.
+    pub containers: Vec<(String, String, i64)>,
+}
+
+/// The fleet's counts, for the metrics.
+pub async fn fleet_counts(pool: &PgPool) -> Result<FleetCounts, sqlx::Error> {
+    let mut tx = Scope::System.begin(pool).await?;
+    let vms = sqlx::query!(r#"SELECT state, count(*) AS "count!" FROM vms GROUP BY state"#)
+        .fetch_all(&mut *tx)
+        .await?;
+    let containers = sqlx::query!(
+        r#"SELECT state, health, count(*) AS "count!" FROM containers
+           WHERE gone_at IS NULL GROUP BY state, health"#
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(FleetCounts {
+        vms: vms.into_iter().map(|row| (row.state, row.count)).collect(),
+        containers: containers
+            .into_iter()
+            .map(|row| (row.state, row.health, row.count))
+            .collect(),
+    })
+}
