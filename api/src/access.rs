@@ -69,6 +69,10 @@ permissions! {
     ManageProxyTokens;
     /// [`Action::SetQuotas`].
     SetQuotas;
+    /// [`Action::ReadFleet`].
+    ReadFleet;
+    /// [`Action::ManageVms`].
+    ManageVms;
 }
 
 /// The `{tenant}` of the route, which exists and on which the caller may perform `P`.

@@ -34,6 +34,22 @@ pub struct CommandLabels {
     pub outcome: String,
 }
 
+/// Labels of the fleet's VM gauge.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct VmLabels {
+    /// `down`, `ready`, `docker_unreachable` or `removed`.
+    pub state: String,
+}
+
+/// Labels of the fleet's container gauge.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ContainerLabels {
+    /// The container's state.
+    pub state: String,
+    /// Its health.
+    pub health: String,
+}
+
 /// The process's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -52,6 +68,10 @@ pub struct Metrics {
     pub audit_unrecorded_anonymous: Counter,
     /// Connections closed at once because the HTTP listener had as many as it may.
     pub http_connections_refused: Counter,
+    /// VMs by state, across tenants (read at each scrape).
+    pub fleet_vms: Family<VmLabels, Gauge>,
+    /// Containers not gone, by state and health, across tenants (read at each scrape).
+    pub fleet_containers: Family<ContainerLabels, Gauge>,
 }
 
 impl Metrics {
@@ -99,6 +119,14 @@ impl Metrics {
             "HTTP connections closed at once because the listener had its maximum",
             http_connections_refused.clone(),
         );
+        let fleet_vms = Family::<VmLabels, Gauge>::default();
+        registry.register("fleet_vms", "VMs by state", fleet_vms.clone());
+        let fleet_containers = Family::<ContainerLabels, Gauge>::default();
+        registry.register(
+            "fleet_containers",
+            "Envoy containers on the VMs, by state and health (gone ones left out)",
+            fleet_containers.clone(),
+        );
         Arc::new(Self {
             registry,
             http_requests,
@@ -109,7 +137,30 @@ impl Metrics {
             audit_failures,
             audit_unrecorded_anonymous,
             http_connections_refused,
+            fleet_vms,
+            fleet_containers,
         })
+    }
+
+    /// Sets the fleet's gauges to `counts`.
+    pub fn set_fleet(&self, counts: &efms_projections::fleet::queries::FleetCounts) {
+        self.fleet_vms.clear();
+        for (state, count) in &counts.vms {
+            self.fleet_vms
+                .get_or_create(&VmLabels {
+                    state: state.clone(),
+                })
+                .set(*count);
+        }
+        self.fleet_containers.clear();
+        for (state, health, count) in &counts.containers {
+            self.fleet_containers
+                .get_or_create(&ContainerLabels {
+                    state: state.clone(),
+                    health: health.clone(),
+                })
+                .set(*count);
+        }
     }
 
     /// Counts one command outcome.

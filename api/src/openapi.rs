@@ -10,8 +10,8 @@ use utoipa::{Modify, OpenApi};
 use crate::problem::{Problem, ProblemField};
 
 use crate::routes::{
-    audit, branches, bulk, grants, health, jobs, login, proxies, proxy_tokens, quotas, resources,
-    tenants, users, versions,
+    audit, branches, bulk, fleet, grants, health, jobs, login, proxies, proxy_tokens, quotas,
+    resources, tenants, users, versions,
 };
 
 /// Declares bearer tokens as the API's authentication.
@@ -45,6 +45,9 @@ impl Modify for BearerAuth {
         versions::history, versions::revisions, versions::diff, versions::rollback, versions::rollback_resource,
         proxies::list, proxies::get, proxies::history, proxies::bootstrap,
         proxy_tokens::list, proxy_tokens::revoke,
+        fleet::vms::register, fleet::vms::list, fleet::vms::get, fleet::vms::remove, fleet::vms::new_token,
+        fleet::vms::history, fleet::vms::utilisation, fleet::containers::list, fleet::containers::get,
+        fleet::containers::events,
         bulk::bulk, jobs::get,
         branches::create, branches::list, branches::get, branches::delete, branches::diff, branches::merge,
     ),

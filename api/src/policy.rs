@@ -29,6 +29,10 @@ pub enum Action {
     SetQuotas,
     /// Create tenants.
     CreateTenants,
+    /// Read a tenant's VMs, containers, their history and utilisation.
+    ReadFleet,
+    /// Register and remove VMs and issue their join tokens.
+    ManageVms,
 }
 
 /// What the policy says of one action: the roles allowed to perform it, and what a refused caller
@@ -73,6 +77,11 @@ const fn rule(action: Action) -> Rule {
         ),
         Action::SetQuotas => (SYSTEM, "quotas are set by the `system` role"),
         Action::CreateTenants => (SYSTEM, "creating tenants needs the `system` role"),
+        Action::ReadFleet => (TENANT_ROLES, "reading the fleet needs a tenant role"),
+        Action::ManageVms => (
+            WRITERS,
+            "VMs are registered and removed by `operator` or `admin`",
+        ),
     };
     Rule { roles, refusal }
 }
@@ -104,7 +113,7 @@ pub fn authorize(actor: &Actor, action: Action) -> Result<(), ApiError> {
 mod tests {
     use super::*;
 
-    const EVERY_ACTION: [Action; 9] = [
+    const EVERY_ACTION: [Action; 11] = [
         Action::ReadConfig,
         Action::WriteConfig,
         Action::ReadUsers,
@@ -114,6 +123,8 @@ mod tests {
         Action::ManageProxyTokens,
         Action::SetQuotas,
         Action::CreateTenants,
+        Action::ReadFleet,
+        Action::ManageVms,
     ];
 
     #[test]

@@ -53,7 +53,8 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             None => XdsAddress::for_listener(grpc.local_addr()?),
         }
     })
-    .with_limits(config.limits);
+    .with_limits(config.limits)
+    .with_fleet_settings(config.fleet);
     let xds = state.xds.clone();
     let background = state.background.clone();
     tracing::info!(

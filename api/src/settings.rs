@@ -12,9 +12,11 @@ use sqlx::postgres::PgConnectOptions;
 use crate::auth::MIN_SECRET_BYTES;
 
 mod edge;
+mod fleet;
 pub mod invalid;
 
 pub use edge::{EdgeArgs, EdgeConfig};
+pub use fleet::FleetArgs;
 pub(crate) use invalid::invalid;
 pub use invalid::ConfigError;
 
@@ -132,6 +134,9 @@ pub struct ServeArgs {
     /// Limits on what requests write and run.
     #[command(flatten)]
     pub limits: crate::limits::LimitArgs,
+    /// Agents' heartbeats and samples.
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 /// `efms token`.
@@ -201,6 +206,8 @@ pub struct ServeConfig {
     pub edge: EdgeConfig,
     /// Limits on what requests write and run.
     pub limits: crate::limits::WriteLimits,
+    /// Agents' heartbeats and samples.
+    pub fleet: efms_commands::fleet::upkeep::UpkeepSettings,
 }
 
 impl DatabaseArgs {
@@ -441,6 +448,7 @@ impl ServeArgs {
             tokens,
             edge,
             limits: self.limits.validate()?,
+            fleet: self.fleet.validate()?,
         })
     }
 }
@@ -480,6 +488,7 @@ mod tests {
                 oidc_jwks_allow_http: "false".to_owned(),
             },
             limits: crate::limits::LimitArgs::default(),
+            fleet: FleetArgs::default(),
         }
     }
 

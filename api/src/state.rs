@@ -40,6 +40,15 @@ pub struct AppState {
     /// The configuration read models' projector, for read-your-writes.
     #[from_ref(skip)]
     pub config: ProjectorHandle,
+    /// The fleet's writes: VM registrations, join tokens, removals.
+    #[from_ref(skip)]
+    pub fleet: efms_commands::fleet::Fleet,
+    /// The fleet's read models' projector, for read-your-writes.
+    #[from_ref(skip)]
+    pub fleet_view: ProjectorHandle,
+    /// The settings of the fleet's upkeep (heartbeat grace, sample retention).
+    #[from_ref(skip)]
+    pub fleet_upkeep: tokio::sync::watch::Sender<efms_commands::fleet::upkeep::UpkeepSettings>,
     /// The xDS snapshots of the groups proxies follow.
     #[from_ref(skip)]
     pub snapshots: SnapshotStore,
@@ -118,7 +127,13 @@ impl AppState {
         let shutdown = futures_shared(shutdown);
         let tenants =
             Projector::new(pool.clone(), TenantsProjection).spawn(poll_interval, shutdown.clone());
-        let config = Projector::new(pool.clone(), ConfigProjection).spawn(poll_interval, shutdown);
+        let fleet_view = Projector::new(pool.clone(), efms_projections::FleetProjection)
+            .spawn(poll_interval, shutdown.clone());
+        let fleet_upkeep = tokio::sync::watch::Sender::new(
+            efms_commands::fleet::upkeep::UpkeepSettings::default(),
+        );
+        let config =
+            Projector::new(pool.clone(), ConfigProjection).spawn(poll_interval, shutdown.clone());
         let snapshots = SnapshotStore::new(pool.clone(), keyring.clone());
         snapshots.follow(config.clone());
         let cache = ResourceCache::new(pool.clone(), efms_domain::config::MAIN_BRANCH);
@@ -140,6 +155,17 @@ impl AppState {
             crate::credentials::xds_authenticator(jwt.clone()),
             metrics.xds.clone(),
         );
+        let fleet = efms_commands::fleet::Fleet::new(pool.clone(), bus.clone());
+        efms_commands::fleet::upkeep::spawn(
+            fleet.clone(),
+            fleet_upkeep.subscribe(),
+            shutdown.clone(),
+        );
+        xds.attach_fleet(efms_xds::FleetServer::new(
+            fleet.clone(),
+            efms_xds::FleetStreamSettings::default(),
+            metrics.xds.fleet.clone(),
+        ));
         let gauge = metrics.projector_position.clone();
         let mut checkpoint = tenants.clone();
         tokio::spawn(async move {
@@ -155,6 +181,9 @@ impl AppState {
             metrics,
             tenants,
             config,
+            fleet,
+            fleet_view,
+            fleet_upkeep,
             snapshots,
             cache,
             xds,
@@ -188,6 +217,19 @@ impl AppState {
     pub fn with_token_settings(mut self, tokens: TokenSettings) -> Self {
         self.xds.set_credential_recheck(tokens.recheck_interval);
         self.tokens = tokens;
+        self
+    }
+
+    /// The same state, with the fleet's heartbeat interval, grace and sample retention.
+    #[must_use]
+    pub fn with_fleet_settings(
+        self,
+        settings: efms_commands::fleet::upkeep::UpkeepSettings,
+    ) -> Self {
+        self.fleet_upkeep.send_replace(settings);
+        if let Some(fleet) = self.xds.fleet() {
+            fleet.update(|streams| streams.heartbeat_interval = settings.heartbeat_interval);
+        }
         self
     }
 

@@ -9,6 +9,7 @@ use efms_api::app::serve_http_with;
 use efms_api::connections::HttpLimits;
 use efms_api::credentials::TokenSettings;
 use efms_api::{AppState, JwtKeys, XdsAddress};
+use efms_commands::fleet::upkeep::UpkeepSettings;
 use efms_domain::{Role, TenantSlug};
 use serde_json::json;
 use sqlx::PgPool;
@@ -64,6 +65,10 @@ pub struct TestApp {
     pool: PgPool,
     stop: watch::Sender<bool>,
     servers: Vec<tokio::task::JoinHandle<()>>,
+    /// The fleet's upkeep settings (heartbeat interval and grace).
+    fleet: watch::Sender<UpkeepSettings>,
+    /// The gRPC side (the agents' streams among it).
+    xds: efms_xds::XdsServer,
 }
 
 impl TestApp {
@@ -72,6 +77,18 @@ impl TestApp {
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         Self::serve(pool, http, grpc, None, None, HttpLimits::default())
+    }
+
+    /// Starts the control plane with the fleet's heartbeat interval, grace and sample retention.
+    pub async fn spawn_with_fleet(pool: PgPool, fleet: UpkeepSettings) -> Self {
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app = Self::serve(pool, http, grpc, None, None, HttpLimits::default());
+        app.fleet.send_replace(fleet);
+        if let Some(streams) = app.xds.fleet() {
+            streams.update(|streams| streams.heartbeat_interval = fleet.heartbeat_interval);
+        }
+        app
     }
 
     /// Starts the control plane with the HTTP listener's `limits` (over TLS with `tls`).
@@ -145,11 +162,13 @@ impl TestApp {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let base = format!("{scheme}://{}", http.local_addr().unwrap());
         let xds = state.xds.clone();
+        let fleet = state.fleet_upkeep.clone();
         let login_throttle = state.login_throttle.clone();
         let cache = state.cache.clone();
         let snapshots = state.snapshots.clone();
         let http_stop = until_stopped(stopped.clone());
         let grpc_stop = until_stopped(stopped);
+        let xds_handle = xds.clone();
         let servers = vec![
             {
                 let tls = tls.clone();
@@ -176,12 +195,15 @@ impl TestApp {
             pool,
             stop,
             servers,
+            fleet,
+            xds: xds_handle,
         }
     }
 
     /// Stops the control plane (open xDS streams end, in-flight requests finish) and starts a
     /// new one on the same ports and database, as a restarted process would.
     pub async fn restart(&mut self) {
+        let fleet = *self.fleet.borrow();
         self.stop.send_replace(true);
         for server in self.servers.drain(..) {
             server.await.unwrap();
@@ -208,6 +230,10 @@ impl TestApp {
             None,
             HttpLimits::default(),
         );
+        self.fleet.send_replace(fleet);
+        if let Some(streams) = self.xds.fleet() {
+            streams.update(|streams| streams.heartbeat_interval = fleet.heartbeat_interval);
+        }
     }
 
     /// A snapshot store of its own over the same database, loading every tenant afresh.

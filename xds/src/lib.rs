@@ -12,6 +12,7 @@
 mod credentials;
 mod delta;
 mod driver;
+pub mod fleet;
 mod grpc;
 pub mod identity;
 pub mod metrics;
@@ -30,8 +31,9 @@ use tonic::transport::server::TcpIncoming;
 use grpc::{Aggregated, Clusters, DiscoveryService, Endpoints, Listeners, Routes, Secrets};
 
 pub use credentials::DEFAULT_RECHECK;
+pub use fleet::{FleetServer, FleetStreamSettings};
 pub use identity::{Authenticator, Credentials};
-pub use metrics::XdsMetrics;
+pub use metrics::{FleetMetrics, XdsMetrics};
 pub use session::XdsServer;
 
 /// The largest message a proxy may send (an ACK carrying a long error, a big subscription).
@@ -113,6 +115,7 @@ async fn router(
         .add_service(DiscoveryService::<Endpoints>::new(xds.clone(), MAX_MESSAGE))
         .add_service(DiscoveryService::<Listeners>::new(xds.clone(), MAX_MESSAGE))
         .add_service(DiscoveryService::<Routes>::new(xds.clone(), MAX_MESSAGE))
-        .add_service(DiscoveryService::<Secrets>::new(xds, MAX_MESSAGE));
+        .add_service(DiscoveryService::<Secrets>::new(xds.clone(), MAX_MESSAGE));
+    let router = router.add_optional_service(xds.fleet().cloned().map(fleet::FleetService::new));
     (router, shutdown)
 }

@@ -30,6 +30,19 @@ pub struct XdsMetrics {
     pub push_latency: Histogram,
     /// Streams refused (bad or missing token, unknown tenant, bad node).
     pub refused: Counter,
+    /// The agents' streams.
+    pub fleet: FleetMetrics,
+}
+
+/// The agents' streams' metrics; clones share the same series.
+#[derive(Debug, Clone, Default)]
+pub struct FleetMetrics {
+    /// Open agent streams.
+    pub agent_streams: Gauge,
+    /// Agent streams refused at their start (unknown or revoked join token).
+    pub refused: Counter,
+    /// Reports refused (malformed, impossible, or naming another VM's container).
+    pub reports_refused: Counter,
 }
 
 impl XdsMetrics {
@@ -57,6 +70,21 @@ impl XdsMetrics {
             "xDS streams refused at their start",
             metrics.refused.clone(),
         );
+        registry.register(
+            "fleet_agent_streams",
+            "Open streams of fleet agents (one per connected VM)",
+            metrics.fleet.agent_streams.clone(),
+        );
+        registry.register(
+            "fleet_refused_streams",
+            "Agent streams refused at their start (unknown or revoked join token)",
+            metrics.fleet.refused.clone(),
+        );
+        registry.register(
+            "fleet_refused_reports",
+            "Agent reports refused (malformed, impossible, or naming another VM's container)",
+            metrics.fleet.reports_refused.clone(),
+        );
         metrics
     }
 }
@@ -69,6 +97,7 @@ impl Default for XdsMetrics {
             nacks: Family::default(),
             push_latency: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
             refused: Counter::default(),
+            fleet: FleetMetrics::default(),
         }
     }
 }

@@ -44,6 +44,8 @@ struct Inner {
     proxy_limits: Mutex<HashMap<Uuid, (Instant, Option<i64>)>>,
     identifier: String,
     stopping: watch::Sender<bool>,
+    /// The agents' streams served beside the proxies' on the same listener, once attached.
+    fleet: std::sync::OnceLock<crate::fleet::FleetServer>,
 }
 
 impl std::fmt::Debug for XdsServer {
@@ -75,6 +77,7 @@ impl XdsServer {
                 proxy_limits: Mutex::default(),
                 identifier: format!("efms {}", env!("CARGO_PKG_VERSION")),
                 stopping: watch::Sender::new(false),
+                fleet: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -83,6 +86,19 @@ impl XdsServer {
     /// or to another), and refuses new ones.
     pub fn stop(&self) {
         self.inner.stopping.send_replace(true);
+        if let Some(fleet) = self.fleet() {
+            fleet.stop();
+        }
+    }
+
+    /// Serves the agents' streams of `fleet` on the same listener (once; later calls are ignored).
+    pub fn attach_fleet(&self, fleet: crate::fleet::FleetServer) {
+        let _ = self.inner.fleet.set(fleet);
+    }
+
+    /// The agents' streams, when attached.
+    pub fn fleet(&self) -> Option<&crate::fleet::FleetServer> {
+        self.inner.fleet.get()
     }
 
     /// Resolves once [`XdsServer::stop`] was called.
@@ -104,6 +120,9 @@ impl XdsServer {
     /// within that time.
     pub fn set_credential_recheck(&self, interval: Duration) {
         self.inner.credentials.set_interval(interval);
+        if let Some(fleet) = self.fleet() {
+            fleet.update(|settings| settings.recheck = interval);
+        }
     }
 
     /// Re-checks the users and proxy tokens of open streams now: call it after deleting or

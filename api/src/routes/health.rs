@@ -37,7 +37,14 @@ pub async fn readyz(State(pool): State<PgPool>) -> Result<impl IntoResponse, Api
 
 /// `GET /metrics`: Prometheus text format.
 #[utoipa::path(get, path = "/metrics", tag = "operations", security(()), responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
-pub async fn metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+pub async fn metrics(
+    State(metrics): State<Arc<Metrics>>,
+    State(pool): State<sqlx::PgPool>,
+) -> impl IntoResponse {
+    match efms_projections::fleet::queries::fleet_counts(&pool).await {
+        Ok(counts) => metrics.set_fleet(&counts),
+        Err(error) => tracing::warn!(%error, "the fleet's counts cannot be read for the metrics"),
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod branches;
 pub mod bulk;
+pub mod fleet;
 pub mod grants;
 pub mod health;
 pub mod jobs;

@@ -111,6 +111,11 @@ pub struct Proxy {
     /// With `?at=`: what it ran then, per type.
     #[serde(skip_serializing_if = "Option::is_none")]
     ran_at: Option<Vec<RanEntry>>,
+    /// With `GET /proxies/{node_id}`: the container it runs in (label `efms.node_id`) and the
+    /// VM it is on, as their agent reported; `null` for a proxy no agent reports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    container: Option<Value>,
 }
 
 fn kind_name(type_url: &str) -> String {
@@ -138,18 +143,8 @@ fn proxy(row: ProxyRow, types: Vec<TypeStatusRow>) -> Proxy {
             error_detail: t.error_detail,
         })
         .collect();
-    let overall = if types.is_empty() {
-        SyncState::NotSent
-    } else if types.iter().any(|t| t.status == SyncState::Nacked) {
-        SyncState::Nacked
-    } else if types
-        .iter()
-        .all(|t| matches!(t.status, SyncState::Synced | SyncState::NotSent))
-    {
-        SyncState::Synced
-    } else {
-        SyncState::Stale
-    };
+    let states: Vec<SyncState> = types.iter().map(|t| t.status).collect();
+    let overall = SyncState::overall(&states);
     Proxy {
         node_id: row.node_id,
         group: row.group_name,
@@ -163,6 +158,7 @@ fn proxy(row: ProxyRow, types: Vec<TypeStatusRow>) -> Proxy {
         status: overall,
         types,
         ran_at: None,
+        container: None,
     }
 }
 
@@ -256,6 +252,22 @@ pub async fn get(
     .map(|(_, row)| row)
     .collect();
     let mut answer = proxy(row, types);
+    let containers = efms_projections::fleet::queries::containers_of_proxy(
+        &state.pool,
+        tenant.tenant_id,
+        &node_id,
+    )
+    .await?;
+    answer.container = Some(containers.into_iter().next().map_or(Value::Null, |row| {
+        json!({
+            "id": row.container.id,
+            "name": row.container.name,
+            "vm": row.vm,
+            "state": row.container.state.as_str(),
+            "health": row.container.health.as_str(),
+            "gone_at": row.gone_at,
+        })
+    }));
     if let Some(at) = params.at {
         answer.ran_at = Some(
             status::ran_at(&state.pool, tenant.tenant_id, &node_id, at)

@@ -1,0 +1,98 @@
+//! The fleet's side of the gRPC listener (`efms.fleet.v1.Fleet/Connect`, ADR 0011): one stream per
+//! agent, authenticated by its VM's join token; what the agent reports is checked and stored (its
+//! history in the VM's stream of the log, its presence and samples beside it) and acknowledged by
+//! seq, so a reconnected agent resends exactly what was not stored.
+
+mod convert;
+mod service;
+mod stream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use efms_commands::fleet::Fleet;
+use efms_domain::fleet::DEFAULT_HEARTBEAT_INTERVAL;
+use tokio::sync::{watch, Notify};
+
+pub(crate) use service::FleetService;
+
+use crate::metrics::FleetMetrics;
+
+/// How the agents' streams run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FleetStreamSettings {
+    /// How often agents send a heartbeat (told to them in `Welcome`).
+    pub heartbeat_interval: Duration,
+    /// How often an open stream checks that its join token is still live.
+    pub recheck: Duration,
+    /// How long a new stream may take to say `Hello`.
+    pub hello_timeout: Duration,
+}
+
+impl Default for FleetStreamSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            recheck: crate::DEFAULT_RECHECK,
+            hello_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The agents' streams of this process.
+#[derive(Clone)]
+pub struct FleetServer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    fleet: Fleet,
+    settings: watch::Sender<FleetStreamSettings>,
+    metrics: FleetMetrics,
+    /// Rung when this process revoked a token: open streams check theirs at once.
+    recheck_now: Notify,
+    stopping: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for FleetServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetServer")
+            .field("settings", &*self.inner.settings.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FleetServer {
+    /// Streams storing through `fleet`.
+    pub fn new(fleet: Fleet, settings: FleetStreamSettings, metrics: FleetMetrics) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                fleet,
+                settings: watch::Sender::new(settings),
+                metrics,
+                recheck_now: Notify::new(),
+                stopping: watch::Sender::new(false),
+            }),
+        }
+    }
+
+    /// The settings new streams run with.
+    pub fn settings(&self) -> FleetStreamSettings {
+        *self.inner.settings.borrow()
+    }
+
+    /// Changes the settings of the streams opened from now on.
+    pub fn update(&self, change: impl FnOnce(&mut FleetStreamSettings)) {
+        self.inner.settings.send_modify(change);
+    }
+
+    /// Has every open stream check its token now (after this process revoked one).
+    pub fn recheck_now(&self) {
+        self.inner.recheck_now.notify_waiters();
+    }
+
+    /// Ends every open stream (the process is stopping).
+    pub fn stop(&self) {
+        self.inner.stopping.send_replace(true);
+    }
+}

@@ -1,0 +1,459 @@
+//! One agent's stream: who it is, then each report checked, stored and acknowledged.
+
+use std::pin::Pin;
+
+use efms_commands::fleet::{presence, tokens, tokens::Joined, FleetError};
+use efms_commands::CommandError;
+use efms_domain::fleet::reports::ReportFault;
+use efms_domain::fleet::{VmCommand, VmError};
+use efms_fleet_proto::{
+    agent_message::Body, server_message, Ack, AgentMessage, Hello, Refused, Revoked, ServerMessage,
+    Settings, Welcome,
+};
+use futures::{Stream, StreamExt as _};
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use super::{convert, FleetServer};
+
+/// The server's half of an agent's stream.
+pub(crate) type ServerStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
+
+/// How a report went.
+enum Outcome {
+    /// Stored (or a resend of one stored before).
+    Stored { last_event_nanos: Option<i64> },
+    /// Refused; nothing of it stored.
+    Refused(ReportFault),
+}
+
+/// One open stream's identity and where its reports stand.
+struct Agent {
+    joined: Joined,
+    epoch: String,
+    cpus: Option<u32>,
+    acked: u64,
+}
+
+fn stored_or_status(error: FleetError) -> Status {
+    match error {
+        CommandError::Rejected(VmError::Removed | VmError::NotFound) => {
+            Status::permission_denied("the VM was removed")
+        }
+        CommandError::Rejected(error) => Status::invalid_argument(error.to_string()),
+        CommandError::Conflict => Status::aborted("a concurrent change won; reconnect"),
+        CommandError::Unavailable(error) => {
+            Status::unavailable(format!("the database is unavailable: {error}"))
+        }
+        CommandError::Internal(error) => Status::internal(error.to_string()),
+    }
+}
+
+fn database(error: &sqlx::Error) -> Status {
+    Status::unavailable(format!("the database is unavailable: {error}"))
+}
+
+fn bearer(metadata: &tonic::metadata::MetadataMap) -> Result<String, Status> {
+    let value = metadata
+        .get("authorization")
+        .ok_or_else(|| {
+            Status::unauthenticated("an agent's stream needs `authorization: Bearer <join token>`")
+        })?
+        .to_str()
+        .map_err(|_| Status::unauthenticated("the authorization metadata is not text"))?;
+    value
+        .strip_prefix("Bearer ")
+        .map(|token| token.trim().to_owned())
+        .ok_or_else(|| {
+            Status::unauthenticated("the authorization metadata must be `Bearer <token>`")
+        })
+}
+
+impl FleetServer {
+    /// Opens an agent's stream: checks its token and its `Hello`, answers `Welcome`, then serves
+    /// its reports until it ends, its token is revoked or the process stops.
+    pub(crate) async fn connect(
+        &self,
+        request: tonic::Request<Streaming<AgentMessage>>,
+    ) -> Result<tonic::Response<ServerStream>, Status> {
+        let inner = &self.inner;
+        let token = bearer(request.metadata())?;
+        let pool = inner.fleet.pool().clone();
+        let Some(joined) = tokens::authenticate(&pool, &token)
+            .await
+            .map_err(|error| database(&error))?
+        else {
+            inner.metrics.refused.inc();
+            return Err(Status::unauthenticated(
+                "the join token is unknown or revoked: issue a new one with POST /vms/{name}/token",
+            ));
+        };
+        let mut incoming = request.into_inner();
+        let first = tokio::time::timeout(self.settings().hello_timeout, incoming.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within the time allowed"))??;
+        let Some(AgentMessage {
+            body: Some(Body::Hello(hello)),
+            ..
+        }) = first
+        else {
+            return Err(Status::invalid_argument("the first message must be Hello"));
+        };
+        let mut agent = self.hello(joined, &hello).await?;
+        let resume = presence::connected(
+            &pool,
+            agent.joined.tenant_id,
+            &agent.joined.vm,
+            &agent.epoch,
+        )
+        .await
+        .map_err(|error| database(&error))?;
+        agent.acked = u64::try_from(resume.acked_seq).unwrap_or(0);
+        let (sender, receiver) = mpsc::channel::<Result<ServerMessage, Status>>(64);
+        let welcome = Welcome {
+            tenant: agent.joined.tenant.clone(),
+            vm: agent.joined.vm.clone(),
+            settings: Some(Settings {
+                heartbeat_interval_ms: u32::try_from(
+                    self.settings().heartbeat_interval.as_millis(),
+                )
+                .unwrap_or(u32::MAX),
+                watch_images: Vec::new(),
+            }),
+            acked_seq: agent.acked,
+            last_event_nanos: resume.last_event_nanos,
+        };
+        let _ = sender.try_send(Ok(message(server_message::Body::Welcome(welcome))));
+        tracing::info!(tenant = %agent.joined.tenant, vm = %agent.joined.vm, epoch = %agent.epoch,
+            acked = agent.acked, "agent connected");
+        let server = self.clone();
+        tokio::spawn(async move {
+            inner_metrics_streams(&server, 1);
+            let end = server.serve(&mut agent, incoming, &sender).await;
+            if let Err(status) = end {
+                let _ = sender.send(Err(status)).await;
+            }
+            let (tenant_id, vm) = (agent.joined.tenant_id, agent.joined.vm.clone());
+            if let Err(error) =
+                presence::disconnected(server.inner.fleet.pool(), tenant_id, &vm, &agent.epoch)
+                    .await
+            {
+                tracing::warn!(%error, %vm, "could not record an agent's disconnection");
+            }
+            inner_metrics_streams(&server, -1);
+            tracing::info!(%vm, "agent stream ended");
+        });
+        let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|item| (item, receiver))
+        });
+        Ok(tonic::Response::new(Box::pin(stream)))
+    }
+
+    /// Checks `Hello` and records the facts and the heartbeat it stands for.
+    async fn hello(&self, joined: Joined, hello: &Hello) -> Result<Agent, Status> {
+        if hello.epoch.is_empty() || hello.epoch.len() > 200 {
+            return Err(Status::invalid_argument("hello.epoch: 1 to 200 characters"));
+        }
+        let facts = hello
+            .facts
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("hello.facts: is required"))?;
+        let facts = convert::facts("hello.facts", facts)
+            .map_err(|fault| Status::invalid_argument(fault.to_string()))?;
+        let engine_reachable = facts.docker.is_some();
+        let cpus = Some(facts.cpu_count);
+        let fleet = &self.inner.fleet;
+        let (tenant_id, vm) = (joined.tenant_id, joined.vm.clone());
+        fleet
+            .execute(tenant_id, &vm, VmCommand::ReportFacts { facts }, &vm)
+            .await
+            .map_err(stored_or_status)?;
+        let agent = Agent {
+            joined,
+            epoch: hello.epoch.clone(),
+            cpus,
+            acked: 0,
+        };
+        self.heartbeat(&agent, engine_reachable, None, None).await?;
+        if !hello.region.is_empty() || !hello.zone.is_empty() || !hello.labels.is_empty() {
+            tracing::warn!(%vm, region = %hello.region, zone = %hello.zone, labels = ?hello.labels,
+                "the agent's --region, --zone and --label flags are ignored: the API's values hold");
+        }
+        Ok(agent)
+    }
+
+    async fn heartbeat(
+        &self,
+        agent: &Agent,
+        engine_reachable: bool,
+        engine_error: Option<&str>,
+        usage: Option<&efms_domain::fleet::reports::HostUsage>,
+    ) -> Result<(), Status> {
+        let fleet = &self.inner.fleet;
+        let (tenant_id, vm) = (agent.joined.tenant_id, agent.joined.vm.as_str());
+        let error = if engine_reachable {
+            None
+        } else {
+            Some(engine_error.unwrap_or("the Docker engine does not answer"))
+        };
+        presence::heartbeat(fleet.pool(), tenant_id, vm, error, usage)
+            .await
+            .map_err(|error| database(&error))?;
+        let command = VmCommand::Heartbeat {
+            engine_reachable,
+            reason: error.map(str::to_owned),
+        };
+        fleet
+            .execute(tenant_id, vm, command, vm)
+            .await
+            .map_err(stored_or_status)?;
+        Ok(())
+    }
+
+    /// Serves reports until the stream ends (`Ok`) or must end with a status.
+    async fn serve(
+        &self,
+        agent: &mut Agent,
+        mut incoming: Streaming<AgentMessage>,
+        sender: &mpsc::Sender<Result<ServerMessage, Status>>,
+    ) -> Result<(), Status> {
+        let inner = &self.inner;
+        let mut stopping = inner.stopping.subscribe();
+        let mut recheck = tokio::time::interval(self.settings().recheck);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        recheck.tick().await;
+        loop {
+            let next = tokio::select! {
+                next = incoming.next() => next,
+                _ = recheck.tick() => {
+                    self.check_token(agent, sender).await?;
+                    continue;
+                }
+                () = inner.recheck_now.notified() => {
+                    self.check_token(agent, sender).await?;
+                    continue;
+                }
+                () = async { drop(stopping.wait_for(|stop| *stop).await); } => {
+                    return Err(Status::unavailable("the server is stopping; reconnect"));
+                }
+            };
+            let Some(received) = next else {
+                return Ok(());
+            };
+            let report = received?;
+            let seq = report.seq;
+            let answer = if seq != 0 && seq <= agent.acked {
+                server_message::Body::Ack(Ack { seq })
+            } else {
+                match self.store(agent, report).await? {
+                    Outcome::Stored { last_event_nanos } => {
+                        self.acknowledge(agent, seq, last_event_nanos).await?;
+                        server_message::Body::Ack(Ack { seq })
+                    }
+                    Outcome::Refused(fault) => {
+                        inner.metrics.reports_refused.inc();
+                        tracing::warn!(vm = %agent.joined.vm, seq, %fault, "report refused");
+                        self.acknowledge(agent, seq, None).await?;
+                        server_message::Body::Refused(Refused {
+                            seq,
+                            field: fault.field,
+                            problem: fault.problem,
+                        })
+                    }
+                }
+            };
+            if sender.send(Ok(message(answer))).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn acknowledge(
+        &self,
+        agent: &mut Agent,
+        seq: u64,
+        last_event_nanos: Option<i64>,
+    ) -> Result<(), Status> {
+        let (tenant_id, vm) = (agent.joined.tenant_id, agent.joined.vm.as_str());
+        let stored = i64::try_from(seq).unwrap_or(i64::MAX);
+        presence::stored(
+            self.inner.fleet.pool(),
+            tenant_id,
+            vm,
+            &agent.epoch,
+            stored,
+            last_event_nanos,
+        )
+        .await
+        .map_err(|error| database(&error))?;
+        agent.acked = agent.acked.max(seq);
+        Ok(())
+    }
+
+    /// Ends the stream with `Revoked` when its token is no longer live.
+    async fn check_token(
+        &self,
+        agent: &Agent,
+        sender: &mpsc::Sender<Result<ServerMessage, Status>>,
+    ) -> Result<(), Status> {
+        let (tenant_id, token_id) = (agent.joined.tenant_id, agent.joined.token_id);
+        if tokens::is_live(self.inner.fleet.pool(), tenant_id, token_id)
+            .await
+            .map_err(|error| database(&error))?
+        {
+            return Ok(());
+        }
+        let reason = "the join token was revoked or the VM removed".to_owned();
+        let _ = sender
+            .send(Ok(message(server_message::Body::Revoked(Revoked {
+                reason: reason.clone(),
+            }))))
+            .await;
+        Err(Status::permission_denied(reason))
+    }
+
+    /// Checks and stores one report.
+    async fn store(&self, agent: &Agent, report: AgentMessage) -> Result<Outcome, Status> {
+        let fleet = &self.inner.fleet;
+        let (tenant_id, vm) = (agent.joined.tenant_id, agent.joined.vm.as_str());
+        let refused = |fault: ReportFault| Ok(Outcome::Refused(fault));
+        let stored = Ok(Outcome::Stored {
+            last_event_nanos: None,
+        });
+        match report.body {
+            None => refused(ReportFault {
+                field: "body".into(),
+                problem: "a report carries one of its kinds".into(),
+            }),
+            Some(Body::Hello(_)) => refused(ReportFault {
+                field: "hello".into(),
+                problem: "Hello comes once, first".into(),
+            }),
+            Some(Body::Facts(facts)) => match convert::facts("facts", &facts) {
+                Err(fault) => refused(fault),
+                Ok(facts) => {
+                    fleet
+                        .execute(tenant_id, vm, VmCommand::ReportFacts { facts }, vm)
+                        .await
+                        .map_err(stored_or_status)?;
+                    stored
+                }
+            },
+            Some(Body::Heartbeat(heartbeat)) => {
+                let usage = match heartbeat.usage.as_ref() {
+                    Some(usage) => match convert::host_usage("heartbeat.usage", usage) {
+                        Ok(usage) => Some(usage),
+                        Err(fault) => return refused(fault),
+                    },
+                    None => None,
+                };
+                let error =
+                    (!heartbeat.engine_error.is_empty()).then_some(heartbeat.engine_error.as_str());
+                self.heartbeat(agent, heartbeat.engine_reachable, error, usage.as_ref())
+                    .await?;
+                stored
+            }
+            Some(Body::Snapshot(snapshot)) => self.observe(agent, &snapshot).await,
+            Some(Body::Event(event)) => {
+                let event = match convert::event("event", &event) {
+                    Ok(event) => event,
+                    Err(fault) => return refused(fault),
+                };
+                let ids = [event.container_id.clone()];
+                if let Some(fault) = self.elsewhere(agent, &ids, "event").await? {
+                    return refused(fault);
+                }
+                let last_event_nanos = Some(event.time_nanos);
+                fleet
+                    .execute(
+                        tenant_id,
+                        vm,
+                        VmCommand::Record {
+                            events: vec![event],
+                        },
+                        vm,
+                    )
+                    .await
+                    .map_err(stored_or_status)?;
+                Ok(Outcome::Stored { last_event_nanos })
+            }
+            Some(Body::Usage(usages)) => match convert::usages("usage", &usages, agent.cpus) {
+                Err(fault) => refused(fault),
+                Ok(usages) => {
+                    presence::container_samples(fleet.pool(), tenant_id, vm, &usages)
+                        .await
+                        .map_err(|error| database(&error))?;
+                    stored
+                }
+            },
+        }
+    }
+
+    /// Checks and stores a snapshot of the VM's containers.
+    async fn observe(
+        &self,
+        agent: &Agent,
+        snapshot: &efms_fleet_proto::ContainerSnapshot,
+    ) -> Result<Outcome, Status> {
+        let (tenant_id, vm) = (agent.joined.tenant_id, agent.joined.vm.as_str());
+        let containers = match snapshot
+            .containers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| convert::container(&format!("snapshot.containers[{i}]"), c))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(containers) => containers,
+            Err(fault) => return Ok(Outcome::Refused(fault)),
+        };
+        let ids: Vec<String> = containers.iter().map(|c| c.id.clone()).collect();
+        if let Some(fault) = self.elsewhere(agent, &ids, "snapshot.containers").await? {
+            return Ok(Outcome::Refused(fault));
+        }
+        let command = VmCommand::Observe { containers };
+        match self.inner.fleet.execute(tenant_id, vm, command, vm).await {
+            Err(CommandError::Rejected(VmError::DuplicateContainer(id))) => {
+                Ok(Outcome::Refused(ReportFault {
+                    field: "snapshot.containers".into(),
+                    problem: format!("container `{id}` appears twice"),
+                }))
+            }
+            other => {
+                other.map_err(stored_or_status)?;
+                Ok(Outcome::Stored {
+                    last_event_nanos: None,
+                })
+            }
+        }
+    }
+
+    /// A fault when one of `ids` is a container the tenant knows on another VM.
+    async fn elsewhere(
+        &self,
+        agent: &Agent,
+        ids: &[String],
+        field: &str,
+    ) -> Result<Option<ReportFault>, Status> {
+        let (tenant_id, vm) = (agent.joined.tenant_id, agent.joined.vm.as_str());
+        let elsewhere = efms_projections::fleet::queries::containers_elsewhere(
+            self.inner.fleet.pool(),
+            tenant_id,
+            vm,
+            ids,
+        )
+        .await
+        .map_err(|error| database(&error))?;
+        Ok(elsewhere.into_iter().next().map(|(id, other)| ReportFault {
+            field: field.to_owned(),
+            problem: format!("container `{id}` is on VM `{other}`, not on this one"),
+        }))
+    }
+}
+
+fn message(body: server_message::Body) -> ServerMessage {
+    ServerMessage { body: Some(body) }
+}
+
+fn inner_metrics_streams(server: &FleetServer, delta: i64) {
+    server.inner.metrics.agent_streams.inc_by(delta);
+}
