@@ -2,6 +2,8 @@
 //! with the Envoy image scripts/envoy-image.sh builds.
 #![allow(dead_code)]
 
+pub mod control_plane;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
