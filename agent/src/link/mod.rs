@@ -92,6 +92,25 @@ impl LinkSettings {
     }
 }
 
+/// The VM's labels from `KEY=VALUE` flags (spaces around either trimmed); an error saying which
+/// flag is not one, or which key is given twice.
+pub fn parse_labels<'a>(
+    flags: impl IntoIterator<Item = &'a str>,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut labels = BTreeMap::new();
+    for flag in flags {
+        let (key, value) = flag
+            .split_once('=')
+            .map(|(key, value)| (key.trim(), value.trim()))
+            .filter(|(key, _)| !key.is_empty())
+            .ok_or_else(|| format!("`{flag}` is not KEY=VALUE, such as rack=r7"))?;
+        if labels.insert(key.to_owned(), value.to_owned()).is_some() {
+            return Err(format!("`{key}` is given twice"));
+        }
+    }
+    Ok(labels)
+}
+
 /// Why the link cannot run at all (a failed connection is retried, never an error).
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -577,6 +596,19 @@ mod tests {
         assert!(endpoint(&settings("grpc://cp.example:18000", None)).is_err());
         let missing_ca = endpoint(&settings("cp.example:18000", Some("/nonexistent/ca.pem")));
         assert!(matches!(missing_ca, Err(LinkError::CaFile { .. })));
+    }
+
+    #[test]
+    fn labels_are_key_value_pairs_given_once_each() {
+        let labels = parse_labels(["rack=r7", " tier = edge", "empty="]).unwrap();
+        assert_eq!(labels["rack"], "r7");
+        assert_eq!(labels["tier"], "edge");
+        assert_eq!(labels["empty"], "");
+        let error = parse_labels(["rack"]).unwrap_err();
+        assert!(error.contains("`rack` is not KEY=VALUE"), "{error}");
+        assert!(parse_labels(["=r7"]).is_err());
+        let twice = parse_labels(["a=1", "a=2"]).unwrap_err();
+        assert!(twice.contains("`a` is given twice"), "{twice}");
     }
 
     #[test]
