@@ -1,7 +1,8 @@
 //! The agent's link to a real gRPC server speaking the fleet protocol: what opens a stream, how
 //! reports are numbered and sent again after a reconnection, the token re-read from its file, a
-//! refused token retried, shutdown; and, with a real Docker engine, the snapshot, events, usage
-//! and the events resumed where the control plane's last stored one was.
+//! refused token retried, TLS with a given CA, shutdown; and, with a real Docker engine, the
+//! snapshot, events, usage, a new watched image, and the events resumed after the control plane's
+//! last stored one.
 
 mod support;
 
@@ -12,7 +13,9 @@ use std::time::Duration;
 use efms_agent::link::{self, LinkSettings};
 use efms_fleet_proto::agent_message::Body;
 use efms_fleet_proto::server_message::Body as ServerBody;
-use efms_fleet_proto::{Ack, AgentMessage, ContainerState, EventKind, Heartbeat, Revoked};
+use efms_fleet_proto::{
+    Ack, AgentMessage, ContainerState, EventKind, Heartbeat, Revoked, Settings,
+};
 use support::control_plane::{Connection, ControlPlane};
 use support::{unique, PATIENCE};
 use tokio::sync::oneshot;
@@ -277,6 +280,24 @@ async fn a_real_engines_containers_events_and_usage_are_reported_and_a_restarted
         untold.remove(told);
     }
 
+    // The control plane asks for an image's containers too: the feed starts again with that
+    // watch, and its snapshot has an unlabelled container of the image.
+    let unlabelled = unique("unlabelled");
+    let unlabelled_id = engine.docker(&["create", "--name", &unlabelled, &engine.image]);
+    connection.send(ServerBody::Settings(Settings {
+        heartbeat_interval_ms: 500,
+        watch_images: vec![engine.image.clone()],
+    }));
+    loop {
+        if let Some(Body::Snapshot(snapshot)) = connection.expect().await.body {
+            if let Some(container) = snapshot.containers.iter().find(|c| c.id == unlabelled_id) {
+                assert_eq!(container.node_id, None);
+                assert_eq!(container.state(), ContainerState::Created);
+                break;
+            }
+        }
+    }
+
     engine.docker(&["kill", &name]);
     let die = loop {
         if let Some(Body::Event(event)) = connection.expect().await.body {
@@ -306,7 +327,7 @@ async fn a_real_engines_containers_events_and_usage_are_reported_and_a_restarted
         "the engine told the die again, since the last stored event"
     );
     agent.shutdown().await;
-    engine.remove(&[&name]);
+    engine.remove(&[&name, &unlabelled]);
 }
 
 /// A CA and a certificate it signed for 127.0.0.1, made with `openssl`: the CA's PEM, and the

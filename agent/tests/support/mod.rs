@@ -1,5 +1,6 @@
 //! Real Docker engines for the agent's tests, run by the project's scripts (scripts/dockerd.sh),
-//! with the Envoy image scripts/envoy-image.sh builds.
+//! with the Envoy image scripts/envoy-image.sh builds; and a control plane speaking the fleet
+//! protocol ([`control_plane`]).
 #![allow(dead_code)]
 
 pub mod control_plane;
