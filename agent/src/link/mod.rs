@@ -4,15 +4,15 @@
 //! Each stream is authenticated by the VM's join token (read from its file at every attempt, so
 //! a new token takes effect without a restart) and opens with `Hello`; the server's `Welcome`
 //! says what it stored of this process's reports, and the reports after that are sent again, in
-//! order, before new ones. What the agent reports is [`reporter`]'s job; what is kept until
-//! acknowledged, [`outbox`]'s.
+//! order, before new ones. What the agent reports is `reporter`'s job; what is kept until
+//! acknowledged, `outbox`'s; the settings and the endpoint they make, `settings`'s.
 
+mod backoff;
 mod outbox;
 mod reporter;
+mod settings;
 
-use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,118 +22,29 @@ use efms_fleet_proto::{AgentMessage, ServerMessage};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Code, Status, Streaming};
 
 use crate::events::Cursor;
-use crate::host::{self, HostError};
+use crate::host;
 use crate::inventory::Watch;
 use crate::report;
+use backoff::Backoff;
 use outbox::Outbox;
 use reporter::{Instructions, ReporterSettings};
+use settings::endpoint;
+pub use settings::{parse_labels, LinkError, LinkSettings};
 
 /// The heartbeat interval until the control plane says another.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 /// The shortest heartbeat interval the agent keeps to, whatever it is told.
 const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
-/// How long a connection to the server may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the server may take to answer `Hello`.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(30);
-/// HTTP/2 pings that tell a dead server from a quiet one.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a shutdown waits for the server to close its side, reading its last acks.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Messages queued on a stream ahead of the network.
 const STREAM_QUEUE: usize = 64;
-
-/// How the agent reaches the control plane and what it says of itself.
-#[derive(Clone, Debug)]
-pub struct LinkSettings {
-    /// The control plane's gRPC listener: `HOST:PORT`, `http://HOST:PORT` or `https://HOST:PORT`
-    /// (plain `HOST:PORT` is TLS when a CA file is given).
-    pub server: String,
-    /// The file holding the VM's join token; read again at every connection attempt.
-    pub token_file: PathBuf,
-    /// The CA certificate (PEM) that signed the server's: the stream is TLS, trusting that CA.
-    pub ca_file: Option<PathBuf>,
-    /// The Docker engine (`None`: `DOCKER_HOST`, else the default socket).
-    pub docker_host: Option<String>,
-    /// The VM's region, as the agent's flags say (the API's value wins).
-    pub region: String,
-    /// The VM's zone, as the agent's flags say (the API's value wins).
-    pub zone: String,
-    /// The VM's labels, as the agent's flags say (the API's values win).
-    pub labels: BTreeMap<String, String>,
-    /// The first wait before connecting again.
-    pub backoff_initial: Duration,
-    /// The longest wait between attempts; the wait after the server refused the token.
-    pub backoff_max: Duration,
-    /// The most reports kept until the server acknowledges them.
-    pub buffer_capacity: usize,
-}
-
-impl LinkSettings {
-    /// Settings with the defaults: backoff from 250 ms to 10 s, 10,000 reports buffered.
-    pub fn new(server: impl Into<String>, token_file: impl Into<PathBuf>) -> Self {
-        Self {
-            server: server.into(),
-            token_file: token_file.into(),
-            ca_file: None,
-            docker_host: None,
-            region: String::new(),
-            zone: String::new(),
-            labels: BTreeMap::new(),
-            backoff_initial: Duration::from_millis(250),
-            backoff_max: Duration::from_secs(10),
-            buffer_capacity: 10_000,
-        }
-    }
-}
-
-/// The VM's labels from `KEY=VALUE` flags (spaces around either trimmed); an error saying which
-/// flag is not one, or which key is given twice.
-pub fn parse_labels<'a>(
-    flags: impl IntoIterator<Item = &'a str>,
-) -> Result<BTreeMap<String, String>, String> {
-    let mut labels = BTreeMap::new();
-    for flag in flags {
-        let (key, value) = flag
-            .split_once('=')
-            .map(|(key, value)| (key.trim(), value.trim()))
-            .filter(|(key, _)| !key.is_empty())
-            .ok_or_else(|| format!("`{flag}` is not KEY=VALUE, such as rack=r7"))?;
-        if labels.insert(key.to_owned(), value.to_owned()).is_some() {
-            return Err(format!("`{key}` is given twice"));
-        }
-    }
-    Ok(labels)
-}
-
-/// Why the link cannot run at all (a failed connection is retried, never an error).
-#[derive(Debug, thiserror::Error)]
-pub enum LinkError {
-    /// The server's address cannot be used.
-    #[error("invalid server address {address:?}: {reason}")]
-    Address {
-        /// The address given.
-        address: String,
-        /// Why.
-        reason: String,
-    },
-    /// The CA certificate cannot be read.
-    #[error("cannot read the CA certificate {path}: {source}")]
-    CaFile {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The host's facts cannot be read.
-    #[error(transparent)]
-    Host(#[from] HostError),
-}
 
 /// Runs the link until `shutdown` resolves: then the stream is closed (the server reads its end)
 /// and the function returns. Connection failures, refused tokens and engine outages are logged
@@ -173,54 +84,6 @@ pub async fn run<F: Future>(settings: LinkSettings, shutdown: F) -> Result<(), L
     connections.await;
     tracing::info!("link to the control plane closed");
     Ok(())
-}
-
-/// The gRPC endpoint of the server, TLS with the CA given.
-fn endpoint(settings: &LinkSettings) -> Result<Endpoint, LinkError> {
-    let address = settings.server.trim();
-    let invalid = |reason: &str| LinkError::Address {
-        address: address.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let (uri, tls) = if address.starts_with("https://") {
-        (address.to_owned(), true)
-    } else if address.starts_with("http://") {
-        (address.to_owned(), false)
-    } else if address.contains("://") {
-        return Err(invalid("the scheme must be http or https"));
-    } else {
-        let tls = settings.ca_file.is_some();
-        let scheme = if tls { "https" } else { "http" };
-        (format!("{scheme}://{address}"), tls)
-    };
-    if tls && settings.ca_file.is_none() {
-        return Err(invalid(
-            "https needs the CA certificate that signed the server's (--ca-file)",
-        ));
-    }
-    if !tls && settings.ca_file.is_some() {
-        return Err(invalid("a CA file is given but the address says http://"));
-    }
-    let endpoint = Endpoint::from_shared(uri)
-        .map_err(|error| invalid(&error.to_string()))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .tcp_nodelay(true);
-    if endpoint.uri().port_u16().is_none() {
-        return Err(invalid("the port is missing (HOST:PORT)"));
-    }
-    let Some(path) = settings.ca_file.as_ref() else {
-        return Ok(endpoint);
-    };
-    let pem = std::fs::read(path).map_err(|source| LinkError::CaFile {
-        path: path.clone(),
-        source,
-    })?;
-    endpoint
-        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
-        .map_err(|error| invalid(&error.to_string()))
 }
 
 /// A task aborted when its handle is dropped.
@@ -529,102 +392,9 @@ fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Exponential backoff with jitter: each wait is between half and all of the current step.
-struct Backoff {
-    initial: Duration,
-    max: Duration,
-    step: Duration,
-}
-
-impl Backoff {
-    fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max: max.max(initial),
-            step: initial,
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        let wait = jittered(self.step);
-        self.step = (self.step * 2).min(self.max);
-        wait
-    }
-
-    fn longest(&mut self) -> Duration {
-        self.step = self.max;
-        jittered(self.max)
-    }
-
-    fn reset(&mut self) {
-        self.step = self.initial;
-    }
-}
-
-fn jittered(step: Duration) -> Duration {
-    let random = uuid::Uuid::new_v4().as_u128() & u128::from(u32::MAX);
-    let fraction = f64::from(u32::try_from(random).unwrap_or(0)) / f64::from(u32::MAX);
-    step.mul_f64(0.5 + fraction / 2.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn settings(server: &str, ca_file: Option<&str>) -> LinkSettings {
-        LinkSettings {
-            ca_file: ca_file.map(PathBuf::from),
-            ..LinkSettings::new(server, "/nonexistent/token")
-        }
-    }
-
-    #[test]
-    fn a_server_address_takes_a_scheme_or_none_and_needs_a_port() {
-        let plain = endpoint(&settings("cp.example:18000", None)).unwrap();
-        assert_eq!(plain.uri().scheme_str(), Some("http"));
-        assert_eq!(plain.uri().host(), Some("cp.example"));
-        assert!(endpoint(&settings("http://10.0.0.1:18000", None)).is_ok());
-        let no_port = endpoint(&settings("cp.example", None)).unwrap_err();
-        assert!(no_port.to_string().contains("port"), "{no_port}");
-        let https_without_ca = endpoint(&settings("https://cp.example:18000", None)).unwrap_err();
-        assert!(
-            https_without_ca.to_string().contains("--ca-file"),
-            "{https_without_ca}"
-        );
-        let http_with_ca = endpoint(&settings("http://cp.example:18000", Some("/ca.pem")));
-        assert!(http_with_ca.is_err());
-        assert!(endpoint(&settings("grpc://cp.example:18000", None)).is_err());
-        let missing_ca = endpoint(&settings("cp.example:18000", Some("/nonexistent/ca.pem")));
-        assert!(matches!(missing_ca, Err(LinkError::CaFile { .. })));
-    }
-
-    #[test]
-    fn labels_are_key_value_pairs_given_once_each() {
-        let labels = parse_labels(["rack=r7", " tier = edge", "empty="]).unwrap();
-        assert_eq!(labels["rack"], "r7");
-        assert_eq!(labels["tier"], "edge");
-        assert_eq!(labels["empty"], "");
-        let error = parse_labels(["rack"]).unwrap_err();
-        assert!(error.contains("`rack` is not KEY=VALUE"), "{error}");
-        assert!(parse_labels(["=r7"]).is_err());
-        let twice = parse_labels(["a=1", "a=2"]).unwrap_err();
-        assert!(twice.contains("`a` is given twice"), "{twice}");
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_its_maximum_with_jitter_and_resets() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
-        let waits: Vec<Duration> = (0..4).map(|_| backoff.next()).collect();
-        for (wait, step) in waits.iter().zip([100, 200, 400, 400]) {
-            assert!(
-                *wait >= Duration::from_millis(step / 2) && *wait <= Duration::from_millis(step),
-                "{waits:?}"
-            );
-        }
-        backoff.reset();
-        assert!(backoff.next() <= Duration::from_millis(100));
-        assert!(backoff.longest() >= Duration::from_millis(200));
-    }
 
     #[test]
     fn the_interval_is_the_default_until_told_and_never_absurdly_short() {
