@@ -416,3 +416,25 @@ async fn with_a_ca_file_the_stream_is_tls_trusting_that_ca() {
     agent.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_settings_message_changes_the_heartbeat_interval() {
+    let mut control_plane = ControlPlane::start().await;
+    let agent = Agent::start(&control_plane, NO_ENGINE);
+    let mut connection = control_plane.next_connection().await;
+    connection.hello().await;
+    connection.welcome(0, 60_000, 0);
+    // The engine's state is told at once; the next heartbeat would be a minute later.
+    until_heartbeats(&mut connection, 1).await;
+    connection.send(ServerBody::Settings(Settings {
+        heartbeat_interval_ms: 200,
+        watch_images: vec![],
+    }));
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        until_heartbeats(&mut connection, 4),
+    )
+    .await
+    .expect("heartbeats at the new interval");
+    agent.shutdown().await;
+}
