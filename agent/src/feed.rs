@@ -53,6 +53,9 @@ pub struct FeedSettings {
     pub docker_host: Option<String>,
     /// Which containers to report.
     pub watch: Watch,
+    /// Where the events stream starts: the time of the last event already told elsewhere (a
+    /// restarted agent's control plane knows it); `None` for now.
+    pub cursor: Option<Cursor>,
     /// The first wait before reconnecting.
     pub backoff_initial: Duration,
     /// The longest wait between attempts.
@@ -66,6 +69,7 @@ impl Default for FeedSettings {
         Self {
             docker_host: None,
             watch: Watch::default(),
+            cursor: None,
             backoff_initial: Duration::from_millis(250),
             backoff_max: Duration::from_secs(10),
             capacity: 1024,
@@ -102,7 +106,7 @@ struct Progress {
 
 async fn run(settings: FeedSettings, sender: mpsc::Sender<FeedItem>) {
     let mut progress = Progress {
-        cursor: Cursor::now(),
+        cursor: settings.cursor.unwrap_or_else(Cursor::now),
         dedup: Deduplicator::new(),
     };
     let mut backoff = settings.backoff_initial;

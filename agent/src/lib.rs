@@ -12,8 +12,9 @@
 //! Host side, from `/proc` and `statvfs`: [`host::facts`] (what the VM is) and [`host::usage`]
 //! (how busy it is).
 //!
-//! Every report is a plain serde type; the protocol that carries them to the control plane is
-//! described in docs/adr/0011-fleet-agent.md.
+//! Link to the control plane: [`report`] turns every observation into the fleet protocol's
+//! messages (`efms-fleet-proto`), [`link`] keeps one stream to the control plane open, reporting
+//! through it and sending again what the server has not stored (docs/adr/0011-fleet-agent.md).
 #![forbid(unsafe_code)]
 
 pub mod engine;
@@ -21,6 +22,8 @@ pub mod events;
 pub mod feed;
 pub mod host;
 pub mod inventory;
+pub mod link;
+pub mod report;
 pub mod stats;
 mod time;
 

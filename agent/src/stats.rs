@@ -114,8 +114,10 @@ pub async fn usage_of_each(
     ids: &[String],
     parallel: usize,
 ) -> Vec<Result<Option<ContainerUsage>, EngineError>> {
-    futures::stream::iter(ids)
-        .map(|id| usage(engine, id))
+    // Owned ids: a closure over borrowed ones makes the future unusable in a spawned task (its
+    // lifetime is higher-ranked, which the `Send` check cannot prove).
+    futures::stream::iter(ids.iter().cloned())
+        .map(|id| async move { usage(engine, &id).await })
         .buffered(parallel.max(1))
         .collect()
         .await

@@ -1,4 +1,5 @@
-//! `efms`: serve the control plane, migrate its database, or print an access token.
+//! `efms`: serve the control plane, migrate its database, print an access token, or run a VM's
+//! fleet agent.
 
 use std::process::ExitCode;
 
@@ -43,6 +44,16 @@ fn main() -> ExitCode {
             Err(error) => return config_error(&error),
         },
         Command::Token(args) => return token(&args),
+        Command::Agent(args) => match args.validate() {
+            Ok(config) => {
+                init_logging(config.log_format);
+                runtime.block_on(async {
+                    efms_agent::link::run(config.link, efms_api::server::shutdown_signal()).await?;
+                    Ok(())
+                })
+            }
+            Err(error) => return config_error(&error),
+        },
         Command::RotateMasterKey(args) => match rotation(&args) {
             Ok(rotation) => {
                 init_logging(LogFormat::Text);

@@ -11,10 +11,12 @@ use sqlx::postgres::PgConnectOptions;
 
 use crate::auth::MIN_SECRET_BYTES;
 
+mod agent;
 mod edge;
 mod fleet;
 pub mod invalid;
 
+pub use agent::{AgentArgs, AgentConfig};
 pub use edge::{EdgeArgs, EdgeConfig};
 pub use fleet::FleetArgs;
 pub(crate) use invalid::invalid;
@@ -44,6 +46,8 @@ pub enum Command {
     /// Re-wrap every tenant data key under a new master key (key rotation); then serve with the
     /// new key as EFMS_MASTER_KEY.
     RotateMasterKey(RotateArgs),
+    /// Run the fleet agent of this VM: report its Docker engine and host to the control plane.
+    Agent(AgentArgs),
 }
 
 /// `efms rotate-master-key`.

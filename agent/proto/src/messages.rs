@@ -5,7 +5,9 @@ use std::collections::HashMap;
 /// What an agent sends: one report, numbered.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct AgentMessage {
-    /// Per agent process, from 1, one more per message: the server acknowledges by it.
+    /// Per agent process, from 1, one more per report: the server acknowledges by it. Hello is not
+    /// a report (never stored nor acknowledged) and carries 0. Reports a full buffer dropped leave
+    /// gaps.
     #[prost(uint64, tag = "1")]
     pub seq: u64,
     /// The report.

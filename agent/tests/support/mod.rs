@@ -1,6 +1,9 @@
 //! Real Docker engines for the agent's tests, run by the project's scripts (scripts/dockerd.sh),
-//! with the Envoy image scripts/envoy-image.sh builds.
+//! with the Envoy image scripts/envoy-image.sh builds; and a control plane speaking the fleet
+//! protocol ([`control_plane`]).
 #![allow(dead_code)]
+
+pub mod control_plane;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
