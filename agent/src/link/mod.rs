@@ -301,6 +301,13 @@ impl Link {
     fn on_server_message(&self, message: ServerMessage) -> Option<StreamEnd> {
         match message.body {
             Some(ServerBody::Ack(ack)) => self.outbox.ack(ack.seq),
+            Some(ServerBody::Refused(refused)) => {
+                // The server stored nothing of it and counts it as answered: resending it
+                // would be refused again.
+                tracing::warn!(seq = refused.seq, field = %refused.field, problem = %refused.problem,
+                    "the control plane refused a report");
+                self.outbox.ack(refused.seq);
+            }
             Some(ServerBody::Settings(settings)) => {
                 self.instructions.send_modify(|instructions| {
                     if let Some(instructions) = instructions {
@@ -321,8 +328,10 @@ impl Link {
     /// Reads the server's last acks until it closes its side.
     async fn read_acks(&self, responses: &mut Streaming<ServerMessage>) {
         while let Ok(Some(message)) = responses.message().await {
-            if let Some(ServerBody::Ack(ack)) = message.body {
-                self.outbox.ack(ack.seq);
+            match message.body {
+                Some(ServerBody::Ack(ack)) => self.outbox.ack(ack.seq),
+                Some(ServerBody::Refused(refused)) => self.outbox.ack(refused.seq),
+                _ => {}
             }
         }
     }
