@@ -74,10 +74,12 @@ CREATE TABLE container_history (
     reason       text,
     -- The container as this change left it.
     container    jsonb       NOT NULL,
-    PRIMARY KEY (tenant_id, container_id, seq)
+    -- `seq` is a place in the VM's stream: one container id reported by two VMs (a cloned VM)
+    -- makes two histories, never a collision.
+    PRIMARY KEY (tenant_id, vm_name, container_id, seq)
 );
 
-CREATE INDEX container_history_by_vm ON container_history (tenant_id, vm_name, seq);
+CREATE INDEX container_history_by_container ON container_history (tenant_id, container_id, recorded_at);
 
 -- Join tokens: only a SHA-256 digest is kept; the token is shown once, when issued.
 CREATE TABLE vm_join_tokens (
@@ -111,6 +113,8 @@ CREATE TABLE vm_presence (
     usage             jsonb,
     epoch             text,
     acked_seq         bigint      NOT NULL DEFAULT 0,
+    -- The stream that last connected: only its end marks the VM disconnected.
+    stream_id         uuid,
     last_event_nanos  bigint      NOT NULL DEFAULT 0,
     PRIMARY KEY (tenant_id, vm_name)
 );
@@ -152,7 +156,7 @@ CREATE INDEX container_samples_by_container ON container_samples (tenant_id, con
 -- or drop tables), and touches nothing but the sample partitions.
 CREATE FUNCTION efms_fleet_sample_partitions(keep_days integer, ahead_days integer)
     RETURNS integer
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp SET TimeZone = 'UTC' AS $$
 DECLARE
     base  text;
     day   date;

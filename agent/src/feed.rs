@@ -154,7 +154,8 @@ async fn send(sender: &mpsc::Sender<FeedItem>, item: FeedItem) -> Result<(), Ses
     sender.send(item).await.map_err(|_| SessionEnd::ReaderGone)
 }
 
-/// One connection: version, snapshot, then events until the stream ends.
+/// One connection: version, snapshot, then events until the stream ends (with a snapshot again
+/// after each creation or start).
 async fn session(
     settings: &FeedSettings,
     sender: &mpsc::Sender<FeedItem>,
@@ -190,7 +191,14 @@ async fn session(
         if !settings.watch.matches(&event.labels, &event.image) || !progress.dedup.admit(&event) {
             continue;
         }
+        // A created or started container is told whole (limits, ports, labels, image, times):
+        // its events alone do not carry them.
+        let whole = matches!(event.kind, EventKind::Create | EventKind::Start);
         send(sender, FeedItem::Event { event }).await?;
+        if whole {
+            let containers = inventory::list(&engine, &settings.watch).await?;
+            send(sender, FeedItem::Snapshot { containers }).await?;
+        }
     }
     Ok(())
 }

@@ -29,6 +29,11 @@ impl Lease {
         }
     }
 
+    /// Holds it `ttl` at a time from the next claim on.
+    pub fn set_ttl(&mut self, ttl: Duration) {
+        self.ttl = ttl;
+    }
+
     /// Takes or renews the lease: `true` when this holder has it for the next `ttl`.
     pub async fn claim(&self) -> Result<bool, sqlx::Error> {
         let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);

@@ -252,13 +252,13 @@ pub async fn get(
     .map(|(_, row)| row)
     .collect();
     let mut answer = proxy(row, types);
-    let containers = efms_projections::fleet::queries::containers_of_proxy(
+    let container = efms_projections::fleet::queries::container_of_proxy(
         &state.pool,
         tenant.tenant_id,
         &node_id,
     )
     .await?;
-    answer.container = Some(containers.into_iter().next().map_or(Value::Null, |row| {
+    answer.container = Some(container.map_or(Value::Null, |row| {
         json!({
             "id": row.container.id,
             "name": row.container.name,

@@ -27,6 +27,17 @@ fn storage(error: sqlx::Error) -> FleetError {
     persistence_error(error).into()
 }
 
+/// A failure to store a join token: a concurrent issue of another one won (the unique index of
+/// live tokens), or the database failed.
+fn token_storage(error: sqlx::Error) -> FleetError {
+    match &error {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
+            CommandError::Conflict
+        }
+        _ => storage(error),
+    }
+}
+
 /// The fleet's writes.
 #[derive(Debug, Clone)]
 pub struct Fleet {
@@ -103,7 +114,7 @@ impl Fleet {
             actor,
         )
         .await
-        .map_err(storage)?;
+        .map_err(token_storage)?;
         Ok((token, position))
     }
 
@@ -132,6 +143,13 @@ impl Fleet {
             .map_err(storage)?;
         let mut changed = 0;
         for vm in overdue {
+            // It may have reported since the list was read: then it is left as it is.
+            let now = presence::last_heartbeat(&self.pool, vm.tenant_id, &vm.name)
+                .await
+                .map_err(storage)?;
+            if now != vm.last_heartbeat_at {
+                continue;
+            }
             let reason = match vm.last_heartbeat_at {
                 Some(at) => format!(
                     "no heartbeat since {}",

@@ -31,28 +31,33 @@ pub struct Overdue {
     pub last_heartbeat_at: Option<DateTime<Utc>>,
 }
 
-/// Records that an agent process of `epoch` connected for the VM; answers where it stands.
+/// Records that the stream `stream_id` of an agent process of `epoch` connected for the VM;
+/// answers where that process's reports stand.
 pub async fn connected(
     pool: &PgPool,
     tenant_id: Uuid,
     vm: &str,
     epoch: &str,
+    stream_id: Uuid,
 ) -> Result<Resume, sqlx::Error> {
     let mut tx = Scope::System.begin(pool).await?;
     let resume = sqlx::query_as!(
         Resume,
-        r#"INSERT INTO vm_presence (tenant_id, vm_name, connected, connected_at, epoch, acked_seq)
-           VALUES ($1, $2, true, now(), $3, 0)
+        r#"INSERT INTO vm_presence (tenant_id, vm_name, connected, connected_at, epoch, acked_seq,
+                                   stream_id)
+           VALUES ($1, $2, true, now(), $3, 0, $4)
            ON CONFLICT (tenant_id, vm_name) DO UPDATE SET
                connected = true,
                connected_at = now(),
                acked_seq = CASE WHEN vm_presence.epoch = excluded.epoch
                                 THEN vm_presence.acked_seq ELSE 0 END,
-               epoch = excluded.epoch
+               epoch = excluded.epoch,
+               stream_id = excluded.stream_id
            RETURNING acked_seq, last_event_nanos"#,
         tenant_id,
         vm,
         epoch,
+        stream_id,
     )
     .fetch_one(&mut *tx)
     .await?;
@@ -60,20 +65,21 @@ pub async fn connected(
     Ok(resume)
 }
 
-/// Records that the stream of `epoch` ended (unless a newer process has connected since).
+/// Records that the stream `stream_id` ended (unless another stream connected since: a
+/// reconnection may reach a replica before the old stream's end is noticed).
 pub async fn disconnected(
     pool: &PgPool,
     tenant_id: Uuid,
     vm: &str,
-    epoch: &str,
+    stream_id: Uuid,
 ) -> Result<(), sqlx::Error> {
     let mut tx = Scope::System.begin(pool).await?;
     sqlx::query!(
         r#"UPDATE vm_presence SET connected = false, disconnected_at = now()
-           WHERE tenant_id = $1 AND vm_name = $2 AND epoch = $3"#,
+           WHERE tenant_id = $1 AND vm_name = $2 AND stream_id = $3"#,
         tenant_id,
         vm,
-        epoch,
+        stream_id,
     )
     .execute(&mut *tx)
     .await?;
@@ -106,7 +112,9 @@ pub async fn stored(
     tx.commit().await
 }
 
-/// Records a heartbeat, with its utilisation sample when it has one.
+/// Records a heartbeat, then its utilisation sample when it has one. The sample is written on
+/// its own: a sample that cannot be stored (its day's partition missing) is logged and lost,
+/// never the heartbeat.
 pub async fn heartbeat(
     pool: &PgPool,
     tenant_id: Uuid,
@@ -117,9 +125,13 @@ pub async fn heartbeat(
     let mut tx = Scope::System.begin(pool).await?;
     let usage_json = usage.map(|usage| serde_json::to_value(usage).unwrap_or_default());
     sqlx::query!(
-        r#"UPDATE vm_presence SET last_heartbeat_at = now(), engine_reachable = $3,
-                                  engine_error = $4, usage = coalesce($5, usage)
-           WHERE tenant_id = $1 AND vm_name = $2"#,
+        r#"INSERT INTO vm_presence (tenant_id, vm_name, last_heartbeat_at, engine_reachable,
+                                   engine_error, usage)
+           VALUES ($1, $2, now(), $3, $4, $5)
+           ON CONFLICT (tenant_id, vm_name) DO UPDATE SET
+               last_heartbeat_at = now(), engine_reachable = excluded.engine_reachable,
+               engine_error = excluded.engine_error,
+               usage = coalesce(excluded.usage, vm_presence.usage)"#,
         tenant_id,
         vm,
         engine_error.is_none(),
@@ -128,30 +140,44 @@ pub async fn heartbeat(
     )
     .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     if let Some(usage) = usage {
-        let disks = serde_json::to_value(&usage.disks).unwrap_or_default();
-        #[allow(clippy::cast_possible_truncation)]
-        let (cpu, load) = (usage.cpu_percent as f32, usage.load.map(|load| load as f32));
-        sqlx::query!(
-            r#"INSERT INTO vm_samples (tenant_id, vm_name, sampled_at, cpu_percent, load_1m, load_5m,
-                   load_15m, memory_used_bytes, memory_total_bytes, network_rx_bytes_per_second,
-                   network_tx_bytes_per_second, disks)
-               VALUES ($1, $2, now(), $3, $4, $5, $6, $7, $8, $9, $10, $11)"#,
-            tenant_id,
-            vm,
-            cpu,
-            load[0],
-            load[1],
-            load[2],
-            i64::try_from(usage.memory_used_bytes).unwrap_or(i64::MAX),
-            i64::try_from(usage.memory_total_bytes).unwrap_or(i64::MAX),
-            usage.network_rx_bytes_per_second,
-            usage.network_tx_bytes_per_second,
-            disks,
-        )
-        .execute(&mut *tx)
-        .await?;
+        if let Err(error) = vm_sample(pool, tenant_id, vm, usage).await {
+            tracing::warn!(%error, %vm, "a utilisation sample could not be stored");
+        }
     }
+    Ok(())
+}
+
+async fn vm_sample(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    vm: &str,
+    usage: &HostUsage,
+) -> Result<(), sqlx::Error> {
+    let disks = serde_json::to_value(&usage.disks).unwrap_or_default();
+    #[allow(clippy::cast_possible_truncation)]
+    let (cpu, load) = (usage.cpu_percent as f32, usage.load.map(|load| load as f32));
+    let mut tx = Scope::System.begin(pool).await?;
+    sqlx::query!(
+        r#"INSERT INTO vm_samples (tenant_id, vm_name, sampled_at, cpu_percent, load_1m, load_5m,
+               load_15m, memory_used_bytes, memory_total_bytes, network_rx_bytes_per_second,
+               network_tx_bytes_per_second, disks)
+           VALUES ($1, $2, now(), $3, $4, $5, $6, $7, $8, $9, $10, $11)"#,
+        tenant_id,
+        vm,
+        cpu,
+        load[0],
+        load[1],
+        load[2],
+        i64::try_from(usage.memory_used_bytes).unwrap_or(i64::MAX),
+        i64::try_from(usage.memory_total_bytes).unwrap_or(i64::MAX),
+        usage.network_rx_bytes_per_second,
+        usage.network_tx_bytes_per_second,
+        disks,
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await
 }
 
@@ -221,6 +247,25 @@ pub async fn overdue(pool: &PgPool, silence: Duration) -> Result<Vec<Overdue>, s
     .await?;
     tx.commit().await?;
     Ok(overdue)
+}
+
+/// The VM's last heartbeat now (read just before taking it down).
+pub async fn last_heartbeat(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    vm: &str,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    let mut tx = Scope::System.begin(pool).await?;
+    let at = sqlx::query_scalar!(
+        "SELECT last_heartbeat_at FROM vm_presence WHERE tenant_id = $1 AND vm_name = $2",
+        tenant_id,
+        vm,
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .flatten();
+    tx.commit().await?;
+    Ok(at)
 }
 
 /// Creates the sample tables' daily partitions from `keep_days` ago to two days ahead and drops

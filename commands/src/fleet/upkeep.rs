@@ -51,10 +51,16 @@ pub fn spawn(
     tokio::spawn(async move {
         tokio::pin!(shutdown);
         let mut samples_done: Option<Instant> = None;
+        // One holder for the life of the task, so that each round renews its own lease.
+        let mut lease = Lease::new(
+            fleet.pool().clone(),
+            "fleet-upkeep",
+            Duration::from_secs(15),
+        );
         loop {
             let current = *settings.borrow_and_update();
             let every = current.sweep_every();
-            let lease = Lease::new(fleet.pool().clone(), "fleet-upkeep", every * 3);
+            lease.set_ttl(every * 3);
             tokio::select! {
                 () = &mut shutdown => return,
                 () = tokio::time::sleep(every) => {}

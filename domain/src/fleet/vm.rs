@@ -14,6 +14,10 @@ use crate::tenant::{check_slug, InvalidValue};
 /// How many recent lifecycle events of a container are remembered to drop repeats of them.
 const REMEMBERED_EVENTS: usize = 64;
 
+/// How many containers known to be gone are remembered, to drop late events of theirs (an
+/// agent tells its snapshot before replaying the events since its cursor).
+const REMEMBERED_GONE: usize = 256;
+
 /// A VM's name: a slug, unique in its tenant, never reused once the VM is removed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -231,6 +235,9 @@ pub struct Vm {
     containers: BTreeMap<String, Container>,
     /// Recent lifecycle events per container, by (engine time, kind), to drop repeats.
     recorded: BTreeMap<String, BTreeSet<(i64, super::EventKind)>>,
+    /// Containers known to be gone, oldest first: their late events are dropped.
+    #[serde(default)]
+    gone: std::collections::VecDeque<String>,
 }
 
 impl Vm {
@@ -370,10 +377,11 @@ impl Vm {
         let mut keys: BTreeSet<(&str, i64, super::EventKind)> = BTreeSet::new();
         for event in events {
             let key = (event.time_nanos, event.kind);
-            let known = self
-                .recorded
-                .get(&event.container_id)
-                .is_some_and(|recorded| recorded.contains(&key));
+            let known = self.gone.contains(&event.container_id)
+                || self
+                    .recorded
+                    .get(&event.container_id)
+                    .is_some_and(|recorded| recorded.contains(&key));
             if !known && keys.insert((&event.container_id, key.0, key.1)) {
                 fresh.push(event.clone());
             }
@@ -382,6 +390,20 @@ impl Vm {
             .into_iter()
             .map(|event| VmEvent::ContainerLifecycle { event })
             .collect()
+    }
+}
+
+impl Vm {
+    /// Forgets a container that is gone, remembering only that it is.
+    fn forget(&mut self, container_id: &str) {
+        self.containers.remove(container_id);
+        self.recorded.remove(container_id);
+        if !self.gone.iter().any(|id| id == container_id) {
+            self.gone.push_back(container_id.to_owned());
+            if self.gone.len() > REMEMBERED_GONE {
+                self.gone.pop_front();
+            }
+        }
     }
 }
 
@@ -414,6 +436,7 @@ impl Aggregate for Vm {
             VmEvent::FactsChanged { facts } => self.facts = Some(facts),
             VmEvent::StateChanged { to, .. } => self.state = to,
             VmEvent::ContainerObserved { container } => {
+                self.gone.retain(|id| *id != container.id);
                 self.containers.insert(container.id.clone(), container);
             }
             VmEvent::ContainerLifecycle { event } => {
@@ -424,15 +447,12 @@ impl Aggregate for Vm {
                 }
                 let after = event.applied_to(self.containers.get(&event.container_id));
                 if after.state == ContainerState::Gone {
-                    self.containers.remove(&event.container_id);
+                    self.forget(&event.container_id);
                 } else {
                     self.containers.insert(event.container_id.clone(), after);
                 }
             }
-            VmEvent::ContainerGone { container_id, .. } => {
-                self.containers.remove(&container_id);
-                self.recorded.remove(&container_id);
-            }
+            VmEvent::ContainerGone { container_id, .. } => self.forget(&container_id),
             VmEvent::Removed => {
                 self.state = VmState::Removed;
                 self.token_id = None;

@@ -240,3 +240,25 @@ fn removing_a_vm_takes_its_containers_with_it() {
     assert!(matches!(&events[0], VmEvent::ContainerGone { .. }));
     assert_eq!(events.last(), Some(&VmEvent::Removed));
 }
+
+#[test]
+fn late_events_of_a_container_known_gone_are_dropped() {
+    let mut vm = registered();
+    let events = vm
+        .decide(VmCommand::Observe {
+            containers: vec![container('a', ContainerState::Running)],
+        })
+        .unwrap();
+    apply_all(&mut vm, events);
+    let events = vm
+        .decide(VmCommand::Observe { containers: vec![] })
+        .unwrap();
+    apply_all(&mut vm, events);
+    let late = vm
+        .decide(VmCommand::Record {
+            events: vec![event('a', EventKind::Die, 5)],
+        })
+        .unwrap();
+    assert_eq!(late, vec![], "a gone container does not come back");
+    assert_eq!(vm.containers().count(), 0);
+}

@@ -93,6 +93,8 @@ pub struct ContainerFilter {
     pub health: Option<String>,
     /// The group of their proxy (label `efms.group`, else the group the proxy connected to).
     pub group: Option<String>,
+    /// Only those not gone.
+    pub live_only: bool,
     /// At most this many.
     pub limit: i64,
 }
@@ -291,6 +293,7 @@ pub async fn list_containers(
              AND ($3::text IS NULL OR c.state = $3)
              AND ($4::text IS NULL OR c.health = $4)
              AND ($5::text IS NULL OR coalesce(c.labels ->> 'efms.group', p.group_name) = $5)
+             AND (NOT $7 OR c.gone_at IS NULL)
            ORDER BY c.vm_name, c.name, c.container_id
            LIMIT $6"#,
         tenant_id,
@@ -299,6 +302,7 @@ pub async fn list_containers(
         filter.health,
         filter.group,
         filter.limit,
+        filter.live_only,
     )
     .fetch_all(&mut *tx)
     .await?;
@@ -349,50 +353,51 @@ pub async fn find_containers(
         .collect()
 }
 
-/// The containers that are the proxy `node_id` (the newest first).
-pub async fn containers_of_proxy(
+/// The container that is the proxy `node_id`: a live one first, else the last one seen.
+pub async fn container_of_proxy(
     pool: &PgPool,
     tenant_id: Uuid,
     node_id: &str,
-) -> Result<Vec<ContainerRow>, sqlx::Error> {
+) -> Result<Option<ContainerRow>, sqlx::Error> {
     let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
-    let rows = sqlx::query!(
+    let row = sqlx::query!(
         r#"SELECT document, vm_name, first_seen_at, updated_at, gone_at, gone_reason
            FROM containers WHERE tenant_id = $1 AND node_id = $2
-           ORDER BY gone_at IS NULL DESC, updated_at DESC"#,
+           ORDER BY gone_at IS NULL DESC, updated_at DESC LIMIT 1"#,
         tenant_id,
         node_id,
     )
-    .fetch_all(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
     tx.commit().await?;
-    rows.into_iter()
-        .map(|row| {
-            container_row(
-                row.document,
-                row.vm_name,
-                row.first_seen_at,
-                row.updated_at,
-                row.gone_at,
-                row.gone_reason,
-            )
-        })
-        .collect()
+    row.map(|row| {
+        container_row(
+            row.document,
+            row.vm_name,
+            row.first_seen_at,
+            row.updated_at,
+            row.gone_at,
+            row.gone_reason,
+        )
+    })
+    .transpose()
 }
 
-/// The changes of a container, oldest first.
+/// The changes of a container on the VM `vm`, oldest first.
 pub async fn container_changes(
     pool: &PgPool,
     tenant_id: Uuid,
+    vm: &str,
     container_id: &str,
 ) -> Result<Vec<ContainerChange>, sqlx::Error> {
     let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
     let rows = sqlx::query_as!(
         ContainerChange,
         r#"SELECT seq, recorded_at, change, at, exit_code, signal, health, reason
-           FROM container_history WHERE tenant_id = $1 AND container_id = $2
+           FROM container_history WHERE tenant_id = $1 AND vm_name = $2 AND container_id = $3
            ORDER BY seq"#,
         tenant_id,
+        vm,
         container_id,
     )
     .fetch_all(&mut *tx)
@@ -412,7 +417,7 @@ pub async fn container_at(
     let document = sqlx::query_scalar!(
         r#"SELECT container FROM container_history
            WHERE tenant_id = $1 AND container_id = $2 AND recorded_at <= $3
-           ORDER BY seq DESC LIMIT 1"#,
+           ORDER BY recorded_at DESC, seq DESC LIMIT 1"#,
         tenant_id,
         container_id,
         at,

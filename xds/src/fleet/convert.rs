@@ -25,18 +25,84 @@ fn required<'a, T>(field: &str, value: Option<&'a T>) -> Result<&'a T, ReportFau
     value.ok_or_else(|| fault(field, "is required"))
 }
 
+/// The latest time a report may carry: a day ahead of this server's clock.
+fn latest() -> DateTime<Utc> {
+    Utc::now() + chrono::TimeDelta::days(1)
+}
+
 fn time_ms(field: &str, ms: Option<i64>) -> Result<Option<DateTime<Utc>>, ReportFault> {
     ms.map(|ms| {
         DateTime::from_timestamp_millis(ms)
-            .ok_or_else(|| fault(field, "is not a time (milliseconds since the epoch)"))
+            .filter(|at| at.timestamp() >= 0 && *at <= latest())
+            .ok_or_else(|| {
+                fault(
+                    field,
+                    "is not a time since 1970 and before tomorrow (milliseconds since the epoch)",
+                )
+            })
     })
     .transpose()
+}
+
+/// Checks a text a report carries: at most `max` bytes, no control character (which the
+/// database could not store, or a log would print).
+pub(crate) fn text(field: &str, value: &str, max: usize) -> Result<(), ReportFault> {
+    if value.len() > max {
+        return Err(fault(field, format!("has more than {max} bytes")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(fault(field, "contains a control character"));
+    }
+    Ok(())
+}
+
+/// Checks the texts of a container or an event: name, image, node id, labels.
+fn container_texts(
+    field: &str,
+    strings: &[(&str, &str)],
+    labels: &std::collections::HashMap<String, String>,
+) -> Result<(), ReportFault> {
+    for (name, value) in strings {
+        text(&format!("{field}.{name}"), value, 1024)?;
+    }
+    for (key, value) in labels {
+        text(&format!("{field}.labels"), key, 1024)?;
+        text(&format!("{field}.labels.{key}"), value, 4096)?;
+    }
+    Ok(())
 }
 
 /// A host's facts.
 pub(crate) fn facts(field: &str, facts: &proto::HostFacts) -> Result<HostFacts, ReportFault> {
     if facts.hostname.is_empty() {
         return Err(fault(format!("{field}.hostname"), "is required"));
+    }
+    for (name, value) in [
+        ("hostname", &facts.hostname),
+        ("os", &facts.os),
+        ("kernel", &facts.kernel),
+        ("architecture", &facts.architecture),
+        ("agent_version", &facts.agent_version),
+    ] {
+        text(&format!("{field}.{name}"), value, 1024)?;
+    }
+    for (i, disk) in facts.disks.iter().enumerate() {
+        for (name, value) in [
+            ("device", &disk.device),
+            ("mount_point", &disk.mount_point),
+            ("filesystem", &disk.filesystem),
+        ] {
+            text(&format!("{field}.disks[{i}].{name}"), value, 4096)?;
+        }
+    }
+    if let Some(docker) = &facts.docker {
+        for (name, value) in [
+            ("version", &docker.version),
+            ("api_version", &docker.api_version),
+            ("negotiated_api_version", &docker.negotiated_api_version),
+        ] {
+            text(&format!("{field}.docker.{name}"), value, 200)?;
+        }
     }
     if facts.cpu_count == 0 {
         return Err(fault(
@@ -50,6 +116,7 @@ pub(crate) fn facts(field: &str, facts: &proto::HostFacts) -> Result<HostFacts, 
         .enumerate()
         .map(|(i, address)| {
             let at = format!("{field}.addresses[{i}]");
+            text(&format!("{at}.interface"), &address.interface, 200)?;
             let parsed: std::net::IpAddr = address
                 .address
                 .parse()
@@ -95,6 +162,13 @@ pub(crate) fn facts(field: &str, facts: &proto::HostFacts) -> Result<HostFacts, 
 
 /// A host's utilisation.
 pub(crate) fn host_usage(field: &str, usage: &proto::HostUsage) -> Result<HostUsage, ReportFault> {
+    for (i, disk) in usage.disks.iter().enumerate() {
+        text(
+            &format!("{field}.disks[{i}].mount_point"),
+            &disk.mount_point,
+            4096,
+        )?;
+    }
     let usage = HostUsage {
         cpu_percent: usage.cpu_percent,
         load: [usage.load_1m, usage.load_5m, usage.load_15m],
@@ -165,6 +239,16 @@ pub(crate) fn container(
     field: &str,
     container: &proto::Container,
 ) -> Result<Container, ReportFault> {
+    container_texts(
+        field,
+        &[
+            ("name", &container.name),
+            ("image", &container.image),
+            ("image_id", &container.image_id),
+            ("node_id", container.node_id.as_deref().unwrap_or_default()),
+        ],
+        &container.labels,
+    )?;
     let limits = container.limits.clone().unwrap_or_default();
     let ports = container
         .ports
@@ -176,6 +260,12 @@ pub(crate) fn container(
                 u16::try_from(value)
                     .map_err(|_| fault(format!("{at}.{name}"), format!("{value} is not a port")))
             };
+            text(&format!("{at}.protocol"), &port.protocol, 16)?;
+            text(
+                &format!("{at}.host_ip"),
+                port.host_ip.as_deref().unwrap_or_default(),
+                64,
+            )?;
             Ok(Port {
                 container_port: number("container_port", port.container_port)?,
                 protocol: port.protocol.clone(),
@@ -226,6 +316,23 @@ pub(crate) fn event(
     field: &str,
     event: &proto::ContainerEvent,
 ) -> Result<LifecycleEvent, ReportFault> {
+    container_texts(
+        field,
+        &[
+            ("name", &event.name),
+            ("image", &event.image),
+            ("node_id", event.node_id.as_deref().unwrap_or_default()),
+            ("signal", event.signal.as_deref().unwrap_or_default()),
+        ],
+        &std::collections::HashMap::new(),
+    )?;
+    let latest_nanos = latest().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    if event.time_nanos > latest_nanos {
+        return Err(fault(
+            format!("{field}.time_nanos"),
+            "is after tomorrow (nanoseconds since the epoch)",
+        ));
+    }
     let converted = LifecycleEvent {
         container_id: event.container_id.clone(),
         name: event.name.clone(),
@@ -311,6 +418,23 @@ mod tests {
                 .field,
             "snapshot.containers[0].id"
         );
+    }
+
+    #[test]
+    fn a_container_with_a_control_character_or_a_time_before_1970_is_refused_naming_the_field() {
+        let mut nul = proto_container();
+        nul.name = "envoy\u{0}".into();
+        assert_eq!(
+            container("c", &nul).unwrap_err().field,
+            "c.name",
+            "the database could not store it"
+        );
+        let mut ancient = proto_container();
+        ancient.created_at = Some(-300_000_000_000_000);
+        assert_eq!(container("c", &ancient).unwrap_err().field, "c.created_at");
+        let mut label = proto_container();
+        label.labels.insert("k".into(), "v\u{0}".into());
+        assert_eq!(container("c", &label).unwrap_err().field, "c.labels.k");
     }
 
     #[test]

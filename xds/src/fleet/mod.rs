@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use efms_commands::fleet::Fleet;
 use efms_domain::fleet::DEFAULT_HEARTBEAT_INTERVAL;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 pub(crate) use service::FleetService;
 
@@ -49,8 +49,9 @@ struct Inner {
     fleet: Fleet,
     settings: watch::Sender<FleetStreamSettings>,
     metrics: FleetMetrics,
-    /// Rung when this process revoked a token: open streams check theirs at once.
-    recheck_now: Notify,
+    /// Moved on when this process revoked a token: open streams check theirs at once (a
+    /// stream busy storing a report sees the change when it is done).
+    recheck_now: watch::Sender<u64>,
     stopping: watch::Sender<bool>,
 }
 
@@ -70,7 +71,7 @@ impl FleetServer {
                 fleet,
                 settings: watch::Sender::new(settings),
                 metrics,
-                recheck_now: Notify::new(),
+                recheck_now: watch::Sender::new(0),
                 stopping: watch::Sender::new(false),
             }),
         }
@@ -88,7 +89,9 @@ impl FleetServer {
 
     /// Has every open stream check its token now (after this process revoked one).
     pub fn recheck_now(&self) {
-        self.inner.recheck_now.notify_waiters();
+        self.inner
+            .recheck_now
+            .send_modify(|generation| *generation += 1);
     }
 
     /// Ends every open stream (the process is stopping).

@@ -31,6 +31,8 @@ enum Outcome {
 struct Agent {
     joined: Joined,
     epoch: String,
+    /// This stream (a reconnection is another).
+    stream_id: uuid::Uuid,
     cpus: Option<u32>,
     acked: u64,
 }
@@ -105,6 +107,7 @@ impl FleetServer {
             agent.joined.tenant_id,
             &agent.joined.vm,
             &agent.epoch,
+            agent.stream_id,
         )
         .await
         .map_err(|error| database(&error))?;
@@ -135,7 +138,7 @@ impl FleetServer {
             }
             let (tenant_id, vm) = (agent.joined.tenant_id, agent.joined.vm.clone());
             if let Err(error) =
-                presence::disconnected(server.inner.fleet.pool(), tenant_id, &vm, &agent.epoch)
+                presence::disconnected(server.inner.fleet.pool(), tenant_id, &vm, agent.stream_id)
                     .await
             {
                 tracing::warn!(%error, %vm, "could not record an agent's disconnection");
@@ -171,10 +174,15 @@ impl FleetServer {
         let agent = Agent {
             joined,
             epoch: hello.epoch.clone(),
+            stream_id: uuid::Uuid::new_v4(),
             cpus,
             acked: 0,
         };
-        self.heartbeat(&agent, engine_reachable, None, None).await?;
+        // Hello stands for a heartbeat when it knows the engine answers; an agent that has not
+        // reached its engine yet lets its first heartbeat say (no passing `docker_unreachable`).
+        if engine_reachable {
+            self.heartbeat(&agent, true, None, None).await?;
+        }
         if !hello.region.is_empty() || !hello.zone.is_empty() || !hello.labels.is_empty() {
             tracing::warn!(%vm, region = %hello.region, zone = %hello.zone, labels = ?hello.labels,
                 "the agent's --region, --zone and --label flags are ignored: the API's values hold");
@@ -219,6 +227,7 @@ impl FleetServer {
     ) -> Result<(), Status> {
         let inner = &self.inner;
         let mut stopping = inner.stopping.subscribe();
+        let mut recheck_now = inner.recheck_now.subscribe();
         let mut recheck = tokio::time::interval(self.settings().recheck);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         recheck.tick().await;
@@ -229,8 +238,10 @@ impl FleetServer {
                     self.check_token(agent, sender).await?;
                     continue;
                 }
-                () = inner.recheck_now.notified() => {
-                    self.check_token(agent, sender).await?;
+                changed = recheck_now.changed() => {
+                    if changed.is_ok() {
+                        self.check_token(agent, sender).await?;
+                    }
                     continue;
                 }
                 () = async { drop(stopping.wait_for(|stop| *stop).await); } => {
@@ -262,8 +273,18 @@ impl FleetServer {
                     }
                 }
             };
-            if sender.send(Ok(message(answer))).await.is_err() {
-                return Ok(());
+            // An agent that stops reading its answers is cut once the channel stays full for
+            // a re-check interval, rather than holding this task.
+            match tokio::time::timeout(self.settings().recheck, sender.send(Ok(message(answer))))
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Ok(()),
+                Err(_) => {
+                    return Err(Status::resource_exhausted(
+                        "the agent does not read its answers",
+                    ))
+                }
             }
         }
     }
@@ -347,6 +368,11 @@ impl FleetServer {
                     },
                     None => None,
                 };
+                if let Err(fault) =
+                    convert::text("heartbeat.engine_error", &heartbeat.engine_error, 4096)
+                {
+                    return refused(fault);
+                }
                 let error =
                     (!heartbeat.engine_error.is_empty()).then_some(heartbeat.engine_error.as_str());
                 self.heartbeat(agent, heartbeat.engine_reachable, error, usage.as_ref())
@@ -380,9 +406,13 @@ impl FleetServer {
             Some(Body::Usage(usages)) => match convert::usages("usage", &usages, agent.cpus) {
                 Err(fault) => refused(fault),
                 Ok(usages) => {
-                    presence::container_samples(fleet.pool(), tenant_id, vm, &usages)
-                        .await
-                        .map_err(|error| database(&error))?;
+                    // Samples are not history: one that cannot be stored (its day's partition
+                    // missing) is logged and lost, and the stream goes on.
+                    if let Err(error) =
+                        presence::container_samples(fleet.pool(), tenant_id, vm, &usages).await
+                    {
+                        tracing::warn!(%error, %vm, "container samples could not be stored");
+                    }
                     stored
                 }
             },

@@ -124,6 +124,7 @@ pub async fn list(
         state: query.state,
         health: query.health,
         group: query.group,
+        live_only: false,
         limit,
     };
     let rows = read::list_containers(&state.pool, tenant.tenant_id, &filter).await?;
@@ -198,7 +199,8 @@ pub async fn events(
 ) -> Result<Json<ContainerEvents>, ApiError> {
     let row = find(&state, tenant.tenant_id, &id).await?;
     debug_assert!(check_container_id("id", &row.container.id).is_ok());
-    let changes = read::container_changes(&state.pool, tenant.tenant_id, &row.container.id).await?;
+    let changes =
+        read::container_changes(&state.pool, tenant.tenant_id, &row.vm, &row.container.id).await?;
     Ok(Json(ContainerEvents {
         items: changes.into_iter().map(ContainerEvent::from).collect(),
     }))

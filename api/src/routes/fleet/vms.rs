@@ -137,13 +137,13 @@ async fn read_vm(state: &AppState, tenant_id: uuid::Uuid, name: &VmName) -> Resu
         .ok_or_else(|| ApiError::NotFound(format!("there is no VM `{name}`")))?;
     let filter = ContainerFilter {
         vm: Some(name.to_string()),
+        live_only: true,
         limit: 10_000,
         ..ContainerFilter::default()
     };
     let containers = read::list_containers(&state.pool, tenant_id, &filter)
         .await?
         .into_iter()
-        .filter(|row| row.gone_at.is_none())
         .map(Container::from_row)
         .collect();
     Ok(Vm::from_row(row, Some(containers)))

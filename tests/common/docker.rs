@@ -1,0 +1,136 @@
+//! Real Docker engines standing for VMs, run by the project's scripts: `scripts/dockerd.sh` starts
+//! one per name (its own socket, data root and cgroup parent), with the Envoy image
+//! `scripts/envoy-image.sh` builds loaded into it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn script(name: &str, args: &[&str]) -> Output {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate is in the workspace");
+    Command::new(root.join("scripts").join(name))
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("scripts/{name} runs: {error}"))
+}
+
+fn succeeded(name: &str, args: &[&str], output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "{name} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// One engine, standing for one VM.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    /// Its name for the script.
+    pub name: String,
+    /// Its `DOCKER_HOST`.
+    pub host: String,
+    /// The Envoy image loaded into it.
+    pub image: String,
+}
+
+impl Engine {
+    /// Starts the engine `name` (or finds it running); `None`, saying why, only when Docker
+    /// cannot be installed on this machine.
+    pub fn start(name: &str) -> Option<Self> {
+        let install = script("install-docker.sh", &[]);
+        if !install.status.success() {
+            eprintln!(
+                "SKIPPED: Docker cannot be installed here: {}",
+                String::from_utf8_lossy(&install.stderr).trim()
+            );
+            return None;
+        }
+        let image = succeeded("envoy-image.sh", &[], &script("envoy-image.sh", &[]));
+        let args = ["start", name];
+        let host = succeeded("dockerd.sh", &args, &script("dockerd.sh", &args));
+        Some(Self {
+            name: name.to_owned(),
+            host,
+            image,
+        })
+    }
+
+    /// Runs the docker CLI against this engine; its output, trimmed; panics when it fails.
+    pub fn docker(&self, args: &[&str]) -> String {
+        let cli = if Path::new("/usr/bin/docker").exists() {
+            PathBuf::from("/usr/bin/docker")
+        } else {
+            PathBuf::from("docker")
+        };
+        let output = Command::new(cli)
+            .env("DOCKER_HOST", &self.host)
+            .args(args)
+            .output()
+            .expect("the docker CLI runs");
+        succeeded("docker", args, &output)
+    }
+
+    /// Starts an Envoy container of the proxy `node_id` from `bootstrap` (written to a file and
+    /// mounted), on the host's network, labelled with its node id, with `limits` (`docker run`
+    /// arguments); its id.
+    pub fn run_envoy(
+        &self,
+        name: &str,
+        node_id: &str,
+        bootstrap: &serde_json::Value,
+        limits: &[&str],
+    ) -> String {
+        let dir = std::env::temp_dir().join(format!("efms-fleet-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bootstrap.json");
+        std::fs::write(&file, bootstrap.to_string()).unwrap();
+        let admin = bootstrap["admin"]["address"]["socket_address"]["port_value"]
+            .as_u64()
+            .expect("the bootstrap names its admin port");
+        let label = format!("efms.node_id={node_id}");
+        let port = format!("ENVOY_ADMIN_PORT={admin}");
+        let mount = format!("{}:/etc/envoy/bootstrap.json:ro", file.display());
+        let mut args = vec![
+            "run",
+            "--detach",
+            "--name",
+            name,
+            "--network",
+            "host",
+            "--label",
+            &label,
+            "--env",
+            &port,
+            "--volume",
+            &mount,
+        ];
+        args.extend_from_slice(limits);
+        // Envoys sharing the host's network would share the hot-restart socket.
+        args.extend_from_slice(&[
+            &self.image,
+            "-c",
+            "/etc/envoy/bootstrap.json",
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+        ]);
+        self.docker(&args)
+    }
+
+    /// Removes containers, whatever their state.
+    pub fn remove(&self, names: &[&str]) {
+        let mut args = vec!["rm", "--force"];
+        args.extend_from_slice(names);
+        let cli = if Path::new("/usr/bin/docker").exists() {
+            "/usr/bin/docker"
+        } else {
+            "docker"
+        };
+        let _ = Command::new(cli)
+            .env("DOCKER_HOST", &self.host)
+            .args(&args)
+            .output();
+    }
+}

@@ -1,0 +1,258 @@
+//! The fleet end to end (issue acceptance, ADR 0011): two real Docker engines stand for two VMs,
+//! each with its own agent (`efms_agent::link`, as `efms agent` runs it) connected to a real
+//! control plane; real Envoy containers started from their group's bootstrap.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use efms_agent::link::{self, LinkSettings};
+use efms_commands::fleet::upkeep::UpkeepSettings;
+use efms_tests::docker::Engine;
+use efms_tests::fleet::{eventually, free_port};
+use efms_tests::TestApp;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+const BASE: &str = "/api/v1/tenants/acme";
+/// Generous: engines and Envoys start slowly on a busy machine.
+const WAIT: Duration = Duration::from_secs(90);
+
+/// An agent running in this process, as `efms agent` would.
+struct RunningAgent {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningAgent {
+    fn start(app: &TestApp, token_file: &Path, engine: &Engine) -> Self {
+        let mut settings = LinkSettings::new(app.grpc.to_string(), token_file.to_path_buf());
+        settings.docker_host = Some(engine.host.clone());
+        settings.backoff_initial = Duration::from_millis(100);
+        settings.backoff_max = Duration::from_secs(1);
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            if let Err(error) = link::run(settings, shutdown).await {
+                eprintln!("the agent ended: {error}");
+            }
+        });
+        Self { stop, task }
+    }
+
+    /// Kills it: the task is dropped where it stands, its stream cut without a goodbye.
+    fn kill(self) {
+        self.task.abort();
+        drop(self.stop);
+    }
+}
+
+async fn get(app: &TestApp, path: &str) -> Value {
+    let answer = app.get(path).await;
+    assert!(answer.status < 500, "{path}: {}", answer.body);
+    answer.body
+}
+
+/// `GET path` once `ready` holds of its body.
+async fn settled(app: &TestApp, path: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    eventually(WAIT, path, || async {
+        let body = get(app, path).await;
+        ready(&body).then_some(body)
+    })
+    .await
+}
+
+async fn register(app: &TestApp, name: &str) -> PathBuf {
+    let answer = app
+        .post(
+            &format!("{BASE}/vms"),
+            &json!({ "name": name, "region": "local" }),
+        )
+        .await;
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    let file = std::env::temp_dir().join(format!("efms-join-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&file, answer.body["join_token"].as_str().unwrap()).unwrap();
+    file
+}
+
+async fn bootstrap(app: &TestApp, node_id: &str) -> Value {
+    let path = format!(
+        "{BASE}/groups/edge/bootstrap?node_id={node_id}&admin_port={}",
+        free_port()
+    );
+    let answer = app.get(&path).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    answer.body
+}
+
+fn containers_of(page: &Value) -> Vec<Value> {
+    page["items"].as_array().cloned().unwrap_or_default()
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn two_vms_report_their_envoys_which_sync_and_their_deaths_silences_and_removal_are_told(
+    pool: PgPool,
+) {
+    let (Some(engine_a), Some(engine_b)) = (Engine::start("fleet-a"), Engine::start("fleet-b"))
+    else {
+        return;
+    };
+    let names = ["fleet-a-edge-1", "fleet-b-edge-1", "fleet-b-edge-2"];
+    for engine in [&engine_a, &engine_b] {
+        engine.remove(&names);
+    }
+    let settings = UpkeepSettings {
+        heartbeat_interval: Duration::from_secs(1),
+        heartbeat_grace: Duration::from_secs(2),
+        sample_days: 7,
+    };
+    let app = TestApp::spawn_with_fleet(pool, settings).await;
+    app.create_tenant("acme", "Acme").await;
+    let cluster = json!({
+        "name": "upstream", "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": { "cluster_name": "upstream", "endpoints": [{ "lb_endpoints": [{
+            "endpoint": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": 9 } } } }] }] }
+    });
+    assert_eq!(
+        app.post(&format!("{BASE}/clusters"), &cluster).await.status,
+        201
+    );
+    let group = json!({ "name": "edge", "resources": [{ "kind": "cluster", "name": "upstream" }] });
+    assert_eq!(
+        app.post(&format!("{BASE}/groups"), &group).await.status,
+        201
+    );
+    let token_a = register(&app, "vm-a").await;
+    let token_b = register(&app, "vm-b").await;
+    let agent_a = RunningAgent::start(&app, &token_a, &engine_a);
+    let mut agent_b = RunningAgent::start(&app, &token_b, &engine_b);
+
+    // Both VMs ready, with their facts and utilisation.
+    for vm in ["vm-a", "vm-b"] {
+        let body = settled(&app, &format!("{BASE}/vms/{vm}"), |vm| {
+            vm["state"] == "ready" && vm["utilisation"]["cpu_percent"].is_number()
+        })
+        .await;
+        assert!(body["facts"]["hostname"]
+            .as_str()
+            .is_some_and(|h| !h.is_empty()));
+        assert!(body["facts"]["cpu_count"].as_u64().unwrap() >= 1);
+        assert!(body["facts"]["docker"]["version"].is_string(), "{body}");
+    }
+
+    // An Envoy on each, from its group's bootstrap: listed with its limits and health, SYNCED.
+    let limits = ["--memory", "256m", "--cpus", "0.5"];
+    let on_a = engine_a.run_envoy(
+        names[0],
+        names[0],
+        &bootstrap(&app, names[0]).await,
+        &limits,
+    );
+    engine_b.run_envoy(
+        names[1],
+        names[1],
+        &bootstrap(&app, names[1]).await,
+        &limits,
+    );
+    for (vm, node) in [("vm-a", names[0]), ("vm-b", names[1])] {
+        let page = settled(
+            &app,
+            &format!("{BASE}/containers?vm={vm}&health=healthy"),
+            |page| containers_of(page).iter().any(|c| c["node_id"] == node),
+        )
+        .await;
+        let container = containers_of(&page)
+            .into_iter()
+            .find(|c| c["node_id"] == node)
+            .unwrap();
+        assert_eq!(container["limits"]["memory_bytes"], 256 << 20);
+        assert_eq!(container["limits"]["cpus"], 0.5);
+        let id = container["id"].as_str().unwrap().to_owned();
+        settled(&app, &format!("{BASE}/containers/{id}"), |c| {
+            c["proxy"]["status"] == "SYNCED"
+        })
+        .await;
+        let proxy = get(&app, &format!("{BASE}/proxies/{node}")).await;
+        assert_eq!(proxy["container"]["vm"], vm, "{proxy}");
+    }
+
+    // docker kill: its die (exit code 137), the container exited, its proxy disconnected.
+    let killed_at = Instant::now();
+    engine_a.docker(&["kill", names[0]]);
+    let dead = settled(&app, &format!("{BASE}/containers/{on_a}"), |c| {
+        c["state"] == "exited"
+    })
+    .await;
+    eprintln!(
+        "docker kill to the container shown exited through the API: {:?}",
+        killed_at.elapsed()
+    );
+    assert_eq!(dead["exit_code"], 137);
+    let events = get(&app, &format!("{BASE}/containers/{on_a}/events")).await;
+    let die: Vec<&Value> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["change"] == "die")
+        .collect();
+    assert_eq!(die.len(), 1, "one die: {events}");
+    assert_eq!(die[0]["exit_code"], 137);
+    settled(&app, &format!("{BASE}/proxies/{}", names[0]), |p| {
+        p["connected"] == false
+    })
+    .await;
+
+    // Agent killed: the VM turns down; a container started meanwhile shows up once it is back.
+    agent_b.kill();
+    settled(&app, &format!("{BASE}/vms/vm-b"), |vm| {
+        vm["state"] == "down"
+    })
+    .await;
+    let away = engine_b.run_envoy(names[2], names[2], &bootstrap(&app, names[2]).await, &[]);
+    agent_b = RunningAgent::start(&app, &token_b, &engine_b);
+    settled(&app, &format!("{BASE}/vms/vm-b"), |vm| {
+        vm["state"] == "ready"
+    })
+    .await;
+    settled(&app, &format!("{BASE}/containers/{away}"), |c| {
+        c["state"] == "running"
+    })
+    .await;
+    let history = get(&app, &format!("{BASE}/vms/vm-b/history")).await;
+    let states: Vec<&str> = history["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "VmStateChanged")
+        .map(|e| e["event"]["to"].as_str().unwrap())
+        .collect();
+    assert!(
+        states.windows(2).any(|w| w == ["down", "ready"]),
+        "down then ready again: {states:?}"
+    );
+
+    // DELETE: the agent's stream is cut and its token refused; the history stays.
+    let removed = app
+        .send(
+            reqwest::Method::DELETE,
+            &format!("{BASE}/vms/vm-a"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(removed.status, 204, "{}", removed.body);
+    settled(&app, &format!("{BASE}/vms/vm-a"), |vm| {
+        vm["state"] == "removed" && vm["connected"] == false
+    })
+    .await;
+    let history = get(&app, &format!("{BASE}/vms/vm-a/history")).await;
+    assert!(history["items"].as_array().unwrap().len() > 3);
+
+    agent_a.kill();
+    agent_b.kill();
+    for engine in [&engine_a, &engine_b] {
+        engine.remove(&names);
+    }
+}
