@@ -20,9 +20,33 @@ use crate::credentials::TokenSettings;
 use crate::known_tenants::KnownTenants;
 use crate::metrics::Metrics;
 
-/// What the handlers share. Each handler extracts only the part it needs.
-#[derive(Clone, FromRef)]
-pub struct AppState {
+/// What the handlers share: one allocation, so that the clone every request, extractor and
+/// middleware makes costs a reference count, whatever the state holds.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl FromRef<AppState> for PgPool {
+    fn from_ref(state: &AppState) -> Self {
+        state.pool.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<Metrics> {
+    fn from_ref(state: &AppState) -> Self {
+        state.metrics.clone()
+    }
+}
+
+/// The parts of [`AppState`]. Each handler uses only the part it needs.
+pub struct Shared {
     /// The database pool (connections switch to a scoped role per transaction).
     pub pool: PgPool,
     /// Executes commands and rings the log readers' doorbell after each commit.
@@ -30,57 +54,40 @@ pub struct AppState {
     /// Token keys.
     pub jwt: JwtKeys,
     /// Tenants known to exist.
-    #[from_ref(skip)]
     pub known_tenants: KnownTenants,
     /// Process metrics.
     pub metrics: Arc<Metrics>,
     /// The tenant registry's projector, for read-your-writes.
-    #[from_ref(skip)]
     pub tenants: ProjectorHandle,
     /// The configuration read models' projector, for read-your-writes.
-    #[from_ref(skip)]
     pub config: ProjectorHandle,
     /// The fleet's writes: VM registrations, join tokens, removals.
-    #[from_ref(skip)]
     pub fleet: efms_commands::fleet::Fleet,
     /// The fleet's read models' projector, for read-your-writes.
-    #[from_ref(skip)]
     pub fleet_view: ProjectorHandle,
     /// The settings of the fleet's upkeep (heartbeat grace, sample retention).
-    #[from_ref(skip)]
     pub fleet_upkeep: tokio::sync::watch::Sender<efms_commands::fleet::upkeep::UpkeepSettings>,
     /// The xDS snapshots of the groups proxies follow.
-    #[from_ref(skip)]
     pub snapshots: SnapshotStore,
     /// Current resources, cached in the process.
-    #[from_ref(skip)]
     pub cache: ResourceCache,
     /// The xDS services, served by `efms_xds::serve`.
-    #[from_ref(skip)]
     pub xds: XdsServer,
     /// Where proxies reach the xDS server (written into bootstraps).
-    #[from_ref(skip)]
     pub xds_address: XdsAddress,
     /// The tenants' data keys, which seal secret material before it is stored.
-    #[from_ref(skip)]
     pub keyring: Keyring,
     /// The configuration write pipeline: every commit goes through it.
-    #[from_ref(skip)]
     pub configuration: efms_commands::configuration::ConfigService,
     /// Work requests started that outlives them (bulk jobs), finished before the process stops.
-    #[from_ref(skip)]
     pub background: crate::background::BackgroundWork,
     /// Recent failed logins, which slow down password guessing.
-    #[from_ref(skip)]
     pub login_throttle: crate::login_throttle::LoginThrottle,
     /// How many anonymous failed requests the audit trail recorded this minute.
-    #[from_ref(skip)]
     pub anonymous_audit: AnonymousBudget,
     /// Proxy token lifetimes, and how often open xDS streams are re-checked.
-    #[from_ref(skip)]
     pub tokens: TokenSettings,
     /// Limits on what requests write and run.
-    #[from_ref(skip)]
     pub limits: crate::limits::WriteLimits,
 }
 
@@ -173,7 +180,7 @@ impl AppState {
                 gauge.set(position.global_position);
             }
         });
-        Self {
+        Self(Arc::new(Shared {
             pool,
             bus,
             jwt,
@@ -199,24 +206,31 @@ impl AppState {
             anonymous_audit: AnonymousBudget::default(),
             tokens: TokenSettings::default(),
             limits: crate::limits::WriteLimits::default(),
-        }
+        }))
+    }
+
+    /// The parts, while the state is being set up and not shared yet.
+    fn setting_up(&mut self) -> &mut Shared {
+        Arc::get_mut(&mut self.0).expect("settings are applied before the state is shared")
     }
 
     /// The same state, holding requests to `limits`.
     #[must_use]
     pub fn with_limits(mut self, limits: crate::limits::WriteLimits) -> Self {
-        self.configuration = self
+        let shared = self.setting_up();
+        shared.configuration = shared
             .configuration
+            .clone()
             .with_limits(limits.commit)
             .with_warm_repositories(limits.warm_repositories);
-        self.limits = limits;
+        shared.limits = limits;
         self
     }
     /// The same state with these proxy token lifetimes and xDS re-check interval.
     #[must_use]
     pub fn with_token_settings(mut self, tokens: TokenSettings) -> Self {
         self.xds.set_credential_recheck(tokens.recheck_interval);
-        self.tokens = tokens;
+        self.setting_up().tokens = tokens;
         self
     }
 
@@ -236,14 +250,14 @@ impl AppState {
     /// The same state, throttling failed logins within `limits`.
     #[must_use]
     pub fn with_login_limits(mut self, limits: crate::login_throttle::ThrottleLimits) -> Self {
-        self.login_throttle = crate::login_throttle::LoginThrottle::new(limits);
+        self.setting_up().login_throttle = crate::login_throttle::LoginThrottle::new(limits);
         self
     }
 
     /// The same state, telling proxies to reach the xDS server at `address`.
     #[must_use]
     pub fn with_xds_address(mut self, address: XdsAddress) -> Self {
-        self.xds_address = address;
+        self.setting_up().xds_address = address;
         self
     }
 }
