@@ -444,6 +444,16 @@ async fn the_openapi_document_covers_every_route_and_the_reference_page_is_serve
         ("/api/v1/tenants/{tenant}/{kind}/{name}/bootstrap", "get"),
         ("/api/v1/tenants/{tenant}/proxy-tokens", "get"),
         ("/api/v1/tenants/{tenant}/proxy-tokens/{id}", "delete"),
+        ("/api/v1/tenants/{tenant}/vms", "post"),
+        ("/api/v1/tenants/{tenant}/vms", "get"),
+        ("/api/v1/tenants/{tenant}/vms/{name}", "get"),
+        ("/api/v1/tenants/{tenant}/vms/{name}", "delete"),
+        ("/api/v1/tenants/{tenant}/vms/{name}/token", "post"),
+        ("/api/v1/tenants/{tenant}/vms/{name}/history", "get"),
+        ("/api/v1/tenants/{tenant}/vms/{name}/utilisation", "get"),
+        ("/api/v1/tenants/{tenant}/containers", "get"),
+        ("/api/v1/tenants/{tenant}/containers/{id}", "get"),
+        ("/api/v1/tenants/{tenant}/containers/{id}/events", "get"),
     ];
     for (path, method) in expected {
         let operation = &doc["paths"][path][method];
