@@ -1,6 +1,7 @@
-//! The fleet end to end (issue acceptance, ADR 0011): two real Docker engines stand for two VMs,
-//! each with its own agent (`efms_agent::link`, as `efms agent` runs it) connected to a real
-//! control plane; real Envoy containers started from their group's bootstrap.
+//! The fleet end to end (ADR 0011): two real Docker engines stand for two VMs, each with its own
+//! agent (`efms_agent::link`, as `efms agent` runs it) connected to a real control plane; real
+//! Envoy containers started from their group's bootstrap; a container killed, an agent killed,
+//! an engine restarted, a VM removed.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -232,6 +233,23 @@ async fn two_vms_report_their_envoys_which_sync_and_their_deaths_silences_and_re
         states.windows(2).any(|w| w == ["down", "ready"]),
         "down then ready again: {states:?}"
     );
+
+    // The engine restarted: the VM is `docker_unreachable` while it is away, the agent catches up
+    // once it is back, and the containers the restart stopped are shown exited.
+    engine_b.stop();
+    settled(&app, &format!("{BASE}/vms/vm-b"), |vm| {
+        vm["state"] == "docker_unreachable"
+    })
+    .await;
+    engine_b.start_again();
+    settled(&app, &format!("{BASE}/vms/vm-b"), |vm| {
+        vm["state"] == "ready"
+    })
+    .await;
+    settled(&app, &format!("{BASE}/containers/{away}"), |c| {
+        c["state"] == "exited"
+    })
+    .await;
 
     // DELETE: the agent's stream is cut and its token refused; the history stays.
     let removed = app

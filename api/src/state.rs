@@ -132,15 +132,17 @@ impl AppState {
         let metrics = Metrics::new();
         let bus = CommandBus::new(pool.clone(), CommitBell::spawn(&pool));
         let shutdown = futures_shared(shutdown);
-        let tenants =
-            Projector::new(pool.clone(), TenantsProjection).spawn(poll_interval, shutdown.clone());
+        // One listening connection wakes every projector of the process.
+        let doorbell = efms_commands::SharedDoorbell::spawn(&pool, poll_interval);
+        let tenants = Projector::new(pool.clone(), TenantsProjection)
+            .spawn_with(doorbell.clone(), shutdown.clone());
         let fleet_view = Projector::new(pool.clone(), efms_projections::FleetProjection)
-            .spawn(poll_interval, shutdown.clone());
+            .spawn_with(doorbell.clone(), shutdown.clone());
         let fleet_upkeep = tokio::sync::watch::Sender::new(
             efms_commands::fleet::upkeep::UpkeepSettings::default(),
         );
         let config =
-            Projector::new(pool.clone(), ConfigProjection).spawn(poll_interval, shutdown.clone());
+            Projector::new(pool.clone(), ConfigProjection).spawn_with(doorbell, shutdown.clone());
         let snapshots = SnapshotStore::new(pool.clone(), keyring.clone());
         snapshots.follow(config.clone());
         let cache = ResourceCache::new(pool.clone(), efms_domain::config::MAIN_BRANCH);

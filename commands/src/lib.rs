@@ -31,7 +31,7 @@ pub mod warm;
 pub use bus::{CommandBus, CommandError, CommitMetadata};
 pub use event_store::PgEventRepository;
 pub use keys::Keyring;
-pub use log::{CommitBell, LogDoorbell, Position, RecordedEvent};
+pub use log::{CommitBell, LogDoorbell, Position, RecordedEvent, SharedDoorbell};
 pub use scope::Scope;
 
 /// The schema migrations (the `migrations/` folder), the only way the schema changes (DB-AC-003).

@@ -236,3 +236,40 @@ impl LogDoorbell {
         while listener.next_buffered().is_some() {}
     }
 }
+
+/// One `LISTEN` connection shared by every log reader of a process: a task waits on a
+/// [`LogDoorbell`] and moves a counter on at each ring (and at each polling interval), which the
+/// readers wait on. A process then holds one listening connection however many projections it
+/// runs, which matters for small pools: each listener holds a connection of its pool for good.
+#[derive(Debug, Clone)]
+pub struct SharedDoorbell {
+    rings: tokio::sync::watch::Receiver<u64>,
+    poll_interval: Duration,
+}
+
+impl SharedDoorbell {
+    /// Starts the listening task on `pool`; it ends once every reader is gone.
+    pub fn spawn(pool: &PgPool, poll_interval: Duration) -> Self {
+        let (ring, rings) = tokio::sync::watch::channel(0_u64);
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let mut doorbell = LogDoorbell::connect(&pool, poll_interval).await;
+            loop {
+                tokio::select! {
+                    () = ring.closed() => return,
+                    () = doorbell.wait() => {}
+                }
+                ring.send_modify(|count| *count = count.wrapping_add(1));
+            }
+        });
+        Self {
+            rings,
+            poll_interval,
+        }
+    }
+
+    /// Waits for the next ring, or the polling interval, whichever comes first.
+    pub async fn wait(&mut self) {
+        let _ = tokio::time::timeout(self.poll_interval, self.rings.changed()).await;
+    }
+}

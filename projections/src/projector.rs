@@ -4,7 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use efms_commands::log::read_after;
-use efms_commands::{LogDoorbell, Position, RecordedEvent, Scope};
+use efms_commands::{LogDoorbell, Position, RecordedEvent, Scope, SharedDoorbell};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 
@@ -235,16 +235,40 @@ impl<P: Projection> Projector<P> {
     }
 
     /// Runs the projector in the background until `shutdown` resolves: a batch whenever the log's
-    /// doorbell rings or `poll_interval` passes.
+    /// doorbell rings or `poll_interval` passes. It listens on a connection of its own; a process
+    /// running several projectors gives them one doorbell with [`Projector::spawn_with`].
     pub fn spawn(
         self,
         poll_interval: Duration,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> ProjectorHandle {
+        self.run_in_background(
+            move |pool| async move { Doorbell::Own(LogDoorbell::connect(&pool, poll_interval).await) },
+            shutdown,
+        )
+    }
+
+    /// [`Projector::spawn`] woken by a doorbell shared with the process's other log readers.
+    pub fn spawn_with(
+        self,
+        doorbell: SharedDoorbell,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> ProjectorHandle {
+        self.run_in_background(|_| async move { Doorbell::Shared(doorbell) }, shutdown)
+    }
+
+    fn run_in_background<F>(
+        self,
+        doorbell: impl FnOnce(PgPool) -> F + Send + 'static,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> ProjectorHandle
+    where
+        F: Future<Output = Doorbell> + Send,
+    {
         let (publish, checkpoint) = watch::channel(Position::START);
         tokio::spawn(async move {
             tokio::pin!(shutdown);
-            let mut doorbell = LogDoorbell::connect(&self.pool, poll_interval).await;
+            let mut doorbell = doorbell(self.pool.clone()).await;
             loop {
                 match self.run_batch().await {
                     Ok((position, applied)) => {
@@ -266,5 +290,20 @@ impl<P: Projection> Projector<P> {
             tracing::info!(projection = P::NAME, "projector stopped");
         });
         ProjectorHandle { checkpoint }
+    }
+}
+
+/// What wakes a projector: a listening connection of its own, or the process's shared one.
+enum Doorbell {
+    Own(LogDoorbell),
+    Shared(SharedDoorbell),
+}
+
+impl Doorbell {
+    async fn wait(&mut self) {
+        match self {
+            Self::Own(doorbell) => doorbell.wait().await,
+            Self::Shared(doorbell) => doorbell.wait().await,
+        }
     }
 }

@@ -57,6 +57,19 @@ impl Engine {
         })
     }
 
+    /// Stops the engine (its containers stop with it), as a VM's Docker daemon that dies would.
+    pub fn stop(&self) {
+        let args = ["stop", self.name.as_str()];
+        succeeded("dockerd.sh", &args, &script("dockerd.sh", &args));
+    }
+
+    /// Starts the engine again, at the same address.
+    pub fn start_again(&self) {
+        let args = ["start", self.name.as_str()];
+        let host = succeeded("dockerd.sh", &args, &script("dockerd.sh", &args));
+        assert_eq!(host, self.host, "the engine comes back at the same address");
+    }
+
     /// Runs the docker CLI against this engine; its output, trimmed; panics when it fails.
     pub fn docker(&self, args: &[&str]) -> String {
         let cli = if Path::new("/usr/bin/docker").exists() {
