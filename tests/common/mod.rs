@@ -2,6 +2,7 @@
 
 pub mod docker;
 pub mod fleet;
+pub mod measure;
 
 use std::time::Duration;
 
