@@ -51,6 +51,8 @@ pub struct VmRow {
 /// How to filter and order VMs.
 #[derive(Debug, Clone, Default)]
 pub struct VmFilter {
+    /// Its name (one VM).
+    pub name: Option<String>,
     /// Labels it must carry (a JSON object of strings).
     pub labels: Option<Value>,
     /// Its region.
@@ -182,6 +184,7 @@ pub async fn list_vms(
              AND ($3::text IS NULL OR v.region = $3)
              AND ($4::text IS NULL OR v.zone = $4)
              AND ($5::text IS NULL OR v.state = $5)
+             AND ($8::text IS NULL OR v.name = $8)
            ORDER BY
              CASE WHEN $6 = 'state' THEN v.state WHEN $6 = 'region' THEN v.region END ASC NULLS LAST,
              CASE WHEN $6 = '-state' THEN v.state WHEN $6 = '-region' THEN v.region END DESC NULLS LAST,
@@ -197,6 +200,7 @@ pub async fn list_vms(
         filter.state,
         filter.sort.as_deref().unwrap_or("name"),
         filter.limit,
+        filter.name,
     )
     .fetch_all(&mut *tx)
     .await?;
@@ -210,27 +214,12 @@ pub async fn get_vm(
     tenant_id: Uuid,
     name: &str,
 ) -> Result<Option<VmRow>, sqlx::Error> {
-    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
-    let row = sqlx::query_as!(
-        VmRow,
-        r#"SELECT v.name, v.labels, v.region, v.zone, v.state, v.state_reason, v.state_since,
-                  v.facts, v.registered_at, v.registered_by, v.removed_at, v.version,
-                  p.connected AS "connected?", p.last_heartbeat_at AS "last_heartbeat_at?",
-                  p.engine_reachable AS "engine_reachable?", p.engine_error AS "engine_error?",
-                  p.usage AS "usage?",
-                  (SELECT count(*) FROM containers c
-                   WHERE c.tenant_id = v.tenant_id AND c.vm_name = v.name AND c.gone_at IS NULL)
-                      AS "containers!"
-           FROM vms v
-           LEFT JOIN vm_presence p ON p.tenant_id = v.tenant_id AND p.vm_name = v.name
-           WHERE v.tenant_id = $1 AND v.name = $2"#,
-        tenant_id,
-        name,
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(row)
+    let filter = VmFilter {
+        name: Some(name.to_owned()),
+        limit: 1,
+        ..VmFilter::default()
+    };
+    Ok(list_vms(pool, tenant_id, &filter).await?.pop())
 }
 
 /// The events of a VM's stream, oldest first, recorded at or before `until` when given.
@@ -258,23 +247,30 @@ pub async fn vm_history(
     Ok(rows)
 }
 
-fn container_row(
+/// A container's row as stored.
+struct ContainerRecord {
     document: Value,
-    vm: String,
+    vm_name: String,
     first_seen_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     gone_at: Option<DateTime<Utc>>,
     gone_reason: Option<String>,
-) -> Result<ContainerRow, sqlx::Error> {
-    Ok(ContainerRow {
-        container: serde_json::from_value(document)
-            .map_err(|error| sqlx::Error::Decode(Box::new(error)))?,
-        vm,
-        first_seen_at,
-        updated_at,
-        gone_at,
-        gone_reason,
-    })
+}
+
+impl TryFrom<ContainerRecord> for ContainerRow {
+    type Error = sqlx::Error;
+
+    fn try_from(record: ContainerRecord) -> Result<Self, sqlx::Error> {
+        Ok(ContainerRow {
+            container: serde_json::from_value(record.document)
+                .map_err(|error| sqlx::Error::Decode(Box::new(error)))?,
+            vm: record.vm_name,
+            first_seen_at: record.first_seen_at,
+            updated_at: record.updated_at,
+            gone_at: record.gone_at,
+            gone_reason: record.gone_reason,
+        })
+    }
 }
 
 /// The containers of a tenant, by VM then name.
@@ -284,7 +280,8 @@ pub async fn list_containers(
     filter: &ContainerFilter,
 ) -> Result<Vec<ContainerRow>, sqlx::Error> {
     let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
-    let rows = sqlx::query!(
+    let rows = sqlx::query_as!(
+        ContainerRecord,
         r#"SELECT c.document, c.vm_name, c.first_seen_at, c.updated_at, c.gone_at, c.gone_reason
            FROM containers c
            LEFT JOIN proxies p ON p.tenant_id = c.tenant_id AND p.node_id = c.node_id
@@ -307,18 +304,7 @@ pub async fn list_containers(
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    rows.into_iter()
-        .map(|row| {
-            container_row(
-                row.document,
-                row.vm_name,
-                row.first_seen_at,
-                row.updated_at,
-                row.gone_at,
-                row.gone_reason,
-            )
-        })
-        .collect()
+    rows.into_iter().map(ContainerRow::try_from).collect()
 }
 
 /// The containers whose id starts with `prefix` (at most two: one means a match).
@@ -328,7 +314,8 @@ pub async fn find_containers(
     prefix: &str,
 ) -> Result<Vec<ContainerRow>, sqlx::Error> {
     let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
-    let rows = sqlx::query!(
+    let rows = sqlx::query_as!(
+        ContainerRecord,
         r#"SELECT document, vm_name, first_seen_at, updated_at, gone_at, gone_reason
            FROM containers
            WHERE tenant_id = $1 AND container_id >= $2 AND container_id < $2 || 'g'
@@ -339,18 +326,7 @@ pub async fn find_containers(
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    rows.into_iter()
-        .map(|row| {
-            container_row(
-                row.document,
-                row.vm_name,
-                row.first_seen_at,
-                row.updated_at,
-                row.gone_at,
-                row.gone_reason,
-            )
-        })
-        .collect()
+    rows.into_iter().map(ContainerRow::try_from).collect()
 }
 
 /// The container that is the proxy `node_id`: a live one first, else the last one seen.
@@ -360,7 +336,8 @@ pub async fn container_of_proxy(
     node_id: &str,
 ) -> Result<Option<ContainerRow>, sqlx::Error> {
     let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
-    let row = sqlx::query!(
+    let row = sqlx::query_as!(
+        ContainerRecord,
         r#"SELECT document, vm_name, first_seen_at, updated_at, gone_at, gone_reason
            FROM containers WHERE tenant_id = $1 AND node_id = $2
            ORDER BY gone_at IS NULL DESC, updated_at DESC LIMIT 1"#,
@@ -370,17 +347,7 @@ pub async fn container_of_proxy(
     .fetch_optional(&mut *tx)
     .await?;
     tx.commit().await?;
-    row.map(|row| {
-        container_row(
-            row.document,
-            row.vm_name,
-            row.first_seen_at,
-            row.updated_at,
-            row.gone_at,
-            row.gone_reason,
-        )
-    })
-    .transpose()
+    row.map(ContainerRow::try_from).transpose()
 }
 
 /// The changes of a container on the VM `vm`, oldest first.

@@ -251,6 +251,7 @@ pub async fn list(
         return Err(ApiError::Validation(errors));
     }
     let filter = VmFilter {
+        name: None,
         labels,
         region: query.region,
         zone: query.zone,
