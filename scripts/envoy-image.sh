@@ -36,7 +36,8 @@ files() {
   echo "$busybox /bin/busybox"
   ldd "$envoy" | grep -o '/[^ ]*' | sort -u | while read -r lib; do echo "$lib $lib"; done
   local gcc
-  gcc=$(ldconfig -p | awk '/libgcc_s.so.1 .*x86-64|libgcc_s.so.1 .*aarch64/ {print $NF; exit}')
+  # awk reads to the end: leaving early would kill ldconfig with SIGPIPE, which pipefail reports.
+  gcc=$(ldconfig -p | awk '/libgcc_s.so.1 .*x86-64|libgcc_s.so.1 .*aarch64/ && !found {found = $NF} END {print found}')
   [ -n "$gcc" ] && echo "$gcc $gcc"
   return 0
 }
