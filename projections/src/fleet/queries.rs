@@ -247,6 +247,26 @@ pub async fn vm_history(
     Ok(rows)
 }
 
+/// The VM as its stream says it was at `at`, and the sequence it stood at then (`None`: it was
+/// not registered yet).
+pub async fn vm_at(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    name: &str,
+    at: DateTime<Utc>,
+) -> Result<Option<(efms_domain::fleet::Vm, i64)>, sqlx::Error> {
+    use cqrs_es::Aggregate as _;
+    let mut vm = efms_domain::fleet::Vm::default();
+    let mut version = 0;
+    for entry in vm_history(pool, tenant_id, name, Some(at)).await? {
+        let event: efms_domain::fleet::VmEvent = serde_json::from_value(entry.payload)
+            .map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
+        vm.apply(event);
+        version = entry.sequence;
+    }
+    Ok((version > 0).then_some((vm, version)))
+}
+
 /// A container's row as stored.
 struct ContainerRecord {
     document: Value,

@@ -108,14 +108,10 @@ pub async fn list(
     {
         errors.push(FieldError::parameter("health", HEALTHS.join(", ")));
     }
-    let limit = match limit(query.limit) {
-        Ok(limit) => limit,
-        Err(ApiError::Validation(more)) => {
-            errors.extend(more);
-            0
-        }
-        Err(other) => return Err(other),
-    };
+    let limit = limit(query.limit).unwrap_or_else(|error| {
+        errors.push(error);
+        0
+    });
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }

@@ -44,14 +44,14 @@ pub struct AtQuery {
 }
 
 /// A list's `limit`, checked.
-fn limit(asked: Option<i64>) -> Result<i64, ApiError> {
+fn limit(asked: Option<i64>) -> Result<i64, FieldError> {
     match asked {
         None => Ok(DEFAULT_LIMIT),
         Some(limit) if (1..=MAX_LIMIT).contains(&limit) => Ok(limit),
-        Some(_) => Err(ApiError::Validation(vec![FieldError::parameter(
+        Some(_) => Err(FieldError::parameter(
             "limit",
             format!("from 1 to {MAX_LIMIT}"),
-        )])),
+        )),
     }
 }
 

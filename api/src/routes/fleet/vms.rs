@@ -7,9 +7,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use cqrs_es::Aggregate as _;
 use efms_commands::CommandError;
-use efms_domain::fleet::{check_label, Vm as VmAggregate, VmError, VmEvent, VmName, VmPlacement};
+use efms_domain::fleet::{check_label, VmError, VmName, VmPlacement};
 use efms_projections::fleet::queries::{self as read, ContainerFilter, VmFilter};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -243,10 +242,10 @@ pub async fn list(
             ));
         }
     }
-    let limit = limit(query.limit);
-    if let Err(ApiError::Validation(more)) = &limit {
-        errors.extend(more.iter().cloned());
-    }
+    let limit = limit(query.limit).unwrap_or_else(|error| {
+        errors.push(error);
+        0
+    });
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
@@ -257,7 +256,7 @@ pub async fn list(
         zone: query.zone,
         state: query.state,
         sort: query.sort,
-        limit: limit?,
+        limit,
     };
     let rows = read::list_vms(&state.pool, tenant.tenant_id, &filter).await?;
     Ok(Json(VmPage {
@@ -285,19 +284,12 @@ pub async fn get(
     let Some(at) = query.at else {
         return Ok(Json(read_vm(&state, tenant.tenant_id, &name).await?));
     };
-    let entries = read::vm_history(&state.pool, tenant.tenant_id, name.as_str(), Some(at)).await?;
-    let mut vm = VmAggregate::default();
-    let mut version = 0;
-    for entry in entries {
-        let event: VmEvent = serde_json::from_value(entry.payload).map_err(ApiError::internal)?;
-        vm.apply(event);
-        version = entry.sequence;
-    }
-    if version == 0 {
+    let Some((vm, version)) = read::vm_at(&state.pool, tenant.tenant_id, name.as_str(), at).await?
+    else {
         return Err(ApiError::NotFound(format!(
             "there was no VM `{name}` at {at}"
         )));
-    }
+    };
     Ok(Json(
         Vm::as_of(&vm, version, at).map_err(ApiError::internal)?,
     ))
