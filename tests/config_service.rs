@@ -5,32 +5,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use efms_commands::configuration::{
-    CommitRequest, ConfigService, ConfigServiceError, ConfigServices,
-};
-use efms_commands::{CommandBus, CommitBell, CommitMetadata, Keyring, Position};
+use efms_api::config_services::ReadModelsAndMetrics;
+use efms_api::metrics::Metrics;
+use efms_commands::configuration::bulk::BulkError;
+use efms_commands::configuration::{CommitRequest, ConfigService, ConfigServiceError};
+use efms_commands::{CommandBus, CommitBell, CommitMetadata, Keyring};
+use efms_domain::config::bulk::{BulkOp, BulkOperation};
 use efms_domain::config::limits::Limits;
 use efms_domain::config::{Change, Expect, Operation};
 use efms_domain::envoy::ResourceKind;
 use efms_domain::secrets::Key;
 use efms_domain::TenantSlug;
-use efms_projections::{ConfigProjection, Projector, ProjectorHandle};
+use efms_projections::{ConfigProjection, Projector};
 use efms_tests::{TestApp, MASTER_KEY};
-use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
-
-/// Waits on a configuration projector of the test's own; counts nothing.
-struct Projected(ProjectorHandle);
-
-impl ConfigServices for Projected {
-    fn wait_for_read_models(&self, position: Position, timeout: Duration) -> BoxFuture<'_, bool> {
-        Box::pin(self.0.wait_for(position, timeout))
-    }
-
-    fn record_outcome(&self, _outcome: &'static str) {}
-}
 
 /// A configuration service over `pool`, as `efms serve` builds one, with its own projector.
 fn service(pool: &PgPool) -> ConfigService {
@@ -41,7 +31,11 @@ fn service(pool: &PgPool) -> ConfigService {
         CommandBus::new(pool.clone(), CommitBell::spawn(pool)),
         Keyring::new(pool.clone(), Key::from_base64(MASTER_KEY).unwrap()),
         Limits::default(),
-        Arc::new(Projected(projector)),
+        Arc::new(ReadModelsAndMetrics {
+            pool: pool.clone(),
+            config: projector,
+            metrics: Metrics::new(),
+        }),
     )
 }
 
@@ -241,4 +235,90 @@ async fn an_owner_cannot_delete_what_it_shares(pool: PgPool) {
         panic!("{refused:?}");
     };
     assert!(detail.contains("shared with beta"), "{detail}");
+}
+
+fn merge_patch(kind: &str, target: (&str, &str), patch: Value) -> BulkOperation {
+    let (field, value) = target;
+    BulkOperation {
+        op: BulkOp::Patch,
+        kind: kind.to_owned(),
+        name: (field == "name").then(|| value.to_owned()),
+        group: (field == "group").then(|| value.to_owned()),
+        resource: None,
+        patch: None,
+        merge_patch: Some(patch),
+        if_match: None,
+    }
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_bulk_patch_of_a_group_reaches_what_its_ancestors_attach(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    app.create_tenant("acme", "Acme").await;
+    let service = service(&pool);
+    let main = on("acme", "main");
+    let mut setup = create(ResourceKind::Cluster, &cluster("inherited"));
+    setup.extend(create(ResourceKind::Cluster, &cluster("own")));
+    setup.extend(create(ResourceKind::Cluster, &cluster("elsewhere")));
+    let base = json!({ "name": "base", "resources": [{ "kind": "cluster", "name": "inherited" }] });
+    let edge = json!({ "name": "edge", "parent": "base",
+                       "resources": [{ "kind": "cluster", "name": "own" }] });
+    setup.extend(create(ResourceKind::Group, &base));
+    setup.extend(create(ResourceKind::Group, &edge));
+    service.commit(&main, Operation::Bulk, setup).await.unwrap();
+
+    let operations = [merge_patch(
+        "clusters",
+        ("group", "edge"),
+        json!({ "connect_timeout": "7s" }),
+    )];
+    let outcome = service.bulk(&main, &operations, None).await.unwrap();
+    assert_eq!(outcome.changes, 2);
+    assert!(outcome.revision.is_some());
+    let tenant = tenant_id("acme");
+    for (name, timeout) in [("inherited", "7s"), ("own", "7s"), ("elsewhere", "1s")] {
+        let row = efms_projections::config::get_resource(
+            &pool,
+            tenant,
+            "main",
+            ResourceKind::Cluster,
+            name,
+            efms_projections::config::AsOf::Now,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(row.document["connect_timeout"], timeout, "{name}");
+    }
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_bulk_names_every_operation_at_fault_and_writes_nothing(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    app.create_tenant("acme", "Acme").await;
+    let service = service(&pool);
+    let main = on("acme", "main");
+    let create_fine = BulkOperation {
+        op: BulkOp::Create,
+        resource: Some(cluster("fine")),
+        merge_patch: None,
+        ..merge_patch("clusters", ("name", "fine"), Value::Null)
+    };
+    let operations = [
+        create_fine,
+        merge_patch("clusters", ("name", "absent"), json!({})),
+        merge_patch("widgets", ("name", "x"), json!({})),
+        merge_patch("clusters", ("group", "nobody"), json!({})),
+    ];
+    let refused = service.bulk(&main, &operations, None).await;
+    let Err(BulkError::Faults(faults)) = refused else {
+        panic!("{refused:?}");
+    };
+    let at: Vec<(usize, &str)> = faults
+        .iter()
+        .map(|fault| (fault.operation, fault.fault.pointer.as_str()))
+        .collect();
+    assert_eq!(at, [(1, "/name"), (2, "/kind"), (3, "/group")]);
+    let head = efms_projections::config::head_revision(&pool, tenant_id("acme"), "main");
+    assert_eq!(head.await.unwrap(), 0, "nothing was committed");
 }

@@ -258,6 +258,15 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+impl From<efms_projections::ProjectionError> for ApiError {
+    fn from(error: efms_projections::ProjectionError) -> Self {
+        match error {
+            efms_projections::ProjectionError::Database(error) => error.into(),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
 impl<E: std::error::Error> From<efms_commands::CommandError<E>> for ApiError {
     fn from(error: efms_commands::CommandError<E>) -> Self {
         use efms_commands::CommandError;

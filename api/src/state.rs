@@ -154,6 +154,7 @@ impl AppState {
             keyring.clone(),
             efms_domain::config::limits::Limits::default(),
             Arc::new(crate::config_services::ReadModelsAndMetrics {
+                pool: pool.clone(),
                 config: config.clone(),
                 metrics: metrics.clone(),
             }),

@@ -4,31 +4,22 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use efms_domain::config::limits;
-use efms_domain::config::{Change, Expect, Operation};
-use efms_domain::envoy::ResourceKind;
-use efms_projections::config::{self as read, AsOf};
+use efms_commands::configuration::bulk::{BulkError, BulkProgress, OperationFault};
+use efms_domain::config::bulk::{self as planned, Problem};
+use efms_domain::config::Key;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::jobs;
-use super::patching::{check_written, refusal_at};
-use super::resources::{change_of, commit, effective_attachments, BranchParams};
+use super::patching::{refusal_detail, too_large_detail};
+use super::resources::{commit_request, BranchParams};
 use crate::access::{Tenant, TenantBranch, WriteConfig};
 use crate::error::{ApiError, FieldError};
 use crate::extract::{ApiJson, ApiQuery, CommitMeta};
 use crate::state::AppState;
 
-/// How long a request whose commit is as large as the tenant (a bulk, a new branch) waits for the
-/// read models to apply it.
-pub(crate) const BULK_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
-
 /// The most operations one bulk request may carry.
 pub const MAX_OPERATIONS: usize = 10_000;
-/// The most bytes of documents one bulk request may write in all: each patch of a group's
-/// resources writes one document per resource, so a small request can ask for much more.
-pub const MAX_WRITTEN_BYTES: usize = 64 * 1024 * 1024;
-
 /// What an operation does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -132,7 +123,8 @@ pub async fn bulk(
     Ok(Json(result).into_response())
 }
 
-/// Validates and commits a bulk request; `progress`, when given, follows a job's way through it.
+/// Validates and commits a bulk request through the configuration service; `progress`, when
+/// given, follows a job's way through it.
 pub(crate) async fn apply(
     state: &AppState,
     meta: CommitMeta,
@@ -140,43 +132,6 @@ pub(crate) async fn apply(
     request: &BulkRequest,
     progress: Option<&jobs::Progress>,
 ) -> Result<BulkResult, ApiError> {
-    let mut changes = Vec::with_capacity(request.operations.len());
-    // Each change's resource and the operation it comes from.
-    let mut keys = Vec::with_capacity(request.operations.len());
-    let mut errors = Vec::new();
-    let mut written = 0;
-    for (index, operation) in request.operations.iter().enumerate() {
-        if let Some(progress) = progress {
-            progress.validated(index);
-        }
-        match operation_changes(state, (tenant, branch), operation).await {
-            Ok(expanded) => {
-                for change in expanded {
-                    if let Change::Put { document, .. } = &change {
-                        written += limits::json_size(document);
-                    }
-                    keys.push((key_of(&change), index));
-                    changes.push(change);
-                }
-                if written > MAX_WRITTEN_BYTES {
-                    return Err(ApiError::Validation(vec![FieldError::at(
-                        format!("/operations/{index}"),
-                        format!(
-                            "the operations up to this one write more than {MAX_WRITTEN_BYTES} \
-                             bytes of documents, the limit of a bulk request; split it"
-                        ),
-                    )]));
-                }
-            }
-            Err(faults) => errors.extend(faults.into_iter().map(|(pointer, detail)| {
-                FieldError::at(format!("/operations/{index}{pointer}"), detail)
-            })),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
-    let count = changes.len();
     let meta = match &request.message {
         Some(message) => {
             let message = message.trim();
@@ -193,37 +148,76 @@ pub(crate) async fn apply(
         }
         None => meta,
     };
-    if let Some(progress) = progress {
-        progress.committing(request.operations.len());
-    }
-    let before = read::head_revision(&state.pool, tenant.tenant_id, branch).await?;
-    let position = commit(state, &meta, (tenant, branch), Operation::Bulk, changes)
+    let operations: Vec<planned::BulkOperation> =
+        request.operations.iter().cloned().map(Into::into).collect();
+    let request = commit_request(&meta, (tenant, branch));
+    let progress = progress.map(|progress| progress as &dyn BulkProgress);
+    let outcome = state
+        .configuration
+        .bulk(&request, &operations, progress)
         .await
-        .map_err(|error| at_operation(error, &keys))?;
-    if let Some(position) = position {
-        // A large commit takes the read models a while: the answer names its revision, so it
-        // waits for them (longer than single writes do).
-        if !state.config.wait_for(position, BULK_READ_TIMEOUT).await {
-            return Err(ApiError::Unavailable(
-                "the changes are committed; the read models are still applying them".to_owned(),
-            ));
-        }
-    }
-    let after = read::head_revision(&state.pool, tenant.tenant_id, branch).await?;
+        .map_err(bulk_error)?;
     Ok(BulkResult {
-        revision: (after != before).then_some(after),
-        operations: count,
+        revision: outcome.revision,
+        operations: outcome.changes,
     })
 }
 
-/// The resource a change touches.
-fn key_of(change: &Change) -> (ResourceKind, String) {
-    let (kind, name) = change.key();
-    (kind, name.to_owned())
+impl From<BulkOperation> for planned::BulkOperation {
+    fn from(operation: BulkOperation) -> Self {
+        Self {
+            op: match operation.op {
+                BulkOp::Create => planned::BulkOp::Create,
+                BulkOp::Replace => planned::BulkOp::Replace,
+                BulkOp::Patch => planned::BulkOp::Patch,
+                BulkOp::Delete => planned::BulkOp::Delete,
+            },
+            kind: operation.kind,
+            name: operation.name,
+            group: operation.group,
+            resource: operation.resource,
+            patch: operation.patch,
+            merge_patch: operation.merge_patch,
+            if_match: operation.if_match,
+        }
+    }
+}
+
+/// How a bulk write that did not land is answered: faults by their operation's pointer, a
+/// refused commit traced to the operation whose resource it names.
+fn bulk_error(error: BulkError) -> ApiError {
+    match error {
+        BulkError::Faults(faults) => {
+            ApiError::Validation(faults.into_iter().map(field_error).collect())
+        }
+        error @ BulkError::TooMuchWritten { operation } => {
+            ApiError::Validation(vec![FieldError::at(
+                format!("/operations/{operation}"),
+                error.to_string(),
+            )])
+        }
+        BulkError::Refused { error, changes } => at_operation(error.into(), &changes),
+        BulkError::Read(error) => error.into(),
+        error @ BulkError::ReadModelsBehind => ApiError::Unavailable(error.to_string()),
+    }
+}
+
+/// One operation's fault, its pointer under the operation's.
+fn field_error(OperationFault { operation, fault }: OperationFault) -> FieldError {
+    let detail = match fault.problem {
+        Problem::Said(detail) => detail,
+        Problem::DocumentTooLarge { limit } => too_large_detail(limit),
+        Problem::Patch {
+            kind,
+            name,
+            refusal,
+        } => refusal_detail(&refusal, kind, &name),
+    };
+    FieldError::at(format!("/operations/{operation}{}", fault.pointer), detail)
 }
 
 /// Names the operation a refused commit is about, by its index, where the refusal names one.
-fn at_operation(error: ApiError, keys: &[((ResourceKind, String), usize)]) -> ApiError {
+fn at_operation(error: ApiError, keys: &[(Key, usize)]) -> ApiError {
     // The detail names the resource; it is prefixed with the first operation on it.
     let index_of = |detail: &str| {
         keys.iter()
@@ -257,155 +251,6 @@ fn at_operation(error: ApiError, keys: &[((ResourceKind, String), usize)]) -> Ap
         ApiError::PreconditionFailed(detail) => ApiError::PreconditionFailed(prefixed(detail)),
         other => other,
     }
-}
-
-type Faults = Vec<(String, String)>;
-
-/// The changes one operation asks for (several for a patch of a group's resources), or what is
-/// wrong with it (pointers within the operation).
-async fn operation_changes(
-    state: &AppState,
-    (tenant, branch): (&crate::access::TenantAccess, &str),
-    operation: &BulkOperation,
-) -> Result<Vec<Change>, Faults> {
-    let kind = ResourceKind::from_collection(&operation.kind).ok_or_else(|| {
-        fault(
-            "/kind",
-            format!(
-                "`{}` is not a collection: clusters, endpoints, listeners, routes, secrets, groups or templates",
-                operation.kind
-            ),
-        )
-    })?;
-    let present = operation.if_match.map_or(Expect::Present, Expect::Version);
-    let scope = (tenant.tenant_id, branch);
-    match (operation.op, &operation.name, &operation.group) {
-        (BulkOp::Patch, None, Some(group)) => {
-            let attached = effective_attachments(state, tenant, branch, group, AsOf::Now)
-                .await
-                .map_err(|error| fault("/group", error.to_string()))?;
-            let mut changes = Vec::new();
-            for item in attached.into_iter().filter(|item| item.kind == kind) {
-                changes.push(patch_change(state, scope, kind, &item.name, operation).await?);
-            }
-            Ok(changes)
-        }
-        (_, _, Some(_)) => Err(fault(
-            "/group",
-            "`group` goes with a patch, instead of `name`".to_owned(),
-        )),
-        (BulkOp::Create | BulkOp::Replace, _, None) => {
-            let resource = operation.resource.as_ref().ok_or_else(|| {
-                fault(
-                    "/resource",
-                    "a create or replace needs `resource`".to_owned(),
-                )
-            })?;
-            let expect = if operation.op == BulkOp::Create {
-                Expect::Absent
-            } else {
-                present
-            };
-            check_written(resource, &state.limits.commit)
-                .map_err(|error| faults_under("/resource", error))?;
-            Ok(vec![put(kind, resource, expect, "/resource")?])
-        }
-        (BulkOp::Delete, name, None) => {
-            let name = name
-                .clone()
-                .ok_or_else(|| fault("/name", "a delete needs `name`".to_owned()))?;
-            Ok(vec![Change::Delete {
-                kind,
-                name,
-                expect: present,
-            }])
-        }
-        (BulkOp::Patch, name, None) => {
-            let name = name
-                .as_deref()
-                .ok_or_else(|| fault("/name", "a patch needs `name` or `group`".to_owned()))?;
-            Ok(vec![
-                patch_change(state, scope, kind, name, operation).await?,
-            ])
-        }
-    }
-}
-
-fn fault(pointer: &str, detail: String) -> Faults {
-    vec![(pointer.to_owned(), detail)]
-}
-
-/// A create or replace of `json` (pointers under `at`).
-fn put(kind: ResourceKind, json: &Value, expect: Expect, at: &str) -> Result<Change, Faults> {
-    change_of(kind, json, expect, None).map_err(|error| faults_under(at, error))
-}
-
-/// An error's problems as faults, their pointers under `at`.
-fn faults_under(at: &str, error: ApiError) -> Faults {
-    match error {
-        ApiError::Validation(errors) => errors
-            .into_iter()
-            .map(|e| (format!("{at}{}", e.pointer.unwrap_or_default()), e.detail))
-            .collect::<Faults>(),
-        other => vec![(at.to_owned(), other.to_string())],
-    }
-}
-
-/// The operation's patch applied to the resource `name` as it is now.
-async fn patch_change(
-    state: &AppState,
-    (tenant_id, branch): (uuid::Uuid, &str),
-    kind: ResourceKind,
-    name: &str,
-    operation: &BulkOperation,
-) -> Result<Change, Faults> {
-    let current = read::get_resource(&state.pool, tenant_id, branch, kind, name, AsOf::Now)
-        .await
-        .map_err(|error| fault("", format!("cannot read the resource: {error}")))?
-        .ok_or_else(|| fault("/name", format!("there is no {kind} `{name}`")))?;
-    let declared = read::derivation_of(&state.pool, tenant_id, branch, kind, name)
-        .await
-        .map_err(|error| fault("", format!("cannot read the resource: {error}")))?;
-    if declared.is_some() {
-        return Err(fault(
-            "/name",
-            format!("{kind} `{name}` is declared from a template: replace its declaration instead"),
-        ));
-    }
-    let mut document = current.document;
-    let limits = &state.limits.commit;
-    let applied = match (&operation.patch, &operation.merge_patch) {
-        (Some(patch), None) => {
-            let patch: json_patch::Patch = serde_json::from_value(patch.clone())
-                .map_err(|error| fault("/patch", format!("not an RFC 6902 patch: {error}")))?;
-            limits::apply_patch(&mut document, &patch.0, limits).map_err(|r| (r, "/patch"))
-        }
-        (None, Some(merge)) => limits::apply_merge_patch(&mut document, merge, limits)
-            .map_err(|refusal| (refusal, "/merge_patch")),
-        _ => {
-            return Err(fault(
-                "",
-                "a patch needs exactly one of `patch` and `merge_patch`".to_owned(),
-            ))
-        }
-    };
-    applied.map_err(|(refusal, at)| {
-        let (pointer, detail) = refusal_at(&refusal, kind, name, at);
-        vec![(pointer, detail)]
-    })?;
-    let expect = Expect::Version(
-        operation
-            .if_match
-            .unwrap_or_else(|| u64::try_from(current.version).unwrap_or_default()),
-    );
-    let change = put(kind, &document, expect, "/patch")?;
-    if key_of(&change).1 != name {
-        return Err(fault(
-            "/patch",
-            "a patch may not rename the resource".to_owned(),
-        ));
-    }
-    Ok(change)
 }
 
 /// The largest bulk request body: 10,000 operations of up to three kilobytes each. A job holds its

@@ -48,14 +48,12 @@ pub struct Progress {
     committing: AtomicBool,
 }
 
-impl Progress {
-    /// `count` operations are validated.
-    pub fn validated(&self, count: usize) {
+impl efms_commands::configuration::bulk::BulkProgress for Progress {
+    fn validated(&self, count: usize) {
         self.validated.store(count, Ordering::Relaxed);
     }
 
-    /// All `total` operations are validated; the commit is being made.
-    pub fn committing(&self, total: usize) {
+    fn committing(&self, total: usize) {
         self.validated.store(total, Ordering::Relaxed);
         self.committing.store(true, Ordering::Relaxed);
     }

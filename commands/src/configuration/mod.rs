@@ -2,22 +2,27 @@
 //!
 //! One pipeline for every write path (single writes, bulk, jobs, rollbacks, branches, merges):
 //!
-//! 1. a pin of a group on `main` must name a live branch that has the group ([`pins`]);
-//! 2. the tenant's quotas: writes per minute, and the quota of resources per kind handed to the
+//! 1. what is asked becomes changes: a bulk request's operations expanded, patches applied to
+//!    what the read models hold ([`bulk`]); a rollback or merge planned from whole states
+//!    ([`plans`]);
+//! 2. a pin of a group on `main` must name a live branch that has the group ([`pins`]);
+//! 3. the tenant's quotas: writes per minute, and the quota of resources per kind handed to the
 //!    aggregate ([`quotas`]);
-//! 3. an owner's change to what it shares with other tenants is refused while shared, and what
+//! 4. an owner's change to what it shares with other tenants is refused while shared, and what
 //!    others share with the tenant is read under a lock that orders it against revocations
 //!    ([`sharing`]);
-//! 4. secret material is sealed with the tenant's data key ([`sealing`]);
-//! 5. the command runs on the `(tenant, branch)` aggregate through the [`CommandBus`];
-//! 6. the service waits for the read models to show the commit (read-your-writes).
+//! 5. secret material is sealed with the tenant's data key ([`sealing`]);
+//! 6. the command runs on the `(tenant, branch)` aggregate through the [`CommandBus`];
+//! 7. the service waits for the read models to show the commit (read-your-writes).
 //!
 //! It takes domain types only: a [`CommitRequest`] names the tenant, the branch and what the
 //! commit records ([`CommitMetadata`]: actor, message, request id). What it needs from outside the
-//! write side (the read models it waits for, where outcomes are counted) comes through
+//! write side (the read models it reads and waits for, where outcomes are counted) comes through
 //! [`ConfigServices`]. Its errors are its own ([`ConfigServiceError`]); the HTTP layer maps them to
 //! problems in one place.
 
+pub mod bulk;
+pub mod patches;
 pub mod pins;
 pub mod plans;
 pub mod quotas;
@@ -27,9 +32,12 @@ pub mod sharing;
 use std::sync::Arc;
 use std::time::Duration;
 
+use efms_domain::config::bulk::Stored;
+use efms_domain::config::inheritance::Inherited;
 use efms_domain::config::limits::{CommitContext, Limits};
 use efms_domain::config::shared::Shared;
 use efms_domain::config::{Change, ConfigCommand, ConfigError, ConfigRepo, Operation};
+use efms_domain::envoy::ResourceKind;
 use futures::future::BoxFuture;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -52,8 +60,31 @@ pub struct CommitRequest {
     pub metadata: CommitMetadata,
 }
 
-/// What the service needs from outside the write side.
+/// What the service needs from outside the write side: the read models (what a patch starts from,
+/// what a group gets, the head revision, and waiting for them to show a commit) and where outcomes
+/// are counted.
 pub trait ConfigServices: Send + Sync + 'static {
+    /// `kind` `name` on the branch as the read model holds it now (`None`: there is none).
+    fn stored_resource<'a>(
+        &'a self,
+        tenant_id: Uuid,
+        branch: &'a str,
+        kind: ResourceKind,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Stored>, ConfigServiceError>>;
+    /// What `group` gets on the branch now: its own attachments and its ancestors'.
+    fn group_resources<'a>(
+        &'a self,
+        tenant_id: Uuid,
+        branch: &'a str,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Inherited, ConfigServiceError>>;
+    /// The branch's latest revision as the read model holds it (0: none yet).
+    fn head_revision<'a>(
+        &'a self,
+        tenant_id: Uuid,
+        branch: &'a str,
+    ) -> BoxFuture<'a, Result<i64, ConfigServiceError>>;
     /// Waits until the configuration read model shows the log up to `position`, at most
     /// `timeout`; whether it got there.
     fn wait_for_read_models(&self, position: Position, timeout: Duration) -> BoxFuture<'_, bool>;

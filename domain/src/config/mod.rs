@@ -12,6 +12,7 @@
 
 mod aggregate;
 mod branch;
+pub mod bulk;
 mod checks;
 mod commands;
 mod errors;
@@ -25,6 +26,7 @@ pub mod plans;
 mod refs;
 pub mod shared;
 pub mod template;
+pub mod writes;
 
 pub use aggregate::{content_hash, ConfigRepo, ResourceState};
 pub use branch::{valid_branch_name, BranchPoint, MAIN_BRANCH};

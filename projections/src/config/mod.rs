@@ -3,11 +3,13 @@
 //! queries over them, including time travel (FR-VC-001..004).
 //!
 //! [`writer`] is the projector side that applies events to the tables; [`queries`] holds the
-//! reads the API serves. Both are re-exported here, so callers name them `config::...`.
+//! reads the API serves, [`groups`] what a group gets. Both are re-exported here, so callers name them `config::...`.
 
+pub mod groups;
 pub mod queries;
 pub mod writer;
 
+pub use groups::group_resources;
 pub use queries::{
     derivation_of, derivations_at, get_branch, get_resource, groups_pinned_to, head_revision,
     last_merged_revision, list_branches, list_resources, list_revisions, resource_history,

@@ -83,7 +83,10 @@ pub async fn create(
     if let Some(position) = position {
         state
             .config
-            .wait_for(position, crate::routes::bulk::BULK_READ_TIMEOUT)
+            .wait_for(
+                position,
+                efms_commands::configuration::bulk::BULK_READ_TIMEOUT,
+            )
             .await;
     }
     let row = read::get_branch(&state.pool, tenant.tenant_id, &body.name)

@@ -1,12 +1,8 @@
 //! Groups: the resources a group's proxies get (its own attachments and its ancestors'), and the
 //! template declaration a resource is rendered from.
 
-use std::collections::BTreeMap;
-
 use axum::extract::State;
 use axum::Json;
-use efms_domain::config::group::GroupSpec;
-use efms_domain::config::inheritance;
 use efms_domain::config::template::Derivation;
 use efms_domain::envoy::ResourceKind;
 use efms_projections::config::{self as read, AsOf};
@@ -45,30 +41,8 @@ pub async fn effective_attachments(
     group: &str,
     as_of: AsOf,
 ) -> Result<Vec<EffectiveResource>, ApiError> {
-    // The chain of ancestors is read here; which attachment wins is the domain's one rule.
-    let mut groups: BTreeMap<String, GroupSpec> = BTreeMap::new();
-    let mut next = Some(group.to_owned());
-    while let Some(name) = next.take() {
-        if groups.contains_key(&name) || groups.len() >= inheritance::MAX_DEPTH {
-            break;
-        }
-        let Some(row) = read::get_resource(
-            &state.pool,
-            tenant.tenant_id,
-            branch,
-            ResourceKind::Group,
-            &name,
-            as_of,
-        )
-        .await?
-        else {
-            break;
-        };
-        let spec: GroupSpec = serde_json::from_value(row.document).map_err(ApiError::internal)?;
-        next.clone_from(&spec.parent);
-        groups.insert(name, spec);
-    }
-    let inherited = inheritance::effective_attachments(group, |name| groups.get(name));
+    let inherited =
+        read::group_resources(&state.pool, tenant.tenant_id, branch, group, as_of).await?;
     if let Some(name) = inherited.missing {
         return Err(missing(ResourceKind::Group, &name));
     }

@@ -7,8 +7,8 @@ use efms_domain::config::{Change, Expect, Operation, MAIN_BRANCH};
 use efms_projections::config::{self as read, AsOf, ListQuery};
 use serde_json::Value;
 
-use super::changes::{change_name, change_of, check_path_name, invalid, TEMPLATE_KEY};
-use super::commits::{commit, read_back};
+use super::changes::{change_name, change_of, check_path_name, invalid, renamed, TEMPLATE_KEY};
+use super::commits::{commit, commit_request, read_back};
 use super::context::{as_of, missing, Collection, IfMatch, ResourcePath};
 use super::groups::effective_attachments;
 use super::params::{BranchParams, ListParams, ReadParams};
@@ -16,8 +16,9 @@ use super::responses::{render_page, resource_response, ListPage, SharedText};
 use crate::access::{ReadConfig, TenantBranch, WriteConfig};
 use crate::error::{ApiError, FieldError};
 use crate::extract::{ApiJson, ApiQuery, CommitMeta};
-use crate::routes::patching::PatchBody;
+use crate::routes::patching::{refused, PatchBody};
 use crate::state::AppState;
+use efms_commands::configuration::patches::PatchError;
 
 /// `GET /api/v1/tenants/{tenant}/{kind}`.
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/{kind}", tag = "configuration", params(("tenant" = String, Path, description = "Tenant slug"), ("kind" = String, Path, description = "clusters, endpoints, listeners, routes, secrets, groups or templates"), ListParams),
@@ -223,53 +224,24 @@ pub async fn patch(
     TenantBranch { tenant, branch }: TenantBranch<WriteConfig>,
     IfMatch(explicit): IfMatch,
     meta: CommitMeta,
-    patch: PatchBody,
+    PatchBody(patch): PatchBody,
 ) -> Result<Response, ApiError> {
-    if let Some(declaration) =
-        read::derivation_of(&state.pool, tenant.tenant_id, &branch, kind, &name).await?
-    {
-        return Err(ApiError::Conflict(format!(
-            "{kind} `{name}` is declared from template `{}`: PUT a new declaration \
-             ({{\"{TEMPLATE_KEY}\": …}}), or PUT a whole resource to stop deriving it",
-            declaration["template"].as_str().unwrap_or_default()
-        )));
-    }
-    // The patch applies to the document as the read model has it; the commit carries the version it
-    // was based on, so a read model that lagged fails the version check instead of losing an edit,
-    // and the patch is applied once more to a fresh read.
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let current = read::get_resource(
-            &state.pool,
-            tenant.tenant_id,
-            &branch,
-            kind,
-            &name,
-            AsOf::Now,
-        )
-        .await?
-        .ok_or_else(|| missing(kind, &name))?;
-        let version = u64::try_from(current.version).map_err(ApiError::internal)?;
-        let expect = explicit.unwrap_or(Expect::Version(version));
-        let mut document = current.document;
-        patch.apply(&mut document, &state.limits.commit, (kind, &name), "")?;
-        let change = Change::put(kind, &document, expect).map_err(invalid)?;
-        check_path_name(kind, &name, &change)?;
-        match commit(
-            &state,
-            &meta,
-            (&tenant, &branch),
-            Operation::Patch,
-            vec![change],
-        )
-        .await
-        {
-            Err(ApiError::PreconditionFailed(_)) if explicit.is_none() && attempts < 2 => {}
-            Err(error) => return Err(error),
-            Ok(_) => break,
-        }
-    }
+    let request = commit_request(&meta, (&tenant, &branch));
+    let patched = state
+        .configuration
+        .patch(&request, (kind, &name), &patch, explicit)
+        .await;
+    patched.map_err(|error| match error {
+        PatchError::Missing => missing(kind, &name),
+        PatchError::Declared { template } => ApiError::Conflict(format!(
+            "{kind} `{name}` is declared from template `{template}`: PUT a new declaration \
+             ({{\"{TEMPLATE_KEY}\": …}}), or PUT a whole resource to stop deriving it"
+        )),
+        PatchError::Refused(refusal) => refused(&refusal, kind, &name, ""),
+        PatchError::Invalid(violations) => invalid(violations),
+        PatchError::Renamed(body_name) => renamed(kind, &name, &body_name),
+        PatchError::Service(error) => error.into(),
+    })?;
     let row = read_back(&state, &tenant, &branch, kind, &name).await?;
     Ok(resource_response(StatusCode::OK, kind, &row))
 }
