@@ -20,27 +20,17 @@ use crate::state::AppState;
 
 /// The most operations one bulk request may carry.
 pub const MAX_OPERATIONS: usize = 10_000;
-/// What an operation does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum BulkOp {
-    /// Create `resource` (it must not exist).
-    Create,
-    /// Replace the resource named in `resource` (it must exist).
-    Replace,
-    /// Apply `patch` (RFC 6902) or `merge_patch` (RFC 7396) to `name`, or to every resource of
-    /// the kind that `group` attaches, its own and its ancestors' (FR-CL-003).
-    Patch,
-    /// Delete `name`.
-    Delete,
-}
 
 /// One operation of a bulk request.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkOperation {
-    /// `create`, `replace`, `patch` or `delete`.
-    op: BulkOp,
+    /// `create` (`resource`, which must not exist), `replace` (`resource`, which must exist),
+    /// `patch` (`patch`, RFC 6902, or `merge_patch`, RFC 7396, applied to `name`, or to every
+    /// resource of the kind that `group` attaches, its own and its ancestors': FR-CL-003) or
+    /// `delete` (`name`).
+    #[schema(value_type = String, pattern = "^(create|replace|patch|delete)$")]
+    op: planned::BulkOp,
     /// The collection: `clusters`, `endpoints`, `listeners`, `routes`, `secrets`, `groups` or
     /// `templates`.
     kind: String,
@@ -166,12 +156,7 @@ pub(crate) async fn apply(
 impl From<BulkOperation> for planned::BulkOperation {
     fn from(operation: BulkOperation) -> Self {
         Self {
-            op: match operation.op {
-                BulkOp::Create => planned::BulkOp::Create,
-                BulkOp::Replace => planned::BulkOp::Replace,
-                BulkOp::Patch => planned::BulkOp::Patch,
-                BulkOp::Delete => planned::BulkOp::Delete,
-            },
+            op: operation.op,
             kind: operation.kind,
             name: operation.name,
             group: operation.group,
