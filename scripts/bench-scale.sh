@@ -6,7 +6,8 @@
 # largest one. Prints a Markdown table (progress on stderr).
 # Settings: EFMS_BENCH_SIZES (default 100,10000,100000), EFMS_BENCH_PUTS (200), EFMS_BENCH_BULK
 # (10000), EFMS_BENCH_CHUNK (10000), EFMS_BENCH_BIN (a built efms to measure instead of building
-# this tree's).
+# this tree's), EFMS_BENCH_EVENTS (fill the log to this many events, then time reads in its
+# history and `efms replay`; default 0: skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-postgres.sh >/dev/null
@@ -32,4 +33,4 @@ SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.2; done
 TOKEN=$("$BIN" token --role system --subject bench --ttl 12h)
-python3 scripts/bench/scale.py "http://127.0.0.1:$PORT" "$TOKEN" "$SERVER"
+DATABASE_URL="$PG/$DB" EFMS_BENCH_EFMS="$BIN" python3 scripts/bench/scale.py "http://127.0.0.1:$PORT" "$TOKEN" "$SERVER"

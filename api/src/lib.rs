@@ -23,6 +23,7 @@ pub mod openapi;
 pub mod passwords;
 pub mod policy;
 pub mod problem;
+pub mod replay;
 pub mod routes;
 pub mod server;
 pub mod service_errors;

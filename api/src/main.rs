@@ -1,5 +1,5 @@
-//! `efms`: serve the control plane, migrate its database, print an access token, or run a VM's
-//! fleet agent.
+//! `efms`: serve the control plane, migrate its database, rebuild its read models, print an
+//! access token, or run a VM's fleet agent.
 
 use std::process::ExitCode;
 
@@ -49,6 +49,18 @@ fn main() -> ExitCode {
                 init_logging(config.log_format);
                 runtime.block_on(async {
                     efms_agent::link::run(config.link, efms_api::server::shutdown_signal()).await?;
+                    Ok(())
+                })
+            }
+            Err(error) => return config_error(&error),
+        },
+        Command::Replay(args) => match args.validate() {
+            Ok((database, rebuild)) => {
+                init_logging(LogFormat::Text);
+                runtime.block_on(async {
+                    let pool = efms_api::db::connect(&database).await?;
+                    efms_api::db::migrate(&pool).await?;
+                    efms_api::replay::replay(&pool, rebuild).await?;
                     Ok(())
                 })
             }

@@ -48,6 +48,36 @@ pub enum Command {
     RotateMasterKey(RotateArgs),
     /// Run the fleet agent of this VM: report its Docker engine and host to the control plane.
     Agent(AgentArgs),
+    /// Rebuild every read model from the log (of all tenants, or of one with --tenant), while
+    /// servers keep running: readers see the old rows until the new ones are complete.
+    Replay(ReplayArgs),
+}
+
+/// `efms replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Database settings.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Rebuild only this tenant's rows (its slug); without it, every tenant's.
+    #[arg(long)]
+    pub tenant: Option<String>,
+}
+
+impl ReplayArgs {
+    /// The database and the rows to rebuild, checked.
+    pub fn validate(&self) -> Result<(DatabaseConfig, efms_projections::Rebuild), ConfigError> {
+        let database = self.database.validate()?;
+        let rebuild = match &self.tenant {
+            None => efms_projections::Rebuild::All,
+            Some(slug) => efms_projections::Rebuild::Tenant(
+                efms_domain::TenantSlug::parse(slug)
+                    .map_err(|error| invalid("--tenant", error.to_string()))?
+                    .tenant_id(),
+            ),
+        };
+        Ok((database, rebuild))
+    }
 }
 
 /// `efms rotate-master-key`.

@@ -91,7 +91,8 @@ pub async fn read_after(
     after: Position,
     limit: i64,
 ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-    let rows = sqlx::query!(
+    let rows = sqlx::query_as!(
+        EventRow,
         r#"SELECT tenant_id, aggregate_type, aggregate_id, sequence, event_type, event_version,
                   payload, metadata, event_id, actor, recorded_at, global_position,
                   tx_id::text AS "tx_id!"
@@ -106,25 +107,75 @@ pub async fn read_after(
     )
     .fetch_all(&mut *conn)
     .await?;
-    rows.into_iter()
-        .map(|row| {
-            Ok(RecordedEvent {
-                position: Position::from_columns(&row.tx_id, row.global_position)
-                    .map_err(|error| sqlx::Error::Decode(Box::new(error)))?,
-                tenant_id: row.tenant_id,
-                aggregate_type: row.aggregate_type,
-                aggregate_id: row.aggregate_id,
-                sequence: row.sequence,
-                event_type: row.event_type,
-                event_version: row.event_version,
-                payload: row.payload,
-                metadata: row.metadata,
-                event_id: row.event_id,
-                actor: row.actor,
-                recorded_at: row.recorded_at,
-            })
+    rows.into_iter().map(EventRow::recorded).collect()
+}
+
+/// Reads up to `limit` of `tenant_id`'s events after `after` and up to `upto` (included), in
+/// commit order: a rebuild of one tenant's read models up to where they stand.
+pub async fn read_tenant_after(
+    conn: &mut PgConnection,
+    tenant_id: Uuid,
+    (after, upto): (Position, Position),
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    let rows = sqlx::query_as!(
+        EventRow,
+        r#"SELECT tenant_id, aggregate_type, aggregate_id, sequence, event_type, event_version,
+                  payload, metadata, event_id, actor, recorded_at, global_position,
+                  tx_id::text AS "tx_id!"
+           FROM events
+           WHERE tenant_id = $1
+             AND (tx_id, global_position) > ($2::text::xid8, $3::bigint)
+             AND (tx_id, global_position) <= ($4::text::xid8, $5::bigint)
+           ORDER BY tx_id, global_position
+           LIMIT $6"#,
+        tenant_id,
+        after.tx_id.to_string(),
+        after.global_position,
+        upto.tx_id.to_string(),
+        upto.global_position,
+        limit,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.into_iter().map(EventRow::recorded).collect()
+}
+
+/// An event as a log read selects it.
+struct EventRow {
+    tenant_id: Uuid,
+    aggregate_type: String,
+    aggregate_id: String,
+    sequence: i64,
+    event_type: String,
+    event_version: String,
+    payload: Value,
+    metadata: Value,
+    event_id: Uuid,
+    actor: String,
+    recorded_at: DateTime<Utc>,
+    global_position: i64,
+    tx_id: String,
+}
+
+impl EventRow {
+    fn recorded(self) -> Result<RecordedEvent, sqlx::Error> {
+        Ok(RecordedEvent {
+            position: Position::from_columns(&self.tx_id, self.global_position)
+                .map_err(|error| sqlx::Error::Decode(Box::new(error)))?,
+            tenant_id: self.tenant_id,
+            aggregate_type: self.aggregate_type,
+            aggregate_id: self.aggregate_id,
+            sequence: self.sequence,
+            event_type: self.event_type,
+            event_version: self.event_version,
+            payload: self.payload,
+            metadata: self.metadata,
+            event_id: self.event_id,
+            actor: self.actor,
+            recorded_at: self.recorded_at,
         })
-        .collect()
+    }
 }
 
 /// Rings the log readers' doorbell (NOTIFY on [`EVENTS_CHANNEL`]) after commits, from outside the

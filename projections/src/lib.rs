@@ -10,6 +10,7 @@ pub mod config;
 pub mod fleet;
 pub mod projector;
 pub mod proxies;
+pub mod replay;
 pub mod snapshots;
 pub mod tenants;
 
@@ -17,5 +18,6 @@ pub use cache::{CacheStats, ResourceCache};
 pub use config::ConfigProjection;
 pub use fleet::FleetProjection;
 pub use projector::{Projection, ProjectionError, Projector, ProjectorHandle};
+pub use replay::{Rebuild, Replayed};
 pub use snapshots::{GroupSnapshot, SnapshotStore, XdsResource};
 pub use tenants::{TenantRow, TenantsProjection};

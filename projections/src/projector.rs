@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use efms_commands::log::read_after;
+use efms_commands::log::{read_after, read_tenant_after};
 use efms_commands::{LogDoorbell, Position, RecordedEvent, Scope, SharedDoorbell};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
@@ -50,14 +50,46 @@ pub fn payload_of<E: serde::de::DeserializeOwned>(
         })
 }
 
-/// The next batch of readable events, ending on a transaction boundary: readers of the read
-/// models (snapshots, caches) must never see half of a commit. A batch holds about
-/// [`BATCH_SIZE`] events; one transaction larger than that is read whole.
-async fn whole_transactions(
+/// Which events a projector reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Range {
+    /// Every tenant's, as far as transactions are over.
+    Log,
+    /// One tenant's, up to a position (included).
+    Tenant {
+        /// The tenant.
+        tenant_id: uuid::Uuid,
+        /// The last position read.
+        upto: Position,
+    },
+}
+
+impl Range {
+    async fn read(
+        self,
+        conn: &mut PgConnection,
+        after: Position,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+        match self {
+            Range::Log => read_after(conn, after, limit).await,
+            Range::Tenant { tenant_id, upto } => {
+                read_tenant_after(conn, tenant_id, (after, upto), limit).await
+            }
+        }
+    }
+}
+
+/// The next batch of readable events of `range`, ending on a transaction boundary: readers of the
+/// read models (snapshots, caches) must never see half of a commit, and a projection may write a
+/// commit's events together. A batch holds about [`BATCH_SIZE`] events; one transaction larger
+/// than that is read whole.
+pub(crate) async fn whole_transactions(
     conn: &mut PgConnection,
     from: Position,
+    range: Range,
 ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
-    let mut events = read_after(conn, from, BATCH_SIZE).await?;
+    let mut events = range.read(conn, from, BATCH_SIZE).await?;
     if i64::try_from(events.len()).unwrap_or(i64::MAX) < BATCH_SIZE {
         return Ok(events);
     }
@@ -70,7 +102,7 @@ async fn whole_transactions(
     // One transaction fills the batch: read the rest of it.
     loop {
         let after = events.last().expect("not empty").position;
-        let more = read_after(conn, after, BATCH_SIZE).await?;
+        let more = range.read(conn, after, BATCH_SIZE).await?;
         let full = i64::try_from(more.len()).unwrap_or(i64::MAX) == BATCH_SIZE;
         let before = events.len();
         events.extend(
@@ -116,6 +148,13 @@ pub trait Projection: Send + Sync + 'static {
     fn reset(
         &self,
         tx: &mut PgConnection,
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
+
+    /// Empties the read model of one tenant, before a rebuild from that tenant's events.
+    fn reset_tenant(
+        &self,
+        tx: &mut PgConnection,
+        tenant_id: uuid::Uuid,
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
 }
 
@@ -172,39 +211,26 @@ impl<P: Projection> Projector<P> {
     /// turns instead of applying an event twice.
     pub async fn run_batch(&self) -> Result<(Position, usize), ProjectionError> {
         let mut tx = Scope::System.begin(&self.pool).await?;
-        sqlx::query!(
-            "INSERT INTO projection_checkpoints (projection) VALUES ($1) ON CONFLICT DO NOTHING",
-            P::NAME
-        )
-        .execute(&mut *tx)
-        .await?;
-        let row = sqlx::query!(
-            r#"SELECT tx_id::text AS "tx_id!", global_position
-               FROM projection_checkpoints WHERE projection = $1 FOR UPDATE"#,
-            P::NAME
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        let from = Position::from_columns(&row.tx_id, row.global_position)
-            .map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
-        let events = whole_transactions(&mut tx, from).await?;
+        let from = lock_checkpoint(&mut tx, P::NAME).await?;
+        let events = whole_transactions(&mut tx, from, Range::Log).await?;
         let Some(last) = events.last().map(|event| event.position) else {
             tx.rollback().await?;
             return Ok((from, 0));
         };
         self.projection.apply_all(&mut tx, &events).await?;
-        sqlx::query!(
-            r#"UPDATE projection_checkpoints
-               SET tx_id = $2::text::xid8, global_position = $3, updated_at = now()
-               WHERE projection = $1"#,
-            P::NAME,
-            last.tx_id.to_string(),
-            last.global_position,
-        )
-        .execute(&mut *tx)
-        .await?;
+        store_checkpoint(&mut tx, P::NAME, last).await?;
         tx.commit().await?;
         Ok((last, events.len()))
+    }
+
+    /// The projection.
+    pub(crate) fn projection(&self) -> &P {
+        &self.projection
+    }
+
+    /// The database.
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     /// Applies batches until nothing is readable. Returns the final checkpoint.
@@ -291,6 +317,48 @@ impl<P: Projection> Projector<P> {
         });
         ProjectorHandle { checkpoint }
     }
+}
+
+/// The checkpoint of projection `name`, locked for the transaction (created at the start of the
+/// log if it is new): projectors of several replicas, and a replay, take turns on it.
+pub(crate) async fn lock_checkpoint(
+    tx: &mut PgConnection,
+    name: &str,
+) -> Result<Position, sqlx::Error> {
+    sqlx::query!(
+        "INSERT INTO projection_checkpoints (projection) VALUES ($1) ON CONFLICT DO NOTHING",
+        name
+    )
+    .execute(&mut *tx)
+    .await?;
+    let row = sqlx::query!(
+        r#"SELECT tx_id::text AS "tx_id!", global_position
+           FROM projection_checkpoints WHERE projection = $1 FOR UPDATE"#,
+        name
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    Position::from_columns(&row.tx_id, row.global_position)
+        .map_err(|error| sqlx::Error::Decode(Box::new(error)))
+}
+
+/// Moves projection `name`'s checkpoint to `position`.
+pub(crate) async fn store_checkpoint(
+    tx: &mut PgConnection,
+    name: &str,
+    position: Position,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"UPDATE projection_checkpoints
+           SET tx_id = $2::text::xid8, global_position = $3, updated_at = now()
+           WHERE projection = $1"#,
+        name,
+        position.tx_id.to_string(),
+        position.global_position,
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// What wakes a projector: a listening connection of its own, or the process's shared one.

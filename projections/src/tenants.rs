@@ -62,6 +62,17 @@ impl Projection for TenantsProjection {
             .await?;
         Ok(())
     }
+
+    async fn reset_tenant(
+        &self,
+        tx: &mut PgConnection,
+        tenant_id: uuid::Uuid,
+    ) -> Result<(), ProjectionError> {
+        sqlx::query!("DELETE FROM tenants WHERE tenant_id = $1", tenant_id)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
 }
 
 /// A tenant as the registry shows it.

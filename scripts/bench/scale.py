@@ -1,9 +1,12 @@
 """The scale benchmark's client (scripts/bench-scale.sh): builds tenants of the given sizes by bulk,
 times single PUTs in each, times a bulk of creations into an empty tenant and into the largest one,
-and reads efms's resident memory. Prints a Markdown table."""
+and reads efms's resident memory. With EFMS_BENCH_EVENTS, then fills the log to that many events
+(bulk replaces of the largest tenant), times `?revision=` and `?at=` reads of one resource and of a
+page in the middle of that history, and times `efms replay`. Prints a Markdown table."""
 import http.client
 import json
 import os
+import subprocess
 import sys
 import time
 import urllib.parse
@@ -98,6 +101,65 @@ rows.append((f"bulk of {bulk:,} creations into a tenant holding 0", f"{into_empt
 into_large = bulk_create(f"s{largest}", [f"b-{i}" for i in range(bulk)])
 rows.append((f"bulk of {bulk:,} creations into a tenant holding {largest:,}",
              f"{into_large:.2f} s ({into_large / into_empty:.2f}x)"))
+
+
+def events_in_log():
+    out = subprocess.run(["psql", "-tAq", os.environ["DATABASE_URL"], "-c", "SELECT count(*) FROM events"],
+                         check=True, capture_output=True, text=True).stdout
+    return int(out.strip())
+
+
+def timed_reads(paths, rounds):
+    times = []
+    for i in range(rounds):
+        path = paths[i % len(paths)]
+        start = time.monotonic()
+        request("GET", path)
+        times.append((time.monotonic() - start) * 1000)
+    return f"p50 {percentile(times, 50):.1f} ms, p99 {percentile(times, 99):.1f} ms ({rounds} GETs)"
+
+
+target_events = int(os.environ.get("EFMS_BENCH_EVENTS", "0"))
+if target_events:
+    # History: the largest tenant's clusters replaced by bulks until the log holds the target.
+    tenant = f"s{largest}"
+    marks = []  # (revision, time) of each round, for reads in the middle of history
+    round_ = 0
+    while events_in_log() < target_events:
+        round_ += 1
+        body = {"message": "history", "operations": [
+            {"op": "replace", "kind": "clusters", "resource": cluster(f"c-{i}", 10000 + round_ % 50000)}
+            for i in range(min(chunk, largest))]}
+        response, result = request("POST", f"/api/v1/tenants/{tenant}/bulk", body)
+        if response.status == 202:
+            location = response.getheader("location")
+            while not result.get("finished_at"):
+                time.sleep(0.05)
+                _, result = request("GET", location)
+            revision = result["revision"]
+        else:
+            revision = result["revision"]
+        marks.append((revision, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+        time.sleep(1.05)  # distinct seconds, so `?at=` lands on distinct revisions
+    events = events_in_log()
+    print(f"# log filled to {events:,} events in {round_} bulks", file=sys.stderr, flush=True)
+    base = f"/api/v1/tenants/{tenant}/clusters"
+    middle = marks[len(marks) // 2:] or marks
+    one = [f"{base}/c-{(i * 7919) % largest}?revision={rev}" for i, (rev, _) in enumerate(middle)]
+    one_at = [f"{base}/c-{(i * 7919) % largest}?at={at}" for i, (_, at) in enumerate(middle)]
+    page = [f"{base}?limit=100&revision={rev}" for rev, _ in middle]
+    page_at = [f"{base}?limit=100&at={at}" for _, at in middle]
+    rows.append((f"`?revision=` read of one resource after {events:,} events", timed_reads(one, 300)))
+    rows.append((f"`?at=` read of one resource after {events:,} events", timed_reads(one_at, 300)))
+    rows.append((f"`?revision=` page of 100 after {events:,} events", timed_reads(page, 300)))
+    rows.append((f"`?at=` page of 100 after {events:,} events", timed_reads(page_at, 300)))
+    start = time.monotonic()
+    subprocess.run([os.environ["EFMS_BENCH_EFMS"], "replay"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    replay = time.monotonic() - start
+    rows.append((f"`efms replay` of {events:,} events (every read model, every tenant)",
+                 f"{replay:.1f} s ({events / replay:,.0f} events/s)"))
+
 print("| measurement | figure |")
 print("|---|---|")
 for name, figure in rows:

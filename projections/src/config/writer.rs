@@ -100,6 +100,38 @@ impl Projection for ConfigProjection {
             .await?;
         Ok(())
     }
+
+    async fn reset_tenant(
+        &self,
+        tx: &mut PgConnection,
+        tenant_id: uuid::Uuid,
+    ) -> Result<(), ProjectionError> {
+        sqlx::query!(
+            "DELETE FROM config_branches WHERE tenant_id = $1",
+            tenant_id
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query!(
+            "DELETE FROM config_resource_versions WHERE tenant_id = $1",
+            tenant_id
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query!(
+            "DELETE FROM config_resources WHERE tenant_id = $1",
+            tenant_id
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query!(
+            "DELETE FROM config_revisions WHERE tenant_id = $1",
+            tenant_id
+        )
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
 }
 
 /// The revision an event belongs to.

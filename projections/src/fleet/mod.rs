@@ -143,6 +143,26 @@ impl Projection for FleetProjection {
         sqlx::query!("DELETE FROM vms").execute(&mut *tx).await?;
         Ok(())
     }
+
+    async fn reset_tenant(
+        &self,
+        tx: &mut PgConnection,
+        tenant_id: uuid::Uuid,
+    ) -> Result<(), ProjectionError> {
+        sqlx::query!(
+            "DELETE FROM container_history WHERE tenant_id = $1",
+            tenant_id
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query!("DELETE FROM containers WHERE tenant_id = $1", tenant_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query!("DELETE FROM vms WHERE tenant_id = $1", tenant_id)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
 }
 
 fn lifecycle_change(event: &LifecycleEvent) -> Change<'_> {
