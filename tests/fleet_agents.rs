@@ -107,7 +107,7 @@ async fn two_vms_report_their_envoys_which_sync_and_their_deaths_silences_and_re
     let settings = UpkeepSettings {
         heartbeat_interval: Duration::from_secs(1),
         heartbeat_grace: Duration::from_secs(2),
-        sample_days: 7,
+        ..UpkeepSettings::default()
     };
     let app = TestApp::spawn_with_fleet(pool, settings).await;
     app.create_tenant("acme", "Acme").await;

@@ -490,7 +490,7 @@ async fn a_vm_whose_heartbeats_stop_turns_down_once_the_grace_has_passed(pool: P
     let settings = UpkeepSettings {
         heartbeat_interval: Duration::from_secs(1),
         heartbeat_grace: Duration::from_secs(1),
-        sample_days: 7,
+        ..UpkeepSettings::default()
     };
     let app = TestApp::spawn_with_fleet(pool, settings).await;
     let token = acme(&app).await;

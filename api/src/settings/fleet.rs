@@ -1,4 +1,4 @@
-//! The fleet's settings: agents' heartbeats and how long their samples are kept.
+//! The fleet's settings: agents' heartbeats and how long their samples and rollups are kept.
 
 use std::time::Duration;
 
@@ -20,6 +20,9 @@ pub struct FleetArgs {
     /// How many days of raw utilisation samples are kept.
     #[arg(long, env = "EFMS_FLEET_SAMPLE_RETENTION_DAYS", default_value = "7")]
     pub fleet_sample_retention_days: String,
+    /// How many days of one-minute rollups of the samples are kept.
+    #[arg(long, env = "EFMS_FLEET_ROLLUP_RETENTION_DAYS", default_value = "90")]
+    pub fleet_rollup_retention_days: String,
 }
 
 impl Default for FleetArgs {
@@ -28,6 +31,7 @@ impl Default for FleetArgs {
             fleet_heartbeat_interval: "10s".to_owned(),
             fleet_heartbeat_grace: "20s".to_owned(),
             fleet_sample_retention_days: "7".to_owned(),
+            fleet_rollup_retention_days: "90".to_owned(),
         }
     }
 }
@@ -52,6 +56,19 @@ fn duration(
     }
 }
 
+fn days(setting: &'static str, text: &str) -> Result<i32, ConfigError> {
+    text.trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|days| (1..=3_660).contains(days))
+        .ok_or_else(|| {
+            invalid(
+                setting,
+                format!("`{text}` is not a number of days from 1 to 3660"),
+            )
+        })
+}
+
 impl FleetArgs {
     /// Checks the fleet's settings.
     pub fn validate(&self) -> Result<UpkeepSettings, ConfigError> {
@@ -65,25 +82,19 @@ impl FleetArgs {
             &self.fleet_heartbeat_grace,
             Duration::from_secs(1)..=Duration::from_secs(86_400),
         )?;
-        let sample_days = self
-            .fleet_sample_retention_days
-            .trim()
-            .parse::<i32>()
-            .ok()
-            .filter(|days| (1..=3_660).contains(days))
-            .ok_or_else(|| {
-                invalid(
-                    "EFMS_FLEET_SAMPLE_RETENTION_DAYS (--fleet-sample-retention-days)",
-                    format!(
-                        "`{}` is not a number of days from 1 to 3660",
-                        self.fleet_sample_retention_days
-                    ),
-                )
-            })?;
+        let sample_days = days(
+            "EFMS_FLEET_SAMPLE_RETENTION_DAYS (--fleet-sample-retention-days)",
+            &self.fleet_sample_retention_days,
+        )?;
+        let rollup_days = days(
+            "EFMS_FLEET_ROLLUP_RETENTION_DAYS (--fleet-rollup-retention-days)",
+            &self.fleet_rollup_retention_days,
+        )?;
         Ok(UpkeepSettings {
             heartbeat_interval,
             heartbeat_grace,
             sample_days,
+            rollup_days,
         })
     }
 }

@@ -6,6 +6,7 @@
 //! an agent's reports stand) to `vm_presence` and the sample tables ([`presence`]).
 
 pub mod presence;
+pub mod rollups;
 pub mod tokens;
 pub mod upkeep;
 

@@ -1,6 +1,6 @@
 //! The fleet's upkeep, done by one replica at a time under the lease `fleet-upkeep`: VMs whose
-//! heartbeat is overdue are taken down, and the sample tables get tomorrow's partitions and lose
-//! the expired ones.
+//! heartbeat is overdue are taken down, samples are rolled up by the minute, and the sample and
+//! rollup tables get tomorrow's partitions and lose the expired ones.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 use efms_domain::fleet::{DEFAULT_HEARTBEAT_GRACE, DEFAULT_HEARTBEAT_INTERVAL};
 use tokio::sync::watch;
 
-use super::{presence, Fleet};
+use super::{presence, rollups, Fleet};
 use crate::lease::Lease;
 
 /// How often the sample tables' partitions are looked after.
 const SAMPLE_UPKEEP_EVERY: Duration = Duration::from_secs(3_600);
+/// How often samples are rolled up.
+const ROLLUP_EVERY: Duration = Duration::from_secs(60);
 
 /// How the upkeep runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +25,8 @@ pub struct UpkeepSettings {
     pub heartbeat_grace: Duration,
     /// How many days of raw samples are kept.
     pub sample_days: i32,
+    /// How many days of one-minute rollups are kept.
+    pub rollup_days: i32,
 }
 
 impl Default for UpkeepSettings {
@@ -31,6 +35,7 @@ impl Default for UpkeepSettings {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             heartbeat_grace: DEFAULT_HEARTBEAT_GRACE,
             sample_days: 7,
+            rollup_days: 90,
         }
     }
 }
@@ -51,6 +56,7 @@ pub fn spawn(
     tokio::spawn(async move {
         tokio::pin!(shutdown);
         let mut samples_done: Option<Instant> = None;
+        let mut rolled_up: Option<Instant> = None;
         // One holder for the life of the task, so that each round renews its own lease.
         let mut lease = Lease::new(
             fleet.pool().clone(),
@@ -86,7 +92,10 @@ pub fn spawn(
                 Err(error) => tracing::warn!(%error, "the fleet's sweep failed"),
             }
             if samples_done.is_none_or(|done| done.elapsed() >= SAMPLE_UPKEEP_EVERY) {
-                match presence::maintain_samples(fleet.pool(), current.sample_days).await {
+                let pool = fleet.pool();
+                let kept = presence::maintain_samples(pool, current.sample_days).await;
+                let rollups = rollups::maintain_rollups(pool, current.rollup_days).await;
+                match kept.and_then(|samples| Ok(samples + rollups?)) {
                     Ok(changed) => {
                         samples_done = Some(Instant::now());
                         if changed > 0 {
@@ -94,6 +103,15 @@ pub fn spawn(
                         }
                     }
                     Err(error) => tracing::warn!(%error, "the sample partitions' upkeep failed"),
+                }
+            }
+            if rolled_up.is_none_or(|done| done.elapsed() >= ROLLUP_EVERY) {
+                match rollups::roll_up(fleet.pool()).await {
+                    Ok(written) => {
+                        rolled_up = Some(Instant::now());
+                        tracing::debug!(written, "samples rolled up");
+                    }
+                    Err(error) => tracing::warn!(%error, "the samples' rollup failed"),
                 }
             }
         }

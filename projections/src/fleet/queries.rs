@@ -419,7 +419,10 @@ pub async fn container_at(
         .transpose()
 }
 
-/// A VM's utilisation from `from` to `to` in steps of `step_seconds`.
+/// A VM's utilisation from `from` to `to` in steps of `step_seconds`. With a step of whole
+/// minutes, the steps start on whole minutes and the one-minute rollups answer for the time
+/// they cover (so far beyond the raw samples' retention), the raw samples for the rest; a shorter
+/// step reads the raw samples alone.
 pub async fn utilisation(
     pool: &PgPool,
     tenant_id: Uuid,
@@ -428,26 +431,48 @@ pub async fn utilisation(
     to: DateTime<Utc>,
     step_seconds: i64,
 ) -> Result<Vec<UtilisationBucket>, sqlx::Error> {
+    let whole_minutes = step_seconds % 60 == 0;
     let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
     let rows = sqlx::query_as!(
         UtilisationBucket,
-        r#"SELECT date_bin(make_interval(secs => $5::bigint), sampled_at, $3) AS "at!",
-                  count(*) AS "samples!",
-                  avg(cpu_percent)::float8 AS "cpu_percent_avg!",
-                  max(cpu_percent)::float8 AS "cpu_percent_max!",
-                  avg(load_1m)::float8 AS "load_1m_avg!",
-                  avg(memory_used_bytes)::float8 AS "memory_used_bytes_avg!",
-                  max(memory_used_bytes) AS "memory_used_bytes_max!",
-                  avg(network_rx_bytes_per_second) AS "network_rx_bytes_per_second_avg!",
-                  avg(network_tx_bytes_per_second) AS "network_tx_bytes_per_second_avg!"
-           FROM vm_samples
-           WHERE tenant_id = $1 AND vm_name = $2 AND sampled_at >= $3 AND sampled_at < $4
+        r#"WITH bounds AS (
+               SELECT CASE WHEN $6 THEN date_trunc('minute', $3::timestamptz) ELSE $3 END AS origin,
+                      CASE WHEN $6 THEN coalesce((SELECT rolled_up_to FROM sample_rollups
+                                                  WHERE name = 'vm'), '-infinity')
+                           ELSE '-infinity'::timestamptz END AS rolled_up_to),
+           parts AS (
+               SELECT r.minute AS at, r.samples::bigint AS samples, r.cpu_percent_sum AS cpu_sum,
+                      r.cpu_percent_max AS cpu_max, r.load_1m_sum AS load_sum,
+                      r.memory_used_bytes_sum AS memory_sum, r.memory_used_bytes_max AS memory_max,
+                      r.network_rx_bytes_per_second_sum AS rx_sum,
+                      r.network_tx_bytes_per_second_sum AS tx_sum
+               FROM vm_samples_1m r, bounds b
+               WHERE r.tenant_id = $1 AND r.vm_name = $2 AND r.minute >= b.origin
+                 AND r.minute < least($4, b.rolled_up_to)
+               UNION ALL
+               SELECT s.sampled_at, 1, s.cpu_percent, s.cpu_percent, s.load_1m,
+                      s.memory_used_bytes, s.memory_used_bytes, s.network_rx_bytes_per_second,
+                      s.network_tx_bytes_per_second
+               FROM vm_samples s, bounds b
+               WHERE s.tenant_id = $1 AND s.vm_name = $2
+                 AND s.sampled_at >= greatest(b.origin, b.rolled_up_to) AND s.sampled_at < $4)
+           SELECT date_bin(make_interval(secs => $5::bigint), p.at, b.origin) AS "at!",
+                  sum(p.samples)::bigint AS "samples!",
+                  (sum(p.cpu_sum) / sum(p.samples))::float8 AS "cpu_percent_avg!",
+                  max(p.cpu_max)::float8 AS "cpu_percent_max!",
+                  (sum(p.load_sum) / sum(p.samples))::float8 AS "load_1m_avg!",
+                  (sum(p.memory_sum) / sum(p.samples))::float8 AS "memory_used_bytes_avg!",
+                  max(p.memory_max) AS "memory_used_bytes_max!",
+                  (sum(p.rx_sum) / sum(p.samples))::float8 AS "network_rx_bytes_per_second_avg!",
+                  (sum(p.tx_sum) / sum(p.samples))::float8 AS "network_tx_bytes_per_second_avg!"
+           FROM parts p, bounds b
            GROUP BY 1 ORDER BY 1"#,
         tenant_id,
         name,
         from,
         to,
         step_seconds,
+        whole_minutes,
     )
     .fetch_all(&mut *tx)
     .await?;

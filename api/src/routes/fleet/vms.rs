@@ -95,7 +95,9 @@ pub struct UtilisationQuery {
     from: Option<DateTime<Utc>>,
     /// To (RFC 3339; default now).
     to: Option<DateTime<Utc>>,
-    /// The step in seconds (10 to 86400; default 60).
+    /// The step in seconds (10 to 86400; default 60). A step of whole minutes starts on whole
+    /// minutes and is answered from the one-minute rollups (kept 90 days by default) where the raw
+    /// samples (7 days) are gone; a shorter step reads the raw samples.
     step: Option<i64>,
 }
 

@@ -1,0 +1,145 @@
+//! One-minute rollups of the utilisation samples (`vm_samples_1m`, `container_samples_1m`), kept
+//! far longer than the raw samples: per VM and per container, each minute's sample count, sums
+//! and maxima. Minutes are rolled up once they ended [`LATE_SAMPLES`] ago, in order, at most
+//! [`MAX_SPAN`] per round; `sample_rollups` holds up to where, so a read joins the rollups before
+//! that mark with the raw samples after it and sees every sample once.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+
+use crate::Scope;
+
+/// How long after a minute ends its samples may still arrive; it is rolled up after that.
+pub const LATE_SAMPLES: &str = "1 minute";
+/// The most time one round rolls up (a replica back after a long stop catches up in steps).
+pub const MAX_SPAN: &str = "6 hours";
+
+/// Rolls up the minutes of both sample tables that are due; how many rollup rows were written.
+pub async fn roll_up(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let mut tx = Scope::System.begin(pool).await?;
+    let mut written = 0;
+    if let Some((from, upto)) = window(&mut tx, Table::Vm).await? {
+        written += sqlx::query!(
+            r#"INSERT INTO vm_samples_1m (tenant_id, vm_name, minute, samples, cpu_percent_sum,
+                   cpu_percent_max, load_1m_sum, memory_used_bytes_sum, memory_used_bytes_max,
+                   network_rx_bytes_per_second_sum, network_tx_bytes_per_second_sum)
+               SELECT tenant_id, vm_name, date_trunc('minute', sampled_at), count(*),
+                      sum(cpu_percent), max(cpu_percent), sum(load_1m), sum(memory_used_bytes),
+                      max(memory_used_bytes), sum(network_rx_bytes_per_second),
+                      sum(network_tx_bytes_per_second)
+               FROM vm_samples WHERE sampled_at >= $1 AND sampled_at < $2
+               GROUP BY 1, 2, 3
+               ON CONFLICT DO NOTHING"#,
+            from,
+            upto,
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        mark(&mut tx, Table::Vm, upto).await?;
+    }
+    if let Some((from, upto)) = window(&mut tx, Table::Container).await? {
+        written += sqlx::query!(
+            r#"INSERT INTO container_samples_1m (tenant_id, container_id, vm_name, minute, samples,
+                   cpu_percent_sum, cpu_percent_max, memory_used_bytes_sum, memory_used_bytes_max)
+               SELECT tenant_id, container_id, min(vm_name), date_trunc('minute', sampled_at),
+                      count(*), sum(cpu_percent), max(cpu_percent), sum(memory_used_bytes),
+                      max(memory_used_bytes)
+               FROM container_samples WHERE sampled_at >= $1 AND sampled_at < $2
+               GROUP BY tenant_id, container_id, date_trunc('minute', sampled_at)
+               ON CONFLICT DO NOTHING"#,
+            from,
+            upto,
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        mark(&mut tx, Table::Container, upto).await?;
+    }
+    tx.commit().await?;
+    Ok(written)
+}
+
+/// Creates the rollup tables' daily partitions ahead and drops those older than `keep_days`;
+/// how many partitions were created or dropped.
+pub async fn maintain_rollups(pool: &PgPool, keep_days: i32) -> Result<i32, sqlx::Error> {
+    let mut tx = Scope::System.begin(pool).await?;
+    let changed = sqlx::query_scalar!(
+        r#"SELECT efms_fleet_daily_partitions(ARRAY['vm_samples_1m', 'container_samples_1m'], $1, 2)
+           AS "changed!""#,
+        keep_days
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(changed)
+}
+
+/// A sample table rolled up.
+#[derive(Debug, Clone, Copy)]
+enum Table {
+    Vm,
+    Container,
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Table::Vm => "vm",
+            Table::Container => "container",
+        }
+    }
+}
+
+/// The span `[from, upto)` of `table` due for rollup, with its mark locked for the transaction;
+/// `None` when no whole minute is due. The first round starts at the table's first sample.
+async fn window(
+    tx: &mut PgConnection,
+    table: Table,
+) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>, sqlx::Error> {
+    let first = match table {
+        Table::Vm => {
+            sqlx::query_scalar!(r#"SELECT min(sampled_at) FROM vm_samples"#)
+                .fetch_one(&mut *tx)
+                .await?
+        }
+        Table::Container => {
+            sqlx::query_scalar!(r#"SELECT min(sampled_at) FROM container_samples"#)
+                .fetch_one(&mut *tx)
+                .await?
+        }
+    };
+    let Some(first) = first else {
+        return Ok(None);
+    };
+    let span = sqlx::query!(
+        r#"WITH mark AS (
+               INSERT INTO sample_rollups (name, rolled_up_to)
+               VALUES ($1, date_trunc('minute', $2::timestamptz))
+               ON CONFLICT (name) DO UPDATE SET rolled_up_to = sample_rollups.rolled_up_to
+               RETURNING rolled_up_to)
+           SELECT rolled_up_to AS "from!",
+                  least(date_trunc('minute', now() - $3::text::interval),
+                        rolled_up_to + $4::text::interval) AS "upto!"
+           FROM mark"#,
+        table.name(),
+        first,
+        LATE_SAMPLES,
+        MAX_SPAN,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok((span.upto > span.from).then_some((span.from, span.upto)))
+}
+
+/// Records that `table` is rolled up to `upto`.
+async fn mark(tx: &mut PgConnection, table: Table, upto: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE sample_rollups SET rolled_up_to = $2 WHERE name = $1",
+        table.name(),
+        upto
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! Utilisation samples rolled up by the minute: a VM's utilisation read with a step of whole
+//! minutes is the same from the rollups as from the raw samples, and still answers once the raw
+//! samples are gone (their retention is far shorter).
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use efms_commands::fleet::rollups;
+use efms_tests::TestApp;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+const BASE: &str = "/api/v1/tenants/acme";
+
+/// `(samples, cpu_percent_avg, cpu_percent_max)` of each step, as the API answers.
+async fn steps(app: &TestApp, from: DateTime<Utc>, to: DateTime<Utc>, step: i64) -> Vec<Value> {
+    let answer = app
+        .get(&format!(
+            "{BASE}/vms/vm-1/utilisation?from={}&to={}&step={step}",
+            from.format("%Y-%m-%dT%H:%M:%SZ"),
+            to.format("%Y-%m-%dT%H:%M:%SZ")
+        ))
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    answer.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|step| {
+            json!([
+                step["samples"],
+                step["cpu_percent_avg"],
+                step["cpu_percent_max"]
+            ])
+        })
+        .collect()
+}
+
+async fn vm_sample(pool: &PgPool, at: DateTime<Utc>, cpu: f32) {
+    sqlx::query(
+        "INSERT INTO vm_samples (tenant_id, vm_name, sampled_at, cpu_percent, load_1m, load_5m,
+             load_15m, memory_used_bytes, memory_total_bytes, network_rx_bytes_per_second,
+             network_tx_bytes_per_second)
+         VALUES ($1, 'vm-1', $2, $3, 1, 1, 1, 1000, 4000, 10, 20)",
+    )
+    .bind(efms_domain::TenantSlug::parse("acme").unwrap().tenant_id())
+    .bind(at)
+    .bind(cpu)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn utilisation_by_whole_minutes_answers_from_the_rollups_once_the_raw_samples_are_gone(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn(pool.clone()).await;
+    app.create_tenant("acme", "Acme").await;
+    let vm = app
+        .post(&format!("{BASE}/vms"), &json!({ "name": "vm-1" }))
+        .await;
+    assert_eq!(vm.status, 201, "{}", vm.body);
+    let minute = Utc::now().duration_trunc(Duration::minutes(1)).unwrap() - Duration::minutes(10);
+    vm_sample(&pool, minute + Duration::seconds(5), 10.0).await;
+    vm_sample(&pool, minute + Duration::seconds(35), 30.0).await;
+    vm_sample(&pool, minute + Duration::seconds(65), 50.0).await;
+    let (from, to) = (minute, minute + Duration::minutes(2));
+    let raw = steps(&app, from, to, 60).await;
+    assert_eq!(raw, [json!([2, 20.0, 30.0]), json!([1, 50.0, 50.0])]);
+
+    let written = rollups::roll_up(&pool).await.unwrap();
+    assert_eq!(written, 2, "one row per VM and minute");
+    sqlx::query("DELETE FROM vm_samples")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        steps(&app, from, to, 60).await,
+        raw,
+        "the rollups answer alike"
+    );
+    assert_eq!(
+        steps(&app, from, to, 120).await,
+        [json!([3, 30.0, 50.0])],
+        "rollups of rollups average over the samples"
+    );
+    assert!(
+        steps(&app, from, to, 30).await.is_empty(),
+        "steps shorter than a minute read the raw samples alone"
+    );
+    assert_eq!(
+        rollups::roll_up(&pool).await.unwrap(),
+        0,
+        "a minute is rolled up once"
+    );
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn container_samples_are_rolled_up_per_container_and_minute(pool: PgPool) {
+    let tenant_id = efms_domain::TenantSlug::parse("acme").unwrap().tenant_id();
+    let minute = Utc::now().duration_trunc(Duration::minutes(1)).unwrap() - Duration::minutes(5);
+    for (seconds, cpu, memory) in [(1, 5.0_f32, 100_i64), (31, 15.0, 300)] {
+        sqlx::query(
+            "INSERT INTO container_samples (tenant_id, container_id, vm_name, sampled_at,
+                 cpu_percent, memory_used_bytes)
+             VALUES ($1, 'c1', 'vm-1', $2, $3, $4)",
+        )
+        .bind(tenant_id)
+        .bind(minute + Duration::seconds(seconds))
+        .bind(cpu)
+        .bind(memory)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    assert_eq!(rollups::roll_up(&pool).await.unwrap(), 1);
+    let row: (i32, f64, f32, f64, i64) = sqlx::query_as(
+        "SELECT samples, cpu_percent_sum, cpu_percent_max, memory_used_bytes_sum,
+                memory_used_bytes_max
+         FROM container_samples_1m WHERE container_id = 'c1' AND minute = $1",
+    )
+    .bind(minute)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(row, (2, 20.0, 15.0, 400.0, 300));
+}
