@@ -33,6 +33,22 @@ impl Scope {
         pool.begin_with(self.begin_statement()).await
     }
 
+    /// Opens a transaction in this scope whose commit does not wait for its WAL to reach the disk
+    /// (`synchronous_commit = off`): for facts that are not history and may be repeated
+    /// harmlessly (heartbeats, samples, where an agent's reports stand). A crash of Postgres can
+    /// lose the last fraction of a second of such commits, never one that a later flushed commit
+    /// follows, and never a torn one.
+    pub async fn begin_unflushed(
+        self,
+        pool: &PgPool,
+    ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        let statement = format!(
+            "{}; SET LOCAL synchronous_commit = off",
+            self.begin_statement()
+        );
+        pool.begin_with(statement).await
+    }
+
     /// Opens a transaction in this scope on a connection the caller holds.
     pub async fn begin_on(
         self,

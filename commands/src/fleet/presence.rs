@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use efms_domain::fleet::reports::{ContainerUsage, HostUsage};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::Scope;
@@ -86,44 +86,98 @@ pub async fn disconnected(
     tx.commit().await
 }
 
-/// Records that the reports of `epoch` up to `seq` are stored, and the engine time of the last
-/// lifecycle event stored with them.
+/// Reports of an agent process (`epoch`) stored up to `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored<'a> {
+    /// The agent process.
+    pub epoch: &'a str,
+    /// The last seq stored.
+    pub seq: i64,
+}
+
+/// Records that the reports of `stored.epoch` up to `stored.seq` are stored, and the engine time
+/// of the last lifecycle event stored with them. Not flushed to disk before it answers: what it
+/// records is also in the log or may be repeated (a report resent after a crash of Postgres is
+/// stored once: lifecycle events are recorded once per container, time and kind).
 pub async fn stored(
     pool: &PgPool,
     tenant_id: Uuid,
     vm: &str,
-    epoch: &str,
-    seq: i64,
+    stored: Stored<'_>,
     last_event_nanos: Option<i64>,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = Scope::System.begin(pool).await?;
+    let mut tx = Scope::System.begin_unflushed(pool).await?;
+    mark_stored(&mut tx, tenant_id, vm, stored, last_event_nanos).await?;
+    tx.commit().await
+}
+
+async fn mark_stored(
+    conn: &mut PgConnection,
+    tenant_id: Uuid,
+    vm: &str,
+    stored: Stored<'_>,
+    last_event_nanos: Option<i64>,
+) -> Result<(), sqlx::Error> {
     sqlx::query!(
         r#"UPDATE vm_presence SET acked_seq = greatest(acked_seq, $4),
                                   last_event_nanos = greatest(last_event_nanos, coalesce($5::bigint, 0))
            WHERE tenant_id = $1 AND vm_name = $2 AND epoch = $3"#,
         tenant_id,
         vm,
-        epoch,
-        seq,
+        stored.epoch,
+        stored.seq,
         last_event_nanos,
     )
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await?;
-    tx.commit().await
+    Ok(())
 }
 
-/// Records a heartbeat, then its utilisation sample when it has one. The sample is written on
-/// its own: a sample that cannot be stored (its day's partition missing) is logged and lost,
-/// never the heartbeat.
+/// A heartbeat: the engine's error (`None`: it answers), the host's utilisation when the
+/// heartbeat carries it, and the report it came in (`None`: `Hello` standing for one).
+#[derive(Debug, Clone, Copy)]
+pub struct Beat<'a> {
+    /// Why the engine does not answer, if it does not.
+    pub engine_error: Option<&'a str>,
+    /// The host's utilisation.
+    pub usage: Option<&'a HostUsage>,
+    /// The report, stored with the heartbeat.
+    pub report: Option<Stored<'a>>,
+}
+
+/// Records a heartbeat, its utilisation sample and its report in one transaction, not flushed
+/// to disk before it answers (a heartbeat lost to a crash of Postgres is followed by the next).
+/// A sample that cannot be stored (its day's partition missing) is logged and lost, never the
+/// heartbeat.
 pub async fn heartbeat(
     pool: &PgPool,
     tenant_id: Uuid,
     vm: &str,
-    engine_error: Option<&str>,
-    usage: Option<&HostUsage>,
+    beat: Beat<'_>,
 ) -> Result<(), sqlx::Error> {
-    let mut tx = Scope::System.begin(pool).await?;
-    let usage_json = usage.map(|usage| serde_json::to_value(usage).unwrap_or_default());
+    match record_beat(pool, tenant_id, vm, beat).await {
+        Err(error) if beat.usage.is_some() => {
+            tracing::warn!(%error, %vm, "a utilisation sample could not be stored");
+            let without = Beat {
+                usage: None,
+                ..beat
+            };
+            record_beat(pool, tenant_id, vm, without).await
+        }
+        recorded => recorded,
+    }
+}
+
+async fn record_beat(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    vm: &str,
+    beat: Beat<'_>,
+) -> Result<(), sqlx::Error> {
+    let mut tx = Scope::System.begin_unflushed(pool).await?;
+    let usage_json = beat
+        .usage
+        .map(|usage| serde_json::to_value(usage).unwrap_or_default());
     sqlx::query!(
         r#"INSERT INTO vm_presence (tenant_id, vm_name, last_heartbeat_at, engine_reachable,
                                    engine_error, usage)
@@ -134,23 +188,23 @@ pub async fn heartbeat(
                usage = coalesce(excluded.usage, vm_presence.usage)"#,
         tenant_id,
         vm,
-        engine_error.is_none(),
-        engine_error,
+        beat.engine_error.is_none(),
+        beat.engine_error,
         usage_json,
     )
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
-    if let Some(usage) = usage {
-        if let Err(error) = vm_sample(pool, tenant_id, vm, usage).await {
-            tracing::warn!(%error, %vm, "a utilisation sample could not be stored");
-        }
+    if let Some(report) = beat.report {
+        mark_stored(&mut tx, tenant_id, vm, report, None).await?;
     }
-    Ok(())
+    if let Some(usage) = beat.usage {
+        vm_sample(&mut tx, tenant_id, vm, usage).await?;
+    }
+    tx.commit().await
 }
 
 async fn vm_sample(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     tenant_id: Uuid,
     vm: &str,
     usage: &HostUsage,
@@ -158,7 +212,6 @@ async fn vm_sample(
     let disks = serde_json::to_value(&usage.disks).unwrap_or_default();
     #[allow(clippy::cast_possible_truncation)]
     let (cpu, load) = (usage.cpu_percent as f32, usage.load.map(|load| load as f32));
-    let mut tx = Scope::System.begin(pool).await?;
     sqlx::query!(
         r#"INSERT INTO vm_samples (tenant_id, vm_name, sampled_at, cpu_percent, load_1m, load_5m,
                load_15m, memory_used_bytes, memory_total_bytes, network_rx_bytes_per_second,
@@ -176,14 +229,38 @@ async fn vm_sample(
         usage.network_tx_bytes_per_second,
         disks,
     )
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await?;
-    tx.commit().await
+    Ok(())
 }
 
-/// Stores one round of container usage samples.
+/// Stores one round of container usage samples with the report they came in, in one transaction
+/// not flushed to disk before it answers. Samples that cannot be stored (their day's partition
+/// missing) are logged and lost; the report is recorded as stored all the same.
 pub async fn container_samples(
     pool: &PgPool,
+    tenant_id: Uuid,
+    vm: &str,
+    usages: &[ContainerUsage],
+    report: Stored<'_>,
+) -> Result<(), sqlx::Error> {
+    let attempt = async {
+        let mut tx = Scope::System.begin_unflushed(pool).await?;
+        insert_container_samples(&mut tx, tenant_id, vm, usages).await?;
+        mark_stored(&mut tx, tenant_id, vm, report, None).await?;
+        tx.commit().await
+    };
+    match attempt.await {
+        Err(error) if !usages.is_empty() => {
+            tracing::warn!(%error, %vm, "container samples could not be stored");
+            stored(pool, tenant_id, vm, report, None).await
+        }
+        done => done,
+    }
+}
+
+async fn insert_container_samples(
+    conn: &mut PgConnection,
     tenant_id: Uuid,
     vm: &str,
     usages: &[ContainerUsage],
@@ -209,7 +286,6 @@ pub async fn container_samples(
         .iter()
         .map(|u| u.pids.map(|p| i64::try_from(p).unwrap_or(i64::MAX)))
         .collect();
-    let mut tx = Scope::System.begin(pool).await?;
     sqlx::query!(
         r#"INSERT INTO container_samples (tenant_id, container_id, vm_name, sampled_at, cpu_percent,
                memory_used_bytes, memory_limit_bytes, pids)
@@ -224,9 +300,9 @@ pub async fn container_samples(
         &limits as &[Option<i64>],
         &pids as &[Option<i64>],
     )
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await?;
-    tx.commit().await
+    Ok(())
 }
 
 /// The VMs shown up (`ready`, `docker_unreachable`) whose last heartbeat is older than `silence`.

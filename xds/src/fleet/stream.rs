@@ -1,8 +1,11 @@
 //! One agent's stream: who it is, then each report checked, stored and acknowledged.
 
+use std::collections::HashSet;
 use std::pin::Pin;
+use std::time::Instant;
 
-use efms_commands::fleet::{presence, tokens, tokens::Joined, FleetError};
+use efms_commands::fleet::presence::{self, Beat, Stored};
+use efms_commands::fleet::{tokens, tokens::Joined, FleetError};
 use efms_commands::CommandError;
 use efms_domain::fleet::reports::ReportFault;
 use efms_domain::fleet::{VmCommand, VmError};
@@ -21,11 +24,21 @@ pub(crate) type ServerStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, S
 
 /// How a report went.
 enum Outcome {
-    /// Stored (or a resend of one stored before).
-    Stored { last_event_nanos: Option<i64> },
+    /// Stored (or a resend of one stored before); `recorded` when the report's seq was stored
+    /// with it.
+    Stored {
+        last_event_nanos: Option<i64>,
+        recorded: bool,
+    },
     /// Refused; nothing of it stored.
     Refused(ReportFault),
 }
+
+/// The most container ids a stream remembers as checked to be on its VM.
+const KNOWN_CONTAINERS: usize = 4_096;
+/// A heartbeat that changes nothing is still decided by the VM at least this many heartbeat
+/// intervals apart, so that a VM another replica took down comes back up.
+const HEARTBEAT_RECHECK_INTERVALS: u32 = 3;
 
 /// One open stream's identity and where its reports stand.
 struct Agent {
@@ -35,6 +48,10 @@ struct Agent {
     stream_id: uuid::Uuid,
     cpus: Option<u32>,
     acked: u64,
+    /// The engine's reachability the VM last decided on, and when.
+    decided: Option<(bool, Instant)>,
+    /// Containers checked to be on this VM and on no other.
+    known_here: HashSet<String>,
 }
 
 fn stored_or_status(error: FleetError) -> Status {
@@ -171,17 +188,24 @@ impl FleetServer {
             .execute(tenant_id, &vm, VmCommand::ReportFacts { facts }, &vm)
             .await
             .map_err(stored_or_status)?;
-        let agent = Agent {
+        let mut agent = Agent {
             joined,
             epoch: hello.epoch.clone(),
             stream_id: uuid::Uuid::new_v4(),
             cpus,
             acked: 0,
+            decided: None,
+            known_here: HashSet::new(),
         };
         // Hello stands for a heartbeat when it knows the engine answers; an agent that has not
         // reached its engine yet lets its first heartbeat say (no passing `docker_unreachable`).
         if engine_reachable {
-            self.heartbeat(&agent, true, None, None).await?;
+            let beat = Beat {
+                engine_error: None,
+                usage: None,
+                report: None,
+            };
+            self.heartbeat(&mut agent, beat).await?;
         }
         if !hello.region.is_empty() || !hello.zone.is_empty() || !hello.labels.is_empty() {
             tracing::warn!(%vm, region = %hello.region, zone = %hello.zone, labels = ?hello.labels,
@@ -190,31 +214,31 @@ impl FleetServer {
         Ok(agent)
     }
 
-    async fn heartbeat(
-        &self,
-        agent: &Agent,
-        engine_reachable: bool,
-        engine_error: Option<&str>,
-        usage: Option<&efms_domain::fleet::reports::HostUsage>,
-    ) -> Result<(), Status> {
+    /// Records a heartbeat; the VM decides on it when the engine's reachability changed, or
+    /// when it has not for a few intervals.
+    async fn heartbeat(&self, agent: &mut Agent, beat: Beat<'_>) -> Result<(), Status> {
         let fleet = &self.inner.fleet;
-        let (tenant_id, vm) = (agent.joined.tenant_id, agent.joined.vm.as_str());
-        let error = if engine_reachable {
-            None
-        } else {
-            Some(engine_error.unwrap_or("the Docker engine does not answer"))
-        };
-        presence::heartbeat(fleet.pool(), tenant_id, vm, error, usage)
+        let (tenant_id, vm) = (agent.joined.tenant_id, agent.joined.vm.clone());
+        presence::heartbeat(fleet.pool(), tenant_id, &vm, beat)
             .await
             .map_err(|error| database(&error))?;
+        let engine_reachable = beat.engine_error.is_none();
+        let recheck = self.settings().heartbeat_interval * HEARTBEAT_RECHECK_INTERVALS;
+        if agent
+            .decided
+            .is_some_and(|(reachable, at)| reachable == engine_reachable && at.elapsed() < recheck)
+        {
+            return Ok(());
+        }
         let command = VmCommand::Heartbeat {
             engine_reachable,
-            reason: error.map(str::to_owned),
+            reason: beat.engine_error.map(str::to_owned),
         };
         fleet
-            .execute(tenant_id, vm, command, vm)
+            .execute(tenant_id, &vm, command, &vm)
             .await
             .map_err(stored_or_status)?;
+        agent.decided = Some((engine_reachable, Instant::now()));
         Ok(())
     }
 
@@ -257,8 +281,15 @@ impl FleetServer {
                 server_message::Body::Ack(Ack { seq })
             } else {
                 match self.store(agent, report).await? {
-                    Outcome::Stored { last_event_nanos } => {
-                        self.acknowledge(agent, seq, last_event_nanos).await?;
+                    Outcome::Stored {
+                        last_event_nanos,
+                        recorded,
+                    } => {
+                        if recorded {
+                            agent.acked = agent.acked.max(seq);
+                        } else {
+                            self.acknowledge(agent, seq, last_event_nanos).await?;
+                        }
                         server_message::Body::Ack(Ack { seq })
                     }
                     Outcome::Refused(fault) => {
@@ -297,12 +328,15 @@ impl FleetServer {
     ) -> Result<(), Status> {
         let (tenant_id, vm) = (agent.joined.tenant_id, agent.joined.vm.as_str());
         let stored = i64::try_from(seq).unwrap_or(i64::MAX);
+        let report = Stored {
+            epoch: &agent.epoch,
+            seq: stored,
+        };
         presence::stored(
             self.inner.fleet.pool(),
             tenant_id,
             vm,
-            &agent.epoch,
-            stored,
+            report,
             last_event_nanos,
         )
         .await
@@ -334,12 +368,19 @@ impl FleetServer {
     }
 
     /// Checks and stores one report.
-    async fn store(&self, agent: &Agent, report: AgentMessage) -> Result<Outcome, Status> {
-        let fleet = &self.inner.fleet;
-        let (tenant_id, vm) = (agent.joined.tenant_id, agent.joined.vm.as_str());
+    async fn store(&self, agent: &mut Agent, report: AgentMessage) -> Result<Outcome, Status> {
+        let fleet = self.inner.fleet.clone();
+        let (tenant_id, vm) = (agent.joined.tenant_id, agent.joined.vm.clone());
+        let vm = vm.as_str();
+        let seq = i64::try_from(report.seq).unwrap_or(i64::MAX);
         let refused = |fault: ReportFault| Ok(Outcome::Refused(fault));
         let stored = Ok(Outcome::Stored {
             last_event_nanos: None,
+            recorded: false,
+        });
+        let recorded = Ok(Outcome::Stored {
+            last_event_nanos: None,
+            recorded: true,
         });
         match report.body {
             None => refused(ReportFault {
@@ -360,25 +401,7 @@ impl FleetServer {
                     stored
                 }
             },
-            Some(Body::Heartbeat(heartbeat)) => {
-                let usage = match heartbeat.usage.as_ref() {
-                    Some(usage) => match convert::host_usage("heartbeat.usage", usage) {
-                        Ok(usage) => Some(usage),
-                        Err(fault) => return refused(fault),
-                    },
-                    None => None,
-                };
-                if let Err(fault) =
-                    convert::text("heartbeat.engine_error", &heartbeat.engine_error, 4096)
-                {
-                    return refused(fault);
-                }
-                let error =
-                    (!heartbeat.engine_error.is_empty()).then_some(heartbeat.engine_error.as_str());
-                self.heartbeat(agent, heartbeat.engine_reachable, error, usage.as_ref())
-                    .await?;
-                stored
-            }
+            Some(Body::Heartbeat(heartbeat)) => self.beat(agent, &heartbeat, seq).await,
             Some(Body::Snapshot(snapshot)) => self.observe(agent, &snapshot).await,
             Some(Body::Event(event)) => {
                 let event = match convert::event("event", &event) {
@@ -401,31 +424,72 @@ impl FleetServer {
                     )
                     .await
                     .map_err(stored_or_status)?;
-                Ok(Outcome::Stored { last_event_nanos })
+                Ok(Outcome::Stored {
+                    last_event_nanos,
+                    recorded: false,
+                })
             }
             Some(Body::Usage(usages)) => match convert::usages("usage", &usages, agent.cpus) {
                 Err(fault) => refused(fault),
                 Ok(usages) => {
-                    // Samples are not history: one that cannot be stored (its day's partition
-                    // missing) is logged and lost, and the stream goes on.
-                    if let Err(error) =
-                        presence::container_samples(fleet.pool(), tenant_id, vm, &usages).await
-                    {
-                        tracing::warn!(%error, %vm, "container samples could not be stored");
-                    }
-                    stored
+                    // Samples are not history: those that cannot be stored are logged and lost,
+                    // and the stream goes on.
+                    let report = Stored {
+                        epoch: &agent.epoch,
+                        seq,
+                    };
+                    presence::container_samples(fleet.pool(), tenant_id, vm, &usages, report)
+                        .await
+                        .map_err(|error| database(&error))?;
+                    recorded
                 }
             },
         }
     }
 
+    /// Checks and stores a heartbeat report.
+    async fn beat(
+        &self,
+        agent: &mut Agent,
+        heartbeat: &efms_fleet_proto::Heartbeat,
+        seq: i64,
+    ) -> Result<Outcome, Status> {
+        let usage = match heartbeat.usage.as_ref() {
+            Some(usage) => match convert::host_usage("heartbeat.usage", usage) {
+                Ok(usage) => Some(usage),
+                Err(fault) => return Ok(Outcome::Refused(fault)),
+            },
+            None => None,
+        };
+        if let Err(fault) = convert::text("heartbeat.engine_error", &heartbeat.engine_error, 4096) {
+            return Ok(Outcome::Refused(fault));
+        }
+        let engine_error = match (heartbeat.engine_reachable, heartbeat.engine_error.as_str()) {
+            (true, _) => None,
+            (false, "") => Some("the Docker engine does not answer"),
+            (false, error) => Some(error),
+        };
+        let epoch = agent.epoch.clone();
+        let beat = Beat {
+            engine_error,
+            usage: usage.as_ref(),
+            report: Some(Stored { epoch: &epoch, seq }),
+        };
+        self.heartbeat(agent, beat).await?;
+        Ok(Outcome::Stored {
+            last_event_nanos: None,
+            recorded: true,
+        })
+    }
+
     /// Checks and stores a snapshot of the VM's containers.
     async fn observe(
         &self,
-        agent: &Agent,
+        agent: &mut Agent,
         snapshot: &efms_fleet_proto::ContainerSnapshot,
     ) -> Result<Outcome, Status> {
-        let (tenant_id, vm) = (agent.joined.tenant_id, agent.joined.vm.as_str());
+        let (tenant_id, vm) = (agent.joined.tenant_id, agent.joined.vm.clone());
+        let vm = vm.as_str();
         let containers = match snapshot
             .containers
             .iter()
@@ -452,18 +516,24 @@ impl FleetServer {
                 other.map_err(stored_or_status)?;
                 Ok(Outcome::Stored {
                     last_event_nanos: None,
+                    recorded: false,
                 })
             }
         }
     }
 
-    /// A fault when one of `ids` is a container the tenant knows on another VM.
+    /// A fault when one of `ids` is a container the tenant knows on another VM. Containers
+    /// checked before on this stream are not checked again: a container that is on this VM is
+    /// refused to any other.
     async fn elsewhere(
         &self,
-        agent: &Agent,
+        agent: &mut Agent,
         ids: &[String],
         field: &str,
     ) -> Result<Option<ReportFault>, Status> {
+        if ids.iter().all(|id| agent.known_here.contains(id)) {
+            return Ok(None);
+        }
         let (tenant_id, vm) = (agent.joined.tenant_id, agent.joined.vm.as_str());
         let elsewhere = efms_projections::fleet::queries::containers_elsewhere(
             self.inner.fleet.pool(),
@@ -473,10 +543,17 @@ impl FleetServer {
         )
         .await
         .map_err(|error| database(&error))?;
-        Ok(elsewhere.into_iter().next().map(|(id, other)| ReportFault {
-            field: field.to_owned(),
-            problem: format!("container `{id}` is on VM `{other}`, not on this one"),
-        }))
+        if let Some((id, other)) = elsewhere.into_iter().next() {
+            return Ok(Some(ReportFault {
+                field: field.to_owned(),
+                problem: format!("container `{id}` is on VM `{other}`, not on this one"),
+            }));
+        }
+        if agent.known_here.len() + ids.len() > KNOWN_CONTAINERS {
+            agent.known_here.clear();
+        }
+        agent.known_here.extend(ids.iter().cloned());
+        Ok(None)
     }
 }
 
