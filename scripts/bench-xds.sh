@@ -7,7 +7,9 @@
 # changes, divided by the responses the streams received and answered meanwhile).
 # Settings: EFMS_BENCH_STREAMS (default "1000 10000"), EFMS_BENCH_PROTOCOLS (default "sotw delta"),
 # EFMS_BENCH_CHANGES (default 5), EFMS_BENCH_EFMS (an efms binary to measure instead of the one built
-# here, e.g. one built from an earlier commit, against the same load generator).
+# here, e.g. one built from an earlier commit, against the same load generator), EFMS_BENCH_FILL
+# (clusters added to the tenant first, default 0) and EFMS_BENCH_ATTACH (how many of them the
+# streams' group attaches, default 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-postgres.sh >/dev/null
@@ -39,10 +41,11 @@ for protocol in $PROTOCOLS; do
     SYSTEM=$("$EFMS" token --role system --subject bench --ttl 2h)
     curl -fs -X POST "http://127.0.0.1:$PORT/api/v1/tenants" -H "authorization: Bearer $SYSTEM" \
       -H 'content-type: application/json' -d '{"slug": "acme", "name": "Acme"}' >/dev/null
-    echo "== $protocol, $n streams ($EFMS)"
+    echo "== $protocol, $n streams, ${EFMS_BENCH_FILL:-0} more clusters, ${EFMS_BENCH_ATTACH:-0} attached ($EFMS)"
     EFMS_LOAD_TOKEN=$("$EFMS" token --role operator --tenant acme --subject bench --ttl 2h) \
       "$BIN/efms-xds-load" --http "http://127.0.0.1:$PORT" --grpc "127.0.0.1:$GRPC" --streams "$n" \
-      --protocol "$protocol" --changes "$CHANGES" --nack-every 100 --server-pid "$SERVER"
+      --protocol "$protocol" --changes "$CHANGES" --nack-every 100 --server-pid "$SERVER" \
+      --fill "${EFMS_BENCH_FILL:-0}" --attach "${EFMS_BENCH_ATTACH:-0}"
     kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
     SERVER=
   done

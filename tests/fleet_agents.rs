@@ -1,7 +1,7 @@
 //! The fleet end to end (ADR 0011): two real Docker engines stand for two VMs, each with its own
 //! agent (`efms_agent::link`, as `efms agent` runs it) connected to a real control plane; real
-//! Envoy containers started from their group's bootstrap; a container killed, an agent killed,
-//! an engine restarted, a VM removed.
+//! Envoy containers started from their group's bootstrap, serving traffic that follows a route
+//! change; a container killed, an agent killed, an engine restarted, a VM removed.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use efms_agent::link::{self, LinkSettings};
 use efms_commands::fleet::upkeep::UpkeepSettings;
 use efms_tests::docker::Engine;
-use efms_tests::fleet::{eventually, free_port};
+use efms_tests::fleet::{eventually, free_port, Behaviour, Upstream};
 use efms_tests::TestApp;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -86,6 +86,86 @@ async fn bootstrap(app: &TestApp, node_id: &str) -> Value {
     let answer = app.get(&path).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     answer.body
+}
+
+/// The group's Envoys serve a listener whose route leads to upstream A; the route is changed to
+/// B, and the traffic through the containers follows.
+async fn traffic_follows_a_route_change(app: &TestApp) {
+    let a = Upstream::start("A", Behaviour::Named).await;
+    let b = Upstream::start("B", Behaviour::Named).await;
+    let port = free_port();
+    let cluster = |name: &str, upstream: &Upstream| {
+        json!({ "name": name, "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": { "cluster_name": name, "endpoints": [{ "lb_endpoints": [{
+                "endpoint": { "address": { "socket_address": {
+                    "address": "127.0.0.1", "port_value": upstream.addr.port() } } } }] }] } })
+    };
+    let route = |to: &str| {
+        json!({ "name": "main", "virtual_hosts": [{ "name": "all", "domains": ["*"],
+            "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": to } }] }] })
+    };
+    let listener = json!({
+        "name": "ingress", "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } },
+        "filter_chains": [{ "filters": [{ "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "ingress",
+                "rds": { "route_config_name": "main", "config_source": { "ads": {}, "resource_api_version": "V3" } },
+                "http_filters": [{ "name": "envoy.filters.http.router", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }] } }] }]
+    });
+    for (collection, body) in [
+        ("clusters", cluster("a", &a)),
+        ("clusters", cluster("b", &b)),
+        ("routes", route("a")),
+        ("listeners", listener),
+    ] {
+        let created = app.post(&format!("{BASE}/{collection}"), &body).await;
+        assert_eq!(created.status, 201, "{}", created.body);
+    }
+    let group = json!({ "name": "edge", "resources": [
+        { "kind": "cluster", "name": "upstream" }, { "kind": "cluster", "name": "a" },
+        { "kind": "cluster", "name": "b" }, { "kind": "route", "name": "main" },
+        { "kind": "listener", "name": "ingress" }] });
+    let attached = app.put(&format!("{BASE}/groups/edge"), &group, &[]).await;
+    assert_eq!(attached.status, 200, "{}", attached.body);
+    // A connection per request, so that both VMs' Envoys (sharing the port) answer in turn.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let answer_is = |expected: &'static str| {
+        let http = http.clone();
+        async move {
+            let url = format!("http://127.0.0.1:{port}/");
+            eventually(
+                WAIT,
+                &format!("{url} answering {expected} 20 times running"),
+                || async {
+                    for _ in 0..20 {
+                        let response = http.get(&url).send().await.ok()?;
+                        if response.text().await.ok()? != expected {
+                            return None;
+                        }
+                    }
+                    Some(())
+                },
+            )
+            .await;
+        }
+    };
+    answer_is("A").await;
+    let changed = app
+        .put(&format!("{BASE}/routes/main"), &route("b"), &[])
+        .await;
+    assert_eq!(changed.status, 200, "{}", changed.body);
+    answer_is("B").await;
+    for node in ["fleet-a-edge-1", "fleet-b-edge-1"] {
+        settled(app, &format!("{BASE}/proxies/{node}"), |proxy| {
+            proxy["status"] == "SYNCED"
+        })
+        .await;
+    }
 }
 
 fn containers_of(page: &Value) -> Vec<Value> {
@@ -178,6 +258,7 @@ async fn two_vms_report_their_envoys_which_sync_and_their_deaths_silences_and_re
         let proxy = get(&app, &format!("{BASE}/proxies/{node}")).await;
         assert_eq!(proxy["container"]["vm"], vm, "{proxy}");
     }
+    traffic_follows_a_route_change(&app).await;
 
     // docker kill: its die (exit code 137), the container exited, its proxy disconnected.
     let killed_at = Instant::now();

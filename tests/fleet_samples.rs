@@ -59,39 +59,53 @@ async fn utilisation_by_whole_minutes_answers_from_the_rollups_once_the_raw_samp
         .post(&format!("{BASE}/vms"), &json!({ "name": "vm-1" }))
         .await;
     assert_eq!(vm.status, 201, "{}", vm.body);
-    let minute = Utc::now().duration_trunc(Duration::minutes(1)).unwrap() - Duration::minutes(10);
+    let now = Utc::now().duration_trunc(Duration::minutes(1)).unwrap();
+    let minute = now - Duration::minutes(10);
     vm_sample(&pool, minute + Duration::seconds(5), 10.0).await;
     vm_sample(&pool, minute + Duration::seconds(35), 30.0).await;
     vm_sample(&pool, minute + Duration::seconds(65), 50.0).await;
-    let (from, to) = (minute, minute + Duration::minutes(2));
+    // In the current minute: after any mark a rollup can set now.
+    vm_sample(&pool, now + Duration::milliseconds(1), 70.0).await;
+    let (from, to) = (minute, now + Duration::minutes(1));
     let raw = steps(&app, from, to, 60).await;
-    assert_eq!(raw, [json!([2, 20.0, 30.0]), json!([1, 50.0, 50.0])]);
+    assert_eq!(
+        raw,
+        [
+            json!([2, 20.0, 30.0]),
+            json!([1, 50.0, 50.0]),
+            json!([1, 70.0, 70.0])
+        ]
+    );
 
     let written = rollups::roll_up(&pool).await.unwrap();
-    assert_eq!(written, 2, "one row per VM and minute");
-    sqlx::query("DELETE FROM vm_samples")
-        .execute(&pool)
-        .await
-        .unwrap();
-
+    assert_eq!(written, 2, "one row per VM and past minute");
     assert_eq!(
         steps(&app, from, to, 60).await,
         raw,
-        "the rollups answer alike"
-    );
-    assert_eq!(
-        steps(&app, from, to, 120).await,
-        [json!([3, 30.0, 50.0])],
-        "rollups of rollups average over the samples"
-    );
-    assert!(
-        steps(&app, from, to, 30).await.is_empty(),
-        "steps shorter than a minute read the raw samples alone"
+        "rollups before the mark, raw samples after it: every sample once"
     );
     assert_eq!(
         rollups::roll_up(&pool).await.unwrap(),
         0,
         "a minute is rolled up once"
+    );
+
+    // The raw samples of the rolled-up minutes expire; the rollups answer for them.
+    sqlx::query("DELETE FROM vm_samples WHERE sampled_at < $1")
+        .bind(now)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(steps(&app, from, to, 60).await, raw);
+    assert_eq!(
+        steps(&app, from, now, 120).await,
+        [json!([3, 30.0, 50.0])],
+        "rollups of rollups average over the samples"
+    );
+    assert_eq!(
+        steps(&app, from, to, 30).await,
+        [json!([1, 70.0, 70.0])],
+        "steps shorter than a minute read the raw samples alone"
     );
 }
 

@@ -1,8 +1,9 @@
 //! Rebuilding a read model from the log (`efms replay`): of every tenant, or of one.
 //!
 //! A replay runs in one transaction that holds the projection's checkpoint, so the running
-//! projectors wait for it and readers see the old rows until the new ones are complete: a replay
-//! never shows an empty or half-built read model. Of every tenant, it empties the read model and
+//! projectors (of every tenant) wait for it and readers see the old rows until the new ones are
+//! complete: a replay never shows an empty or half-built read model, and writes that wait for
+//! the read models wait for it. In-memory caches of running servers are not told of a replay. Of every tenant, it empties the read model and
 //! applies the whole log up to its end, which becomes the checkpoint. Of one tenant, it empties
 //! that tenant's rows and applies that tenant's events up to the checkpoint; the other tenants'
 //! rows are not touched and the projector goes on from where it stood.

@@ -136,10 +136,13 @@ if target_events:
             while not result.get("finished_at"):
                 time.sleep(0.05)
                 _, result = request("GET", location)
-            revision = result["revision"]
-        else:
-            revision = result["revision"]
-        marks.append((revision, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+            if result.get("state") != "succeeded":
+                raise SystemExit(f"history bulk did not succeed: {json.dumps(result)[:500]}")
+        if result.get("revision") is None:
+            print(f"# history round {round_} changed nothing: {json.dumps(result)[:300]}",
+                  file=sys.stderr, flush=True)
+            continue
+        marks.append((result["revision"], time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
         time.sleep(1.05)  # distinct seconds, so `?at=` lands on distinct revisions
     events = events_in_log()
     print(f"# log filled to {events:,} events in {round_} bulks", file=sys.stderr, flush=True)

@@ -81,6 +81,13 @@ struct Args {
     /// Seconds to wait for every stream to get a change.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
+    /// Clusters to add to the tenant before the streams open (by bulks of 10,000), so that
+    /// pushes are timed in a tenant of that size.
+    #[arg(long, default_value_t = 0)]
+    fill: usize,
+    /// Of those clusters, how many the streams' group attaches (each stream gets them all).
+    #[arg(long, default_value_t = 0)]
+    attach: usize,
 }
 
 /// Responses received (and answered) by every stream so far, of any type.
@@ -131,8 +138,13 @@ async fn setup(args: &Args, http: &reqwest::Client) -> anyhow::Result<()> {
                     "config_source": { "ads": {}, "resource_api_version": "V3" } },
                 "http_filters": [{ "name": "envoy.filters.http.router", "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }] } }] }] });
-    let group =
-        json!({ "name": args.group, "resources": [{ "kind": "listener", "name": "load_http" }] });
+    fill(args, http).await?;
+    let mut resources = vec![json!({ "kind": "listener", "name": "load_http" })];
+    resources.extend(
+        (0..args.attach.min(args.fill))
+            .map(|i| json!({ "kind": "cluster", "name": format!("fill_{i}") })),
+    );
+    let group = json!({ "name": args.group, "resources": resources });
     for (collection, name, body) in [
         ("clusters", "load_a", cluster("load_a", 10_081)),
         ("clusters", "load_b", cluster("load_b", 10_082)),
@@ -141,6 +153,59 @@ async fn setup(args: &Args, http: &reqwest::Client) -> anyhow::Result<()> {
         ("groups", args.group.as_str(), group),
     ] {
         put(args, http, collection, name, &body).await?;
+    }
+    Ok(())
+}
+
+/// Adds `args.fill` clusters `fill_0`… to the tenant by bulks of 10,000 (each a job, waited
+/// for).
+async fn fill(args: &Args, http: &reqwest::Client) -> anyhow::Result<()> {
+    const CHUNK: usize = 10_000;
+    let base = format!("{}/api/v1/tenants/{}", args.http, args.tenant);
+    for start in (0..args.fill).step_by(CHUNK) {
+        let operations: Vec<serde_json::Value> = (start..args.fill.min(start + CHUNK))
+            .map(|i| {
+                let name = format!("fill_{i}");
+                json!({ "op": "create", "kind": "clusters", "resource": {
+                    "name": name, "connect_timeout": "1s", "type": "STATIC", "load_assignment": {
+                        "cluster_name": name, "endpoints": [{ "lb_endpoints": [{ "endpoint": {
+                            "address": { "socket_address": { "address": "127.0.0.1",
+                                "port_value": 20_000 + i % 10_000 } } } }] }] } } })
+            })
+            .collect();
+        let response = http
+            .post(format!("{base}/bulk"))
+            .bearer_auth(&args.token)
+            .json(&json!({ "message": "fill", "operations": operations }))
+            .send()
+            .await?;
+        let status = response.status();
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        anyhow::ensure!(
+            status.is_success(),
+            "bulk: {status} {}",
+            response.text().await?
+        );
+        if let Some(location) = location {
+            loop {
+                let job: serde_json::Value = http
+                    .get(format!("{}{location}", args.http))
+                    .bearer_auth(&args.token)
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                if job["finished_at"].is_string() {
+                    anyhow::ensure!(job["state"] == "succeeded", "bulk job: {job}");
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
     Ok(())
 }

@@ -101,7 +101,7 @@ pub async fn bulk(
         let job = (state.clone(), tenant.clone(), branch.clone());
         let work = move |progress: std::sync::Arc<jobs::Progress>| async move {
             let (state, tenant, branch) = job;
-            let result = apply(&state, meta, (&tenant, &branch), &request, Some(&progress)).await?;
+            let result = apply(&state, meta, (&tenant, &branch), request, Some(&progress)).await?;
             Ok(jobs::JobDone {
                 applied: result.operations,
                 revision: result.revision,
@@ -109,7 +109,7 @@ pub async fn bulk(
         };
         return jobs::start(state, &tenant, &branch, total, work).await;
     }
-    let result = apply(&state, meta, (&tenant, &branch), &request, None).await?;
+    let result = apply(&state, meta, (&tenant, &branch), request, None).await?;
     Ok(Json(result).into_response())
 }
 
@@ -119,7 +119,7 @@ pub(crate) async fn apply(
     state: &AppState,
     meta: CommitMeta,
     (tenant, branch): (&Tenant<WriteConfig>, &str),
-    request: &BulkRequest,
+    request: BulkRequest,
     progress: Option<&jobs::Progress>,
 ) -> Result<BulkResult, ApiError> {
     let meta = match &request.message {
@@ -139,7 +139,7 @@ pub(crate) async fn apply(
         None => meta,
     };
     let operations: Vec<planned::BulkOperation> =
-        request.operations.iter().cloned().map(Into::into).collect();
+        request.operations.into_iter().map(Into::into).collect();
     let request = commit_request(&meta, (tenant, branch));
     let progress = progress.map(|progress| progress as &dyn BulkProgress);
     let outcome = state

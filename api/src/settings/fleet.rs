@@ -90,6 +90,15 @@ impl FleetArgs {
             "EFMS_FLEET_ROLLUP_RETENTION_DAYS (--fleet-rollup-retention-days)",
             &self.fleet_rollup_retention_days,
         )?;
+        if rollup_days < sample_days {
+            return Err(invalid(
+                "EFMS_FLEET_ROLLUP_RETENTION_DAYS (--fleet-rollup-retention-days)",
+                format!(
+                    "{rollup_days} days is shorter than the raw samples' {sample_days} \
+                     (EFMS_FLEET_SAMPLE_RETENTION_DAYS): rollups are kept at least as long"
+                ),
+            ));
+        }
         Ok(UpkeepSettings {
             heartbeat_interval,
             heartbeat_grace,
@@ -129,5 +138,14 @@ mod tests {
             .unwrap_err()
             .setting
             .starts_with("EFMS_FLEET_SAMPLE_RETENTION_DAYS"));
+        let shorter = FleetArgs {
+            fleet_rollup_retention_days: "3".into(),
+            ..FleetArgs::default()
+        };
+        assert!(shorter
+            .validate()
+            .unwrap_err()
+            .setting
+            .starts_with("EFMS_FLEET_ROLLUP_RETENTION_DAYS"));
     }
 }

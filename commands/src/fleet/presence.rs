@@ -148,32 +148,14 @@ pub struct Beat<'a> {
 /// Records a heartbeat, its utilisation sample and its report in one transaction, not flushed
 /// to disk before it answers (a heartbeat lost to a crash of Postgres is followed by the next).
 /// A sample that cannot be stored (its day's partition missing) is logged and lost, never the
-/// heartbeat.
+/// heartbeat nor the utilisation it tells.
 pub async fn heartbeat(
     pool: &PgPool,
     tenant_id: Uuid,
     vm: &str,
     beat: Beat<'_>,
 ) -> Result<(), sqlx::Error> {
-    match record_beat(pool, tenant_id, vm, beat).await {
-        Err(error) if beat.usage.is_some() => {
-            tracing::warn!(%error, %vm, "a utilisation sample could not be stored");
-            let without = Beat {
-                usage: None,
-                ..beat
-            };
-            record_beat(pool, tenant_id, vm, without).await
-        }
-        recorded => recorded,
-    }
-}
-
-async fn record_beat(
-    pool: &PgPool,
-    tenant_id: Uuid,
-    vm: &str,
-    beat: Beat<'_>,
-) -> Result<(), sqlx::Error> {
+    use sqlx::Acquire as _;
     let mut tx = Scope::System.begin_unflushed(pool).await?;
     let usage_json = beat
         .usage
@@ -198,7 +180,14 @@ async fn record_beat(
         mark_stored(&mut tx, tenant_id, vm, report, None).await?;
     }
     if let Some(usage) = beat.usage {
-        vm_sample(&mut tx, tenant_id, vm, usage).await?;
+        let mut sample = tx.begin().await?;
+        match vm_sample(&mut sample, tenant_id, vm, usage).await {
+            Ok(()) => sample.commit().await?,
+            Err(error) => {
+                tracing::warn!(%error, %vm, "a utilisation sample could not be stored");
+                sample.rollback().await?;
+            }
+        }
     }
     tx.commit().await
 }

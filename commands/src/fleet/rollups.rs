@@ -97,39 +97,52 @@ async fn window(
     tx: &mut PgConnection,
     table: Table,
 ) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>, sqlx::Error> {
-    let first = match table {
-        Table::Vm => {
-            sqlx::query_scalar!(r#"SELECT min(sampled_at) FROM vm_samples"#)
-                .fetch_one(&mut *tx)
-                .await?
-        }
-        Table::Container => {
-            sqlx::query_scalar!(r#"SELECT min(sampled_at) FROM container_samples"#)
-                .fetch_one(&mut *tx)
-                .await?
-        }
-    };
-    let Some(first) = first else {
-        return Ok(None);
-    };
-    let span = sqlx::query!(
-        r#"WITH mark AS (
-               INSERT INTO sample_rollups (name, rolled_up_to)
+    let marked = sqlx::query_scalar!(
+        "SELECT rolled_up_to FROM sample_rollups WHERE name = $1 FOR UPDATE",
+        table.name()
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let from = if let Some(from) = marked {
+        from
+    } else {
+        // Only the first round looks for the first sample.
+        let first = match table {
+            Table::Vm => {
+                sqlx::query_scalar!(r#"SELECT min(sampled_at) FROM vm_samples"#)
+                    .fetch_one(&mut *tx)
+                    .await?
+            }
+            Table::Container => {
+                sqlx::query_scalar!(r#"SELECT min(sampled_at) FROM container_samples"#)
+                    .fetch_one(&mut *tx)
+                    .await?
+            }
+        };
+        let Some(first) = first else {
+            return Ok(None);
+        };
+        sqlx::query_scalar!(
+            r#"INSERT INTO sample_rollups (name, rolled_up_to)
                VALUES ($1, date_trunc('minute', $2::timestamptz))
                ON CONFLICT (name) DO UPDATE SET rolled_up_to = sample_rollups.rolled_up_to
-               RETURNING rolled_up_to)
-           SELECT rolled_up_to AS "from!",
-                  least(date_trunc('minute', now() - $3::text::interval),
-                        rolled_up_to + $4::text::interval) AS "upto!"
-           FROM mark"#,
-        table.name(),
-        first,
+               RETURNING rolled_up_to"#,
+            table.name(),
+            first,
+        )
+        .fetch_one(&mut *tx)
+        .await?
+    };
+    let upto = sqlx::query_scalar!(
+        r#"SELECT least(date_trunc('minute', now() - $1::text::interval),
+                        $2::timestamptz + $3::text::interval) AS "upto!""#,
         LATE_SAMPLES,
+        from,
         MAX_SPAN,
     )
     .fetch_one(&mut *tx)
     .await?;
-    Ok((span.upto > span.from).then_some((span.from, span.upto)))
+    Ok((upto > from).then_some((from, upto)))
 }
 
 /// Records that `table` is rolled up to `upto`.

@@ -420,7 +420,7 @@ pub async fn container_at(
 }
 
 /// A VM's utilisation from `from` to `to` in steps of `step_seconds`. With a step of whole
-/// minutes, the steps start on whole minutes and the one-minute rollups answer for the time
+/// minutes, the steps start and end on whole minutes and the one-minute rollups answer for the time
 /// they cover (so far beyond the raw samples' retention), the raw samples for the rest; a shorter
 /// step reads the raw samples alone.
 pub async fn utilisation(
@@ -437,6 +437,7 @@ pub async fn utilisation(
         UtilisationBucket,
         r#"WITH bounds AS (
                SELECT CASE WHEN $6 THEN date_trunc('minute', $3::timestamptz) ELSE $3 END AS origin,
+                      CASE WHEN $6 THEN date_trunc('minute', $4::timestamptz) ELSE $4 END AS until,
                       CASE WHEN $6 THEN coalesce((SELECT rolled_up_to FROM sample_rollups
                                                   WHERE name = 'vm'), '-infinity')
                            ELSE '-infinity'::timestamptz END AS rolled_up_to),
@@ -448,14 +449,14 @@ pub async fn utilisation(
                       r.network_tx_bytes_per_second_sum AS tx_sum
                FROM vm_samples_1m r, bounds b
                WHERE r.tenant_id = $1 AND r.vm_name = $2 AND r.minute >= b.origin
-                 AND r.minute < least($4, b.rolled_up_to)
+                 AND r.minute < least(b.until, b.rolled_up_to)
                UNION ALL
                SELECT s.sampled_at, 1, s.cpu_percent, s.cpu_percent, s.load_1m,
                       s.memory_used_bytes, s.memory_used_bytes, s.network_rx_bytes_per_second,
                       s.network_tx_bytes_per_second
                FROM vm_samples s, bounds b
                WHERE s.tenant_id = $1 AND s.vm_name = $2
-                 AND s.sampled_at >= greatest(b.origin, b.rolled_up_to) AND s.sampled_at < $4)
+                 AND s.sampled_at >= greatest(b.origin, b.rolled_up_to) AND s.sampled_at < b.until)
            SELECT date_bin(make_interval(secs => $5::bigint), p.at, b.origin) AS "at!",
                   sum(p.samples)::bigint AS "samples!",
                   (sum(p.cpu_sum) / sum(p.samples))::float8 AS "cpu_percent_avg!",

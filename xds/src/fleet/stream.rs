@@ -50,8 +50,20 @@ struct Agent {
     acked: u64,
     /// The engine's reachability the VM last decided on, and when.
     decided: Option<(bool, Instant)>,
-    /// Containers checked to be on this VM and on no other.
+    /// Containers stored as this VM's after a check that no other VM has them, since
+    /// `known_since`.
     known_here: HashSet<String>,
+    known_since: Instant,
+}
+
+impl Agent {
+    /// Remembers that `ids` were stored as this VM's containers.
+    fn remember_here(&mut self, ids: &[String]) {
+        if self.known_here.len() + ids.len() > KNOWN_CONTAINERS {
+            self.known_here.clear();
+        }
+        self.known_here.extend(ids.iter().cloned());
+    }
 }
 
 fn stored_or_status(error: FleetError) -> Status {
@@ -196,6 +208,7 @@ impl FleetServer {
             acked: 0,
             decided: None,
             known_here: HashSet::new(),
+            known_since: Instant::now(),
         };
         // Hello stands for a heartbeat when it knows the engine answers; an agent that has not
         // reached its engine yet lets its first heartbeat say (no passing `docker_unreachable`).
@@ -215,19 +228,24 @@ impl FleetServer {
     }
 
     /// Records a heartbeat; the VM decides on it when the engine's reachability changed, or
-    /// when it has not for a few intervals.
+    /// when it has not for a few intervals. The report is recorded as stored with the heartbeat,
+    /// or after the VM decided on it when it does.
     async fn heartbeat(&self, agent: &mut Agent, beat: Beat<'_>) -> Result<(), Status> {
         let fleet = &self.inner.fleet;
         let (tenant_id, vm) = (agent.joined.tenant_id, agent.joined.vm.clone());
-        presence::heartbeat(fleet.pool(), tenant_id, &vm, beat)
-            .await
-            .map_err(|error| database(&error))?;
         let engine_reachable = beat.engine_error.is_none();
         let recheck = self.settings().heartbeat_interval * HEARTBEAT_RECHECK_INTERVALS;
-        if agent
+        let decide = !agent
             .decided
-            .is_some_and(|(reachable, at)| reachable == engine_reachable && at.elapsed() < recheck)
-        {
+            .is_some_and(|(reachable, at)| reachable == engine_reachable && at.elapsed() < recheck);
+        let presence = Beat {
+            report: beat.report.filter(|_| !decide),
+            ..beat
+        };
+        presence::heartbeat(fleet.pool(), tenant_id, &vm, presence)
+            .await
+            .map_err(|error| database(&error))?;
+        if !decide {
             return Ok(());
         }
         let command = VmCommand::Heartbeat {
@@ -239,6 +257,11 @@ impl FleetServer {
             .await
             .map_err(stored_or_status)?;
         agent.decided = Some((engine_reachable, Instant::now()));
+        if let Some(report) = beat.report {
+            presence::stored(fleet.pool(), tenant_id, &vm, report, None)
+                .await
+                .map_err(|error| database(&error))?;
+        }
         Ok(())
     }
 
@@ -424,6 +447,7 @@ impl FleetServer {
                     )
                     .await
                     .map_err(stored_or_status)?;
+                agent.remember_here(&ids);
                 Ok(Outcome::Stored {
                     last_event_nanos,
                     recorded: false,
@@ -514,6 +538,7 @@ impl FleetServer {
             }
             other => {
                 other.map_err(stored_or_status)?;
+                agent.remember_here(&ids);
                 Ok(Outcome::Stored {
                     last_event_nanos: None,
                     recorded: false,
@@ -522,15 +547,19 @@ impl FleetServer {
         }
     }
 
-    /// A fault when one of `ids` is a container the tenant knows on another VM. Containers
-    /// checked before on this stream are not checked again: a container that is on this VM is
-    /// refused to any other.
+    /// A fault when one of `ids` is a container the tenant knows on another VM. Containers this
+    /// stream stored after such a check are not checked again within a re-check interval (the
+    /// tenant's other VMs are refused a container this one has).
     async fn elsewhere(
         &self,
         agent: &mut Agent,
         ids: &[String],
         field: &str,
     ) -> Result<Option<ReportFault>, Status> {
+        if agent.known_since.elapsed() >= self.settings().recheck {
+            agent.known_here.clear();
+            agent.known_since = Instant::now();
+        }
         if ids.iter().all(|id| agent.known_here.contains(id)) {
             return Ok(None);
         }
@@ -543,17 +572,10 @@ impl FleetServer {
         )
         .await
         .map_err(|error| database(&error))?;
-        if let Some((id, other)) = elsewhere.into_iter().next() {
-            return Ok(Some(ReportFault {
-                field: field.to_owned(),
-                problem: format!("container `{id}` is on VM `{other}`, not on this one"),
-            }));
-        }
-        if agent.known_here.len() + ids.len() > KNOWN_CONTAINERS {
-            agent.known_here.clear();
-        }
-        agent.known_here.extend(ids.iter().cloned());
-        Ok(None)
+        Ok(elsewhere.into_iter().next().map(|(id, other)| ReportFault {
+            field: field.to_owned(),
+            problem: format!("container `{id}` is on VM `{other}`, not on this one"),
+        }))
     }
 }
 
