@@ -540,3 +540,109 @@ async fn another_tenants_vms_are_not_found(pool: PgPool) {
     let theirs = app.get("/api/v1/tenants/globex/vms/vm-1").await;
     assert_eq!(theirs.status, 404);
 }
+
+fn watched(welcome: &ServerMessage) -> Vec<String> {
+    match &welcome.body {
+        Some(server_message::Body::Welcome(welcome)) => welcome
+            .settings
+            .as_ref()
+            .map(|settings| settings.watch_images.clone())
+            .unwrap_or_default(),
+        other => panic!("not a Welcome: {other:?}"),
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn changing_the_watched_images_tells_the_open_stream_and_the_next_welcome(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.create_tenant("acme", "Acme").await;
+    let registered = app
+        .post(
+            &format!("{BASE}/vms"),
+            &json!({ "name": "vm-1", "watch_images": ["envoyproxy/envoy"] }),
+        )
+        .await;
+    assert_eq!(registered.status, 201, "{}", registered.body);
+    assert_eq!(
+        registered.body["vm"]["watch_images"],
+        json!(["envoyproxy/envoy"])
+    );
+    let token = registered.body["join_token"].as_str().unwrap().to_owned();
+    let (mut agent, welcome) = Agent::connect(&app, &token, "epoch-a").await.unwrap();
+    assert_eq!(watched(&welcome), ["envoyproxy/envoy"]);
+
+    let bad = app
+        .send(
+            reqwest::Method::PATCH,
+            &format!("{BASE}/vms/vm-1"),
+            Some((
+                "application/json",
+                &json!({ "watch_images": ["ok/image", "not an image"] }),
+            )),
+            &[],
+        )
+        .await;
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    assert_eq!(bad.body["errors"][0]["pointer"], "/watch_images/1");
+
+    let changed = app
+        .send(
+            reqwest::Method::PATCH,
+            &format!("{BASE}/vms/vm-1"),
+            Some((
+                "application/json",
+                &json!({ "watch_images": ["envoyproxy/envoy", "registry:5000/edge/envoy"],
+                         "region": "eu-west", "labels": { "tier": "edge" } }),
+            )),
+            &[],
+        )
+        .await;
+    assert_eq!(changed.status, 200, "{}", changed.body);
+    assert_eq!(changed.body["region"], "eu-west");
+    assert_eq!(changed.body["labels"]["tier"], "edge");
+    let told = tokio::time::timeout(WAIT, async {
+        loop {
+            let answer = agent
+                .answers
+                .message()
+                .await
+                .unwrap()
+                .expect("the stream stays open");
+            if let Some(server_message::Body::Settings(settings)) = answer.body {
+                return settings.watch_images;
+            }
+        }
+    })
+    .await
+    .expect("the open stream is told in time");
+    assert_eq!(told, ["envoyproxy/envoy", "registry:5000/edge/envoy"]);
+    let (_again, welcome) = Agent::connect(&app, &token, "epoch-b").await.unwrap();
+    assert_eq!(
+        watched(&welcome),
+        ["envoyproxy/envoy", "registry:5000/edge/envoy"],
+        "and so is a new one"
+    );
+
+    let cleared = app
+        .send(
+            reqwest::Method::PATCH,
+            &format!("{BASE}/vms/vm-1"),
+            Some(("application/json", &json!({ "region": null }))),
+            &[],
+        )
+        .await;
+    assert_eq!(cleared.status, 200, "{}", cleared.body);
+    assert!(cleared.body.get("region").is_none(), "{}", cleared.body);
+    assert_eq!(
+        cleared.body["labels"]["tier"], "edge",
+        "what is left out stays"
+    );
+    let history = app.get(&format!("{BASE}/vms/vm-1/history")).await;
+    let placements = history.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|item| item["type"] == "VmPlacementChanged")
+        .count();
+    assert_eq!(placements, 2, "each change is an event: {}", history.body);
+}

@@ -46,6 +46,7 @@ impl Modify for BearerAuth {
         proxies::list, proxies::get, proxies::history, proxies::bootstrap,
         proxy_tokens::list, proxy_tokens::revoke,
         fleet::vms::register, fleet::vms::list, fleet::vms::get, fleet::vms::remove, fleet::vms::new_token,
+        fleet::placement::change,
         fleet::vms::history, fleet::vms::utilisation, fleet::containers::list, fleet::containers::get,
         fleet::containers::events,
         bulk::bulk, jobs::get,

@@ -92,17 +92,28 @@ pub async fn authenticate(pool: &PgPool, token: &str) -> Result<Option<Joined>, 
     Ok(joined)
 }
 
-/// Whether the token `token_id` of `tenant_id` is still live.
-pub async fn is_live(pool: &PgPool, tenant_id: Uuid, token_id: Uuid) -> Result<bool, sqlx::Error> {
+/// The images the VM of a live token `token_id` watches; `None` when the token is revoked (or
+/// its VM removed). An open stream asks this at each re-check.
+pub async fn watched_while_live(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    token_id: Uuid,
+) -> Result<Option<Vec<String>>, sqlx::Error> {
     let mut tx = Scope::System.begin(pool).await?;
-    let live = sqlx::query_scalar!(
-        r#"SELECT EXISTS (SELECT 1 FROM vm_join_tokens
-                          WHERE tenant_id = $1 AND token_id = $2 AND revoked_at IS NULL) AS "live!""#,
+    let images = sqlx::query_scalar!(
+        r#"SELECT coalesce(v.watch_images, '[]'::jsonb) AS "images!"
+           FROM vm_join_tokens t
+           LEFT JOIN vms v ON v.tenant_id = t.tenant_id AND v.name = t.vm_name
+           WHERE t.tenant_id = $1 AND t.token_id = $2 AND t.revoked_at IS NULL"#,
         tenant_id,
         token_id,
     )
-    .fetch_one(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(live)
+    images
+        .map(|images| {
+            serde_json::from_value(images).map_err(|error| sqlx::Error::Decode(Box::new(error)))
+        })
+        .transpose()
 }

@@ -18,4 +18,7 @@ pub use model::{
     LifecycleEvent, Limits, Port,
 };
 pub use state::{VmState, DEFAULT_HEARTBEAT_GRACE, DEFAULT_HEARTBEAT_INTERVAL};
-pub use vm::{check_label, Vm, VmCommand, VmError, VmEvent, VmName, VmPlacement};
+pub use vm::{
+    check_image, check_label, Vm, VmCommand, VmError, VmEvent, VmName, VmPlacement,
+    MAX_WATCHED_IMAGES,
+};

@@ -72,7 +72,30 @@ pub fn check_label(key: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Where a VM is and how it is labelled, as the API set it.
+/// The most images a VM's agent may be told to watch.
+pub const MAX_WATCHED_IMAGES: usize = 32;
+
+/// Checks an image reference a VM's agent is told to watch (`envoyproxy/envoy`,
+/// `registry:5000/team/envoy:v1.36`): 1 to 255 characters of letters, digits, `.`, `_`, `-`, `/`,
+/// `:` and `@`, starting with a letter or digit.
+pub fn check_image(reference: &str) -> Result<(), String> {
+    let allowed =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':' | '@');
+    let starts_well = reference
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    if reference.len() > 255 || !starts_well || !reference.chars().all(allowed) {
+        return Err(
+            "an image reference has 1 to 255 characters: letters, digits, `.`, `_`, `-`, \
+                    `/`, `:` and `@`, starting with a letter or digit"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Where a VM is, how it is labelled and what its agent watches, as the API set it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmPlacement {
     /// Its labels.
@@ -81,6 +104,9 @@ pub struct VmPlacement {
     pub region: Option<String>,
     /// Its zone.
     pub zone: Option<String>,
+    /// Images whose containers its agent reports besides those labelled `efms.node_id`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watch_images: Vec<String>,
 }
 
 /// Commands on a VM.
@@ -94,6 +120,11 @@ pub enum VmCommand {
         placement: VmPlacement,
         /// The id of its join token.
         token_id: Uuid,
+    },
+    /// Set where it is, its labels and what its agent watches (an event only when it differs).
+    Place {
+        /// The new placement, whole.
+        placement: VmPlacement,
     },
     /// Replace its join token.
     IssueToken {
@@ -143,6 +174,11 @@ pub enum VmEvent {
         /// Its labels, region and zone.
         placement: VmPlacement,
     },
+    /// Its placement changed (labels, region, zone, watched images).
+    Placed {
+        /// The placement now, whole.
+        placement: VmPlacement,
+    },
     /// A join token was issued; the one before it is revoked.
     TokenIssued {
         /// The token's id (never the token).
@@ -187,6 +223,7 @@ impl DomainEvent for VmEvent {
     fn event_type(&self) -> String {
         match self {
             Self::Registered { .. } => "VmRegistered",
+            Self::Placed { .. } => "VmPlacementChanged",
             Self::TokenIssued { .. } => "VmTokenIssued",
             Self::FactsChanged { .. } => "VmFactsChanged",
             Self::StateChanged { .. } => "VmStateChanged",
@@ -299,6 +336,13 @@ impl Vm {
         self.live()?;
         Ok(match command {
             VmCommand::Register { .. } => unreachable!("decided above"),
+            VmCommand::Place { placement } => {
+                if self.placement == placement {
+                    vec![]
+                } else {
+                    vec![VmEvent::Placed { placement }]
+                }
+            }
             VmCommand::IssueToken { token_id } => vec![VmEvent::TokenIssued { token_id }],
             VmCommand::ReportFacts { facts } => {
                 if self.facts.as_ref() == Some(&facts) {
@@ -432,6 +476,7 @@ impl Aggregate for Vm {
                 self.name = Some(name);
                 self.placement = placement;
             }
+            VmEvent::Placed { placement } => self.placement = placement,
             VmEvent::TokenIssued { token_id } => self.token_id = Some(token_id),
             VmEvent::FactsChanged { facts } => self.facts = Some(facts),
             VmEvent::StateChanged { to, .. } => self.state = to,

@@ -262,3 +262,48 @@ fn late_events_of_a_container_known_gone_are_dropped() {
     assert_eq!(late, vec![], "a gone container does not come back");
     assert_eq!(vm.containers().count(), 0);
 }
+
+#[test]
+fn a_new_placement_is_an_event_only_when_it_differs() {
+    let mut vm = registered();
+    let watched = VmPlacement {
+        watch_images: vec!["envoyproxy/envoy".to_owned()],
+        ..VmPlacement::default()
+    };
+    let events = vm
+        .decide(VmCommand::Place {
+            placement: watched.clone(),
+        })
+        .unwrap();
+    assert_eq!(
+        events,
+        vec![VmEvent::Placed {
+            placement: watched.clone()
+        }]
+    );
+    apply_all(&mut vm, events);
+    assert_eq!(vm.placement(), &watched);
+    let again = vm.decide(VmCommand::Place { placement: watched }).unwrap();
+    assert_eq!(again, vec![], "the same placement again changes nothing");
+}
+
+#[test]
+fn a_placement_stored_before_images_were_watched_reads_as_watching_none() {
+    let stored = serde_json::json!({ "labels": {}, "region": null, "zone": null });
+    let placement: VmPlacement = serde_json::from_value(stored).unwrap();
+    assert!(placement.watch_images.is_empty());
+}
+
+#[test]
+fn image_references_are_checked() {
+    for good in [
+        "envoyproxy/envoy",
+        "registry:5000/team/envoy:v1.36",
+        "envoy@sha256:ab12",
+    ] {
+        assert!(check_image(good).is_ok(), "{good}");
+    }
+    for bad in ["", "-envoy", "envoy proxy", &"e".repeat(256)] {
+        assert!(check_image(bad).is_err(), "{bad}");
+    }
+}

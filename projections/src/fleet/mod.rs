@@ -6,7 +6,9 @@ pub mod queries;
 
 use chrono::{DateTime, Utc};
 use efms_commands::RecordedEvent;
-use efms_domain::fleet::{Container, ContainerState, LifecycleEvent, Vm, VmEvent, VmState};
+use efms_domain::fleet::{
+    Container, ContainerState, LifecycleEvent, Vm, VmEvent, VmPlacement, VmState,
+};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -41,22 +43,7 @@ impl Projection for FleetProjection {
         };
         let (tenant, vm) = (event.tenant_id, event.aggregate_id.as_str());
         if let VmEvent::Registered { name, placement } = &payload {
-            sqlx::query!(
-                r#"INSERT INTO vms (tenant_id, name, labels, region, zone, state, state_since,
-                                    registered_at, registered_by, version, updated_at)
-                   VALUES ($1, $2, $3, $4, $5, 'down', $6, $6, $7, $8, $6)"#,
-                tenant,
-                name.as_str(),
-                serde_json::to_value(&placement.labels)?,
-                placement.region,
-                placement.zone,
-                event.recorded_at,
-                event.actor,
-                event.sequence,
-            )
-            .execute(&mut *tx)
-            .await?;
-            return Ok(());
+            return register(tx, event, name.as_str(), placement).await;
         }
         sqlx::query!(
             "UPDATE vms SET version = $3, updated_at = $4 WHERE tenant_id = $1 AND name = $2",
@@ -69,6 +56,7 @@ impl Projection for FleetProjection {
         .await?;
         match payload {
             VmEvent::Registered { .. } | VmEvent::TokenIssued { .. } => {}
+            VmEvent::Placed { placement } => place(tx, (tenant, vm), &placement).await?,
             VmEvent::FactsChanged { facts } => {
                 sqlx::query!(
                     "UPDATE vms SET facts = $3 WHERE tenant_id = $1 AND name = $2",
@@ -163,6 +151,53 @@ impl Projection for FleetProjection {
             .await?;
         Ok(())
     }
+}
+
+/// A VM's first row.
+async fn register(
+    tx: &mut PgConnection,
+    event: &RecordedEvent,
+    name: &str,
+    placement: &VmPlacement,
+) -> Result<(), ProjectionError> {
+    sqlx::query!(
+        r#"INSERT INTO vms (tenant_id, name, labels, region, zone, watch_images, state,
+                            state_since, registered_at, registered_by, version, updated_at)
+           VALUES ($1, $2, $3, $4, $5, $9, 'down', $6, $6, $7, $8, $6)"#,
+        event.tenant_id,
+        name,
+        serde_json::to_value(&placement.labels)?,
+        placement.region,
+        placement.zone,
+        event.recorded_at,
+        event.actor,
+        event.sequence,
+        serde_json::to_value(&placement.watch_images)?,
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// A VM's new placement.
+async fn place(
+    tx: &mut PgConnection,
+    (tenant, vm): (Uuid, &str),
+    placement: &VmPlacement,
+) -> Result<(), ProjectionError> {
+    sqlx::query!(
+        r#"UPDATE vms SET labels = $3, region = $4, zone = $5, watch_images = $6
+           WHERE tenant_id = $1 AND name = $2"#,
+        tenant,
+        vm,
+        serde_json::to_value(&placement.labels)?,
+        placement.region,
+        placement.zone,
+        serde_json::to_value(&placement.watch_images)?,
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 fn lifecycle_change(event: &LifecycleEvent) -> Change<'_> {

@@ -18,6 +18,8 @@ pub struct VmRow {
     pub region: Option<String>,
     /// Its zone.
     pub zone: Option<String>,
+    /// Images whose containers its agent reports (a JSON array of strings).
+    pub watch_images: Value,
     /// `down`, `ready`, `docker_unreachable` or `removed`.
     pub state: String,
     /// Why it is in that state.
@@ -169,7 +171,7 @@ pub async fn list_vms(
     let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
     let rows = sqlx::query_as!(
         VmRow,
-        r#"SELECT v.name, v.labels, v.region, v.zone, v.state, v.state_reason, v.state_since,
+        r#"SELECT v.name, v.labels, v.region, v.zone, v.watch_images, v.state, v.state_reason, v.state_since,
                   v.facts, v.registered_at, v.registered_by, v.removed_at, v.version,
                   p.connected AS "connected?", p.last_heartbeat_at AS "last_heartbeat_at?",
                   p.engine_reachable AS "engine_reachable?", p.engine_error AS "engine_error?",

@@ -54,6 +54,8 @@ struct Agent {
     /// `known_since`.
     known_here: HashSet<String>,
     known_since: Instant,
+    /// The images its VM watches, as told in `Welcome`.
+    watch_images: Vec<String>,
 }
 
 impl Agent {
@@ -131,6 +133,11 @@ impl FleetServer {
             return Err(Status::invalid_argument("the first message must be Hello"));
         };
         let mut agent = self.hello(joined, &hello).await?;
+        agent.watch_images =
+            tokens::watched_while_live(&pool, agent.joined.tenant_id, agent.joined.token_id)
+                .await
+                .map_err(|error| database(&error))?
+                .ok_or_else(|| Status::unauthenticated("the join token was revoked meanwhile"))?;
         let resume = presence::connected(
             &pool,
             agent.joined.tenant_id,
@@ -145,13 +152,7 @@ impl FleetServer {
         let welcome = Welcome {
             tenant: agent.joined.tenant.clone(),
             vm: agent.joined.vm.clone(),
-            settings: Some(Settings {
-                heartbeat_interval_ms: u32::try_from(
-                    self.settings().heartbeat_interval.as_millis(),
-                )
-                .unwrap_or(u32::MAX),
-                watch_images: Vec::new(),
-            }),
+            settings: Some(self.agent_settings(&agent)),
             acked_seq: agent.acked,
             last_event_nanos: resume.last_event_nanos,
         };
@@ -179,6 +180,15 @@ impl FleetServer {
             receiver.recv().await.map(|item| (item, receiver))
         });
         Ok(tonic::Response::new(Box::pin(stream)))
+    }
+
+    /// What the agent is told to do: its heartbeat interval and the images it watches.
+    fn agent_settings(&self, agent: &Agent) -> Settings {
+        Settings {
+            heartbeat_interval_ms: u32::try_from(self.settings().heartbeat_interval.as_millis())
+                .unwrap_or(u32::MAX),
+            watch_images: agent.watch_images.clone(),
+        }
     }
 
     /// Checks `Hello` and records the facts and the heartbeat it stands for.
@@ -209,6 +219,7 @@ impl FleetServer {
             decided: None,
             known_here: HashSet::new(),
             known_since: Instant::now(),
+            watch_images: Vec::new(),
         };
         // Hello stands for a heartbeat when it knows the engine answers; an agent that has not
         // reached its engine yet lets its first heartbeat say (no passing `docker_unreachable`).
@@ -368,17 +379,26 @@ impl FleetServer {
         Ok(())
     }
 
-    /// Ends the stream with `Revoked` when its token is no longer live.
+    /// Ends the stream with `Revoked` when its token is no longer live; tells the agent its new
+    /// settings when the images its VM watches changed.
     async fn check_token(
         &self,
-        agent: &Agent,
+        agent: &mut Agent,
         sender: &mpsc::Sender<Result<ServerMessage, Status>>,
     ) -> Result<(), Status> {
         let (tenant_id, token_id) = (agent.joined.tenant_id, agent.joined.token_id);
-        if tokens::is_live(self.inner.fleet.pool(), tenant_id, token_id)
+        let watched = tokens::watched_while_live(self.inner.fleet.pool(), tenant_id, token_id)
             .await
-            .map_err(|error| database(&error))?
-        {
+            .map_err(|error| database(&error))?;
+        if let Some(images) = watched {
+            if images != agent.watch_images {
+                agent.watch_images = images;
+                let settings = self.agent_settings(agent);
+                sender
+                    .send(Ok(message(server_message::Body::Settings(settings))))
+                    .await
+                    .map_err(|_| Status::cancelled("the agent is gone"))?;
+            }
             return Ok(());
         }
         let reason = "the join token was revoked or the VM removed".to_owned();

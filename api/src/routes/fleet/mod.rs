@@ -2,6 +2,7 @@
 //! history and utilisation.
 
 pub mod containers;
+pub mod placement;
 pub mod views;
 pub mod vms;
 
@@ -62,7 +63,7 @@ pub fn router() -> axum::Router<AppState> {
         .route("/tenants/{tenant}/vms", post(vms::register).get(vms::list))
         .route(
             "/tenants/{tenant}/vms/{name}",
-            get(vms::get).delete(vms::remove),
+            get(vms::get).delete(vms::remove).patch(placement::change),
         )
         .route("/tenants/{tenant}/vms/{name}/token", post(vms::new_token))
         .route("/tenants/{tenant}/vms/{name}/history", get(vms::history))

@@ -18,6 +18,9 @@ pub struct Vm {
     region: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     zone: Option<String>,
+    /// Images whose containers its agent reports, besides those labelled `efms.node_id`.
+    #[schema(value_type = Vec<String>)]
+    watch_images: Value,
     /// `down`, `ready`, `docker_unreachable` or `removed`.
     state: String,
     /// Why it is in that state.
@@ -70,6 +73,7 @@ impl Vm {
             labels: row.labels,
             region: row.region,
             zone: row.zone,
+            watch_images: row.watch_images,
             state: row.state,
             state_reason: Some(row.state_reason).filter(|reason| !reason.is_empty()),
             state_since: Some(row.state_since),
@@ -101,6 +105,7 @@ impl Vm {
             labels: serde_json::to_value(&placement.labels)?,
             region: placement.region.clone(),
             zone: placement.zone.clone(),
+            watch_images: serde_json::to_value(&placement.watch_images)?,
             state: vm.state().as_str().to_owned(),
             state_reason: None,
             state_since: None,

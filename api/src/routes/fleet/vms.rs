@@ -1,5 +1,6 @@
 //! `/tenants/{tenant}/vms`: registering VMs (each answered once with its join token), reading
-//! them now or as of a moment, their history and utilisation, removing them.
+//! them now or as of a moment, their history and utilisation, removing them. Changing their
+//! placement is `placement.rs`.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +9,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use efms_commands::CommandError;
-use efms_domain::fleet::{check_label, VmError, VmName, VmPlacement};
+use efms_domain::fleet::{VmError, VmName, VmPlacement};
 use efms_projections::fleet::queries::{self as read, ContainerFilter, VmFilter};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -31,6 +32,10 @@ pub struct NewVm {
     labels: BTreeMap<String, String>,
     region: Option<String>,
     zone: Option<String>,
+    /// Images whose containers its agent reports besides those labelled `efms.node_id`
+    /// (`envoyproxy/envoy` watches every tag of it).
+    #[serde(default)]
+    watch_images: Vec<String>,
 }
 
 /// A registered VM and its join token, shown only now.
@@ -102,28 +107,17 @@ pub struct UtilisationQuery {
 }
 
 fn placement(new: &NewVm) -> Result<VmPlacement, ApiError> {
-    let mut errors = Vec::new();
-    for (key, value) in &new.labels {
-        if let Err(problem) = check_label(key, value) {
-            errors.push(FieldError::at(format!("/labels/{key}"), problem));
-        }
-    }
-    for (field, value) in [("region", &new.region), ("zone", &new.zone)] {
-        if value.as_ref().is_some_and(|v| v.is_empty() || v.len() > 63) {
-            errors.push(FieldError::at(format!("/{field}"), "1 to 63 characters"));
-        }
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
-    Ok(VmPlacement {
+    let placement = VmPlacement {
         labels: new.labels.clone(),
         region: new.region.clone(),
         zone: new.zone.clone(),
-    })
+        watch_images: new.watch_images.clone(),
+    };
+    super::placement::check(&placement)?;
+    Ok(placement)
 }
 
-fn vm_error(name: &VmName, error: CommandError<VmError>) -> ApiError {
+pub(super) fn vm_error(name: &VmName, error: CommandError<VmError>) -> ApiError {
     match error {
         CommandError::Rejected(VmError::NotFound | VmError::Removed) => {
             ApiError::NotFound(format!("there is no VM `{name}`"))
@@ -132,7 +126,11 @@ fn vm_error(name: &VmName, error: CommandError<VmError>) -> ApiError {
     }
 }
 
-async fn read_vm(state: &AppState, tenant_id: uuid::Uuid, name: &VmName) -> Result<Vm, ApiError> {
+pub(super) async fn read_vm(
+    state: &AppState,
+    tenant_id: uuid::Uuid,
+    name: &VmName,
+) -> Result<Vm, ApiError> {
     let row = read::get_vm(&state.pool, tenant_id, name.as_str())
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("there is no VM `{name}`")))?;
@@ -150,7 +148,7 @@ async fn read_vm(state: &AppState, tenant_id: uuid::Uuid, name: &VmName) -> Resu
     Ok(Vm::from_row(row, Some(containers)))
 }
 
-async fn wait(state: &AppState, position: Option<efms_commands::Position>) {
+pub(super) async fn wait(state: &AppState, position: Option<efms_commands::Position>) {
     if let Some(position) = position {
         if !state
             .fleet_view
