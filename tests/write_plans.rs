@@ -166,6 +166,23 @@ async fn closing_open_versions_and_deleting_current_rows_look_up_each_key_in_a_l
 }
 
 #[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn the_lookups_hold_in_a_large_tenant_the_tables_were_never_analyzed_with(pool: PgPool) {
+    // A table that grew faster than autovacuum analyzes it has no statistics at all.
+    fill(&pool, 0, RESOURCES).await;
+    let cases = [
+        (
+            CLOSE_OPEN_VERSIONS,
+            "config_resource_versions",
+            "config_resource_versions_open",
+        ),
+        (DELETE_CURRENT, "config_resources", "config_resources_pkey"),
+    ];
+    for (statement, table, index) in cases {
+        assert_key_lookups(&pool, statement, table, index, "no statistics").await;
+    }
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
 async fn closing_open_versions_closes_exactly_the_changed_resources(pool: PgPool) {
     fill(&pool, 0, 100).await;
     let mut tx = Scope::System.begin(&pool).await.unwrap();
