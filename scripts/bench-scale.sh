@@ -7,7 +7,9 @@
 # Settings: EFMS_BENCH_SIZES (default 100,10000,100000), EFMS_BENCH_PUTS (200), EFMS_BENCH_BULK
 # (10000), EFMS_BENCH_CHUNK (10000), EFMS_BENCH_BIN (a built efms to measure instead of building
 # this tree's), EFMS_BENCH_EVENTS (fill the log to this many events, then time reads in its
-# history and `efms replay`; default 0: skipped).
+# history and `efms replay`; default 0: skipped), EFMS_BENCH_KEEP_DB=1 with EFMS_BENCH_ONLY=history
+# (measure the history reads and the replay again on the database an earlier run left),
+# EFMS_BENCH_REPLAY=0 (skip the replay).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-postgres.sh >/dev/null
@@ -20,7 +22,9 @@ else
 fi
 PG="postgres://postgres@127.0.0.1:5432"
 DB=efms_bench_scale
-psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
+if [ -z "${EFMS_BENCH_KEEP_DB:-}" ]; then
+  psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
+fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PORT=$(free_port); GRPC=$(free_port)
 EFMS_JWT_SECRET=$(head -c 48 /dev/urandom | base64 | tr -d '\n')

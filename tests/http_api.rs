@@ -448,6 +448,7 @@ async fn the_openapi_document_covers_every_route_and_the_reference_page_is_serve
         ("/api/v1/tenants/{tenant}/vms", "get"),
         ("/api/v1/tenants/{tenant}/vms/{name}", "get"),
         ("/api/v1/tenants/{tenant}/vms/{name}", "delete"),
+        ("/api/v1/tenants/{tenant}/vms/{name}", "patch"),
         ("/api/v1/tenants/{tenant}/vms/{name}/token", "post"),
         ("/api/v1/tenants/{tenant}/vms/{name}/history", "get"),
         ("/api/v1/tenants/{tenant}/vms/{name}/utilisation", "get"),

@@ -2,7 +2,8 @@
 times single PUTs in each, times a bulk of creations into an empty tenant and into the largest one,
 and reads efms's resident memory. With EFMS_BENCH_EVENTS, then fills the log to that many events
 (bulk replaces of the largest tenant), times `?revision=` and `?at=` reads of one resource and of a
-page in the middle of that history, and times `efms replay`. Prints a Markdown table."""
+page in the second half of that history, and times `efms replay`. EFMS_BENCH_ONLY=history measures
+only that, on a database kept from an earlier run (EFMS_BENCH_KEEP_DB=1). Prints a Markdown table."""
 import http.client
 import json
 import os
@@ -75,7 +76,8 @@ def rss_mib():
 
 
 rows = []
-for size in sizes:
+only_history = os.environ.get("EFMS_BENCH_ONLY") == "history"
+for size in ([] if only_history else sizes):
     tenant = f"s{size}"
     request("POST", "/api/v1/tenants", {"slug": tenant, "name": tenant})
     start = time.monotonic()
@@ -92,15 +94,30 @@ for size in sizes:
     print(f"# {rows[-1][0]}: {rows[-1][1]}", file=sys.stderr, flush=True)
 
 largest = max(sizes)
-rss = rss_mib()
-rows.append((f"efms resident memory with tenants of {', '.join(f'{s:,}' for s in sizes)} resources",
-             f"{rss:.0f} MiB ({rss * 1024 * 1024 / sum(sizes):.0f} bytes per resource)"))
-request("POST", "/api/v1/tenants", {"slug": "empty", "name": "empty"})
-into_empty = bulk_create("empty", [f"b-{i}" for i in range(bulk)])
-rows.append((f"bulk of {bulk:,} creations into a tenant holding 0", f"{into_empty:.2f} s"))
-into_large = bulk_create(f"s{largest}", [f"b-{i}" for i in range(bulk)])
-rows.append((f"bulk of {bulk:,} creations into a tenant holding {largest:,}",
-             f"{into_large:.2f} s ({into_large / into_empty:.2f}x)"))
+
+
+def history_marks(tenant):
+    """(revision, time) of the tenant's `main` revisions in the second half of its history."""
+    out = subprocess.run(
+        ["psql", "-tAq", "-F", " ", os.environ["DATABASE_URL"], "-c",
+         "SELECT r.revision, to_char(r.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
+         "FROM config_revisions r JOIN tenants t USING (tenant_id) "
+         f"WHERE t.slug = '{tenant}' AND r.branch = 'main' ORDER BY r.revision"],
+        check=True, capture_output=True, text=True).stdout.split("\n")
+    marks = [(int(line.split()[0]), line.split()[1]) for line in out if line.strip()]
+    return marks[len(marks) // 2:]
+
+
+if not only_history:
+    rss = rss_mib()
+    rows.append((f"efms resident memory with tenants of {', '.join(f'{s:,}' for s in sizes)} resources",
+                 f"{rss:.0f} MiB ({rss * 1024 * 1024 / sum(sizes):.0f} bytes per resource)"))
+    request("POST", "/api/v1/tenants", {"slug": "empty", "name": "empty"})
+    into_empty = bulk_create("empty", [f"b-{i}" for i in range(bulk)])
+    rows.append((f"bulk of {bulk:,} creations into a tenant holding 0", f"{into_empty:.2f} s"))
+    into_large = bulk_create(f"s{largest}", [f"b-{i}" for i in range(bulk)])
+    rows.append((f"bulk of {bulk:,} creations into a tenant holding {largest:,}",
+                 f"{into_large:.2f} s ({into_large / into_empty:.2f}x)"))
 
 
 def events_in_log():
@@ -123,7 +140,6 @@ target_events = int(os.environ.get("EFMS_BENCH_EVENTS", "0"))
 if target_events:
     # History: the largest tenant's clusters replaced by bulks until the log holds the target.
     tenant = f"s{largest}"
-    marks = []  # (revision, time) of each round, for reads in the middle of history
     round_ = 0
     while events_in_log() < target_events:
         round_ += 1
@@ -141,13 +157,11 @@ if target_events:
         if result.get("revision") is None:
             print(f"# history round {round_} changed nothing: {json.dumps(result)[:300]}",
                   file=sys.stderr, flush=True)
-            continue
-        marks.append((result["revision"], time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
         time.sleep(1.05)  # distinct seconds, so `?at=` lands on distinct revisions
     events = events_in_log()
     print(f"# log filled to {events:,} events in {round_} bulks", file=sys.stderr, flush=True)
     base = f"/api/v1/tenants/{tenant}/clusters"
-    middle = marks[len(marks) // 2:] or marks
+    middle = history_marks(tenant)
     one = [f"{base}/c-{(i * 7919) % largest}?revision={rev}" for i, (rev, _) in enumerate(middle)]
     one_at = [f"{base}/c-{(i * 7919) % largest}?at={at}" for i, (_, at) in enumerate(middle)]
     page = [f"{base}?limit=100&revision={rev}" for rev, _ in middle]
@@ -156,6 +170,7 @@ if target_events:
     rows.append((f"`?at=` read of one resource after {events:,} events", timed_reads(one_at, 300)))
     rows.append((f"`?revision=` page of 100 after {events:,} events", timed_reads(page, 300)))
     rows.append((f"`?at=` page of 100 after {events:,} events", timed_reads(page_at, 300)))
+if target_events and os.environ.get("EFMS_BENCH_REPLAY", "1") != "0":
     start = time.monotonic()
     subprocess.run([os.environ["EFMS_BENCH_EFMS"], "replay"], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
