@@ -163,71 +163,98 @@ pub async fn list_resources(
     let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
     let kind = kind.to_string();
     let prefix = query.name_prefix.as_deref().map(like_prefix);
-    let revision = match as_of {
-        AsOf::Now => None,
-        AsOf::Revision(revision) => Some(revision),
-    };
-    // One statement per direction, each ordered by the name alone: a page is then read in the
-    // primary key's order and stops after `limit` rows, instead of sorting every version of the
-    // kind (an order chosen by a parameter cannot follow an index).
-    let rows = if query.descending {
-        sqlx::query_as!(
+    // One statement per source and direction, each ordered by the name alone: a page is then read
+    // in the primary key's order and stops after `limit` rows. An order chosen by a parameter, or
+    // a union of both sources, made the planner sort every version of the kind instead.
+    let rows = match (as_of, query.descending) {
+        (AsOf::Now, false) => sqlx::query_as!(
             ListedResource,
             r#"SELECT name AS "name!", document::text AS "document!", version AS "version!",
                       updated_at AS "updated_at!", updated_by AS "updated_by!"
-               FROM (
-                   SELECT kind, name, document, version, updated_at, updated_by FROM config_resources
-                   WHERE $6::bigint IS NULL AND tenant_id = $1 AND branch = $2 AND kind = $3
-                   UNION ALL
-                   SELECT kind, name, document, valid_from, recorded_at, actor FROM config_resource_versions
-                   WHERE $6::bigint IS NOT NULL AND tenant_id = $1 AND branch = $2 AND kind = $3
-                     AND valid_from <= $6 AND (valid_to IS NULL OR valid_to > $6) AND document IS NOT NULL
-               ) AS r
-               WHERE ($4::text IS NULL OR name LIKE $4)
-                 AND ($5::text IS NULL OR name < $5)
-                 AND ($8::text[] IS NULL OR name = ANY($8))
-               ORDER BY name DESC
-               LIMIT $7"#,
-            tenant_id,
-            branch,
-            kind,
-            prefix,
-            query.after,
-            revision,
-            query.limit,
-            query.names.as_deref(),
-        )
-        .fetch_all(&mut *tx)
-        .await?
-    } else {
-        sqlx::query_as!(
-            ListedResource,
-            r#"SELECT name AS "name!", document::text AS "document!", version AS "version!",
-                      updated_at AS "updated_at!", updated_by AS "updated_by!"
-               FROM (
-                   SELECT kind, name, document, version, updated_at, updated_by FROM config_resources
-                   WHERE $6::bigint IS NULL AND tenant_id = $1 AND branch = $2 AND kind = $3
-                   UNION ALL
-                   SELECT kind, name, document, valid_from, recorded_at, actor FROM config_resource_versions
-                   WHERE $6::bigint IS NOT NULL AND tenant_id = $1 AND branch = $2 AND kind = $3
-                     AND valid_from <= $6 AND (valid_to IS NULL OR valid_to > $6) AND document IS NOT NULL
-               ) AS r
-               WHERE ($4::text IS NULL OR name LIKE $4)
+               FROM config_resources
+               WHERE tenant_id = $1 AND branch = $2 AND kind = $3
+                 AND ($4::text IS NULL OR name LIKE $4)
                  AND ($5::text IS NULL OR name > $5)
-                 AND ($8::text[] IS NULL OR name = ANY($8))
+                 AND ($7::text[] IS NULL OR name = ANY($7))
                ORDER BY name ASC
-               LIMIT $7"#,
+               LIMIT $6"#,
             tenant_id,
             branch,
             kind,
             prefix,
             query.after,
-            revision,
             query.limit,
             query.names.as_deref(),
         )
         .fetch_all(&mut *tx)
-        .await?
+        .await?,
+        (AsOf::Now, true) => sqlx::query_as!(
+            ListedResource,
+            r#"SELECT name AS "name!", document::text AS "document!", version AS "version!",
+                      updated_at AS "updated_at!", updated_by AS "updated_by!"
+               FROM config_resources
+               WHERE tenant_id = $1 AND branch = $2 AND kind = $3
+                 AND ($4::text IS NULL OR name LIKE $4)
+                 AND ($5::text IS NULL OR name < $5)
+                 AND ($7::text[] IS NULL OR name = ANY($7))
+               ORDER BY name DESC
+               LIMIT $6"#,
+            tenant_id,
+            branch,
+            kind,
+            prefix,
+            query.after,
+            query.limit,
+            query.names.as_deref(),
+        )
+        .fetch_all(&mut *tx)
+        .await?,
+        (AsOf::Revision(revision), false) => sqlx::query_as!(
+            ListedResource,
+            r#"SELECT name AS "name!", document::text AS "document!", valid_from AS "version!",
+                      recorded_at AS "updated_at!", actor AS "updated_by!"
+               FROM config_resource_versions
+               WHERE tenant_id = $1 AND branch = $2 AND kind = $3
+                 AND valid_from <= $8 AND (valid_to IS NULL OR valid_to > $8) AND document IS NOT NULL
+                 AND ($4::text IS NULL OR name LIKE $4)
+                 AND ($5::text IS NULL OR name > $5)
+                 AND ($7::text[] IS NULL OR name = ANY($7))
+               ORDER BY name ASC
+               LIMIT $6"#,
+            tenant_id,
+            branch,
+            kind,
+            prefix,
+            query.after,
+            query.limit,
+            query.names.as_deref(),
+            revision,
+        )
+        .fetch_all(&mut *tx)
+        .await?,
+        (AsOf::Revision(revision), true) => sqlx::query_as!(
+            ListedResource,
+            r#"SELECT name AS "name!", document::text AS "document!", valid_from AS "version!",
+                      recorded_at AS "updated_at!", actor AS "updated_by!"
+               FROM config_resource_versions
+               WHERE tenant_id = $1 AND branch = $2 AND kind = $3
+                 AND valid_from <= $8 AND (valid_to IS NULL OR valid_to > $8) AND document IS NOT NULL
+                 AND ($4::text IS NULL OR name LIKE $4)
+                 AND ($5::text IS NULL OR name < $5)
+                 AND ($7::text[] IS NULL OR name = ANY($7))
+               ORDER BY name DESC
+               LIMIT $6"#,
+            tenant_id,
+            branch,
+            kind,
+            prefix,
+            query.after,
+            query.limit,
+            query.names.as_deref(),
+            revision,
+        )
+        .fetch_all(&mut *tx)
+        .await?,
     };
     tx.commit().await?;
     Ok(rows)
