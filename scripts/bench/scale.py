@@ -37,11 +37,9 @@ def cluster(name, port=8080):
             "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
 
 
-def bulk_create(tenant, names):
-    """One POST /bulk of creations; seconds from the POST to the job's end."""
-    body = {"message": "bench", "operations": [
-        {"op": "create", "kind": "clusters", "resource": cluster(name)} for name in names]}
-    start = time.monotonic()
+def run_bulk(tenant, operations, message):
+    """One POST /bulk, waited for to the job's end; its result."""
+    body = {"message": message, "operations": operations}
     response, result = request("POST", f"/api/v1/tenants/{tenant}/bulk", body)
     if response.status == 202:
         location = response.getheader("location")
@@ -50,6 +48,14 @@ def bulk_create(tenant, names):
             _, result = request("GET", location)
         if result.get("state") != "succeeded":
             raise SystemExit(f"bulk job did not succeed: {json.dumps(result)[:500]}")
+    return result
+
+
+def bulk_create(tenant, names):
+    """One POST /bulk of creations; seconds from the POST to the job's end."""
+    start = time.monotonic()
+    run_bulk(tenant, [{"op": "create", "kind": "clusters", "resource": cluster(name)}
+                      for name in names], "bench")
     return time.monotonic() - start
 
 
@@ -143,17 +149,9 @@ if target_events:
     round_ = 0
     while events_in_log() < target_events:
         round_ += 1
-        body = {"message": "history", "operations": [
+        result = run_bulk(tenant, [
             {"op": "replace", "kind": "clusters", "resource": cluster(f"c-{i}", 10000 + round_ % 50000)}
-            for i in range(min(chunk, largest))]}
-        response, result = request("POST", f"/api/v1/tenants/{tenant}/bulk", body)
-        if response.status == 202:
-            location = response.getheader("location")
-            while not result.get("finished_at"):
-                time.sleep(0.05)
-                _, result = request("GET", location)
-            if result.get("state") != "succeeded":
-                raise SystemExit(f"history bulk did not succeed: {json.dumps(result)[:500]}")
+            for i in range(min(chunk, largest))], "history")
         if result.get("revision") is None:
             print(f"# history round {round_} changed nothing: {json.dumps(result)[:300]}",
                   file=sys.stderr, flush=True)
