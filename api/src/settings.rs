@@ -15,12 +15,14 @@ mod agent;
 mod edge;
 mod fleet;
 pub mod invalid;
+mod maintenance;
 
 pub use agent::{AgentArgs, AgentConfig};
 pub use edge::{EdgeArgs, EdgeConfig};
 pub use fleet::FleetArgs;
 pub(crate) use invalid::invalid;
 pub use invalid::ConfigError;
+pub use maintenance::{ReplayArgs, RotateArgs};
 
 /// The local Postgres of a development machine.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/efms";
@@ -51,47 +53,6 @@ pub enum Command {
     /// Rebuild every read model from the log (of all tenants, or of one with --tenant), while
     /// servers keep running: readers see the old rows until the new ones are complete.
     Replay(ReplayArgs),
-}
-
-/// `efms replay`.
-#[derive(Debug, Args)]
-pub struct ReplayArgs {
-    /// Database settings.
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-    /// Rebuild only this tenant's rows (its slug); without it, every tenant's.
-    #[arg(long)]
-    pub tenant: Option<String>,
-}
-
-impl ReplayArgs {
-    /// The database and the rows to rebuild, checked.
-    pub fn validate(&self) -> Result<(DatabaseConfig, efms_projections::Rebuild), ConfigError> {
-        let database = self.database.validate()?;
-        let rebuild = match &self.tenant {
-            None => efms_projections::Rebuild::All,
-            Some(slug) => efms_projections::Rebuild::Tenant(
-                efms_domain::TenantSlug::parse(slug)
-                    .map_err(|error| invalid("--tenant", error.to_string()))?
-                    .tenant_id(),
-            ),
-        };
-        Ok((database, rebuild))
-    }
-}
-
-/// `efms rotate-master-key`.
-#[derive(Debug, Args)]
-pub struct RotateArgs {
-    /// Database settings.
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-    /// The master key the data keys are wrapped by now (base64 of 32 bytes).
-    #[arg(long, env = "EFMS_MASTER_KEY", hide_env_values = true)]
-    pub master_key: Option<String>,
-    /// The master key to wrap them by from now on (base64 of 32 bytes).
-    #[arg(long, env = "EFMS_NEW_MASTER_KEY", hide_env_values = true)]
-    pub new_master_key: Option<String>,
 }
 
 /// Where the database is.

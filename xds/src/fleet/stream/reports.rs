@@ -1,0 +1,206 @@
+//! What a stream does with each report once it is read: checked, stored, and how it went.
+
+use efms_commands::fleet::presence::{self, Beat, Stored};
+use std::time::Instant;
+
+use efms_commands::CommandError;
+use efms_domain::fleet::reports::ReportFault;
+use efms_domain::fleet::{VmCommand, VmError};
+use efms_fleet_proto::{agent_message::Body, AgentMessage};
+use tonic::Status;
+
+use super::{convert, database, stored_or_status, Agent, FleetServer, Outcome};
+
+impl FleetServer {
+    /// Checks and stores one report.
+    pub(super) async fn store(
+        &self,
+        agent: &mut Agent,
+        report: AgentMessage,
+    ) -> Result<Outcome, Status> {
+        let fleet = self.inner.fleet.clone();
+        let (tenant_id, vm) = (agent.joined.tenant_id, agent.joined.vm.clone());
+        let vm = vm.as_str();
+        let seq = i64::try_from(report.seq).unwrap_or(i64::MAX);
+        let refused = |fault: ReportFault| Ok(Outcome::Refused(fault));
+        let stored = Ok(Outcome::Stored {
+            last_event_nanos: None,
+            recorded: false,
+        });
+        let recorded = Ok(Outcome::Stored {
+            last_event_nanos: None,
+            recorded: true,
+        });
+        match report.body {
+            None => refused(ReportFault {
+                field: "body".into(),
+                problem: "a report carries one of its kinds".into(),
+            }),
+            Some(Body::Hello(_)) => refused(ReportFault {
+                field: "hello".into(),
+                problem: "Hello comes once, first".into(),
+            }),
+            Some(Body::Facts(facts)) => match convert::facts("facts", &facts) {
+                Err(fault) => refused(fault),
+                Ok(facts) => {
+                    fleet
+                        .execute(tenant_id, vm, VmCommand::ReportFacts { facts }, vm)
+                        .await
+                        .map_err(stored_or_status)?;
+                    stored
+                }
+            },
+            Some(Body::Heartbeat(heartbeat)) => self.beat(agent, &heartbeat, seq).await,
+            Some(Body::Snapshot(snapshot)) => self.observe(agent, &snapshot).await,
+            Some(Body::Event(event)) => {
+                let event = match convert::event("event", &event) {
+                    Ok(event) => event,
+                    Err(fault) => return refused(fault),
+                };
+                let ids = [event.container_id.clone()];
+                if let Some(fault) = self.elsewhere(agent, &ids, "event").await? {
+                    return refused(fault);
+                }
+                let last_event_nanos = Some(event.time_nanos);
+                fleet
+                    .execute(
+                        tenant_id,
+                        vm,
+                        VmCommand::Record {
+                            events: vec![event],
+                        },
+                        vm,
+                    )
+                    .await
+                    .map_err(stored_or_status)?;
+                agent.remember_here(&ids);
+                Ok(Outcome::Stored {
+                    last_event_nanos,
+                    recorded: false,
+                })
+            }
+            Some(Body::Usage(usages)) => match convert::usages("usage", &usages, agent.cpus) {
+                Err(fault) => refused(fault),
+                Ok(usages) => {
+                    // Samples are not history: those that cannot be stored are logged and lost,
+                    // and the stream goes on.
+                    let report = Stored {
+                        epoch: &agent.epoch,
+                        seq,
+                    };
+                    presence::container_samples(fleet.pool(), tenant_id, vm, &usages, report)
+                        .await
+                        .map_err(|error| database(&error))?;
+                    recorded
+                }
+            },
+        }
+    }
+
+    /// Checks and stores a heartbeat report.
+    async fn beat(
+        &self,
+        agent: &mut Agent,
+        heartbeat: &efms_fleet_proto::Heartbeat,
+        seq: i64,
+    ) -> Result<Outcome, Status> {
+        let usage = match heartbeat.usage.as_ref() {
+            Some(usage) => match convert::host_usage("heartbeat.usage", usage) {
+                Ok(usage) => Some(usage),
+                Err(fault) => return Ok(Outcome::Refused(fault)),
+            },
+            None => None,
+        };
+        if let Err(fault) = convert::text("heartbeat.engine_error", &heartbeat.engine_error, 4096) {
+            return Ok(Outcome::Refused(fault));
+        }
+        let engine_error = match (heartbeat.engine_reachable, heartbeat.engine_error.as_str()) {
+            (true, _) => None,
+            (false, "") => Some("the Docker engine does not answer"),
+            (false, error) => Some(error),
+        };
+        let epoch = agent.epoch.clone();
+        let beat = Beat {
+            engine_error,
+            usage: usage.as_ref(),
+            report: Some(Stored { epoch: &epoch, seq }),
+        };
+        self.heartbeat(agent, beat).await?;
+        Ok(Outcome::Stored {
+            last_event_nanos: None,
+            recorded: true,
+        })
+    }
+
+    /// Checks and stores a snapshot of the VM's containers.
+    async fn observe(
+        &self,
+        agent: &mut Agent,
+        snapshot: &efms_fleet_proto::ContainerSnapshot,
+    ) -> Result<Outcome, Status> {
+        let (tenant_id, vm) = (agent.joined.tenant_id, agent.joined.vm.clone());
+        let vm = vm.as_str();
+        let containers = match snapshot
+            .containers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| convert::container(&format!("snapshot.containers[{i}]"), c))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(containers) => containers,
+            Err(fault) => return Ok(Outcome::Refused(fault)),
+        };
+        let ids: Vec<String> = containers.iter().map(|c| c.id.clone()).collect();
+        if let Some(fault) = self.elsewhere(agent, &ids, "snapshot.containers").await? {
+            return Ok(Outcome::Refused(fault));
+        }
+        let command = VmCommand::Observe { containers };
+        match self.inner.fleet.execute(tenant_id, vm, command, vm).await {
+            Err(CommandError::Rejected(VmError::DuplicateContainer(id))) => {
+                Ok(Outcome::Refused(ReportFault {
+                    field: "snapshot.containers".into(),
+                    problem: format!("container `{id}` appears twice"),
+                }))
+            }
+            other => {
+                other.map_err(stored_or_status)?;
+                agent.remember_here(&ids);
+                Ok(Outcome::Stored {
+                    last_event_nanos: None,
+                    recorded: false,
+                })
+            }
+        }
+    }
+
+    /// A fault when one of `ids` is a container the tenant knows on another VM. Containers this
+    /// stream stored after such a check are not checked again within a re-check interval (the
+    /// tenant's other VMs are refused a container this one has).
+    async fn elsewhere(
+        &self,
+        agent: &mut Agent,
+        ids: &[String],
+        field: &str,
+    ) -> Result<Option<ReportFault>, Status> {
+        if agent.known_since.elapsed() >= self.settings().recheck {
+            agent.known_here.clear();
+            agent.known_since = Instant::now();
+        }
+        if ids.iter().all(|id| agent.known_here.contains(id)) {
+            return Ok(None);
+        }
+        let (tenant_id, vm) = (agent.joined.tenant_id, agent.joined.vm.as_str());
+        let elsewhere = efms_projections::fleet::queries::containers_elsewhere(
+            self.inner.fleet.pool(),
+            tenant_id,
+            vm,
+            ids,
+        )
+        .await
+        .map_err(|error| database(&error))?;
+        Ok(elsewhere.into_iter().next().map(|(id, other)| ReportFault {
+            field: field.to_owned(),
+            problem: format!("container `{id}` is on VM `{other}`, not on this one"),
+        }))
+    }
+}
