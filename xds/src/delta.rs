@@ -6,19 +6,24 @@
 //! response is rolled back from that view and not offered again until the snapshot changes. The
 //! ordering rules are those of the SotW stream: clusters, endpoints and secrets before listeners
 //! and routes, and their removals only once the listeners and routes sent with them are answered.
+//!
+//! A wildcard stream whose view is based on the snapshot before the current one (the common case
+//! after a commit) compares only the names the snapshot says changed, and the names where it
+//! differs from its base: a push costs what it changes, not what the proxy holds.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
 use efms_domain::envoy::ResourceKind;
-use efms_projections::snapshots::{set_version, XDS_KINDS};
+use efms_projections::snapshots::{KindResources, XDS_KINDS};
 use efms_projections::{GroupSnapshot, XdsResource};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tonic::Status;
 
 use crate::driver::{Core, Engine, Subscription};
+use crate::held::Held;
 
 use crate::session::{removal_waits_for_dependents, wildcard_by_default};
 use crate::status::{Outcome, Protocol};
@@ -31,9 +36,7 @@ pub(crate) struct TypeState {
     must_answer: bool,
     /// The versions the proxy holds, as far as the stream knows (sent responses count as held
     /// until refused).
-    client: BTreeMap<String, String>,
-    /// The version of `client` (see `set_version`).
-    client_version: String,
+    held: Held,
     /// Responses not answered yet, oldest first.
     pending: VecDeque<Sent>,
     refused: Option<String>,
@@ -47,10 +50,23 @@ struct Sent {
     nonce: String,
     /// The names the response sent or removed.
     touched: Vec<String>,
-    before: BTreeMap<String, String>,
     version: String,
     revision: u64,
     at: Instant,
+}
+
+/// What would change at the proxy.
+#[derive(Debug, Default)]
+struct Push {
+    /// Resources to send.
+    updated: Vec<Arc<XdsResource>>,
+    /// Names to remove.
+    removed: Vec<String>,
+    /// Removals wait until listeners and routes are answered.
+    held_back: bool,
+    /// When only the snapshot's change was compared: the names it changed, to move the view's
+    /// base to the current snapshot.
+    changed: Option<Vec<String>>,
 }
 
 impl crate::driver::TypeState for TypeState {
@@ -62,54 +78,85 @@ impl crate::driver::TypeState for TypeState {
 impl TypeState {
     /// Adds to `removed` the names asked for by name that do not exist, once each: Envoy then
     /// stops waiting for them.
-    fn report_absent(
-        &mut self,
-        want: &BTreeMap<String, Arc<XdsResource>>,
-        removed: &mut Vec<String>,
-    ) {
+    fn report_absent(&mut self, want: &KindResources, removed: &mut Vec<String>) {
         let Self {
-            sub,
-            client,
-            absent,
-            ..
+            sub, held, absent, ..
         } = self;
         absent.retain(|name| sub.names.contains(name) && !want.contains_key(name));
         if sub.wildcard {
             return;
         }
         for name in &sub.names {
-            if !want.contains_key(name) && !client.contains_key(name) && absent.insert(name.clone())
-            {
+            if !want.contains_key(name) && held.get(name).is_none() && absent.insert(name.clone()) {
                 removed.push(name.clone());
             }
         }
     }
 
     fn may_differ(&self, snapshot: &GroupSnapshot, kind: ResourceKind) -> bool {
-        !self.sub.wildcard || self.client_version != snapshot.kind_version(kind)
+        !self.sub.wildcard || self.held.set() != snapshot.kind_set(kind)
     }
 
-    /// What would change at the proxy: resources to send and names to remove.
-    fn difference(
+    /// The names to compare when the view's base is the current snapshot's set or the one
+    /// before it; `None` when everything must be compared.
+    fn shortcut<'a>(
         &self,
-        want: &BTreeMap<String, Arc<XdsResource>>,
+        snapshot: &'a GroupSnapshot,
+        kind: ResourceKind,
+    ) -> Option<&'a [String]> {
+        if !self.sub.wildcard {
+            return None;
+        }
+        let base = self.held.base_set();
+        if base == snapshot.kind_set(kind) {
+            return Some(&[]);
+        }
+        snapshot
+            .changes
+            .get(kind)
+            .filter(|change| change.from == base)
+            .map(|change| change.names.as_slice())
+    }
+
+    /// What would change at the proxy to hold `want`; removals are held back if `keep_removed`.
+    fn push(
+        &self,
+        snapshot: &GroupSnapshot,
+        kind: ResourceKind,
+        want: &KindResources,
         keep_removed: bool,
-    ) -> (Vec<Arc<XdsResource>>, Vec<String>) {
-        let updated = want
+    ) -> Push {
+        let mut push = Push::default();
+        let consider = |push: &mut Push, name: &String| {
+            let wanted = want.get(name.as_str());
+            if wanted.map(|resource| resource.version.as_str()) == self.held.get(name) {
+                return;
+            }
+            match wanted {
+                Some(resource) => push.updated.push(resource.clone()),
+                None if keep_removed => push.held_back = true,
+                None => push.removed.push(name.clone()),
+            }
+        };
+        if let Some(changed) = self.shortcut(snapshot, kind) {
+            let names: BTreeSet<&String> = self.held.differences().chain(changed).collect();
+            for name in names {
+                consider(&mut push, name);
+            }
+            push.changed = Some(changed.to_vec());
+            return push;
+        }
+        push.updated = want
             .values()
-            .filter(|r| self.client.get(&r.name) != Some(&r.version))
+            .filter(|resource| self.held.get(&resource.name) != Some(resource.version.as_str()))
             .cloned()
             .collect();
-        let removed = if keep_removed {
-            Vec::new()
-        } else {
-            self.client
-                .keys()
-                .filter(|name| !want.contains_key(*name))
-                .cloned()
-                .collect()
-        };
-        (updated, removed)
+        for name in self.held.names() {
+            if !want.contains_key(name) {
+                consider(&mut push, name);
+            }
+        }
+        push
     }
 }
 
@@ -135,9 +182,9 @@ impl Engine for Delta {
         };
         let state = core.types.entry(kind).or_default();
         let first = !state.sub.requested;
+        let narrowed = first || !request.resource_names_unsubscribe.is_empty();
         if first {
-            state.client = request.initial_resource_versions.into_iter().collect();
-            state.client_version = client_version(&state.client);
+            state.held = Held::from_versions(request.initial_resource_versions);
             state.must_answer = true;
             if request.resource_names_subscribe.is_empty() && wildcard_by_default(kind) {
                 state.sub.wildcard = true;
@@ -155,16 +202,13 @@ impl Engine for Delta {
                     // Envoy may have applied part of a refused response (and the responses
                     // after it): what those touched is unknown, so it is marked so and gets
                     // sent or removed again once the configuration changes.
-                    let mut client = sent.before;
                     for touched in std::iter::once(&sent.touched)
                         .chain(state.pending.iter().map(|later| &later.touched))
                     {
                         for name in touched {
-                            client.insert(name.clone(), String::new());
+                            state.held.put(name, Some(""));
                         }
                     }
-                    state.client_version = client_version(&client);
-                    state.client = client;
                     state.pending.clear();
                     state.refused = Some(sent.version.clone());
                     core.session.record(
@@ -200,14 +244,10 @@ impl Engine for Delta {
                 state.sub.names.remove(&name);
             }
         }
-        if !state.sub.wildcard {
+        if !state.sub.wildcard && narrowed {
             // The proxy forgets what it unsubscribed from; so does its view here.
-            let names = state.sub.names.clone();
-            let before = state.client.len();
-            state.client.retain(|name, _| names.contains(name));
-            if state.client.len() != before {
-                state.client_version = client_version(&state.client);
-            }
+            let TypeState { sub, held, .. } = state;
+            held.retain(|name| sub.names.contains(name));
         }
         Ok(())
     }
@@ -224,10 +264,16 @@ impl Engine for Delta {
                 && (!state.pending.is_empty()
                     || (state.may_differ(&snapshot, kind) && {
                         let want = state.sub.select(&snapshot, kind);
-                        let (updated, removed) = state.difference(&want, false);
-                        (!updated.is_empty() || !removed.is_empty())
+                        let push = state.push(&snapshot, kind, &want, false);
+                        (!push.updated.is_empty() || !push.removed.is_empty())
                             && state.refused.as_deref()
-                                != Some(after_version(&state.client, &updated, &removed).as_str())
+                                != Some(
+                                    state
+                                        .held
+                                        .set_after(&push.updated, &push.removed)
+                                        .version()
+                                        .as_str(),
+                                )
                     }))
         });
         let mut responses = Vec::new();
@@ -244,16 +290,25 @@ impl Engine for Delta {
             }
             let want = state.sub.select(&snapshot, kind);
             let keep_removed = dependents_pending && removal_waits_for_dependents(kind);
-            let (updated, mut removed) = state.difference(&want, keep_removed);
-            if keep_removed && state.client.keys().any(|name| !want.contains_key(name)) {
+            let Push {
+                updated,
+                mut removed,
+                held_back,
+                changed,
+            } = state.push(&snapshot, kind, &want, keep_removed);
+            if let Some(changed) = changed {
+                state
+                    .held
+                    .rebase(want.clone(), snapshot.kind_set(kind), &changed);
+            }
+            if held_back {
                 core.holding = true;
             }
             state.report_absent(&want, &mut removed);
             if updated.is_empty() && removed.is_empty() && !state.must_answer {
                 continue;
             }
-            let after = after_set(&state.client, &updated, &removed);
-            let version = client_version(&after);
+            let version = state.held.set_after(&updated, &removed).version();
             if state.refused.as_deref() == Some(version.as_str()) && !state.must_answer {
                 continue;
             }
@@ -271,16 +326,17 @@ impl Engine for Delta {
             ));
             core.session
                 .record(kind, Outcome::Sent, &version, snapshot.revision);
-            state.client_version.clone_from(&version);
-            let removed_names = removed;
+            state.held.apply(&updated, &removed);
+            if state.sub.wildcard {
+                state.held.adopt_if_equal(&want, snapshot.kind_set(kind));
+            }
             state.pending.push_back(Sent {
                 touched: updated
                     .iter()
                     .map(|resource| resource.name.clone())
-                    .chain(removed_names)
+                    .chain(removed)
                     .collect(),
                 nonce,
-                before: std::mem::replace(&mut state.client, after),
                 version,
                 revision: snapshot.revision,
                 at: Instant::now(),
@@ -288,38 +344,4 @@ impl Engine for Delta {
         }
         responses
     }
-}
-
-/// What the proxy holds after applying `updated` and `removed` to `client`.
-fn after_set(
-    client: &BTreeMap<String, String>,
-    updated: &[Arc<XdsResource>],
-    removed: &[String],
-) -> BTreeMap<String, String> {
-    let mut after = client.clone();
-    for resource in updated {
-        after.insert(resource.name.clone(), resource.version.clone());
-    }
-    for name in removed {
-        after.remove(name);
-    }
-    after
-}
-
-/// The version of what the proxy holds after applying `updated` and `removed`.
-fn after_version(
-    client: &BTreeMap<String, String>,
-    updated: &[Arc<XdsResource>],
-    removed: &[String],
-) -> String {
-    client_version(&after_set(client, updated, removed))
-}
-
-/// The version of the set a proxy holds.
-fn client_version(client: &BTreeMap<String, String>) -> String {
-    set_version(
-        client
-            .iter()
-            .map(|(name, version)| (name.as_str(), version.as_str())),
-    )
 }

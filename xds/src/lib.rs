@@ -14,6 +14,7 @@ mod delta;
 mod driver;
 pub mod fleet;
 mod grpc;
+mod held;
 pub mod identity;
 pub mod metrics;
 mod services;

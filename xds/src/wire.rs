@@ -157,7 +157,9 @@ mod tests {
             revision: 1,
             exists: true,
             resources: std::collections::BTreeMap::new(),
+            sets: std::collections::BTreeMap::new(),
             versions: std::collections::BTreeMap::new(),
+            changes: efms_projections::snapshots::Changes::default(),
             encodings: efms_projections::snapshots::Encodings::default(),
         };
         let wire = sotw(

@@ -19,7 +19,11 @@
 mod build;
 mod load;
 mod model;
+mod set_hash;
 mod store;
 
-pub use model::{set_version, Encodings, GroupSnapshot, KindResources, XdsResource, XDS_KINDS};
+pub use model::{
+    Changes, Encodings, GroupSnapshot, KindChange, KindResources, XdsResource, XDS_KINDS,
+};
+pub use set_hash::{member_hash, set_version, SetHash};
 pub use store::SnapshotStore;

@@ -11,8 +11,9 @@ use bytes::Bytes;
 use efms_domain::config::group::GroupSpec;
 use efms_domain::config::ResourceRef;
 use efms_domain::envoy::ResourceKind;
-use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
+
+use super::set_hash::{member_hash, SetHash};
 
 /// The branch proxies follow unless their group is pinned to another.
 pub(super) use efms_domain::config::MAIN_BRANCH;
@@ -45,6 +46,8 @@ pub struct XdsResource {
     /// The `Resource` holding it, framed as field 2 of a `DeltaDiscoveryResponse` (its
     /// `resources`).
     pub delta_field: Bytes,
+    /// Its share of the version of a set that holds it (see [`SetHash`]).
+    pub member: u128,
 }
 
 impl XdsResource {
@@ -74,6 +77,7 @@ impl XdsResource {
         buffer.extend_from_slice(body);
         let delta_field = Bytes::from(buffer);
         Self {
+            member: member_hash(&name, &version),
             name,
             version,
             body: delta_field.slice(body_start..),
@@ -159,11 +163,46 @@ pub struct GroupSnapshot {
     pub exists: bool,
     /// The resources per Envoy kind, by name.
     pub resources: BTreeMap<ResourceKind, KindResources>,
-    /// The version of every Envoy kind's whole set (see [`set_version`]), computed once.
+    /// Every Envoy kind's whole set (see [`SetHash`]), computed once.
+    pub sets: BTreeMap<ResourceKind, SetHash>,
+    /// The version of every Envoy kind's whole set, computed once.
     pub versions: BTreeMap<ResourceKind, String>,
+    /// How each kind's set changed from the group's snapshot before this one.
+    pub changes: Changes,
     /// Responses encoded from it, shared by its streams.
     pub encodings: Encodings,
 }
+
+/// How one kind's set changed from one snapshot of a group to the next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KindChange {
+    /// The set before.
+    pub from: SetHash,
+    /// The names whose resource is new, different or gone, in order.
+    pub names: Vec<String>,
+}
+
+/// How each kind's set changed from a group's previous snapshot (kinds that did not change are
+/// absent), computed once when the snapshot is published so that a stream holding the previous
+/// set looks only at what changed.
+#[derive(Debug, Clone, Default)]
+pub struct Changes(Arc<BTreeMap<ResourceKind, KindChange>>);
+
+impl Changes {
+    /// The change of `kind`, if it changed.
+    pub fn get(&self, kind: ResourceKind) -> Option<&KindChange> {
+        self.0.get(&kind)
+    }
+}
+
+impl PartialEq for Changes {
+    /// Two snapshots with the same resources are the same whatever came before them.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Changes {}
 
 impl GroupSnapshot {
     /// The snapshot of a group that does not exist (yet) at `revision`.
@@ -175,7 +214,9 @@ impl GroupSnapshot {
             revision,
             exists: false,
             resources: BTreeMap::new(),
+            sets: BTreeMap::new(),
             versions: BTreeMap::new(),
+            changes: Changes::default(),
             encodings: Encodings::default(),
         }
     }
@@ -189,23 +230,59 @@ impl GroupSnapshot {
             revision,
             exists: self.exists,
             resources: self.resources.clone(),
+            sets: self.sets.clone(),
             versions: self.versions.clone(),
+            changes: self.changes.clone(),
             encodings: self.encodings.share(),
         }
     }
 
-    /// Computes the per-kind versions; called once the resources are in.
+    /// Computes the per-kind sets and versions; called once the resources are in.
     pub(super) fn seal(mut self) -> Self {
-        self.versions = XDS_KINDS
+        self.sets = XDS_KINDS
             .into_iter()
             .map(|kind| {
-                let version = set_version(
-                    self.of_kind(kind)
-                        .map(|r| (r.name.as_str(), r.version.as_str())),
-                );
-                (kind, version)
+                let mut set = SetHash::default();
+                for resource in self.of_kind(kind) {
+                    set.add(resource.member);
+                }
+                (kind, set)
             })
             .collect();
+        self.versions = self
+            .sets
+            .iter()
+            .map(|(kind, set)| (*kind, set.version()))
+            .collect();
+        self
+    }
+
+    /// The same snapshot, knowing that the group's proxies were given `previous` before it.
+    pub(super) fn following(mut self, previous: &Self) -> Self {
+        if self.same_content(previous) {
+            // Nothing changed since: streams that still hold what came before `previous` may
+            // still take the same shortcut.
+            self.changes = previous.changes.clone();
+            return self;
+        }
+        let mut changes = BTreeMap::new();
+        for kind in XDS_KINDS {
+            let from = previous.kind_set(kind);
+            if from == self.kind_set(kind) {
+                continue;
+            }
+            let empty = BTreeMap::new();
+            let before = previous.resources.get(&kind).map_or(&empty, AsRef::as_ref);
+            let after = self.resources.get(&kind).map_or(&empty, AsRef::as_ref);
+            changes.insert(
+                kind,
+                KindChange {
+                    from,
+                    names: changed_names(before, after),
+                },
+            );
+        }
+        self.changes = Changes(Arc::new(changes));
         self
     }
 
@@ -238,7 +315,12 @@ impl GroupSnapshot {
         self.resources.get(&kind)?.get(name)
     }
 
-    /// The version of everything of `kind` (see [`set_version`]).
+    /// Everything of `kind`, summed (see [`SetHash`]).
+    pub fn kind_set(&self, kind: ResourceKind) -> SetHash {
+        self.sets.get(&kind).copied().unwrap_or_default()
+    }
+
+    /// The version of everything of `kind` (see [`SetHash`]).
     pub fn kind_version(&self, kind: ResourceKind) -> &str {
         self.versions.get(&kind).map_or("", String::as_str)
     }
@@ -249,19 +331,44 @@ impl GroupSnapshot {
     }
 }
 
-/// The version of a set of resources: a hash of their names and versions, so equal sets have equal
-/// versions whichever stream, replica or protocol computes it.
-pub fn set_version<'a>(resources: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
-    let mut pairs: Vec<_> = resources.into_iter().collect();
-    pairs.sort_unstable();
-    let mut hasher = Sha256::new();
-    for (name, version) in pairs {
-        hasher.update(name.as_bytes());
-        hasher.update([0]);
-        hasher.update(version.as_bytes());
-        hasher.update([b'\n']);
+/// The names whose resource differs between two sets (present in one only, or different).
+fn changed_names(
+    before: &BTreeMap<String, Arc<XdsResource>>,
+    after: &BTreeMap<String, Arc<XdsResource>>,
+) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut before = before.iter().peekable();
+    let mut after = after.iter().peekable();
+    loop {
+        match (before.peek(), after.peek()) {
+            (None, None) => return names,
+            (Some((name, _)), None) => {
+                names.push((*name).clone());
+                before.next();
+            }
+            (None, Some((name, _))) => {
+                names.push((*name).clone());
+                after.next();
+            }
+            (Some((old_name, old)), Some((new_name, new))) => match old_name.cmp(new_name) {
+                std::cmp::Ordering::Less => {
+                    names.push((*old_name).clone());
+                    before.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    names.push((*new_name).clone());
+                    after.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if !Arc::ptr_eq(old, new) && old.version != new.version {
+                        names.push((*old_name).clone());
+                    }
+                    before.next();
+                    after.next();
+                }
+            },
+        }
     }
-    short_hex(&hasher.finalize())
 }
 
 /// The first 8 bytes of a hash, in hex.
@@ -382,19 +489,5 @@ impl Content {
             touched.groups.insert(name);
         }
         touched
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_set_version_depends_on_content_not_order() {
-        let a = set_version([("a", "1"), ("b", "2")]);
-        assert_eq!(a, set_version([("b", "2"), ("a", "1")]));
-        assert_ne!(a, set_version([("a", "1"), ("b", "3")]));
-        assert_ne!(a, set_version([("a", "1")]));
-        assert_eq!(a.len(), 16);
     }
 }

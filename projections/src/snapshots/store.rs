@@ -400,6 +400,7 @@ impl TenantState {
                 continue;
             }
             let (snapshot, reads) = self.snapshot(tenant_id, &group);
+            let snapshot = snapshot.following(&current);
             let watcher = self.watchers.get_mut(&group).expect("listed above");
             watcher.reads = reads;
             watcher.sender.send_if_modified(|current| {
