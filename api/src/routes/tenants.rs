@@ -116,6 +116,10 @@ pub async fn create(
         },
     )
     .await?;
+    if outcome.is_some() {
+        // Committed: the tenant exists from now on, whether or not its read model caught up.
+        state.known_tenants.insert(slug.tenant_id());
+    }
     let location = format!("/api/v1/tenants/{slug}");
     let row = read_back(&state.pool, &state.tenants, outcome, &slug).await?;
     let mut response = match row {
