@@ -14,6 +14,10 @@ use crate::event_store::{PgEventRepository, ACTOR_KEY};
 use crate::log::{CommitBell, Position};
 use crate::warm::{Decide, StreamKey, Warm, WarmStates, DEFAULT_WARM_STREAMS};
 
+mod batch;
+
+pub use batch::{BatchCommand, BatchOutcome};
+
 /// Events between two snapshots of an aggregate, when no other number is set: a cold load (a
 /// stream not kept warm) replays at most about this many past its snapshot. Snapshots are written
 /// off the commit's path (see [`Snapshots`]).

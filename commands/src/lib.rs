@@ -28,7 +28,7 @@ pub mod log;
 pub mod scope;
 pub mod warm;
 
-pub use bus::{CommandBus, CommandError, CommitMetadata};
+pub use bus::{BatchCommand, BatchOutcome, CommandBus, CommandError, CommitMetadata};
 pub use event_store::PgEventRepository;
 pub use keys::Keyring;
 pub use log::{CommitBell, LogDoorbell, Position, RecordedEvent, SharedDoorbell};

@@ -6,6 +6,7 @@
 //! an agent's reports stand) to `vm_presence` and the sample tables ([`presence`]).
 
 pub mod presence;
+pub mod record_queue;
 pub mod rollups;
 pub mod tokens;
 pub mod upkeep;
@@ -13,7 +14,7 @@ pub mod upkeep;
 use std::time::Duration;
 
 use cqrs_es::Aggregate as _;
-use efms_domain::fleet::{JoinToken, Vm, VmCommand, VmError, VmName, VmPlacement};
+use efms_domain::fleet::{JoinToken, LifecycleEvent, Vm, VmCommand, VmError, VmName, VmPlacement};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -44,12 +45,26 @@ fn token_storage(error: sqlx::Error) -> FleetError {
 pub struct Fleet {
     pool: PgPool,
     bus: CommandBus,
+    records: record_queue::RecordQueue,
 }
 
 impl Fleet {
-    /// Writes through `bus`, tokens and presence to `pool`.
+    /// Writes through `bus`, tokens and presence to `pool`; starts the writer of agents'
+    /// lifecycle events (see [`record_queue`]).
     pub fn new(pool: PgPool, bus: CommandBus) -> Self {
-        Self { pool, bus }
+        let records = record_queue::RecordQueue::spawn(bus.clone());
+        Self { pool, bus, records }
+    }
+
+    /// Records lifecycle `events` of the VM `name` of `tenant_id`, reported by its agent, in a
+    /// commit shared with other VMs' events waiting at the same time.
+    pub async fn record(
+        &self,
+        tenant_id: Uuid,
+        name: &str,
+        events: Vec<LifecycleEvent>,
+    ) -> Result<Option<Position>, FleetError> {
+        self.records.record(tenant_id, name, events, name).await
     }
 
     /// The pool it writes to.

@@ -63,14 +63,7 @@ impl FleetServer {
                 }
                 let last_event_nanos = Some(event.time_nanos);
                 fleet
-                    .execute(
-                        tenant_id,
-                        vm,
-                        VmCommand::Record {
-                            events: vec![event],
-                        },
-                        vm,
-                    )
+                    .record(tenant_id, vm, vec![event])
                     .await
                     .map_err(stored_or_status)?;
                 agent.remember_here(&ids);
