@@ -83,7 +83,8 @@ async fn open_secret(
 }
 
 /// What differs between `state` and the head revision of the tenant's `branch`: one consistent
-/// read of the resource list, then the documents of the resources whose hash changed. `state` is
+/// read of the resource list (for `main` read before, only of the resources changed since), then
+/// the documents of the resources whose hash changed. `state` is
 /// only read: the caller applies the change ([`Content::apply`]) where and when it chooses. `None`
 /// when the branch is not live (`main` always is; a deleted or unknown branch loads nothing).
 #[allow(clippy::too_many_lines)]
@@ -121,19 +122,49 @@ pub(super) async fn load(
     )
     .fetch_one(&mut *tx)
     .await?;
-    let listed = sqlx::query!(
-        "SELECT kind, name, hash FROM config_resources WHERE tenant_id = $1 AND branch = $2",
-        tenant_id,
-        branch,
-    )
-    .fetch_all(&mut *tx)
-    .await?;
+    // `main` read before at an earlier revision: only what changed since (every change of a
+    // resource, deletions included, starts a version). Otherwise the whole list.
+    let since = (branch == MAIN_BRANCH && state.revision > 0 && revision >= state.revision_i64())
+        .then(|| state.revision_i64());
+    let listed: Vec<(String, String, Option<String>)> = match since {
+        Some(since) => sqlx::query!(
+            r#"SELECT c.kind AS "kind!", c.name AS "name!", r.hash AS "hash?"
+               FROM (SELECT DISTINCT kind, name FROM config_resource_versions
+                     WHERE tenant_id = $1 AND branch = $2 AND valid_from > $3) AS c
+               LEFT JOIN config_resources r
+                 ON r.tenant_id = $1 AND r.branch = $2 AND r.kind = c.kind AND r.name = c.name"#,
+            tenant_id,
+            branch,
+            since,
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|row| (row.kind, row.name, row.hash))
+        .collect(),
+        None => sqlx::query!(
+            "SELECT kind, name, hash FROM config_resources WHERE tenant_id = $1 AND branch = $2",
+            tenant_id,
+            branch,
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|row| (row.kind, row.name, Some(row.hash)))
+        .collect(),
+    };
     let mut live: HashMap<(ResourceKind, String), String> = HashMap::with_capacity(listed.len());
-    for row in listed {
-        if let Ok(kind) =
-            serde_json::from_value::<ResourceKind>(serde_json::Value::String(row.kind))
-        {
-            live.insert((kind, row.name), row.hash);
+    let mut gone = Vec::new();
+    for (kind, name, hash) in listed {
+        let Ok(kind) = serde_json::from_value::<ResourceKind>(serde_json::Value::String(kind))
+        else {
+            continue;
+        };
+        match hash {
+            Some(hash) => {
+                live.insert((kind, name), hash);
+            }
+            None => gone.push((kind, name)),
         }
     }
     let mut group_hashes: BTreeMap<String, String> = BTreeMap::new();
@@ -173,20 +204,32 @@ pub(super) async fn load(
         revision: u64::try_from(revision).unwrap_or_default(),
         ..ContentChange::default()
     };
-    change.resources.extend(
-        state
-            .resources
-            .keys()
-            .filter(|key| !live.contains_key(*key))
-            .map(|key| (key.clone(), None)),
-    );
-    change.groups.extend(
-        state
-            .groups
-            .keys()
-            .filter(|name| !group_hashes.contains_key(*name))
-            .map(|name| (name.clone(), None)),
-    );
+    if since.is_some() {
+        for (kind, name) in gone {
+            if kind == ResourceKind::Group {
+                if state.groups.contains_key(&name) {
+                    change.groups.push((name, None));
+                }
+            } else if state.resources.contains_key(&(kind, name.clone())) {
+                change.resources.push(((kind, name), None));
+            }
+        }
+    } else {
+        change.resources.extend(
+            state
+                .resources
+                .keys()
+                .filter(|key| !live.contains_key(*key))
+                .map(|key| (key.clone(), None)),
+        );
+        change.groups.extend(
+            state
+                .groups
+                .keys()
+                .filter(|name| !group_hashes.contains_key(*name))
+                .map(|name| (name.clone(), None)),
+        );
+    }
     for row in documents {
         let Ok(kind) = serde_json::from_value::<ResourceKind>(serde_json::Value::String(row.kind))
         else {

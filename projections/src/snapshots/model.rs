@@ -470,6 +470,11 @@ pub(super) struct Reads {
 }
 
 impl Content {
+    /// The revision it was read at, as the read models store it.
+    pub(super) fn revision_i64(&self) -> i64 {
+        i64::try_from(self.revision).unwrap_or(i64::MAX)
+    }
+
     /// Applies a load's `change`; what it touched.
     pub(super) fn apply(&mut self, change: ContentChange) -> Touched {
         let mut touched = Touched::default();
