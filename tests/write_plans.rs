@@ -6,6 +6,7 @@
 
 use efms_commands::Scope;
 use efms_projections::config::writer::{CLOSE_OPEN_VERSIONS, DELETE_CURRENT};
+use efms_tests::plans::reads_of;
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -99,33 +100,13 @@ async fn plan(pool: &PgPool, statement: &str, count: usize, generic: bool) -> Va
     plan
 }
 
-/// Every `(node type, index)` of the plan that reads `table`.
-fn reads_of(plan: &Value, table: &str, out: &mut Vec<(String, Option<String>)>) {
-    match plan {
-        Value::Array(items) => items.iter().for_each(|item| reads_of(item, table, out)),
-        Value::Object(node) => {
-            let node_type = node.get("Node Type").and_then(Value::as_str);
-            let relation = node.get("Relation Name").and_then(Value::as_str);
-            if let (Some(node_type), Some(relation)) = (node_type, relation) {
-                if relation == table && node_type != "ModifyTable" {
-                    let index = node.get("Index Name").and_then(Value::as_str);
-                    out.push((node_type.to_owned(), index.map(str::to_owned)));
-                }
-            }
-            node.values().for_each(|value| reads_of(value, table, out));
-        }
-        _ => {}
-    }
-}
-
 /// Fails unless `statement` reads `table` only by one index lookup per key (`index`) and by the
 /// address of the row found (TID), for a commit of one key and of 10,000.
 async fn assert_key_lookups(pool: &PgPool, statement: &str, table: &str, index: &str, when: &str) {
     for count in [1, 10_000] {
         for generic in [false, true] {
             let plan = plan(pool, statement, count, generic).await;
-            let mut reads = Vec::new();
-            reads_of(&plan, table, &mut reads);
+            let reads = reads_of(&plan, table);
             let by_key = reads
                 .iter()
                 .filter(|(node, used)| node == "Index Scan" && used.as_deref() == Some(index))

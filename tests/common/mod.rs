@@ -3,6 +3,7 @@
 pub mod docker;
 pub mod fleet;
 pub mod measure;
+pub mod plans;
 
 use std::time::Duration;
 

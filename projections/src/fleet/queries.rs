@@ -492,21 +492,26 @@ pub async fn containers_elsewhere(
     ids: &[String],
 ) -> Result<Vec<(String, String)>, sqlx::Error> {
     let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
-    let rows = sqlx::query!(
-        r#"SELECT container_id, vm_name FROM containers
-           WHERE tenant_id = $1 AND container_id = ANY($3) AND vm_name <> $2 AND gone_at IS NULL"#,
-        tenant_id,
-        vm,
-        ids,
-    )
-    .fetch_all(&mut *tx)
-    .await?;
+    let rows: Vec<(String, String)> = sqlx::query_as(CONTAINERS_ELSEWHERE)
+        .bind(tenant_id)
+        .bind(vm)
+        .bind(ids)
+        .fetch_all(&mut *tx)
+        .await?;
     tx.commit().await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| (row.container_id, row.vm_name))
-        .collect())
+    Ok(rows)
 }
+
+/// The statement of [`containers_elsewhere`]: one primary-key lookup per id asked about, whatever
+/// the table's statistics. Each id is looked up on its own (a `LIMIT` keeps the planner from
+/// turning the lookups into a join): asked as one join or `= ANY`, a planner that never saw the
+/// table analyzed reads all of the tenant's containers through `containers_by_vm` instead, on
+/// every report of every agent.
+pub const CONTAINERS_ELSEWHERE: &str = r"SELECT c.container_id, c.vm_name
+   FROM UNNEST($3::text[]) AS wanted(id),
+        LATERAL (SELECT container_id, vm_name, gone_at FROM containers
+                 WHERE tenant_id = $1 AND container_id = wanted.id LIMIT 1) AS c
+   WHERE c.vm_name <> $2 AND c.gone_at IS NULL";
 
 /// How many VMs are in each state, and containers in each state and health, across tenants.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -38,6 +38,9 @@ enum Outcome {
 
 /// The most container ids a stream remembers as checked to be on its VM.
 const KNOWN_CONTAINERS: usize = 4_096;
+/// How long a stream trusts that a container it stored is its VM's before checking again (a
+/// container's events come about once a minute; checking each would cost a read per event).
+const KNOWN_CONTAINERS_FOR: std::time::Duration = std::time::Duration::from_secs(600);
 /// A heartbeat that changes nothing is still decided by the VM at least this many heartbeat
 /// intervals apart, so that a VM another replica took down comes back up.
 const HEARTBEAT_RECHECK_INTERVALS: u32 = 3;

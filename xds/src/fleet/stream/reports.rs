@@ -167,15 +167,15 @@ impl FleetServer {
     }
 
     /// A fault when one of `ids` is a container the tenant knows on another VM. Containers this
-    /// stream stored after such a check are not checked again within a re-check interval (the
-    /// tenant's other VMs are refused a container this one has).
+    /// stream stored after such a check are not checked again for [`super::KNOWN_CONTAINERS_FOR`]:
+    /// the tenant's other VMs are refused a container this one has, so it stays this VM's.
     async fn elsewhere(
         &self,
         agent: &mut Agent,
         ids: &[String],
         field: &str,
     ) -> Result<Option<ReportFault>, Status> {
-        if agent.known_since.elapsed() >= self.settings().recheck {
+        if agent.known_since.elapsed() >= super::KNOWN_CONTAINERS_FOR {
             agent.known_here.clear();
             agent.known_since = Instant::now();
         }

@@ -1,0 +1,76 @@
+//! The fleet's statements run on every agent report keep plans of key lookups in a tenant of
+//! 20,000 containers, with statistics and without (a table that grew faster than it was analyzed):
+//! a report must never cost a read of the tenant's whole fleet.
+
+use efms_commands::Scope;
+use efms_projections::fleet::queries::CONTAINERS_ELSEWHERE;
+use efms_tests::plans::reads_of;
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const TENANT: Uuid = Uuid::from_u128(0x0f1e_e700_0000_4000_8000_0000_0000_0001);
+
+/// 1,000 VMs of 20 containers each.
+async fn fill(pool: &PgPool) {
+    sqlx::query(
+        r"INSERT INTO containers (tenant_id, container_id, vm_name, name, image, state, health,
+                                  restart_count, limits, ports, labels, first_seen_at, updated_at,
+                                  document)
+          SELECT $1, encode(sha256(i::text::bytea), 'hex'), 'vm-' || (i / 20), 'envoy-' || i,
+                 'envoy:1', 'running', 'healthy', 0, '{}', '[]', '{}', now(), now(), '{}'
+          FROM generate_series(1, 20000) AS i",
+    )
+    .bind(TENANT)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+async fn plan(pool: &PgPool, ids: usize, generic: bool) -> Value {
+    let ids: Vec<String> = (1..=ids).map(|i| format!("{:064x}", i * 7919)).collect();
+    let mut tx = Scope::System.begin(pool).await.unwrap();
+    if generic {
+        sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    let plan =
+        sqlx::query_scalar::<_, Value>(&format!("EXPLAIN (FORMAT JSON) {CONTAINERS_ELSEWHERE}"))
+            .bind(TENANT)
+            .bind("vm-1")
+            .bind(&ids)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    tx.rollback().await.unwrap();
+    plan
+}
+
+async fn assert_key_lookups(pool: &PgPool, when: &str) {
+    for ids in [1, 20] {
+        for generic in [false, true] {
+            let plan = plan(pool, ids, generic).await;
+            let reads = reads_of(&plan, "containers");
+            assert!(
+                reads.len() == 1
+                    && reads[0].0 == "Index Scan"
+                    && reads[0].1.as_deref() == Some("containers_pkey"),
+                "containers read otherwise than by key ({when}, {ids} ids, generic plan: \
+                 {generic}): {reads:?}\n{plan:#}"
+            );
+        }
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn checking_a_reports_containers_against_other_vms_looks_up_each_id(pool: PgPool) {
+    fill(&pool).await;
+    assert_key_lookups(&pool, "never analyzed").await;
+    sqlx::query("ANALYZE containers")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_key_lookups(&pool, "analyzed").await;
+}
