@@ -100,17 +100,20 @@ pub async fn watched_while_live(
     token_id: Uuid,
 ) -> Result<Option<Vec<String>>, sqlx::Error> {
     let mut tx = Scope::System.begin(pool).await?;
-    let images = sqlx::query_scalar!(
-        r#"SELECT coalesce(v.watch_images, '[]'::jsonb) AS "images!"
+    // The token is found by its key and its revocation checked here: asked in the query, a
+    // planner without statistics scans all of the tenant's live tokens by their partial index.
+    let row = sqlx::query!(
+        r#"SELECT t.revoked_at IS NULL AS "live!", coalesce(v.watch_images, '[]'::jsonb) AS "images!"
            FROM vm_join_tokens t
            LEFT JOIN vms v ON v.tenant_id = t.tenant_id AND v.name = t.vm_name
-           WHERE t.tenant_id = $1 AND t.token_id = $2 AND t.revoked_at IS NULL"#,
+           WHERE t.tenant_id = $1 AND t.token_id = $2"#,
         tenant_id,
         token_id,
     )
     .fetch_optional(&mut *tx)
     .await?;
     tx.commit().await?;
+    let images = row.filter(|row| row.live).map(|row| row.images);
     images
         .map(|images| {
             serde_json::from_value(images).map_err(|error| sqlx::Error::Decode(Box::new(error)))

@@ -505,7 +505,7 @@ pub async fn containers_elsewhere(
 /// The statement of [`containers_elsewhere`]: one primary-key lookup per id asked about, whatever
 /// the table's statistics. Each id is looked up on its own (a `LIMIT` keeps the planner from
 /// turning the lookups into a join): asked as one join or `= ANY`, a planner that never saw the
-/// table analyzed reads all of the tenant's containers through `containers_by_vm` instead, on
+/// table analyzed reads all of the tenant's containers through the index by VM instead, on
 /// every report of every agent.
 pub const CONTAINERS_ELSEWHERE: &str = r"SELECT c.container_id, c.vm_name
    FROM UNNEST($3::text[]) AS wanted(id),
