@@ -48,7 +48,8 @@ fn cluster(name: &str, timeout: &str) -> Value {
                     "address": "127.0.0.1", "port_value": 8080 } } } }] }] } })
 }
 
-/// Two tenants with history: resources created, replaced, deleted; a branch; a VM.
+/// Two tenants with history: resources created, replaced, deleted and created again; a branch
+/// with a change of its own; a VM.
 async fn two_tenants(app: &TestApp) {
     for slug in ["acme", "beta"] {
         app.create_tenant(slug, slug).await;
@@ -72,10 +73,22 @@ async fn two_tenants(app: &TestApp) {
             )
             .await;
         assert_eq!(deleted.status, 204, "{}", deleted.body);
+        let again = app
+            .post(&format!("{base}/clusters"), &cluster("c", "3s"))
+            .await;
+        assert_eq!(again.status, 201, "created again: {}", again.body);
         let branch = app
             .post(&format!("{base}/branches"), &json!({ "name": "canary" }))
             .await;
         assert_eq!(branch.status, 201, "{}", branch.body);
+        let on_branch = app
+            .put(
+                &format!("{base}/clusters/b?branch=canary"),
+                &cluster("b", "4s"),
+                &[],
+            )
+            .await;
+        assert_eq!(on_branch.status, 200, "{}", on_branch.body);
         let vm = app
             .post(&format!("{base}/vms"), &json!({ "name": "vm-1" }))
             .await;
@@ -101,6 +114,16 @@ async fn replaying_every_read_model_gives_the_rows_the_projectors_kept(pool: PgP
 
     let replayed = efms_api::replay::replay(&pool, Rebuild::All).await.unwrap();
     assert_eq!(rows(&pool, None).await, kept);
+    let open_index: Option<String> = sqlx::query_scalar(
+        "SELECT indexdef FROM pg_indexes WHERE indexname = 'config_resource_versions_open'",
+    )
+    .fetch_optional(&pool)
+    .await
+    .unwrap();
+    assert!(
+        open_index.is_some_and(|def| def.contains("UNIQUE") && def.contains("valid_to IS NULL")),
+        "the index of open versions is back after the rebuild"
+    );
     let config = replayed
         .iter()
         .find(|done| done.projection == "config")
