@@ -156,27 +156,6 @@ pub trait Projection: Send + Sync + 'static {
         tx: &mut PgConnection,
         tenant_id: uuid::Uuid,
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
-
-    /// Called after [`Projection::reset`] when the whole read model is rebuilt from the start of
-    /// the log in one transaction (`efms replay`): the projection may defer work that applying the
-    /// log event by event would repeat, and finishes it in [`Projection::rebuilt`]. The default
-    /// defers nothing.
-    fn rebuilding(
-        &self,
-        tx: &mut PgConnection,
-    ) -> impl Future<Output = Result<(), ProjectionError>> + Send {
-        let _ = tx;
-        async { Ok(()) }
-    }
-
-    /// Called once a rebuild from the start of the log applied the whole log, before it commits.
-    fn rebuilt(
-        &self,
-        tx: &mut PgConnection,
-    ) -> impl Future<Output = Result<(), ProjectionError>> + Send {
-        let _ = tx;
-        async { Ok(()) }
-    }
 }
 
 /// Drives one [`Projection`].

@@ -50,7 +50,6 @@ impl<P: Projection> Projector<P> {
         let range = match rebuild {
             Rebuild::All => {
                 self.projection().reset(&mut tx).await?;
-                self.projection().rebuilding(&mut tx).await?;
                 Range::Log
             }
             Rebuild::Tenant(tenant_id) => {
@@ -75,7 +74,6 @@ impl<P: Projection> Projector<P> {
         }
         let position = match rebuild {
             Rebuild::All => {
-                self.projection().rebuilt(&mut tx).await?;
                 store_checkpoint(&mut tx, P::NAME, from).await?;
                 from
             }

@@ -22,29 +22,15 @@ use crate::projector::{payload_of, Projection, ProjectionError};
 /// table holds and whatever its statistics say. A plain join of the keys with the table let the
 /// planner pick a hash join over every version of the tenant, or worse. Held as text, not checked
 /// at compile time, so that the test of its plan (`tests/write_plans.rs`) runs this very statement.
-/// A rebuild of the whole read model defers the closing (see [`ConfigProjection`]'s `rebuilding`):
-/// the setting `efms.deferred_closing` then makes the statement a no-op.
 pub const CLOSE_OPEN_VERSIONS: &str = r"UPDATE config_resource_versions v SET valid_to = $3
 FROM UNNEST($4::text[], $5::text[]) AS u(kind, name)
 CROSS JOIN LATERAL (
     SELECT o.ctid AS row_id FROM config_resource_versions o
     WHERE o.tenant_id = $1 AND o.branch = $2 AND o.kind = u.kind AND o.name = u.name
       AND o.valid_to IS NULL
-      AND current_setting('efms.deferred_closing', true) IS DISTINCT FROM 'on'
     LIMIT 1
 ) AS o
 WHERE v.ctid = o.row_id";
-
-/// Closes every version at the start of the next version of its resource, as the commits would
-/// have one by one (a rebuild's deferred closing).
-const CLOSE_EVERY_VERSION: &str = r"UPDATE config_resource_versions v SET valid_to = n.next
-FROM (
-    SELECT ctid AS row_id,
-           lead(valid_from) OVER (PARTITION BY tenant_id, branch, kind, name ORDER BY valid_from)
-               AS next
-    FROM config_resource_versions
-) AS n
-WHERE v.ctid = n.row_id AND n.next IS NOT NULL";
 
 /// Removes the deleted resources (`$3` kinds and `$4` names, pairwise) from the current state of
 /// tenant `$1`'s branch `$2`, each looked up by its primary key on its own, the same way as
@@ -110,47 +96,6 @@ impl Projection for ConfigProjection {
             .execute(&mut *tx)
             .await?;
         sqlx::query!("DELETE FROM config_revisions")
-            .execute(&mut *tx)
-            .await?;
-        Ok(())
-    }
-
-    /// A rebuild inserts every version open and closes them all at the end, each at the start of
-    /// the next version of its resource: closing them one commit at a time in one transaction
-    /// leaves a dead entry in the index of open versions for every version closed, which every
-    /// later lookup and uniqueness check of the resource then wades through (the replay of a
-    /// million events spent most of its time there). The index of open versions is dropped for
-    /// the rebuild (its transaction holds the table, so history and time-travel reads wait for
-    /// the rebuild's end) and built again at the end.
-    async fn rebuilding(&self, tx: &mut PgConnection) -> Result<(), ProjectionError> {
-        // The index belongs to the tables' owner, the role the server logs in as.
-        sqlx::query("RESET ROLE").execute(&mut *tx).await?;
-        sqlx::query("DROP INDEX config_resource_versions_open")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("SET LOCAL ROLE efms_system")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("SET LOCAL efms.deferred_closing = 'on'")
-            .execute(&mut *tx)
-            .await?;
-        Ok(())
-    }
-
-    async fn rebuilt(&self, tx: &mut PgConnection) -> Result<(), ProjectionError> {
-        sqlx::query(CLOSE_EVERY_VERSION).execute(&mut *tx).await?;
-        sqlx::query("SET LOCAL efms.deferred_closing = 'off'")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("RESET ROLE").execute(&mut *tx).await?;
-        sqlx::query(
-            r"CREATE UNIQUE INDEX config_resource_versions_open
-                  ON config_resource_versions (tenant_id, branch, kind, name)
-                  WHERE valid_to IS NULL",
-        )
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("SET LOCAL ROLE efms_system")
             .execute(&mut *tx)
             .await?;
         Ok(())
