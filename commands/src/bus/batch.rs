@@ -93,36 +93,24 @@ impl CommandBus {
             drop(guards);
             return self.one_by_one::<A>(tenant_id, services, commands).await;
         };
+        let mut events = events;
+        // In stream order (each stream's events keep theirs): two replicas' batches touching the
+        // same streams insert their keys in the same order, so they cannot deadlock.
+        events.sort_by(|a, b| a.aggregate_id.cmp(&b.aggregate_id));
         let position = if events.is_empty() {
             None
         } else {
             match repo.persist::<A>(&events, None).await {
                 Ok(()) => repo.last_commit(),
-                Err(cqrs_es::persist::PersistenceError::OptimisticLockError) => {
-                    // Another writer reached a stream first: the states taken are dropped (the
-                    // next command loads them), and each command is decided again on its own.
+                Err(error) if decided_again(&error) => {
+                    // Another writer reached a stream first (or Postgres chose this commit to
+                    // give way): the states taken are dropped (the next command loads them), and
+                    // each command is decided again on its own.
                     drop(guards);
                     return self.one_by_one::<A>(tenant_id, services, commands).await;
                 }
-                Err(error) => {
-                    // Nothing was stored: the states taken are dropped, every command fails alike.
-                    let unavailable = matches!(
-                        error,
-                        cqrs_es::persist::PersistenceError::ConnectionError(_)
-                    );
-                    let message = error.to_string();
-                    return commands
-                        .iter()
-                        .map(|_| {
-                            let error = message.clone().into();
-                            Err(if unavailable {
-                                CommandError::Unavailable(error)
-                            } else {
-                                CommandError::Internal(error)
-                            })
-                        })
-                        .collect();
-                }
+                // Nothing was stored: the states taken are dropped, every command fails alike.
+                Err(error) => return failed_alike(&error, commands.len()),
             }
         };
         let mut states = states;
@@ -194,6 +182,43 @@ impl CommandBus {
             );
         }
         answers
+    }
+}
+
+/// The same failure for each of `count` commands.
+fn failed_alike<E: std::error::Error>(
+    error: &cqrs_es::persist::PersistenceError,
+    count: usize,
+) -> Vec<BatchOutcome<E>> {
+    let unavailable = matches!(
+        error,
+        cqrs_es::persist::PersistenceError::ConnectionError(_)
+    );
+    let message = error.to_string();
+    (0..count)
+        .map(|_| {
+            let error = message.clone().into();
+            Err(if unavailable {
+                CommandError::Unavailable(error)
+            } else {
+                CommandError::Internal(error)
+            })
+        })
+        .collect()
+}
+
+/// Whether a failed append is worth deciding again command by command: another writer reached a
+/// stream first, or Postgres broke a deadlock or a serialization conflict by failing this commit.
+fn decided_again(error: &cqrs_es::persist::PersistenceError) -> bool {
+    use cqrs_es::persist::PersistenceError;
+    match error {
+        PersistenceError::OptimisticLockError => true,
+        PersistenceError::UnknownError(error) => error
+            .downcast_ref::<sqlx::Error>()
+            .and_then(|error| error.as_database_error())
+            .and_then(sqlx::error::DatabaseError::code)
+            .is_some_and(|code| code == "40P01" || code == "40001"),
+        _ => false,
     }
 }
 

@@ -67,7 +67,8 @@ impl RecordQueue {
             actor: actor.to_owned(),
             answer,
         };
-        let stopped = || CommandError::Unavailable("the fleet's event writer stopped".into());
+        let stopped =
+            || CommandError::Unavailable("the fleet's event writer stopped or failed".into());
         self.sender.send(waiting).await.map_err(|_| stopped())?;
         answered.await.map_err(|_| stopped())?
     }
@@ -84,13 +85,17 @@ async fn write_loop(bus: CommandBus, mut receiver: mpsc::Receiver<Waiting>) {
                 .into_iter()
                 .partition(|waiting| waiting.tenant_id == tenant_id);
             taken = others;
-            commit(&bus, tenant_id, mine).await;
+            // A batch that fails unexpectedly (a panic) drops its streams' answers, which they
+            // hear as a failure; the writer goes on with the next.
+            if let Err(error) = tokio::spawn(commit(bus.clone(), tenant_id, mine)).await {
+                tracing::error!(%error, "a batch of lifecycle events failed");
+            }
         }
     }
 }
 
 /// Commits one tenant's waiting events and answers each stream.
-async fn commit(bus: &CommandBus, tenant_id: Uuid, waiting: Vec<Waiting>) {
+async fn commit(bus: CommandBus, tenant_id: Uuid, waiting: Vec<Waiting>) {
     let mut answers = Vec::with_capacity(waiting.len());
     let commands = waiting
         .into_iter()
