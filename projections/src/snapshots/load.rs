@@ -123,35 +123,18 @@ pub(super) async fn load(
     .fetch_one(&mut *tx)
     .await?;
     // `main` read before at an earlier revision: only what changed since (every change of a
-    // resource, deletions included, starts a version). Otherwise the whole list.
-    let since = (branch == MAIN_BRANCH && state.revision > 0 && revision >= state.revision_i64())
-        .then(|| state.revision_i64());
-    let listed: Vec<(String, String, Option<String>)> = match since {
-        Some(since) => sqlx::query!(
-            r#"SELECT c.kind AS "kind!", c.name AS "name!", r.hash AS "hash?"
-               FROM (SELECT DISTINCT kind, name FROM config_resource_versions
-                     WHERE tenant_id = $1 AND branch = $2 AND valid_from > $3) AS c
-               LEFT JOIN config_resources r
-                 ON r.tenant_id = $1 AND r.branch = $2 AND r.kind = c.kind AND r.name = c.name"#,
-            tenant_id,
-            branch,
-            since,
-        )
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|row| (row.kind, row.name, row.hash))
-        .collect(),
-        None => sqlx::query!(
-            "SELECT kind, name, hash FROM config_resources WHERE tenant_id = $1 AND branch = $2",
-            tenant_id,
-            branch,
-        )
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|row| (row.kind, row.name, Some(row.hash)))
-        .collect(),
+    // resource, deletions included, starts a version). Otherwise, and now and then to put right
+    // what a replay corrected, the whole list.
+    let since = (branch == MAIN_BRANCH
+        && revision >= state.revision_i64()
+        && !state.relist
+        && state
+            .listed_at
+            .is_some_and(|at| at.elapsed() < WHOLE_LIST_EVERY))
+    .then(|| state.revision_i64());
+    let listed = match since {
+        Some(since) => changed_since(&mut tx, tenant_id, since).await?,
+        None => whole_list(&mut tx, tenant_id, branch).await?,
     };
     let mut live: HashMap<(ResourceKind, String), String> = HashMap::with_capacity(listed.len());
     let mut gone = Vec::new();
@@ -202,6 +185,7 @@ pub(super) async fn load(
 
     let mut change = ContentChange {
         revision: u64::try_from(revision).unwrap_or_default(),
+        whole: since.is_none(),
         ..ContentChange::default()
     };
     if since.is_some() {
@@ -242,6 +226,7 @@ pub(super) async fn load(
                 }
                 Err(error) => {
                     tracing::error!(group = row.name, %error, "a stored group does not decode");
+                    change.skipped = true;
                 }
             }
             continue;
@@ -250,6 +235,7 @@ pub(super) async fn load(
         if kind == ResourceKind::Secret {
             if let Err(error) = open_secret(keyring, tenant_id, &mut document).await {
                 tracing::error!(name = row.name, %error, "a stored secret does not open; it is not served");
+                change.skipped = true;
                 continue;
             }
         }
@@ -276,8 +262,57 @@ pub(super) async fn load(
             }
             Err(error) => {
                 tracing::error!(%kind, name = row.name, %error, "a stored resource does not encode");
+                change.skipped = true;
             }
         }
     }
     Ok(Some(change))
+}
+
+/// How long a tenant's `main` is followed change by change before its whole list is compared
+/// again (which puts right what a replay of the read models corrected meanwhile).
+const WHOLE_LIST_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A listed resource: kind, name, and its hash (`None`: it no longer exists).
+type Listed = (String, String, Option<String>);
+
+/// The resources of `main` changed after revision `since`.
+async fn changed_since(
+    tx: &mut sqlx::PgConnection,
+    tenant_id: Uuid,
+    since: i64,
+) -> Result<Vec<Listed>, sqlx::Error> {
+    Ok(sqlx::query!(
+        r#"SELECT c.kind AS "kind!", c.name AS "name!", r.hash AS "hash?"
+           FROM (SELECT DISTINCT kind, name FROM config_resource_versions
+                 WHERE tenant_id = $1 AND branch = $2 AND valid_from > $3) AS c
+           LEFT JOIN config_resources r
+             ON r.tenant_id = $1 AND r.branch = $2 AND r.kind = c.kind AND r.name = c.name"#,
+        tenant_id,
+        MAIN_BRANCH,
+        since,
+    )
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|row| (row.kind, row.name, row.hash))
+    .collect())
+}
+
+/// Every resource of the tenant's `branch`.
+async fn whole_list(
+    tx: &mut sqlx::PgConnection,
+    tenant_id: Uuid,
+    branch: &str,
+) -> Result<Vec<Listed>, sqlx::Error> {
+    Ok(sqlx::query!(
+        "SELECT kind, name, hash FROM config_resources WHERE tenant_id = $1 AND branch = $2",
+        tenant_id,
+        branch,
+    )
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|row| (row.kind, row.name, Some(row.hash)))
+    .collect())
 }

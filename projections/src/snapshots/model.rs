@@ -423,6 +423,11 @@ pub(super) struct Content {
     pub(super) resources: HashMap<(ResourceKind, String), Arc<Stored>>,
     /// The groups, by name: each with its content hash and document.
     pub(super) groups: BTreeMap<String, (String, GroupSpec)>,
+    /// When it was last compared with the whole list of the branch's resources (a load in
+    /// between reads only what changed since its revision).
+    pub(super) listed_at: Option<std::time::Instant>,
+    /// The last load left out something it could not read: the next one reads the whole list.
+    pub(super) relist: bool,
 }
 
 /// An Envoy resource's kind and name.
@@ -437,6 +442,10 @@ pub(super) struct ContentChange {
     pub(super) resources: Vec<(ResourceKey, Option<Arc<Stored>>)>,
     /// Groups new or changed (`Some`, with their hash and document), or gone (`None`).
     pub(super) groups: Vec<(String, Option<(String, GroupSpec)>)>,
+    /// It compared the whole list of the branch's resources.
+    pub(super) whole: bool,
+    /// It left out a resource or group it could not read (it is tried again).
+    pub(super) skipped: bool,
 }
 
 /// The names a change touched: snapshots that read none of them are unaffected.
@@ -479,6 +488,10 @@ impl Content {
     pub(super) fn apply(&mut self, change: ContentChange) -> Touched {
         let mut touched = Touched::default();
         self.revision = change.revision;
+        self.relist = change.skipped;
+        if change.whole {
+            self.listed_at = Some(std::time::Instant::now());
+        }
         for (key, stored) in change.resources {
             match stored {
                 Some(stored) => self.resources.insert(key.clone(), stored),
