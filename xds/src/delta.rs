@@ -182,7 +182,11 @@ impl Engine for Delta {
         };
         let state = core.types.entry(kind).or_default();
         let first = !state.sub.requested;
-        let narrowed = first || !request.resource_names_unsubscribe.is_empty();
+        // What a proxy holds is trimmed to its subscription when that may have narrowed, or when
+        // a refusal marked names (perhaps unsubscribed since) as held in an unknown version.
+        let narrowed = first
+            || !request.resource_names_unsubscribe.is_empty()
+            || request.error_detail.is_some();
         if first {
             state.held = Held::from_versions(request.initial_resource_versions);
             state.must_answer = true;
