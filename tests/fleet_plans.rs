@@ -2,9 +2,8 @@
 //! 20,000 containers, with statistics and without (a table that grew faster than it was analyzed):
 //! a report must never cost a read of the tenant's whole fleet.
 
-use efms_commands::Scope;
 use efms_projections::fleet::queries::CONTAINERS_ELSEWHERE;
-use efms_tests::plans::reads_of;
+use efms_tests::plans::{planning, reads_of};
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -29,13 +28,7 @@ async fn fill(pool: &PgPool) {
 
 async fn plan(pool: &PgPool, ids: usize, generic: bool) -> Value {
     let ids: Vec<String> = (1..=ids).map(|i| format!("{:064x}", i * 7919)).collect();
-    let mut tx = Scope::System.begin(pool).await.unwrap();
-    if generic {
-        sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-    }
+    let mut tx = planning(pool, generic).await;
     let plan =
         sqlx::query_scalar::<_, Value>(&format!("EXPLAIN (FORMAT JSON) {CONTAINERS_ELSEWHERE}"))
             .bind(TENANT)

@@ -6,7 +6,7 @@
 
 use efms_commands::Scope;
 use efms_projections::config::writer::{CLOSE_OPEN_VERSIONS, DELETE_CURRENT};
-use efms_tests::plans::reads_of;
+use efms_tests::plans::{planning, reads_of};
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -74,13 +74,7 @@ fn keys(count: usize) -> (Vec<String>, Vec<String>) {
 /// `efms_system`) would run it, generic or custom.
 async fn plan(pool: &PgPool, statement: &str, count: usize, generic: bool) -> Value {
     let (kinds, names) = keys(count);
-    let mut tx = Scope::System.begin(pool).await.unwrap();
-    if generic {
-        sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-    }
+    let mut tx = planning(pool, generic).await;
     let explain = format!("EXPLAIN (FORMAT JSON) {statement}");
     let query = sqlx::query_scalar::<_, Value>(&explain)
         .bind(TENANT)

@@ -1,6 +1,21 @@
 //! Reading Postgres plans (`EXPLAIN (FORMAT JSON)`) in tests that pin how a statement reads a table.
 
+use efms_commands::Scope;
 use serde_json::Value;
+use sqlx::{PgPool, Postgres, Transaction};
+
+/// A transaction to plan statements in, with generic plans forced when `generic` (what a prepared
+/// statement gets once the planner stops planning it for its parameters).
+pub async fn planning(pool: &PgPool, generic: bool) -> Transaction<'static, Postgres> {
+    let mut tx = Scope::System.begin(pool).await.unwrap();
+    if generic {
+        sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx
+}
 
 /// Every `(node type, index)` of `plan` that reads `table` (writes to it left out).
 pub fn reads_of(plan: &Value, table: &str) -> Vec<(String, Option<String>)> {

@@ -136,14 +136,7 @@ impl CommandBus {
         for (command, outcome) in commands.into_iter().zip(outcomes) {
             let answer = if stale.contains(&command.aggregate_id) {
                 // Decided on a state that was not the latest: decided again on its own.
-                self.execute::<A>(
-                    tenant_id,
-                    &command.aggregate_id,
-                    command.command,
-                    services.clone(),
-                    command.metadata,
-                )
-                .await
+                self.execute_one::<A>(tenant_id, services, command).await
             } else {
                 match outcome {
                     Ok(true) => Ok(position),
@@ -170,18 +163,31 @@ impl CommandBus {
     {
         let mut answers = Vec::with_capacity(commands.len());
         for command in commands {
-            answers.push(
-                self.execute::<A>(
-                    tenant_id,
-                    &command.aggregate_id,
-                    command.command,
-                    services.clone(),
-                    command.metadata,
-                )
-                .await,
-            );
+            answers.push(self.execute_one::<A>(tenant_id, services, command).await);
         }
         answers
+    }
+
+    /// Executes one command of a batch on its own.
+    async fn execute_one<A>(
+        &self,
+        tenant_id: Uuid,
+        services: &A::Services,
+        command: BatchCommand<A::Command>,
+    ) -> BatchOutcome<A::Error>
+    where
+        A: Decide + 'static,
+        A::Command: Clone,
+        A::Services: Clone,
+    {
+        self.execute::<A>(
+            tenant_id,
+            &command.aggregate_id,
+            command.command,
+            services.clone(),
+            command.metadata,
+        )
+        .await
     }
 }
 
