@@ -679,6 +679,61 @@ async fn delta_a_name_that_does_not_exist_is_reported_removed_once(pool: PgPool)
 }
 
 #[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn delta_a_refusal_after_an_unsubscribe_does_not_bring_the_name_back(pool: PgPool) {
+    let app = configured(pool).await;
+    app.post(&format!("{BASE}/routes"), &route("r2", "c1"))
+        .await;
+    let attached = app
+        .put(
+            &format!("{BASE}/groups/g"),
+            &json!({ "name": "g", "resources": [
+                { "kind": "listener", "name": "l" }, { "kind": "route", "name": "r2" } ] }),
+            &[],
+        )
+        .await;
+    assert_eq!(attached.status, 200, "{}", attached.body);
+    let mut stream = Delta::open(&app).await;
+    stream.send(subscribe(RDS, &["r", "r2"])).await;
+    let routes = stream.next().await;
+    let mut names: Vec<&str> = routes.resources.iter().map(|r| r.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["r", "r2"]);
+    // The proxy stops following r2, then refuses the response that carried it.
+    stream
+        .send(DeltaDiscoveryRequest {
+            type_url: RDS.to_owned(),
+            resource_names_unsubscribe: vec!["r2".to_owned()],
+            ..DeltaDiscoveryRequest::default()
+        })
+        .await;
+    stream
+        .send(DeltaDiscoveryRequest {
+            type_url: RDS.to_owned(),
+            response_nonce: routes.nonce.clone(),
+            error_detail: Some(envoy_types::pb::google::rpc::Status {
+                code: 3,
+                message: "refused".to_owned(),
+                details: Vec::new(),
+            }),
+            ..DeltaDiscoveryRequest::default()
+        })
+        .await;
+    stream.quiet().await;
+    // The next change of what it follows is sent; nothing of r2 comes with it.
+    app.put(&format!("{BASE}/routes/r"), &route("r", "c1"), &[])
+        .await;
+    let again = stream.next().await;
+    assert_eq!(again.type_url, RDS);
+    let names: Vec<&str> = again.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["r"]);
+    assert!(
+        again.removed_resources.is_empty(),
+        "r2 is not followed any more, so not removed either: {:?}",
+        again.removed_resources
+    );
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
 async fn a_commit_larger_than_a_projector_batch_reaches_proxies_whole(pool: PgPool) {
     let app = configured(pool).await;
     let mut stream = Sotw::synced(&app).await;

@@ -509,3 +509,56 @@ impl Content {
         touched
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(clusters: &[(&str, &str)]) -> GroupSnapshot {
+        let mut snapshot = GroupSnapshot::empty(Uuid::nil(), "g", MAIN_BRANCH, 1);
+        snapshot.exists = true;
+        let resources: BTreeMap<String, Arc<XdsResource>> = clusters
+            .iter()
+            .map(|(name, version)| {
+                let resource = XdsResource::new(
+                    ResourceKind::Cluster,
+                    (*name).to_owned(),
+                    (*version).to_owned(),
+                    b"",
+                );
+                ((*name).to_owned(), Arc::new(resource))
+            })
+            .collect();
+        snapshot
+            .resources
+            .insert(ResourceKind::Cluster, Arc::new(resources));
+        snapshot.seal()
+    }
+
+    #[test]
+    fn a_snapshot_knows_which_names_changed_since_the_one_before_it() {
+        let before = snapshot(&[("a", "1"), ("b", "1"), ("c", "1")]);
+        let after = snapshot(&[("b", "2"), ("c", "1"), ("d", "1")]).following(&before);
+        let change = after
+            .changes
+            .get(ResourceKind::Cluster)
+            .expect("clusters changed");
+        assert_eq!(change.from, before.kind_set(ResourceKind::Cluster));
+        assert_eq!(
+            change.names,
+            ["a", "b", "d"],
+            "gone, changed, new; not the unchanged"
+        );
+        assert!(after.changes.get(ResourceKind::Route).is_none());
+    }
+
+    #[test]
+    fn a_snapshot_equal_to_the_one_before_keeps_that_ones_changes() {
+        let first = snapshot(&[("a", "1")]);
+        let second = snapshot(&[("a", "2")]).following(&first);
+        let again = snapshot(&[("a", "2")]).following(&second);
+        let change = again.changes.get(ResourceKind::Cluster).expect("kept");
+        assert_eq!(change.from, first.kind_set(ResourceKind::Cluster));
+        assert_eq!(change.names, ["a"]);
+    }
+}
