@@ -2,96 +2,22 @@
 //! protocol on the gRPC listener: registration and join tokens, facts and heartbeats, containers
 //! and their lifecycle, refusals of bad reports, removal, and the heartbeat sweep.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use efms_commands::fleet::upkeep::UpkeepSettings;
 use efms_fleet_proto::{
-    agent_message::Body, server_message, AgentMessage, Container, ContainerEvent,
-    ContainerSnapshot, ContainerState, EngineVersion, EventKind, Health, Heartbeat, Hello,
-    HostFacts, HostUsage, ServerMessage,
+    agent_message::Body, server_message, ContainerEvent, ContainerSnapshot, ContainerState,
+    EventKind, Heartbeat, ServerMessage,
 };
+use efms_tests::agent_stream::{acme, container, container_id, register, usage, Agent, BASE};
 use efms_tests::fleet::eventually;
 use efms_tests::TestApp;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Status};
+use tonic::Code;
 
-const BASE: &str = "/api/v1/tenants/acme";
 /// A generous deadline for what happens within a re-check interval or a heartbeat grace.
 const WAIT: Duration = Duration::from_secs(20);
-
-fn container_id(c: char) -> String {
-    c.to_string().repeat(64)
-}
-
-/// Tenant `acme` with the VM `vm-1` registered; its join token.
-async fn acme(app: &TestApp) -> String {
-    app.create_tenant("acme", "Acme").await;
-    register(app, "vm-1").await
-}
-
-async fn register(app: &TestApp, name: &str) -> String {
-    let answer = app
-        .post(
-            &format!("{BASE}/vms"),
-            &json!({ "name": name, "labels": { "role": "edge" }, "region": "eu-west" }),
-        )
-        .await;
-    assert_eq!(answer.status, 201, "{}", answer.body);
-    answer.body["join_token"].as_str().unwrap().to_owned()
-}
-
-fn facts(docker: bool) -> HostFacts {
-    HostFacts {
-        hostname: "host-1".into(),
-        os: "Debian GNU/Linux 12".into(),
-        kernel: "6.1.0".into(),
-        architecture: "x86_64".into(),
-        cpu_count: 2,
-        memory_bytes: 8 << 30,
-        docker: docker.then(|| EngineVersion {
-            version: "20.10.24".into(),
-            api_version: "1.41".into(),
-            negotiated_api_version: "1.41".into(),
-        }),
-        agent_version: "0.1.0".into(),
-        ..HostFacts::default()
-    }
-}
-
-fn usage(cpu_percent: f64) -> HostUsage {
-    HostUsage {
-        cpu_percent,
-        load_1m: 0.5,
-        load_5m: 0.4,
-        load_15m: 0.3,
-        memory_used_bytes: 1 << 30,
-        memory_total_bytes: 8 << 30,
-        ..HostUsage::default()
-    }
-}
-
-fn container(c: char, state: ContainerState) -> Container {
-    Container {
-        id: container_id(c),
-        name: format!("envoy-{c}"),
-        image: "efms-test/envoy:1.40.0".into(),
-        image_id: "sha256:0".into(),
-        node_id: Some(format!("node-{c}")),
-        state: state.into(),
-        health: Health::Healthy.into(),
-        limits: Some(efms_fleet_proto::Limits {
-            memory_bytes: Some(256 << 20),
-            cpus: Some(0.5),
-            pids: None,
-        }),
-        labels: HashMap::from([("efms.node_id".to_owned(), format!("node-{c}"))]),
-        ..Container::default()
-    }
-}
 
 /// `GET path` once `ready` holds of its body (the read models follow the log within moments of
 /// an acknowledgement).
@@ -101,71 +27,6 @@ async fn settled(app: &TestApp, path: &str, ready: impl Fn(&Value) -> bool) -> V
         ready(&answer.body).then_some(answer.body)
     })
     .await
-}
-
-/// An agent's open stream.
-struct Agent {
-    sender: mpsc::Sender<AgentMessage>,
-    answers: tonic::Streaming<ServerMessage>,
-    seq: u64,
-}
-
-impl Agent {
-    /// Connects with `token` as the process `epoch` and says Hello.
-    async fn connect(
-        app: &TestApp,
-        token: &str,
-        epoch: &str,
-    ) -> Result<(Self, ServerMessage), Status> {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", app.grpc))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let (sender, receiver) = mpsc::channel(16);
-        let hello = AgentMessage {
-            seq: 1,
-            body: Some(Body::Hello(Hello {
-                epoch: epoch.into(),
-                facts: Some(facts(true)),
-                ..Hello::default()
-            })),
-        };
-        sender.send(hello).await.unwrap();
-        let mut request = tonic::Request::new(ReceiverStream::new(receiver));
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        let mut answers = efms_fleet_proto::connect(channel, request).await?;
-        let welcome = answers.message().await?.expect("a Welcome");
-        Ok((
-            Self {
-                sender,
-                answers,
-                seq: 1,
-            },
-            welcome,
-        ))
-    }
-
-    /// Sends one report and returns the server's answer to it.
-    async fn report(&mut self, body: Body) -> ServerMessage {
-        self.seq += 1;
-        let message = AgentMessage {
-            seq: self.seq,
-            body: Some(body),
-        };
-        self.sender.send(message).await.unwrap();
-        tokio::time::timeout(WAIT, self.answers.message())
-            .await
-            .expect("an answer in time")
-            .expect("the stream stays open")
-            .expect("an answer")
-    }
-
-    fn acked(answer: &ServerMessage, seq: u64) -> bool {
-        matches!(&answer.body, Some(server_message::Body::Ack(ack)) if ack.seq == seq)
-    }
 }
 
 #[sqlx::test(migrations = "../migrations")]

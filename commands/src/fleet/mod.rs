@@ -6,6 +6,7 @@
 //! an agent's reports stand) to `vm_presence` and the sample tables ([`presence`]).
 
 pub mod presence;
+pub mod presence_writer;
 pub mod record_queue;
 pub mod rollups;
 pub mod tokens;
@@ -20,6 +21,32 @@ use uuid::Uuid;
 
 use crate::event_store::persistence_error;
 use crate::{CommandBus, CommandError, CommitMetadata, Position};
+
+/// How long the replica's writers of agents' reports (lifecycle events, presence and samples)
+/// let reports gather after the first one of a transaction: a thousand agents then cost a few
+/// dozen transactions a second, each report waiting this long at most before its write starts.
+pub const GATHER_FOR: Duration = Duration::from_millis(50);
+
+/// Takes what waits in `receiver` into `taken` (up to `most`), then what arrives within
+/// [`GATHER_FOR`] of that; `false` once the channel is closed and empty.
+async fn gather<T>(
+    receiver: &mut tokio::sync::mpsc::Receiver<T>,
+    taken: &mut Vec<T>,
+    most: usize,
+) -> bool {
+    if receiver.recv_many(taken, most).await == 0 {
+        return false;
+    }
+    let deadline = tokio::time::Instant::now() + GATHER_FOR;
+    while taken.len() < most {
+        let room = most - taken.len();
+        match tokio::time::timeout_at(deadline, receiver.recv_many(taken, room)).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    true
+}
 
 /// Why a fleet write did not happen.
 pub type FleetError = CommandError<VmError>;
@@ -46,14 +73,27 @@ pub struct Fleet {
     pool: PgPool,
     bus: CommandBus,
     records: record_queue::RecordQueue,
+    presence: presence_writer::PresenceWriter,
 }
 
 impl Fleet {
-    /// Writes through `bus`, tokens and presence to `pool`; starts the writer of agents'
-    /// lifecycle events (see [`record_queue`]).
+    /// Writes through `bus`, tokens and presence to `pool`; starts the writers of agents'
+    /// lifecycle events (see [`record_queue`]) and of their presence and samples (see
+    /// [`presence_writer`]).
     pub fn new(pool: PgPool, bus: CommandBus) -> Self {
         let records = record_queue::RecordQueue::spawn(bus.clone());
-        Self { pool, bus, records }
+        let presence = presence_writer::PresenceWriter::spawn(pool.clone());
+        Self {
+            pool,
+            bus,
+            records,
+            presence,
+        }
+    }
+
+    /// The writer of agents' presence and samples.
+    pub fn presence(&self) -> &presence_writer::PresenceWriter {
+        &self.presence
     }
 
     /// Records lifecycle `events` of the VM `name` of `tenant_id`, reported by its agent, in a

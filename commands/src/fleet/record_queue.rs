@@ -3,14 +3,15 @@
 //! Each event is history and goes to its VM's stream in the log; committing each on its own would
 //! cost a transaction (and a WAL flush) per health flip, across a thousand agents. Streams hand
 //! their events to the queue and wait for the answer; one task takes whatever is waiting (up to
-//! [`MOST_PER_COMMIT`]) and commits it per tenant in one append ([`CommandBus::execute_batch`]),
-//! so the batch grows with the load and a lone event waits for nobody.
+//! [`MOST_PER_COMMIT`]), lets more gather for [`GATHER_FOR`](super::GATHER_FOR), and commits it
+//! per tenant in one append ([`CommandBus::execute_batch`]). A stream hands over the events that
+//! arrived together in one call, so an agent catching up is not held to one event per gathering.
 
 use efms_domain::fleet::{LifecycleEvent, Vm, VmCommand};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::FleetError;
+use super::{gather, FleetError};
 use crate::{BatchCommand, CommandBus, CommandError, CommitMetadata, Position};
 
 /// The most commands committed together.
@@ -76,7 +77,7 @@ impl RecordQueue {
 
 async fn write_loop(bus: CommandBus, mut receiver: mpsc::Receiver<Waiting>) {
     let mut taken = Vec::with_capacity(MOST_PER_COMMIT);
-    while receiver.recv_many(&mut taken, MOST_PER_COMMIT).await > 0 {
+    while gather(&mut receiver, &mut taken, MOST_PER_COMMIT).await {
         let mut tenants: Vec<Uuid> = taken.iter().map(|waiting| waiting.tenant_id).collect();
         tenants.sort_unstable();
         tenants.dedup();

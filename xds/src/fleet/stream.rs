@@ -4,7 +4,8 @@ use std::collections::HashSet;
 use std::pin::Pin;
 use std::time::Instant;
 
-use efms_commands::fleet::presence::{self, Beat, Stored};
+use efms_commands::fleet::presence;
+use efms_commands::fleet::presence_writer::{Beat, Stored};
 use efms_commands::fleet::{tokens, tokens::Joined, FleetError};
 use efms_commands::CommandError;
 use efms_domain::fleet::reports::ReportFault;
@@ -87,7 +88,7 @@ fn stored_or_status(error: FleetError) -> Status {
     }
 }
 
-fn database(error: &sqlx::Error) -> Status {
+fn database(error: &impl std::fmt::Display) -> Status {
     Status::unavailable(format!("the database is unavailable: {error}"))
 }
 
@@ -246,7 +247,7 @@ impl FleetServer {
     /// Records a heartbeat; the VM decides on it when the engine's reachability changed, or
     /// when it has not for a few intervals. The report is recorded as stored with the heartbeat,
     /// or after the VM decided on it when it does.
-    async fn heartbeat(&self, agent: &mut Agent, beat: Beat<'_>) -> Result<(), Status> {
+    async fn heartbeat(&self, agent: &mut Agent, beat: Beat) -> Result<(), Status> {
         let fleet = &self.inner.fleet;
         let (tenant_id, vm) = (agent.joined.tenant_id, agent.joined.vm.clone());
         let engine_reachable = beat.engine_error.is_none();
@@ -254,11 +255,15 @@ impl FleetServer {
         let decide = !agent
             .decided
             .is_some_and(|(reachable, at)| reachable == engine_reachable && at.elapsed() < recheck);
+        let reason = beat.engine_error.clone();
+        let report = beat.report.clone().filter(|_| decide);
         let presence = Beat {
             report: beat.report.filter(|_| !decide),
             ..beat
         };
-        presence::heartbeat(fleet.pool(), tenant_id, &vm, presence)
+        fleet
+            .presence()
+            .heartbeat(tenant_id, &vm, presence)
             .await
             .map_err(|error| database(&error))?;
         if !decide {
@@ -266,15 +271,17 @@ impl FleetServer {
         }
         let command = VmCommand::Heartbeat {
             engine_reachable,
-            reason: beat.engine_error.map(str::to_owned),
+            reason,
         };
         fleet
             .execute(tenant_id, &vm, command, &vm)
             .await
             .map_err(stored_or_status)?;
         agent.decided = Some((engine_reachable, Instant::now()));
-        if let Some(report) = beat.report {
-            presence::stored(fleet.pool(), tenant_id, &vm, report, None)
+        if let Some(report) = report {
+            fleet
+                .presence()
+                .stored(tenant_id, &vm, report, None)
                 .await
                 .map_err(|error| database(&error))?;
         }
@@ -294,69 +301,95 @@ impl FleetServer {
         let mut recheck = tokio::time::interval(self.settings().recheck);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         recheck.tick().await;
+        let mut carried = None;
         loop {
-            let next = tokio::select! {
-                next = incoming.next() => next,
-                _ = recheck.tick() => {
-                    self.check_token(agent, sender).await?;
-                    continue;
-                }
-                changed = recheck_now.changed() => {
-                    if changed.is_ok() {
+            let next = if let Some(next) = carried.take() {
+                next
+            } else {
+                tokio::select! {
+                    next = incoming.next() => next,
+                    _ = recheck.tick() => {
                         self.check_token(agent, sender).await?;
+                        continue;
                     }
-                    continue;
-                }
-                () = async { drop(stopping.wait_for(|stop| *stop).await); } => {
-                    return Err(Status::unavailable("the server is stopping; reconnect"));
+                    changed = recheck_now.changed() => {
+                        if changed.is_ok() {
+                            self.check_token(agent, sender).await?;
+                        }
+                        continue;
+                    }
+                    () = async { drop(stopping.wait_for(|stop| *stop).await); } => {
+                        return Err(Status::unavailable("the server is stopping; reconnect"));
+                    }
                 }
             };
             let Some(received) = next else {
                 return Ok(());
             };
-            let report = received?;
-            let seq = report.seq;
-            let answer = if seq != 0 && seq <= agent.acked {
-                server_message::Body::Ack(Ack { seq })
-            } else {
-                match self.store(agent, report).await? {
-                    Outcome::Stored {
-                        last_event_nanos,
-                        recorded,
-                    } => {
-                        if recorded {
-                            agent.acked = agent.acked.max(seq);
-                        } else {
-                            self.acknowledge(agent, seq, last_event_nanos).await?;
-                        }
-                        server_message::Body::Ack(Ack { seq })
-                    }
-                    Outcome::Refused(fault) => {
-                        inner.metrics.reports_refused.inc();
-                        tracing::warn!(vm = %agent.joined.vm, seq, %fault, "report refused");
-                        self.acknowledge(agent, seq, None).await?;
-                        server_message::Body::Refused(Refused {
-                            seq,
-                            field: fault.field,
-                            problem: fault.problem,
-                        })
-                    }
+            let outcomes = match new_event(received?, agent.acked) {
+                Ok(first) => {
+                    let events = together(first, &mut incoming, &mut carried, agent.acked);
+                    let outcomes = self.store_events(agent, events).await?;
+                    outcomes
+                        .into_iter()
+                        .map(|(seq, o)| (seq, Some(o)))
+                        .collect()
                 }
+                Err(report) if report.seq != 0 && report.seq <= agent.acked => {
+                    vec![(report.seq, None)]
+                }
+                Err(report) => vec![(report.seq, Some(self.store(agent, *report).await?))],
             };
-            // An agent that stops reading its answers is cut once the channel stays full for
-            // a re-check interval, rather than holding this task.
-            match tokio::time::timeout(self.settings().recheck, sender.send(Ok(message(answer))))
-                .await
-            {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Ok(()),
-                Err(_) => {
-                    return Err(Status::resource_exhausted(
-                        "the agent does not read its answers",
-                    ))
+            for (seq, outcome) in outcomes {
+                let answer = self.answer(agent, seq, outcome).await?;
+                // An agent that stops reading its answers is cut once the channel stays full
+                // for a re-check interval, rather than holding this task.
+                let sent = sender.send(Ok(message(answer)));
+                match tokio::time::timeout(self.settings().recheck, sent).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Ok(()),
+                    Err(_) => {
+                        return Err(Status::resource_exhausted(
+                            "the agent does not read its answers",
+                        ))
+                    }
                 }
             }
         }
+    }
+
+    /// The answer to report `seq` given how it went (`None`: stored before, a resend), once
+    /// where the agent's reports stand is marked.
+    async fn answer(
+        &self,
+        agent: &mut Agent,
+        seq: u64,
+        outcome: Option<Outcome>,
+    ) -> Result<server_message::Body, Status> {
+        match outcome {
+            None => {}
+            Some(Outcome::Stored {
+                last_event_nanos,
+                recorded,
+            }) => {
+                if recorded {
+                    agent.acked = agent.acked.max(seq);
+                } else {
+                    self.acknowledge(agent, seq, last_event_nanos).await?;
+                }
+            }
+            Some(Outcome::Refused(fault)) => {
+                self.inner.metrics.reports_refused.inc();
+                tracing::warn!(vm = %agent.joined.vm, seq, %fault, "report refused");
+                self.acknowledge(agent, seq, None).await?;
+                return Ok(server_message::Body::Refused(Refused {
+                    seq,
+                    field: fault.field,
+                    problem: fault.problem,
+                }));
+            }
+        }
+        Ok(server_message::Body::Ack(Ack { seq }))
     }
 
     async fn acknowledge(
@@ -366,20 +399,16 @@ impl FleetServer {
         last_event_nanos: Option<i64>,
     ) -> Result<(), Status> {
         let (tenant_id, vm) = (agent.joined.tenant_id, agent.joined.vm.as_str());
-        let stored = i64::try_from(seq).unwrap_or(i64::MAX);
         let report = Stored {
-            epoch: &agent.epoch,
-            seq: stored,
+            epoch: agent.epoch.clone(),
+            seq: i64::try_from(seq).unwrap_or(i64::MAX),
         };
-        presence::stored(
-            self.inner.fleet.pool(),
-            tenant_id,
-            vm,
-            report,
-            last_event_nanos,
-        )
-        .await
-        .map_err(|error| database(&error))?;
+        self.inner
+            .fleet
+            .presence()
+            .stored(tenant_id, vm, report, last_event_nanos)
+            .await
+            .map_err(|error| database(&error))?;
         agent.acked = agent.acked.max(seq);
         Ok(())
     }
@@ -414,6 +443,56 @@ impl FleetServer {
             .await;
         Err(Status::permission_denied(reason))
     }
+}
+
+/// The most lifecycle events that arrived together stored in one record.
+const EVENTS_TOGETHER: usize = 256;
+
+/// What the next read of a stream gave: a report, an error, or its end.
+type Next = Option<Result<AgentMessage, Status>>;
+
+/// `report` as a lifecycle event not stored before (its seq after `acked`), or `report` back.
+fn new_event(
+    report: AgentMessage,
+    acked: u64,
+) -> Result<(u64, efms_fleet_proto::ContainerEvent), Box<AgentMessage>> {
+    match report {
+        AgentMessage {
+            seq,
+            body: Some(Body::Event(event)),
+        } if seq == 0 || seq > acked => Ok((seq, event)),
+        other => Err(Box::new(other)),
+    }
+}
+
+/// `first` and the new lifecycle events that arrived with it (read without waiting, up to
+/// [`EVENTS_TOGETHER`]), so that an agent catching up is stored in few records; the first other
+/// thing read is `carried` to the next turn.
+fn together(
+    first: (u64, efms_fleet_proto::ContainerEvent),
+    incoming: &mut Streaming<AgentMessage>,
+    carried: &mut Option<Next>,
+    acked: u64,
+) -> Vec<(u64, efms_fleet_proto::ContainerEvent)> {
+    use futures::FutureExt as _;
+    let mut events = vec![first];
+    while events.len() < EVENTS_TOGETHER {
+        match incoming.next().now_or_never() {
+            None => break,
+            Some(Some(Ok(report))) => match new_event(report, acked) {
+                Ok(event) => events.push(event),
+                Err(report) => {
+                    *carried = Some(Some(Ok(*report)));
+                    break;
+                }
+            },
+            Some(next) => {
+                *carried = Some(next);
+                break;
+            }
+        }
+    }
+    events
 }
 
 fn message(body: server_message::Body) -> ServerMessage {

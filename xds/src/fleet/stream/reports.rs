@@ -1,7 +1,9 @@
 //! What a stream does with each report once it is read: checked, stored, and how it went.
 
-use efms_commands::fleet::presence::{self, Beat, Stored};
+use std::collections::HashMap;
 use std::time::Instant;
+
+use efms_commands::fleet::presence_writer::{Beat, Stored};
 
 use efms_commands::CommandError;
 use efms_domain::fleet::reports::ReportFault;
@@ -53,24 +55,11 @@ impl FleetServer {
             Some(Body::Heartbeat(heartbeat)) => self.beat(agent, &heartbeat, seq).await,
             Some(Body::Snapshot(snapshot)) => self.observe(agent, &snapshot).await,
             Some(Body::Event(event)) => {
-                let event = match convert::event("event", &event) {
-                    Ok(event) => event,
-                    Err(fault) => return refused(fault),
-                };
-                let ids = [event.container_id.clone()];
-                if let Some(fault) = self.elsewhere(agent, &ids, "event").await? {
-                    return refused(fault);
-                }
-                let last_event_nanos = Some(event.time_nanos);
-                fleet
-                    .record(tenant_id, vm, vec![event])
-                    .await
-                    .map_err(stored_or_status)?;
-                agent.remember_here(&ids);
-                Ok(Outcome::Stored {
-                    last_event_nanos,
-                    recorded: false,
-                })
+                let mut outcomes = self.store_events(agent, vec![(report.seq, event)]).await?;
+                outcomes
+                    .pop()
+                    .map(|(_, outcome)| outcome)
+                    .ok_or_else(|| Status::internal("an event report went unanswered"))
             }
             Some(Body::Usage(usages)) => match convert::usages("usage", &usages, agent.cpus) {
                 Err(fault) => refused(fault),
@@ -78,16 +67,89 @@ impl FleetServer {
                     // Samples are not history: those that cannot be stored are logged and lost,
                     // and the stream goes on.
                     let report = Stored {
-                        epoch: &agent.epoch,
+                        epoch: agent.epoch.clone(),
                         seq,
                     };
-                    presence::container_samples(fleet.pool(), tenant_id, vm, &usages, report)
+                    fleet
+                        .presence()
+                        .container_usage(tenant_id, vm, usages, report)
                         .await
                         .map_err(|error| database(&error))?;
                     recorded
                 }
             },
         }
+    }
+
+    /// Checks and stores lifecycle event reports that arrived together, in one record of the
+    /// VM's history; answers each report's outcome, in order. Where the VM's reports stand is
+    /// marked with them.
+    pub(super) async fn store_events(
+        &self,
+        agent: &mut Agent,
+        reports: Vec<(u64, efms_fleet_proto::ContainerEvent)>,
+    ) -> Result<Vec<(u64, Outcome)>, Status> {
+        let mut outcomes = Vec::with_capacity(reports.len());
+        let mut checked = Vec::with_capacity(reports.len());
+        for (seq, event) in reports {
+            match convert::event("event", &event) {
+                Ok(event) => checked.push((seq, event)),
+                Err(fault) => outcomes.push((seq, Outcome::Refused(fault))),
+            }
+        }
+        let ids: Vec<String> = checked
+            .iter()
+            .map(|(_, event)| event.container_id.clone())
+            .collect();
+        let elsewhere = self.elsewhere(agent, &ids).await?;
+        let mut recorded = Vec::with_capacity(checked.len());
+        for (seq, event) in checked {
+            match elsewhere.get(&event.container_id) {
+                Some(other) => {
+                    let problem = format!(
+                        "container `{}` is on VM `{other}`, not on this one",
+                        event.container_id
+                    );
+                    let field = "event".to_owned();
+                    outcomes.push((seq, Outcome::Refused(ReportFault { field, problem })));
+                }
+                None => recorded.push((seq, event)),
+            }
+        }
+        let Some(last_seq) = recorded.iter().map(|(seq, _)| *seq).max() else {
+            outcomes.sort_by_key(|(seq, _)| *seq);
+            return Ok(outcomes);
+        };
+        let last_event_nanos = recorded.iter().map(|(_, event)| event.time_nanos).max();
+        let ids: Vec<String> = recorded
+            .iter()
+            .map(|(_, event)| event.container_id.clone())
+            .collect();
+        let seqs: Vec<u64> = recorded.iter().map(|(seq, _)| *seq).collect();
+        let events = recorded.into_iter().map(|(_, event)| event).collect();
+        let (tenant_id, vm) = (agent.joined.tenant_id, agent.joined.vm.clone());
+        let fleet = &self.inner.fleet;
+        fleet
+            .record(tenant_id, &vm, events)
+            .await
+            .map_err(stored_or_status)?;
+        agent.remember_here(&ids);
+        let report = Stored {
+            epoch: agent.epoch.clone(),
+            seq: i64::try_from(last_seq).unwrap_or(i64::MAX),
+        };
+        fleet
+            .presence()
+            .stored(tenant_id, &vm, report, last_event_nanos)
+            .await
+            .map_err(|error| database(&error))?;
+        let stored = || Outcome::Stored {
+            last_event_nanos: None,
+            recorded: true,
+        };
+        outcomes.extend(seqs.into_iter().map(|seq| (seq, stored())));
+        outcomes.sort_by_key(|(seq, _)| *seq);
+        Ok(outcomes)
     }
 
     /// Checks and stores a heartbeat report.
@@ -112,11 +174,13 @@ impl FleetServer {
             (false, "") => Some("the Docker engine does not answer"),
             (false, error) => Some(error),
         };
-        let epoch = agent.epoch.clone();
         let beat = Beat {
-            engine_error,
-            usage: usage.as_ref(),
-            report: Some(Stored { epoch: &epoch, seq }),
+            engine_error: engine_error.map(str::to_owned),
+            usage,
+            report: Some(Stored {
+                epoch: agent.epoch.clone(),
+                seq,
+            }),
         };
         self.heartbeat(agent, beat).await?;
         Ok(Outcome::Stored {
@@ -144,8 +208,12 @@ impl FleetServer {
             Err(fault) => return Ok(Outcome::Refused(fault)),
         };
         let ids: Vec<String> = containers.iter().map(|c| c.id.clone()).collect();
-        if let Some(fault) = self.elsewhere(agent, &ids, "snapshot.containers").await? {
-            return Ok(Outcome::Refused(fault));
+        let elsewhere = self.elsewhere(agent, &ids).await?;
+        if let Some((id, other)) = ids.iter().find_map(|id| elsewhere.get_key_value(id)) {
+            return Ok(Outcome::Refused(ReportFault {
+                field: "snapshot.containers".into(),
+                problem: format!("container `{id}` is on VM `{other}`, not on this one"),
+            }));
         }
         let command = VmCommand::Observe { containers };
         match self.inner.fleet.execute(tenant_id, vm, command, vm).await {
@@ -166,21 +234,20 @@ impl FleetServer {
         }
     }
 
-    /// A fault when one of `ids` is a container the tenant knows on another VM. Containers this
-    /// stream stored after such a check are not checked again for [`super::KNOWN_CONTAINERS_FOR`]:
-    /// the tenant's other VMs are refused a container this one has, so it stays this VM's.
+    /// Those of `ids` that the tenant knows on another VM, with that VM. Containers this stream
+    /// stored after such a check are not checked again for [`super::KNOWN_CONTAINERS_FOR`]: the
+    /// tenant's other VMs are refused a container this one has, so it stays this VM's.
     async fn elsewhere(
         &self,
         agent: &mut Agent,
         ids: &[String],
-        field: &str,
-    ) -> Result<Option<ReportFault>, Status> {
+    ) -> Result<HashMap<String, String>, Status> {
         if agent.known_since.elapsed() >= super::KNOWN_CONTAINERS_FOR {
             agent.known_here.clear();
             agent.known_since = Instant::now();
         }
         if ids.iter().all(|id| agent.known_here.contains(id)) {
-            return Ok(None);
+            return Ok(HashMap::new());
         }
         let (tenant_id, vm) = (agent.joined.tenant_id, agent.joined.vm.as_str());
         let elsewhere = efms_projections::fleet::queries::containers_elsewhere(
@@ -191,9 +258,6 @@ impl FleetServer {
         )
         .await
         .map_err(|error| database(&error))?;
-        Ok(elsewhere.into_iter().next().map(|(id, other)| ReportFault {
-            field: field.to_owned(),
-            problem: format!("container `{id}` is on VM `{other}`, not on this one"),
-        }))
+        Ok(elsewhere.into_iter().collect())
     }
 }
