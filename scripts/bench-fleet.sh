@@ -4,14 +4,20 @@
 # lifecycle event per container per minute). Prints the control plane's and Postgres's CPU, the
 # reports acknowledged per second, what the database grows by per hour, and GET /vms and
 # GET /containers?state=running under that load.
-# Settings: EFMS_BENCH_AGENTS (default 1000), EFMS_BENCH_CONTAINERS (20), EFMS_BENCH_SECONDS (120).
+# Settings: EFMS_BENCH_AGENTS (default 1000), EFMS_BENCH_CONTAINERS (20), EFMS_BENCH_SECONDS (120);
+# EFMS_BENCH_BIN: a directory holding efms and efms-fleet-load built before (a baseline), used as
+# they are instead of building this checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-postgres.sh >/dev/null
 ulimit -n 65536 2>/dev/null || true
 export SQLX_OFFLINE=true
-cargo build --release --quiet --bin efms --bin efms-fleet-load
-BIN="${CARGO_TARGET_DIR:-target}/release"
+if [ -n "${EFMS_BENCH_BIN:-}" ]; then
+  BIN=$EFMS_BENCH_BIN
+else
+  cargo build --release --quiet --bin efms --bin efms-fleet-load
+  BIN="${CARGO_TARGET_DIR:-target}/release"
+fi
 PG="postgres://postgres@127.0.0.1:5432"
 DB=efms_bench_fleet
 psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"

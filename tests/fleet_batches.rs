@@ -158,8 +158,8 @@ impl Projection for OneByOne {
     }
 }
 
-/// Every row of the containers' read model, as JSON, in key order.
-async fn container_rows(pool: &PgPool) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+/// Every row of the containers' read model and of the VMs', as JSON, in key order.
+async fn container_rows(pool: &PgPool) -> [Vec<serde_json::Value>; 3] {
     let containers =
         sqlx::query_scalar("SELECT to_jsonb(c) FROM containers c ORDER BY tenant_id, container_id")
             .fetch_all(pool)
@@ -172,7 +172,11 @@ async fn container_rows(pool: &PgPool) -> (Vec<serde_json::Value>, Vec<serde_jso
     .fetch_all(pool)
     .await
     .unwrap();
-    (containers, history)
+    let vms = sqlx::query_scalar("SELECT to_jsonb(v) FROM vms v ORDER BY tenant_id, name")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    [containers, history, vms]
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -184,16 +188,27 @@ async fn container_events_projected_together_leave_the_rows_they_leave_one_by_on
     burst(&mut agent, 40).await;
     // `a` goes (gone), `b` changes, `a` comes back: gone times and reasons are set and cleared.
     agent.report(snapshot(&['b'])).await;
+    projected(&pool).await;
+    let live: i32 = sqlx::query_scalar("SELECT live_containers FROM vms")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(live, 1, "a gone container is no longer counted");
     agent.report(Body::Event(burst_event(41))).await;
     agent.report(snapshot(&['a', 'b'])).await;
     burst(&mut agent, 12).await;
     projected(&pool).await;
     let together = container_rows(&pool).await;
-    assert!(together.1.len() > 50, "{} history rows", together.1.len());
+    assert!(together[1].len() > 50, "{} history rows", together[1].len());
+    assert_eq!(together[2][0]["live_containers"], 2, "{}", together[2][0]);
     let one_by_one = Projector::new(pool.clone(), OneByOne);
     one_by_one.reset().await.unwrap();
     one_by_one.catch_up().await.unwrap();
     let alone = container_rows(&pool).await;
-    assert_eq!(together.0, alone.0, "the containers' rows");
-    assert_eq!(together.1, alone.1, "the containers' history");
+    assert_eq!(together[0], alone[0], "the containers' rows");
+    assert_eq!(together[1], alone[1], "the containers' history");
+    assert_eq!(
+        together[2], alone[2],
+        "the VMs' rows, their live containers counted"
+    );
 }

@@ -15,7 +15,7 @@ pub mod upkeep;
 use std::time::Duration;
 
 use cqrs_es::Aggregate as _;
-use efms_domain::fleet::{JoinToken, LifecycleEvent, Vm, VmCommand, VmError, VmName, VmPlacement};
+use efms_domain::fleet::{JoinToken, Vm, VmCommand, VmError, VmName, VmPlacement};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -96,15 +96,15 @@ impl Fleet {
         &self.presence
     }
 
-    /// Records lifecycle `events` of the VM `name` of `tenant_id`, reported by its agent, in a
-    /// commit shared with other VMs' events waiting at the same time.
-    pub async fn record(
+    /// Runs `command`, which the agent of the VM `name` of `tenant_id` reported, in a commit
+    /// shared with other VMs' reports waiting at the same time ([`record_queue`]).
+    pub async fn report(
         &self,
         tenant_id: Uuid,
         name: &str,
-        events: Vec<LifecycleEvent>,
+        command: VmCommand,
     ) -> Result<Option<Position>, FleetError> {
-        self.records.record(tenant_id, name, events, name).await
+        self.records.execute(tenant_id, name, command, name).await
     }
 
     /// The pool it writes to.

@@ -1,13 +1,14 @@
-//! Agents' container lifecycle events, gathered from every stream into shared commits.
+//! What agents' reports make their VMs do (lifecycle events, facts, heartbeats, container
+//! snapshots), gathered from every stream into shared commits.
 //!
 //! Each event is history and goes to its VM's stream in the log; committing each on its own would
 //! cost a transaction (and a WAL flush) per health flip, across a thousand agents. Streams hand
-//! their events to the queue and wait for the answer; one task takes whatever is waiting (up to
+//! their commands to the queue and wait for the answer; one task takes whatever is waiting (up to
 //! [`MOST_PER_COMMIT`]), lets more gather for [`GATHER_FOR`](super::GATHER_FOR), and commits it
 //! per tenant in one append ([`CommandBus::execute_batch`]). A stream hands over the events that
 //! arrived together in one call, so an agent catching up is not held to one event per gathering.
 
-use efms_domain::fleet::{LifecycleEvent, Vm, VmCommand};
+use efms_domain::fleet::{Vm, VmCommand};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -23,7 +24,7 @@ const WAITING: usize = 4_096;
 struct Waiting {
     tenant_id: Uuid,
     vm: String,
-    events: Vec<LifecycleEvent>,
+    command: VmCommand,
     actor: String,
     answer: oneshot::Sender<Result<Option<Position>, FleetError>>,
 }
@@ -51,25 +52,25 @@ impl RecordQueue {
         Self { sender }
     }
 
-    /// Records `events` of the VM `vm` of `tenant_id` on behalf of `actor`; answers once they are
-    /// committed (or refused), as [`CommandBus::execute`] would.
-    pub async fn record(
+    /// Runs `command` on the VM `vm` of `tenant_id` on behalf of `actor`; answers once its
+    /// events are committed (or it is refused), as [`CommandBus::execute`] would.
+    pub async fn execute(
         &self,
         tenant_id: Uuid,
         vm: &str,
-        events: Vec<LifecycleEvent>,
+        command: VmCommand,
         actor: &str,
     ) -> Result<Option<Position>, FleetError> {
         let (answer, answered) = oneshot::channel();
         let waiting = Waiting {
             tenant_id,
             vm: vm.to_owned(),
-            events,
+            command,
             actor: actor.to_owned(),
             answer,
         };
         let stopped =
-            || CommandError::Unavailable("the fleet's event writer stopped or failed".into());
+            || CommandError::Unavailable("the writer of agents' reports stopped or failed".into());
         self.sender.send(waiting).await.map_err(|_| stopped())?;
         answered.await.map_err(|_| stopped())?
     }
@@ -89,13 +90,13 @@ async fn write_loop(bus: CommandBus, mut receiver: mpsc::Receiver<Waiting>) {
             // A batch that fails unexpectedly (a panic) drops its streams' answers, which they
             // hear as a failure; the writer goes on with the next.
             if let Err(error) = tokio::spawn(commit(bus.clone(), tenant_id, mine)).await {
-                tracing::error!(%error, "a batch of lifecycle events failed");
+                tracing::error!(%error, "a batch of agents' commands failed");
             }
         }
     }
 }
 
-/// Commits one tenant's waiting events and answers each stream.
+/// Commits one tenant's waiting commands and answers each stream.
 async fn commit(bus: CommandBus, tenant_id: Uuid, waiting: Vec<Waiting>) {
     let mut answers = Vec::with_capacity(waiting.len());
     let commands = waiting
@@ -104,9 +105,7 @@ async fn commit(bus: CommandBus, tenant_id: Uuid, waiting: Vec<Waiting>) {
             answers.push(waiting.answer);
             BatchCommand {
                 aggregate_id: waiting.vm,
-                command: VmCommand::Record {
-                    events: waiting.events,
-                },
+                command: waiting.command,
                 metadata: CommitMetadata::by(waiting.actor),
             }
         })

@@ -1,6 +1,6 @@
 //! The containers' read model written a batch at a time: what a run of container events did,
 //! gathered in memory in the log's order, then one statement per table (each container's last
-//! state, every change's history row, each VM's version).
+//! state, every change's history row, each VM's version and count of live containers).
 //!
 //! Agents' lifecycle events come by the hundred a second and are committed together; writing
 //! each on its own cost four statements an event. The rows written are those the events would
@@ -16,11 +16,19 @@ use uuid::Uuid;
 
 use crate::projector::ProjectionError;
 
-/// A container as the read model has it, with when it went (if it did).
+/// A container as the read model has it: on which VM, and when it went (if it did).
 #[derive(Debug, Clone)]
 struct Known {
     container: Container,
+    vm: String,
     gone_at: Option<DateTime<Utc>>,
+}
+
+impl Known {
+    /// The VM it counts as a live container of, unless it is gone.
+    fn live_on(&self) -> Option<&str> {
+        self.gone_at.is_none().then_some(self.vm.as_str())
+    }
 }
 
 /// A container's row to write: its VM, its last state, and when the batch first and last
@@ -58,6 +66,8 @@ pub(super) struct ContainerWrites {
     rows: BTreeMap<(Uuid, String), Row>,
     history: Vec<HistoryRow>,
     versions: BTreeMap<(Uuid, String), (i64, DateTime<Utc>)>,
+    /// Per VM, how its count of live containers changed.
+    live: BTreeMap<(Uuid, String), i32>,
 }
 
 /// The container a container event is about, if it is one.
@@ -90,9 +100,10 @@ impl ContainerWrites {
         }
         let found = sqlx::query!(
             r#"SELECT c.tenant_id AS "tenant_id!", c.container_id AS "container_id!",
-                      c.document AS "document!", c.gone_at
+                      c.document AS "document!", c.vm_name AS "vm_name!", c.gone_at
                FROM UNNEST($1::uuid[], $2::text[]) AS wanted(tenant_id, id),
-                    LATERAL (SELECT tenant_id, container_id, document, gone_at FROM containers
+                    LATERAL (SELECT tenant_id, container_id, document, vm_name, gone_at
+                             FROM containers
                              WHERE tenant_id = wanted.tenant_id AND container_id = wanted.id
                              LIMIT 1) AS c"#,
             &tenants,
@@ -103,6 +114,7 @@ impl ContainerWrites {
         for row in found {
             let known = Known {
                 container: serde_json::from_value(row.document)?,
+                vm: row.vm_name,
                 gone_at: row.gone_at,
             };
             writes
@@ -167,8 +179,21 @@ impl ContainerWrites {
         });
         let known = Known {
             container: after,
+            vm: event.aggregate_id.clone(),
             gone_at,
         };
+        let was_live_on = before.and_then(Known::live_on).map(str::to_owned);
+        if was_live_on.as_deref() != known.live_on() {
+            if let Some(vm) = was_live_on {
+                *self.live.entry((event.tenant_id, vm)).or_default() -= 1;
+            }
+            if let Some(vm) = known.live_on() {
+                *self
+                    .live
+                    .entry((event.tenant_id, vm.to_owned()))
+                    .or_default() += 1;
+            }
+        }
         self.known.insert(key.clone(), known.clone());
         let first_seen_at = self
             .rows
@@ -188,6 +213,7 @@ impl ContainerWrites {
     /// Writes what was taken since the last flush.
     pub(super) async fn flush(&mut self, tx: &mut PgConnection) -> Result<(), ProjectionError> {
         self.bump_versions(tx).await?;
+        self.count_live(tx).await?;
         self.write_rows(tx).await?;
         self.write_history(tx).await?;
         Ok(())
@@ -213,6 +239,31 @@ impl ContainerWrites {
             &vms,
             &versions,
             &at,
+        )
+        .execute(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn count_live(&mut self, tx: &mut PgConnection) -> Result<(), ProjectionError> {
+        let (mut tenants, mut vms, mut changes) = (vec![], vec![], vec![]);
+        for ((tenant_id, vm), change) in std::mem::take(&mut self.live) {
+            if change != 0 {
+                tenants.push(tenant_id);
+                vms.push(vm);
+                changes.push(change);
+            }
+        }
+        if tenants.is_empty() {
+            return Ok(());
+        }
+        sqlx::query!(
+            r#"UPDATE vms v SET live_containers = v.live_containers + u.change
+               FROM UNNEST($1::uuid[], $2::text[], $3::int[]) AS u(tenant_id, vm, change)
+               WHERE v.tenant_id = u.tenant_id AND v.name = u.vm"#,
+            &tenants,
+            &vms,
+            &changes,
         )
         .execute(&mut *tx)
         .await?;

@@ -176,9 +176,7 @@ pub async fn list_vms(
                   p.connected AS "connected?", p.last_heartbeat_at AS "last_heartbeat_at?",
                   p.engine_reachable AS "engine_reachable?", p.engine_error AS "engine_error?",
                   p.usage AS "usage?",
-                  (SELECT count(*) FROM containers c
-                   WHERE c.tenant_id = v.tenant_id AND c.vm_name = v.name AND c.gone_at IS NULL)
-                      AS "containers!"
+                  v.live_containers::bigint AS "containers!"
            FROM vms v
            LEFT JOIN vm_presence p ON p.tenant_id = v.tenant_id AND p.vm_name = v.name
            WHERE v.tenant_id = $1

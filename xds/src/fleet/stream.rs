@@ -213,7 +213,7 @@ impl FleetServer {
         let fleet = &self.inner.fleet;
         let (tenant_id, vm) = (joined.tenant_id, joined.vm.clone());
         fleet
-            .execute(tenant_id, &vm, VmCommand::ReportFacts { facts }, &vm)
+            .report(tenant_id, &vm, VmCommand::ReportFacts { facts })
             .await
             .map_err(stored_or_status)?;
         let mut agent = Agent {
@@ -274,7 +274,7 @@ impl FleetServer {
             reason,
         };
         fleet
-            .execute(tenant_id, &vm, command, &vm)
+            .report(tenant_id, &vm, command)
             .await
             .map_err(stored_or_status)?;
         agent.decided = Some((engine_reachable, Instant::now()));

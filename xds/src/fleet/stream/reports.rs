@@ -46,7 +46,7 @@ impl FleetServer {
                 Err(fault) => refused(fault),
                 Ok(facts) => {
                     fleet
-                        .execute(tenant_id, vm, VmCommand::ReportFacts { facts }, vm)
+                        .report(tenant_id, vm, VmCommand::ReportFacts { facts })
                         .await
                         .map_err(stored_or_status)?;
                     stored
@@ -130,7 +130,7 @@ impl FleetServer {
         let (tenant_id, vm) = (agent.joined.tenant_id, agent.joined.vm.clone());
         let fleet = &self.inner.fleet;
         fleet
-            .record(tenant_id, &vm, events)
+            .report(tenant_id, &vm, VmCommand::Record { events })
             .await
             .map_err(stored_or_status)?;
         agent.remember_here(&ids);
@@ -216,7 +216,7 @@ impl FleetServer {
             }));
         }
         let command = VmCommand::Observe { containers };
-        match self.inner.fleet.execute(tenant_id, vm, command, vm).await {
+        match self.inner.fleet.report(tenant_id, vm, command).await {
             Err(CommandError::Rejected(VmError::DuplicateContainer(id))) => {
                 Ok(Outcome::Refused(ReportFault {
                     field: "snapshot.containers".into(),
