@@ -83,21 +83,22 @@ impl Range {
 /// The next batch of readable events of `range`, ending on a transaction boundary: readers of the
 /// read models (snapshots, caches) must never see half of a commit, and a projection may write a
 /// commit's events together. A batch holds about [`BATCH_SIZE`] events; one transaction larger
-/// than that is read whole.
+/// than that is read whole. With the events, whether more may be readable after them (the read
+/// was full).
 pub(crate) async fn whole_transactions(
     conn: &mut PgConnection,
     from: Position,
     range: Range,
-) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+) -> Result<(Vec<RecordedEvent>, bool), sqlx::Error> {
     let mut events = range.read(conn, from, BATCH_SIZE).await?;
     if i64::try_from(events.len()).unwrap_or(i64::MAX) < BATCH_SIZE {
-        return Ok(events);
+        return Ok((events, false));
     }
     let last_tx = events.last().expect("a full batch").position.tx_id;
     if events.first().expect("a full batch").position.tx_id != last_tx {
         // Leave the last, possibly partial, transaction to the next batch.
         events.retain(|event| event.position.tx_id != last_tx);
-        return Ok(events);
+        return Ok((events, true));
     }
     // One transaction fills the batch: read the rest of it.
     loop {
@@ -110,7 +111,7 @@ pub(crate) async fn whole_transactions(
                 .take_while(|event| event.position.tx_id == last_tx),
         );
         if !full || events.len() - before < usize::try_from(BATCH_SIZE).unwrap_or(usize::MAX) {
-            return Ok(events);
+            return Ok((events, true));
         }
     }
 }
@@ -210,17 +211,23 @@ impl<P: Projection> Projector<P> {
     /// The checkpoint row is locked for the transaction, so projectors of several replicas take
     /// turns instead of applying an event twice.
     pub async fn run_batch(&self) -> Result<(Position, usize), ProjectionError> {
+        let (position, applied, _) = self.next_batch().await?;
+        Ok((position, applied))
+    }
+
+    /// [`Projector::run_batch`], also telling whether more events may be readable at once.
+    async fn next_batch(&self) -> Result<(Position, usize, bool), ProjectionError> {
         let mut tx = Scope::System.begin(&self.pool).await?;
         let from = lock_checkpoint(&mut tx, P::NAME).await?;
-        let events = whole_transactions(&mut tx, from, Range::Log).await?;
+        let (events, more) = whole_transactions(&mut tx, from, Range::Log).await?;
         let Some(last) = events.last().map(|event| event.position) else {
             tx.rollback().await?;
-            return Ok((from, 0));
+            return Ok((from, 0, false));
         };
         self.projection.apply_all(&mut tx, &events).await?;
         store_checkpoint(&mut tx, P::NAME, last).await?;
         tx.commit().await?;
-        Ok((last, events.len()))
+        Ok((last, events.len(), more))
     }
 
     /// The projection.
@@ -296,11 +303,15 @@ impl<P: Projection> Projector<P> {
             tokio::pin!(shutdown);
             let mut doorbell = doorbell(self.pool.clone()).await;
             loop {
-                match self.run_batch().await {
-                    Ok((position, applied)) => {
+                match self.next_batch().await {
+                    Ok((position, applied, more)) => {
                         publish.send_replace(position);
                         if applied > 0 {
                             tracing::debug!(projection = P::NAME, applied, ?position, "projected");
+                        }
+                        // A batch that read all there was waits for the next commit's ring
+                        // (one that rang meanwhile is not missed) instead of reading nothing.
+                        if more {
                             continue;
                         }
                     }
@@ -325,21 +336,26 @@ pub(crate) async fn lock_checkpoint(
     tx: &mut PgConnection,
     name: &str,
 ) -> Result<Position, sqlx::Error> {
-    sqlx::query!(
-        "INSERT INTO projection_checkpoints (projection) VALUES ($1) ON CONFLICT DO NOTHING",
-        name
-    )
-    .execute(&mut *tx)
-    .await?;
-    let row = sqlx::query!(
-        r#"SELECT tx_id::text AS "tx_id!", global_position
-           FROM projection_checkpoints WHERE projection = $1 FOR UPDATE"#,
-        name
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    Position::from_columns(&row.tx_id, row.global_position)
-        .map_err(|error| sqlx::Error::Decode(Box::new(error)))
+    loop {
+        let row = sqlx::query!(
+            r#"SELECT tx_id::text AS "tx_id!", global_position
+               FROM projection_checkpoints WHERE projection = $1 FOR UPDATE"#,
+            name
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = row {
+            return Position::from_columns(&row.tx_id, row.global_position)
+                .map_err(|error| sqlx::Error::Decode(Box::new(error)));
+        }
+        // The first batch of a new projection: its checkpoint starts at the start of the log.
+        sqlx::query!(
+            "INSERT INTO projection_checkpoints (projection) VALUES ($1) ON CONFLICT DO NOTHING",
+            name
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
 }
 
 /// Moves projection `name`'s checkpoint to `position`.

@@ -63,7 +63,7 @@ impl<P: Projection> Projector<P> {
         let mut from = Position::START;
         let mut events = 0;
         loop {
-            let batch = whole_transactions(&mut tx, from, range).await?;
+            let (batch, _) = whole_transactions(&mut tx, from, range).await?;
             let Some(last) = batch.last().map(|event| event.position) else {
                 break;
             };

@@ -1,6 +1,8 @@
 //! Join tokens (`vm_join_tokens`): their digests, who issued and revoked them, and finding the VM
 //! a presented token speaks for.
 
+use std::collections::HashMap;
+
 use efms_domain::fleet::join_token::digest_of;
 use efms_domain::fleet::JoinToken;
 use sqlx::PgPool;
@@ -93,30 +95,48 @@ pub async fn authenticate(pool: &PgPool, token: &str) -> Result<Option<Joined>, 
 }
 
 /// The images the VM of a live token `token_id` watches; `None` when the token is revoked (or
-/// its VM removed). An open stream asks this at each re-check.
+/// its VM removed). A stream asks this when it opens.
 pub async fn watched_while_live(
     pool: &PgPool,
     tenant_id: Uuid,
     token_id: Uuid,
 ) -> Result<Option<Vec<String>>, sqlx::Error> {
+    let mut watched = watched_while_live_all(pool, &[(tenant_id, token_id)]).await?;
+    Ok(watched.remove(&token_id).flatten())
+}
+
+/// [`watched_while_live`] for many tokens (`(tenant, token)`) in one statement: per token, the
+/// images its VM watches, `None` when it is revoked or unknown. The open streams of a process
+/// are re-checked this way, together.
+pub async fn watched_while_live_all(
+    pool: &PgPool,
+    tokens: &[(Uuid, Uuid)],
+) -> Result<HashMap<Uuid, Option<Vec<String>>>, sqlx::Error> {
+    let (tenants, ids): (Vec<Uuid>, Vec<Uuid>) = tokens.iter().copied().unzip();
     let mut tx = Scope::System.begin(pool).await?;
-    // The token is found by its key and its revocation checked here: asked in the query, a
-    // planner without statistics scans all of the tenant's live tokens by their partial index.
-    let row = sqlx::query!(
-        r#"SELECT t.revoked_at IS NULL AS "live!", coalesce(v.watch_images, '[]'::jsonb) AS "images!"
-           FROM vm_join_tokens t
-           LEFT JOIN vms v ON v.tenant_id = t.tenant_id AND v.name = t.vm_name
-           WHERE t.tenant_id = $1 AND t.token_id = $2"#,
-        tenant_id,
-        token_id,
+    // Each token is found by its key and its revocation checked here: asked in the query, a
+    // planner without statistics scans all of a tenant's live tokens by their partial index.
+    let rows = sqlx::query!(
+        r#"SELECT u.token_id AS "token_id!", t.revoked_at IS NULL AS "live!",
+                  coalesce(v.watch_images, '[]'::jsonb) AS "images!"
+           FROM UNNEST($1::uuid[], $2::uuid[]) AS u(tenant_id, token_id),
+                LATERAL (SELECT tenant_id, vm_name, revoked_at FROM vm_join_tokens
+                         WHERE tenant_id = u.tenant_id AND token_id = u.token_id LIMIT 1) AS t
+           LEFT JOIN LATERAL (SELECT watch_images FROM vms
+                              WHERE tenant_id = t.tenant_id AND name = t.vm_name LIMIT 1) AS v
+                ON true"#,
+        &tenants,
+        &ids,
     )
-    .fetch_optional(&mut *tx)
+    .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    let images = row.filter(|row| row.live).map(|row| row.images);
-    images
-        .map(|images| {
-            serde_json::from_value(images).map_err(|error| sqlx::Error::Decode(Box::new(error)))
-        })
-        .transpose()
+    let mut watched: HashMap<Uuid, Option<Vec<String>>> =
+        ids.iter().map(|id| (*id, None)).collect();
+    for row in rows.into_iter().filter(|row| row.live) {
+        let images = serde_json::from_value(row.images)
+            .map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
+        watched.insert(row.token_id, Some(images));
+    }
+    Ok(watched)
 }

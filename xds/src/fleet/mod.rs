@@ -6,6 +6,7 @@
 mod convert;
 mod service;
 mod stream;
+mod token_watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +54,8 @@ struct Inner {
     /// stream busy storing a report sees the change when it is done).
     recheck_now: watch::Sender<u64>,
     stopping: watch::Sender<bool>,
+    /// The open streams' join tokens, re-checked together.
+    tokens: Arc<token_watch::TokenWatch>,
 }
 
 impl std::fmt::Debug for FleetServer {
@@ -64,16 +67,24 @@ impl std::fmt::Debug for FleetServer {
 }
 
 impl FleetServer {
-    /// Streams storing through `fleet`.
+    /// Streams storing through `fleet`; starts the re-checks of their join tokens.
     pub fn new(fleet: Fleet, settings: FleetStreamSettings, metrics: FleetMetrics) -> Self {
+        let inner = Inner {
+            fleet,
+            settings: watch::Sender::new(settings),
+            metrics,
+            recheck_now: watch::Sender::new(0),
+            stopping: watch::Sender::new(false),
+            tokens: Arc::default(),
+        };
+        inner.tokens.spawn(
+            inner.fleet.pool().clone(),
+            inner.settings.subscribe(),
+            inner.recheck_now.subscribe(),
+            inner.stopping.subscribe(),
+        );
         Self {
-            inner: Arc::new(Inner {
-                fleet,
-                settings: watch::Sender::new(settings),
-                metrics,
-                recheck_now: watch::Sender::new(0),
-                stopping: watch::Sender::new(false),
-            }),
+            inner: Arc::new(inner),
         }
     }
 
@@ -87,7 +98,7 @@ impl FleetServer {
         self.inner.settings.send_modify(change);
     }
 
-    /// Has every open stream check its token now (after this process revoked one).
+    /// Has every open stream's token checked now (after this process revoked one).
     pub fn recheck_now(&self) {
         self.inner
             .recheck_now

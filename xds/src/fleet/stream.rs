@@ -297,10 +297,9 @@ impl FleetServer {
     ) -> Result<(), Status> {
         let inner = &self.inner;
         let mut stopping = inner.stopping.subscribe();
-        let mut recheck_now = inner.recheck_now.subscribe();
-        let mut recheck = tokio::time::interval(self.settings().recheck);
-        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        recheck.tick().await;
+        let token = (agent.joined.tenant_id, agent.joined.token_id);
+        let images = agent.watch_images.clone();
+        let mut watching = inner.tokens.watch(agent.stream_id, token, images);
         let mut carried = None;
         loop {
             let next = if let Some(next) = carried.take() {
@@ -308,13 +307,10 @@ impl FleetServer {
             } else {
                 tokio::select! {
                     next = incoming.next() => next,
-                    _ = recheck.tick() => {
-                        self.check_token(agent, sender).await?;
-                        continue;
-                    }
-                    changed = recheck_now.changed() => {
+                    changed = watching.verdict.changed() => {
                         if changed.is_ok() {
-                            self.check_token(agent, sender).await?;
+                            let verdict = watching.verdict.borrow_and_update().clone();
+                            self.follow_token(agent, verdict, sender).await?;
                         }
                         continue;
                     }
@@ -413,18 +409,15 @@ impl FleetServer {
         Ok(())
     }
 
-    /// Ends the stream with `Revoked` when its token is no longer live; tells the agent its new
-    /// settings when the images its VM watches changed.
-    async fn check_token(
+    /// Ends the stream with `Revoked` when its token is no longer live (`verdict` is `None`);
+    /// tells the agent its new settings when the images its VM watches changed.
+    async fn follow_token(
         &self,
         agent: &mut Agent,
+        verdict: Option<Vec<String>>,
         sender: &mpsc::Sender<Result<ServerMessage, Status>>,
     ) -> Result<(), Status> {
-        let (tenant_id, token_id) = (agent.joined.tenant_id, agent.joined.token_id);
-        let watched = tokens::watched_while_live(self.inner.fleet.pool(), tenant_id, token_id)
-            .await
-            .map_err(|error| database(&error))?;
-        if let Some(images) = watched {
+        if let Some(images) = verdict {
             if images != agent.watch_images {
                 agent.watch_images = images;
                 let settings = self.agent_settings(agent);
