@@ -73,7 +73,7 @@ async fn read_until(pool: &PgPool, count: usize) -> Vec<efms_commands::RecordedE
                 e.position
             });
         let mut tx = Scope::System.begin(pool).await.unwrap();
-        let batch = read_after(&mut tx, after, 100).await.unwrap();
+        let batch = read_after(&mut tx, after, 100, None).await.unwrap();
         tx.commit().await.unwrap();
         if batch.is_empty() {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -441,7 +441,7 @@ async fn commit_ordered_reader_yields_every_event_once_in_stream_order_under_8_w
                     deadline = Some(std::time::Instant::now() + Duration::from_secs(20));
                 }
                 let mut tx = Scope::System.begin(&pool).await.unwrap();
-                let batch = read_after(&mut tx, checkpoint, 100).await.unwrap();
+                let batch = read_after(&mut tx, checkpoint, 100, None).await.unwrap();
                 tx.commit().await.unwrap();
                 if let Some(last) = batch.last() {
                     assert!(last.position > checkpoint);

@@ -136,6 +136,7 @@ struct OneByOne;
 
 impl Projection for OneByOne {
     const NAME: &'static str = "fleet_one_by_one";
+    const AGGREGATE_TYPE: &'static str = "vm";
 
     async fn apply(
         &self,

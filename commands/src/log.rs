@@ -86,15 +86,20 @@ pub struct RecordedEvent {
 /// `conn` must be in the system scope ([`crate::Scope::System`]) to see every tenant, or in a tenant
 /// scope to see one. The caller stores the last returned position as its checkpoint; an empty answer
 /// means nothing more is readable now.
+/// With `payloads_of`, only events of that aggregate type carry their payload (others carry
+/// `null`): a reader that ignores other aggregates neither fetches nor parses them.
 pub async fn read_after(
     conn: &mut PgConnection,
     after: Position,
     limit: i64,
+    payloads_of: Option<&str>,
 ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
     let rows = sqlx::query_as!(
         EventRow,
         r#"SELECT tenant_id, aggregate_type, aggregate_id, sequence, event_type, event_version,
-                  payload, metadata, event_id, actor, recorded_at, global_position,
+                  CASE WHEN $4::text IS NULL OR aggregate_type = $4 THEN payload
+                       ELSE 'null'::jsonb END AS "payload!",
+                  metadata, event_id, actor, recorded_at, global_position,
                   tx_id::text AS "tx_id!"
            FROM events
            WHERE (tx_id, global_position) > ($1::text::xid8, $2::bigint)
@@ -104,6 +109,7 @@ pub async fn read_after(
         after.tx_id.to_string(),
         after.global_position,
         limit,
+        payloads_of,
     )
     .fetch_all(&mut *conn)
     .await?;

@@ -53,8 +53,12 @@ pub fn payload_of<E: serde::de::DeserializeOwned>(
 /// Which events a projector reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Range {
-    /// Every tenant's, as far as transactions are over.
-    Log,
+    /// Every tenant's, as far as transactions are over; payloads only of the aggregate type
+    /// named.
+    Log {
+        /// The aggregate type whose events' payloads are read.
+        payloads_of: &'static str,
+    },
     /// One tenant's, up to a position (included).
     Tenant {
         /// The tenant.
@@ -72,7 +76,7 @@ impl Range {
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
         match self {
-            Range::Log => read_after(conn, after, limit).await,
+            Range::Log { payloads_of } => read_after(conn, after, limit, Some(payloads_of)).await,
             Range::Tenant { tenant_id, upto } => {
                 read_tenant_after(conn, tenant_id, (after, upto), limit).await
             }
@@ -120,6 +124,10 @@ pub(crate) async fn whole_transactions(
 pub trait Projection: Send + Sync + 'static {
     /// The checkpoint's name; unique per projection.
     const NAME: &'static str;
+
+    /// The aggregate type whose events it reads: events of other types reach it without their
+    /// payload (it ignores them).
+    const AGGREGATE_TYPE: &'static str;
 
     /// Applies one event inside the projector's transaction (system scope). Events of aggregate
     /// types the projection does not care about must be ignored.
@@ -219,7 +227,14 @@ impl<P: Projection> Projector<P> {
     async fn next_batch(&self) -> Result<(Position, usize, bool), ProjectionError> {
         let mut tx = Scope::System.begin(&self.pool).await?;
         let from = lock_checkpoint(&mut tx, P::NAME).await?;
-        let (events, more) = whole_transactions(&mut tx, from, Range::Log).await?;
+        let (events, more) = whole_transactions(
+            &mut tx,
+            from,
+            Range::Log {
+                payloads_of: P::AGGREGATE_TYPE,
+            },
+        )
+        .await?;
         let Some(last) = events.last().map(|event| event.position) else {
             tx.rollback().await?;
             return Ok((from, 0, false));

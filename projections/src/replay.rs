@@ -50,7 +50,9 @@ impl<P: Projection> Projector<P> {
         let range = match rebuild {
             Rebuild::All => {
                 self.projection().reset(&mut tx).await?;
-                Range::Log
+                Range::Log {
+                    payloads_of: P::AGGREGATE_TYPE,
+                }
             }
             Rebuild::Tenant(tenant_id) => {
                 self.projection().reset_tenant(&mut tx, tenant_id).await?;

@@ -17,6 +17,7 @@ pub struct TenantsProjection;
 
 impl Projection for TenantsProjection {
     const NAME: &'static str = "tenants";
+    const AGGREGATE_TYPE: &'static str = Tenant::TYPE;
 
     async fn apply(
         &self,

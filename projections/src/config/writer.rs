@@ -50,6 +50,7 @@ pub struct ConfigProjection;
 
 impl Projection for ConfigProjection {
     const NAME: &'static str = "config";
+    const AGGREGATE_TYPE: &'static str = ConfigRepo::TYPE;
 
     async fn apply(
         &self,

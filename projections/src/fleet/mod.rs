@@ -22,6 +22,7 @@ pub struct FleetProjection;
 
 impl Projection for FleetProjection {
     const NAME: &'static str = "fleet";
+    const AGGREGATE_TYPE: &'static str = Vm::TYPE;
 
     async fn apply(
         &self,
