@@ -11,6 +11,12 @@ use efms_api::JwtKeys;
 use efms_domain::{Role, TenantSlug};
 use tracing_subscriber::EnvFilter;
 
+/// The process's allocator. Serving a thousand agents' streams allocates and frees many small
+/// buffers across threads; glibc's allocator spent about a third of the control plane's CPU
+/// on that in the fleet benchmark (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
