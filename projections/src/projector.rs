@@ -324,9 +324,10 @@ impl<P: Projection> Projector<P> {
                         if applied > 0 {
                             tracing::debug!(projection = P::NAME, applied, ?position, "projected");
                         }
-                        // A batch that read all there was waits for the next commit's ring
-                        // (one that rang meanwhile is not missed) instead of reading nothing.
-                        if more {
+                        // After a batch, read again at once: a commit that rang while an
+                        // older transaction (one that rings no bell) was still open becomes
+                        // readable only later. A full read certainly left more.
+                        if more || applied > 0 {
                             continue;
                         }
                     }

@@ -158,7 +158,21 @@ async fn write_loop(pool: PgPool, mut receiver: mpsc::Receiver<Waiting>) {
     let mut taken = Vec::with_capacity(MOST_PER_TRANSACTION);
     while gather(&mut receiver, &mut taken, MOST_PER_TRANSACTION).await {
         let waiting = std::mem::take(&mut taken);
-        let outcome = write(&pool, &waiting).await.map_err(PresenceError::from);
+        // Written in a task of its own: one that fails unexpectedly (a panic) fails its reports,
+        // not the writer.
+        let (pool, written) = (pool.clone(), waiting);
+        let (outcome, waiting) = match tokio::spawn(async move {
+            let outcome = write(&pool, &written).await.map_err(PresenceError::from);
+            (outcome, written)
+        })
+        .await
+        {
+            Ok(done) => done,
+            Err(error) => {
+                tracing::error!(%error, "a write of agents' presence failed");
+                continue;
+            }
+        };
         if let Err(error) = &outcome {
             tracing::warn!(%error, reports = waiting.len(), "agents' presence could not be stored");
         }

@@ -419,14 +419,21 @@ impl Vm {
     fn record(&self, events: &[LifecycleEvent]) -> Vec<VmEvent> {
         let mut fresh = Vec::new();
         let mut keys: BTreeSet<(&str, i64, super::EventKind)> = BTreeSet::new();
+        // Containers an earlier event of this record takes away: what follows them is late.
+        let mut gone_here: BTreeSet<&str> = BTreeSet::new();
         for event in events {
             let key = (event.time_nanos, event.kind);
             let known = self.gone.contains(&event.container_id)
+                || gone_here.contains(event.container_id.as_str())
                 || self
                     .recorded
                     .get(&event.container_id)
                     .is_some_and(|recorded| recorded.contains(&key));
             if !known && keys.insert((&event.container_id, key.0, key.1)) {
+                let before = self.containers.get(&event.container_id);
+                if event.applied_to(before).state == ContainerState::Gone {
+                    gone_here.insert(&event.container_id);
+                }
                 fresh.push(event.clone());
             }
         }

@@ -264,6 +264,32 @@ fn late_events_of_a_container_known_gone_are_dropped() {
 }
 
 #[test]
+fn events_recorded_together_after_their_containers_destroy_are_dropped() {
+    let mut vm = registered();
+    let events = vm
+        .decide(VmCommand::Observe {
+            containers: vec![container('a', ContainerState::Running)],
+        })
+        .unwrap();
+    apply_all(&mut vm, events);
+    let recorded = vm
+        .decide(VmCommand::Record {
+            events: vec![
+                event('a', EventKind::Destroy, 5),
+                event('a', EventKind::Die, 6),
+            ],
+        })
+        .unwrap();
+    assert_eq!(recorded.len(), 1, "only the destroy: {recorded:?}");
+    apply_all(&mut vm, recorded);
+    assert_eq!(
+        vm.containers().count(),
+        0,
+        "a destroyed container does not come back"
+    );
+}
+
+#[test]
 fn a_new_placement_is_an_event_only_when_it_differs() {
     let mut vm = registered();
     let watched = VmPlacement {
