@@ -4,6 +4,10 @@
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use efms_commands::fleet::rollups;
+use efms_fleet_proto::{
+    agent_message::Body, ContainerSnapshot, ContainerState, ContainerUsage, ContainerUsages,
+};
+use efms_tests::agent_stream::{self, Agent};
 use efms_tests::TestApp;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -113,29 +117,114 @@ async fn utilisation_by_whole_minutes_answers_from_the_rollups_once_the_raw_samp
 async fn container_samples_are_rolled_up_per_container_and_minute(pool: PgPool) {
     let tenant_id = efms_domain::TenantSlug::parse("acme").unwrap().tenant_id();
     let minute = Utc::now().duration_trunc(Duration::minutes(1)).unwrap() - Duration::minutes(5);
-    for (seconds, cpu, memory) in [(1, 5.0_f32, 100_i64), (31, 15.0, 300)] {
+    let (first, second) = ("c1".repeat(32), "d2".repeat(32));
+    // Two rounds of one VM: each row holds every container of its round.
+    for (seconds, cpu, memory) in [
+        (1, [5.0_f32, 1.0], [100_i64, 7]),
+        (31, [15.0, 3.0], [300, 9]),
+    ] {
         sqlx::query(
-            "INSERT INTO container_samples (tenant_id, container_id, vm_name, sampled_at,
-                 cpu_percent, memory_used_bytes)
-             VALUES ($1, 'c1', 'vm-1', $2, $3, $4)",
+            "INSERT INTO container_samples (tenant_id, vm_name, sampled_at, container_ids,
+                 cpu_percent, memory_used_bytes, memory_limit_bytes, pids)
+             VALUES ($1, 'vm-1', $2, ARRAY[decode($3, 'hex'), decode($4, 'hex')], $5, $6,
+                     ARRAY[NULL, NULL]::bigint[], ARRAY[NULL, NULL]::bigint[])",
         )
         .bind(tenant_id)
         .bind(minute + Duration::seconds(seconds))
+        .bind(&first)
+        .bind(&second)
         .bind(cpu)
         .bind(memory)
         .execute(&pool)
         .await
         .unwrap();
     }
-    assert_eq!(rollups::roll_up(&pool).await.unwrap(), 1);
-    let row: (i32, f64, f32, f64, i64) = sqlx::query_as(
-        "SELECT samples, cpu_percent_sum, cpu_percent_max, memory_used_bytes_sum,
-                memory_used_bytes_max
-         FROM container_samples_1m WHERE container_id = 'c1' AND minute = $1",
+    assert_eq!(
+        rollups::roll_up(&pool).await.unwrap(),
+        2,
+        "one rollup per container"
+    );
+    let rolled_up = |id: String| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, i32, f64, f32, f64, i64)>(
+                "SELECT vm_name, samples, cpu_percent_sum, cpu_percent_max,
+                        memory_used_bytes_sum, memory_used_bytes_max
+                 FROM container_samples_1m WHERE container_id = $1 AND minute = $2",
+            )
+            .bind(id)
+            .bind(minute)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(
+        rolled_up(first).await,
+        ("vm-1".to_owned(), 2, 20.0, 15.0, 400.0, 300)
+    );
+    assert_eq!(
+        rolled_up(second).await,
+        ("vm-1".to_owned(), 2, 4.0, 3.0, 16.0, 9)
+    );
+}
+
+/// A stored usage round: its VM, container ids, CPU %, memory used, memory limits and pids.
+type StoredRound = (
+    String,
+    Vec<String>,
+    Vec<f32>,
+    Vec<i64>,
+    Vec<Option<i64>>,
+    Vec<Option<i64>>,
+);
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_usage_round_is_stored_as_one_row_holding_each_container_in_order(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let token = agent_stream::acme(&app).await;
+    let (mut agent, _) = Agent::connect(&app, &token, "epoch-1").await.unwrap();
+    let snapshot = Body::Snapshot(ContainerSnapshot {
+        containers: ['a', 'b']
+            .into_iter()
+            .map(|c| agent_stream::container(c, ContainerState::Running))
+            .collect(),
+    });
+    let seq = agent.send(snapshot).await;
+    assert!(Agent::acked(&agent.answer().await, seq));
+    let usage = |c: char, cpu_percent: f64, memory_used_bytes: u64| ContainerUsage {
+        container_id: agent_stream::container_id(c),
+        cpu_percent,
+        memory_used_bytes,
+        memory_limit_bytes: Some(256 << 20),
+        pids: None,
+    };
+    let round = Body::Usage(ContainerUsages {
+        sampled_at: 0,
+        containers: vec![usage('b', 12.5, 2_000), usage('a', 3.0, 1_000)],
+    });
+    let seq = agent.send(round).await;
+    assert!(Agent::acked(&agent.answer().await, seq));
+    let rows: Vec<StoredRound> = sqlx::query_as(
+        "SELECT vm_name, ARRAY(SELECT encode(id, 'hex') FROM unnest(container_ids) AS id),
+                    cpu_percent, memory_used_bytes, memory_limit_bytes, pids
+             FROM container_samples",
     )
-    .bind(minute)
-    .fetch_one(&pool)
+    .fetch_all(&pool)
     .await
     .unwrap();
-    assert_eq!(row, (2, 20.0, 15.0, 400.0, 300));
+    assert_eq!(
+        rows,
+        [(
+            "vm-1".to_owned(),
+            vec![
+                agent_stream::container_id('b'),
+                agent_stream::container_id('a')
+            ],
+            vec![12.5, 3.0],
+            vec![2_000, 1_000],
+            vec![Some(256 << 20), Some(256 << 20)],
+            vec![None, None],
+        )]
+    );
 }

@@ -328,18 +328,22 @@ impl VmSampleColumns {
     }
 }
 
-/// The containers' usage samples of the transaction's rounds.
+/// The containers' usage samples of the transaction's rounds: one row per round, its containers
+/// as parallel arrays (the rows are put back together by round in the statement).
 async fn insert_container_samples(
     conn: &mut PgConnection,
     waiting: &[Waiting],
 ) -> Result<(), sqlx::Error> {
-    let (mut tenants, mut vms, mut ids, mut cpu) = (vec![], vec![], vec![], vec![]);
-    let (mut memory, mut limits, mut pids) = (vec![], vec![], vec![]);
+    let (mut rounds, mut tenants, mut vms) = (vec![], vec![], vec![]);
+    let (mut ids, mut cpu, mut memory, mut limits, mut pids) =
+        (vec![], vec![], vec![], vec![], vec![]);
     for waiting in waiting {
         let Report::ContainerUsage(usages, _) = &waiting.report else {
             continue;
         };
+        let round = i32::try_from(rounds.len()).unwrap_or(i32::MAX);
         for usage in usages {
+            rounds.push(round);
             tenants.push(waiting.tenant_id);
             vms.push(waiting.vm.clone());
             ids.push(usage.container_id.clone());
@@ -354,16 +358,21 @@ async fn insert_container_samples(
             pids.push(usage.pids.map(|p| i64::try_from(p).unwrap_or(i64::MAX)));
         }
     }
-    if tenants.is_empty() {
+    if rounds.is_empty() {
         return Ok(());
     }
     sqlx::query!(
-        r#"INSERT INTO container_samples (tenant_id, container_id, vm_name, sampled_at, cpu_percent,
-               memory_used_bytes, memory_limit_bytes, pids)
-           SELECT u.tenant_id, u.id, u.vm, now(), u.cpu, u.memory, u.memory_limit, u.pids
-           FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::real[], $5::bigint[], $6::bigint[],
-                       $7::bigint[])
-                AS u(tenant_id, vm, id, cpu, memory, memory_limit, pids)"#,
+        r#"INSERT INTO container_samples (tenant_id, vm_name, sampled_at, container_ids,
+               cpu_percent, memory_used_bytes, memory_limit_bytes, pids)
+           SELECT u.tenant_id, u.vm, now(),
+                  array_agg(decode(u.id, 'hex') ORDER BY u.i), array_agg(u.cpu ORDER BY u.i),
+                  array_agg(u.memory ORDER BY u.i), array_agg(u.memory_limit ORDER BY u.i),
+                  array_agg(u.pids ORDER BY u.i)
+           FROM UNNEST($1::int4[], $2::uuid[], $3::text[], $4::text[], $5::real[], $6::bigint[],
+                       $7::bigint[], $8::bigint[]) WITH ORDINALITY
+                AS u(round, tenant_id, vm, id, cpu, memory, memory_limit, pids, i)
+           GROUP BY u.round, u.tenant_id, u.vm"#,
+        &rounds,
         &tenants,
         &vms,
         &ids,

@@ -42,11 +42,13 @@ pub async fn roll_up(pool: &PgPool) -> Result<u64, sqlx::Error> {
         written += sqlx::query!(
             r#"INSERT INTO container_samples_1m (tenant_id, container_id, vm_name, minute, samples,
                    cpu_percent_sum, cpu_percent_max, memory_used_bytes_sum, memory_used_bytes_max)
-               SELECT tenant_id, container_id, min(vm_name), date_trunc('minute', sampled_at),
-                      count(*), sum(cpu_percent), max(cpu_percent), sum(memory_used_bytes),
-                      max(memory_used_bytes)
-               FROM container_samples WHERE sampled_at >= $1 AND sampled_at < $2
-               GROUP BY tenant_id, container_id, date_trunc('minute', sampled_at)
+               SELECT s.tenant_id, encode(u.id, 'hex'), min(s.vm_name),
+                      date_trunc('minute', s.sampled_at), count(*), sum(u.cpu), max(u.cpu),
+                      sum(u.memory), max(u.memory)
+               FROM container_samples s,
+                    UNNEST(s.container_ids, s.cpu_percent, s.memory_used_bytes) AS u(id, cpu, memory)
+               WHERE s.sampled_at >= $1 AND s.sampled_at < $2
+               GROUP BY s.tenant_id, u.id, date_trunc('minute', s.sampled_at)
                ON CONFLICT DO NOTHING"#,
             from,
             upto,

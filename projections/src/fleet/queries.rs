@@ -3,23 +3,29 @@
 use chrono::{DateTime, Utc};
 use efms_commands::Scope;
 use efms_domain::fleet::Container;
+use serde_json::value::RawValue;
 use serde_json::Value;
+use sqlx::types::Json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// A VM as the read models have it, with what its agent's stream last said.
-#[derive(Debug, Clone, PartialEq)]
+/// JSON as Postgres stored it, passed on without being parsed into a tree.
+pub type RawJson = Json<Box<RawValue>>;
+
+/// A VM as the read models have it, with what its agent's stream last said. Its JSON columns
+/// are kept as the text Postgres gave (a page of a thousand VMs is passed on, not rebuilt).
+#[derive(Debug, Clone)]
 pub struct VmRow {
     /// Its name.
     pub name: String,
     /// Its labels (a JSON object of strings).
-    pub labels: Value,
+    pub labels: RawJson,
     /// Its region.
     pub region: Option<String>,
     /// Its zone.
     pub zone: Option<String>,
     /// Images whose containers its agent reports (a JSON array of strings).
-    pub watch_images: Value,
+    pub watch_images: RawJson,
     /// `down`, `ready`, `docker_unreachable` or `removed`.
     pub state: String,
     /// Why it is in that state.
@@ -27,7 +33,7 @@ pub struct VmRow {
     /// Since when.
     pub state_since: DateTime<Utc>,
     /// Its host's facts, once reported.
-    pub facts: Option<Value>,
+    pub facts: Option<RawJson>,
     /// When it was registered, and by whom.
     pub registered_at: DateTime<Utc>,
     /// Who registered it.
@@ -45,7 +51,7 @@ pub struct VmRow {
     /// Why it did not.
     pub engine_error: Option<String>,
     /// Its utilisation at the last heartbeat.
-    pub usage: Option<Value>,
+    pub usage: Option<RawJson>,
     /// Its containers not gone.
     pub containers: i64,
 }
@@ -171,11 +177,13 @@ pub async fn list_vms(
     let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
     let rows = sqlx::query_as!(
         VmRow,
-        r#"SELECT v.name, v.labels, v.region, v.zone, v.watch_images, v.state, v.state_reason, v.state_since,
-                  v.facts, v.registered_at, v.registered_by, v.removed_at, v.version,
+        r#"SELECT v.name, v.labels AS "labels: RawJson", v.region, v.zone,
+                  v.watch_images AS "watch_images: RawJson", v.state, v.state_reason,
+                  v.state_since, v.facts AS "facts: RawJson", v.registered_at, v.registered_by,
+                  v.removed_at, v.version,
                   p.connected AS "connected?", p.last_heartbeat_at AS "last_heartbeat_at?",
                   p.engine_reachable AS "engine_reachable?", p.engine_error AS "engine_error?",
-                  p.usage AS "usage?",
+                  p.usage AS "usage?: RawJson",
                   v.live_containers::bigint AS "containers!"
            FROM vms v
            LEFT JOIN vm_presence p ON p.tenant_id = v.tenant_id AND p.vm_name = v.name

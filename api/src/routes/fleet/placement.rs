@@ -117,10 +117,10 @@ pub async fn change(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("there is no VM `{name}`")))?;
     let mut placement = VmPlacement {
-        labels: serde_json::from_value(row.labels).map_err(ApiError::internal)?,
+        labels: serde_json::from_str(row.labels.0.get()).map_err(ApiError::internal)?,
         region: row.region,
         zone: row.zone,
-        watch_images: serde_json::from_value(row.watch_images).map_err(ApiError::internal)?,
+        watch_images: serde_json::from_str(row.watch_images.0.get()).map_err(ApiError::internal)?,
     };
     if let Some(labels) = change.labels {
         placement.labels = labels;

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use efms_domain::fleet::Container as ContainerModel;
 use efms_projections::fleet::queries::{ContainerChange, ContainerRow, UtilisationBucket, VmRow};
 use serde::Serialize;
+use serde_json::value::{to_raw_value, RawValue};
 use serde_json::Value;
 
 /// A VM.
@@ -13,14 +14,14 @@ pub struct Vm {
     name: String,
     /// Its labels.
     #[schema(value_type = Object)]
-    labels: Value,
+    labels: Box<RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     region: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     zone: Option<String>,
     /// Images whose containers its agent reports, besides those labelled `efms.node_id`.
     #[schema(value_type = Vec<String>)]
-    watch_images: Value,
+    watch_images: Box<RawValue>,
     /// `down`, `ready`, `docker_unreachable` or `removed`.
     state: String,
     /// Why it is in that state.
@@ -41,11 +42,11 @@ pub struct Vm {
     /// What its host is (hostname, addresses, OS, kernel, CPUs, memory, disks, Docker, agent).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
-    facts: Option<Value>,
+    facts: Option<Box<RawValue>>,
     /// Its utilisation at the last heartbeat (CPU %, load, memory, disks, network).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
-    utilisation: Option<Value>,
+    utilisation: Option<Box<RawValue>>,
     /// Its containers not gone.
     #[serde(skip_serializing_if = "Option::is_none")]
     container_count: Option<i64>,
@@ -70,10 +71,10 @@ impl Vm {
     pub(crate) fn from_row(row: VmRow, containers: Option<Vec<Container>>) -> Self {
         Self {
             name: row.name,
-            labels: row.labels,
+            labels: row.labels.0,
             region: row.region,
             zone: row.zone,
-            watch_images: row.watch_images,
+            watch_images: row.watch_images.0,
             state: row.state,
             state_reason: Some(row.state_reason).filter(|reason| !reason.is_empty()),
             state_since: Some(row.state_since),
@@ -81,8 +82,8 @@ impl Vm {
             last_heartbeat_at: row.last_heartbeat_at,
             engine_reachable: row.engine_reachable,
             engine_error: row.engine_error,
-            facts: row.facts,
-            utilisation: row.usage,
+            facts: row.facts.map(|facts| facts.0),
+            utilisation: row.usage.map(|usage| usage.0),
             container_count: Some(row.containers),
             containers,
             registered_at: Some(row.registered_at),
@@ -102,10 +103,10 @@ impl Vm {
         let placement = vm.placement();
         Ok(Self {
             name: vm.name().map(ToString::to_string).unwrap_or_default(),
-            labels: serde_json::to_value(&placement.labels)?,
+            labels: to_raw_value(&placement.labels)?,
             region: placement.region.clone(),
             zone: placement.zone.clone(),
-            watch_images: serde_json::to_value(&placement.watch_images)?,
+            watch_images: to_raw_value(&placement.watch_images)?,
             state: vm.state().as_str().to_owned(),
             state_reason: None,
             state_since: None,
@@ -113,7 +114,7 @@ impl Vm {
             last_heartbeat_at: None,
             engine_reachable: None,
             engine_error: None,
-            facts: vm.facts().map(serde_json::to_value).transpose()?,
+            facts: vm.facts().map(to_raw_value).transpose()?,
             utilisation: None,
             container_count: None,
             containers: Some(
