@@ -10,8 +10,9 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::aggregate_snapshots::Snapshots;
+use crate::doorbell::CommitBell;
 use crate::event_store::{PgEventRepository, ACTOR_KEY};
-use crate::log::{CommitBell, Position};
+use crate::log::Position;
 use crate::warm::{Decide, StreamKey, Warm, WarmStates, DEFAULT_WARM_STREAMS};
 
 mod batch;

@@ -18,7 +18,8 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::log::{CommitBell, Position};
+use crate::doorbell::CommitBell;
+use crate::log::Position;
 use crate::scope::Scope;
 
 /// The metadata key that names who caused an event; required on every event.
@@ -111,12 +112,12 @@ impl PgEventRepository {
             .collect()
     }
 
-    /// Remembers where a commit landed and wakes the log readers.
-    fn committed(&self, position: Option<Position>) {
+    /// Remembers where a commit of `aggregate_type` landed and wakes its log readers.
+    fn committed(&self, position: Option<Position>, aggregate_type: &str) {
         if position.is_some() {
             *self.last_commit.lock().expect("last_commit lock poisoned") = position;
             if let Some(bell) = &self.bell {
-                bell.ring();
+                bell.ring(aggregate_type);
             }
         }
     }
@@ -375,7 +376,7 @@ impl PersistedEventRepository for PgEventRepository {
     ) -> Result<(), PersistenceError> {
         let Some((aggregate_id, payload, snapshot_version)) = snapshot_update else {
             let position = append_commit(&self.pool, self.tenant_id, events).await?;
-            self.committed(position);
+            self.committed(position, A::TYPE);
             return Ok(());
         };
         let mut tx = self.begin().await?;
@@ -396,7 +397,7 @@ impl PersistedEventRepository for PgEventRepository {
         )
         .await?;
         tx.commit().await.map_err(persistence_error)?;
-        self.committed(position);
+        self.committed(position, A::TYPE);
         Ok(())
     }
 

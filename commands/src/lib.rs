@@ -3,7 +3,8 @@
 //! - [`event_store`]: our implementation of cqrs-es's `PersistedEventRepository` over the partitioned
 //!   `events` table: one multi-row INSERT per commit, optimistic concurrency by primary key, every
 //!   event stamped with tenant, actor, event id, time and global position.
-//! - [`log`]: the commit-ordered reader that projections tail, and the NOTIFY doorbell that wakes it.
+//! - [`log`]: the commit-ordered reader that projections tail; [`doorbell`]: the NOTIFY that wakes
+//!   it, naming the aggregate types that were written.
 //! - [`scope`]: how every transaction is bound to one tenant (or to the cross-tenant system role)
 //!   so that row-level security, not handler code, keeps tenants apart.
 //! - [`bus`]: executes a command on an aggregate and reports where its commit landed in the log;
@@ -20,6 +21,7 @@ pub mod aggregate_snapshots;
 pub mod bus;
 pub mod configuration;
 pub mod credentials;
+pub mod doorbell;
 pub mod event_store;
 pub mod fleet;
 pub mod keys;
@@ -29,9 +31,10 @@ pub mod scope;
 pub mod warm;
 
 pub use bus::{BatchCommand, BatchOutcome, CommandBus, CommandError, CommitMetadata};
+pub use doorbell::{CommitBell, LogDoorbell, SharedDoorbell};
 pub use event_store::PgEventRepository;
 pub use keys::Keyring;
-pub use log::{CommitBell, LogDoorbell, Position, RecordedEvent, SharedDoorbell};
+pub use log::{Position, RecordedEvent};
 pub use scope::Scope;
 
 /// The schema migrations (the `migrations/` folder), the only way the schema changes (DB-AC-003).

@@ -8,21 +8,12 @@
 //! ever appear below that line again. Ordered by `(tx_id, global_position)`, that line only moves
 //! forward, and a checkpoint of the last `(tx_id, global_position)` read is exact.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::postgres::PgListener;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use cqrs_es::persist::PersistenceError;
-
-/// The NOTIFY channel that tells log readers a commit landed.
-pub const EVENTS_CHANNEL: &str = "efms_events";
-
-/// The shortest time between two rings of a [`CommitBell`].
-pub const RING_INTERVAL: Duration = Duration::from_millis(5);
 
 /// A place in the commit-ordered log: the writing transaction, then the event's global position.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -181,152 +172,5 @@ impl EventRow {
             actor: self.actor,
             recorded_at: self.recorded_at,
         })
-    }
-}
-
-/// Rings the log readers' doorbell (NOTIFY on [`EVENTS_CHANNEL`]) after commits, from outside the
-/// writing transactions.
-///
-/// A NOTIFY inside a writing transaction would make every commit wait for a database-wide lock held
-/// through the WAL flush of every other notifying commit. Here commits only drop a token into a
-/// one-slot queue; a background task sends one NOTIFY per token and then rests for
-/// [`RING_INTERVAL`], so however fast commits come, readers are woken at most every few
-/// milliseconds and the bell costs the database next to nothing. The task ends when every clone of
-/// the bell is dropped.
-#[derive(Debug, Clone)]
-pub struct CommitBell {
-    pending: tokio::sync::mpsc::Sender<()>,
-}
-
-impl CommitBell {
-    /// Starts the task that sends the notifications over `pool`.
-    pub fn spawn(pool: &PgPool) -> Self {
-        let (pending, mut rings) = tokio::sync::mpsc::channel::<()>(1);
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            while rings.recv().await.is_some() {
-                if let Err(error) = notify(&pool).await {
-                    // Readers poll as well: a lost ring delays them by one polling interval.
-                    tracing::warn!(%error, "cannot notify log readers of a commit");
-                }
-                tokio::time::sleep(RING_INTERVAL).await;
-            }
-        });
-        Self { pending }
-    }
-
-    /// Records that a commit landed; never waits.
-    pub fn ring(&self) {
-        // A full queue already holds a ring that will be sent after this commit: nothing is lost.
-        let _ = self.pending.try_send(());
-    }
-}
-
-/// Sends one notification. A notifying transaction takes a transaction id and so writes a commit
-/// record; it carries no data, so it need not wait for the WAL flush (the commits it announces
-/// already did), which would otherwise double the flushes of every commit.
-async fn notify(pool: &PgPool) -> Result<(), sqlx::Error> {
-    let mut tx = pool
-        .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
-        .await?;
-    sqlx::query!("SELECT pg_notify($1, '')", EVENTS_CHANNEL)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await
-}
-
-/// Wakes a log reader when a commit lands (LISTEN on [`EVENTS_CHANNEL`]), or after a polling
-/// interval at the latest: a notification may be lost while the listening connection reconnects,
-/// and a commit may only become readable once an older transaction has ended.
-pub struct LogDoorbell {
-    listener: Option<PgListener>,
-    pool: PgPool,
-    poll_interval: Duration,
-}
-
-impl LogDoorbell {
-    /// A doorbell on `pool`'s database that rings at least every `poll_interval`.
-    pub async fn connect(pool: &PgPool, poll_interval: Duration) -> Self {
-        let mut doorbell = Self {
-            listener: None,
-            pool: pool.clone(),
-            poll_interval,
-        };
-        doorbell.reconnect().await;
-        doorbell
-    }
-
-    async fn reconnect(&mut self) {
-        let listener = async {
-            let mut listener = PgListener::connect_with(&self.pool).await?;
-            listener.listen(EVENTS_CHANNEL).await?;
-            Ok::<_, sqlx::Error>(listener)
-        }
-        .await;
-        match listener {
-            Ok(listener) => self.listener = Some(listener),
-            Err(error) => {
-                tracing::warn!(%error, "cannot LISTEN for commits; polling only until it can");
-                self.listener = None;
-            }
-        }
-    }
-
-    /// Waits for the next commit notification or the polling interval, whichever comes first, then
-    /// swallows notifications that are already queued (one read serves them all).
-    pub async fn wait(&mut self) {
-        let Some(listener) = self.listener.as_mut() else {
-            tokio::time::sleep(self.poll_interval).await;
-            self.reconnect().await;
-            return;
-        };
-        match tokio::time::timeout(self.poll_interval, listener.try_recv()).await {
-            // A commit, the polling interval, or a dropped connection (PgListener reconnects on the
-            // next call by itself): in every case the caller reads the log now.
-            Err(_) | Ok(Ok(_)) => {}
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "LISTEN connection failed; reconnecting");
-                self.listener = None;
-                return;
-            }
-        }
-        while listener.next_buffered().is_some() {}
-    }
-}
-
-/// One `LISTEN` connection shared by every log reader of a process: a task waits on a
-/// [`LogDoorbell`] and moves a counter on at each ring (and at each polling interval), which the
-/// readers wait on. A process then holds one listening connection however many projections it
-/// runs, which matters for small pools: each listener holds a connection of its pool for good.
-#[derive(Debug, Clone)]
-pub struct SharedDoorbell {
-    rings: tokio::sync::watch::Receiver<u64>,
-    poll_interval: Duration,
-}
-
-impl SharedDoorbell {
-    /// Starts the listening task on `pool`; it ends once every reader is gone.
-    pub fn spawn(pool: &PgPool, poll_interval: Duration) -> Self {
-        let (ring, rings) = tokio::sync::watch::channel(0_u64);
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            let mut doorbell = LogDoorbell::connect(&pool, poll_interval).await;
-            loop {
-                tokio::select! {
-                    () = ring.closed() => return,
-                    () = doorbell.wait() => {}
-                }
-                ring.send_modify(|count| *count = count.wrapping_add(1));
-            }
-        });
-        Self {
-            rings,
-            poll_interval,
-        }
-    }
-
-    /// Waits for the next ring, or the polling interval, whichever comes first.
-    pub async fn wait(&mut self) {
-        let _ = tokio::time::timeout(self.poll_interval, self.rings.changed()).await;
     }
 }

@@ -337,7 +337,7 @@ impl<P: Projection> Projector<P> {
                 }
                 tokio::select! {
                     () = &mut shutdown => break,
-                    () = doorbell.wait() => {}
+                    () = doorbell.wait_for(P::AGGREGATE_TYPE) => {}
                 }
             }
             tracing::info!(projection = P::NAME, "projector stopped");
@@ -400,10 +400,10 @@ enum Doorbell {
 }
 
 impl Doorbell {
-    async fn wait(&mut self) {
+    async fn wait_for(&mut self, aggregate_type: &str) {
         match self {
-            Self::Own(doorbell) => doorbell.wait().await,
-            Self::Shared(doorbell) => doorbell.wait().await,
+            Self::Own(doorbell) => doorbell.wait_for(aggregate_type).await,
+            Self::Shared(doorbell) => doorbell.wait_for(aggregate_type).await,
         }
     }
 }

@@ -329,61 +329,109 @@ impl VmSampleColumns {
 }
 
 /// The containers' usage samples of the transaction's rounds: one row per round, its containers
-/// as parallel arrays (the rows are put back together by round in the statement).
+/// as parallel arrays. Each round's arrays travel as array literals, one row of the statement's
+/// input per round, so the statement neither regroups nor sorts anything.
 async fn insert_container_samples(
     conn: &mut PgConnection,
     waiting: &[Waiting],
 ) -> Result<(), sqlx::Error> {
-    let (mut rounds, mut tenants, mut vms) = (vec![], vec![], vec![]);
-    let (mut ids, mut cpu, mut memory, mut limits, mut pids) =
-        (vec![], vec![], vec![], vec![], vec![]);
+    let mut rounds = RoundColumns::default();
     for waiting in waiting {
-        let Report::ContainerUsage(usages, _) = &waiting.report else {
-            continue;
-        };
-        let round = i32::try_from(rounds.len()).unwrap_or(i32::MAX);
-        for usage in usages {
-            rounds.push(round);
-            tenants.push(waiting.tenant_id);
-            vms.push(waiting.vm.clone());
-            ids.push(usage.container_id.clone());
-            #[allow(clippy::cast_possible_truncation)]
-            cpu.push(usage.cpu_percent as f32);
-            memory.push(i64::try_from(usage.memory_used_bytes).unwrap_or(i64::MAX));
-            limits.push(
-                usage
-                    .memory_limit_bytes
-                    .map(|limit| i64::try_from(limit).unwrap_or(i64::MAX)),
-            );
-            pids.push(usage.pids.map(|p| i64::try_from(p).unwrap_or(i64::MAX)));
+        if let Report::ContainerUsage(usages, _) = &waiting.report {
+            if !usages.is_empty() {
+                rounds.push(waiting.tenant_id, &waiting.vm, usages);
+            }
         }
     }
-    if rounds.is_empty() {
+    if rounds.tenants.is_empty() {
         return Ok(());
     }
     sqlx::query!(
         r#"INSERT INTO container_samples (tenant_id, vm_name, sampled_at, container_ids,
                cpu_percent, memory_used_bytes, memory_limit_bytes, pids)
-           SELECT u.tenant_id, u.vm, now(),
-                  array_agg(decode(u.id, 'hex') ORDER BY u.i), array_agg(u.cpu ORDER BY u.i),
-                  array_agg(u.memory ORDER BY u.i), array_agg(u.memory_limit ORDER BY u.i),
-                  array_agg(u.pids ORDER BY u.i)
-           FROM UNNEST($1::int4[], $2::uuid[], $3::text[], $4::text[], $5::real[], $6::bigint[],
-                       $7::bigint[], $8::bigint[]) WITH ORDINALITY
-                AS u(round, tenant_id, vm, id, cpu, memory, memory_limit, pids, i)
-           GROUP BY u.round, u.tenant_id, u.vm"#,
-        &rounds,
-        &tenants,
-        &vms,
-        &ids,
-        &cpu,
-        &memory,
-        &limits as &[Option<i64>],
-        &pids as &[Option<i64>],
+           SELECT u.tenant_id, u.vm, now(), u.ids::bytea[], u.cpu::real[], u.memory::bigint[],
+                  u.memory_limit::bigint[], u.pids::bigint[]
+           FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                       $7::text[])
+                AS u(tenant_id, vm, ids, cpu, memory, memory_limit, pids)"#,
+        &rounds.tenants,
+        &rounds.vms,
+        &rounds.ids,
+        &rounds.cpu,
+        &rounds.memory,
+        &rounds.limits,
+        &rounds.pids,
     )
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// Usage rounds as columns of array literals, one element per round.
+#[derive(Default)]
+struct RoundColumns {
+    tenants: Vec<Uuid>,
+    vms: Vec<String>,
+    ids: Vec<String>,
+    cpu: Vec<String>,
+    memory: Vec<String>,
+    limits: Vec<String>,
+    pids: Vec<String>,
+}
+
+impl RoundColumns {
+    fn push(&mut self, tenant_id: Uuid, vm: &str, usages: &[ContainerUsage]) {
+        self.tenants.push(tenant_id);
+        self.vms.push(vm.to_owned());
+        // Ids are checked as 64 hexadecimal digits; `\\x` in an array literal is bytea's `\x`.
+        self.ids.push(array_literal(
+            usages
+                .iter()
+                .map(|usage| Some(format!("\\\\x{}", usage.container_id))),
+        ));
+        #[allow(clippy::cast_possible_truncation)]
+        self.cpu.push(array_literal(
+            usages.iter().map(|usage| Some(usage.cpu_percent as f32)),
+        ));
+        self.memory.push(array_literal(
+            usages
+                .iter()
+                .map(|usage| Some(bigint(usage.memory_used_bytes))),
+        ));
+        self.limits.push(array_literal(
+            usages
+                .iter()
+                .map(|usage| usage.memory_limit_bytes.map(bigint)),
+        ));
+        self.pids.push(array_literal(
+            usages.iter().map(|usage| usage.pids.map(bigint)),
+        ));
+    }
+}
+
+/// `value` as a `bigint` holds it (the largest one beyond).
+fn bigint(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A Postgres array literal of `items` (`None`: NULL). Items are numbers or escaped bytea, which
+/// need no quoting.
+fn array_literal<T: std::fmt::Display>(items: impl Iterator<Item = Option<T>>) -> String {
+    use std::fmt::Write as _;
+    let mut literal = String::from("{");
+    for (n, item) in items.enumerate() {
+        if n > 0 {
+            literal.push(',');
+        }
+        match item {
+            Some(item) => {
+                let _ = write!(literal, "{item}");
+            }
+            None => literal.push_str("NULL"),
+        }
+    }
+    literal.push('}');
+    literal
 }
 
 /// Where each agent process's reports stand after the transaction: the highest seq and event
@@ -436,4 +484,20 @@ async fn mark_stored(conn: &mut PgConnection, waiting: &[Waiting]) -> Result<(),
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::array_literal;
+
+    #[test]
+    fn array_literals_hold_numbers_nulls_and_escaped_bytea() {
+        assert_eq!(
+            array_literal([Some(1.5_f32), Some(0.0)].into_iter()),
+            "{1.5,0}"
+        );
+        assert_eq!(array_literal([Some(7_i64), None].into_iter()), "{7,NULL}");
+        assert_eq!(array_literal([Some("\\\\xab")].into_iter()), "{\\\\xab}");
+        assert_eq!(array_literal(std::iter::empty::<Option<i64>>()), "{}");
+    }
 }
