@@ -4,10 +4,11 @@
 //! It registers N VMs through the API, opens one fleet stream per VM as `efms agent` does (Hello
 //! with the host's facts, a snapshot of its containers), then, for the run's length, sends every
 //! agent's heartbeat with utilisation and its containers' usage every interval, and one lifecycle
-//! event per container per minute (health checks flipping). It measures, over the run, the CPU the
-//! control plane and Postgres spent (given the control plane's pid), what the database grew by,
-//! reports acknowledged per second, and the p50/p99 of `GET /vms` and
-//! `GET /containers?state=running` while the load runs.
+//! event per container per minute (health checks flipping). It measures the CPU the control plane
+//! and Postgres spent (given the control plane's pid) over the first half of the run, the agents'
+//! load alone, and over the whole run; what the database grew by, reports acknowledged per second,
+//! and, in the second half, the p50/p99 of `GET /vms` and `GET /containers?state=running` while
+//! the load runs.
 //!
 //! ```text
 //! efms-fleet-load --token "$(efms token --role system)" --agents 1000 --containers 20 \
@@ -327,6 +328,36 @@ async fn register_all(
     Ok(tokens)
 }
 
+/// CPU seconds spent so far by the control plane (with its RSS) and by Postgres.
+struct Cpu {
+    server: Option<(u64, f64)>,
+    postgres: f64,
+}
+
+impl Cpu {
+    fn now(args: &Args) -> Self {
+        Self {
+            server: args.server_pid.and_then(process_usage),
+            postgres: cpu_seconds_of_all("postgres"),
+        }
+    }
+
+    /// Prints the CPU spent from `self` to `later`, `seconds` apart, as shares of one core.
+    fn print_until(&self, later: &Self, seconds: f64, over: &str) {
+        if let (Some((_, before)), Some((rss, after))) = (self.server, later.server) {
+            println!(
+                "control plane CPU, {over}: {:.1} % of one core; RSS {} MiB",
+                (after - before) / seconds * 100.0,
+                rss / 1024
+            );
+        }
+        println!(
+            "Postgres CPU (all its processes), {over}: {:.1} % of one core",
+            (later.postgres - self.postgres) / seconds * 100.0
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let args = Arc::new(Args::parse());
@@ -356,11 +387,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // Let every agent connect and send its first snapshot, then measure.
     tokio::time::sleep(Duration::from_secs(args.interval + 5)).await;
     let (events_before, sizes_before) = database_figures(&pool).await;
-    let server_before = args.server_pid.and_then(process_usage);
-    let postgres_before = cpu_seconds_of_all("postgres");
+    let cpu_before = Cpu::now(&args);
     let acked_before = acked.load(Ordering::Relaxed);
     let window = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.seconds / 2)).await;
+    // The first half measures the agents' load alone; the reads below run in the second.
+    let load_alone = window.elapsed().as_secs_f64();
+    let cpu_half = Cpu::now(&args);
     let vms = timed_gets(
         &client,
         &args,
@@ -382,8 +415,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     tokio::time::sleep(remaining).await;
     let elapsed = window.elapsed().as_secs_f64();
     let acked_after = acked.load(Ordering::Relaxed);
-    let server_after = args.server_pid.and_then(process_usage);
-    let postgres_after = cpu_seconds_of_all("postgres");
+    let cpu_after = Cpu::now(&args);
     let (events_after, sizes_after) = database_figures(&pool).await;
     #[allow(clippy::cast_precision_loss)]
     let per_hour = |delta: i64| delta as f64 * 3600.0 / elapsed;
@@ -394,17 +426,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     #[allow(clippy::cast_precision_loss)]
     let acked_rate = (acked_after - acked_before) as f64 / elapsed;
     println!("reports acknowledged: {acked_rate:.0}/s");
-    if let (Some((rss, before)), Some((_, after))) = (server_before, server_after) {
-        println!(
-            "control plane CPU: {:.1} % of one core; RSS {} MiB",
-            (after - before) / elapsed * 100.0,
-            rss / 1024
-        );
-    }
-    println!(
-        "Postgres CPU (all its processes): {:.1} % of one core",
-        (postgres_after - postgres_before) / elapsed * 100.0
-    );
+    cpu_before.print_until(&cpu_half, load_alone, "the agents' load alone (first half)");
+    cpu_before.print_until(&cpu_after, elapsed, "the whole run, with the reads below");
     println!(
         "log rows per hour: {:.0}",
         per_hour(events_after - events_before)
