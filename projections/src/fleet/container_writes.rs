@@ -70,6 +70,29 @@ pub(super) struct ContainerWrites {
     live: BTreeMap<(Uuid, String), i32>,
 }
 
+/// Sets the version and last change of each VM (`$1` tenants, `$2` names, `$3` versions, `$4`
+/// times, pairwise). Each VM is looked up by its key on its own (the `LATERAL` subquery with its
+/// `LIMIT` cannot be flattened into a join) and its row updated by its physical address, so the
+/// plan costs what the batch touched whatever the fleet's size and statistics (a join let a
+/// planner without statistics read every VM). Only the fleet projector writes `vms`, under its
+/// checkpoint's lock, so no concurrent update moves a row between the lookup and the update.
+/// Held as text so that `tests/fleet_plans.rs` plans this very statement.
+pub const BUMP_VERSIONS: &str = r"UPDATE vms v SET version = u.version, updated_at = u.at
+FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::timestamptz[]) AS u(tenant_id, vm, version, at)
+CROSS JOIN LATERAL (
+    SELECT o.ctid AS row_id FROM vms o WHERE o.tenant_id = u.tenant_id AND o.name = u.vm LIMIT 1
+) AS o
+WHERE v.ctid = o.row_id";
+
+/// Moves each VM's count of live containers (`$1` tenants, `$2` names, `$3` changes, pairwise),
+/// looked up as in [`BUMP_VERSIONS`].
+pub const COUNT_LIVE: &str = r"UPDATE vms v SET live_containers = v.live_containers + u.change
+FROM UNNEST($1::uuid[], $2::text[], $3::int[]) AS u(tenant_id, vm, change)
+CROSS JOIN LATERAL (
+    SELECT o.ctid AS row_id FROM vms o WHERE o.tenant_id = u.tenant_id AND o.name = u.vm LIMIT 1
+) AS o
+WHERE v.ctid = o.row_id";
+
 /// The container a container event is about, if it is one.
 fn container_of(payload: &VmEvent) -> Option<&str> {
     match payload {
@@ -230,18 +253,13 @@ impl ContainerWrites {
             versions.push(version);
             at.push(updated_at);
         }
-        sqlx::query!(
-            r#"UPDATE vms v SET version = u.version, updated_at = u.at
-               FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::timestamptz[])
-                    AS u(tenant_id, vm, version, at)
-               WHERE v.tenant_id = u.tenant_id AND v.name = u.vm"#,
-            &tenants,
-            &vms,
-            &versions,
-            &at,
-        )
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(BUMP_VERSIONS)
+            .bind(&tenants)
+            .bind(&vms)
+            .bind(&versions)
+            .bind(&at)
+            .execute(&mut *tx)
+            .await?;
         Ok(())
     }
 
@@ -257,16 +275,12 @@ impl ContainerWrites {
         if tenants.is_empty() {
             return Ok(());
         }
-        sqlx::query!(
-            r#"UPDATE vms v SET live_containers = v.live_containers + u.change
-               FROM UNNEST($1::uuid[], $2::text[], $3::int[]) AS u(tenant_id, vm, change)
-               WHERE v.tenant_id = u.tenant_id AND v.name = u.vm"#,
-            &tenants,
-            &vms,
-            &changes,
-        )
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(COUNT_LIVE)
+            .bind(&tenants)
+            .bind(&vms)
+            .bind(&changes)
+            .execute(&mut *tx)
+            .await?;
         Ok(())
     }
 

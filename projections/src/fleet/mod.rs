@@ -3,6 +3,7 @@
 //! the presence and sample tables ([`queries`]).
 
 mod container_writes;
+pub use container_writes::{BUMP_VERSIONS, COUNT_LIVE};
 pub mod queries;
 
 use efms_commands::RecordedEvent;
