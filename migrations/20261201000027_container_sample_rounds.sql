@@ -3,7 +3,9 @@
 -- thousand VMs of twenty containers then add a hundred rows a second instead of two thousand,
 -- each with one index entry instead of twenty, and the ids take 32 bytes (bytea) instead of 64
 -- characters. The columns are parallel arrays: element i of each is the i-th container's.
--- Samples already stored are carried over, grouped by their VM and time.
+-- Samples already rolled up (before the mark in `sample_rollups`) are read by nothing else and are
+-- dropped with the old table; those after it, a minute or two of them, are carried over, grouped
+-- by their VM and time.
 
 ALTER TABLE container_samples RENAME TO container_samples_by_row;
 ALTER INDEX container_samples_by_container RENAME TO container_samples_by_row_container;
@@ -35,6 +37,9 @@ CREATE TABLE container_samples (
     memory_used_bytes  bigint[]    NOT NULL,
     memory_limit_bytes bigint[]    NOT NULL,
     pids               bigint[]    NOT NULL,
+    CHECK (array_ndims(container_ids) = 1 AND array_position(container_ids, NULL) IS NULL
+           AND array_position(cpu_percent, NULL) IS NULL
+           AND array_position(memory_used_bytes, NULL) IS NULL),
     CHECK (cardinality(container_ids) = cardinality(cpu_percent)
            AND cardinality(container_ids) = cardinality(memory_used_bytes)
            AND cardinality(container_ids) = cardinality(memory_limit_bytes)
@@ -60,6 +65,8 @@ SELECT tenant_id, vm_name, sampled_at,
        array_agg(pids ORDER BY container_id)
 FROM container_samples_by_row
 WHERE container_id ~ '^[0-9a-f]{64}$'
+  AND sampled_at >= coalesce((SELECT rolled_up_to FROM sample_rollups WHERE name = 'container'),
+                             '-infinity')
 GROUP BY tenant_id, vm_name, sampled_at;
 
 DROP TABLE container_samples_by_row;

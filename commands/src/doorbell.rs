@@ -45,6 +45,10 @@ impl CommitBell {
         tokio::spawn(async move {
             while rings.recv().await.is_some() {
                 let named = std::mem::take(&mut *noted.lock().expect("ring types lock poisoned"));
+                if named.is_empty() {
+                    // A ring whose type an earlier notification already named.
+                    continue;
+                }
                 let payload = named.into_iter().collect::<Vec<_>>().join(",");
                 if let Err(error) = notify(&pool, &payload).await {
                     // Readers poll as well: a lost ring delays them by one polling interval.
@@ -158,13 +162,18 @@ impl LogDoorbell {
     /// Waits for the next commit notification or the polling interval, whichever comes first, and
     /// takes the notifications already queued with it (one read serves them all).
     pub async fn wait(&mut self) -> Rang {
+        self.wait_until(Instant::now() + self.poll_interval).await
+    }
+
+    /// [`LogDoorbell::wait`] until `deadline` at the latest.
+    async fn wait_until(&mut self, deadline: Instant) -> Rang {
         let Some(listener) = self.listener.as_mut() else {
-            tokio::time::sleep(self.poll_interval).await;
+            tokio::time::sleep_until(deadline).await;
             self.reconnect().await;
             return Rang::Anything;
         };
         let mut rang = Rang::Quiet;
-        match tokio::time::timeout(self.poll_interval, listener.try_recv()).await {
+        match tokio::time::timeout_at(deadline, listener.try_recv()).await {
             Err(_) => return Rang::Quiet,
             Ok(Ok(Some(notification))) => rang.add(notification.payload()),
             // The connection dropped (PgListener reconnects on the next call by itself): a ring
@@ -186,7 +195,7 @@ impl LogDoorbell {
     pub async fn wait_for(&mut self, aggregate_type: &str) {
         let deadline = Instant::now() + self.poll_interval;
         while Instant::now() < deadline {
-            if self.wait().await.concerns(aggregate_type) {
+            if self.wait_until(deadline).await.concerns(aggregate_type) {
                 return;
             }
         }
