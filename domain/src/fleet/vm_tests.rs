@@ -227,8 +227,8 @@ fn heartbeats_and_silence_change_the_state_only_when_it_differs() {
     assert_eq!(vm.state(), VmState::Down);
 }
 
-#[test]
-fn removing_a_vm_takes_its_containers_with_it() {
+/// A registered VM whose agent observed container `a` running.
+fn running_a() -> Vm {
     let mut vm = registered();
     let events = vm
         .decide(VmCommand::Observe {
@@ -236,6 +236,12 @@ fn removing_a_vm_takes_its_containers_with_it() {
         })
         .unwrap();
     apply_all(&mut vm, events);
+    vm
+}
+
+#[test]
+fn removing_a_vm_takes_its_containers_with_it() {
+    let vm = running_a();
     let events = vm.decide(VmCommand::Remove).unwrap();
     assert!(matches!(&events[0], VmEvent::ContainerGone { .. }));
     assert_eq!(events.last(), Some(&VmEvent::Removed));
@@ -243,13 +249,7 @@ fn removing_a_vm_takes_its_containers_with_it() {
 
 #[test]
 fn late_events_of_a_container_known_gone_are_dropped() {
-    let mut vm = registered();
-    let events = vm
-        .decide(VmCommand::Observe {
-            containers: vec![container('a', ContainerState::Running)],
-        })
-        .unwrap();
-    apply_all(&mut vm, events);
+    let mut vm = running_a();
     let events = vm
         .decide(VmCommand::Observe { containers: vec![] })
         .unwrap();
@@ -265,13 +265,7 @@ fn late_events_of_a_container_known_gone_are_dropped() {
 
 #[test]
 fn events_recorded_together_after_their_containers_destroy_are_dropped() {
-    let mut vm = registered();
-    let events = vm
-        .decide(VmCommand::Observe {
-            containers: vec![container('a', ContainerState::Running)],
-        })
-        .unwrap();
-    apply_all(&mut vm, events);
+    let mut vm = running_a();
     let recorded = vm
         .decide(VmCommand::Record {
             events: vec![
