@@ -3,81 +3,17 @@
 //! Envoy containers started from their group's bootstrap, serving traffic that follows a route
 //! change; a container killed, an agent killed, an engine restarted, a VM removed.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use efms_agent::link::{self, LinkSettings};
 use efms_commands::fleet::upkeep::UpkeepSettings;
+use efms_tests::agents::{get, register, settled, RunningAgent, WAIT};
 use efms_tests::docker::Engine;
 use efms_tests::fleet::{eventually, free_port, Behaviour, Upstream};
 use efms_tests::TestApp;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use tokio::sync::watch;
 
 const BASE: &str = "/api/v1/tenants/acme";
-/// Generous: engines and Envoys start slowly on a busy machine.
-const WAIT: Duration = Duration::from_secs(90);
-
-/// An agent running in this process, as `efms agent` would.
-struct RunningAgent {
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl RunningAgent {
-    fn start(app: &TestApp, token_file: &Path, engine: &Engine) -> Self {
-        let mut settings = LinkSettings::new(app.grpc.to_string(), token_file.to_path_buf());
-        settings.docker_host = Some(engine.host.clone());
-        settings.backoff_initial = Duration::from_millis(100);
-        settings.backoff_max = Duration::from_secs(1);
-        let (stop, mut stopped) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            };
-            if let Err(error) = link::run(settings, shutdown).await {
-                eprintln!("the agent ended: {error}");
-            }
-        });
-        Self { stop, task }
-    }
-
-    /// Kills it: the task is dropped where it stands, its stream cut without a goodbye.
-    fn kill(self) {
-        self.task.abort();
-        drop(self.stop);
-    }
-}
-
-async fn get(app: &TestApp, path: &str) -> Value {
-    let answer = app.get(path).await;
-    assert!(answer.status < 500, "{path}: {}", answer.body);
-    answer.body
-}
-
-/// `GET path` once `ready` holds of its body.
-async fn settled(app: &TestApp, path: &str, ready: impl Fn(&Value) -> bool) -> Value {
-    eventually(WAIT, path, || async {
-        let body = get(app, path).await;
-        ready(&body).then_some(body)
-    })
-    .await
-}
-
-async fn register(app: &TestApp, name: &str) -> PathBuf {
-    let answer = app
-        .post(
-            &format!("{BASE}/vms"),
-            &json!({ "name": name, "region": "local" }),
-        )
-        .await;
-    assert_eq!(answer.status, 201, "{}", answer.body);
-    let file = std::env::temp_dir().join(format!("efms-join-{}", uuid::Uuid::new_v4()));
-    std::fs::write(&file, answer.body["join_token"].as_str().unwrap()).unwrap();
-    file
-}
-
 async fn bootstrap(app: &TestApp, node_id: &str) -> Value {
     let path = format!(
         "{BASE}/groups/edge/bootstrap?node_id={node_id}&admin_port={}",
@@ -205,8 +141,8 @@ async fn two_vms_report_their_envoys_which_sync_and_their_deaths_silences_and_re
         app.post(&format!("{BASE}/groups"), &group).await.status,
         201
     );
-    let token_a = register(&app, "vm-a").await;
-    let token_b = register(&app, "vm-b").await;
+    let token_a = register(&app, BASE, "vm-a").await;
+    let token_b = register(&app, BASE, "vm-b").await;
     let agent_a = RunningAgent::start(&app, &token_a, &engine_a);
     let mut agent_b = RunningAgent::start(&app, &token_b, &engine_b);
 

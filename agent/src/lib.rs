@@ -23,6 +23,7 @@ pub mod feed;
 pub mod host;
 pub mod inventory;
 pub mod link;
+pub mod operate;
 pub mod report;
 pub mod stats;
 mod time;

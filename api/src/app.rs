@@ -22,6 +22,7 @@ pub use crate::state::{AppState, XdsAddress};
 /// problem+json. Each route module owns its routes; this only composes them and layers what
 /// applies to all.
 pub fn router(state: AppState) -> Router {
+    crate::launch_bootstraps::install(&state);
     let api = Router::new()
         .merge(tenants::router())
         .merge(versions::router())

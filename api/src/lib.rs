@@ -16,6 +16,7 @@ pub mod error;
 pub mod extract;
 pub mod jwks;
 pub mod known_tenants;
+mod launch_bootstraps;
 pub mod limits;
 pub mod login_throttle;
 pub mod metrics;

@@ -25,6 +25,18 @@ use crate::metrics::Metrics;
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
 
+impl AppState {
+    /// A handle that does not keep the state alive (for what the state itself holds).
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Shared> {
+        Arc::downgrade(&self.0)
+    }
+
+    /// The state behind `handle`, while it lives.
+    pub(crate) fn upgrade(handle: &std::sync::Weak<Shared>) -> Option<Self> {
+        handle.upgrade().map(Self)
+    }
+}
+
 impl std::ops::Deref for AppState {
     type Target = Shared;
 

@@ -152,6 +152,31 @@ impl CommandBus {
         PgEventRepository::new(self.pool.clone(), tenant_id).with_bell(self.bell.clone())
     }
 
+    /// Answers `read` of the aggregate `aggregate_id` of `tenant_id` as the store holds it now
+    /// (the state kept in memory, caught up with the store, else loaded).
+    pub async fn read<A, T>(
+        &self,
+        tenant_id: Uuid,
+        aggregate_id: &str,
+        read: impl FnOnce(&A) -> T,
+    ) -> Result<T, CommandError<A::Error>>
+    where
+        A: Decide + 'static,
+    {
+        let repo = self.repo(tenant_id);
+        let key: StreamKey = (tenant_id, A::TYPE, aggregate_id.to_owned());
+        let slot = self.warm.slot(&key);
+        let mut slot = slot.lock().await;
+        let mut warm = match slot.take::<A>() {
+            Some(warm) => warm,
+            None => load::<A>(&repo, aggregate_id).await?,
+        };
+        catch_up(&repo, aggregate_id, &mut warm).await?;
+        let answer = read(&warm.state);
+        slot.put(warm);
+        Ok(answer)
+    }
+
     /// Executes `command` on the aggregate `aggregate_id` of `tenant_id`.
     ///
     /// Returns where the commit landed in the log, or `None` when the command decided that nothing

@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests: events to append, and the HTTP API on a port of its own.
 
 pub mod agent_stream;
+pub mod agents;
 pub mod docker;
 pub mod fleet;
 pub mod measure;

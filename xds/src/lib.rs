@@ -32,7 +32,7 @@ use tonic::transport::server::TcpIncoming;
 use grpc::{Aggregated, Clusters, DiscoveryService, Endpoints, Listeners, Routes, Secrets};
 
 pub use credentials::DEFAULT_RECHECK;
-pub use fleet::{FleetServer, FleetStreamSettings};
+pub use fleet::{BootstrapRequest, FleetServer, FleetStreamSettings, ProxyBootstraps};
 pub use identity::{Authenticator, Credentials};
 pub use metrics::{FleetMetrics, XdsMetrics};
 pub use session::XdsServer;

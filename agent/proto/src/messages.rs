@@ -11,7 +11,7 @@ pub struct AgentMessage {
     #[prost(uint64, tag = "1")]
     pub seq: u64,
     /// The report.
-    #[prost(oneof = "agent_message::Body", tags = "2, 3, 4, 5, 6, 7")]
+    #[prost(oneof = "agent_message::Body", tags = "2, 3, 4, 5, 6, 7, 8")]
     pub body: Option<agent_message::Body>,
 }
 
@@ -38,6 +38,9 @@ pub mod agent_message {
         /// The running containers' CPU and memory.
         #[prost(message, tag = "7")]
         Usage(super::ContainerUsages),
+        /// How an order ended.
+        #[prost(message, tag = "8")]
+        Done(super::OrderDone),
     }
 }
 
@@ -430,7 +433,7 @@ pub struct ContainerUsage {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ServerMessage {
     /// The message.
-    #[prost(oneof = "server_message::Body", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "server_message::Body", tags = "1, 2, 3, 4, 5, 6")]
     pub body: Option<server_message::Body>,
 }
 
@@ -454,6 +457,9 @@ pub mod server_message {
         /// One report was refused; nothing of it was stored.
         #[prost(message, tag = "5")]
         Refused(super::Refused),
+        /// An operation on the VM's containers.
+        #[prost(message, tag = "6")]
+        Order(super::Order),
     }
 }
 
@@ -516,4 +522,86 @@ pub struct Revoked {
     /// Why.
     #[prost(string, tag = "1")]
     pub reason: String,
+}
+
+/// An operation on the VM's containers, asked through the API.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Order {
+    /// The operation's id: carried out once however often it is sent.
+    #[prost(string, tag = "1")]
+    pub operation_id: String,
+    /// What to do.
+    #[prost(oneof = "order::Action", tags = "2, 3, 4, 5, 6")]
+    pub action: Option<order::Action>,
+}
+
+/// What an [`Order`] asks.
+pub mod order {
+    /// One action.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    // Orders are rare and short-lived: a launch kept inline costs nothing that matters.
+    #[allow(clippy::large_enum_variant)]
+    pub enum Action {
+        /// Create and start an Envoy container.
+        #[prost(message, tag = "2")]
+        Launch(super::Launch),
+        /// Restart the container of this full id.
+        #[prost(string, tag = "3")]
+        Restart(String),
+        /// Stop it.
+        #[prost(string, tag = "4")]
+        Stop(String),
+        /// Start it.
+        #[prost(string, tag = "5")]
+        Start(String),
+        /// Stop and remove it.
+        #[prost(string, tag = "6")]
+        Remove(String),
+    }
+}
+
+/// How to create and start an Envoy container as a proxy of a group.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Launch {
+    /// The proxy's node id.
+    #[prost(string, tag = "1")]
+    pub node_id: String,
+    /// Its group.
+    #[prost(string, tag = "2")]
+    pub group: String,
+    /// The image.
+    #[prost(string, tag = "3")]
+    pub image: String,
+    /// Its memory limit in bytes.
+    #[prost(uint64, optional, tag = "4")]
+    pub memory_bytes: Option<u64>,
+    /// How many CPUs it may use.
+    #[prost(double, optional, tag = "5")]
+    pub cpus: Option<f64>,
+    /// The port of Envoy's admin interface on 127.0.0.1.
+    #[prost(uint32, tag = "6")]
+    pub admin_port: u32,
+    /// Environment variables.
+    #[prost(map = "string, string", tag = "7")]
+    pub env: HashMap<String, String>,
+    /// Labels besides the agent's own.
+    #[prost(map = "string, string", tag = "8")]
+    pub labels: HashMap<String, String>,
+    /// The Envoy bootstrap (JSON), with the proxy's token.
+    #[prost(string, tag = "9")]
+    pub bootstrap: String,
+}
+
+/// How an order ended.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OrderDone {
+    /// The operation's id.
+    #[prost(string, tag = "1")]
+    pub operation_id: String,
+    /// The container made or acted on, when it succeeded.
+    #[prost(string, tag = "2")]
+    pub container_id: String,
+    /// The engine's words, when it failed (empty on success).
+    #[prost(string, tag = "3")]
+    pub error: String,
 }

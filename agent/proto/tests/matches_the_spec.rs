@@ -4,13 +4,13 @@
 
 use std::collections::HashMap;
 
-use efms_fleet_proto::Refused;
 use efms_fleet_proto::{
     agent_message, server_message, Ack, AgentMessage, Container, ContainerEvent, ContainerSnapshot,
     ContainerState, ContainerUsage, ContainerUsages, Disk, DiskUsage, EngineVersion, EventKind,
     Health, Heartbeat, Hello, HostFacts, HostUsage, InterfaceAddress, Limits, Port, Revoked,
     ServerMessage, Settings, Welcome,
 };
+use efms_fleet_proto::{order, Launch, Order, OrderDone, Refused};
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, ReflectMessage as _};
 
@@ -180,8 +180,18 @@ fn every_agent_message_matches_the_spec_field_for_field() {
         ("snapshot", agent_message::Body::Snapshot(snapshot)),
         ("event", agent_message::Body::Event(event)),
         ("usage", agent_message::Body::Usage(usages)),
+        ("done", agent_message::Body::Done(done())),
     ];
-    let members = ["hello", "facts", "heartbeat", "snapshot", "event", "usage"];
+    check(&pool, "OrderDone", &done(), &[]);
+    let members = [
+        "hello",
+        "facts",
+        "heartbeat",
+        "snapshot",
+        "event",
+        "usage",
+        "done",
+    ];
     for (name, body) in bodies {
         let unset: Vec<&str> = members.iter().copied().filter(|m| *m != name).collect();
         let message = AgentMessage {
@@ -226,8 +236,24 @@ fn every_server_message_matches_the_spec_field_for_field() {
                 problem: "-1 is not between 0 and 100".into(),
             }),
         ),
+        ("order", server_message::Body::Order(launch_order())),
     ];
-    let members = ["welcome", "ack", "settings", "revoked", "refused"];
+    let actions = ["launch", "restart", "stop", "start", "remove"];
+    let orders = [
+        ("launch", launch_order()),
+        ("restart", order_of(order::Action::Restart("c".into()))),
+        ("stop", order_of(order::Action::Stop("c".into()))),
+        ("start", order_of(order::Action::Start("c".into()))),
+        ("remove", order_of(order::Action::Remove("c".into()))),
+    ];
+    for (name, order) in orders {
+        let unset: Vec<&str> = actions.iter().copied().filter(|m| *m != name).collect();
+        check(&pool, "Order", &order, &unset);
+    }
+    if let Some(order::Action::Launch(launch)) = launch_order().action {
+        check(&pool, "Launch", &launch, &[]);
+    }
+    let members = ["welcome", "ack", "settings", "revoked", "refused", "order"];
     for (name, body) in bodies {
         let unset: Vec<&str> = members.iter().copied().filter(|m| *m != name).collect();
         check(
@@ -288,4 +314,33 @@ impl<T: std::fmt::Debug> UpperName for T {
         }
         out
     }
+}
+
+fn done() -> OrderDone {
+    OrderDone {
+        operation_id: "op-1".into(),
+        container_id: "c".into(),
+        error: "no such image".into(),
+    }
+}
+
+fn order_of(action: order::Action) -> Order {
+    Order {
+        operation_id: "op-1".into(),
+        action: Some(action),
+    }
+}
+
+fn launch_order() -> Order {
+    order_of(order::Action::Launch(Launch {
+        node_id: "vm-1-edge-1".into(),
+        group: "edge".into(),
+        image: "envoy:1".into(),
+        memory_bytes: Some(64 << 20),
+        cpus: Some(0.5),
+        admin_port: 9901,
+        env: labels(),
+        labels: labels(),
+        bootstrap: "{}".into(),
+    }))
 }

@@ -8,6 +8,7 @@
 //! acknowledged, `outbox`'s; the settings and the endpoint they make, `settings`'s.
 
 mod backoff;
+mod orders;
 mod outbox;
 mod reporter;
 mod settings;
@@ -30,10 +31,11 @@ use crate::host;
 use crate::inventory::Watch;
 use crate::report;
 use backoff::Backoff;
+use orders::Orders;
 use outbox::Outbox;
 use reporter::{Instructions, ReporterSettings};
 use settings::endpoint;
-pub use settings::{parse_labels, LinkError, LinkSettings};
+pub use settings::{parse_labels, LinkError, LinkSettings, DEFAULT_STATE_DIR};
 
 /// The heartbeat interval until the control plane says another.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
@@ -65,6 +67,11 @@ pub async fn run<F: Future>(settings: LinkSettings, shutdown: F) -> Result<(), L
     ));
     let epoch = uuid::Uuid::new_v4().simple().to_string();
     tracing::info!(server = %settings.server, %epoch, "linking to the control plane");
+    let orders = Arc::new(Orders::new(
+        settings.docker_host.clone(),
+        settings.state_dir.clone(),
+        outbox.clone(),
+    ));
     let link = Link {
         endpoint,
         settings,
@@ -72,6 +79,7 @@ pub async fn run<F: Future>(settings: LinkSettings, shutdown: F) -> Result<(), L
         outbox,
         facts,
         instructions,
+        orders,
     };
     let (stop, stopped) = watch::channel(false);
     let connections = link.connect_until_stopped(stopped);
@@ -144,6 +152,8 @@ struct Link {
     outbox: Arc<Outbox>,
     facts: watch::Receiver<proto::HostFacts>,
     instructions: watch::Sender<Option<Instructions>>,
+    /// The control plane's orders on the VM's containers.
+    orders: Arc<Orders>,
 }
 
 /// Resolves once `stop` says so (or its sender is gone).
@@ -317,6 +327,7 @@ impl Link {
                 });
             }
             Some(ServerBody::Revoked(revoked)) => return Some(StreamEnd::Refused(revoked.reason)),
+            Some(ServerBody::Order(order)) => self.orders.accept(order),
             Some(ServerBody::Welcome(_)) => {
                 tracing::warn!("the server sent a second Welcome on one stream: ignored");
             }

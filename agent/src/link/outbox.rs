@@ -170,6 +170,7 @@ pub(crate) fn kind(body: Option<&Body>) -> &'static str {
         Some(Body::Snapshot(_)) => "snapshot",
         Some(Body::Event(_)) => "event",
         Some(Body::Usage(_)) => "usage",
+        Some(Body::Done(_)) => "done",
         None => "empty",
     }
 }

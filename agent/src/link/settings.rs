@@ -15,6 +15,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where the agent keeps its files unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/efms-agent";
+
 /// How the agent reaches the control plane and what it says of itself.
 #[derive(Clone, Debug)]
 pub struct LinkSettings {
@@ -39,6 +42,8 @@ pub struct LinkSettings {
     pub backoff_max: Duration,
     /// The most reports kept until the server acknowledges them.
     pub buffer_capacity: usize,
+    /// Where the agent keeps the bootstraps of the containers it launches (owner only).
+    pub state_dir: PathBuf,
 }
 
 impl LinkSettings {
@@ -55,6 +60,7 @@ impl LinkSettings {
             backoff_initial: Duration::from_millis(250),
             backoff_max: Duration::from_secs(10),
             buffer_capacity: 10_000,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
         }
     }
 }

@@ -18,6 +18,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
+use efms_projections::fleet::operations;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -59,21 +60,34 @@ impl efms_commands::configuration::bulk::BulkProgress for Progress {
     }
 }
 
-/// A job as the API shows it.
+/// A job as the API shows it: a bulk write (`kind` `bulk`) or an operation on a container
+/// (`container_operation`).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobView {
     /// Its id.
     id: Uuid,
-    /// `queued`, `validating`, `committing`, `succeeded` or `failed`.
+    /// `bulk` or `container_operation`.
+    kind: &'static str,
+    /// `queued`, `validating`, `committing`, `succeeded` or `failed` for a bulk; `running`,
+    /// `succeeded` or `failed` for a container operation.
     state: String,
-    /// The branch it writes.
-    branch: String,
-    /// Operations in the request.
-    total: i32,
-    /// Operations validated so far.
-    validated: i32,
-    /// Changes applied (when succeeded).
-    applied: i32,
+    /// The branch a bulk writes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    branch: Option<String>,
+    /// Operations in a bulk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total: Option<i32>,
+    /// Operations of a bulk validated so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    validated: Option<i32>,
+    /// Changes a bulk applied (when succeeded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    applied: Option<i32>,
+    /// A container operation: its `action`, `vm`, `container_id` (for a launch, the container
+    /// made, once it is), `node_id` of a launch, `requested_by`, and what was asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    operation: Option<Value>,
     /// The revision it landed in (when succeeded and something changed).
     #[serde(skip_serializing_if = "Option::is_none")]
     revision: Option<i64>,
@@ -136,7 +150,6 @@ where
         });
     }
     let view = load(&state, tenant.tenant_id, job_id).await?;
-    let location = format!("/api/v1/tenants/{}/jobs/{job_id}", tenant.slug);
     let tenant_id = tenant.tenant_id;
     if let Err(stopping) = state
         .background
@@ -147,12 +160,7 @@ where
             tracing::error!(%job_id, %error, "cannot record a bulk job refused at stop");
         }
     }
-    let mut response = (StatusCode::ACCEPTED, Json(view)).into_response();
-    response.headers_mut().insert(
-        header::LOCATION,
-        HeaderValue::from_str(&location).map_err(ApiError::internal)?,
-    );
-    Ok(response)
+    accepted(view, tenant.slug.as_str())
 }
 
 /// When a refused job may be tried again.
@@ -215,10 +223,18 @@ async fn finish(
     store::finish(&state.pool, tenant_id, job_id, end).await
 }
 
-async fn load(state: &AppState, tenant_id: Uuid, job_id: Uuid) -> Result<JobView, ApiError> {
-    let row = store::load(&state.pool, tenant_id, job_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("there is no job `{job_id}`")))?;
+/// The job `job_id`: a bulk, else an operation on a container.
+pub(crate) async fn load(
+    state: &AppState,
+    tenant_id: Uuid,
+    job_id: Uuid,
+) -> Result<JobView, ApiError> {
+    let Some(row) = store::load(&state.pool, tenant_id, job_id).await? else {
+        let operation = operations::get_operation(&state.pool, tenant_id, job_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("there is no job `{job_id}`")))?;
+        return Ok(operation_view(operation));
+    };
     let interrupted = row.finished_at.is_none()
         && (Utc::now() - row.updated_at).to_std().unwrap_or_default() > STALE_AFTER;
     let (job_state, problem) = if interrupted {
@@ -237,11 +253,13 @@ async fn load(state: &AppState, tenant_id: Uuid, job_id: Uuid) -> Result<JobView
     };
     Ok(JobView {
         id: row.job_id,
+        kind: "bulk",
         state: job_state,
-        branch: row.branch,
-        total: row.total,
-        validated: row.validated,
-        applied: row.applied,
+        branch: Some(row.branch),
+        total: Some(row.total),
+        validated: Some(row.validated),
+        applied: Some(row.applied),
+        operation: None,
         revision: row.revision,
         problem,
         created_at: row.created_at,
@@ -250,7 +268,54 @@ async fn load(state: &AppState, tenant_id: Uuid, job_id: Uuid) -> Result<JobView
     })
 }
 
-/// `GET /api/v1/tenants/{tenant}/jobs/{id}`: how far a bulk job is.
+/// An operation on a container as a job.
+fn operation_view(row: operations::OperationRow) -> JobView {
+    let problem = row.error.as_ref().map(|error| {
+        serde_json::json!({
+            "type": "urn:efms:problem:container-operation-failed",
+            "title": "Container operation failed",
+            "status": 502,
+            "detail": error,
+        })
+    });
+    let operation = serde_json::json!({
+        "action": row.action,
+        "vm": row.vm_name,
+        "container_id": row.container_id,
+        "node_id": row.node_id,
+        "requested_by": row.requested_by,
+        "asked": row.operation,
+    });
+    JobView {
+        id: row.operation_id,
+        kind: "container_operation",
+        state: row.state,
+        branch: None,
+        total: None,
+        validated: None,
+        applied: None,
+        operation: Some(operation),
+        revision: None,
+        problem,
+        created_at: row.requested_at,
+        updated_at: row.finished_at.unwrap_or(row.requested_at),
+        finished_at: row.finished_at,
+    }
+}
+
+/// Answers 202 with `view`, located at the job's URL in `tenant`.
+pub(crate) fn accepted(view: JobView, tenant: &str) -> Result<Response, ApiError> {
+    let location = format!("/api/v1/tenants/{tenant}/jobs/{}", view.id);
+    let mut response = (StatusCode::ACCEPTED, Json(view)).into_response();
+    response.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).map_err(ApiError::internal)?,
+    );
+    Ok(response)
+}
+
+/// `GET /api/v1/tenants/{tenant}/jobs/{id}`: how far a job is (a bulk, or an operation on a
+/// container).
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant}/jobs/{id}", tag = "configuration",
     params(("tenant" = String, Path, description = "Tenant slug"), ("id" = String, Path, description = "The job's id")),
     responses((status = 200, description = "The job", body = JobView),

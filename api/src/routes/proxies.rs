@@ -445,7 +445,7 @@ pub async fn bootstrap(
     }
     let token = super::proxy_tokens::mint(
         &state,
-        &tenant,
+        super::proxy_tokens::TokenOwner::of(&tenant),
         (&group, &params.node_id),
         ttl.expect("checked"),
     )
@@ -462,18 +462,18 @@ pub async fn bootstrap(
 }
 
 /// What a bootstrap is made of.
-struct BootstrapSpec<'a> {
-    node_id: &'a str,
-    group: &'a str,
-    tenant: &'a str,
-    token: &'a str,
-    protocol: XdsProtocol,
-    xds: &'a crate::state::XdsAddress,
-    admin_port: u16,
+pub(crate) struct BootstrapSpec<'a> {
+    pub node_id: &'a str,
+    pub group: &'a str,
+    pub tenant: &'a str,
+    pub token: &'a str,
+    pub protocol: XdsProtocol,
+    pub xds: &'a crate::state::XdsAddress,
+    pub admin_port: u16,
 }
 
 /// The Envoy bootstrap (JSON) of `spec`.
-fn bootstrap_document(spec: &BootstrapSpec<'_>) -> Value {
+pub(crate) fn bootstrap_document(spec: &BootstrapSpec<'_>) -> Value {
     let api_type = match spec.protocol {
         XdsProtocol::Sotw => "GRPC",
         XdsProtocol::Delta => "DELTA_GRPC",

@@ -170,11 +170,32 @@ pub(crate) fn token_ttl(state: &AppState, asked: Option<&str>) -> Result<Duratio
     Ok(ttl)
 }
 
-/// Mints a proxy token of `tenant` for `node_id`, bound to `group`, valid for `ttl`, and stores
-/// it so that it can be listed and revoked.
+/// Whose proxy token is minted, and by whom.
+pub(crate) struct TokenOwner<'a> {
+    /// The tenant's id.
+    pub tenant_id: Uuid,
+    /// The tenant's slug.
+    pub slug: &'a efms_domain::tenant::TenantSlug,
+    /// Who issues it, as the audit names them.
+    pub issued_by: String,
+}
+
+impl<'a> TokenOwner<'a> {
+    /// The tenant of a request, issued by its actor.
+    pub(crate) fn of(tenant: &'a Tenant<WriteConfig>) -> Self {
+        Self {
+            tenant_id: tenant.tenant_id,
+            slug: &tenant.slug,
+            issued_by: tenant.actor().audit_name(),
+        }
+    }
+}
+
+/// Mints a proxy token of `owner`'s tenant for `node_id`, bound to `group`, valid for `ttl`, and
+/// stores it so that it can be listed and revoked.
 pub(crate) async fn mint(
     state: &AppState,
-    tenant: &Tenant<WriteConfig>,
+    owner: TokenOwner<'_>,
     (group, node_id): (&str, &str),
     ttl: Duration,
 ) -> Result<String, ApiError> {
@@ -188,7 +209,7 @@ pub(crate) async fn mint(
         .jwt
         .issue_proxy(
             &format!("proxy:{node_id}"),
-            &tenant.slug,
+            owner.slug,
             ProxyBinding {
                 token_id,
                 group: group.to_owned(),
@@ -198,11 +219,11 @@ pub(crate) async fn mint(
         .map_err(ApiError::internal)?;
     // Stored once issued: a token that could not be issued leaves no record.
     let record = store::NewProxyToken {
-        tenant_id: tenant.tenant_id,
+        tenant_id: owner.tenant_id,
         token_id,
         group,
         node_id,
-        issued_by: &tenant.actor().audit_name(),
+        issued_by: &owner.issued_by,
         expires_at,
     };
     store::insert(&state.pool, record).await?;

@@ -35,6 +35,10 @@ pub struct AgentArgs {
     /// A label of the VM, KEY=VALUE; repeat for more (the values set through the API win).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    /// Where the agent keeps the bootstraps of the Envoy containers it launches (readable by
+    /// root alone).
+    #[arg(long, env = "EFMS_AGENT_STATE_DIR", default_value = efms_agent::link::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
     /// Log format: `json` (default) or `text`.
     #[arg(long, env = "EFMS_LOG_FORMAT", default_value = "json")]
     pub log_format: String,
@@ -77,6 +81,7 @@ impl AgentArgs {
                 region: self.region.clone(),
                 zone: self.zone.clone(),
                 labels,
+                state_dir: self.state_dir.clone(),
                 ..LinkSettings::new(self.server.trim(), self.token_file.clone())
             },
             log_format,

@@ -126,6 +126,21 @@ pub async fn last_heartbeat(
     Ok(at)
 }
 
+/// Whether an agent stream of the VM is open now (as the replica holding it recorded).
+pub async fn is_connected(pool: &PgPool, tenant_id: Uuid, vm: &str) -> Result<bool, sqlx::Error> {
+    let mut tx = Scope::System.begin(pool).await?;
+    let connected = sqlx::query_scalar!(
+        "SELECT connected FROM vm_presence WHERE tenant_id = $1 AND vm_name = $2",
+        tenant_id,
+        vm,
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .unwrap_or(false);
+    tx.commit().await?;
+    Ok(connected)
+}
+
 /// Creates the sample tables' daily partitions from `keep_days` ago to two days ahead and drops
 /// the older ones; answers how many partitions it created or dropped.
 pub async fn maintain_samples(pool: &PgPool, keep_days: i32) -> Result<i32, sqlx::Error> {

@@ -8,6 +8,7 @@
 
 pub mod join_token;
 mod model;
+pub mod operations;
 pub mod reports;
 mod state;
 mod vm;
@@ -17,6 +18,7 @@ pub use model::{
     Container, ContainerState, Disk, EngineVersion, EventKind, Health, HostFacts, InterfaceAddress,
     LifecycleEvent, Limits, Port,
 };
+pub use operations::{ContainerOperation, LaunchSpec, OperationOutcome};
 pub use state::{VmState, DEFAULT_HEARTBEAT_GRACE, DEFAULT_HEARTBEAT_INTERVAL};
 pub use vm::{
     check_image, check_label, Vm, VmCommand, VmError, VmEvent, VmName, VmPlacement,

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::model::{Container, ContainerState, HostFacts, LifecycleEvent};
+use super::operations::{ContainerOperation, OperationOutcome};
 use super::state::VmState;
 use crate::tenant::{check_slug, InvalidValue};
 
@@ -159,6 +160,23 @@ pub enum VmCommand {
         /// The events, in the engine's order.
         events: Vec<LifecycleEvent>,
     },
+    /// Ask the VM's agent to act on its containers (the VM must be ready; the container must be
+    /// on it; a launch's node id must be free on it, and an empty one is chosen).
+    Operate {
+        /// The operation's id (its job's).
+        operation_id: Uuid,
+        /// What to do.
+        operation: ContainerOperation,
+        /// Who asked.
+        requested_by: String,
+    },
+    /// The agent reports how an operation ended (an event only while it is pending).
+    Finish {
+        /// The operation's id.
+        operation_id: Uuid,
+        /// How it ended.
+        outcome: OperationOutcome,
+    },
     /// Remove the VM: its token is revoked and its containers are gone with it.
     Remove,
 }
@@ -215,6 +233,23 @@ pub enum VmEvent {
         /// Why it is known to be gone.
         reason: String,
     },
+    /// An operation on its containers was asked for.
+    OperationRequested {
+        /// Its id (its job's).
+        operation_id: Uuid,
+        /// What.
+        operation: ContainerOperation,
+        /// Who asked.
+        requested_by: String,
+    },
+    /// An operation ended: as the agent reported, or failed because the VM went down or was
+    /// removed before it did.
+    OperationFinished {
+        /// Its id.
+        operation_id: Uuid,
+        /// How.
+        outcome: OperationOutcome,
+    },
     /// The VM was removed.
     Removed,
 }
@@ -230,6 +265,8 @@ impl DomainEvent for VmEvent {
             Self::ContainerObserved { .. } => "ContainerObserved",
             Self::ContainerLifecycle { .. } => "ContainerLifecycle",
             Self::ContainerGone { .. } => "ContainerGone",
+            Self::OperationRequested { .. } => "ContainerOperationRequested",
+            Self::OperationFinished { .. } => "ContainerOperationFinished",
             Self::Removed => "VmRemoved",
         }
         .to_owned()
@@ -258,6 +295,15 @@ pub enum VmError {
     /// A snapshot named one container twice.
     #[error("container `{0}` appears twice in one snapshot")]
     DuplicateContainer(String),
+    /// The VM is not ready: its agent cannot carry out an operation now.
+    #[error("the VM is {}: its agent can act on containers only while it is ready", .0.as_str())]
+    NotReady(VmState),
+    /// No such container on the VM.
+    #[error("there is no container `{0}` on the VM")]
+    UnknownContainer(String),
+    /// A container or pending launch on the VM already is this proxy.
+    #[error("node id `{0}` is taken on the VM")]
+    NodeIdTaken(String),
 }
 
 /// The state a VM's commands are decided on.
@@ -275,6 +321,9 @@ pub struct Vm {
     /// Containers known to be gone, oldest first: their late events are dropped.
     #[serde(default)]
     gone: std::collections::VecDeque<String>,
+    /// Operations asked for and not finished, by id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    operations: BTreeMap<Uuid, (ContainerOperation, String)>,
 }
 
 impl Vm {
@@ -364,27 +413,36 @@ impl Vm {
                 })
                 .into_iter()
                 .collect(),
-            VmCommand::Silence { reason } => self
-                .state
-                .after_silence()
-                .map(|to| VmEvent::StateChanged {
-                    from: self.state,
-                    to,
-                    reason,
-                })
-                .into_iter()
-                .collect(),
+            VmCommand::Silence { reason } => match self.state.after_silence() {
+                Some(to) => {
+                    let why = format!("the VM went {} before its agent reported", to.as_str());
+                    let mut events = vec![VmEvent::StateChanged {
+                        from: self.state,
+                        to,
+                        reason,
+                    }];
+                    events.extend(self.abandon(&why));
+                    events
+                }
+                None => vec![],
+            },
+            VmCommand::Operate {
+                operation_id,
+                operation,
+                requested_by,
+            } => self.operate(operation_id, operation, requested_by)?,
+            VmCommand::Finish {
+                operation_id,
+                outcome,
+            } => self.finish(operation_id, outcome),
             VmCommand::Observe { containers } => self.observe(containers)?,
             VmCommand::Record { events } => self.record(&events),
             VmCommand::Remove => {
-                let mut events: Vec<VmEvent> = self
-                    .containers
-                    .keys()
-                    .map(|id| VmEvent::ContainerGone {
-                        container_id: id.clone(),
-                        reason: "its VM was removed".to_owned(),
-                    })
-                    .collect();
+                let mut events = self.abandon("the VM was removed before its agent reported");
+                events.extend(self.containers.keys().map(|id| VmEvent::ContainerGone {
+                    container_id: id.clone(),
+                    reason: "its VM was removed".to_owned(),
+                }));
                 events.push(VmEvent::StateChanged {
                     from: self.state,
                     to: VmState::Removed,
@@ -505,6 +563,17 @@ impl Aggregate for Vm {
                 }
             }
             VmEvent::ContainerGone { container_id, .. } => self.forget(&container_id),
+            VmEvent::OperationRequested {
+                operation_id,
+                operation,
+                requested_by,
+            } => {
+                self.operations
+                    .insert(operation_id, (operation, requested_by));
+            }
+            VmEvent::OperationFinished { operation_id, .. } => {
+                self.operations.remove(&operation_id);
+            }
             VmEvent::Removed => {
                 self.state = VmState::Removed;
                 self.token_id = None;
@@ -512,6 +581,9 @@ impl Aggregate for Vm {
         }
     }
 }
+
+#[path = "vm_operations.rs"]
+mod deciding_operations;
 
 #[cfg(test)]
 #[path = "vm_tests.rs"]

@@ -327,3 +327,117 @@ fn image_references_are_checked() {
         assert!(check_image(bad).is_err(), "{bad}");
     }
 }
+
+/// A ready VM with container `a` running (node id `node-a`).
+fn ready_with_a() -> Vm {
+    let mut vm = registered();
+    let beat = VmCommand::Heartbeat {
+        engine_reachable: true,
+        reason: None,
+    };
+    decide_and_apply(&mut vm, beat);
+    let observe = VmCommand::Observe {
+        containers: vec![container('a', ContainerState::Running)],
+    };
+    decide_and_apply(&mut vm, observe);
+    vm
+}
+
+fn launch(node_id: &str) -> ContainerOperation {
+    ContainerOperation::Launch {
+        node_id: node_id.into(),
+        spec: crate::fleet::LaunchSpec {
+            group: "edge".into(),
+            image: "envoy:1".into(),
+            memory_bytes: None,
+            cpus: None,
+            admin_port: 9901,
+            env: BTreeMap::new(),
+            labels: BTreeMap::new(),
+        },
+    }
+}
+
+fn operate(id: u128, operation: ContainerOperation) -> VmCommand {
+    VmCommand::Operate {
+        operation_id: Uuid::from_u128(id),
+        operation,
+        requested_by: "alice".into(),
+    }
+}
+
+#[test]
+fn an_operation_is_refused_unless_the_vm_is_ready_and_holds_the_container() {
+    let down = registered();
+    assert_eq!(
+        down.decide(operate(1, launch(""))),
+        Err(VmError::NotReady(VmState::Down))
+    );
+    let vm = ready_with_a();
+    let stop_b = ContainerOperation::Stop {
+        container_id: "b".repeat(64),
+    };
+    assert_eq!(
+        vm.decide(operate(1, stop_b)),
+        Err(VmError::UnknownContainer("b".repeat(64)))
+    );
+    assert_eq!(
+        vm.decide(operate(1, launch("node-a"))),
+        Err(VmError::NodeIdTaken("node-a".into()))
+    );
+}
+
+#[test]
+fn a_launch_without_a_node_id_gets_the_lowest_free_one_and_pending_launches_count() {
+    let mut vm = ready_with_a();
+    decide_and_apply(&mut vm, operate(1, launch("")));
+    decide_and_apply(&mut vm, operate(2, launch("")));
+    let node_ids: Vec<_> = vm
+        .pending_operations()
+        .map(|(_, operation, _)| match operation {
+            ContainerOperation::Launch { node_id, .. } => node_id.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(node_ids, ["vm-1-edge-1", "vm-1-edge-2"]);
+}
+
+#[test]
+fn an_operation_finishes_once_and_going_down_fails_the_pending_ones() {
+    let mut vm = ready_with_a();
+    let restart = ContainerOperation::Restart {
+        container_id: "a".repeat(64),
+    };
+    decide_and_apply(&mut vm, operate(1, restart));
+    decide_and_apply(&mut vm, operate(2, launch("")));
+    let done = VmCommand::Finish {
+        operation_id: Uuid::from_u128(1),
+        outcome: OperationOutcome::Succeeded {
+            container_id: "a".repeat(64),
+        },
+    };
+    let events = vm.decide(done.clone()).unwrap();
+    assert_eq!(events.len(), 1);
+    apply_all(&mut vm, events);
+    assert_eq!(
+        vm.decide(done),
+        Ok(vec![]),
+        "a resent outcome changes nothing"
+    );
+    let silence = VmCommand::Silence {
+        reason: "no heartbeat".into(),
+    };
+    let events = vm.decide(silence).unwrap();
+    assert!(matches!(
+        &events[1],
+        VmEvent::OperationFinished { operation_id, outcome: OperationOutcome::Failed { error } }
+            if *operation_id == Uuid::from_u128(2) && error.contains("went down")
+    ));
+    apply_all(&mut vm, events);
+    assert_eq!(vm.pending_operations().count(), 0);
+}
+
+fn decide_and_apply(vm: &mut Vm, command: VmCommand) {
+    let events = vm.decide(command).unwrap();
+    apply_all(vm, events);
+}

@@ -4,6 +4,7 @@
 
 mod container_writes;
 pub use container_writes::{BUMP_VERSIONS, COUNT_LIVE};
+pub mod operations;
 pub mod queries;
 
 use efms_commands::RecordedEvent;
@@ -58,6 +59,9 @@ impl Projection for FleetProjection {
     }
 
     async fn reset(&self, tx: &mut PgConnection) -> Result<(), ProjectionError> {
+        sqlx::query!("DELETE FROM container_operations")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query!("DELETE FROM container_history")
             .execute(&mut *tx)
             .await?;
@@ -73,6 +77,12 @@ impl Projection for FleetProjection {
         tx: &mut PgConnection,
         tenant_id: uuid::Uuid,
     ) -> Result<(), ProjectionError> {
+        sqlx::query!(
+            "DELETE FROM container_operations WHERE tenant_id = $1",
+            tenant_id
+        )
+        .execute(&mut *tx)
+        .await?;
         sqlx::query!(
             "DELETE FROM container_history WHERE tenant_id = $1",
             tenant_id
@@ -136,6 +146,17 @@ async fn apply_vm_event(
             .await?;
             set_state(tx, event, VmState::Removed, "removed").await?;
         }
+        VmEvent::OperationRequested {
+            operation_id,
+            operation,
+            requested_by,
+        } => {
+            operations::requested(tx, event, operation_id, &operation, &requested_by).await?;
+        }
+        VmEvent::OperationFinished {
+            operation_id,
+            outcome,
+        } => operations::finished(tx, event, operation_id, &outcome).await?,
         VmEvent::Registered { .. }
         | VmEvent::TokenIssued { .. }
         | VmEvent::ContainerObserved { .. }

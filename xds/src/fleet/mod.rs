@@ -4,6 +4,7 @@
 //! seq, so a reconnected agent resends exactly what was not stored.
 
 mod convert;
+mod orders;
 mod service;
 mod stream;
 mod token_watch;
@@ -15,6 +16,7 @@ use efms_commands::fleet::Fleet;
 use efms_domain::fleet::DEFAULT_HEARTBEAT_INTERVAL;
 use tokio::sync::watch;
 
+pub use orders::{BootstrapRequest, ProxyBootstraps};
 pub(crate) use service::FleetService;
 
 use crate::metrics::FleetMetrics;
@@ -56,6 +58,10 @@ struct Inner {
     stopping: watch::Sender<bool>,
     /// The open streams' join tokens, re-checked together.
     tokens: Arc<token_watch::TokenWatch>,
+    /// The open streams by VM, nudged when their VM has operations to send.
+    dispatch: Arc<orders::Dispatch>,
+    /// Who mints the bootstraps of launched proxies, once the API said.
+    bootstraps: std::sync::OnceLock<Arc<dyn ProxyBootstraps>>,
 }
 
 impl std::fmt::Debug for FleetServer {
@@ -76,7 +82,12 @@ impl FleetServer {
             recheck_now: watch::Sender::new(0),
             stopping: watch::Sender::new(false),
             tokens: Arc::default(),
+            dispatch: Arc::default(),
+            bootstraps: std::sync::OnceLock::new(),
         };
+        inner
+            .dispatch
+            .listen(inner.fleet.pool().clone(), inner.stopping.subscribe());
         inner.tokens.spawn(
             inner.fleet.pool().clone(),
             inner.settings.subscribe(),
@@ -103,6 +114,12 @@ impl FleetServer {
         self.inner
             .recheck_now
             .send_modify(|generation| *generation += 1);
+    }
+
+    /// Has launched proxies' bootstraps minted by `bootstraps` (set once; later calls are
+    /// ignored).
+    pub fn set_bootstraps(&self, bootstraps: Arc<dyn ProxyBootstraps>) {
+        let _ = self.inner.bootstraps.set(bootstraps);
     }
 
     /// Ends every open stream (the process is stopping).

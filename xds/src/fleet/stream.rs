@@ -20,6 +20,7 @@ use tonic::{Status, Streaming};
 
 use super::{convert, FleetServer};
 
+mod orders;
 mod reports;
 
 /// The server's half of an agent's stream.
@@ -62,6 +63,8 @@ struct Agent {
     known_since: Instant,
     /// The images its VM watches, as told in `Welcome`.
     watch_images: Vec<String>,
+    /// Operations sent to it as orders and not finished.
+    ordered: HashSet<uuid::Uuid>,
 }
 
 impl Agent {
@@ -226,6 +229,7 @@ impl FleetServer {
             known_here: HashSet::new(),
             known_since: Instant::now(),
             watch_images: Vec::new(),
+            ordered: HashSet::new(),
         };
         // Hello stands for a heartbeat when it knows the engine answers; an agent that has not
         // reached its engine yet lets its first heartbeat say (no passing `docker_unreachable`).
@@ -300,6 +304,11 @@ impl FleetServer {
         let token = (agent.joined.tenant_id, agent.joined.token_id);
         let images = agent.watch_images.clone();
         let mut watching = inner.tokens.watch(agent.stream_id, token, images);
+        let mut nudges =
+            inner
+                .dispatch
+                .register(agent.stream_id, agent.joined.tenant_id, &agent.joined.vm);
+        self.send_orders(agent, sender).await?;
         let mut carried = None;
         loop {
             let next = if let Some(next) = carried.take() {
@@ -311,6 +320,13 @@ impl FleetServer {
                         if changed.is_ok() {
                             let verdict = watching.verdict.borrow_and_update().clone();
                             self.follow_token(agent, verdict, sender).await?;
+                        }
+                        continue;
+                    }
+                    changed = nudges.nudged.changed() => {
+                        if changed.is_ok() {
+                            nudges.nudged.mark_unchanged();
+                            self.send_orders(agent, sender).await?;
                         }
                         continue;
                     }

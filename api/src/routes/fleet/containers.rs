@@ -19,7 +19,7 @@ use crate::state::AppState;
 /// The `{id}` of a container route.
 #[derive(Debug, Deserialize)]
 pub struct ContainerPath {
-    id: String,
+    pub(super) id: String,
 }
 
 /// Filters of `GET /containers`.
@@ -63,7 +63,7 @@ const STATES: [&str; 8] = [
 const HEALTHS: [&str; 4] = ["none", "starting", "healthy", "unhealthy"];
 
 /// The container `{id}` names: its full id, or a unique prefix of 12 or more hex digits.
-async fn find(
+pub(super) async fn find(
     state: &AppState,
     tenant_id: uuid::Uuid,
     id: &str,

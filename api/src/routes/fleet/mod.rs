@@ -2,6 +2,7 @@
 //! history and utilisation.
 
 pub mod containers;
+pub mod operations;
 pub mod placement;
 pub mod views;
 pub mod vms;
@@ -72,7 +73,18 @@ pub fn router() -> axum::Router<AppState> {
             get(vms::utilisation),
         )
         .route("/tenants/{tenant}/containers", get(containers::list))
-        .route("/tenants/{tenant}/containers/{id}", get(containers::get))
+        .route(
+            "/tenants/{tenant}/vms/{name}/containers",
+            post(operations::launch),
+        )
+        .route(
+            "/tenants/{tenant}/containers/{id}",
+            get(containers::get).delete(operations::remove),
+        )
+        .route(
+            "/tenants/{tenant}/containers/{id}/{action}",
+            post(operations::act),
+        )
         .route(
             "/tenants/{tenant}/containers/{id}/events",
             get(containers::events),

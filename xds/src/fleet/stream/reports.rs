@@ -61,6 +61,7 @@ impl FleetServer {
                     .map(|(_, outcome)| outcome)
                     .ok_or_else(|| Status::internal("an event report went unanswered"))
             }
+            Some(Body::Done(done)) => self.finish(agent, done).await,
             Some(Body::Usage(usages)) => match convert::usages("usage", &usages, agent.cpus) {
                 Err(fault) => refused(fault),
                 Ok(usages) => {

@@ -1,0 +1,285 @@
+//! Operations on the VM's Envoy containers, as the control plane orders them: launch one for a
+//! group, restart, stop, start or remove one, through the Docker Engine API.
+//!
+//! A launched container runs the image's Envoy with the bootstrap the control plane minted,
+//! written to a file under the agent's state directory that only root reads and mounted
+//! read-only: never in the environment or the command line, which `docker inspect` shows. It
+//! shares the host's network (proxies of one group on one VM share listener ports through
+//! `SO_REUSEPORT`, Envoy's default on Linux; `--disable-hot-restart` keeps them from sharing the
+//! hot-restart socket), is health-checked on its admin interface's `/ready` with the image's
+//! `wget`, restarts unless stopped, and carries the labels `efms.node_id`, `efms.group` and
+//! `efms.operation` (by which a launch ordered again finds the container it made).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use bollard::models::{ContainerCreateBody, HealthConfig, HostConfig, RestartPolicy};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    RestartContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use efms_fleet_proto::{order::Action, Launch};
+
+use crate::engine::{is_not_found, Engine};
+use crate::inventory::NODE_ID_LABEL;
+
+/// The label naming a container's group.
+pub const GROUP_LABEL: &str = "efms.group";
+/// The label naming the operation that launched a container.
+pub const OPERATION_LABEL: &str = "efms.operation";
+/// Where the bootstrap is mounted in the container.
+const BOOTSTRAP_IN_CONTAINER: &str = "/etc/envoy/bootstrap.json";
+/// How long a stop or restart lets Envoy end before it is killed, in seconds.
+const STOP_GRACE_SECONDS: i32 = 10;
+const SECOND_NANOS: i64 = 1_000_000_000;
+
+/// Carries out `action` of operation `operation_id`; answers the container made or acted on, or
+/// the engine's words.
+pub async fn carry_out(
+    engine: &Engine,
+    state_dir: &Path,
+    operation_id: &str,
+    action: Action,
+) -> Result<String, String> {
+    let docker = engine.docker();
+    let failed = |error: bollard::errors::Error| engine.api_error(error).to_string();
+    match action {
+        Action::Launch(launch) => launch_once(engine, state_dir, operation_id, &launch).await,
+        Action::Restart(id) => {
+            let options = RestartContainerOptionsBuilder::new()
+                .t(STOP_GRACE_SECONDS)
+                .build();
+            docker
+                .restart_container(&id, Some(options))
+                .await
+                .map_err(failed)?;
+            Ok(id)
+        }
+        Action::Stop(id) => {
+            let options = StopContainerOptionsBuilder::new()
+                .t(STOP_GRACE_SECONDS)
+                .build();
+            docker
+                .stop_container(&id, Some(options))
+                .await
+                .map_err(failed)?;
+            Ok(id)
+        }
+        Action::Start(id) => {
+            docker.start_container(&id, None).await.map_err(failed)?;
+            Ok(id)
+        }
+        Action::Remove(id) => remove(engine, state_dir, &id).await,
+    }
+}
+
+/// Launches the container of `operation_id`, or answers the one an earlier order of it made.
+async fn launch_once(
+    engine: &Engine,
+    state_dir: &Path,
+    operation_id: &str,
+    launch: &Launch,
+) -> Result<String, String> {
+    let docker = engine.docker();
+    let failed = |error: bollard::errors::Error| engine.api_error(error).to_string();
+    let label = format!("{OPERATION_LABEL}={operation_id}");
+    let filters = HashMap::from([("label".to_owned(), vec![label])]);
+    let listed = docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .map_err(failed)?;
+    if let Some(id) = listed.into_iter().find_map(|container| container.id) {
+        return Ok(id);
+    }
+    let bootstrap = write_bootstrap(state_dir, &launch.node_id, &launch.bootstrap)
+        .map_err(|error| format!("cannot write the bootstrap: {error}"))?;
+    let name = format!("efms-{}", launch.node_id);
+    let options = CreateContainerOptionsBuilder::new().name(&name).build();
+    let created = docker
+        .create_container(
+            Some(options),
+            container_body(operation_id, launch, &bootstrap),
+        )
+        .await
+        .map_err(failed)?;
+    if let Err(error) = docker.start_container(&created.id, None).await {
+        let words = failed(error);
+        let options = RemoveContainerOptionsBuilder::new().force(true).build();
+        let _ = docker.remove_container(&created.id, Some(options)).await;
+        return Err(words);
+    }
+    Ok(created.id)
+}
+
+/// The container of `launch`, its bootstrap mounted from `bootstrap`.
+fn container_body(operation_id: &str, launch: &Launch, bootstrap: &Path) -> ContainerCreateBody {
+    let mut labels: HashMap<String, String> = launch.labels.clone();
+    labels.insert(NODE_ID_LABEL.to_owned(), launch.node_id.clone());
+    labels.insert(GROUP_LABEL.to_owned(), launch.group.clone());
+    labels.insert(OPERATION_LABEL.to_owned(), operation_id.to_owned());
+    let mut env: Vec<String> = launch
+        .env
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    env.push(format!("ENVOY_ADMIN_PORT={}", launch.admin_port));
+    let probe = format!("http://127.0.0.1:{}/ready", launch.admin_port);
+    ContainerCreateBody {
+        image: Some(launch.image.clone()),
+        cmd: Some(vec![
+            "-c".into(),
+            BOOTSTRAP_IN_CONTAINER.into(),
+            "--disable-hot-restart".into(),
+        ]),
+        env: Some(env),
+        labels: Some(labels),
+        healthcheck: Some(HealthConfig {
+            test: Some(vec![
+                "CMD".into(),
+                "wget".into(),
+                "-q".into(),
+                "-O".into(),
+                "/dev/null".into(),
+                probe,
+            ]),
+            interval: Some(2 * SECOND_NANOS),
+            timeout: Some(3 * SECOND_NANOS),
+            retries: Some(3),
+            start_period: Some(10 * SECOND_NANOS),
+            start_interval: None,
+        }),
+        host_config: Some(HostConfig {
+            network_mode: Some("host".into()),
+            binds: Some(vec![format!(
+                "{}:{BOOTSTRAP_IN_CONTAINER}:ro",
+                bootstrap.display()
+            )]),
+            restart_policy: Some(RestartPolicy {
+                name: Some(bollard::models::RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            }),
+            memory: launch
+                .memory_bytes
+                .and_then(|bytes| i64::try_from(bytes).ok()),
+            nano_cpus: launch.cpus.map(|cpus| {
+                #[allow(clippy::cast_possible_truncation)]
+                let nanos = (cpus * 1e9).round() as i64;
+                nanos
+            }),
+            ..HostConfig::default()
+        }),
+        ..ContainerCreateBody::default()
+    }
+}
+
+/// Stops and removes a container and its bootstrap file; one already gone is done.
+async fn remove(engine: &Engine, state_dir: &Path, id: &str) -> Result<String, String> {
+    let docker = engine.docker();
+    let inspected = match docker.inspect_container(id, None).await {
+        Ok(inspected) => inspected,
+        Err(error) if is_not_found(&error) => return Ok(id.to_owned()),
+        Err(error) => return Err(engine.api_error(error).to_string()),
+    };
+    let stop = StopContainerOptionsBuilder::new()
+        .t(STOP_GRACE_SECONDS)
+        .build();
+    // A stop lets Envoy end in its grace; the removal forces whatever is left.
+    let _ = docker.stop_container(id, Some(stop)).await;
+    let options = RemoveContainerOptionsBuilder::new().force(true).build();
+    match docker.remove_container(id, Some(options)).await {
+        Ok(()) => {}
+        Err(error) if is_not_found(&error) => {}
+        Err(error) => return Err(engine.api_error(error).to_string()),
+    }
+    let node_id = inspected
+        .config
+        .and_then(|config| config.labels)
+        .and_then(|labels| labels.get(NODE_ID_LABEL).cloned());
+    if let Some(node_id) = node_id {
+        let _ = std::fs::remove_dir_all(bootstrap_dir(state_dir, &node_id));
+    }
+    Ok(id.to_owned())
+}
+
+fn bootstrap_dir(state_dir: &Path, node_id: &str) -> PathBuf {
+    state_dir.join("proxies").join(node_id)
+}
+
+/// Writes the bootstrap of `node_id` where only its owner reads it; answers its path.
+fn write_bootstrap(state_dir: &Path, node_id: &str, bootstrap: &str) -> std::io::Result<PathBuf> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    if node_id.is_empty() || node_id.contains(['/', '\0']) || node_id.starts_with('.') {
+        return Err(std::io::Error::other(format!(
+            "`{node_id}` cannot name a file"
+        )));
+    }
+    let dir = bootstrap_dir(state_dir, node_id);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
+    let path = dir.join("bootstrap.json");
+    let partial = dir.join("bootstrap.json.partial");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&partial)?;
+    file.write_all(bootstrap.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&partial, &path)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bootstrap_is_written_for_its_owner_alone_and_a_node_id_cannot_escape_the_directory() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("efms-operate-{}", uuid::Uuid::new_v4()));
+        let path = write_bootstrap(&dir, "vm-1-edge-1", "{}").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "group and others read nothing: {mode:o}");
+        assert!(write_bootstrap(&dir, "../x", "{}").is_err());
+        assert!(write_bootstrap(&dir, "..", "{}").is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_launched_container_shares_the_host_network_and_mounts_its_bootstrap_read_only() {
+        let launch = Launch {
+            node_id: "vm-1-edge-1".into(),
+            group: "edge".into(),
+            image: "envoy:1".into(),
+            memory_bytes: Some(64 << 20),
+            cpus: Some(0.5),
+            admin_port: 9902,
+            bootstrap: "{\"token\":\"secret\"}".into(),
+            ..Launch::default()
+        };
+        let body = container_body("op-1", &launch, Path::new("/state/b.json"));
+        let host = body.host_config.unwrap();
+        assert_eq!(host.network_mode.as_deref(), Some("host"));
+        assert_eq!(
+            host.binds.unwrap(),
+            ["/state/b.json:/etc/envoy/bootstrap.json:ro"]
+        );
+        assert_eq!(host.nano_cpus, Some(500_000_000));
+        assert_eq!(host.memory, Some(64 << 20));
+        let labels = body.labels.unwrap();
+        assert_eq!(labels[NODE_ID_LABEL], "vm-1-edge-1");
+        assert_eq!(labels[OPERATION_LABEL], "op-1");
+        let visible = format!("{:?}{:?}", body.env, body.cmd);
+        assert!(!visible.contains("secret"), "{visible}");
+    }
+}

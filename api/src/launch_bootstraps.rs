@@ -1,0 +1,69 @@
+//! The bootstraps of the Envoy containers agents launch: minted when the order is sent to the
+//! agent (never stored in the log), with a proxy token of the group that the tenant's operators
+//! can list and revoke under `…/proxy-tokens`, issued in the name of whoever asked for the launch.
+
+use std::sync::Weak;
+
+use efms_domain::config::MAIN_BRANCH;
+use efms_domain::envoy::ResourceKind;
+use efms_domain::tenant::TenantSlug;
+use efms_projections::config::{self as read, AsOf};
+use efms_xds::{BootstrapRequest, ProxyBootstraps};
+use futures::future::BoxFuture;
+
+use crate::routes::proxies::{bootstrap_document, BootstrapSpec, XdsProtocol};
+use crate::routes::proxy_tokens::{mint, TokenOwner};
+use crate::state::{AppState, Shared};
+
+/// Mints launch bootstraps from the API's state.
+pub(crate) struct LaunchBootstraps(Weak<Shared>);
+
+/// Has the fleet's streams mint launch bootstraps from `state` (its settings complete).
+pub(crate) fn install(state: &AppState) {
+    if let Some(fleet) = state.xds.fleet() {
+        fleet.set_bootstraps(std::sync::Arc::new(LaunchBootstraps(state.downgrade())));
+    }
+}
+
+impl ProxyBootstraps for LaunchBootstraps {
+    fn bootstrap(&self, request: BootstrapRequest) -> BoxFuture<'static, Result<String, String>> {
+        let state = AppState::upgrade(&self.0);
+        Box::pin(async move {
+            let state = state.ok_or("the control plane is stopping")?;
+            let slug = TenantSlug::parse(request.tenant.as_str()).map_err(|e| e.to_string())?;
+            let group = read::get_resource(
+                &state.pool,
+                request.tenant_id,
+                MAIN_BRANCH,
+                ResourceKind::Group,
+                &request.group,
+                AsOf::Now,
+            )
+            .await
+            .map_err(|error| format!("cannot read the group: {error}"))?;
+            if group.is_none() {
+                return Err(format!("there is no group `{}`", request.group));
+            }
+            let owner = TokenOwner {
+                tenant_id: request.tenant_id,
+                slug: &slug,
+                issued_by: request.requested_by.clone(),
+            };
+            // A container runs until replaced: its token lives as long as tokens may.
+            let ttl = state.tokens.proxy_max_ttl;
+            let token = mint(&state, owner, (&request.group, &request.node_id), ttl)
+                .await
+                .map_err(|error| format!("cannot mint the proxy's token: {error}"))?;
+            let bootstrap = bootstrap_document(&BootstrapSpec {
+                node_id: &request.node_id,
+                group: &request.group,
+                tenant: slug.as_str(),
+                token: &token,
+                protocol: XdsProtocol::Sotw,
+                xds: &state.xds_address,
+                admin_port: request.admin_port,
+            });
+            Ok(bootstrap.to_string())
+        })
+    }
+}

@@ -1,0 +1,82 @@
+//! Real agents (`efms_agent::link`, as `efms agent` runs it) against a test control plane and a
+//! real Docker engine, and the reads that wait for what they report.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use efms_agent::link::{self, LinkSettings};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::docker::Engine;
+use crate::fleet::eventually;
+use crate::TestApp;
+
+/// Generous: engines and Envoys start slowly on a busy machine.
+pub const WAIT: Duration = Duration::from_secs(90);
+
+/// An agent running in this process, as `efms agent` would.
+pub struct RunningAgent {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningAgent {
+    /// Starts an agent of the VM whose join token is in `token_file`, on `engine`, keeping its
+    /// files in a directory of its own.
+    pub fn start(app: &TestApp, token_file: &Path, engine: &Engine) -> Self {
+        let mut settings = LinkSettings::new(app.grpc.to_string(), token_file.to_path_buf());
+        settings.docker_host = Some(engine.host.clone());
+        settings.backoff_initial = Duration::from_millis(100);
+        settings.backoff_max = Duration::from_secs(1);
+        settings.state_dir =
+            std::env::temp_dir().join(format!("efms-agent-state-{}", uuid::Uuid::new_v4()));
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            if let Err(error) = link::run(settings, shutdown).await {
+                eprintln!("the agent ended: {error}");
+            }
+        });
+        Self { stop, task }
+    }
+
+    /// Kills it: the task is dropped where it stands, its stream cut without a goodbye.
+    pub fn kill(self) {
+        self.task.abort();
+        drop(self.stop);
+    }
+}
+
+/// `GET path`'s body, which must not be a server error.
+pub async fn get(app: &TestApp, path: &str) -> Value {
+    let answer = app.get(path).await;
+    assert!(answer.status < 500, "{path}: {}", answer.body);
+    answer.body
+}
+
+/// `GET path` once `ready` holds of its body.
+pub async fn settled(app: &TestApp, path: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    eventually(WAIT, path, || async {
+        let body = get(app, path).await;
+        ready(&body).then_some(body)
+    })
+    .await
+}
+
+/// Registers VM `name` in the tenant at `base` (`/api/v1/tenants/{slug}`); answers the file
+/// holding its join token.
+pub async fn register(app: &TestApp, base: &str, name: &str) -> PathBuf {
+    let answer = app
+        .post(
+            &format!("{base}/vms"),
+            &json!({ "name": name, "region": "local" }),
+        )
+        .await;
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    let file = std::env::temp_dir().join(format!("efms-join-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&file, answer.body["join_token"].as_str().unwrap()).unwrap();
+    file
+}

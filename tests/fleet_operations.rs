@@ -1,0 +1,247 @@
+//! Operations on Envoy containers through the API, carried out by a real agent on a real Docker
+//! engine: a container launched for a group becomes healthy and SYNCED; restart, stop, start and
+//! removal each end their job and show in the container's history; a VM whose agent is down
+//! refuses, an unknown image fails in the engine's words, bad input changes nothing.
+
+use std::time::Duration;
+
+use efms_commands::fleet::upkeep::UpkeepSettings;
+use efms_tests::agents::{get, register, settled, RunningAgent};
+use efms_tests::docker::Engine;
+use efms_tests::fleet::free_port;
+use efms_tests::TestApp;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+const BASE: &str = "/api/v1/tenants/acme";
+
+fn settings() -> UpkeepSettings {
+    UpkeepSettings {
+        heartbeat_interval: Duration::from_secs(1),
+        heartbeat_grace: Duration::from_secs(2),
+        ..UpkeepSettings::default()
+    }
+}
+
+/// A tenant `acme` with a group `edge` (one cluster), VM `vm-a` registered and its agent
+/// connected to `engine`.
+async fn ready_vm(app: &TestApp, engine: &Engine) -> RunningAgent {
+    app.create_tenant("acme", "Acme").await;
+    let cluster = json!({
+        "name": "upstream", "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": { "cluster_name": "upstream", "endpoints": [{ "lb_endpoints": [{
+            "endpoint": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": 9 } } } }] }] }
+    });
+    let created = app.post(&format!("{BASE}/clusters"), &cluster).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let group = json!({ "name": "edge", "resources": [{ "kind": "cluster", "name": "upstream" }] });
+    let attached = app.put(&format!("{BASE}/groups/edge"), &group, &[]).await;
+    assert!(attached.status < 300, "{}", attached.body);
+    let token = register(app, BASE, "vm-a").await;
+    let agent = RunningAgent::start(app, &token, engine);
+    settled(app, &format!("{BASE}/vms/vm-a"), |vm| {
+        vm["state"] == "ready"
+    })
+    .await;
+    agent
+}
+
+/// Posts an operation; answers its job once it ended.
+async fn carried_out(app: &TestApp, path: &str, body: &Value) -> Value {
+    let answer = app.post(path, body).await;
+    assert_eq!(answer.status, 202, "{path}: {}", answer.body);
+    job_end(app, &answer.body).await
+}
+
+async fn job_end(app: &TestApp, job: &Value) -> Value {
+    assert_eq!(job["kind"], "container_operation", "{job}");
+    let id = job["id"].as_str().unwrap();
+    settled(app, &format!("{BASE}/jobs/{id}"), |job| {
+        job["state"] != "running"
+    })
+    .await
+}
+
+fn changes(events: &Value) -> Vec<String> {
+    events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["change"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_launched_container_syncs_and_obeys_restart_stop_start_and_removal(pool: PgPool) {
+    let Some(engine) = Engine::start("ops-a") else {
+        return;
+    };
+    engine.remove(&["efms-vm-a-edge-1"]);
+    let app = TestApp::spawn_with_fleet(pool, settings()).await;
+    let _agent = ready_vm(&app, &engine).await;
+
+    let launch = json!({ "group": "edge", "image": engine.image, "memory": "128m",
+        "cpus": 0.5, "admin_port": free_port(), "labels": { "team": "edge" } });
+    let answer = app
+        .post(&format!("{BASE}/vms/vm-a/containers"), &launch)
+        .await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(answer.body["state"], "running");
+    assert_eq!(answer.body["operation"]["node_id"], "vm-a-edge-1");
+    assert!(answer.headers.get("location").is_some());
+    let launched = job_end(&app, &answer.body).await;
+    assert_eq!(launched["state"], "succeeded", "{launched}");
+    let id = launched["operation"]["container_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let container = settled(&app, &format!("{BASE}/containers/{id}"), |c| {
+        c["state"] == "running" && c["health"] == "healthy" && c["proxy"]["status"] == "SYNCED"
+    })
+    .await;
+    assert_eq!(container["node_id"], "vm-a-edge-1");
+    assert_eq!(
+        container["limits"]["memory_bytes"],
+        128 << 20,
+        "{container}"
+    );
+    assert_eq!(container["labels"]["efms.group"], "edge");
+    let inspected = engine.docker(&["inspect", &id]);
+    assert!(
+        !inspected.contains("Bearer"),
+        "the proxy's token is in no environment or command line"
+    );
+
+    let stopped = carried_out(&app, &format!("{BASE}/containers/{id}/stop"), &json!({})).await;
+    assert_eq!(stopped["state"], "succeeded", "{stopped}");
+    settled(&app, &format!("{BASE}/containers/{id}"), |c| {
+        c["state"] == "exited"
+    })
+    .await;
+    let started = carried_out(&app, &format!("{BASE}/containers/{id}/start"), &json!({})).await;
+    assert_eq!(started["state"], "succeeded", "{started}");
+    settled(&app, &format!("{BASE}/containers/{id}"), |c| {
+        c["state"] == "running"
+    })
+    .await;
+    let restarted = carried_out(
+        &app,
+        &format!("{BASE}/containers/{}/restart", &id[..12]),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(restarted["state"], "succeeded", "{restarted}");
+    settled(&app, &format!("{BASE}/containers/{id}/events"), |events| {
+        changes(events).iter().any(|change| change == "restart")
+    })
+    .await;
+
+    let removal = app
+        .send(
+            reqwest::Method::DELETE,
+            &format!("{BASE}/containers/{id}"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(removal.status, 202, "{}", removal.body);
+    let removed = job_end(&app, &removal.body).await;
+    assert_eq!(removed["state"], "succeeded", "{removed}");
+    settled(&app, &format!("{BASE}/containers/{id}"), |c| {
+        c["state"] == "gone"
+    })
+    .await;
+    let history = get(&app, &format!("{BASE}/vms/vm-a/history")).await;
+    let text = history.to_string();
+    for kind in ["ContainerOperationRequested", "ContainerOperationFinished"] {
+        assert_eq!(
+            text.matches(kind).count(),
+            5,
+            "five operations, each asked and ended: {history}"
+        );
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn bad_operations_are_refused_an_unknown_image_fails_in_dockers_words_and_a_silent_vm_refuses(
+    pool: PgPool,
+) {
+    let Some(engine) = Engine::start("ops-b") else {
+        return;
+    };
+    let app = TestApp::spawn_with_fleet(pool, settings()).await;
+    let agent = ready_vm(&app, &engine).await;
+    let launches = format!("{BASE}/vms/vm-a/containers");
+
+    for (body, status, pointer) in [
+        (json!({ "group": "nope", "image": "envoy:1" }), 404, None),
+        (
+            json!({ "group": "edge", "image": "envoy:1", "node_id": "Bad Id" }),
+            422,
+            Some("/node_id"),
+        ),
+        (
+            json!({ "group": "edge", "image": "envoy:1", "memory": "lots" }),
+            422,
+            Some("/memory"),
+        ),
+        (
+            json!({ "group": "edge", "image": "-x", "cpus": 0 }),
+            422,
+            Some("/image"),
+        ),
+        (
+            json!({ "group": "edge", "image": "envoy:1", "extra": 1 }),
+            422,
+            None,
+        ),
+    ] {
+        let answer = app.post(&launches, &body).await;
+        assert_eq!(answer.status, status, "{body}: {}", answer.body);
+        if let Some(pointer) = pointer {
+            assert!(answer.body.to_string().contains(pointer), "{}", answer.body);
+        }
+    }
+    let elsewhere = app
+        .post(
+            &format!("{BASE}/vms/nowhere/containers"),
+            &json!({ "group": "edge", "image": "envoy:1" }),
+        )
+        .await;
+    assert_eq!(elsewhere.status, 404, "{}", elsewhere.body);
+    let unknown = app
+        .post(
+            &format!("{BASE}/containers/{}/stop", "a".repeat(64)),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    let jobs = get(&app, &format!("{BASE}/vms/vm-a/history")).await;
+    assert!(
+        !jobs.to_string().contains("ContainerOperationRequested"),
+        "nothing refused was recorded: {jobs}"
+    );
+
+    let failed = carried_out(
+        &app,
+        &launches,
+        &json!({ "group": "edge", "image": "efms-test/missing:0.0" }),
+    )
+    .await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    let detail = failed["problem"]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("No such image"), "Docker's words: {failed}");
+
+    agent.kill();
+    settled(&app, &format!("{BASE}/vms/vm-a"), |vm| {
+        vm["state"] == "down"
+    })
+    .await;
+    let refused = app
+        .post(
+            &launches,
+            &json!({ "group": "edge", "image": engine.image }),
+        )
+        .await;
+    assert_eq!(refused.status, 409, "{}", refused.body);
+}

@@ -1,0 +1,202 @@
+//! What a stream sends its agent besides answers: the VM's pending operations as orders, and
+//! what it makes of the outcome the agent reports.
+
+use efms_commands::fleet::operations::PendingOperation;
+use efms_domain::fleet::reports::ReportFault;
+use efms_domain::fleet::{ContainerOperation, OperationOutcome, VmCommand};
+use efms_fleet_proto::{order::Action, server_message, Launch, Order, OrderDone, ServerMessage};
+use tokio::sync::mpsc;
+use tonic::Status;
+use uuid::Uuid;
+
+use super::{message, stored_or_status, Agent, FleetServer, Outcome};
+use crate::fleet::BootstrapRequest;
+
+/// The longest failure text kept from an agent's report.
+const MAX_ERROR: usize = 4_096;
+
+impl FleetServer {
+    /// Sends the VM's pending operations this stream has not sent yet.
+    pub(super) async fn send_orders(
+        &self,
+        agent: &mut Agent,
+        sender: &mpsc::Sender<Result<ServerMessage, Status>>,
+    ) -> Result<(), Status> {
+        let fleet = &self.inner.fleet;
+        let (tenant_id, vm) = (agent.joined.tenant_id, agent.joined.vm.clone());
+        let pending = fleet
+            .pending_operations(tenant_id, &vm)
+            .await
+            .map_err(stored_or_status)?;
+        agent
+            .ordered
+            .retain(|id| pending.iter().any(|p| p.operation_id == *id));
+        for operation in pending {
+            let operation_id = operation.operation_id;
+            if agent.ordered.contains(&operation_id) {
+                continue;
+            }
+            let action = match self.action(agent, operation).await {
+                Ok(action) => action,
+                Err(error) => {
+                    tracing::warn!(%vm, operation = %operation_id, %error, "operation failed");
+                    let outcome = OperationOutcome::Failed { error };
+                    let finish = VmCommand::Finish {
+                        operation_id,
+                        outcome,
+                    };
+                    fleet
+                        .report(tenant_id, &vm, finish)
+                        .await
+                        .map_err(stored_or_status)?;
+                    continue;
+                }
+            };
+            let order = Order {
+                operation_id: operation_id.to_string(),
+                action: Some(action),
+            };
+            sender
+                .send(Ok(message(server_message::Body::Order(order))))
+                .await
+                .map_err(|_| Status::cancelled("the agent is gone"))?;
+            tracing::info!(%vm, operation = %operation_id, "order sent to the agent");
+            agent.ordered.insert(operation_id);
+        }
+        Ok(())
+    }
+
+    /// The order of `pending`; a launch's bootstrap is minted now, for the agent alone (it is
+    /// never in the log).
+    async fn action(&self, agent: &Agent, pending: PendingOperation) -> Result<Action, String> {
+        Ok(match pending.operation {
+            ContainerOperation::Launch { node_id, spec } => {
+                let bootstraps = self
+                    .inner
+                    .bootstraps
+                    .get()
+                    .ok_or("this control plane cannot mint bootstraps")?;
+                let request = BootstrapRequest {
+                    tenant_id: agent.joined.tenant_id,
+                    tenant: agent.joined.tenant.clone(),
+                    group: spec.group.clone(),
+                    node_id: node_id.clone(),
+                    admin_port: spec.admin_port,
+                    requested_by: pending.requested_by,
+                };
+                let bootstrap = bootstraps.bootstrap(request).await?;
+                Action::Launch(Launch {
+                    node_id,
+                    group: spec.group,
+                    image: spec.image,
+                    memory_bytes: spec.memory_bytes,
+                    cpus: spec.cpus,
+                    admin_port: u32::from(spec.admin_port),
+                    env: spec.env.into_iter().collect(),
+                    labels: spec.labels.into_iter().collect(),
+                    bootstrap,
+                })
+            }
+            ContainerOperation::Restart { container_id } => Action::Restart(container_id),
+            ContainerOperation::Stop { container_id } => Action::Stop(container_id),
+            ContainerOperation::Start { container_id } => Action::Start(container_id),
+            ContainerOperation::Remove { container_id } => Action::Remove(container_id),
+        })
+    }
+
+    /// Records how an order ended, as the agent reports it.
+    pub(super) async fn finish(
+        &self,
+        agent: &mut Agent,
+        done: OrderDone,
+    ) -> Result<Outcome, Status> {
+        let outcome = match checked(&done) {
+            Ok(outcome) => outcome,
+            Err(fault) => return Ok(Outcome::Refused(fault)),
+        };
+        let (tenant_id, vm) = (agent.joined.tenant_id, agent.joined.vm.as_str());
+        self.inner
+            .fleet
+            .report(
+                tenant_id,
+                vm,
+                VmCommand::Finish {
+                    operation_id: outcome.0,
+                    outcome: outcome.1,
+                },
+            )
+            .await
+            .map_err(stored_or_status)?;
+        agent.ordered.remove(&outcome.0);
+        Ok(Outcome::Stored {
+            last_event_nanos: None,
+            recorded: false,
+        })
+    }
+}
+
+/// The operation and outcome `done` reports, or the field that is wrong.
+fn checked(done: &OrderDone) -> Result<(Uuid, OperationOutcome), ReportFault> {
+    let operation_id = done.operation_id.parse::<Uuid>().map_err(|_| ReportFault {
+        field: "done.operation_id".into(),
+        problem: "not an operation id".into(),
+    })?;
+    if !done.error.is_empty() {
+        let mut error = done.error.clone();
+        if error.len() > MAX_ERROR {
+            let mut end = MAX_ERROR;
+            while !error.is_char_boundary(end) {
+                end -= 1;
+            }
+            error.truncate(end);
+        }
+        return Ok((operation_id, OperationOutcome::Failed { error }));
+    }
+    let full_id = done.container_id.len() == 64
+        && done
+            .container_id
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
+    if !full_id {
+        return Err(ReportFault {
+            field: "done.container_id".into(),
+            problem: "a success names the container's full id (64 hexadecimal digits)".into(),
+        });
+    }
+    Ok((
+        operation_id,
+        OperationOutcome::Succeeded {
+            container_id: done.container_id.clone(),
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outcome_names_its_operation_and_a_success_its_full_container_id() {
+        let id = Uuid::from_u128(5).to_string();
+        let done = |container: &str, error: &str| OrderDone {
+            operation_id: id.clone(),
+            container_id: container.into(),
+            error: error.into(),
+        };
+        assert!(matches!(
+            checked(&done(&"a".repeat(64), "")),
+            Ok((_, OperationOutcome::Succeeded { .. }))
+        ));
+        assert_eq!(
+            checked(&done("abc", "")).unwrap_err().field,
+            "done.container_id"
+        );
+        assert!(matches!(
+            checked(&done("", &"é".repeat(5000))),
+            Ok((_, OperationOutcome::Failed { error })) if error.len() <= MAX_ERROR
+        ));
+        let mut bad = done("", "x");
+        bad.operation_id = "nope".into();
+        assert_eq!(checked(&bad).unwrap_err().field, "done.operation_id");
+    }
+}
