@@ -24,6 +24,9 @@ CREATE TABLE container_operations (
 );
 
 CREATE INDEX container_operations_by_vm ON container_operations (tenant_id, vm_name, requested_at);
+-- Launches under way, by the node id they will be.
+CREATE INDEX container_operations_launching ON container_operations (tenant_id, node_id)
+    WHERE state = 'running' AND action = 'launch';
 
 GRANT SELECT ON container_operations TO efms_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON container_operations TO efms_system;

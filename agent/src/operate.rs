@@ -2,8 +2,9 @@
 //! group, restart, stop, start or remove one, through the Docker Engine API.
 //!
 //! A launched container runs the image's Envoy with the bootstrap the control plane minted,
-//! written to a file under the agent's state directory that only root reads and mounted
-//! read-only: never in the environment or the command line, which `docker inspect` shows. It
+//! written to a file under the agent's state directory, in a directory only root enters, and
+//! mounted read-only (the file itself is readable, since images run Envoy as a user of their
+//! own): never in the environment or the command line, which `docker inspect` shows. It
 //! shares the host's network (proxies of one group on one VM share listener ports through
 //! `SO_REUSEPORT`, Envoy's default on Linux; `--disable-hot-restart` keeps them from sharing the
 //! hot-restart socket), is health-checked on its admin interface's `/ready` with the image's
@@ -13,7 +14,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use bollard::models::{ContainerCreateBody, HealthConfig, HostConfig, RestartPolicy};
+use bollard::models::{
+    ContainerCreateBody, ContainerSummaryStateEnum, HealthConfig, HostConfig, RestartPolicy,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     RestartContainerOptionsBuilder, StopContainerOptionsBuilder,
@@ -27,6 +30,8 @@ use crate::inventory::NODE_ID_LABEL;
 pub const GROUP_LABEL: &str = "efms.group";
 /// The label naming the operation that launched a container.
 pub const OPERATION_LABEL: &str = "efms.operation";
+/// The label naming a launched container's admin port.
+pub const ADMIN_PORT_LABEL: &str = "efms.admin_port";
 /// Where the bootstrap is mounted in the container.
 const BOOTSTRAP_IN_CONTAINER: &str = "/etc/envoy/bootstrap.json";
 /// How long a stop or restart lets Envoy end before it is killed, in seconds.
@@ -93,7 +98,16 @@ async fn launch_once(
         ))
         .await
         .map_err(failed)?;
-    if let Some(id) = listed.into_iter().find_map(|container| container.id) {
+    if let Some(found) = listed.into_iter().find(|container| container.id.is_some()) {
+        // Made by an earlier order of this id; an agent that died between creating and starting
+        // it left it created.
+        let id = found.id.unwrap_or_default();
+        if matches!(
+            found.state,
+            Some(ContainerSummaryStateEnum::CREATED | ContainerSummaryStateEnum::EXITED)
+        ) {
+            docker.start_container(&id, None).await.map_err(failed)?;
+        }
         return Ok(id);
     }
     let bootstrap = write_bootstrap(state_dir, &launch.node_id, &launch.bootstrap)
@@ -122,6 +136,7 @@ fn container_body(operation_id: &str, launch: &Launch, bootstrap: &Path) -> Cont
     labels.insert(NODE_ID_LABEL.to_owned(), launch.node_id.clone());
     labels.insert(GROUP_LABEL.to_owned(), launch.group.clone());
     labels.insert(OPERATION_LABEL.to_owned(), operation_id.to_owned());
+    labels.insert(ADMIN_PORT_LABEL.to_owned(), launch.admin_port.to_string());
     let mut env: Vec<String> = launch
         .env
         .iter()
@@ -196,41 +211,54 @@ async fn remove(engine: &Engine, state_dir: &Path, id: &str) -> Result<String, S
         Err(error) if is_not_found(&error) => {}
         Err(error) => return Err(engine.api_error(error).to_string()),
     }
-    let node_id = inspected
+    // Only a container this agent launched has a bootstrap of its own to delete.
+    let labels = inspected
         .config
         .and_then(|config| config.labels)
-        .and_then(|labels| labels.get(NODE_ID_LABEL).cloned());
-    if let Some(node_id) = node_id {
-        let _ = std::fs::remove_dir_all(bootstrap_dir(state_dir, &node_id));
+        .unwrap_or_default();
+    if labels.contains_key(OPERATION_LABEL) {
+        if let Some(dir) = labels
+            .get(NODE_ID_LABEL)
+            .and_then(|node_id| bootstrap_dir(state_dir, node_id))
+        {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
     Ok(id.to_owned())
 }
 
-fn bootstrap_dir(state_dir: &Path, node_id: &str) -> PathBuf {
-    state_dir.join("proxies").join(node_id)
+/// The directory of `node_id`'s bootstrap, when the node id can name one (one plain component:
+/// letters, digits, `.`, `_`, `-`, starting with a letter or digit).
+fn bootstrap_dir(state_dir: &Path, node_id: &str) -> Option<PathBuf> {
+    let plain = node_id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let starts_well = node_id
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    (plain && starts_well && node_id.len() <= 200).then(|| state_dir.join("proxies").join(node_id))
 }
 
-/// Writes the bootstrap of `node_id` where only its owner reads it; answers its path.
+/// Writes the bootstrap of `node_id` in a directory only its owner enters; answers its path.
 fn write_bootstrap(state_dir: &Path, node_id: &str, bootstrap: &str) -> std::io::Result<PathBuf> {
     use std::io::Write as _;
-    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-    if node_id.is_empty() || node_id.contains(['/', '\0']) || node_id.starts_with('.') {
-        return Err(std::io::Error::other(format!(
-            "`{node_id}` cannot name a file"
-        )));
-    }
-    let dir = bootstrap_dir(state_dir, node_id);
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+    let dir = bootstrap_dir(state_dir, node_id)
+        .ok_or_else(|| std::io::Error::other(format!("`{node_id}` cannot name a file")))?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&dir)?;
+    // The directory keeps others on the host out, whatever it was created as before.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
     let path = dir.join("bootstrap.json");
     let partial = dir.join("bootstrap.json.partial");
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(0o644)
         .open(&partial)?;
     file.write_all(bootstrap.as_bytes())?;
     file.sync_all()?;
@@ -243,15 +271,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_bootstrap_is_written_for_its_owner_alone_and_a_node_id_cannot_escape_the_directory() {
+    fn a_bootstrap_is_kept_in_a_directory_of_its_owner_alone_and_a_node_id_cannot_escape_it() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = std::env::temp_dir().join(format!("efms-operate-{}", uuid::Uuid::new_v4()));
         let path = write_bootstrap(&dir, "vm-1-edge-1", "{}").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}");
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o077, 0, "group and others read nothing: {mode:o}");
-        assert!(write_bootstrap(&dir, "../x", "{}").is_err());
-        assert!(write_bootstrap(&dir, "..", "{}").is_err());
+        let parent = std::fs::metadata(path.parent().unwrap()).unwrap();
+        let mode = parent.permissions().mode();
+        assert_eq!(mode & 0o077, 0, "group and others enter nothing: {mode:o}");
+        for bad in ["../x", "..", "", "/etc", "a/b"] {
+            assert!(write_bootstrap(&dir, bad, "{}").is_err(), "{bad}");
+            assert!(bootstrap_dir(&dir, bad).is_none(), "{bad}");
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -131,6 +131,12 @@ impl Pending {
             .position(|message| matches!(message.body, Some(Body::Heartbeat(_) | Body::Usage(_))))
             .or_else(|| self.superseded(|body| matches!(body, Body::Facts(_))))
             .or_else(|| self.superseded(|body| matches!(body, Body::Snapshot(_))))
+            // An order's outcome is never dropped while anything else can be.
+            .or_else(|| {
+                self.messages
+                    .iter()
+                    .position(|message| !matches!(message.body, Some(Body::Done(_))))
+            })
             .unwrap_or(0);
         let Some(message) = self.messages.remove(position) else {
             return;

@@ -269,7 +269,7 @@ pub(crate) async fn load(
 }
 
 /// An operation on a container as a job.
-fn operation_view(row: operations::OperationRow) -> JobView {
+pub(crate) fn operation_view(row: operations::OperationRow) -> JobView {
     let problem = row.error.as_ref().map(|error| {
         serde_json::json!({
             "type": "urn:efms:problem:container-operation-failed",

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use efms_domain::fleet::{ContainerOperation, Vm, VmCommand};
 
-use super::{storage, Fleet, FleetError};
+use super::{Fleet, FleetError};
 use crate::Position;
 
 /// The channel that tells every replica a VM has an operation to send to its agent; the payload
@@ -52,7 +52,11 @@ impl Fleet {
             requested_by: actor.to_owned(),
         };
         let position = self.execute(tenant_id, vm, command, actor).await?;
-        notify(&self.pool, tenant_id, vm).await.map_err(storage)?;
+        // Recorded: a stream that is not told now reads it when it next opens.
+        if let Err(error) = notify(&self.pool, tenant_id, vm).await {
+            tracing::warn!(%error, %vm, operation = %operation_id,
+                "could not notify the replicas of an operation");
+        }
         Ok(position)
     }
 

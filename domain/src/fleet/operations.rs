@@ -6,6 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+/// The first admin port a launch without one is given.
+pub const FIRST_ADMIN_PORT: u16 = 9901;
+/// The label of a launched container naming its admin port (set by the agent).
+pub const ADMIN_PORT_LABEL: &str = "efms.admin_port";
+
 /// The most environment variables or labels a launched container is given.
 pub const MAX_LAUNCH_ENTRIES: usize = 64;
 
@@ -22,7 +27,8 @@ pub struct LaunchSpec {
     /// How many CPUs it may use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<f64>,
-    /// The port of Envoy's admin interface on the host's 127.0.0.1 (its health check asks it).
+    /// The port of Envoy's admin interface on the host's 127.0.0.1 (its health check asks it);
+    /// in a request, 0: the lowest free from 9901 on the VM.
     pub admin_port: u16,
     /// Environment variables (not for secrets: `docker inspect` shows them).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -150,9 +156,6 @@ pub fn check_launch(spec: &LaunchSpec) -> Result<(), (&'static str, String)> {
     {
         return Err(("/cpus", "a number from 0.01 to 1024".into()));
     }
-    if spec.admin_port == 0 {
-        return Err(("/admin_port", "a port from 1 to 65535".into()));
-    }
     if spec.env.len() > MAX_LAUNCH_ENTRIES {
         return Err(("/env", format!("at most {MAX_LAUNCH_ENTRIES} variables")));
     }
@@ -231,7 +234,10 @@ mod tests {
             (|s| s.image = "-bad".into(), "/image"),
             (|s| s.memory_bytes = Some(1024), "/memory"),
             (|s| s.cpus = Some(0.0), "/cpus"),
-            (|s| s.admin_port = 0, "/admin_port"),
+            (
+                |s| s.labels.extend([("k".repeat(64), String::new())]),
+                "/labels",
+            ),
             (|s| drop(s.env.insert("1X".into(), "v".into())), "/env"),
             (
                 |s| drop(s.labels.insert("efms.node_id".into(), "x".into())),

@@ -19,6 +19,10 @@ const REMEMBERED_EVENTS: usize = 64;
 /// agent tells its snapshot before replaying the events since its cursor).
 const REMEMBERED_GONE: usize = 256;
 
+/// How many operations failed by the VM going down are remembered, to record the agent's late
+/// word on them.
+const REMEMBERED_ABANDONED: usize = 64;
+
 /// A VM's name: a slug, unique in its tenant, never reused once the VM is removed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -249,6 +253,10 @@ pub enum VmEvent {
         operation_id: Uuid,
         /// How.
         outcome: OperationOutcome,
+        /// Failed because the VM went down or was removed, not by the agent's word: a late
+        /// outcome from the agent is still recorded.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        abandoned: bool,
     },
     /// The VM was removed.
     Removed,
@@ -304,6 +312,9 @@ pub enum VmError {
     /// A container or pending launch on the VM already is this proxy.
     #[error("node id `{0}` is taken on the VM")]
     NodeIdTaken(String),
+    /// A container or pending launch on the VM already has this admin port.
+    #[error("admin port {0} is taken on the VM (the containers share the host's network)")]
+    AdminPortTaken(u16),
 }
 
 /// The state a VM's commands are decided on.
@@ -324,6 +335,10 @@ pub struct Vm {
     /// Operations asked for and not finished, by id.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     operations: BTreeMap<Uuid, (ContainerOperation, String)>,
+    /// Operations failed because the VM went down or was removed, newest last: the agent may
+    /// still report how they ended.
+    #[serde(default, skip_serializing_if = "std::collections::VecDeque::is_empty")]
+    abandoned: std::collections::VecDeque<Uuid>,
 }
 
 impl Vm {
@@ -571,8 +586,19 @@ impl Aggregate for Vm {
                 self.operations
                     .insert(operation_id, (operation, requested_by));
             }
-            VmEvent::OperationFinished { operation_id, .. } => {
+            VmEvent::OperationFinished {
+                operation_id,
+                abandoned,
+                ..
+            } => {
                 self.operations.remove(&operation_id);
+                self.abandoned.retain(|id| *id != operation_id);
+                if abandoned {
+                    self.abandoned.push_back(operation_id);
+                    if self.abandoned.len() > REMEMBERED_ABANDONED {
+                        self.abandoned.pop_front();
+                    }
+                }
             }
             VmEvent::Removed => {
                 self.state = VmState::Removed;

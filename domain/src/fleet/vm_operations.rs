@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 use uuid::Uuid;
 
 use super::{Vm, VmError, VmEvent};
-use crate::fleet::operations::{free_node_id, ContainerOperation, OperationOutcome};
+use crate::fleet::operations::{
+    free_node_id, ContainerOperation, OperationOutcome, ADMIN_PORT_LABEL, FIRST_ADMIN_PORT,
+};
 use crate::fleet::VmState;
 
 /// An operation not finished yet: what, and who asked.
@@ -40,6 +42,14 @@ impl Vm {
                 } else if taken.contains(node_id.as_str()) {
                     return Err(VmError::NodeIdTaken(node_id.clone()));
                 }
+                let ports = self.admin_ports();
+                if spec.admin_port == 0 {
+                    spec.admin_port = (FIRST_ADMIN_PORT..=u16::MAX)
+                        .find(|port| !ports.contains(port))
+                        .ok_or(VmError::AdminPortTaken(0))?;
+                } else if ports.contains(&spec.admin_port) {
+                    return Err(VmError::AdminPortTaken(spec.admin_port));
+                }
             }
             other => {
                 let id = other.container_id().unwrap_or_default();
@@ -56,13 +66,15 @@ impl Vm {
     }
 
     pub(super) fn finish(&self, operation_id: Uuid, outcome: OperationOutcome) -> Vec<VmEvent> {
-        if self.operations.contains_key(&operation_id) {
+        // Pending, or failed when the VM went down while the agent still carried it out.
+        if self.operations.contains_key(&operation_id) || self.abandoned.contains(&operation_id) {
             vec![VmEvent::OperationFinished {
                 operation_id,
                 outcome,
+                abandoned: false,
             }]
         } else {
-            // Finished before (a resent report, or failed when the VM went down).
+            // Finished before: a resent report.
             vec![]
         }
     }
@@ -74,7 +86,25 @@ impl Vm {
             .map(|operation_id| VmEvent::OperationFinished {
                 operation_id: *operation_id,
                 outcome: OperationOutcome::Failed { error: why.into() },
+                abandoned: true,
             })
+            .collect()
+    }
+
+    /// The admin ports its launched containers (label `efms.admin_port`) and pending launches
+    /// hold on the host's network.
+    fn admin_ports(&self) -> BTreeSet<u16> {
+        let launching = self
+            .operations
+            .values()
+            .filter_map(|(operation, _)| match operation {
+                ContainerOperation::Launch { spec, .. } => Some(spec.admin_port),
+                _ => None,
+            });
+        self.containers
+            .values()
+            .filter_map(|container| container.labels.get(ADMIN_PORT_LABEL)?.parse().ok())
+            .chain(launching)
             .collect()
     }
 

@@ -351,11 +351,38 @@ fn launch(node_id: &str) -> ContainerOperation {
             image: "envoy:1".into(),
             memory_bytes: None,
             cpus: None,
-            admin_port: 9901,
+            admin_port: 0,
             env: BTreeMap::new(),
             labels: BTreeMap::new(),
         },
     }
+}
+
+fn admin_port_of(operation: &ContainerOperation) -> u16 {
+    match operation {
+        ContainerOperation::Launch { spec, .. } => spec.admin_port,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_launch_without_an_admin_port_gets_the_lowest_free_one_and_a_taken_one_is_refused() {
+    let mut vm = ready_with_a();
+    decide_and_apply(&mut vm, operate(1, launch("")));
+    decide_and_apply(&mut vm, operate(2, launch("")));
+    let ports: Vec<u16> = vm
+        .pending_operations()
+        .map(|(_, operation, _)| admin_port_of(operation))
+        .collect();
+    assert_eq!(ports, [9901, 9902]);
+    let mut taken = launch("node-x");
+    if let ContainerOperation::Launch { spec, .. } = &mut taken {
+        spec.admin_port = 9902;
+    }
+    assert_eq!(
+        vm.decide(operate(3, taken)),
+        Err(VmError::AdminPortTaken(9902))
+    );
 }
 
 fn operate(id: u128, operation: ContainerOperation) -> VmCommand {
@@ -430,11 +457,24 @@ fn an_operation_finishes_once_and_going_down_fails_the_pending_ones() {
     let events = vm.decide(silence).unwrap();
     assert!(matches!(
         &events[1],
-        VmEvent::OperationFinished { operation_id, outcome: OperationOutcome::Failed { error } }
-            if *operation_id == Uuid::from_u128(2) && error.contains("went down")
+        VmEvent::OperationFinished {
+            operation_id,
+            outcome: OperationOutcome::Failed { error },
+            abandoned: true,
+        } if *operation_id == Uuid::from_u128(2) && error.contains("went down")
     ));
     apply_all(&mut vm, events);
     assert_eq!(vm.pending_operations().count(), 0);
+    let late = VmCommand::Finish {
+        operation_id: Uuid::from_u128(2),
+        outcome: OperationOutcome::Succeeded {
+            container_id: "c".repeat(64),
+        },
+    };
+    let events = vm.decide(late.clone()).unwrap();
+    assert_eq!(events.len(), 1, "the agent's late word is recorded");
+    apply_all(&mut vm, events);
+    assert_eq!(vm.decide(late), Ok(vec![]), "once");
 }
 
 fn decide_and_apply(vm: &mut Vm, command: VmCommand) {

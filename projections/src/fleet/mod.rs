@@ -156,6 +156,7 @@ async fn apply_vm_event(
         VmEvent::OperationFinished {
             operation_id,
             outcome,
+            ..
         } => operations::finished(tx, event, operation_id, &outcome).await?,
         VmEvent::Registered { .. }
         | VmEvent::TokenIssued { .. }

@@ -119,3 +119,23 @@ pub async fn get_operation(
     tx.commit().await?;
     Ok(row)
 }
+
+/// The VM where a launch of proxy `node_id` is under way, if one is.
+pub async fn launching(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    node_id: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
+    let vm = sqlx::query_scalar!(
+        r#"SELECT vm_name FROM container_operations
+           WHERE tenant_id = $1 AND node_id = $2 AND state = 'running' AND action = 'launch'
+           LIMIT 1"#,
+        tenant_id,
+        node_id,
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(vm)
+}

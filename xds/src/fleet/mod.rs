@@ -62,6 +62,8 @@ struct Inner {
     dispatch: Arc<orders::Dispatch>,
     /// Who mints the bootstraps of launched proxies, once the API said.
     bootstraps: std::sync::OnceLock<Arc<dyn ProxyBootstraps>>,
+    /// Bootstraps minted for launches not finished yet, by operation.
+    minted: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, String>>,
 }
 
 impl std::fmt::Debug for FleetServer {
@@ -84,6 +86,7 @@ impl FleetServer {
             tokens: Arc::default(),
             dispatch: Arc::default(),
             bootstraps: std::sync::OnceLock::new(),
+            minted: std::sync::Mutex::default(),
         };
         inner
             .dispatch

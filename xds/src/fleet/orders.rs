@@ -125,12 +125,14 @@ impl Dispatch {
     async fn listen_until_error(&self, pool: &PgPool) {
         loop {
             match self.listen_once(pool).await {
-                Ok(()) => {}
+                Ok(()) => {
+                    tracing::warn!("the connection listening for container operations was lost");
+                }
                 Err(error) => {
                     tracing::warn!(%error, "listening for container operations failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 
@@ -146,8 +148,9 @@ impl Dispatch {
                         self.nudge(tenant_id, vm);
                     }
                 }
-                // The connection was lost (and is opened again at the next call).
-                None => self.nudge_all(),
+                // The connection was lost: listen again, then nudge every stream, so that
+                // nothing notified meanwhile waits.
+                None => return Ok(()),
             }
         }
     }

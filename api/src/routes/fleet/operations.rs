@@ -14,6 +14,7 @@ use efms_domain::envoy::{check_name, ResourceKind};
 use efms_domain::fleet::operations::{check_launch, check_launch_node_id};
 use efms_domain::fleet::{ContainerOperation, LaunchSpec, VmError, VmName};
 use efms_projections::config::{self as config_read, AsOf};
+use efms_projections::fleet::operations::{launching, OperationRow};
 use efms_projections::fleet::queries as read;
 use serde::Deserialize;
 use uuid::Uuid;
@@ -25,9 +26,6 @@ use crate::error::{ApiError, FieldError};
 use crate::extract::ApiJson;
 use crate::routes::jobs;
 use crate::state::AppState;
-
-/// Envoy's admin port when a launch names none.
-const DEFAULT_ADMIN_PORT: u16 = 9901;
 
 /// `POST /vms/{name}/containers`: an Envoy container to start for a group.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -44,8 +42,8 @@ pub struct LaunchRequest {
     memory: Option<serde_json::Value>,
     /// How many CPUs it may use (such as 0.5).
     cpus: Option<f64>,
-    /// The port of Envoy's admin interface on the host's 127.0.0.1 (default 9901); its health
-    /// check asks `/ready` there.
+    /// The port of Envoy's admin interface on the host's 127.0.0.1 (default: the lowest free
+    /// from 9901 on the VM); its health check asks `/ready` there.
     admin_port: Option<u16>,
     /// Environment variables (not for secrets: `docker inspect` shows them).
     env: Option<BTreeMap<String, String>>,
@@ -84,9 +82,9 @@ fn memory_bytes(value: &serde_json::Value) -> Option<u64> {
 /// What the API makes of an agent's refusal to act.
 fn refused(vm: &VmName, error: CommandError<VmError>) -> ApiError {
     match error {
-        CommandError::Rejected(VmError::NotReady(_) | VmError::NodeIdTaken(_)) => {
-            ApiError::Conflict(error.to_string().replace("refused: ", ""))
-        }
+        CommandError::Rejected(
+            VmError::NotReady(_) | VmError::NodeIdTaken(_) | VmError::AdminPortTaken(_),
+        ) => ApiError::Conflict(error.to_string().replace("refused: ", "")),
         CommandError::Rejected(VmError::UnknownContainer(id)) => {
             ApiError::NotFound(format!("there is no container `{id}` on VM `{vm}`"))
         }
@@ -110,6 +108,19 @@ async fn operate(
     }
     let operation_id = Uuid::now_v7();
     let actor = tenant.actor().audit_name();
+    let asked = OperationRow {
+        operation_id,
+        vm_name: vm.to_string(),
+        action: operation.action().to_owned(),
+        container_id: operation.container_id().map(str::to_owned),
+        node_id: None,
+        operation: serde_json::to_value(&operation).map_err(ApiError::internal)?,
+        requested_by: actor.clone(),
+        requested_at: chrono::Utc::now(),
+        state: "running".to_owned(),
+        error: None,
+        finished_at: None,
+    };
     let position = state
         .fleet
         .operate(
@@ -121,7 +132,12 @@ async fn operate(
         .await
         .map_err(|error| refused(vm, error))?;
     super::vms::wait(state, position).await;
-    let view = jobs::load(state, tenant.tenant_id, operation_id).await?;
+    let view = match jobs::load(state, tenant.tenant_id, operation_id).await {
+        Ok(view) => view,
+        // Recorded, and not shown yet by a lagging read model: the job as it was asked.
+        Err(ApiError::NotFound(_)) => jobs::operation_view(asked),
+        Err(error) => return Err(error),
+    };
     jobs::accepted(view, tenant.slug.as_str())
 }
 
@@ -147,22 +163,20 @@ pub async fn launch(
     if let Err(problem) = check_name(&request.group) {
         errors.push(FieldError::at("/group", problem));
     }
-    match request.node_id.as_deref() {
-        Some(node_id) => {
-            if let Err(problem) = check_launch_node_id(node_id) {
-                errors.push(FieldError::at("/node_id", problem));
-            }
-        }
-        // The default node id, `{vm}-{group}-{n}`, must name a container too.
-        None => {
-            if check_launch_node_id(&request.group).is_err() {
-                errors.push(FieldError::at(
-                    "/node_id",
-                    "required: the group's name cannot be part of a container's name, which \
-                     the default node id `{vm}-{group}-{n}` is",
-                ));
-            }
-        }
+    // Without one, the node id is `{vm}-{group}-{n}`, which must name a container too.
+    let node_id = request
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("{vm}-{}-{}", request.group, u32::MAX));
+    if let Err(problem) = check_launch_node_id(&node_id) {
+        let problem = if request.node_id.is_some() {
+            problem
+        } else {
+            "required: the default node id `{vm}-{group}-{n}` cannot name a container with \
+             this group's name"
+                .to_owned()
+        };
+        errors.push(FieldError::at("/node_id", problem));
     }
     let memory_bytes = match &request.memory {
         None => None,
@@ -182,7 +196,7 @@ pub async fn launch(
         image: request.image,
         memory_bytes,
         cpus: request.cpus,
-        admin_port: request.admin_port.unwrap_or(DEFAULT_ADMIN_PORT),
+        admin_port: request.admin_port.unwrap_or(0),
         env: request.env.unwrap_or_default(),
         labels: request.labels.unwrap_or_default(),
     };
@@ -212,6 +226,11 @@ pub async fn launch(
             return Err(ApiError::Conflict(format!(
                 "node id `{node_id}` is container `{}` on VM `{}`",
                 other.container.id, other.vm
+            )));
+        }
+        if let Some(other) = launching(&state.pool, tenant.tenant_id, &node_id).await? {
+            return Err(ApiError::Conflict(format!(
+                "node id `{node_id}` is being launched on VM `{other}`"
             )));
         }
     }

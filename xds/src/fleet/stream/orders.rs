@@ -14,6 +14,8 @@ use crate::fleet::BootstrapRequest;
 
 /// The longest failure text kept from an agent's report.
 const MAX_ERROR: usize = 4_096;
+/// How many launches' bootstraps a replica keeps until their operations end.
+const MINTED_KEPT: usize = 1_024;
 
 impl FleetServer {
     /// Sends the VM's pending operations this stream has not sent yet.
@@ -56,10 +58,14 @@ impl FleetServer {
                 operation_id: operation_id.to_string(),
                 action: Some(action),
             };
-            sender
-                .send(Ok(message(server_message::Body::Order(order))))
-                .await
-                .map_err(|_| Status::cancelled("the agent is gone"))?;
+            // An agent that stops reading is cut once the channel stays full for a re-check
+            // interval, rather than holding this stream's loop.
+            let sent = sender.send(Ok(message(server_message::Body::Order(order))));
+            match tokio::time::timeout(self.settings().recheck, sent).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Status::cancelled("the agent is gone")),
+                Err(_) => return Err(Status::resource_exhausted("the agent does not read")),
+            }
             tracing::info!(%vm, operation = %operation_id, "order sent to the agent");
             agent.ordered.insert(operation_id);
         }
@@ -82,9 +88,11 @@ impl FleetServer {
                     group: spec.group.clone(),
                     node_id: node_id.clone(),
                     admin_port: spec.admin_port,
-                    requested_by: pending.requested_by,
+                    requested_by: pending.requested_by.clone(),
                 };
-                let bootstrap = bootstraps.bootstrap(request).await?;
+                let bootstrap = self
+                    .minted(pending.operation_id, || bootstraps.bootstrap(request))
+                    .await?;
                 Action::Launch(Launch {
                     node_id,
                     group: spec.group,
@@ -104,17 +112,64 @@ impl FleetServer {
         })
     }
 
-    /// Records how an order ended, as the agent reports it.
+    /// The bootstrap of a launch, minted once per operation by this replica (a resend after a
+    /// reconnection sends the same one, and mints no second token).
+    async fn minted<F>(
+        &self,
+        operation_id: Uuid,
+        mint: impl FnOnce() -> F,
+    ) -> Result<String, String>
+    where
+        F: std::future::Future<Output = Result<String, String>>,
+    {
+        if let Some(bootstrap) = self
+            .inner
+            .minted
+            .lock()
+            .expect("minted lock")
+            .get(&operation_id)
+        {
+            return Ok(bootstrap.clone());
+        }
+        let bootstrap = mint().await?;
+        let mut minted = self.inner.minted.lock().expect("minted lock");
+        if minted.len() >= MINTED_KEPT {
+            minted.clear();
+        }
+        minted.insert(operation_id, bootstrap.clone());
+        Ok(bootstrap)
+    }
+
+    /// Records how an order ended, as the agent reports it. A report that names its operation
+    /// but not a proper outcome is refused and fails the operation, which would otherwise wait
+    /// for an outcome that will not come again.
     pub(super) async fn finish(
         &self,
         agent: &mut Agent,
         done: OrderDone,
     ) -> Result<Outcome, Status> {
-        let outcome = match checked(&done) {
-            Ok(outcome) => outcome,
-            Err(fault) => return Ok(Outcome::Refused(fault)),
-        };
         let (tenant_id, vm) = (agent.joined.tenant_id, agent.joined.vm.as_str());
+        let (outcome, refused) = match checked(&done) {
+            Ok(outcome) => (outcome, None),
+            Err(fault) => {
+                let Ok(operation_id) = done.operation_id.parse::<Uuid>() else {
+                    return Ok(Outcome::Refused(fault));
+                };
+                let error = format!(
+                    "the agent's report was refused: {}: {}",
+                    fault.field, fault.problem
+                );
+                (
+                    (operation_id, OperationOutcome::Failed { error }),
+                    Some(fault),
+                )
+            }
+        };
+        self.inner
+            .minted
+            .lock()
+            .expect("minted lock")
+            .remove(&outcome.0);
         self.inner
             .fleet
             .report(
@@ -128,9 +183,12 @@ impl FleetServer {
             .await
             .map_err(stored_or_status)?;
         agent.ordered.remove(&outcome.0);
-        Ok(Outcome::Stored {
-            last_event_nanos: None,
-            recorded: false,
+        Ok(match refused {
+            Some(fault) => Outcome::Refused(fault),
+            None => Outcome::Stored {
+                last_event_nanos: None,
+                recorded: false,
+            },
         })
     }
 }
@@ -142,7 +200,12 @@ fn checked(done: &OrderDone) -> Result<(Uuid, OperationOutcome), ReportFault> {
         problem: "not an operation id".into(),
     })?;
     if !done.error.is_empty() {
-        let mut error = done.error.clone();
+        // The engine's words, without the control characters a record cannot hold.
+        let mut error: String = done
+            .error
+            .chars()
+            .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
+            .collect();
         if error.len() > MAX_ERROR {
             let mut end = MAX_ERROR;
             while !error.is_char_boundary(end) {
@@ -194,6 +257,10 @@ mod tests {
         assert!(matches!(
             checked(&done("", &"é".repeat(5000))),
             Ok((_, OperationOutcome::Failed { error })) if error.len() <= MAX_ERROR
+        ));
+        assert!(matches!(
+            checked(&done("", "no\0such\u{1b}image")),
+            Ok((_, OperationOutcome::Failed { error })) if error == "no such image"
         ));
         let mut bad = done("", "x");
         bad.operation_id = "nope".into();
