@@ -24,6 +24,9 @@ CREATE TABLE container_operations (
 );
 
 CREATE INDEX container_operations_by_vm ON container_operations (tenant_id, vm_name, requested_at);
+-- The launch that made a container (a rollout launches its replacement the same way).
+CREATE INDEX container_operations_by_container ON container_operations (tenant_id, container_id)
+    WHERE action = 'launch';
 -- Launches under way, by the node id they will be.
 CREATE INDEX container_operations_launching ON container_operations (tenant_id, node_id)
     WHERE state = 'running' AND action = 'launch';

@@ -6,14 +6,12 @@
 use std::time::Duration;
 
 use efms_commands::fleet::upkeep::UpkeepSettings;
-use efms_tests::agents::{get, register, settled, RunningAgent};
+use efms_tests::agents::{acme_with_ready_vm, carried_out, get, job_end, settled, BASE};
 use efms_tests::docker::Engine;
 use efms_tests::fleet::free_port;
 use efms_tests::TestApp;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-
-const BASE: &str = "/api/v1/tenants/acme";
 
 fn settings() -> UpkeepSettings {
     UpkeepSettings {
@@ -21,45 +19,6 @@ fn settings() -> UpkeepSettings {
         heartbeat_grace: Duration::from_secs(2),
         ..UpkeepSettings::default()
     }
-}
-
-/// A tenant `acme` with a group `edge` (one cluster), VM `vm-a` registered and its agent
-/// connected to `engine`.
-async fn ready_vm(app: &TestApp, engine: &Engine) -> RunningAgent {
-    app.create_tenant("acme", "Acme").await;
-    let cluster = json!({
-        "name": "upstream", "type": "STATIC", "connect_timeout": "1s",
-        "load_assignment": { "cluster_name": "upstream", "endpoints": [{ "lb_endpoints": [{
-            "endpoint": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": 9 } } } }] }] }
-    });
-    let created = app.post(&format!("{BASE}/clusters"), &cluster).await;
-    assert_eq!(created.status, 201, "{}", created.body);
-    let group = json!({ "name": "edge", "resources": [{ "kind": "cluster", "name": "upstream" }] });
-    let attached = app.put(&format!("{BASE}/groups/edge"), &group, &[]).await;
-    assert!(attached.status < 300, "{}", attached.body);
-    let token = register(app, BASE, "vm-a").await;
-    let agent = RunningAgent::start(app, &token, engine);
-    settled(app, &format!("{BASE}/vms/vm-a"), |vm| {
-        vm["state"] == "ready"
-    })
-    .await;
-    agent
-}
-
-/// Posts an operation; answers its job once it ended.
-async fn carried_out(app: &TestApp, path: &str, body: &Value) -> Value {
-    let answer = app.post(path, body).await;
-    assert_eq!(answer.status, 202, "{path}: {}", answer.body);
-    job_end(app, &answer.body).await
-}
-
-async fn job_end(app: &TestApp, job: &Value) -> Value {
-    assert_eq!(job["kind"], "container_operation", "{job}");
-    let id = job["id"].as_str().unwrap();
-    settled(app, &format!("{BASE}/jobs/{id}"), |job| {
-        job["state"] != "running"
-    })
-    .await
 }
 
 fn changes(events: &Value) -> Vec<String> {
@@ -78,7 +37,7 @@ async fn a_launched_container_syncs_and_obeys_restart_stop_start_and_removal(poo
     };
     engine.remove(&["efms-vm-a-edge-1"]);
     let app = TestApp::spawn_with_fleet(pool, settings()).await;
-    let _agent = ready_vm(&app, &engine).await;
+    let _agent = acme_with_ready_vm(&app, &engine).await;
 
     let launch = json!({ "group": "edge", "image": engine.image, "memory": "128m",
         "cpus": 0.5, "admin_port": free_port(), "labels": { "team": "edge" } });
@@ -170,7 +129,7 @@ async fn bad_operations_are_refused_an_unknown_image_fails_in_dockers_words_and_
         return;
     };
     let app = TestApp::spawn_with_fleet(pool, settings()).await;
-    let agent = ready_vm(&app, &engine).await;
+    let agent = acme_with_ready_vm(&app, &engine).await;
     let launches = format!("{BASE}/vms/vm-a/containers");
 
     for (body, status, pointer) in [

@@ -37,6 +37,8 @@ const BOOTSTRAP_IN_CONTAINER: &str = "/etc/envoy/bootstrap.json";
 /// How long a stop or restart lets Envoy end before it is killed, in seconds.
 const STOP_GRACE_SECONDS: i32 = 10;
 const SECOND_NANOS: i64 = 1_000_000_000;
+/// How long a drained proxy is left to finish the requests under way before it is stopped.
+const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Carries out `action` of operation `operation_id`; answers the container made or acted on, or
 /// the engine's words.
@@ -200,6 +202,22 @@ async fn remove(engine: &Engine, state_dir: &Path, id: &str) -> Result<String, S
         Err(error) if is_not_found(&error) => return Ok(id.to_owned()),
         Err(error) => return Err(engine.api_error(error).to_string()),
     };
+    let labels = inspected
+        .config
+        .as_ref()
+        .and_then(|config| config.labels.clone())
+        .unwrap_or_default();
+    // A launched proxy first closes its listeners, so that new connections go to the group's
+    // other proxies sharing the port, and is given a moment for the requests under way.
+    if let Some(port) = labels
+        .get(ADMIN_PORT_LABEL)
+        .and_then(|port| port.parse::<u16>().ok())
+    {
+        match drain_listeners(port).await {
+            Ok(()) => tokio::time::sleep(DRAIN_WAIT).await,
+            Err(error) => tracing::warn!(%error, container = %id, "could not drain its listeners"),
+        }
+    }
     let stop = StopContainerOptionsBuilder::new()
         .t(STOP_GRACE_SECONDS)
         .build();
@@ -212,10 +230,6 @@ async fn remove(engine: &Engine, state_dir: &Path, id: &str) -> Result<String, S
         Err(error) => return Err(engine.api_error(error).to_string()),
     }
     // Only a container this agent launched has a bootstrap of its own to delete.
-    let labels = inspected
-        .config
-        .and_then(|config| config.labels)
-        .unwrap_or_default();
     if labels.contains_key(OPERATION_LABEL) {
         if let Some(dir) = labels
             .get(NODE_ID_LABEL)
@@ -225,6 +239,33 @@ async fn remove(engine: &Engine, state_dir: &Path, id: &str) -> Result<String, S
         }
     }
     Ok(id.to_owned())
+}
+
+/// Asks the Envoy whose admin interface is on `port` of 127.0.0.1 to close its listeners now
+/// (`POST /drain_listeners`).
+async fn drain_listeners(port: u16) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let request = format!(
+            "POST /drain_listeners HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\
+             Connection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await?;
+        if answer.starts_with(b"HTTP/1.1 200") {
+            Ok(())
+        } else {
+            let head = String::from_utf8_lossy(&answer[..answer.len().min(64)]).into_owned();
+            Err(std::io::Error::other(format!(
+                "the admin interface answered `{head}`"
+            )))
+        }
+    };
+    tokio::time::timeout(DRAIN_WAIT * 2, exchange)
+        .await
+        .map_err(|_| std::io::Error::other("the admin interface did not answer"))?
 }
 
 /// The directory of `node_id`'s bootstrap, when the node id can name one (one plain component:

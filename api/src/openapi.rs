@@ -49,7 +49,7 @@ impl Modify for BearerAuth {
         fleet::placement::change,
         fleet::vms::history, fleet::vms::utilisation, fleet::containers::list, fleet::containers::get,
         fleet::containers::events, fleet::operations::launch, fleet::operations::act,
-        fleet::operations::remove,
+        fleet::operations::remove, fleet::rollouts::start, fleet::rollouts::get, fleet::rollouts::act,
         bulk::bulk, jobs::get,
         branches::create, branches::list, branches::get, branches::delete, branches::diff, branches::merge,
     ),

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use efms_projections::replay::events_to_replay;
 use efms_projections::{
-    ConfigProjection, FleetProjection, Projection, Projector, Rebuild, Replayed, TenantsProjection,
+    ConfigProjection, FleetProjection, Projection, Projector, Rebuild, Replayed, RolloutProjection,
+    TenantsProjection,
 };
 use sqlx::PgPool;
 
@@ -22,7 +23,7 @@ pub struct ReadModelReplayed {
     pub replayed: Replayed,
 }
 
-/// Rebuilds every read model (the tenant registry, configuration, fleet) of `rebuild` from the
+/// Rebuilds every read model (the tenant registry, configuration, fleet, rollouts) of `rebuild` from the
 /// log, one after the other, each in one transaction.
 pub async fn replay(pool: &PgPool, rebuild: Rebuild) -> anyhow::Result<Vec<ReadModelReplayed>> {
     let total = events_to_replay(pool, rebuild).await?;
@@ -30,6 +31,7 @@ pub async fn replay(pool: &PgPool, rebuild: Rebuild) -> anyhow::Result<Vec<ReadM
     done.push(one(pool, TenantsProjection, rebuild, total).await?);
     done.push(one(pool, ConfigProjection, rebuild, total).await?);
     done.push(one(pool, FleetProjection, rebuild, total).await?);
+    done.push(one(pool, RolloutProjection, rebuild, total).await?);
     Ok(done)
 }
 

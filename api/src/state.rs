@@ -77,6 +77,8 @@ pub struct Shared {
     pub fleet: efms_commands::fleet::Fleet,
     /// The fleet's read models' projector, for read-your-writes.
     pub fleet_view: ProjectorHandle,
+    /// The rollouts' read model: its position, for writers to wait on.
+    pub rollout_view: ProjectorHandle,
     /// The settings of the fleet's upkeep (heartbeat grace, sample retention).
     pub fleet_upkeep: tokio::sync::watch::Sender<efms_commands::fleet::upkeep::UpkeepSettings>,
     /// The xDS snapshots of the groups proxies follow.
@@ -150,6 +152,8 @@ impl AppState {
             .spawn_with(doorbell.clone(), shutdown.clone());
         let fleet_view = Projector::new(pool.clone(), efms_projections::FleetProjection)
             .spawn_with(doorbell.clone(), shutdown.clone());
+        let rollout_view = Projector::new(pool.clone(), efms_projections::RolloutProjection)
+            .spawn_with(doorbell.clone(), shutdown.clone());
         let fleet_upkeep = tokio::sync::watch::Sender::new(
             efms_commands::fleet::upkeep::UpkeepSettings::default(),
         );
@@ -205,6 +209,7 @@ impl AppState {
             config,
             fleet,
             fleet_view,
+            rollout_view,
             fleet_upkeep,
             snapshots,
             cache,

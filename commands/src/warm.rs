@@ -54,6 +54,16 @@ impl Decide for Vm {
     }
 }
 
+impl Decide for efms_domain::fleet::rollout::Rollout {
+    async fn decide(
+        &self,
+        command: Self::Command,
+        _services: &(),
+    ) -> Result<Vec<Self::Event>, Self::Error> {
+        efms_domain::fleet::rollout::Rollout::decide(self, command)
+    }
+}
+
 impl Decide for Tenant {
     /// A tenant is small: it decides on a copy of itself.
     async fn decide(

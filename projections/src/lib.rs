@@ -16,6 +16,7 @@ pub mod tenants;
 
 pub use cache::{CacheStats, ResourceCache};
 pub use config::ConfigProjection;
+pub use fleet::rollouts::RolloutProjection;
 pub use fleet::FleetProjection;
 pub use projector::{Projection, ProjectionError, Projector, ProjectorHandle};
 pub use replay::{Rebuild, Replayed};

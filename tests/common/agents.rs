@@ -12,6 +12,9 @@ use crate::docker::Engine;
 use crate::fleet::eventually;
 use crate::TestApp;
 
+/// The tenant the fleet's tests work in.
+pub const BASE: &str = "/api/v1/tenants/acme";
+
 /// Generous: engines and Envoys start slowly on a busy machine.
 pub const WAIT: Duration = Duration::from_secs(90);
 
@@ -79,4 +82,44 @@ pub async fn register(app: &TestApp, base: &str, name: &str) -> PathBuf {
     let file = std::env::temp_dir().join(format!("efms-join-{}", uuid::Uuid::new_v4()));
     std::fs::write(&file, answer.body["join_token"].as_str().unwrap()).unwrap();
     file
+}
+
+/// A tenant `acme` with a group `edge` (one cluster), VM `vm-a` registered and its agent
+/// connected to `engine`.
+pub async fn acme_with_ready_vm(app: &TestApp, engine: &Engine) -> RunningAgent {
+    app.create_tenant("acme", "Acme").await;
+    let cluster = json!({
+        "name": "upstream", "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": { "cluster_name": "upstream", "endpoints": [{ "lb_endpoints": [{
+            "endpoint": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": 9 } } } }] }] }
+    });
+    let created = app.post(&format!("{BASE}/clusters"), &cluster).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let group = json!({ "name": "edge", "resources": [{ "kind": "cluster", "name": "upstream" }] });
+    let attached = app.put(&format!("{BASE}/groups/edge"), &group, &[]).await;
+    assert!(attached.status < 300, "{}", attached.body);
+    let token = register(app, BASE, "vm-a").await;
+    let agent = RunningAgent::start(app, &token, engine);
+    settled(app, &format!("{BASE}/vms/vm-a"), |vm| {
+        vm["state"] == "ready"
+    })
+    .await;
+    agent
+}
+
+/// Posts an operation on containers; answers its job once it ended.
+pub async fn carried_out(app: &TestApp, path: &str, body: &Value) -> Value {
+    let answer = app.post(path, body).await;
+    assert_eq!(answer.status, 202, "{path}: {}", answer.body);
+    job_end(app, &answer.body).await
+}
+
+/// The job of an operation on containers, once it ended.
+pub async fn job_end(app: &TestApp, job: &Value) -> Value {
+    assert_eq!(job["kind"], "container_operation", "{job}");
+    let id = job["id"].as_str().unwrap();
+    settled(app, &format!("{BASE}/jobs/{id}"), |job| {
+        job["state"] != "running"
+    })
+    .await
 }

@@ -24,6 +24,13 @@ fn succeeded(name: &str, args: &[&str], output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
+/// Builds (or finds) the local Envoy image of `version` (`scripts/envoy-image.sh`), which the
+/// engines started or found from then on load; answers its tag.
+pub fn envoy_image(version: &str) -> String {
+    let args = [version];
+    succeeded("envoy-image.sh", &args, &script("envoy-image.sh", &args))
+}
+
 /// One engine, standing for one VM.
 #[derive(Debug, Clone)]
 pub struct Engine {

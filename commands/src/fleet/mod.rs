@@ -9,6 +9,7 @@ pub mod operations;
 pub mod presence;
 pub mod presence_writer;
 pub mod record_queue;
+pub mod rollouts;
 pub mod rollups;
 pub mod tokens;
 pub mod upkeep;

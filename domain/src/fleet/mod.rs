@@ -10,6 +10,7 @@ pub mod join_token;
 mod model;
 pub mod operations;
 pub mod reports;
+pub mod rollout;
 mod state;
 mod vm;
 

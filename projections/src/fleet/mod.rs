@@ -6,6 +6,7 @@ mod container_writes;
 pub use container_writes::{BUMP_VERSIONS, COUNT_LIVE};
 pub mod operations;
 pub mod queries;
+pub mod rollouts;
 
 use efms_commands::RecordedEvent;
 use efms_domain::fleet::{Vm, VmEvent, VmPlacement, VmState};

@@ -139,3 +139,26 @@ pub async fn launching(
     tx.commit().await?;
     Ok(vm)
 }
+
+/// The launch that made container `container_id`, if it was launched through the API.
+pub async fn launch_of(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    container_id: &str,
+) -> Result<Option<OperationRow>, sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
+    let row = sqlx::query_as!(
+        OperationRow,
+        r#"SELECT operation_id, vm_name, action, container_id, node_id, operation, requested_by,
+                  requested_at, state, error, finished_at
+           FROM container_operations
+           WHERE tenant_id = $1 AND container_id = $2 AND action = 'launch' AND state = 'succeeded'
+           ORDER BY requested_at DESC LIMIT 1"#,
+        tenant_id,
+        container_id,
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(row)
+}

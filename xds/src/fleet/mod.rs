@@ -5,6 +5,7 @@
 
 mod convert;
 mod orders;
+pub mod rollouts;
 mod service;
 mod stream;
 mod token_watch;
@@ -91,6 +92,7 @@ impl FleetServer {
         inner
             .dispatch
             .listen(inner.fleet.pool().clone(), inner.stopping.subscribe());
+        rollouts::spawn(inner.fleet.clone(), inner.stopping.subscribe());
         inner.tokens.spawn(
             inner.fleet.pool().clone(),
             inner.settings.subscribe(),

@@ -4,6 +4,7 @@
 pub mod containers;
 pub mod operations;
 pub mod placement;
+pub mod rollouts;
 pub mod views;
 pub mod vms;
 
@@ -84,6 +85,18 @@ pub fn router() -> axum::Router<AppState> {
         .route(
             "/tenants/{tenant}/containers/{id}/{action}",
             post(operations::act),
+        )
+        .route(
+            "/tenants/{tenant}/{kind}/{name}/rollouts",
+            post(rollouts::start),
+        )
+        .route(
+            "/tenants/{tenant}/{kind}/{name}/rollouts/{id}",
+            get(rollouts::get),
+        )
+        .route(
+            "/tenants/{tenant}/{kind}/{name}/rollouts/{id}/{action}",
+            post(rollouts::act),
         )
         .route(
             "/tenants/{tenant}/containers/{id}/events",

@@ -1,0 +1,197 @@
+//! Rollouts through the API, on a real agent and a real Docker engine: a group's containers,
+//! launched on Envoy 1.36.4, replaced one at a time by Envoy 1.40.0 containers that keep their
+//! node ids and end healthy and SYNCED; a rollout to an image the engine lacks stops at the first
+//! container, naming it and Docker's words, and leaves the others as they were.
+
+use std::time::Duration;
+
+use efms_commands::fleet::upkeep::UpkeepSettings;
+use efms_tests::agents::{acme_with_ready_vm, carried_out, get, settled, BASE};
+use efms_tests::docker::{envoy_image, Engine};
+use efms_tests::fleet::free_port;
+use efms_tests::TestApp;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+fn settings() -> UpkeepSettings {
+    UpkeepSettings {
+        heartbeat_interval: Duration::from_secs(1),
+        heartbeat_grace: Duration::from_secs(5),
+        ..UpkeepSettings::default()
+    }
+}
+
+/// Launches `count` containers of group `edge` on `vm-a` from `image`; answers their ids.
+async fn launched(app: &TestApp, image: &str, count: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..count {
+        let launch = json!({ "group": "edge", "image": image, "admin_port": free_port() });
+        let job = carried_out(app, &format!("{BASE}/vms/vm-a/containers"), &launch).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+        ids.push(
+            job["operation"]["container_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    for id in &ids {
+        settled(app, &format!("{BASE}/containers/{id}"), |c| {
+            c["health"] == "healthy" && c["proxy"]["status"] == "SYNCED"
+        })
+        .await;
+    }
+    ids
+}
+
+async fn ended(app: &TestApp, rollout: &Value) -> Value {
+    let id = rollout["id"].as_str().unwrap();
+    settled(app, &format!("{BASE}/groups/edge/rollouts/{id}"), |r| {
+        r["state"] != "running"
+    })
+    .await
+}
+
+fn live_of_group(page: &Value) -> Vec<Value> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["state"] != "gone")
+        .cloned()
+        .collect()
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_rollout_replaces_each_container_by_the_new_envoy_keeping_its_node_id_until_all_sync(
+    pool: PgPool,
+) {
+    let old = envoy_image("1.36.4");
+    let Some(engine) = Engine::start("ro-a") else {
+        return;
+    };
+    let app = TestApp::spawn_with_fleet(pool, settings()).await;
+    let _agent = acme_with_ready_vm(&app, &engine).await;
+    let before = launched(&app, &old, 2).await;
+
+    for (body, status) in [
+        (json!({ "image": engine.image, "max_unavailable": 0 }), 422),
+        (json!({ "image": engine.image, "max_unavailable": 3 }), 422),
+        (
+            json!({ "image": engine.image, "health_timeout": "soon" }),
+            422,
+        ),
+        (json!({ "image": "-bad" }), 422),
+    ] {
+        let answer = app
+            .post(&format!("{BASE}/groups/edge/rollouts"), &body)
+            .await;
+        assert_eq!(answer.status, status, "{body}: {}", answer.body);
+    }
+    let unknown = app
+        .post(
+            &format!("{BASE}/groups/nope/rollouts"),
+            &json!({ "image": engine.image }),
+        )
+        .await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+
+    let started = app
+        .post(
+            &format!("{BASE}/groups/edge/rollouts"),
+            &json!({ "image": engine.image, "max_unavailable": 1, "health_timeout": "90s" }),
+        )
+        .await;
+    assert_eq!(started.status, 201, "{}", started.body);
+    assert_eq!(started.body["state"], "running");
+    let again = app
+        .post(
+            &format!("{BASE}/groups/edge/rollouts"),
+            &json!({ "image": engine.image }),
+        )
+        .await;
+    assert_eq!(
+        again.status, 409,
+        "one rollout of a group at a time: {}",
+        again.body
+    );
+    let done = ended(&app, &started.body).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+
+    let page = get(&app, &format!("{BASE}/containers?group=edge")).await;
+    let live = live_of_group(&page);
+    assert_eq!(live.len(), 2, "{page}");
+    let mut node_ids: Vec<&str> = live
+        .iter()
+        .map(|c| c["node_id"].as_str().unwrap())
+        .collect();
+    node_ids.sort_unstable();
+    assert_eq!(
+        node_ids,
+        ["vm-a-edge-1", "vm-a-edge-2"],
+        "node ids are kept"
+    );
+    for container in &live {
+        assert_eq!(container["image"], engine.image.as_str(), "{container}");
+        assert!(!before.contains(&container["id"].as_str().unwrap().to_owned()));
+        let node = container["node_id"].as_str().unwrap();
+        let proxy = get(&app, &format!("{BASE}/proxies/{node}")).await;
+        assert_eq!(proxy["status"], "SYNCED", "{proxy}");
+        assert!(
+            proxy.to_string().contains("1.40.0"),
+            "the proxy runs the new Envoy: {proxy}"
+        );
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_rollout_to_an_image_the_engine_lacks_stops_at_the_first_container_and_leaves_the_rest(
+    pool: PgPool,
+) {
+    let Some(engine) = Engine::start("ro-b") else {
+        return;
+    };
+    let app = TestApp::spawn_with_fleet(pool, settings()).await;
+    let _agent = acme_with_ready_vm(&app, &engine).await;
+    let before = launched(&app, &engine.image, 2).await;
+
+    let started = app
+        .post(
+            &format!("{BASE}/groups/edge/rollouts"),
+            &json!({ "image": "efms-test/missing:0.0" }),
+        )
+        .await;
+    assert_eq!(started.status, 201, "{}", started.body);
+    let done = ended(&app, &started.body).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    let failure = &done["failure"];
+    assert_eq!(failure["vm"], "vm-a");
+    assert!(
+        failure["reason"]
+            .as_str()
+            .unwrap()
+            .contains("No such image"),
+        "Docker's words: {failure}"
+    );
+    let first = failure["node_id"].as_str().unwrap();
+    let untouched: Vec<&Value> = done["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["node_id"] != first)
+        .collect();
+    assert_eq!(untouched.len(), 1);
+    assert_eq!(untouched[0]["progress"]["step"], "pending");
+    let kept = untouched[0]["replaced_container_id"].as_str().unwrap();
+    assert!(before.contains(&kept.to_owned()));
+    let container = get(&app, &format!("{BASE}/containers/{kept}")).await;
+    assert_eq!(container["state"], "running", "the rest run as they were");
+    let id = done["id"].as_str().unwrap();
+    let abort = app
+        .post(
+            &format!("{BASE}/groups/edge/rollouts/{id}/abort"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(abort.status, 409, "an ended rollout: {}", abort.body);
+}
