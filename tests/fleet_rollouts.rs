@@ -1,17 +1,20 @@
 //! Rollouts through the API, on a real agent and a real Docker engine: a group's containers,
 //! launched on Envoy 1.36.4, replaced one at a time by Envoy 1.40.0 containers that keep their
-//! node ids and end healthy and SYNCED; a rollout to an image the engine lacks stops at the first
-//! container, naming it and Docker's words, and leaves the others as they were.
+//! node ids and end healthy and SYNCED; traffic through the group keeps flowing while one is
+//! replaced at a time, and the rollout goes on after the control plane restarts; a rollout to an
+//! image the engine lacks stops at the first container, naming it and Docker's words, and leaves
+//! the others as they were.
 
 use std::time::Duration;
 
 use efms_commands::fleet::upkeep::UpkeepSettings;
 use efms_tests::agents::{acme_with_ready_vm, carried_out, get, settled, BASE};
 use efms_tests::docker::{envoy_image, Engine};
-use efms_tests::fleet::free_port;
+use efms_tests::fleet::{eventually, free_port, Behaviour, Upstream};
 use efms_tests::TestApp;
 use serde_json::{json, Value};
 use sqlx::PgPool;
+use tokio::task::JoinHandle;
 
 fn settings() -> UpkeepSettings {
     UpkeepSettings {
@@ -194,4 +197,118 @@ async fn a_rollout_to_an_image_the_engine_lacks_stops_at_the_first_container_and
         )
         .await;
     assert_eq!(abort.status, 409, "an ended rollout: {}", abort.body);
+}
+
+/// Group `edge` serves a listener on a port of its own, routed to an upstream answering `A`;
+/// answers the port.
+async fn serving(app: &TestApp, upstream: &Upstream) -> u16 {
+    let port = free_port();
+    let cluster = json!({ "name": "a", "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": { "cluster_name": "a", "endpoints": [{ "lb_endpoints": [{
+            "endpoint": { "address": { "socket_address": {
+                "address": "127.0.0.1", "port_value": upstream.addr.port() } } } }] }] } });
+    let route = json!({ "name": "main", "virtual_hosts": [{ "name": "all", "domains": ["*"],
+        "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": "a" } }] }] });
+    let listener = json!({
+        "name": "ingress", "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } },
+        "filter_chains": [{ "filters": [{ "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "ingress",
+                "rds": { "route_config_name": "main", "config_source": { "ads": {}, "resource_api_version": "V3" } },
+                "http_filters": [{ "name": "envoy.filters.http.router", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }] } }] }]
+    });
+    for (collection, body) in [
+        ("clusters", cluster),
+        ("routes", route),
+        ("listeners", listener),
+    ] {
+        let created = app.post(&format!("{BASE}/{collection}"), &body).await;
+        assert_eq!(created.status, 201, "{}", created.body);
+    }
+    let group = json!({ "name": "edge", "resources": [
+        { "kind": "cluster", "name": "upstream" }, { "kind": "cluster", "name": "a" },
+        { "kind": "route", "name": "main" }, { "kind": "listener", "name": "ingress" }] });
+    let attached = app.put(&format!("{BASE}/groups/edge"), &group, &[]).await;
+    assert!(attached.status < 300, "{}", attached.body);
+    port
+}
+
+/// Requests through `port` until `stop`, a connection each; answers (sent, failed).
+fn client_loop(port: u16, stop: tokio::sync::watch::Receiver<bool>) -> JoinHandle<(u64, u64)> {
+    tokio::spawn(async move {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let (mut sent, mut failed) = (0_u64, 0_u64);
+        let url = format!("http://127.0.0.1:{port}/");
+        while !*stop.borrow() {
+            sent += 1;
+            let answer = http.get(&url).send().await;
+            let ok = match answer {
+                Ok(response) => response.text().await.is_ok_and(|body| body == "A"),
+                Err(_) => false,
+            };
+            if !ok {
+                failed += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (sent, failed)
+    })
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn traffic_keeps_flowing_through_a_rollout_that_goes_on_after_the_control_plane_restarts(
+    pool: PgPool,
+) {
+    let old = envoy_image("1.36.4");
+    let Some(engine) = Engine::start("ro-c") else {
+        return;
+    };
+    let mut app = TestApp::spawn_with_fleet(pool, settings()).await;
+    let _agent = acme_with_ready_vm(&app, &engine).await;
+    let upstream = Upstream::start("A", Behaviour::Named).await;
+    let port = serving(&app, &upstream).await;
+    launched(&app, &old, 3).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let client = client_loop(port, stopped);
+    eventually(
+        efms_tests::agents::WAIT,
+        "traffic through the group",
+        || async { (upstream.hits.load(std::sync::atomic::Ordering::SeqCst) > 20).then_some(()) },
+    )
+    .await;
+
+    let started = app
+        .post(
+            &format!("{BASE}/groups/edge/rollouts"),
+            &json!({ "image": engine.image, "max_unavailable": 1 }),
+        )
+        .await;
+    assert_eq!(started.status, 201, "{}", started.body);
+    let id = started.body["id"].as_str().unwrap().to_owned();
+    settled(&app, &format!("{BASE}/groups/edge/rollouts/{id}"), |r| {
+        r["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["progress"]["step"] == "done")
+    })
+    .await;
+    // The control plane stops mid-rollout and comes back: the rollout goes on from the log.
+    app.restart().await;
+    let done = ended(&app, &started.body).await;
+    stop.send_replace(true);
+    let (sent, failed) = client.await.unwrap();
+    eprintln!("requests through the group during the rollout: {sent}, failed: {failed}");
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(sent > 100, "the client kept asking: {sent}");
+    assert!(
+        failed * 1000 < sent,
+        "fewer than 0.1 % failed: {failed} of {sent}"
+    );
 }
