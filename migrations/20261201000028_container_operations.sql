@@ -1,4 +1,5 @@
--- Operations on a VM's containers (launch, restart, stop, start, remove), asked through the API and
+-- Operations on a VM's containers (launch, restart, stop, start, remove, and probing an image's Envoy
+-- version), asked through the API or by a rollout and
 -- carried out by the VM's agent: a read model of the VM streams' `ContainerOperationRequested` and
 -- `ContainerOperationFinished` events (projection `fleet`, written as efms_system). Each is a job
 -- (`GET /jobs/{id}`): `running` until the agent reports, then `succeeded` or `failed`.
@@ -7,7 +8,7 @@ CREATE TABLE container_operations (
     tenant_id     uuid        NOT NULL,
     operation_id  uuid        NOT NULL,
     vm_name       text        NOT NULL,
-    action        text        NOT NULL CHECK (action IN ('launch', 'restart', 'stop', 'start', 'remove')),
+    action        text        NOT NULL CHECK (action IN ('launch', 'restart', 'stop', 'start', 'remove', 'probe')),
     -- The container acted on; for a launch, the one made, once it is.
     container_id  text,
     node_id       text,
@@ -17,6 +18,9 @@ CREATE TABLE container_operations (
     requested_at  timestamptz NOT NULL,
     state         text        NOT NULL CHECK (state IN ('running', 'succeeded', 'failed')),
     error         text,
+    -- A probe's answer: the image's id and its Envoy's version.
+    image_id      text,
+    envoy_version text,
     finished_at   timestamptz,
     CHECK ((state = 'failed') = (error IS NOT NULL)),
     CHECK ((state = 'running') = (finished_at IS NULL)),

@@ -35,7 +35,7 @@ async fn a_launched_container_syncs_and_obeys_restart_stop_start_and_removal(poo
     let Some(engine) = Engine::start("ops-a") else {
         return;
     };
-    engine.remove(&["efms-vm-a-edge-1"]);
+    let _emptied = engine.emptied_after();
     let app = TestApp::spawn_with_fleet(pool, settings()).await;
     let _agent = acme_with_ready_vm(&app, &engine).await;
 
@@ -128,6 +128,7 @@ async fn bad_operations_are_refused_an_unknown_image_fails_in_dockers_words_and_
     let Some(engine) = Engine::start("ops-b") else {
         return;
     };
+    let _emptied = engine.emptied_after();
     let app = TestApp::spawn_with_fleet(pool, settings()).await;
     let agent = acme_with_ready_vm(&app, &engine).await;
     let launches = format!("{BASE}/vms/vm-a/containers");

@@ -73,6 +73,7 @@ async fn a_rollout_replaces_each_container_by_the_new_envoy_keeping_its_node_id_
     let Some(engine) = Engine::start("ro-a") else {
         return;
     };
+    let _emptied = engine.emptied_after();
     let app = TestApp::spawn_with_fleet(pool, settings()).await;
     let _agent = acme_with_ready_vm(&app, &engine).await;
     let before = launched(&app, &old, 2).await;
@@ -99,10 +100,27 @@ async fn a_rollout_replaces_each_container_by_the_new_envoy_keeping_its_node_id_
         .await;
     assert_eq!(unknown.status, 404, "{}", unknown.body);
 
+    // No proxy of the tenant runs Envoy 1.40.0 yet: refused unless forced.
+    let unchecked = app
+        .post(
+            &format!("{BASE}/groups/edge/rollouts"),
+            &json!({ "image": engine.image }),
+        )
+        .await;
+    assert_eq!(unchecked.status, 201, "{}", unchecked.body);
+    let refused = ended(&app, &unchecked.body).await;
+    assert_eq!(refused["state"], "failed", "{refused}");
+    let reason = refused["failure"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("Envoy 1.40.0") && reason.contains("1.36.4") && reason.contains("force"),
+        "{reason}"
+    );
+
     let started = app
         .post(
             &format!("{BASE}/groups/edge/rollouts"),
-            &json!({ "image": engine.image, "max_unavailable": 1, "health_timeout": "90s" }),
+            &json!({ "image": engine.image, "max_unavailable": 1, "health_timeout": "90s",
+                "force": true }),
         )
         .await;
     assert_eq!(started.status, 201, "{}", started.body);
@@ -120,6 +138,7 @@ async fn a_rollout_replaces_each_container_by_the_new_envoy_keeping_its_node_id_
     );
     let done = ended(&app, &started.body).await;
     assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["version_check"]["envoy_version"], "1.40.0", "{done}");
 
     let page = get(&app, &format!("{BASE}/containers?group=edge")).await;
     let live = live_of_group(&page);
@@ -148,12 +167,13 @@ async fn a_rollout_replaces_each_container_by_the_new_envoy_keeping_its_node_id_
 }
 
 #[sqlx::test(migrations = "../migrations")]
-async fn a_rollout_to_an_image_the_engine_lacks_stops_at_the_first_container_and_leaves_the_rest(
+async fn a_rollout_to_an_image_the_engine_lacks_fails_naming_dockers_words_and_replaces_nothing(
     pool: PgPool,
 ) {
     let Some(engine) = Engine::start("ro-b") else {
         return;
     };
+    let _emptied = engine.emptied_after();
     let app = TestApp::spawn_with_fleet(pool, settings()).await;
     let _agent = acme_with_ready_vm(&app, &engine).await;
     let before = launched(&app, &engine.image, 2).await;
@@ -269,6 +289,7 @@ async fn traffic_keeps_flowing_through_a_rollout_that_goes_on_after_the_control_
     let Some(engine) = Engine::start("ro-c") else {
         return;
     };
+    let _emptied = engine.emptied_after();
     let mut app = TestApp::spawn_with_fleet(pool, settings()).await;
     let _agent = acme_with_ready_vm(&app, &engine).await;
     let upstream = Upstream::start("A", Behaviour::Named).await;
@@ -286,7 +307,7 @@ async fn traffic_keeps_flowing_through_a_rollout_that_goes_on_after_the_control_
     let started = app
         .post(
             &format!("{BASE}/groups/edge/rollouts"),
-            &json!({ "image": engine.image, "max_unavailable": 1 }),
+            &json!({ "image": engine.image, "max_unavailable": 1, "force": true }),
         )
         .await;
     assert_eq!(started.status, 201, "{}", started.body);
@@ -311,4 +332,67 @@ async fn traffic_keeps_flowing_through_a_rollout_that_goes_on_after_the_control_
         failed * 1000 < sent,
         "fewer than 0.1 % failed: {failed} of {sent}"
     );
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_rollout_to_an_envoy_that_nacks_the_groups_configuration_stops_after_the_first_container(
+    pool: PgPool,
+) {
+    let older = envoy_image("1.36.4");
+    let Some(engine) = Engine::start("ro-d") else {
+        return;
+    };
+    let _emptied = engine.emptied_after();
+    let app = TestApp::spawn_with_fleet(pool, settings()).await;
+    let _agent = acme_with_ready_vm(&app, &engine).await;
+    // An HTTP filter Envoy 1.40 has and 1.36 does not: the older one refuses its `@type`.
+    let listener = json!({
+        "name": "ingress", "address": { "socket_address": { "address": "127.0.0.1", "port_value": free_port() } },
+        "filter_chains": [{ "filters": [{ "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "ingress",
+                "route_config": { "name": "local", "virtual_hosts": [{ "name": "all", "domains": ["*"],
+                    "routes": [{ "match": { "prefix": "/" }, "direct_response": { "status": 200 } }] }] },
+                "http_filters": [
+                    { "name": "envoy.filters.http.a2a", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.a2a.v3.A2a" } },
+                    { "name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }] } }] }]
+    });
+    let created = app.post(&format!("{BASE}/listeners"), &listener).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let group = json!({ "name": "edge", "resources": [
+        { "kind": "cluster", "name": "upstream" }, { "kind": "listener", "name": "ingress" }] });
+    let attached = app.put(&format!("{BASE}/groups/edge"), &group, &[]).await;
+    assert!(attached.status < 300, "{}", attached.body);
+    let before = launched(&app, &engine.image, 2).await;
+
+    let started = app
+        .post(
+            &format!("{BASE}/groups/edge/rollouts"),
+            &json!({ "image": older, "force": true, "health_timeout": "60s" }),
+        )
+        .await;
+    assert_eq!(started.status, 201, "{}", started.body);
+    let done = ended(&app, &started.body).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    let reason = done["failure"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("NACK") && reason.contains("a2a"),
+        "Envoy's words: {reason}"
+    );
+    let page = get(&app, &format!("{BASE}/containers?group=edge")).await;
+    let live = live_of_group(&page);
+    let on_old: Vec<&Value> = live
+        .iter()
+        .filter(|c| before.contains(&c["id"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(
+        on_old.len(),
+        1,
+        "the other container runs as it was: {page}"
+    );
+    assert_eq!(on_old[0]["image"], engine.image.as_str());
+    assert_eq!(on_old[0]["state"], "running");
 }

@@ -24,6 +24,7 @@ pub mod host;
 pub mod inventory;
 pub mod link;
 pub mod operate;
+pub mod probe;
 pub mod report;
 pub mod stats;
 mod time;

@@ -40,9 +40,43 @@ const SECOND_NANOS: i64 = 1_000_000_000;
 /// How long a drained proxy is left to finish the requests under way before it is stopped.
 const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Carries out `action` of operation `operation_id`; answers the container made or acted on, or
-/// the engine's words.
+/// What an operation that succeeded made or learnt.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Carried {
+    /// The container made or acted on (none for a probe).
+    pub container_id: String,
+    /// A probe's image id.
+    pub image_id: String,
+    /// A probe's Envoy version.
+    pub envoy_version: String,
+}
+
+/// Carries out `action` of operation `operation_id`; answers what it made or learnt, or the
+/// engine's words.
 pub async fn carry_out(
+    engine: &Engine,
+    state_dir: &Path,
+    operation_id: &str,
+    action: Action,
+) -> Result<Carried, String> {
+    if let Action::Probe(image) = &action {
+        let (image_id, envoy_version) = crate::probe::envoy_version(engine, image).await?;
+        return Ok(Carried {
+            image_id,
+            envoy_version,
+            ..Carried::default()
+        });
+    }
+    on_container(engine, state_dir, operation_id, action)
+        .await
+        .map(|container_id| Carried {
+            container_id,
+            ..Carried::default()
+        })
+}
+
+/// Carries out an action on a container; answers the container.
+async fn on_container(
     engine: &Engine,
     state_dir: &Path,
     operation_id: &str,
@@ -51,6 +85,7 @@ pub async fn carry_out(
     let docker = engine.docker();
     let failed = |error: bollard::errors::Error| engine.api_error(error).to_string();
     match action {
+        Action::Probe(_) => Err("a probe acts on no container".to_owned()),
         Action::Launch(launch) => launch_once(engine, state_dir, operation_id, &launch).await,
         Action::Restart(id) => {
             let options = RestartContainerOptionsBuilder::new()

@@ -326,6 +326,24 @@ pub async fn over_proxy_quota(
         .map(|row| (i64::from(row.limit), row.others)))
 }
 
+/// The Envoy versions of the tenant's proxies that have accepted configuration at least once.
+pub async fn accepted_versions(pool: &PgPool, tenant_id: Uuid) -> Result<Vec<String>, sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
+    let versions = sqlx::query_scalar!(
+        r#"SELECT DISTINCT p.envoy_version AS "envoy_version!"
+           FROM proxies p
+           WHERE p.tenant_id = $1 AND p.envoy_version IS NOT NULL
+             AND EXISTS (SELECT 1 FROM proxy_resource_status s
+                         WHERE s.tenant_id = p.tenant_id AND s.node_id = p.node_id
+                           AND s.acked_version IS NOT NULL)"#,
+        tenant_id,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(versions)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -85,8 +85,9 @@ pub async fn register(app: &TestApp, base: &str, name: &str) -> PathBuf {
 }
 
 /// A tenant `acme` with a group `edge` (one cluster), VM `vm-a` registered and its agent
-/// connected to `engine`.
+/// connected to `engine`, which holds no container.
 pub async fn acme_with_ready_vm(app: &TestApp, engine: &Engine) -> RunningAgent {
+    engine.remove_all();
     app.create_tenant("acme", "Acme").await;
     let cluster = json!({
         "name": "upstream", "type": "STATIC", "connect_timeout": "1s",

@@ -31,6 +31,23 @@ pub fn envoy_image(version: &str) -> String {
     succeeded("envoy-image.sh", &args, &script("envoy-image.sh", &args))
 }
 
+fn docker_cli() -> &'static str {
+    if Path::new("/usr/bin/docker").exists() {
+        "/usr/bin/docker"
+    } else {
+        "docker"
+    }
+}
+
+/// Removes every container of its engine when dropped.
+pub struct EmptiedAfter<'a>(&'a Engine);
+
+impl Drop for EmptiedAfter<'_> {
+    fn drop(&mut self) {
+        self.0.remove_all();
+    }
+}
+
 /// One engine, standing for one VM.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -137,6 +154,29 @@ impl Engine {
             "1",
         ]);
         self.docker(&args)
+    }
+
+    /// Removes every container of the engine, whatever its state (an engine found running
+    /// holds those of an earlier run); best effort.
+    pub fn remove_all(&self) {
+        let listed = Command::new(docker_cli())
+            .env("DOCKER_HOST", &self.host)
+            .args(["ps", "--all", "--quiet"])
+            .output();
+        let Ok(listed) = listed else {
+            return;
+        };
+        let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+        let ids: Vec<&str> = listed.split_whitespace().collect();
+        if !ids.is_empty() {
+            self.remove(&ids);
+        }
+    }
+
+    /// A guard that removes every container of the engine when dropped, so that a test leaves
+    /// no Envoy running, even when it fails.
+    pub fn emptied_after(&self) -> EmptiedAfter<'_> {
+        EmptiedAfter(self)
     }
 
     /// Removes containers, whatever their state.

@@ -531,7 +531,7 @@ pub struct Order {
     #[prost(string, tag = "1")]
     pub operation_id: String,
     /// What to do.
-    #[prost(oneof = "order::Action", tags = "2, 3, 4, 5, 6")]
+    #[prost(oneof = "order::Action", tags = "2, 3, 4, 5, 6, 7")]
     pub action: Option<order::Action>,
 }
 
@@ -557,6 +557,9 @@ pub mod order {
         /// Stop and remove it.
         #[prost(string, tag = "6")]
         Remove(String),
+        /// Read the Envoy version of this image.
+        #[prost(string, tag = "7")]
+        Probe(String),
     }
 }
 
@@ -604,4 +607,10 @@ pub struct OrderDone {
     /// The engine's words, when it failed (empty on success).
     #[prost(string, tag = "3")]
     pub error: String,
+    /// A probe's answer: the image's id.
+    #[prost(string, tag = "4")]
+    pub image_id: String,
+    /// A probe's answer: the version its Envoy reports.
+    #[prost(string, tag = "5")]
+    pub envoy_version: String,
 }

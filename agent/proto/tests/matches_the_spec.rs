@@ -238,13 +238,14 @@ fn every_server_message_matches_the_spec_field_for_field() {
         ),
         ("order", server_message::Body::Order(launch_order())),
     ];
-    let actions = ["launch", "restart", "stop", "start", "remove"];
+    let actions = ["launch", "restart", "stop", "start", "remove", "probe"];
     let orders = [
         ("launch", launch_order()),
         ("restart", order_of(order::Action::Restart("c".into()))),
         ("stop", order_of(order::Action::Stop("c".into()))),
         ("start", order_of(order::Action::Start("c".into()))),
         ("remove", order_of(order::Action::Remove("c".into()))),
+        ("probe", order_of(order::Action::Probe("envoy:1".into()))),
     ];
     for (name, order) in orders {
         let unset: Vec<&str> = actions.iter().copied().filter(|m| *m != name).collect();
@@ -321,6 +322,8 @@ fn done() -> OrderDone {
         operation_id: "op-1".into(),
         container_id: "c".into(),
         error: "no such image".into(),
+        image_id: "sha256:1".into(),
+        envoy_version: "1.40.0".into(),
     }
 }
 

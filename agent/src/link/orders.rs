@@ -76,21 +76,28 @@ impl Orders {
                     Err(error) => Err(error.to_string()),
                 },
             };
-            match &outcome {
-                Ok(container) => {
-                    tracing::info!(operation = %operation_id, %container, "order carried out");
+            let done = match outcome {
+                Ok(carried) => {
+                    tracing::info!(operation = %operation_id, container = %carried.container_id,
+                        envoy = %carried.envoy_version, "order carried out");
+                    OrderDone {
+                        operation_id,
+                        container_id: carried.container_id,
+                        error: String::new(),
+                        image_id: carried.image_id,
+                        envoy_version: carried.envoy_version,
+                    }
                 }
-                Err(error) => tracing::warn!(operation = %operation_id, %error, "order failed"),
-            }
-            let (container_id, error) = match outcome {
-                Ok(container) => (container, String::new()),
-                Err(error) => (String::new(), error),
+                Err(error) => {
+                    tracing::warn!(operation = %operation_id, %error, "order failed");
+                    OrderDone {
+                        operation_id,
+                        error,
+                        ..OrderDone::default()
+                    }
+                }
             };
-            orders.outbox.push(Body::Done(OrderDone {
-                operation_id,
-                container_id,
-                error,
-            }));
+            orders.outbox.push(Body::Done(done));
         });
     }
 }

@@ -284,6 +284,8 @@ pub(crate) fn operation_view(row: operations::OperationRow) -> JobView {
         "container_id": row.container_id,
         "node_id": row.node_id,
         "requested_by": row.requested_by,
+        "image_id": row.image_id,
+        "envoy_version": row.envoy_version,
         "asked": row.operation,
     });
     JobView {

@@ -69,6 +69,11 @@ pub enum ContainerOperation {
         /// Docker's full id.
         container_id: String,
     },
+    /// Read the Envoy version of an image (`--version` in a throwaway container).
+    Probe {
+        /// The image.
+        image: String,
+    },
 }
 
 impl ContainerOperation {
@@ -80,13 +85,14 @@ impl ContainerOperation {
             Self::Stop { .. } => "stop",
             Self::Start { .. } => "start",
             Self::Remove { .. } => "remove",
+            Self::Probe { .. } => "probe",
         }
     }
 
     /// The container it acts on; none for a launch.
     pub fn container_id(&self) -> Option<&str> {
         match self {
-            Self::Launch { .. } => None,
+            Self::Launch { .. } | Self::Probe { .. } => None,
             Self::Restart { container_id }
             | Self::Stop { container_id }
             | Self::Start { container_id }
@@ -103,6 +109,13 @@ pub enum OperationOutcome {
     Succeeded {
         /// Docker's full id.
         container_id: String,
+    },
+    /// A probe's answer.
+    Probed {
+        /// The image's id on the VM's engine.
+        image_id: String,
+        /// The version its Envoy reports (`1.40.0`).
+        envoy_version: String,
     },
     /// Not done, in the engine's (or the control plane's) words.
     Failed {

@@ -24,6 +24,28 @@ pub struct RolloutSpec {
     pub health_timeout_ms: u64,
     /// How long to wait after a container is done before the next starts, in milliseconds.
     pub pause_between_ms: u64,
+    /// Roll out even to an Envoy version no proxy of the tenant has accepted configuration with.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Where the check of the new image's Envoy version stands (before any container is replaced).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "check", rename_all = "snake_case")]
+pub enum VersionCheck {
+    /// Not started.
+    #[default]
+    Unchecked,
+    /// The image is being probed for its Envoy version.
+    Probing {
+        /// The probe's operation.
+        operation_id: Uuid,
+    },
+    /// Passed: the new image's Envoy version.
+    Passed {
+        /// Such as `1.40.0`.
+        envoy_version: String,
+    },
 }
 
 /// Where one container of a rollout stands.
@@ -149,6 +171,16 @@ pub enum RolloutCommand {
         /// Its new step.
         step: Step,
     },
+    /// The new image is being probed for its Envoy version.
+    Probe {
+        /// The probe's operation.
+        operation_id: Uuid,
+    },
+    /// The new image's Envoy version passed the check: containers may be replaced.
+    Pass {
+        /// Its version.
+        envoy_version: String,
+    },
     /// A container failed: the rollout stops.
     Fail(RolloutFailure),
     /// Start nothing new.
@@ -179,6 +211,16 @@ pub enum RolloutEvent {
         /// Its step now.
         step: Step,
     },
+    /// The new image is being probed.
+    Probing {
+        /// The probe's operation.
+        operation_id: Uuid,
+    },
+    /// The new image's Envoy version passed the check.
+    Checked {
+        /// Its version.
+        envoy_version: String,
+    },
     /// Every container is replaced.
     Succeeded,
     /// A container failed; it stopped.
@@ -196,6 +238,8 @@ impl DomainEvent for RolloutEvent {
         match self {
             Self::Started { .. } => "RolloutStarted",
             Self::Advanced { .. } => "RolloutAdvanced",
+            Self::Probing { .. } => "RolloutProbing",
+            Self::Checked { .. } => "RolloutChecked",
             Self::Succeeded => "RolloutSucceeded",
             Self::Failed(_) => "RolloutFailed",
             Self::Paused => "RolloutPaused",
@@ -241,6 +285,8 @@ pub struct Rollout {
     state: Option<RolloutState>,
     requested_by: String,
     failure: Option<RolloutFailure>,
+    #[serde(default)]
+    check: VersionCheck,
 }
 
 impl Rollout {
@@ -269,6 +315,11 @@ impl Rollout {
         self.failure.as_ref()
     }
 
+    /// Where the check of the new image's Envoy version stands.
+    pub fn check(&self) -> &VersionCheck {
+        &self.check
+    }
+
     /// When a container was last found replaced.
     pub fn last_done_at(&self) -> Option<DateTime<Utc>> {
         self.targets
@@ -283,7 +334,9 @@ impl Rollout {
     /// The containers to start now: while running, as many pending ones as `max_unavailable`
     /// leaves room for.
     pub fn to_start(&self) -> Vec<&RolloutTarget> {
-        let (Some(spec), Some(RolloutState::Running)) = (&self.spec, self.state) else {
+        let (Some(spec), Some(RolloutState::Running), VersionCheck::Passed { .. }) =
+            (&self.spec, self.state, &self.check)
+        else {
             return vec![];
         };
         let in_flight = self.targets.iter().filter(|t| t.step.in_flight()).count();
@@ -329,6 +382,14 @@ impl Rollout {
         Ok(match command {
             RolloutCommand::Start { .. } => unreachable!("decided above"),
             RolloutCommand::Advance { node_id, step } => self.advance(node_id, step)?,
+            RolloutCommand::Probe { operation_id } => match self.check {
+                VersionCheck::Unchecked => vec![RolloutEvent::Probing { operation_id }],
+                _ => vec![],
+            },
+            RolloutCommand::Pass { envoy_version } => match self.check {
+                VersionCheck::Passed { .. } => vec![],
+                _ => vec![RolloutEvent::Checked { envoy_version }],
+            },
             RolloutCommand::Fail(failure) => vec![RolloutEvent::Failed(failure)],
             RolloutCommand::Pause if state == RolloutState::Running => vec![RolloutEvent::Paused],
             RolloutCommand::Resume if state == RolloutState::Paused => vec![RolloutEvent::Resumed],
@@ -409,6 +470,12 @@ impl Aggregate for Rollout {
                 if let Some(target) = self.targets.iter_mut().find(|t| t.node_id == node_id) {
                     target.step = step;
                 }
+            }
+            RolloutEvent::Probing { operation_id } => {
+                self.check = VersionCheck::Probing { operation_id };
+            }
+            RolloutEvent::Checked { envoy_version } => {
+                self.check = VersionCheck::Passed { envoy_version };
             }
             RolloutEvent::Succeeded => self.state = Some(RolloutState::Succeeded),
             RolloutEvent::Failed(failure) => {

@@ -31,11 +31,16 @@ fn started(max_unavailable: u32, nodes: &[&str]) -> Rollout {
             max_unavailable,
             health_timeout_ms: 60_000,
             pause_between_ms: 0,
+            force: false,
         },
         targets: nodes.iter().map(|node| target(node)).collect(),
         requested_by: "alice".into(),
     };
     run(&mut rollout, start);
+    let pass = RolloutCommand::Pass {
+        envoy_version: "1.40.0".into(),
+    };
+    run(&mut rollout, pass);
     rollout
 }
 
@@ -84,6 +89,29 @@ fn a_rollout_starts_no_more_containers_at_once_than_max_unavailable() {
     assert_eq!(started_names(&rollout), ["n2"]);
     run(&mut rollout, advance("n2", removing(2)));
     assert!(rollout.to_start().is_empty());
+}
+
+#[test]
+fn nothing_is_replaced_before_the_new_envoy_version_passed_its_check() {
+    let mut rollout = Rollout::default();
+    let start = RolloutCommand::Start {
+        spec: started(1, &["n1"]).spec().unwrap().clone(),
+        targets: vec![target("n1")],
+        requested_by: "alice".into(),
+    };
+    run(&mut rollout, start);
+    assert!(rollout.to_start().is_empty());
+    let probe = RolloutCommand::Probe {
+        operation_id: Uuid::from_u128(9),
+    };
+    assert_eq!(run(&mut rollout, probe.clone()), 1);
+    assert_eq!(run(&mut rollout, probe), 0, "one probe");
+    assert!(rollout.to_start().is_empty());
+    let pass = RolloutCommand::Pass {
+        envoy_version: "1.40.0".into(),
+    };
+    run(&mut rollout, pass);
+    assert_eq!(started_names(&rollout), ["n1"]);
 }
 
 #[test]

@@ -51,6 +51,7 @@ impl Vm {
                     return Err(VmError::AdminPortTaken(spec.admin_port));
                 }
             }
+            ContainerOperation::Probe { .. } => {}
             other => {
                 let id = other.container_id().unwrap_or_default();
                 if !self.containers.contains_key(id) {

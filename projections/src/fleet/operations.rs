@@ -33,6 +33,10 @@ pub struct OperationRow {
     pub state: String,
     /// The engine's (or the control plane's) words when it failed.
     pub error: Option<String>,
+    /// A probe's answer: the image's id.
+    pub image_id: Option<String>,
+    /// A probe's answer: its Envoy's version.
+    pub envoy_version: Option<String>,
     /// When it ended.
     pub finished_at: Option<DateTime<Utc>>,
 }
@@ -76,16 +80,28 @@ pub(super) async fn finished(
     operation_id: Uuid,
     outcome: &OperationOutcome,
 ) -> Result<(), ProjectionError> {
-    let (state, container_id, error) = match outcome {
-        OperationOutcome::Succeeded { container_id } => {
-            ("succeeded", Some(container_id.as_str()), None)
+    let (mut container_id, mut error, mut probed) = (None, None, (None, None));
+    let state = match outcome {
+        OperationOutcome::Succeeded { container_id: id } => {
+            container_id = Some(id.as_str());
+            "succeeded"
         }
-        OperationOutcome::Failed { error } => ("failed", None, Some(error.as_str())),
+        OperationOutcome::Probed {
+            image_id,
+            envoy_version,
+        } => {
+            probed = (Some(image_id.as_str()), Some(envoy_version.as_str()));
+            "succeeded"
+        }
+        OperationOutcome::Failed { error: words } => {
+            error = Some(words.as_str());
+            "failed"
+        }
     };
     sqlx::query!(
         r#"UPDATE container_operations
            SET state = $3, container_id = COALESCE($4, container_id), error = $5,
-               finished_at = $6
+               finished_at = $6, image_id = $7, envoy_version = $8
            WHERE tenant_id = $1 AND operation_id = $2"#,
         event.tenant_id,
         operation_id,
@@ -93,6 +109,8 @@ pub(super) async fn finished(
         container_id,
         error,
         event.recorded_at,
+        probed.0,
+        probed.1,
     )
     .execute(&mut *tx)
     .await?;
@@ -109,7 +127,7 @@ pub async fn get_operation(
     let row = sqlx::query_as!(
         OperationRow,
         r#"SELECT operation_id, vm_name, action, container_id, node_id, operation, requested_by,
-                  requested_at, state, error, finished_at
+                  requested_at, state, error, image_id, envoy_version, finished_at
            FROM container_operations WHERE tenant_id = $1 AND operation_id = $2"#,
         tenant_id,
         operation_id,
@@ -150,7 +168,7 @@ pub async fn launch_of(
     let row = sqlx::query_as!(
         OperationRow,
         r#"SELECT operation_id, vm_name, action, container_id, node_id, operation, requested_by,
-                  requested_at, state, error, finished_at
+                  requested_at, state, error, image_id, envoy_version, finished_at
            FROM container_operations
            WHERE tenant_id = $1 AND container_id = $2 AND action = 'launch' AND state = 'succeeded'
            ORDER BY requested_at DESC LIMIT 1"#,

@@ -17,7 +17,9 @@ use chrono::Utc;
 use efms_commands::fleet::Fleet;
 use efms_commands::lease::Lease;
 use efms_commands::CommandError;
-use efms_domain::fleet::rollout::{RolloutCommand, RolloutFailure, RolloutTarget, Step};
+use efms_domain::fleet::rollout::{
+    Rollout, RolloutCommand, RolloutFailure, RolloutState, RolloutTarget, Step, VersionCheck,
+};
 use efms_domain::fleet::{ContainerOperation, ContainerState, Health, VmError};
 use efms_projections::fleet::operations::get_operation;
 use efms_projections::fleet::queries as read;
@@ -151,6 +153,15 @@ impl Driver<'_> {
             .read_rollout(self.tenant_id, self.rollout_id)
             .await
             .map_err(command)?;
+        if rollout.state() == Some(RolloutState::Running) {
+            match rollout.check().clone() {
+                VersionCheck::Unchecked => return self.probe(&rollout).await,
+                VersionCheck::Probing { operation_id } => {
+                    return self.probed(&rollout, operation_id).await;
+                }
+                VersionCheck::Passed { .. } => {}
+            }
+        }
         let pause = chrono::TimeDelta::milliseconds(
             i64::try_from(spec.pause_between_ms).unwrap_or(i64::MAX),
         );
@@ -163,6 +174,85 @@ impl Driver<'_> {
         for target in rollout.to_start() {
             self.remove(target).await?;
         }
+        Ok(())
+    }
+
+    /// Asks the first container's VM which Envoy the new image holds.
+    async fn probe(&self, rollout: &Rollout) -> Result<(), DriveError> {
+        let (Some(spec), Some(first)) = (rollout.spec(), rollout.targets().first()) else {
+            return Ok(());
+        };
+        let operation_id = Uuid::now_v7();
+        let probe = ContainerOperation::Probe {
+            image: spec.image.clone(),
+        };
+        let asked = self
+            .fleet
+            .operate(
+                self.tenant_id,
+                &first.vm,
+                (operation_id, probe),
+                &self.actor,
+            )
+            .await;
+        match asked {
+            Ok(_) => {
+                let probing = RolloutCommand::Probe { operation_id };
+                self.fleet
+                    .rollout(self.tenant_id, self.rollout_id, probing, &self.actor)
+                    .await
+                    .map_err(command)?;
+                Ok(())
+            }
+            Err(CommandError::Rejected(error)) => {
+                let reason = format!("cannot probe the new image: {error}");
+                self.fail(first, None, reason).await
+            }
+            Err(other) => Err(command(other)),
+        }
+    }
+
+    /// Passes the rollout once the probe told the new Envoy's version, if a proxy of the tenant
+    /// has accepted configuration with it (or the rollout is forced).
+    async fn probed(&self, rollout: &Rollout, operation_id: Uuid) -> Result<(), DriveError> {
+        let (Some(spec), Some(first)) = (rollout.spec(), rollout.targets().first()) else {
+            return Ok(());
+        };
+        let pool = self.fleet.pool();
+        let Some(row) = get_operation(pool, self.tenant_id, operation_id).await? else {
+            return Ok(());
+        };
+        let version = match (row.state.as_str(), row.envoy_version, row.error) {
+            ("succeeded", Some(version), _) => version,
+            ("failed", _, error) => {
+                let reason = format!(
+                    "probing the new image failed: {}",
+                    error.unwrap_or_default()
+                );
+                return self.fail(first, None, reason).await;
+            }
+            _ => return Ok(()),
+        };
+        let accepted = status::accepted_versions(pool, self.tenant_id).await?;
+        if !spec.force && !accepted.contains(&version) {
+            let reason = format!(
+                "no proxy of the tenant has accepted configuration with Envoy {version} (they \
+                 run {}): start the rollout with \"force\": true to roll out anyway",
+                if accepted.is_empty() {
+                    "none".to_owned()
+                } else {
+                    accepted.join(", ")
+                }
+            );
+            return self.fail(first, None, reason).await;
+        }
+        let pass = RolloutCommand::Pass {
+            envoy_version: version,
+        };
+        self.fleet
+            .rollout(self.tenant_id, self.rollout_id, pass, &self.actor)
+            .await
+            .map_err(command)?;
         Ok(())
     }
 

@@ -119,6 +119,8 @@ async fn operate(
         requested_at: chrono::Utc::now(),
         state: "running".to_owned(),
         error: None,
+        image_id: None,
+        envoy_version: None,
         finished_at: None,
     };
     let position = state

@@ -42,6 +42,9 @@ pub struct RolloutRequest {
     health_timeout: Option<String>,
     /// How long to wait after a container is replaced before the next (default `0s`).
     pause_between: Option<String>,
+    /// Roll out even when no proxy of the tenant has accepted configuration with the new image's
+    /// Envoy version (default false).
+    force: Option<bool>,
 }
 
 /// The path of a group's rollouts.
@@ -80,6 +83,7 @@ fn view(row: &RolloutRow) -> Value {
         "started_at": row.started_at,
         "updated_at": row.updated_at,
         "failure": rollout.failure(),
+        "version_check": rollout.check(),
         "containers": rollout.targets().iter().map(|target| json!({
             "vm": target.vm,
             "node_id": target.node_id,
@@ -211,6 +215,7 @@ pub async fn start(
         max_unavailable,
         health_timeout_ms,
         pause_between_ms,
+        force: request.force.unwrap_or(false),
     };
     let rollout_id = Uuid::now_v7();
     let command = RolloutCommand::Start {

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 use uuid::Uuid;
 
-use super::{message, stored_or_status, Agent, FleetServer, Outcome};
+use super::{convert, message, stored_or_status, Agent, FleetServer, Outcome};
 use crate::fleet::BootstrapRequest;
 
 /// The longest failure text kept from an agent's report.
@@ -109,6 +109,7 @@ impl FleetServer {
             ContainerOperation::Stop { container_id } => Action::Stop(container_id),
             ContainerOperation::Start { container_id } => Action::Start(container_id),
             ContainerOperation::Remove { container_id } => Action::Remove(container_id),
+            ContainerOperation::Probe { image } => Action::Probe(image),
         })
     }
 
@@ -215,6 +216,17 @@ fn checked(done: &OrderDone) -> Result<(Uuid, OperationOutcome), ReportFault> {
         }
         return Ok((operation_id, OperationOutcome::Failed { error }));
     }
+    if !done.envoy_version.is_empty() {
+        convert::text("done.envoy_version", &done.envoy_version, 64)?;
+        convert::text("done.image_id", &done.image_id, 128)?;
+        return Ok((
+            operation_id,
+            OperationOutcome::Probed {
+                image_id: done.image_id.clone(),
+                envoy_version: done.envoy_version.clone(),
+            },
+        ));
+    }
     let full_id = done.container_id.len() == 64
         && done
             .container_id
@@ -245,6 +257,7 @@ mod tests {
             operation_id: id.clone(),
             container_id: container.into(),
             error: error.into(),
+            ..OrderDone::default()
         };
         assert!(matches!(
             checked(&done(&"a".repeat(64), "")),
@@ -261,6 +274,15 @@ mod tests {
         assert!(matches!(
             checked(&done("", "no\0such\u{1b}image")),
             Ok((_, OperationOutcome::Failed { error })) if error == "no such image"
+        ));
+        let probed = OrderDone {
+            envoy_version: "1.40.0".into(),
+            image_id: "sha256:1".into(),
+            ..done("", "")
+        };
+        assert!(matches!(
+            checked(&probed),
+            Ok((_, OperationOutcome::Probed { envoy_version, .. })) if envoy_version == "1.40.0"
         ));
         let mut bad = done("", "x");
         bad.operation_id = "nope".into();
