@@ -13,11 +13,14 @@ CREATE TABLE rollouts (
     updated_at   timestamptz NOT NULL,
     -- The rollout as its stream folds to (spec, containers and their steps, failure).
     document     jsonb       NOT NULL CHECK (jsonb_typeof(document) = 'object'),
+    -- Ended with a container being removed: still driven until it is replaced or put back.
+    settling     boolean     NOT NULL DEFAULT false,
     version      bigint      NOT NULL CHECK (version >= 1),
     PRIMARY KEY (tenant_id, rollout_id)
 );
 
 CREATE INDEX rollouts_active ON rollouts (tenant_id, group_name) WHERE state IN ('running', 'paused');
+CREATE INDEX rollouts_driven ON rollouts (started_at) WHERE state IN ('running', 'paused') OR settling;
 
 GRANT SELECT ON rollouts TO efms_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON rollouts TO efms_system;

@@ -56,13 +56,17 @@ pub enum Step {
     Pending,
     /// The old container is being drained and removed.
     Removing {
-        /// The removal's operation.
+        /// The removal's operation (recorded before it is asked for).
         operation_id: Uuid,
+        /// Since when.
+        at: DateTime<Utc>,
     },
     /// Its replacement is being launched.
     Launching {
-        /// The launch's operation.
+        /// The launch's operation (recorded before it is asked for).
         operation_id: Uuid,
+        /// Since when.
+        at: DateTime<Utc>,
     },
     /// Its replacement runs; waiting for it to be healthy and SYNCED.
     Verifying {
@@ -164,7 +168,9 @@ pub enum RolloutCommand {
         /// Who asked.
         requested_by: String,
     },
-    /// A container moves on (its step must follow the one it is at).
+    /// A container moves on (its step must follow the one it is at). Once the rollout ended, a
+    /// container being removed still moves to its replacement's launch, or back to pending when
+    /// its removal failed, so that no container is left removed and not replaced.
     Advance {
         /// The proxy.
         node_id: String,
@@ -331,6 +337,13 @@ impl Rollout {
             .max()
     }
 
+    /// Whether a container is being removed: an ended rollout still sees it replaced.
+    pub fn removing(&self) -> bool {
+        self.targets
+            .iter()
+            .any(|t| matches!(t.step, Step::Removing { .. }))
+    }
+
     /// The containers to start now: while running, as many pending ones as `max_unavailable`
     /// leaves room for.
     pub fn to_start(&self) -> Vec<&RolloutTarget> {
@@ -378,10 +391,14 @@ impl Rollout {
                 requested_by,
             }]);
         }
+        if let RolloutCommand::Advance { node_id, step } = command {
+            return self.advance(node_id, step);
+        }
         let state = self.live()?;
         Ok(match command {
-            RolloutCommand::Start { .. } => unreachable!("decided above"),
-            RolloutCommand::Advance { node_id, step } => self.advance(node_id, step)?,
+            RolloutCommand::Start { .. } | RolloutCommand::Advance { .. } => {
+                unreachable!("decided above")
+            }
             RolloutCommand::Probe { operation_id } => match self.check {
                 VersionCheck::Unchecked => vec![RolloutEvent::Probing { operation_id }],
                 _ => vec![],
@@ -399,6 +416,9 @@ impl Rollout {
     }
 
     fn advance(&self, node_id: String, step: Step) -> Result<Vec<RolloutEvent>, RolloutError> {
+        let Some(state) = self.state else {
+            return Err(RolloutError::NotFound);
+        };
         let target = self
             .targets
             .iter()
@@ -406,6 +426,21 @@ impl Rollout {
             .ok_or_else(|| RolloutError::UnknownTarget(node_id.clone()))?;
         if target.step == step {
             return Ok(vec![]);
+        }
+        if state.ended() {
+            // Only a container being removed moves on: to its replacement, or back.
+            let settles = matches!(
+                (&target.step, &step),
+                (
+                    Step::Removing { .. },
+                    Step::Launching { .. } | Step::Pending
+                )
+            );
+            return if settles {
+                Ok(vec![RolloutEvent::Advanced { node_id, step }])
+            } else {
+                Err(RolloutError::Ended(state))
+            };
         }
         let follows = matches!(
             (&target.step, &step),
@@ -418,7 +453,7 @@ impl Rollout {
         );
         // A pause lets what is under way finish, and starts nothing.
         let starts = target.step == Step::Pending;
-        if !follows || (starts && self.state != Some(RolloutState::Running)) {
+        if !follows || (starts && state != RolloutState::Running) {
             return Err(RolloutError::OutOfOrder(node_id));
         }
         let done = matches!(step, Step::Done { .. });

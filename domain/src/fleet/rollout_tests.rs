@@ -63,6 +63,14 @@ fn advance(node_id: &str, step: Step) -> RolloutCommand {
 fn removing(n: u128) -> Step {
     Step::Removing {
         operation_id: Uuid::from_u128(n),
+        at: Utc::now(),
+    }
+}
+
+fn launching(n: u128) -> Step {
+    Step::Launching {
+        operation_id: Uuid::from_u128(n),
+        at: Utc::now(),
     }
 }
 
@@ -121,10 +129,7 @@ fn steps_follow_in_order_and_the_last_container_done_ends_the_rollout() {
     assert_eq!(skipping, Err(RolloutError::OutOfOrder("n1".into())));
     for node in ["n1", "n2"] {
         run(&mut rollout, advance(node, removing(1)));
-        let launching = Step::Launching {
-            operation_id: Uuid::from_u128(2),
-        };
-        run(&mut rollout, advance(node, launching));
+        run(&mut rollout, advance(node, launching(2)));
         let verifying = Step::Verifying {
             container_id: "b".repeat(64),
             since: Utc::now(),
@@ -145,10 +150,7 @@ fn a_paused_rollout_finishes_what_is_under_way_and_starts_nothing() {
     run(&mut rollout, advance("n1", removing(1)));
     run(&mut rollout, RolloutCommand::Pause);
     assert!(rollout.to_start().is_empty());
-    let launching = Step::Launching {
-        operation_id: Uuid::from_u128(2),
-    };
-    assert_eq!(run(&mut rollout, advance("n1", launching)), 1);
+    assert_eq!(run(&mut rollout, advance("n1", launching(2))), 1);
     assert_eq!(
         rollout.decide(advance("n2", removing(3))),
         Err(RolloutError::OutOfOrder("n2".into()))
@@ -170,4 +172,20 @@ fn a_failure_stops_the_rollout_and_names_the_container() {
     assert_eq!(rollout.state(), Some(RolloutState::Failed));
     assert_eq!(rollout.failure(), Some(&failure));
     assert!(rollout.to_start().is_empty());
+}
+
+#[test]
+fn a_container_being_removed_when_the_rollout_ends_is_still_replaced_or_put_back() {
+    let mut rollout = started(2, &["n1", "n2", "n3"]);
+    run(&mut rollout, advance("n1", removing(1)));
+    run(&mut rollout, advance("n2", removing(2)));
+    run(&mut rollout, RolloutCommand::Abort);
+    assert!(rollout.removing());
+    assert_eq!(run(&mut rollout, advance("n1", launching(3))), 1);
+    assert_eq!(run(&mut rollout, advance("n2", Step::Pending)), 1);
+    assert!(!rollout.removing());
+    assert!(matches!(
+        rollout.decide(advance("n3", removing(4))),
+        Err(RolloutError::Ended(RolloutState::Aborted))
+    ));
 }

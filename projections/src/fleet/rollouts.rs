@@ -45,11 +45,12 @@ impl Projection for RolloutProjection {
         };
         sqlx::query!(
             r#"INSERT INTO rollouts (tenant_id, rollout_id, group_name, image, state, requested_by,
-                   started_at, updated_at, document, version)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)
+                   started_at, updated_at, document, version, settling)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10)
                ON CONFLICT (tenant_id, rollout_id) DO UPDATE SET
                    state = excluded.state, updated_at = excluded.updated_at,
-                   document = excluded.document, version = excluded.version"#,
+                   document = excluded.document, version = excluded.version,
+                   settling = excluded.settling"#,
             event.tenant_id,
             rollout_id,
             spec.group,
@@ -59,6 +60,7 @@ impl Projection for RolloutProjection {
             event.recorded_at,
             serde_json::to_value(&rollout)?,
             event.sequence,
+            state.ended() && rollout.removing(),
         )
         .execute(&mut *tx)
         .await?;
@@ -141,13 +143,13 @@ pub async fn active_of_group(
     Ok(id)
 }
 
-/// Every tenant's rollouts that are running or paused (oldest first), for the replica driving
-/// them (a paused one finishes what is under way).
+/// Every tenant's rollouts that are running or paused (a paused one finishes what is under way),
+/// or ended with a container being removed, oldest first: those the driver moves on.
 pub async fn running(pool: &PgPool) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
     let mut tx = Scope::System.begin(pool).await?;
     let rows = sqlx::query!(
         r#"SELECT tenant_id, rollout_id FROM rollouts
-           WHERE state IN ('running', 'paused') ORDER BY started_at"#
+           WHERE state IN ('running', 'paused') OR settling ORDER BY started_at"#
     )
     .fetch_all(&mut *tx)
     .await?;

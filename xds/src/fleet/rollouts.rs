@@ -13,6 +13,11 @@
 
 use std::time::Duration;
 
+mod gate;
+mod replace;
+
+use gate::Verdict;
+
 use chrono::Utc;
 use efms_commands::fleet::Fleet;
 use efms_commands::lease::Lease;
@@ -20,11 +25,7 @@ use efms_commands::CommandError;
 use efms_domain::fleet::rollout::{
     Rollout, RolloutCommand, RolloutFailure, RolloutState, RolloutTarget, Step, VersionCheck,
 };
-use efms_domain::fleet::{ContainerOperation, ContainerState, Health, VmError};
-use efms_projections::fleet::operations::get_operation;
-use efms_projections::fleet::queries as read;
 use efms_projections::fleet::rollouts::running;
-use efms_projections::proxies::{self as status, SyncState};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -40,14 +41,6 @@ pub(crate) fn spawn(fleet: Fleet, mut stopping: watch::Receiver<bool>) {
                 () = tokio::time::sleep(ROLLOUT_TICK) => {}
                 _ = stopping.wait_for(|stop| *stop) => return,
             }
-            match lease.claim().await {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(error) => {
-                    tracing::warn!(%error, "the rollouts' lease cannot be claimed");
-                    continue;
-                }
-            }
             let rollouts = match running(fleet.pool()).await {
                 Ok(rollouts) => rollouts,
                 Err(error) => {
@@ -56,18 +49,46 @@ pub(crate) fn spawn(fleet: Fleet, mut stopping: watch::Receiver<bool>) {
                 }
             };
             for (tenant_id, rollout_id) in rollouts {
-                let driver = Driver {
-                    fleet: &fleet,
-                    tenant_id,
-                    rollout_id,
-                    actor: format!("rollout:{rollout_id}"),
-                };
-                if let Err(error) = driver.step().await {
+                // Claimed again before each rollout: a round never outlives the lease.
+                match lease.claim().await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, "the rollouts' lease cannot be claimed");
+                        break;
+                    }
+                }
+                if let Err(error) = drive(&fleet, tenant_id, rollout_id).await {
                     tracing::warn!(%rollout_id, %error, "a rollout could not move on");
                 }
             }
         }
     });
+}
+
+/// One round of one rollout.
+async fn drive(fleet: &Fleet, tenant_id: Uuid, rollout_id: Uuid) -> Result<(), DriveError> {
+    let rollout = fleet
+        .read_rollout(tenant_id, rollout_id)
+        .await
+        .map_err(command)?;
+    let (Some(spec), Some(state)) = (rollout.spec(), rollout.state()) else {
+        return Ok(());
+    };
+    let driver = Driver {
+        fleet,
+        tenant_id,
+        rollout_id,
+        actor: format!("rollout:{rollout_id}"),
+        ended: state.ended(),
+        image: spec.image.clone(),
+        timeout: millis(spec.health_timeout_ms),
+    };
+    driver.step(&rollout).await
+}
+
+fn millis(ms: u64) -> chrono::TimeDelta {
+    chrono::TimeDelta::milliseconds(i64::try_from(ms).unwrap_or(i64::MAX))
 }
 
 /// What stopped a round of one rollout (it is tried again at the next tick).
@@ -91,62 +112,39 @@ struct Driver<'a> {
     tenant_id: Uuid,
     rollout_id: Uuid,
     actor: String,
-}
-
-/// What the gate makes of a replacement now.
-enum Verdict {
-    Wait,
-    Done,
-    Failed(String),
+    /// It ended: only containers being removed still move (to their replacement, or back).
+    ended: bool,
+    /// The new image.
+    image: String,
+    /// How long an operation, or a replacement's health and sync, may take.
+    timeout: chrono::TimeDelta,
 }
 
 impl Driver<'_> {
-    async fn step(&self) -> Result<(), DriveError> {
-        let rollout = self
-            .fleet
-            .read_rollout(self.tenant_id, self.rollout_id)
-            .await
-            .map_err(command)?;
-        let Some(spec) = rollout.spec().cloned() else {
-            return Ok(());
-        };
+    async fn step(&self, rollout: &Rollout) -> Result<(), DriveError> {
         for target in rollout.targets() {
-            match &target.step {
-                Step::Removing { operation_id } => self.removed(target, *operation_id).await?,
-                Step::Launching { operation_id } => {
-                    self.launched(target, *operation_id).await?;
+            let moved = match &target.step {
+                Step::Removing { operation_id, at } => {
+                    self.removing(target, (*operation_id, *at)).await
+                }
+                _ if self.ended => Ok(()),
+                Step::Launching { operation_id, at } => {
+                    self.launching(target, (*operation_id, *at)).await
                 }
                 Step::Verifying {
                     container_id,
                     since,
-                } => {
-                    let timeout = chrono::TimeDelta::milliseconds(
-                        i64::try_from(spec.health_timeout_ms).unwrap_or(i64::MAX),
-                    );
-                    let verdict = self.verdict(target, container_id, *since).await?;
-                    match verdict {
-                        Verdict::Done => {
-                            let done = Step::Done {
-                                container_id: container_id.clone(),
-                                at: Utc::now(),
-                            };
-                            self.advance(target, done).await?;
-                        }
-                        Verdict::Failed(reason) => {
-                            self.fail(target, Some(container_id), reason).await?;
-                        }
-                        Verdict::Wait if Utc::now() - *since > timeout => {
-                            let reason = format!(
-                                "not healthy and SYNCED within {} s",
-                                spec.health_timeout_ms / 1000
-                            );
-                            self.fail(target, Some(container_id), reason).await?;
-                        }
-                        Verdict::Wait => {}
-                    }
-                }
-                Step::Pending | Step::Done { .. } => {}
+                } => self.verifying(target, container_id, *since).await,
+                Step::Pending | Step::Done { .. } => Ok(()),
+            };
+            // One container's trouble does not hold the others.
+            if let Err(error) = moved {
+                tracing::warn!(rollout = %self.rollout_id, node = %target.node_id, %error,
+                    "a container of a rollout could not move on");
             }
+        }
+        if self.ended {
+            return Ok(());
         }
         let rollout = self
             .fleet
@@ -162,9 +160,7 @@ impl Driver<'_> {
                 VersionCheck::Passed { .. } => {}
             }
         }
-        let pause = chrono::TimeDelta::milliseconds(
-            i64::try_from(spec.pause_between_ms).unwrap_or(i64::MAX),
-        );
+        let pause = millis(rollout.spec().map_or(0, |spec| spec.pause_between_ms));
         if rollout
             .last_done_at()
             .is_some_and(|at| Utc::now() - at < pause)
@@ -172,100 +168,57 @@ impl Driver<'_> {
             return Ok(());
         }
         for target in rollout.to_start() {
-            self.remove(target).await?;
+            self.start(target).await?;
         }
         Ok(())
     }
 
-    /// Asks the first container's VM which Envoy the new image holds.
-    async fn probe(&self, rollout: &Rollout) -> Result<(), DriveError> {
-        let (Some(spec), Some(first)) = (rollout.spec(), rollout.targets().first()) else {
-            return Ok(());
-        };
-        let operation_id = Uuid::now_v7();
-        let probe = ContainerOperation::Probe {
-            image: spec.image.clone(),
-        };
-        let asked = self
-            .fleet
-            .operate(
-                self.tenant_id,
-                &first.vm,
-                (operation_id, probe),
-                &self.actor,
-            )
-            .await;
-        match asked {
-            Ok(_) => {
-                let probing = RolloutCommand::Probe { operation_id };
-                self.fleet
-                    .rollout(self.tenant_id, self.rollout_id, probing, &self.actor)
-                    .await
-                    .map_err(command)?;
-                Ok(())
+    async fn verifying(
+        &self,
+        target: &RolloutTarget,
+        container_id: &String,
+        since: chrono::DateTime<Utc>,
+    ) -> Result<(), DriveError> {
+        match self.verdict(target, container_id, since).await? {
+            Verdict::Done => {
+                let done = Step::Done {
+                    container_id: container_id.clone(),
+                    at: Utc::now(),
+                };
+                self.advance(target, done).await.map(|_| ())
             }
-            Err(CommandError::Rejected(error)) => {
-                let reason = format!("cannot probe the new image: {error}");
-                self.fail(first, None, reason).await
-            }
-            Err(other) => Err(command(other)),
-        }
-    }
-
-    /// Passes the rollout once the probe told the new Envoy's version, if a proxy of the tenant
-    /// has accepted configuration with it (or the rollout is forced).
-    async fn probed(&self, rollout: &Rollout, operation_id: Uuid) -> Result<(), DriveError> {
-        let (Some(spec), Some(first)) = (rollout.spec(), rollout.targets().first()) else {
-            return Ok(());
-        };
-        let pool = self.fleet.pool();
-        let Some(row) = get_operation(pool, self.tenant_id, operation_id).await? else {
-            return Ok(());
-        };
-        let version = match (row.state.as_str(), row.envoy_version, row.error) {
-            ("succeeded", Some(version), _) => version,
-            ("failed", _, error) => {
+            Verdict::Failed(reason) => self.fail(target, Some(container_id), reason).await,
+            Verdict::Wait if Utc::now() - since > self.timeout => {
                 let reason = format!(
-                    "probing the new image failed: {}",
-                    error.unwrap_or_default()
+                    "not healthy and SYNCED within {} s",
+                    self.timeout.num_seconds()
                 );
-                return self.fail(first, None, reason).await;
+                self.fail(target, Some(container_id), reason).await
             }
-            _ => return Ok(()),
-        };
-        let accepted = status::accepted_versions(pool, self.tenant_id).await?;
-        if !spec.force && !accepted.contains(&version) {
-            let reason = format!(
-                "no proxy of the tenant has accepted configuration with Envoy {version} (they \
-                 run {}): start the rollout with \"force\": true to roll out anyway",
-                if accepted.is_empty() {
-                    "none".to_owned()
-                } else {
-                    accepted.join(", ")
-                }
-            );
-            return self.fail(first, None, reason).await;
+            Verdict::Wait => Ok(()),
         }
-        let pass = RolloutCommand::Pass {
-            envoy_version: version,
-        };
-        self.fleet
-            .rollout(self.tenant_id, self.rollout_id, pass, &self.actor)
-            .await
-            .map_err(command)?;
-        Ok(())
     }
 
-    async fn advance(&self, target: &RolloutTarget, step: Step) -> Result<(), DriveError> {
+    /// Records `target`'s new step; `false` when the rollout refused it (paused or ended
+    /// meanwhile): then nothing is to be asked for.
+    async fn advance(&self, target: &RolloutTarget, step: Step) -> Result<bool, DriveError> {
         let advance = RolloutCommand::Advance {
             node_id: target.node_id.clone(),
             step,
         };
-        self.fleet
+        match self
+            .fleet
             .rollout(self.tenant_id, self.rollout_id, advance, &self.actor)
             .await
-            .map_err(command)?;
-        Ok(())
+        {
+            Ok(_) => Ok(true),
+            Err(CommandError::Rejected(refused)) => {
+                tracing::info!(rollout = %self.rollout_id, node = %target.node_id, %refused,
+                    "a step was not taken");
+                Ok(false)
+            }
+            Err(other) => Err(command(other)),
+        }
     }
 
     async fn fail(
@@ -291,187 +244,5 @@ impl Driver<'_> {
             .await
             .map_err(command)?;
         Ok(())
-    }
-
-    /// Starts a container's replacement: its old container drained and removed.
-    async fn remove(&self, target: &RolloutTarget) -> Result<(), DriveError> {
-        let operation_id = Uuid::now_v7();
-        let removal = ContainerOperation::Remove {
-            container_id: target.container_id.clone(),
-        };
-        let asked = self
-            .fleet
-            .operate(
-                self.tenant_id,
-                &target.vm,
-                (operation_id, removal),
-                &self.actor,
-            )
-            .await;
-        match asked {
-            Ok(_) => {
-                let step = Step::Removing { operation_id };
-                self.advance(target, step).await
-            }
-            // Gone already (removed before a restart of the driver recorded it): launch.
-            Err(CommandError::Rejected(VmError::UnknownContainer(_))) => self.launch(target).await,
-            Err(CommandError::Rejected(error)) => {
-                let reason = format!("cannot remove the old container: {error}");
-                self.fail(target, Some(&target.container_id), reason).await
-            }
-            Err(other) => Err(command(other)),
-        }
-    }
-
-    async fn removed(&self, target: &RolloutTarget, operation_id: Uuid) -> Result<(), DriveError> {
-        let Some(row) = get_operation(self.fleet.pool(), self.tenant_id, operation_id).await?
-        else {
-            return Ok(());
-        };
-        match (row.state.as_str(), row.error) {
-            ("succeeded", _) => self.launch(target).await,
-            ("failed", error) => {
-                let reason = format!(
-                    "removing the old container failed: {}",
-                    error.unwrap_or_default()
-                );
-                self.fail(target, Some(&target.container_id), reason).await
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Launches a container's replacement: its node id, port, limits and labels, the new image.
-    async fn launch(&self, target: &RolloutTarget) -> Result<(), DriveError> {
-        let rollout = self
-            .fleet
-            .read_rollout(self.tenant_id, self.rollout_id)
-            .await
-            .map_err(command)?;
-        let Some(spec) = rollout.spec() else {
-            return Ok(());
-        };
-        let mut launch = target.launch.clone();
-        launch.image.clone_from(&spec.image);
-        let operation_id = Uuid::now_v7();
-        let operation = ContainerOperation::Launch {
-            node_id: target.node_id.clone(),
-            spec: launch,
-        };
-        let asked = self
-            .fleet
-            .operate(
-                self.tenant_id,
-                &target.vm,
-                (operation_id, operation),
-                &self.actor,
-            )
-            .await;
-        match asked {
-            Ok(_) => self.advance(target, Step::Launching { operation_id }).await,
-            // Launched before a restart of the driver recorded it: that container is verified.
-            Err(CommandError::Rejected(VmError::NodeIdTaken(_))) => {
-                let pool = self.fleet.pool();
-                let row = read::container_of_proxy(pool, self.tenant_id, &target.node_id).await?;
-                match row.filter(|row| row.gone_at.is_none()) {
-                    Some(row) => {
-                        let created = row.container.created_at.unwrap_or(row.first_seen_at);
-                        let step = Step::Verifying {
-                            since: created - chrono::TimeDelta::seconds(1),
-                            container_id: row.container.id,
-                        };
-                        self.advance(target, step).await
-                    }
-                    // Its launch is still under way: tried again at the next tick.
-                    None => Ok(()),
-                }
-            }
-            Err(CommandError::Rejected(error)) => {
-                let reason = format!("cannot launch the replacement: {error}");
-                self.fail(target, None, reason).await
-            }
-            Err(other) => Err(command(other)),
-        }
-    }
-
-    async fn launched(&self, target: &RolloutTarget, operation_id: Uuid) -> Result<(), DriveError> {
-        let Some(row) = get_operation(self.fleet.pool(), self.tenant_id, operation_id).await?
-        else {
-            return Ok(());
-        };
-        match (row.state.as_str(), row.container_id, row.error) {
-            // Its proxy connects after the launch was asked for, never before.
-            ("succeeded", Some(container_id), _) => {
-                let step = Step::Verifying {
-                    container_id,
-                    since: row.requested_at,
-                };
-                self.advance(target, step).await
-            }
-            ("failed", _, error) => {
-                let reason = format!(
-                    "launching the replacement failed: {}",
-                    error.unwrap_or_default()
-                );
-                self.fail(target, None, reason).await
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Whether the replacement is healthy and its proxy connected since `since` and SYNCED.
-    async fn verdict(
-        &self,
-        target: &RolloutTarget,
-        container_id: &str,
-        since: chrono::DateTime<Utc>,
-    ) -> Result<Verdict, DriveError> {
-        let pool = self.fleet.pool();
-        let mut rows = read::find_containers(pool, self.tenant_id, container_id).await?;
-        let Some(row) = rows.pop() else {
-            return Ok(Verdict::Wait);
-        };
-        let container = &row.container;
-        if row.gone_at.is_some()
-            || matches!(
-                container.state,
-                ContainerState::Exited | ContainerState::Dead | ContainerState::Gone
-            )
-        {
-            let exit = container
-                .exit_code
-                .map(|code| format!(" (exit code {code})"))
-                .unwrap_or_default();
-            return Ok(Verdict::Failed(format!(
-                "the replacement is {}{exit}",
-                container.state.as_str()
-            )));
-        }
-        if container.health == Health::Unhealthy {
-            return Ok(Verdict::Failed("the replacement is unhealthy".to_owned()));
-        }
-        let node = [target.node_id.clone()];
-        let types = status::type_statuses(pool, self.tenant_id, &node).await?;
-        let nack = types.iter().find(|(_, t)| {
-            t.state() == SyncState::Nacked && t.nacked_at.is_some_and(|at| at >= since)
-        });
-        if let Some((_, refused)) = nack {
-            return Ok(Verdict::Failed(format!(
-                "its proxy NACKed {}: {}",
-                refused.type_url,
-                refused.error_detail.clone().unwrap_or_default()
-            )));
-        }
-        let Some(proxy) = status::get_proxy(pool, self.tenant_id, &target.node_id).await? else {
-            return Ok(Verdict::Wait);
-        };
-        let states: Vec<SyncState> = types.iter().map(|(_, t)| t.state()).collect();
-        let fresh = proxy.streams > 0 && proxy.connected_at >= since;
-        let synced = SyncState::overall(&states) == SyncState::Synced;
-        Ok(if fresh && synced && container.health == Health::Healthy {
-            Verdict::Done
-        } else {
-            Verdict::Wait
-        })
     }
 }

@@ -94,12 +94,17 @@ fn view(row: &RolloutRow) -> Value {
 }
 
 fn duration_ms(field: &'static str, text: Option<&str>, default: u64) -> Result<u64, FieldError> {
-    match text {
-        None => Ok(default),
-        Some(text) => parse_ttl(text)
-            .map(|duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
-            .map_err(|problem| FieldError::at(format!("/{field}"), problem)),
+    let Some(text) = text else {
+        return Ok(default);
+    };
+    // Zero (`0s`) is a duration too here: no pause.
+    let zero = text.trim().trim_start_matches('0');
+    if text.trim().starts_with('0') && matches!(zero, "s" | "m" | "h" | "d") {
+        return Ok(0);
     }
+    parse_ttl(text)
+        .map(|duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+        .map_err(|problem| FieldError::at(format!("/{field}"), problem))
 }
 
 /// The group's containers, each with the launch that made it (its replacement repeats it).
@@ -111,11 +116,18 @@ async fn targets(
     let filter = ContainerFilter {
         group: Some(group.to_owned()),
         live_only: true,
-        limit: MAX_TARGETS,
+        limit: MAX_TARGETS + 1,
         ..ContainerFilter::default()
     };
+    let rows = read::list_containers(&state.pool, tenant_id, &filter).await?;
+    if rows.len() > usize::try_from(MAX_TARGETS).unwrap_or(usize::MAX) {
+        return Err(ApiError::Conflict(format!(
+            "group `{group}` has more than {MAX_TARGETS} containers: one rollout replaces at most \
+             that many"
+        )));
+    }
     let mut targets = Vec::new();
-    for row in read::list_containers(&state.pool, tenant_id, &filter).await? {
+    for row in rows {
         if row.container.state == ContainerState::Gone {
             continue;
         }
@@ -175,6 +187,9 @@ pub async fn start(
             (0, 0)
         }
     };
+    if request.health_timeout.is_some() && health_timeout_ms == 0 {
+        errors.push(FieldError::at("/health_timeout", "longer than zero"));
+    }
     let max_unavailable = request.max_unavailable.unwrap_or(1);
     if max_unavailable == 0 {
         errors.push(FieldError::at("/max_unavailable", "at least 1"));
@@ -193,9 +208,16 @@ pub async fn start(
     )
     .await?
     .ok_or_else(|| ApiError::NotFound(format!("there is no group `{group}`")))?;
+    // One start of a group's rollout at a time, across replicas, until the read model shows it.
+    let mut exclusive = state.pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("rollout {tenant_id} {group}"))
+        .execute(&mut *exclusive)
+        .await?;
     if let Some(running) = active_of_group(&state.pool, tenant_id, &group).await? {
         return Err(ApiError::Conflict(format!(
-            "rollout `{running}` of group `{group}` is under way: pause, finish or abort it first"
+            "rollout `{running}` of group `{group}` is under way (or paused): let it finish or \
+             abort it first"
         )));
     }
     let targets = targets(&state, tenant_id, &group).await?;
@@ -224,6 +246,7 @@ pub async fn start(
         requested_by: tenant.actor().audit_name(),
     };
     let row = steer(&state, &tenant, rollout_id, command).await?;
+    exclusive.commit().await?;
     Ok((StatusCode::CREATED, Json(view(&row))))
 }
 
