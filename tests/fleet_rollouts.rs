@@ -1,14 +1,16 @@
 //! Rollouts through the API, on a real agent and a real Docker engine: a group's containers,
 //! launched on Envoy 1.36.4, replaced one at a time by Envoy 1.40.0 containers that keep their
-//! node ids and end healthy and SYNCED; traffic through the group keeps flowing while one is
-//! replaced at a time, and the rollout goes on after the control plane restarts; a rollout to an
+//! node ids and end healthy and SYNCED; traffic through a group of four on two VMs keeps flowing
+//! while one is replaced at a time, and the rollout goes on after the control plane restarts; a rollout to an
 //! image the engine lacks stops at the first container, naming it and Docker's words, and leaves
 //! the others as they were.
 
 use std::time::Duration;
 
 use efms_commands::fleet::upkeep::UpkeepSettings;
-use efms_tests::agents::{acme_with_ready_vm, carried_out, get, settled, BASE};
+use efms_tests::agents::{
+    acme_with_ready_vm, carried_out, get, register, settled, RunningAgent, BASE,
+};
 use efms_tests::docker::{envoy_image, Engine};
 use efms_tests::fleet::{eventually, free_port, Behaviour, Upstream};
 use efms_tests::TestApp;
@@ -26,10 +28,15 @@ fn settings() -> UpkeepSettings {
 
 /// Launches `count` containers of group `edge` on `vm-a` from `image`; answers their ids.
 async fn launched(app: &TestApp, image: &str, count: usize) -> Vec<String> {
+    launched_on(app, "vm-a", image, count).await
+}
+
+/// Launches `count` containers of group `edge` on `vm` from `image`; answers their ids.
+async fn launched_on(app: &TestApp, vm: &str, image: &str, count: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for _ in 0..count {
         let launch = json!({ "group": "edge", "image": image, "admin_port": free_port() });
-        let job = carried_out(app, &format!("{BASE}/vms/vm-a/containers"), &launch).await;
+        let job = carried_out(app, &format!("{BASE}/vms/{vm}/containers"), &launch).await;
         assert_eq!(job["state"], "succeeded", "{job}");
         ids.push(
             job["operation"]["container_id"]
@@ -286,15 +293,24 @@ async fn traffic_keeps_flowing_through_a_rollout_that_goes_on_after_the_control_
     pool: PgPool,
 ) {
     let old = envoy_image("1.36.4");
-    let Some(engine) = Engine::start("ro-c") else {
+    let (Some(engine), Some(engine_b)) = (Engine::start("ro-c"), Engine::start("ro-c2")) else {
         return;
     };
-    let _emptied = engine.emptied_after();
+    let _emptied = (engine.emptied_after(), engine_b.emptied_after());
+    engine_b.remove_all();
     let mut app = TestApp::spawn_with_fleet(pool, settings()).await;
     let _agent = acme_with_ready_vm(&app, &engine).await;
+    let token_b = register(&app, BASE, "vm-b").await;
+    let _agent_b = RunningAgent::start(&app, &token_b, &engine_b);
+    settled(&app, &format!("{BASE}/vms/vm-b"), |vm| {
+        vm["state"] == "ready"
+    })
+    .await;
     let upstream = Upstream::start("A", Behaviour::Named).await;
     let port = serving(&app, &upstream).await;
-    launched(&app, &old, 3).await;
+    // A group of four on two VMs (standing on one host here, all four share the port).
+    launched_on(&app, "vm-a", &old, 2).await;
+    launched_on(&app, "vm-b", &old, 2).await;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let client = client_loop(port, stopped);
     eventually(
