@@ -65,6 +65,18 @@ async fn a_launched_container_syncs_and_obeys_restart_stop_start_and_removal(poo
         "{container}"
     );
     assert_eq!(container["labels"]["efms.group"], "edge");
+    app.create_tenant("other", "Other").await;
+    let foreign = app
+        .post(
+            &format!("/api/v1/tenants/other/containers/{id}/stop"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(
+        foreign.status, 404,
+        "another tenant's container: {}",
+        foreign.body
+    );
     let inspected = engine.docker(&["inspect", &id]);
     assert!(
         !inspected.contains("Bearer"),

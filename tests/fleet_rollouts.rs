@@ -57,7 +57,7 @@ async fn launched_on(app: &TestApp, vm: &str, image: &str, count: usize) -> Vec<
 async fn ended(app: &TestApp, rollout: &Value) -> Value {
     let id = rollout["id"].as_str().unwrap();
     settled(app, &format!("{BASE}/groups/edge/rollouts/{id}"), |r| {
-        r["state"] != "running"
+        r["state"].is_string() && r["state"] != "running"
     })
     .await
 }
@@ -343,6 +343,13 @@ async fn traffic_keeps_flowing_through_a_rollout_that_goes_on_after_the_control_
     let (sent, failed) = client.await.unwrap();
     eprintln!("requests through the group during the rollout: {sent}, failed: {failed}");
     assert_eq!(done["state"], "succeeded", "{done}");
+    let page = get(&app, &format!("{BASE}/containers?group=edge")).await;
+    let live = live_of_group(&page);
+    assert_eq!(live.len(), 4, "{page}");
+    assert!(
+        live.iter().all(|c| c["image"] == engine.image.as_str()),
+        "every container runs the new image: {page}"
+    );
     assert!(sent > 100, "the client kept asking: {sent}");
     assert!(
         failed * 1000 < sent,

@@ -455,6 +455,18 @@ async fn the_openapi_document_covers_every_route_and_the_reference_page_is_serve
         ("/api/v1/tenants/{tenant}/containers", "get"),
         ("/api/v1/tenants/{tenant}/containers/{id}", "get"),
         ("/api/v1/tenants/{tenant}/containers/{id}/events", "get"),
+        ("/api/v1/tenants/{tenant}/containers/{id}", "delete"),
+        ("/api/v1/tenants/{tenant}/containers/{id}/{action}", "post"),
+        ("/api/v1/tenants/{tenant}/vms/{name}/containers", "post"),
+        ("/api/v1/tenants/{tenant}/{kind}/{name}/rollouts", "post"),
+        (
+            "/api/v1/tenants/{tenant}/{kind}/{name}/rollouts/{id}",
+            "get",
+        ),
+        (
+            "/api/v1/tenants/{tenant}/{kind}/{name}/rollouts/{id}/{action}",
+            "post",
+        ),
     ];
     for (path, method) in expected {
         let operation = &doc["paths"][path][method];
