@@ -13,7 +13,8 @@ CREATE TABLE rollouts (
     updated_at   timestamptz NOT NULL,
     -- The rollout as its stream folds to (spec, containers and their steps, failure).
     document     jsonb       NOT NULL CHECK (jsonb_typeof(document) = 'object'),
-    -- Ended with a container being removed: still driven until it is replaced or put back.
+    -- Ended with a container being removed or its replacement launched: still driven until that
+    -- is through.
     settling     boolean     NOT NULL DEFAULT false,
     version      bigint      NOT NULL CHECK (version >= 1),
     PRIMARY KEY (tenant_id, rollout_id)

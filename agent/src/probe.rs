@@ -9,6 +9,9 @@ use futures::StreamExt as _;
 
 use crate::engine::Engine;
 
+/// How long `--version` may run before the probe gives up (and removes its container).
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The image's id and the version its Envoy reports (`1.40.0`).
 pub async fn envoy_version(engine: &Engine, image: &str) -> Result<(String, String), String> {
     let docker = engine.docker();
@@ -30,7 +33,7 @@ pub async fn envoy_version(engine: &Engine, image: &str) -> Result<(String, Stri
         .create_container(Some(options), body)
         .await
         .map_err(failed)?;
-    let output = async {
+    let output = tokio::time::timeout(PROBE_TIMEOUT, async {
         docker
             .start_container(&created.id, None)
             .await
@@ -46,8 +49,13 @@ pub async fn envoy_version(engine: &Engine, image: &str) -> Result<(String, Stri
             text.push_str(&chunk.map_err(failed)?.to_string());
         }
         Ok::<_, String>(text)
-    }
-    .await;
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(format!(
+            "`{image} --version` did not end within {PROBE_TIMEOUT:?}"
+        ))
+    });
     let remove = RemoveContainerOptionsBuilder::new().force(true).build();
     let _ = docker.remove_container(&created.id, Some(remove)).await;
     let output = output?;

@@ -326,7 +326,8 @@ pub async fn over_proxy_quota(
         .map(|row| (i64::from(row.limit), row.others)))
 }
 
-/// The Envoy versions of the tenant's proxies that have accepted configuration at least once.
+/// The Envoy versions of the tenant's proxies that accepted configuration on their current
+/// connection (the rows of a node id outlive the proxy that wrote them).
 pub async fn accepted_versions(pool: &PgPool, tenant_id: Uuid) -> Result<Vec<String>, sqlx::Error> {
     let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
     let versions = sqlx::query_scalar!(
@@ -335,7 +336,7 @@ pub async fn accepted_versions(pool: &PgPool, tenant_id: Uuid) -> Result<Vec<Str
            WHERE p.tenant_id = $1 AND p.envoy_version IS NOT NULL
              AND EXISTS (SELECT 1 FROM proxy_resource_status s
                          WHERE s.tenant_id = p.tenant_id AND s.node_id = p.node_id
-                           AND s.acked_version IS NOT NULL)"#,
+                           AND s.acked_version IS NOT NULL AND s.acked_at >= p.connected_at)"#,
         tenant_id,
     )
     .fetch_all(&mut *tx)

@@ -169,8 +169,9 @@ pub enum RolloutCommand {
         requested_by: String,
     },
     /// A container moves on (its step must follow the one it is at). Once the rollout ended, a
-    /// container being removed still moves to its replacement's launch, or back to pending when
-    /// its removal failed, so that no container is left removed and not replaced.
+    /// container being removed still moves to its replacement's launch, and that launch to its
+    /// container (or either back to pending when it failed), so that no container is left
+    /// removed and not replaced.
     Advance {
         /// The proxy.
         node_id: String,
@@ -337,11 +338,12 @@ impl Rollout {
             .max()
     }
 
-    /// Whether a container is being removed: an ended rollout still sees it replaced.
-    pub fn removing(&self) -> bool {
+    /// Whether a container is being removed or its replacement launched: an ended rollout
+    /// still sees that through.
+    pub fn settling(&self) -> bool {
         self.targets
             .iter()
-            .any(|t| matches!(t.step, Step::Removing { .. }))
+            .any(|t| matches!(t.step, Step::Removing { .. } | Step::Launching { .. }))
     }
 
     /// The containers to start now: while running, as many pending ones as `max_unavailable`
@@ -428,12 +430,16 @@ impl Rollout {
             return Ok(vec![]);
         }
         if state.ended() {
-            // Only a container being removed moves on: to its replacement, or back.
+            // Only a container being replaced moves on: its removal to its replacement's
+            // launch, the launch to its container; either back to pending when it failed.
             let settles = matches!(
                 (&target.step, &step),
                 (
                     Step::Removing { .. },
                     Step::Launching { .. } | Step::Pending
+                ) | (
+                    Step::Launching { .. },
+                    Step::Verifying { .. } | Step::Pending
                 )
             );
             return if settles {

@@ -180,10 +180,16 @@ fn a_container_being_removed_when_the_rollout_ends_is_still_replaced_or_put_back
     run(&mut rollout, advance("n1", removing(1)));
     run(&mut rollout, advance("n2", removing(2)));
     run(&mut rollout, RolloutCommand::Abort);
-    assert!(rollout.removing());
+    assert!(rollout.settling());
     assert_eq!(run(&mut rollout, advance("n1", launching(3))), 1);
     assert_eq!(run(&mut rollout, advance("n2", Step::Pending)), 1);
-    assert!(!rollout.removing());
+    assert!(rollout.settling(), "n1's replacement is being launched");
+    let verifying = Step::Verifying {
+        container_id: "c".repeat(64),
+        since: Utc::now(),
+    };
+    assert_eq!(run(&mut rollout, advance("n1", verifying)), 1);
+    assert!(!rollout.settling());
     assert!(matches!(
         rollout.decide(advance("n3", removing(4))),
         Err(RolloutError::Ended(RolloutState::Aborted))

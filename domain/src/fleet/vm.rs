@@ -23,6 +23,9 @@ const REMEMBERED_GONE: usize = 256;
 /// word on them.
 const REMEMBERED_ABANDONED: usize = 64;
 
+/// How many finished operations are remembered, so that one asked again changes nothing.
+const REMEMBERED_FINISHED: usize = 256;
+
 /// A VM's name: a slug, unique in its tenant, never reused once the VM is removed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -339,6 +342,9 @@ pub struct Vm {
     /// still report how they ended.
     #[serde(default, skip_serializing_if = "std::collections::VecDeque::is_empty")]
     abandoned: std::collections::VecDeque<Uuid>,
+    /// Operations finished lately, newest last: asked again (a retry), they change nothing.
+    #[serde(default, skip_serializing_if = "std::collections::VecDeque::is_empty")]
+    finished: std::collections::VecDeque<Uuid>,
 }
 
 impl Vm {
@@ -593,6 +599,12 @@ impl Aggregate for Vm {
             } => {
                 self.operations.remove(&operation_id);
                 self.abandoned.retain(|id| *id != operation_id);
+                if !self.finished.contains(&operation_id) {
+                    self.finished.push_back(operation_id);
+                    if self.finished.len() > REMEMBERED_FINISHED {
+                        self.finished.pop_front();
+                    }
+                }
                 if abandoned {
                     self.abandoned.push_back(operation_id);
                     if self.abandoned.len() > REMEMBERED_ABANDONED {

@@ -30,7 +30,8 @@ impl Vm {
         if self.state != VmState::Ready {
             return Err(VmError::NotReady(self.state));
         }
-        if self.operations.contains_key(&operation_id) {
+        // Asked before: pending, or finished lately (a retry of a request already carried out).
+        if self.operations.contains_key(&operation_id) || self.finished.contains(&operation_id) {
             return Ok(vec![]);
         }
         match &mut operation {

@@ -60,7 +60,7 @@ impl Projection for RolloutProjection {
             event.recorded_at,
             serde_json::to_value(&rollout)?,
             event.sequence,
-            state.ended() && rollout.removing(),
+            state.ended() && rollout.settling(),
         )
         .execute(&mut *tx)
         .await?;

@@ -112,7 +112,8 @@ struct Driver<'a> {
     tenant_id: Uuid,
     rollout_id: Uuid,
     actor: String,
-    /// It ended: only containers being removed still move (to their replacement, or back).
+    /// It ended: only containers being removed or launched still move (through their
+    /// replacement, or back).
     ended: bool,
     /// The new image.
     image: String,
@@ -127,10 +128,10 @@ impl Driver<'_> {
                 Step::Removing { operation_id, at } => {
                     self.removing(target, (*operation_id, *at)).await
                 }
-                _ if self.ended => Ok(()),
                 Step::Launching { operation_id, at } => {
                     self.launching(target, (*operation_id, *at)).await
                 }
+                _ if self.ended => Ok(()),
                 Step::Verifying {
                     container_id,
                     since,

@@ -210,10 +210,16 @@ pub async fn start(
     .ok_or_else(|| ApiError::NotFound(format!("there is no group `{group}`")))?;
     // One start of a group's rollout at a time, across replicas, until the read model shows it.
     let mut exclusive = state.pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("rollout {tenant_id} {group}"))
-        .execute(&mut *exclusive)
-        .await?;
+    let locked: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("rollout {tenant_id} {group}"))
+            .fetch_one(&mut *exclusive)
+            .await?;
+    if !locked {
+        return Err(ApiError::Conflict(format!(
+            "a rollout of group `{group}` is being started: retry once it is"
+        )));
+    }
     if let Some(running) = active_of_group(&state.pool, tenant_id, &group).await? {
         return Err(ApiError::Conflict(format!(
             "rollout `{running}` of group `{group}` is under way (or paused): let it finish or \

@@ -78,6 +78,10 @@ impl Driver<'_> {
                 );
                 return self.fail(first, None, reason).await;
             }
+            _ if Utc::now() - row.requested_at > self.timeout => {
+                let reason = "probing the new image did not end in time".to_owned();
+                return self.fail(first, None, reason).await;
+            }
             _ => return Ok(()),
         };
         let accepted = status::accepted_versions(pool, self.tenant_id).await?;
@@ -151,14 +155,15 @@ impl Driver<'_> {
         };
         let fresh = proxy.streams > 0 && proxy.connected_at >= since;
         // The node id's status rows are the old container's until the new one's stream writes
-        // them: each type sent must have been accepted since the launch.
-        let synced = types
+        // them: the types sent since the launch must all have been accepted since then.
+        let sent_since: Vec<_> = types
             .iter()
-            .filter(|(_, t)| t.state() != SyncState::NotSent)
-            .all(|(_, t)| {
+            .filter(|(_, t)| t.sent_at.is_some_and(|at| at >= since))
+            .collect();
+        let synced = !sent_since.is_empty()
+            && sent_since.iter().all(|(_, t)| {
                 t.state() == SyncState::Synced && t.acked_at.is_some_and(|at| at >= since)
-            })
-            && types.iter().any(|(_, t)| t.state() == SyncState::Synced);
+            });
         Ok(if fresh && synced && container.health == Health::Healthy {
             Verdict::Done
         } else {

@@ -49,12 +49,30 @@ impl Driver<'_> {
             Ok(()) => Ok(()),
             // Gone already (removed by this very operation, not shown yet, or by hand).
             Err(CommandError::Rejected(VmError::UnknownContainer(_))) => self.launch(target).await,
+            // Not removed: the rollout fails (unless it ended before) and the container stays.
             Err(CommandError::Rejected(error)) => {
                 let reason = format!("cannot remove the old container: {error}");
-                self.fail(target, Some(&target.container_id), reason).await
+                self.fail_and_put_back(target, reason).await
             }
             Err(other) => Err(command(other)),
         }
+    }
+
+    /// Fails the rollout at `target` (unless it ended before) and takes `target` out of what is
+    /// under way, so that an ended rollout stops driving it.
+    async fn fail_and_put_back(
+        &self,
+        target: &RolloutTarget,
+        reason: String,
+    ) -> Result<(), DriveError> {
+        if self.ended {
+            tracing::warn!(rollout = %self.rollout_id, node = %target.node_id, %reason,
+                "a container of an ended rollout was left as it is");
+        } else {
+            self.fail(target, Some(&target.container_id), reason)
+                .await?;
+        }
+        self.advance(target, Step::Pending).await.map(|_| ())
     }
 
     /// Launches `target`'s replacement: recorded, then asked for.
@@ -86,7 +104,7 @@ impl Driver<'_> {
             Ok(()) | Err(CommandError::Rejected(VmError::NodeIdTaken(_))) => Ok(()),
             Err(CommandError::Rejected(error)) => {
                 let reason = format!("cannot launch the replacement: {error}");
-                self.fail(target, None, reason).await
+                self.fail_and_put_back(target, reason).await
             }
             Err(other) => Err(command(other)),
         }
@@ -127,8 +145,8 @@ impl Driver<'_> {
         })
     }
 
-    /// Moves a container being removed on: to its replacement once removed. Once the rollout
-    /// ended, a removal that failed puts it back to pending (the old container stays).
+    /// Moves a container being removed on: to its replacement once removed; a removal that
+    /// failed or did not end in time fails the rollout and puts the container back to pending.
     pub(super) async fn removing(
         &self,
         target: &RolloutTarget,
@@ -137,14 +155,13 @@ impl Driver<'_> {
         let again = self.ask_removal(target, operation_id);
         match self.asked(operation_id, again).await? {
             Asked::Succeeded(..) => self.launch(target).await,
-            Asked::Failed(_) if self.ended => self.advance(target, Step::Pending).await.map(|_| ()),
             Asked::Failed(error) => {
                 let reason = format!("removing the old container failed: {error}");
-                self.fail(target, Some(&target.container_id), reason).await
+                self.fail_and_put_back(target, reason).await
             }
-            Asked::Waiting if !self.ended && Utc::now() - since > self.timeout => {
+            Asked::Waiting if Utc::now() - since > self.timeout => {
                 let reason = "removing the old container did not end in time".to_owned();
-                self.fail(target, Some(&target.container_id), reason).await
+                self.fail_and_put_back(target, reason).await
             }
             Asked::Waiting => Ok(()),
         }
@@ -168,15 +185,15 @@ impl Driver<'_> {
             }
             Asked::Succeeded(None, _) => {
                 let reason = "the launch named no container".to_owned();
-                self.fail(target, None, reason).await
+                self.fail_and_put_back(target, reason).await
             }
             Asked::Failed(error) => {
                 let reason = format!("launching the replacement failed: {error}");
-                self.fail(target, None, reason).await
+                self.fail_and_put_back(target, reason).await
             }
             Asked::Waiting if Utc::now() - since > self.timeout => {
                 let reason = "launching the replacement did not end in time".to_owned();
-                self.fail(target, None, reason).await
+                self.fail_and_put_back(target, reason).await
             }
             Asked::Waiting => Ok(()),
         }
