@@ -122,6 +122,21 @@ async fn a_launched_container_syncs_and_obeys_restart_stop_start_and_removal(poo
         c["state"] == "gone"
     })
     .await;
+    // The removed proxy's token does not outlive its container.
+    let tokens = settled(&app, &format!("{BASE}/proxy-tokens"), |page| {
+        page["items"].as_array().is_some_and(|items| {
+            items.iter().any(|t| t["node_id"] == "vm-a-edge-1")
+                && items
+                    .iter()
+                    .filter(|t| t["node_id"] == "vm-a-edge-1")
+                    .all(|t| t["state"] == "revoked")
+        })
+    })
+    .await;
+    assert!(
+        tokens.to_string().contains("container was removed"),
+        "{tokens}"
+    );
     let history = get(&app, &format!("{BASE}/vms/vm-a/history")).await;
     let text = history.to_string();
     for kind in ["ContainerOperationRequested", "ContainerOperationFinished"] {

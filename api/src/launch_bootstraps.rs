@@ -1,6 +1,7 @@
 //! The bootstraps of the Envoy containers agents launch: minted when the order is sent to the
 //! agent (never stored in the log), with a proxy token of the group that the tenant's operators
-//! can list and revoke under `…/proxy-tokens`, issued in the name of whoever asked for the launch.
+//! can list and revoke under `…/proxy-tokens`, issued in the name of whoever asked for the launch;
+//! revoked once the container is removed.
 
 use std::sync::Weak;
 
@@ -64,6 +65,29 @@ impl ProxyBootstraps for LaunchBootstraps {
                 admin_port: request.admin_port,
             });
             Ok(bootstrap.to_string())
+        })
+    }
+
+    fn retire(
+        &self,
+        tenant_id: uuid::Uuid,
+        node_id: String,
+    ) -> BoxFuture<'static, Result<u64, String>> {
+        let state = AppState::upgrade(&self.0);
+        Box::pin(async move {
+            let state = state.ok_or("the control plane is stopping")?;
+            let revoked = crate::store::proxy_tokens::revoke_node(
+                &state.pool,
+                tenant_id,
+                &node_id,
+                "efms (its container was removed)",
+            )
+            .await
+            .map_err(|error| format!("cannot revoke the proxy's tokens: {error}"))?;
+            if revoked > 0 {
+                state.xds.recheck_credentials();
+            }
+            Ok(revoked)
         })
     }
 }

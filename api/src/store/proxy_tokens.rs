@@ -86,6 +86,29 @@ pub async fn revoke(
     Ok(found.is_some())
 }
 
+/// Revokes every live token minted for proxy `node_id` (its container was removed); answers
+/// how many.
+pub async fn revoke_node(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    node_id: &str,
+    revoked_by: &str,
+) -> Result<u64, sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
+    let revoked = sqlx::query(
+        "UPDATE proxy_tokens SET revoked_at = now(), revoked_by = $3
+         WHERE tenant_id = $1 AND node_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(tenant_id)
+    .bind(node_id)
+    .bind(revoked_by)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    Ok(revoked)
+}
+
 /// A token being minted.
 #[derive(Debug, Clone)]
 pub struct NewProxyToken<'a> {

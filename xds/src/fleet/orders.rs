@@ -36,10 +36,15 @@ pub struct BootstrapRequest {
     pub requested_by: String,
 }
 
-/// Mints bootstraps for launched proxies (the API's, which holds the signing keys).
+/// Mints bootstraps for launched proxies, and retires them (the API's, which holds the signing
+/// keys and the proxy tokens).
 pub trait ProxyBootstraps: Send + Sync {
     /// The bootstrap (JSON text) of `request`, or why there is none.
     fn bootstrap(&self, request: BootstrapRequest) -> BoxFuture<'static, Result<String, String>>;
+
+    /// Revokes the tokens minted for proxy `node_id` of `tenant_id` so far: its container was
+    /// removed (a replacement's token is minted after). Answers how many.
+    fn retire(&self, tenant_id: Uuid, node_id: String) -> BoxFuture<'static, Result<u64, String>>;
 }
 
 /// The open streams of this process by VM, each with its nudge.

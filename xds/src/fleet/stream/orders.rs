@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::{convert, message, stored_or_status, Agent, FleetServer, Outcome};
 use crate::fleet::BootstrapRequest;
+use efms_projections::fleet::queries as read;
 
 /// The longest failure text kept from an agent's report.
 const MAX_ERROR: usize = 4_096;
@@ -171,6 +172,7 @@ impl FleetServer {
             .lock()
             .expect("minted lock")
             .remove(&outcome.0);
+        let removed = self.removed_container(agent, &outcome).await?;
         self.inner
             .fleet
             .report(
@@ -184,6 +186,9 @@ impl FleetServer {
             .await
             .map_err(stored_or_status)?;
         agent.ordered.remove(&outcome.0);
+        if let Some(container_id) = removed {
+            self.retire(agent, &container_id).await;
+        }
         Ok(match refused {
             Some(fault) => Outcome::Refused(fault),
             None => Outcome::Stored {
@@ -191,6 +196,57 @@ impl FleetServer {
                 recorded: false,
             },
         })
+    }
+}
+
+impl FleetServer {
+    /// The container a pending removal `outcome` reports removed.
+    async fn removed_container(
+        &self,
+        agent: &Agent,
+        (operation_id, outcome): &(Uuid, OperationOutcome),
+    ) -> Result<Option<String>, Status> {
+        if !matches!(outcome, OperationOutcome::Succeeded { .. }) {
+            return Ok(None);
+        }
+        let (tenant_id, vm) = (agent.joined.tenant_id, agent.joined.vm.as_str());
+        let pending = self
+            .inner
+            .fleet
+            .pending_operations(tenant_id, vm)
+            .await
+            .map_err(stored_or_status)?;
+        Ok(pending.into_iter().find_map(|p| match p.operation {
+            ContainerOperation::Remove { container_id } if p.operation_id == *operation_id => {
+                Some(container_id)
+            }
+            _ => None,
+        }))
+    }
+
+    /// Revokes the proxy tokens of the proxy a removed container was: a token must not outlive
+    /// its container (a replacement gets its own). Failures are logged: the removal stands.
+    async fn retire(&self, agent: &Agent, container_id: &str) {
+        let tenant_id = agent.joined.tenant_id;
+        let pool = self.inner.fleet.pool();
+        let node_id = match read::find_containers(pool, tenant_id, container_id).await {
+            Ok(mut rows) => rows.pop().and_then(|row| row.container.node_id),
+            Err(error) => {
+                tracing::warn!(%error, container = %container_id, "cannot find a removed container's proxy");
+                None
+            }
+        };
+        let (Some(node_id), Some(bootstraps)) = (node_id, self.inner.bootstraps.get()) else {
+            return;
+        };
+        match bootstraps.retire(tenant_id, node_id.clone()).await {
+            Ok(revoked) => {
+                tracing::info!(node = %node_id, revoked, "a removed proxy's tokens revoked");
+            }
+            Err(error) => {
+                tracing::warn!(node = %node_id, %error, "cannot revoke a removed proxy's tokens");
+            }
+        }
     }
 }
 
