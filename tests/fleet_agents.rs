@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use efms_commands::fleet::upkeep::UpkeepSettings;
 use efms_tests::agents::{get, register, settled, RunningAgent, WAIT};
 use efms_tests::docker::Engine;
-use efms_tests::fleet::{eventually, free_port, Behaviour, Upstream};
+use efms_tests::fleet::{
+    cluster_to, eventually, free_port, ingress_listener, main_route_to, Behaviour, Upstream,
+};
 use efms_tests::TestApp;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -30,30 +32,11 @@ async fn traffic_follows_a_route_change(app: &TestApp) {
     let a = Upstream::start("A", Behaviour::Named).await;
     let b = Upstream::start("B", Behaviour::Named).await;
     let port = free_port();
-    let cluster = |name: &str, upstream: &Upstream| {
-        json!({ "name": name, "type": "STATIC", "connect_timeout": "1s",
-            "load_assignment": { "cluster_name": name, "endpoints": [{ "lb_endpoints": [{
-                "endpoint": { "address": { "socket_address": {
-                    "address": "127.0.0.1", "port_value": upstream.addr.port() } } } }] }] } })
-    };
-    let route = |to: &str| {
-        json!({ "name": "main", "virtual_hosts": [{ "name": "all", "domains": ["*"],
-            "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": to } }] }] })
-    };
-    let listener = json!({
-        "name": "ingress", "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } },
-        "filter_chains": [{ "filters": [{ "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                "stat_prefix": "ingress",
-                "rds": { "route_config_name": "main", "config_source": { "ads": {}, "resource_api_version": "V3" } },
-                "http_filters": [{ "name": "envoy.filters.http.router", "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }] } }] }]
-    });
+    let listener = ingress_listener(port);
     for (collection, body) in [
-        ("clusters", cluster("a", &a)),
-        ("clusters", cluster("b", &b)),
-        ("routes", route("a")),
+        ("clusters", cluster_to("a", &a)),
+        ("clusters", cluster_to("b", &b)),
+        ("routes", main_route_to("a")),
         ("listeners", listener),
     ] {
         let created = app.post(&format!("{BASE}/{collection}"), &body).await;
@@ -92,7 +75,7 @@ async fn traffic_follows_a_route_change(app: &TestApp) {
     };
     answer_is("A").await;
     let changed = app
-        .put(&format!("{BASE}/routes/main"), &route("b"), &[])
+        .put(&format!("{BASE}/routes/main"), &main_route_to("b"), &[])
         .await;
     assert_eq!(changed.status, 200, "{}", changed.body);
     answer_is("B").await;

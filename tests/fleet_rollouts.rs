@@ -12,7 +12,9 @@ use efms_tests::agents::{
     acme_with_ready_vm, carried_out, get, register, settled, RunningAgent, BASE,
 };
 use efms_tests::docker::{envoy_image, Engine};
-use efms_tests::fleet::{eventually, free_port, Behaviour, Upstream};
+use efms_tests::fleet::{
+    cluster_to, eventually, free_port, ingress_listener, main_route_to, Behaviour, Upstream,
+};
 use efms_tests::TestApp;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -230,22 +232,11 @@ async fn a_rollout_to_an_image_the_engine_lacks_fails_naming_dockers_words_and_r
 /// answers the port.
 async fn serving(app: &TestApp, upstream: &Upstream) -> u16 {
     let port = free_port();
-    let cluster = json!({ "name": "a", "type": "STATIC", "connect_timeout": "1s",
-        "load_assignment": { "cluster_name": "a", "endpoints": [{ "lb_endpoints": [{
-            "endpoint": { "address": { "socket_address": {
-                "address": "127.0.0.1", "port_value": upstream.addr.port() } } } }] }] } });
-    let route = json!({ "name": "main", "virtual_hosts": [{ "name": "all", "domains": ["*"],
-        "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": "a" } }] }] });
-    let listener = json!({
-        "name": "ingress", "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } },
-        "filter_chains": [{ "filters": [{ "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                "stat_prefix": "ingress",
-                "rds": { "route_config_name": "main", "config_source": { "ads": {}, "resource_api_version": "V3" } },
-                "http_filters": [{ "name": "envoy.filters.http.router", "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }] } }] }]
-    });
+    let (cluster, route, listener) = (
+        cluster_to("a", upstream),
+        main_route_to("a"),
+        ingress_listener(port),
+    );
     for (collection, body) in [
         ("clusters", cluster),
         ("routes", route),

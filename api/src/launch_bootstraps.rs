@@ -5,14 +5,11 @@
 
 use std::sync::Weak;
 
-use efms_domain::config::MAIN_BRANCH;
-use efms_domain::envoy::ResourceKind;
 use efms_domain::tenant::TenantSlug;
-use efms_projections::config::{self as read, AsOf};
 use efms_xds::{BootstrapRequest, ProxyBootstraps};
 use futures::future::BoxFuture;
 
-use crate::routes::proxies::{bootstrap_document, BootstrapSpec, XdsProtocol};
+use crate::routes::proxies::{bootstrap_document, existing_group, BootstrapSpec, XdsProtocol};
 use crate::routes::proxy_tokens::{mint, TokenOwner};
 use crate::state::{AppState, Shared};
 
@@ -32,19 +29,9 @@ impl ProxyBootstraps for LaunchBootstraps {
         Box::pin(async move {
             let state = state.ok_or("the control plane is stopping")?;
             let slug = TenantSlug::parse(request.tenant.as_str()).map_err(|e| e.to_string())?;
-            let group = read::get_resource(
-                &state.pool,
-                request.tenant_id,
-                MAIN_BRANCH,
-                ResourceKind::Group,
-                &request.group,
-                AsOf::Now,
-            )
-            .await
-            .map_err(|error| format!("cannot read the group: {error}"))?;
-            if group.is_none() {
-                return Err(format!("there is no group `{}`", request.group));
-            }
+            existing_group(&state.pool, request.tenant_id, &request.group)
+                .await
+                .map_err(|error| error.to_string())?;
             let owner = TokenOwner {
                 tenant_id: request.tenant_id,
                 slug: &slug,

@@ -164,13 +164,11 @@ impl CommandBus {
         A: Decide + 'static,
     {
         let repo = self.repo(tenant_id);
-        let key: StreamKey = (tenant_id, A::TYPE, aggregate_id.to_owned());
-        let slot = self.warm.slot(&key);
+        let slot = self
+            .warm
+            .slot(&(tenant_id, A::TYPE, aggregate_id.to_owned()));
         let mut slot = slot.lock().await;
-        let mut warm = match slot.take::<A>() {
-            Some(warm) => warm,
-            None => load::<A>(&repo, aggregate_id).await?,
-        };
+        let mut warm = kept_or_loaded::<A>(&mut slot, &repo, aggregate_id).await?;
         catch_up(&repo, aggregate_id, &mut warm).await?;
         let answer = read(&warm.state);
         slot.put(warm);
@@ -209,10 +207,7 @@ impl CommandBus {
         let key: StreamKey = (tenant_id, A::TYPE, aggregate_id.to_owned());
         let slot = self.warm.slot(&key);
         let mut slot = slot.lock().await;
-        let mut warm = match slot.take::<A>() {
-            Some(warm) => warm,
-            None => load::<A>(&repo, aggregate_id).await?,
-        };
+        let mut warm = kept_or_loaded::<A>(&mut slot, &repo, aggregate_id).await?;
         let mut attempt: u32 = 1;
         loop {
             let decided = warm.state.decide(command.clone(), &services).await;
@@ -250,6 +245,18 @@ impl CommandBus {
                 Outcome::Lost(_) => return Err(CommandError::Conflict),
             }
         }
+    }
+}
+
+/// The stream's state kept in `slot`, else loaded from the store.
+async fn kept_or_loaded<A: Aggregate + 'static>(
+    slot: &mut crate::warm::Slot,
+    repo: &PgEventRepository,
+    aggregate_id: &str,
+) -> Result<Warm<A>, PersistenceError> {
+    match slot.take::<A>() {
+        Some(warm) => Ok(warm),
+        None => load::<A>(repo, aggregate_id).await,
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// The Envoy build the tests use by default.
 pub const ENVOY: &str = "1.40.0";
@@ -170,4 +170,32 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A cluster `name` of one endpoint, `upstream`.
+pub fn cluster_to(name: &str, upstream: &Upstream) -> Value {
+    json!({ "name": name, "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": { "cluster_name": name, "endpoints": [{ "lb_endpoints": [{
+            "endpoint": { "address": { "socket_address": {
+                "address": "127.0.0.1", "port_value": upstream.addr.port() } } } }] }] } })
+}
+
+/// Route configuration `main`: everything to cluster `to`.
+pub fn main_route_to(to: &str) -> Value {
+    json!({ "name": "main", "virtual_hosts": [{ "name": "all", "domains": ["*"],
+        "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": to } }] }] })
+}
+
+/// Listener `ingress` on 127.0.0.1:`port`, HTTP routed by route configuration `main` (RDS).
+pub fn ingress_listener(port: u16) -> Value {
+    json!({
+        "name": "ingress", "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } },
+        "filter_chains": [{ "filters": [{ "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "ingress",
+                "rds": { "route_config_name": "main", "config_source": { "ads": {}, "resource_api_version": "V3" } },
+                "http_filters": [{ "name": "envoy.filters.http.router", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }] } }] }]
+    })
 }

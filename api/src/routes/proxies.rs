@@ -425,16 +425,7 @@ pub async fn bootstrap(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    read::get_resource(
-        &state.pool,
-        tenant.tenant_id,
-        MAIN_BRANCH,
-        ResourceKind::Group,
-        &group,
-        AsOf::Now,
-    )
-    .await?
-    .ok_or_else(|| ApiError::NotFound(format!("there is no group `{group}`")))?;
+    existing_group(&state.pool, tenant.tenant_id, &group).await?;
     let over =
         efms_projections::proxies::over_proxy_quota(&state.pool, tenant.tenant_id, &params.node_id)
             .await?;
@@ -459,6 +450,25 @@ pub async fn bootstrap(
         xds: &state.xds_address,
         admin_port: params.admin_port.unwrap_or(9901),
     })))
+}
+
+/// Answers 404 unless the tenant's main branch has group `group`.
+pub(crate) async fn existing_group(
+    pool: &sqlx::PgPool,
+    tenant_id: uuid::Uuid,
+    group: &str,
+) -> Result<(), ApiError> {
+    read::get_resource(
+        pool,
+        tenant_id,
+        MAIN_BRANCH,
+        ResourceKind::Group,
+        group,
+        AsOf::Now,
+    )
+    .await?
+    .ok_or_else(|| ApiError::NotFound(format!("there is no group `{group}`")))?;
+    Ok(())
 }
 
 /// What a bootstrap is made of.

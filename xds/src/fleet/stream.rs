@@ -354,19 +354,26 @@ impl FleetServer {
             };
             for (seq, outcome) in outcomes {
                 let answer = self.answer(agent, seq, outcome).await?;
-                // An agent that stops reading its answers is cut once the channel stays full
-                // for a re-check interval, rather than holding this task.
-                let sent = sender.send(Ok(message(answer)));
-                match tokio::time::timeout(self.settings().recheck, sent).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return Ok(()),
-                    Err(_) => {
-                        return Err(Status::resource_exhausted(
-                            "the agent does not read its answers",
-                        ))
-                    }
+                if !self.send_or_cut(sender, answer).await? {
+                    return Ok(());
                 }
             }
+        }
+    }
+
+    /// Sends `body` to the agent; `false` when the agent is gone. An agent that stops reading
+    /// is cut once the channel stays full for a re-check interval, rather than holding this
+    /// stream's loop.
+    async fn send_or_cut(
+        &self,
+        sender: &mpsc::Sender<Result<ServerMessage, Status>>,
+        body: server_message::Body,
+    ) -> Result<bool, Status> {
+        let sent = sender.send(Ok(message(body)));
+        match tokio::time::timeout(self.settings().recheck, sent).await {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(_)) => Ok(false),
+            Err(_) => Err(Status::resource_exhausted("the agent does not read")),
         }
     }
 

@@ -9,11 +9,9 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use efms_commands::fleet::presence;
 use efms_commands::CommandError;
-use efms_domain::config::MAIN_BRANCH;
-use efms_domain::envoy::{check_name, ResourceKind};
+use efms_domain::envoy::check_name;
 use efms_domain::fleet::operations::{check_launch, check_launch_node_id};
 use efms_domain::fleet::{ContainerOperation, LaunchSpec, VmError, VmName};
-use efms_projections::config::{self as config_read, AsOf};
 use efms_projections::fleet::operations::{launching, OperationRow};
 use efms_projections::fleet::queries as read;
 use serde::Deserialize;
@@ -25,6 +23,7 @@ use crate::access::{ManageVms, Tenant};
 use crate::error::{ApiError, FieldError};
 use crate::extract::ApiJson;
 use crate::routes::jobs;
+use crate::routes::proxies::existing_group;
 use crate::state::AppState;
 
 /// `POST /vms/{name}/containers`: an Envoy container to start for a group.
@@ -211,16 +210,7 @@ pub async fn launch(
     read::get_vm(&state.pool, tenant.tenant_id, vm.as_str())
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("there is no VM `{vm}`")))?;
-    config_read::get_resource(
-        &state.pool,
-        tenant.tenant_id,
-        MAIN_BRANCH,
-        ResourceKind::Group,
-        &spec.group,
-        AsOf::Now,
-    )
-    .await?
-    .ok_or_else(|| ApiError::NotFound(format!("there is no group `{}`", spec.group)))?;
+    existing_group(&state.pool, tenant.tenant_id, &spec.group).await?;
     let node_id = request.node_id.unwrap_or_default();
     if !node_id.is_empty() {
         let running = read::container_of_proxy(&state.pool, tenant.tenant_id, &node_id).await?;

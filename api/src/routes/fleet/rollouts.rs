@@ -6,14 +6,12 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use efms_commands::CommandError;
-use efms_domain::config::MAIN_BRANCH;
 use efms_domain::envoy::ResourceKind;
 use efms_domain::fleet::check_image;
 use efms_domain::fleet::rollout::{
     Rollout, RolloutCommand, RolloutError, RolloutSpec, RolloutState, RolloutTarget, Step,
 };
 use efms_domain::fleet::{ContainerOperation, ContainerState};
-use efms_projections::config::{self as config_read, AsOf};
 use efms_projections::fleet::operations::launch_of;
 use efms_projections::fleet::queries::{self as read, ContainerFilter};
 use efms_projections::fleet::rollouts::{active_of_group, get_rollout, RolloutRow};
@@ -24,6 +22,7 @@ use uuid::Uuid;
 use crate::access::{ManageVms, ReadFleet, Tenant};
 use crate::error::{ApiError, FieldError};
 use crate::extract::ApiJson;
+use crate::routes::proxies::existing_group;
 use crate::state::AppState;
 use crate::ttl::parse_ttl;
 
@@ -198,16 +197,7 @@ pub async fn start(
         return Err(ApiError::Validation(errors));
     }
     let tenant_id = tenant.tenant_id;
-    config_read::get_resource(
-        &state.pool,
-        tenant_id,
-        MAIN_BRANCH,
-        ResourceKind::Group,
-        &group,
-        AsOf::Now,
-    )
-    .await?
-    .ok_or_else(|| ApiError::NotFound(format!("there is no group `{group}`")))?;
+    existing_group(&state.pool, tenant_id, &group).await?;
     // One start of a group's rollout at a time, across replicas, until the read model shows it.
     let mut exclusive = state.pool.begin().await?;
     let locked: bool =

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 use uuid::Uuid;
 
-use super::{convert, message, stored_or_status, Agent, FleetServer, Outcome};
+use super::{convert, stored_or_status, Agent, FleetServer, Outcome};
 use crate::fleet::BootstrapRequest;
 use efms_projections::fleet::queries as read;
 
@@ -59,13 +59,11 @@ impl FleetServer {
                 operation_id: operation_id.to_string(),
                 action: Some(action),
             };
-            // An agent that stops reading is cut once the channel stays full for a re-check
-            // interval, rather than holding this stream's loop.
-            let sent = sender.send(Ok(message(server_message::Body::Order(order))));
-            match tokio::time::timeout(self.settings().recheck, sent).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(Status::cancelled("the agent is gone")),
-                Err(_) => return Err(Status::resource_exhausted("the agent does not read")),
+            if !self
+                .send_or_cut(sender, server_message::Body::Order(order))
+                .await?
+            {
+                return Err(Status::cancelled("the agent is gone"));
             }
             tracing::info!(%vm, operation = %operation_id, "order sent to the agent");
             agent.ordered.insert(operation_id);
