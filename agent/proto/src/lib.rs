@@ -8,8 +8,10 @@
 #![forbid(unsafe_code)]
 
 mod messages;
+mod orders;
 
 pub use messages::*;
+pub use orders::{order, Launch};
 
 use tonic::codegen::http::uri::PathAndQuery;
 

@@ -13,6 +13,7 @@ pub mod reports;
 pub mod rollout;
 mod state;
 mod vm;
+mod vm_values;
 
 pub use join_token::JoinToken;
 pub use model::{
