@@ -9,7 +9,8 @@ use efms_domain::tenant::TenantSlug;
 use efms_xds::{BootstrapRequest, ProxyBootstraps};
 use futures::future::BoxFuture;
 
-use crate::routes::proxies::{bootstrap_document, existing_group, BootstrapSpec, XdsProtocol};
+use crate::bootstrap::{bootstrap_document, BootstrapSpec, XdsProtocol};
+use crate::routes::proxies::existing_group;
 use crate::routes::proxy_tokens::{mint, TokenOwner};
 use crate::state::{AppState, Shared};
 
@@ -50,6 +51,7 @@ impl ProxyBootstraps for LaunchBootstraps {
                 protocol: XdsProtocol::Sotw,
                 xds: &state.xds_address,
                 admin_port: request.admin_port,
+                stats_flush: state.stats_flush_interval(),
             });
             Ok(bootstrap.to_string())
         })

@@ -8,6 +8,7 @@ pub mod anonymous_budget;
 pub mod app;
 pub mod auth;
 pub mod background;
+pub mod bootstrap;
 pub mod config_services;
 pub mod connections;
 pub mod credentials;

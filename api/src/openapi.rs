@@ -43,7 +43,7 @@ impl Modify for BearerAuth {
         grants::create, grants::list, grants::delete, grants::received,
         resources::list, resources::create, resources::get, resources::replace, resources::patch, resources::delete, resources::group_resources, resources::declaration,
         versions::history, versions::revisions, versions::diff, versions::rollback, versions::rollback_resource,
-        proxies::list, proxies::get, proxies::history, proxies::bootstrap,
+        proxies::list, proxies::get, proxies::history, proxies::bootstrap, crate::routes::metrics::get,
         proxy_tokens::list, proxy_tokens::revoke,
         fleet::vms::register, fleet::vms::list, fleet::vms::get, fleet::vms::remove, fleet::vms::new_token,
         fleet::placement::change,
@@ -53,7 +53,7 @@ impl Modify for BearerAuth {
         bulk::bulk, jobs::get,
         branches::create, branches::list, branches::get, branches::delete, branches::diff, branches::merge,
     ),
-    components(schemas(Problem, ProblemField, proxies::XdsProtocol)),
+    components(schemas(Problem, ProblemField, crate::bootstrap::XdsProtocol)),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     tags(
@@ -64,6 +64,7 @@ impl Modify for BearerAuth {
         (name = "users", description = "Users, service accounts and login (FR-MT-003)"),
         (name = "sharing", description = "Clusters and templates shared between tenants (FR-MT-005)"),
         (name = "proxies", description = "What each Envoy proxy runs, and bootstraps that connect new ones (xDS)"),
+        (name = "metrics", description = "The proxies' own statistics per route, listener and cluster (FR-RT-005, FR-LN-005, FR-CL-005)"),
         (name = "operations", description = "Health and metrics"),
     )
 )]

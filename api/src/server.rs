@@ -54,7 +54,8 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         }
     })
     .with_limits(config.limits)
-    .with_fleet_settings(config.fleet);
+    .with_fleet_settings(config.fleet)
+    .with_telemetry_settings(config.telemetry);
     let xds = state.xds.clone();
     let background = state.background.clone();
     tracing::info!(

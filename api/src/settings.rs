@@ -16,6 +16,7 @@ mod edge;
 mod fleet;
 pub mod invalid;
 mod maintenance;
+mod telemetry;
 
 pub use agent::{AgentArgs, AgentConfig};
 pub use edge::{EdgeArgs, EdgeConfig};
@@ -23,6 +24,7 @@ pub use fleet::FleetArgs;
 pub(crate) use invalid::invalid;
 pub use invalid::ConfigError;
 pub use maintenance::{ReplayArgs, RotateArgs};
+pub use telemetry::TelemetryArgs;
 
 /// The local Postgres of a development machine.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/efms";
@@ -132,6 +134,9 @@ pub struct ServeArgs {
     /// Agents' heartbeats and samples.
     #[command(flatten)]
     pub fleet: FleetArgs,
+    /// The proxies' statistics.
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
 }
 
 /// `efms token`.
@@ -203,6 +208,8 @@ pub struct ServeConfig {
     pub limits: crate::limits::WriteLimits,
     /// Agents' heartbeats and samples.
     pub fleet: efms_commands::fleet::upkeep::UpkeepSettings,
+    /// The proxies' statistics.
+    pub telemetry: efms_xds::TelemetrySettings,
 }
 
 impl DatabaseArgs {
@@ -444,6 +451,7 @@ impl ServeArgs {
             edge,
             limits: self.limits.validate()?,
             fleet: self.fleet.validate()?,
+            telemetry: self.telemetry.validate()?,
         })
     }
 }
@@ -484,6 +492,7 @@ mod tests {
             },
             limits: crate::limits::LimitArgs::default(),
             fleet: FleetArgs::default(),
+            telemetry: TelemetryArgs::default(),
         }
     }
 

@@ -192,6 +192,11 @@ impl AppState {
             efms_xds::FleetStreamSettings::default(),
             metrics.xds.fleet.clone(),
         ));
+        xds.attach_telemetry(efms_xds::TelemetryServer::new(
+            pool.clone(),
+            efms_xds::TelemetrySettings::default(),
+            metrics.xds.telemetry.clone(),
+        ));
         let gauge = metrics.projector_position.clone();
         let mut checkpoint = tenants.clone();
         tokio::spawn(async move {
@@ -263,6 +268,25 @@ impl AppState {
         self.fleet_upkeep.send_replace(settings);
         if let Some(fleet) = self.xds.fleet() {
             fleet.update(|streams| streams.heartbeat_interval = settings.heartbeat_interval);
+        }
+        self
+    }
+
+    /// How often bootstrapped proxies send their statistics, unless their bootstrap asks
+    /// otherwise.
+    pub fn stats_flush_interval(&self) -> std::time::Duration {
+        self.xds
+            .telemetry()
+            .map_or(std::time::Duration::from_secs(10), |telemetry| {
+                telemetry.settings().flush_interval
+            })
+    }
+
+    /// The same state, gathering the proxies' statistics with `settings`.
+    #[must_use]
+    pub fn with_telemetry_settings(self, settings: efms_xds::TelemetrySettings) -> Self {
+        if let Some(telemetry) = self.xds.telemetry() {
+            telemetry.update(settings);
         }
         self
     }

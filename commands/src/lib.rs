@@ -28,6 +28,7 @@ pub mod keys;
 pub mod lease;
 pub mod log;
 pub mod scope;
+pub mod telemetry;
 pub mod warm;
 
 pub use bus::{BatchCommand, BatchOutcome, CommandBus, CommandError, CommitMetadata};

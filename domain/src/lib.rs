@@ -10,6 +10,7 @@ pub mod envoy;
 pub mod fleet;
 pub mod json_pointer;
 pub mod secrets;
+pub mod telemetry;
 pub mod tenant;
 
 pub use actor::{Actor, Role};

@@ -12,6 +12,7 @@ pub mod projector;
 pub mod proxies;
 pub mod replay;
 pub mod snapshots;
+pub mod telemetry;
 pub mod tenants;
 
 pub use cache::{CacheStats, ResourceCache};

@@ -99,6 +99,9 @@ pub enum Behaviour {
     FailEveryOther,
     /// 200 with its name after a pause.
     Slow(Duration),
+    /// Of every 20 requests (counted from 0): the 1st and 11th answered 503, the 6th answered
+    /// 200 after 120 ms, the others 200 at once.
+    TenthFailsTwentiethSlow,
 }
 
 /// A small HTTP server on 127.0.0.1 that answers with its name; stopped when dropped.
@@ -126,6 +129,15 @@ impl Upstream {
                         (axum::http::StatusCode::SERVICE_UNAVAILABLE, "try again")
                     }
                     Behaviour::Named | Behaviour::FailEveryOther => {
+                        (axum::http::StatusCode::OK, name)
+                    }
+                    Behaviour::TenthFailsTwentiethSlow if n.is_multiple_of(10) => {
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "try again")
+                    }
+                    Behaviour::TenthFailsTwentiethSlow => {
+                        if n % 20 == 5 {
+                            tokio::time::sleep(Duration::from_millis(120)).await;
+                        }
                         (axum::http::StatusCode::OK, name)
                     }
                     Behaviour::Slow(pause) => {

@@ -96,6 +96,17 @@ impl TestApp {
         app
     }
 
+    /// Starts the control plane gathering the proxies' statistics in buckets of `bucket`.
+    pub async fn spawn_with_stats_bucket(pool: PgPool, bucket: Duration) -> Self {
+        let app = Self::spawn(pool).await;
+        let telemetry = app.xds.telemetry().expect("statistics are served");
+        telemetry.update(efms_xds::TelemetrySettings {
+            bucket,
+            ..telemetry.settings()
+        });
+        app
+    }
+
     /// Starts the control plane with the HTTP listener's `limits` (over TLS with `tls`).
     pub async fn spawn_with_limits(
         pool: PgPool,

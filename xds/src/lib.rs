@@ -3,7 +3,8 @@
 //!
 //! It runs in the `efms` process beside the HTTP API, on its own address, and stops with it. It
 //! serves the Aggregated Discovery Service in both the State-of-the-World and the delta protocol,
-//! the per-type CDS, EDS, LDS, RDS and SDS services, and the standard gRPC health service. Streams
+//! the per-type CDS, EDS, LDS, RDS and SDS services, Envoy's metrics service (the proxies' own
+//! statistics, see [`telemetry`]), and the standard gRPC health service. Streams
 //! read the group snapshots that `efms-projections` keeps; every stream is authenticated by the
 //! bearer token in its metadata, and ends when that token expires or is withdrawn (its user
 //! deleted or changed, its proxy token revoked); what each proxy was sent, accepted and refused is recorded
@@ -21,6 +22,7 @@ mod services;
 mod session;
 mod sotw;
 pub mod status;
+pub mod telemetry;
 pub mod tls;
 mod wire;
 
@@ -29,13 +31,15 @@ use std::future::Future;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
+use envoy_types::pb::envoy::service::metrics::v3::metrics_service_server::MetricsServiceServer;
 use grpc::{Aggregated, Clusters, DiscoveryService, Endpoints, Listeners, Routes, Secrets};
 
 pub use credentials::DEFAULT_RECHECK;
 pub use fleet::{BootstrapRequest, FleetServer, FleetStreamSettings, ProxyBootstraps};
 pub use identity::{Authenticator, Credentials};
-pub use metrics::{FleetMetrics, XdsMetrics};
+pub use metrics::{FleetMetrics, TelemetryMetrics, XdsMetrics};
 pub use session::XdsServer;
+pub use telemetry::{TelemetryServer, TelemetrySettings};
 
 /// The largest message a proxy may send (an ACK carrying a long error, a big subscription).
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
@@ -118,5 +122,10 @@ async fn router(
         .add_service(DiscoveryService::<Routes>::new(xds.clone(), MAX_MESSAGE))
         .add_service(DiscoveryService::<Secrets>::new(xds.clone(), MAX_MESSAGE));
     let router = router.add_optional_service(xds.fleet().cloned().map(fleet::FleetService::new));
+    let router = router.add_optional_service(xds.telemetry().cloned().map(|telemetry| {
+        let cap = telemetry.settings().max_message;
+        MetricsServiceServer::new(telemetry::MetricsSink::new(xds.clone(), telemetry))
+            .max_decoding_message_size(cap)
+    }));
     (router, shutdown)
 }

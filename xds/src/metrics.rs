@@ -32,6 +32,44 @@ pub struct XdsMetrics {
     pub refused: Counter,
     /// The agents' streams.
     pub fleet: FleetMetrics,
+    /// The proxies' statistics streams.
+    pub telemetry: TelemetryMetrics,
+}
+
+/// Labels of a refused statistics stream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// Why: `token`, `identity` (another node's or tenant's), `oversize`, `invalid`,
+    /// `unavailable`.
+    pub reason: String,
+}
+
+/// The proxies' statistics streams' metrics (never per proxy); clones share the same series.
+#[derive(Debug, Clone, Default)]
+pub struct TelemetryMetrics {
+    /// Open statistics streams.
+    pub streams: Gauge,
+    /// Statistics messages received.
+    pub messages: Counter,
+    /// Statistics streams refused, by reason.
+    pub refused: Family<RefusalLabels, Counter>,
+    /// Rows of statistics written.
+    pub rows_written: Counter,
+    /// Rows of statistics dropped after the database failed for too long.
+    pub rows_dropped: Counter,
+    /// Series with a time bucket open in memory.
+    pub open_series: Gauge,
+}
+
+impl TelemetryMetrics {
+    /// Counts a stream refused for `reason`.
+    pub fn refused(&self, reason: &str) {
+        self.refused
+            .get_or_create(&RefusalLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
 }
 
 /// The agents' streams' metrics; clones share the same series.
@@ -85,6 +123,37 @@ impl XdsMetrics {
             "Agent reports refused (malformed, impossible, or naming another VM's container)",
             metrics.fleet.reports_refused.clone(),
         );
+        let telemetry = &metrics.telemetry;
+        registry.register(
+            "telemetry_streams",
+            "Open statistics streams of proxies",
+            telemetry.streams.clone(),
+        );
+        registry.register(
+            "telemetry_messages",
+            "Statistics messages received from proxies",
+            telemetry.messages.clone(),
+        );
+        registry.register(
+            "telemetry_refused_streams",
+            "Statistics streams refused (bad token, another node or tenant, oversize message)",
+            telemetry.refused.clone(),
+        );
+        registry.register(
+            "telemetry_rows_written",
+            "Rows of proxy statistics written (one per series and time bucket)",
+            telemetry.rows_written.clone(),
+        );
+        registry.register(
+            "telemetry_rows_dropped",
+            "Rows of proxy statistics dropped after the database failed for too long",
+            telemetry.rows_dropped.clone(),
+        );
+        registry.register(
+            "telemetry_open_series",
+            "Series of proxy statistics with a time bucket open in memory",
+            telemetry.open_series.clone(),
+        );
         metrics
     }
 }
@@ -98,6 +167,7 @@ impl Default for XdsMetrics {
             push_latency: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
             refused: Counter::default(),
             fleet: FleetMetrics::default(),
+            telemetry: TelemetryMetrics::default(),
         }
     }
 }

@@ -16,7 +16,10 @@ use crate::{delta, sotw};
 impl XdsServer {
     /// The credentials of a new stream: a token of a role that streams, not expired, whose user
     /// or proxy token was not withdrawn.
-    async fn admit(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Credentials, Status> {
+    pub(crate) async fn admit(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Credentials, Status> {
         let admitted = async {
             let credentials = authenticate(metadata, self.authenticator())?;
             if let Some(at) = credentials

@@ -46,6 +46,8 @@ struct Inner {
     stopping: watch::Sender<bool>,
     /// The agents' streams served beside the proxies' on the same listener, once attached.
     fleet: std::sync::OnceLock<crate::fleet::FleetServer>,
+    /// The proxies' statistics streams, once attached.
+    telemetry: std::sync::OnceLock<crate::telemetry::TelemetryServer>,
 }
 
 impl std::fmt::Debug for XdsServer {
@@ -78,6 +80,7 @@ impl XdsServer {
                 identifier: format!("efms {}", env!("CARGO_PKG_VERSION")),
                 stopping: watch::Sender::new(false),
                 fleet: std::sync::OnceLock::new(),
+                telemetry: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -89,6 +92,20 @@ impl XdsServer {
         if let Some(fleet) = self.fleet() {
             fleet.stop();
         }
+        if let Some(telemetry) = self.telemetry() {
+            telemetry.stop();
+        }
+    }
+
+    /// Takes the proxies' statistics streams on the same listener (once; later calls are
+    /// ignored).
+    pub fn attach_telemetry(&self, telemetry: crate::telemetry::TelemetryServer) {
+        let _ = self.inner.telemetry.set(telemetry);
+    }
+
+    /// The proxies' statistics streams, when attached.
+    pub fn telemetry(&self) -> Option<&crate::telemetry::TelemetryServer> {
+        self.inner.telemetry.get()
     }
 
     /// Serves the agents' streams of `fleet` on the same listener (once; later calls are ignored).
@@ -147,16 +164,13 @@ impl XdsServer {
             .to_string()
     }
 
-    /// Opens the stream of the proxy that sent `node`, for the holder of `credentials`.
-    pub(crate) async fn open(
+    /// Who sent `node` with `credentials`: its tenant (which must exist) and group, and what
+    /// ends its stream (the token's expiry or withdrawal, watched from now on).
+    pub(crate) async fn identify(
         &self,
         credentials: &Credentials,
         node: Option<&Node>,
-        protocol: Protocol,
-    ) -> Result<Session, Status> {
-        if *self.inner.stopping.borrow() {
-            return Err(Status::unavailable("the control plane is shutting down"));
-        }
+    ) -> Result<Identity, Status> {
         let info = NodeInfo::from_node(node)?;
         let (slug, tenant_id) = info.tenant(&credentials.actor)?;
         // Registered before the last checks, so that a withdrawal from now on ends the stream.
@@ -169,8 +183,6 @@ impl XdsServer {
             .map(|group| info.bound_group(group))
             .transpose()?;
         self.check_tenant(tenant_id, slug.as_str()).await?;
-        self.check_proxy_quota(tenant_id, slug.as_str(), &info.node_id)
-            .await?;
         let group = match bound.or_else(|| info.metadata.get(GROUP_KEY).cloned()) {
             Some(group) => group,
             None => self
@@ -186,6 +198,41 @@ impl XdsServer {
                     )
                 })?,
         };
+        let lapse = Lapse {
+            credential,
+            expiry: credentials.expires_at.map(|at| {
+                let left = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+                (at, Box::pin(tokio::time::sleep(left)))
+            }),
+        };
+        Ok(Identity {
+            info,
+            slug,
+            tenant_id,
+            group,
+            lapse,
+        })
+    }
+
+    /// Opens the stream of the proxy that sent `node`, for the holder of `credentials`.
+    pub(crate) async fn open(
+        &self,
+        credentials: &Credentials,
+        node: Option<&Node>,
+        protocol: Protocol,
+    ) -> Result<Session, Status> {
+        if *self.inner.stopping.borrow() {
+            return Err(Status::unavailable("the control plane is shutting down"));
+        }
+        let Identity {
+            info,
+            slug,
+            tenant_id,
+            group,
+            lapse,
+        } = self.identify(credentials, node).await?;
+        self.check_proxy_quota(tenant_id, slug.as_str(), &info.node_id)
+            .await?;
         let snapshot = self
             .inner
             .store
@@ -224,13 +271,7 @@ impl XdsServer {
             connection,
             snapshot,
             counters,
-            lapse: Lapse {
-                credential,
-                expiry: credentials.expires_at.map(|at| {
-                    let left = (at - chrono::Utc::now()).to_std().unwrap_or_default();
-                    (at, Box::pin(tokio::time::sleep(left)))
-                }),
-            },
+            lapse,
         })
     }
 
@@ -306,6 +347,20 @@ impl XdsServer {
 fn unavailable(error: sqlx::Error) -> Status {
     tracing::error!(%error, "the xDS server cannot read the store");
     Status::unavailable("the configuration store is unavailable; retry")
+}
+
+/// Who a proxy is, as its first message and token say.
+pub(crate) struct Identity {
+    /// Its node.
+    pub info: NodeInfo,
+    /// Its tenant.
+    pub slug: efms_domain::TenantSlug,
+    /// Its tenant's id.
+    pub tenant_id: Uuid,
+    /// Its group.
+    pub group: String,
+    /// What ends its stream.
+    pub lapse: Lapse,
 }
 
 /// One proxy's open stream. Dropping it records the disconnection.

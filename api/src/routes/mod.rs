@@ -8,6 +8,7 @@ pub mod grants;
 pub mod health;
 pub mod jobs;
 pub mod login;
+pub mod metrics;
 pub mod names;
 pub mod patching;
 pub mod proxies;

@@ -16,6 +16,8 @@ use serde_json::{json, Value};
 
 use super::resources::ResourcePath;
 use crate::access::{ReadConfig, Tenant, WriteConfig};
+pub use crate::bootstrap::XdsProtocol;
+use crate::bootstrap::{bootstrap_document, BootstrapSpec};
 use crate::error::{ApiError, FieldError};
 use crate::extract::ApiQuery;
 use crate::state::AppState;
@@ -25,12 +27,6 @@ use crate::state::AppState;
 pub struct NodeId {
     node_id: String,
 }
-
-/// The downstream connections a bootstrapped Envoy accepts at most.
-const MAX_DOWNSTREAM_CONNECTIONS: u32 = 50_000;
-
-/// The static cluster of a bootstrap that points at the xDS server.
-const XDS_CLUSTER: &str = "efms_xds";
 
 /// A proxy's status on one resource type.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -364,17 +360,6 @@ pub async fn history(
     Ok(Json(TransitionsPage { items, next_cursor }))
 }
 
-/// The xDS protocol a bootstrap asks for.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum XdsProtocol {
-    /// State-of-the-World ADS (`GRPC`).
-    #[default]
-    Sotw,
-    /// Incremental ADS (`DELTA_GRPC`).
-    Delta,
-}
-
 /// Query of a bootstrap.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -386,6 +371,9 @@ pub struct BootstrapParams {
     protocol: Option<XdsProtocol>,
     /// The port of Envoy's admin interface on 127.0.0.1 (default 9901).
     admin_port: Option<u16>,
+    /// How often the proxy sends its statistics, such as `10s` (default EFMS_STATS_FLUSH_INTERVAL,
+    /// `10s`; 1s to 1h).
+    stats_flush_interval: Option<String>,
     /// How long the proxy token in the bootstrap stays valid, such as `7d` (default
     /// EFMS_PROXY_TOKEN_TTL, `30d`; at most EFMS_PROXY_TOKEN_MAX_TTL, `365d`). The proxy needs a
     /// new bootstrap before it expires.
@@ -422,6 +410,20 @@ pub async fn bootstrap(
     let ttl = super::proxy_tokens::token_ttl(&state, params.token_ttl.as_deref())
         .map_err(|problem| errors.push(problem))
         .ok();
+    let stats_flush = match params.stats_flush_interval.as_deref() {
+        None => Some(state.stats_flush_interval()),
+        Some(text) => crate::ttl::parse_ttl(text)
+            .and_then(|flush| {
+                (std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(3_600))
+                    .contains(&flush)
+                    .then_some(flush)
+                    .ok_or_else(|| format!("`{text}` is outside 1s to 1h"))
+            })
+            .map_err(|problem| {
+                errors.push(FieldError::parameter("stats_flush_interval", problem));
+            })
+            .ok(),
+    };
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
@@ -449,6 +451,7 @@ pub async fn bootstrap(
         protocol: params.protocol.unwrap_or_default(),
         xds: &state.xds_address,
         admin_port: params.admin_port.unwrap_or(9901),
+        stats_flush: stats_flush.expect("checked"),
     })))
 }
 
@@ -469,110 +472,6 @@ pub(crate) async fn existing_group(
     .await?
     .ok_or_else(|| ApiError::NotFound(format!("there is no group `{group}`")))?;
     Ok(())
-}
-
-/// What a bootstrap is made of.
-pub(crate) struct BootstrapSpec<'a> {
-    pub node_id: &'a str,
-    pub group: &'a str,
-    pub tenant: &'a str,
-    pub token: &'a str,
-    pub protocol: XdsProtocol,
-    pub xds: &'a crate::state::XdsAddress,
-    pub admin_port: u16,
-}
-
-/// The Envoy bootstrap (JSON) of `spec`.
-pub(crate) fn bootstrap_document(spec: &BootstrapSpec<'_>) -> Value {
-    let api_type = match spec.protocol {
-        XdsProtocol::Sotw => "GRPC",
-        XdsProtocol::Delta => "DELTA_GRPC",
-    };
-    let (host, port) = (&spec.xds.host, spec.xds.port);
-    let discovery = if host.parse::<std::net::IpAddr>().is_ok() {
-        "STATIC"
-    } else {
-        "STRICT_DNS"
-    };
-    let mut bootstrap = json!({
-        "node": {
-            "id": spec.node_id,
-            "cluster": spec.group,
-            "metadata": { "tenant": spec.tenant, "group": spec.group },
-        },
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": api_type,
-                "transport_api_version": "V3",
-                "set_node_on_first_message_only": true,
-                "grpc_services": [{
-                    "envoy_grpc": { "cluster_name": XDS_CLUSTER },
-                    "initial_metadata": [{ "key": "authorization", "value": format!("Bearer {}", spec.token) }],
-                }],
-            },
-            "cds_config": { "ads": {}, "resource_api_version": "V3" },
-            "lds_config": { "ads": {}, "resource_api_version": "V3" },
-        },
-        "static_resources": {
-            "clusters": [{
-                "name": XDS_CLUSTER,
-                "type": discovery,
-                "connect_timeout": "1s",
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": {
-                            "http2_protocol_options": {
-                                "connection_keepalive": { "interval": "30s", "timeout": "10s" },
-                            },
-                        },
-                    },
-                },
-                "load_assignment": {
-                    "cluster_name": XDS_CLUSTER,
-                    "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": {
-                        "socket_address": { "address": host, "port_value": port },
-                    } } }] }],
-                },
-            }],
-        },
-        "admin": {
-            "address": { "socket_address": {
-                "address": "127.0.0.1",
-                "port_value": spec.admin_port,
-            } },
-        },
-        // A cap on downstream connections, which Envoy asks every deployment to set.
-        "overload_manager": {
-            "resource_monitors": [{
-                "name": "envoy.resource_monitors.global_downstream_max_connections",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
-                    "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
-                },
-            }],
-        },
-    });
-    if let Some(ca) = &spec.xds.tls_ca {
-        // TLS 1.3 to the control plane, trusting its certificate chain.
-        let mut tls = json!({
-            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-            "common_tls_context": {
-                "alpn_protocols": ["h2"],
-                "tls_params": {
-                    "tls_minimum_protocol_version": "TLSv1_3",
-                    "tls_maximum_protocol_version": "TLSv1_3",
-                },
-                "validation_context": { "trusted_ca": { "inline_string": ca } },
-            },
-        });
-        if discovery == "STRICT_DNS" {
-            tls["sni"] = json!(host);
-        }
-        bootstrap["static_resources"]["clusters"][0]["transport_socket"] =
-            json!({ "name": "envoy.transport_sockets.tls", "typed_config": tls });
-    }
-    bootstrap
 }
 
 /// The routes of proxies and their bootstraps.

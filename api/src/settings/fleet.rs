@@ -23,6 +23,12 @@ pub struct FleetArgs {
     /// How many days of one-minute rollups of the samples are kept.
     #[arg(long, env = "EFMS_FLEET_ROLLUP_RETENTION_DAYS", default_value = "90")]
     pub fleet_rollup_retention_days: String,
+    /// How many days of the proxies' raw statistics (10 s buckets) are kept.
+    #[arg(long, env = "EFMS_STATS_RETENTION_DAYS", default_value = "1")]
+    pub stats_retention_days: String,
+    /// How many days of the one-minute rollups of the proxies' statistics are kept.
+    #[arg(long, env = "EFMS_STATS_ROLLUP_RETENTION_DAYS", default_value = "30")]
+    pub stats_rollup_retention_days: String,
 }
 
 impl Default for FleetArgs {
@@ -32,6 +38,8 @@ impl Default for FleetArgs {
             fleet_heartbeat_grace: "20s".to_owned(),
             fleet_sample_retention_days: "7".to_owned(),
             fleet_rollup_retention_days: "90".to_owned(),
+            stats_retention_days: "1".to_owned(),
+            stats_rollup_retention_days: "30".to_owned(),
         }
     }
 }
@@ -99,11 +107,21 @@ impl FleetArgs {
                 ),
             ));
         }
+        let stats_days = days(
+            "EFMS_STATS_RETENTION_DAYS (--stats-retention-days)",
+            &self.stats_retention_days,
+        )?;
+        let stats_rollup_days = days(
+            "EFMS_STATS_ROLLUP_RETENTION_DAYS (--stats-rollup-retention-days)",
+            &self.stats_rollup_retention_days,
+        )?;
         Ok(UpkeepSettings {
             heartbeat_interval,
             heartbeat_grace,
             sample_days,
             rollup_days,
+            stats_days,
+            stats_rollup_days,
         })
     }
 }

@@ -79,9 +79,11 @@ pub async fn maintain_rollups(pool: &PgPool, keep_days: i32) -> Result<i32, sqlx
 
 /// A sample table rolled up.
 #[derive(Debug, Clone, Copy)]
-enum Table {
+pub(crate) enum Table {
     Vm,
     Container,
+    /// The proxies' statistics (see [`crate::telemetry`]).
+    ProxyStats,
 }
 
 impl Table {
@@ -89,13 +91,14 @@ impl Table {
         match self {
             Table::Vm => "vm",
             Table::Container => "container",
+            Table::ProxyStats => "proxy_stats",
         }
     }
 }
 
 /// The span `[from, upto)` of `table` due for rollup, with its mark locked for the transaction;
 /// `None` when no whole minute is due. The first round starts at the table's first sample.
-async fn window(
+pub(crate) async fn window(
     tx: &mut PgConnection,
     table: Table,
 ) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>, sqlx::Error> {
@@ -117,6 +120,11 @@ async fn window(
             }
             Table::Container => {
                 sqlx::query_scalar!(r#"SELECT min(sampled_at) FROM container_samples"#)
+                    .fetch_one(&mut *tx)
+                    .await?
+            }
+            Table::ProxyStats => {
+                sqlx::query_scalar!(r#"SELECT min(bucket) FROM proxy_stats"#)
                     .fetch_one(&mut *tx)
                     .await?
             }
@@ -148,7 +156,11 @@ async fn window(
 }
 
 /// Records that `table` is rolled up to `upto`.
-async fn mark(tx: &mut PgConnection, table: Table, upto: DateTime<Utc>) -> Result<(), sqlx::Error> {
+pub(crate) async fn mark(
+    tx: &mut PgConnection,
+    table: Table,
+    upto: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "UPDATE sample_rollups SET rolled_up_to = $2 WHERE name = $1",
         table.name(),

@@ -1,6 +1,6 @@
 //! The fleet's upkeep, done by one replica at a time under the lease `fleet-upkeep`: VMs whose
-//! heartbeat is overdue are taken down, samples are rolled up by the minute, and the sample and
-//! rollup tables get tomorrow's partitions and lose the expired ones.
+//! heartbeat is overdue are taken down, samples and the proxies' statistics are rolled up by the
+//! minute, and their tables get tomorrow's partitions and lose the expired ones.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use super::{presence, rollups, Fleet};
 use crate::lease::Lease;
+use crate::telemetry;
 
 /// How often the sample tables' partitions are looked after.
 const SAMPLE_UPKEEP_EVERY: Duration = Duration::from_secs(3_600);
@@ -27,6 +28,10 @@ pub struct UpkeepSettings {
     pub sample_days: i32,
     /// How many days of one-minute rollups are kept.
     pub rollup_days: i32,
+    /// How many days of the proxies' raw statistics (10 s buckets) are kept.
+    pub stats_days: i32,
+    /// How many days of the one-minute rollups of the proxies' statistics are kept.
+    pub stats_rollup_days: i32,
 }
 
 impl Default for UpkeepSettings {
@@ -36,6 +41,8 @@ impl Default for UpkeepSettings {
             heartbeat_grace: DEFAULT_HEARTBEAT_GRACE,
             sample_days: 7,
             rollup_days: 90,
+            stats_days: 1,
+            stats_rollup_days: 30,
         }
     }
 }
@@ -95,7 +102,9 @@ pub fn spawn(
                 let pool = fleet.pool();
                 let kept = presence::maintain_samples(pool, current.sample_days).await;
                 let rollups = rollups::maintain_rollups(pool, current.rollup_days).await;
-                match kept.and_then(|samples| Ok(samples + rollups?)) {
+                let stats =
+                    telemetry::maintain(pool, current.stats_days, current.stats_rollup_days).await;
+                match kept.and_then(|samples| Ok(samples + rollups? + stats?)) {
                     Ok(changed) => {
                         samples_done = Some(Instant::now());
                         if changed > 0 {
@@ -106,7 +115,11 @@ pub fn spawn(
                 }
             }
             if rolled_up.is_none_or(|done| done.elapsed() >= ROLLUP_EVERY) {
-                match rollups::roll_up(fleet.pool()).await {
+                let stats = telemetry::roll_up(fleet.pool()).await;
+                match rollups::roll_up(fleet.pool())
+                    .await
+                    .and_then(|written| Ok(written + stats?))
+                {
                     Ok(written) => {
                         rolled_up = Some(Instant::now());
                         tracing::debug!(written, "samples rolled up");
