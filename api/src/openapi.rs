@@ -44,6 +44,7 @@ impl Modify for BearerAuth {
         resources::list, resources::create, resources::get, resources::replace, resources::patch, resources::delete, resources::group_resources, resources::declaration,
         versions::history, versions::revisions, versions::diff, versions::rollback, versions::rollback_resource,
         proxies::list, proxies::get, proxies::history, proxies::bootstrap, crate::routes::metrics::get,
+        crate::routes::fleet_health::group_health, crate::routes::fleet_health::fleet_health,
         proxy_tokens::list, proxy_tokens::revoke,
         fleet::vms::register, fleet::vms::list, fleet::vms::get, fleet::vms::remove, fleet::vms::new_token,
         fleet::placement::change,

@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod drift;
 pub mod fleet;
 pub mod projector;
 pub mod proxies;

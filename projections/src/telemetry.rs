@@ -19,8 +19,8 @@ pub struct SeriesQuery<'a> {
     pub group: Option<&'a str>,
     /// What kind of subject.
     pub scope: StatScope,
-    /// The subjects' names (for routes, their virtual hosts).
-    pub names: &'a [String],
+    /// The subjects' names (for routes, their virtual hosts); `None`: every subject of the scope.
+    pub names: Option<&'a [String]>,
     /// From (included).
     pub from: DateTime<Utc>,
     /// To (excluded).
@@ -56,7 +56,7 @@ pub async fn series(pool: &PgPool, query: &SeriesQuery<'_>) -> Result<Vec<Series
                   endpoints_healthy, endpoints_total, latency_count AS "latency_count!",
                   latency_sum_ms AS "latency_sum_ms!", latency_slots AS "latency_slots!"
            FROM proxy_stats_1m, mark
-           WHERE tenant_id = $1 AND scope = $2 AND name = ANY($3)
+           WHERE tenant_id = $1 AND scope = $2 AND ($3::text[] IS NULL OR name = ANY($3))
              AND ($4::text IS NULL OR group_name = $4)
              AND bucket >= $5 AND bucket < least($6, mark.at)
            UNION ALL
@@ -64,7 +64,7 @@ pub async fn series(pool: &PgPool, query: &SeriesQuery<'_>) -> Result<Vec<Series
                   bytes_out, connections_active, circuit_breakers_open, endpoints_healthy,
                   endpoints_total, latency_count, latency_sum_ms, latency_slots
            FROM proxy_stats, mark
-           WHERE tenant_id = $1 AND scope = $2 AND name = ANY($3)
+           WHERE tenant_id = $1 AND scope = $2 AND ($3::text[] IS NULL OR name = ANY($3))
              AND ($4::text IS NULL OR group_name = $4)
              AND bucket >= greatest($5, mark.at) AND bucket < $6"#,
         query.tenant_id,

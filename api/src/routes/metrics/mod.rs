@@ -151,7 +151,7 @@ impl Window<'_> {
                 tenant_id: self.tenant_id,
                 group: self.group,
                 scope,
-                names,
+                names: Some(names),
                 from: self.from,
                 to: self.to,
                 step: self.step,
