@@ -25,13 +25,13 @@ const BASE: &str = "/api/v1/tenants/acme";
 const PATIENCE: Duration = Duration::from_secs(30);
 
 /// Route configuration `main`: virtual host `all` (one virtual cluster for everything) with
-/// route `root` (stat prefix `root`) to `backend`.
-fn counted_routes() -> Value {
+/// route `root` (stat prefix `root`) to `cluster`.
+fn counted_routes(cluster: &str) -> Value {
     json!({ "name": "main", "virtual_hosts": [{ "name": "all", "domains": ["*"],
         "virtual_clusters": [{ "name": "everything",
             "headers": [{ "name": ":path", "string_match": { "prefix": "/" } }] }],
         "routes": [{ "name": "root", "stat_prefix": "root", "match": { "prefix": "/" },
-            "route": { "cluster": "backend" } }] }] })
+            "route": { "cluster": cluster } }] }] })
 }
 
 /// The sum over a series' points of the number at `pointer` of each.
@@ -124,7 +124,7 @@ async fn route_cluster_and_listener_series_count_every_request_through_a_real_en
     let port = free_port();
     for (collection, body) in [
         ("clusters", cluster_to("backend", &upstream)),
-        ("routes", counted_routes()),
+        ("routes", counted_routes("backend")),
         ("listeners", ingress_listener(port)),
         (
             "groups",
@@ -427,4 +427,122 @@ async fn a_statistics_stream_that_is_not_a_proxys_own_is_refused_counted_and_sto
     })
     .await;
     assert_eq!(stored_rows(&pool, "globex").await, 0);
+}
+
+/// The head revision of main.
+async fn head(app: &TestApp) -> i64 {
+    app.get(&format!("{BASE}/revisions?limit=1")).await.body["items"][0]["revision"]
+        .as_i64()
+        .unwrap()
+}
+
+/// Waits until proxy `edge-1` accepted route configurations of `revision` or later.
+async fn until_routes_accepted(app: &TestApp, revision: i64) {
+    eventually(PATIENCE, "the proxy to accept the revision", || async {
+        let proxy = app.get(&format!("{BASE}/proxies/edge-1")).await.body;
+        proxy["types"]
+            .as_array()?
+            .iter()
+            .any(|t| t["type"] == "route" && t["acked_revision"].as_i64() >= Some(revision))
+            .then_some(())
+    })
+    .await;
+}
+
+/// The 5xx ratio of route configuration `main` before and after `revision`.
+async fn ratios(app: &TestApp, revision: i64) -> (f64, f64, Value) {
+    let impact = app
+        .get(&format!(
+            "{BASE}/revisions/{revision}/impact?window=5s&group=edge"
+        ))
+        .await;
+    assert_eq!(impact.status, 200, "{}", impact.body);
+    let change = impact.body["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|change| change["kind"] == "route" && change["name"] == "main")
+        .unwrap_or_else(|| panic!("route `main` changed in {}", impact.body))
+        .clone();
+    let ratio = |side: &str| change[side]["error_ratio"].as_f64().unwrap_or(0.0);
+    (ratio("before"), ratio("after"), impact.body)
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_revisions_impact_shows_5xx_rising_after_it_routes_to_a_failing_cluster_and_falling_after_its_rollback(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn_with_stats_bucket(pool, Duration::from_secs(1)).await;
+    app.create_tenant("acme", "Acme").await;
+    let good = Upstream::start("good", Behaviour::Named).await;
+    let flaky = Upstream::start("flaky", Behaviour::FailEveryOther).await;
+    let port = free_port();
+    for (collection, body) in [
+        ("clusters", cluster_to("good", &good)),
+        ("clusters", cluster_to("flaky", &flaky)),
+        ("routes", counted_routes("good")),
+        ("listeners", ingress_listener(port)),
+        (
+            "groups",
+            json!({ "name": "edge", "resources": [{ "kind": "listener", "name": "ingress" }] }),
+        ),
+    ] {
+        let answer = app.post(&format!("{BASE}/{collection}"), &body).await;
+        assert_eq!(answer.status, 201, "{collection}: {}", answer.body);
+    }
+    let bootstrap = app
+        .get(&format!(
+            "{BASE}/groups/edge/bootstrap?node_id=edge-1&stats_flush_interval=1s&admin_port={}",
+            free_port()
+        ))
+        .await
+        .body;
+    let _envoy = Envoy::start(ENVOY, &bootstrap);
+    until_routed(port, &good).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let client = reqwest::Client::new();
+            while !stop.load(Ordering::SeqCst) {
+                let _ = client.get(format!("http://127.0.0.1:{port}/")).send().await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
+    let settle = Duration::from_secs(7);
+    tokio::time::sleep(settle).await;
+    let bad = app
+        .put(
+            &format!("{BASE}/routes/main"),
+            &counted_routes("flaky"),
+            &[],
+        )
+        .await;
+    assert_eq!(bad.status, 200, "{}", bad.body);
+    let broke = head(&app).await;
+    until_routes_accepted(&app, broke).await;
+    tokio::time::sleep(settle).await;
+    let rolled = app
+        .post(
+            &format!("{BASE}/rollback"),
+            &json!({ "to_revision": broke - 1 }),
+        )
+        .await;
+    assert_eq!(rolled.status, 200, "{}", rolled.body);
+    let fixed = head(&app).await;
+    until_routes_accepted(&app, fixed).await;
+    tokio::time::sleep(settle).await;
+    stop.store(true, Ordering::SeqCst);
+    traffic.await.unwrap();
+
+    let (before, after, impact) = ratios(&app, broke).await;
+    assert!(before < 0.05, "before the failing cluster: {impact}");
+    assert!(after > 0.25, "after the failing cluster: {impact}");
+    assert!(impact["reached_at"].is_string(), "{impact}");
+    let (before, after, impact) = ratios(&app, fixed).await;
+    assert!(before > 0.25, "before the rollback: {impact}");
+    assert!(after < before / 2.0, "after the rollback: {impact}");
+    let missing = app.get(&format!("{BASE}/revisions/999/impact")).await;
+    assert_eq!(missing.status, 404, "{}", missing.body);
 }

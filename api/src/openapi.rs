@@ -43,7 +43,7 @@ impl Modify for BearerAuth {
         grants::create, grants::list, grants::delete, grants::received,
         resources::list, resources::create, resources::get, resources::replace, resources::patch, resources::delete, resources::group_resources, resources::declaration,
         versions::history, versions::revisions, versions::diff, versions::rollback, versions::rollback_resource,
-        proxies::list, proxies::get, proxies::history, proxies::bootstrap, crate::routes::metrics::get,
+        proxies::list, proxies::get, proxies::history, proxies::bootstrap, crate::routes::metrics::get, crate::routes::metrics::impact::impact,
         crate::routes::fleet_health::group_health, crate::routes::fleet_health::fleet_health,
         proxy_tokens::list, proxy_tokens::revoke,
         fleet::vms::register, fleet::vms::list, fleet::vms::get, fleet::vms::remove, fleet::vms::new_token,

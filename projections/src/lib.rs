@@ -9,6 +9,7 @@ pub mod cache;
 pub mod config;
 pub mod drift;
 pub mod fleet;
+pub mod impact;
 pub mod projector;
 pub mod proxies;
 pub mod replay;

@@ -105,7 +105,9 @@ pub struct Health {
     traffic: Traffic,
 }
 
-fn duration_param(
+/// A duration parameter of 1 s to 1 h in seconds, `default` when absent; a bad one is added to
+/// `errors`.
+pub(crate) fn duration_param(
     name: &'static str,
     text: Option<&str>,
     default: i64,

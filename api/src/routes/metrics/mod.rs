@@ -4,6 +4,7 @@
 //! by its HTTP connection managers; the counts are the sum over the tenant's proxies (or one
 //! group's), never per proxy.
 
+pub mod impact;
 mod resolve;
 mod views;
 
@@ -21,6 +22,7 @@ use crate::access::{ReadConfig, Tenant};
 use crate::error::{ApiError, FieldError};
 use crate::extract::ApiQuery;
 use crate::state::AppState;
+pub use impact::{impact, ChangeImpact, Impact};
 pub use views::{LatencyMs, Metrics, Part, Point, Responses};
 
 /// `{kind}/{name}` of a metrics route.
@@ -314,8 +316,13 @@ async fn route_configuration(window: &Window<'_>, name: &str) -> Result<Answer, 
 
 /// The routes of the proxies' statistics.
 pub fn router() -> axum::Router<AppState> {
-    axum::Router::new().route(
-        "/tenants/{tenant}/metrics/{kind}/{name}",
-        axum::routing::get(get),
-    )
+    axum::Router::new()
+        .route(
+            "/tenants/{tenant}/metrics/{kind}/{name}",
+            axum::routing::get(get),
+        )
+        .route(
+            "/tenants/{tenant}/revisions/{n}/impact",
+            axum::routing::get(impact),
+        )
 }

@@ -105,6 +105,16 @@ impl Point {
 }
 
 impl Point {
+    /// The same point with its rate over `seconds` (what has passed of a step of `step`).
+    #[must_use]
+    #[allow(clippy::cast_precision_loss)]
+    pub(crate) fn over_seconds(mut self, seconds: i64, step: i64) -> Self {
+        if seconds < step {
+            self.requests_per_second = self.requests as f64 / seconds.max(1) as f64;
+        }
+        self
+    }
+
     /// Takes the connection counts of `values` (a listener's own, over its connection
     /// managers').
     pub(crate) fn set_connections(&mut self, values: &StatValues) {
