@@ -129,6 +129,10 @@ async fn a_group_turns_degraded_naming_the_failing_cluster_then_the_refusing_pro
         "Envoy's own words name the port: {message}"
     );
 
+    let drifting = app.get(&format!("{BASE}/drift?group=edge")).await.body;
+    assert_eq!(drifting["items"][0]["node_id"], "edge-1", "{drifting}");
+    assert_eq!(drifting["items"][0]["state"], "NACKED", "{drifting}");
+
     drop(envoy);
     let gone = eventually(PATIENCE, "the proxy to be shown disconnected", || async {
         let health = health(&app, "groups/edge/health").await;
@@ -155,4 +159,81 @@ async fn a_health_read_refuses_a_bad_window_and_a_kind_that_is_not_a_group(pool:
     assert_eq!(answer.status, 404, "{}", answer.body);
     let answer = app.get(&format!("{BASE}/clusters/backend/health")).await;
     assert_eq!(answer.status, 404, "{}", answer.body);
+}
+
+/// The drifting proxies' states, by node.
+async fn drifting(app: &TestApp) -> Vec<(String, String)> {
+    let page = app.get(&format!("{BASE}/drift")).await.body;
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| {
+            (
+                item["node_id"].as_str().unwrap().to_owned(),
+                item["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_proxy_stopped_while_a_commit_lands_drifts_as_disconnected_and_is_in_sync_once_back(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn(pool).await;
+    app.create_tenant("acme", "Acme").await;
+    let upstream = Upstream::start("backend", Behaviour::Named).await;
+    let port = free_port();
+    for (collection, body) in [
+        (
+            "clusters",
+            efms_tests::fleet::cluster_to("backend", &upstream),
+        ),
+        ("routes", main_route_to("backend")),
+        ("listeners", ingress_listener(port)),
+        (
+            "groups",
+            json!({ "name": "edge", "resources": [{ "kind": "listener", "name": "ingress" }] }),
+        ),
+    ] {
+        let answer = app.post(&format!("{BASE}/{collection}"), &body).await;
+        assert_eq!(answer.status, 201, "{collection}: {}", answer.body);
+    }
+    let bootstrap = app
+        .get(&format!(
+            "{BASE}/groups/edge/bootstrap?node_id=edge-1&admin_port={}",
+            free_port()
+        ))
+        .await
+        .body;
+    let envoy = Envoy::start(ENVOY, &bootstrap);
+    eventually(PATIENCE, "the proxy to connect in sync", || async {
+        let health = health(&app, "groups/edge/health").await;
+        (health["proxies"]["in_sync"] == 1).then_some(())
+    })
+    .await;
+    assert!(drifting(&app).await.is_empty());
+
+    drop(envoy);
+    let mut timeout = efms_tests::fleet::cluster_to("backend", &upstream);
+    timeout["connect_timeout"] = json!("2s");
+    let answer = app
+        .put(&format!("{BASE}/clusters/backend"), &timeout, &[])
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let away = eventually(PATIENCE, "the stopped proxy to drift", || async {
+        let away = drifting(&app).await;
+        (!away.is_empty()).then_some(away)
+    })
+    .await;
+    assert_eq!(away, [("edge-1".to_owned(), "DISCONNECTED".to_owned())]);
+
+    let _envoy = Envoy::start(ENVOY, &bootstrap);
+    eventually(PATIENCE, "the proxy to be back in sync", || async {
+        drifting(&app).await.is_empty().then_some(())
+    })
+    .await;
+    let health = health(&app, "groups/edge/health").await;
+    assert_eq!(health["proxies"]["in_sync"], 1, "{health}");
 }

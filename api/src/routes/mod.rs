@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod branches;
 pub mod bulk;
+pub mod drift;
 pub mod fleet;
 pub mod fleet_health;
 pub mod grants;
