@@ -77,9 +77,10 @@ async fn a_group_turns_degraded_naming_the_failing_cluster_then_the_refusing_pro
         "the cluster's dead endpoint to be reported",
         || async {
             let health = health(&app, "groups/edge/health").await;
-            reason(&health, "cluster/backend")
-                .is_some()
-                .then_some(health)
+            reason(&health, "cluster/backend")?["message"]
+                .as_str()?
+                .starts_with("1 of 2")
+                .then_some(health.clone())
         },
     )
     .await;

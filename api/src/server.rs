@@ -58,6 +58,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     .with_telemetry_settings(config.telemetry);
     let xds = state.xds.clone();
     let background = state.background.clone();
+    let telemetry = state.xds.telemetry().cloned();
     tracing::info!(
         http = %http.local_addr()?,
         grpc = %grpc.local_addr()?,
@@ -95,6 +96,10 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
             "bulk jobs still running at exit end with the process; their records stop moving and \
              every replica reports them failed"
         );
+    }
+    if let Some(telemetry) = telemetry {
+        // The statistics gathered since the last bucket ended are written before the pool closes.
+        telemetry.stopped().await;
     }
     pool.close().await;
     tracing::info!("efms stopped");

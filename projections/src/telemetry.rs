@@ -1,6 +1,6 @@
 //! The proxies' statistics as time series: the stored buckets of a series (every replica's rows
-//! added up), folded into steps. A step of a minute or more reads the one-minute rollups up to
-//! where they reach and the raw buckets after it, so every bucket is counted once.
+//! added up), folded into steps. A step of whole minutes from a whole minute reads the one-minute
+//! rollups up to where they reach and the raw buckets after it, so every bucket is counted once.
 
 use std::collections::BTreeMap;
 
@@ -73,7 +73,9 @@ pub async fn series(pool: &PgPool, query: &SeriesQuery<'_>) -> Result<Vec<Series
         query.group,
         query.from,
         query.to,
-        query.step >= 60,
+        // Rollups stand for whole minutes: only steps of whole minutes from a whole minute read
+        // them (others read the raw buckets, kept a day by default).
+        query.step % 60 == 0 && query.from.timestamp() % 60 == 0,
     )
     .fetch_all(&mut *tx)
     .await?;

@@ -28,7 +28,7 @@ use efms_fleet_proto::{
     ContainerState, ContainerUsage, ContainerUsages, EngineVersion, EventKind, Health, Heartbeat,
     Hello, HostFacts, HostUsage,
 };
-use efms_tests::measure::{cpu_seconds_of_all, percentile, process_usage};
+use efms_tests::measure::{cpu_seconds_of_all, percentile, process_usage, table_sizes, timed_gets};
 use serde_json::json;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
@@ -245,8 +245,7 @@ async fn database_figures(pool: &sqlx::PgPool) -> (i64, HashMap<String, i64>) {
         .fetch_one(pool)
         .await
         .unwrap_or(0);
-    let mut sizes = HashMap::new();
-    for table in [
+    let tables = [
         "events",
         "audit_log",
         "container_history",
@@ -254,43 +253,8 @@ async fn database_figures(pool: &sqlx::PgPool) -> (i64, HashMap<String, i64>) {
         "vm_presence",
         "vm_samples",
         "container_samples",
-    ] {
-        let size: i64 = sqlx::query_scalar(
-            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c
-             WHERE c.relname = $1 OR c.oid IN (SELECT inhrelid FROM pg_inherits i
-                                              JOIN pg_class p ON p.oid = i.inhparent
-                                              WHERE p.relname = $1)",
-        )
-        .bind(table)
-        .fetch_one(pool)
-        .await
-        .unwrap_or(0);
-        sizes.insert(table.to_owned(), size);
-    }
-    (events, sizes)
-}
-
-async fn timed_gets(
-    client: &reqwest::Client,
-    args: &Args,
-    path: &str,
-    count: usize,
-) -> Vec<Duration> {
-    let mut times = Vec::with_capacity(count);
-    for _ in 0..count {
-        let started = Instant::now();
-        let ok = client
-            .get(format!("{}{path}", args.http))
-            .bearer_auth(&args.token)
-            .send()
-            .await
-            .is_ok_and(|response| response.status().is_success());
-        if ok {
-            times.push(started.elapsed());
-        }
-    }
-    times.sort();
-    times
+    ];
+    (events, table_sizes(pool, &tables).await)
 }
 
 /// Registers the VMs, 16 at a time; their join tokens.
@@ -396,18 +360,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let cpu_half = Cpu::now(&args);
     let vms = timed_gets(
         &client,
-        &args,
-        &format!("/api/v1/tenants/{}/vms?limit=1000", args.tenant),
+        &format!(
+            "{}/api/v1/tenants/{}/vms?limit=1000",
+            args.http, args.tenant
+        ),
+        &args.token,
         100,
     )
     .await;
     let running = timed_gets(
         &client,
-        &args,
         &format!(
-            "/api/v1/tenants/{}/containers?state=running&limit=1000",
-            args.tenant
+            "{}/api/v1/tenants/{}/containers?state=running&limit=1000",
+            args.http, args.tenant
         ),
+        &args.token,
         100,
     )
     .await;

@@ -1,6 +1,7 @@
 //! Figures the load generators take of the processes they measure.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 /// Resident memory (KiB) and CPU time (seconds) of `pid`.
 pub fn process_usage(pid: u32) -> Option<(u64, f64)> {
@@ -48,4 +49,47 @@ pub fn cpu_seconds_of_all(name: &str) -> f64 {
         })
         .filter_map(|pid| process_usage(pid).map(|(_, cpu)| cpu))
         .sum()
+}
+
+/// The bytes each of `tables` takes, its partitions and indexes included.
+pub async fn table_sizes(pool: &sqlx::PgPool, tables: &[&str]) -> HashMap<String, i64> {
+    let mut sizes = HashMap::new();
+    for table in tables {
+        let size: i64 = sqlx::query_scalar(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c
+             WHERE c.relname = $1 OR c.oid IN (SELECT inhrelid FROM pg_inherits i
+                                              JOIN pg_class p ON p.oid = i.inhparent
+                                              WHERE p.relname = $1)",
+        )
+        .bind(table)
+        .fetch_one(pool)
+        .await
+        .unwrap_or(0);
+        sizes.insert((*table).to_owned(), size);
+    }
+    sizes
+}
+
+/// `count` sequential GETs of `url` with `token`: the times of those that succeeded, sorted.
+pub async fn timed_gets(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    count: usize,
+) -> Vec<Duration> {
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count {
+        let started = Instant::now();
+        let ok = client
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .is_ok_and(|response| response.status().is_success());
+        if ok {
+            times.push(started.elapsed());
+        }
+    }
+    times.sort();
+    times
 }

@@ -11,7 +11,7 @@ use crate::ttl::parse_ttl;
 /// The statistics' settings, as given.
 #[derive(Debug, Clone, Args)]
 pub struct TelemetryArgs {
-    /// The width of the statistics' time buckets, such as 10s.
+    /// The width of the statistics' time buckets, such as 10s (it must divide a minute).
     #[arg(long, env = "EFMS_STATS_BUCKET", default_value = "10s")]
     pub stats_bucket: String,
     /// How often proxies send their statistics (their bootstraps' `stats_flush_interval`), unless
@@ -46,6 +46,16 @@ impl TelemetryArgs {
     /// Checks the statistics' settings.
     pub fn validate(&self) -> Result<TelemetrySettings, ConfigError> {
         let bucket = seconds("EFMS_STATS_BUCKET (--stats-bucket)", &self.stats_bucket)?;
+        if 60 % bucket.as_secs() != 0 {
+            return Err(invalid(
+                "EFMS_STATS_BUCKET (--stats-bucket)",
+                format!(
+                    "`{}` does not divide a minute: buckets roll up into minutes (1, 2, 3, 4, 5, \
+                     6, 10, 12, 15, 20, 30 or 60 seconds)",
+                    self.stats_bucket
+                ),
+            ));
+        }
         let flush_interval = seconds(
             "EFMS_STATS_FLUSH_INTERVAL (--stats-flush-interval)",
             &self.stats_flush_interval,
@@ -94,6 +104,15 @@ mod tests {
             .unwrap_err()
             .setting
             .starts_with("EFMS_STATS_BUCKET"));
+        let bad = TelemetryArgs {
+            stats_bucket: "7s".to_owned(),
+            ..TelemetryArgs::default()
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .reason
+            .contains("divide a minute"));
         let bad = TelemetryArgs {
             stats_max_message: "10".to_owned(),
             ..TelemetryArgs::default()

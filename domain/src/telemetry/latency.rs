@@ -69,12 +69,16 @@ impl Latency {
             let here = cumulative.saturating_sub(below);
             below = below.max(cumulative);
             if here > 0 {
-                self.slots[slot_of(upper)] += i64::try_from(here).unwrap_or(i64::MAX);
+                let slot = &mut self.slots[slot_of(upper)];
+                *slot = slot.saturating_add(i64::try_from(here).unwrap_or(i64::MAX));
             }
         }
         let above = count.saturating_sub(below);
-        self.slots[LATENCY_SLOTS - 1] += i64::try_from(above).unwrap_or(i64::MAX);
-        self.count += i64::try_from(count.max(below)).unwrap_or(i64::MAX);
+        let last = &mut self.slots[LATENCY_SLOTS - 1];
+        *last = last.saturating_add(i64::try_from(above).unwrap_or(i64::MAX));
+        self.count = self
+            .count
+            .saturating_add(i64::try_from(count.max(below)).unwrap_or(i64::MAX));
         if sum_ms.is_finite() && sum_ms >= 0.0 {
             self.sum_ms += sum_ms;
         }
@@ -83,9 +87,9 @@ impl Latency {
     /// Adds another histogram's samples.
     pub fn merge(&mut self, other: &Latency) {
         for (mine, theirs) in self.slots.iter_mut().zip(other.slots) {
-            *mine += theirs;
+            *mine = mine.saturating_add(theirs);
         }
-        self.count += other.count;
+        self.count = self.count.saturating_add(other.count);
         self.sum_ms += other.sum_ms;
     }
 
@@ -94,7 +98,10 @@ impl Latency {
     /// without samples.
     #[must_use]
     pub fn quantile(&self, q: f64) -> Option<f64> {
-        let total: i64 = self.slots.iter().sum();
+        let total = self
+            .slots
+            .iter()
+            .fold(0_i64, |sum, n| sum.saturating_add(*n));
         if total <= 0 {
             return None;
         }

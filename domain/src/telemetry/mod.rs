@@ -111,9 +111,14 @@ pub struct StatValues {
     pub latency: Latency,
 }
 
+/// Adds without overflowing (a sum that would is held at the most an `i64` holds).
+fn add(into: &mut i64, value: i64) {
+    *into = into.saturating_add(value);
+}
+
 fn add_gauge(into: &mut Option<i64>, value: Option<i64>) {
     if let Some(value) = value {
-        *into = Some(into.unwrap_or(0) + value);
+        *into = Some(into.unwrap_or(0).saturating_add(value));
     }
 }
 
@@ -121,16 +126,16 @@ impl StatValues {
     /// Adds `value` to a counter.
     pub fn count(&mut self, field: CounterField, value: i64) {
         match field {
-            CounterField::Requests => self.requests += value,
+            CounterField::Requests => add(&mut self.requests, value),
             CounterField::Responses(class) => {
                 if let Some(slot) = self.responses.get_mut(usize::from(class)) {
-                    *slot += value;
+                    add(slot, value);
                 }
             }
-            CounterField::Retries => self.retries += value,
-            CounterField::ConnectionsNew => self.connections_new += value,
-            CounterField::BytesIn => self.bytes_in += value,
-            CounterField::BytesOut => self.bytes_out += value,
+            CounterField::Retries => add(&mut self.retries, value),
+            CounterField::ConnectionsNew => add(&mut self.connections_new, value),
+            CounterField::BytesIn => add(&mut self.bytes_in, value),
+            CounterField::BytesOut => add(&mut self.bytes_out, value),
         }
     }
 
@@ -147,14 +152,14 @@ impl StatValues {
 
     /// Adds what `other` counted, gauges included (as of other proxies or replicas).
     pub fn merge(&mut self, other: &StatValues) {
-        self.requests += other.requests;
+        add(&mut self.requests, other.requests);
         for (mine, theirs) in self.responses.iter_mut().zip(other.responses) {
-            *mine += theirs;
+            add(mine, theirs);
         }
-        self.retries += other.retries;
-        self.connections_new += other.connections_new;
-        self.bytes_in += other.bytes_in;
-        self.bytes_out += other.bytes_out;
+        add(&mut self.retries, other.retries);
+        add(&mut self.connections_new, other.connections_new);
+        add(&mut self.bytes_in, other.bytes_in);
+        add(&mut self.bytes_out, other.bytes_out);
         add_gauge(&mut self.connections_active, other.connections_active);
         add_gauge(&mut self.circuit_breakers_open, other.circuit_breakers_open);
         add_gauge(&mut self.endpoints_healthy, other.endpoints_healthy);

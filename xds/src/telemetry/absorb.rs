@@ -114,18 +114,28 @@ fn key_of(scope: StatScope, family: &str, metric: &Metric) -> Option<StatKey> {
         StatScope::Http | StatScope::Listener => name == ADMIN_PREFIX,
         StatScope::VirtualHost | StatScope::Route => false,
     };
-    (!foreign && !name.is_empty()).then(|| StatKey {
+    (!foreign && storable(name) && storable(detail)).then(|| StatKey {
         scope,
         name: name.to_owned(),
         detail: detail.to_owned(),
     })
 }
 
+/// The largest value one reading may bring (a counter's growth in one flush interval): far above
+/// any real one, and low enough that sums over proxies, replicas and a month stay in an `i64`.
+const MOST_PER_READING: f64 = 1.0e12;
+
+/// Whether a name can be stored as the subject of a series: 1 to 253 characters (as resource
+/// names), none of them a control character.
+fn storable(name: &str) -> bool {
+    name.len() <= 253 && !name.chars().any(char::is_control)
+}
+
 #[allow(clippy::cast_possible_truncation)]
 fn whole(value: Option<f64>) -> i64 {
     value
         .filter(|v| v.is_finite() && *v > 0.0)
-        .map_or(0, |v| v.round().min(9.0e18) as i64)
+        .map_or(0, |v| v.round().min(MOST_PER_READING) as i64)
 }
 
 /// The readings of `families`; metrics that count nothing new are left out.
@@ -162,15 +172,15 @@ pub(crate) fn absorb(families: &[MetricFamily]) -> Vec<(StatKey, Reading)> {
                     value: whole(gauge.value),
                 }),
                 Meaning::Latency => metric.histogram.as_ref().and_then(|histogram| {
-                    let count = histogram.sample_count.unwrap_or(0);
+                    let count = histogram.sample_count.unwrap_or(0).min(1_000_000_000_000);
                     (count > 0).then(|| Reading::Latency {
                         buckets: histogram
                             .bucket
                             .iter()
-                            .filter_map(|b| Some((b.upper_bound?, b.cumulative_count?)))
+                            .filter_map(|b| Some((b.upper_bound?, b.cumulative_count?.min(count))))
                             .collect(),
                         count,
-                        sum_ms: histogram.sample_sum.unwrap_or(0.0),
+                        sum_ms: histogram.sample_sum.unwrap_or(0.0).min(MOST_PER_READING),
                     })
                 }),
             };
@@ -261,6 +271,33 @@ mod tests {
             counter("server.uptime", &[], 4.0),
         ];
         assert!(absorb(&families).is_empty());
+    }
+
+    #[test]
+    fn a_name_that_cannot_be_stored_and_an_absurd_count_are_not_taken() {
+        let families = [
+            counter(
+                "cluster.upstream_rq_total",
+                &[("envoy.cluster_name", "bad\u{0}name")],
+                1.0,
+            ),
+            counter(
+                "cluster.upstream_rq_total",
+                &[("envoy.cluster_name", &"x".repeat(300))],
+                1.0,
+            ),
+            counter(
+                "cluster.upstream_rq_total",
+                &[("envoy.cluster_name", "backend")],
+                1.0e300,
+            ),
+        ];
+        let readings = absorb(&families);
+        assert_eq!(readings.len(), 1);
+        assert_eq!(
+            readings[0].1,
+            Reading::Counter(CounterField::Requests, 1_000_000_000_000)
+        );
     }
 
     #[test]

@@ -161,6 +161,11 @@ async fn write_ended(inner: Arc<Inner>) {
                 Ok(written) => {
                     inner.metrics.rows_written.inc_by(written);
                 }
+                Err(error @ sqlx::Error::Database(_)) => {
+                    // The database refused the rows themselves: retrying cannot help.
+                    tracing::error!(%error, rows = rows.len(), "the proxies' statistics were refused; dropped");
+                    inner.metrics.rows_dropped.inc_by(rows.len() as u64);
+                }
                 Err(error) => {
                     tracing::warn!(%error, rows = rows.len(), "the proxies' statistics cannot be written; retrying");
                     if rows.len() > MOST_PENDING {

@@ -130,7 +130,16 @@ pub async fn impact(
             ));
             continue;
         } else {
-            route_configuration(&span, &name).await?.0
+            match route_configuration(&span, &name).await {
+                Ok((points, _, _)) => points,
+                Err(ApiError::NotFound(_)) => {
+                    notes.push(format!(
+                        "route configuration `{name}` is deleted now: its virtual hosts are not known any more"
+                    ));
+                    continue;
+                }
+                Err(error) => return Err(error),
+            }
         };
         let mut points = points.into_iter();
         let (Some(before), Some(after)) = (points.next(), points.next()) else {

@@ -10,7 +10,7 @@ mod views;
 
 use axum::extract::{Path, State};
 use axum::Json;
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Datelike, TimeDelta, Utc};
 use efms_domain::config::MAIN_BRANCH;
 use efms_domain::envoy::{check_name, ResourceKind};
 use efms_domain::telemetry::{StatScope, StatValues};
@@ -74,9 +74,17 @@ pub async fn get(
             path.name.escape_default()
         )));
     }
+    let mut errors = Vec::new();
+    for (name, at) in [("from", params.from), ("to", params.to)] {
+        if at.is_some_and(|at| !(1970..=9999).contains(&at.year())) {
+            errors.push(FieldError::parameter(name, "a time from 1970 to 9999"));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
     let to = params.to.unwrap_or_else(Utc::now);
     let step = params.step.unwrap_or(60);
-    let mut errors = Vec::new();
     if let Some(Err(problem)) = params.group.as_deref().map(check_name) {
         errors.push(FieldError::parameter("group", problem));
     }
