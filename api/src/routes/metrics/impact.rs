@@ -20,7 +20,8 @@ use crate::state::AppState;
 /// `{n}` of an impact route.
 #[derive(Debug, Deserialize)]
 pub struct RevisionPath {
-    n: i64,
+    /// The revision; anything but a number is a revision that does not exist.
+    n: String,
 }
 
 /// `?window=&group=` of an impact.
@@ -92,9 +93,16 @@ pub async fn impact(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let reach = revision_reach(&state.pool, tenant.tenant_id, MAIN_BRANCH, path.n)
+    let missing = || {
+        ApiError::NotFound(format!(
+            "there is no revision `{}`",
+            path.n.escape_default()
+        ))
+    };
+    let revision = path.n.parse::<i64>().map_err(|_| missing())?;
+    let reach = revision_reach(&state.pool, tenant.tenant_id, MAIN_BRANCH, revision)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("there is no revision {}", path.n)))?;
+        .ok_or_else(missing)?;
     let pivot = reach.reached_at.unwrap_or(reach.recorded_at);
     let now = Utc::now();
     let after_seconds = (now - pivot).num_seconds().clamp(0, window);
@@ -154,7 +162,7 @@ pub async fn impact(
         });
     }
     Ok(Json(Impact {
-        revision: path.n,
+        revision,
         recorded_at: reach.recorded_at,
         reached_at: reach.reached_at,
         pivot,
