@@ -18,20 +18,8 @@ else
   cargo build --release --quiet --bin efms --bin efms-fleet-load
   BIN="${CARGO_TARGET_DIR:-target}/release"
 fi
-PG="postgres://postgres@127.0.0.1:5432"
-DB=efms_bench_fleet
-psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PORT=$(free_port); GRPC=$(free_port)
-EFMS_JWT_SECRET=$(head -c 48 /dev/urandom | base64 | tr -d '\n')
-export EFMS_JWT_SECRET
-EFMS_MASTER_KEY=$(head -c 32 /dev/urandom | base64 | tr -d '\n')
-export EFMS_MASTER_KEY
-DATABASE_URL="$PG/$DB" EFMS_HTTP_ADDR="127.0.0.1:$PORT" EFMS_GRPC_ADDR="127.0.0.1:$GRPC" \
-  EFMS_DB_MAX_CONNECTIONS=32 EFMS_LOG=warn "$BIN/efms" serve > /tmp/efms-bench-fleet.log 2>&1 &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.2; done
+# shellcheck source=scripts/bench-server.sh
+source scripts/bench-server.sh efms_bench_fleet
 EFMS_LOAD_TOKEN=$("$BIN/efms" token --role system --subject bench --ttl 2h) \
   "$BIN/efms-fleet-load" --http "http://127.0.0.1:$PORT" --grpc "127.0.0.1:$GRPC" \
   --agents "${EFMS_BENCH_AGENTS:-1000}" --containers "${EFMS_BENCH_CONTAINERS:-20}" \

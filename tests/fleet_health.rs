@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use efms_tests::fleet::{
-    eventually, free_port, ingress_listener, main_route_to, Behaviour, Envoy, Upstream, ENVOY,
+    cluster_to, edge_bootstrap, edge_group, eventually, free_port, ingress_listener, main_route_to,
+    Behaviour, Envoy, Upstream, ENVOY,
 };
 use efms_tests::TestApp;
 use serde_json::{json, Value};
@@ -48,29 +49,18 @@ async fn a_group_turns_degraded_naming_the_failing_cluster_then_the_refusing_pro
     app.create_tenant("acme", "Acme").await;
     let upstream = Upstream::start("backend", Behaviour::Named).await;
     let port = free_port();
-    for (collection, body) in [
-        ("clusters", checked_cluster(&upstream, free_port())),
-        ("routes", main_route_to("backend")),
-        ("listeners", ingress_listener(port)),
-        (
-            "groups",
-            json!({ "name": "edge", "resources": [{ "kind": "listener", "name": "ingress" }] }),
-        ),
-    ] {
-        let answer = app.post(&format!("{BASE}/{collection}"), &body).await;
-        assert_eq!(answer.status, 201, "{collection}: {}", answer.body);
-    }
+    edge_group(
+        &app,
+        vec![checked_cluster(&upstream, free_port())],
+        main_route_to("backend"),
+        port,
+    )
+    .await;
     let quiet = health(&app, "groups/edge/health").await;
     assert_eq!(quiet["status"], "healthy", "{quiet}");
     assert_eq!(quiet["proxies"]["total"], 0);
 
-    let bootstrap = app
-        .get(&format!(
-            "{BASE}/groups/edge/bootstrap?node_id=edge-1&stats_flush_interval=1s&admin_port={}",
-            free_port()
-        ))
-        .await
-        .body;
+    let bootstrap = edge_bootstrap(&app, Some("1s")).await;
     let envoy = Envoy::start(ENVOY, &bootstrap);
     let failing = eventually(
         PATIENCE,
@@ -186,28 +176,14 @@ async fn a_proxy_stopped_while_a_commit_lands_drifts_as_disconnected_and_is_in_s
     app.create_tenant("acme", "Acme").await;
     let upstream = Upstream::start("backend", Behaviour::Named).await;
     let port = free_port();
-    for (collection, body) in [
-        (
-            "clusters",
-            efms_tests::fleet::cluster_to("backend", &upstream),
-        ),
-        ("routes", main_route_to("backend")),
-        ("listeners", ingress_listener(port)),
-        (
-            "groups",
-            json!({ "name": "edge", "resources": [{ "kind": "listener", "name": "ingress" }] }),
-        ),
-    ] {
-        let answer = app.post(&format!("{BASE}/{collection}"), &body).await;
-        assert_eq!(answer.status, 201, "{collection}: {}", answer.body);
-    }
-    let bootstrap = app
-        .get(&format!(
-            "{BASE}/groups/edge/bootstrap?node_id=edge-1&admin_port={}",
-            free_port()
-        ))
-        .await
-        .body;
+    edge_group(
+        &app,
+        vec![cluster_to("backend", &upstream)],
+        main_route_to("backend"),
+        port,
+    )
+    .await;
+    let bootstrap = edge_bootstrap(&app, None).await;
     let envoy = Envoy::start(ENVOY, &bootstrap);
     eventually(PATIENCE, "the proxy to connect in sync", || async {
         let health = health(&app, "groups/edge/health").await;
@@ -217,7 +193,7 @@ async fn a_proxy_stopped_while_a_commit_lands_drifts_as_disconnected_and_is_in_s
     assert!(drifting(&app).await.is_empty());
 
     drop(envoy);
-    let mut timeout = efms_tests::fleet::cluster_to("backend", &upstream);
+    let mut timeout = cluster_to("backend", &upstream);
     timeout["connect_timeout"] = json!("2s");
     let answer = app
         .put(&format!("{BASE}/clusters/backend"), &timeout, &[])

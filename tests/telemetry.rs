@@ -8,7 +8,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use efms_domain::Role;
 use efms_tests::fleet::{
-    cluster_to, eventually, free_port, ingress_listener, Behaviour, Envoy, Upstream, ENVOY,
+    cluster_to, edge_bootstrap, edge_group, eventually, free_port, Behaviour, Envoy, Upstream,
+    ENVOY,
 };
 use efms_tests::TestApp;
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -122,28 +123,17 @@ async fn route_cluster_and_listener_series_count_every_request_through_a_real_en
     app.create_tenant("acme", "Acme").await;
     let upstream = Upstream::start("backend", Behaviour::TenthFailsTwentiethSlow).await;
     let port = free_port();
-    for (collection, body) in [
-        ("clusters", cluster_to("backend", &upstream)),
-        ("routes", counted_routes("backend")),
-        ("listeners", ingress_listener(port)),
-        (
-            "groups",
-            json!({ "name": "edge", "resources": [{ "kind": "listener", "name": "ingress" }] }),
-        ),
-    ] {
-        let answer = app.post(&format!("{BASE}/{collection}"), &body).await;
-        assert_eq!(answer.status, 201, "{collection}: {}", answer.body);
-    }
-    let bootstrap = app
-        .get(&format!(
-            "{BASE}/groups/edge/bootstrap?node_id=edge-1&stats_flush_interval=1s&admin_port={}",
-            free_port()
-        ))
-        .await;
-    assert_eq!(bootstrap.status, 200, "{}", bootstrap.body);
-    assert_eq!(bootstrap.body["stats_flush_interval"], "1s");
+    edge_group(
+        &app,
+        vec![cluster_to("backend", &upstream)],
+        counted_routes("backend"),
+        port,
+    )
+    .await;
+    let bootstrap = edge_bootstrap(&app, Some("1s")).await;
+    assert_eq!(bootstrap["stats_flush_interval"], "1s");
     let started = Utc::now();
-    let envoy = Envoy::start(ENVOY, &bootstrap.body);
+    let envoy = Envoy::start(ENVOY, &bootstrap);
     until_routed(port, &upstream).await;
     // Let the probes' statistics be flushed and stored before counting from zero.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -230,7 +220,7 @@ async fn route_cluster_and_listener_series_count_every_request_through_a_real_en
 
     // A restarted proxy starts from zero: nothing negative, nothing counted twice.
     drop(envoy);
-    let envoy = Envoy::start(ENVOY, &bootstrap.body);
+    let envoy = Envoy::start(ENVOY, &bootstrap);
     until_routed(port, &upstream).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before = series(&app, "clusters", "backend", started).await;
@@ -477,26 +467,14 @@ async fn a_revisions_impact_shows_5xx_rising_after_it_routes_to_a_failing_cluste
     let good = Upstream::start("good", Behaviour::Named).await;
     let flaky = Upstream::start("flaky", Behaviour::FailEveryOther).await;
     let port = free_port();
-    for (collection, body) in [
-        ("clusters", cluster_to("good", &good)),
-        ("clusters", cluster_to("flaky", &flaky)),
-        ("routes", counted_routes("good")),
-        ("listeners", ingress_listener(port)),
-        (
-            "groups",
-            json!({ "name": "edge", "resources": [{ "kind": "listener", "name": "ingress" }] }),
-        ),
-    ] {
-        let answer = app.post(&format!("{BASE}/{collection}"), &body).await;
-        assert_eq!(answer.status, 201, "{collection}: {}", answer.body);
-    }
-    let bootstrap = app
-        .get(&format!(
-            "{BASE}/groups/edge/bootstrap?node_id=edge-1&stats_flush_interval=1s&admin_port={}",
-            free_port()
-        ))
-        .await
-        .body;
+    edge_group(
+        &app,
+        vec![cluster_to("good", &good), cluster_to("flaky", &flaky)],
+        counted_routes("good"),
+        port,
+    )
+    .await;
+    let bootstrap = edge_bootstrap(&app, Some("1s")).await;
     let _envoy = Envoy::start(ENVOY, &bootstrap);
     until_routed(port, &good).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

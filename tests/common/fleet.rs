@@ -211,3 +211,42 @@ pub fn ingress_listener(port: u16) -> Value {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }] } }] }]
     })
 }
+
+/// Creates in tenant `acme` the `clusters`, route configuration `routes`, listener `ingress` on
+/// 127.0.0.1:`port` routed by it, and group `edge` of that listener; each answered 201.
+pub async fn edge_group(app: &crate::TestApp, clusters: Vec<Value>, routes: Value, port: u16) {
+    let mut resources: Vec<(&str, Value)> = clusters
+        .into_iter()
+        .map(|cluster| ("clusters", cluster))
+        .collect();
+    resources.extend([
+        ("routes", routes),
+        ("listeners", ingress_listener(port)),
+        (
+            "groups",
+            json!({ "name": "edge", "resources": [{ "kind": "listener", "name": "ingress" }] }),
+        ),
+    ]);
+    for (collection, body) in resources {
+        let answer = app
+            .post(&format!("/api/v1/tenants/acme/{collection}"), &body)
+            .await;
+        assert_eq!(answer.status, 201, "{collection}: {}", answer.body);
+    }
+}
+
+/// The bootstrap of proxy `edge-1` of group `edge` in tenant `acme` (with a free admin port),
+/// sending its statistics every `flush` (`None`: the server's default).
+pub async fn edge_bootstrap(app: &crate::TestApp, flush: Option<&str>) -> Value {
+    let flush = flush.map_or_else(String::new, |flush| {
+        format!("&stats_flush_interval={flush}")
+    });
+    let answer = app
+        .get(&format!(
+            "/api/v1/tenants/acme/groups/edge/bootstrap?node_id=edge-1&admin_port={}{flush}",
+            free_port()
+        ))
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    answer.body
+}
