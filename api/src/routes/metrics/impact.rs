@@ -57,7 +57,8 @@ pub struct Impact {
     /// When a proxy first accepted it (`null`: none did yet).
     #[serde(skip_serializing_if = "Option::is_none")]
     reached_at: Option<DateTime<Utc>>,
-    /// Where before ends and after starts.
+    /// Where before ends and after starts: the start of the statistics bucket the revision
+    /// reached the proxies in.
     pivot: DateTime<Utc>,
     window_seconds: i64,
     /// How much of the window after has passed.
@@ -103,7 +104,14 @@ pub async fn impact(
     let reach = revision_reach(&state.pool, tenant.tenant_id, MAIN_BRANCH, revision)
         .await?
         .ok_or_else(missing)?;
-    let pivot = reach.reached_at.unwrap_or(reach.recorded_at);
+    // Statistics are stored in buckets stamped with their start: before ends where the bucket
+    // holding the reach begins, so nothing served after it is counted before it.
+    let pivot = bucket_start(
+        reach.reached_at.unwrap_or(reach.recorded_at),
+        state.xds.telemetry().map_or(10, |telemetry| {
+            i64::try_from(telemetry.settings().bucket.as_secs()).unwrap_or(10)
+        }),
+    );
     let now = Utc::now();
     let after_seconds = (now - pivot).num_seconds().clamp(0, window);
     let span = Window {
@@ -171,4 +179,31 @@ pub async fn impact(
         changes,
         notes,
     }))
+}
+
+/// The start of the `bucket`-second bucket `at` falls in.
+fn bucket_start(at: DateTime<Utc>, bucket: i64) -> DateTime<Utc> {
+    let bucket = bucket.max(1);
+    let seconds = at.timestamp().div_euclid(bucket) * bucket;
+    DateTime::from_timestamp(seconds, 0).unwrap_or(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pivot_is_the_start_of_the_bucket_the_reach_falls_in() {
+        let at = DateTime::parse_from_rfc3339("2026-12-02T11:39:28.219Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            bucket_start(at, 10).to_rfc3339(),
+            "2026-12-02T11:39:20+00:00"
+        );
+        assert_eq!(
+            bucket_start(at, 1).to_rfc3339(),
+            "2026-12-02T11:39:28+00:00"
+        );
+    }
 }
