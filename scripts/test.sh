@@ -16,6 +16,9 @@ export DATABASE_URL=${EFMS_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
+# The replica tests run `efms serve` as processes of their own (to kill one outright).
+cargo build --quiet --bin efms
+export EFMS_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/efms"
 # The large-tenant tests commit tens of thousands of resources in single transactions, which hold
 # back every other test's commit-ordered reading on the same server (ADR 0002): they run on their
 # own, after the rest, and one at a time: one's bulk would stall the other's reads.

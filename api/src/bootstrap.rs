@@ -65,9 +65,31 @@ pub(crate) struct BootstrapSpec<'a> {
     pub token: &'a str,
     pub protocol: XdsProtocol,
     pub xds: &'a crate::state::XdsAddress,
+    /// The addresses (`host:port`) of every replica whose lease is current: the proxy may reach
+    /// any of them, so it moves to another when one goes.
+    pub replicas: &'a [String],
     pub admin_port: u16,
     /// How often the proxy sends its statistics.
     pub stats_flush: std::time::Duration,
+}
+
+/// The xDS servers a bootstrap names: this replica first, then every other replica with a
+/// current lease (an address that is not `host:port` is left out).
+fn xds_servers(spec: &BootstrapSpec<'_>) -> Vec<(String, u16)> {
+    let mut servers = vec![(spec.xds.host.clone(), spec.xds.port)];
+    for authority in spec.replicas {
+        let Some((host, port)) = authority.rsplit_once(':') else {
+            continue;
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let Ok(port) = port.parse::<u16>() else {
+            continue;
+        };
+        if !host.is_empty() && !servers.iter().any(|(h, p)| h == host && *p == port) {
+            servers.push((host.to_owned(), port));
+        }
+    }
+    servers
 }
 
 /// The Envoy bootstrap (JSON) of `spec`.
@@ -76,12 +98,24 @@ pub(crate) fn bootstrap_document(spec: &BootstrapSpec<'_>) -> Value {
         XdsProtocol::Sotw => "GRPC",
         XdsProtocol::Delta => "DELTA_GRPC",
     };
-    let (host, port) = (&spec.xds.host, spec.xds.port);
-    let discovery = if host.parse::<std::net::IpAddr>().is_ok() {
+    let host = &spec.xds.host;
+    let servers = xds_servers(spec);
+    let discovery = if servers
+        .iter()
+        .all(|(host, _)| host.parse::<std::net::IpAddr>().is_ok())
+    {
         "STATIC"
     } else {
         "STRICT_DNS"
     };
+    let lb_endpoints: Vec<Value> = servers
+        .iter()
+        .map(|(host, port)| {
+            json!({ "endpoint": { "address": {
+                "socket_address": { "address": host, "port_value": port },
+            } } })
+        })
+        .collect();
     let mut bootstrap = json!({
         "node": {
             "id": spec.node_id,
@@ -118,9 +152,7 @@ pub(crate) fn bootstrap_document(spec: &BootstrapSpec<'_>) -> Value {
                 },
                 "load_assignment": {
                     "cluster_name": XDS_CLUSTER,
-                    "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": {
-                        "socket_address": { "address": host, "port_value": port },
-                    } } }] }],
+                    "endpoints": [{ "lb_endpoints": lb_endpoints }],
                 },
             }],
         },
@@ -199,4 +231,76 @@ fn kept_stats() -> Vec<Value> {
     patterns.push(json!({ "prefix": "server." }));
     patterns.push(json!({ "prefix": "control_plane." }));
     patterns
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::XdsAddress;
+
+    fn document(xds_host: &str, replicas: &[String]) -> Value {
+        let xds = XdsAddress {
+            host: xds_host.to_owned(),
+            port: 18000,
+            tls_ca: None,
+        };
+        bootstrap_document(&BootstrapSpec {
+            node_id: "edge-1",
+            group: "edge",
+            tenant: "acme",
+            token: "token",
+            protocol: XdsProtocol::Sotw,
+            xds: &xds,
+            replicas,
+            admin_port: 9901,
+            stats_flush: std::time::Duration::from_secs(10),
+        })
+    }
+
+    fn servers(bootstrap: &Value) -> Vec<String> {
+        bootstrap["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]
+            ["lb_endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|endpoint| {
+                let address = &endpoint["endpoint"]["address"]["socket_address"];
+                format!(
+                    "{}:{}",
+                    address["address"].as_str().unwrap(),
+                    address["port_value"]
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_bootstrap_names_this_replica_first_then_every_other_live_replica_once() {
+        let replicas = [
+            "127.0.0.2:18000".to_owned(),
+            "127.0.0.1:18000".to_owned(),
+            "[::1]:18001".to_owned(),
+            "not an address".to_owned(),
+        ];
+        let bootstrap = document("127.0.0.1", &replicas);
+        assert_eq!(
+            servers(&bootstrap),
+            ["127.0.0.1:18000", "127.0.0.2:18000", "::1:18001"]
+        );
+        assert_eq!(
+            bootstrap["static_resources"]["clusters"][0]["type"],
+            "STATIC"
+        );
+    }
+
+    #[test]
+    fn a_bootstrap_resolves_its_servers_by_dns_when_one_is_a_name() {
+        let replicas = ["xds-2.example.com:18000".to_owned()];
+        let bootstrap = document("127.0.0.1", &replicas);
+        assert_eq!(
+            bootstrap["static_resources"]["clusters"][0]["type"],
+            "STRICT_DNS"
+        );
+        assert_eq!(servers(&bootstrap).len(), 2);
+    }
 }

@@ -43,6 +43,9 @@ impl ProxyBootstraps for LaunchBootstraps {
             let token = mint(&state, owner, (&request.group, &request.node_id), ttl)
                 .await
                 .map_err(|error| format!("cannot mint the proxy's token: {error}"))?;
+            let replicas = efms_xds::replicas::advertised(&state.pool)
+                .await
+                .map_err(|error| format!("cannot list the control plane's replicas: {error}"))?;
             let bootstrap = bootstrap_document(&BootstrapSpec {
                 node_id: &request.node_id,
                 group: &request.group,
@@ -50,6 +53,7 @@ impl ProxyBootstraps for LaunchBootstraps {
                 token: &token,
                 protocol: XdsProtocol::Sotw,
                 xds: &state.xds_address,
+                replicas: &replicas,
                 admin_port: request.admin_port,
                 stats_flush: state.stats_flush_interval(),
             });

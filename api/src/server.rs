@@ -57,6 +57,10 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     .with_fleet_settings(config.fleet)
     .with_telemetry_settings(config.telemetry);
     let xds = state.xds.clone();
+    xds.set_replica(efms_xds::ReplicaSettings {
+        lease: config.replica_lease,
+        advertised: Some(state.xds_address.authority()),
+    });
     let background = state.background.clone();
     let telemetry = state.xds.telemetry().cloned();
     tracing::info!(

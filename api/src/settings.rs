@@ -16,6 +16,7 @@ mod edge;
 mod fleet;
 pub mod invalid;
 mod maintenance;
+mod replica;
 mod telemetry;
 
 pub use agent::{AgentArgs, AgentConfig};
@@ -24,6 +25,7 @@ pub use fleet::FleetArgs;
 pub(crate) use invalid::invalid;
 pub use invalid::ConfigError;
 pub use maintenance::{ReplayArgs, RotateArgs};
+pub use replica::ReplicaArgs;
 pub use telemetry::TelemetryArgs;
 
 /// The local Postgres of a development machine.
@@ -137,6 +139,9 @@ pub struct ServeArgs {
     /// The proxies' statistics.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    /// This replica's lease on its proxies' streams.
+    #[command(flatten)]
+    pub replica: ReplicaArgs,
 }
 
 /// `efms token`.
@@ -210,6 +215,8 @@ pub struct ServeConfig {
     pub fleet: efms_commands::fleet::upkeep::UpkeepSettings,
     /// The proxies' statistics.
     pub telemetry: efms_xds::TelemetrySettings,
+    /// How long this replica's lease on its proxies' streams lasts.
+    pub replica_lease: Duration,
 }
 
 impl DatabaseArgs {
@@ -452,6 +459,7 @@ impl ServeArgs {
             limits: self.limits.validate()?,
             fleet: self.fleet.validate()?,
             telemetry: self.telemetry.validate()?,
+            replica_lease: self.replica.validate()?,
         })
     }
 }
@@ -493,6 +501,7 @@ mod tests {
             limits: crate::limits::LimitArgs::default(),
             fleet: FleetArgs::default(),
             telemetry: TelemetryArgs::default(),
+            replica: ReplicaArgs::default(),
         }
     }
 

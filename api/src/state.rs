@@ -131,6 +131,15 @@ impl XdsAddress {
             tls_ca: None,
         }
     }
+
+    /// `host:port` (an IPv6 host in brackets), as replicas announce themselves.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
 }
 
 impl AppState {

@@ -6,6 +6,7 @@ pub mod docker;
 pub mod fleet;
 pub mod measure;
 pub mod plans;
+pub mod replica;
 
 use std::time::Duration;
 
@@ -272,6 +273,11 @@ impl TestApp {
     /// The system role's token.
     pub fn system_token(&self) -> String {
         self.token(Role::System, None)
+    }
+
+    /// Announces this replica with `settings` (its lease, its address in bootstraps).
+    pub fn set_replica(&self, settings: efms_xds::ReplicaSettings) {
+        self.xds.set_replica(settings);
     }
 
     /// `url` under the server.

@@ -18,6 +18,7 @@ mod grpc;
 mod held;
 pub mod identity;
 pub mod metrics;
+pub mod replicas;
 mod services;
 mod session;
 mod sotw;
@@ -38,6 +39,7 @@ pub use credentials::DEFAULT_RECHECK;
 pub use fleet::{BootstrapRequest, FleetServer, FleetStreamSettings, ProxyBootstraps};
 pub use identity::{Authenticator, Credentials};
 pub use metrics::{FleetMetrics, TelemetryMetrics, XdsMetrics};
+pub use replicas::ReplicaSettings;
 pub use session::XdsServer;
 pub use telemetry::{TelemetryServer, TelemetrySettings};
 

@@ -37,6 +37,8 @@ struct Inner {
     /// The users and proxy tokens of the open streams, checked every few seconds.
     credentials: Arc<CredentialWatch>,
     recorder: Recorder,
+    /// How this replica announces itself in its lease.
+    replica: watch::Sender<crate::replicas::ReplicaSettings>,
     metrics: XdsMetrics,
     nonces: AtomicU64,
     known_tenants: Mutex<HashSet<Uuid>>,
@@ -64,7 +66,8 @@ impl XdsServer {
         authenticator: Authenticator,
         metrics: XdsMetrics,
     ) -> Self {
-        let recorder = Recorder::spawn(pool.clone());
+        let replica = watch::Sender::new(crate::replicas::ReplicaSettings::default());
+        let recorder = Recorder::spawn(pool.clone(), Uuid::new_v4(), replica.subscribe());
         let credentials = CredentialWatch::spawn(pool.clone());
         Self {
             inner: Arc::new(Inner {
@@ -73,6 +76,7 @@ impl XdsServer {
                 authenticator,
                 credentials,
                 recorder,
+                replica,
                 metrics,
                 nonces: AtomicU64::new(0),
                 known_tenants: Mutex::default(),
@@ -95,6 +99,12 @@ impl XdsServer {
         if let Some(telemetry) = self.telemetry() {
             telemetry.stop();
         }
+    }
+
+    /// Announces this replica with `settings`: its lease (how soon its proxies read
+    /// DISCONNECTED if it dies) and the address bootstraps list for it.
+    pub fn set_replica(&self, settings: crate::replicas::ReplicaSettings) {
+        self.inner.replica.send_replace(settings);
     }
 
     /// Takes the proxies' statistics streams on the same listener (once; later calls are

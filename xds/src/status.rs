@@ -13,8 +13,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use efms_commands::Scope;
 use sqlx::PgPool;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
+
+use crate::replicas::{Held, Replica, ReplicaSettings};
 
 /// The most observations written in one transaction.
 const BATCH: usize = 2_000;
@@ -95,9 +97,12 @@ pub struct Recorder {
 impl Recorder {
     /// Starts the writer task on `pool`; it stops when every recorder is dropped, after writing
     /// what it holds.
-    pub fn spawn(pool: PgPool) -> Self {
+    ///
+    /// The writer also keeps this replica's lease (`replica`, announced as `settings` say) and
+    /// reaps the leases of replicas that died.
+    pub fn spawn(pool: PgPool, replica: Uuid, settings: watch::Receiver<ReplicaSettings>) -> Self {
         let (sender, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(pool, receiver));
+        tokio::spawn(write_loop(pool, receiver, Replica::new(replica, settings)));
         Self { sender }
     }
 
@@ -139,28 +144,103 @@ impl Recorder {
     }
 }
 
-async fn write_loop(pool: PgPool, mut receiver: mpsc::UnboundedReceiver<Observation>) {
+async fn write_loop(
+    pool: PgPool,
+    mut receiver: mpsc::UnboundedReceiver<Observation>,
+    mut replica: Replica,
+) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut period = replica.renewal();
+    let mut renewal = tokio::time::interval(period);
+    renewal.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        if receiver.recv_many(&mut batch, BATCH).await == 0 {
-            return;
-        }
-        let mut attempt = 0;
-        loop {
-            match write_batch(&pool, &batch).await {
-                Ok(()) => break,
-                Err(error) if attempt < 5 => {
-                    attempt += 1;
-                    tracing::warn!(%error, attempt, "recording proxy status failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+        tokio::select! {
+            count = receiver.recv_many(&mut batch, BATCH) => {
+                if count == 0 {
+                    if let Err(error) = replica.release(&pool).await {
+                        tracing::warn!(%error, "releasing this replica's lease failed; it expires instead");
+                    }
+                    return;
                 }
-                Err(error) => {
-                    tracing::error!(%error, observations = batch.len(), "proxy status observations lost");
-                    break;
+                write_with_retries(&pool, &batch, &mut replica).await;
+                batch.clear();
+            }
+            _ = renewal.tick() => {
+                if let Err(error) = replica.renew(&pool).await {
+                    tracing::warn!(%error, "renewing this replica's lease failed; retrying");
+                }
+                if replica.renewal() != period {
+                    period = replica.renewal();
+                    renewal = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                    renewal.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 }
             }
         }
-        batch.clear();
+    }
+}
+
+async fn write_with_retries(pool: &PgPool, batch: &[Observation], replica: &mut Replica) {
+    let changes = stream_changes(batch);
+    let mut attempt = 0;
+    loop {
+        match write_batch(pool, batch, &changes, replica).await {
+            Ok(()) => return,
+            Err(error) if attempt < 5 => {
+                attempt += 1;
+                tracing::warn!(%error, attempt, "recording proxy status failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(error) => {
+                tracing::error!(%error, observations = batch.len(), "proxy status observations lost");
+                // The streams did open and close: what this replica holds is written back whole
+                // at its next renewal.
+                let held = after(&replica.held, &changes);
+                hold(&mut replica.held, &held);
+                replica.stale = true;
+                return;
+            }
+        }
+    }
+}
+
+/// Streams opened minus streams closed in `batch`, per proxy.
+fn stream_changes(batch: &[Observation]) -> HashMap<(Uuid, String), i32> {
+    let mut changes: HashMap<(Uuid, String), i32> = HashMap::new();
+    for observation in batch {
+        match observation {
+            Observation::Opened(connection, _) => {
+                *changes
+                    .entry((connection.tenant_id, connection.node_id.clone()))
+                    .or_default() += 1;
+            }
+            Observation::Closed {
+                tenant_id, node_id, ..
+            } => *changes.entry((*tenant_id, node_id.clone())).or_default() -= 1,
+            Observation::Type { .. } => {}
+        }
+    }
+    changes
+}
+
+/// This replica's streams of each proxy `changes` touches, once they are applied.
+fn after(held: &Held, changes: &HashMap<(Uuid, String), i32>) -> Vec<((Uuid, String), i32)> {
+    changes
+        .iter()
+        .map(|(key, change)| {
+            let now = held.get(key).copied().unwrap_or(0).saturating_add(*change);
+            (key.clone(), now.max(0))
+        })
+        .collect()
+}
+
+/// Makes `held` say what `after` says.
+fn hold(held: &mut Held, after: &[((Uuid, String), i32)]) {
+    for (key, streams) in after {
+        if *streams > 0 {
+            held.insert(key.clone(), *streams);
+        } else {
+            held.remove(key);
+        }
     }
 }
 
@@ -179,10 +259,14 @@ struct StatusRow {
 }
 
 #[allow(clippy::too_many_lines)]
-async fn write_batch(pool: &PgPool, batch: &[Observation]) -> Result<(), sqlx::Error> {
-    // Streams opened minus streams closed in this batch, per proxy: applied as increments, so
-    // replicas that each hold some of a proxy's streams (or one it moved between) agree.
-    let mut counts: HashMap<(Uuid, String), i32> = HashMap::new();
+async fn write_batch(
+    pool: &PgPool,
+    batch: &[Observation],
+    counts: &HashMap<(Uuid, String), i32>,
+    replica: &mut Replica,
+) -> Result<(), sqlx::Error> {
+    // Stream counts move by increments, so replicas that each hold some of a proxy's streams (or
+    // one it moved between) agree.
     let mut proxies: HashMap<(Uuid, String), ProxyRow> = HashMap::new();
     let mut statuses: HashMap<(Uuid, Arc<str>, &'static str), StatusRow> = HashMap::new();
     let mut transitions = Transitions::default();
@@ -190,7 +274,6 @@ async fn write_batch(pool: &PgPool, batch: &[Observation]) -> Result<(), sqlx::E
         match observation {
             Observation::Opened(connection, at) => {
                 let key = (connection.tenant_id, connection.node_id.clone());
-                *counts.entry(key.clone()).or_default() += 1;
                 let row = proxies.entry(key).or_insert(ProxyRow {
                     connection: None,
                     closed_at: None,
@@ -205,7 +288,6 @@ async fn write_batch(pool: &PgPool, batch: &[Observation]) -> Result<(), sqlx::E
                 at,
             } => {
                 let key = (*tenant_id, node_id.clone());
-                *counts.entry(key.clone()).or_default() -= 1;
                 let row = proxies.entry(key).or_insert(ProxyRow {
                     connection: None,
                     closed_at: None,
@@ -253,6 +335,17 @@ async fn write_batch(pool: &PgPool, batch: &[Observation]) -> Result<(), sqlx::E
     }
 
     let mut tx = Scope::System.begin(pool).await?;
+    if !replica.hold(&mut tx).await? {
+        // The lease was reaped (or what it recorded is stale): take it again first.
+        tx.rollback().await?;
+        replica.renew(pool).await?;
+        tx = Scope::System.begin(pool).await?;
+        if !replica.hold(&mut tx).await? {
+            return Err(sqlx::Error::Protocol(
+                "this replica's lease vanished as it was taken".into(),
+            ));
+        }
+    }
     // Proxies opened in this batch: insert them or refresh their connection facts.
     let mut opened = ProxyColumns::default();
     let mut touched = Touched::default();
@@ -366,7 +459,11 @@ async fn write_batch(pool: &PgPool, batch: &[Observation]) -> Result<(), sqlx::E
         .execute(&mut *tx)
         .await?;
     }
-    tx.commit().await
+    let held = after(&replica.held, counts);
+    replica.record(&mut tx, &held).await?;
+    tx.commit().await?;
+    hold(&mut replica.held, &held);
+    Ok(())
 }
 
 /// Every proxy a batch touched: its stream count change, last close and last sighting.

@@ -443,6 +443,7 @@ pub async fn bootstrap(
         ttl.expect("checked"),
     )
     .await?;
+    let replicas = efms_xds::replicas::advertised(&state.pool).await?;
     Ok(Json(bootstrap_document(&BootstrapSpec {
         node_id: &params.node_id,
         group: &group,
@@ -450,6 +451,7 @@ pub async fn bootstrap(
         token: &token,
         protocol: params.protocol.unwrap_or_default(),
         xds: &state.xds_address,
+        replicas: &replicas,
         admin_port: params.admin_port.unwrap_or(9901),
         stats_flush: stats_flush.expect("checked"),
     })))

@@ -1,0 +1,114 @@
+//! `efms serve` as a process of its own, for the tests that kill a replica outright.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use crate::fleet::{eventually, free_port};
+
+/// The `efms` binary the tests run: `EFMS_BIN`, else the debug build in the target directory
+/// (`scripts/test.sh` builds it before the tests).
+pub fn efms_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("EFMS_BIN") {
+        return PathBuf::from(path);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("the tests crate is in the workspace")
+                .join("target")
+        },
+        PathBuf::from,
+    );
+    let path = target.join("debug").join("efms");
+    assert!(
+        path.exists(),
+        "no efms binary at {}: build it with `cargo build --bin efms` or set EFMS_BIN",
+        path.display()
+    );
+    path
+}
+
+/// A running `efms serve` on the database of `pool`, with the test secret and master key; killed
+/// when dropped.
+pub struct ServeProcess {
+    child: Child,
+    log: PathBuf,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// `127.0.0.1:PORT` of its gRPC listener, as it announces itself.
+    pub grpc: String,
+}
+
+impl ServeProcess {
+    /// Starts a replica whose lease lasts `lease` (such as `2s`), and waits until it answers.
+    pub async fn start(pool: &PgPool, lease: &str) -> Self {
+        let options = pool.connect_options();
+        let database = format!(
+            "postgres://{}@{}:{}/{}",
+            options.get_username(),
+            options.get_host(),
+            options.get_port(),
+            options.get_database().expect("a test database has a name")
+        );
+        let (http, grpc) = (free_port(), free_port());
+        let log = std::env::temp_dir().join(format!("efms-serve-{}.log", uuid::Uuid::new_v4()));
+        let child = Command::new(efms_binary())
+            .arg("serve")
+            .env("DATABASE_URL", database)
+            .env("EFMS_HTTP_ADDR", format!("127.0.0.1:{http}"))
+            .env("EFMS_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+            .env(
+                "EFMS_JWT_SECRET",
+                std::str::from_utf8(crate::SECRET).unwrap(),
+            )
+            .env("EFMS_MASTER_KEY", crate::MASTER_KEY)
+            .env("EFMS_REPLICA_LEASE", lease)
+            .env("EFMS_POLL_INTERVAL_MS", "50")
+            .env("EFMS_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("efms serve starts");
+        let replica = Self {
+            child,
+            log,
+            base: format!("http://127.0.0.1:{http}"),
+            grpc: format!("127.0.0.1:{grpc}"),
+        };
+        let client = reqwest::Client::new();
+        let health = format!("{}/healthz", replica.base);
+        eventually(Duration::from_secs(60), "efms serve to answer", || async {
+            let answer = client.get(&health).send().await.ok()?;
+            answer.status().is_success().then_some(())
+        })
+        .await;
+        replica
+    }
+
+    /// Kills the process outright (SIGKILL): it records nothing on its way out.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("the replica is killed");
+        self.child.wait().expect("the killed replica is reaped");
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- efms serve log ---\n{}", self.log());
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
