@@ -9,6 +9,8 @@
 //! - [`feed`]: the long-running reader joining them: a snapshot at every (re)connection, then the
 //!   events since the last one seen, reconnecting with backoff when the engine goes away.
 //!
+//! Proxy side: [`config_dump`] reads what each launched proxy holds from its admin listener.
+//!
 //! Host side, from `/proc` and `statvfs`: [`host::facts`] (what the VM is) and [`host::usage`]
 //! (how busy it is).
 //!
@@ -17,6 +19,7 @@
 //! through it and sending again what the server has not stored (docs/adr/0011-fleet-agent.md).
 #![forbid(unsafe_code)]
 
+pub mod config_dump;
 pub mod engine;
 pub mod events;
 pub mod feed;

@@ -1,8 +1,11 @@
 //! Where each proxy stands against what it should run (NFR-OB-004): in sync, behind (what was
-//! sent to it not accepted in time), refusing it, or not connected at all.
+//! sent to it not accepted in time), refusing it, holding something else than it accepted (its
+//! `config_dump` read on its VM), or not connected at all.
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
+
+use efms_domain::fleet::config_check::short_type;
 
 use crate::proxies::{ProxyRow, SyncState, TypeStatusRow};
 
@@ -16,6 +19,9 @@ pub enum DriftState {
     Behind,
     /// It refused what it was sent.
     Nacked,
+    /// Its `config_dump`, read by the agent on its VM, holds another version than it accepted:
+    /// configuration changed behind the control plane's back.
+    Diverged,
     /// No stream of it is open.
     Disconnected,
 }
@@ -30,6 +36,9 @@ pub struct Drift {
     /// Why: Envoy's error for a refusal, what was not accepted, or the disconnection.
     pub why: Option<String>,
 }
+
+/// How long a check finding a proxy diverged stands without a newer one (its agent gone, say).
+pub const CONFIG_CHECK_STANDS: Duration = Duration::minutes(10);
 
 /// The drift of proxy `row` with its per-type statuses `types` at `now`: a proxy that has not
 /// accepted a version `grace` after it was sent is behind.
@@ -62,6 +71,15 @@ pub fn drift(
             )),
         };
     }
+    if let (Some(why), Some(checked)) = (&row.config_diverged, row.config_checked_at) {
+        if now - checked < CONFIG_CHECK_STANDS {
+            return Drift {
+                state: DriftState::Diverged,
+                since: row.config_diverged_since,
+                why: Some(format!("its config_dump differs: {why}")),
+            };
+        }
+    }
     if let Some(waiting) = types
         .iter()
         .filter(|status| status.state() == SyncState::Stale)
@@ -87,15 +105,6 @@ pub fn drift(
     }
 }
 
-/// `cluster` for `type.googleapis.com/envoy.config.cluster.v3.Cluster`.
-fn short_type(type_url: &str) -> String {
-    type_url
-        .rsplit('.')
-        .next()
-        .unwrap_or(type_url)
-        .to_ascii_lowercase()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +121,9 @@ mod tests {
             connected_at: at,
             disconnected_at: (streams == 0).then_some(at),
             last_seen_at: at,
+            config_checked_at: None,
+            config_diverged: None,
+            config_diverged_since: None,
         }
     }
 
@@ -157,5 +169,28 @@ mod tests {
         let soon = DateTime::from_timestamp(1_800_000_005, 0).unwrap();
         let fresh = drift(&proxy(1), &[waiting], soon, Duration::seconds(10));
         assert_eq!(fresh.state, DriftState::InSync);
+    }
+
+    #[test]
+    fn a_config_dump_found_different_is_diverged_until_the_check_is_too_old_to_stand() {
+        let acked = status("v7", Some("v7"), None, 1_800_000_000);
+        let mut row = proxy(1);
+        row.config_checked_at = DateTime::from_timestamp(1_800_000_060, 0);
+        row.config_diverged = Some("container `abc` holds cluster version none".to_owned());
+        row.config_diverged_since = row.config_checked_at;
+        let now = DateTime::from_timestamp(1_800_000_100, 0).unwrap();
+        let diverged = drift(
+            &row,
+            std::slice::from_ref(&acked),
+            now,
+            Duration::seconds(10),
+        );
+        assert_eq!(diverged.state, DriftState::Diverged);
+        assert!(diverged.why.unwrap().contains("container `abc`"));
+        let later = now + CONFIG_CHECK_STANDS;
+        assert_eq!(
+            drift(&row, &[acked], later, Duration::seconds(10)).state,
+            DriftState::InSync
+        );
     }
 }

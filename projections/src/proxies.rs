@@ -29,6 +29,12 @@ pub struct ProxyRow {
     pub disconnected_at: Option<DateTime<Utc>>,
     /// When it was last heard from.
     pub last_seen_at: DateTime<Utc>,
+    /// When the agent on its VM last compared its `config_dump` with what it ACKed.
+    pub config_checked_at: Option<DateTime<Utc>>,
+    /// Why the last decided comparison found it holding something else.
+    pub config_diverged: Option<String>,
+    /// Since when it does.
+    pub config_diverged_since: Option<DateTime<Utc>>,
 }
 
 /// Where a proxy stands on one resource type.
@@ -136,7 +142,8 @@ pub async fn list_proxies(
     let rows = sqlx::query_as!(
         ProxyRow,
         r#"SELECT node_id, group_name, node_cluster, envoy_version, protocol, streams, connected_at,
-                  disconnected_at, last_seen_at
+                  disconnected_at, last_seen_at, config_checked_at, config_diverged,
+                  config_diverged_since
            FROM proxies
            WHERE tenant_id = $1 AND ($2::text IS NULL OR group_name = $2)
              AND ($3::text IS NULL OR node_id > $3)
@@ -162,7 +169,8 @@ pub async fn get_proxy(
     let row = sqlx::query_as!(
         ProxyRow,
         r#"SELECT node_id, group_name, node_cluster, envoy_version, protocol, streams, connected_at,
-                  disconnected_at, last_seen_at
+                  disconnected_at, last_seen_at, config_checked_at, config_diverged,
+                  config_diverged_since
            FROM proxies WHERE tenant_id = $1 AND node_id = $2"#,
         tenant_id,
         node_id,

@@ -28,12 +28,23 @@ impl RunningAgent {
     /// Starts an agent of the VM whose join token is in `token_file`, on `engine`, keeping its
     /// files in a directory of its own.
     pub fn start(app: &TestApp, token_file: &Path, engine: &Engine) -> Self {
+        Self::start_where(app, token_file, engine, |_| {})
+    }
+
+    /// [`RunningAgent::start`], with `configure` changing its settings first.
+    pub fn start_where(
+        app: &TestApp,
+        token_file: &Path,
+        engine: &Engine,
+        configure: impl FnOnce(&mut LinkSettings),
+    ) -> Self {
         let mut settings = LinkSettings::new(app.grpc.to_string(), token_file.to_path_buf());
         settings.docker_host = Some(engine.host.clone());
         settings.backoff_initial = Duration::from_millis(100);
         settings.backoff_max = Duration::from_secs(1);
         settings.state_dir =
             std::env::temp_dir().join(format!("efms-agent-state-{}", uuid::Uuid::new_v4()));
+        configure(&mut settings);
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             let shutdown = async move {
@@ -87,6 +98,15 @@ pub async fn register(app: &TestApp, base: &str, name: &str) -> PathBuf {
 /// A tenant `acme` with a group `edge` (one cluster), VM `vm-a` registered and its agent
 /// connected to `engine`, which holds no container.
 pub async fn acme_with_ready_vm(app: &TestApp, engine: &Engine) -> RunningAgent {
+    acme_with_ready_vm_where(app, engine, |_| {}).await
+}
+
+/// [`acme_with_ready_vm`], with `configure` changing the agent's settings first.
+pub async fn acme_with_ready_vm_where(
+    app: &TestApp,
+    engine: &Engine,
+    configure: impl FnOnce(&mut LinkSettings),
+) -> RunningAgent {
     engine.remove_all();
     app.create_tenant("acme", "Acme").await;
     let cluster = json!({
@@ -100,7 +120,7 @@ pub async fn acme_with_ready_vm(app: &TestApp, engine: &Engine) -> RunningAgent 
     let attached = app.put(&format!("{BASE}/groups/edge"), &group, &[]).await;
     assert!(attached.status < 300, "{}", attached.body);
     let token = register(app, BASE, "vm-a").await;
-    let agent = RunningAgent::start(app, &token, engine);
+    let agent = RunningAgent::start_where(app, &token, engine, configure);
     settled(app, &format!("{BASE}/vms/vm-a"), |vm| {
         vm["state"] == "ready"
     })

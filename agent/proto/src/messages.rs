@@ -11,7 +11,7 @@ pub struct AgentMessage {
     #[prost(uint64, tag = "1")]
     pub seq: u64,
     /// The report.
-    #[prost(oneof = "agent_message::Body", tags = "2, 3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "agent_message::Body", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
     pub body: Option<agent_message::Body>,
 }
 
@@ -41,6 +41,9 @@ pub mod agent_message {
         /// How an order ended.
         #[prost(message, tag = "8")]
         Done(super::OrderDone),
+        /// What the running proxies hold, from their admin `config_dump`.
+        #[prost(message, tag = "9")]
+        Config(super::ConfigChecks),
     }
 }
 
@@ -396,6 +399,45 @@ pub struct ContainerEvent {
     /// The engine's time of the event, in nanoseconds since the epoch.
     #[prost(int64, tag = "9")]
     pub time_nanos: i64,
+}
+
+/// What the running proxies hold, read from each one's admin `config_dump` on the VM.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ConfigChecks {
+    /// When the dumps were read (milliseconds since the epoch).
+    #[prost(int64, tag = "1")]
+    pub read_at: i64,
+    /// One per running proxy container.
+    #[prost(message, repeated, tag = "2")]
+    pub proxies: Vec<ConfigCheck>,
+}
+
+/// One proxy container's dump.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ConfigCheck {
+    /// The container's full id.
+    #[prost(string, tag = "1")]
+    pub container_id: String,
+    /// The container's `efms.node_id` label.
+    #[prost(string, tag = "2")]
+    pub node_id: String,
+    /// The version of each resource type the dump carries one for.
+    #[prost(message, repeated, tag = "3")]
+    pub versions: Vec<ConfigVersion>,
+    /// Why the dump could not be read (then `versions` is empty).
+    #[prost(string, tag = "4")]
+    pub error: String,
+}
+
+/// The version of one resource type a proxy applied last.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ConfigVersion {
+    /// `type.googleapis.com/envoy.config.cluster.v3.Cluster`.
+    #[prost(string, tag = "1")]
+    pub type_url: String,
+    /// The version (empty: none).
+    #[prost(string, tag = "2")]
+    pub version: String,
 }
 
 /// The running watched containers' CPU and memory.

@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 
 use efms_fleet_proto::{
-    agent_message, server_message, Ack, AgentMessage, Container, ContainerEvent, ContainerSnapshot,
-    ContainerState, ContainerUsage, ContainerUsages, Disk, DiskUsage, EngineVersion, EventKind,
-    Health, Heartbeat, Hello, HostFacts, HostUsage, InterfaceAddress, Limits, Port, Revoked,
-    ServerMessage, Settings, Welcome,
+    agent_message, server_message, Ack, AgentMessage, ConfigCheck, ConfigChecks, ConfigVersion,
+    Container, ContainerEvent, ContainerSnapshot, ContainerState, ContainerUsage, ContainerUsages,
+    Disk, DiskUsage, EngineVersion, EventKind, Health, Heartbeat, Hello, HostFacts, HostUsage,
+    InterfaceAddress, Limits, Port, Revoked, ServerMessage, Settings, Welcome,
 };
 use efms_fleet_proto::{order, Launch, Order, OrderDone, Refused};
 use prost::Message;
@@ -169,6 +169,9 @@ fn every_agent_message_matches_the_spec_field_for_field() {
     check(&pool, "Container", &container(), &[]);
     check(&pool, "ContainerEvent", &event, &[]);
     check(&pool, "ContainerUsages", &usages, &[]);
+    let config = config_checks();
+    check(&pool, "ConfigChecks", &config, &[]);
+    check(&pool, "ConfigCheck", &config.proxies[0], &[]);
     let snapshot = ContainerSnapshot {
         containers: vec![container()],
     };
@@ -181,6 +184,7 @@ fn every_agent_message_matches_the_spec_field_for_field() {
         ("event", agent_message::Body::Event(event)),
         ("usage", agent_message::Body::Usage(usages)),
         ("done", agent_message::Body::Done(done())),
+        ("config", agent_message::Body::Config(config)),
     ];
     check(&pool, "OrderDone", &done(), &[]);
     let members = [
@@ -191,6 +195,7 @@ fn every_agent_message_matches_the_spec_field_for_field() {
         "event",
         "usage",
         "done",
+        "config",
     ];
     for (name, body) in bodies {
         let unset: Vec<&str> = members.iter().copied().filter(|m| *m != name).collect();
@@ -314,6 +319,21 @@ impl<T: std::fmt::Debug> UpperName for T {
             out.push(c.to_ascii_uppercase());
         }
         out
+    }
+}
+
+fn config_checks() -> ConfigChecks {
+    ConfigChecks {
+        read_at: 1,
+        proxies: vec![ConfigCheck {
+            container_id: "a".repeat(64),
+            node_id: "edge-1".into(),
+            versions: vec![ConfigVersion {
+                type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
+                version: "v1".into(),
+            }],
+            error: "refused".into(),
+        }],
     }
 }
 

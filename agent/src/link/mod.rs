@@ -35,7 +35,9 @@ use orders::Orders;
 use outbox::Outbox;
 use reporter::{Instructions, ReporterSettings};
 use settings::endpoint;
-pub use settings::{parse_labels, LinkError, LinkSettings, DEFAULT_STATE_DIR};
+pub use settings::{
+    parse_labels, LinkError, LinkSettings, DEFAULT_CONFIG_CHECK_INTERVAL, DEFAULT_STATE_DIR,
+};
 
 /// The heartbeat interval until the control plane says another.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
@@ -60,6 +62,7 @@ pub async fn run<F: Future>(settings: LinkSettings, shutdown: F) -> Result<(), L
     let _reporter = AbortOnDrop::spawn(reporter::run(
         ReporterSettings {
             docker_host: settings.docker_host.clone(),
+            config_check_interval: settings.config_check_interval,
         },
         outbox.clone(),
         facts_sender,

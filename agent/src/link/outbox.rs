@@ -128,7 +128,12 @@ impl Pending {
         let position = self
             .messages
             .iter()
-            .position(|message| matches!(message.body, Some(Body::Heartbeat(_) | Body::Usage(_))))
+            .position(|message| {
+                matches!(
+                    message.body,
+                    Some(Body::Heartbeat(_) | Body::Usage(_) | Body::Config(_))
+                )
+            })
             .or_else(|| self.superseded(|body| matches!(body, Body::Facts(_))))
             .or_else(|| self.superseded(|body| matches!(body, Body::Snapshot(_))))
             // An order's outcome is never dropped while anything else can be.
@@ -177,6 +182,7 @@ pub(crate) fn kind(body: Option<&Body>) -> &'static str {
         Some(Body::Event(_)) => "event",
         Some(Body::Usage(_)) => "usage",
         Some(Body::Done(_)) => "done",
+        Some(Body::Config(_)) => "config",
         None => "empty",
     }
 }

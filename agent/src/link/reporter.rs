@@ -1,6 +1,7 @@
 //! What the agent reports, whether the control plane is connected or not: the engine's feed
 //! (snapshots and events), a heartbeat every interval with the host's utilisation and whether the
-//! engine answers, the running containers' usage, and the host's facts when they change. Reports
+//! engine answers, the running containers' usage, the host's facts when they change, and what the
+//! launched proxies hold (their `config_dump`, every check interval). Reports
 //! go to the [`Outbox`]; the stream sends them from there.
 //!
 //! It starts at the first `Welcome`, which says the interval, the images to watch, and where the
@@ -47,6 +48,8 @@ pub(crate) struct Instructions {
 pub(crate) struct ReporterSettings {
     /// The engine (`None`: `DOCKER_HOST` or the default socket).
     pub docker_host: Option<String>,
+    /// How often the running proxies' `config_dump`s are read.
+    pub config_check_interval: Duration,
 }
 
 /// Whether the engine answers, as the feed last told.
@@ -72,6 +75,7 @@ struct Reporter {
     /// The time of the last event told; where a restarted feed resumes.
     cursor: Option<Cursor>,
     usage_round: Option<AbortOnDrop<Option<proto::ContainerUsages>>>,
+    check_round: Option<AbortOnDrop<Option<proto::ConfigChecks>>>,
 }
 
 /// Reports until `instructions` is dropped.
@@ -97,9 +101,11 @@ pub(crate) async fn run(
         running: BTreeSet::new(),
         cursor: current.resume_from,
         usage_round: None,
+        check_round: None,
     };
     let mut feed = reporter.start_feed(&current.watch);
     let mut ticker = heartbeat_ticker(current.heartbeat_interval);
+    let mut checks = heartbeat_ticker(reporter.settings.config_check_interval);
     loop {
         tokio::select! {
             _ = ticker.tick() => reporter.on_tick().await,
@@ -107,10 +113,17 @@ pub(crate) async fn run(
                 Some(item) => reporter.on_feed(item).await,
                 None => feed = reporter.start_feed(&current.watch),
             },
-            usage = next_usage(&mut reporter.usage_round), if reporter.usage_round.is_some() => {
+            usage = next_round(&mut reporter.usage_round), if reporter.usage_round.is_some() => {
                 reporter.usage_round = None;
                 if let Some(usage) = usage {
                     reporter.outbox.push(Body::Usage(usage));
+                }
+            }
+            _ = checks.tick() => reporter.start_check_round(),
+            checked = next_round(&mut reporter.check_round), if reporter.check_round.is_some() => {
+                reporter.check_round = None;
+                if let Some(checked) = checked {
+                    reporter.outbox.push(Body::Config(checked));
                 }
             }
             changed = instructions.changed() => {
@@ -142,9 +155,7 @@ fn heartbeat_ticker(interval: Duration) -> Interval {
     ticker
 }
 
-async fn next_usage(
-    round: &mut Option<AbortOnDrop<Option<proto::ContainerUsages>>>,
-) -> Option<proto::ContainerUsages> {
+async fn next_round<T: Send + 'static>(round: &mut Option<AbortOnDrop<Option<T>>>) -> Option<T> {
     match round {
         Some(round) => round.join().await.flatten(),
         None => std::future::pending().await,
@@ -254,6 +265,21 @@ impl Reporter {
             usage,
             engine_reachable,
             engine_error,
+        }));
+    }
+
+    /// Reads the launched proxies' `config_dump`s in a task of its own; a round still running
+    /// skips this one.
+    fn start_check_round(&mut self) {
+        if self.check_round.is_some()
+            || !matches!(self.engine, EngineState::Reachable(_))
+            || self.running.is_empty()
+        {
+            return;
+        }
+        let docker_host = self.settings.docker_host.clone();
+        self.check_round = Some(AbortOnDrop::spawn(async move {
+            crate::config_dump::check_round(docker_host.as_deref()).await
         }));
     }
 

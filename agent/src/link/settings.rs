@@ -44,7 +44,12 @@ pub struct LinkSettings {
     pub buffer_capacity: usize,
     /// Where the agent keeps the bootstraps of the containers it launches (owner only).
     pub state_dir: PathBuf,
+    /// How often the running proxies' `config_dump`s are read and reported.
+    pub config_check_interval: Duration,
 }
+
+/// How often the running proxies' `config_dump`s are read unless set: a minute.
+pub const DEFAULT_CONFIG_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
 impl LinkSettings {
     /// Settings with the defaults: backoff from 250 ms to 10 s, 10,000 reports buffered.
@@ -61,6 +66,7 @@ impl LinkSettings {
             backoff_max: Duration::from_secs(10),
             buffer_capacity: 10_000,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            config_check_interval: DEFAULT_CONFIG_CHECK_INTERVAL,
         }
     }
 }

@@ -38,7 +38,8 @@ pub struct Drifting {
     node_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     group: Option<String>,
-    /// `BEHIND`, `NACKED` or `DISCONNECTED`.
+    /// `BEHIND`, `NACKED`, `DIVERGED` (its `config_dump` holds another version than it
+    /// accepted) or `DISCONNECTED`.
     #[schema(value_type = String)]
     state: DriftState,
     /// Since when.

@@ -64,6 +64,8 @@ pub struct ProxyCounts {
     in_sync: usize,
     behind: usize,
     nacked: usize,
+    /// Holding another configuration than they accepted (their `config_dump`).
+    diverged: usize,
     disconnected: usize,
 }
 
@@ -336,6 +338,10 @@ async fn proxies(
             }
             DriftState::Nacked => {
                 counts.nacked += 1;
+                verdict.degraded(subject, why);
+            }
+            DriftState::Diverged => {
+                counts.diverged += 1;
                 verdict.degraded(subject, why);
             }
             DriftState::Disconnected => counts.disconnected += 1,

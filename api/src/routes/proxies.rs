@@ -77,6 +77,21 @@ pub struct RanEntry {
     accepted_at: DateTime<Utc>,
 }
 
+/// What the last decided check of a proxy's `config_dump` found.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ConfigCheckView {
+    /// When the dump was read.
+    checked_at: DateTime<Utc>,
+    /// Whether it held what the proxy accepted.
+    agrees: bool,
+    /// Why not: the container and both versions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    diverged: Option<String>,
+    /// Since when it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    diverged_since: Option<DateTime<Utc>>,
+}
+
 /// A proxy and what it runs.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Proxy {
@@ -104,6 +119,10 @@ pub struct Proxy {
     status: SyncState,
     /// Per resource type.
     types: Vec<TypeStatus>,
+    /// The last decided comparison of its `config_dump` (read by the agent on its VM) with what
+    /// it accepted; `null` before any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config_check: Option<ConfigCheckView>,
     /// With `?at=`: what it ran then, per type.
     #[serde(skip_serializing_if = "Option::is_none")]
     ran_at: Option<Vec<RanEntry>>,
@@ -153,6 +172,12 @@ fn proxy(row: ProxyRow, types: Vec<TypeStatusRow>) -> Proxy {
         last_seen_at: row.last_seen_at,
         status: overall,
         types,
+        config_check: row.config_checked_at.map(|checked_at| ConfigCheckView {
+            checked_at,
+            agrees: row.config_diverged.is_none(),
+            diverged: row.config_diverged,
+            diverged_since: row.config_diverged_since,
+        }),
         ran_at: None,
         container: None,
     }

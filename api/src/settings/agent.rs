@@ -2,6 +2,7 @@
 //! and reports to the control plane over one gRPC stream.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 use efms_agent::link::LinkSettings;
@@ -39,6 +40,10 @@ pub struct AgentArgs {
     /// root alone).
     #[arg(long, env = "EFMS_AGENT_STATE_DIR", default_value = efms_agent::link::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
+    /// How often the launched proxies' admin `config_dump`s are read and compared with what
+    /// they ACKed, such as 60s (from 1s to 3600s).
+    #[arg(long, env = "EFMS_AGENT_CONFIG_CHECK_INTERVAL", default_value = "60s")]
+    pub config_check_interval: String,
     /// Log format: `json` (default) or `text`.
     #[arg(long, env = "EFMS_LOG_FORMAT", default_value = "json")]
     pub log_format: String,
@@ -74,8 +79,14 @@ impl AgentArgs {
                 ))
             }
         };
+        let config_check_interval = super::fleet::duration(
+            "EFMS_AGENT_CONFIG_CHECK_INTERVAL (--config-check-interval)",
+            &self.config_check_interval,
+            Duration::from_secs(1)..=Duration::from_secs(3_600),
+        )?;
         Ok(AgentConfig {
             link: LinkSettings {
+                config_check_interval,
                 ca_file: self.ca_file.clone(),
                 docker_host: self.docker.clone().filter(|docker| !docker.is_empty()),
                 region: self.region.clone(),

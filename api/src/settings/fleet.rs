@@ -44,7 +44,8 @@ impl Default for FleetArgs {
     }
 }
 
-fn duration(
+/// `text` as a duration within `range`, or why not, naming `setting`.
+pub(super) fn duration(
     setting: &'static str,
     text: &str,
     range: std::ops::RangeInclusive<Duration>,

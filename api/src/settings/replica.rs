@@ -4,8 +4,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::invalid::{invalid, ConfigError};
-use crate::ttl::parse_ttl;
+use super::invalid::ConfigError;
 
 /// The replica's settings, as given.
 #[derive(Debug, Clone, Args)]
@@ -27,16 +26,11 @@ impl Default for ReplicaArgs {
 impl ReplicaArgs {
     /// Checks the lease.
     pub fn validate(&self) -> Result<Duration, ConfigError> {
-        const SETTING: &str = "EFMS_REPLICA_LEASE (--replica-lease)";
-        let lease = parse_ttl(&self.replica_lease).map_err(|reason| invalid(SETTING, reason))?;
-        if (Duration::from_secs(1)..=Duration::from_secs(300)).contains(&lease) {
-            Ok(lease)
-        } else {
-            Err(invalid(
-                SETTING,
-                format!("`{}` is outside 1s to 300s", self.replica_lease),
-            ))
-        }
+        super::fleet::duration(
+            "EFMS_REPLICA_LEASE (--replica-lease)",
+            &self.replica_lease,
+            Duration::from_secs(1)..=Duration::from_secs(300),
+        )
     }
 }
 

@@ -5,6 +5,7 @@
 //! digests) to `vm_join_tokens` ([`tokens`]); what is not history (heartbeats, utilisation, where
 //! an agent's reports stand) to `vm_presence` and the sample tables ([`presence`]).
 
+pub mod config_checks;
 pub mod operations;
 pub mod presence;
 pub mod presence_writer;

@@ -6,6 +6,7 @@
 //! ran on VM X, in which state, at T" is answered from the log like configuration is. Utilisation
 //! samples are not events: they go to tables of their own (see [`reports`]).
 
+pub mod config_check;
 pub mod join_token;
 mod model;
 pub mod operations;

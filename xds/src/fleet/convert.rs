@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use efms_domain::fleet::config_check::{check_config_check, ConfigCheck};
 use efms_domain::fleet::reports::{
     check_container, check_container_usage, check_event, check_host_usage, ContainerUsage,
     DiskUsage, HostUsage, ReportFault,
@@ -378,6 +379,43 @@ pub(crate) fn usages(
         .collect()
 }
 
+/// The most proxies one configuration check report may carry.
+const MAX_CHECKED_PROXIES: usize = 1_000;
+
+/// A configuration check report: when the dumps were read, and each proxy container's.
+pub(crate) fn config_checks(
+    field: &str,
+    checks: &proto::ConfigChecks,
+) -> Result<(DateTime<Utc>, Vec<ConfigCheck>), ReportFault> {
+    let read_at = time_ms(&format!("{field}.read_at"), Some(checks.read_at))?
+        .ok_or_else(|| fault(format!("{field}.read_at"), "is required"))?;
+    if checks.proxies.len() > MAX_CHECKED_PROXIES {
+        return Err(fault(
+            format!("{field}.proxies"),
+            format!("at most {MAX_CHECKED_PROXIES} proxies"),
+        ));
+    }
+    let mut converted = Vec::with_capacity(checks.proxies.len());
+    for (i, proxy) in checks.proxies.iter().enumerate() {
+        let at = format!("{field}.proxies[{i}]");
+        text(&format!("{at}.node_id"), &proxy.node_id, 256)?;
+        text(&format!("{at}.error"), &proxy.error, 4_096)?;
+        let check = ConfigCheck {
+            container_id: proxy.container_id.clone(),
+            node_id: proxy.node_id.clone(),
+            versions: proxy
+                .versions
+                .iter()
+                .map(|v| (v.type_url.clone(), v.version.clone()))
+                .collect(),
+            error: (!proxy.error.is_empty()).then(|| proxy.error.clone()),
+        };
+        check_config_check(&at, &check)?;
+        converted.push(check);
+    }
+    Ok((read_at, converted))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,6 +504,43 @@ mod tests {
         assert_eq!(
             facts("hello.facts", &facts_in).unwrap_err().field,
             "hello.facts.addresses[0].address"
+        );
+    }
+
+    #[test]
+    fn a_configuration_check_without_a_time_or_with_a_control_character_is_refused_naming_it() {
+        let proxy = proto::ConfigCheck {
+            container_id: "ab".repeat(32),
+            node_id: "edge-1".into(),
+            versions: vec![proto::ConfigVersion {
+                type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
+                version: "v1".into(),
+            }],
+            error: String::new(),
+        };
+        let sound = proto::ConfigChecks {
+            read_at: 1_700_000_000_000,
+            proxies: vec![proxy.clone()],
+        };
+        let (_, checks) = config_checks("config", &sound).unwrap();
+        assert_eq!(checks[0].error, None);
+        let untimed = proto::ConfigChecks {
+            read_at: -1,
+            ..sound.clone()
+        };
+        assert_eq!(
+            config_checks("config", &untimed).unwrap_err().field,
+            "config.read_at"
+        );
+        let mut bell = proxy;
+        bell.node_id = "edge\u{7}".into();
+        let ringing = proto::ConfigChecks {
+            proxies: vec![bell],
+            ..sound
+        };
+        assert_eq!(
+            config_checks("config", &ringing).unwrap_err().field,
+            "config.proxies[0].node_id"
         );
     }
 }

@@ -62,6 +62,24 @@ impl FleetServer {
                     .ok_or_else(|| Status::internal("an event report went unanswered"))
             }
             Some(Body::Done(done)) => self.finish(agent, done).await,
+            Some(Body::Config(checks)) => match convert::config_checks("config", &checks) {
+                Err(fault) => refused(fault),
+                Ok((read_at, checks)) => {
+                    let diverged = efms_commands::fleet::config_checks::record_config_checks(
+                        fleet.pool(),
+                        tenant_id,
+                        read_at,
+                        &checks,
+                        &efms_projections::snapshots::set_version([]),
+                    )
+                    .await
+                    .map_err(|error| database(&error))?;
+                    if diverged > 0 {
+                        tracing::warn!(%vm, diverged, "proxies hold another configuration than they accepted");
+                    }
+                    stored
+                }
+            },
             Some(Body::Usage(usages)) => match convert::usages("usage", &usages, agent.cpus) {
                 Err(fault) => refused(fault),
                 Ok(usages) => {
