@@ -5,31 +5,14 @@
 
 use std::time::Duration;
 
-use efms_commands::fleet::upkeep::UpkeepSettings;
-use efms_tests::agents::{acme_with_ready_vm_where, carried_out, get, settled, BASE};
+use efms_tests::agents::{acme_with_ready_vm_where, carried_out, get, quick_upkeep, settled, BASE};
 use efms_tests::docker::Engine;
-use efms_tests::fleet::{eventually, free_port};
+use efms_tests::fleet::{drift, eventually, free_port};
 use efms_tests::TestApp;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
 const PATIENCE: Duration = Duration::from_secs(60);
-
-/// The drifting proxies of the tenant, by node: state and why.
-async fn drifting(app: &TestApp) -> Vec<(String, String, String)> {
-    get(app, &format!("{BASE}/drift")).await["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|item| {
-            (
-                item["node_id"].as_str().unwrap().to_owned(),
-                item["state"].as_str().unwrap().to_owned(),
-                item["why"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect()
-}
 
 /// A bootstrap of node `edge-1` with a cluster of its own and no management server at all.
 fn hand_made_bootstrap(admin_port: u16) -> Value {
@@ -52,11 +35,7 @@ async fn a_container_holding_another_configuration_than_its_proxy_accepted_turns
         return;
     };
     let _emptied = engine.emptied_after();
-    let settings = UpkeepSettings {
-        heartbeat_interval: Duration::from_secs(1),
-        heartbeat_grace: Duration::from_secs(5),
-        ..UpkeepSettings::default()
-    };
+    let settings = quick_upkeep();
     let app = TestApp::spawn_with_fleet(pool, settings).await;
     let _agent = acme_with_ready_vm_where(&app, &engine, |link| {
         link.config_check_interval = Duration::from_secs(1);
@@ -81,7 +60,7 @@ async fn a_container_holding_another_configuration_than_its_proxy_accepted_turns
     })
     .await;
     assert!(proxy["config_check"]["diverged"].is_null(), "{proxy}");
-    assert!(drifting(&app).await.is_empty());
+    assert!(drift(&app, BASE).await.is_empty());
 
     // A container of the same node, run by hand with a bootstrap of its own.
     let rogue_port = free_port();
@@ -93,7 +72,7 @@ async fn a_container_holding_another_configuration_than_its_proxy_accepted_turns
         &["--label", &label],
     );
     let why = eventually(PATIENCE, "edge-1 diverged", || async {
-        drifting(&app)
+        drift(&app, BASE)
             .await
             .into_iter()
             .find(|(node, state, _)| node == "edge-1" && state == "DIVERGED")
@@ -128,7 +107,7 @@ async fn a_container_holding_another_configuration_than_its_proxy_accepted_turns
     // Once it is gone, the next check agrees again.
     engine.remove(&["rogue"]);
     eventually(PATIENCE, "edge-1 in sync again", || async {
-        drifting(&app).await.is_empty().then_some(())
+        drift(&app, BASE).await.is_empty().then_some(())
     })
     .await;
     let proxy = get(&app, &format!("{BASE}/proxies/edge-1")).await;

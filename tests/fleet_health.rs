@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use efms_tests::fleet::{
-    cluster_to, edge_bootstrap, edge_group, eventually, free_port, ingress_listener, main_route_to,
-    Behaviour, Envoy, Upstream, ENVOY,
+    cluster_to, drift_states, edge_bootstrap, edge_group, eventually, free_port, ingress_listener,
+    main_route_to, Behaviour, Envoy, Upstream, ENVOY,
 };
 use efms_tests::TestApp;
 use serde_json::{json, Value};
@@ -152,22 +152,6 @@ async fn a_health_read_refuses_a_bad_window_and_a_kind_that_is_not_a_group(pool:
     assert_eq!(answer.status, 404, "{}", answer.body);
 }
 
-/// The drifting proxies' states, by node.
-async fn drifting(app: &TestApp) -> Vec<(String, String)> {
-    let page = app.get(&format!("{BASE}/drift")).await.body;
-    page["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|item| {
-            (
-                item["node_id"].as_str().unwrap().to_owned(),
-                item["state"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
-
 #[sqlx::test(migrator = "efms_commands::MIGRATOR")]
 async fn a_proxy_stopped_while_a_commit_lands_drifts_as_disconnected_and_is_in_sync_once_back(
     pool: PgPool,
@@ -190,7 +174,7 @@ async fn a_proxy_stopped_while_a_commit_lands_drifts_as_disconnected_and_is_in_s
         (health["proxies"]["in_sync"] == 1).then_some(())
     })
     .await;
-    assert!(drifting(&app).await.is_empty());
+    assert!(drift_states(&app, BASE).await.is_empty());
 
     drop(envoy);
     let mut timeout = cluster_to("backend", &upstream);
@@ -200,7 +184,7 @@ async fn a_proxy_stopped_while_a_commit_lands_drifts_as_disconnected_and_is_in_s
         .await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     let away = eventually(PATIENCE, "the stopped proxy to drift", || async {
-        let away = drifting(&app).await;
+        let away = drift_states(&app, BASE).await;
         (!away.is_empty()).then_some(away)
     })
     .await;
@@ -208,7 +192,7 @@ async fn a_proxy_stopped_while_a_commit_lands_drifts_as_disconnected_and_is_in_s
 
     let _envoy = Envoy::start(ENVOY, &bootstrap);
     eventually(PATIENCE, "the proxy to be back in sync", || async {
-        drifting(&app).await.is_empty().then_some(())
+        drift_states(&app, BASE).await.is_empty().then_some(())
     })
     .await;
     let health = health(&app, "groups/edge/health").await;

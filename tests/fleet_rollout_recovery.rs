@@ -2,15 +2,12 @@
 //! operation it names (a control plane killed at the worst moment) goes on: the next driver asks
 //! for the same operation again, and the rollout ends with every container replaced once.
 
-use std::time::Duration;
-
 use chrono::Utc;
-use efms_commands::fleet::upkeep::UpkeepSettings;
 use efms_commands::fleet::Fleet;
 use efms_commands::{CommandBus, CommitBell};
 use efms_domain::fleet::rollout::{RolloutCommand, RolloutSpec, RolloutTarget, Step};
 use efms_domain::fleet::LaunchSpec;
-use efms_tests::agents::{acme_with_ready_vm, carried_out, get, settled, BASE};
+use efms_tests::agents::{acme_with_ready_vm, carried_out, get, quick_upkeep, settled, BASE};
 use efms_tests::docker::Engine;
 use efms_tests::fleet::free_port;
 use efms_tests::TestApp;
@@ -26,11 +23,7 @@ async fn a_rollout_stopped_between_recording_a_step_and_asking_for_it_goes_on_an
         return;
     };
     let _emptied = engine.emptied_after();
-    let settings = UpkeepSettings {
-        heartbeat_interval: Duration::from_secs(1),
-        heartbeat_grace: Duration::from_secs(5),
-        ..UpkeepSettings::default()
-    };
+    let settings = quick_upkeep();
     let app = TestApp::spawn_with_fleet(pool.clone(), settings).await;
     let _agent = acme_with_ready_vm(&app, &engine).await;
     let mut targets = Vec::new();

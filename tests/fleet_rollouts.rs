@@ -7,9 +7,8 @@
 
 use std::time::Duration;
 
-use efms_commands::fleet::upkeep::UpkeepSettings;
 use efms_tests::agents::{
-    acme_with_ready_vm, carried_out, get, register, settled, RunningAgent, BASE,
+    acme_with_ready_vm, carried_out, get, quick_upkeep, register, settled, RunningAgent, BASE,
 };
 use efms_tests::docker::{envoy_image, Engine};
 use efms_tests::fleet::{
@@ -19,14 +18,6 @@ use efms_tests::TestApp;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
-
-fn settings() -> UpkeepSettings {
-    UpkeepSettings {
-        heartbeat_interval: Duration::from_secs(1),
-        heartbeat_grace: Duration::from_secs(5),
-        ..UpkeepSettings::default()
-    }
-}
 
 /// Launches `count` containers of group `edge` on `vm-a` from `image`; answers their ids.
 async fn launched(app: &TestApp, image: &str, count: usize) -> Vec<String> {
@@ -83,7 +74,7 @@ async fn a_rollout_replaces_each_container_by_the_new_envoy_keeping_its_node_id_
         return;
     };
     let _emptied = engine.emptied_after();
-    let app = TestApp::spawn_with_fleet(pool, settings()).await;
+    let app = TestApp::spawn_with_fleet(pool, quick_upkeep()).await;
     let _agent = acme_with_ready_vm(&app, &engine).await;
     let before = launched(&app, &old, 2).await;
 
@@ -183,7 +174,7 @@ async fn a_rollout_to_an_image_the_engine_lacks_fails_naming_dockers_words_and_r
         return;
     };
     let _emptied = engine.emptied_after();
-    let app = TestApp::spawn_with_fleet(pool, settings()).await;
+    let app = TestApp::spawn_with_fleet(pool, quick_upkeep()).await;
     let _agent = acme_with_ready_vm(&app, &engine).await;
     let before = launched(&app, &engine.image, 2).await;
 
@@ -289,7 +280,7 @@ async fn traffic_keeps_flowing_through_a_rollout_that_goes_on_after_the_control_
     };
     let _emptied = (engine.emptied_after(), engine_b.emptied_after());
     engine_b.remove_all();
-    let mut app = TestApp::spawn_with_fleet(pool, settings()).await;
+    let mut app = TestApp::spawn_with_fleet(pool, quick_upkeep()).await;
     let _agent = acme_with_ready_vm(&app, &engine).await;
     let token_b = register(&app, BASE, "vm-b").await;
     let _agent_b = RunningAgent::start(&app, &token_b, &engine_b);
@@ -357,7 +348,7 @@ async fn a_rollout_to_an_envoy_that_nacks_the_groups_configuration_stops_after_t
         return;
     };
     let _emptied = engine.emptied_after();
-    let app = TestApp::spawn_with_fleet(pool, settings()).await;
+    let app = TestApp::spawn_with_fleet(pool, quick_upkeep()).await;
     let _agent = acme_with_ready_vm(&app, &engine).await;
     // An HTTP filter Envoy 1.40 has and 1.36 does not: the older one refuses its `@type`.
     let listener = json!({

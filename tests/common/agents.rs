@@ -64,6 +64,16 @@ impl RunningAgent {
     }
 }
 
+/// The fleet's upkeep for tests of launched containers: heartbeats every second, a VM silent
+/// for five seconds is lost.
+pub fn quick_upkeep() -> efms_commands::fleet::upkeep::UpkeepSettings {
+    efms_commands::fleet::upkeep::UpkeepSettings {
+        heartbeat_interval: Duration::from_secs(1),
+        heartbeat_grace: Duration::from_secs(5),
+        ..efms_commands::fleet::upkeep::UpkeepSettings::default()
+    }
+}
+
 /// `GET path`'s body, which must not be a server error.
 pub async fn get(app: &TestApp, path: &str) -> Value {
     let answer = app.get(path).await;

@@ -250,3 +250,29 @@ pub async fn edge_bootstrap(app: &crate::TestApp, flush: Option<&str>) -> Value 
     assert_eq!(answer.status, 200, "{}", answer.body);
     answer.body
 }
+
+/// The proxies `GET {base}/drift` lists (`base`: `/api/v1/tenants/{t}`): node id, state and why.
+pub async fn drift(app: &crate::TestApp, base: &str) -> Vec<(String, String, String)> {
+    let page = app.get(&format!("{base}/drift")).await.body;
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| {
+            (
+                item["node_id"].as_str().unwrap().to_owned(),
+                item["state"].as_str().unwrap().to_owned(),
+                item["why"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The drifting proxies' states, by node.
+pub async fn drift_states(app: &crate::TestApp, base: &str) -> Vec<(String, String)> {
+    drift(app, base)
+        .await
+        .into_iter()
+        .map(|(node, state, _)| (node, state))
+        .collect()
+}
