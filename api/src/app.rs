@@ -13,8 +13,8 @@ pub use crate::connections::ClientAddr;
 use crate::connections::HttpLimits;
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::routes::{
-    audit, branches, bulk, drift, fleet, fleet_health, grants, health, jobs, login, metrics,
-    proxies, proxy_tokens, quotas, resources, tenants, users, versions,
+    audit, branches, bulk, drift, events, fleet, fleet_health, grants, health, jobs, login,
+    metrics, proxies, proxy_tokens, quotas, resources, tenants, users, versions,
 };
 pub use crate::state::{AppState, XdsAddress};
 
@@ -34,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .merge(metrics::router())
         .merge(fleet_health::router())
         .merge(drift::router())
+        .merge(events::router())
         .merge(proxy_tokens::router())
         .merge(fleet::router())
         .merge(audit::router())

@@ -45,7 +45,7 @@ impl Modify for BearerAuth {
         versions::history, versions::revisions, versions::diff, versions::rollback, versions::rollback_resource,
         proxies::list, proxies::get, proxies::history, proxies::bootstrap, crate::routes::metrics::get, crate::routes::metrics::impact::impact,
         crate::routes::fleet_health::group_health, crate::routes::fleet_health::fleet_health,
-        crate::routes::drift::list,
+        crate::routes::drift::list, crate::routes::events::list,
         proxy_tokens::list, proxy_tokens::revoke,
         fleet::vms::register, fleet::vms::list, fleet::vms::get, fleet::vms::remove, fleet::vms::new_token,
         fleet::placement::change,
@@ -67,6 +67,7 @@ impl Modify for BearerAuth {
         (name = "sharing", description = "Clusters and templates shared between tenants (FR-MT-005)"),
         (name = "proxies", description = "What each Envoy proxy runs, and bootstraps that connect new ones (xDS)"),
         (name = "metrics", description = "The proxies' own statistics per route, listener and cluster (FR-RT-005, FR-LN-005, FR-CL-005)"),
+        (name = "events", description = "The tenant's event feed, resumable from any event's cursor (ADR 0014)"),
         (name = "operations", description = "Health and metrics"),
     )
 )]

@@ -7,6 +7,7 @@
 pub mod actor;
 pub mod config;
 pub mod envoy;
+pub mod feed;
 pub mod fleet;
 pub mod json_pointer;
 pub mod secrets;

@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod config;
 pub mod drift;
+pub mod feed;
 pub mod fleet;
 pub mod impact;
 pub mod projector;

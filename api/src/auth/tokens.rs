@@ -71,6 +71,8 @@ pub struct JwtKeys {
     decoding: DecodingKey,
     validation: Validation,
     external: Option<std::sync::Arc<ExternalIssuer>>,
+    /// Seals the event feed's cursors, under a key derived from the same secret.
+    cursors: efms_domain::feed::CursorSeal,
 }
 
 impl std::fmt::Debug for JwtKeys {
@@ -93,7 +95,13 @@ impl JwtKeys {
             decoding: DecodingKey::from_secret(secret),
             validation,
             external: None,
+            cursors: efms_domain::feed::CursorSeal::from_secret(secret),
         }
+    }
+
+    /// What seals the event feed's cursors (every replica sharing the secret opens them).
+    pub fn cursors(&self) -> &efms_domain::feed::CursorSeal {
+        &self.cursors
     }
 
     /// The same keys, also accepting the tokens of `issuer`.

@@ -1,0 +1,135 @@
+//! `GET /api/v1/tenants/{tenant}/events?since=&types=&limit=`: the tenant's event feed, a page
+//! at a time (ADR 0014). Each event carries its cursor; reading again from the page's `next`
+//! yields every later event exactly once, in order. A cursor is sealed for its tenant: another
+//! tenant's, or one never handed out, is refused.
+
+use axum::extract::State;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use efms_domain::feed::{FeedPosition, EVENT_TYPES};
+use efms_projections::feed::read_feed;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::access::{ReadConfig, Tenant};
+use crate::error::{ApiError, FieldError};
+use crate::extract::ApiQuery;
+use crate::state::AppState;
+
+/// Events per page unless asked.
+const DEFAULT_LIMIT: i64 = 100;
+/// The most events per page.
+const MAX_LIMIT: i64 = 1_000;
+
+/// `?since=&types=&limit=` of a feed read.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct EventsParams {
+    /// The cursor of the last event read (default: from the beginning).
+    since: Option<String>,
+    /// Only these types, comma-separated (default: every type): `commit`.
+    types: Option<String>,
+    /// At most this many events, 1 to 1000 (default 100).
+    limit: Option<i64>,
+}
+
+/// One event.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FeedEventView {
+    /// Where it stands: read from here to get the events after it.
+    cursor: String,
+    /// `commit`.
+    #[serde(rename = "type")]
+    kind: String,
+    /// When it happened.
+    time: DateTime<Utc>,
+    /// What happened: for `commit`, `branch`, `revision`, `actor`, `operation`, `message`,
+    /// `merged`, `changes` (at most 100: `kind`, `name`, `change`) and `changes_total`.
+    #[schema(value_type = Object)]
+    payload: Value,
+}
+
+/// A page of the feed.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventsPage {
+    items: Vec<FeedEventView>,
+    /// Where to read on from: the last event read's cursor, or `since` again when there was none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+}
+
+/// `GET /api/v1/tenants/{tenant}/events`: the events after `since`.
+#[utoipa::path(get, path = "/api/v1/tenants/{tenant}/events", tag = "events",
+    params(("tenant" = String, Path, description = "Tenant slug"), EventsParams),
+    responses((status = 200, description = "The events after the cursor", body = EventsPage),
+        (status = 400, description = "A cursor not handed out for this tenant", body = crate::problem::Problem),
+        (status = 422, description = "Unknown type or bad limit", body = crate::problem::Problem)))]
+pub async fn list(
+    State(state): State<AppState>,
+    ApiQuery(params): ApiQuery<EventsParams>,
+    tenant: Tenant<ReadConfig>,
+) -> Result<Json<EventsPage>, ApiError> {
+    let mut errors = Vec::new();
+    let limit = match params.limit {
+        None => DEFAULT_LIMIT,
+        Some(limit) if (1..=MAX_LIMIT).contains(&limit) => limit,
+        Some(_) => {
+            errors.push(FieldError::parameter(
+                "limit",
+                format!("from 1 to {MAX_LIMIT}"),
+            ));
+            DEFAULT_LIMIT
+        }
+    };
+    let wanted: Vec<&str> = params.types.as_deref().map_or_else(
+        || EVENT_TYPES.to_vec(),
+        |types| types.split(',').map(str::trim).collect(),
+    );
+    if let Some(unknown) = wanted.iter().find(|t| !EVENT_TYPES.contains(t)) {
+        errors.push(FieldError::parameter(
+            "types",
+            format!(
+                "`{}` is not an event type; the types are {}",
+                unknown.escape_default(),
+                EVENT_TYPES.join(", ")
+            ),
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let seal = state.jwt.cursors();
+    let after = match params.since.as_deref() {
+        None => FeedPosition::START,
+        Some(cursor) => {
+            seal.open(tenant.tenant_id, cursor)
+                .map_err(|problem| ApiError::BadRequest {
+                    detail: format!("`since` {problem}"),
+                    errors: vec![FieldError::parameter("since", problem.to_string())],
+                })?
+        }
+    };
+    let events = read_feed(&state.pool, tenant.tenant_id, after, limit).await?;
+    // The page goes on from the last event read, whether its type was asked for or not.
+    let next = events
+        .last()
+        .map(|event| seal.seal(tenant.tenant_id, event.at))
+        .or(params.since);
+    let items: Vec<FeedEventView> = events
+        .into_iter()
+        .filter(|event| wanted.contains(&event.kind))
+        .map(|event| FeedEventView {
+            cursor: seal.seal(tenant.tenant_id, event.at),
+            kind: event.kind.to_owned(),
+            time: event.time,
+            payload: event.payload,
+        })
+        .collect();
+    Ok(Json(EventsPage { items, next }))
+}
+
+/// The feed's routes.
+pub fn router() -> axum::Router<AppState> {
+    axum::Router::new().route("/tenants/{tenant}/events", axum::routing::get(list))
+}
