@@ -162,7 +162,7 @@ async fn a_cursor_of_another_tenant_an_altered_one_or_an_unknown_type_is_refused
     for (query, parameter) in [
         ("types=commit,nope", "types"),
         ("limit=0", "limit"),
-        ("limit=1001", "limit"),
+        ("limit=501", "limit"),
     ] {
         let refused = app.get(&format!("{BASE}/events?{query}")).await;
         assert_eq!(refused.status, 422, "{query}: {}", refused.body);

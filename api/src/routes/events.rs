@@ -16,11 +16,6 @@ use crate::error::{ApiError, FieldError};
 use crate::extract::ApiQuery;
 use crate::state::AppState;
 
-/// Events per page unless asked.
-const DEFAULT_LIMIT: i64 = 100;
-/// The most events per page.
-const MAX_LIMIT: i64 = 1_000;
-
 /// `?since=&types=&limit=` of a feed read.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -30,8 +25,8 @@ pub struct EventsParams {
     since: Option<String>,
     /// Only these types, comma-separated (default: every type): `commit`.
     types: Option<String>,
-    /// At most this many events, 1 to 1000 (default 100).
-    limit: Option<i64>,
+    /// At most this many events, 1 to 500 (default 50).
+    limit: Option<u32>,
 }
 
 /// One event.
@@ -70,34 +65,20 @@ pub async fn list(
     ApiQuery(params): ApiQuery<EventsParams>,
     tenant: Tenant<ReadConfig>,
 ) -> Result<Json<EventsPage>, ApiError> {
-    let mut errors = Vec::new();
-    let limit = match params.limit {
-        None => DEFAULT_LIMIT,
-        Some(limit) if (1..=MAX_LIMIT).contains(&limit) => limit,
-        Some(_) => {
-            errors.push(FieldError::parameter(
-                "limit",
-                format!("from 1 to {MAX_LIMIT}"),
-            ));
-            DEFAULT_LIMIT
-        }
-    };
+    let page = super::PageSize::from_param(params.limit)?;
     let wanted: Vec<&str> = params.types.as_deref().map_or_else(
         || EVENT_TYPES.to_vec(),
         |types| types.split(',').map(str::trim).collect(),
     );
     if let Some(unknown) = wanted.iter().find(|t| !EVENT_TYPES.contains(t)) {
-        errors.push(FieldError::parameter(
+        return Err(ApiError::Validation(vec![FieldError::parameter(
             "types",
             format!(
                 "`{}` is not an event type; the types are {}",
                 unknown.escape_default(),
                 EVENT_TYPES.join(", ")
             ),
-        ));
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
+        )]));
     }
     let seal = state.jwt.cursors();
     let after = match params.since.as_deref() {
@@ -110,7 +91,7 @@ pub async fn list(
                 })?
         }
     };
-    let events = read_feed(&state.pool, tenant.tenant_id, after, limit).await?;
+    let events = read_feed(&state.pool, tenant.tenant_id, after, page.size()).await?;
     // The page goes on from the last event read, whether its type was asked for or not.
     let next = events
         .last()

@@ -47,6 +47,11 @@ impl PageSize {
         }
     }
 
+    /// The page's size.
+    pub(crate) fn size(self) -> i64 {
+        i64::from(self.0)
+    }
+
     /// How many rows to fetch: one more than the page, to learn whether another page follows.
     pub(crate) fn fetch(self) -> i64 {
         i64::from(self.0) + 1
