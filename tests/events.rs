@@ -1,9 +1,11 @@
-//! The tenant event feed, a page at a time (ADR 0014): every commit once, in order, with what it
-//! changed; reading on from any event's cursor yields exactly the later ones; a cursor is good for
-//! its tenant only, and bad parameters are refused naming them.
+//! The tenant event feed (ADR 0014), a page at a time and live over Server-Sent Events: every
+//! commit once, in order, with what it changed; reading on from any event's cursor (or
+//! reconnecting with `Last-Event-ID`) yields exactly the later ones; a cursor is good for its
+//! tenant only, and bad parameters are refused naming them.
 
 use std::time::Duration;
 
+use efms_domain::Role;
 use efms_tests::fleet::eventually;
 use efms_tests::TestApp;
 use serde_json::{json, Value};
@@ -171,4 +173,108 @@ async fn a_cursor_of_another_tenant_an_altered_one_or_an_unknown_type_is_refused
     // The other tenant's feed holds none of acme's commits.
     let theirs = page(&app, "/api/v1/tenants/umbrella", "").await;
     assert_eq!(theirs["items"], json!([]));
+}
+
+/// An open Server-Sent Events response, read event by event.
+struct SseReader {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl SseReader {
+    /// Opens the tenant's stream, resuming after `last` when given.
+    async fn open(app: &TestApp, last: Option<&str>) -> reqwest::Response {
+        let mut request = app
+            .client
+            .get(app.url(&format!("{BASE}/events/stream")))
+            .bearer_auth(app.token(Role::Viewer, Some("acme")));
+        if let Some(last) = last {
+            request = request.header("last-event-id", last);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn start(app: &TestApp, last: Option<&str>) -> Self {
+        let response = Self::open(app, last).await;
+        assert_eq!(response.status(), 200);
+        Self {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event: its id and its data; keep-alive comments are skipped.
+    async fn next(&mut self) -> (String, Value) {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    block
+                        .lines()
+                        .find_map(|line| line.strip_prefix(name))
+                        .map(|value| value.trim_start().to_owned())
+                };
+                if let (Some(id), Some(data)) = (field("id:"), field("data:")) {
+                    return (id, serde_json::from_str(&data).unwrap());
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(30), self.response.chunk())
+                .await
+                .expect("an event within 30 s")
+                .unwrap()
+                .expect("the stream stays open");
+            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+
+    /// The revisions of the next `count` events, and the last one's id.
+    async fn revisions(&mut self, count: usize) -> (Vec<i64>, String) {
+        let mut revisions = Vec::new();
+        let mut last = String::new();
+        for _ in 0..count {
+            let (id, data) = self.next().await;
+            assert_eq!(data["cursor"], id.as_str());
+            revisions.push(data["payload"]["revision"].as_i64().unwrap());
+            last = id;
+        }
+        (revisions, last)
+    }
+}
+
+async fn commit_cluster(app: &TestApp, name: &str) {
+    let answer = app
+        .put(&format!("{BASE}/clusters/{name}"), &cluster(name), &[])
+        .await;
+    assert_eq!(answer.status, 201, "{}", answer.body);
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_live_stream_sees_each_commit_and_resumes_after_its_last_event_id_exactly_once(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn(pool).await;
+    app.create_tenant("acme", "Acme").await;
+    commit_cluster(&app, "a").await;
+    commit_cluster(&app, "b").await;
+
+    let mut live = SseReader::start(&app, None).await;
+    assert_eq!(live.revisions(2).await.0, [1, 2]);
+    commit_cluster(&app, "c").await;
+    let (seen, last) = live.revisions(1).await;
+    assert_eq!(seen, [3]);
+    drop(live);
+
+    // Missed while away: exactly those, in order, then the live ones.
+    commit_cluster(&app, "d").await;
+    commit_cluster(&app, "e").await;
+    let mut back = SseReader::start(&app, Some(&last)).await;
+    assert_eq!(back.revisions(2).await.0, [4, 5]);
+    commit_cluster(&app, "f").await;
+    assert_eq!(back.revisions(1).await.0, [6]);
+
+    let refused = SseReader::open(&app, Some("not-a-cursor")).await;
+    assert_eq!(refused.status(), 400);
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["parameter"], "since");
 }

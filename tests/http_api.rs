@@ -448,6 +448,7 @@ async fn the_openapi_document_covers_every_route_and_the_reference_page_is_serve
         ("/api/v1/tenants/{tenant}/health", "get"),
         ("/api/v1/tenants/{tenant}/drift", "get"),
         ("/api/v1/tenants/{tenant}/events", "get"),
+        ("/api/v1/tenants/{tenant}/events/stream", "get"),
         ("/api/v1/tenants/{tenant}/proxy-tokens", "get"),
         ("/api/v1/tenants/{tenant}/proxy-tokens/{id}", "delete"),
         ("/api/v1/tenants/{tenant}/vms", "post"),

@@ -13,8 +13,8 @@ pub use crate::connections::ClientAddr;
 use crate::connections::HttpLimits;
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::routes::{
-    audit, branches, bulk, drift, events, fleet, fleet_health, grants, health, jobs, login,
-    metrics, proxies, proxy_tokens, quotas, resources, tenants, users, versions,
+    audit, branches, bulk, drift, event_stream, events, fleet, fleet_health, grants, health, jobs,
+    login, metrics, proxies, proxy_tokens, quotas, resources, tenants, users, versions,
 };
 pub use crate::state::{AppState, XdsAddress};
 
@@ -35,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .merge(fleet_health::router())
         .merge(drift::router())
         .merge(events::router())
+        .merge(event_stream::router())
         .merge(proxy_tokens::router())
         .merge(fleet::router())
         .merge(audit::router())

@@ -45,7 +45,7 @@ impl Modify for BearerAuth {
         versions::history, versions::revisions, versions::diff, versions::rollback, versions::rollback_resource,
         proxies::list, proxies::get, proxies::history, proxies::bootstrap, crate::routes::metrics::get, crate::routes::metrics::impact::impact,
         crate::routes::fleet_health::group_health, crate::routes::fleet_health::fleet_health,
-        crate::routes::drift::list, crate::routes::events::list,
+        crate::routes::drift::list, crate::routes::events::list, crate::routes::event_stream::stream,
         proxy_tokens::list, proxy_tokens::revoke,
         fleet::vms::register, fleet::vms::list, fleet::vms::get, fleet::vms::remove, fleet::vms::new_token,
         fleet::placement::change,

@@ -63,6 +63,10 @@ pub struct Shared {
     pub pool: PgPool,
     /// Executes commands and rings the log readers' doorbell after each commit.
     pub bus: CommandBus,
+    /// Wakes the event feed's live readers after commits (and at each polling interval).
+    pub doorbell: efms_commands::SharedDoorbell,
+    /// Resolves when the process stops: live event streams end then.
+    pub stopping: StopSignal,
     /// Token keys.
     pub jwt: JwtKeys,
     /// Tenants known to exist.
@@ -166,8 +170,8 @@ impl AppState {
         let fleet_upkeep = tokio::sync::watch::Sender::new(
             efms_commands::fleet::upkeep::UpkeepSettings::default(),
         );
-        let config =
-            Projector::new(pool.clone(), ConfigProjection).spawn_with(doorbell, shutdown.clone());
+        let config = Projector::new(pool.clone(), ConfigProjection)
+            .spawn_with(doorbell.clone(), shutdown.clone());
         let snapshots = SnapshotStore::new(pool.clone(), keyring.clone());
         snapshots.follow(config.clone());
         let cache = ResourceCache::new(pool.clone(), efms_domain::config::MAIN_BRANCH);
@@ -216,6 +220,8 @@ impl AppState {
         Self(Arc::new(Shared {
             pool,
             bus,
+            doorbell,
+            stopping: shutdown,
             jwt,
             known_tenants: KnownTenants::default(),
             metrics,
@@ -315,10 +321,12 @@ impl AppState {
     }
 }
 
+/// The process's stop: a future that every task ending with the process can await.
+pub type StopSignal =
+    futures::future::Shared<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>;
+
 /// A shutdown future that several tasks can await.
-fn futures_shared(
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> futures::future::Shared<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+fn futures_shared(shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> StopSignal {
     use futures::FutureExt as _;
     let boxed: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = Box::pin(shutdown);
     boxed.shared()

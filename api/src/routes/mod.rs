@@ -4,6 +4,7 @@ pub mod audit;
 pub mod branches;
 pub mod bulk;
 pub mod drift;
+pub mod event_stream;
 pub mod events;
 pub mod fleet;
 pub mod fleet_health;
