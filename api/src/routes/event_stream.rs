@@ -18,8 +18,9 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::events::{resume_after, FeedEventView};
 use crate::access::{ReadConfig, Tenant};
-use crate::error::{ApiError, FieldError};
+use crate::error::ApiError;
 use crate::extract::ApiQuery;
 use crate::state::AppState;
 
@@ -57,17 +58,7 @@ pub async fn stream(
         .map(|value| value.to_str().unwrap_or("\u{fffd}").to_owned())
         .or(params.since);
     let tenant_id = tenant.tenant_id;
-    let after = match resume.as_deref() {
-        None => FeedPosition::START,
-        Some(cursor) => state
-            .jwt
-            .cursors()
-            .open(tenant_id, cursor)
-            .map_err(|problem| ApiError::BadRequest {
-                detail: format!("the cursor to resume after {problem}"),
-                errors: vec![FieldError::parameter("since", problem.to_string())],
-            })?,
-    };
+    let after = resume_after(&state, tenant_id, resume.as_deref())?;
     let (sender, receiver) = mpsc::channel(QUEUE);
     tokio::spawn(follow(state, tenant_id, after, sender));
     let events = futures::stream::unfold(receiver, |mut receiver| async move {
@@ -102,17 +93,12 @@ async fn follow(
             if !EVENT_TYPES.contains(&event.kind) {
                 continue;
             }
-            let cursor = seal.seal(tenant_id, event.at);
-            let data = serde_json::json!({
-                "cursor": cursor,
-                "type": event.kind,
-                "time": event.time,
-                "payload": event.payload,
-            });
+            let kind = event.kind;
+            let view = FeedEventView::of(&seal, tenant_id, event);
             let sse = Event::default()
-                .id(cursor)
-                .event(event.kind)
-                .data(data.to_string());
+                .id(view.cursor.clone())
+                .event(kind)
+                .data(serde_json::to_string(&view).unwrap_or_default());
             match tokio::time::timeout(PATIENCE, sender.send(sse)).await {
                 Ok(Ok(())) => {}
                 // The client is gone.

@@ -6,10 +6,11 @@
 use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use efms_domain::feed::{FeedPosition, EVENT_TYPES};
-use efms_projections::feed::read_feed;
+use efms_domain::feed::{CursorSeal, FeedPosition, EVENT_TYPES};
+use efms_projections::feed::{read_feed, FeedEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use uuid::Uuid;
 
 use crate::access::{ReadConfig, Tenant};
 use crate::error::{ApiError, FieldError};
@@ -33,7 +34,7 @@ pub struct EventsParams {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FeedEventView {
     /// Where it stands: read from here to get the events after it.
-    cursor: String,
+    pub(crate) cursor: String,
     /// `commit`.
     #[serde(rename = "type")]
     kind: String,
@@ -43,6 +44,38 @@ pub struct FeedEventView {
     /// `merged`, `changes` (at most 100: `kind`, `name`, `change`) and `changes_total`.
     #[schema(value_type = Object)]
     payload: Value,
+}
+
+impl FeedEventView {
+    /// How `event` of `tenant_id`'s feed is shown, its cursor sealed with `seal`.
+    pub(crate) fn of(seal: &CursorSeal, tenant_id: Uuid, event: FeedEvent) -> Self {
+        Self {
+            cursor: seal.seal(tenant_id, event.at),
+            kind: event.kind.to_owned(),
+            time: event.time,
+            payload: event.payload,
+        }
+    }
+}
+
+/// Where a read resumes: after `cursor` (a 400 naming `since` when it was not handed out for
+/// `tenant_id`), or from the beginning.
+pub(crate) fn resume_after(
+    state: &AppState,
+    tenant_id: Uuid,
+    cursor: Option<&str>,
+) -> Result<FeedPosition, ApiError> {
+    let Some(cursor) = cursor else {
+        return Ok(FeedPosition::START);
+    };
+    state
+        .jwt
+        .cursors()
+        .open(tenant_id, cursor)
+        .map_err(|problem| ApiError::BadRequest {
+            detail: format!("the cursor `since` {problem}"),
+            errors: vec![FieldError::parameter("since", problem.to_string())],
+        })
 }
 
 /// A page of the feed.
@@ -81,16 +114,7 @@ pub async fn list(
         )]));
     }
     let seal = state.jwt.cursors();
-    let after = match params.since.as_deref() {
-        None => FeedPosition::START,
-        Some(cursor) => {
-            seal.open(tenant.tenant_id, cursor)
-                .map_err(|problem| ApiError::BadRequest {
-                    detail: format!("`since` {problem}"),
-                    errors: vec![FieldError::parameter("since", problem.to_string())],
-                })?
-        }
-    };
+    let after = resume_after(&state, tenant.tenant_id, params.since.as_deref())?;
     let events = read_feed(&state.pool, tenant.tenant_id, after, page.size()).await?;
     // The page goes on from the last event read, whether its type was asked for or not.
     let next = events
@@ -100,12 +124,7 @@ pub async fn list(
     let items: Vec<FeedEventView> = events
         .into_iter()
         .filter(|event| wanted.contains(&event.kind))
-        .map(|event| FeedEventView {
-            cursor: seal.seal(tenant.tenant_id, event.at),
-            kind: event.kind.to_owned(),
-            time: event.time,
-            payload: event.payload,
-        })
+        .map(|event| FeedEventView::of(seal, tenant.tenant_id, event))
         .collect();
     Ok(Json(EventsPage { items, next }))
 }
