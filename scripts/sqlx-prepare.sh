@@ -11,7 +11,7 @@ for migration in migrations/*.sql; do
   psql -q -v ON_ERROR_STOP=1 "$PGURL/$DB" -f "$migration" >/dev/null
 done
 rm -rf .sqlx && mkdir .sqlx
-touch commands/src/lib.rs projections/src/lib.rs api/src/lib.rs
+touch commands/src/lib.rs projections/src/lib.rs api/src/lib.rs notify/src/lib.rs xds/src/lib.rs
 SQLX_OFFLINE=false SQLX_OFFLINE_DIR="$PWD/.sqlx" DATABASE_URL="$PGURL/$DB" \
   cargo check --workspace --all-targets --quiet
 psql -q "$PGURL/postgres" -c "DROP DATABASE $DB"

@@ -135,7 +135,7 @@ async fn the_feed_lists_each_commit_once_in_order_and_reads_on_from_any_cursor(p
 }
 
 #[sqlx::test(migrator = "efms_commands::MIGRATOR")]
-async fn a_cursor_of_another_tenant_an_altered_one_or_an_unknown_type_is_refused_naming_it(
+async fn a_cursor_of_another_tenant_an_altered_one_one_from_the_future_or_an_unknown_type_is_refused_naming_it(
     pool: PgPool,
 ) {
     let app = TestApp::spawn(pool).await;
@@ -161,6 +161,19 @@ async fn a_cursor_of_another_tenant_an_altered_one_or_an_unknown_type_is_refused
         assert_eq!(refused.status, 400, "{since}: {}", refused.body);
         assert_eq!(refused.body["errors"][0]["parameter"], "since");
     }
+    // Sealed for acme, but ahead of every transaction of this database.
+    let acme = efms_domain::TenantSlug::parse("acme").unwrap().tenant_id();
+    let future = app.keys.cursors().seal(
+        acme,
+        efms_domain::feed::FeedPosition {
+            tx_id: 1 << 40,
+            source: efms_domain::feed::Source::Log,
+            position: 1,
+        },
+    );
+    let ahead = app.get(&format!("{BASE}/events?since={future}")).await;
+    assert_eq!(ahead.status, 400, "{}", ahead.body);
+    assert_eq!(ahead.body["errors"][0]["parameter"], "since");
     for (query, parameter) in [
         ("types=commit,nope", "types"),
         ("limit=0", "limit"),

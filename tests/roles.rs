@@ -178,7 +178,11 @@ async fn every_route_answers_each_role_as_the_role_table_says(pool: PgPool) {
                     }
                 }
                 Caller::Tenant(Role::Proxy) => status == 403,
-                Caller::Tenant(Role::Viewer | Role::Auditor) if !read => status == 403,
+                Caller::Tenant(Role::Viewer | Role::Auditor)
+                    if !read && !path.ends_with("/events/tickets") =>
+                {
+                    status == 403
+                }
                 // Quotas are set by the system role alone.
                 Caller::Tenant(_) if path.ends_with("/quotas") && !read => status == 403,
                 // Users are listed by admins and auditors, managed by admins.
@@ -198,6 +202,16 @@ async fn every_route_answers_each_role_as_the_role_table_says(pool: PgPool) {
                 {
                     status == 403
                 }
+                // A ticket for the tenant's event streams is a read: every tenant role gets one.
+                Caller::Tenant(_) if path.ends_with("/events/tickets") => status == 201,
+                // Webhooks are managed by admins alone.
+                Caller::Tenant(Role::Viewer | Role::Auditor | Role::Operator)
+                    if path.contains("/webhooks") =>
+                {
+                    status == 403
+                }
+                // The event WebSocket answers a plain request 400: it speaks WebSocket only.
+                Caller::Tenant(_) if path.ends_with("/events/ws") => status == 400,
                 // Reads of what exists answer 200; of what does not (a proxy never seen, an
                 // unknown job), 404 — never 401 or 403.
                 Caller::Tenant(_) => matches!(status, 200 | 404),

@@ -73,6 +73,10 @@ permissions! {
     ReadFleet;
     /// [`Action::ManageVms`].
     ManageVms;
+    /// [`Action::ManageWebhooks`].
+    ManageWebhooks;
+    /// [`Action::ManageAlerts`].
+    ManageAlerts;
 }
 
 /// The `{tenant}` of the route, which exists and on which the caller may perform `P`.

@@ -13,8 +13,9 @@ pub use crate::connections::ClientAddr;
 use crate::connections::HttpLimits;
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::routes::{
-    audit, branches, bulk, drift, event_stream, events, fleet, fleet_health, grants, health, jobs,
-    login, metrics, proxies, proxy_tokens, quotas, resources, tenants, users, versions,
+    alert_rules, audit, branches, bulk, drift, event_socket, event_stream, event_tickets, events,
+    fleet, fleet_health, grants, health, jobs, login, metrics, proxies, proxy_tokens, quotas,
+    resources, tenants, users, versions, webhooks,
 };
 pub use crate::state::{AppState, XdsAddress};
 
@@ -36,6 +37,10 @@ pub fn router(state: AppState) -> Router {
         .merge(drift::router())
         .merge(events::router())
         .merge(event_stream::router())
+        .merge(event_socket::router())
+        .merge(event_tickets::router())
+        .merge(webhooks::router())
+        .merge(alert_rules::router())
         .merge(proxy_tokens::router())
         .merge(fleet::router())
         .merge(audit::router())

@@ -46,6 +46,13 @@ impl Modify for BearerAuth {
         proxies::list, proxies::get, proxies::history, proxies::bootstrap, crate::routes::metrics::get, crate::routes::metrics::impact::impact,
         crate::routes::fleet_health::group_health, crate::routes::fleet_health::fleet_health,
         crate::routes::drift::list, crate::routes::events::list, crate::routes::event_stream::stream,
+        crate::routes::event_socket::socket, crate::routes::event_tickets::create,
+        crate::routes::webhooks::create, crate::routes::webhooks::list, crate::routes::webhooks::get,
+        crate::routes::webhooks::update, crate::routes::webhooks::delete, crate::routes::webhooks::rotate_secret,
+        crate::routes::webhook_deliveries::list, crate::routes::webhook_deliveries::redeliver,
+        crate::routes::alert_rules::create, crate::routes::alert_rules::list, crate::routes::alert_rules::get,
+        crate::routes::alert_rules::update, crate::routes::alert_rules::delete,
+        crate::routes::alerts::list, crate::routes::alerts::acknowledge,
         proxy_tokens::list, proxy_tokens::revoke,
         fleet::vms::register, fleet::vms::list, fleet::vms::get, fleet::vms::remove, fleet::vms::new_token,
         fleet::placement::change,
@@ -68,6 +75,8 @@ impl Modify for BearerAuth {
         (name = "proxies", description = "What each Envoy proxy runs, and bootstraps that connect new ones (xDS)"),
         (name = "metrics", description = "The proxies' own statistics per route, listener and cluster (FR-RT-005, FR-LN-005, FR-CL-005)"),
         (name = "events", description = "The tenant's event feed, resumable from any event's cursor (ADR 0014)"),
+        (name = "webhooks", description = "Signed deliveries of the tenant's events, with retries and every attempt recorded (API-WH-001…003, ADR 0015)"),
+        (name = "alerts", description = "Alert rules of built-in kinds and the alerts they raise (NFR-OB-005, ADR 0016)"),
         (name = "operations", description = "Health and metrics"),
     )
 )]

@@ -33,6 +33,10 @@ pub enum Action {
     ReadFleet,
     /// Register and remove VMs and issue their join tokens.
     ManageVms,
+    /// Create, change and delete webhooks, read their deliveries and redeliver them.
+    ManageWebhooks,
+    /// Create, change and delete alert rules, and acknowledge alerts.
+    ManageAlerts,
 }
 
 /// What the policy says of one action: the roles allowed to perform it, and what a refused caller
@@ -82,6 +86,11 @@ const fn rule(action: Action) -> Rule {
             WRITERS,
             "VMs are registered and removed by `operator` or `admin`",
         ),
+        Action::ManageWebhooks => (ADMINS, "webhooks are managed by `admin`"),
+        Action::ManageAlerts => (
+            WRITERS,
+            "alert rules are managed and alerts acknowledged by `operator` or `admin`",
+        ),
     };
     Rule { roles, refusal }
 }
@@ -113,7 +122,7 @@ pub fn authorize(actor: &Actor, action: Action) -> Result<(), ApiError> {
 mod tests {
     use super::*;
 
-    const EVERY_ACTION: [Action; 11] = [
+    const EVERY_ACTION: [Action; 13] = [
         Action::ReadConfig,
         Action::WriteConfig,
         Action::ReadUsers,
@@ -125,6 +134,8 @@ mod tests {
         Action::CreateTenants,
         Action::ReadFleet,
         Action::ManageVms,
+        Action::ManageWebhooks,
+        Action::ManageAlerts,
     ];
 
     #[test]

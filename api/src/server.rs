@@ -55,7 +55,9 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     })
     .with_limits(config.limits)
     .with_fleet_settings(config.fleet)
-    .with_telemetry_settings(config.telemetry);
+    .with_telemetry_settings(config.telemetry)
+    .with_webhook_settings(config.webhooks.clone())
+    .with_alert_settings(config.alerts);
     let xds = state.xds.clone();
     xds.set_replica(efms_xds::ReplicaSettings {
         lease: config.replica_lease,

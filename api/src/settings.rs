@@ -12,14 +12,17 @@ use sqlx::postgres::PgConnectOptions;
 use crate::auth::MIN_SECRET_BYTES;
 
 mod agent;
+mod alerts;
 mod edge;
 mod fleet;
 pub mod invalid;
 mod maintenance;
 mod replica;
 mod telemetry;
+mod webhooks;
 
 pub use agent::{AgentArgs, AgentConfig};
+pub use alerts::AlertArgs;
 pub use edge::{EdgeArgs, EdgeConfig};
 pub use fleet::FleetArgs;
 pub(crate) use invalid::invalid;
@@ -27,6 +30,7 @@ pub use invalid::ConfigError;
 pub use maintenance::{ReplayArgs, RotateArgs};
 pub use replica::ReplicaArgs;
 pub use telemetry::TelemetryArgs;
+pub use webhooks::WebhookArgs;
 
 /// The local Postgres of a development machine.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/efms";
@@ -142,6 +146,12 @@ pub struct ServeArgs {
     /// This replica's lease on its proxies' streams.
     #[command(flatten)]
     pub replica: ReplicaArgs,
+    /// The webhooks' deliveries.
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
+    /// The alert rules' evaluation.
+    #[command(flatten)]
+    pub alerts: AlertArgs,
 }
 
 /// `efms token`.
@@ -217,6 +227,10 @@ pub struct ServeConfig {
     pub telemetry: efms_xds::TelemetrySettings,
     /// How long this replica's lease on its proxies' streams lasts.
     pub replica_lease: Duration,
+    /// How webhooks are delivered.
+    pub webhooks: efms_notify::WebhookSettings,
+    /// How alert rules are evaluated.
+    pub alerts: efms_notify::AlertSettings,
 }
 
 impl DatabaseArgs {
@@ -460,140 +474,11 @@ impl ServeArgs {
             fleet: self.fleet.validate()?,
             telemetry: self.telemetry.validate()?,
             replica_lease: self.replica.validate()?,
+            webhooks: self.webhooks.validate()?,
+            alerts: self.alerts.validate()?,
         })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(http: &str, secret: Option<&str>) -> ServeArgs {
-        ServeArgs {
-            database: DatabaseArgs {
-                database_url: DEFAULT_DATABASE_URL.to_owned(),
-                db_max_connections: "20".to_owned(),
-            },
-            http_addr: http.to_owned(),
-            grpc_addr: "127.0.0.1:18000".to_owned(),
-            xds_advertise_addr: None,
-            jwt_secret: secret.map(str::to_owned),
-            master_key: Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_owned()),
-            tls_cert: None,
-            tls_key: None,
-            oidc_jwks_file: None,
-            oidc_jwks_url: None,
-            oidc_issuer: None,
-            oidc_audience: None,
-            log_format: "json".to_owned(),
-            poll_interval_ms: "250".to_owned(),
-            proxy_token_ttl: "30d".to_owned(),
-            proxy_token_max_ttl: "365d".to_owned(),
-            xds_credential_recheck: "5s".to_owned(),
-            edge: EdgeArgs {
-                http_header_timeout: "10s".to_owned(),
-                http_idle_timeout: "60s".to_owned(),
-                http_max_connections: "1024".to_owned(),
-                login_failures_per_address: "30".to_owned(),
-                login_throttle_entries: "50000".to_owned(),
-                oidc_jwks_allow_http: "false".to_owned(),
-            },
-            limits: crate::limits::LimitArgs::default(),
-            fleet: FleetArgs::default(),
-            telemetry: TelemetryArgs::default(),
-            replica: ReplicaArgs::default(),
-        }
-    }
-
-    const SECRET: &str = "0123456789abcdef0123456789abcdef";
-
-    #[test]
-    fn defaults_with_a_secret_are_valid() {
-        let config = args("127.0.0.1:8080", Some(SECRET)).validate().unwrap();
-        assert_eq!(config.http_addr.port(), 8080);
-    }
-
-    #[test]
-    fn unparseable_address_names_its_setting() {
-        let error = args("localhost-8080", Some(SECRET)).validate().unwrap_err();
-        assert_eq!(error.setting, "EFMS_HTTP_ADDR (--http-addr)");
-    }
-
-    #[test]
-    fn missing_or_short_secret_names_its_setting() {
-        assert_eq!(
-            args("127.0.0.1:8080", None).validate().unwrap_err().setting,
-            "EFMS_JWT_SECRET (--jwt-secret)"
-        );
-        assert_eq!(
-            args("127.0.0.1:8080", Some("short"))
-                .validate()
-                .unwrap_err()
-                .setting,
-            "EFMS_JWT_SECRET (--jwt-secret)"
-        );
-    }
-
-    #[test]
-    fn tls_needs_both_files_and_names_the_one_at_fault() {
-        let mut serve = args("127.0.0.1:8080", Some(SECRET));
-        serve.tls_cert = Some("/nonexistent/cert.pem".to_owned());
-        assert_eq!(
-            serve.validate().unwrap_err().setting,
-            "EFMS_TLS_KEY (--tls-key)"
-        );
-        serve.tls_key = Some("/nonexistent/key.pem".to_owned());
-        assert_eq!(
-            serve.validate().unwrap_err().setting,
-            "EFMS_TLS_CERT (--tls-cert)"
-        );
-    }
-
-    #[test]
-    fn a_missing_or_malformed_master_key_names_its_setting() {
-        let mut serve = args("127.0.0.1:8080", Some(SECRET));
-        serve.master_key = None;
-        assert_eq!(
-            serve.validate().unwrap_err().setting,
-            "EFMS_MASTER_KEY (--master-key)"
-        );
-        serve.master_key = Some("c2hvcnQ=".to_owned());
-        assert_eq!(
-            serve.validate().unwrap_err().setting,
-            "EFMS_MASTER_KEY (--master-key)"
-        );
-    }
-
-    #[test]
-    fn an_identity_provider_needs_one_key_source_an_issuer_and_an_audience() {
-        let mut serve = args("127.0.0.1:8080", Some(SECRET));
-        serve.oidc_jwks_url = Some("https://idp.example/jwks.json".to_owned());
-        assert_eq!(
-            serve.validate().unwrap_err().setting,
-            "EFMS_OIDC_ISSUER (--oidc-issuer)"
-        );
-        serve.oidc_issuer = Some("https://idp.example".to_owned());
-        serve.oidc_audience = Some("efms".to_owned());
-        assert!(serve.validate().unwrap().oidc.is_some());
-        serve.oidc_jwks_file = Some("/nonexistent/jwks.json".to_owned());
-        assert_eq!(
-            serve.validate().unwrap_err().setting,
-            "EFMS_OIDC_JWKS_URL (--oidc-jwks-url)",
-            "not both"
-        );
-        serve.oidc_jwks_file = None;
-        serve.oidc_jwks_url = Some("ftp://idp.example/jwks.json".to_owned());
-        assert_eq!(
-            serve.validate().unwrap_err().setting,
-            "EFMS_OIDC_JWKS_URL (--oidc-jwks-url)"
-        );
-        serve.oidc_jwks_url = Some("http://idp.example/jwks.json".to_owned());
-        assert_eq!(
-            serve.validate().unwrap_err().setting,
-            "EFMS_OIDC_JWKS_URL (--oidc-jwks-url)",
-            "plain http only when allowed"
-        );
-        serve.edge.oidc_jwks_allow_http = "true".to_owned();
-        assert!(serve.validate().is_ok());
-    }
-}
+mod tests;

@@ -107,6 +107,10 @@ pub struct Shared {
     pub tokens: TokenSettings,
     /// Limits on what requests write and run.
     pub limits: crate::limits::WriteLimits,
+    /// How webhooks are delivered (the sender follows changes).
+    pub webhooks: tokio::sync::watch::Sender<efms_notify::WebhookSettings>,
+    /// How alert rules are evaluated (the evaluator follows changes).
+    pub alerts: tokio::sync::watch::Sender<efms_notify::AlertSettings>,
 }
 
 /// Where proxies reach the xDS server.
@@ -210,6 +214,7 @@ impl AppState {
             efms_xds::TelemetrySettings::default(),
             metrics.xds.telemetry.clone(),
         ));
+        let (webhooks, alerts) = spawn_events_out(&pool, &keyring, &jwt, &doorbell, &shutdown);
         let gauge = metrics.projector_position.clone();
         let mut checkpoint = tenants.clone();
         tokio::spawn(async move {
@@ -246,6 +251,8 @@ impl AppState {
             anonymous_audit: AnonymousBudget::default(),
             tokens: TokenSettings::default(),
             limits: crate::limits::WriteLimits::default(),
+            webhooks,
+            alerts,
         }))
     }
 
@@ -306,6 +313,20 @@ impl AppState {
         self
     }
 
+    /// The same state, delivering webhooks with `settings`.
+    #[must_use]
+    pub fn with_webhook_settings(self, settings: efms_notify::WebhookSettings) -> Self {
+        self.webhooks.send_replace(settings);
+        self
+    }
+
+    /// The same state, evaluating alert rules with `settings`.
+    #[must_use]
+    pub fn with_alert_settings(self, settings: efms_notify::AlertSettings) -> Self {
+        self.alerts.send_replace(settings);
+        self
+    }
+
     /// The same state, throttling failed logins within `limits`.
     #[must_use]
     pub fn with_login_limits(mut self, limits: crate::login_throttle::ThrottleLimits) -> Self {
@@ -319,6 +340,34 @@ impl AppState {
         self.setting_up().xds_address = address;
         self
     }
+}
+
+/// Starts the webhooks' sender and the alerts' evaluator (each works on one replica at a time,
+/// under a lease); answers their settings, which they follow.
+fn spawn_events_out(
+    pool: &PgPool,
+    keyring: &Keyring,
+    jwt: &JwtKeys,
+    doorbell: &efms_commands::SharedDoorbell,
+    shutdown: &StopSignal,
+) -> (
+    tokio::sync::watch::Sender<efms_notify::WebhookSettings>,
+    tokio::sync::watch::Sender<efms_notify::AlertSettings>,
+) {
+    let webhooks = tokio::sync::watch::Sender::new(efms_notify::WebhookSettings::default());
+    efms_notify::spawn(
+        efms_notify::sender::Sender {
+            pool: pool.clone(),
+            keyring: keyring.clone(),
+            seal: jwt.cursors().clone(),
+        },
+        doorbell.clone(),
+        webhooks.subscribe(),
+        shutdown.clone(),
+    );
+    let alerts = tokio::sync::watch::Sender::new(efms_notify::AlertSettings::default());
+    efms_notify::alerts::spawn(pool.clone(), alerts.subscribe(), shutdown.clone());
+    (webhooks, alerts)
 }
 
 /// The process's stop: a future that every task ending with the process can await.

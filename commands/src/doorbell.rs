@@ -210,8 +210,12 @@ struct Rings {
 }
 
 impl Rings {
-    fn heard_by(&self, aggregate_type: &str) -> (u64, u64) {
-        let named = self.by_type.get(aggregate_type).copied().unwrap_or(0);
+    /// The rings that concerned everyone, and those that named any of `aggregate_types`.
+    fn heard_by_any(&self, aggregate_types: &[&str]) -> (u64, u64) {
+        let named = aggregate_types
+            .iter()
+            .map(|named| self.by_type.get(*named).copied().unwrap_or(0))
+            .sum();
         (self.anything, named)
     }
 }
@@ -263,15 +267,21 @@ impl SharedDoorbell {
     /// interval, whichever comes first.
     /// A ring heard since this reader last woke counts: it wakes the reader at once.
     pub async fn wait_for(&mut self, aggregate_type: &str) {
+        self.wait_for_any(&[aggregate_type]).await;
+    }
+
+    /// Waits for the next ring that concerns readers of any of `aggregate_types` (a reader of
+    /// several waits with the same list each time), or the polling interval.
+    pub async fn wait_for_any(&mut self, aggregate_types: &[&str]) {
         let heard = self.heard;
         let rings = &mut self.rings;
         let woken = tokio::time::timeout(
             self.poll_interval,
-            rings.wait_for(|rings| rings.heard_by(aggregate_type) != heard),
+            rings.wait_for(|rings| rings.heard_by_any(aggregate_types) != heard),
         )
         .await;
         if let Ok(Ok(rings)) = woken {
-            self.heard = rings.heard_by(aggregate_type);
+            self.heard = rings.heard_by_any(aggregate_types);
         }
     }
 }

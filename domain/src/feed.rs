@@ -8,7 +8,19 @@ use sha2::Sha256;
 use uuid::Uuid;
 
 /// The event types the feed serves.
-pub const EVENT_TYPES: [&str; 1] = ["commit"];
+pub const EVENT_TYPES: [&str; 8] = [
+    "commit",
+    "proxy.status",
+    "job.finished",
+    "vm.state",
+    "container.lifecycle",
+    "rollout.progress",
+    "alert.fired",
+    "alert.resolved",
+];
+
+/// The log aggregates whose commits bring feed events: live readers wake when one rings.
+pub const FEED_AGGREGATES: [&str; 3] = ["config", "vm", "rollout"];
 
 /// Where the feed's events come from: their order after the transaction id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

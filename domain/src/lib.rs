@@ -5,6 +5,7 @@
 //! events; the read side (`efms-projections`) folds them into read models.
 
 pub mod actor;
+pub mod alerts;
 pub mod config;
 pub mod envoy;
 pub mod feed;
@@ -13,6 +14,7 @@ pub mod json_pointer;
 pub mod secrets;
 pub mod telemetry;
 pub mod tenant;
+pub mod webhooks;
 
 pub use actor::{Actor, Role};
 pub use tenant::{Tenant, TenantCommand, TenantError, TenantEvent, TenantName, TenantSlug};

@@ -73,6 +73,12 @@ impl Key {
         Ok(Self(bytes.try_into().map_err(|_| SecretError::BadKey)?))
     }
 
+    /// The key's bytes, for a key that is itself handed out (a webhook's signing secret).
+    #[must_use]
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// A short public fingerprint: which key wrapped a data key, without revealing it.
     pub fn fingerprint(&self) -> String {
         let digest = Sha256::digest(self.0);

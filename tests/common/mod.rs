@@ -7,6 +7,7 @@ pub mod fleet;
 pub mod measure;
 pub mod plans;
 pub mod replica;
+pub mod webhook_receiver;
 
 use std::time::Duration;
 
@@ -75,6 +76,10 @@ pub struct TestApp {
     fleet: watch::Sender<UpkeepSettings>,
     /// The gRPC side (the agents' streams among it).
     xds: efms_xds::XdsServer,
+    /// How webhooks are delivered.
+    webhooks: watch::Sender<efms_notify::WebhookSettings>,
+    /// How alert rules are evaluated.
+    alerts: watch::Sender<efms_notify::AlertSettings>,
 }
 
 impl TestApp {
@@ -180,6 +185,8 @@ impl TestApp {
         let base = format!("{scheme}://{}", http.local_addr().unwrap());
         let xds = state.xds.clone();
         let fleet = state.fleet_upkeep.clone();
+        let webhooks = state.webhooks.clone();
+        let alerts = state.alerts.clone();
         let login_throttle = state.login_throttle.clone();
         let cache = state.cache.clone();
         let snapshots = state.snapshots.clone();
@@ -214,6 +221,8 @@ impl TestApp {
             servers,
             fleet,
             xds: xds_handle,
+            webhooks,
+            alerts,
         }
     }
 
@@ -221,6 +230,8 @@ impl TestApp {
     /// new one on the same ports and database, as a restarted process would.
     pub async fn restart(&mut self) {
         let fleet = *self.fleet.borrow();
+        let webhooks = self.webhooks.borrow().clone();
+        let alerts = *self.alerts.borrow();
         self.stop.send_replace(true);
         for server in self.servers.drain(..) {
             server.await.unwrap();
@@ -248,9 +259,21 @@ impl TestApp {
             HttpLimits::default(),
         );
         self.fleet.send_replace(fleet);
+        self.webhooks.send_replace(webhooks);
+        self.alerts.send_replace(alerts);
         if let Some(streams) = self.xds.fleet() {
             streams.update(|streams| streams.heartbeat_interval = fleet.heartbeat_interval);
         }
+    }
+
+    /// Evaluates alert rules with `settings` from now on.
+    pub fn set_alerts(&self, settings: efms_notify::AlertSettings) {
+        self.alerts.send_replace(settings);
+    }
+
+    /// Delivers webhooks with `settings` from now on.
+    pub fn set_webhooks(&self, settings: efms_notify::WebhookSettings) {
+        self.webhooks.send_replace(settings);
     }
 
     /// A snapshot store of its own over the same database, loading every tenant afresh.

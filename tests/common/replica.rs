@@ -46,6 +46,11 @@ pub struct ServeProcess {
 impl ServeProcess {
     /// Starts a replica whose lease lasts `lease` (such as `2s`), and waits until it answers.
     pub async fn start(pool: &PgPool, lease: &str) -> Self {
+        Self::start_with(pool, lease, &[]).await
+    }
+
+    /// Starts a replica as [`Self::start`] does, with `settings` added to its environment.
+    pub async fn start_with(pool: &PgPool, lease: &str, settings: &[(&str, &str)]) -> Self {
         let options = pool.connect_options();
         let database = format!(
             "postgres://{}@{}:{}/{}",
@@ -69,6 +74,7 @@ impl ServeProcess {
             .env("EFMS_REPLICA_LEASE", lease)
             .env("EFMS_POLL_INTERVAL_MS", "50")
             .env("EFMS_LOG", "info")
+            .envs(settings.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

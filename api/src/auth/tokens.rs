@@ -67,8 +67,8 @@ pub struct TokenUser {
 /// external identity provider when one is configured.
 #[derive(Clone)]
 pub struct JwtKeys {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
+    pub(super) encoding: EncodingKey,
+    pub(super) decoding: DecodingKey,
     validation: Validation,
     external: Option<std::sync::Arc<ExternalIssuer>>,
     /// Seals the event feed's cursors, under a key derived from the same secret.

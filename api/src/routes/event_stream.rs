@@ -1,43 +1,121 @@
 //! `GET /api/v1/tenants/{tenant}/events/stream`: the tenant's event feed live, as Server-Sent
 //! Events (ADR 0014). Each event's SSE `id` is its cursor: a client that reconnects with
-//! `Last-Event-ID` (or `?since=`) gets every later event exactly once, in order. The stream reads
-//! the feed as the page route does, woken by the commit doorbell; a client too slow to take what
-//! is waiting for it is cut (it resumes from its last id), so no stream holds more than a small
-//! queue, whatever the client's speed.
+//! `Last-Event-ID` (or `?since=`) gets every later event exactly once, in order. A browser's
+//! `EventSource`, which cannot send a header, opens it with `?ticket=` (`POST …/events/tickets`).
+//!
+//! [`follow`] is what every live form of the feed shares (this stream and the WebSocket of
+//! `event_socket.rs`): it reads the feed as the page route does, woken by the commit doorbell,
+//! and hands each event to the client with a deadline; a client too slow to take it within
+//! [`PATIENCE`] is cut (it resumes from its last cursor), so no connection holds more than a small
+//! buffer, whatever the client's speed.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use efms_domain::feed::{FeedPosition, EVENT_TYPES};
+use efms_domain::feed::FeedPosition;
 use efms_projections::feed::read_feed;
 use futures::Stream;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::events::{resume_after, FeedEventView};
+use super::events::{resume_after, wanted_types, FeedEventView};
 use crate::access::{ReadConfig, Tenant};
 use crate::error::ApiError;
 use crate::extract::ApiQuery;
 use crate::state::AppState;
 
-/// Events waiting for a client before it counts as too slow.
+/// Events waiting for an SSE client before it counts as too slow.
 const QUEUE: usize = 256;
-/// How long a full queue may stay full before the stream is cut.
-const PATIENCE: Duration = Duration::from_secs(10);
+/// How long a client may take to accept one event before it is cut.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(10);
 /// Events read from the feed at a time.
 const READ: i64 = 100;
 
-/// `?since=` of a stream.
+/// `?since=&types=&ticket=` of a stream.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamParams {
     /// The cursor of the last event read (`Last-Event-ID` wins; default: from the beginning).
     since: Option<String>,
+    /// Only these types, comma-separated (default: every type).
+    types: Option<String>,
+    /// A ticket from `POST …/events/tickets`, instead of a bearer token.
+    #[allow(dead_code)]
+    ticket: Option<String>,
+}
+
+/// What became of an event handed to a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Handed {
+    /// The client took it.
+    Taken,
+    /// The client is gone.
+    Gone,
+    /// The client did not take it within [`PATIENCE`].
+    TooSlow,
+}
+
+/// Where a live reader of the feed stands, and what it hands on.
+pub(crate) struct Follow {
+    /// The tenant.
+    pub tenant_id: Uuid,
+    /// The last event handed on (the client resumes after it).
+    pub after: FeedPosition,
+    /// The types handed on.
+    pub types: Vec<&'static str>,
+}
+
+/// Hands each event after `follow.after` to `hand` until the client is gone or too slow, `gone`
+/// resolves, or the process stops; answers why it ended and the last event handed on.
+pub(crate) async fn follow<H, F>(
+    state: AppState,
+    mut follow: Follow,
+    mut hand: H,
+    gone: impl Future<Output = ()>,
+) -> (Handed, FeedPosition)
+where
+    H: FnMut(FeedEventView, &'static str) -> F,
+    F: Future<Output = Handed>,
+{
+    let seal = state.jwt.cursors().clone();
+    let mut doorbell = state.doorbell.clone();
+    let stopping = state.stopping.clone();
+    tokio::pin!(stopping);
+    tokio::pin!(gone);
+    loop {
+        let events = match read_feed(&state.pool, follow.tenant_id, follow.after, READ).await {
+            Ok(events) => events,
+            Err(error) => {
+                tracing::warn!(%error, "a live event reader cannot read the feed; it ends");
+                return (Handed::Gone, follow.after);
+            }
+        };
+        let read_all = i64::try_from(events.len()).unwrap_or(i64::MAX) < READ;
+        for event in events {
+            let at = event.at;
+            if follow.types.contains(&event.kind) {
+                let kind = event.kind;
+                let handed = hand(FeedEventView::of(&seal, follow.tenant_id, event), kind).await;
+                if handed != Handed::Taken {
+                    return (handed, follow.after);
+                }
+            }
+            follow.after = at;
+        }
+        if read_all {
+            tokio::select! {
+                () = doorbell.wait_for_any(&efms_domain::feed::FEED_AGGREGATES) => {}
+                () = &mut gone => return (Handed::Gone, follow.after),
+                () = &mut stopping => return (Handed::Gone, follow.after),
+            }
+        }
+    }
 }
 
 /// `GET /api/v1/tenants/{tenant}/events/stream`: the events after the cursor, then each new one
@@ -46,7 +124,8 @@ pub struct StreamParams {
     params(("tenant" = String, Path, description = "Tenant slug"), StreamParams,
         ("Last-Event-ID" = Option<String>, Header, description = "The cursor to resume after")),
     responses((status = 200, description = "text/event-stream: `id` the cursor, `event` the type, `data` the event as the page route shows it", content_type = "text/event-stream", body = String),
-        (status = 400, description = "A cursor not handed out for this tenant", body = crate::problem::Problem)))]
+        (status = 400, description = "A cursor not handed out for this tenant", body = crate::problem::Problem),
+        (status = 422, description = "An unknown type", body = crate::problem::Problem)))]
 pub async fn stream(
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<StreamParams>,
@@ -57,66 +136,40 @@ pub async fn stream(
         .get("last-event-id")
         .map(|value| value.to_str().unwrap_or("\u{fffd}").to_owned())
         .or(params.since);
+    let types = wanted_types(params.types.as_deref())?;
     let tenant_id = tenant.tenant_id;
-    let after = resume_after(&state, tenant_id, resume.as_deref())?;
+    let after = resume_after(&state, tenant_id, resume.as_deref()).await?;
     let (sender, receiver) = mpsc::channel(QUEUE);
-    tokio::spawn(follow(state, tenant_id, after, sender));
+    let reader = Follow {
+        tenant_id,
+        after,
+        types,
+    };
+    tokio::spawn(async move {
+        let closed = sender.clone();
+        let hand = |view: FeedEventView, kind: &'static str| {
+            let sender = sender.clone();
+            async move {
+                let event = Event::default()
+                    .id(view.cursor.clone())
+                    .event(kind)
+                    .data(serde_json::to_string(&view).unwrap_or_default());
+                match tokio::time::timeout(PATIENCE, sender.send(event)).await {
+                    Ok(Ok(())) => Handed::Taken,
+                    Ok(Err(_)) => Handed::Gone,
+                    Err(_) => Handed::TooSlow,
+                }
+            }
+        };
+        let (ended, _) = follow(state, reader, hand, async move { closed.closed().await }).await;
+        if ended == Handed::TooSlow {
+            tracing::info!(%tenant_id, "an event stream's client is too slow: cut");
+        }
+    });
     let events = futures::stream::unfold(receiver, |mut receiver| async move {
         receiver.recv().await.map(|event| (Ok(event), receiver))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
-}
-
-/// Reads the feed after `after` into `sender` until the client goes, is too slow, or the process
-/// stops.
-async fn follow(
-    state: AppState,
-    tenant_id: Uuid,
-    mut after: FeedPosition,
-    sender: mpsc::Sender<Event>,
-) {
-    let seal = state.jwt.cursors().clone();
-    let mut doorbell = state.doorbell.clone();
-    let stopping = state.stopping.clone();
-    tokio::pin!(stopping);
-    loop {
-        let events = match read_feed(&state.pool, tenant_id, after, READ).await {
-            Ok(events) => events,
-            Err(error) => {
-                tracing::warn!(%error, "the event stream cannot read the feed; it ends");
-                return;
-            }
-        };
-        let read_all = i64::try_from(events.len()).unwrap_or(i64::MAX) < READ;
-        for event in events {
-            after = event.at;
-            if !EVENT_TYPES.contains(&event.kind) {
-                continue;
-            }
-            let kind = event.kind;
-            let view = FeedEventView::of(&seal, tenant_id, event);
-            let sse = Event::default()
-                .id(view.cursor.clone())
-                .event(kind)
-                .data(serde_json::to_string(&view).unwrap_or_default());
-            match tokio::time::timeout(PATIENCE, sender.send(sse)).await {
-                Ok(Ok(())) => {}
-                // The client is gone.
-                Ok(Err(_)) => return,
-                Err(_) => {
-                    tracing::info!(%tenant_id, "an event stream's client is too slow: cut");
-                    return;
-                }
-            }
-        }
-        if read_all {
-            tokio::select! {
-                () = doorbell.wait_for("config") => {}
-                () = sender.closed() => return,
-                () = &mut stopping => return,
-            }
-        }
-    }
 }
 
 /// The stream's route.

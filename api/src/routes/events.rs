@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use efms_domain::feed::{CursorSeal, FeedPosition, EVENT_TYPES};
-use efms_projections::feed::{read_feed, FeedEvent};
+use efms_projections::feed::{is_ahead, read_feed, FeedEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -24,7 +24,8 @@ use crate::state::AppState;
 pub struct EventsParams {
     /// The cursor of the last event read (default: from the beginning).
     since: Option<String>,
-    /// Only these types, comma-separated (default: every type): `commit`.
+    /// Only these types, comma-separated (default: every type): `commit`, `proxy.status`,
+    /// `job.finished`, `vm.state`, `container.lifecycle`, `rollout.progress`.
     types: Option<String>,
     /// At most this many events, 1 to 500 (default 50).
     limit: Option<u32>,
@@ -35,13 +36,20 @@ pub struct EventsParams {
 pub struct FeedEventView {
     /// Where it stands: read from here to get the events after it.
     pub(crate) cursor: String,
-    /// `commit`.
+    /// `commit`, `proxy.status`, `job.finished`, `vm.state`, `container.lifecycle` or
+    /// `rollout.progress`.
     #[serde(rename = "type")]
     kind: String,
     /// When it happened.
     time: DateTime<Utc>,
-    /// What happened: for `commit`, `branch`, `revision`, `actor`, `operation`, `message`,
-    /// `merged`, `changes` (at most 100: `kind`, `name`, `change`) and `changes_total`.
+    /// What happened (README, "Events"): for `commit`, `branch`, `revision`, `actor`,
+    /// `operation`, `message`, `merged`, `changes` (at most 100: `kind`, `name`, `change`) and
+    /// `changes_total`; for `proxy.status`, `node_id`, `type_url`, `outcome` (`nacked`, or
+    /// `acked` after a refusal), `version`, `revision`, `error` (Envoy's words); for
+    /// `job.finished`, `job_id`, `kind` (`bulk` or `container_operation`) and its outcome; for
+    /// `vm.state`, `vm`, `from`, `to`, `reason`; for `container.lifecycle`, `vm`,
+    /// `container_id`, `action` and its details; for `rollout.progress`, `rollout`, `step`,
+    /// `details`.
     #[schema(value_type = Object)]
     payload: Value,
 }
@@ -59,8 +67,8 @@ impl FeedEventView {
 }
 
 /// Where a read resumes: after `cursor` (a 400 naming `since` when it was not handed out for
-/// `tenant_id`), or from the beginning.
-pub(crate) fn resume_after(
+/// `tenant_id`, or lies ahead of the feed), or from the beginning.
+pub(crate) async fn resume_after(
     state: &AppState,
     tenant_id: Uuid,
     cursor: Option<&str>,
@@ -68,14 +76,49 @@ pub(crate) fn resume_after(
     let Some(cursor) = cursor else {
         return Ok(FeedPosition::START);
     };
-    state
+    let refused = |problem: String| ApiError::BadRequest {
+        detail: format!("the cursor `since` {problem}"),
+        errors: vec![FieldError::parameter("since", problem)],
+    };
+    let at = state
         .jwt
         .cursors()
         .open(tenant_id, cursor)
-        .map_err(|problem| ApiError::BadRequest {
-            detail: format!("the cursor `since` {problem}"),
-            errors: vec![FieldError::parameter("since", problem.to_string())],
+        .map_err(|problem| refused(problem.to_string()))?;
+    if is_ahead(&state.pool, at).await? {
+        return Err(refused(
+            "lies ahead of the feed: it was not handed out by this database".to_owned(),
+        ));
+    }
+    Ok(at)
+}
+
+/// The event types `types` (comma-separated) names, every type without it; a 422 naming
+/// `types` when one is unknown.
+pub(crate) fn wanted_types(types: Option<&str>) -> Result<Vec<&'static str>, ApiError> {
+    let Some(types) = types else {
+        return Ok(EVENT_TYPES.to_vec());
+    };
+    types
+        .split(',')
+        .map(str::trim)
+        .map(|named| {
+            EVENT_TYPES
+                .iter()
+                .find(|known| **known == named)
+                .copied()
+                .ok_or_else(|| {
+                    ApiError::Validation(vec![FieldError::parameter(
+                        "types",
+                        format!(
+                            "`{}` is not an event type; the types are {}",
+                            named.escape_default(),
+                            EVENT_TYPES.join(", ")
+                        ),
+                    )])
+                })
         })
+        .collect()
 }
 
 /// A page of the feed.
@@ -99,22 +142,9 @@ pub async fn list(
     tenant: Tenant<ReadConfig>,
 ) -> Result<Json<EventsPage>, ApiError> {
     let page = super::PageSize::from_param(params.limit)?;
-    let wanted: Vec<&str> = params.types.as_deref().map_or_else(
-        || EVENT_TYPES.to_vec(),
-        |types| types.split(',').map(str::trim).collect(),
-    );
-    if let Some(unknown) = wanted.iter().find(|t| !EVENT_TYPES.contains(t)) {
-        return Err(ApiError::Validation(vec![FieldError::parameter(
-            "types",
-            format!(
-                "`{}` is not an event type; the types are {}",
-                unknown.escape_default(),
-                EVENT_TYPES.join(", ")
-            ),
-        )]));
-    }
+    let wanted = wanted_types(params.types.as_deref())?;
     let seal = state.jwt.cursors();
-    let after = resume_after(&state, tenant.tenant_id, params.since.as_deref())?;
+    let after = resume_after(&state, tenant.tenant_id, params.since.as_deref()).await?;
     let events = read_feed(&state.pool, tenant.tenant_id, after, page.size()).await?;
     // The page goes on from the last event read, whether its type was asked for or not.
     let next = events

@@ -1,10 +1,14 @@
 //! The HTTP routes, one module per resource.
 
+pub mod alert_rules;
+pub mod alerts;
 pub mod audit;
 pub mod branches;
 pub mod bulk;
 pub mod drift;
+pub mod event_socket;
 pub mod event_stream;
+pub mod event_tickets;
 pub mod events;
 pub mod fleet;
 pub mod fleet_health;
@@ -22,6 +26,8 @@ pub mod resources;
 pub mod tenants;
 pub mod users;
 pub mod versions;
+pub mod webhook_deliveries;
+pub mod webhooks;
 
 use crate::error::{ApiError, FieldError};
 
