@@ -137,7 +137,12 @@ async fn an_alert_fires_on_a_real_envoys_refusal_reaches_the_feed_and_a_webhook_
     assert_eq!(resolved["id"], firing["id"]);
     assert!(resolved["acked_by"].is_string(), "{resolved}");
 
-    let feed = feed_types(&app, "alert.fired,alert.resolved").await;
+    // The feed shows what every running transaction of the server has left behind.
+    let feed = eventually(PATIENCE, "both in the feed", || async {
+        let feed = feed_types(&app, "alert.fired,alert.resolved").await;
+        (feed.len() >= 2).then_some(feed)
+    })
+    .await;
     let kinds: Vec<&str> = feed.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["alert.fired", "alert.resolved"]);
     assert_eq!(feed[0]["payload"]["subject"], "proxy/edge-1");

@@ -354,17 +354,19 @@ async fn a_change_through_the_api_reaches_envoy_within_5_s(pool: PgPool, protoco
         "propagation ({protocol}): {delay:?} from the API's answer to the new route through Envoy"
     );
     assert!(delay < PROPAGATION_LIMIT, "took {delay:?}");
-    let proxy = fleet.until_synced().await;
-    let route = proxy["types"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["type"] == "route")
-        .unwrap();
-    assert_eq!(
-        route["acked_revision"].as_i64(),
-        Some(fleet.head_revision().await)
-    );
+    // Envoy serves the new route before its ACK is recorded (the status writer works in
+    // batches): the record follows.
+    let head = fleet.head_revision().await;
+    eventually(PATIENCE, "the route's ACK of the head revision", || async {
+        let proxy = fleet.until_synced().await;
+        let route = proxy["types"]
+            .as_array()?
+            .iter()
+            .find(|t| t["type"] == "route")?
+            .clone();
+        (route["acked_revision"].as_i64() == Some(head)).then_some(())
+    })
+    .await;
 }
 
 async fn a_refused_listener_is_nacked_with_envoys_error_and_fixing_it_resyncs(

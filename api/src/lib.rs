@@ -19,6 +19,7 @@ pub mod jwks;
 pub mod known_tenants;
 mod launch_bootstraps;
 pub mod limits;
+pub mod live_feed;
 pub mod login_throttle;
 pub mod metrics;
 pub mod openapi;

@@ -65,6 +65,8 @@ pub struct Shared {
     pub bus: CommandBus,
     /// Wakes the event feed's live readers after commits (and at each polling interval).
     pub doorbell: efms_commands::SharedDoorbell,
+    /// The live tails of the tenants' feeds, which every live reader of the process shares.
+    pub live_feed: crate::live_feed::LiveFeed,
     /// Resolves when the process stops: live event streams end then.
     pub stopping: StopSignal,
     /// Token keys.
@@ -226,6 +228,7 @@ impl AppState {
             pool,
             bus,
             doorbell,
+            live_feed: crate::live_feed::LiveFeed::default(),
             stopping: shutdown,
             jwt,
             known_tenants: KnownTenants::default(),

@@ -8,6 +8,7 @@
 
 pub mod alerts;
 pub mod attempt;
+mod delivery;
 pub mod sender;
 pub mod store;
 

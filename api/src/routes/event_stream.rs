@@ -4,8 +4,9 @@
 //! `EventSource`, which cannot send a header, opens it with `?ticket=` (`POST …/events/tickets`).
 //!
 //! [`follow`] is what every live form of the feed shares (this stream and the WebSocket of
-//! `event_socket.rs`): it reads the feed as the page route does, woken by the commit doorbell,
-//! and hands each event to the client with a deadline; a client too slow to take it within
+//! `event_socket.rs`): it takes the events from the process's live tail of the tenant's feed
+//! (`live_feed.rs`; the feed itself while it is further behind), and hands each to the client
+//! with a deadline; a client too slow to take it within
 //! [`PATIENCE`] is cut (it resumes from its last cursor), so no connection holds more than a small
 //! buffer, whatever the client's speed.
 
@@ -27,14 +28,17 @@ use super::events::{resume_after, wanted_types, FeedEventView};
 use crate::access::{ReadConfig, Tenant};
 use crate::error::ApiError;
 use crate::extract::ApiQuery;
+use crate::live_feed::Taken;
 use crate::state::AppState;
 
 /// Events waiting for an SSE client before it counts as too slow.
 const QUEUE: usize = 256;
 /// How long a client may take to accept one event before it is cut.
 pub(crate) const PATIENCE: Duration = Duration::from_secs(10);
-/// Events read from the feed at a time.
-const READ: i64 = 100;
+/// Events taken from the live tail at a time.
+const READ: usize = 100;
+/// Events read from the feed at a time by a reader behind the tail.
+const READ_BEHIND: i64 = 100;
 
 /// `?since=&types=&ticket=` of a stream.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -84,33 +88,52 @@ where
     F: Future<Output = Handed>,
 {
     let seal = state.jwt.cursors().clone();
-    let mut doorbell = state.doorbell.clone();
     let stopping = state.stopping.clone();
     tokio::pin!(stopping);
     tokio::pin!(gone);
+    let tenant_id = follow.tenant_id;
+    let (tail, mut changes) = match state
+        .live_feed
+        .tail(&state.pool, &state.doorbell, tenant_id)
+        .await
+    {
+        Ok(tail) => tail,
+        Err(error) => {
+            tracing::warn!(%error, "a live event reader cannot start; it ends");
+            return (Handed::Gone, follow.after);
+        }
+    };
     loop {
-        let events = match read_feed(&state.pool, follow.tenant_id, follow.after, READ).await {
-            Ok(events) => events,
-            Err(error) => {
-                tracing::warn!(%error, "a live event reader cannot read the feed; it ends");
-                return (Handed::Gone, follow.after);
+        changes.borrow_and_update();
+        let events = match tail.after(follow.after, READ) {
+            Taken::Events(events) => events,
+            Taken::Behind => {
+                match read_feed(&state.pool, tenant_id, follow.after, READ_BEHIND).await {
+                    Ok(events) => events,
+                    Err(error) => {
+                        tracing::warn!(%error, "a live event reader cannot read the feed; it ends");
+                        return (Handed::Gone, follow.after);
+                    }
+                }
             }
         };
-        let read_all = i64::try_from(events.len()).unwrap_or(i64::MAX) < READ;
+        let caught_up = events.is_empty();
         for event in events {
             let at = event.at;
             if follow.types.contains(&event.kind) {
                 let kind = event.kind;
-                let handed = hand(FeedEventView::of(&seal, follow.tenant_id, event), kind).await;
+                let handed = hand(FeedEventView::of(&seal, tenant_id, event), kind).await;
                 if handed != Handed::Taken {
                     return (handed, follow.after);
                 }
             }
             follow.after = at;
         }
-        if read_all {
+        if caught_up {
             tokio::select! {
-                () = doorbell.wait_for_any(&efms_domain::feed::FEED_AGGREGATES) => {}
+                moved = changes.changed() => if moved.is_err() {
+                    return (Handed::Gone, follow.after);
+                },
                 () = &mut gone => return (Handed::Gone, follow.after),
                 () = &mut stopping => return (Handed::Gone, follow.after),
             }
