@@ -230,3 +230,92 @@ async fn bad_rules_are_refused_naming_the_pointer_and_nothing_is_stored(pool: Pg
         .unwrap();
     assert_eq!(viewer.status(), 403);
 }
+
+/// Route configuration `main`: virtual host `all` with route `root` (stat prefix `root`) to
+/// `backend`.
+fn counted_routes() -> Value {
+    json!({ "name": "main", "virtual_hosts": [{ "name": "all", "domains": ["*"],
+        "routes": [{ "name": "root", "stat_prefix": "root", "match": { "prefix": "/" },
+            "route": { "cluster": "backend" } }] }] })
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn an_alert_fires_when_a_routes_upstream_starts_failing_and_resolves_once_it_stops(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn_with_stats_bucket(pool, Duration::from_secs(1)).await;
+    quick(&app);
+    app.create_tenant("acme", "Acme").await;
+    let healthy = Upstream::start("healthy", Behaviour::Named).await;
+    let flaky = Upstream::start("flaky", Behaviour::FailEveryOther).await;
+    let port = free_port();
+    edge_group(
+        &app,
+        vec![cluster_to("backend", &healthy)],
+        counted_routes(),
+        port,
+    )
+    .await;
+    let rule = app
+        .post(
+            &format!("{BASE}/alert-rules"),
+            &json!({ "name": "errors", "kind": "route_5xx_ratio",
+                "params": { "ratio": 0.2, "window": "5s", "min_requests": 5 } }),
+        )
+        .await;
+    assert_eq!(rule.status, 201, "{}", rule.body);
+    let bootstrap = edge_bootstrap(&app, Some("1s")).await;
+    let _envoy = Envoy::start(ENVOY, &bootstrap);
+    // Traffic through Envoy all along.
+    let traffic = tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        loop {
+            let _ = client.get(format!("http://127.0.0.1:{port}/")).send().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    eventually(
+        PATIENCE,
+        "traffic to reach the healthy upstream",
+        || async { (healthy.hits() > 20).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        alerts(&app, "").await.is_empty(),
+        "no alert while all is well"
+    );
+
+    // The cluster now sends to an upstream that fails every other request.
+    let failing = app
+        .put(
+            &format!("{BASE}/clusters/backend"),
+            &cluster_to("backend", &flaky),
+            &[],
+        )
+        .await;
+    assert_eq!(failing.status, 200, "{}", failing.body);
+    let firing = eventually(PATIENCE, "the alert to fire", || async {
+        alerts(&app, "state=firing").await.into_iter().next()
+    })
+    .await;
+    assert_eq!(firing["subject"], "route/all/root");
+    assert!(
+        firing["summary"].as_str().unwrap().contains("5xx"),
+        "{firing}"
+    );
+
+    let back = app
+        .put(
+            &format!("{BASE}/clusters/backend"),
+            &cluster_to("backend", &healthy),
+            &[],
+        )
+        .await;
+    assert_eq!(back.status, 200, "{}", back.body);
+    eventually(PATIENCE, "the alert to resolve", || async {
+        alerts(&app, "state=resolved").await.into_iter().next()
+    })
+    .await;
+    traffic.abort();
+}

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use crate::webhooks::parse_duration;
 
 /// The kinds of rule, as the API names them.
-pub const RULE_KINDS: [&str; 8] = [
+pub const RULE_KINDS: [&str; 12] = [
     "proxy_nacked",
     "proxy_behind",
     "proxy_disconnected",
@@ -18,13 +18,17 @@ pub const RULE_KINDS: [&str; 8] = [
     "container_restarting",
     "container_oom_killed",
     "container_unhealthy",
+    "route_5xx_ratio",
+    "route_p99",
+    "route_5xx_anomaly",
+    "cluster_healthy_below",
 ];
 
 /// The longest window or duration a rule may name.
 pub const MAX_DURATION: Duration = Duration::from_secs(30 * 86_400);
 
 /// A rule's condition, checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Condition {
     /// A proxy refuses its configuration.
     ProxyNacked,
@@ -50,10 +54,47 @@ pub enum Condition {
     },
     /// An Envoy container's health check fails.
     ContainerUnhealthy,
+    /// A route's share of 5xx answers over `window` is above `ratio`.
+    Route5xxRatio {
+        /// The share (0 to 1).
+        ratio: f64,
+        /// Over what.
+        window: Duration,
+        /// Routes with fewer requests in the window are left alone.
+        min_requests: u64,
+    },
+    /// A route's 99th percentile latency over `window` is above `ms`.
+    RouteP99 {
+        /// The latency, in milliseconds.
+        ms: f64,
+        /// Over what.
+        window: Duration,
+        /// Routes with fewer requests in the window are left alone.
+        min_requests: u64,
+    },
+    /// A route's share of 5xx answers over `window` departs from its own recent past: above the
+    /// mean of its minutes over `baseline` by more than `k` standard deviations and `floor`.
+    Route5xxAnomaly {
+        /// How many standard deviations.
+        k: f64,
+        /// The least departure that counts (so that quiet routes do not flap).
+        floor: f64,
+        /// The window judged.
+        window: Duration,
+        /// The past it is judged against (before the window).
+        baseline: Duration,
+        /// Routes with fewer requests in the window are left alone.
+        min_requests: u64,
+    },
+    /// A cluster's healthy endpoints are below `percent` of its endpoints.
+    ClusterHealthyBelow {
+        /// The share, in percent.
+        percent: f64,
+    },
 }
 
 /// A checked rule: its condition and how long it must hold before the alert fires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RuleSpec {
     /// What is watched.
     pub condition: Condition,
@@ -117,6 +158,10 @@ pub fn check_rule(kind: &str, params: &Value) -> Result<RuleSpec, Vec<RuleProble
     let allowed: &[&str] = match kind {
         "container_restarting" => &["for", "count", "window"],
         "container_oom_killed" => &["for", "window"],
+        "route_5xx_ratio" => &["for", "ratio", "window", "min_requests"],
+        "route_p99" => &["for", "ms", "window", "min_requests"],
+        "route_5xx_anomaly" => &["for", "k", "floor", "window", "baseline", "min_requests"],
+        "cluster_healthy_below" => &["for", "percent"],
         _ => &["for"],
     };
     let mut problems: Vec<RuleProblem> = params
@@ -162,6 +207,15 @@ pub fn check_rule(kind: &str, params: &Value) -> Result<RuleSpec, Vec<RuleProble
                 }
             }
         }
+        "route_5xx_ratio" | "route_p99" | "route_5xx_anomaly" | "cluster_healthy_below" => {
+            match metric_condition(kind, params) {
+                Ok(condition) => Ok(condition),
+                Err(found) => {
+                    problems.extend(found);
+                    return Err(problems);
+                }
+            }
+        }
         other => Err(problem(
             "/kind",
             format!(
@@ -179,6 +233,63 @@ pub fn check_rule(kind: &str, params: &Value) -> Result<RuleSpec, Vec<RuleProble
             Err(problems)
         }
     }
+}
+
+/// A number parameter within `range` (`default` when absent, required without one).
+fn number(
+    params: &Map<String, Value>,
+    name: &str,
+    range: std::ops::RangeInclusive<f64>,
+    default: Option<f64>,
+) -> Result<f64, RuleProblem> {
+    let pointer = format!("/params/{name}");
+    let within = format!("is a number from {} to {}", range.start(), range.end());
+    match params.get(name) {
+        None => default.ok_or_else(|| problem(&pointer, format!("is required: {within}"))),
+        Some(value) => value
+            .as_f64()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| problem(&pointer, within)),
+    }
+}
+
+/// The condition of a metric kind, every problem named.
+fn metric_condition(
+    kind: &str,
+    params: &Map<String, Value>,
+) -> Result<Condition, Vec<RuleProblem>> {
+    let five_minutes = Some(Duration::from_secs(300));
+    let window = duration(params, "window", five_minutes);
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let min_requests = number(params, "min_requests", 0.0..=1e9, Some(10.0)).map(|n| n as u64);
+    let condition = match kind {
+        "route_5xx_ratio" => (|| {
+            Ok(Condition::Route5xxRatio {
+                ratio: number(params, "ratio", 0.0..=1.0, None)?,
+                window: window.clone()?,
+                min_requests: min_requests.clone()?,
+            })
+        })(),
+        "route_p99" => (|| {
+            Ok(Condition::RouteP99 {
+                ms: number(params, "ms", 0.0..=3_600_000.0, None)?,
+                window: window.clone()?,
+                min_requests: min_requests.clone()?,
+            })
+        })(),
+        "route_5xx_anomaly" => (|| {
+            Ok(Condition::Route5xxAnomaly {
+                k: number(params, "k", 0.0..=100.0, Some(3.0))?,
+                floor: number(params, "floor", 0.0..=1.0, Some(0.01))?,
+                window: window.clone()?,
+                baseline: duration(params, "baseline", Some(Duration::from_secs(3_600)))?,
+                min_requests: min_requests.clone()?,
+            })
+        })(),
+        _ => number(params, "percent", 0.0..=100.0, None)
+            .map(|percent| Condition::ClusterHealthyBelow { percent }),
+    };
+    condition.map_err(|first| vec![first])
 }
 
 /// Where an alert stands.
@@ -245,6 +356,36 @@ mod tests {
         );
         assert_eq!(rule.hold, Duration::ZERO);
         assert!(check_rule("proxy_nacked", &Value::Null).is_ok());
+    }
+
+    #[test]
+    fn metric_rules_take_their_thresholds_and_defaults() {
+        let rule =
+            check_rule("route_5xx_ratio", &json!({ "ratio": 0.05, "window": "1m" })).unwrap();
+        assert_eq!(
+            rule.condition,
+            Condition::Route5xxRatio {
+                ratio: 0.05,
+                window: Duration::from_secs(60),
+                min_requests: 10
+            }
+        );
+        let anomaly = check_rule("route_5xx_anomaly", &json!({})).unwrap();
+        assert!(matches!(
+            anomaly.condition,
+            Condition::Route5xxAnomaly { k, baseline, .. } if (k - 3.0).abs() < 1e-9 && baseline == Duration::from_secs(3_600)
+        ));
+        let refused =
+            |kind: &str, params: Value| check_rule(kind, &params).unwrap_err()[0].pointer.clone();
+        assert_eq!(
+            refused("route_5xx_ratio", json!({ "ratio": 1.5 })),
+            "/params/ratio"
+        );
+        assert_eq!(refused("route_p99", json!({})), "/params/ms");
+        assert_eq!(
+            refused("cluster_healthy_below", json!({ "percent": -1 })),
+            "/params/percent"
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@ use efms_domain::alerts::Condition;
 use efms_projections::drift::{drift, DriftState};
 use efms_projections::proxies::{list_proxies, type_statuses, TypeStatusRow};
 use sqlx::PgPool;
+
+use super::metrics;
 use uuid::Uuid;
 
 /// The most proxies a proxy rule looks at in one tenant.
@@ -51,6 +53,35 @@ pub async fn findings(
             containers_oom_killed(pool, tenant_id, window).await
         }
         Condition::ContainerUnhealthy => containers_unhealthy(pool, tenant_id).await,
+        Condition::Route5xxRatio {
+            ratio,
+            window,
+            min_requests,
+        } => metrics::route_5xx_ratio(pool, tenant_id, (ratio, window, min_requests)).await,
+        Condition::RouteP99 {
+            ms,
+            window,
+            min_requests,
+        } => metrics::route_p99(pool, tenant_id, (ms, window, min_requests)).await,
+        Condition::Route5xxAnomaly {
+            k,
+            floor,
+            window,
+            baseline,
+            min_requests,
+        } => {
+            let rule = metrics::Anomaly {
+                k,
+                floor,
+                window,
+                baseline,
+                min_requests,
+            };
+            metrics::route_5xx_anomaly(pool, tenant_id, rule).await
+        }
+        Condition::ClusterHealthyBelow { percent } => {
+            metrics::cluster_healthy_below(pool, tenant_id, percent).await
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! resolving are events of the tenant's feed (a trigger writes them), so webhooks carry them.
 
 pub mod conditions;
+mod metrics;
 pub mod store;
 
 use std::collections::HashMap;
