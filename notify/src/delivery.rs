@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use efms_commands::Scope;
-use efms_domain::webhooks::{next_step, NextStep};
+use efms_domain::webhooks::{next_step, AttemptResult, NextStep};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -120,7 +120,8 @@ impl Flight {
     }
 }
 
-/// Records `done` in one transaction.
+/// Records `done` in one transaction: the attempts, each delivery's next step, and each
+/// endpoint's health (a 410, or failures for longer than the setting, disable it).
 pub(crate) async fn record_all(
     sender: &Sender,
     settings: &WebhookSettings,
@@ -129,11 +130,157 @@ pub(crate) async fn record_all(
     if done.is_empty() {
         return Ok(());
     }
+    let rows = Rows::of(settings, done);
     let mut tx = Scope::System.begin(&sender.pool).await?;
-    for attempted in done {
-        record(&mut tx, settings, attempted).await?;
+    sqlx::query!(
+        r#"INSERT INTO webhook_attempts (delivery_id, attempt, tenant_id, at, duration_ms,
+               status_code, response_excerpt, error, next_attempt_at)
+           SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::uuid[], $4::timestamptz[], $5::int[],
+                                $6::int[], $7::text[], $8::text[], $9::timestamptz[])
+           ON CONFLICT (delivery_id, attempt) DO NOTHING"#,
+        &rows.delivery,
+        &rows.number,
+        &rows.tenant,
+        &rows.at,
+        &rows.duration_ms,
+        &rows.status as &[Option<i32>],
+        &rows.excerpt as &[Option<String>],
+        &rows.error as &[Option<String>],
+        &rows.next as &[Option<DateTime<Utc>>],
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
+        r#"UPDATE webhook_deliveries d
+           SET attempts = u.number, state = u.state, next_attempt_at = u.next,
+               finished_at = CASE WHEN u.state = 'pending' THEN NULL ELSE now() END
+           FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::timestamptz[])
+                AS u(delivery_id, number, state, next)
+           WHERE d.delivery_id = u.delivery_id AND d.attempts = u.number - 1"#,
+        &rows.delivery,
+        &rows.number,
+        &rows.state,
+        &rows.next as &[Option<DateTime<Utc>>],
+    )
+    .execute(&mut *tx)
+    .await?;
+    // Per endpoint: any delivery ends its failures; else they date from its first failure.
+    let failing = sqlx::query!(
+        r#"UPDATE webhooks w
+           SET failing_since = CASE WHEN u.delivered THEN NULL ELSE coalesce(w.failing_since, u.first) END
+           FROM (SELECT webhook_id, bool_or(delivered) AS delivered, min(at) AS first
+                 FROM UNNEST($1::uuid[], $2::bool[], $3::timestamptz[]) AS a(webhook_id, delivered, at)
+                 GROUP BY webhook_id) u
+           WHERE w.webhook_id = u.webhook_id AND w.enabled
+           RETURNING w.webhook_id, w.failing_since"#,
+        &rows.webhook,
+        &rows.delivered,
+        &rows.at,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let disable_after =
+        chrono::Duration::from_std(settings.disable_after).unwrap_or(chrono::Duration::MAX);
+    let mut disabled: Vec<(Uuid, String)> = rows
+        .gone
+        .iter()
+        .map(|id| (*id, "the endpoint answered 410 Gone".to_owned()))
+        .collect();
+    for endpoint in failing {
+        if let Some(since) = endpoint
+            .failing_since
+            .filter(|since| Utc::now() - *since >= disable_after)
+        {
+            disabled.push((
+                endpoint.webhook_id,
+                format!(
+                    "every attempt has failed since {}",
+                    since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+            ));
+        }
+    }
+    for (webhook_id, reason) in disabled {
+        sqlx::query!(
+            r#"UPDATE webhooks SET enabled = false, disabled_reason = $2, disabled_at = now()
+               WHERE webhook_id = $1 AND enabled"#,
+            webhook_id,
+            reason,
+        )
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await
+}
+
+/// A batch of attempts as the columns their statements take.
+#[derive(Default)]
+struct Rows {
+    delivery: Vec<Uuid>,
+    number: Vec<i32>,
+    tenant: Vec<Uuid>,
+    webhook: Vec<Uuid>,
+    at: Vec<DateTime<Utc>>,
+    duration_ms: Vec<i32>,
+    status: Vec<Option<i32>>,
+    excerpt: Vec<Option<String>>,
+    error: Vec<Option<String>>,
+    next: Vec<Option<DateTime<Utc>>>,
+    state: Vec<String>,
+    delivered: Vec<bool>,
+    /// Endpoints that answered 410.
+    gone: Vec<Uuid>,
+}
+
+impl Rows {
+    /// The columns of `done`, each attempt's next step decided by the retry policy.
+    fn of(settings: &WebhookSettings, done: Vec<Attempted>) -> Self {
+        let mut rows = Self::default();
+        for Attempted { due, at, outcome } in done {
+            let number = due.attempts + 1;
+            let jitter =
+                f64::from(u16::try_from(Uuid::new_v4().as_u128() % 2_001).unwrap_or(1_000))
+                    / 1_000.0
+                    - 1.0;
+            let step = next_step(
+                &outcome.result,
+                u32::try_from(number).unwrap_or(u32::MAX),
+                &settings.schedule,
+                jitter,
+            );
+            let (state, next) = match step {
+                NextStep::Delivered => ("delivered", None),
+                NextStep::RetryAfter(gap) => (
+                    "pending",
+                    Some(
+                        Utc::now()
+                            + chrono::Duration::from_std(gap).unwrap_or(chrono::Duration::MAX),
+                    ),
+                ),
+                NextStep::GiveUp | NextStep::DisableEndpoint => ("failed", None),
+            };
+            if step == NextStep::DisableEndpoint {
+                rows.gone.push(due.webhook_id);
+            }
+            rows.status.push(match outcome.result {
+                AttemptResult::Answered { status, .. } => Some(i32::from(status)),
+                AttemptResult::Failed => None,
+            });
+            rows.delivery.push(due.delivery_id);
+            rows.number.push(number);
+            rows.tenant.push(due.tenant_id);
+            rows.webhook.push(due.webhook_id);
+            rows.at.push(at);
+            rows.duration_ms
+                .push(i32::try_from(outcome.duration.as_millis()).unwrap_or(i32::MAX));
+            rows.excerpt.push(outcome.excerpt);
+            rows.error.push(outcome.error);
+            rows.next.push(next);
+            rows.state.push(state.to_owned());
+            rows.delivered.push(step == NextStep::Delivered);
+        }
+        rows
+    }
 }
 
 impl Sender {
@@ -182,101 +329,4 @@ impl Sender {
         }
         Ok(secrets)
     }
-}
-
-/// Records one attempt of `due` made at `at`, the delivery's next step and the endpoint's
-/// health (a 410, or failures for longer than the setting, disable it).
-async fn record(
-    tx: &mut sqlx::PgConnection,
-    settings: &WebhookSettings,
-    Attempted { due, at, outcome }: Attempted,
-) -> Result<(), sqlx::Error> {
-    let number = due.attempts + 1;
-    let jitter =
-        f64::from(u16::try_from(Uuid::new_v4().as_u128() % 2_001).unwrap_or(1_000)) / 1_000.0 - 1.0;
-    let step = next_step(
-        &outcome.result,
-        u32::try_from(number).unwrap_or(u32::MAX),
-        &settings.schedule,
-        jitter,
-    );
-    let (state, next_attempt_at) = match step {
-        NextStep::Delivered => ("delivered", None),
-        NextStep::RetryAfter(gap) => (
-            "pending",
-            Some(Utc::now() + chrono::Duration::from_std(gap).unwrap_or(chrono::Duration::MAX)),
-        ),
-        NextStep::GiveUp | NextStep::DisableEndpoint => ("failed", None),
-    };
-    let status_code = match outcome.result {
-        efms_domain::webhooks::AttemptResult::Answered { status, .. } => Some(i32::from(status)),
-        efms_domain::webhooks::AttemptResult::Failed => None,
-    };
-    sqlx::query!(
-        r#"INSERT INTO webhook_attempts (delivery_id, attempt, tenant_id, at, duration_ms,
-               status_code, response_excerpt, error, next_attempt_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-           ON CONFLICT (delivery_id, attempt) DO NOTHING"#,
-        due.delivery_id,
-        number,
-        due.tenant_id,
-        at,
-        i32::try_from(outcome.duration.as_millis()).unwrap_or(i32::MAX),
-        status_code,
-        outcome.excerpt,
-        outcome.error,
-        next_attempt_at,
-    )
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query!(
-        r#"UPDATE webhook_deliveries
-           SET attempts = $2, state = $3, next_attempt_at = $4,
-               finished_at = CASE WHEN $3 = 'pending' THEN NULL ELSE now() END
-           WHERE delivery_id = $1 AND attempts = $5"#,
-        due.delivery_id,
-        number,
-        state,
-        next_attempt_at,
-        due.attempts,
-    )
-    .execute(&mut *tx)
-    .await?;
-    let failing_since = sqlx::query_scalar!(
-        r#"UPDATE webhooks
-           SET failing_since = CASE WHEN $2 THEN NULL ELSE coalesce(failing_since, $3) END
-           WHERE webhook_id = $1
-           RETURNING failing_since"#,
-        due.webhook_id,
-        step == NextStep::Delivered,
-        at,
-    )
-    .fetch_optional(&mut *tx)
-    .await?
-    .flatten();
-    let disable_after =
-        chrono::Duration::from_std(settings.disable_after).unwrap_or(chrono::Duration::MAX);
-    let reason = if step == NextStep::DisableEndpoint {
-        Some("the endpoint answered 410 Gone".to_owned())
-    } else {
-        failing_since
-            .filter(|since| Utc::now() - *since >= disable_after)
-            .map(|since| {
-                format!(
-                    "every attempt has failed since {}",
-                    since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                )
-            })
-    };
-    if let Some(reason) = reason {
-        sqlx::query!(
-            r#"UPDATE webhooks SET enabled = false, disabled_reason = $2, disabled_at = now()
-               WHERE webhook_id = $1 AND enabled"#,
-            due.webhook_id,
-            reason,
-        )
-        .execute(&mut *tx)
-        .await?;
-    }
-    Ok(())
 }

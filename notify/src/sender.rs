@@ -58,7 +58,7 @@ impl Default for WebhookSettings {
             secret_overlap: Duration::from_secs(86_400),
             retention: Duration::from_secs(14 * 86_400),
             lease: Duration::from_secs(30),
-            concurrency: 32,
+            concurrency: 64,
         }
     }
 }
@@ -87,6 +87,10 @@ pub fn spawn(
         let mut client: Option<(WebhookSettings, reqwest::Client)> = None;
         let mut purged: Option<std::time::Instant> = None;
         let mut flight = Flight::default();
+        // New events are looked for when the doorbell rings, and at least every second (the
+        // facts beside the log ring nothing).
+        let mut look = true;
+        let mut looked = std::time::Instant::now();
         loop {
             let current = settings.borrow_and_update().clone();
             if client.as_ref().is_none_or(|(built, _)| *built != current) {
@@ -103,7 +107,11 @@ pub fn spawn(
                             tracing::warn!(%error, "old webhook deliveries could not be removed");
                         }
                     }
-                    match sender.round(&mut flight, http, &current).await {
+                    let fan_out = look || looked.elapsed() >= Duration::from_secs(1);
+                    if fan_out {
+                        (look, looked) = (false, std::time::Instant::now());
+                    }
+                    match sender.round(&mut flight, http, &current, fan_out).await {
                         Ok(wait) => wait.min(current.lease / 3),
                         Err(error) => {
                             tracing::warn!(%error, "a webhook round failed; trying again");
@@ -120,7 +128,10 @@ pub fn spawn(
             let finished = tokio::select! {
                 () = &mut shutdown => return,
                 first = flight.next_finished() => Some(first),
-                () = doorbell.wait_for_any(&efms_domain::feed::FEED_AGGREGATES) => None,
+                () = doorbell.wait_for_any(&efms_domain::feed::FEED_AGGREGATES) => {
+                    look = true;
+                    None
+                }
                 () = tokio::time::sleep(wait) => None,
                 changed = settings.changed() => {
                     if changed.is_err() {
@@ -145,8 +156,11 @@ impl Sender {
         flight: &mut Flight,
         client: &reqwest::Client,
         settings: &WebhookSettings,
+        fan_out: bool,
     ) -> Result<Duration, sqlx::Error> {
-        self.fan_out().await?;
+        if fan_out {
+            self.fan_out().await?;
+        }
         flight.refill(self, client, settings).await?;
         let next = sqlx::query_scalar!(
             r#"SELECT min(next_attempt_at) FROM webhook_deliveries WHERE state = 'pending'"#
@@ -172,8 +186,37 @@ struct WebhookPlace {
     after_position: i64,
 }
 
+impl WebhookPlace {
+    /// Its place as a feed position.
+    fn place(&self) -> FeedPosition {
+        FeedPosition {
+            tx_id: self.after_tx,
+            source: if self.after_source == 0 {
+                Source::Log
+            } else {
+                Source::Facts
+            },
+            position: self.after_position,
+        }
+    }
+}
+
+/// The deliveries of one fan-out, as the columns of their insert.
+#[derive(Default)]
+struct FanOut {
+    ids: Vec<Uuid>,
+    webhooks: Vec<Uuid>,
+    kinds: Vec<String>,
+    cursors: Vec<String>,
+    times: Vec<chrono::DateTime<Utc>>,
+    bodies: Vec<String>,
+    /// The webhooks whose place moves.
+    moved: Vec<Uuid>,
+}
+
 impl Sender {
-    /// Turns the events after each enabled webhook's place into its deliveries.
+    /// Turns the events after each enabled webhook's place into its deliveries: one read of the
+    /// feed and one transaction per tenant.
     async fn fan_out(&self) -> Result<(), sqlx::Error> {
         let mut tx = Scope::System.begin(&self.pool).await?;
         let webhooks = sqlx::query_as!(
@@ -184,8 +227,7 @@ impl Sender {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        // One read of the feed per tenant, from the place of its webhook furthest behind.
-        let mut by_tenant: BTreeMap<Uuid, Vec<_>> = BTreeMap::new();
+        let mut by_tenant: BTreeMap<Uuid, Vec<WebhookPlace>> = BTreeMap::new();
         for webhook in webhooks {
             by_tenant
                 .entry(webhook.tenant_id)
@@ -193,103 +235,91 @@ impl Sender {
                 .push(webhook);
         }
         for (tenant_id, webhooks) in by_tenant {
-            let place = |webhook: &WebhookPlace| FeedPosition {
-                tx_id: webhook.after_tx,
-                source: if webhook.after_source == 0 {
-                    Source::Log
-                } else {
-                    Source::Facts
-                },
-                position: webhook.after_position,
-            };
-            let Some(from) = webhooks.iter().map(place).min() else {
+            // From the place of its webhook furthest behind.
+            let Some(from) = webhooks.iter().map(WebhookPlace::place).min() else {
                 continue;
             };
             let page = read_feed(&self.pool, tenant_id, from, FAN_OUT_PAGE).await?;
-            let Some(last) = page.last().map(|event| event.at) else {
-                continue;
-            };
-            for webhook in &webhooks {
-                self.hand_over(webhook, place(webhook), &page, last).await?;
+            if let Some(last) = page.last().map(|event| event.at) {
+                self.hand_over(tenant_id, &webhooks, &page, last).await?;
             }
         }
         Ok(())
     }
 
-    /// Turns the events of `page` after `after` into `webhook`'s deliveries and moves its place
-    /// to `last`, the page's end, in one transaction.
+    /// Turns the events of `page` after each of `webhooks`' places into its deliveries and moves
+    /// every place to `last`, the page's end, in one transaction.
     async fn hand_over(
         &self,
-        webhook: &WebhookPlace,
-        after: FeedPosition,
+        tenant_id: Uuid,
+        webhooks: &[WebhookPlace],
         page: &[efms_projections::feed::FeedEvent],
         last: FeedPosition,
     ) -> Result<(), sqlx::Error> {
-        {
-            let mut ids = Vec::new();
-            let mut kinds = Vec::new();
-            let mut cursors = Vec::new();
-            let mut times = Vec::new();
-            let mut bodies = Vec::new();
-            for event in page
-                .iter()
-                .filter(|event| event.at > after)
-                .filter(|event| webhook.types.iter().any(|t| t == event.kind))
-            {
-                let cursor = self.seal.seal(webhook.tenant_id, event.at);
+        // Each event's body once: every webhook of the tenant gets the same.
+        let bodies: Vec<(String, String)> = page
+            .iter()
+            .map(|event| {
+                let cursor = self.seal.seal(tenant_id, event.at);
                 let body = json!({
                     "type": event.kind,
                     "timestamp": event.time,
                     "cursor": cursor,
                     "data": event.payload,
                 });
-                ids.push(Uuid::now_v7());
-                kinds.push(event.kind.to_owned());
-                cursors.push(cursor);
-                times.push(event.time);
-                bodies.push(body.to_string());
-            }
+                (cursor, body.to_string())
+            })
+            .collect();
+        let mut rows = FanOut::default();
+        for webhook in webhooks {
+            let after = webhook.place();
             if last <= after {
-                return Ok(());
+                continue;
             }
-            let mut tx = Scope::System.begin(&self.pool).await?;
-            sqlx::query!(
-                r#"INSERT INTO webhook_deliveries (delivery_id, tenant_id, webhook_id, message_id,
-                       event_type, event_cursor, event_time, body, state, next_attempt_at)
-                   SELECT id, $1, $2, 'msg_' || replace(id::text, '-', ''), kind, cursor, at, body,
-                          'pending', now()
-                   FROM UNNEST($3::uuid[], $4::text[], $5::text[], $6::timestamptz[], $7::text[])
-                        AS e(id, kind, cursor, at, body)"#,
-                webhook.tenant_id,
-                webhook.webhook_id,
-                &ids,
-                &kinds,
-                &cursors,
-                &times,
-                &bodies,
-            )
-            .execute(&mut *tx)
-            .await?;
-            let moved = sqlx::query!(
-                r#"UPDATE webhooks SET after_tx = $2, after_source = $3, after_position = $4
-                   WHERE webhook_id = $1 AND after_tx = $5 AND after_source = $6
-                     AND after_position = $7"#,
-                webhook.webhook_id,
-                last.tx_id,
-                last.source as i16,
-                last.position,
-                webhook.after_tx,
-                webhook.after_source,
-                webhook.after_position,
-            )
-            .execute(&mut *tx)
-            .await?;
-            // Another holder moved it meanwhile: its deliveries stand, these go.
-            if moved.rows_affected() == 1 {
-                tx.commit().await?;
+            for (event, (cursor, body)) in page.iter().zip(&bodies) {
+                if event.at > after && webhook.types.iter().any(|t| t == event.kind) {
+                    rows.ids.push(Uuid::now_v7());
+                    rows.webhooks.push(webhook.webhook_id);
+                    rows.kinds.push(event.kind.to_owned());
+                    rows.cursors.push(cursor.clone());
+                    rows.times.push(event.time);
+                    rows.bodies.push(body.clone());
+                }
             }
+            rows.moved.push(webhook.webhook_id);
         }
-        Ok(())
+        if rows.moved.is_empty() {
+            return Ok(());
+        }
+        let mut tx = Scope::System.begin(&self.pool).await?;
+        sqlx::query!(
+            r#"INSERT INTO webhook_deliveries (delivery_id, tenant_id, webhook_id, message_id,
+                   event_type, event_cursor, event_time, body, state, next_attempt_at)
+               SELECT id, $1, webhook_id, 'msg_' || replace(id::text, '-', ''), kind, cursor, at,
+                      body, 'pending', now()
+               FROM UNNEST($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::timestamptz[],
+                           $7::text[]) AS e(id, webhook_id, kind, cursor, at, body)"#,
+            tenant_id,
+            &rows.ids,
+            &rows.webhooks,
+            &rows.kinds,
+            &rows.cursors,
+            &rows.times,
+            &rows.bodies,
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query!(
+            r#"UPDATE webhooks SET after_tx = $2, after_source = $3, after_position = $4
+               WHERE webhook_id = ANY($1)"#,
+            &rows.moved,
+            last.tx_id,
+            last.source as i16,
+            last.position,
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
     }
 
     /// Removes finished deliveries older than `retention`.
