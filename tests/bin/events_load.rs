@@ -64,6 +64,9 @@ struct Args {
     server_pid: Option<u32>,
 }
 
+/// WebSocket clients cut by the server as too slow.
+static CUT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// When each commit's answer came, by the cluster it created.
 type Committed = Arc<Mutex<HashMap<String, Instant>>>;
 /// Each delivery's latency.
@@ -155,10 +158,19 @@ async fn open_sockets(args: &Args, base: &str, committed: &Committed) -> anyhow:
                 tokio::time::sleep(Duration::from_secs(3_600)).await;
             }
             while let Some(Ok(message)) = socket.next().await {
-                if let Message::Text(text) = message {
-                    if let Ok(event) = serde_json::from_str::<Value>(&text) {
-                        record(&committed, &socketed, &event);
+                match message {
+                    Message::Text(text) => {
+                        if let Ok(event) = serde_json::from_str::<Value>(&text) {
+                            record(&committed, &socketed, &event);
+                        }
                     }
+                    Message::Close(frame) => {
+                        if frame.is_some_and(|frame| u16::from(frame.code) == 4008) {
+                            CUT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        break;
+                    }
+                    _ => {}
                 }
             }
         });
@@ -242,6 +254,10 @@ async fn main() -> anyhow::Result<()> {
         landed * (args.sockets - args.stalled),
     );
     summary("webhooks", &hooked, landed * args.webhooks);
+    println!(
+        "WebSocket clients cut as too slow: {}",
+        CUT.load(std::sync::atomic::Ordering::Relaxed)
+    );
     if let (Some((_, before)), Some((rss, after))) = (usage_before, usage_after) {
         println!(
             "control plane: {:.2} CPU-seconds per second of commits, resident {} MiB at the end, peak {} MiB",
