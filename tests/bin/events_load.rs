@@ -220,8 +220,8 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1) / u32::try_from(args.rate)?);
     let total = usize::try_from(args.rate * args.seconds)?;
-    let mut failed = 0;
-    let mut commit_times = Vec::with_capacity(total);
+    // Each commit on its own task, so that the rate holds whatever one commit takes.
+    let mut commits = tokio::task::JoinSet::new();
     for n in 0..total {
         tick.tick().await;
         let name = format!("c{n}");
@@ -229,15 +229,23 @@ async fn main() -> anyhow::Result<()> {
         // From the request on: an event may arrive before the answer is read.
         let sent = Instant::now();
         committed.lock().unwrap().insert(name.clone(), sent);
-        let answer = client
+        let request = client
             .put(format!("{base}/clusters/{name}"))
             .bearer_auth(&args.token)
-            .json(&body)
-            .send()
-            .await;
-        match answer {
-            Ok(answer) if answer.status().is_success() => commit_times.push(sent.elapsed()),
-            _ => failed += 1,
+            .json(&body);
+        commits.spawn(async move {
+            match request.send().await {
+                Ok(answer) if answer.status().is_success() => Some(sent.elapsed()),
+                _ => None,
+            }
+        });
+    }
+    let mut failed = 0;
+    let mut commit_times = Vec::with_capacity(total);
+    while let Some(done) = commits.join_next().await {
+        match done.ok().flatten() {
+            Some(took) => commit_times.push(took),
+            None => failed += 1,
         }
     }
     let committing = started.elapsed();

@@ -55,11 +55,13 @@ fn route_subject(series: &Series) -> String {
     format!("route/{}/{}", series.name, series.detail)
 }
 
-/// Routes whose 5xx share over `window` is above `ratio`.
-pub(super) async fn route_5xx_ratio(
+/// The routes of `tenant_id` that `judge` finds wrong over the `window` ending now (it answers
+/// what is wrong), among those with at least `min_requests` requests in it.
+async fn routes_where(
     pool: &PgPool,
     tenant_id: Uuid,
-    (ratio, window, min_requests): (f64, Duration, u64),
+    (window, min_requests): (Duration, u64),
+    judge: impl Fn(&StatValues) -> Option<String>,
 ) -> Result<Vec<Finding>, sqlx::Error> {
     let floor = i64::try_from(min_requests).unwrap_or(i64::MAX);
     Ok(last(pool, tenant_id, StatScope::Route, window)
@@ -67,21 +69,41 @@ pub(super) async fn route_5xx_ratio(
         .iter()
         .filter_map(|route| {
             let (_, values) = route.points.last()?;
-            let (share, requests) = five_xx(values);
-            (requests >= floor && share > ratio).then(|| Finding {
+            if five_xx(values).1 < floor {
+                return None;
+            }
+            let wrong = judge(values)?;
+            Some(Finding {
                 subject: route_subject(route),
                 since: None,
                 summary: format!(
-                    "route {} of {}: {:.1} % of {requests} answers were 5xx within {}s (above {:.1} %)",
+                    "route {} of {}: {wrong} within {}s",
                     route.detail,
                     route.name,
-                    share * 100.0,
-                    window.as_secs(),
-                    ratio * 100.0
+                    window.as_secs()
                 ),
             })
         })
         .collect())
+}
+
+/// Routes whose 5xx share over `window` is above `ratio`.
+pub(super) async fn route_5xx_ratio(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    (ratio, window, min_requests): (f64, Duration, u64),
+) -> Result<Vec<Finding>, sqlx::Error> {
+    routes_where(pool, tenant_id, (window, min_requests), |values| {
+        let (share, requests) = five_xx(values);
+        (share > ratio).then(|| {
+            format!(
+                "{:.1} % of {requests} answers were 5xx (above {:.1} %)",
+                share * 100.0,
+                ratio * 100.0
+            )
+        })
+    })
+    .await
 }
 
 /// Routes whose p99 over `window` is above `ms`.
@@ -90,25 +112,11 @@ pub(super) async fn route_p99(
     tenant_id: Uuid,
     (ms, window, min_requests): (f64, Duration, u64),
 ) -> Result<Vec<Finding>, sqlx::Error> {
-    let floor = i64::try_from(min_requests).unwrap_or(i64::MAX);
-    Ok(last(pool, tenant_id, StatScope::Route, window)
-        .await?
-        .iter()
-        .filter_map(|route| {
-            let (_, values) = route.points.last()?;
-            let p99 = values.latency.quantile(0.99)?;
-            (values.latency.count >= floor && p99 > ms).then(|| Finding {
-                subject: route_subject(route),
-                since: None,
-                summary: format!(
-                    "route {} of {}: p99 {p99:.0} ms within {}s (above {ms:.0} ms)",
-                    route.detail,
-                    route.name,
-                    window.as_secs()
-                ),
-            })
-        })
-        .collect())
+    routes_where(pool, tenant_id, (window, min_requests), |values| {
+        let p99 = values.latency.quantile(0.99)?;
+        (p99 > ms).then(|| format!("p99 {p99:.0} ms (above {ms:.0} ms)"))
+    })
+    .await
 }
 
 /// What a route anomaly rule judges by.
