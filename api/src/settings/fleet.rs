@@ -29,6 +29,10 @@ pub struct FleetArgs {
     /// How many days of the one-minute rollups of the proxies' statistics are kept.
     #[arg(long, env = "EFMS_STATS_ROLLUP_RETENTION_DAYS", default_value = "30")]
     pub stats_rollup_retention_days: String,
+    /// How many days of the event feed's facts (proxy status, jobs, alerts) are kept; the log's
+    /// own events are kept for good.
+    #[arg(long, env = "EFMS_FEED_RETENTION_DAYS", default_value = "30")]
+    pub feed_retention_days: String,
 }
 
 impl Default for FleetArgs {
@@ -40,6 +44,7 @@ impl Default for FleetArgs {
             fleet_rollup_retention_days: "90".to_owned(),
             stats_retention_days: "1".to_owned(),
             stats_rollup_retention_days: "30".to_owned(),
+            feed_retention_days: "30".to_owned(),
         }
     }
 }
@@ -123,6 +128,10 @@ impl FleetArgs {
             rollup_days,
             stats_days,
             stats_rollup_days,
+            feed_days: days(
+                "EFMS_FEED_RETENTION_DAYS (--feed-retention-days)",
+                &self.feed_retention_days,
+            )?,
         })
     }
 }

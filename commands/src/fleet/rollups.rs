@@ -77,6 +77,20 @@ pub async fn maintain_rollups(pool: &PgPool, keep_days: i32) -> Result<i32, sqlx
     Ok(changed)
 }
 
+/// Creates the event feed's facts' daily partitions ahead (their writers, triggers of the status
+/// and job tables, have nowhere to write without them) and drops those older than `keep_days`.
+pub async fn maintain_feed_facts(pool: &PgPool, keep_days: i32) -> Result<i32, sqlx::Error> {
+    let mut tx = Scope::System.begin(pool).await?;
+    let changed = sqlx::query_scalar!(
+        r#"SELECT efms_fleet_daily_partitions(ARRAY['feed_facts'], $1, 2) AS "changed!""#,
+        keep_days
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(changed)
+}
+
 /// A sample table rolled up.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Table {

@@ -1,6 +1,7 @@
 //! The fleet's upkeep, done by one replica at a time under the lease `fleet-upkeep`: VMs whose
 //! heartbeat is overdue are taken down, samples and the proxies' statistics are rolled up by the
-//! minute, and their tables get tomorrow's partitions and lose the expired ones.
+//! minute, and their tables (and the event feed's facts) get tomorrow's partitions and lose the
+//! expired ones.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -32,6 +33,8 @@ pub struct UpkeepSettings {
     pub stats_days: i32,
     /// How many days of the one-minute rollups of the proxies' statistics are kept.
     pub stats_rollup_days: i32,
+    /// How many days of the event feed's facts are kept.
+    pub feed_days: i32,
 }
 
 impl Default for UpkeepSettings {
@@ -43,6 +46,7 @@ impl Default for UpkeepSettings {
             rollup_days: 90,
             stats_days: 1,
             stats_rollup_days: 30,
+            feed_days: 30,
         }
     }
 }
@@ -104,7 +108,8 @@ pub fn spawn(
                 let rollups = rollups::maintain_rollups(pool, current.rollup_days).await;
                 let stats =
                     telemetry::maintain(pool, current.stats_days, current.stats_rollup_days).await;
-                match kept.and_then(|samples| Ok(samples + rollups? + stats?)) {
+                let feed = rollups::maintain_feed_facts(pool, current.feed_days).await;
+                match kept.and_then(|samples| Ok(samples + rollups? + stats? + feed?)) {
                     Ok(changed) => {
                         samples_done = Some(Instant::now());
                         if changed > 0 {
