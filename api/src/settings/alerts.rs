@@ -3,10 +3,9 @@
 use std::time::Duration;
 
 use clap::Args;
-use efms_domain::webhooks::parse_duration;
 use efms_notify::AlertSettings;
 
-use super::invalid::{invalid, ConfigError};
+use super::invalid::ConfigError;
 
 /// The alerts' settings, as given.
 #[derive(Debug, Clone, Args)]
@@ -27,15 +26,11 @@ impl Default for AlertArgs {
 impl AlertArgs {
     /// Checks the interval.
     pub fn validate(&self) -> Result<AlertSettings, ConfigError> {
-        const SETTING: &str = "EFMS_ALERT_INTERVAL (--alert-interval)";
-        let interval =
-            parse_duration(self.alert_interval.trim()).map_err(|why| invalid(SETTING, why))?;
-        if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&interval) {
-            return Err(invalid(
-                SETTING,
-                format!("`{}` is outside 1s to 5m", self.alert_interval),
-            ));
-        }
+        let interval = super::fleet::duration(
+            "EFMS_ALERT_INTERVAL (--alert-interval)",
+            &self.alert_interval,
+            Duration::from_secs(1)..=Duration::from_secs(300),
+        )?;
         Ok(AlertSettings { interval })
     }
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use efms_domain::webhooks::{parse_duration, parse_schedule, DEFAULT_RETRY_SCHEDULE};
+use efms_domain::webhooks::{parse_schedule, DEFAULT_RETRY_SCHEDULE};
 use efms_notify::WebhookSettings;
 
 use super::invalid::{invalid, ConfigError};
@@ -47,26 +47,6 @@ impl Default for WebhookArgs {
     }
 }
 
-fn bounded(
-    setting: &'static str,
-    text: &str,
-    range: std::ops::RangeInclusive<Duration>,
-) -> Result<Duration, ConfigError> {
-    let value = parse_duration(text.trim()).map_err(|reason| invalid(setting, reason))?;
-    if range.contains(&value) {
-        Ok(value)
-    } else {
-        Err(invalid(
-            setting,
-            format!(
-                "`{text}` is outside {:?} to {:?}",
-                range.start(),
-                range.end()
-            ),
-        ))
-    }
-}
-
 impl WebhookArgs {
     /// Checks every setting, naming the one at fault.
     pub fn validate(&self) -> Result<WebhookSettings, ConfigError> {
@@ -87,7 +67,7 @@ impl WebhookArgs {
                 ))
             }
         };
-        let timeout = bounded(
+        let timeout = super::fleet::duration(
             "EFMS_WEBHOOK_TIMEOUT (--webhook-timeout)",
             &self.webhook_timeout,
             Duration::from_secs(1)..=Duration::from_secs(60),
@@ -95,18 +75,18 @@ impl WebhookArgs {
         Ok(WebhookSettings {
             allow_private,
             schedule,
-            disable_after: bounded(
+            disable_after: super::fleet::duration(
                 "EFMS_WEBHOOK_DISABLE_AFTER (--webhook-disable-after)",
                 &self.webhook_disable_after,
                 Duration::from_secs(60)..=Duration::from_secs(90 * DAY),
             )?,
             timeout,
-            secret_overlap: bounded(
+            secret_overlap: super::fleet::duration(
                 "EFMS_WEBHOOK_SECRET_OVERLAP (--webhook-secret-overlap)",
                 &self.webhook_secret_overlap,
-                Duration::ZERO..=Duration::from_secs(30 * DAY),
+                Duration::from_secs(1)..=Duration::from_secs(30 * DAY),
             )?,
-            retention: bounded(
+            retention: super::fleet::duration(
                 "EFMS_WEBHOOK_RETENTION (--webhook-retention)",
                 &self.webhook_retention,
                 Duration::from_secs(3_600)..=Duration::from_secs(365 * DAY),
