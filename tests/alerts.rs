@@ -22,7 +22,7 @@ fn quick(app: &TestApp) {
         interval: Duration::from_millis(200),
     });
     app.set_webhooks(WebhookSettings {
-        allow_private: true,
+        targets: efms_domain::webhooks::TargetPolicy::EVERYWHERE,
         schedule: efms_domain::webhooks::parse_schedule("200ms,500ms").unwrap(),
         timeout: Duration::from_secs(2),
         lease: Duration::from_secs(3),
@@ -318,4 +318,94 @@ async fn an_alert_fires_when_a_routes_upstream_starts_failing_and_resolves_once_
     })
     .await;
     traffic.abort();
+}
+
+/// A self-signed certificate and its key, valid for `days`, made with `openssl`.
+fn certificate(days: u32) -> (String, String) {
+    let dir = std::env::temp_dir().join(format!("efms-cert-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args([
+            "-nodes",
+            "-subj",
+            "/CN=edge.example",
+            "-days",
+            &days.to_string(),
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(made.status.success(), "{made:?}");
+    let made = (
+        std::fs::read_to_string(cert).unwrap(),
+        std::fs::read_to_string(key).unwrap(),
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+    made
+}
+
+fn tls_secret(days: u32) -> Value {
+    let (chain, key) = certificate(days);
+    json!({ "name": "edge-cert", "tls_certificate": {
+        "certificate_chain": { "inline_string": chain },
+        "private_key": { "inline_string": key } } })
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_certificate_that_expires_within_the_rules_days_fires_and_resolves_once_renewed(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn(pool).await;
+    quick(&app);
+    app.create_tenant("acme", "Acme").await;
+    let rule = app
+        .post(
+            &format!("{BASE}/alert-rules"),
+            &json!({ "name": "renew", "kind": "tls_certificate_expiring", "params": { "days": 7 } }),
+        )
+        .await;
+    assert_eq!(rule.status, 201, "{}", rule.body);
+    // A certificate good for 30 days is left alone; one good for 3 fires.
+    let created = app.post(&format!("{BASE}/secrets"), &tls_secret(30)).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(alerts(&app, "").await.is_empty(), "30 days is not within 7");
+    let soon = app
+        .put(&format!("{BASE}/secrets/edge-cert"), &tls_secret(3), &[])
+        .await;
+    assert_eq!(soon.status, 200, "{}", soon.body);
+    let firing = eventually(PATIENCE, "the alert to fire", || async {
+        alerts(&app, "state=firing").await.into_iter().next()
+    })
+    .await;
+    assert_eq!(firing["subject"], "secret/edge-cert");
+    let summary = firing["summary"].as_str().unwrap();
+    assert!(summary.contains("certificate chain expires"), "{summary}");
+    let renewed = app
+        .put(&format!("{BASE}/secrets/edge-cert"), &tls_secret(400), &[])
+        .await;
+    assert_eq!(renewed.status, 200, "{}", renewed.body);
+    let resolved = eventually(PATIENCE, "the alert to resolve", || async {
+        alerts(&app, "state=resolved").await.into_iter().next()
+    })
+    .await;
+    assert_eq!(resolved["id"], firing["id"]);
+    let feed = eventually(PATIENCE, "both in the feed", || async {
+        let feed = feed_types(&app, "alert.fired,alert.resolved").await;
+        (feed.len() >= 2).then_some(feed)
+    })
+    .await;
+    assert_eq!(feed[0]["payload"]["subject"], "secret/edge-cert");
 }

@@ -46,7 +46,7 @@ async fn a_killed_envoy_container_and_a_stopped_agent_fire_alerts_that_reach_the
         interval: Duration::from_millis(200),
     });
     app.set_webhooks(WebhookSettings {
-        allow_private: true,
+        targets: efms_domain::webhooks::TargetPolicy::EVERYWHERE,
         schedule: efms_domain::webhooks::parse_schedule("200ms,500ms").unwrap(),
         timeout: Duration::from_secs(2),
         lease: Duration::from_secs(3),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use efms_notify::WebhookSettings;
 use efms_tests::fleet::eventually;
-use efms_tests::webhook_receiver::{Received, Receiver};
+use efms_tests::webhook_receiver::{Received, Receiver, Redirector};
 use efms_tests::TestApp;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -25,7 +25,7 @@ fn cluster(name: &str) -> Value {
 /// Short gaps between attempts, and loopback receivers allowed.
 fn quick(schedule: &str) -> WebhookSettings {
     WebhookSettings {
-        allow_private: true,
+        targets: efms_domain::webhooks::TargetPolicy::EVERYWHERE,
         schedule: efms_domain::webhooks::parse_schedule(schedule).unwrap(),
         timeout: Duration::from_secs(2),
         lease: Duration::from_secs(3),
@@ -271,6 +271,69 @@ async fn bad_webhooks_are_refused_naming_the_field_and_nothing_is_stored(pool: P
         .get(&format!("{BASE}/webhooks/{}", uuid::Uuid::new_v4()))
         .await;
     assert_eq!(unknown.status, 404);
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_target_that_redirects_is_refused_naming_where_it_points(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    // The test's servers live on 127.0.0.1: the installation opens that address alone.
+    app.set_webhooks(WebhookSettings {
+        targets: efms_domain::webhooks::TargetPolicy {
+            allow_private: false,
+            allowed_networks: vec!["127.0.0.1/32".parse().unwrap()],
+        },
+        ..quick("1s")
+    });
+    app.create_tenant("acme", "Acme").await;
+    let refusal = |url: String| {
+        let app = &app;
+        async move {
+            let answer = app
+                .post(
+                    &format!("{BASE}/webhooks"),
+                    &json!({ "url": url, "types": ["commit"] }),
+                )
+                .await;
+            assert_eq!(answer.status, 422, "{url}: {}", answer.body);
+            let error = &answer.body["errors"][0];
+            assert_eq!(error["pointer"], "/url", "{}", answer.body);
+            error["detail"].as_str().unwrap().to_owned()
+        }
+    };
+    let to_private = Redirector::start("http://10.0.0.9/hook").await;
+    let why = refusal(to_private.url.clone()).await;
+    assert!(
+        why.contains("redirects (HTTP 307) to `http://10.0.0.9/hook`")
+            && why.contains("a private address"),
+        "{why}"
+    );
+    let to_loopback = Redirector::start("http://127.0.0.2:9/hook").await;
+    let why = refusal(to_loopback.url.clone()).await;
+    assert!(why.contains("a loopback address"), "{why}");
+    let elsewhere = Redirector::start("/moved").await;
+    let why = refusal(elsewhere.url.clone()).await;
+    assert!(why.contains("do not follow redirects"), "{why}");
+    // A loopback address outside the opened network is refused outright.
+    let why = refusal("http://127.0.0.3:9/hook".to_owned()).await;
+    assert!(why.contains("a loopback address"), "{why}");
+    // A receiver in the opened network that answers without a redirect is taken; moving it onto
+    // a redirecting URL is refused and changes nothing.
+    let receiver = Receiver::start().await;
+    let (id, _) = subscribe(&app, &receiver.url).await;
+    let moved = app
+        .send(
+            reqwest::Method::PATCH,
+            &format!("{BASE}/webhooks/{id}"),
+            Some(("application/json", &json!({ "url": to_private.url }))),
+            &[],
+        )
+        .await;
+    assert_eq!(moved.status, 422, "{}", moved.body);
+    assert_eq!(moved.body["errors"][0]["pointer"], "/url");
+    let listed = app.get(&format!("{BASE}/webhooks")).await;
+    let items = listed.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{}", listed.body);
+    assert_eq!(items[0]["url"], receiver.url.as_str());
 }
 
 #[sqlx::test(migrator = "efms_commands::MIGRATOR")]

@@ -2,7 +2,7 @@
 //! claimed for a while in the `leases` table by one holder; the holder renews it each round, and
 //! another replica takes it over once it has expired.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -16,6 +16,8 @@ pub struct Lease {
     name: &'static str,
     holder: Uuid,
     ttl: Duration,
+    /// When the last claim that held it was asked for.
+    renewed: Option<Instant>,
 }
 
 impl Lease {
@@ -26,12 +28,32 @@ impl Lease {
             name,
             holder: Uuid::new_v4(),
             ttl,
+            renewed: None,
         }
     }
 
     /// Holds it `ttl` at a time from the next claim on.
     pub fn set_ttl(&mut self, ttl: Duration) {
-        self.ttl = ttl;
+        if ttl != self.ttl {
+            self.ttl = ttl;
+            self.renewed = None;
+        }
+    }
+
+    /// Like [`Lease::claim`], for a loop that turns many times a second: while less than a third
+    /// of the `ttl` has passed since a claim that held it, it is still held (no one else may take
+    /// it before it expires) and the database is not asked again.
+    pub async fn keep(&mut self) -> Result<bool, sqlx::Error> {
+        if self
+            .renewed
+            .is_some_and(|renewed| renewed.elapsed() < self.ttl / 3)
+        {
+            return Ok(true);
+        }
+        let asked = Instant::now();
+        let held = self.claim().await?;
+        self.renewed = held.then_some(asked);
+        Ok(held)
     }
 
     /// Takes or renews the lease: `true` when this holder has it for the next `ttl`.

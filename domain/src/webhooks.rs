@@ -182,6 +182,93 @@ pub fn forbidden_address(address: IpAddr) -> Option<&'static str> {
     }
 }
 
+/// A network in CIDR notation, such as `10.20.0.0/16` or `fd00::/8`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    base: IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for Network {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let (address, prefix) = text.split_once('/').unwrap_or((text, ""));
+        let base: IpAddr = address
+            .parse()
+            .map_err(|_| format!("`{text}` is not a network such as 10.20.0.0/16 or fd00::/8"))?;
+        let bits = if base.is_ipv4() { 32 } else { 128 };
+        let prefix = if prefix.is_empty() {
+            bits
+        } else {
+            prefix
+                .parse::<u8>()
+                .ok()
+                .filter(|prefix| *prefix <= bits)
+                .ok_or_else(|| format!("`{text}`: the prefix length is 0 to {bits}"))?
+        };
+        Ok(Self { base, prefix })
+    }
+}
+
+impl Network {
+    /// Whether `address` lies in it (an IPv4-mapped IPv6 address counts as its IPv4 address).
+    #[must_use]
+    pub fn contains(&self, address: IpAddr) -> bool {
+        let address = match address {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
+            v4 @ IpAddr::V4(_) => v4,
+        };
+        let masked = |value: u128, bits: u32| {
+            let shift = bits - u32::from(self.prefix);
+            value.checked_shr(shift).unwrap_or(0)
+        };
+        match (self.base, address) {
+            (IpAddr::V4(base), IpAddr::V4(address)) => {
+                masked(u128::from(u32::from(base)), 32)
+                    == masked(u128::from(u32::from(address)), 32)
+            }
+            (IpAddr::V6(base), IpAddr::V6(address)) => {
+                masked(u128::from(base), 128) == masked(u128::from(address), 128)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Which addresses webhooks may reach: public ones always; private, loopback and link-local
+/// ones when every private target is allowed, or when they lie in one of the allowed networks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetPolicy {
+    /// Every address is allowed.
+    pub allow_private: bool,
+    /// Networks reachable although private (an internal receiver's, say).
+    pub allowed_networks: Vec<Network>,
+}
+
+impl TargetPolicy {
+    /// Every address allowed.
+    pub const EVERYWHERE: Self = Self {
+        allow_private: true,
+        allowed_networks: Vec::new(),
+    };
+
+    /// Why `address` may not be a webhook's target, if it may not.
+    #[must_use]
+    pub fn refuses(&self, address: IpAddr) -> Option<&'static str> {
+        if self.allow_private
+            || self
+                .allowed_networks
+                .iter()
+                .any(|network| network.contains(address))
+        {
+            return None;
+        }
+        forbidden_address(address)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +372,31 @@ mod tests {
         assert!(parse_duration("soon").is_err());
         assert!(parse_schedule("1ms").is_err());
         assert!(parse_schedule("").is_err());
+    }
+
+    #[test]
+    fn allowed_networks_open_their_private_addresses_only() {
+        let policy = TargetPolicy {
+            allow_private: false,
+            allowed_networks: vec!["10.20.0.0/16".parse().unwrap(), "fd00::/8".parse().unwrap()],
+        };
+        let refuses = |text: &str| policy.refuses(text.parse().unwrap());
+        assert_eq!(refuses("10.20.3.4"), None);
+        assert_eq!(refuses("::ffff:10.20.3.4"), None);
+        assert_eq!(refuses("fd12::1"), None);
+        assert_eq!(refuses("10.21.0.1"), Some("a private address"));
+        assert_eq!(refuses("127.0.0.1"), Some("a loopback address"));
+        assert_eq!(refuses("93.184.216.34"), None);
+        let single: Network = "127.0.0.1".parse().unwrap();
+        assert!(single.contains("127.0.0.1".parse().unwrap()));
+        assert!(!single.contains("127.0.0.2".parse().unwrap()));
+        let everything: Network = "0.0.0.0/0".parse().unwrap();
+        assert!(everything.contains("192.168.1.1".parse().unwrap()));
+        assert!("10.0.0.0/33"
+            .parse::<Network>()
+            .unwrap_err()
+            .contains("0 to 32"));
+        assert!("ten/8".parse::<Network>().is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use efms_domain::webhooks::{forbidden_address, signature_header, AttemptResult};
+use efms_domain::webhooks::{signature_header, AttemptResult, TargetPolicy};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 /// The most of a response body an attempt records.
@@ -41,22 +41,22 @@ pub struct Request<'a> {
 /// Resolves names as the system does, keeping only the addresses a webhook may reach.
 #[derive(Debug)]
 struct GuardedResolver {
-    allow_private: bool,
+    policy: TargetPolicy,
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
-        let allow_private = self.allow_private;
+        let policy = self.policy.clone();
         Box::pin(async move {
             let found: Vec<SocketAddr> =
                 tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
             let allowed: Vec<SocketAddr> = found
                 .iter()
                 .copied()
-                .filter(|address| allow_private || forbidden_address(address.ip()).is_none())
+                .filter(|address| policy.refuses(address.ip()).is_none())
                 .collect();
             if allowed.is_empty() && !found.is_empty() {
-                let why = forbidden_address(found[0].ip()).unwrap_or("refused");
+                let why = policy.refuses(found[0].ip()).unwrap_or("refused");
                 return Err(format!(
                     "`{}` resolves to {} ({why}), which webhooks may not reach",
                     name.as_str(),
@@ -71,33 +71,37 @@ impl Resolve for GuardedResolver {
 }
 
 /// The HTTP client of the deliveries: no redirects, no proxy, a timeout per attempt.
-pub fn client(timeout: Duration, allow_private: bool) -> reqwest::Client {
+pub fn client(timeout: Duration, policy: &TargetPolicy) -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(5)))
         .user_agent(concat!("efms-webhooks/", env!("CARGO_PKG_VERSION")))
-        .dns_resolver(Arc::new(GuardedResolver { allow_private }))
+        .dns_resolver(Arc::new(GuardedResolver {
+            policy: policy.clone(),
+        }))
         .build()
         .expect("the webhook client builds")
 }
 
 /// Why `url` may not be a webhook's target (a literal address refused by policy), if it may not.
-pub fn refused_target(url: &str, allow_private: bool) -> Option<String> {
-    if allow_private {
-        return None;
-    }
+pub fn refused_target(url: &str, policy: &TargetPolicy) -> Option<String> {
     let parsed = reqwest::Url::parse(url).ok()?;
     let address = match parsed.host()? {
         url::Host::Ipv4(v4) => std::net::IpAddr::V4(v4),
         url::Host::Ipv6(v6) => std::net::IpAddr::V6(v6),
         url::Host::Domain(name) if name.eq_ignore_ascii_case("localhost") => {
-            return Some("`localhost` is a loopback address".to_owned())
+            let loopback = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+            return policy
+                .refuses(loopback)
+                .map(|_| "`localhost` is a loopback address".to_owned());
         }
         url::Host::Domain(_) => return None,
     };
-    forbidden_address(address).map(|why| format!("{address} is {why}"))
+    policy
+        .refuses(address)
+        .map(|why| format!("{address} is {why}"))
 }
 
 /// Sends one attempt of a delivery signed at `timestamp` (Unix seconds).
@@ -105,10 +109,10 @@ pub async fn send(
     client: &reqwest::Client,
     request: Request<'_>,
     timestamp: i64,
-    allow_private: bool,
+    policy: &TargetPolicy,
 ) -> Outcome {
     let started = Instant::now();
-    if let Some(why) = refused_target(request.url, allow_private) {
+    if let Some(why) = refused_target(request.url, policy) {
         return Outcome {
             result: AttemptResult::Failed,
             duration: started.elapsed(),
@@ -189,11 +193,19 @@ mod tests {
 
     #[test]
     fn literal_private_targets_are_refused_unless_allowed() {
-        assert!(refused_target("http://127.0.0.1:9000/hook", false).is_some());
-        assert!(refused_target("http://[::1]/hook", false).is_some());
-        assert!(refused_target("https://localhost/hook", false).is_some());
-        assert!(refused_target("http://169.254.169.254/latest", false).is_some());
-        assert_eq!(refused_target("https://hooks.example.com/x", false), None);
-        assert_eq!(refused_target("http://127.0.0.1:9000/hook", true), None);
+        let strict = TargetPolicy::default();
+        assert!(refused_target("http://127.0.0.1:9000/hook", &strict).is_some());
+        assert!(refused_target("http://[::1]/hook", &strict).is_some());
+        assert!(refused_target("https://localhost/hook", &strict).is_some());
+        assert!(refused_target("http://169.254.169.254/latest", &strict).is_some());
+        assert_eq!(refused_target("https://hooks.example.com/x", &strict), None);
+        let open = TargetPolicy::EVERYWHERE;
+        assert_eq!(refused_target("http://127.0.0.1:9000/hook", &open), None);
+        let loopback = TargetPolicy {
+            allow_private: false,
+            allowed_networks: vec!["127.0.0.0/8".parse().unwrap()],
+        };
+        assert_eq!(refused_target("https://localhost/hook", &loopback), None);
+        assert!(refused_target("http://10.0.0.1/hook", &loopback).is_some());
     }
 }

@@ -35,10 +35,18 @@ pub(crate) struct Attempted {
     outcome: Outcome,
 }
 
-/// The attempts in flight.
+impl Attempted {
+    /// The delivery it was of.
+    pub(crate) fn delivery_id(&self) -> Uuid {
+        self.due.delivery_id
+    }
+}
+
+/// The attempts in flight, and those finished but not yet recorded: a delivery in either is
+/// not started again.
 #[derive(Default)]
 pub(crate) struct Flight {
-    running: JoinSet<Option<Attempted>>,
+    running: JoinSet<(Uuid, Option<Attempted>)>,
     deliveries: HashSet<Uuid>,
 }
 
@@ -48,6 +56,11 @@ impl Flight {
         self.running.len()
     }
 
+    /// How many more may start under `settings`.
+    pub(crate) fn room(&self, settings: &WebhookSettings) -> usize {
+        settings.concurrency.max(1).saturating_sub(self.len())
+    }
+
     /// Starts attempts of the deliveries due now, up to `settings.concurrency` in flight.
     pub(crate) async fn refill(
         &mut self,
@@ -55,7 +68,7 @@ impl Flight {
         client: &reqwest::Client,
         settings: &WebhookSettings,
     ) -> Result<(), sqlx::Error> {
-        let room = settings.concurrency.max(1).saturating_sub(self.len());
+        let room = self.room(settings);
         if room == 0 {
             return Ok(());
         }
@@ -66,13 +79,13 @@ impl Flight {
         {
             self.deliveries.insert(due.delivery_id);
             let (sender, client) = (sender.clone(), client.clone());
-            let allow_private = settings.allow_private;
+            let targets = settings.targets.clone();
             self.running.spawn(async move {
                 let secrets = match sender.secrets(&due).await {
                     Ok(secrets) => secrets,
                     Err(error) => {
                         tracing::warn!(%error, webhook = %due.webhook_id, "a webhook's secret does not open");
-                        return None;
+                        return (due.delivery_id, None);
                     }
                 };
                 let signing: Vec<&[u8]> = secrets.iter().map(Vec::as_slice).collect();
@@ -83,8 +96,8 @@ impl Flight {
                     body: &due.body,
                     secrets: &signing,
                 };
-                let outcome = attempt::send(&client, request, at.timestamp(), allow_private).await;
-                Some(Attempted { due, at, outcome })
+                let outcome = attempt::send(&client, request, at.timestamp(), &targets).await;
+                (due.delivery_id, Some(Attempted { due, at, outcome }))
             });
         }
         Ok(())
@@ -92,35 +105,58 @@ impl Flight {
 
     /// Waits for one attempt to finish (never, with none in flight).
     pub(crate) async fn next_finished(&mut self) -> Option<Attempted> {
-        if self.running.is_empty() {
-            return std::future::pending().await;
+        loop {
+            if self.running.is_empty() {
+                return std::future::pending().await;
+            }
+            let joined = self.running.join_next().await;
+            if let Some(attempted) = self.settle(joined) {
+                return Some(attempted);
+            }
         }
-        self.running
-            .join_next()
-            .await
-            .and_then(Result::ok)
-            .flatten()
     }
 
-    /// Every attempt finished by now, with `first`.
+    /// Every attempt finished by now, with `first`. They stay marked until [`Flight::recorded`].
     pub(crate) fn finished(&mut self, first: Option<Attempted>) -> Vec<Attempted> {
         let mut done: Vec<Attempted> = first.into_iter().collect();
         while let Some(next) = self.running.try_join_next() {
-            done.extend(next.ok().flatten());
-        }
-        // What no longer runs may be due again (a secret that did not open, say).
-        if self.running.is_empty() {
-            self.deliveries.clear();
-        } else {
-            for attempted in &done {
-                self.deliveries.remove(&attempted.due.delivery_id);
-            }
+            done.extend(self.settle(Some(next)));
         }
         done
     }
+
+    /// Unmarks recorded attempts' deliveries (they may be due again).
+    pub(crate) fn recorded(&mut self, done: &[Uuid]) {
+        for delivery in done {
+            self.deliveries.remove(delivery);
+        }
+    }
+
+    /// A finished task's attempt; one that made none (a secret that did not open, a task that
+    /// panicked) is unmarked at once, so its delivery is tried again.
+    fn settle(
+        &mut self,
+        joined: Option<Result<(Uuid, Option<Attempted>), tokio::task::JoinError>>,
+    ) -> Option<Attempted> {
+        match joined? {
+            Ok((_, Some(attempted))) => Some(attempted),
+            Ok((delivery, None)) => {
+                self.deliveries.remove(&delivery);
+                None
+            }
+            Err(_) => {
+                // A task that panicked names no delivery: with nothing else running or waiting to
+                // be recorded, every mark is stale.
+                if self.running.is_empty() {
+                    self.deliveries.clear();
+                }
+                None
+            }
+        }
+    }
 }
 
-/// Records `done` in one transaction: the attempts, each delivery's next step, and each
+/// Records `done` in one transaction (unflushed): the attempts, each delivery's next step, and each
 /// endpoint's health (a 410, or failures for longer than the setting, disable it).
 pub(crate) async fn record_all(
     sender: &Sender,
@@ -131,7 +167,9 @@ pub(crate) async fn record_all(
         return Ok(());
     }
     let rows = Rows::of(settings, done);
-    let mut tx = Scope::System.begin(&sender.pool).await?;
+    // Unflushed: a crash of Postgres that loses this record makes the attempts again, with the
+    // same `webhook-id`, which at-least-once delivery allows.
+    let mut tx = Scope::System.begin_unflushed(&sender.pool).await?;
     sqlx::query!(
         r#"INSERT INTO webhook_attempts (delivery_id, attempt, tenant_id, at, duration_ms,
                status_code, response_excerpt, error, next_attempt_at)
@@ -164,15 +202,24 @@ pub(crate) async fn record_all(
     )
     .execute(&mut *tx)
     .await?;
-    // Per endpoint: any delivery ends its failures; else they date from its first failure.
+    // Per endpoint: any delivery ends its failures; else they date from its first failure. Only
+    // endpoints whose state changes are written; the failing ones are read back for the rule.
     let failing = sqlx::query!(
-        r#"UPDATE webhooks w
-           SET failing_since = CASE WHEN u.delivered THEN NULL ELSE coalesce(w.failing_since, u.first) END
-           FROM (SELECT webhook_id, bool_or(delivered) AS delivered, min(at) AS first
-                 FROM UNNEST($1::uuid[], $2::bool[], $3::timestamptz[]) AS a(webhook_id, delivered, at)
-                 GROUP BY webhook_id) u
-           WHERE w.webhook_id = u.webhook_id AND w.enabled
-           RETURNING w.webhook_id, w.failing_since"#,
+        r#"WITH u AS (
+               SELECT webhook_id, bool_or(delivered) AS delivered, min(at) AS first
+               FROM UNNEST($1::uuid[], $2::bool[], $3::timestamptz[]) AS a(webhook_id, delivered, at)
+               GROUP BY webhook_id),
+           changed AS (
+               UPDATE webhooks w
+               SET failing_since = CASE WHEN u.delivered THEN NULL ELSE u.first END
+               FROM u
+               WHERE w.webhook_id = u.webhook_id AND w.enabled
+                 AND (w.failing_since IS NULL) = NOT u.delivered
+               RETURNING w.webhook_id, w.failing_since)
+           SELECT w.webhook_id, coalesce(c.failing_since, w.failing_since) AS "failing_since?"
+           FROM u JOIN webhooks w ON w.webhook_id = u.webhook_id
+                LEFT JOIN changed c ON c.webhook_id = u.webhook_id
+           WHERE w.enabled AND NOT u.delivered"#,
         &rows.webhook,
         &rows.delivered,
         &rows.at,

@@ -6,13 +6,13 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use efms_commands::lease::Lease;
 use efms_commands::{Keyring, Scope, SharedDoorbell};
 use efms_domain::feed::{CursorSeal, FeedPosition, Source};
-use efms_domain::webhooks::{parse_schedule, DEFAULT_RETRY_SCHEDULE};
+use efms_domain::webhooks::{parse_schedule, TargetPolicy, DEFAULT_RETRY_SCHEDULE};
 use efms_projections::feed::read_feed;
 use serde_json::json;
 use sqlx::PgPool;
@@ -20,18 +20,23 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::attempt;
-use crate::delivery::{record_all, Flight};
+use crate::delivery::{record_all, Attempted, Flight};
 
 /// Feed events read per webhook and round.
 const FAN_OUT_PAGE: i64 = 500;
+/// The shortest gap between two fan-outs: the events of a burst of commits become deliveries
+/// together, each webhook's place moved once.
+const FAN_OUT_GAP: Duration = Duration::from_millis(50);
+/// How long a finished attempt may wait to be recorded with others.
+const RECORD_WITHIN: Duration = Duration::from_millis(20);
 /// How often finished deliveries past their retention are removed.
 const PURGE_EVERY: Duration = Duration::from_secs(3_600);
 
 /// How the sender works.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookSettings {
-    /// Whether targets on private, loopback and link-local addresses are allowed.
-    pub allow_private: bool,
+    /// Which addresses webhooks may reach.
+    pub targets: TargetPolicy,
     /// The gaps between a delivery's attempts.
     pub schedule: Vec<Duration>,
     /// An endpoint whose every attempt has failed for this long is disabled.
@@ -51,7 +56,7 @@ pub struct WebhookSettings {
 impl Default for WebhookSettings {
     fn default() -> Self {
         Self {
-            allow_private: false,
+            targets: TargetPolicy::default(),
             schedule: parse_schedule(DEFAULT_RETRY_SCHEDULE).expect("the default schedule reads"),
             disable_after: Duration::from_secs(5 * 86_400),
             timeout: Duration::from_secs(10),
@@ -85,39 +90,57 @@ pub fn spawn(
         tokio::pin!(shutdown);
         let mut lease = Lease::new(sender.pool.clone(), "webhooks", Duration::from_secs(30));
         let mut client: Option<(WebhookSettings, reqwest::Client)> = None;
-        let mut purged: Option<std::time::Instant> = None;
+        let mut purged: Option<Instant> = None;
         let mut flight = Flight::default();
+        // Finished attempts are recorded together: a batch at most RECORD_WITHIN old.
+        let mut unrecorded: Vec<Attempted> = Vec::new();
+        let mut unrecorded_since = Instant::now();
         // New events are looked for when the doorbell rings, and at least every second (the
         // facts beside the log ring nothing).
         let mut look = true;
-        let mut looked = std::time::Instant::now();
+        let mut looked = Instant::now();
+        let mut next_round = Instant::now();
         loop {
             let current = settings.borrow_and_update().clone();
             if client.as_ref().is_none_or(|(built, _)| *built != current) {
-                let built = attempt::client(current.timeout, current.allow_private);
+                let built = attempt::client(current.timeout, &current.targets);
                 client = Some((current.clone(), built));
             }
             let Some((_, http)) = &client else { return };
             lease.set_ttl(current.lease);
-            let wait = match lease.claim().await {
+            // Attempts start in steps of a quarter of the concurrency, each step one query.
+            let step = (current.concurrency / 4).max(1);
+            let wait = match lease.keep().await {
                 Ok(true) => {
                     if purged.is_none_or(|at| at.elapsed() >= PURGE_EVERY) {
-                        purged = Some(std::time::Instant::now());
+                        purged = Some(Instant::now());
                         if let Err(error) = sender.purge(current.retention).await {
                             tracing::warn!(%error, "old webhook deliveries could not be removed");
                         }
                     }
-                    let fan_out = look || looked.elapsed() >= Duration::from_secs(1);
+                    let fan_out = (look && looked.elapsed() >= FAN_OUT_GAP)
+                        || looked.elapsed() >= Duration::from_secs(1);
                     if fan_out {
-                        (look, looked) = (false, std::time::Instant::now());
+                        (look, looked) = (false, Instant::now());
                     }
-                    match sender.round(&mut flight, http, &current, fan_out).await {
-                        Ok(wait) => wait.min(current.lease / 3),
-                        Err(error) => {
-                            tracing::warn!(%error, "a webhook round failed; trying again");
-                            Duration::from_secs(1)
-                        }
+                    if fan_out || flight.room(&current) >= step || Instant::now() >= next_round {
+                        let wait = match sender.round(&mut flight, http, &current, fan_out).await {
+                            Ok(wait) => wait.min(current.lease / 3),
+                            Err(error) => {
+                                tracing::warn!(%error, "a webhook round failed; trying again");
+                                Duration::from_secs(1)
+                            }
+                        };
+                        next_round = Instant::now() + wait;
                     }
+                    let rung = if look {
+                        FAN_OUT_GAP.saturating_sub(looked.elapsed())
+                    } else {
+                        Duration::MAX
+                    };
+                    next_round
+                        .saturating_duration_since(Instant::now())
+                        .min(rung)
                 }
                 Ok(false) => current.lease / 3,
                 Err(error) => {
@@ -125,9 +148,17 @@ pub fn spawn(
                     Duration::from_secs(1)
                 }
             };
-            let finished = tokio::select! {
-                () = &mut shutdown => return,
-                first = flight.next_finished() => Some(first),
+            let wait = if unrecorded.is_empty() {
+                wait
+            } else {
+                wait.min(RECORD_WITHIN.saturating_sub(unrecorded_since.elapsed()))
+            };
+            let first = tokio::select! {
+                () = &mut shutdown => {
+                    record(&sender, &current, &mut flight, &mut unrecorded).await;
+                    return;
+                }
+                first = flight.next_finished() => first,
                 () = doorbell.wait_for_any(&efms_domain::feed::FEED_AGGREGATES) => {
                     look = true;
                     None
@@ -140,12 +171,35 @@ pub fn spawn(
                     None
                 }
             };
-            let done = flight.finished(finished.flatten());
-            if let Err(error) = record_all(&sender, &current, done).await {
-                tracing::warn!(%error, "webhook attempts could not be recorded; they are made again");
+            if unrecorded.is_empty() {
+                unrecorded_since = Instant::now();
+            }
+            unrecorded.extend(flight.finished(first));
+            if !unrecorded.is_empty()
+                && (unrecorded.len() >= step
+                    || flight.len() == 0
+                    || unrecorded_since.elapsed() >= RECORD_WITHIN)
+            {
+                record(&sender, &current, &mut flight, &mut unrecorded).await;
             }
         }
     })
+}
+
+/// Records the finished attempts and unmarks their deliveries; attempts that cannot be recorded
+/// are made again.
+async fn record(
+    sender: &Sender,
+    settings: &WebhookSettings,
+    flight: &mut Flight,
+    unrecorded: &mut Vec<Attempted>,
+) {
+    let done = std::mem::take(unrecorded);
+    let deliveries: Vec<Uuid> = done.iter().map(Attempted::delivery_id).collect();
+    if let Err(error) = record_all(sender, settings, done).await {
+        tracing::warn!(%error, "webhook attempts could not be recorded; they are made again");
+    }
+    flight.recorded(&deliveries);
 }
 
 impl Sender {

@@ -127,3 +127,38 @@ impl Drop for Receiver {
         self.server.abort();
     }
 }
+
+/// A server that answers every request, whatever its method, with a redirect to one place.
+pub struct Redirector {
+    /// Its URL.
+    pub url: String,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Redirector {
+    /// Starts one at `http://127.0.0.1:PORT/hook` answering `307` to `location`.
+    pub async fn start(location: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let location = location.to_owned();
+        let app = axum::Router::new().fallback(move || {
+            let location = location.clone();
+            async move {
+                (
+                    StatusCode::TEMPORARY_REDIRECT,
+                    [(axum::http::header::LOCATION, location)],
+                )
+            }
+        });
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { url, server }
+    }
+}
+
+impl Drop for Redirector {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}

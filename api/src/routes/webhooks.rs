@@ -11,7 +11,6 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use efms_domain::feed::EVENT_TYPES;
-use efms_domain::webhooks::forbidden_address;
 use efms_notify::store::{self, StoreError, Webhook, WebhookChanges};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -21,8 +20,8 @@ use crate::error::{ApiError, FieldError};
 use crate::extract::ApiJson;
 use crate::state::AppState;
 
-/// How long a target's name may take to resolve when it is checked.
-const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long each step of a target's check may take (resolving its name, asking it for a redirect).
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The `{id}` of a webhook route.
 #[derive(Debug, Deserialize)]
@@ -123,8 +122,8 @@ pub struct WebhookChange {
     enabled: Option<bool>,
 }
 
-/// Checks a target URL: http(s), and (unless allowed) not a private, loopback or link-local
-/// address, whether named literally or resolved from its host name.
+/// Checks a target URL: http(s), not too long, and a target the installation lets webhooks
+/// reach (its address, what its name resolves to, and where it redirects).
 async fn check_url(state: &AppState, url: &str) -> Result<(), FieldError> {
     let at = |detail: String| FieldError::at("/url", detail);
     let parsed = reqwest::Url::parse(url).map_err(|error| at(format!("is not a URL: {error}")))?;
@@ -137,31 +136,10 @@ async fn check_url(state: &AppState, url: &str) -> Result<(), FieldError> {
     if url.len() > 2048 {
         return Err(at("is longer than 2048 characters".to_owned()));
     }
-    let allow_private = state.webhooks.borrow().allow_private;
-    if let Some(why) = efms_notify::attempt::refused_target(url, allow_private) {
-        return Err(at(format!(
-            "{why}, which webhooks may not reach (EFMS_WEBHOOK_ALLOW_PRIVATE)"
-        )));
-    }
-    let Some(host) = parsed.host_str().filter(|_| !allow_private) else {
-        return Ok(());
-    };
-    let port = parsed.port_or_known_default().unwrap_or(443);
-    let resolved =
-        tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await;
-    // A name that does not resolve now is checked again at each attempt.
-    if let Ok(Ok(addresses)) = resolved {
-        for address in addresses {
-            if let Some(why) = forbidden_address(address.ip()) {
-                return Err(at(format!(
-                    "`{host}` resolves to {} ({why}), which webhooks may not reach \
-                     (EFMS_WEBHOOK_ALLOW_PRIVATE)",
-                    address.ip()
-                )));
-            }
-        }
-    }
-    Ok(())
+    let policy = state.webhooks.borrow().targets.clone();
+    efms_notify::target_check::check_target(url, &policy, CHECK_TIMEOUT)
+        .await
+        .map_err(at)
 }
 
 /// Checks a list of event types.

@@ -1,10 +1,10 @@
 //! How webhooks are delivered (ADR 0015): the retry schedule, when a failing endpoint is
-//! disabled, how long an attempt may take, and whether private targets are allowed.
+//! disabled, how long an attempt may take, and which private targets are allowed.
 
 use std::time::Duration;
 
 use clap::Args;
-use efms_domain::webhooks::{parse_schedule, DEFAULT_RETRY_SCHEDULE};
+use efms_domain::webhooks::{parse_schedule, Network, TargetPolicy, DEFAULT_RETRY_SCHEDULE};
 use efms_notify::WebhookSettings;
 
 use super::invalid::{invalid, ConfigError};
@@ -32,6 +32,10 @@ pub struct WebhookArgs {
     /// installations whose receivers live on a private network.
     #[arg(long, env = "EFMS_WEBHOOK_ALLOW_PRIVATE", default_value = "false")]
     pub webhook_allow_private: String,
+    /// Private networks webhooks may reach although private targets are refused, comma-separated
+    /// CIDRs such as 10.20.0.0/16,fd00::/8 (an internal receiver's).
+    #[arg(long, env = "EFMS_WEBHOOK_ALLOWED_NETWORKS", default_value = "")]
+    pub webhook_allowed_networks: String,
 }
 
 impl Default for WebhookArgs {
@@ -43,6 +47,7 @@ impl Default for WebhookArgs {
             webhook_secret_overlap: "24h".to_owned(),
             webhook_retention: "14d".to_owned(),
             webhook_allow_private: "false".to_owned(),
+            webhook_allowed_networks: String::new(),
         }
     }
 }
@@ -67,13 +72,28 @@ impl WebhookArgs {
                 ))
             }
         };
+        let allowed_networks = self
+            .webhook_allowed_networks
+            .split(',')
+            .filter(|network| !network.trim().is_empty())
+            .map(str::parse::<Network>)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|reason| {
+                invalid(
+                    "EFMS_WEBHOOK_ALLOWED_NETWORKS (--webhook-allowed-networks)",
+                    reason,
+                )
+            })?;
         let timeout = super::fleet::duration(
             "EFMS_WEBHOOK_TIMEOUT (--webhook-timeout)",
             &self.webhook_timeout,
             Duration::from_secs(1)..=Duration::from_secs(60),
         )?;
         Ok(WebhookSettings {
-            allow_private,
+            targets: TargetPolicy {
+                allow_private,
+                allowed_networks,
+            },
             schedule,
             disable_after: super::fleet::duration(
                 "EFMS_WEBHOOK_DISABLE_AFTER (--webhook-disable-after)",
@@ -106,7 +126,24 @@ mod tests {
     fn the_defaults_read_and_a_bad_value_names_its_setting() {
         let settings = WebhookArgs::default().validate().unwrap();
         assert_eq!(settings.schedule.len(), 8);
-        assert!(!settings.allow_private);
+        assert_eq!(settings.targets, TargetPolicy::default());
+        let internal = WebhookArgs {
+            webhook_allowed_networks: "10.20.0.0/16, fd00::/8".to_owned(),
+            ..WebhookArgs::default()
+        };
+        assert_eq!(
+            internal.validate().unwrap().targets.allowed_networks.len(),
+            2
+        );
+        let wrong = WebhookArgs {
+            webhook_allowed_networks: "10.20.0.0/40".to_owned(),
+            ..WebhookArgs::default()
+        };
+        assert!(wrong
+            .validate()
+            .unwrap_err()
+            .setting
+            .starts_with("EFMS_WEBHOOK_ALLOWED_NETWORKS"));
         let bad = WebhookArgs {
             webhook_retry_schedule: "5s,often".to_owned(),
             ..WebhookArgs::default()
