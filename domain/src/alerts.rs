@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use crate::webhooks::parse_duration;
 
 /// The kinds of rule, as the API names them.
-pub const RULE_KINDS: [&str; 12] = [
+pub const RULE_KINDS: [&str; 13] = [
     "proxy_nacked",
     "proxy_behind",
     "proxy_disconnected",
@@ -22,6 +22,7 @@ pub const RULE_KINDS: [&str; 12] = [
     "route_p99",
     "route_5xx_anomaly",
     "cluster_healthy_below",
+    "tls_certificate_expiring",
 ];
 
 /// The longest window or duration a rule may name.
@@ -90,6 +91,11 @@ pub enum Condition {
     ClusterHealthyBelow {
         /// The share, in percent.
         percent: f64,
+    },
+    /// A certificate of a TLS secret (its chain or its trusted CAs) expires within `days`.
+    TlsCertificateExpiring {
+        /// How many days ahead.
+        days: u32,
     },
 }
 
@@ -162,6 +168,7 @@ pub fn check_rule(kind: &str, params: &Value) -> Result<RuleSpec, Vec<RuleProble
         "route_p99" => &["for", "ms", "window", "min_requests"],
         "route_5xx_anomaly" => &["for", "k", "floor", "window", "baseline", "min_requests"],
         "cluster_healthy_below" => &["for", "percent"],
+        "tls_certificate_expiring" => &["for", "days"],
         _ => &["for"],
     };
     let mut problems: Vec<RuleProblem> = params
@@ -182,6 +189,17 @@ pub fn check_rule(kind: &str, params: &Value) -> Result<RuleSpec, Vec<RuleProble
         "vm_down" => Ok(Condition::VmDown),
         "container_exited" => Ok(Condition::ContainerExited),
         "container_unhealthy" => Ok(Condition::ContainerUnhealthy),
+        "tls_certificate_expiring" =>
+        {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            number(params, "days", 1.0..=365.0, Some(14.0))
+                .and_then(|days| {
+                    (days.fract() == 0.0)
+                        .then_some(days as u32)
+                        .ok_or_else(|| problem("/params/days", "is a whole number of days"))
+                })
+                .map(|days| Condition::TlsCertificateExpiring { days })
+        }
         "container_oom_killed" => duration(params, "window", Some(Duration::from_secs(900)))
             .map(|window| Condition::ContainerOomKilled { window }),
         "container_restarting" => {
@@ -386,6 +404,18 @@ mod tests {
             refused("cluster_healthy_below", json!({ "percent": -1 })),
             "/params/percent"
         );
+        assert_eq!(
+            check_rule("tls_certificate_expiring", &json!({}))
+                .unwrap()
+                .condition,
+            Condition::TlsCertificateExpiring { days: 14 }
+        );
+        for days in [json!(0), json!(1.5), json!(366), json!("7")] {
+            assert_eq!(
+                refused("tls_certificate_expiring", json!({ "days": days })),
+                "/params/days"
+            );
+        }
     }
 
     #[test]

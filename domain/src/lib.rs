@@ -15,6 +15,7 @@ pub mod secrets;
 pub mod telemetry;
 pub mod tenant;
 pub mod webhooks;
+pub mod x509;
 
 pub use actor::{Actor, Role};
 pub use tenant::{Tenant, TenantCommand, TenantError, TenantEvent, TenantName, TenantSlug};

@@ -11,7 +11,7 @@ use efms_projections::drift::{drift, DriftState};
 use efms_projections::proxies::{list_proxies, type_statuses, TypeStatusRow};
 use sqlx::PgPool;
 
-use super::metrics;
+use super::{certificates, metrics};
 use uuid::Uuid;
 
 /// The most proxies a proxy rule looks at in one tenant.
@@ -22,7 +22,7 @@ const BEHIND_AFTER: TimeDelta = TimeDelta::seconds(10);
 /// A subject a condition holds for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
-    /// What: `proxy/{node}`, `vm/{name}`, `container/{id}`.
+    /// What: `proxy/{node}`, `vm/{name}`, `container/{id}`, `secret/{name}`.
     pub subject: String,
     /// Since when it holds, when known (else since the evaluation first saw it).
     pub since: Option<DateTime<Utc>>,
@@ -81,6 +81,9 @@ pub async fn findings(
         }
         Condition::ClusterHealthyBelow { percent } => {
             metrics::cluster_healthy_below(pool, tenant_id, percent).await
+        }
+        Condition::TlsCertificateExpiring { days } => {
+            certificates::tls_expiring(pool, tenant_id, days).await
         }
     }
 }

@@ -4,6 +4,7 @@
 //! no longer holds is resolved. There is one open alert per rule and subject, and firing and
 //! resolving are events of the tenant's feed (a trigger writes them), so webhooks carry them.
 
+mod certificates;
 pub mod conditions;
 mod metrics;
 pub mod store;
