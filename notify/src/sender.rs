@@ -63,7 +63,7 @@ impl Default for WebhookSettings {
             secret_overlap: Duration::from_secs(86_400),
             retention: Duration::from_secs(14 * 86_400),
             lease: Duration::from_secs(30),
-            concurrency: 64,
+            concurrency: 256,
         }
     }
 }
@@ -216,6 +216,10 @@ impl Sender {
             self.fan_out().await?;
         }
         flight.refill(self, client, settings).await?;
+        if flight.room(settings) == 0 {
+            // Full: finishing attempts wake the sender long before anything else is due.
+            return Ok(Duration::from_secs(1));
+        }
         let next = sqlx::query_scalar!(
             r#"SELECT min(next_attempt_at) FROM webhook_deliveries WHERE state = 'pending'"#
         )

@@ -97,10 +97,17 @@ async fn serve(state: AppState, reader: Follow, socket: WebSocket) {
         async move {
             let text = serde_json::to_string(&view).unwrap_or_default();
             let mut sink = sink.lock().await;
-            match tokio::time::timeout(PATIENCE, sink.send(Message::Text(text.into()))).await {
+            // Queued first, then flushed: a message queued when patience runs out still goes
+            // before the close, so the close's cursor names it.
+            match tokio::time::timeout(PATIENCE, sink.feed(Message::Text(text.into()))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Handed::Gone,
+                Err(_) => return Handed::TooSlow,
+            }
+            match tokio::time::timeout(PATIENCE, sink.flush()).await {
                 Ok(Ok(())) => Handed::Taken,
                 Ok(Err(_)) => Handed::Gone,
-                Err(_) => Handed::TooSlow,
+                Err(_) => Handed::QueuedTooSlow,
             }
         }
     };
@@ -110,7 +117,7 @@ async fn serve(state: AppState, reader: Follow, socket: WebSocket) {
             tracing::info!(%tenant_id, "an event WebSocket's client is too slow: cut");
             (TOO_SLOW, "too slow")
         }
-        Handed::Gone | Handed::Taken => (1001, "going away"),
+        Handed::Gone | Handed::Taken | Handed::QueuedTooSlow => (1001, "going away"),
     };
     let cursor = seal.seal(tenant_id, last);
     let close = Message::Close(Some(CloseFrame {
@@ -121,8 +128,16 @@ async fn serve(state: AppState, reader: Follow, socket: WebSocket) {
             cursor.into()
         },
     }));
+    // A slow client that reads again within the patience gets what was queued, then the close;
+    // one that does not is dropped with its buffers. Others get a second (a stopping process
+    // waits for no one).
+    let wait = if code == TOO_SLOW {
+        PATIENCE
+    } else {
+        std::time::Duration::from_secs(1)
+    };
     let mut sink = sink.lock().await;
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), sink.send(close)).await;
+    let _ = tokio::time::timeout(wait, sink.send(close)).await;
 }
 
 /// The WebSocket's route.

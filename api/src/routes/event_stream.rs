@@ -63,6 +63,9 @@ pub(crate) enum Handed {
     Gone,
     /// The client did not take it within [`PATIENCE`].
     TooSlow,
+    /// It is queued for the client, which did not take it within [`PATIENCE`]: it counts as
+    /// handed on, and nothing more is.
+    QueuedTooSlow,
 }
 
 /// Where a live reader of the feed stands, and what it hands on.
@@ -123,6 +126,9 @@ where
             if follow.types.contains(&event.kind) {
                 let kind = event.kind;
                 let handed = hand(FeedEventView::of(&seal, tenant_id, event), kind).await;
+                if handed == Handed::QueuedTooSlow {
+                    return (Handed::TooSlow, at);
+                }
                 if handed != Handed::Taken {
                     return (handed, follow.after);
                 }

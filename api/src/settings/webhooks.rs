@@ -36,6 +36,9 @@ pub struct WebhookArgs {
     /// CIDRs such as 10.20.0.0/16,fd00::/8 (an internal receiver's).
     #[arg(long, env = "EFMS_WEBHOOK_ALLOWED_NETWORKS", default_value = "")]
     pub webhook_allowed_networks: String,
+    /// How many delivery attempts are made at once, across every endpoint (1 to 4096).
+    #[arg(long, env = "EFMS_WEBHOOK_CONCURRENCY", default_value = "256")]
+    pub webhook_concurrency: String,
 }
 
 impl Default for WebhookArgs {
@@ -48,6 +51,7 @@ impl Default for WebhookArgs {
             webhook_retention: "14d".to_owned(),
             webhook_allow_private: "false".to_owned(),
             webhook_allowed_networks: String::new(),
+            webhook_concurrency: "256".to_owned(),
         }
     }
 }
@@ -84,6 +88,21 @@ impl WebhookArgs {
                     reason,
                 )
             })?;
+        let concurrency = self
+            .webhook_concurrency
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=4096).contains(n))
+            .ok_or_else(|| {
+                invalid(
+                    "EFMS_WEBHOOK_CONCURRENCY (--webhook-concurrency)",
+                    format!(
+                        "`{}` is not a whole number from 1 to 4096",
+                        self.webhook_concurrency
+                    ),
+                )
+            })?;
         let timeout = super::fleet::duration(
             "EFMS_WEBHOOK_TIMEOUT (--webhook-timeout)",
             &self.webhook_timeout,
@@ -113,7 +132,7 @@ impl WebhookArgs {
             )?,
             // An attempt never outlasts a third of the lease, so the lease is renewed in time.
             lease: (timeout * 3).max(Duration::from_secs(3)),
-            ..WebhookSettings::default()
+            concurrency,
         })
     }
 }
@@ -135,6 +154,16 @@ mod tests {
             internal.validate().unwrap().targets.allowed_networks.len(),
             2
         );
+        assert_eq!(settings.concurrency, 256);
+        let busy = WebhookArgs {
+            webhook_concurrency: "0".to_owned(),
+            ..WebhookArgs::default()
+        };
+        assert!(busy
+            .validate()
+            .unwrap_err()
+            .setting
+            .starts_with("EFMS_WEBHOOK_CONCURRENCY"));
         let wrong = WebhookArgs {
             webhook_allowed_networks: "10.20.0.0/40".to_owned(),
             ..WebhookArgs::default()
