@@ -63,7 +63,7 @@ impl Default for WebhookSettings {
             secret_overlap: Duration::from_secs(86_400),
             retention: Duration::from_secs(14 * 86_400),
             lease: Duration::from_secs(30),
-            concurrency: 256,
+            concurrency: 64,
         }
     }
 }

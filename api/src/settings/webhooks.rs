@@ -37,7 +37,7 @@ pub struct WebhookArgs {
     #[arg(long, env = "EFMS_WEBHOOK_ALLOWED_NETWORKS", default_value = "")]
     pub webhook_allowed_networks: String,
     /// How many delivery attempts are made at once, across every endpoint (1 to 4096).
-    #[arg(long, env = "EFMS_WEBHOOK_CONCURRENCY", default_value = "256")]
+    #[arg(long, env = "EFMS_WEBHOOK_CONCURRENCY", default_value = "64")]
     pub webhook_concurrency: String,
 }
 
@@ -51,7 +51,7 @@ impl Default for WebhookArgs {
             webhook_retention: "14d".to_owned(),
             webhook_allow_private: "false".to_owned(),
             webhook_allowed_networks: String::new(),
-            webhook_concurrency: "256".to_owned(),
+            webhook_concurrency: "64".to_owned(),
         }
     }
 }
@@ -154,7 +154,7 @@ mod tests {
             internal.validate().unwrap().targets.allowed_networks.len(),
             2
         );
-        assert_eq!(settings.concurrency, 256);
+        assert_eq!(settings.concurrency, 64);
         let busy = WebhookArgs {
             webhook_concurrency: "0".to_owned(),
             ..WebhookArgs::default()
