@@ -104,24 +104,23 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// Made with `openssl req -x509 -days 3650`: valid until 2036-11-29 17:20:46.
+    /// Made with `openssl req -x509 -days 1000`: valid until 2029-08-28 18:52:20.
     const PEM: &str = "-----BEGIN CERTIFICATE-----
-MIIBfTCCASOgAwIBAgIUOtDEw/VGdU8ErD45vlVjAMIdKl4wCgYIKoZIzj0EAwIw
-FDESMBAGA1UEAwwJZWZtcy10ZXN0MB4XDTI2MTIwMjE3MjA0NloXDTM2MTEyOTE3
-MjA0NlowFDESMBAGA1UEAwwJZWZtcy10ZXN0MFkwEwYHKoZIzj0CAQYIKoZIzj0D
-AQcDQgAE4aPK8o2sKReSc1Nh5R3WNuGZZkq8aI+oUtiRXWqe3ikm+SymaNsZnlWo
-C3EH8Q8re8vrVhek33V7gjPGX7W8+qNTMFEwHQYDVR0OBBYEFOKzl0GwhkIWPHnJ
-5/2KoM9N4F29MB8GA1UdIwQYMBaAFOKzl0GwhkIWPHnJ5/2KoM9N4F29MA8GA1Ud
-EwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIgVjBkrTfd70Jl2oHp0rMgSEsy
-NydrLNXfo5c5WF1zbYECIQD0eKHnl82qv3KbURoWJlJpUwG/x3mOYdibVdN8OvvK
-pA==
+MIIBeTCCAR+gAwIBAgIUEBbpwwY9+sqXbc0hmYxK5XhZkVQwCgYIKoZIzj0EAwIw
+EjEQMA4GA1UEAwwHZWZtcy1jYTAeFw0yNjEyMDIxODUyMjBaFw0yOTA4MjgxODUy
+MjBaMBIxEDAOBgNVBAMMB2VmbXMtY2EwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNC
+AARVhkBF7PxV7Nq52FsF2VcqK7IDb0umPiu91WD0S2ac1geyAztYSW/KwJkZu3w1
+nllQcRix3R7q/gr/NscgHkjFo1MwUTAdBgNVHQ4EFgQUFmiQ3FqCj3NGwPnafbhw
+wB68MiMwHwYDVR0jBBgwFoAUFmiQ3FqCj3NGwPnafbhwwB68MiMwDwYDVR0TAQH/
+BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiEAw6ctuiwIZFpNYMaB2TAaELBqOuDm
+umFk/n2oRyxbf3kCIAYvYf8H0byLANgmNq2hd1IaWC7huOYF1377Tna4/un0
 -----END CERTIFICATE-----
 ";
 
     #[test]
     fn certificates_are_read_from_text_pem_bytes_and_der_bytes_but_not_files() {
         let der = pem_certificates(PEM).remove(0);
-        let ends = "2036-11-29T17:20:46Z".parse::<DateTime<Utc>>().unwrap();
+        let ends = "2029-08-28T18:52:20Z".parse::<DateTime<Utc>>().unwrap();
         for source in [
             json!({ "inline_string": PEM }),
             json!({ "inline_bytes": STANDARD.encode(PEM) }),
