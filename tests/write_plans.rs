@@ -5,7 +5,8 @@
 //! scan, a bitmap scan over a range of the tenant, a hash of the whole tenant).
 
 use efms_commands::Scope;
-use efms_projections::config::writer::{CLOSE_OPEN_VERSIONS, DELETE_CURRENT};
+use efms_projections::config::tables::CLOSE_OPEN_VERSIONS;
+use efms_projections::config::tables::DELETE_CURRENT;
 use efms_tests::plans::{planning, reads_of};
 use serde_json::Value;
 use sqlx::PgPool;

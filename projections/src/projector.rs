@@ -41,7 +41,7 @@ pub fn payload_of<E: serde::de::DeserializeOwned>(
     if event.aggregate_type != aggregate_type {
         return Ok(None);
     }
-    serde_json::from_value(event.payload.clone())
+    E::deserialize(&event.payload)
         .map(Some)
         .map_err(|source| ProjectionError::Decode {
             event_id: event.event_id,
@@ -86,16 +86,17 @@ impl Range {
 
 /// The next batch of readable events of `range`, ending on a transaction boundary: readers of the
 /// read models (snapshots, caches) must never see half of a commit, and a projection may write a
-/// commit's events together. A batch holds about [`BATCH_SIZE`] events; one transaction larger
-/// than that is read whole. With the events, whether more may be readable after them (the read
+/// commit's events together. A batch holds about `batch` events ([`BATCH_SIZE`] for the
+/// projector); one transaction larger than that is read whole. With the events, whether more may be readable after them (the read
 /// was full).
 pub(crate) async fn whole_transactions(
     conn: &mut PgConnection,
     from: Position,
     range: Range,
+    batch: i64,
 ) -> Result<(Vec<RecordedEvent>, bool), sqlx::Error> {
-    let mut events = range.read(conn, from, BATCH_SIZE).await?;
-    if i64::try_from(events.len()).unwrap_or(i64::MAX) < BATCH_SIZE {
+    let mut events = range.read(conn, from, batch).await?;
+    if i64::try_from(events.len()).unwrap_or(i64::MAX) < batch {
         return Ok((events, false));
     }
     let last_tx = events.last().expect("a full batch").position.tx_id;
@@ -107,14 +108,14 @@ pub(crate) async fn whole_transactions(
     // One transaction fills the batch: read the rest of it.
     loop {
         let after = events.last().expect("not empty").position;
-        let more = range.read(conn, after, BATCH_SIZE).await?;
-        let full = i64::try_from(more.len()).unwrap_or(i64::MAX) == BATCH_SIZE;
+        let more = range.read(conn, after, batch).await?;
+        let full = i64::try_from(more.len()).unwrap_or(i64::MAX) == batch;
         let before = events.len();
         events.extend(
             more.into_iter()
                 .take_while(|event| event.position.tx_id == last_tx),
         );
-        if !full || events.len() - before < usize::try_from(BATCH_SIZE).unwrap_or(usize::MAX) {
+        if !full || events.len() - before < usize::try_from(batch).unwrap_or(usize::MAX) {
             return Ok((events, true));
         }
     }
@@ -151,6 +152,33 @@ pub trait Projection: Send + Sync + 'static {
             }
             Ok(())
         }
+    }
+
+    /// What a replay carries from one batch to the next (`()` for most).
+    type Replaying: Default + Send;
+
+    /// Applies a batch during a replay. A replay runs in one transaction that nothing reads
+    /// until it commits, so a projection may hold rows back across batches in `replaying` and
+    /// write them in [`Projection::finish_replay`], as long as the rows at the end are those
+    /// [`Projection::apply_all`] would write. The default applies the batch as the projector does.
+    fn replay_all(
+        &self,
+        tx: &mut PgConnection,
+        events: &[RecordedEvent],
+        replaying: &mut Self::Replaying,
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send {
+        let _ = replaying;
+        self.apply_all(tx, events)
+    }
+
+    /// Writes what a replay held back, at its end.
+    fn finish_replay(
+        &self,
+        tx: &mut PgConnection,
+        replaying: Self::Replaying,
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send {
+        let _ = (tx, replaying);
+        async { Ok(()) }
     }
 
     /// Empties the read model, before a rebuild from the start of the log.
@@ -233,6 +261,7 @@ impl<P: Projection> Projector<P> {
             Range::Log {
                 payloads_of: P::AGGREGATE_TYPE,
             },
+            BATCH_SIZE,
         )
         .await?;
         let Some(last) = events.last().map(|event| event.position) else {

@@ -2,11 +2,14 @@
 //! `config_resource_versions`, `config_branches`), kept from the `config` streams; and the
 //! queries over them, including time travel (FR-VC-001..004).
 //!
-//! [`writer`] is the projector side that applies events to the tables; [`queries`] holds the
-//! reads the API serves, [`groups`] what a group gets. Both are re-exported here, so callers name them `config::...`.
+//! [`writer`] is the projector side that applies events to the tables, through the statements
+//! of [`tables`] (a replay holds changes back in [`held`]); [`queries`] holds the reads the API
+//! serves, [`groups`] what a group gets. Both are re-exported here, so callers name them `config::...`.
 
 pub mod groups;
+pub mod held;
 pub mod queries;
+pub mod tables;
 pub mod writer;
 
 pub use groups::group_resources;

@@ -11,38 +11,9 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use super::held::HeldChanges;
+use super::tables::{write_commit_changes, ChangeRow, Commit};
 use crate::projector::{payload_of, Projection, ProjectionError};
-
-/// Closes the open version of each changed resource (`$4` kinds and `$5` names, pairwise) of
-/// tenant `$1`'s branch `$2` at revision `$3`.
-///
-/// Each key is looked up on its own through the index of open versions (the `LATERAL` subquery
-/// with its `LIMIT` cannot be flattened into a join, so the keys drive the lookups), and the row
-/// found is updated by its physical address: the plan costs what the commit changes, whatever the
-/// table holds and whatever its statistics say. A plain join of the keys with the table let the
-/// planner pick a hash join over every version of the tenant, or worse. Held as text, not checked
-/// at compile time, so that the test of its plan (`tests/write_plans.rs`) runs this very statement.
-pub const CLOSE_OPEN_VERSIONS: &str = r"UPDATE config_resource_versions v SET valid_to = $3
-FROM UNNEST($4::text[], $5::text[]) AS u(kind, name)
-CROSS JOIN LATERAL (
-    SELECT o.ctid AS row_id FROM config_resource_versions o
-    WHERE o.tenant_id = $1 AND o.branch = $2 AND o.kind = u.kind AND o.name = u.name
-      AND o.valid_to IS NULL
-    LIMIT 1
-) AS o
-WHERE v.ctid = o.row_id";
-
-/// Removes the deleted resources (`$3` kinds and `$4` names, pairwise) from the current state of
-/// tenant `$1`'s branch `$2`, each looked up by its primary key on its own, the same way as
-/// [`CLOSE_OPEN_VERSIONS`].
-pub const DELETE_CURRENT: &str = r"DELETE FROM config_resources r
-USING UNNEST($3::text[], $4::text[]) AS u(kind, name)
-CROSS JOIN LATERAL (
-    SELECT c.ctid AS row_id FROM config_resources c
-    WHERE c.tenant_id = $1 AND c.branch = $2 AND c.kind = u.kind AND c.name = u.name
-    LIMIT 1
-) AS c
-WHERE r.ctid = c.row_id";
 
 /// Keeps the configuration read models.
 #[derive(Debug, Clone, Copy, Default)]
@@ -67,23 +38,27 @@ impl Projection for ConfigProjection {
         tx: &mut PgConnection,
         events: &[RecordedEvent],
     ) -> Result<(), ProjectionError> {
-        let mut commit = CommitRows::default();
-        for event in events {
-            let Some(payload) = payload_of::<ConfigEvent>(event, ConfigRepo::TYPE)? else {
-                continue;
-            };
-            let key = (
-                event.tenant_id,
-                event.aggregate_id.clone(),
-                revision_of(&payload),
-            );
-            if commit.key.as_ref() != Some(&key) {
-                std::mem::take(&mut commit).write(tx).await?;
-                commit.key = Some(key);
-            }
-            commit.push(event, payload);
-        }
-        commit.write(tx).await
+        write_commits(tx, events, None).await
+    }
+
+    type Replaying = HeldChanges;
+
+    /// As [`Projection::apply_all`], with changes held back (see [`HeldChanges`]).
+    async fn replay_all(
+        &self,
+        tx: &mut PgConnection,
+        events: &[RecordedEvent],
+        replaying: &mut HeldChanges,
+    ) -> Result<(), ProjectionError> {
+        write_commits(tx, events, Some(replaying)).await
+    }
+
+    async fn finish_replay(
+        &self,
+        tx: &mut PgConnection,
+        replaying: HeldChanges,
+    ) -> Result<(), ProjectionError> {
+        replaying.finish(tx).await
     }
 
     async fn reset(&self, tx: &mut PgConnection) -> Result<(), ProjectionError> {
@@ -135,6 +110,34 @@ impl Projection for ConfigProjection {
     }
 }
 
+/// Writes the commits of `events`, each with a handful of statements; a replay passes the
+/// changes it holds back.
+async fn write_commits(
+    tx: &mut PgConnection,
+    events: &[RecordedEvent],
+    mut held: Option<&mut HeldChanges>,
+) -> Result<(), ProjectionError> {
+    let mut commit = CommitRows::default();
+    for event in events {
+        let Some(payload) = payload_of::<ConfigEvent>(event, ConfigRepo::TYPE)? else {
+            continue;
+        };
+        let key = (
+            event.tenant_id,
+            event.aggregate_id.clone(),
+            revision_of(&payload),
+        );
+        if commit.key.as_ref() != Some(&key) {
+            std::mem::take(&mut commit)
+                .write(tx, held.as_deref_mut())
+                .await?;
+            commit.key = Some(key);
+        }
+        commit.push(event, payload);
+    }
+    commit.write(tx, held).await
+}
+
 /// The revision an event belongs to.
 fn revision_of(event: &ConfigEvent) -> u64 {
     match event {
@@ -160,16 +163,8 @@ struct CommitRows {
     branched: Option<(BranchPoint, DateTime<Utc>, String)>,
     /// The branch was deleted at this time.
     deleted_at: Option<DateTime<Utc>>,
-    kinds: Vec<String>,
-    names: Vec<String>,
-    changes: Vec<String>,
-    documents: Vec<Option<Value>>,
-    hashes: Vec<Option<String>>,
-    derivations: Vec<Option<Value>>,
-    /// What each changed resource refers to in other tenants, as `kind:owner/name`.
-    shared_refs: Vec<Option<Value>>,
-    recorded_at: Vec<DateTime<Utc>>,
-    actors: Vec<String>,
+    /// The changed resources.
+    rows: Vec<ChangeRow>,
 }
 
 impl CommitRows {
@@ -241,17 +236,22 @@ impl CommitRows {
             .filter(|r| shared::split_qualified(&r.name).is_some())
             .map(|r| Value::String(format!("{}:{}", r.kind, r.name)))
             .collect();
-        self.shared_refs
-            .push((!shared.is_empty()).then_some(Value::Array(shared)));
-        self.kinds.push(kind.to_string());
-        self.names.push(name);
-        self.changes.push(change.to_owned());
-        self.documents.push(document);
-        self.hashes.push(hash);
-        self.derivations
-            .push(derivation.map(|d| serde_json::to_value(d).expect("a declaration serialises")));
-        self.recorded_at.push(event.recorded_at);
-        self.actors.push(event.actor.clone());
+        let (tenant_id, branch, revision) = self.key.clone().expect("a commit's key comes first");
+        self.rows.push(ChangeRow {
+            tenant_id,
+            branch,
+            kind: kind.to_string(),
+            name,
+            revision: to_i64(revision),
+            change: change.to_owned(),
+            document,
+            hash,
+            recorded_at: event.recorded_at,
+            actor: event.actor.clone(),
+            derivation: derivation
+                .map(|d| serde_json::to_value(d).expect("a declaration serialises")),
+            shared_refs: (!shared.is_empty()).then_some(Value::Array(shared)),
+        });
     }
 
     /// The commit's row in `config_revisions`, with its number of changes.
@@ -293,152 +293,82 @@ impl CommitRows {
         Ok(())
     }
 
-    /// The branch's row in `config_branches`: created with its first commit; on deletion marked
-    /// deleted, and its current state removed (its history stays).
-    async fn write_branch(
-        &self,
+    async fn write(
+        self,
         tx: &mut PgConnection,
-        tenant_id: Uuid,
-        branch: &str,
-        revision: i64,
+        mut held: Option<&mut HeldChanges>,
     ) -> Result<(), ProjectionError> {
-        if let Some((base, at, actor)) = &self.branched {
-            sqlx::query!(
-                r#"INSERT INTO config_branches (tenant_id, name, base_branch, base_revision,
-                                                fork_revision, created_at, created_by)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7)"#,
-                tenant_id,
-                branch,
-                base.branch,
-                to_i64(base.revision),
-                revision,
-                at,
-                actor,
-            )
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(at) = self.deleted_at {
-            sqlx::query!(
-                "UPDATE config_branches SET deleted_at = $3 WHERE tenant_id = $1 AND name = $2",
-                tenant_id,
-                branch,
-                at,
-            )
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query!(
-                "DELETE FROM config_resources WHERE tenant_id = $1 AND branch = $2",
-                tenant_id,
-                branch,
-            )
-            .execute(&mut *tx)
-            .await?;
-        }
-        Ok(())
-    }
-
-    async fn write(self, tx: &mut PgConnection) -> Result<(), ProjectionError> {
         let Some((tenant_id, branch, revision)) = self.key.clone() else {
             return Ok(());
         };
         let revision = to_i64(revision);
-        let changes = i32::try_from(self.kinds.len()).unwrap_or(i32::MAX);
+        let changes = i32::try_from(self.rows.len()).unwrap_or(i32::MAX);
         self.write_header(tx, (tenant_id, &branch, revision), changes)
             .await?;
-        if changes > 0 {
-            self.write_changes(tx, tenant_id, &branch, revision).await?;
+        let commit = (tenant_id, branch.as_str(), revision);
+        let CommitRows {
+            rows,
+            branched,
+            deleted_at,
+            ..
+        } = self;
+        if !rows.is_empty() {
+            match held.as_deref_mut() {
+                Some(held) => held.take(tx, commit, rows).await?,
+                None => write_commit_changes(tx, commit, &rows).await?,
+            }
         }
         // After the changes: a deletion that shares their batch removes them too.
-        self.write_branch(tx, tenant_id, &branch, revision).await
-    }
-
-    /// The changed resources: current state and temporal table.
-    async fn write_changes(
-        &self,
-        tx: &mut PgConnection,
-        tenant_id: Uuid,
-        branch: &str,
-        revision: i64,
-    ) -> Result<(), ProjectionError> {
-        // The current state: puts upserted, deletions removed.
-        sqlx::query!(
-            r#"INSERT INTO config_resources (tenant_id, branch, kind, name, document, hash, version,
-                                             created_at, updated_at, updated_by, derivation,
-                                             shared_refs)
-               SELECT $1, $2, u.kind, u.name, u.document, u.hash, $3, u.at, u.at, u.actor, u.derivation,
-                      u.shared_refs
-               FROM UNNEST($4::text[], $5::text[], $6::jsonb[], $7::text[], $8::timestamptz[], $9::text[],
-                           $10::jsonb[], $11::jsonb[])
-                    AS u(kind, name, document, hash, at, actor, derivation, shared_refs)
-               WHERE u.document IS NOT NULL
-               ON CONFLICT (tenant_id, branch, kind, name) DO UPDATE
-               SET document = EXCLUDED.document, hash = EXCLUDED.hash, version = EXCLUDED.version,
-                   updated_at = EXCLUDED.updated_at, updated_by = EXCLUDED.updated_by,
-                   derivation = EXCLUDED.derivation, shared_refs = EXCLUDED.shared_refs"#,
-            tenant_id,
-            branch,
-            revision,
-            &self.kinds,
-            &self.names,
-            &self.documents as &[Option<Value>],
-            &self.hashes as &[Option<String>],
-            &self.recorded_at,
-            &self.actors,
-            &self.derivations as &[Option<Value>],
-            &self.shared_refs as &[Option<Value>],
-        )
-        .execute(&mut *tx)
-        .await?;
-        let (deleted_kinds, deleted_names): (Vec<&str>, Vec<&str>) = self
-            .changes
-            .iter()
-            .zip(self.kinds.iter().zip(&self.names))
-            .filter(|(change, _)| *change == "deleted")
-            .map(|(_, (kind, name))| (kind.as_str(), name.as_str()))
-            .unzip();
-        if !deleted_kinds.is_empty() {
-            sqlx::query(DELETE_CURRENT)
-                .bind(tenant_id)
-                .bind(branch)
-                .bind(&deleted_kinds as &[&str])
-                .bind(&deleted_names as &[&str])
-                .execute(&mut *tx)
-                .await?;
+        write_branch(tx, commit, branched.as_ref(), deleted_at).await?;
+        if let (Some(held), Some(_)) = (held, deleted_at) {
+            held.branch_deleted(tenant_id, &branch);
         }
-        // The temporal table: close each resource's open version, then open the new ones.
-        sqlx::query(CLOSE_OPEN_VERSIONS)
-            .bind(tenant_id)
-            .bind(branch)
-            .bind(revision)
-            .bind(&self.kinds)
-            .bind(&self.names)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query!(
-            r#"INSERT INTO config_resource_versions (tenant_id, branch, kind, name, valid_from, change,
-                                                     document, hash, recorded_at, actor, derivation)
-               SELECT $1, $2, u.kind, u.name, $3, u.change, u.document, u.hash, u.at, u.actor,
-                      u.derivation
-               FROM UNNEST($4::text[], $5::text[], $6::text[], $7::jsonb[], $8::text[],
-                           $9::timestamptz[], $10::text[], $11::jsonb[])
-                    AS u(kind, name, change, document, hash, at, actor, derivation)"#,
-            tenant_id,
-            branch,
-            revision,
-            &self.kinds,
-            &self.names,
-            &self.changes,
-            &self.documents as &[Option<Value>],
-            &self.hashes as &[Option<String>],
-            &self.recorded_at,
-            &self.actors,
-            &self.derivations as &[Option<Value>],
-        )
-        .execute(&mut *tx)
-        .await?;
         Ok(())
     }
+}
+
+/// The branch's row in `config_branches`: created with its first commit; on deletion marked
+/// deleted, and its current state removed (its history stays).
+async fn write_branch(
+    tx: &mut PgConnection,
+    (tenant_id, branch, revision): Commit<'_>,
+    branched: Option<&(BranchPoint, DateTime<Utc>, String)>,
+    deleted_at: Option<DateTime<Utc>>,
+) -> Result<(), ProjectionError> {
+    if let Some((base, at, actor)) = branched {
+        sqlx::query!(
+            r#"INSERT INTO config_branches (tenant_id, name, base_branch, base_revision,
+                                                fork_revision, created_at, created_by)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7)"#,
+            tenant_id,
+            branch,
+            base.branch,
+            to_i64(base.revision),
+            revision,
+            at,
+            actor,
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    if let Some(at) = deleted_at {
+        sqlx::query!(
+            "UPDATE config_branches SET deleted_at = $3 WHERE tenant_id = $1 AND name = $2",
+            tenant_id,
+            branch,
+            at,
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query!(
+            "DELETE FROM config_resources WHERE tenant_id = $1 AND branch = $2",
+            tenant_id,
+            branch,
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
 }
 
 fn to_i64(revision: u64) -> i64 {

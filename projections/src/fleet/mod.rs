@@ -26,6 +26,7 @@ pub struct FleetProjection;
 impl Projection for FleetProjection {
     const NAME: &'static str = "fleet";
     const AGGREGATE_TYPE: &'static str = Vm::TYPE;
+    type Replaying = ();
 
     async fn apply(
         &self,
