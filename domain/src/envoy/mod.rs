@@ -7,6 +7,7 @@
 //! lengths) are then checked on the decoded message. What is stored is the canonical form: the
 //! decoded message serialised back, so equal configurations are equal bytes.
 
+mod enum_case;
 #[cfg(feature = "sqlx")]
 mod kind_sql;
 mod rules;
@@ -205,7 +206,8 @@ pub fn validate(kind: ResourceKind, json: &Value) -> Result<ValidResource, Vec<V
             message: format!("a {kind} is not an Envoy resource"),
         }]);
     };
-    let message = decode(descriptor, json)?;
+    let json = enum_case::exact_enum_names(&descriptor, json);
+    let message = decode(descriptor, &json)?;
     let mut violations = Vec::new();
     rules::check(&message, &mut String::new(), &mut violations);
     let name = message
@@ -307,5 +309,7 @@ pub fn canonical_json(message: &DynamicMessage) -> Value {
         .expect("a decoded message serialises")
 }
 
+#[cfg(test)]
+mod envoy_code_tests;
 #[cfg(test)]
 mod tests;

@@ -4,13 +4,17 @@
 //! greater than zero, a port at most 65535, a cluster name in a load assignment non-empty, one of
 //! a oneof set. They are read from the descriptor pool itself, so every rule of every message and
 //! extension applies, not a hand-picked list. Not checked: `pattern` and `well_known` string rules
-//! (regular expressions in RE2's dialect) and `unique` on repeated fields.
+//! (regular expressions in RE2's dialect) and `unique` on repeated fields. What Envoy checks in its
+//! own code beyond these rules (a filter without its configuration, a `safe_regex` that does not
+//! compile, a domain claimed twice, a protocol options key naming no extension) is in
+//! `rules/envoy_code.rs`.
 //!
 //! This file walks a message: each field, each list item and map entry, and the message an `Any`
 //! carries, keeping the JSON pointer of where it stands. What each kind of rule demands of one
 //! value (numbers, strings, lengths, durations, repeated fields, maps, `Any` types) is in
 //! `rules/per_type.rs`.
 
+mod envoy_code;
 mod per_type;
 
 use std::sync::LazyLock;
@@ -55,6 +59,7 @@ pub(super) fn check(message: &DynamicMessage, pointer: &mut String, out: &mut Ve
             );
         }
     }
+    envoy_code::check(message, pointer, out);
     for field in desc.fields() {
         let length = pointer.len();
         pointer.push('/');
