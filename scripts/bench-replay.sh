@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Replay benchmark (issue 14): times `efms replay` of every read model on the database a run of
 # `EFMS_BENCH_EVENTS=1000000 EFMS_BENCH_REPLAY=0 scripts/bench-scale.sh` left (efms_bench_scale),
-# for each build given, alternately, EFMS_BENCH_ROUNDS times (default 1). Prints one line per
+# for each build given, alternately, EFMS_BENCH_ROUNDS times (default 1), each from compact
+# tables (VACUUM FULL first). Prints one line per
 # replay: the build, seconds in all and per read model; with pg_stat_statements loaded, the
 # statements that took longest follow each line.
 # Usage: scripts/bench-replay.sh /path/to/efms-a [/path/to/efms-b ...]
@@ -15,7 +16,9 @@ export EFMS_MASTER_KEY
 for round in $(seq 1 "${EFMS_BENCH_ROUNDS:-1}"); do
   for bin in "$@"; do
     [ "$STATS" = 1 ] && psql -qAt "$URL" -c "SELECT pg_stat_statements_reset()" >/dev/null
-    psql -q "$URL" -c "CHECKPOINT"
+    # Each replay deletes and writes every row again: start each from compact tables, or the
+    # dead rows of the one before slow it down.
+    psql -q "$URL" -c "VACUUM FULL config_resource_versions, config_resources, config_revisions" -c "CHECKPOINT"
     log=$(mktemp)
     start=$(date +%s.%N)
     DATABASE_URL=$URL EFMS_LOG=info NO_COLOR=1 "$bin" replay > "$log" 2>&1
