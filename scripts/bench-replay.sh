@@ -10,7 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 1 ] || { echo "usage: $0 EFMS_BINARY..." >&2; exit 2; }
 URL=postgres://postgres@127.0.0.1:5432/efms_bench_scale
-STATS=$(psql -qAt "$URL" -c "SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'" 2>/dev/null || true)
+# Statement times only when the library is loaded and the extension created in the database.
+STATS=$(psql -qAt "$URL" -c "SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'
+  AND current_setting('shared_preload_libraries') LIKE '%pg_stat_statements%'" 2>/dev/null || true)
 EFMS_MASTER_KEY=$(head -c 32 /dev/urandom | base64 | tr -d '\n')
 export EFMS_MASTER_KEY
 for round in $(seq 1 "${EFMS_BENCH_ROUNDS:-1}"); do
