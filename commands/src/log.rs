@@ -138,7 +138,59 @@ pub async fn read_tenant_after(
     rows.into_iter().map(EventRow::recorded).collect()
 }
 
+/// The end of the readable log: the position of the last event whose transaction is older than
+/// every running one ([`Position::START`] when there is none). No event can be added at or before
+/// it any more, so a read up to it always gives the same events.
+pub async fn readable_end(conn: &mut PgConnection) -> Result<Position, sqlx::Error> {
+    let last: Option<(String, i64)> = sqlx::query_as(
+        "SELECT tx_id::text, global_position
+         FROM events
+         WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())
+         ORDER BY tx_id DESC, global_position DESC
+         LIMIT 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    match last {
+        None => Ok(Position::START),
+        Some((tx_id, global_position)) => Position::from_columns(&tx_id, global_position)
+            .map_err(|error| sqlx::Error::Decode(Box::new(error))),
+    }
+}
+
+/// Reads up to `limit` events of one aggregate type, of every tenant, after `after` and up to
+/// `upto` (included), in commit order: a rebuild of a read model that ignores other aggregates
+/// neither fetches nor skips their events.
+pub async fn read_aggregate_type_after(
+    conn: &mut PgConnection,
+    aggregate_type: &str,
+    (after, upto): (Position, Position),
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    let rows: Vec<EventRow> = sqlx::query_as(
+        "SELECT tenant_id, aggregate_type, aggregate_id, sequence, event_type, event_version,
+                payload, metadata, event_id, actor, recorded_at, global_position,
+                tx_id::text AS tx_id
+         FROM events
+         WHERE aggregate_type = $1
+           AND (tx_id, global_position) > ($2::text::xid8, $3::bigint)
+           AND (tx_id, global_position) <= ($4::text::xid8, $5::bigint)
+         ORDER BY tx_id, global_position
+         LIMIT $6",
+    )
+    .bind(aggregate_type)
+    .bind(after.tx_id.to_string())
+    .bind(after.global_position)
+    .bind(upto.tx_id.to_string())
+    .bind(upto.global_position)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.into_iter().map(EventRow::recorded).collect()
+}
+
 /// An event as a log read selects it.
+#[derive(sqlx::FromRow)]
 struct EventRow {
     tenant_id: Uuid,
     aggregate_type: String,

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use efms_commands::log::{read_after, read_tenant_after};
+use efms_commands::log::{read_after, read_aggregate_type_after, read_tenant_after};
 use efms_commands::{LogDoorbell, Position, RecordedEvent, Scope, SharedDoorbell};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
@@ -59,6 +59,13 @@ pub(crate) enum Range {
         /// The aggregate type whose events' payloads are read.
         payloads_of: &'static str,
     },
+    /// Every tenant's events of one aggregate type, up to a position (included).
+    AggregateType {
+        /// The aggregate type.
+        aggregate_type: &'static str,
+        /// The last position read.
+        upto: Position,
+    },
     /// One tenant's, up to a position (included).
     Tenant {
         /// The tenant.
@@ -69,7 +76,7 @@ pub(crate) enum Range {
 }
 
 impl Range {
-    async fn read(
+    pub(crate) async fn read(
         self,
         conn: &mut PgConnection,
         after: Position,
@@ -77,6 +84,10 @@ impl Range {
     ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
         match self {
             Range::Log { payloads_of } => read_after(conn, after, limit, Some(payloads_of)).await,
+            Range::AggregateType {
+                aggregate_type,
+                upto,
+            } => read_aggregate_type_after(conn, aggregate_type, (after, upto), limit).await,
             Range::Tenant { tenant_id, upto } => {
                 read_tenant_after(conn, tenant_id, (after, upto), limit).await
             }

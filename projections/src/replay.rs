@@ -3,14 +3,19 @@
 //! A replay runs in one transaction that holds the projection's checkpoint, so the running
 //! projectors (of every tenant) wait for it and readers see the old rows until the new ones are
 //! complete: a replay never shows an empty or half-built read model, and writes that wait for
-//! the read models wait for it. In-memory caches of running servers are not told of a replay. Of every tenant, it empties the read model and
-//! applies the whole log up to its end, which becomes the checkpoint. Of one tenant, it empties
+//! the read models wait for it. In-memory caches of running servers are not told of a replay.
+//! Of every tenant, it empties the read model and applies the log's events of the projection's
+//! aggregate type up to the log's readable end, which becomes the checkpoint. Of one tenant, it empties
 //! that tenant's rows and applies that tenant's events up to the checkpoint; the other tenants'
 //! rows are not touched and the projector goes on from where it stood.
 
 use std::time::{Duration, Instant};
 
-use efms_commands::{Position, Scope};
+use efms_commands::log::readable_end;
+use efms_commands::{Position, RecordedEvent, Scope};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::projector::{lock_checkpoint, store_checkpoint, whole_transactions, Range};
@@ -66,8 +71,10 @@ impl<P: Projection> Projector<P> {
         let range = match rebuild {
             Rebuild::All => {
                 self.projection().reset(&mut tx).await?;
-                Range::Log {
-                    payloads_of: P::AGGREGATE_TYPE,
+                // Up to where the log is readable now; what follows is the projector's.
+                Range::AggregateType {
+                    aggregate_type: P::AGGREGATE_TYPE,
+                    upto: readable_end(&mut tx).await?,
                 }
             }
             Rebuild::Tenant(tenant_id) => {
@@ -78,27 +85,24 @@ impl<P: Projection> Projector<P> {
                 }
             }
         };
-        let mut from = Position::START;
-        let mut events = 0;
-        loop {
-            let (batch, _) = whole_transactions(&mut tx, from, range, REPLAY_BATCH).await?;
-            let Some(last) = batch.last().map(|event| event.position) else {
-                break;
-            };
-            self.projection()
-                .replay_all(&mut tx, &batch, &mut replaying)
-                .await?;
-            from = last;
-            events += u64::try_from(batch.len()).unwrap_or(u64::MAX);
-            progress(events);
+        let (mut batches, reader) = read_ahead(self.pool().clone(), range);
+        let applied = self
+            .apply_batches(&mut tx, &mut batches, &mut replaying, progress)
+            .await;
+        if applied.is_err() {
+            reader.abort();
         }
+        let events = applied?;
+        reader.await.map_err(|stopped| {
+            ProjectionError::Database(sqlx::Error::Io(std::io::Error::other(stopped)))
+        })??;
         self.projection().finish_replay(&mut tx, replaying).await?;
-        let position = match rebuild {
-            Rebuild::All => {
-                store_checkpoint(&mut tx, P::NAME, from).await?;
-                from
+        let position = match range {
+            Range::AggregateType { upto, .. } => {
+                store_checkpoint(&mut tx, P::NAME, upto).await?;
+                upto
             }
-            Rebuild::Tenant(_) => checkpoint,
+            _ => checkpoint,
         };
         tx.commit().await?;
         Ok(Replayed {
@@ -107,6 +111,56 @@ impl<P: Projection> Projector<P> {
             elapsed: started.elapsed(),
         })
     }
+
+    /// Applies the batches `read_ahead` reads, as they come; the count applied.
+    async fn apply_batches(
+        &self,
+        tx: &mut PgConnection,
+        batches: &mut mpsc::Receiver<Vec<RecordedEvent>>,
+        replaying: &mut P::Replaying,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<u64, ProjectionError> {
+        let mut events = 0;
+        while let Some(batch) = batches.recv().await {
+            self.projection()
+                .replay_all(&mut *tx, &batch, replaying)
+                .await?;
+            events += u64::try_from(batch.len()).unwrap_or(u64::MAX);
+            progress(events);
+        }
+        Ok(events)
+    }
+}
+
+/// Reads `range` a batch at a time on a connection of its own, one batch ahead of the one being
+/// applied, so that Postgres reading and efms decoding the log overlap with applying it. The
+/// range ends at a position no event can be added before, so this connection reads what the
+/// replay's own would.
+fn read_ahead(
+    pool: PgPool,
+    range: Range,
+) -> (
+    mpsc::Receiver<Vec<RecordedEvent>>,
+    JoinHandle<Result<(), sqlx::Error>>,
+) {
+    let (batches, received) = mpsc::channel(1);
+    let reader = tokio::spawn(async move {
+        let mut tx = Scope::System.begin(&pool).await?;
+        let mut from = Position::START;
+        loop {
+            let (batch, _) = whole_transactions(&mut tx, from, range, REPLAY_BATCH).await?;
+            let Some(last) = batch.last().map(|event| event.position) else {
+                break;
+            };
+            from = last;
+            if batches.send(batch).await.is_err() {
+                // The replay stopped.
+                break;
+            }
+        }
+        tx.commit().await
+    });
+    (received, reader)
 }
 
 /// Below this many events (by the statistics), [`events_to_replay`] counts them.
