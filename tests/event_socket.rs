@@ -1,7 +1,8 @@
 //! The event feed over a WebSocket and with tickets (DEV-AX-005, ADR 0014): a client sees each
 //! commit once, in order, whether it authenticates with a header or (as a browser must) with the
 //! subprotocol `bearer.<token>`; resuming from the last cursor yields exactly the events it
-//! missed; a ticket opens its own tenant's streams only, and nothing else.
+//! missed; a client that stops reading is cut with 4008 and its cursor; a ticket opens its own
+//! tenant's streams only, and nothing else.
 
 use std::time::Duration;
 
@@ -205,4 +206,127 @@ async fn a_ticket_opens_its_tenants_event_stream_only_and_is_no_bearer_token(poo
             "{path} with the ticket as a bearer token"
         );
     }
+}
+
+/// Opens the tenant's event WebSocket on a connection that carries little at a time (small
+/// segments, a small receive buffer), so that the server's buffers for it fill after a few
+/// hundred kilobytes when it does not read.
+async fn connect_narrow(app: &TestApp, token: &str) -> Socket {
+    let address: std::net::SocketAddr = app
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the test server listens on an address");
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket2::SockRef::from(&socket).set_tcp_mss(536).unwrap();
+    let stream = socket.connect(address).await.unwrap();
+    let mut request = format!("{}{BASE}/events/ws", app.base.replacen("http", "ws", 1))
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (socket, _) =
+        tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+    socket
+}
+
+/// How many event WebSockets the server has cut for being too slow, by its metrics.
+async fn websockets_cut(app: &TestApp) -> u64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix("efms_event_readers_cut_total{transport=\"websocket\"} ")
+        })
+        .map_or(0, |count| count.trim().parse().unwrap())
+}
+
+/// One commit of 100 new clusters with long names: an event of about 25 KB.
+async fn commit_a_hundred(app: &TestApp, round: usize) {
+    let operations: Vec<Value> = (0..100)
+        .map(|i| {
+            let name = format!("{round:04}-{i:03}-{}", "x".repeat(200));
+            json!({ "op": "create", "kind": "clusters", "resource": cluster(&name) })
+        })
+        .collect();
+    let answer = app
+        .post(
+            &format!("{BASE}/bulk"),
+            &json!({ "operations": operations }),
+        )
+        .await;
+    assert!(answer.status < 300, "{}", answer.body);
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_client_that_stops_reading_is_cut_with_4008_and_its_cursor_and_resumes_from_it_exactly_once(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn(pool).await;
+    app.create_tenant("acme", "Acme").await;
+    let token = app.token(Role::Viewer, Some("acme"));
+    let mut slow = connect_narrow(&app, &token).await;
+    // Commits until the server gives up on the client (its patience: 10 s without progress).
+    let mut commits = 0;
+    let mut waited = 0;
+    while websockets_cut(&app).await == 0 {
+        if commits < 200 {
+            commit_a_hundred(&app, commits).await;
+            commits += 1;
+        } else {
+            assert!(waited < 300, "the client was never cut");
+            waited += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Reading again at once: what was queued for it, then the close with 4008 and the cursor of
+    // the last event it was given.
+    let mut seen = Vec::new();
+    let close = loop {
+        let message = tokio::time::timeout(PATIENCE, slow.next())
+            .await
+            .expect("the queued events and the close in time")
+            .expect("the socket ends with a close frame")
+            .unwrap();
+        match message {
+            Message::Text(text) => seen.push(serde_json::from_str::<Value>(&text).unwrap()),
+            Message::Close(frame) => break frame.expect("a close frame with a code"),
+            _ => {}
+        }
+    };
+    assert_eq!(u16::from(close.code), 4008, "{close:?}");
+    assert!(
+        !seen.is_empty(),
+        "some events were taken before the client stalled"
+    );
+    assert!(
+        seen.len() < commits,
+        "the client was cut before it had everything"
+    );
+    assert_eq!(
+        close.reason.as_str(),
+        seen.last().unwrap()["cursor"].as_str().unwrap(),
+        "the close names the last event given"
+    );
+    let given = i64::try_from(seen.len()).unwrap();
+    assert_eq!(revisions(&seen), (1..=given).collect::<Vec<_>>());
+
+    // Resumed from that cursor: the rest, once each, in order.
+    let mut resumed = connect(&app, Auth::Header(&token), Some(close.reason.as_str())).await;
+    let rest = next_events(&mut resumed, commits - seen.len()).await;
+    let all = i64::try_from(commits).unwrap();
+    assert_eq!(revisions(&rest), (given + 1..=all).collect::<Vec<_>>());
+    let nothing_more = tokio::time::timeout(Duration::from_millis(500), resumed.next()).await;
+    assert!(nothing_more.is_err(), "no event twice: {nothing_more:?}");
 }

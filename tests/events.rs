@@ -291,3 +291,77 @@ async fn a_live_stream_sees_each_commit_and_resumes_after_its_last_event_id_exac
     let problem: Value = refused.json().await.unwrap();
     assert_eq!(problem["errors"][0]["parameter"], "since");
 }
+
+/// The cursor of the newest event of `base`'s feed.
+async fn newest_cursor(app: &TestApp, base: &str) -> String {
+    let page = page(app, base, "limit=500").await;
+    let items = page["items"].as_array().unwrap();
+    items.last().unwrap()["cursor"].as_str().unwrap().to_owned()
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_cursor_older_than_facts_that_aged_out_is_answered_410_by_every_reader_and_a_later_one_reads_on(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn(pool.clone()).await;
+    app.create_tenant("acme", "Acme").await;
+    app.create_tenant("umbrella", "Umbrella").await;
+    commit_cluster(&app, "a").await;
+    let umbrella = "/api/v1/tenants/umbrella";
+    let answer = app
+        .put(&format!("{umbrella}/clusters/u"), &cluster("u"), &[])
+        .await;
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    all_of(&app, 1).await;
+    let before = newest_cursor(&app, BASE).await;
+    let umbrella_before = newest_cursor(&app, umbrella).await;
+
+    // A fact of acme's from 40 days ago, then the upkeep with 30 days of retention drops its day.
+    sqlx::query("SELECT efms_fleet_daily_partitions(ARRAY['feed_facts'], 60, 2)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let acme = efms_domain::TenantSlug::parse("acme").unwrap().tenant_id();
+    sqlx::query(
+        "INSERT INTO feed_facts (tenant_id, type, at, payload)
+         VALUES ($1, 'job.finished', now() - interval '40 days', '{}')",
+    )
+    .bind(acme)
+    .execute(&pool)
+    .await
+    .unwrap();
+    efms_commands::fleet::rollups::maintain_feed_facts(&pool, 30)
+        .await
+        .unwrap();
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM feed_facts WHERE tenant_id = $1")
+        .bind(acme)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, 0, "the aged-out fact is dropped");
+
+    let gone = app.get(&format!("{BASE}/events?since={before}")).await;
+    assert_eq!(gone.status, 410, "{}", gone.body);
+    assert_eq!(gone.body["errors"][0]["parameter"], "since");
+    assert!(
+        gone.body["type"].as_str().unwrap().ends_with("gone"),
+        "{}",
+        gone.body
+    );
+    let socket = app.get(&format!("{BASE}/events/ws?since={before}")).await;
+    assert_eq!(socket.status, 410, "{}", socket.body);
+    let stream = SseReader::open(&app, Some(&before)).await;
+    assert_eq!(stream.status(), 410);
+
+    // From the beginning, from a cursor handed out after the horizon, and another tenant's
+    // cursor from before it (none of its facts aged out): all read on.
+    page(&app, BASE, "").await;
+    commit_cluster(&app, "b").await;
+    let after = eventually(Duration::from_secs(30), "the new commit", || async {
+        let newest = newest_cursor(&app, BASE).await;
+        (newest != before).then_some(newest)
+    })
+    .await;
+    page(&app, BASE, &format!("since={after}")).await;
+    page(&app, umbrella, &format!("since={umbrella_before}")).await;
+}

@@ -85,6 +85,15 @@ pub enum ApiError {
         /// When a retry may succeed.
         retry_after_seconds: u32,
     },
+    /// 410: what the request names existed but is gone for good (a feed cursor older than the
+    /// feed's retention).
+    #[error("{detail}")]
+    Gone {
+        /// What is gone.
+        detail: String,
+        /// Where it was named.
+        errors: Vec<FieldError>,
+    },
     /// 412: `If-Match` names a version that is no longer current.
     #[error("{0}")]
     PreconditionFailed(String),
@@ -128,6 +137,7 @@ impl ApiError {
             ApiError::MergeConflict { .. } => {
                 (StatusCode::CONFLICT, "merge-conflict", "Merge conflict")
             }
+            ApiError::Gone { .. } => (StatusCode::GONE, "gone", "Gone"),
             ApiError::PreconditionFailed(_) => (
                 StatusCode::PRECONDITION_FAILED,
                 "precondition-failed",
@@ -185,7 +195,9 @@ impl ApiError {
     fn problem_body(&self) -> Problem<'_> {
         let (status, kind, title) = self.parts();
         let errors: &[FieldError] = match self {
-            ApiError::BadRequest { errors, .. } | ApiError::Validation(errors) => errors,
+            ApiError::BadRequest { errors, .. }
+            | ApiError::Gone { errors, .. }
+            | ApiError::Validation(errors) => errors,
             _ => &[],
         };
         let detail = match self {

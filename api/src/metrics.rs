@@ -50,6 +50,13 @@ pub struct ContainerLabels {
     pub health: String,
 }
 
+/// Labels of the live event readers' counters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReaderLabels {
+    /// `websocket` or `sse`.
+    pub transport: &'static str,
+}
+
 /// The process's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -72,6 +79,8 @@ pub struct Metrics {
     pub fleet_vms: Family<VmLabels, Gauge>,
     /// Containers not gone, by state and health, across tenants (read at each scrape).
     pub fleet_containers: Family<ContainerLabels, Gauge>,
+    /// Live event readers cut for being too slow, by transport.
+    pub event_readers_cut: Family<ReaderLabels, Counter>,
 }
 
 impl Metrics {
@@ -127,6 +136,12 @@ impl Metrics {
             "Envoy containers on the VMs, by state and health (gone ones left out)",
             fleet_containers.clone(),
         );
+        let event_readers_cut = Family::<ReaderLabels, Counter>::default();
+        registry.register(
+            "event_readers_cut",
+            "Live event readers (WebSocket, Server-Sent Events) cut for taking an event too slowly",
+            event_readers_cut.clone(),
+        );
         Arc::new(Self {
             registry,
             http_requests,
@@ -139,7 +154,15 @@ impl Metrics {
             http_connections_refused,
             fleet_vms,
             fleet_containers,
+            event_readers_cut,
         })
+    }
+
+    /// Counts a live event reader of `transport` cut for being too slow.
+    pub fn event_reader_cut(&self, transport: &'static str) {
+        self.event_readers_cut
+            .get_or_create(&ReaderLabels { transport })
+            .inc();
     }
 
     /// Sets the fleet's gauges to `counts`.

@@ -51,6 +51,7 @@ pub struct SocketParams {
     params(("tenant" = String, Path, description = "Tenant slug"), SocketParams),
     responses((status = 101, description = "A WebSocket: each message an event as the page route shows it; closed with 4008 and the last cursor when the client is too slow"),
         (status = 400, description = "A cursor not handed out for this tenant, or not a WebSocket request", body = crate::problem::Problem),
+        (status = 410, description = "A cursor older than the feed's retention: events after it have aged out", body = crate::problem::Problem),
         (status = 422, description = "An unknown type", body = crate::problem::Problem)))]
 pub async fn socket(
     State(state): State<AppState>,
@@ -82,6 +83,7 @@ pub async fn socket(
 async fn serve(state: AppState, reader: Follow, socket: WebSocket) {
     let tenant_id = reader.tenant_id;
     let seal = state.jwt.cursors().clone();
+    let metrics = state.metrics.clone();
     let (sink, mut incoming) = socket.split();
     let sink = std::sync::Arc::new(tokio::sync::Mutex::new(sink));
     // The client says nothing but close; pings are answered by the socket itself.
@@ -115,6 +117,7 @@ async fn serve(state: AppState, reader: Follow, socket: WebSocket) {
     let (code, why) = match ended {
         Handed::TooSlow => {
             tracing::info!(%tenant_id, "an event WebSocket's client is too slow: cut");
+            metrics.event_reader_cut("websocket");
             (TOO_SLOW, "too slow")
         }
         Handed::Gone | Handed::Taken | Handed::QueuedTooSlow => (1001, "going away"),

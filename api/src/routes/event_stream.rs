@@ -154,6 +154,7 @@ where
         ("Last-Event-ID" = Option<String>, Header, description = "The cursor to resume after")),
     responses((status = 200, description = "text/event-stream: `id` the cursor, `event` the type, `data` the event as the page route shows it", content_type = "text/event-stream", body = String),
         (status = 400, description = "A cursor not handed out for this tenant", body = crate::problem::Problem),
+        (status = 410, description = "A cursor older than the feed's retention: events after it have aged out", body = crate::problem::Problem),
         (status = 422, description = "An unknown type", body = crate::problem::Problem)))]
 pub async fn stream(
     State(state): State<AppState>,
@@ -190,9 +191,11 @@ pub async fn stream(
                 }
             }
         };
+        let metrics = state.metrics.clone();
         let (ended, _) = follow(state, reader, hand, async move { closed.closed().await }).await;
         if ended == Handed::TooSlow {
             tracing::info!(%tenant_id, "an event stream's client is too slow: cut");
+            metrics.event_reader_cut("sse");
         }
     });
     let events = futures::stream::unfold(receiver, |mut receiver| async move {

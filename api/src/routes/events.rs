@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use efms_domain::feed::{CursorSeal, FeedPosition, EVENT_TYPES};
-use efms_projections::feed::{is_ahead, read_feed, FeedEvent};
+use efms_projections::feed::{has_aged_out, is_ahead, read_feed, FeedEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -67,7 +67,8 @@ impl FeedEventView {
 }
 
 /// Where a read resumes: after `cursor` (a 400 naming `since` when it was not handed out for
-/// `tenant_id`, or lies ahead of the feed), or from the beginning.
+/// `tenant_id`, or lies ahead of the feed; a 410 when events after it have aged out), or from
+/// the beginning.
 pub(crate) async fn resume_after(
     state: &AppState,
     tenant_id: Uuid,
@@ -89,6 +90,14 @@ pub(crate) async fn resume_after(
         return Err(refused(
             "lies ahead of the feed: it was not handed out by this database".to_owned(),
         ));
+    }
+    if has_aged_out(&state.pool, tenant_id, at).await? {
+        let problem = "is older than the feed's retention: events after it have aged out; read \
+                       again from the beginning (without `since`)";
+        return Err(ApiError::Gone {
+            detail: format!("the cursor `since` {problem}"),
+            errors: vec![FieldError::parameter("since", problem)],
+        });
     }
     Ok(at)
 }
@@ -135,6 +144,7 @@ pub struct EventsPage {
     params(("tenant" = String, Path, description = "Tenant slug"), EventsParams),
     responses((status = 200, description = "The events after the cursor", body = EventsPage),
         (status = 400, description = "A cursor not handed out for this tenant", body = crate::problem::Problem),
+        (status = 410, description = "A cursor older than the feed's retention: events after it have aged out", body = crate::problem::Problem),
         (status = 422, description = "Unknown type or bad limit", body = crate::problem::Problem)))]
 pub async fn list(
     State(state): State<AppState>,

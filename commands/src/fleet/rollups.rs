@@ -78,9 +78,26 @@ pub async fn maintain_rollups(pool: &PgPool, keep_days: i32) -> Result<i32, sqlx
 }
 
 /// Creates the event feed's facts' daily partitions ahead (their writers, triggers of the status
-/// and job tables, have nowhere to write without them) and drops those older than `keep_days`.
+/// and job tables, have nowhere to write without them) and drops those older than `keep_days`,
+/// first moving each tenant's feed horizon past the last fact they hold, so that a cursor before
+/// it is told that facts are gone rather than skipping them.
 pub async fn maintain_feed_facts(pool: &PgPool, keep_days: i32) -> Result<i32, sqlx::Error> {
     let mut tx = Scope::System.begin(pool).await?;
+    // The partition of a day holds the facts from its midnight (UTC) to the next: those the
+    // function below drops are exactly the facts older than midnight `keep_days` days ago.
+    sqlx::query(
+        "INSERT INTO feed_horizons (tenant_id, tx_id, position)
+         SELECT DISTINCT ON (tenant_id) tenant_id, tx_id, position
+         FROM feed_facts
+         WHERE at < ((now() AT TIME ZONE 'UTC')::date - $1)::timestamp AT TIME ZONE 'UTC'
+         ORDER BY tenant_id, tx_id DESC, position DESC
+         ON CONFLICT (tenant_id) DO UPDATE
+         SET tx_id = excluded.tx_id, position = excluded.position, dropped_at = now()
+         WHERE (excluded.tx_id, excluded.position) > (feed_horizons.tx_id, feed_horizons.position)",
+    )
+    .bind(keep_days)
+    .execute(&mut *tx)
+    .await?;
     let changed = sqlx::query_scalar!(
         r#"SELECT efms_fleet_daily_partitions(ARRAY['feed_facts'], $1, 2) AS "changed!""#,
         keep_days

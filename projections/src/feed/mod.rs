@@ -66,6 +66,29 @@ pub async fn is_ahead(pool: &PgPool, at: FeedPosition) -> Result<bool, sqlx::Err
     .await
 }
 
+/// Whether facts of `tenant_id` after `at` have aged out of the feed (`EFMS_FEED_RETENTION_DAYS`):
+/// reading on from `at` would miss them.
+pub async fn has_aged_out(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    at: FeedPosition,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
+    let aged_out = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM feed_horizons
+                        WHERE tenant_id = $1
+                          AND (tx_id::text::bigint, 1, position) > ($2, $3, $4))",
+    )
+    .bind(tenant_id)
+    .bind(at.tx_id)
+    .bind(at.source as i32)
+    .bind(at.position)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(aged_out)
+}
+
 /// Up to `limit` of `tenant_id`'s events after `after`, in order.
 pub async fn read_feed(
     pool: &PgPool,
