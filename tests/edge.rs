@@ -155,8 +155,7 @@ async fn anonymous_refusals_add_a_bounded_number_of_rows_to_a_tenants_trail(pool
     }
     let rows = trail(&app, "&outcome=denied").await;
     assert_eq!(rows.len(), ANONYMOUS_PER_TENANT as usize);
-    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap();
-    let text = metrics.text().await.unwrap();
+    let text = app.metrics_text().await;
     let unrecorded = format!(
         "efms_audit_anonymous_refusals_unrecorded_total {}",
         sent - ANONYMOUS_PER_TENANT
@@ -196,15 +195,7 @@ async fn made_up_methods_add_no_metrics_series(pool: PgPool) {
             .await
             .unwrap();
     }
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     assert!(!text.contains("BREW") && !text.contains("WHEN") && !text.contains("XXXX"));
     assert!(text.contains("method=\"other\""), "{text}");
 }

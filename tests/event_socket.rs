@@ -236,15 +236,7 @@ async fn connect_narrow(app: &TestApp, token: &str) -> Socket {
 
 /// How many event WebSockets the server has cut for being too slow, by its metrics.
 async fn websockets_cut(app: &TestApp) -> u64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     text.lines()
         .find_map(|line| {
             line.strip_prefix("efms_event_readers_cut_total{transport=\"websocket\"} ")

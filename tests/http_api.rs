@@ -356,15 +356,7 @@ async fn unknown_routes_and_methods_answer_problem_json(pool: PgPool) {
 async fn metrics_count_requests_by_route_template(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     app.create_tenant("acme", "Acme").await;
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     assert!(
         text.contains(
             r#"efms_http_requests_total{method="POST",route="/api/v1/tenants",status="201"} 1"#

@@ -395,15 +395,7 @@ async fn a_statistics_stream_that_is_not_a_proxys_own_is_refused_counted_and_sto
     assert_eq!(stored_rows(&pool, "acme").await, 0);
     assert_eq!(stored_rows(&pool, "globex").await, 0);
 
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     for reason in ["token", "identity", "oversize"] {
         let line = format!("telemetry_refused_streams_total{{reason=\"{reason}\"}}");
         assert!(metrics.contains(&line), "{line} in /metrics:\n{metrics}");

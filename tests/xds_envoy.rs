@@ -260,16 +260,7 @@ async fn basic_scenario_reaches_upstream_a(pool: PgPool, protocol: &str, version
         assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
     }
     assert!(fleet.a.hits() >= 5);
-    let metrics = fleet
-        .app
-        .client
-        .get(fleet.app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = fleet.app.metrics_text().await;
     assert!(metrics.contains("efms_xds_streams 1"), "{metrics}");
     assert!(
         metrics.contains(&format!(
@@ -542,15 +533,7 @@ async fn a_stream_without_a_valid_token_is_refused(pool: PgPool, protocol: &str)
         PATIENCE,
         "the control plane to refuse Envoy's stream",
         || async {
-            let metrics = app
-                .client
-                .get(app.url("/metrics"))
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
+            let metrics = app.metrics_text().await;
             metrics
                 .lines()
                 .find_map(|line| line.strip_prefix("efms_xds_refused_streams_total "))
