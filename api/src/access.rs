@@ -77,6 +77,10 @@ permissions! {
     ManageWebhooks;
     /// [`Action::ManageAlerts`].
     ManageAlerts;
+    /// [`Action::RenameTenant`].
+    RenameTenant;
+    /// [`Action::SuspendTenants`].
+    SuspendTenants;
 }
 
 /// The `{tenant}` of the route, which exists and on which the caller may perform `P`.
@@ -121,6 +125,9 @@ impl<P: Permission> FromRequestParts<AppState> for Tenant<P> {
             .find_map(|(key, value)| (key == "tenant").then_some(value))
             .ok_or_else(|| ApiError::Internal("a tenant route without `{tenant}`".to_owned()))?;
         let access = tenant_access(state, &actor, slug, P::ACTION).await?;
+        if P::ACTION.changes_tenant() && !parts.method.is_safe() {
+            refuse_if_suspended(state, &actor, &access).await?;
+        }
         Ok(Self {
             access,
             actor,
@@ -182,6 +189,25 @@ async fn tenant_access(
         state.known_tenants.insert(tenant_id);
     }
     Ok(TenantAccess { slug, tenant_id })
+}
+
+/// Refuses (403, `tenant-suspended`) a change asked by the tenant's own caller while the tenant
+/// is suspended. The `system` role is not the tenant's: it still may.
+async fn refuse_if_suspended(
+    state: &AppState,
+    actor: &Actor,
+    tenant: &TenantAccess,
+) -> Result<(), ApiError> {
+    if actor.tenant.is_none() {
+        return Ok(());
+    }
+    match efms_projections::tenants::suspension(&state.pool, tenant.tenant_id).await? {
+        Some(reason) => Err(ApiError::Suspended(format!(
+            "tenant `{}` is suspended ({reason}): it may be read, not changed, until it is resumed",
+            tenant.slug
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The branch `name` names: `main` when none, else a branch of the tenant that is not deleted

@@ -60,6 +60,10 @@ pub enum ApiError {
     /// 403: authenticated, but the role may not do this.
     #[error("{0}")]
     Forbidden(String),
+    /// 403 with a problem type of its own (`urn:efms:problem:tenant-suspended`): the tenant is
+    /// suspended, so its own callers may read but not write.
+    #[error("{0}")]
+    Suspended(String),
     /// 404: no such thing (or not one the caller may know of).
     #[error("{0}")]
     NotFound(String),
@@ -122,6 +126,11 @@ impl ApiError {
             ApiError::BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            ApiError::Suspended(_) => (
+                StatusCode::FORBIDDEN,
+                "tenant-suspended",
+                "Tenant suspended",
+            ),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             ApiError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,

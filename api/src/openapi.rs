@@ -38,7 +38,9 @@ impl Modify for BearerAuth {
     info(title = "Envoy Fleet Manager", description = "Control plane for fleets of Envoy proxies: every configuration change an immutable event."),
     paths(
         health::healthz, health::readyz, health::metrics,
-        tenants::create, tenants::list, tenants::get, audit::list, quotas::get, quotas::put,
+        tenants::create, tenants::list, tenants::get, tenants::rename,
+        crate::routes::tenant_lifecycle::suspend, crate::routes::tenant_lifecycle::resume, crate::routes::tenant_lifecycle::history,
+        audit::list, quotas::get, quotas::put,
         users::create, users::list, users::get, users::delete, users::change, login::login,
         grants::create, grants::list, grants::delete, grants::received,
         resources::list, resources::create, resources::get, resources::replace, resources::patch, resources::delete, resources::group_resources, resources::declaration,

@@ -37,6 +37,35 @@ pub enum Action {
     ManageWebhooks,
     /// Create, change and delete alert rules, and acknowledge alerts.
     ManageAlerts,
+    /// Rename a tenant.
+    RenameTenant,
+    /// Suspend a tenant and end its suspension.
+    SuspendTenants,
+}
+
+impl Action {
+    /// Whether the action changes the tenant when asked with a method that is not safe (`POST`,
+    /// `PUT`, `PATCH`, `DELETE`): what a suspended tenant's own callers are refused. Reading
+    /// (even under a managing action, as webhook deliveries are) stays open to them.
+    pub const fn changes_tenant(self) -> bool {
+        match self {
+            Action::WriteConfig
+            | Action::ManageUsers
+            | Action::ManageGrants
+            | Action::ManageProxyTokens
+            | Action::ManageVms
+            | Action::ManageWebhooks
+            | Action::ManageAlerts
+            | Action::RenameTenant => true,
+            Action::ReadConfig
+            | Action::ReadUsers
+            | Action::ReadAudit
+            | Action::ReadFleet
+            | Action::SetQuotas
+            | Action::CreateTenants
+            | Action::SuspendTenants => false,
+        }
+    }
 }
 
 /// What the policy says of one action: the roles allowed to perform it, and what a refused caller
@@ -91,6 +120,11 @@ const fn rule(action: Action) -> Rule {
             WRITERS,
             "alert rules are managed and alerts acknowledged by `operator` or `admin`",
         ),
+        Action::RenameTenant => (ADMINS, "a tenant is renamed by its `admin`"),
+        Action::SuspendTenants => (
+            SYSTEM,
+            "tenants are suspended and resumed by the `system` role",
+        ),
     };
     Rule { roles, refusal }
 }
@@ -122,7 +156,7 @@ pub fn authorize(actor: &Actor, action: Action) -> Result<(), ApiError> {
 mod tests {
     use super::*;
 
-    const EVERY_ACTION: [Action; 13] = [
+    const EVERY_ACTION: [Action; 15] = [
         Action::ReadConfig,
         Action::WriteConfig,
         Action::ReadUsers,
@@ -136,6 +170,8 @@ mod tests {
         Action::ManageVms,
         Action::ManageWebhooks,
         Action::ManageAlerts,
+        Action::RenameTenant,
+        Action::SuspendTenants,
     ];
 
     #[test]
@@ -165,10 +201,27 @@ mod tests {
     }
 
     #[test]
-    fn only_system_sets_quotas_and_creates_tenants() {
+    fn only_system_sets_quotas_creates_and_suspends_tenants() {
         for role in [Role::Admin, Role::Operator, Role::Viewer, Role::Auditor] {
             assert!(!allows(role, Action::SetQuotas));
             assert!(!allows(role, Action::CreateTenants));
+            assert!(!allows(role, Action::SuspendTenants));
+        }
+        assert!(allows(Role::Admin, Action::RenameTenant));
+        assert!(!allows(Role::Operator, Action::RenameTenant));
+    }
+
+    #[test]
+    fn what_a_suspension_refuses_is_every_action_a_tenant_role_changes_the_tenant_with() {
+        for action in EVERY_ACTION {
+            let tenant_writes = [Role::Admin, Role::Operator]
+                .into_iter()
+                .any(|role| allows(role, action))
+                && !matches!(
+                    action,
+                    Action::ReadConfig | Action::ReadUsers | Action::ReadAudit | Action::ReadFleet
+                );
+            assert_eq!(action.changes_tenant(), tenant_writes, "{action:?}");
         }
     }
 }

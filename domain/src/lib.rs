@@ -18,4 +18,6 @@ pub mod webhooks;
 pub mod x509;
 
 pub use actor::{Actor, Role};
-pub use tenant::{Tenant, TenantCommand, TenantError, TenantEvent, TenantName, TenantSlug};
+pub use tenant::{
+    SuspensionReason, Tenant, TenantCommand, TenantError, TenantEvent, TenantName, TenantSlug,
+};

@@ -54,6 +54,32 @@ impl Projection for TenantsProjection {
                 .execute(&mut *tx)
                 .await?;
             }
+            TenantEvent::TenantSuspended { reason } => {
+                sqlx::query(
+                    "UPDATE tenants SET suspended_at = $2, suspended_by = $3, suspension_reason = $4,
+                            version = $5, updated_at = $2
+                     WHERE tenant_id = $1",
+                )
+                .bind(event.tenant_id)
+                .bind(event.recorded_at)
+                .bind(&event.actor)
+                .bind(reason.as_str())
+                .bind(event.sequence)
+                .execute(&mut *tx)
+                .await?;
+            }
+            TenantEvent::TenantResumed => {
+                sqlx::query(
+                    "UPDATE tenants SET suspended_at = NULL, suspended_by = NULL,
+                            suspension_reason = NULL, version = $2, updated_at = $3
+                     WHERE tenant_id = $1",
+                )
+                .bind(event.tenant_id)
+                .bind(event.sequence)
+                .bind(event.recorded_at)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         Ok(())
     }
@@ -94,6 +120,12 @@ pub struct TenantRow {
     pub created_by: String,
     /// When it last changed.
     pub updated_at: DateTime<Utc>,
+    /// When it was suspended, while it is.
+    pub suspended_at: Option<DateTime<Utc>>,
+    /// Who suspended it, while it is.
+    pub suspended_by: Option<String>,
+    /// Why, while it is.
+    pub suspension_reason: Option<String>,
 }
 
 /// Lists tenants in slug order after `after_slug`, at most `limit`, as `scope` may see them: every
@@ -107,7 +139,8 @@ pub async fn list_tenants(
     let mut tx = scope.begin(pool).await?;
     let rows = sqlx::query_as!(
         TenantRow,
-        r#"SELECT tenant_id, slug, name, version, created_at, created_by, updated_at
+        r#"SELECT tenant_id, slug, name, version, created_at, created_by, updated_at,
+                  suspended_at, suspended_by, suspension_reason
            FROM tenants
            WHERE $1::text IS NULL OR slug > $1
            ORDER BY slug
@@ -130,7 +163,8 @@ pub async fn get_tenant(
     let mut tx = scope.begin(pool).await?;
     let row = sqlx::query_as!(
         TenantRow,
-        r#"SELECT tenant_id, slug, name, version, created_at, created_by, updated_at
+        r#"SELECT tenant_id, slug, name, version, created_at, created_by, updated_at,
+                  suspended_at, suspended_by, suspension_reason
            FROM tenants WHERE slug = $1"#,
         slug,
     )
@@ -138,4 +172,53 @@ pub async fn get_tenant(
     .await?;
     tx.commit().await?;
     Ok(row)
+}
+
+/// Why the tenant `tenant_id` is suspended, read in its own scope: `None` when it is not (or does
+/// not exist).
+pub async fn suspension(pool: &PgPool, tenant_id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
+    let row: Option<(Option<String>,)> =
+        sqlx::query_as("SELECT suspension_reason FROM tenants WHERE tenant_id = $1")
+            .bind(tenant_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    Ok(row.and_then(|(reason,)| reason))
+}
+
+/// One event of a tenant's own stream: its creation, renames, suspensions and resumptions.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TenantHistoryEntry {
+    /// Its place in the tenant's stream.
+    pub sequence: i64,
+    /// `TenantCreated`, `TenantRenamed`, ….
+    pub event_type: String,
+    /// The event as recorded.
+    pub payload: serde_json::Value,
+    /// Who caused it.
+    pub actor: String,
+    /// When.
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// Every event of the tenant `slug`'s own stream, oldest first.
+pub async fn tenant_history(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    slug: &str,
+) -> Result<Vec<TenantHistoryEntry>, sqlx::Error> {
+    let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
+    let rows = sqlx::query_as::<_, TenantHistoryEntry>(
+        "SELECT sequence, event_type, payload, actor, recorded_at
+         FROM events
+         WHERE tenant_id = $1 AND aggregate_type = 'tenant' AND aggregate_id = $2
+         ORDER BY sequence",
+    )
+    .bind(tenant_id)
+    .bind(slug)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
 }

@@ -40,7 +40,7 @@ pub use fleet::{BootstrapRequest, FleetServer, FleetStreamSettings, ProxyBootstr
 pub use identity::{Authenticator, Credentials};
 pub use metrics::{FleetMetrics, TelemetryMetrics, XdsMetrics};
 pub use replicas::ReplicaSettings;
-pub use session::XdsServer;
+pub use session::{XdsServer, TENANT_STANDING_TTL};
 pub use telemetry::{TelemetryServer, TelemetrySettings};
 
 /// The largest message a proxy may send (an ACK carrying a long error, a big subscription).

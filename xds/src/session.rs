@@ -1,6 +1,6 @@
 //! What every stream shares: the server's parts, and opening a stream for a proxy.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +23,8 @@ use prometheus_client::metrics::counter::Counter;
 
 /// How long an xDS server trusts the `proxies` quota it read for a tenant.
 pub const PROXY_LIMIT_TTL: Duration = Duration::from_secs(5);
+/// How long whether a tenant is suspended is trusted before a new stream reads it again.
+pub const TENANT_STANDING_TTL: Duration = Duration::from_secs(2);
 
 /// Everything the xDS services share. Cheap to clone.
 #[derive(Clone)]
@@ -41,7 +43,8 @@ struct Inner {
     replica: watch::Sender<crate::replicas::ReplicaSettings>,
     metrics: XdsMetrics,
     nonces: AtomicU64,
-    known_tenants: Mutex<HashSet<Uuid>>,
+    /// Whether each tenant seen is suspended, and when that was read.
+    tenant_standing: Mutex<HashMap<Uuid, (Instant, bool)>>,
     /// Each tenant's `proxies` quota as last read, and when.
     proxy_limits: Mutex<HashMap<Uuid, (Instant, Option<i64>)>>,
     identifier: String,
@@ -79,7 +82,7 @@ impl XdsServer {
                 replica,
                 metrics,
                 nonces: AtomicU64::new(0),
-                known_tenants: Mutex::default(),
+                tenant_standing: Mutex::default(),
                 proxy_limits: Mutex::default(),
                 identifier: format!("efms {}", env!("CARGO_PKG_VERSION")),
                 stopping: watch::Sender::new(false),
@@ -330,25 +333,42 @@ impl XdsServer {
         }
     }
 
+    /// Refuses a stream of a tenant that does not exist or is suspended. What was read is kept
+    /// for [`TENANT_STANDING_TTL`], so that a storm of reconnections costs the database one read
+    /// per tenant and period, and a suspension refuses new streams within that period.
     async fn check_tenant(&self, tenant_id: Uuid, slug: &str) -> Result<(), Status> {
-        if self
+        let cached = self
             .inner
-            .known_tenants
+            .tenant_standing
             .lock()
-            .expect("known tenants lock")
-            .contains(&tenant_id)
-        {
-            return Ok(());
-        }
-        efms_projections::tenants::get_tenant(&self.inner.pool, Scope::Tenant(tenant_id), slug)
+            .expect("tenant standing lock")
+            .get(&tenant_id)
+            .filter(|(read_at, _)| read_at.elapsed() < TENANT_STANDING_TTL)
+            .map(|(_, suspended)| *suspended);
+        let suspended = if let Some(suspended) = cached {
+            suspended
+        } else {
+            let row = efms_projections::tenants::get_tenant(
+                &self.inner.pool,
+                Scope::Tenant(tenant_id),
+                slug,
+            )
             .await
             .map_err(unavailable)?
             .ok_or_else(|| Status::not_found(format!("there is no tenant `{slug}`")))?;
-        self.inner
-            .known_tenants
-            .lock()
-            .expect("known tenants lock")
-            .insert(tenant_id);
+            let suspended = row.suspended_at.is_some();
+            self.inner
+                .tenant_standing
+                .lock()
+                .expect("tenant standing lock")
+                .insert(tenant_id, (Instant::now(), suspended));
+            suspended
+        };
+        if suspended {
+            return Err(Status::permission_denied(format!(
+                "tenant `{slug}` is suspended: new proxy streams are refused until it is resumed"
+            )));
+        }
         Ok(())
     }
 }

@@ -23,6 +23,7 @@ pub mod proxies;
 pub mod proxy_tokens;
 pub mod quotas;
 pub mod resources;
+pub mod tenant_lifecycle;
 pub mod tenants;
 pub mod users;
 pub mod versions;

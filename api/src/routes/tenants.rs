@@ -33,22 +33,53 @@ pub struct CreateTenant {
     pub name: String,
 }
 
+/// Body of `PATCH /api/v1/tenants/{slug}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantRename {
+    /// The new display name: 1 to 200 characters. The slug never changes.
+    pub name: String,
+}
+
 /// A tenant as the API shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TenantView {
     slug: String,
     name: String,
+    /// `active` or `suspended`.
+    state: &'static str,
+    /// Who suspended the tenant, when and why, while it is suspended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    suspension: Option<SuspensionView>,
     version: i64,
     created_at: chrono::DateTime<chrono::Utc>,
     created_by: String,
     updated_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// A tenant's suspension.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SuspensionView {
+    reason: String,
+    at: chrono::DateTime<chrono::Utc>,
+    by: String,
+}
+
 impl From<TenantRow> for TenantView {
     fn from(row: TenantRow) -> Self {
+        let suspension = match (row.suspended_at, row.suspended_by, row.suspension_reason) {
+            (Some(at), Some(by), Some(reason)) => Some(SuspensionView { reason, at, by }),
+            _ => None,
+        };
         Self {
             slug: row.slug,
             name: row.name,
+            state: if suspension.is_some() {
+                "suspended"
+            } else {
+                "active"
+            },
+            suspension,
             version: row.version,
             created_at: row.created_at,
             created_by: row.created_by,
@@ -140,6 +171,44 @@ pub async fn create(
         header::LOCATION,
         HeaderValue::from_str(&location).map_err(ApiError::internal)?,
     );
+    Ok(response)
+}
+
+/// `PATCH /api/v1/tenants/{slug}`: gives the tenant a new display name (the `system` role, or
+/// the tenant's own `admin`); the slug never changes. The rename is an event of the tenant's
+/// history.
+#[utoipa::path(patch, path = "/api/v1/tenants/{slug}", tag = "tenants", request_body = TenantRename,
+    params(("slug" = String, Path, description = "Tenant slug")),
+    responses((status = 200, description = "Renamed (or unchanged)", body = TenantView),
+        (status = 403, description = "Neither `system` nor the tenant's `admin`, or the tenant is suspended", body = crate::problem::Problem),
+        (status = 404, description = "No such tenant (or not yours)", body = crate::problem::Problem),
+        (status = 422, description = "Invalid name", body = crate::problem::Problem)))]
+pub async fn rename(
+    State(state): State<AppState>,
+    tenant: crate::access::Tenant<crate::access::RenameTenant>,
+    meta: CommitMeta,
+    ApiJson(body): ApiJson<TenantRename>,
+) -> Result<Response, ApiError> {
+    let name = TenantName::parse(body.name)
+        .map_err(|error| ApiError::Validation(vec![FieldError::at("/name", error.to_string())]))?;
+    answer(&state, &tenant, &meta, TenantCommand::Rename { name }).await
+}
+
+/// Executes `command` on the tenant for its caller and answers with the tenant as the read model
+/// shows it once the change is in.
+pub(super) async fn answer<P>(
+    state: &AppState,
+    tenant: &crate::access::Tenant<P>,
+    meta: &CommitMeta,
+    command: TenantCommand,
+) -> Result<Response, ApiError> {
+    let outcome = execute(state, tenant.actor(), meta, &tenant.slug, command).await?;
+    let row = read_back(&state.pool, &state.tenants, outcome, &tenant.slug)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("there is no tenant `{}`", tenant.slug)))?;
+    let etag = etag(row.version);
+    let mut response = Json(TenantView::from(row)).into_response();
+    response.headers_mut().insert(header::ETAG, etag);
     Ok(response)
 }
 
@@ -250,5 +319,6 @@ pub fn router() -> axum::Router<AppState> {
     use axum::routing;
     axum::Router::new()
         .route("/tenants", routing::get(list).post(create))
-        .route("/tenants/{slug}", routing::get(get))
+        .route("/tenants/{tenant}", routing::get(get).patch(rename))
+        .merge(super::tenant_lifecycle::router())
 }

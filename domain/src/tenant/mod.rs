@@ -9,7 +9,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
-pub use values::{check_slug, InvalidValue, TenantName, TenantSlug};
+pub use values::{check_slug, InvalidValue, SuspensionReason, TenantName, TenantSlug};
 
 /// Commands on a tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +26,14 @@ pub enum TenantCommand {
         /// The new display name.
         name: TenantName,
     },
+    /// Suspend the tenant: its own callers may read but not write, its new proxy streams are
+    /// refused, its running proxies keep what they have. Refused when it is suspended already.
+    Suspend {
+        /// Why, as the operator wrote it.
+        reason: SuspensionReason,
+    },
+    /// End a suspension; refused when the tenant is not suspended.
+    Resume,
 }
 
 /// What happened to a tenant.
@@ -43,6 +51,13 @@ pub enum TenantEvent {
         /// The new display name.
         name: TenantName,
     },
+    /// The tenant was suspended.
+    TenantSuspended {
+        /// Why.
+        reason: SuspensionReason,
+    },
+    /// The tenant's suspension ended.
+    TenantResumed,
 }
 
 impl DomainEvent for TenantEvent {
@@ -50,6 +65,8 @@ impl DomainEvent for TenantEvent {
         match self {
             TenantEvent::TenantCreated { .. } => "TenantCreated",
             TenantEvent::TenantRenamed { .. } => "TenantRenamed",
+            TenantEvent::TenantSuspended { .. } => "TenantSuspended",
+            TenantEvent::TenantResumed => "TenantResumed",
         }
         .to_owned()
     }
@@ -68,6 +85,12 @@ pub enum TenantError {
     /// The tenant has not been created.
     #[error("the tenant does not exist")]
     NotFound,
+    /// The tenant is suspended already.
+    #[error("the tenant is suspended already ({})", .0.as_str())]
+    AlreadySuspended(SuspensionReason),
+    /// The tenant is not suspended.
+    #[error("the tenant is not suspended")]
+    NotSuspended,
 }
 
 /// The state a tenant's commands are decided on.
@@ -75,6 +98,9 @@ pub enum TenantError {
 pub struct Tenant {
     slug: Option<TenantSlug>,
     name: Option<TenantName>,
+    /// Why it is suspended, while it is.
+    #[serde(default)]
+    suspended: Option<SuspensionReason>,
 }
 
 impl Tenant {
@@ -86,6 +112,11 @@ impl Tenant {
     /// The display name, once created.
     pub fn name(&self) -> Option<&TenantName> {
         self.name.as_ref()
+    }
+
+    /// Why the tenant is suspended, while it is.
+    pub fn suspended(&self) -> Option<&SuspensionReason> {
+        self.suspended.as_ref()
     }
 }
 
@@ -109,11 +140,26 @@ impl Aggregate for Tenant {
                     .await;
                 Ok(())
             }
-            (TenantCommand::Rename { .. }, None) => Err(TenantError::NotFound),
+            (_, None) => Err(TenantError::NotFound),
             (TenantCommand::Rename { name }, Some(_)) => {
                 if self.name.as_ref() != Some(&name) {
                     sink.write(TenantEvent::TenantRenamed { name }, self).await;
                 }
+                Ok(())
+            }
+            (TenantCommand::Suspend { reason }, Some(_)) => {
+                if let Some(since) = &self.suspended {
+                    return Err(TenantError::AlreadySuspended(since.clone()));
+                }
+                sink.write(TenantEvent::TenantSuspended { reason }, self)
+                    .await;
+                Ok(())
+            }
+            (TenantCommand::Resume, Some(_)) => {
+                if self.suspended.is_none() {
+                    return Err(TenantError::NotSuspended);
+                }
+                sink.write(TenantEvent::TenantResumed, self).await;
                 Ok(())
             }
         }
@@ -126,6 +172,8 @@ impl Aggregate for Tenant {
                 self.name = Some(name);
             }
             TenantEvent::TenantRenamed { name } => self.name = Some(name),
+            TenantEvent::TenantSuspended { reason } => self.suspended = Some(reason),
+            TenantEvent::TenantResumed => self.suspended = None,
         }
     }
 }
@@ -188,6 +236,73 @@ mod tests {
         TestFramework::<Tenant>::with(())
             .given_no_previous_events()
             .when(TenantCommand::Rename { name: name("Acme") })
+            .then_expect_error(TenantError::NotFound);
+    }
+
+    fn created() -> TenantEvent {
+        TenantEvent::TenantCreated {
+            slug: slug(),
+            name: name("Acme"),
+        }
+    }
+
+    fn reason(text: &str) -> SuspensionReason {
+        SuspensionReason::parse(text).unwrap()
+    }
+
+    #[test]
+    fn suspend_records_the_reason_and_a_second_suspension_is_refused_naming_the_first() {
+        TestFramework::<Tenant>::with(())
+            .given(vec![created()])
+            .when(TenantCommand::Suspend {
+                reason: reason("unpaid"),
+            })
+            .then_expect_events(vec![TenantEvent::TenantSuspended {
+                reason: reason("unpaid"),
+            }]);
+        TestFramework::<Tenant>::with(())
+            .given(vec![
+                created(),
+                TenantEvent::TenantSuspended {
+                    reason: reason("unpaid"),
+                },
+            ])
+            .when(TenantCommand::Suspend {
+                reason: reason("compromised"),
+            })
+            .then_expect_error(TenantError::AlreadySuspended(reason("unpaid")));
+    }
+
+    #[test]
+    fn resume_ends_a_suspension_and_is_refused_on_a_tenant_not_suspended() {
+        TestFramework::<Tenant>::with(())
+            .given(vec![
+                created(),
+                TenantEvent::TenantSuspended {
+                    reason: reason("unpaid"),
+                },
+            ])
+            .when(TenantCommand::Resume)
+            .then_expect_events(vec![TenantEvent::TenantResumed]);
+        TestFramework::<Tenant>::with(())
+            .given(vec![
+                created(),
+                TenantEvent::TenantSuspended {
+                    reason: reason("unpaid"),
+                },
+                TenantEvent::TenantResumed,
+            ])
+            .when(TenantCommand::Resume)
+            .then_expect_error(TenantError::NotSuspended);
+    }
+
+    #[test]
+    fn suspending_a_tenant_that_does_not_exist_is_refused() {
+        TestFramework::<Tenant>::with(())
+            .given_no_previous_events()
+            .when(TenantCommand::Suspend {
+                reason: reason("unpaid"),
+            })
             .then_expect_error(TenantError::NotFound);
     }
 }

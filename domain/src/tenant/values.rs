@@ -93,30 +93,67 @@ pub struct TenantName(String);
 impl TenantName {
     /// Checks and wraps a display name.
     pub fn parse(value: impl Into<String>) -> Result<Self, InvalidValue> {
-        let value = value.into();
-        let length = value.chars().count();
-        if length == 0 || length > 200 {
-            return Err(InvalidValue(format!(
-                "a name has 1 to 200 characters, this one has {length}"
-            )));
-        }
-        if value.trim() != value {
-            return Err(InvalidValue(
-                "a name may not start or end with white space".into(),
-            ));
-        }
-        if value.chars().any(char::is_control) {
-            return Err(InvalidValue(
-                "a name may not contain control characters".into(),
-            ));
-        }
-        Ok(Self(value))
+        check_text(value.into(), "a name", 200).map(Self)
     }
 
     /// The name as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Why a tenant was suspended, as the operator wrote it: 1 to 500 characters, no control
+/// characters, no surrounding blanks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SuspensionReason(String);
+
+impl SuspensionReason {
+    /// Checks and wraps a reason.
+    pub fn parse(value: impl Into<String>) -> Result<Self, InvalidValue> {
+        check_text(value.into(), "a reason", 500).map(Self)
+    }
+
+    /// The reason as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for SuspensionReason {
+    type Error = InvalidValue;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(value)
+    }
+}
+
+impl From<SuspensionReason> for String {
+    fn from(reason: SuspensionReason) -> Self {
+        reason.0
+    }
+}
+
+/// Checks a line of text written by a person: 1 to `max` characters, no control characters, no
+/// surrounding blanks; `what` names it in the refusal.
+fn check_text(value: String, what: &str, max: usize) -> Result<String, InvalidValue> {
+    let length = value.chars().count();
+    if length == 0 || length > max {
+        return Err(InvalidValue(format!(
+            "{what} has 1 to {max} characters, this one has {length}"
+        )));
+    }
+    if value.trim() != value {
+        return Err(InvalidValue(format!(
+            "{what} may not start or end with white space"
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(InvalidValue(format!(
+            "{what} may not contain control characters"
+        )));
+    }
+    Ok(value)
 }
 
 impl TryFrom<String> for TenantName {
@@ -179,6 +216,14 @@ mod tests {
         assert!(TenantName::parse("Acme Corp").is_ok());
         for bad in ["", " Acme", "Acme ", "Ac\nme", &"n".repeat(201)] {
             assert!(TenantName::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn reason_takes_500_characters_and_refuses_blank_or_longer_text() {
+        assert!(SuspensionReason::parse("r".repeat(500)).is_ok());
+        for bad in ["", " unpaid", "un\tpaid", &"r".repeat(501)] {
+            assert!(SuspensionReason::parse(bad).is_err(), "{bad:?}");
         }
     }
 }

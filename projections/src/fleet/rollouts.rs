@@ -149,8 +149,11 @@ pub async fn active_of_group(
 pub async fn running(pool: &PgPool) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
     let mut tx = Scope::System.begin(pool).await?;
     let rows = sqlx::query!(
-        r#"SELECT tenant_id, rollout_id FROM rollouts
-           WHERE state IN ('running', 'paused') OR settling ORDER BY started_at"#
+        r#"SELECT r.tenant_id, r.rollout_id FROM rollouts r
+           WHERE (r.state IN ('running', 'paused') OR r.settling)
+             AND NOT EXISTS (SELECT 1 FROM tenants t
+                             WHERE t.tenant_id = r.tenant_id AND t.suspended_at IS NOT NULL)
+           ORDER BY r.started_at"#
     )
     .fetch_all(&mut *tx)
     .await?;
