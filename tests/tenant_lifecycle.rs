@@ -122,14 +122,16 @@ async fn a_suspended_tenant_keeps_its_envoy_serving_refuses_writes_and_new_strea
 
     // The tenant's own callers read, and are refused every change with the suspension's type.
     let admin = app.token(Role::Admin, Some("acme"));
-    let refused = app
-        .send_as(
+    let to_b = routes_to("b");
+    let route_to_b = || {
+        app.send_as(
             &admin,
             Method::PUT,
-            &format!("{BASE}/routes/main"),
-            Some(&routes_to("b")),
+            "/api/v1/tenants/acme/routes/main",
+            Some(&to_b),
         )
-        .await;
+    };
+    let refused = route_to_b().await;
     assert_eq!(refused.status, 403, "{}", refused.body);
     assert_eq!(refused.body["type"], SUSPENDED, "{}", refused.body);
     assert!(
@@ -175,14 +177,7 @@ async fn a_suspended_tenant_keeps_its_envoy_serving_refuses_writes_and_new_strea
     let resumed = app.post(&format!("{BASE}/resume"), &json!({})).await;
     assert_eq!(resumed.status, 200, "{}", resumed.body);
     assert_eq!(resumed.body["state"], "active");
-    let changed = app
-        .send_as(
-            &admin,
-            Method::PUT,
-            &format!("{BASE}/routes/main"),
-            Some(&routes_to("b")),
-        )
-        .await;
+    let changed = route_to_b().await;
     assert_eq!(changed.status, 200, "{}", changed.body);
     eventually(PATIENCE, "Envoy to route / to B", || async {
         (through(&http, port).await? == "B").then_some(())
