@@ -54,7 +54,12 @@ pub fn router(state: AppState) -> Router {
         // Logging in needs no token.
         .merge(login::router())
         // Outside the bearer check, so that refused requests are recorded too.
-        .route_layer(middleware::from_fn_with_state(state.clone(), audit::record));
+        .route_layer(middleware::from_fn_with_state(state.clone(), audit::record))
+        // Outermost: while the database is down nothing inside can answer but by waiting.
+        .route_layer(middleware::from_fn_with_state(
+            state.database.clone(),
+            health::fail_fast,
+        ));
     Router::new()
         .merge(health::router())
         .route("/openapi.json", get(crate::openapi::document))

@@ -11,15 +11,22 @@ pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
     create_database_if_missing(&config.options)
         .await
         .context("failed to create the database")?;
-    PgPoolOptions::new()
-        .max_connections(config.max_connections)
-        // A failed connection shows as a failed query (503); pinging on every checkout would
-        // cost a round trip per transaction.
-        .test_before_acquire(false)
-        .acquire_timeout(std::time::Duration::from_secs(10))
+    pool_options(config.max_connections)
         .connect_with(config.options.clone())
         .await
         .context("failed to connect to the database (DATABASE_URL)")
+}
+
+/// How the process pools its connections: at most `max_connections`.
+pub fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        // A failed connection shows as a failed query (503); pinging on every checkout would
+        // cost a round trip per transaction.
+        .test_before_acquire(false)
+        // Under load a request may wait this long for a connection; a database that is down is
+        // answered at once instead, by the database watch (`crate::database_watch`).
+        .acquire_timeout(std::time::Duration::from_secs(10))
 }
 
 /// Applies the pending migrations.

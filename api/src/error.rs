@@ -7,6 +7,10 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+/// The `Retry-After` of a 503: the database watch probes twice a second, so a database back is
+/// seen well within it.
+pub const UNAVAILABLE_RETRY_AFTER_SECONDS: u32 = 2;
+
 /// The media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -247,6 +251,12 @@ impl IntoResponse for ApiError {
         } = &self
         {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_seconds));
+        }
+        if let ApiError::Unavailable(_) = &self {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECONDS),
+            );
         }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(

@@ -12,6 +12,7 @@ pub mod bootstrap;
 pub mod config_services;
 pub mod connections;
 pub mod credentials;
+pub mod database_watch;
 pub mod db;
 pub mod error;
 pub mod extract;

@@ -51,6 +51,12 @@ impl FromRef<AppState> for PgPool {
     }
 }
 
+impl FromRef<AppState> for crate::database_watch::DatabaseWatch {
+    fn from_ref(state: &AppState) -> Self {
+        state.database.clone()
+    }
+}
+
 impl FromRef<AppState> for Arc<Metrics> {
     fn from_ref(state: &AppState) -> Self {
         state.metrics.clone()
@@ -61,6 +67,8 @@ impl FromRef<AppState> for Arc<Metrics> {
 pub struct Shared {
     /// The database pool (connections switch to a scoped role per transaction).
     pub pool: PgPool,
+    /// Whether the database answers: while it does not, requests fail fast.
+    pub database: crate::database_watch::DatabaseWatch,
     /// Executes commands and rings the log readers' doorbell after each commit.
     pub bus: CommandBus,
     /// Wakes the event feed's live readers after commits (and at each polling interval).
@@ -224,8 +232,13 @@ impl AppState {
                 gauge.set(position.global_position);
             }
         });
+        let database = crate::database_watch::DatabaseWatch::spawn(
+            (*pool.connect_options()).clone(),
+            shutdown.clone(),
+        );
         Self(Arc::new(Shared {
             pool,
+            database,
             bus,
             doorbell,
             live_feed: crate::live_feed::LiveFeed::default(),

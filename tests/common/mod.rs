@@ -7,6 +7,7 @@ pub mod fleet;
 pub mod measure;
 pub mod plans;
 pub mod replica;
+pub mod tcp_gate;
 pub mod webhook_receiver;
 
 use std::time::Duration;
