@@ -187,3 +187,50 @@ async fn writes_and_refusals_are_recorded_and_only_auditors_and_admins_read_them
         "{theirs}"
     );
 }
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_request_without_an_id_gets_one_that_its_answer_audit_row_and_commit_carry(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    app.create_tenant("acme", "Acme").await;
+    let created = app
+        .post(
+            &format!("{BASE}/clusters"),
+            &json!({ "name": "a", "type": "STATIC", "connect_timeout": "1s" }),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.header("x-request-id").to_owned();
+    let generated = uuid::Uuid::parse_str(&id).expect("a generated id is a UUID");
+    assert_eq!(generated.get_version_num(), 7);
+    let (_, rows) = trail(&app, Role::Auditor, "?operation=POST").await;
+    let row = rows["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["path"] == format!("{BASE}/clusters"))
+        .expect("the write is in the trail")
+        .clone();
+    assert_eq!(row["request_id"], id.as_str(), "{row}");
+    let committed: String = sqlx::query_scalar(
+        "SELECT metadata ->> 'request_id' FROM events
+         WHERE aggregate_type = 'config' ORDER BY recorded_at DESC LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(committed, id, "the commit records the same id");
+
+    let echoed = app
+        .send(
+            reqwest::Method::GET,
+            "/healthz",
+            None,
+            &[("x-request-id", "mine-1")],
+        )
+        .await;
+    assert_eq!(
+        echoed.header("x-request-id"),
+        "mine-1",
+        "the client's own is kept"
+    );
+}

@@ -72,8 +72,20 @@ pub fn router(state: AppState) -> Router {
             crate::metrics::track,
         ))
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        // Outermost: the id is there before anything (the span included) reads it.
+        .layer(middleware::from_fn(crate::request_id::assign))
         .with_state(state)
+}
+
+/// The span every request's log lines are in: its method, path and request id.
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let id = request
+        .headers()
+        .get(crate::request_id::HEADER)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    tracing::info_span!("request", method = %request.method(), path = request.uri().path(), request_id = id)
 }
 
 async fn not_found() -> ApiError {

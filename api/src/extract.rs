@@ -167,9 +167,6 @@ mod tests {
 /// The header that carries a commit's message.
 pub const COMMIT_MESSAGE_HEADER: &str = "x-commit-message";
 
-/// The longest request id a commit records (the rest is cut).
-const MAX_REQUEST_ID_CHARS: usize = 128;
-
 /// What a write request says of the commit it causes: its message (`X-Commit-Message`) and the
 /// request's id (`X-Request-Id`, its first 128 characters).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -185,10 +182,7 @@ impl CommitMeta {
     pub fn from_headers(headers: &HeaderMap) -> Result<Self, ApiError> {
         Ok(Self {
             message: commit_message(headers)?,
-            request_id: headers
-                .get("x-request-id")
-                .and_then(|value| value.to_str().ok())
-                .map(|id| id.chars().take(MAX_REQUEST_ID_CHARS).collect()),
+            request_id: crate::request_id::of(headers),
         })
     }
 

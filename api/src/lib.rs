@@ -28,6 +28,7 @@ pub mod passwords;
 pub mod policy;
 pub mod problem;
 pub mod replay;
+pub mod request_id;
 pub mod routes;
 pub mod server;
 pub mod service_errors;

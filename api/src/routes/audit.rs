@@ -28,7 +28,7 @@ use crate::state::AppState;
 use crate::store::request_audit::{self as store, Entry};
 
 /// The longest request id kept, in characters; a longer one is cut.
-pub const MAX_REQUEST_ID: usize = 128;
+pub const MAX_REQUEST_ID: usize = crate::request_id::MAX_CHARS;
 /// The longest method kept, in characters.
 const MAX_METHOD: usize = 32;
 /// The tenant slug a route names, percent-decoded (`/tenants/%61cme` names `acme`).
@@ -63,11 +63,7 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         .extensions()
         .get::<ConnectInfo<ClientAddr>>()
         .map(|info| info.0 .0.ip());
-    let request_id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|value| value.to_str().ok())
-        .map(|id| id.chars().take(MAX_REQUEST_ID).collect::<String>());
+    let request_id = crate::request_id::of(request.headers());
     let authorization = request
         .headers()
         .get(header::AUTHORIZATION)
