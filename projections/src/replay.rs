@@ -146,13 +146,22 @@ fn read_ahead(
     let (batches, received) = mpsc::channel(1);
     let reader = tokio::spawn(async move {
         let mut tx = Scope::System.begin(&pool).await?;
+        efms_commands::log::read_in_commit_order(&mut tx).await?;
         let mut from = Position::START;
         loop {
-            let (batch, _) = whole_transactions(&mut tx, from, range, REPLAY_BATCH).await?;
+            let (mut batch, _) = whole_transactions(&mut tx, from, range, REPLAY_BATCH).await?;
             let Some(last) = batch.last().map(|event| event.position) else {
                 break;
             };
             from = last;
+            // Of a read by type, the others' events (read without their payloads) only moved
+            // the reading on.
+            if let Range::AggregateType { aggregate_type, .. } = range {
+                batch.retain(|event| event.aggregate_type == aggregate_type);
+                if batch.is_empty() {
+                    continue;
+                }
+            }
             if batches.send(batch).await.is_err() {
                 // The replay stopped.
                 break;
