@@ -349,3 +349,49 @@ async fn renames_and_suspensions_are_the_tenants_history_and_bad_input_changes_n
         .await;
     assert_eq!(others.status, 404, "another tenant's history is not there");
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_suspended_tenants_rollouts_wait_until_it_is_resumed(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    app.create_tenant("acme", "Acme").await;
+    app.create_tenant("globex", "Globex").await;
+    let rollout = |slug: &str| {
+        (
+            efms_domain::TenantSlug::parse(slug).unwrap().tenant_id(),
+            uuid::Uuid::now_v7(),
+        )
+    };
+    let (acme, globex) = (rollout("acme"), rollout("globex"));
+    for (tenant_id, rollout_id) in [acme, globex] {
+        sqlx::query(
+            "INSERT INTO rollouts (tenant_id, rollout_id, group_name, image, state, requested_by,
+                                   started_at, updated_at, document, version)
+             VALUES ($1, $2, 'edge', 'envoy:next', 'running', 'test', now(), now(), '{}', 1)",
+        )
+        .bind(tenant_id)
+        .bind(rollout_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let driven = || async {
+        let mut driven = efms_projections::fleet::rollouts::running(&pool)
+            .await
+            .unwrap();
+        driven.sort();
+        driven
+    };
+    let mut both = vec![acme, globex];
+    both.sort();
+    assert_eq!(driven().await, both);
+
+    let suspended = app
+        .post(&format!("{BASE}/suspend"), &json!({ "reason": "unpaid" }))
+        .await;
+    assert_eq!(suspended.status, 200, "{}", suspended.body);
+    assert_eq!(driven().await, vec![globex], "acme's rollout waits");
+
+    let resumed = app.post(&format!("{BASE}/resume"), &json!({})).await;
+    assert_eq!(resumed.status, 200, "{}", resumed.body);
+    assert_eq!(driven().await, both, "and goes on once resumed");
+}
