@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use efms_domain::Role;
-use efms_tests::fleet::{eventually, free_port, Behaviour, Envoy, Upstream, ENVOY};
+use efms_tests::fleet::{
+    eventually, free_port, group_bootstrap, Behaviour, Envoy, Upstream, ENVOY,
+};
 use efms_tests::TestApp;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -65,14 +67,7 @@ async fn until_synced(app: &TestApp, node: &str) {
 }
 
 async fn bootstrap(app: &TestApp, node: &str) -> Value {
-    let answer = app
-        .get(&format!(
-            "{BASE}/groups/edge/bootstrap?node_id={node}&protocol=delta&admin_port={}",
-            free_port()
-        ))
-        .await;
-    assert_eq!(answer.status, 200, "{}", answer.body);
-    answer.body
+    group_bootstrap(app, node, "&protocol=delta").await
 }
 
 #[sqlx::test(migrations = "../migrations")]

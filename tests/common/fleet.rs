@@ -241,9 +241,15 @@ pub async fn edge_bootstrap(app: &crate::TestApp, flush: Option<&str>) -> Value 
     let flush = flush.map_or_else(String::new, |flush| {
         format!("&stats_flush_interval={flush}")
     });
+    group_bootstrap(app, "edge-1", &flush).await
+}
+
+/// The bootstrap of proxy `node` of group `edge` in tenant `acme` (with a free admin port), with
+/// `query` (`&name=value…`) added to the request.
+pub async fn group_bootstrap(app: &crate::TestApp, node: &str, query: &str) -> Value {
     let answer = app
         .get(&format!(
-            "/api/v1/tenants/acme/groups/edge/bootstrap?node_id=edge-1&admin_port={}{flush}",
+            "/api/v1/tenants/acme/groups/edge/bootstrap?node_id={node}&admin_port={}{query}",
             free_port()
         ))
         .await;
