@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use efms_tests::agents::{acme_with_ready_vm_where, carried_out, get, quick_upkeep, settled, BASE};
+use efms_tests::agents::{
+    acme_with_ready_vm_where, carried_out, get, settled, steady_upkeep, BASE,
+};
 use efms_tests::docker::Engine;
 use efms_tests::fleet::{drift, eventually, free_port};
 use efms_tests::TestApp;
@@ -35,7 +37,7 @@ async fn a_container_holding_another_configuration_than_its_proxy_accepted_turns
         return;
     };
     let _emptied = engine.emptied_after();
-    let settings = quick_upkeep();
+    let settings = steady_upkeep();
     let app = TestApp::spawn_with_fleet(pool, settings).await;
     let _agent = acme_with_ready_vm_where(&app, &engine, |link| {
         link.config_check_interval = Duration::from_secs(1);

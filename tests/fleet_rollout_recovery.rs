@@ -7,7 +7,7 @@ use efms_commands::fleet::Fleet;
 use efms_commands::{CommandBus, CommitBell};
 use efms_domain::fleet::rollout::{RolloutCommand, RolloutSpec, RolloutTarget, Step};
 use efms_domain::fleet::LaunchSpec;
-use efms_tests::agents::{acme_with_ready_vm, carried_out, get, quick_upkeep, settled, BASE};
+use efms_tests::agents::{acme_with_ready_vm, carried_out, get, settled, steady_upkeep, BASE};
 use efms_tests::docker::Engine;
 use efms_tests::fleet::free_port;
 use efms_tests::TestApp;
@@ -23,7 +23,7 @@ async fn a_rollout_stopped_between_recording_a_step_and_asking_for_it_goes_on_an
         return;
     };
     let _emptied = engine.emptied_after();
-    let settings = quick_upkeep();
+    let settings = steady_upkeep();
     let app = TestApp::spawn_with_fleet(pool.clone(), settings).await;
     let _agent = acme_with_ready_vm(&app, &engine).await;
     let mut targets = Vec::new();

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use efms_tests::agents::{
-    acme_with_ready_vm, carried_out, get, quick_upkeep, register, settled, RunningAgent, BASE,
+    acme_with_ready_vm, carried_out, get, register, settled, steady_upkeep, RunningAgent, BASE,
 };
 use efms_tests::docker::{envoy_image, Engine};
 use efms_tests::fleet::{
@@ -74,7 +74,7 @@ async fn a_rollout_replaces_each_container_by_the_new_envoy_keeping_its_node_id_
         return;
     };
     let _emptied = engine.emptied_after();
-    let app = TestApp::spawn_with_fleet(pool, quick_upkeep()).await;
+    let app = TestApp::spawn_with_fleet(pool, steady_upkeep()).await;
     let _agent = acme_with_ready_vm(&app, &engine).await;
     let before = launched(&app, &old, 2).await;
 
@@ -174,7 +174,7 @@ async fn a_rollout_to_an_image_the_engine_lacks_fails_naming_dockers_words_and_r
         return;
     };
     let _emptied = engine.emptied_after();
-    let app = TestApp::spawn_with_fleet(pool, quick_upkeep()).await;
+    let app = TestApp::spawn_with_fleet(pool, steady_upkeep()).await;
     let _agent = acme_with_ready_vm(&app, &engine).await;
     let before = launched(&app, &engine.image, 2).await;
 
@@ -280,7 +280,7 @@ async fn traffic_keeps_flowing_through_a_rollout_that_goes_on_after_the_control_
     };
     let _emptied = (engine.emptied_after(), engine_b.emptied_after());
     engine_b.remove_all();
-    let mut app = TestApp::spawn_with_fleet(pool, quick_upkeep()).await;
+    let mut app = TestApp::spawn_with_fleet(pool, steady_upkeep()).await;
     let _agent = acme_with_ready_vm(&app, &engine).await;
     let token_b = register(&app, BASE, "vm-b").await;
     let _agent_b = RunningAgent::start(&app, &token_b, &engine_b);
@@ -348,7 +348,7 @@ async fn a_rollout_to_an_envoy_that_nacks_the_groups_configuration_stops_after_t
         return;
     };
     let _emptied = engine.emptied_after();
-    let app = TestApp::spawn_with_fleet(pool, quick_upkeep()).await;
+    let app = TestApp::spawn_with_fleet(pool, steady_upkeep()).await;
     let _agent = acme_with_ready_vm(&app, &engine).await;
     // An HTTP filter Envoy 1.40 has and 1.36 does not: the older one refuses its `@type`.
     let listener = json!({

@@ -394,6 +394,8 @@ async fn the_openapi_document_covers_every_route_and_the_reference_page_is_serve
         ("/api/v1/tenants", "post"),
         ("/api/v1/tenants/{slug}", "get"),
         ("/api/v1/tenants/{slug}", "patch"),
+        ("/api/v1/tenants/{slug}", "delete"),
+        ("/api/v1/tenants/{slug}/restore", "post"),
         ("/api/v1/tenants/{slug}/suspend", "post"),
         ("/api/v1/tenants/{slug}/resume", "post"),
         ("/api/v1/tenants/{slug}/history", "get"),

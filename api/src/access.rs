@@ -81,6 +81,8 @@ permissions! {
     RenameTenant;
     /// [`Action::SuspendTenants`].
     SuspendTenants;
+    /// [`Action::DeleteTenants`].
+    DeleteTenants;
 }
 
 /// The `{tenant}` of the route, which exists and on which the caller may perform `P`.
@@ -179,16 +181,54 @@ async fn tenant_access(
     authorize(actor, action)?;
     let tenant_id = slug.tenant_id();
     if !state.known_tenants.contains(tenant_id) {
-        get_tenant(
+        let row = get_tenant(
             &state.pool,
             efms_commands::Scope::Tenant(tenant_id),
             slug.as_str(),
         )
-        .await?
-        .ok_or_else(not_found)?;
-        state.known_tenants.insert(tenant_id);
+        .await?;
+        match row {
+            Some(row) if row.deleted_at.is_none() => state.known_tenants.insert(tenant_id),
+            // Deleting and restoring are all a deleted tenant still answers.
+            Some(_) if action == Action::DeleteTenants => {}
+            Some(row) => return Err(deleted(&slug, &row)),
+            None => return Err(purged_or_missing(state, &slug).await?),
+        }
     }
     Ok(TenantAccess { slug, tenant_id })
+}
+
+/// 410 for the deleted tenant `row`: when and by whom, and until when it may be restored.
+pub fn deleted(slug: &TenantSlug, row: &efms_projections::TenantRow) -> ApiError {
+    let by = row.deleted_by.as_deref().unwrap_or_default();
+    let when = row.deleted_at.map(|at| at.to_rfc3339()).unwrap_or_default();
+    let until = row
+        .purge_after
+        .map(|at| at.to_rfc3339())
+        .unwrap_or_default();
+    ApiError::Gone {
+        detail: format!(
+            "tenant `{slug}` was deleted by `{by}` at {when}: everything of it is refused; it is purged after {until} unless the `system` role restores it before"
+        ),
+        errors: Vec::new(),
+    }
+}
+
+/// 410 for a slug whose tenant was purged, else 404.
+pub async fn purged_or_missing(state: &AppState, slug: &TenantSlug) -> Result<ApiError, ApiError> {
+    Ok(
+        match efms_projections::tenants::tenant_deletion(&state.pool, slug.as_str()).await? {
+            Some(record) => ApiError::Gone {
+                detail: format!(
+                    "tenant `{slug}` was deleted by `{}` and purged at {}: nothing of it remains, and its slug is never given again",
+                    record.deleted_by,
+                    record.purged_at.to_rfc3339()
+                ),
+                errors: Vec::new(),
+            },
+            None => ApiError::NotFound(format!("there is no tenant `{slug}`")),
+        },
+    )
 }
 
 /// Refuses (403, `tenant-suspended`) a change asked by the tenant's own caller while the tenant

@@ -40,6 +40,7 @@ impl Modify for BearerAuth {
         health::healthz, health::readyz, health::metrics,
         tenants::create, tenants::list, tenants::get, tenants::rename,
         crate::routes::tenant_lifecycle::suspend, crate::routes::tenant_lifecycle::resume, crate::routes::tenant_lifecycle::history,
+        crate::routes::tenant_lifecycle::delete, crate::routes::tenant_lifecycle::restore,
         audit::list, quotas::get, quotas::put,
         users::create, users::list, users::get, users::delete, users::change, login::login,
         grants::create, grants::list, grants::delete, grants::received,

@@ -41,6 +41,9 @@ pub enum Action {
     RenameTenant,
     /// Suspend a tenant and end its suspension.
     SuspendTenants,
+    /// Delete a tenant and restore it within its grace period: the one action a deleted tenant
+    /// still answers.
+    DeleteTenants,
 }
 
 impl Action {
@@ -63,7 +66,8 @@ impl Action {
             | Action::ReadFleet
             | Action::SetQuotas
             | Action::CreateTenants
-            | Action::SuspendTenants => false,
+            | Action::SuspendTenants
+            | Action::DeleteTenants => false,
         }
     }
 }
@@ -125,6 +129,10 @@ const fn rule(action: Action) -> Rule {
             SYSTEM,
             "tenants are suspended and resumed by the `system` role",
         ),
+        Action::DeleteTenants => (
+            SYSTEM,
+            "tenants are deleted and restored by the `system` role",
+        ),
     };
     Rule { roles, refusal }
 }
@@ -156,7 +164,7 @@ pub fn authorize(actor: &Actor, action: Action) -> Result<(), ApiError> {
 mod tests {
     use super::*;
 
-    const EVERY_ACTION: [Action; 15] = [
+    const EVERY_ACTION: [Action; 16] = [
         Action::ReadConfig,
         Action::WriteConfig,
         Action::ReadUsers,
@@ -172,6 +180,7 @@ mod tests {
         Action::ManageAlerts,
         Action::RenameTenant,
         Action::SuspendTenants,
+        Action::DeleteTenants,
     ];
 
     #[test]
@@ -206,6 +215,7 @@ mod tests {
             assert!(!allows(role, Action::SetQuotas));
             assert!(!allows(role, Action::CreateTenants));
             assert!(!allows(role, Action::SuspendTenants));
+            assert!(!allows(role, Action::DeleteTenants));
         }
         assert!(allows(Role::Admin, Action::RenameTenant));
         assert!(!allows(Role::Operator, Action::RenameTenant));

@@ -55,6 +55,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     })
     .with_limits(config.limits)
     .with_fleet_settings(config.fleet)
+    .with_purge_settings(config.tenant_purge)
     .with_telemetry_settings(config.telemetry)
     .with_webhook_settings(config.webhooks.clone())
     .with_alert_settings(config.alerts);

@@ -137,6 +137,9 @@ pub struct ServeArgs {
     /// Limits on what requests write and run.
     #[command(flatten)]
     pub limits: crate::limits::LimitArgs,
+    /// How long a deleted tenant is kept, restorable, before it is purged for good, such as 7d.
+    #[arg(long, env = "EFMS_TENANT_PURGE_GRACE", default_value = "7d")]
+    pub tenant_purge_grace: String,
     /// Agents' heartbeats and samples.
     #[command(flatten)]
     pub fleet: FleetArgs,
@@ -221,6 +224,8 @@ pub struct ServeConfig {
     pub edge: EdgeConfig,
     /// Limits on what requests write and run.
     pub limits: crate::limits::WriteLimits,
+    /// How deleted tenants are kept before their purge.
+    pub tenant_purge: efms_commands::tenant_purge::PurgeSettings,
     /// Agents' heartbeats and samples.
     pub fleet: efms_commands::fleet::upkeep::UpkeepSettings,
     /// The proxies' statistics.
@@ -471,6 +476,13 @@ impl ServeArgs {
             tokens,
             edge,
             limits: self.limits.validate()?,
+            tenant_purge: efms_commands::tenant_purge::PurgeSettings {
+                grace: fleet::duration(
+                    "EFMS_TENANT_PURGE_GRACE (--tenant-purge-grace)",
+                    &self.tenant_purge_grace,
+                    Duration::from_secs(1)..=Duration::from_secs(3_650 * 24 * 3_600),
+                )?,
+            },
             fleet: self.fleet.validate()?,
             telemetry: self.telemetry.validate()?,
             replica_lease: self.replica.validate()?,

@@ -93,6 +93,8 @@ pub struct Shared {
     pub fleet_view: ProjectorHandle,
     /// The rollouts' read model: its position, for writers to wait on.
     pub rollout_view: ProjectorHandle,
+    /// How long deleted tenants are kept before their purge (the purge follows changes).
+    pub tenant_purge: tokio::sync::watch::Sender<efms_commands::tenant_purge::PurgeSettings>,
     /// The settings of the fleet's upkeep (heartbeat grace, sample retention).
     pub fleet_upkeep: tokio::sync::watch::Sender<efms_commands::fleet::upkeep::UpkeepSettings>,
     /// The xDS snapshots of the groups proxies follow.
@@ -121,6 +123,17 @@ pub struct Shared {
     pub webhooks: tokio::sync::watch::Sender<efms_notify::WebhookSettings>,
     /// How alert rules are evaluated (the evaluator follows changes).
     pub alerts: tokio::sync::watch::Sender<efms_notify::AlertSettings>,
+}
+
+/// Keeps the projector-position gauge at the tenant registry projector's checkpoint.
+fn follow_position(metrics: &Metrics, tenants: &ProjectorHandle) {
+    let gauge = metrics.projector_position.clone();
+    let mut checkpoint = tenants.clone();
+    tokio::spawn(async move {
+        while let Some(position) = checkpoint.changed().await {
+            gauge.set(position.global_position);
+        }
+    });
 }
 
 /// Where proxies reach the xDS server.
@@ -208,6 +221,13 @@ impl AppState {
             crate::credentials::xds_authenticator(jwt.clone()),
             metrics.xds.clone(),
         );
+        let tenant_purge =
+            tokio::sync::watch::Sender::new(efms_commands::tenant_purge::PurgeSettings::default());
+        efms_commands::tenant_purge::spawn(
+            pool.clone(),
+            tenant_purge.subscribe(),
+            shutdown.clone(),
+        );
         let fleet = efms_commands::fleet::Fleet::new(pool.clone(), bus.clone());
         efms_commands::fleet::upkeep::spawn(
             fleet.clone(),
@@ -225,13 +245,7 @@ impl AppState {
             metrics.xds.telemetry.clone(),
         ));
         let (webhooks, alerts) = spawn_events_out(&pool, &keyring, &jwt, &doorbell, &shutdown);
-        let gauge = metrics.projector_position.clone();
-        let mut checkpoint = tenants.clone();
-        tokio::spawn(async move {
-            while let Some(position) = checkpoint.changed().await {
-                gauge.set(position.global_position);
-            }
-        });
+        follow_position(&metrics, &tenants);
         let database = crate::database_watch::DatabaseWatch::spawn(
             (*pool.connect_options()).clone(),
             shutdown.clone(),
@@ -252,6 +266,7 @@ impl AppState {
             fleet_view,
             rollout_view,
             fleet_upkeep,
+            tenant_purge,
             snapshots,
             cache,
             xds,
@@ -307,6 +322,13 @@ impl AppState {
         if let Some(fleet) = self.xds.fleet() {
             fleet.update(|streams| streams.heartbeat_interval = settings.heartbeat_interval);
         }
+        self
+    }
+
+    /// The same state, keeping deleted tenants this long before their purge.
+    #[must_use]
+    pub fn with_purge_settings(self, settings: efms_commands::tenant_purge::PurgeSettings) -> Self {
+        self.tenant_purge.send_replace(settings);
         self
     }
 

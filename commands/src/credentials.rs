@@ -10,7 +10,8 @@
 //! - a proxy token of a bootstrap names its id in `proxy_tokens`: revoking it withdraws it.
 //!
 //! Tokens that name neither (those `efms token` prints, an identity provider's) end only when
-//! they expire.
+//! they expire, or when their tenant is deleted: every token of a deleted tenant is withdrawn,
+//! and a stream registers its tenant beside its token so that it ends with the tenant.
 
 use std::collections::HashMap;
 
@@ -39,13 +40,20 @@ pub enum Revocable {
         /// The token's id.
         token_id: Uuid,
     },
+    /// Any token of a tenant, which speaks for no one once the tenant is deleted.
+    Tenant {
+        /// The tenant.
+        tenant_id: Uuid,
+    },
 }
 
 impl Revocable {
     /// The tenant the token belongs to.
     pub fn tenant_id(&self) -> Uuid {
         match self {
-            Self::User { tenant_id, .. } | Self::ProxyToken { tenant_id, .. } => *tenant_id,
+            Self::User { tenant_id, .. }
+            | Self::ProxyToken { tenant_id, .. }
+            | Self::Tenant { tenant_id } => *tenant_id,
         }
     }
 }
@@ -65,6 +73,9 @@ pub enum Withdrawn {
     /// The proxy token is not one this control plane issued.
     #[error("proxy token {0} is not one this control plane issued")]
     ProxyTokenUnknown(Uuid),
+    /// The token's tenant was deleted (or never existed).
+    #[error("the token's tenant was deleted")]
+    TenantDeleted,
 }
 
 /// Whether `credential` was withdrawn, read in `scope` (the tenant's own, or the system's).
@@ -78,8 +89,9 @@ pub async fn withdrawn(
         .remove(&credential))
 }
 
-/// Which of `credentials` were withdrawn, and why, in two queries whatever their number: the
-/// users that are gone or changed, and the proxy tokens that are revoked or unknown. Read in
+/// Which of `credentials` were withdrawn, and why, in at most three queries whatever their
+/// number: the users that are gone or changed, the proxy tokens that are revoked or unknown, and
+/// the tenants that are deleted (whose every credential is withdrawn). Read in
 /// `scope`: a tenant's scope sees only that tenant's rows (others read as withdrawn), the system's
 /// sees every tenant's.
 pub async fn withdrawals(
@@ -89,6 +101,7 @@ pub async fn withdrawals(
 ) -> Result<HashMap<Revocable, Withdrawn>, sqlx::Error> {
     let (mut user_tenants, mut users, mut generations) = (Vec::new(), Vec::new(), Vec::new());
     let (mut token_tenants, mut tokens) = (Vec::new(), Vec::new());
+    let mut whole_tenants = Vec::new();
     for credential in credentials {
         match *credential {
             Revocable::User {
@@ -107,6 +120,7 @@ pub async fn withdrawals(
                 token_tenants.push(tenant_id);
                 tokens.push(token_id);
             }
+            Revocable::Tenant { tenant_id } => whole_tenants.push(tenant_id),
         }
     }
     let mut withdrawn = HashMap::new();
@@ -114,22 +128,29 @@ pub async fn withdrawals(
         return Ok(withdrawn);
     }
     let mut tx = scope.begin(pool).await?;
+    for tenant_id in deleted_tenants(&mut tx, &whole_tenants).await? {
+        withdrawn.insert(Revocable::Tenant { tenant_id }, Withdrawn::TenantDeleted);
+    }
     if !users.is_empty() {
-        // Each user asked about whose row is missing, deleted, or of another generation.
-        let rows: Vec<(Uuid, Uuid, i32, Option<i32>)> = sqlx::query_as(
-            "SELECT k.tenant_id, k.user_id, k.generation, u.generation
+        // Each user asked about whose row is missing, deleted, or of another generation, or
+        // whose tenant is deleted.
+        let rows: Vec<(Uuid, Uuid, i32, Option<i32>, bool)> = sqlx::query_as(
+            "SELECT k.tenant_id, k.user_id, k.generation, u.generation, t.tenant_id IS NULL
              FROM unnest($1::uuid[], $2::uuid[], $3::int4[]) AS k(tenant_id, user_id, generation)
              LEFT JOIN users u ON u.tenant_id = k.tenant_id AND u.user_id = k.user_id
                               AND u.deleted_at IS NULL
-             WHERE u.generation IS DISTINCT FROM k.generation",
+             LEFT JOIN tenants t ON t.tenant_id = k.tenant_id AND t.deleted_at IS NULL
+             WHERE u.generation IS DISTINCT FROM k.generation OR t.tenant_id IS NULL",
         )
         .bind(&user_tenants)
         .bind(&users)
         .bind(&generations)
         .fetch_all(&mut *tx)
         .await?;
-        for (tenant_id, user_id, generation, current) in rows {
-            let reason = if current.is_some() {
+        for (tenant_id, user_id, generation, current, tenant_gone) in rows {
+            let reason = if tenant_gone {
+                Withdrawn::TenantDeleted
+            } else if current.is_some() {
                 Withdrawn::UserChanged
             } else {
                 Withdrawn::UserDeleted
@@ -145,19 +166,22 @@ pub async fn withdrawals(
         }
     }
     if !tokens.is_empty() {
-        // Each token asked about that is revoked or was never stored.
-        let rows: Vec<(Uuid, Uuid, bool)> = sqlx::query_as(
-            "SELECT k.tenant_id, k.token_id, p.token_id IS NOT NULL
+        // Each token asked about that is revoked or was never stored, or whose tenant is deleted.
+        let rows: Vec<(Uuid, Uuid, bool, bool)> = sqlx::query_as(
+            "SELECT k.tenant_id, k.token_id, p.token_id IS NOT NULL, t.tenant_id IS NULL
              FROM unnest($1::uuid[], $2::uuid[]) AS k(tenant_id, token_id)
              LEFT JOIN proxy_tokens p ON p.tenant_id = k.tenant_id AND p.token_id = k.token_id
-             WHERE p.token_id IS NULL OR p.revoked_at IS NOT NULL",
+             LEFT JOIN tenants t ON t.tenant_id = k.tenant_id AND t.deleted_at IS NULL
+             WHERE p.token_id IS NULL OR p.revoked_at IS NOT NULL OR t.tenant_id IS NULL",
         )
         .bind(&token_tenants)
         .bind(&tokens)
         .fetch_all(&mut *tx)
         .await?;
-        for (tenant_id, token_id, stored) in rows {
-            let reason = if stored {
+        for (tenant_id, token_id, stored, tenant_gone) in rows {
+            let reason = if tenant_gone {
+                Withdrawn::TenantDeleted
+            } else if stored {
                 Withdrawn::ProxyTokenRevoked(token_id)
             } else {
                 Withdrawn::ProxyTokenUnknown(token_id)
@@ -173,4 +197,23 @@ pub async fn withdrawals(
     }
     tx.commit().await?;
     Ok(withdrawn)
+}
+
+/// Which of `tenants` are missing or deleted.
+async fn deleted_tenants(
+    tx: &mut sqlx::PgConnection,
+    tenants: &[Uuid],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    if tenants.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar(
+        "SELECT k.tenant_id
+         FROM unnest($1::uuid[]) AS k(tenant_id)
+         WHERE NOT EXISTS (SELECT 1 FROM tenants t
+                           WHERE t.tenant_id = k.tenant_id AND t.deleted_at IS NULL)",
+    )
+    .bind(tenants)
+    .fetch_all(tx)
+    .await
 }

@@ -29,6 +29,7 @@ pub mod lease;
 pub mod log;
 pub mod scope;
 pub mod telemetry;
+pub mod tenant_purge;
 pub mod warm;
 
 pub use bus::{BatchCommand, BatchOutcome, CommandBus, CommandError, CommitMetadata};

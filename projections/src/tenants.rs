@@ -68,6 +68,32 @@ impl Projection for TenantsProjection {
                 .execute(&mut *tx)
                 .await?;
             }
+            TenantEvent::TenantDeleted { purge_after } => {
+                sqlx::query(
+                    "UPDATE tenants SET deleted_at = $2, deleted_by = $3, purge_after = $4,
+                            version = $5, updated_at = $2
+                     WHERE tenant_id = $1",
+                )
+                .bind(event.tenant_id)
+                .bind(event.recorded_at)
+                .bind(&event.actor)
+                .bind(purge_after)
+                .bind(event.sequence)
+                .execute(&mut *tx)
+                .await?;
+            }
+            TenantEvent::TenantRestored => {
+                sqlx::query(
+                    "UPDATE tenants SET deleted_at = NULL, deleted_by = NULL, purge_after = NULL,
+                            version = $2, updated_at = $3
+                     WHERE tenant_id = $1",
+                )
+                .bind(event.tenant_id)
+                .bind(event.sequence)
+                .bind(event.recorded_at)
+                .execute(&mut *tx)
+                .await?;
+            }
             TenantEvent::TenantResumed => {
                 sqlx::query(
                     "UPDATE tenants SET suspended_at = NULL, suspended_by = NULL,
@@ -104,7 +130,7 @@ impl Projection for TenantsProjection {
 }
 
 /// A tenant as the registry shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct TenantRow {
     /// Internal id (derived from the slug).
     pub tenant_id: Uuid,
@@ -126,48 +152,55 @@ pub struct TenantRow {
     pub suspended_by: Option<String>,
     /// Why, while it is.
     pub suspension_reason: Option<String>,
+    /// When it was deleted, while it is (until restored or purged).
+    pub deleted_at: Option<DateTime<Utc>>,
+    /// Who deleted it, while it is.
+    pub deleted_by: Option<String>,
+    /// When its grace period ends and the purge may begin, while it is deleted.
+    pub purge_after: Option<DateTime<Utc>>,
 }
+
+/// The columns of a [`TenantRow`].
+const TENANT_COLUMNS: &str = "tenant_id, slug, name, version, created_at, created_by, updated_at,
+    suspended_at, suspended_by, suspension_reason, deleted_at, deleted_by, purge_after";
 
 /// Lists tenants in slug order after `after_slug`, at most `limit`, as `scope` may see them: every
 /// tenant for the system scope, only its own for a tenant scope (row-level security decides).
+/// Deleted tenants (in their grace period) are listed only when `include_deleted`.
 pub async fn list_tenants(
     pool: &PgPool,
     scope: Scope,
     after_slug: Option<&str>,
     limit: i64,
+    include_deleted: bool,
 ) -> Result<Vec<TenantRow>, sqlx::Error> {
     let mut tx = scope.begin(pool).await?;
-    let rows = sqlx::query_as!(
-        TenantRow,
-        r#"SELECT tenant_id, slug, name, version, created_at, created_by, updated_at,
-                  suspended_at, suspended_by, suspension_reason
-           FROM tenants
-           WHERE $1::text IS NULL OR slug > $1
-           ORDER BY slug
-           LIMIT $2"#,
-        after_slug,
-        limit,
-    )
+    let rows = sqlx::query_as::<_, TenantRow>(&format!(
+        "SELECT {TENANT_COLUMNS} FROM tenants
+         WHERE ($1::text IS NULL OR slug > $1) AND ($3 OR deleted_at IS NULL)
+         ORDER BY slug
+         LIMIT $2"
+    ))
+    .bind(after_slug)
+    .bind(limit)
+    .bind(include_deleted)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(rows)
 }
 
-/// One tenant by slug, if `scope` may see it.
+/// One tenant by slug, if `scope` may see it (deleted or not).
 pub async fn get_tenant(
     pool: &PgPool,
     scope: Scope,
     slug: &str,
 ) -> Result<Option<TenantRow>, sqlx::Error> {
     let mut tx = scope.begin(pool).await?;
-    let row = sqlx::query_as!(
-        TenantRow,
-        r#"SELECT tenant_id, slug, name, version, created_at, created_by, updated_at,
-                  suspended_at, suspended_by, suspension_reason
-           FROM tenants WHERE slug = $1"#,
-        slug,
-    )
+    let row = sqlx::query_as::<_, TenantRow>(&format!(
+        "SELECT {TENANT_COLUMNS} FROM tenants WHERE slug = $1"
+    ))
+    .bind(slug)
     .fetch_optional(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -221,4 +254,57 @@ pub async fn tenant_history(
     .await?;
     tx.commit().await?;
     Ok(rows)
+}
+
+/// What remains of a purged tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct TenantDeletionRow {
+    /// The slug it had, never given to another tenant.
+    pub slug: String,
+    /// When it was deleted.
+    pub deleted_at: DateTime<Utc>,
+    /// Who deleted it.
+    pub deleted_by: String,
+    /// When it was purged.
+    pub purged_at: DateTime<Utc>,
+    /// How many rows of each table the purge removed.
+    pub purged_rows: serde_json::Value,
+}
+
+/// The records of purged tenants in slug order after `after_slug`, at most `limit` (the system's
+/// read).
+pub async fn list_tenant_deletions(
+    pool: &PgPool,
+    after_slug: Option<&str>,
+    limit: i64,
+) -> Result<Vec<TenantDeletionRow>, sqlx::Error> {
+    let mut tx = Scope::System.begin(pool).await?;
+    let rows = sqlx::query_as::<_, TenantDeletionRow>(
+        "SELECT slug, deleted_at, deleted_by, purged_at, purged_rows FROM tenant_deletions
+         WHERE $1::text IS NULL OR slug > $1
+         ORDER BY slug LIMIT $2",
+    )
+    .bind(after_slug)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// The record of the purged tenant `slug`, if one was purged under it.
+pub async fn tenant_deletion(
+    pool: &PgPool,
+    slug: &str,
+) -> Result<Option<TenantDeletionRow>, sqlx::Error> {
+    let mut tx = Scope::System.begin(pool).await?;
+    let row = sqlx::query_as::<_, TenantDeletionRow>(
+        "SELECT slug, deleted_at, deleted_by, purged_at, purged_rows FROM tenant_deletions
+         WHERE slug = $1",
+    )
+    .bind(slug)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(row)
 }

@@ -74,6 +74,15 @@ pub fn quick_upkeep() -> efms_commands::fleet::upkeep::UpkeepSettings {
     }
 }
 
+/// Heartbeats every second and a grace long enough that a heartbeat made late by a loaded
+/// machine never turns the VM `down`: for tests in which no agent dies.
+pub fn steady_upkeep() -> efms_commands::fleet::upkeep::UpkeepSettings {
+    efms_commands::fleet::upkeep::UpkeepSettings {
+        heartbeat_grace: Duration::from_secs(60),
+        ..quick_upkeep()
+    }
+}
+
 /// `GET path`'s body, which must not be a server error.
 pub async fn get(app: &TestApp, path: &str) -> Value {
     let answer = app.get(path).await;

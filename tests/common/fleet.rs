@@ -247,9 +247,20 @@ pub async fn edge_bootstrap(app: &crate::TestApp, flush: Option<&str>) -> Value 
 /// The bootstrap of proxy `node` of group `edge` in tenant `acme` (with a free admin port), with
 /// `query` (`&name=value…`) added to the request.
 pub async fn group_bootstrap(app: &crate::TestApp, node: &str, query: &str) -> Value {
+    tenant_bootstrap(app, "acme", node, query).await
+}
+
+/// The bootstrap of proxy `node` of group `edge` in `tenant` (with a free admin port), with
+/// `query` (`&name=value…`) added to the request.
+pub async fn tenant_bootstrap(
+    app: &crate::TestApp,
+    tenant: &str,
+    node: &str,
+    query: &str,
+) -> Value {
     let answer = app
         .get(&format!(
-            "/api/v1/tenants/acme/groups/edge/bootstrap?node_id={node}&admin_port={}{query}",
+            "/api/v1/tenants/{tenant}/groups/edge/bootstrap?node_id={node}&admin_port={}{query}",
             free_port()
         ))
         .await;

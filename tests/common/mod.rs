@@ -81,6 +81,8 @@ pub struct TestApp {
     webhooks: watch::Sender<efms_notify::WebhookSettings>,
     /// How alert rules are evaluated.
     alerts: watch::Sender<efms_notify::AlertSettings>,
+    /// How long deleted tenants are kept before their purge.
+    purge: watch::Sender<efms_commands::tenant_purge::PurgeSettings>,
 }
 
 impl TestApp {
@@ -188,6 +190,7 @@ impl TestApp {
         let fleet = state.fleet_upkeep.clone();
         let webhooks = state.webhooks.clone();
         let alerts = state.alerts.clone();
+        let purge = state.tenant_purge.clone();
         let login_throttle = state.login_throttle.clone();
         let cache = state.cache.clone();
         let snapshots = state.snapshots.clone();
@@ -224,6 +227,7 @@ impl TestApp {
             xds: xds_handle,
             webhooks,
             alerts,
+            purge,
         }
     }
 
@@ -270,6 +274,12 @@ impl TestApp {
     /// Evaluates alert rules with `settings` from now on.
     pub fn set_alerts(&self, settings: efms_notify::AlertSettings) {
         self.alerts.send_replace(settings);
+    }
+
+    /// Keeps deleted tenants `grace` before their purge from now on (tenants deleted from now on).
+    pub fn set_purge_grace(&self, grace: Duration) {
+        self.purge
+            .send_replace(efms_commands::tenant_purge::PurgeSettings { grace });
     }
 
     /// Delivers webhooks with `settings` from now on.

@@ -44,7 +44,7 @@ struct Inner {
     metrics: XdsMetrics,
     nonces: AtomicU64,
     /// Whether each tenant seen is suspended, and when that was read.
-    tenant_standing: Mutex<HashMap<Uuid, (Instant, bool)>>,
+    tenant_standing: Mutex<HashMap<Uuid, (Instant, Standing)>>,
     /// Each tenant's `proxies` quota as last read, and when.
     proxy_limits: Mutex<HashMap<Uuid, (Instant, Option<i64>)>>,
     identifier: String,
@@ -190,6 +190,10 @@ impl XdsServer {
         let credential = credentials
             .revocable
             .map(|revocable| self.inner.credentials.register(revocable));
+        let tenant = self
+            .inner
+            .credentials
+            .register(efms_commands::credentials::Revocable::Tenant { tenant_id });
         let bound = credentials
             .group
             .as_deref()
@@ -213,6 +217,7 @@ impl XdsServer {
         };
         let lapse = Lapse {
             credential,
+            tenant,
             expiry: credentials.expires_at.map(|at| {
                 let left = (at - chrono::Utc::now()).to_std().unwrap_or_default();
                 (at, Box::pin(tokio::time::sleep(left)))
@@ -333,9 +338,10 @@ impl XdsServer {
         }
     }
 
-    /// Refuses a stream of a tenant that does not exist or is suspended. What was read is kept
-    /// for [`TENANT_STANDING_TTL`], so that a storm of reconnections costs the database one read
-    /// per tenant and period, and a suspension refuses new streams within that period.
+    /// Refuses a stream of a tenant that does not exist, is suspended or is deleted. What was
+    /// read is kept for [`TENANT_STANDING_TTL`], so that a storm of reconnections costs the
+    /// database one read per tenant and period, and a suspension refuses new streams within that
+    /// period.
     async fn check_tenant(&self, tenant_id: Uuid, slug: &str) -> Result<(), Status> {
         let cached = self
             .inner
@@ -344,9 +350,9 @@ impl XdsServer {
             .expect("tenant standing lock")
             .get(&tenant_id)
             .filter(|(read_at, _)| read_at.elapsed() < TENANT_STANDING_TTL)
-            .map(|(_, suspended)| *suspended);
-        let suspended = if let Some(suspended) = cached {
-            suspended
+            .map(|(_, standing)| *standing);
+        let standing = if let Some(standing) = cached {
+            standing
         } else {
             let row = efms_projections::tenants::get_tenant(
                 &self.inner.pool,
@@ -354,23 +360,44 @@ impl XdsServer {
                 slug,
             )
             .await
-            .map_err(unavailable)?
-            .ok_or_else(|| Status::not_found(format!("there is no tenant `{slug}`")))?;
-            let suspended = row.suspended_at.is_some();
+            .map_err(unavailable)?;
+            let standing = match row {
+                None => Standing::Missing,
+                Some(row) if row.deleted_at.is_some() => Standing::Deleted,
+                Some(row) if row.suspended_at.is_some() => Standing::Suspended,
+                Some(_) => Standing::Active,
+            };
             self.inner
                 .tenant_standing
                 .lock()
                 .expect("tenant standing lock")
-                .insert(tenant_id, (Instant::now(), suspended));
-            suspended
+                .insert(tenant_id, (Instant::now(), standing));
+            standing
         };
-        if suspended {
-            return Err(Status::permission_denied(format!(
+        match standing {
+            Standing::Active => Ok(()),
+            Standing::Missing => Err(Status::not_found(format!("there is no tenant `{slug}`"))),
+            Standing::Suspended => Err(Status::permission_denied(format!(
                 "tenant `{slug}` is suspended: new proxy streams are refused until it is resumed"
-            )));
+            ))),
+            Standing::Deleted => Err(Status::permission_denied(format!(
+                "tenant `{slug}` is deleted: its proxy streams are refused"
+            ))),
         }
-        Ok(())
     }
+}
+
+/// Whether a tenant's proxies may open streams, as last read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// They may.
+    Active,
+    /// The tenant does not exist (or was purged).
+    Missing,
+    /// The tenant is suspended.
+    Suspended,
+    /// The tenant is deleted.
+    Deleted,
 }
 
 #[allow(clippy::needless_pass_by_value)] // used as `map_err(unavailable)`
@@ -412,6 +439,8 @@ pub(crate) struct Session {
 pub(crate) struct Lapse {
     /// The user or proxy token the stream's token names, watched for withdrawal.
     credential: Option<WatchedCredential>,
+    /// The stream's tenant, watched for its deletion.
+    tenant: WatchedCredential,
     /// When the stream's token expires, and the timer set for then (set once per stream, not
     /// once per wait: a stream waits again after every message).
     expiry: Option<(
@@ -441,6 +470,7 @@ impl Lapse {
         tokio::select! {
             status = expiry => status,
             status = withdrawal => status,
+            status = self.tenant.withdrawn() => status,
         }
     }
 }

@@ -1,6 +1,6 @@
-//! A tenant's lifecycle beyond its registration: suspension and its end (the `system` role), and
-//! the tenant's own history (creation, renames, suspensions), each an event of the tenant's stream
-//! with who did it and why.
+//! A tenant's lifecycle beyond its registration: suspension and its end, deletion and restoration
+//! (the `system` role), and the tenant's own history (creation, renames, suspensions, deletions),
+//! each an event of the tenant's stream with who did it and why.
 //!
 //! A suspended tenant's own callers may read everything they could, and are refused every change
 //! (403, `urn:efms:problem:tenant-suspended`, see [`crate::access`]); its new proxy streams are
@@ -14,10 +14,11 @@ use efms_projections::tenants::tenant_history;
 use serde::{Deserialize, Serialize};
 
 use super::tenants::answer;
-use crate::access::{ReadConfig, SuspendTenants, Tenant};
+use crate::access::{DeleteTenants, ReadConfig, SuspendTenants, Tenant};
 use crate::error::{ApiError, FieldError};
 use crate::extract::{ApiJson, CommitMeta};
 use crate::state::AppState;
+use crate::store::grants::{hold_grantees, referrers_of};
 
 /// Body of `POST /api/v1/tenants/{slug}/suspend`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -63,6 +64,77 @@ pub async fn resume(
     meta: CommitMeta,
 ) -> Result<Response, ApiError> {
     answer(&state, &tenant, &meta, TenantCommand::Resume).await
+}
+
+/// `DELETE /api/v1/tenants/{slug}`: deletes the tenant (`system` role). From then on everything of
+/// it is refused (410), its proxies' and agents' streams are cut and its tokens withdrawn; it is
+/// kept whole for the grace period (`EFMS_TENANT_PURGE_GRACE`, seven days unless set), within
+/// which `POST …/restore` undoes the deletion, and then purged for good. Refused (409, naming
+/// them) while other tenants' resources refer to what it shares with them.
+#[utoipa::path(delete, path = "/api/v1/tenants/{slug}", tag = "tenants",
+    params(("slug" = String, Path, description = "Tenant slug")),
+    responses((status = 200, description = "Deleted: the tenant, in its grace period", body = super::tenants::TenantView),
+        (status = 403, description = "Not the system role", body = crate::problem::Problem),
+        (status = 404, description = "No such tenant", body = crate::problem::Problem),
+        (status = 409, description = "Deleted already, or other tenants refer to what it shares", body = crate::problem::Problem),
+        (status = 410, description = "Purged already", body = crate::problem::Problem)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    tenant: Tenant<DeleteTenants>,
+    meta: CommitMeta,
+) -> Result<Response, ApiError> {
+    // The tenants it shares with cannot come to refer to it while this is decided: their commits
+    // in flight are waited for, their next ones wait, and see it deleted.
+    let held = hold_grantees(&state.pool, tenant.tenant_id).await?;
+    let referrers = referrers_of(&state.pool, tenant.tenant_id).await?;
+    if !referrers.is_empty() {
+        let listed = referrers
+            .iter()
+            .map(|r| {
+                format!(
+                    "tenant `{}`: {} `{}` on branch `{}` refers to `{}`",
+                    r.tenant, r.kind, r.name, r.branch, r.reference
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(ApiError::Conflict(format!(
+            "other tenants refer to what tenant `{}` shares with them, so it cannot be deleted: {listed}",
+            tenant.slug
+        )));
+    }
+    let grace = state.tenant_purge.borrow().grace;
+    let purge_after =
+        chrono::Utc::now() + chrono::Duration::from_std(grace).map_err(ApiError::internal)?;
+    let answered = answer(
+        &state,
+        &tenant,
+        &meta,
+        TenantCommand::Delete { purge_after },
+    )
+    .await;
+    held.rollback().await?;
+    // This replica refuses it at once; the others within their tenants' period.
+    state.known_tenants.forget(tenant.tenant_id);
+    state.xds.recheck_credentials();
+    answered
+}
+
+/// `POST /api/v1/tenants/{slug}/restore`: undoes the tenant's deletion within its grace period
+/// (`system` role): everything is back as it was, and its proxies and agents connect again.
+#[utoipa::path(post, path = "/api/v1/tenants/{slug}/restore", tag = "tenants",
+    params(("slug" = String, Path, description = "Tenant slug")),
+    responses((status = 200, description = "Restored", body = super::tenants::TenantView),
+        (status = 403, description = "Not the system role", body = crate::problem::Problem),
+        (status = 404, description = "No such tenant", body = crate::problem::Problem),
+        (status = 409, description = "Not deleted", body = crate::problem::Problem),
+        (status = 410, description = "Purged: nothing remains to restore", body = crate::problem::Problem)))]
+pub async fn restore(
+    State(state): State<AppState>,
+    tenant: Tenant<DeleteTenants>,
+    meta: CommitMeta,
+) -> Result<Response, ApiError> {
+    answer(&state, &tenant, &meta, TenantCommand::Restore).await
 }
 
 /// The tenant's own history, oldest first.
@@ -131,6 +203,7 @@ pub fn router() -> axum::Router<AppState> {
     axum::Router::new()
         .route("/tenants/{tenant}/suspend", routing::post(suspend))
         .route("/tenants/{tenant}/resume", routing::post(resume))
+        .route("/tenants/{tenant}/restore", routing::post(restore))
         .route("/tenants/{tenant}/history", routing::get(history))
 }
 

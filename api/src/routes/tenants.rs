@@ -10,7 +10,9 @@ use axum::Json;
 use cqrs_es::Aggregate as _;
 use efms_commands::Scope;
 use efms_domain::{Actor, Role, Tenant, TenantCommand, TenantName, TenantSlug};
-use efms_projections::tenants::{get_tenant, list_tenants};
+use efms_projections::tenants::{
+    get_tenant, list_tenant_deletions, list_tenants, tenant_deletion, TenantDeletionRow,
+};
 use efms_projections::{ProjectorHandle, TenantRow};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -46,11 +48,14 @@ pub struct TenantRename {
 pub struct TenantView {
     slug: String,
     name: String,
-    /// `active` or `suspended`.
+    /// `active`, `suspended` or `deleted` (in its grace period, restorable).
     state: &'static str,
     /// Who suspended the tenant, when and why, while it is suspended.
     #[serde(skip_serializing_if = "Option::is_none")]
     suspension: Option<SuspensionView>,
+    /// Who deleted the tenant and when, and when its purge may begin, while it is deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deletion: Option<DeletionView>,
     version: i64,
     created_at: chrono::DateTime<chrono::Utc>,
     created_by: String,
@@ -65,21 +70,85 @@ pub struct SuspensionView {
     by: String,
 }
 
+/// A tenant's deletion.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeletionView {
+    at: chrono::DateTime<chrono::Utc>,
+    by: String,
+    /// When the grace period ends: from then on the tenant may be purged, and no longer restored.
+    purge_after: chrono::DateTime<chrono::Utc>,
+}
+
+/// What remains of a purged tenant, listed with `include_deleted=true`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PurgedTenantView {
+    slug: String,
+    /// `purged`.
+    state: &'static str,
+    deleted_at: chrono::DateTime<chrono::Utc>,
+    deleted_by: String,
+    purged_at: chrono::DateTime<chrono::Utc>,
+    /// How many rows of each table the purge removed.
+    #[schema(value_type = Object)]
+    purged_rows: serde_json::Value,
+}
+
+impl From<TenantDeletionRow> for PurgedTenantView {
+    fn from(row: TenantDeletionRow) -> Self {
+        Self {
+            slug: row.slug,
+            state: "purged",
+            deleted_at: row.deleted_at,
+            deleted_by: row.deleted_by,
+            purged_at: row.purged_at,
+            purged_rows: row.purged_rows,
+        }
+    }
+}
+
+/// One item of a page of tenants: a tenant, or what remains of a purged one.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum TenantListItem {
+    /// A tenant, deleted or not.
+    Tenant(TenantView),
+    /// A purged tenant's record.
+    Purged(PurgedTenantView),
+}
+
+impl TenantListItem {
+    fn slug(&self) -> &str {
+        match self {
+            Self::Tenant(view) => &view.slug,
+            Self::Purged(view) => &view.slug,
+        }
+    }
+}
+
 impl From<TenantRow> for TenantView {
     fn from(row: TenantRow) -> Self {
         let suspension = match (row.suspended_at, row.suspended_by, row.suspension_reason) {
             (Some(at), Some(by), Some(reason)) => Some(SuspensionView { reason, at, by }),
             _ => None,
         };
+        let deletion = match (row.deleted_at, row.deleted_by, row.purge_after) {
+            (Some(at), Some(by), Some(purge_after)) => Some(DeletionView {
+                at,
+                by,
+                purge_after,
+            }),
+            _ => None,
+        };
         Self {
             slug: row.slug,
             name: row.name,
-            state: if suspension.is_some() {
-                "suspended"
-            } else {
-                "active"
+            state: match (&deletion, &suspension) {
+                (Some(_), _) => "deleted",
+                (None, Some(_)) => "suspended",
+                (None, None) => "active",
             },
             suspension,
+            deletion,
             version: row.version,
             created_at: row.created_at,
             created_by: row.created_by,
@@ -91,7 +160,7 @@ impl From<TenantRow> for TenantView {
 /// One page of tenants.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TenantPage {
-    items: Vec<TenantView>,
+    items: Vec<TenantListItem>,
     /// Pass as `cursor` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     next_cursor: Option<String>,
@@ -106,6 +175,9 @@ pub struct ListQuery {
     limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// List deleted tenants too: those in their grace period (state `deleted`) and what remains
+    /// of purged ones (state `purged`). For the `system` role.
+    include_deleted: Option<bool>,
 }
 
 /// `POST /api/v1/tenants`: creates a tenant (system role only).
@@ -136,6 +208,13 @@ pub async fn create(
     let (Some(slug), Some(name)) = (slug, name) else {
         return Err(ApiError::Validation(errors));
     };
+    if let Some(record) = tenant_deletion(&state.pool, slug.as_str()).await? {
+        return Err(ApiError::Conflict(format!(
+            "the slug `{slug}` was a tenant's, deleted by `{}` and purged at {}: a slug is never given to another tenant",
+            record.deleted_by,
+            record.purged_at.to_rfc3339()
+        )));
+    }
     let outcome = execute(
         &state,
         &actor,
@@ -262,18 +341,36 @@ pub async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<TenantPage>, ApiError> {
     let page = super::PageSize::from_param(query.limit)?;
-    let mut rows = list_tenants(
+    let include_deleted = query.include_deleted.unwrap_or(false);
+    if include_deleted && actor.tenant.is_some() {
+        return Err(ApiError::Forbidden(
+            "listing deleted tenants needs the `system` role".to_owned(),
+        ));
+    }
+    let after = query.cursor.as_deref();
+    let mut items: Vec<TenantListItem> = list_tenants(
         &pool,
         scope_of(&actor),
-        query.cursor.as_deref(),
+        after,
         page.fetch(),
+        include_deleted,
     )
-    .await?;
-    let next_cursor = page.cut(&mut rows, |row| row.slug.clone());
-    Ok(Json(TenantPage {
-        items: rows.into_iter().map(TenantView::from).collect(),
-        next_cursor,
-    }))
+    .await?
+    .into_iter()
+    .map(|row| TenantListItem::Tenant(row.into()))
+    .collect();
+    if include_deleted {
+        let purged = list_tenant_deletions(&pool, after, page.fetch()).await?;
+        items.extend(
+            purged
+                .into_iter()
+                .map(|row| TenantListItem::Purged(row.into())),
+        );
+        items.sort_by(|a, b| a.slug().cmp(b.slug()));
+        items.truncate(usize::try_from(page.fetch()).unwrap_or(usize::MAX));
+    }
+    let next_cursor = page.cut(&mut items, |item| item.slug().to_owned());
+    Ok(Json(TenantPage { items, next_cursor }))
 }
 
 /// `GET /api/v1/tenants/{slug}`: one tenant, if the caller may see it.
@@ -296,6 +393,12 @@ pub async fn get(
     let row = get_tenant(&pool, scope_of(&actor), &slug)
         .await?
         .ok_or_else(not_found)?;
+    if row.deleted_at.is_some() && actor.tenant.is_some() {
+        return Err(crate::access::deleted(
+            &TenantSlug::parse(slug.as_str()).map_err(|_| not_found())?,
+            &row,
+        ));
+    }
     let etag = etag(row.version);
     let mut response = Json(TenantView::from(row)).into_response();
     response.headers_mut().insert(header::ETAG, etag);
@@ -319,6 +422,11 @@ pub fn router() -> axum::Router<AppState> {
     use axum::routing;
     axum::Router::new()
         .route("/tenants", routing::get(list).post(create))
-        .route("/tenants/{tenant}", routing::get(get).patch(rename))
+        .route(
+            "/tenants/{tenant}",
+            routing::get(get)
+                .patch(rename)
+                .delete(super::tenant_lifecycle::delete),
+        )
         .merge(super::tenant_lifecycle::router())
 }

@@ -33,6 +33,7 @@ fn args(http: &str, secret: Option<&str>) -> ServeArgs {
             oidc_jwks_allow_http: "false".to_owned(),
         },
         limits: crate::limits::LimitArgs::default(),
+        tenant_purge_grace: "7d".to_owned(),
         fleet: FleetArgs::default(),
         telemetry: TelemetryArgs::default(),
         replica: ReplicaArgs::default(),

@@ -210,3 +210,62 @@ async fn dependents(
     tx.commit().await?;
     Ok(rows)
 }
+
+/// A resource of another tenant that refers to what a tenant shares.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Referrer {
+    /// The tenant that refers to it.
+    pub tenant: String,
+    /// Where the reference is made: its branch, kind and name.
+    pub branch: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// What it refers to (`kind:owner/name`).
+    pub reference: String,
+}
+
+/// The resources of other tenants, on any branch, that refer to something `owner_id` shares with
+/// them (at most 100). Like a revocation's check, it runs as the system role and returns only
+/// where each reference is made.
+pub async fn referrers_of(pool: &PgPool, owner_id: Uuid) -> Result<Vec<Referrer>, sqlx::Error> {
+    let mut tx = Scope::System.begin(pool).await?;
+    let rows = sqlx::query_as::<_, Referrer>(
+        "SELECT g.grantee_slug AS tenant, c.branch, c.kind, c.name, r.reference
+         FROM resource_grants g
+         CROSS JOIN LATERAL (SELECT g.kind || ':' || g.owner_slug || '/' || g.name AS reference) r
+         JOIN config_resources c ON c.tenant_id = g.grantee_id AND c.shared_refs ? r.reference
+         WHERE g.tenant_id = $1
+         ORDER BY g.grantee_slug, c.branch, c.kind, c.name
+         LIMIT 100",
+    )
+    .bind(owner_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
+}
+
+/// Waits for the commits in flight of every tenant `owner_id` shares with, and holds back their
+/// next ones until the returned transaction ends (see [`revoke`]): what they refer to stays as
+/// read meanwhile.
+pub async fn hold_grantees(
+    pool: &PgPool,
+    owner_id: Uuid,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = Scope::System.begin(pool).await?;
+    let grantees: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT DISTINCT grantee_id FROM resource_grants WHERE tenant_id = $1 ORDER BY grantee_id",
+    )
+    .bind(owner_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    for grantee in grantees {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(efms_commands::configuration::sharing::grantee_lock(grantee))
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(tx)
+}

@@ -46,7 +46,8 @@ impl SharedGuard {
 }
 
 /// What other tenants share with `tenant`, for its commits to refer to: every granted resource
-/// that exists on its owner's `main`, with each template's document; and, when something is
+/// that exists on its owner's `main`, with each template's document, unless its owner is deleted
+/// (nothing may come to depend on a tenant about to be purged); and, when something is
 /// shared, the guard to hold until the commit is projected.
 pub async fn shared_with(
     pool: &PgPool,
@@ -90,7 +91,7 @@ async fn read_shared(pool: &PgPool, tenant_id: Uuid) -> Result<Shared, ConfigSer
            JOIN config_resources r
              ON r.tenant_id = g.tenant_id AND r.branch = 'main' AND r.kind = g.kind
                 AND r.name = g.name
-           WHERE g.grantee_id = $1"#,
+           WHERE g.grantee_id = $1 AND efms_tenant_is_live(g.tenant_id)"#,
         tenant_id,
     )
     .fetch_all(&mut *tx)

@@ -85,7 +85,7 @@ pub async fn authenticate(pool: &PgPool, token: &str) -> Result<Option<Joined>, 
         Joined,
         r#"SELECT t.tenant_id, n.slug AS tenant, t.vm_name AS vm, t.token_id
            FROM vm_join_tokens t JOIN tenants n ON n.tenant_id = t.tenant_id
-           WHERE t.digest = $1 AND t.revoked_at IS NULL"#,
+           WHERE t.digest = $1 AND t.revoked_at IS NULL AND n.deleted_at IS NULL"#,
         digest.as_slice(),
     )
     .fetch_optional(&mut *tx)
@@ -106,8 +106,8 @@ pub async fn watched_while_live(
 }
 
 /// [`watched_while_live`] for many tokens (`(tenant, token)`) in one statement: per token, the
-/// images its VM watches, `None` when it is revoked or unknown. The open streams of a process
-/// are re-checked this way, together.
+/// images its VM watches, `None` when it is revoked or unknown or its tenant is deleted. The open
+/// streams of a process are re-checked this way, together.
 pub async fn watched_while_live_all(
     pool: &PgPool,
     tokens: &[(Uuid, Uuid)],
@@ -117,7 +117,8 @@ pub async fn watched_while_live_all(
     // Each token is found by its key and its revocation checked here: asked in the query, a
     // planner without statistics scans all of a tenant's live tokens by their partial index.
     let rows = sqlx::query!(
-        r#"SELECT u.token_id AS "token_id!", t.revoked_at IS NULL AS "live!",
+        r#"SELECT u.token_id AS "token_id!",
+                  t.revoked_at IS NULL AND efms_tenant_is_live(u.tenant_id) AS "live!",
                   coalesce(v.watch_images, '[]'::jsonb) AS "images!"
            FROM UNNEST($1::uuid[], $2::uuid[]) AS u(tenant_id, token_id),
                 LATERAL (SELECT tenant_id, vm_name, revoked_at FROM vm_join_tokens

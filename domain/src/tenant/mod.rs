@@ -5,6 +5,7 @@
 
 mod values;
 
+use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,14 @@ pub enum TenantCommand {
     },
     /// End a suspension; refused when the tenant is not suspended.
     Resume,
+    /// Delete the tenant: everything of it is refused from now on, and it is purged for good at
+    /// `purge_after` unless restored before. Refused when it is deleted already.
+    Delete {
+        /// When the grace period ends and the purge may begin.
+        purge_after: DateTime<Utc>,
+    },
+    /// Undo a deletion within its grace period; refused when the tenant is not deleted.
+    Restore,
 }
 
 /// What happened to a tenant.
@@ -58,6 +67,13 @@ pub enum TenantEvent {
     },
     /// The tenant's suspension ended.
     TenantResumed,
+    /// The tenant was deleted; it is purged at `purge_after` unless restored before.
+    TenantDeleted {
+        /// When the grace period ends.
+        purge_after: DateTime<Utc>,
+    },
+    /// The tenant's deletion was undone: everything is back as it was.
+    TenantRestored,
 }
 
 impl DomainEvent for TenantEvent {
@@ -67,6 +83,8 @@ impl DomainEvent for TenantEvent {
             TenantEvent::TenantRenamed { .. } => "TenantRenamed",
             TenantEvent::TenantSuspended { .. } => "TenantSuspended",
             TenantEvent::TenantResumed => "TenantResumed",
+            TenantEvent::TenantDeleted { .. } => "TenantDeleted",
+            TenantEvent::TenantRestored => "TenantRestored",
         }
         .to_owned()
     }
@@ -91,6 +109,12 @@ pub enum TenantError {
     /// The tenant is not suspended.
     #[error("the tenant is not suspended")]
     NotSuspended,
+    /// The tenant is deleted: nothing but its restoration may be asked of it.
+    #[error("the tenant is deleted; it is purged after {0} unless restored before")]
+    Deleted(DateTime<Utc>),
+    /// The tenant is not deleted, so there is nothing to restore.
+    #[error("the tenant is not deleted")]
+    NotDeleted,
 }
 
 /// The state a tenant's commands are decided on.
@@ -101,6 +125,9 @@ pub struct Tenant {
     /// Why it is suspended, while it is.
     #[serde(default)]
     suspended: Option<SuspensionReason>,
+    /// When its purge may begin, while it is deleted.
+    #[serde(default)]
+    purge_after: Option<DateTime<Utc>>,
 }
 
 impl Tenant {
@@ -117,6 +144,11 @@ impl Tenant {
     /// Why the tenant is suspended, while it is.
     pub fn suspended(&self) -> Option<&SuspensionReason> {
         self.suspended.as_ref()
+    }
+
+    /// When the tenant's purge may begin, while it is deleted.
+    pub fn purge_after(&self) -> Option<DateTime<Utc>> {
+        self.purge_after
     }
 }
 
@@ -141,6 +173,21 @@ impl Aggregate for Tenant {
                 Ok(())
             }
             (_, None) => Err(TenantError::NotFound),
+            (TenantCommand::Restore, Some(_)) => {
+                if self.purge_after.is_none() {
+                    return Err(TenantError::NotDeleted);
+                }
+                sink.write(TenantEvent::TenantRestored, self).await;
+                Ok(())
+            }
+            (_, Some(_)) if self.purge_after.is_some() => Err(TenantError::Deleted(
+                self.purge_after.expect("checked just above"),
+            )),
+            (TenantCommand::Delete { purge_after }, Some(_)) => {
+                sink.write(TenantEvent::TenantDeleted { purge_after }, self)
+                    .await;
+                Ok(())
+            }
             (TenantCommand::Rename { name }, Some(_)) => {
                 if self.name.as_ref() != Some(&name) {
                     sink.write(TenantEvent::TenantRenamed { name }, self).await;
@@ -174,6 +221,8 @@ impl Aggregate for Tenant {
             TenantEvent::TenantRenamed { name } => self.name = Some(name),
             TenantEvent::TenantSuspended { reason } => self.suspended = Some(reason),
             TenantEvent::TenantResumed => self.suspended = None,
+            TenantEvent::TenantDeleted { purge_after } => self.purge_after = Some(purge_after),
+            TenantEvent::TenantRestored => self.purge_after = None,
         }
     }
 }
@@ -294,6 +343,46 @@ mod tests {
             ])
             .when(TenantCommand::Resume)
             .then_expect_error(TenantError::NotSuspended);
+    }
+
+    fn deleted() -> TenantEvent {
+        TenantEvent::TenantDeleted {
+            purge_after: "2026-12-10T00:00:00Z".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_deleted_tenant_refuses_everything_but_its_restoration() {
+        let purge_after = "2026-12-10T00:00:00Z".parse().unwrap();
+        for command in [
+            TenantCommand::Delete { purge_after },
+            TenantCommand::Rename { name: name("New") },
+            TenantCommand::Suspend {
+                reason: reason("unpaid"),
+            },
+            TenantCommand::Resume,
+        ] {
+            TestFramework::<Tenant>::with(())
+                .given(vec![created(), deleted()])
+                .when(command)
+                .then_expect_error(TenantError::Deleted(purge_after));
+        }
+        TestFramework::<Tenant>::with(())
+            .given(vec![created(), deleted()])
+            .when(TenantCommand::Restore)
+            .then_expect_events(vec![TenantEvent::TenantRestored]);
+    }
+
+    #[test]
+    fn restoring_a_tenant_that_is_not_deleted_is_refused_and_a_restored_one_may_be_deleted_again() {
+        TestFramework::<Tenant>::with(())
+            .given(vec![created()])
+            .when(TenantCommand::Restore)
+            .then_expect_error(TenantError::NotDeleted);
+        TestFramework::<Tenant>::with(())
+            .given(vec![created(), deleted(), TenantEvent::TenantRestored])
+            .when(TenantCommand::Rename { name: name("Back") })
+            .then_expect_events(vec![TenantEvent::TenantRenamed { name: name("Back") }]);
     }
 
     #[test]
