@@ -445,3 +445,36 @@ async fn a_purged_tenant_leaves_only_its_deletion_record_and_another_tenants_env
         .await;
     assert_eq!(deleted_again.status, 410, "{}", deleted_again.body);
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_deleted_tenants_agent_is_cut_and_refused_until_the_tenant_is_restored(pool: PgPool) {
+    use efms_tests::agent_stream::{acme, Agent};
+    let app = TestApp::spawn(pool).await;
+    let token = acme(&app).await;
+    let (mut agent, _) = Agent::connect(&app, &token, "epoch-a").await.unwrap();
+    let deleted = app
+        .send(Method::DELETE, "/api/v1/tenants/acme", None, &[])
+        .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    let end = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match agent.answers.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(status) => return Some(status.code()),
+            }
+        }
+    })
+    .await
+    .expect("the agent's stream is cut in time");
+    assert!(end.is_some(), "the stream ends with a status");
+    let refused = Agent::connect(&app, &token, "epoch-a").await.err().unwrap();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
+    let restored = app.post("/api/v1/tenants/acme/restore", &json!({})).await;
+    assert_eq!(restored.status, 200, "{}", restored.body);
+    assert!(
+        Agent::connect(&app, &token, "epoch-a").await.is_ok(),
+        "the same join token works again"
+    );
+}

@@ -274,13 +274,16 @@ struct FanOut {
 
 impl Sender {
     /// Turns the events after each enabled webhook's place into its deliveries: one read of the
-    /// feed and one transaction per tenant.
+    /// feed and one transaction per tenant. A deleted tenant's webhooks wait (for its restore, or
+    /// its purge).
     async fn fan_out(&self) -> Result<(), sqlx::Error> {
         let mut tx = Scope::System.begin(&self.pool).await?;
         let webhooks = sqlx::query_as!(
             WebhookPlace,
-            r#"SELECT webhook_id, tenant_id, types, after_tx, after_source, after_position
-               FROM webhooks WHERE enabled ORDER BY webhook_id"#
+            r#"SELECT w.webhook_id, w.tenant_id, w.types, w.after_tx, w.after_source, w.after_position
+               FROM webhooks w JOIN tenants t ON t.tenant_id = w.tenant_id
+               WHERE w.enabled AND t.deleted_at IS NULL
+               ORDER BY w.webhook_id"#
         )
         .fetch_all(&mut *tx)
         .await?;

@@ -68,11 +68,14 @@ pub fn spawn(
     })
 }
 
-/// Evaluates every enabled rule of every tenant once.
+/// Evaluates every enabled rule of every tenant once (a deleted tenant's wait).
 pub async fn evaluate_all(pool: &PgPool) -> Result<(), sqlx::Error> {
     let mut tx = Scope::System.begin(pool).await?;
     let rules = sqlx::query!(
-        "SELECT rule_id, tenant_id, kind, params FROM alert_rules WHERE enabled ORDER BY tenant_id, rule_id"
+        "SELECT r.rule_id, r.tenant_id, r.kind, r.params
+         FROM alert_rules r JOIN tenants t ON t.tenant_id = r.tenant_id
+         WHERE r.enabled AND t.deleted_at IS NULL
+         ORDER BY r.tenant_id, r.rule_id"
     )
     .fetch_all(&mut *tx)
     .await?;

@@ -145,14 +145,16 @@ pub async fn active_of_group(
 }
 
 /// Every tenant's rollouts that are running or paused (a paused one finishes what is under way),
-/// or ended with a container being removed, oldest first: those the driver moves on.
+/// or ended with a container being removed, oldest first: those the driver moves on (those of a
+/// suspended or deleted tenant wait).
 pub async fn running(pool: &PgPool) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
     let mut tx = Scope::System.begin(pool).await?;
     let rows = sqlx::query!(
         r#"SELECT r.tenant_id, r.rollout_id FROM rollouts r
            WHERE (r.state IN ('running', 'paused') OR r.settling)
              AND NOT EXISTS (SELECT 1 FROM tenants t
-                             WHERE t.tenant_id = r.tenant_id AND t.suspended_at IS NOT NULL)
+                             WHERE t.tenant_id = r.tenant_id
+                               AND (t.suspended_at IS NOT NULL OR t.deleted_at IS NOT NULL))
            ORDER BY r.started_at"#
     )
     .fetch_all(&mut *tx)
