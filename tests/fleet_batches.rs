@@ -137,6 +137,7 @@ struct OneByOne;
 impl Projection for OneByOne {
     const NAME: &'static str = "fleet_one_by_one";
     const AGGREGATE_TYPE: &'static str = "vm";
+    const TABLES: &'static [&'static str] = FleetProjection::TABLES;
     type Replaying = ();
 
     async fn apply(

@@ -36,6 +36,7 @@ pub mod settings;
 pub mod state;
 pub mod store;
 pub mod ttl;
+pub mod verify;
 
 pub use app::router;
 pub use auth::JwtKeys;

@@ -72,6 +72,30 @@ fn main() -> ExitCode {
             }
             Err(error) => return config_error(&error),
         },
+        Command::Verify(args) => match args.validate() {
+            Ok(database) => {
+                init_logging(LogFormat::Text);
+                runtime.block_on(async {
+                    let pool = efms_api::db::connect(&database).await?;
+                    let verified = efms_api::verify::verify(&pool).await?;
+                    let differing: Vec<&str> = verified
+                        .iter()
+                        .filter(|read_model| !read_model.agrees())
+                        .map(|read_model| read_model.projection)
+                        .collect();
+                    if differing.is_empty() {
+                        println!("every read model equals its rebuild from the log");
+                        Ok(())
+                    } else {
+                        anyhow::bail!(
+                            "read models that differ from their rebuild from the log: {}",
+                            differing.join(", ")
+                        )
+                    }
+                })
+            }
+            Err(error) => return config_error(&error),
+        },
         Command::RotateMasterKey(args) => match rotation(&args) {
             Ok(rotation) => {
                 init_logging(LogFormat::Text);

@@ -61,6 +61,10 @@ pub enum Command {
     /// Rebuild every read model from the log (of all tenants, or of one with --tenant), while
     /// servers keep running: readers see the old rows until the new ones are complete.
     Replay(ReplayArgs),
+    /// Check every read model against the log (after a restore, say): each is rebuilt in a
+    /// transaction rolled back once its rows are compared with the ones kept. Exits 1, naming
+    /// them, when any differs; changes nothing.
+    Verify(DatabaseArgs),
 }
 
 /// Where the database is.

@@ -23,6 +23,6 @@ pub use config::ConfigProjection;
 pub use fleet::rollouts::RolloutProjection;
 pub use fleet::FleetProjection;
 pub use projector::{Projection, ProjectionError, Projector, ProjectorHandle};
-pub use replay::{Rebuild, Replayed};
+pub use replay::{Rebuild, Replayed, TableDifference, Verified};
 pub use snapshots::{GroupSnapshot, SnapshotStore, XdsResource};
 pub use tenants::{TenantRow, TenantsProjection};

@@ -141,6 +141,10 @@ pub trait Projection: Send + Sync + 'static {
     /// payload (it ignores them).
     const AGGREGATE_TYPE: &'static str;
 
+    /// The tables it keeps (those [`Projection::reset`] empties), which a verification compares
+    /// with a rebuild.
+    const TABLES: &'static [&'static str];
+
     /// Applies one event inside the projector's transaction (system scope). Events of aggregate
     /// types the projection does not care about must be ignored.
     fn apply(

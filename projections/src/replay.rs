@@ -8,6 +8,9 @@
 //! aggregate type up to the log's readable end, which becomes the checkpoint. Of one tenant, it empties
 //! that tenant's rows and applies that tenant's events up to the checkpoint; the other tenants'
 //! rows are not touched and the projector goes on from where it stood.
+//!
+//! A verification (`efms verify`) rebuilds every tenant's rows up to the projection's checkpoint
+//! in a transaction it rolls back, after comparing them with the rows that were there.
 
 use std::time::{Duration, Instant};
 
@@ -36,6 +39,40 @@ pub struct Replayed {
     pub elapsed: Duration,
 }
 
+/// How many differing rows of each table a verification shows, each way.
+const SHOWN: usize = 5;
+
+/// Where a rebuild of every tenant's rows ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upto {
+    /// Where the log is readable now (a replay).
+    ReadableEnd,
+    /// The projection's checkpoint (a verification: the rows kept are of that point).
+    Checkpoint,
+}
+
+/// What a verification found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Events applied by the rebuild.
+    pub events: u64,
+    /// The tables whose rows differ from the rebuild's; empty when the read model is right.
+    pub differences: Vec<TableDifference>,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+/// Rows of one table found on one side only (at most a few of each, as JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableDifference {
+    /// The table.
+    pub table: &'static str,
+    /// Rows the read model held that the rebuild did not give.
+    pub kept: Vec<String>,
+    /// Rows the rebuild gave that the read model did not hold.
+    pub rebuilt: Vec<String>,
+}
+
 /// Which read model rows a replay rebuilds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rebuild {
@@ -62,23 +99,48 @@ impl<P: Projection> Projector<P> {
     pub async fn replay_with(
         &self,
         rebuild: Rebuild,
-        mut replaying: P::Replaying,
+        replaying: P::Replaying,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<Replayed, ProjectionError> {
         let started = Instant::now();
         let mut tx = Scope::System.begin(self.pool()).await?;
-        let checkpoint = lock_checkpoint(&mut tx, P::NAME).await?;
+        let (events, position) = self
+            .rebuild_in(&mut tx, rebuild, Upto::ReadableEnd, replaying, progress)
+            .await?;
+        tx.commit().await?;
+        Ok(Replayed {
+            events,
+            position,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Rebuilds the read model's rows of `rebuild` in `tx`, holding the projection's checkpoint:
+    /// every tenant's up to `upto` (which becomes the checkpoint), or one tenant's up to the
+    /// checkpoint. The events applied, and where the read model stands.
+    async fn rebuild_in(
+        &self,
+        tx: &mut PgConnection,
+        rebuild: Rebuild,
+        upto: Upto,
+        mut replaying: P::Replaying,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<(u64, Position), ProjectionError> {
+        let checkpoint = lock_checkpoint(&mut *tx, P::NAME).await?;
         let range = match rebuild {
             Rebuild::All => {
-                self.projection().reset(&mut tx).await?;
-                // Up to where the log is readable now; what follows is the projector's.
+                self.projection().reset(&mut *tx).await?;
                 Range::AggregateType {
                     aggregate_type: P::AGGREGATE_TYPE,
-                    upto: readable_end(&mut tx).await?,
+                    upto: match upto {
+                        // Up to where the log is readable now; what follows is the projector's.
+                        Upto::ReadableEnd => readable_end(&mut *tx).await?,
+                        Upto::Checkpoint => checkpoint,
+                    },
                 }
             }
             Rebuild::Tenant(tenant_id) => {
-                self.projection().reset_tenant(&mut tx, tenant_id).await?;
+                self.projection().reset_tenant(&mut *tx, tenant_id).await?;
                 Range::Tenant {
                     tenant_id,
                     upto: checkpoint,
@@ -87,7 +149,7 @@ impl<P: Projection> Projector<P> {
         };
         let (mut batches, reader) = read_ahead(self.pool().clone(), range);
         let applied = self
-            .apply_batches(&mut tx, &mut batches, &mut replaying, progress)
+            .apply_batches(&mut *tx, &mut batches, &mut replaying, progress)
             .await;
         if applied.is_err() {
             reader.abort();
@@ -96,18 +158,69 @@ impl<P: Projection> Projector<P> {
         reader.await.map_err(|stopped| {
             ProjectionError::Database(sqlx::Error::Io(std::io::Error::other(stopped)))
         })??;
-        self.projection().finish_replay(&mut tx, replaying).await?;
+        self.projection().finish_replay(&mut *tx, replaying).await?;
         let position = match range {
             Range::AggregateType { upto, .. } => {
-                store_checkpoint(&mut tx, P::NAME, upto).await?;
+                store_checkpoint(&mut *tx, P::NAME, upto).await?;
                 upto
             }
             _ => checkpoint,
         };
-        tx.commit().await?;
-        Ok(Replayed {
+        Ok((events, position))
+    }
+
+    /// Checks the read model against the log: rebuilds it, up to the checkpoint the projector
+    /// keeps, in a transaction that is then rolled back, and compares every row of its tables
+    /// with the rows it held. Changes nothing; the projector waits meanwhile.
+    pub async fn verify(
+        &self,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<Verified, ProjectionError> {
+        let started = Instant::now();
+        let mut tx = Scope::System.begin(self.pool()).await?;
+        // Taken first, so that the rows copied are those of the checkpoint rebuilt up to.
+        lock_checkpoint(&mut tx, P::NAME).await?;
+        for (index, table) in P::TABLES.iter().enumerate() {
+            sqlx::query(&format!(
+                "CREATE TEMPORARY TABLE efms_verify_{index} ON COMMIT DROP AS
+                 SELECT to_jsonb(t)::text AS row FROM {table} t"
+            ))
+            .execute(&mut *tx)
+            .await?;
+        }
+        let (events, _) = self
+            .rebuild_in(
+                &mut tx,
+                Rebuild::All,
+                Upto::Checkpoint,
+                P::Replaying::default(),
+                progress,
+            )
+            .await?;
+        let mut differences = Vec::new();
+        for (index, table) in P::TABLES.iter().enumerate() {
+            let (kept, rebuilt): (Vec<String>, Vec<String>) = sqlx::query_as(&format!(
+                "WITH kept AS (SELECT row FROM efms_verify_{index}),
+                      rebuilt AS (SELECT to_jsonb(t)::text AS row FROM {table} t),
+                      only_kept AS (SELECT row FROM kept EXCEPT ALL SELECT row FROM rebuilt),
+                      only_rebuilt AS (SELECT row FROM rebuilt EXCEPT ALL SELECT row FROM kept)
+                 SELECT ARRAY(SELECT row FROM only_kept ORDER BY row LIMIT {SHOWN}),
+                        ARRAY(SELECT row FROM only_rebuilt ORDER BY row LIMIT {SHOWN})"
+            ))
+            .fetch_one(&mut *tx)
+            .await?;
+            if !kept.is_empty() || !rebuilt.is_empty() {
+                differences.push(TableDifference {
+                    table,
+                    kept,
+                    rebuilt,
+                });
+            }
+        }
+        tx.rollback().await?;
+        Ok(Verified {
             events,
-            position,
+            differences,
             elapsed: started.elapsed(),
         })
     }

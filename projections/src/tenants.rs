@@ -18,6 +18,7 @@ pub struct TenantsProjection;
 impl Projection for TenantsProjection {
     const NAME: &'static str = "tenants";
     const AGGREGATE_TYPE: &'static str = Tenant::TYPE;
+    const TABLES: &'static [&'static str] = &["tenants"];
     type Replaying = ();
 
     async fn apply(

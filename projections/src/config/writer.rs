@@ -22,6 +22,12 @@ pub struct ConfigProjection;
 impl Projection for ConfigProjection {
     const NAME: &'static str = "config";
     const AGGREGATE_TYPE: &'static str = ConfigRepo::TYPE;
+    const TABLES: &'static [&'static str] = &[
+        "config_branches",
+        "config_resource_versions",
+        "config_resources",
+        "config_revisions",
+    ];
 
     async fn apply(
         &self,

@@ -26,6 +26,12 @@ pub struct FleetProjection;
 impl Projection for FleetProjection {
     const NAME: &'static str = "fleet";
     const AGGREGATE_TYPE: &'static str = Vm::TYPE;
+    const TABLES: &'static [&'static str] = &[
+        "container_operations",
+        "container_history",
+        "containers",
+        "vms",
+    ];
     type Replaying = ();
 
     async fn apply(

@@ -18,6 +18,7 @@ pub struct RolloutProjection;
 impl Projection for RolloutProjection {
     const NAME: &'static str = "rollouts";
     const AGGREGATE_TYPE: &'static str = Rollout::TYPE;
+    const TABLES: &'static [&'static str] = &["rollouts"];
     type Replaying = ();
 
     async fn apply(
