@@ -41,6 +41,8 @@ pub struct ServeProcess {
     pub base: String,
     /// `127.0.0.1:PORT` of its gRPC listener, as it announces itself.
     pub grpc: String,
+    /// Its environment, to start it again as it was.
+    environment: Vec<(String, String)>,
 }
 
 impl ServeProcess {
@@ -60,40 +62,65 @@ impl ServeProcess {
             options.get_database().expect("a test database has a name")
         );
         let (http, grpc) = (free_port(), free_port());
-        let log = std::env::temp_dir().join(format!("efms-serve-{}.log", uuid::Uuid::new_v4()));
-        let child = Command::new(efms_binary())
-            .arg("serve")
-            .env("DATABASE_URL", database)
-            .env("EFMS_HTTP_ADDR", format!("127.0.0.1:{http}"))
-            .env("EFMS_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
-            .env(
+        let mut environment: Vec<(String, String)> = [
+            ("DATABASE_URL", database),
+            ("EFMS_HTTP_ADDR", format!("127.0.0.1:{http}")),
+            ("EFMS_GRPC_ADDR", format!("127.0.0.1:{grpc}")),
+            (
                 "EFMS_JWT_SECRET",
-                std::str::from_utf8(crate::SECRET).unwrap(),
-            )
-            .env("EFMS_MASTER_KEY", crate::MASTER_KEY)
-            .env("EFMS_REPLICA_LEASE", lease)
-            .env("EFMS_POLL_INTERVAL_MS", "50")
-            .env("EFMS_LOG", "info")
-            .envs(settings.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("efms serve starts");
+                std::str::from_utf8(crate::SECRET).unwrap().to_owned(),
+            ),
+            ("EFMS_MASTER_KEY", crate::MASTER_KEY.to_owned()),
+            ("EFMS_REPLICA_LEASE", lease.to_owned()),
+            ("EFMS_POLL_INTERVAL_MS", "50".to_owned()),
+            ("EFMS_LOG", "info".to_owned()),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect();
+        environment.extend(
+            settings
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned())),
+        );
+        let log = std::env::temp_dir().join(format!("efms-serve-{}.log", uuid::Uuid::new_v4()));
         let replica = Self {
-            child,
+            child: spawn(&environment, &log),
             log,
             base: format!("http://127.0.0.1:{http}"),
             grpc: format!("127.0.0.1:{grpc}"),
+            environment,
         };
+        replica.answering().await;
+        replica
+    }
+
+    async fn answering(&self) {
         let client = reqwest::Client::new();
-        let health = format!("{}/healthz", replica.base);
+        let health = format!("{}/healthz", self.base);
         eventually(Duration::from_secs(60), "efms serve to answer", || async {
             let answer = client.get(&health).send().await.ok()?;
             answer.status().is_success().then_some(())
         })
         .await;
-        replica
+    }
+
+    /// Stops the process as an operator does (SIGTERM) and waits for it to exit: it finishes its
+    /// in-flight requests first. Answers how it exited.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM is delivered");
+        self.child.wait().expect("the stopped replica is reaped")
+    }
+
+    /// Starts it again, on the same addresses and settings, once it has exited; waits until it
+    /// answers. Its log goes on in the same file.
+    pub async fn start_again(&mut self) {
+        self.child = spawn(&self.environment, &self.log);
+        self.answering().await;
     }
 
     /// Kills the process outright (SIGKILL): it records nothing on its way out.
@@ -106,6 +133,23 @@ impl ServeProcess {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// Spawns `efms serve` with `environment`, appending its log to `log`.
+fn spawn(environment: &[(String, String)], log: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(efms_binary())
+        .arg("serve")
+        .envs(environment.iter().map(|(name, value)| (name, value)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("efms serve starts")
 }
 
 impl Drop for ServeProcess {
