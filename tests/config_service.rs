@@ -8,9 +8,12 @@ use std::time::Duration;
 use efms_api::config_services::ReadModelsAndMetrics;
 use efms_api::metrics::Metrics;
 use efms_commands::configuration::bulk::BulkError;
-use efms_commands::configuration::{CommitRequest, ConfigService, ConfigServiceError};
+use efms_commands::configuration::{
+    CommitRequest, ConfigService, ConfigServiceError, ConfigServices,
+};
 use efms_commands::{CommandBus, CommitBell, CommitMetadata, Keyring};
-use efms_domain::config::bulk::{BulkOp, BulkOperation};
+use efms_domain::config::bulk::{BulkOp, BulkOperation, Stored};
+use efms_domain::config::inheritance::Inherited;
 use efms_domain::config::limits::Limits;
 use efms_domain::config::{Change, Expect, Operation};
 use efms_domain::envoy::ResourceKind;
@@ -18,6 +21,7 @@ use efms_domain::secrets::Key;
 use efms_domain::TenantSlug;
 use efms_projections::{ConfigProjection, Projector};
 use efms_tests::{TestApp, MASTER_KEY};
+use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -321,4 +325,96 @@ async fn a_bulk_names_every_operation_at_fault_and_writes_nothing(pool: PgPool) 
     assert_eq!(at, [(1, "/name"), (2, "/kind"), (3, "/group")]);
     let head = efms_projections::config::head_revision(&pool, tenant_id("acme"), "main");
     assert_eq!(head.await.unwrap(), 0, "nothing was committed");
+}
+
+/// The read models of [`ReadModelsAndMetrics`], recording every position a write waits for.
+struct RecordingWaits {
+    inner: ReadModelsAndMetrics,
+    waited: std::sync::Mutex<Vec<efms_commands::Position>>,
+}
+
+impl ConfigServices for RecordingWaits {
+    fn stored_resource<'a>(
+        &'a self,
+        tenant_id: Uuid,
+        branch: &'a str,
+        kind: ResourceKind,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Stored>, ConfigServiceError>> {
+        self.inner.stored_resource(tenant_id, branch, kind, name)
+    }
+
+    fn group_resources<'a>(
+        &'a self,
+        tenant_id: Uuid,
+        branch: &'a str,
+        group: &'a str,
+    ) -> BoxFuture<'a, Result<Inherited, ConfigServiceError>> {
+        self.inner.group_resources(tenant_id, branch, group)
+    }
+
+    fn head_revision<'a>(
+        &'a self,
+        tenant_id: Uuid,
+        branch: &'a str,
+    ) -> BoxFuture<'a, Result<i64, ConfigServiceError>> {
+        self.inner.head_revision(tenant_id, branch)
+    }
+
+    fn wait_for_read_models(
+        &self,
+        position: efms_commands::Position,
+        timeout: Duration,
+    ) -> BoxFuture<'_, bool> {
+        self.waited.lock().unwrap().push(position);
+        self.inner.wait_for_read_models(position, timeout)
+    }
+
+    fn record_outcome(&self, outcome: &'static str) {
+        self.inner.record_outcome(outcome);
+    }
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn a_write_that_changes_nothing_waits_for_the_read_models_to_show_the_commit_it_repeats(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn(pool.clone()).await;
+    app.create_tenant("acme", "Acme").await;
+    let recording = Arc::new(RecordingWaits {
+        inner: ReadModelsAndMetrics {
+            pool: pool.clone(),
+            config: Projector::new(pool.clone(), ConfigProjection)
+                .spawn(Duration::from_millis(50), futures::future::pending()),
+            metrics: Metrics::new(),
+        },
+        waited: std::sync::Mutex::default(),
+    });
+    let service = ConfigService::new(
+        pool.clone(),
+        CommandBus::new(pool.clone(), CommitBell::spawn(&pool)),
+        Keyring::new(pool.clone(), Key::from_base64(MASTER_KEY).unwrap()),
+        Limits::default(),
+        recording.clone(),
+    );
+    let main = on("acme", "main");
+    let put = || vec![Change::put(ResourceKind::Cluster, &cluster("a"), Expect::Anything).unwrap()];
+    let committed = service
+        .commit(&main, Operation::Replace, put())
+        .await
+        .unwrap()
+        .expect("the first write commits");
+    // The same write again, as a client retries one whose answer was lost (through another
+    // replica, whose read models may not show the first yet): nothing to commit, and its answer
+    // is read once the read models show the commit it repeats.
+    let repeated = service
+        .commit(&main, Operation::Replace, put())
+        .await
+        .unwrap();
+    assert_eq!(repeated, None);
+    assert_eq!(
+        *recording.waited.lock().unwrap(),
+        [committed, committed],
+        "the repeat waited for the commit it repeats"
+    );
 }

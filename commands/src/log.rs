@@ -107,6 +107,31 @@ pub async fn read_after(
     rows.into_iter().map(EventRow::recorded).collect()
 }
 
+/// Where the stream `(aggregate_type, aggregate_id)` of `tenant_id` ends in the log: the position
+/// of its last event, `None` for a stream without events. Found through the primary key.
+pub async fn stream_end(
+    pool: &sqlx::PgPool,
+    tenant_id: Uuid,
+    aggregate_type: &str,
+    aggregate_id: &str,
+) -> Result<Option<Position>, sqlx::Error> {
+    let mut tx = crate::Scope::Tenant(tenant_id).begin(pool).await?;
+    let last: Option<(String, i64)> = sqlx::query_as(
+        "SELECT tx_id::text, global_position FROM events
+         WHERE tenant_id = $1 AND aggregate_type = $2 AND aggregate_id = $3
+         ORDER BY sequence DESC LIMIT 1",
+    )
+    .bind(tenant_id)
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    last.map(|(tx_id, global_position)| Position::from_columns(&tx_id, global_position))
+        .transpose()
+        .map_err(|error| sqlx::Error::Decode(Box::new(error)))
+}
+
 /// Reads up to `limit` of `tenant_id`'s events after `after` and up to `upto` (included), in
 /// commit order: a rebuild of one tenant's read models up to where they stand.
 pub async fn read_tenant_after(

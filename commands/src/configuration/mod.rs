@@ -32,6 +32,7 @@ pub mod sharing;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cqrs_es::Aggregate as _;
 use efms_domain::config::bulk::Stored;
 use efms_domain::config::inheritance::Inherited;
 use efms_domain::config::limits::{CommitContext, Limits};
@@ -258,13 +259,20 @@ impl ConfigService {
             CommandError::Unavailable(_) => ConfigServiceError::Unavailable,
             CommandError::Internal(error) => ConfigServiceError::Internal(error),
         })?;
-        if let Some(position) = position {
+        // A change that changed nothing was decided on the stream as it stands, which may hold
+        // a commit this replica's read models have not shown yet (the same write made through
+        // another replica, whose answer was lost): the answer waits for it too.
+        let shown = match position {
+            Some(position) => Some(position),
+            None => crate::log::stream_end(&self.pool, tenant_id, ConfigRepo::TYPE, branch).await?,
+        };
+        if let Some(shown) = shown {
             if !self
                 .services
-                .wait_for_read_models(position, READ_YOUR_WRITES_TIMEOUT)
+                .wait_for_read_models(shown, READ_YOUR_WRITES_TIMEOUT)
                 .await
             {
-                tracing::warn!(?position, "configuration read model lags behind a commit");
+                tracing::warn!(position = ?shown, "configuration read model lags behind a commit");
             }
         }
         guard.release().await;
