@@ -9,7 +9,7 @@ use efms_domain::Role;
 use efms_tests::fleet::{
     cluster_to, drift_states, eventually, free_port, Behaviour, Envoy, Upstream, ENVOY,
 };
-use efms_tests::replica::ServeProcess;
+use efms_tests::replica::{bootstrap_from, leased, ServeProcess};
 use efms_tests::TestApp;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -39,22 +39,6 @@ async fn edge_of_one_cluster(app: &TestApp, upstream: &Upstream) {
     }
 }
 
-/// The bootstrap of proxy `node` of group `edge`, handed out by `replica`.
-async fn bootstrap_from(app: &TestApp, replica: &ServeProcess, node: &str) -> Value {
-    let answer = reqwest::Client::new()
-        .get(format!(
-            "{}{BASE}/groups/edge/bootstrap?node_id={node}&admin_port={}",
-            replica.base,
-            free_port()
-        ))
-        .bearer_auth(app.token(Role::Admin, Some("acme")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 200);
-    answer.json().await.unwrap()
-}
-
 /// The xDS servers a bootstrap names, as `host:port`.
 fn xds_servers(bootstrap: &Value) -> Vec<String> {
     bootstrap["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"]
@@ -70,21 +54,6 @@ fn xds_servers(bootstrap: &Value) -> Vec<String> {
             )
         })
         .collect()
-}
-
-/// Waits until `grpc` holds a current lease.
-async fn leased(pool: &PgPool, grpc: &str) {
-    eventually(PATIENCE, "the replica's lease", || async {
-        let found: Option<i64> = sqlx::query_scalar(
-            "SELECT 1::bigint FROM xds_replicas WHERE advertised = $1 AND expires_at > now()",
-        )
-        .bind(grpc)
-        .fetch_optional(pool)
-        .await
-        .unwrap();
-        found.map(|_| ())
-    })
-    .await;
 }
 
 /// The replicas (by address) recorded as holding a stream of `node`.
@@ -117,15 +86,16 @@ async fn a_killed_replicas_proxies_read_disconnected_once_its_lease_expires_and_
     let upstream = Upstream::start("backend", Behaviour::Named).await;
     edge_of_one_cluster(&app, &upstream).await;
 
+    let admin = app.token(Role::Admin, Some("acme"));
     let mut doomed = ServeProcess::start(&pool, &lease()).await;
     leased(&pool, &doomed.grpc).await;
     // Only the doomed replica is up (the test's own server announces no address): the bootstrap
     // of `alone` names it alone.
-    let alone = bootstrap_from(&app, &doomed, "alone").await;
+    let alone = bootstrap_from(&doomed, &admin, "alone").await;
     assert_eq!(xds_servers(&alone), [doomed.grpc.clone()]);
     let survivor = ServeProcess::start(&pool, &lease()).await;
     leased(&pool, &survivor.grpc).await;
-    let both = bootstrap_from(&app, &doomed, "mover").await;
+    let both = bootstrap_from(&doomed, &admin, "mover").await;
     assert_eq!(
         xds_servers(&both),
         [doomed.grpc.clone(), survivor.grpc.clone()],

@@ -13,7 +13,7 @@ use efms_tests::fleet::{
     cluster_to, drift_states, eventually, free_port, ingress_listener, Behaviour, Envoy, Upstream,
     ENVOY,
 };
-use efms_tests::replica::ServeProcess;
+use efms_tests::replica::{bootstrap_from, leased, ServeProcess};
 use efms_tests::TestApp;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -56,36 +56,6 @@ async fn both_synced(app: &TestApp) -> bool {
         && items
             .iter()
             .all(|proxy| proxy["connected"] == true && proxy["status"] == "SYNCED")
-}
-
-/// Waits until `grpc` holds a current lease.
-async fn leased(pool: &PgPool, grpc: &str) {
-    eventually(PATIENCE, "the replica's lease", || async {
-        let found: Option<i64> = sqlx::query_scalar(
-            "SELECT 1::bigint FROM xds_replicas WHERE advertised = $1 AND expires_at > now()",
-        )
-        .bind(grpc)
-        .fetch_optional(pool)
-        .await
-        .unwrap();
-        found.map(|_| ())
-    })
-    .await;
-}
-
-async fn bootstrap_from(token: &str, replica: &ServeProcess, node: &str) -> Value {
-    let answer = reqwest::Client::new()
-        .get(format!(
-            "{}{BASE}/groups/edge/bootstrap?node_id={node}&admin_port={}",
-            replica.base,
-            free_port()
-        ))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 200);
-    answer.json().await.unwrap()
 }
 
 /// Writes `route(n)` for n = 1, 2, … until `stop`, each through the first of `replicas` that
@@ -164,8 +134,8 @@ async fn a_replica_stopped_and_started_again_fails_no_request_through_envoy_and_
     leased(&pool, &b.grpc).await;
     let token = app.token(Role::Operator, Some("acme"));
     // Each Envoy's bootstrap names the replica that made it first, then the other.
-    let _on_a = Envoy::start(ENVOY, &bootstrap_from(&token, &a, "edge-a").await);
-    let _on_b = Envoy::start(ENVOY, &bootstrap_from(&token, &b, "edge-b").await);
+    let _on_a = Envoy::start(ENVOY, &bootstrap_from(&a, &token, "edge-a").await);
+    let _on_b = Envoy::start(ENVOY, &bootstrap_from(&b, &token, "edge-b").await);
     // A connection per request: the kernel spreads them over both Envoys (they share the port).
     let http = reqwest::Client::builder()
         .no_proxy()

@@ -7,7 +7,7 @@ use efms_commands::keys::rewrap;
 use efms_commands::Keyring;
 use efms_domain::secrets::{open_document, Key};
 use efms_domain::Role;
-use efms_tests::{fixture, TestApp, MASTER_KEY};
+use efms_tests::{database_dump, fixture, TestApp, MASTER_KEY};
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -21,28 +21,6 @@ async fn tenant_id(pool: &PgPool) -> Uuid {
         .fetch_one(pool)
         .await
         .unwrap()
-}
-
-/// The data of the test's database, as `pg_dump` writes it.
-fn database_dump(pool: &PgPool) -> String {
-    let database = pool.connect_options().get_database().unwrap().to_owned();
-    let dump = std::process::Command::new("pg_dump")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "--data-only",
-            &database,
-        ])
-        .output()
-        .expect("pg_dump runs");
-    assert!(
-        dump.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dump.stderr)
-    );
-    String::from_utf8_lossy(&dump.stdout).into_owned()
 }
 
 #[sqlx::test(migrator = "efms_commands::MIGRATOR")]

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use efms_domain::Role;
 use efms_tests::fleet::{
-    eventually, free_port, tenant_bootstrap, Behaviour, Envoy, Upstream, ENVOY,
+    body_through, cluster_to, eventually, free_port, main_route_to, tenant_bootstrap,
+    tenant_edge_group, Behaviour, Envoy, Upstream, ENVOY,
 };
-use efms_tests::TestApp;
+use efms_tests::{database_dump, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -20,51 +21,9 @@ const MARKED_CLUSTER: &str = "acme-payments-q7x3";
 /// Likewise for acme's user.
 const MARKED_USER: &str = "alice-z9k4";
 
-fn static_cluster(name: &str, port: u16) -> Value {
-    json!({ "name": name, "connect_timeout": "1s", "type": "STATIC",
-        "load_assignment": { "cluster_name": name, "endpoints": [{ "lb_endpoints": [{ "endpoint": {
-            "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } } } }] }] } })
-}
-
-fn listener(port: u16) -> Value {
-    json!({ "name": "http", "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } },
-        "filter_chains": [{ "filters": [{ "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                "stat_prefix": "http", "rds": { "route_config_name": "main", "config_source": { "ads": {}, "resource_api_version": "V3" } },
-                "http_filters": [{ "name": "envoy.filters.http.router", "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }] } }] }] })
-}
-
-/// A group `edge` in `tenant` whose listener on `port` routes everything to `cluster`, an
-/// upstream on `upstream_port`.
-async fn serving_group(app: &TestApp, tenant: &str, cluster: &str, upstream_port: u16, port: u16) {
-    let route = json!({ "name": "main", "virtual_hosts": [{ "name": "all", "domains": ["*"],
-        "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": cluster } }] }] });
-    for (collection, body) in [
-        ("clusters", static_cluster(cluster, upstream_port)),
-        ("routes", route),
-        ("listeners", listener(port)),
-        (
-            "groups",
-            json!({ "name": "edge", "resources": [{ "kind": "listener", "name": "http" }] }),
-        ),
-    ] {
-        let answer = app
-            .post(&format!("/api/v1/tenants/{tenant}/{collection}"), &body)
-            .await;
-        assert_eq!(answer.status, 201, "{collection}: {}", answer.body);
-    }
-}
-
-/// What Envoy answers on `port` for `/` (`None` while nothing answers 200).
-async fn through(http: &reqwest::Client, port: u16) -> Option<String> {
-    let response = http
-        .get(format!("http://127.0.0.1:{port}/"))
-        .send()
-        .await
-        .ok()?;
-    (response.status() == 200).then_some(())?;
-    response.text().await.ok()
+/// A cluster `name` of no endpoint.
+fn cluster(name: &str) -> Value {
+    json!({ "name": name, "type": "STATIC", "connect_timeout": "1s" })
 }
 
 /// Envoy's own word on whether its xDS stream is up (`control_plane.connected_state`).
@@ -112,10 +71,7 @@ async fn a_deleted_tenant_is_refused_everything_and_a_restore_brings_all_of_it_b
     app.create_tenant("acme", "Acme").await;
     app.create_tenant("beta", "Beta").await;
     let created = app
-        .post(
-            "/api/v1/tenants/acme/clusters",
-            &static_cluster(MARKED_CLUSTER, 9),
-        )
+        .post("/api/v1/tenants/acme/clusters", &cluster(MARKED_CLUSTER))
         .await;
     assert_eq!(created.status, 201, "{}", created.body);
     let user = create_user(&app).await;
@@ -146,7 +102,7 @@ async fn a_deleted_tenant_is_refused_everything_and_a_restore_brings_all_of_it_b
         (
             Method::POST,
             "/api/v1/tenants/acme/clusters",
-            Some(static_cluster("another", 9)),
+            Some(cluster("another")),
         ),
     ] {
         let refused = app.send_as(&admin, method, path, body.as_ref()).await;
@@ -223,7 +179,7 @@ async fn a_deleted_tenant_is_refused_everything_and_a_restore_brings_all_of_it_b
             &admin,
             Method::POST,
             "/api/v1/tenants/acme/clusters",
-            Some(&static_cluster("after", 9)),
+            Some(&cluster("after")),
         )
         .await;
     assert_eq!(written.status, 201, "{}", written.body);
@@ -245,10 +201,7 @@ async fn a_tenant_others_refer_to_is_not_deleted_and_the_refusal_names_the_refer
     app.create_tenant("acme", "Acme").await;
     app.create_tenant("beta", "Beta").await;
     let shared = app
-        .post(
-            "/api/v1/tenants/acme/clusters",
-            &static_cluster("payments", 9),
-        )
+        .post("/api/v1/tenants/acme/clusters", &cluster("payments"))
         .await;
     assert_eq!(shared.status, 201, "{}", shared.body);
     let granted = app
@@ -307,22 +260,27 @@ async fn a_purged_tenant_leaves_only_its_deletion_record_and_another_tenants_env
     app.create_tenant("beta", "Beta").await;
     let upstream = Upstream::start("B", Behaviour::Named).await;
     let (acme_port, beta_port) = (free_port(), free_port());
-    serving_group(
-        &app,
-        "acme",
-        MARKED_CLUSTER,
-        upstream.addr.port(),
-        acme_port,
-    )
-    .await;
-    serving_group(&app, "beta", "payments", upstream.addr.port(), beta_port).await;
+    for (tenant, cluster, port) in [
+        ("acme", MARKED_CLUSTER, acme_port),
+        ("beta", "payments", beta_port),
+    ] {
+        let routes = main_route_to(cluster);
+        tenant_edge_group(
+            &app,
+            tenant,
+            vec![cluster_to(cluster, &upstream)],
+            routes,
+            port,
+        )
+        .await;
+    }
     create_user(&app).await;
     let acme_envoy = Envoy::start(ENVOY, &tenant_bootstrap(&app, "acme", "acme-1", "").await);
     let _beta_envoy = Envoy::start(ENVOY, &tenant_bootstrap(&app, "beta", "beta-1", "").await);
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     for port in [acme_port, beta_port] {
         eventually(PATIENCE, "both Envoys to route to B", || async {
-            (through(&http, port).await? == "B").then_some(())
+            (body_through(&http, port).await? == "B").then_some(())
         })
         .await;
     }
@@ -337,7 +295,7 @@ async fn a_purged_tenant_leaves_only_its_deletion_record_and_another_tenants_env
             let (mut sent, mut failed) = (0_u32, 0_u32);
             while !*stopped.borrow() {
                 sent += 1;
-                if through(&http, beta_port).await.as_deref() != Some("B") {
+                if body_through(&http, beta_port).await.as_deref() != Some("B") {
                     failed += 1;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -391,27 +349,7 @@ async fn a_purged_tenant_leaves_only_its_deletion_record_and_another_tenants_env
     );
 
     // A dump of the whole database holds nothing of acme but its deletion record.
-    let database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let dump = std::process::Command::new("pg_dump")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "--data-only",
-            &database,
-        ])
-        .output()
-        .expect("pg_dump runs");
-    assert!(
-        dump.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dump.stderr)
-    );
-    let dump = String::from_utf8(dump.stdout).unwrap();
+    let dump = database_dump(&pool);
     assert!(dump.contains("payments"), "the dump holds beta's data");
     assert!(!dump.contains(MARKED_CLUSTER), "acme's cluster is gone");
     assert!(!dump.contains(MARKED_USER), "acme's user is gone");
@@ -456,17 +394,7 @@ async fn a_deleted_tenants_agent_is_cut_and_refused_until_the_tenant_is_restored
         .send(Method::DELETE, "/api/v1/tenants/acme", None, &[])
         .await;
     assert_eq!(deleted.status, 200, "{}", deleted.body);
-    let end = tokio::time::timeout(PATIENCE, async {
-        loop {
-            match agent.answers.message().await {
-                Ok(Some(_)) => {}
-                Ok(None) => return None,
-                Err(status) => return Some(status.code()),
-            }
-        }
-    })
-    .await
-    .expect("the agent's stream is cut in time");
+    let end = agent.ended(PATIENCE).await;
     assert!(end.is_some(), "the stream ends with a status");
     let refused = Agent::connect(&app, &token, "epoch-a").await.err().unwrap();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use efms_domain::Role;
 use efms_tests::fleet::{
-    eventually, free_port, group_bootstrap, Behaviour, Envoy, Upstream, ENVOY,
+    body_through, eventually, free_port, group_bootstrap, Behaviour, Envoy, Upstream, ENVOY,
 };
 use efms_tests::TestApp;
 use reqwest::Method;
@@ -35,17 +35,6 @@ fn listener(port: u16) -> Value {
                 "stat_prefix": "http", "rds": { "route_config_name": "main", "config_source": { "ads": {}, "resource_api_version": "V3" } },
                 "http_filters": [{ "name": "envoy.filters.http.router", "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }] } }] }] })
-}
-
-/// What Envoy answers on `port` for `/` (`None` while nothing listens).
-async fn through(http: &reqwest::Client, port: u16) -> Option<String> {
-    let response = http
-        .get(format!("http://127.0.0.1:{port}/"))
-        .send()
-        .await
-        .ok()?;
-    (response.status() == 200).then_some(())?;
-    response.text().await.ok()
 }
 
 /// The proxy `node` as the API shows it (`Null` until its stream is recorded).
@@ -97,7 +86,7 @@ async fn a_suspended_tenant_keeps_its_envoy_serving_refuses_writes_and_new_strea
     let _first = Envoy::start(ENVOY, &first_bootstrap);
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     eventually(PATIENCE, "Envoy to route / to A", || async {
-        (through(&http, port).await? == "A").then_some(())
+        (body_through(&http, port).await? == "A").then_some(())
     })
     .await;
     until_synced(&app, "edge-1").await;
@@ -164,7 +153,7 @@ async fn a_suspended_tenant_keeps_its_envoy_serving_refuses_writes_and_new_strea
     })
     .await;
     assert_eq!(proxy(&app, "edge-2").await, Value::Null, "never connected");
-    assert_eq!(through(&http, port).await.as_deref(), Some("A"));
+    assert_eq!(body_through(&http, port).await.as_deref(), Some("A"));
     let first = proxy(&app, "edge-1").await;
     assert_eq!(first["connected"], true, "{first}");
     assert_eq!(first["status"], "SYNCED", "{first}");
@@ -175,7 +164,7 @@ async fn a_suspended_tenant_keeps_its_envoy_serving_refuses_writes_and_new_strea
     let changed = route_to_b().await;
     assert_eq!(changed.status, 200, "{}", changed.body);
     eventually(PATIENCE, "Envoy to route / to B", || async {
-        (through(&http, port).await? == "B").then_some(())
+        (body_through(&http, port).await? == "B").then_some(())
     })
     .await;
     // Envoy retries a refused stream with a growing backoff; once resumed it is let in.

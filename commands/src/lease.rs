@@ -2,12 +2,50 @@
 //! claimed for a while in the `leases` table by one holder; the holder renews it each round, and
 //! another replica takes it over once it has expired.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::Scope;
+
+/// What the wait of work done in turns under a lease came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// This holder has the lease: do a round of the work.
+    Work,
+    /// Another holder has it, it could not be claimed, or the settings changed: wait again.
+    Again,
+    /// Shut down (or the settings are gone): stop.
+    Stop,
+}
+
+/// Waits `every` for the next round of work under `lease`, then claims it. A change of
+/// `settings` ends the wait early (the round starts over with them), `shutdown` stops.
+pub async fn next_turn<S>(
+    lease: &mut Lease,
+    every: Duration,
+    settings: &mut tokio::sync::watch::Receiver<S>,
+    shutdown: Pin<&mut (impl Future<Output = ()> + ?Sized)>,
+) -> Turn {
+    tokio::select! {
+        () = shutdown => return Turn::Stop,
+        () = tokio::time::sleep(every) => {}
+        changed = settings.changed() => {
+            return if changed.is_err() { Turn::Stop } else { Turn::Again };
+        }
+    }
+    match lease.claim().await {
+        Ok(true) => Turn::Work,
+        Ok(false) => Turn::Again,
+        Err(error) => {
+            tracing::warn!(%error, lease = lease.name, "a lease cannot be claimed");
+            Turn::Again
+        }
+    }
+}
 
 /// One replica's claim on named work.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::lease::Lease;
+use crate::lease::{next_turn, Lease, Turn};
 use crate::Scope;
 
 /// How deleted tenants are kept and purged.
@@ -84,23 +84,10 @@ pub fn spawn(
         loop {
             let every = settings.borrow_and_update().every();
             lease.set_ttl(every * 3);
-            tokio::select! {
-                () = &mut shutdown => return,
-                () = tokio::time::sleep(every) => {}
-                changed = settings.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-            }
-            match lease.claim().await {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(error) => {
-                    tracing::warn!(%error, "the tenant purge's lease cannot be claimed");
-                    continue;
-                }
+            match next_turn(&mut lease, every, &mut settings, shutdown.as_mut()).await {
+                Turn::Stop => return,
+                Turn::Again => continue,
+                Turn::Work => {}
             }
             if let Err(error) = purge_due(&pool).await {
                 tracing::error!(%error, "a deleted tenant's purge failed; it is tried again");

@@ -272,6 +272,9 @@ pub struct TenantDeletionRow {
     pub purged_rows: serde_json::Value,
 }
 
+/// The columns of a [`TenantDeletionRow`].
+const DELETION_COLUMNS: &str = "slug, deleted_at, deleted_by, purged_at, purged_rows";
+
 /// The records of purged tenants in slug order after `after_slug`, at most `limit` (the system's
 /// read).
 pub async fn list_tenant_deletions(
@@ -280,11 +283,11 @@ pub async fn list_tenant_deletions(
     limit: i64,
 ) -> Result<Vec<TenantDeletionRow>, sqlx::Error> {
     let mut tx = Scope::System.begin(pool).await?;
-    let rows = sqlx::query_as::<_, TenantDeletionRow>(
-        "SELECT slug, deleted_at, deleted_by, purged_at, purged_rows FROM tenant_deletions
+    let rows = sqlx::query_as::<_, TenantDeletionRow>(&format!(
+        "SELECT {DELETION_COLUMNS} FROM tenant_deletions
          WHERE $1::text IS NULL OR slug > $1
-         ORDER BY slug LIMIT $2",
-    )
+         ORDER BY slug LIMIT $2"
+    ))
     .bind(after_slug)
     .bind(limit)
     .fetch_all(&mut *tx)
@@ -299,10 +302,9 @@ pub async fn tenant_deletion(
     slug: &str,
 ) -> Result<Option<TenantDeletionRow>, sqlx::Error> {
     let mut tx = Scope::System.begin(pool).await?;
-    let row = sqlx::query_as::<_, TenantDeletionRow>(
-        "SELECT slug, deleted_at, deleted_by, purged_at, purged_rows FROM tenant_deletions
-         WHERE slug = $1",
-    )
+    let row = sqlx::query_as::<_, TenantDeletionRow>(&format!(
+        "SELECT {DELETION_COLUMNS} FROM tenant_deletions WHERE slug = $1"
+    ))
     .bind(slug)
     .fetch_optional(&mut *tx)
     .await?;

@@ -107,6 +107,22 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// How the server ends the stream within `wait`, reading past its answers: `Some(code)`
+    /// for a status, `None` for a plain end. Panics when it has not ended by then.
+    pub async fn ended(&mut self, wait: std::time::Duration) -> Option<tonic::Code> {
+        tokio::time::timeout(wait, async {
+            loop {
+                match self.answers.message().await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return None,
+                    Err(status) => return Some(status.code()),
+                }
+            }
+        })
+        .await
+        .expect("the stream is cut in time")
+    }
+
     /// Connects with `token` as the process `epoch` and says Hello.
     pub async fn connect(
         app: &TestApp,

@@ -215,6 +215,17 @@ pub fn ingress_listener(port: u16) -> Value {
 /// Creates in tenant `acme` the `clusters`, route configuration `routes`, listener `ingress` on
 /// 127.0.0.1:`port` routed by it, and group `edge` of that listener; each answered 201.
 pub async fn edge_group(app: &crate::TestApp, clusters: Vec<Value>, routes: Value, port: u16) {
+    tenant_edge_group(app, "acme", clusters, routes, port).await;
+}
+
+/// [`edge_group`] in `tenant`.
+pub async fn tenant_edge_group(
+    app: &crate::TestApp,
+    tenant: &str,
+    clusters: Vec<Value>,
+    routes: Value,
+    port: u16,
+) {
     let mut resources: Vec<(&str, Value)> = clusters
         .into_iter()
         .map(|cluster| ("clusters", cluster))
@@ -229,10 +240,21 @@ pub async fn edge_group(app: &crate::TestApp, clusters: Vec<Value>, routes: Valu
     ]);
     for (collection, body) in resources {
         let answer = app
-            .post(&format!("/api/v1/tenants/acme/{collection}"), &body)
+            .post(&format!("/api/v1/tenants/{tenant}/{collection}"), &body)
             .await;
         assert_eq!(answer.status, 201, "{collection}: {}", answer.body);
     }
+}
+
+/// The body Envoy answers on 127.0.0.1:`port` for `/` (`None` unless it answers 200).
+pub async fn body_through(http: &reqwest::Client, port: u16) -> Option<String> {
+    let response = http
+        .get(format!("http://127.0.0.1:{port}/"))
+        .send()
+        .await
+        .ok()?;
+    (response.status() == 200).then_some(())?;
+    response.text().await.ok()
 }
 
 /// The bootstrap of proxy `edge-1` of group `edge` in tenant `acme` (with a free admin port),

@@ -85,6 +85,32 @@ pub struct TestApp {
     purge: watch::Sender<efms_commands::tenant_purge::PurgeSettings>,
 }
 
+/// The data of the test database of `pool`, as `pg_dump --data-only` writes it.
+pub fn database_dump(pool: &PgPool) -> String {
+    let database = pool
+        .connect_options()
+        .get_database()
+        .expect("a test database has a name")
+        .to_owned();
+    let dump = std::process::Command::new("pg_dump")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "--data-only",
+            &database,
+        ])
+        .output()
+        .expect("pg_dump runs");
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    String::from_utf8_lossy(&dump.stdout).into_owned()
+}
+
 impl TestApp {
     /// Starts the router, the xDS server and the projectors.
     pub async fn spawn(pool: PgPool) -> Self {

@@ -162,3 +162,35 @@ impl Drop for ServeProcess {
         let _ = std::fs::remove_file(&self.log);
     }
 }
+
+/// Waits until the replica announcing `grpc` holds a current lease.
+pub async fn leased(pool: &PgPool, grpc: &str) {
+    eventually(Duration::from_secs(60), "the replica's lease", || async {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1::bigint FROM xds_replicas WHERE advertised = $1 AND expires_at > now()",
+        )
+        .bind(grpc)
+        .fetch_optional(pool)
+        .await
+        .unwrap();
+        found.map(|_| ())
+    })
+    .await;
+}
+
+/// The bootstrap of proxy `node` of group `edge` of tenant `acme`, handed out by `replica` to
+/// the holder of `token`.
+pub async fn bootstrap_from(replica: &ServeProcess, token: &str, node: &str) -> serde_json::Value {
+    let answer = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v1/tenants/acme/groups/edge/bootstrap?node_id={node}&admin_port={}",
+            replica.base,
+            free_port()
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    answer.json().await.unwrap()
+}

@@ -10,7 +10,7 @@ use efms_domain::fleet::{DEFAULT_HEARTBEAT_GRACE, DEFAULT_HEARTBEAT_INTERVAL};
 use tokio::sync::watch;
 
 use super::{presence, rollups, Fleet};
-use crate::lease::Lease;
+use crate::lease::{next_turn, Lease, Turn};
 use crate::telemetry;
 
 /// How often the sample tables' partitions are looked after.
@@ -78,23 +78,10 @@ pub fn spawn(
             let current = *settings.borrow_and_update();
             let every = current.sweep_every();
             lease.set_ttl(every * 3);
-            tokio::select! {
-                () = &mut shutdown => return,
-                () = tokio::time::sleep(every) => {}
-                changed = settings.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-            }
-            match lease.claim().await {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(error) => {
-                    tracing::warn!(%error, "the fleet's upkeep lease cannot be claimed");
-                    continue;
-                }
+            match next_turn(&mut lease, every, &mut settings, shutdown.as_mut()).await {
+                Turn::Stop => return,
+                Turn::Again => continue,
+                Turn::Work => {}
             }
             let silence = current.heartbeat_interval + current.heartbeat_grace;
             match fleet.sweep(silence).await {
