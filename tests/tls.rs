@@ -20,76 +20,11 @@ use tokio_rustls::TlsConnector;
 
 const BASE: &str = "/api/v1/tenants/acme";
 
-/// A certificate for 127.0.0.1 and localhost issued by a fresh CA, made with `openssl`; the
-/// served chain holds both, so clients can trust the CA.
+/// A certificate for 127.0.0.1 and localhost issued by a fresh CA (the served chain holds both,
+/// so clients can trust the CA).
 fn identity() -> TlsIdentity {
-    let dir = std::env::temp_dir().join(format!("efms-tls-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let openssl = |args: &[&str]| {
-        let status = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(&dir)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("openssl runs");
-        assert!(status.success(), "openssl {args:?}");
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    openssl(
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &["-days", "1", "-subj", "/CN=efms test CA"],
-            &["-keyout", "ca.key", "-out", "ca.pem"],
-        ]
-        .concat(),
-    );
-    openssl(
-        &[
-            &["req"][..],
-            &ec,
-            &[
-                "-subj", "/CN=efms", "-keyout", "key.pem", "-out", "leaf.csr",
-            ],
-        ]
-        .concat(),
-    );
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "basicConstraints=critical,CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        "leaf.ext",
-        "-out",
-        "leaf.pem",
-    ]);
-    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
-    let identity = TlsIdentity::from_pem(
-        &format!("{}{}", read("leaf.pem"), read("ca.pem")),
-        &read("key.pem"),
-    )
-    .unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
-    identity
+    let (chain, key) = efms_tests::certificates::issued();
+    TlsIdentity::from_pem(&chain, &key).unwrap()
 }
 
 /// A client trusting `identity`, speaking only `version`, offering `alpn`.

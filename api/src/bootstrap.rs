@@ -184,7 +184,7 @@ pub(crate) fn bootstrap_document(spec: &BootstrapSpec<'_>) -> Value {
                     "tls_minimum_protocol_version": "TLSv1_3",
                     "tls_maximum_protocol_version": "TLSv1_3",
                 },
-                "validation_context": { "trusted_ca": { "inline_string": ca } },
+                "validation_context": { "trusted_ca": { "inline_string": ca.chain_pem() } },
             },
         });
         if discovery == "STRICT_DNS" {

@@ -35,6 +35,7 @@ pub mod service_errors;
 pub mod settings;
 pub mod state;
 pub mod store;
+pub mod tls_reload;
 pub mod ttl;
 pub mod verify;
 

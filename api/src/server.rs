@@ -21,14 +21,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on EFMS_GRPC_ADDR {}", config.grpc_addr))?;
 
-    let keyring = efms_commands::Keyring::new(pool.clone(), config.master_key.clone());
-    let foreign = keyring.foreign_keys().await?;
-    if foreign > 0 {
-        anyhow::bail!(
-            "EFMS_MASTER_KEY: {foreign} tenant data key(s) are wrapped by another master key; \
-             serve with that key, or move them with `efms rotate-master-key`"
-        );
-    }
+    let keyring = checked_keyring(&pool, &config).await?;
     let (stop, stopped) = watch::channel(false);
     let state = AppState::start(
         pool.clone(),
@@ -43,7 +36,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     .with_token_settings(config.tokens)
     .with_login_limits(config.edge.login)
     .with_xds_address(XdsAddress {
-        tls_ca: config.tls.as_ref().map(|tls| tls.chain_pem().to_owned()),
+        tls_ca: config.tls.clone(),
         ..match &config.xds_advertise_addr {
             Some((host, port)) => XdsAddress {
                 host: host.clone(),
@@ -59,6 +52,9 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     .with_telemetry_settings(config.telemetry)
     .with_webhook_settings(config.webhooks.clone())
     .with_alert_settings(config.alerts);
+    if let (Some(identity), Some(files)) = (config.tls.clone(), config.tls_files.clone()) {
+        crate::tls_reload::spawn(identity, files, signalled(stopped.clone()));
+    }
     let xds = state.xds.clone();
     xds.set_replica(efms_xds::ReplicaSettings {
         lease: config.replica_lease,
@@ -111,6 +107,23 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     pool.close().await;
     tracing::info!("efms stopped");
     Ok(())
+}
+
+/// The keyring of the master key `config` names, refused when the database's data keys are
+/// wrapped under another.
+async fn checked_keyring(
+    pool: &sqlx::PgPool,
+    config: &ServeConfig,
+) -> anyhow::Result<efms_commands::Keyring> {
+    let keyring = efms_commands::Keyring::new(pool.clone(), config.master_key.clone());
+    let foreign = keyring.foreign_keys().await?;
+    if foreign > 0 {
+        anyhow::bail!(
+            "EFMS_MASTER_KEY: {foreign} tenant data key(s) are wrapped by another master key; \
+             serve with that key, or move them with `efms rotate-master-key`"
+        );
+    }
+    Ok(keyring)
 }
 
 /// Resolves once the stop flag is raised (or its sender is gone).

@@ -216,6 +216,8 @@ pub struct ServeConfig {
     pub master_key: efms_domain::secrets::Key,
     /// The TLS certificate and key, when the listeners speak TLS 1.3.
     pub tls: Option<efms_xds::tls::TlsIdentity>,
+    /// The files they were read from (certificate, key), read again on SIGHUP or a change.
+    pub tls_files: Option<(String, String)>,
     /// The external identity provider whose tokens are accepted, if any.
     pub oidc: Option<std::sync::Arc<crate::auth::ExternalIssuer>>,
     /// Log format.
@@ -434,6 +436,9 @@ impl ServeArgs {
         let master_key =
             validate_master_key("EFMS_MASTER_KEY (--master-key)", self.master_key.as_deref())?;
         let tls = validate_tls(self.tls_cert.as_deref(), self.tls_key.as_deref())?;
+        let tls_files = tls
+            .as_ref()
+            .and(self.tls_cert.clone().zip(self.tls_key.clone()));
         let oidc = self.validate_oidc()?;
         let log_format = match self.log_format.as_str() {
             "json" => LogFormat::Json,
@@ -474,6 +479,7 @@ impl ServeArgs {
             jwt_secret,
             master_key,
             tls,
+            tls_files,
             oidc,
             log_format,
             poll_interval,

@@ -143,8 +143,9 @@ pub struct XdsAddress {
     pub host: String,
     /// The port.
     pub port: u16,
-    /// With TLS: the certificate chain (PEM) proxies trust the server by.
-    pub tls_ca: Option<String>,
+    /// With TLS: the server's identity, whose certificate chain proxies trust (bootstraps embed
+    /// the chain of the moment, so they follow a reload).
+    pub tls_ca: Option<efms_xds::tls::TlsIdentity>,
 }
 
 impl XdsAddress {

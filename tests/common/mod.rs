@@ -2,6 +2,7 @@
 
 pub mod agent_stream;
 pub mod agents;
+pub mod certificates;
 pub mod docker;
 pub mod fleet;
 pub mod measure;
@@ -207,7 +208,7 @@ impl TestApp {
             ..TokenSettings::default()
         })
         .with_xds_address(XdsAddress {
-            tls_ca: tls.as_ref().map(|identity| identity.chain_pem().to_owned()),
+            tls_ca: tls.clone(),
             ..XdsAddress::for_listener(grpc_addr)
         });
         let scheme = if tls.is_some() { "https" } else { "http" };

@@ -84,10 +84,15 @@ impl ServeProcess {
                 .map(|(name, value)| ((*name).to_owned(), (*value).to_owned())),
         );
         let log = std::env::temp_dir().join(format!("efms-serve-{}.log", uuid::Uuid::new_v4()));
+        let scheme = if settings.iter().any(|(name, _)| *name == "EFMS_TLS_CERT") {
+            "https"
+        } else {
+            "http"
+        };
         let replica = Self {
             child: spawn(&environment, &log),
             log,
-            base: format!("http://127.0.0.1:{http}"),
+            base: format!("{scheme}://127.0.0.1:{http}"),
             grpc: format!("127.0.0.1:{grpc}"),
             environment,
         };
@@ -96,7 +101,11 @@ impl ServeProcess {
     }
 
     async fn answering(&self) {
-        let client = reqwest::Client::new();
+        // Over TLS, whatever certificate it serves: the tests that serve one check it themselves.
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap();
         let health = format!("{}/healthz", self.base);
         eventually(Duration::from_secs(60), "efms serve to answer", || async {
             let answer = client.get(&health).send().await.ok()?;
@@ -114,6 +123,15 @@ impl ServeProcess {
             .expect("kill runs");
         assert!(sent.success(), "SIGTERM is delivered");
         self.child.wait().expect("the stopped replica is reaped")
+    }
+
+    /// Sends it the signal `name` (such as `HUP`).
+    pub fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIG{name} is delivered");
     }
 
     /// Starts it again, on the same addresses and settings, once it has exited; waits until it

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,6 +15,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -24,21 +26,35 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Finished handshakes waiting for the server.
 const ACCEPT_QUEUE: usize = 1024;
 
-/// The server's certificate chain and key, checked.
+/// The server's certificate chain and key, checked; replaceable while serving. Clones share
+/// what they hold: [`TlsIdentity::replace_with`] on one reaches every server configuration made
+/// from any of them, so new connections get the new certificate and open ones keep theirs.
 #[derive(Clone)]
 pub struct TlsIdentity {
-    chain: Vec<CertificateDer<'static>>,
-    key: Arc<PrivateKeyDer<'static>>,
+    current: Arc<RwLock<Arc<Loaded>>>,
+}
+
+/// One certificate chain and key, ready for handshakes.
+struct Loaded {
+    certified: Arc<CertifiedKey>,
     chain_pem: String,
 }
 
 impl std::fmt::Debug for TlsIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsIdentity")
-            .field("certificates", &self.chain.len())
+            .field("certificates", &self.loaded().certified.cert.len())
             .finish_non_exhaustive()
     }
 }
+
+impl PartialEq for TlsIdentity {
+    fn eq(&self, other: &Self) -> bool {
+        self.chain_pem() == other.chain_pem()
+    }
+}
+
+impl Eq for TlsIdentity {}
 
 impl TlsIdentity {
     /// Reads a PEM certificate chain and a PEM private key; the error says which file is wrong.
@@ -53,32 +69,61 @@ impl TlsIdentity {
         }
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
             .map_err(|error| TlsError::Key(error.to_string()))?;
-        let identity = Self {
-            chain,
-            key: Arc::new(key),
+        // The key must be the certificate's, of an algorithm the provider signs with.
+        let certified =
+            CertifiedKey::from_der(chain, key, &rustls::crypto::ring::default_provider())
+                .map_err(|error| TlsError::Key(error.to_string()))?;
+        let loaded = Loaded {
+            certified: Arc::new(certified),
             chain_pem: chain_pem.to_owned(),
         };
-        // The pair must make a server configuration (the key matches a supported algorithm).
-        identity.server_config(&[])?;
-        Ok(identity)
+        Ok(Self {
+            current: Arc::new(RwLock::new(Arc::new(loaded))),
+        })
+    }
+
+    fn loaded(&self) -> Arc<Loaded> {
+        self.current.read().expect("TLS identity lock").clone()
     }
 
     /// The certificate chain as PEM, for clients to trust (bootstraps embed it).
-    pub fn chain_pem(&self) -> &str {
-        &self.chain_pem
+    pub fn chain_pem(&self) -> String {
+        self.loaded().chain_pem.clone()
     }
 
-    /// A TLS 1.3-only server configuration offering `alpn` protocols.
+    /// Serves `other`'s certificate and key from now on, wherever this identity is used: new
+    /// handshakes get them, open connections keep what they negotiated.
+    pub fn replace_with(&self, other: &TlsIdentity) {
+        let next = other.loaded();
+        *self.current.write().expect("TLS identity lock") = next;
+    }
+
+    /// A TLS 1.3-only server configuration offering `alpn` protocols, whose certificate follows
+    /// [`TlsIdentity::replace_with`].
     pub fn server_config(&self, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|error| TlsError::Key(error.to_string()))?
             .with_no_client_auth()
-            .with_single_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(|error| TlsError::Key(error.to_string()))?;
+            .with_cert_resolver(Arc::new(Current(self.current.clone())));
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(config))
+    }
+}
+
+/// Hands each handshake the identity's certificate of the moment.
+struct Current(Arc<RwLock<Arc<Loaded>>>);
+
+impl std::fmt::Debug for Current {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Current")
+    }
+}
+
+impl ResolvesServerCert for Current {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.read().expect("TLS identity lock").certified.clone())
     }
 }
 
