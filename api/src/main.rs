@@ -9,7 +9,6 @@ use efms_api::settings::{
 };
 use efms_api::JwtKeys;
 use efms_domain::{Role, TenantSlug};
-use tracing_subscriber::EnvFilter;
 
 /// The process's allocator. Serving a thousand agents' streams allocates and frees many small
 /// buffers across threads; glibc's allocator spent about a third of the control plane's CPU
@@ -32,14 +31,14 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => match args.validate() {
             Ok(config) => {
-                init_logging(config.log_format);
-                runtime.block_on(efms_api::server::run(config))
+                let set_log_filter = efms_api::logging::init(config.log_format);
+                runtime.block_on(efms_api::server::run(config, set_log_filter))
             }
             Err(error) => return config_error(&error),
         },
         Command::Migrate(args) => match args.validate() {
             Ok(config) => {
-                init_logging(LogFormat::Text);
+                let _ = efms_api::logging::init(LogFormat::Text);
                 runtime.block_on(async {
                     let pool = efms_api::db::connect(&config).await?;
                     efms_api::db::migrate(&pool).await?;
@@ -52,7 +51,7 @@ fn main() -> ExitCode {
         Command::Token(args) => return token(&args),
         Command::Agent(args) => match args.validate() {
             Ok(config) => {
-                init_logging(config.log_format);
+                let _ = efms_api::logging::init(config.log_format);
                 runtime.block_on(async {
                     efms_agent::link::run(config.link, efms_api::server::shutdown_signal()).await?;
                     Ok(())
@@ -62,7 +61,7 @@ fn main() -> ExitCode {
         },
         Command::Replay(args) => match args.validate() {
             Ok((database, rebuild)) => {
-                init_logging(LogFormat::Text);
+                let _ = efms_api::logging::init(LogFormat::Text);
                 runtime.block_on(async {
                     let pool = efms_api::db::connect(&database).await?;
                     efms_api::db::migrate(&pool).await?;
@@ -74,7 +73,7 @@ fn main() -> ExitCode {
         },
         Command::Verify(args) => match args.validate() {
             Ok(database) => {
-                init_logging(LogFormat::Text);
+                let _ = efms_api::logging::init(LogFormat::Text);
                 runtime.block_on(async {
                     let pool = efms_api::db::connect(&database).await?;
                     let verified = efms_api::verify::verify(&pool).await?;
@@ -98,7 +97,7 @@ fn main() -> ExitCode {
         },
         Command::RotateMasterKey(args) => match rotation(&args) {
             Ok(rotation) => {
-                init_logging(LogFormat::Text);
+                let _ = efms_api::logging::init(LogFormat::Text);
                 runtime.block_on(rotation)
             }
             Err(error) => return config_error(&error),
@@ -170,17 +169,5 @@ fn token(args: &TokenArgs) -> ExitCode {
             eprintln!("efms token: {error}");
             ExitCode::from(2)
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("EFMS_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
     }
 }

@@ -11,7 +11,10 @@ use crate::db;
 use crate::settings::ServeConfig;
 
 /// Runs the control plane until a shutdown signal arrives.
-pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
+pub async fn run(
+    config: ServeConfig,
+    set_log_filter: crate::logging::SetLogFilter,
+) -> anyhow::Result<()> {
     let pool = db::connect(&config.database).await?;
     db::migrate(&pool).await?;
     let http = TcpListener::bind(config.http_addr)
@@ -52,9 +55,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     .with_telemetry_settings(config.telemetry)
     .with_webhook_settings(config.webhooks.clone())
     .with_alert_settings(config.alerts);
-    if let (Some(identity), Some(files)) = (config.tls.clone(), config.tls_files.clone()) {
-        crate::tls_reload::spawn(identity, files, signalled(stopped.clone()));
-    }
+    reload_on_change(&config, set_log_filter, &stopped);
     let xds = state.xds.clone();
     xds.set_replica(efms_xds::ReplicaSettings {
         lease: config.replica_lease,
@@ -107,6 +108,30 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     pool.close().await;
     tracing::info!("efms stopped");
     Ok(())
+}
+
+/// Reads the settings file now, then reads it and the TLS files again on SIGHUP or a change.
+fn reload_on_change(
+    config: &ServeConfig,
+    set_log_filter: crate::logging::SetLogFilter,
+    stopped: &watch::Receiver<bool>,
+) {
+    if let Some(path) = config.settings_file.clone() {
+        crate::reload::settings_file(&path, &set_log_filter);
+        let watched = path.clone();
+        crate::reload::watch(
+            vec![path],
+            move || crate::reload::settings_file(&watched, &set_log_filter),
+            signalled(stopped.clone()),
+        );
+    }
+    if let (Some(identity), Some((cert, key))) = (config.tls.clone(), config.tls_files.clone()) {
+        crate::reload::watch(
+            vec![cert.clone(), key.clone()],
+            move || crate::reload::tls(&identity, &cert, &key),
+            signalled(stopped.clone()),
+        );
+    }
 }
 
 /// The keyring of the master key `config` names, refused when the database's data keys are

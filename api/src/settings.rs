@@ -141,6 +141,10 @@ pub struct ServeArgs {
     /// Limits on what requests write and run.
     #[command(flatten)]
     pub limits: crate::limits::LimitArgs,
+    /// A JSON file of settings read again on SIGHUP or when it changes: `{"log": "<filter>"}`
+    /// (the log filter, as EFMS_LOG takes it, which it overrides).
+    #[arg(long, env = "EFMS_SETTINGS_FILE")]
+    pub settings_file: Option<String>,
     /// How long a deleted tenant is kept, restorable, before it is purged for good, such as 7d.
     #[arg(long, env = "EFMS_TENANT_PURGE_GRACE", default_value = "7d")]
     pub tenant_purge_grace: String,
@@ -218,6 +222,8 @@ pub struct ServeConfig {
     pub tls: Option<efms_xds::tls::TlsIdentity>,
     /// The files they were read from (certificate, key), read again on SIGHUP or a change.
     pub tls_files: Option<(String, String)>,
+    /// The settings file, read at start and again on SIGHUP or a change.
+    pub settings_file: Option<String>,
     /// The external identity provider whose tokens are accepted, if any.
     pub oidc: Option<std::sync::Arc<crate::auth::ExternalIssuer>>,
     /// Log format.
@@ -436,9 +442,6 @@ impl ServeArgs {
         let master_key =
             validate_master_key("EFMS_MASTER_KEY (--master-key)", self.master_key.as_deref())?;
         let tls = validate_tls(self.tls_cert.as_deref(), self.tls_key.as_deref())?;
-        let tls_files = tls
-            .as_ref()
-            .and(self.tls_cert.clone().zip(self.tls_key.clone()));
         let oidc = self.validate_oidc()?;
         let log_format = match self.log_format.as_str() {
             "json" => LogFormat::Json,
@@ -478,8 +481,11 @@ impl ServeArgs {
             xds_advertise_addr,
             jwt_secret,
             master_key,
+            tls_files: tls
+                .as_ref()
+                .and(self.tls_cert.clone().zip(self.tls_key.clone())),
             tls,
-            tls_files,
+            settings_file: self.settings_file.clone().filter(|path| !path.is_empty()),
             oidc,
             log_format,
             poll_interval,

@@ -34,6 +34,7 @@ fn args(http: &str, secret: Option<&str>) -> ServeArgs {
         },
         limits: crate::limits::LimitArgs::default(),
         tenant_purge_grace: "7d".to_owned(),
+        settings_file: None,
         fleet: FleetArgs::default(),
         telemetry: TelemetryArgs::default(),
         replica: ReplicaArgs::default(),

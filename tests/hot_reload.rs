@@ -1,6 +1,6 @@
-//! Hot reload of the TLS certificate (DPL-CM-002): `efms serve` serves a new certificate to new
-//! connections once its files change or it gets SIGHUP, and refuses a bad pair with a log line,
-//! keeping the certificate in use.
+//! Hot reload (DPL-CM-002) of a real `efms serve`, once its files change or it gets SIGHUP: a new
+//! TLS certificate reaches new connections, a new settings file sets the log filter, and a bad
+//! certificate or settings file is refused with a log line, keeping what is in use.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -108,6 +108,62 @@ async fn a_new_certificate_reaches_new_connections_and_a_bad_one_is_refused_keep
     replica.signal("HUP");
     eventually(PATIENCE, "the third certificate served", || async {
         (served(&replica.base, &all).await? == certificates(&third)[0]).then_some(())
+    })
+    .await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[sqlx::test(migrator = "efms_commands::MIGRATOR")]
+async fn the_settings_file_sets_the_log_filter_and_a_bad_one_is_refused_keeping_it(pool: PgPool) {
+    let dir = std::env::temp_dir().join(format!("efms-settings-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("settings.json");
+    std::fs::write(&file, r#"{"log": "warn"}"#).unwrap();
+    let path = file.display().to_string();
+    let replica = ServeProcess::start_with(&pool, "15s", &[("EFMS_SETTINGS_FILE", &path)]).await;
+    // Read at start, over EFMS_LOG=info: the start's info lines are filtered out.
+    assert!(
+        !replica.log().contains("efms is serving"),
+        "{}",
+        replica.log()
+    );
+
+    let applied = || replica.log().matches("settings file applied").count();
+    std::fs::write(&file, r#"{"log": "info"}"#).unwrap();
+    eventually(PATIENCE, "the info filter applied", || async {
+        (applied() >= 1).then_some(())
+    })
+    .await;
+
+    // A filter that is not one, and a field that is not a setting: refused, named, filter kept.
+    for bad in [r#"{"log": "efms_api=loudest"}"#, r#"{"logs": "debug"}"#] {
+        let refusals = replica
+            .log()
+            .matches("the settings file is refused")
+            .count();
+        std::fs::write(&file, bad).unwrap();
+        replica.signal("HUP");
+        eventually(PATIENCE, "the refusal logged", || async {
+            (replica
+                .log()
+                .matches("the settings file is refused")
+                .count()
+                > refusals)
+                .then_some(())
+        })
+        .await;
+    }
+    assert!(replica.log().contains("`log`: "), "{}", replica.log());
+    assert!(
+        replica.log().contains("unknown field `logs`"),
+        "{}",
+        replica.log()
+    );
+    // Still at info: the next good file's line shows.
+    std::fs::write(&file, r#"{"log": "info,efms_api=debug"}"#).unwrap();
+    replica.signal("HUP");
+    eventually(PATIENCE, "the next filter applied", || async {
+        (applied() >= 2).then_some(())
     })
     .await;
     std::fs::remove_dir_all(&dir).unwrap();
