@@ -45,7 +45,12 @@ async fn a_launched_container_syncs_and_obeys_restart_stop_start_and_removal(poo
         .post(&format!("{BASE}/vms/vm-a/containers"), &launch)
         .await;
     assert_eq!(answer.status, 202, "{}", answer.body);
-    assert_eq!(answer.body["state"], "running");
+    // The job as it stands when answered: an agent quick enough may have finished it already.
+    assert!(
+        matches!(answer.body["state"].as_str(), Some("running" | "succeeded")),
+        "{}",
+        answer.body
+    );
     assert_eq!(answer.body["operation"]["node_id"], "vm-a-edge-1");
     assert!(answer.headers.get("location").is_some());
     let launched = job_end(&app, &answer.body).await;
