@@ -219,5 +219,14 @@ async fn a_replica_stopped_and_started_again_fails_no_request_through_envoy_and_
     )
     .await;
     assert!(a.log().contains("efms stopped"), "{}", a.log());
+    // A write in flight when SIGTERM came was answered once its read models showed it, not with
+    // what they held before (its projectors stop after the requests in flight).
+    for replica in [&a, &b] {
+        assert!(
+            !replica.log().contains("lags behind a commit"),
+            "{}",
+            replica.log()
+        );
+    }
     drop(b);
 }

@@ -26,7 +26,9 @@ pub async fn run(
 
     let keyring = checked_keyring(&pool, &config).await?;
     let (stop, stopped) = watch::channel(false);
-    let state = AppState::start(
+    // Background work (projectors first) stops once the requests in flight are done.
+    let (retire, retired) = watch::channel(false);
+    let state = AppState::start_stopping(
         pool.clone(),
         match &config.oidc {
             Some(issuer) => JwtKeys::from_secret(&config.jwt_secret).with_external(issuer.clone()),
@@ -34,7 +36,10 @@ pub async fn run(
         },
         keyring,
         config.poll_interval,
-        signalled(stopped.clone()),
+        (
+            crate::state::futures_shared(signalled(stopped.clone())),
+            crate::state::futures_shared(signalled(retired)),
+        ),
     )
     .with_token_settings(config.tokens)
     .with_login_limits(config.edge.login)
@@ -92,8 +97,10 @@ pub async fn run(
             .await
             .context("the gRPC server failed")
     };
-    tokio::try_join!(http_server, grpc_server)?;
+    let served = tokio::try_join!(http_server, grpc_server);
     let unfinished = background.finish(crate::background::GRACE).await;
+    retire.send_replace(true);
+    served?;
     if unfinished > 0 {
         tracing::warn!(
             unfinished,

@@ -184,9 +184,30 @@ impl AppState {
         poll_interval: Duration,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Self {
+        let shutdown = futures_shared(shutdown);
+        Self::start_stopping(
+            pool,
+            jwt,
+            keyring,
+            poll_interval,
+            (shutdown.clone(), shutdown),
+        )
+    }
+
+    /// As [`AppState::start`], with two moments: `stopping`, when the servers stop taking
+    /// requests (live event streams end then), and `retired`, when the requests in flight are
+    /// done: the projectors and background work stop only then, so that a write in flight is
+    /// answered once its read models show it.
+    pub fn start_stopping(
+        pool: PgPool,
+        jwt: JwtKeys,
+        keyring: Keyring,
+        poll_interval: Duration,
+        (stopping, retired): (StopSignal, StopSignal),
+    ) -> Self {
         let metrics = Metrics::new();
         let bus = CommandBus::new(pool.clone(), CommitBell::spawn(&pool));
-        let shutdown = futures_shared(shutdown);
+        let shutdown = retired;
         // One listening connection wakes every projector of the process.
         let doorbell = efms_commands::SharedDoorbell::spawn(&pool, poll_interval);
         let tenants = Projector::new(pool.clone(), TenantsProjection)
@@ -257,7 +278,7 @@ impl AppState {
             bus,
             doorbell,
             live_feed: crate::live_feed::LiveFeed::default(),
-            stopping: shutdown,
+            stopping,
             jwt,
             known_tenants: KnownTenants::default(),
             metrics,
@@ -414,7 +435,9 @@ pub type StopSignal =
     futures::future::Shared<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>;
 
 /// A shutdown future that several tasks can await.
-fn futures_shared(shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> StopSignal {
+pub fn futures_shared(
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> StopSignal {
     use futures::FutureExt as _;
     let boxed: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = Box::pin(shutdown);
     boxed.shared()
