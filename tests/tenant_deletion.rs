@@ -284,8 +284,12 @@ async fn a_purged_tenant_leaves_only_its_deletion_record_and_another_tenants_env
         })
         .await;
     }
-    let beta_proxy = app.get("/api/v1/tenants/beta/proxies/beta-1").await.body;
-    assert_eq!(beta_proxy["status"], "SYNCED", "{beta_proxy}");
+    // Envoy may route before its ACK is recorded: the status is waited for, not assumed.
+    let beta_proxy = eventually(PATIENCE, "beta's Envoy to be recorded SYNCED", || async {
+        let proxy = app.get("/api/v1/tenants/beta/proxies/beta-1").await.body;
+        (proxy["status"] == "SYNCED").then_some(proxy)
+    })
+    .await;
 
     // beta's traffic is watched throughout: a request every 50 ms, every one must succeed.
     let (stop, stopped) = tokio::sync::watch::channel(false);
