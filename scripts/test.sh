@@ -3,13 +3,15 @@
 # (started when it is down), real Envoy proxies (pinned builds installed into .tools/envoy by
 # scripts/install-envoy.sh) and real Docker engines (Debian's, installed by
 # scripts/install-docker.sh, run by scripts/dockerd.sh with the image scripts/envoy-image.sh
-# builds; all stopped at the end). Each test gets a database of its own.
+# builds; all stopped at the end) and a real Prometheus (scripts/install-prometheus.sh). Each test
+# gets a database of its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-postgres.sh >/dev/null
 scripts/install-envoy.sh >/dev/null
 scripts/install-docker.sh
 scripts/envoy-image.sh >/dev/null
+scripts/install-prometheus.sh
 trap 'scripts/dockerd.sh stop-all' EXIT
 export SQLX_OFFLINE=true
 export DATABASE_URL=${EFMS_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
