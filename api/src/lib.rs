@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod passwords;
 pub mod policy;
+pub mod probe;
 pub mod problem;
 pub mod reload;
 pub mod replay;

@@ -1,5 +1,5 @@
-//! `efms`: serve the control plane, migrate its database, rebuild its read models, print an
-//! access token, or run a VM's fleet agent.
+//! `efms`: serve the control plane, migrate its database, rebuild or verify its read models,
+//! print an access token, run a VM's fleet agent, or probe a server's readiness.
 
 use std::process::ExitCode;
 
@@ -95,6 +95,7 @@ fn main() -> ExitCode {
             }
             Err(error) => return config_error(&error),
         },
+        Command::Probe(args) => runtime.block_on(efms_api::probe::probe(&args)),
         Command::RotateMasterKey(args) => match rotation(&args) {
             Ok(rotation) => {
                 let _ = efms_api::logging::init(LogFormat::Text);

@@ -65,6 +65,9 @@ pub enum Command {
     /// transaction rolled back once its rows are compared with the ones kept. Exits 1, naming
     /// them, when any differs; changes nothing.
     Verify(DatabaseArgs),
+    /// Ask the server on this host whether it is ready (`/readyz`, over TLS when EFMS_TLS_CERT is
+    /// set): a container's health check. Exits 0 when it is, 1 saying why not.
+    Probe(crate::probe::ProbeArgs),
 }
 
 /// Where the database is.
