@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the Docker tests need from Debian's packages, when missing: the engine (`docker.io`:
-# dockerd, containerd, runc and the CLI) and `busybox-static` (its binary goes into the Envoy test
-# image as the health probe). Idempotent; prints nothing when everything is already there.
+# dockerd, containerd, runc and the CLI), `busybox-static` (its binary goes into the images as the
+# health probe's shell) and `docker-compose` (1.29, Debian's; it checks docker-compose.yml). Idempotent; prints nothing when everything is already there.
 #
 #   scripts/install-docker.sh
 set -euo pipefail
@@ -11,6 +11,7 @@ missing() {
   missing=()
   command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
   installed busybox-static || missing+=(busybox-static)
+  command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
   [ ${#missing[@]} -gt 0 ]
 }
 missing || exit 0

@@ -18,6 +18,7 @@ mod fleet;
 pub mod invalid;
 mod maintenance;
 mod replica;
+mod secret_files;
 mod telemetry;
 mod webhooks;
 
@@ -76,6 +77,10 @@ pub struct DatabaseArgs {
     /// Postgres connection URL; the database is created when it does not exist.
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
+    /// A file holding the database user's password (a container secret, say), instead of a
+    /// password in DATABASE_URL.
+    #[arg(long, env = "EFMS_DATABASE_PASSWORD_FILE")]
+    pub database_password_file: Option<String>,
     /// Most connections the pool opens.
     #[arg(long, env = "EFMS_DB_MAX_CONNECTIONS", default_value = "20")]
     pub db_max_connections: String,
@@ -100,9 +105,15 @@ pub struct ServeArgs {
     /// Secret that signs and verifies access tokens (at least 32 bytes).
     #[arg(long, env = "EFMS_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// A file holding EFMS_JWT_SECRET (a container secret, say), instead of the variable.
+    #[arg(long, env = "EFMS_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<String>,
     /// Key that wraps the tenants' data keys for secret material (base64 of 32 random bytes).
     #[arg(long, env = "EFMS_MASTER_KEY", hide_env_values = true)]
     pub master_key: Option<String>,
+    /// A file holding EFMS_MASTER_KEY, instead of the variable.
+    #[arg(long, env = "EFMS_MASTER_KEY_FILE")]
+    pub master_key_file: Option<String>,
     /// PEM certificate chain: with EFMS_TLS_KEY, HTTP and gRPC listen with TLS 1.3 only.
     #[arg(long, env = "EFMS_TLS_CERT")]
     pub tls_cert: Option<String>,
@@ -256,12 +267,21 @@ pub struct ServeConfig {
 impl DatabaseArgs {
     /// Checks the database settings.
     pub fn validate(&self) -> Result<DatabaseConfig, ConfigError> {
-        let options = PgConnectOptions::from_str(&self.database_url).map_err(|error| {
+        let mut options = PgConnectOptions::from_str(&self.database_url).map_err(|error| {
             invalid(
                 "DATABASE_URL (--database-url)",
                 format!("not a Postgres URL such as {DEFAULT_DATABASE_URL}: {error}"),
             )
         })?;
+        let in_url = url_password(&self.database_url);
+        if let Some(password) = secret_files::value_or_file(
+            "a password in DATABASE_URL",
+            in_url.as_deref(),
+            "EFMS_DATABASE_PASSWORD_FILE (--database-password-file)",
+            self.database_password_file.as_deref(),
+        )? {
+            options = options.password(&password);
+        }
         let max_connections = self
             .db_max_connections
             .parse::<u32>()
@@ -281,6 +301,16 @@ impl DatabaseArgs {
             max_connections,
         })
     }
+}
+
+/// The password a Postgres URL holds, if any.
+fn url_password(url: &str) -> Option<String> {
+    let authority = url.split_once("://")?.1.split(['/', '?']).next()?;
+    let (user_info, _) = authority.rsplit_once('@')?;
+    user_info
+        .split_once(':')
+        .map(|(_, password)| password.to_owned())
+        .filter(|password| !password.is_empty())
 }
 
 /// Checks a master key setting.
@@ -406,6 +436,26 @@ impl ServeArgs {
         }
     }
 
+    /// The token signing secret and the master key, each from its variable or its file.
+    fn validate_secrets(&self) -> Result<(Vec<u8>, efms_domain::secrets::Key), ConfigError> {
+        let jwt_secret = secret_files::value_or_file(
+            "EFMS_JWT_SECRET",
+            self.jwt_secret.as_deref(),
+            "EFMS_JWT_SECRET_FILE (--jwt-secret-file)",
+            self.jwt_secret_file.as_deref(),
+        )?;
+        let master_key = secret_files::value_or_file(
+            "EFMS_MASTER_KEY",
+            self.master_key.as_deref(),
+            "EFMS_MASTER_KEY_FILE (--master-key-file)",
+            self.master_key_file.as_deref(),
+        )?;
+        Ok((
+            validate_secret(jwt_secret.as_deref())?,
+            validate_master_key("EFMS_MASTER_KEY (--master-key)", master_key.as_deref())?,
+        ))
+    }
+
     /// Checks every setting of `efms serve`, in the order the help lists them.
     pub fn validate(&self) -> Result<ServeConfig, ConfigError> {
         let database = self.database.validate()?;
@@ -441,9 +491,7 @@ impl ServeArgs {
                     })
             })
             .transpose()?;
-        let jwt_secret = validate_secret(self.jwt_secret.as_deref())?;
-        let master_key =
-            validate_master_key("EFMS_MASTER_KEY (--master-key)", self.master_key.as_deref())?;
+        let (jwt_secret, master_key) = self.validate_secrets()?;
         let tls = validate_tls(self.tls_cert.as_deref(), self.tls_key.as_deref())?;
         let oidc = self.validate_oidc()?;
         let log_format = match self.log_format.as_str() {

@@ -6,13 +6,16 @@ fn args(http: &str, secret: Option<&str>) -> ServeArgs {
     ServeArgs {
         database: DatabaseArgs {
             database_url: DEFAULT_DATABASE_URL.to_owned(),
+            database_password_file: None,
             db_max_connections: "20".to_owned(),
         },
         http_addr: http.to_owned(),
         grpc_addr: "127.0.0.1:18000".to_owned(),
         xds_advertise_addr: None,
         jwt_secret: secret.map(str::to_owned),
+        jwt_secret_file: None,
         master_key: Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_owned()),
+        master_key_file: None,
         tls_cert: None,
         tls_key: None,
         oidc_jwks_file: None,
@@ -133,4 +136,25 @@ fn an_identity_provider_needs_one_key_source_an_issuer_and_an_audience() {
     );
     serve.edge.oidc_jwks_allow_http = "true".to_owned();
     assert!(serve.validate().is_ok());
+}
+
+#[test]
+fn the_database_password_comes_from_its_file_unless_the_url_holds_one() {
+    let path = std::env::temp_dir().join(format!("efms-db-password-{}", std::process::id()));
+    std::fs::write(&path, "s3cret\n").unwrap();
+    let mut database = DatabaseArgs {
+        database_url: "postgres://efms@db:5432/efms".to_owned(),
+        database_password_file: Some(path.to_str().unwrap().to_owned()),
+        db_max_connections: "20".to_owned(),
+    };
+    let options = database.validate().unwrap().options;
+    assert_eq!(options.get_host(), "db");
+    assert_eq!(format!("{options:?}").matches("s3cret").count(), 1);
+    database.database_url = "postgres://efms:other@db:5432/efms".to_owned();
+    let both = database.validate().unwrap_err();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(
+        both.setting,
+        "EFMS_DATABASE_PASSWORD_FILE (--database-password-file)"
+    );
 }
