@@ -53,7 +53,7 @@ pub async fn revision_reach(
     .map(|row| (row.kind, row.name, row.change))
     .collect();
     let reached_at = sqlx::query_scalar!(
-        r#"SELECT min(at) FROM proxy_transitions
+        r#"SELECT min(at) FROM proxy_history
            WHERE tenant_id = $1 AND outcome = 'acked' AND revision >= $2 AND at >= $3"#,
         tenant_id,
         revision,

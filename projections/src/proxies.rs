@@ -232,8 +232,9 @@ pub async fn ran_at(
     let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
     let rows = sqlx::query_as!(
         RanRow,
-        r#"SELECT DISTINCT ON (type_url) type_url, version, revision, at
-           FROM proxy_transitions
+        r#"SELECT DISTINCT ON (type_url) type_url AS "type_url!", version AS "version!", revision,
+                  at AS "at!"
+           FROM proxy_history
            WHERE tenant_id = $1 AND node_id = $2 AND outcome = 'acked' AND at <= $3
            ORDER BY type_url, at DESC, seq DESC"#,
         tenant_id,
@@ -276,8 +277,9 @@ pub async fn transitions(
     let mut tx = Scope::Tenant(tenant_id).begin(pool).await?;
     let rows = sqlx::query_as!(
         TransitionRow,
-        r#"SELECT seq, type_url, at, outcome, version, revision, error_detail
-           FROM proxy_transitions
+        r#"SELECT seq AS "seq!", type_url AS "type_url!", at AS "at!", outcome AS "outcome!",
+                  version AS "version!", revision, error_detail
+           FROM proxy_history
            WHERE tenant_id = $1 AND node_id = $2 AND ($3::bigint IS NULL OR seq < $3)
            ORDER BY seq DESC LIMIT $4"#,
         tenant_id,

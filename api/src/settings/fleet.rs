@@ -33,6 +33,9 @@ pub struct FleetArgs {
     /// own events are kept for good.
     #[arg(long, env = "EFMS_FEED_RETENTION_DAYS", default_value = "30")]
     pub feed_retention_days: String,
+    /// How many days of the proxies' history (every version each accepted or refused) are kept.
+    #[arg(long, env = "EFMS_PROXY_HISTORY_RETENTION_DAYS", default_value = "90")]
+    pub proxy_history_retention_days: String,
 }
 
 impl Default for FleetArgs {
@@ -45,6 +48,7 @@ impl Default for FleetArgs {
             stats_retention_days: "1".to_owned(),
             stats_rollup_retention_days: "30".to_owned(),
             feed_retention_days: "30".to_owned(),
+            proxy_history_retention_days: "90".to_owned(),
         }
     }
 }
@@ -131,6 +135,10 @@ impl FleetArgs {
             feed_days: days(
                 "EFMS_FEED_RETENTION_DAYS (--feed-retention-days)",
                 &self.feed_retention_days,
+            )?,
+            proxy_history_days: days(
+                "EFMS_PROXY_HISTORY_RETENTION_DAYS (--proxy-history-retention-days)",
+                &self.proxy_history_retention_days,
             )?,
         })
     }

@@ -108,6 +108,19 @@ pub async fn maintain_feed_facts(pool: &PgPool, keep_days: i32) -> Result<i32, s
     Ok(changed)
 }
 
+/// Creates the proxies' history's daily partitions ahead (the status writer has nowhere to write
+/// without them), drops those older than `keep_days`, and drops the history kept from before its
+/// partitioning once all of it is that old; how many tables were created or dropped.
+pub async fn maintain_proxy_history(pool: &PgPool, keep_days: i32) -> Result<i32, sqlx::Error> {
+    let mut tx = Scope::System.begin(pool).await?;
+    let changed: i32 = sqlx::query_scalar("SELECT efms_proxy_history_retention($1)")
+        .bind(keep_days)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(changed)
+}
+
 /// A sample table rolled up.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Table {

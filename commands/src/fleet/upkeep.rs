@@ -1,7 +1,7 @@
 //! The fleet's upkeep, done by one replica at a time under the lease `fleet-upkeep`: VMs whose
 //! heartbeat is overdue are taken down, samples and the proxies' statistics are rolled up by the
-//! minute, and their tables (and the event feed's facts) get tomorrow's partitions and lose the
-//! expired ones.
+//! minute, and their tables (and the event feed's facts and the proxies' history) get
+//! tomorrow's partitions and lose the expired ones.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -35,6 +35,8 @@ pub struct UpkeepSettings {
     pub stats_rollup_days: i32,
     /// How many days of the event feed's facts are kept.
     pub feed_days: i32,
+    /// How many days of the proxies' history (`proxy_transitions`) are kept.
+    pub proxy_history_days: i32,
 }
 
 impl Default for UpkeepSettings {
@@ -47,6 +49,7 @@ impl Default for UpkeepSettings {
             stats_days: 1,
             stats_rollup_days: 30,
             feed_days: 30,
+            proxy_history_days: 90,
         }
     }
 }
@@ -96,7 +99,9 @@ pub fn spawn(
                 let stats =
                     telemetry::maintain(pool, current.stats_days, current.stats_rollup_days).await;
                 let feed = rollups::maintain_feed_facts(pool, current.feed_days).await;
-                match kept.and_then(|samples| Ok(samples + rollups? + stats? + feed?)) {
+                let history =
+                    rollups::maintain_proxy_history(pool, current.proxy_history_days).await;
+                match kept.and_then(|samples| Ok(samples + rollups? + stats? + feed? + history?)) {
                     Ok(changed) => {
                         samples_done = Some(Instant::now());
                         if changed > 0 {
