@@ -3,8 +3,9 @@
 # (started when it is down), real Envoy proxies (pinned builds installed into .tools/envoy by
 # scripts/install-envoy.sh) and real Docker engines (Debian's, installed by
 # scripts/install-docker.sh, run by scripts/dockerd.sh with the image scripts/envoy-image.sh
-# builds; all stopped at the end) and a real Prometheus (scripts/install-prometheus.sh). Each test
-# gets a database of its own.
+# builds), a streaming replica of the local Postgres (scripts/pg-replica.sh; engines and replica
+# stopped at the end) and a real Prometheus (scripts/install-prometheus.sh). Each test gets a
+# database of its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-postgres.sh >/dev/null
@@ -12,7 +13,7 @@ scripts/install-envoy.sh >/dev/null
 scripts/install-docker.sh
 scripts/envoy-image.sh >/dev/null
 scripts/install-prometheus.sh
-trap 'scripts/dockerd.sh stop-all' EXIT
+trap 'scripts/dockerd.sh stop-all; scripts/pg-replica.sh stop' EXIT
 export SQLX_OFFLINE=true
 export DATABASE_URL=${EFMS_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 if ! cargo nextest --version >/dev/null 2>&1; then

@@ -188,7 +188,9 @@ async fn a_replica_stopped_and_started_again_fails_no_request_through_envoy_and_
         "of {sent} requests through Envoy: {failures:?}"
     );
     let written = written.lock().unwrap().clone();
-    assert!(written.len() > 20, "{} writes", written.len());
+    // A write goes out every 100 ms but takes longer on a loaded machine: what matters is that
+    // writes went on, and that every one answered is there.
+    assert!(written.len() > 5, "{} writes", written.len());
     // Every write answered is in the log, as written, at the revision it was answered with.
     for (n, revision) in &written {
         let at = app

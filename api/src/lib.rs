@@ -29,6 +29,7 @@ pub mod passwords;
 pub mod policy;
 pub mod probe;
 pub mod problem;
+pub mod read_replica;
 pub mod reload;
 pub mod replay;
 pub mod request_id;

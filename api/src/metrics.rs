@@ -81,6 +81,10 @@ pub struct Metrics {
     pub fleet_containers: Family<ContainerLabels, Gauge>,
     /// Live event readers cut for being too slow, by transport.
     pub event_readers_cut: Family<ReaderLabels, Counter>,
+    /// Reads the read replica served.
+    pub replica_reads: Counter,
+    /// Reads left to the primary while a replica is set: it was behind, or did not answer.
+    pub replica_fallbacks: Counter,
 }
 
 impl Metrics {
@@ -142,6 +146,18 @@ impl Metrics {
             "Live event readers (WebSocket, Server-Sent Events) cut for taking an event too slowly",
             event_readers_cut.clone(),
         );
+        let replica_reads = Counter::default();
+        registry.register(
+            "read_replica_reads",
+            "Reads served by the read replica (EFMS_DATABASE_READ_URL)",
+            replica_reads.clone(),
+        );
+        let replica_fallbacks = Counter::default();
+        registry.register(
+            "read_replica_fallbacks",
+            "Reads served by the primary because the read replica was behind or did not answer",
+            replica_fallbacks.clone(),
+        );
         Arc::new(Self {
             registry,
             http_requests,
@@ -155,6 +171,8 @@ impl Metrics {
             fleet_vms,
             fleet_containers,
             event_readers_cut,
+            replica_reads,
+            replica_fallbacks,
         })
     }
 

@@ -61,6 +61,7 @@ pub async fn run(
     .with_webhook_settings(config.webhooks.clone())
     .with_alert_settings(config.alerts);
     reload_on_change(&config, set_log_filter, &stopped);
+    send_reads_to_replica(&state, &config);
     let xds = state.xds.clone();
     xds.set_replica(efms_xds::ReplicaSettings {
         lease: config.replica_lease,
@@ -189,5 +190,16 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = terminate => {}
+    }
+}
+
+/// Sends reads to the read replica, when one is set.
+fn send_reads_to_replica(state: &AppState, config: &ServeConfig) {
+    if let Some(replica) = &config.read_replica {
+        // Connected lazily: a replica that is down at start leaves reads to the primary.
+        let pool = crate::db::pool_options(config.database.max_connections)
+            .acquire_timeout(std::time::Duration::from_secs(1))
+            .connect_lazy_with(replica.options.clone());
+        state.reads.set_replica(pool, replica.wait);
     }
 }

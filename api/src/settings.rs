@@ -17,6 +17,7 @@ mod edge;
 mod fleet;
 pub mod invalid;
 mod maintenance;
+mod read_replica;
 mod replica;
 mod secret_files;
 mod telemetry;
@@ -29,6 +30,7 @@ pub use fleet::FleetArgs;
 pub(crate) use invalid::invalid;
 pub use invalid::ConfigError;
 pub use maintenance::{ReplayArgs, RotateArgs};
+pub use read_replica::{ReadReplicaArgs, ReadReplicaConfig};
 pub use replica::ReplicaArgs;
 pub use telemetry::TelemetryArgs;
 pub use webhooks::WebhookArgs;
@@ -171,6 +173,9 @@ pub struct ServeArgs {
     /// This replica's lease on its proxies' streams.
     #[command(flatten)]
     pub replica: ReplicaArgs,
+    /// The read replica.
+    #[command(flatten)]
+    pub read_replica: ReadReplicaArgs,
     /// The webhooks' deliveries.
     #[command(flatten)]
     pub webhooks: WebhookArgs,
@@ -222,6 +227,8 @@ pub struct DatabaseConfig {
 pub struct ServeConfig {
     /// Database settings.
     pub database: DatabaseConfig,
+    /// The read replica, if reads may go to one.
+    pub read_replica: Option<ReadReplicaConfig>,
     /// HTTP listen address.
     pub http_addr: SocketAddr,
     /// gRPC listen address.
@@ -553,6 +560,7 @@ impl ServeArgs {
             fleet: self.fleet.validate()?,
             telemetry: self.telemetry.validate()?,
             replica_lease: self.replica.validate()?,
+            read_replica: self.read_replica.validate()?,
             webhooks: self.webhooks.validate()?,
             alerts: self.alerts.validate()?,
         })

@@ -67,6 +67,8 @@ impl FromRef<AppState> for Arc<Metrics> {
 pub struct Shared {
     /// The database pool (connections switch to a scoped role per transaction).
     pub pool: PgPool,
+    /// Where reads go: a read replica once it has caught up, else `pool`.
+    pub reads: crate::read_replica::ReadRouting,
     /// Whether the database answers: while it does not, requests fail fast.
     pub database: crate::database_watch::DatabaseWatch,
     /// Executes commands and rings the log readers' doorbell after each commit.
@@ -123,6 +125,25 @@ pub struct Shared {
     pub webhooks: tokio::sync::watch::Sender<efms_notify::WebhookSettings>,
     /// How alert rules are evaluated (the evaluator follows changes).
     pub alerts: tokio::sync::watch::Sender<efms_notify::AlertSettings>,
+}
+
+/// Gives the gRPC server the agents' streams and the proxies' statistics streams.
+fn attach_streams(
+    xds: &XdsServer,
+    fleet: &efms_commands::fleet::Fleet,
+    pool: &PgPool,
+    metrics: &Metrics,
+) {
+    xds.attach_fleet(efms_xds::FleetServer::new(
+        fleet.clone(),
+        efms_xds::FleetStreamSettings::default(),
+        metrics.xds.fleet.clone(),
+    ));
+    xds.attach_telemetry(efms_xds::TelemetryServer::new(
+        pool.clone(),
+        efms_xds::TelemetrySettings::default(),
+        metrics.xds.telemetry.clone(),
+    ));
 }
 
 /// Keeps the projector-position gauge at the tenant registry projector's checkpoint.
@@ -256,16 +277,7 @@ impl AppState {
             fleet_upkeep.subscribe(),
             shutdown.clone(),
         );
-        xds.attach_fleet(efms_xds::FleetServer::new(
-            fleet.clone(),
-            efms_xds::FleetStreamSettings::default(),
-            metrics.xds.fleet.clone(),
-        ));
-        xds.attach_telemetry(efms_xds::TelemetryServer::new(
-            pool.clone(),
-            efms_xds::TelemetrySettings::default(),
-            metrics.xds.telemetry.clone(),
-        ));
+        attach_streams(&xds, &fleet, &pool, &metrics);
         let (webhooks, alerts) = spawn_events_out(&pool, &keyring, &jwt, &doorbell, &shutdown);
         follow_position(&metrics, &tenants);
         let database = crate::database_watch::DatabaseWatch::spawn(
@@ -273,6 +285,7 @@ impl AppState {
             shutdown.clone(),
         );
         Self(Arc::new(Shared {
+            reads: crate::read_replica::ReadRouting::new(pool.clone(), &metrics),
             pool,
             database,
             bus,

@@ -84,6 +84,8 @@ pub struct TestApp {
     alerts: watch::Sender<efms_notify::AlertSettings>,
     /// How long deleted tenants are kept before their purge.
     purge: watch::Sender<efms_commands::tenant_purge::PurgeSettings>,
+    /// Where its reads go.
+    reads: efms_api::read_replica::ReadRouting,
 }
 
 /// The data of the test database of `pool`, as `pg_dump --data-only` writes it.
@@ -218,6 +220,7 @@ impl TestApp {
         let webhooks = state.webhooks.clone();
         let alerts = state.alerts.clone();
         let purge = state.tenant_purge.clone();
+        let reads = state.reads.clone();
         let login_throttle = state.login_throttle.clone();
         let cache = state.cache.clone();
         let snapshots = state.snapshots.clone();
@@ -255,6 +258,7 @@ impl TestApp {
             webhooks,
             alerts,
             purge,
+            reads,
         }
     }
 
@@ -307,6 +311,11 @@ impl TestApp {
     pub fn set_purge_grace(&self, grace: Duration) {
         self.purge
             .send_replace(efms_commands::tenant_purge::PurgeSettings { grace });
+    }
+
+    /// Sends reads to `replica` from now on, each waiting at most `wait` for it to catch up.
+    pub fn set_read_replica(&self, replica: PgPool, wait: Duration) {
+        self.reads.set_replica(replica, wait);
     }
 
     /// Delivers webhooks with `settings` from now on.

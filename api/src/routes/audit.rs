@@ -24,6 +24,7 @@ pub use crate::anonymous_budget::{AnonymousBudget, ANONYMOUS_PER_TENANT, ANONYMO
 use crate::connections::ClientAddr;
 use crate::error::{ApiError, FieldError};
 use crate::extract::ApiQuery;
+use crate::read_replica::Reads;
 use crate::state::AppState;
 use crate::store::request_audit::{self as store, Entry};
 
@@ -171,9 +172,9 @@ pub struct AuditPage {
         (status = 403, description = "Only auditors and admins read the trail", body = crate::problem::Problem),
         (status = 422, description = "A bad filter", body = crate::problem::Problem)))]
 pub async fn list(
-    State(state): State<AppState>,
     ApiQuery(query): ApiQuery<AuditQuery>,
     tenant: Tenant<ReadAudit>,
+    Reads(reads): Reads,
 ) -> Result<Json<AuditPage>, ApiError> {
     let page = super::PageSize::from_param(query.limit)?;
     let (low, high) = match query.outcome.as_deref() {
@@ -206,7 +207,7 @@ pub async fn list(
         before: query.cursor,
         limit: page.fetch(),
     };
-    let rows = store::list(&state.pool, tenant.tenant_id, filter).await?;
+    let rows = store::list(&reads, tenant.tenant_id, filter).await?;
     let mut items: Vec<AuditEntry> = rows
         .into_iter()
         .map(|row| AuditEntry {

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, TimeDelta, Utc};
 use efms_projections::drift::{drift, DriftState};
@@ -14,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::access::{ReadConfig, Tenant};
 use crate::error::{ApiError, FieldError};
 use crate::extract::ApiQuery;
+use crate::read_replica::Reads;
 use crate::routes::fleet_health::duration_param;
 use crate::state::AppState;
 
@@ -64,9 +64,9 @@ pub struct DriftPage {
     responses((status = 200, description = "The drifting proxies", body = DriftPage),
         (status = 422, description = "Bad group or duration", body = crate::problem::Problem)))]
 pub async fn list(
-    State(state): State<AppState>,
     ApiQuery(params): ApiQuery<DriftParams>,
     tenant: Tenant<ReadConfig>,
+    Reads(reads): Reads,
 ) -> Result<Json<DriftPage>, ApiError> {
     let mut errors = Vec::new();
     let behind = duration_param(
@@ -82,7 +82,7 @@ pub async fn list(
         return Err(ApiError::Validation(errors));
     }
     let rows = status::list_proxies(
-        &state.pool,
+        &reads,
         tenant.tenant_id,
         params.group.as_deref(),
         None,
@@ -91,7 +91,7 @@ pub async fn list(
     .await?;
     let ids: Vec<String> = rows.iter().map(|row| row.node_id.clone()).collect();
     let mut types: BTreeMap<String, Vec<TypeStatusRow>> = BTreeMap::new();
-    for (node, row) in status::type_statuses(&state.pool, tenant.tenant_id, &ids).await? {
+    for (node, row) in status::type_statuses(&reads, tenant.tenant_id, &ids).await? {
         types.entry(node).or_default().push(row);
     }
     let now = Utc::now();

@@ -20,6 +20,7 @@ pub use crate::bootstrap::XdsProtocol;
 use crate::bootstrap::{bootstrap_document, BootstrapSpec};
 use crate::error::{ApiError, FieldError};
 use crate::extract::ApiQuery;
+use crate::read_replica::Reads;
 use crate::state::AppState;
 
 /// The `{node_id}` of a proxy route.
@@ -210,13 +211,13 @@ pub struct ProxiesPage {
     responses((status = 200, description = "A page of proxies", body = ProxiesPage),
         (status = 404, description = "No such tenant", body = crate::problem::Problem)))]
 pub async fn list(
-    State(state): State<AppState>,
     ApiQuery(params): ApiQuery<ProxiesParams>,
     tenant: Tenant<ReadConfig>,
+    Reads(reads): Reads,
 ) -> Result<Json<ProxiesPage>, ApiError> {
     let page = super::PageSize::from_param(params.limit)?;
     let mut rows = status::list_proxies(
-        &state.pool,
+        &reads,
         tenant.tenant_id,
         params.group.as_deref(),
         params.cursor.as_deref(),
@@ -226,7 +227,7 @@ pub async fn list(
     let next_cursor = page.cut(&mut rows, |row| row.node_id.clone());
     let ids: Vec<String> = rows.iter().map(|row| row.node_id.clone()).collect();
     let mut by_node: BTreeMap<String, Vec<TypeStatusRow>> = BTreeMap::new();
-    for (node, row) in status::type_statuses(&state.pool, tenant.tenant_id, &ids).await? {
+    for (node, row) in status::type_statuses(&reads, tenant.tenant_id, &ids).await? {
         by_node.entry(node).or_default().push(row);
     }
     let items = rows
@@ -255,30 +256,23 @@ pub struct ProxyParams {
     responses((status = 200, description = "The proxy", body = Proxy),
         (status = 404, description = "No such proxy", body = crate::problem::Problem)))]
 pub async fn get(
-    State(state): State<AppState>,
     Path(NodeId { node_id }): Path<NodeId>,
     ApiQuery(params): ApiQuery<ProxyParams>,
     tenant: Tenant<ReadConfig>,
+    Reads(reads): Reads,
 ) -> Result<Json<Proxy>, ApiError> {
-    let row = status::get_proxy(&state.pool, tenant.tenant_id, &node_id)
+    let row = status::get_proxy(&reads, tenant.tenant_id, &node_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no proxy `{node_id}` has connected")))?;
-    let types = status::type_statuses(
-        &state.pool,
-        tenant.tenant_id,
-        std::slice::from_ref(&node_id),
-    )
-    .await?
-    .into_iter()
-    .map(|(_, row)| row)
-    .collect();
+    let types = status::type_statuses(&reads, tenant.tenant_id, std::slice::from_ref(&node_id))
+        .await?
+        .into_iter()
+        .map(|(_, row)| row)
+        .collect();
     let mut answer = proxy(row, types);
-    let container = efms_projections::fleet::queries::container_of_proxy(
-        &state.pool,
-        tenant.tenant_id,
-        &node_id,
-    )
-    .await?;
+    let container =
+        efms_projections::fleet::queries::container_of_proxy(&reads, tenant.tenant_id, &node_id)
+            .await?;
     answer.container = Some(container.map_or(Value::Null, |row| {
         json!({
             "id": row.container.id,
@@ -291,7 +285,7 @@ pub async fn get(
     }));
     if let Some(at) = params.at {
         answer.ran_at = Some(
-            status::ran_at(&state.pool, tenant.tenant_id, &node_id, at)
+            status::ran_at(&reads, tenant.tenant_id, &node_id, at)
                 .await?
                 .into_iter()
                 .map(|ran| RanEntry {
@@ -353,17 +347,17 @@ pub struct TransitionsPage {
         (status = 404, description = "No such proxy", body = crate::problem::Problem),
         (status = 422, description = "Bad paging", body = crate::problem::Problem)))]
 pub async fn history(
-    State(state): State<AppState>,
     Path(NodeId { node_id }): Path<NodeId>,
     ApiQuery(params): ApiQuery<HistoryParams>,
     tenant: Tenant<ReadConfig>,
+    Reads(reads): Reads,
 ) -> Result<Json<TransitionsPage>, ApiError> {
     let page = super::PageSize::from_param(params.limit)?;
-    status::get_proxy(&state.pool, tenant.tenant_id, &node_id)
+    status::get_proxy(&reads, tenant.tenant_id, &node_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no proxy `{node_id}` has connected")))?;
     let mut rows = status::transitions(
-        &state.pool,
+        &reads,
         tenant.tenant_id,
         &node_id,
         params.cursor,

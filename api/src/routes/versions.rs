@@ -22,6 +22,7 @@ use super::resources::{
 use crate::access::{ReadConfig, TenantBranch, WriteConfig};
 use crate::error::{ApiError, FieldError};
 use crate::extract::{ApiJson, ApiQuery, CommitMeta};
+use crate::read_replica::Reads;
 use crate::state::AppState;
 
 /// One entry of a resource's history.
@@ -41,12 +42,12 @@ pub struct HistoryEntry {
     responses((status = 200, description = "The changes, newest first", body = Vec<HistoryEntry>),
         (status = 404, description = "Never existed", body = crate::problem::Problem)))]
 pub async fn history(
-    State(state): State<AppState>,
     ResourcePath { kind, name }: ResourcePath,
     ApiQuery(_): ApiQuery<BranchParams>,
     TenantBranch { tenant, branch }: TenantBranch<ReadConfig>,
+    Reads(reads): Reads,
 ) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
-    let rows = read::resource_history(&state.pool, tenant.tenant_id, &branch, kind, &name).await?;
+    let rows = read::resource_history(&reads, tenant.tenant_id, &branch, kind, &name).await?;
     if rows.is_empty() {
         return Err(ApiError::NotFound(format!(
             "there is no {kind} `{name}`, now or before"
@@ -103,13 +104,13 @@ pub struct RevisionsPage {
     responses((status = 200, description = "A page of commits", body = RevisionsPage),
         (status = 422, description = "Bad paging", body = crate::problem::Problem)))]
 pub async fn revisions(
-    State(state): State<AppState>,
     ApiQuery(params): ApiQuery<RevisionsParams>,
     TenantBranch { tenant, branch }: TenantBranch<ReadConfig>,
+    Reads(reads): Reads,
 ) -> Result<Json<RevisionsPage>, ApiError> {
     let page = super::PageSize::from_param(params.limit)?;
     let mut rows = read::list_revisions(
-        &state.pool,
+        &reads,
         tenant.tenant_id,
         &branch,
         params.cursor,
@@ -189,8 +190,9 @@ pub async fn diff(
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<DiffParams>,
     TenantBranch { tenant, branch }: TenantBranch<ReadConfig>,
+    Reads(reads): Reads,
 ) -> Result<Json<Diff>, ApiError> {
-    let head = read::head_revision(&state.pool, tenant.tenant_id, &branch).await?;
+    let head = read::head_revision(&reads, tenant.tenant_id, &branch).await?;
     for (parameter, revision) in [("from", params.from), ("to", params.to)] {
         if revision < 0 || revision > head {
             return Err(ApiError::Validation(vec![FieldError::parameter(

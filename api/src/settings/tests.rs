@@ -41,6 +41,7 @@ fn args(http: &str, secret: Option<&str>) -> ServeArgs {
         fleet: FleetArgs::default(),
         telemetry: TelemetryArgs::default(),
         replica: ReplicaArgs::default(),
+        read_replica: ReadReplicaArgs::default(),
         webhooks: WebhookArgs::default(),
         alerts: AlertArgs::default(),
     }

@@ -14,6 +14,7 @@ use super::{limit, AtQuery};
 use crate::access::{ReadFleet, Tenant};
 use crate::error::{ApiError, FieldError};
 use crate::extract::ApiQuery;
+use crate::read_replica::Reads;
 use crate::state::AppState;
 
 /// The `{id}` of a container route.
@@ -93,9 +94,9 @@ pub(super) async fn find(
         (status = 404, description = "No such tenant", body = crate::problem::Problem),
         (status = 422, description = "Bad filter", body = crate::problem::Problem)))]
 pub async fn list(
-    State(state): State<AppState>,
     tenant: Tenant<ReadFleet>,
     ApiQuery(query): ApiQuery<ContainerListQuery>,
+    Reads(reads): Reads,
 ) -> Result<Json<ContainerPage>, ApiError> {
     let mut errors = Vec::new();
     if query.state.as_deref().is_some_and(|s| !STATES.contains(&s)) {
@@ -123,7 +124,7 @@ pub async fn list(
         live_only: false,
         limit,
     };
-    let rows = read::list_containers(&state.pool, tenant.tenant_id, &filter).await?;
+    let rows = read::list_containers(&reads, tenant.tenant_id, &filter).await?;
     Ok(Json(ContainerPage {
         items: rows.into_iter().map(Container::from_row).collect(),
     }))
@@ -142,11 +143,12 @@ pub async fn get(
     tenant: Tenant<ReadFleet>,
     Path(ContainerPath { id }): Path<ContainerPath>,
     ApiQuery(query): ApiQuery<AtQuery>,
+    Reads(reads): Reads,
 ) -> Result<Json<Container>, ApiError> {
     let row = find(&state, tenant.tenant_id, &id).await?;
     if let Some(at) = query.at {
         let vm = row.vm.clone();
-        let then = read::container_at(&state.pool, tenant.tenant_id, &row.container.id, at)
+        let then = read::container_at(&reads, tenant.tenant_id, &row.container.id, at)
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("container `{id}` was not known at {at}")))?;
         return Ok(Json(Container::as_of(then, Some(at)).on(vm)));
@@ -192,11 +194,12 @@ pub async fn events(
     State(state): State<AppState>,
     tenant: Tenant<ReadFleet>,
     Path(ContainerPath { id }): Path<ContainerPath>,
+    Reads(reads): Reads,
 ) -> Result<Json<ContainerEvents>, ApiError> {
     let row = find(&state, tenant.tenant_id, &id).await?;
     debug_assert!(check_container_id("id", &row.container.id).is_ok());
     let changes =
-        read::container_changes(&state.pool, tenant.tenant_id, &row.vm, &row.container.id).await?;
+        read::container_changes(&reads, tenant.tenant_id, &row.vm, &row.container.id).await?;
     Ok(Json(ContainerEvents {
         items: changes.into_iter().map(ContainerEvent::from).collect(),
     }))

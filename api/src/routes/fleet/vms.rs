@@ -19,6 +19,7 @@ use super::{limit, AtQuery, VmPath, READ_YOUR_WRITES_TIMEOUT};
 use crate::access::{ManageVms, ReadFleet, Tenant};
 use crate::error::{ApiError, FieldError};
 use crate::extract::{ApiJson, ApiQuery};
+use crate::read_replica::Reads;
 use crate::state::AppState;
 
 /// A VM to register.
@@ -203,9 +204,9 @@ pub async fn register(
         (status = 404, description = "No such tenant", body = crate::problem::Problem),
         (status = 422, description = "Bad filter", body = crate::problem::Problem)))]
 pub async fn list(
-    State(state): State<AppState>,
     tenant: Tenant<ReadFleet>,
     ApiQuery(query): ApiQuery<VmListQuery>,
+    Reads(reads): Reads,
 ) -> Result<Json<VmPage>, ApiError> {
     let mut errors = Vec::new();
     let labels = match query.label.as_deref() {
@@ -258,7 +259,7 @@ pub async fn list(
         sort: query.sort,
         limit,
     };
-    let rows = read::list_vms(&state.pool, tenant.tenant_id, &filter).await?;
+    let rows = read::list_vms(&reads, tenant.tenant_id, &filter).await?;
     Ok(Json(VmPage {
         items: rows
             .into_iter()
@@ -279,12 +280,13 @@ pub async fn get(
     tenant: Tenant<ReadFleet>,
     Path(path): Path<VmPath>,
     ApiQuery(query): ApiQuery<AtQuery>,
+    Reads(reads): Reads,
 ) -> Result<Json<Vm>, ApiError> {
     let name = path.name()?;
     let Some(at) = query.at else {
         return Ok(Json(read_vm(&state, tenant.tenant_id, &name).await?));
     };
-    let Some((vm, version)) = read::vm_at(&state.pool, tenant.tenant_id, name.as_str(), at).await?
+    let Some((vm, version)) = read::vm_at(&reads, tenant.tenant_id, name.as_str(), at).await?
     else {
         return Err(ApiError::NotFound(format!(
             "there was no VM `{name}` at {at}"
@@ -361,12 +363,12 @@ pub async fn new_token(
     responses((status = 200, description = "The VM's history", body = VmHistory),
         (status = 404, description = "No such VM", body = crate::problem::Problem)))]
 pub async fn history(
-    State(state): State<AppState>,
     tenant: Tenant<ReadFleet>,
     Path(path): Path<VmPath>,
+    Reads(reads): Reads,
 ) -> Result<Json<VmHistory>, ApiError> {
     let name = path.name()?;
-    let entries = read::vm_history(&state.pool, tenant.tenant_id, name.as_str(), None).await?;
+    let entries = read::vm_history(&reads, tenant.tenant_id, name.as_str(), None).await?;
     if entries.is_empty() {
         return Err(ApiError::NotFound(format!("there is no VM `{name}`")));
     }
@@ -384,10 +386,10 @@ pub async fn history(
         (status = 404, description = "No such VM", body = crate::problem::Problem),
         (status = 422, description = "Bad range or step", body = crate::problem::Problem)))]
 pub async fn utilisation(
-    State(state): State<AppState>,
     tenant: Tenant<ReadFleet>,
     Path(path): Path<VmPath>,
     ApiQuery(query): ApiQuery<UtilisationQuery>,
+    Reads(reads): Reads,
 ) -> Result<Json<Utilisation>, ApiError> {
     let name = path.name()?;
     let to = query.to.unwrap_or_else(Utc::now);
@@ -408,14 +410,14 @@ pub async fn utilisation(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    if read::get_vm(&state.pool, tenant.tenant_id, name.as_str())
+    if read::get_vm(&reads, tenant.tenant_id, name.as_str())
         .await?
         .is_none()
     {
         return Err(ApiError::NotFound(format!("there is no VM `{name}`")));
     }
     let buckets =
-        read::utilisation(&state.pool, tenant.tenant_id, name.as_str(), from, to, step).await?;
+        read::utilisation(&reads, tenant.tenant_id, name.as_str(), from, to, step).await?;
     Ok(Json(Utilisation {
         step_seconds: step,
         items: buckets.into_iter().map(UtilisationStep::from).collect(),

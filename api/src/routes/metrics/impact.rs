@@ -15,6 +15,7 @@ use super::{route_configuration, Point, Window};
 use crate::access::{ReadConfig, Tenant};
 use crate::error::{ApiError, FieldError};
 use crate::extract::ApiQuery;
+use crate::read_replica::Reads;
 use crate::state::AppState;
 
 /// `{n}` of an impact route.
@@ -80,6 +81,7 @@ pub async fn impact(
     tenant: Tenant<ReadConfig>,
     Path(path): Path<RevisionPath>,
     ApiQuery(params): ApiQuery<ImpactParams>,
+    Reads(reads): Reads,
 ) -> Result<Json<Impact>, ApiError> {
     let mut errors = Vec::new();
     let window = crate::routes::fleet_health::duration_param(
@@ -101,7 +103,7 @@ pub async fn impact(
         ))
     };
     let revision = path.n.parse::<i64>().map_err(|_| missing())?;
-    let reach = revision_reach(&state.pool, tenant.tenant_id, MAIN_BRANCH, revision)
+    let reach = revision_reach(&reads, tenant.tenant_id, MAIN_BRANCH, revision)
         .await?
         .ok_or_else(missing)?;
     // Statistics are stored in buckets stamped with their start: before ends where the bucket

@@ -16,6 +16,7 @@ use super::responses::{render_page, resource_response, ListPage, SharedText};
 use crate::access::{ReadConfig, TenantBranch, WriteConfig};
 use crate::error::{ApiError, FieldError};
 use crate::extract::{ApiJson, ApiQuery, CommitMeta};
+use crate::read_replica::Reads;
 use crate::routes::patching::{refused, PatchBody};
 use crate::state::AppState;
 use efms_commands::configuration::patches::PatchError;
@@ -30,6 +31,7 @@ pub async fn list(
     Collection(kind): Collection,
     ApiQuery(params): ApiQuery<ListParams>,
     TenantBranch { tenant, branch }: TenantBranch<ReadConfig>,
+    Reads(reads): Reads,
 ) -> Result<Response, ApiError> {
     crate::routes::names::check_list_parameters(
         params.name_prefix.as_deref(),
@@ -68,8 +70,7 @@ pub async fn list(
     };
     let render = || async {
         let page_rows =
-            read::list_resources(&state.pool, tenant.tenant_id, &branch, kind, as_of, &query)
-                .await?;
+            read::list_resources(&reads, tenant.tenant_id, &branch, kind, as_of, &query).await?;
         render_page(kind, page, page_rows)
     };
     let body: std::sync::Arc<str> = if cacheable {
@@ -101,6 +102,7 @@ pub async fn get(
     ResourcePath { kind, name }: ResourcePath,
     ApiQuery(params): ApiQuery<ReadParams>,
     TenantBranch { tenant, branch }: TenantBranch<ReadConfig>,
+    Reads(reads): Reads,
 ) -> Result<Response, ApiError> {
     crate::routes::names::check_lookup(kind, &name)?;
     let as_of = as_of(&state, &tenant, &branch, params.revision, params.at).await?;
@@ -108,7 +110,7 @@ pub async fn get(
         AsOf::Now if branch == MAIN_BRANCH => {
             state.cache.get(tenant.tenant_id, kind, &name).await?
         }
-        _ => read::get_resource(&state.pool, tenant.tenant_id, &branch, kind, &name, as_of)
+        _ => read::get_resource(&reads, tenant.tenant_id, &branch, kind, &name, as_of)
             .await?
             .map(std::sync::Arc::new),
     }
