@@ -37,6 +37,19 @@ fn efms_image(engine: &Engine) -> String {
     String::from_utf8_lossy(&built.stdout).trim().to_owned()
 }
 
+/// Makes what docker-compose.yml reads from files into `dir`, by the script it names.
+fn compose_secrets(dir: &Path) {
+    let made = Command::new(root().join("scripts/compose-secrets.sh"))
+        .arg(dir)
+        .output()
+        .expect("scripts/compose-secrets.sh runs");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+}
+
 #[sqlx::test(migrations = "../migrations")]
 async fn the_image_serves_over_tls_with_its_secrets_from_files_is_healthy_and_stops_cleanly(
     pool: PgPool,
@@ -48,15 +61,7 @@ async fn the_image_serves_over_tls_with_its_secrets_from_files_is_healthy_and_st
     let tag = efms_image(&engine);
     // What docker-compose.yml mounts at /run/secrets, made by the script it names.
     let secrets = std::env::temp_dir().join(format!("efms-secrets-{}", uuid::Uuid::new_v4()));
-    let made = Command::new(root().join("scripts/compose-secrets.sh"))
-        .arg(&secrets)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    compose_secrets(&secrets);
     let options = pool.connect_options();
     let (http_port, grpc_port) = (free_port(), free_port());
     // The efms service's settings in docker-compose.yml, on the host's network.
@@ -172,15 +177,7 @@ fn the_compose_file_is_valid_and_reads_every_secret_from_a_file() {
     )
     .unwrap();
     let secrets = dir.join(".efms/compose");
-    let made = Command::new(root().join("scripts/compose-secrets.sh"))
-        .arg(&secrets)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    compose_secrets(&secrets);
     // What an operator writes once a VM and a group exist.
     std::fs::write(secrets.join("agent-token"), "token").unwrap();
     std::fs::write(secrets.join("envoy-bootstrap.json"), "{}").unwrap();
