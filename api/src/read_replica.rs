@@ -7,12 +7,10 @@ use std::convert::Infallible;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use prometheus_client::metrics::counter::Counter;
 use sqlx::PgPool;
-
-use crate::state::AppState;
 
 /// How often a read waiting for the replica asks again how far it has replayed.
 const POLL: Duration = Duration::from_millis(2);
@@ -111,10 +109,14 @@ async fn caught_up(primary: &PgPool, replica: &Replica) -> bool {
 #[derive(Debug, Clone)]
 pub struct Reads(pub PgPool);
 
-impl FromRequestParts<AppState> for Reads {
+impl<S> FromRequestParts<S> for Reads
+where
+    S: Send + Sync,
+    ReadRouting: FromRef<S>,
+{
     type Rejection = Infallible;
 
-    async fn from_request_parts(_: &mut Parts, state: &AppState) -> Result<Self, Infallible> {
-        Ok(Self(state.reads.pool().await))
+    async fn from_request_parts(_: &mut Parts, state: &S) -> Result<Self, Infallible> {
+        Ok(Self(ReadRouting::from_ref(state).pool().await))
     }
 }

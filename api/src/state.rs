@@ -51,6 +51,12 @@ impl FromRef<AppState> for PgPool {
     }
 }
 
+impl FromRef<AppState> for crate::read_replica::ReadRouting {
+    fn from_ref(state: &AppState) -> Self {
+        state.reads.clone()
+    }
+}
+
 impl FromRef<AppState> for crate::database_watch::DatabaseWatch {
     fn from_ref(state: &AppState) -> Self {
         state.database.clone()
